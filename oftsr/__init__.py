@@ -1,0 +1,17 @@
+"""OFTSR: one-step flow image super-resolution with a tunable fidelity-realism trade-off.
+
+Pure PyTorch; no ComfyUI import. Images are float tensors (B, C, H, W) in [0, 1].
+"""
+
+from .checkpoint import CheckpointError, load_model, read_metadata, save_model
+from .inference import sample, upscale, velocity_field
+from .model import OFTSRModel
+from .unet import PRESETS, UNet, UNetConfig
+from .weights import create_model, default_model_path
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "OFTSRModel", "PRESETS", "UNet", "UNetConfig", "create_model", "default_model_path",
+    "load_model", "read_metadata", "sample", "save_model", "upscale", "velocity_field",
+]

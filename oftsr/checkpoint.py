@@ -1,0 +1,366 @@
+"""Checkpoints: our single-file `.safetensors` format, and the authors' `.pth` files.
+
+Our format: the UNet's state dict (ADM names) plus string metadata that carries
+everything needed to run it (architecture, role, scale, sigma_p, degradation, step,
+format version). The authors' files carry no config: the architecture is inferred from
+the tensor shapes and verified by rebuilding the full parameter list; sigma_p, role
+and scale come from their file-name pattern or from the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .model import DEGRADATIONS, ROLES, OFTSRModel
+from .unet import UNet, UNetConfig
+
+FORMAT_NAME = "oftsr"
+FORMAT_VERSION = 1
+
+__all__ = ["load_model", "save_model", "read_metadata", "infer_config", "parse_authors_filename", "CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable OFTSR checkpoint; the message says what was expected and found."""
+
+
+# --------------------------------------------------------------------------- saving
+
+def model_metadata(model: OFTSRModel, **extra: str) -> dict[str, str]:
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "architecture": json.dumps(model.config.to_dict()),
+        "role": model.role,
+        "scale": str(model.scale),
+        "sigma_p": repr(model.sigma_p),
+        "degradation": model.degradation,
+        "step": str(model.step),
+    }
+    meta.update({k: str(v) for k, v in extra.items()})
+    return meta
+
+
+def save_model(model: OFTSRModel, path: str | os.PathLike, *, dtype: torch.dtype | None = None, **extra: str) -> None:
+    """Write `model` as one `.safetensors` file, atomically (temporary name, then rename),
+    so a crash never leaves a half-written checkpoint under the final name."""
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.unet.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=model_metadata(model, **extra))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- inference of the architecture
+
+def _block_sequence(shapes: list[tuple[int, ...]]) -> tuple[list[tuple[str, int, int]], int]:
+    """Split the ordered parameter shapes of the body (after the time embedding and input
+    conv, before the output head) into ('res', in, out) and ('attn', c, c) blocks.
+    Returns the blocks and the number of shapes they used."""
+    blocks, i = [], 0
+    n = len(shapes)
+    while i + 4 < n:  # the last 4 shapes are the output head (norm w, b, conv w, b)
+        if len(shapes[i]) != 1 or len(shapes[i + 1]) != 1 or i + 2 >= n:
+            raise CheckpointError(f"unexpected tensor shape {shapes[i]} at position {i} of the network body")
+        c = shapes[i][0]
+        third = shapes[i + 2]
+        if len(third) == 4:  # ResBlock: norm, conv, emb linear, norm, conv [, skip]
+            o = third[0]
+            i += 10
+            if i < n and len(shapes[i]) == 4 and shapes[i][:2] == (o, c):
+                i += 2
+            blocks.append(("res", c, o))
+        elif len(third) == 3:  # attention: norm, qkv (3c, c, 1), proj_out (c, c, 1)
+            i += 6
+            blocks.append(("attn", c, c))
+        else:
+            raise CheckpointError(f"unexpected tensor shape {third} at position {i + 2} of the network body")
+    return blocks, i
+
+
+def _candidates(blocks: list[tuple[str, int, int]], mc: int) -> list[UNetConfig]:
+    """Configs consistent with the block sequence: ResBlocks number L*(2r+3) for L levels
+    and r res blocks per level; channel widths and attention placement are read off the
+    input half for each (L, r)."""
+    n_res = sum(1 for kind, *_ in blocks if kind == "res")
+    found = []
+    for levels in range(1, 9):
+        for r in range(1, 9):
+            if levels * (2 * r + 3) != n_res:
+                continue
+            mults, attn, ds = [], set(), 1
+            pos = 0
+            try:
+                for level in range(levels):
+                    for _ in range(r):
+                        kind, _, out = blocks[pos]
+                        if kind != "res" or out % mc:
+                            raise IndexError
+                        pos += 1
+                        if pos < len(blocks) and blocks[pos][0] == "attn":
+                            attn.add(ds)
+                            pos += 1
+                    mults.append(out // mc)
+                    if level != levels - 1:
+                        pos += 1  # the down-sampling ResBlock
+                        ds *= 2
+            except IndexError:
+                continue
+            found.append(UNetConfig(mc, tuple(mults), r, tuple(sorted(attn))))
+    return found
+
+
+def param_shapes(config: UNetConfig) -> list[tuple[str, tuple[int, ...]]]:
+    with torch.device("meta"):
+        unet = UNet(config)
+    return [(k, tuple(v.shape)) for k, v in unet.state_dict().items()]
+
+
+def infer_config(shapes: list[tuple[int, ...]]) -> UNetConfig:
+    """The UNet config whose parameter list (in `parameters()` order) has exactly these shapes."""
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    if len(shapes) < 10 or len(shapes[0]) != 2 or len(shapes[4]) != 4:
+        raise CheckpointError(
+            f"expected an ADM UNet parameter list starting with time_embed.0.weight (4C, C) and the input conv (C, 6, 3, 3); "
+            f"found {len(shapes)} tensors starting with {shapes[:5]}"
+        )
+    mc = shapes[0][1]
+    in_ch = shapes[4][1]
+    out_ch = shapes[-2][0]
+    blocks, used = _block_sequence(shapes[6:])
+    if used + 4 != len(shapes) - 6:
+        raise CheckpointError(f"could not parse the network body: {len(shapes) - 6 - used} trailing tensors")
+    for cand in _candidates(blocks, mc):
+        cand = UNetConfig(cand.model_channels, cand.channel_mult, cand.num_res_blocks, cand.attention_ds, in_ch, out_ch)
+        if [s for _, s in param_shapes(cand)] == shapes:
+            return cand
+    raise CheckpointError(
+        f"the {len(shapes)} tensors do not form an ADM UNet with scale-shift norm and ResBlock up/down-sampling "
+        f"(model_channels {mc}, {sum(b[0] == 'res' for b in blocks)} ResBlocks, {sum(b[0] == 'attn' for b in blocks)} attention blocks)"
+    )
+
+
+# --------------------------------------------------------------------------- reading files
+
+_SECTION_ORDER = {"time_embed": 0, "input_blocks": 1, "middle_block": 2, "output_blocks": 3, "out": 4}
+_LAYER_ORDER = {"in_layers": 0, "emb_layers": 1, "out_layers": 2, "skip_connection": 3, "norm": 0, "qkv": 1,
+                "proj_out": 2, "weight": 0, "bias": 1}
+
+
+def _registration_key(name: str) -> tuple:
+    """Sort key reproducing ADM's parameter registration order from a name alone."""
+    parts = name.split(".")
+    if parts[0] not in _SECTION_ORDER:
+        raise CheckpointError(f"unexpected parameter {name!r}: not part of an ADM UNet")
+    key: list = [_SECTION_ORDER[parts[0]]]
+    for p in parts[1:]:
+        key.append((0, int(p)) if p.isdigit() else (1, _LAYER_ORDER.get(p, 9), p))
+    return tuple(key)
+
+
+def _named_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip DDP/compile prefixes and put the tensors in registration order."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod.", "unet."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return dict(sorted(out.items(), key=lambda kv: _registration_key(kv[0])))
+
+
+def _is_tensor_dict(d: object) -> bool:
+    return isinstance(d, dict) and bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def _weights_from_torch_object(obj: object, path: Path) -> tuple[list[torch.Tensor] | dict[str, torch.Tensor], int]:
+    """EMA shadow list (preferred: it is what the authors sample with), a training
+    snapshot's model, or a plain state dict. Returns weights and training step."""
+    step = 0
+    if isinstance(obj, dict):
+        if isinstance(obj.get("step"), (int, float)):
+            step = int(obj["step"])
+        ema = obj.get("ema")
+        if isinstance(ema, dict) and isinstance(ema.get("shadow_params"), (list, tuple)):
+            params = list(ema["shadow_params"])
+            if params and all(isinstance(p, torch.Tensor) for p in params):
+                return params, step
+        for key in ("model", "state_dict", "model_state_dict"):
+            if _is_tensor_dict(obj.get(key)):
+                return _named_state(obj[key]), step
+        if _is_tensor_dict(obj):
+            return _named_state(obj), step
+    kind = type(obj).__name__
+    keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else ""
+    raise CheckpointError(
+        f"{path.name}: expected an OFTSR checkpoint (a dict with 'ema': {{'shadow_params': [...]}}, a 'model' "
+        f"state dict, or a plain state dict of tensors); found a {kind}{keys}"
+    )
+
+
+def _file_kind(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 8:
+        raise CheckpointError(f"{path.name}: file is empty or truncated ({path.stat().st_size} bytes)")
+    if head[:4] == b"PK\x03\x04":
+        return "torch"
+    if head[:1] == b"\x80":
+        return "torch"  # legacy (non-zip) torch.save
+    header_len = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and 0 < header_len < 100_000_000:
+        return "safetensors"
+    raise CheckpointError(
+        f"{path.name}: not a checkpoint: expected a .safetensors file or a torch .pth/.pt file, "
+        f"found {head[:8]!r}..."
+    )
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"{path.name}: cannot read safetensors file; it is truncated or corrupt ({e})") from e
+    return tensors, meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of one of our checkpoints (empty for files without it), tensors not loaded."""
+    path = Path(path)
+    if _file_kind(path) != "safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise CheckpointError(f"{path.name}: cannot read safetensors header; it is truncated or corrupt ({e})") from e
+
+
+_AUTHORS_SIGMA = re.compile(r"sigma(?:_p)?([0-9]*\.?[0-9]+)")
+_AUTHORS_SCALE = re.compile(r"(?:^|[-_])(?:sf|x)([0-9]+)(?:[-_.]|$)")
+
+
+def parse_authors_filename(name: str) -> dict[str, object]:
+    """sigma_p, role, scale and degradation from the authors' naming, e.g.
+    `sr_bicubic-sf4-guided_unet-sigma0.2-...-DIV2K-checkpoint_4.pth` (teacher) or
+    `...-distil-v_boot-...-DIV2K_DIS-checkpoint_5.pth` (student). Only what is present."""
+    name = Path(name).name
+    found: dict[str, object] = {}
+    if m := _AUTHORS_SIGMA.search(name):
+        found["sigma_p"] = float(m.group(1))
+    if m := _AUTHORS_SCALE.search(name):
+        found["scale"] = int(m.group(1))
+    lower = name.lower()
+    if "distil" in lower or "_dis-" in lower or lower.endswith("_dis.pth"):
+        found["role"] = "student"
+    elif "sigma" in lower and "checkpoint" in lower:
+        found["role"] = "teacher"
+    if "bicubic" in lower:
+        found["degradation"] = "bicubic"
+    elif "avgpool" in lower or "pool" in lower:
+        found["degradation"] = "noisy_avgpool"
+    elif "realesrgan" in lower or "real_sr" in lower or "realsr" in lower:
+        found["degradation"] = "realesrgan"
+    return found
+
+
+def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
+    try:
+        version = int(meta.get("format_version", "0"))
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"{path.name}: format version {version} is newer than this oftsr ({FORMAT_VERSION}); upgrade oftsr")
+        return {
+            "config": UNetConfig.from_dict(json.loads(meta["architecture"])),
+            "role": meta["role"],
+            "scale": int(meta["scale"]),
+            "sigma_p": float(meta["sigma_p"]),
+            "degradation": meta.get("degradation", "bicubic"),
+            "step": int(meta.get("step", "0")),
+        }
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path.name}: OFTSR metadata is incomplete or malformed ({type(e).__name__}: {e})") from e
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+               sigma_p: float | None = None, role: str | None = None, scale: int | None = None,
+               degradation: str | None = None) -> OFTSRModel:
+    """Load our `.safetensors` or an authors' `.pth` (never unpickles arbitrary objects).
+    Keyword overrides win over what the file says. Returns the model in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    kind = _file_kind(path)
+    info: dict[str, object] = {}
+    if kind == "safetensors":
+        weights, meta = _read_safetensors(path)
+        if meta.get("format") == FORMAT_NAME:
+            info = _parse_ours(meta, path)
+        else:
+            info = parse_authors_filename(path.name)
+        weights = _named_state(weights)
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # zip errors, EOF, refused globals: all mean "not a clean tensor file"
+            raise CheckpointError(
+                f"{path.name}: cannot load as a weights-only torch checkpoint; it is truncated, corrupt, or holds "
+                f"objects other than tensors ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from e
+        weights, step = _weights_from_torch_object(obj, path)
+        info = parse_authors_filename(path.name)
+        info["step"] = step
+
+    tensors = list(weights.values()) if isinstance(weights, dict) else weights
+    config = info.get("config") or infer_config([tuple(t.shape) for t in tensors])
+    if config.in_channels != 6 or config.out_channels < 3:
+        raise CheckpointError(
+            f"{path.name}: expected an OFTSR network with 6 input channels (state + LR condition) and at least 3 "
+            f"output channels; found {config.in_channels} in, {config.out_channels} out (a checkpoint of another model?)"
+        )
+    unet = UNet(config)
+    expected = param_shapes(config)
+    if isinstance(weights, dict):
+        if [(k, tuple(v.shape)) for k, v in weights.items()] != expected:
+            missing = [k for k, _ in expected if k not in weights][:5]
+            extra = [k for k in weights if k not in dict(expected)][:5]
+            raise CheckpointError(f"{path.name}: tensors do not match the architecture {config}: missing {missing}, unexpected {extra}")
+        unet.load_state_dict(weights)
+    else:
+        with torch.no_grad():
+            for p, t in zip(unet.parameters(), tensors):
+                p.copy_(t)
+
+    overrides = {"sigma_p": sigma_p, "role": role, "scale": scale, "degradation": degradation}
+    info.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [k for k in ("sigma_p", "role", "scale") if k not in info]
+    if missing:
+        flags = ", ".join(f"{k}=... (CLI: --{k.replace('_', '-')})" for k in missing)
+        raise CheckpointError(
+            f"{path.name}: the file does not say its {', '.join(missing)} (no OFTSR metadata and no authors' file-name "
+            f"pattern such as '...-sf4-...-sigma0.2-...'); pass {flags}"
+        )
+    if info["role"] not in ROLES:
+        raise CheckpointError(f"role must be one of {ROLES}, got {info['role']!r}")
+    if info.get("degradation", "bicubic") not in DEGRADATIONS:
+        raise CheckpointError(f"degradation must be one of {DEGRADATIONS}, got {info['degradation']!r}")
+    model = OFTSRModel(unet, sigma_p=float(info["sigma_p"]), role=str(info["role"]), scale=int(info["scale"]),
+                       degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)))
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

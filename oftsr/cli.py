@@ -1,0 +1,209 @@
+"""Command line: `oftsr upscale | sample | convert | info | create` (also `python -m oftsr`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_model, read_metadata, save_model
+from .images import IMAGE_SUFFIXES, list_images, load_image, save_image
+from .inference import sample, upscale
+from .model import DEGRADATIONS, ROLES, OFTSRModel
+from .sampling import SOLVERS
+from .unet import PRESETS, count_parameters
+from .weights import create_model, default_model_path
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # half precision on CPU is slower, and MPS lacks some bf16 kernels
+
+
+def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
+    path = args.model or default_model_path(role)
+    device = resolve_device(args.device)
+    return load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
+                      role=args.role, scale=args.scale)
+
+
+def _outputs(inputs: list[str], files: list[Path], out: Path) -> list[Path]:
+    """One output path per input file: `out` itself for a single file with an image
+    suffix, else files under the folder `out` (sub-folders of input folders kept)."""
+    if len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file() and out.suffix.lower() in IMAGE_SUFFIXES:
+        return [out]
+    targets = []
+    for f in files:
+        root = next((Path(i) for i in inputs if Path(i).is_dir() and Path(i) in f.parents), None)
+        rel = f.relative_to(root) if root is not None else Path(f.name)
+        targets.append(out / rel.with_suffix(".png"))
+    if len(set(targets)) != len(targets):
+        raise SystemExit("error: two inputs would write the same output file; give them distinct names")
+    return targets
+
+
+def _run_images(args: argparse.Namespace, model: OFTSRModel, run) -> int:
+    from tqdm import tqdm
+
+    files = list_images(args.inputs)
+    if not files:
+        raise SystemExit(f"error: no images found in {' '.join(args.inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    targets = _outputs(args.inputs, files, Path(args.output))
+    failed = 0
+    with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
+        for src, dst in zip(files, targets):
+            bar.set_description(src.name)
+            try:
+                image, depth = load_image(src)
+                progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
+                result = run(model, image, progress)
+                save_image(result, dst, bit_depth=depth)
+            except (ValueError, OSError) as e:
+                failed += 1
+                tqdm.write(f"skipped {src}: {e}", file=sys.stderr)
+            bar.update(1)
+    if failed:
+        print(f"{failed} of {len(files)} images failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    model = _load(args, "student")
+    run = lambda m, im, cb: upscale(m, im, t=args.t, seed=args.seed, tile=args.tile or None, overlap=args.overlap,  # noqa: E731
+                                    tile_batch=args.tile_batch, callback=cb)
+    return _run_images(args, model, run)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    model = _load(args, "teacher")
+    nfe: dict = {}
+    run = lambda m, im, cb: sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed,  # noqa: E731
+                                   tile=args.tile or None, overlap=args.overlap, tile_batch=args.tile_batch,
+                                   callback=cb, info=nfe)
+    code = _run_images(args, model, run)
+    if "nfe" in nfe and not args.quiet:
+        print(f"network evaluations per image: {nfe['nfe']}")
+    return code
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    model = load_model(args.src, sigma_p=args.sigma_p, role=args.role, scale=args.scale, degradation=args.degradation)
+    save_model(model, args.dst, dtype=DTYPES[args.dtype] if args.dtype else None, source=Path(args.src).name)
+    print(f"wrote {args.dst}: {model.role}, x{model.scale}, sigma_p {model.sigma_p}, {count_parameters(model):,} parameters")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    meta = read_metadata(args.path)
+    if meta.get("format") != "oftsr":  # not ours: describe what loading would infer
+        model = load_model(args.path, sigma_p=args.sigma_p, role=args.role, scale=args.scale)
+        meta = {"format": "authors" if Path(args.path).suffix != ".safetensors" else "safetensors (no OFTSR metadata)",
+                "architecture": json.dumps(model.config.to_dict()), "role": model.role, "scale": str(model.scale),
+                "sigma_p": repr(model.sigma_p), "degradation": model.degradation, "step": str(model.step)}
+    out = {k: json.loads(v) if k == "architecture" else v for k, v in meta.items()}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    model = create_model(args.preset, role=args.role, scale=args.scale, sigma_p=args.sigma_p,
+                         degradation=args.degradation, seed=args.seed)
+    save_model(model, args.dst, note="randomly initialised, untrained")
+    print(f"wrote {args.dst}: untrained {args.preset} {args.role}, {count_parameters(model):,} parameters")
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
+    p.add_argument("--model", help="checkpoint (.safetensors or authors' .pth); default: the bundled model")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sp noise (default 0)")
+    p.add_argument("--tile", type=int, default=512, help="tile size in output pixels; 0 = whole image (default 512)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default min(64, tile/4))")
+    p.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (default 1)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto = bf16/fp16 on CUDA, fp32 elsewhere")
+    _add_override_args(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_override_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sigma-p", dest="sigma_p", type=float, help="override the checkpoint's sigma_p")
+    p.add_argument("--role", choices=ROLES, help="override the checkpoint's role")
+    p.add_argument("--scale", type=int, help="override the checkpoint's scale")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oftsr", description="One-step flow super-resolution with a tunable fidelity-realism trade-off.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("upscale", help="one-step super-resolution with a student model")
+    _add_model_args(p)
+    p.add_argument("--t", type=float, default=1.0, help="fidelity (0) .. realism (1) trade-off (default 1)")
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("sample", help="multi-step super-resolution with a teacher model")
+    _add_model_args(p)
+    p.add_argument("--steps", type=int, default=16, help="solver steps (default 16)")
+    p.add_argument("--solver", choices=SOLVERS, default="midpoint", help="ODE solver (default midpoint)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("convert", help="convert a checkpoint (e.g. the authors' .pth) to our .safetensors format")
+    p.add_argument("src")
+    p.add_argument("dst")
+    _add_override_args(p)
+    p.add_argument("--degradation", choices=DEGRADATIONS, help="override the degradation (default: from the file)")
+    p.add_argument("--dtype", choices=list(DTYPES), help="store weights in this dtype (default: as loaded)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="print a checkpoint's metadata as JSON")
+    p.add_argument("path")
+    _add_override_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("create", help="write a randomly initialised (untrained) model, for trials and training")
+    p.add_argument("dst")
+    p.add_argument("--preset", choices=list(PRESETS), default="small")
+    p.add_argument("--role", choices=ROLES, default="student")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--sigma-p", dest="sigma_p", type=float, default=0.2)
+    p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        code = args.func(args)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command in ("upscale", "sample") and not args.quiet:
+        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Resampling between LR and HR as each degradation defines it (images in [-1, 1])."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bicubic_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic resize, no clamping or rounding (the paper's convention)."""
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+
+
+def bicubic_downsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if h % scale or w % scale:
+        raise ValueError(f"HR size {h}x{w} is not divisible by the scale {scale}; crop it first")
+    return bicubic_resize(x, (h // scale, w // scale))
+
+
+def upsample_lr(x_lr: torch.Tensor, scale: int, degradation: str = "bicubic") -> torch.Tensor:
+    """Bring an LR image to HR size the way the model was trained: block replication for
+    the average-pooling degradation, bicubic otherwise."""
+    size = (x_lr.shape[-2] * scale, x_lr.shape[-1] * scale)
+    if degradation == "noisy_avgpool":
+        return F.interpolate(x_lr, size=size, mode="nearest")
+    return bicubic_resize(x_lr, size)

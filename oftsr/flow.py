@@ -1,0 +1,42 @@
+"""Flow math of OFTSR as plain functions (images in [-1, 1], NCHW).
+
+Time runs 0 -> 1 from the noised LR image x0 to the HR image x1 along straight lines.
+"""
+
+from __future__ import annotations
+
+import torch
+
+T_EPS = 0.001  # time floor: training draws t ~ U[T_EPS, 1]; sampling starts there
+
+
+def noise_augment(x_lr: torch.Tensor, sigma_p: float, noise: torch.Tensor) -> torch.Tensor:
+    """Variance-preserving start point x0 = sqrt(1 - sp^2) * x_lr + sp * eps."""
+    return (1.0 - sigma_p**2) ** 0.5 * x_lr + sigma_p * noise
+
+
+def _bcast(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+    return t.reshape(-1, *([1] * (x.ndim - 1))) if isinstance(t, torch.Tensor) else t
+
+
+def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """x_t = t * x1 + (1 - t) * x0; t a float or (B,)."""
+    t = _bcast(t, x0)
+    return t * x1 + (1 - t) * x0
+
+
+def velocity_target(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """The constant velocity of the straight path: v = x1 - x0."""
+    return x1 - x0
+
+
+def student_step(x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One-step student: x1 = x0 + (1 - T_EPS) * v_phi(x0, t)."""
+    return x0 + (1.0 - T_EPS) * v
+
+
+def time_grid(steps: int, eps: float = T_EPS) -> torch.Tensor:
+    """Sampling grid t_i = i/N * (1 - eps) + eps, i = 0..N (float64 for exact steps)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return torch.arange(steps + 1, dtype=torch.float64) / steps * (1 - eps) + eps

@@ -1,0 +1,113 @@
+"""Reading and writing image files as float tensors in [0, 1].
+
+Pillow decodes everything except 16-bit-per-channel colour PNGs, which it truncates to
+8 bits; those (and 16-bit grayscale) are read with pypng so no precision is lost.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+__all__ = ["load_image", "save_image", "list_images", "IMAGE_SUFFIXES"]
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    import png  # pypng
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, planes)
+    return arr.astype(np.float32) / 65535.0
+
+
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float32)
+        return (arr / (65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0))[..., None]
+    if im.mode == "F":
+        return np.asarray(im, dtype=np.float32)[..., None]
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+    if im.mode in ("L", "1") and not has_alpha:
+        return np.asarray(im.convert("L"), dtype=np.float32)[..., None] / 255.0
+    if has_alpha:
+        return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """(1, C, H, W) float32 in [0, 1] with C = 1 (gray), 3 (RGB) or 4 (RGBA), and the
+    source bit depth (8 or 16). The format is decided by content, not by the file name."""
+    path = Path(path)
+    try:
+        if _png_bit_depth(path) == 16:
+            arr, depth = _read_png16(path), 16
+        else:
+            with Image.open(path) as im:
+                im.load()
+                depth = 16 if im.mode.startswith("I;16") else 8
+                arr = _pil_to_array(im)
+    except FileNotFoundError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path.name}: image is too large to open safely ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file ({e})") from e
+    if arr.shape[-1] == 2:  # gray + alpha from pypng
+        arr = np.concatenate([np.repeat(arr[..., :1], 3, axis=-1), arr[..., 1:]], axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].clamp(0, 1), depth
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8) -> None:
+    """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1]; 16-bit only for PNG."""
+    path = Path(path)
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"save_image writes one image, got a batch of {image.shape[0]}")
+        image = image[0]
+    arr = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    h, w, c = arr.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if bit_depth == 16 and path.suffix.lower() == ".png":
+        import png
+
+        data = np.round(arr * 65535).astype(np.uint16).reshape(h, w * c)
+        with open(path, "wb") as f:
+            png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(f, data)
+        return
+    data = np.round(arr * 255).astype(np.uint8)
+    im = Image.fromarray(data[..., 0] if c == 1 else data)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        im = im.convert("RGB") if c == 4 else im
+        im.save(path, quality=95)
+    else:
+        im.save(path)
+
+
+def list_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """Files as given, and image files (by suffix) found recursively in folders, sorted."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return found

@@ -1,0 +1,85 @@
+"""`OFTSRModel`: the UNet plus what is needed to use it (sigma_p, role, scale, degradation),
+and the velocity call in the method's conventions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet import UNet, UNetConfig
+
+ROLES = ("teacher", "student")
+DEGRADATIONS = ("bicubic", "noisy_avgpool", "realesrgan")
+
+
+def as_time_tensor(t: float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """t as a (B,) float32 tensor; a float is broadcast over the batch."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=device)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"t must be a float or a ({batch},) tensor, got shape {tuple(t.shape)}")
+    return t
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad H and W at the bottom/right up to a multiple: reflect where the image is large
+    enough for it, replicate otherwise (reflect needs pad < size)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+class OFTSRModel(nn.Module):
+    """A teacher (conditional rectified flow) or a one-step student.
+
+    `velocity(x_t, x_lr, t)`: states and conditions in [-1, 1] at HR size, t in [0, 1]
+    (a float or a (B,) tensor); returns the 3 velocity channels, float32.
+    """
+
+    def __init__(self, unet: UNet, *, sigma_p: float, role: str, scale: int,
+                 degradation: str = "bicubic", step: int = 0) -> None:
+        super().__init__()
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        if degradation not in DEGRADATIONS:
+            raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
+        if not 0.0 <= float(sigma_p) <= 1.0:
+            raise ValueError(f"sigma_p must be in [0, 1], got {sigma_p}")
+        if int(scale) < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale}")
+        self.unet = unet
+        self.sigma_p = float(sigma_p)
+        self.role = role
+        self.scale = int(scale)
+        self.degradation = degradation
+        self.step = int(step)
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.unet.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def velocity(self, x_t: torch.Tensor, x_lr: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        if x_t.shape != x_lr.shape or x_t.ndim != 4 or x_t.shape[1] != 3:
+            raise ValueError(f"x_t and x_lr must both be (B, 3, H, W), got {tuple(x_t.shape)} and {tuple(x_lr.shape)}")
+        t = as_time_tensor(t, x_t.shape[0], x_t.device)
+        x, (h, w) = pad_to_multiple(torch.cat([x_t, x_lr], dim=1), self.config.size_multiple)
+        out = self.unet(x.to(self.dtype), t * 999)
+        return out[:, :3, :h, :w].float()
+
+    forward = velocity
+
+    def extra_repr(self) -> str:
+        return f"role={self.role}, scale={self.scale}, sigma_p={self.sigma_p}, degradation={self.degradation}, step={self.step}"

@@ -1,0 +1,1 @@
+"""Accelerate training scripts for the OFTSR teacher and the one-step student."""
