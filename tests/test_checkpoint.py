@@ -1,0 +1,184 @@
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import oftsr
+from oftsr.checkpoint import CheckpointError, infer_config, param_shapes, parse_authors_filename
+
+from conftest import make_model
+
+TEACHER_NAME = "sr_bicubic-sf4-guided_unet-sigma0.2-bs128-lr1e-4-DIV2K-checkpoint_4.pth"
+STUDENT_NAME = "sr_bicubic-sf4-guided_unet-sigma0.2-distil-v_boot-solver_rk2_0.5-dt0.05-DIV2K_DIS-checkpoint_5.pth"
+
+
+def _outputs(model):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    return model.velocity(x, x.flip(-1), 0.7)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "ffhq", "imagenet"])
+def test_infer_config_from_shapes_of_each_preset(preset):
+    config = oftsr.PRESETS[preset]
+    assert infer_config([s for _, s in param_shapes(config)]) == config
+
+
+def test_infer_config_of_unusual_layouts():
+    for config in [oftsr.UNetConfig(64, (1, 1, 2), 2, ()), oftsr.UNetConfig(32, (1, 2, 2, 2), 3, (1, 8)),
+                   oftsr.UNetConfig(96, (2,), 1, (1,))]:
+        assert infer_config([s for _, s in param_shapes(config)]) == config
+
+
+def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path, student):
+    student.step = 1234
+    path = tmp_path / "m.safetensors"
+    oftsr.save_model(student, path)
+    meta = oftsr.read_metadata(path)
+    assert meta["format"] == "oftsr" and meta["format_version"] == "1"
+    assert meta["role"] == "student" and meta["scale"] == "4" and float(meta["sigma_p"]) == 0.2
+    assert meta["degradation"] == "bicubic" and meta["step"] == "1234"
+    assert json.loads(meta["architecture"])["channel_mult"] == [1, 2, 4]
+    loaded = oftsr.load_model(path)
+    assert (loaded.role, loaded.scale, loaded.sigma_p, loaded.step, loaded.config) == ("student", 4, 0.2, 1234, student.config)
+    assert torch.equal(_outputs(loaded), _outputs(student))
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed away
+
+
+def test_overrides_win_over_metadata(tmp_path, student):
+    oftsr.save_model(student, tmp_path / "m.safetensors")
+    m = oftsr.load_model(tmp_path / "m.safetensors", sigma_p=0.5, role="teacher", scale=2)
+    assert (m.sigma_p, m.role, m.scale) == (0.5, "teacher", 2)
+
+
+def test_authors_ema_shadow_list(tmp_path, random_unet_weights):
+    model = make_model(random_unet_weights)
+    path = tmp_path / STUDENT_NAME
+    torch.save({"ema": {"decay": 0.9999, "num_updates": 7, "shadow_params": [p.clone() for p in model.unet.parameters()]},
+                "step": 42}, path)
+    loaded = oftsr.load_model(path)
+    assert (loaded.role, loaded.scale, loaded.sigma_p, loaded.step) == ("student", 4, 0.2, 42)
+    assert loaded.config == oftsr.PRESETS["tiny"]
+    assert torch.equal(_outputs(loaded), _outputs(model))
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_authors_plain_state_dict_and_snapshot(tmp_path, random_unet_weights, prefix):
+    model = make_model(random_unet_weights)
+    state = {prefix + k: v for k, v in model.unet.state_dict().items()}
+    torch.save(state, tmp_path / TEACHER_NAME)
+    assert torch.equal(_outputs(oftsr.load_model(tmp_path / TEACHER_NAME, role="student")), _outputs(model))
+    # A full training snapshot: the EMA (what the authors sample with) wins over the raw model.
+    ema = [p + 1.0 for p in model.unet.parameters()]
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "step": 9,
+                "ema": {"decay": 0.9999, "num_updates": 9, "shadow_params": ema}}, tmp_path / "snap-sigma0.2-sf4.pth")
+    snap = oftsr.load_model(tmp_path / "snap-sigma0.2-sf4.pth", role="teacher")
+    assert torch.equal(next(snap.unet.parameters()), ema[0]) and snap.step == 9
+
+
+def test_reversed_state_dict_order_is_fine(tmp_path, random_unet_weights):
+    model = make_model(random_unet_weights)
+    state = dict(reversed(list(model.unet.state_dict().items())))
+    torch.save(state, tmp_path / "w.pth")
+    loaded = oftsr.load_model(tmp_path / "w.pth", sigma_p=0.2, role="student", scale=4)
+    assert torch.equal(_outputs(loaded), _outputs(model))
+
+
+def test_fixture_pth_loads_with_inferred_architecture(fixture_dir):
+    m = oftsr.load_model(fixture_dir / "official_format_ema.pth", sigma_p=0.1, role="teacher", scale=4)
+    assert m.config == oftsr.PRESETS["tiny"] and m.step == 1234
+
+
+def test_parse_authors_filename():
+    assert parse_authors_filename(TEACHER_NAME) == {"sigma_p": 0.2, "scale": 4, "role": "teacher", "degradation": "bicubic"}
+    assert parse_authors_filename(STUDENT_NAME)["role"] == "student"
+    assert parse_authors_filename("weights.pth") == {}
+
+
+def test_missing_fields_say_how_to_provide_them(tmp_path, random_unet_weights):
+    torch.save(make_model(random_unet_weights).unet.state_dict(), tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match=r"sigma_p, role, scale.*--sigma-p"):
+        oftsr.load_model(tmp_path / "weights.pth")
+
+
+def test_truncated_safetensors(tmp_path, student):
+    path = tmp_path / "m.safetensors"
+    oftsr.save_model(student, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        oftsr.load_model(path)
+
+
+def test_truncated_pth(tmp_path, random_unet_weights):
+    path = tmp_path / TEACHER_NAME
+    torch.save(make_model(random_unet_weights).unet.state_dict(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        oftsr.load_model(path)
+
+
+def test_empty_and_garbage_files(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty or truncated"):
+        oftsr.load_model(tmp_path / "empty.pth")
+    (tmp_path / "notes.safetensors").write_text("hello, this is not a model at all")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        oftsr.load_model(tmp_path / "notes.safetensors")
+    with pytest.raises(FileNotFoundError):
+        oftsr.load_model(tmp_path / "absent.safetensors")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_never_unpickles_arbitrary_objects(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"ema": Evil()}, path)
+    with pytest.raises(CheckpointError, match="objects other than tensors"):
+        oftsr.load_model(path)
+    path.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError):
+        oftsr.load_model(path)
+
+
+def test_checkpoint_of_another_model(tmp_path):
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 3, 3))
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="not part of an ADM UNet"):
+        oftsr.load_model(tmp_path / "other.safetensors", sigma_p=0.2, role="student", scale=4)
+    torch.save({"weights": [torch.zeros(3, 3)] * 20}, tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="expected an OFTSR checkpoint"):
+        oftsr.load_model(tmp_path / "list.pth")
+    torch.save({"ema": {"shadow_params": [torch.zeros(5, 5)] * 30}}, tmp_path / "shadow.pth")
+    with pytest.raises(CheckpointError, match="ADM UNet"):
+        oftsr.load_model(tmp_path / "shadow.pth")
+
+
+def test_wrong_tensor_shapes_with_right_names(tmp_path, random_unet_weights):
+    state = dict(random_unet_weights)
+    state["out.2.weight"] = torch.zeros(6, 32, 5, 5)
+    torch.save(state, tmp_path / "bad-sigma0.2-sf4.pth")
+    with pytest.raises(CheckpointError):
+        oftsr.load_model(tmp_path / "bad-sigma0.2-sf4.pth", role="student")
+
+
+def test_image_model_with_wrong_input_channels(tmp_path):
+    config = oftsr.UNetConfig(32, (1, 2), 1, (), in_channels=3, out_channels=3)
+    save_file(oftsr.UNet(config).state_dict(), tmp_path / "uncond.safetensors")
+    with pytest.raises(CheckpointError, match="6 input channels"):
+        oftsr.load_model(tmp_path / "uncond.safetensors", sigma_p=0.2, role="student", scale=4)
+
+
+def test_load_to_dtype(tmp_path, student):
+    oftsr.save_model(student, tmp_path / "m.safetensors")
+    m = oftsr.load_model(tmp_path / "m.safetensors", dtype=torch.bfloat16)
+    assert m.dtype == torch.bfloat16
+    v = _outputs(m)
+    assert v.dtype == torch.float32
+    assert (v - _outputs(student)).abs().max() < 0.1 * _outputs(student).abs().max()

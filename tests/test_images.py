@@ -1,0 +1,83 @@
+import numpy as np
+import png
+import pytest
+import torch
+from PIL import Image
+
+from oftsr.images import list_images, load_image, save_image
+
+
+def test_rgb8(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    img, depth = load_image(tmp_path / "a.png")
+    assert img.shape == (1, 3, 5, 7) and depth == 8
+    assert torch.allclose(img[0].permute(1, 2, 0), torch.from_numpy(arr).float() / 255)
+
+
+def test_png16_rgb_keeps_all_bits(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 65536, (4, 6, 3), dtype=np.uint16)
+    with open(tmp_path / "deep.png", "wb") as f:
+        png.Writer(6, 4, greyscale=False, bitdepth=16).write(f, arr.reshape(4, 18))
+    img, depth = load_image(tmp_path / "deep.png")
+    assert depth == 16 and img.shape == (1, 3, 4, 6)
+    assert np.abs(img[0].permute(1, 2, 0).numpy() * 65535 - arr).max() < 0.02  # exact up to float rounding
+
+
+def test_png16_gray_and_round_trip(tmp_path):
+    arr = np.arange(20, dtype=np.uint16).reshape(4, 5) * 3001
+    with open(tmp_path / "g.png", "wb") as f:
+        png.Writer(5, 4, greyscale=True, bitdepth=16).write(f, arr)
+    img, depth = load_image(tmp_path / "g.png")
+    assert img.shape == (1, 1, 4, 5) and depth == 16
+    save_image(img, tmp_path / "out.png", bit_depth=16)
+    again, depth2 = load_image(tmp_path / "out.png")
+    assert depth2 == 16 and torch.allclose(again, img, atol=1e-6)
+
+
+def test_rgba_gray_palette(tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 3] = 128
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert load_image(tmp_path / "rgba.png")[0].shape == (1, 4, 4, 4)
+    Image.fromarray(np.full((4, 4), 77, dtype=np.uint8)).save(tmp_path / "gray.png")
+    gray = load_image(tmp_path / "gray.png")[0]
+    assert gray.shape == (1, 1, 4, 4) and gray.max().item() == pytest.approx(77 / 255)
+    Image.new("LA", (3, 3), (10, 20)).save(tmp_path / "la.png")
+    assert load_image(tmp_path / "la.png")[0].shape == (1, 4, 3, 3)
+    Image.new("P", (3, 3)).save(tmp_path / "p.png")
+    assert load_image(tmp_path / "p.png")[0].shape == (1, 3, 3, 3)
+
+
+def test_content_not_name_decides(tmp_path):
+    Image.new("RGB", (8, 6), (255, 0, 0)).save(tmp_path / "photo.png", format="JPEG")
+    img, _ = load_image(tmp_path / "photo.png")
+    assert img.shape == (1, 3, 6, 8) and img[0, 0].mean() > 0.9
+
+
+def test_unreadable_files(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read as an image"):
+        load_image(tmp_path / "bad.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        load_image(tmp_path / "cut.png")
+
+
+def test_exif_orientation_applied(tmp_path):
+    im = Image.new("RGB", (8, 4))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    im.save(tmp_path / "o.jpg", exif=exif)
+    assert load_image(tmp_path / "o.jpg")[0].shape == (1, 3, 8, 4)
+
+
+def test_list_images(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ["b.png", "a.jpg", "sub/c.webp", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images([tmp_path])] == ["a.jpg", "b.png", "sub/c.webp"]
+    with pytest.raises(FileNotFoundError):
+        list_images([tmp_path / "missing"])

@@ -1,0 +1,205 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import oftsr
+from oftsr.images import load_image
+from oftsr.tiling import feather, num_tiles, tile_starts
+
+from conftest import DATA, make_model, smooth_image
+
+
+@pytest.fixture(scope="module")
+def strong_student():
+    """Random weights with O(1) gain so the velocity clearly depends on context: tiling
+    errors would show. (Untrained ADM init is zero at the output and hides everything.)"""
+    g = torch.Generator().manual_seed(0)
+    unet = oftsr.UNet(oftsr.PRESETS["tiny"])
+    w = {k: torch.randn(v.shape, generator=g) * (1.0 / max(1, v[0].numel()) ** 0.5 if v.ndim > 1 else 0.1)
+         for k, v in unet.state_dict().items()}
+    return make_model(w, sigma_p=0.1)
+
+
+@pytest.fixture(scope="module")
+def photo_lr():
+    """A 64x64 LR crop of a real photograph (Set5 'baby'), or a synthetic one without the data."""
+    path = DATA / "val" / "Set5" / "baby.png"
+    hr = load_image(path)[0][:, :, :256, :256] if path.exists() else smooth_image(256, 256)
+    return F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def test_upscale_shape_range_and_seed(student):
+    img = smooth_image(20, 28)
+    out = oftsr.upscale(student, img, t=0.5, seed=3)
+    assert out.shape == (1, 3, 80, 112) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, oftsr.upscale(student, img, t=0.5, seed=3))
+    assert not torch.equal(out, oftsr.upscale(student, img, t=0.5, seed=4))
+    assert not torch.equal(out, oftsr.upscale(student, img, t=0.0, seed=3))
+
+
+def test_untrained_student_returns_noised_bicubic():
+    # ADM init zeroes the output conv: v = 0, so x1 = x0 = sqrt(1-sp^2) x_lr + sp eps exactly.
+    model = oftsr.create_model("tiny", role="student", sigma_p=0.0, seed=0)
+    img = smooth_image(16, 16)
+    expected = (F.interpolate(img * 2 - 1, scale_factor=4, mode="bicubic", antialias=True).clamp(-1, 1) + 1) / 2
+    assert (oftsr.upscale(model, img) - expected).abs().max() < 1e-6
+
+
+def test_batch_matches_single_images(student):
+    a, b = smooth_image(16, 16, seed=1), smooth_image(16, 16, seed=2)
+    batch = oftsr.upscale(student, torch.cat([a, b]), t=0.7, seed=0)
+    # the noise of item 0 is the first draw of the seed, so item 0 equals the single run
+    assert (batch[0] - oftsr.upscale(student, a, t=0.7, seed=0)[0]).abs().max() < 1e-5
+    assert batch.shape == (2, 3, 64, 64)
+
+
+def test_grayscale_stays_grayscale(student):
+    gray = smooth_image(16, 24, channels=1)
+    out = oftsr.upscale(student, gray)
+    assert out.shape == (1, 1, 64, 96)
+    rgb = oftsr.upscale(student, gray.expand(1, 3, 16, 24))
+    assert (out - rgb.mean(1, keepdim=True)).abs().max() < 1e-6
+
+
+def test_rgba_keeps_alpha(student):
+    img = smooth_image(16, 16)
+    alpha = torch.zeros(1, 1, 16, 16)
+    alpha[..., 4:12, 4:12] = 1.0
+    out = oftsr.upscale(student, torch.cat([img, alpha], 1))
+    assert out.shape == (1, 4, 64, 64)
+    assert torch.equal(out[:, :3], oftsr.upscale(student, img))
+    assert out[0, 3, 24:40, 24:40].min() == 1.0 and out[0, 3, :8, :8].max() == 0.0
+    assert out[:, 3].min() >= 0 and out[:, 3].max() <= 1
+
+
+@pytest.mark.parametrize("t", [-0.1, 1.01, math.nan, math.inf])
+def test_out_of_range_t(student, t):
+    with pytest.raises(ValueError, match=r"t must be in \[0, 1\]"):
+        oftsr.upscale(student, smooth_image(8, 8), t=t)
+
+
+def test_bad_images(student):
+    with pytest.raises(ValueError, match="NaN"):
+        oftsr.upscale(student, torch.full((1, 3, 8, 8), math.nan))
+    with pytest.raises(ValueError, match="empty"):
+        oftsr.upscale(student, torch.zeros(1, 3, 0, 8))
+    with pytest.raises(ValueError, match="channels"):
+        oftsr.upscale(student, torch.zeros(1, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        oftsr.upscale(student, torch.zeros(3, 8, 8))
+
+
+def test_tiny_images(student):
+    for h, w in [(1, 1), (1, 7), (2, 3)]:
+        out = oftsr.upscale(student, smooth_image(h, w) if min(h, w) > 1 else torch.rand(1, 3, h, w))
+        assert out.shape == (1, 3, 4 * h, 4 * w) and torch.isfinite(out).all()
+
+
+def test_role_mismatch_errors(student, teacher):
+    with pytest.raises(ValueError, match="needs a student model, but this model is a teacher"):
+        oftsr.upscale(teacher, smooth_image(8, 8))
+    with pytest.raises(ValueError, match="needs a teacher model, but this model is a student"):
+        oftsr.sample(student, smooth_image(8, 8), steps=2, solver="euler")
+
+
+@pytest.mark.parametrize("solver,steps,nfe", [("euler", 3, 3), ("midpoint", 3, 5), ("heun", 2, 3)])
+def test_teacher_sample_solvers(teacher, solver, steps, nfe):
+    info = {}
+    out = oftsr.sample(teacher, smooth_image(12, 12), steps=steps, solver=solver, seed=1, info=info)
+    assert out.shape == (1, 3, 48, 48) and 0 <= out.min() and out.max() <= 1
+    assert info["nfe"] == nfe
+
+
+def test_teacher_euler_one_step_equals_student_rule(random_unet_weights):
+    # One Euler step from t=0.001 over 0.999 is exactly the student's update at t=0.001.
+    teacher, student = make_model(random_unet_weights, "teacher"), make_model(random_unet_weights, "student")
+    img = smooth_image(12, 12)
+    a = oftsr.sample(teacher, img, steps=1, solver="euler", seed=5)
+    b = oftsr.upscale(student, img, t=0.001, seed=5)
+    assert (a - b).abs().max() < 1e-6
+
+
+def test_teacher_adaptive_reports_nfe(teacher):
+    info = {}
+    oftsr.sample(teacher, smooth_image(8, 8), steps=1, solver="adaptive", info=info)
+    assert info["nfe"] >= 6
+
+
+# ----------------------------------------------------------------------------- tiling
+
+def test_tile_geometry():
+    assert tile_starts(100, 100, 8) == [0]
+    assert tile_starts(300, 128, 32) == [0, 96, 172]
+    assert num_tiles(300, 100, 128, 32) == 3
+    w = feather(10, 4, True, False)
+    assert w[:4].tolist() == pytest.approx([0.2, 0.4, 0.6, 0.8]) and w[4:].tolist() == [1.0] * 6
+    assert feather(10, 4, False, False).tolist() == [1.0] * 10
+
+
+def test_noise_is_a_property_of_the_whole_image():
+    # With a zero-velocity model the output is exactly x0: tiling must not change the noise.
+    model = oftsr.create_model("tiny", role="student", sigma_p=0.5, seed=0)
+    img = smooth_image(40, 56)
+    whole = oftsr.upscale(model, img, seed=11)
+    for tile, overlap in [(64, 16), (96, 0), (48, 24)]:
+        assert torch.equal(oftsr.upscale(model, img, seed=11, tile=tile, overlap=overlap), whole)
+
+
+def _seam_ratio(out: torch.Tensor, tile: int, overlap: int) -> float:
+    """Gradient energy across the tile edges against everywhere else (both axes)."""
+    ratios = []
+    for dim in (-1, -2):
+        n = out.shape[dim]
+        grad = out.diff(dim=dim).pow(2)
+        energy = grad.mean(dim=[d for d in range(4) if d != dim % 4])
+        starts = tile_starts(n, tile, overlap)
+        cuts = sorted({s - 1 for s in starts if s > 0} | {s + tile - 1 for s in starts if s + tile < n})
+        mask = torch.zeros(n - 1, dtype=torch.bool)
+        mask[cuts] = True
+        ratios.append((energy[mask].mean() / energy[~mask].mean()).item())
+    return max(ratios)
+
+
+def test_tiled_output_is_seam_free_and_close_to_untiled(strong_student, photo_lr):
+    whole = oftsr.upscale(strong_student, photo_lr, t=0.5)
+    tiled = oftsr.upscale(strong_student, photo_lr, t=0.5, tile=128, overlap=32)
+    diff = (tiled - whole).abs()
+    assert diff.mean() < 0.01 and diff.max() < 0.15  # a random net with global attention context
+    # Feathered tiles: no more gradient energy at the tile edges than the untiled image has there.
+    assert _seam_ratio(tiled, 128, 32) < 1.05 * _seam_ratio(whole, 128, 32)
+    # Control: hard-edged tiles (no overlap) do show seams under the same measure.
+    hard = oftsr.upscale(strong_student, photo_lr, t=0.5, tile=64, overlap=0)
+    assert _seam_ratio(hard, 64, 0) > 1.3 * _seam_ratio(whole, 64, 0)
+    assert _seam_ratio(oftsr.upscale(strong_student, photo_lr, t=0.5, tile=64, overlap=16), 64, 16) \
+        < 1.05 * _seam_ratio(whole, 64, 16)
+
+
+def test_tile_batch_gives_same_result(strong_student):
+    img = smooth_image(40, 40)
+    one = oftsr.upscale(strong_student, img, tile=64, overlap=16)
+    many = oftsr.upscale(strong_student, img, tile=64, overlap=16, tile_batch=4)
+    assert (one - many).abs().max() < 1e-5
+
+
+def test_tiled_teacher_and_progress(teacher):
+    img = smooth_image(40, 40)
+    calls = []
+    out = oftsr.sample(teacher, img, steps=2, solver="midpoint", tile=64, overlap=16, callback=lambda i, n: calls.append(i))
+    whole = oftsr.sample(teacher, img, steps=2, solver="midpoint")
+    assert calls == [1, 2] and (out - whole).abs().mean() < 0.01
+
+
+def test_tile_progress_callback(student):
+    seen = []
+    oftsr.upscale(student, smooth_image(40, 40), tile=64, overlap=16, callback=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 9), (2, 9), (3, 9), (4, 9), (5, 9), (6, 9), (7, 9), (8, 9), (9, 9)]
+
+
+def test_bad_tiling_arguments(student):
+    with pytest.raises(ValueError, match="tile must be at least"):
+        oftsr.upscale(student, smooth_image(8, 8), tile=8)
+    with pytest.raises(ValueError, match="overlap"):
+        oftsr.upscale(student, smooth_image(32, 32), tile=64, overlap=40)

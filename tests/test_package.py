@@ -1,0 +1,38 @@
+import importlib.util
+import inspect
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_comfyui_entry_imports_without_comfyui():
+    assert "comfy" not in sys.modules
+    spec = importlib.util.spec_from_file_location("oftsr_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    assert inspect.iscoroutinefunction(pack.comfy_entrypoint)
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # one registration mechanism (V3)
+
+
+def test_library_does_not_import_comfyui():
+    for path in (ROOT / "oftsr").rglob("*.py"):
+        text = path.read_text()
+        assert "import comfy" not in text and "from comfy" not in text and "folder_paths" not in text, path
+
+
+def test_requirements_leave_torch_alone():
+    reqs = [line.split(">")[0].split("=")[0].strip().lower() for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert "torch" not in reqs and "torchvision" not in reqs
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    torch_req = next(d for d in project["dependencies"] if d.startswith("torch") and not d.startswith("torchdiffeq"))
+    assert "<" not in torch_req and "==" not in torch_req  # never forces a torch reinstall
+    assert project["scripts"]["oftsr"] == "oftsr.cli:main"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    command = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q'
+    assert command in readme and command in (ROOT / ".ci" / "run").read_text()

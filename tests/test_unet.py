@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import oftsr
+from oftsr.unet import AttentionBlock, UNet, count_parameters
+
+
+@pytest.mark.parametrize("preset,count", [("ffhq", 93_567_366), ("div2k", 93_567_366), ("imagenet", 552_820_998),
+                                          ("tiny", 3_163_686)])
+def test_preset_parameter_counts(preset, count):
+    with torch.device("meta"):
+        unet = UNet(oftsr.PRESETS[preset])
+    assert count_parameters(unet) == count
+
+
+def test_names_shapes_order_match_authors_manifest(fixture_dir):
+    manifest = json.loads((fixture_dir / "manifest.json").read_text())
+    ours = [[n, list(p.shape)] for n, p in UNet(oftsr.PRESETS["tiny"]).named_parameters()]
+    assert ours == manifest["parameters_in_order"]
+    assert sum(p.numel() for p in UNet(oftsr.PRESETS["tiny"]).parameters()) == manifest["n_params"]
+
+
+def test_reproduces_authors_outputs(fixture_dir):
+    model = oftsr.load_model(fixture_dir / "official_format_ema.pth", sigma_p=0.2, role="teacher", scale=4)
+    io = load_file(fixture_dir / "io.safetensors")
+    with torch.no_grad():
+        v6 = model.unet(torch.cat([io["x_t"], io["x_lr"]], 1), io["t"] * 999)
+        v = model.velocity(io["x_t"], io["x_lr"], io["t"])
+    assert (v6 - io["expected_v6"]).abs().max().item() < 1e-5
+    assert (v - io["expected_v6"][:, :3]).abs().max().item() < 1e-5
+
+
+def test_sdpa_matches_legacy_attention(random_unet_weights):
+    unet = UNet(oftsr.PRESETS["tiny"])
+    unet.load_state_dict(random_unet_weights)
+    x, t = torch.randn(2, 6, 32, 64), torch.tensor([10.0, 900.0])
+    with torch.no_grad():
+        fast = unet(x, t)
+        AttentionBlock.use_sdpa = False
+        try:
+            legacy = unet(x, t)
+        finally:
+            AttentionBlock.use_sdpa = True
+    assert fast.abs().mean() > 1e-2  # attention contributes (weights are random, not zero-init)
+    assert (fast - legacy).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (33, 17), (64, 96)])
+def test_velocity_any_size_pads_and_crops(student, h, w):
+    x = torch.rand(2, 3, h, w) * 2 - 1
+    v = student.velocity(x, x.flip(1), 0.5)
+    assert v.shape == (2, 3, h, w) and v.dtype == torch.float32 and torch.isfinite(v).all()
+
+
+def test_velocity_crop_equals_unpadded_when_already_aligned(student):
+    # On an aligned size nothing is padded: the velocity is the raw network output.
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        raw = student.unet(torch.cat([x, x], 1), torch.tensor([500.0]))[:, :3]
+    assert torch.equal(student.velocity(x, x, 500 / 999), raw)
+
+
+def test_time_enters_as_t_times_999(student):
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert not torch.allclose(student.velocity(x, x, 0.1), student.velocity(x, x, 0.9))
+    assert torch.equal(student.velocity(x, x, torch.tensor([0.3])), student.velocity(x, x, 0.3))
