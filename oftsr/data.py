@@ -1,0 +1,101 @@
+"""Training data: a folder of HR photographs, random crops and flips, LR made on the fly."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .degradations import make_lr
+from .images import IMAGE_SUFFIXES, load_image
+
+logger = logging.getLogger(__name__)
+
+
+def scan_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under `root` (recursive), each checked by opening its header; the
+    format comes from the content, so JPEG data under a .png name is fine. Files that
+    cannot be opened are reported once and left out."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"training data folder {root} does not exist")
+    good, bad = [], []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            with Image.open(path) as im:
+                im.verify()
+            good.append(path)
+        except Exception as e:  # any decoder error means "skip this file"
+            bad.append(f"{path.name} ({type(e).__name__})")
+    if bad:
+        logger.warning("skipping %d unreadable file(s) in %s: %s", len(bad), root, ", ".join(bad))
+    if not good:
+        raise ValueError(f"no readable images (png/jpg/webp/...) found under {root}")
+    return good
+
+
+class SRDataset(torch.utils.data.Dataset):
+    """Items are dicts with `hr` and `lr` (the LR brought back to HR size), both
+    (3, resolution, resolution) in [-1, 1]. Crops, flips and degradation noise are drawn
+    from a generator seeded by (seed, epoch, index): the same item is the same whatever
+    the number of workers or processes, and a resumed run sees the data it would have."""
+
+    def __init__(self, root: str | os.PathLike, *, resolution: int = 256, scale: int = 4, degradation: str = "bicubic",
+                 sigma_y: float = 0.05, random_flip: bool = True, center_crop: bool = False, seed: int = 0) -> None:
+        if resolution % scale:
+            raise ValueError(f"resolution {resolution} must be a multiple of the scale {scale}")
+        self.files = scan_images(root)
+        self.resolution, self.scale, self.degradation, self.sigma_y = resolution, scale, degradation, sigma_y
+        self.random_flip, self.center_crop = random_flip, center_crop
+        self.seed, self.epoch = seed, 0
+        self._reported: set[Path] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> torch.Tensor:
+        # A file that passed the header check can still fail to decode (truncated data):
+        # report it once and use the next one, so a bad file never stops a run.
+        for k in range(len(self.files)):
+            path = self.files[(index + k) % len(self.files)]
+            try:
+                image, _ = load_image(path)
+                return image[0]
+            except ValueError as e:
+                if path not in self._reported:
+                    self._reported.add(path)
+                    logger.warning("skipping unreadable training image: %s", e)
+        raise RuntimeError("no training image could be decoded")
+
+    def _crop(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        image = image[:3]
+        r = self.resolution
+        h, w = image.shape[-2:]
+        if min(h, w) < r:  # small images: scale up so the crop fits
+            f = r / min(h, w)
+            image = F.interpolate(image[None], size=(max(r, round(h * f)), max(r, round(w * f))), mode="bicubic",
+                                  align_corners=False)[0].clamp(0, 1)
+            h, w = image.shape[-2:]
+        if self.center_crop:
+            y, x = (h - r) // 2, (w - r) // 2
+        else:
+            y, x = int(torch.randint(h - r + 1, (), generator=g)), int(torch.randint(w - r + 1, (), generator=g))
+        crop = image[:, y:y + r, x:x + r]
+        if self.random_flip and torch.rand((), generator=g) < 0.5:
+            crop = crop.flip(-1)
+        return crop
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+        hr = self._crop(self._load(index), g) * 2 - 1
+        lr = make_lr(hr[None], self.scale, self.degradation, generator=g, sigma_y=self.sigma_y)[0]
+        return {"hr": hr.contiguous(), "lr": lr.contiguous()}

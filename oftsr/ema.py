@@ -1,0 +1,48 @@
+"""Exponential moving average of parameters, with the paper's warm-up
+decay_n = min(decay, (1 + n) / (10 + n))."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """Float32 shadow copies of `model.parameters()` (the same order as the authors'
+    `shadow_params`). `state_dict`/`load_state_dict` let Accelerate checkpoint it."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999) -> None:
+        self.decay = float(decay)
+        self.num_updates = 0
+        self.shadow_params = [p.detach().float().clone() for p in model.parameters()]
+
+    def current_decay(self) -> float:
+        n = self.num_updates
+        return min(self.decay, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.num_updates += 1
+        weight = 1.0 - self.current_decay()
+        params = [p.detach().float() for p in model.parameters()]
+        torch._foreach_lerp_(self.shadow_params, params, weight)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for p, s in zip(model.parameters(), self.shadow_params):
+            p.copy_(s.to(p.dtype))
+
+    def to(self, device: torch.device | str) -> "EMA":
+        self.shadow_params = [s.to(device) for s in self.shadow_params]
+        return self
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow_params": self.shadow_params}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow_params"]) != len(self.shadow_params):
+            raise ValueError(f"EMA state has {len(state['shadow_params'])} tensors, the model {len(self.shadow_params)}")
+        self.decay = float(state["decay"])
+        self.num_updates = int(state["num_updates"])
+        device = self.shadow_params[0].device
+        self.shadow_params = [s.to(device).float() for s in state["shadow_params"]]

@@ -1,0 +1,213 @@
+"""Accelerate glue shared by `train_teacher.py` and `distill.py`: flags, data loading,
+atomic checkpoints with rotation and resume, validation images, and export."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import oftsr  # noqa: E402
+from oftsr.data import SRDataset  # noqa: E402
+from oftsr.ema import EMA  # noqa: E402
+from oftsr.model import DEGRADATIONS  # noqa: E402
+from oftsr.unet import PRESETS  # noqa: E402
+
+logger = logging.getLogger("oftsr.trainer")
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps: int) -> None:
+    """The diffusers-style flags both scripts share (defaults: the paper's, scaled to one GPU)."""
+    p.add_argument("--train_data_dir", required=True, help="folder of HR images (recursive)")
+    p.add_argument("--validation_data_dir", default=None, help="folder of HR images for validation")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--resolution", type=int, default=256, help="HR crop size")
+    p.add_argument("--train_batch_size", type=int, default=batch, help="per device")
+    p.add_argument("--max_train_steps", type=int, default=steps)
+    p.add_argument("--learning_rate", type=float, default=lr)
+    p.add_argument("--lr_warmup_steps", type=int, default=1000)
+    p.add_argument("--adam_beta1", type=float, default=0.9)
+    p.add_argument("--adam_beta2", type=float, default=0.999)
+    p.add_argument("--adam_weight_decay", type=float, default=0.0)
+    p.add_argument("--max_grad_norm", type=float, default=1.0)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="default: what `accelerate config` says")
+    p.add_argument("--checkpointing_steps", type=int, default=5000)
+    p.add_argument("--checkpoints_total_limit", type=int, default=None)
+    p.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest"')
+    p.add_argument("--report_to", default="tensorboard", help='tensorboard, wandb, all, or "none"')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validation_steps", type=int, default=1000)
+    p.add_argument("--num_validation_images", type=int, default=4)
+    p.add_argument("--dataloader_num_workers", type=int, default=2)
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic")
+    p.add_argument("--ema_decay", type=float, default=0.9999)
+
+
+def make_accelerator(args: argparse.Namespace, project: str):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+    report_to = None if args.report_to == "none" else args.report_to
+    if report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            logger.warning("tensorboard is not installed: scalars are not logged (pip install tensorboard)")
+            report_to = None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed, device_specific=True)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        if report_to:
+            accelerator.init_trackers(project, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    return accelerator
+
+
+def make_dataloader(args: argparse.Namespace, root: str, *, sigma_y: float = 0.05) -> torch.utils.data.DataLoader:
+    dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
+                        sigma_y=sigma_y, seed=args.seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+                                       num_workers=args.dataloader_num_workers, persistent_workers=False)
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then constant (the paper uses no decay)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+
+
+class TrainState:
+    """The optimisation step, checkpointed with the rest by `accelerator.save_state`."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def list_checkpoints(output_dir: str) -> list[Path]:
+    """Complete checkpoints, oldest first. Temporary folders (a save that was cut off)
+    never match the name pattern, so they are never resumed from."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None) -> Path:
+    """`accelerator.save_state` into a temporary folder, renamed when complete; then the
+    oldest checkpoints beyond `total_limit` are removed."""
+    final = Path(output_dir) / f"checkpoint-{step}"
+    tmp = Path(output_dir) / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        logger.info("saved %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(accelerator, args: argparse.Namespace) -> None:
+    """Load `--resume_from_checkpoint` (a path, or "latest" = newest complete one in
+    `--output_dir`). Restores models, EMA, optimizer, scheduler, RNG and step."""
+    if not args.resume_from_checkpoint:
+        return
+    if args.resume_from_checkpoint == "latest":
+        found = list_checkpoints(args.output_dir)
+        if not found:
+            logger.info("no checkpoint in %s: starting a new run", args.output_dir)
+            return
+        path = found[-1]
+    else:
+        path = Path(args.resume_from_checkpoint)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
+    accelerator.load_state(str(path))
+    logger.info("resumed from %s", path)
+
+
+def train_batches(accelerator, dataloader, start_step: int, grad_accum: int):
+    """Endless batches from the (prepared) loader, positioned at `start_step` optimizer
+    steps: earlier epochs are skipped by number and the current one by batch count, so a
+    resumed run continues with the batch it would have seen."""
+    per_epoch = len(dataloader)
+    if per_epoch == 0:
+        raise ValueError("the training set is smaller than one batch: lower --train_batch_size or add images")
+    consumed = start_step * grad_accum
+    epoch, skip = divmod(consumed, per_epoch)
+    while True:
+        dataloader.set_epoch(epoch)
+        dataloader.dataset.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+@torch.no_grad()
+def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """A fixed batch of center crops from the validation folder (or None)."""
+    if not args.validation_data_dir:
+        return None
+    ds = SRDataset(args.validation_data_dir, resolution=args.resolution, scale=args.scale,
+                   degradation=args.degradation, random_flip=False, center_crop=True, seed=args.seed)
+    items = [ds[i] for i in range(min(args.num_validation_images, len(ds)))]
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1], measured on [0, 1]."""
+    mse = (((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def log_images(accelerator, name: str, images: torch.Tensor, step: int) -> None:
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images(name, ((images.clamp(-1, 1) + 1) / 2).float().cpu(), step)
+
+
+def export_ema(model: oftsr.OFTSRModel, ema: EMA, path: Path, step: int) -> Path:
+    """Write the EMA weights as our `.safetensors` (full metadata; loads in the CLI and nodes)."""
+    export = oftsr.OFTSRModel(oftsr.UNet(model.config), sigma_p=model.sigma_p, role=model.role, scale=model.scale,
+                              degradation=model.degradation, step=step)
+    ema.copy_to(export.unet)
+    oftsr.save_model(export, path)
+    return path
+
+
+def preset_choices() -> list[str]:
+    return list(PRESETS)
