@@ -4,6 +4,7 @@ atomic checkpoints with rotation and resume, validation images, and export."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -68,7 +69,11 @@ def make_accelerator(args: argparse.Namespace, project: str):
         except ImportError:
             logger.warning("tensorboard is not installed: scalars are not logged (pip install tensorboard)")
             report_to = None
+    # Several processes and no GPU: data-parallel on the CPU (gloo). Accelerate only detects
+    # this when told, and its `--cpu` launch flag starts a single process.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
+        cpu=multi_cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=report_to,
@@ -87,8 +92,11 @@ def make_accelerator(args: argparse.Namespace, project: str):
 def make_dataloader(args: argparse.Namespace, root: str, *, sigma_y: float = 0.05) -> torch.utils.data.DataLoader:
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
                         sigma_y=sigma_y, seed=args.seed)
+    # The loader's own generator: starting an epoch must not draw from the global RNG, or a
+    # resumed run (which starts its epoch at another point) would draw different t and noise.
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
-                                       num_workers=args.dataloader_num_workers, persistent_workers=False)
+                                       num_workers=args.dataloader_num_workers, persistent_workers=False,
+                                       generator=torch.Generator().manual_seed(args.seed))
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -124,8 +132,10 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     oldest checkpoints beyond `total_limit` are removed."""
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = Path(output_dir) / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
@@ -192,6 +202,15 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1], measured on [0, 1]."""
     mse = (((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).mean().item()
     return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def log_metrics(accelerator, output_dir: str, logs: dict[str, float], step: int) -> None:
+    """To the trackers, and as one JSON line per step in `output_dir/metrics.jsonl`
+    (a plain record that survives without any tracker installed)."""
+    accelerator.log(logs, step=step)
+    if accelerator.is_main_process:
+        with open(os.path.join(output_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **logs}) + "\n")
 
 
 def log_images(accelerator, name: str, images: torch.Tensor, step: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from common import (TrainState, add_common_args, export_ema, log_images, make_accelerator, make_dataloader, psnr,
+from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, make_accelerator, make_dataloader, psnr,
                     resume, save_checkpoint, train_batches, validation_batch, warmup_schedule)
 
 import oftsr
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
             logs.update(validate(accelerator, accelerator.unwrap_model(student), ema, val_batch, args, state.step))
             logger.info("step %d: %s", state.step, {k: round(v, 4) for k, v in logs.items()})
-        accelerator.log(logs, step=state.step)
+        log_metrics(accelerator, args.output_dir, logs, state.step)
         if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
             save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit)
     bar.close()

@@ -14,16 +14,15 @@ from pathlib import Path
 
 import torch
 
-from common import (TrainState, add_common_args, export_ema, log_images, make_accelerator, make_dataloader,
+from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, make_accelerator, make_dataloader,
                     preset_choices, psnr, resume, save_checkpoint, train_batches, validation_batch, warmup_schedule)
 
 import oftsr
 from oftsr.ema import EMA
-from oftsr.flow import noise_augment
+from oftsr.flow import noise_augment, time_grid
 from oftsr.inference import velocity_field
 from oftsr.losses import sample_flow_time, teacher_loss
 from oftsr.sampling import get_sampler
-from oftsr.flow import time_grid
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
             logs.update(validate(accelerator, accelerator.unwrap_model(model), ema, val_batch, args, state.step))
             logger.info("step %d: %s", state.step, {k: round(v, 3) for k, v in logs.items()})
-        accelerator.log(logs, step=state.step)
+        log_metrics(accelerator, args.output_dir, logs, state.step)
         if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
             save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit)
     bar.close()

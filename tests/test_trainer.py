@@ -1,0 +1,187 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import oftsr
+from oftsr.data import SRDataset, scan_images
+from oftsr.degradations import make_lr
+from oftsr.flow import noise_augment, student_step, time_grid
+from oftsr.losses import distill_loss, teacher_loss
+from oftsr.sampling import sample_midpoint
+
+from conftest import DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory) -> Path:
+    """A few real photographs (or synthetic ones without the shared data), one small image,
+    one JPEG under a .png name and one broken file."""
+    folder = tmp_path_factory.mktemp("train")
+    real = sorted((DATA / "train").glob("*.png"))[:4] if (DATA / "train").is_dir() else []
+    for i, src in enumerate(real):
+        shutil.copy(src, folder / f"img{i}.png")
+    rng = np.random.default_rng(0)
+    for i in range(len(real), 4):
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    (folder / "sub").mkdir()
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / "sub" / "small.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "jpeg_named.png", format="JPEG")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return folder
+
+
+def test_dataset_items(train_dir, caplog):
+    ds = SRDataset(train_dir, resolution=32, scale=4, seed=3)
+    assert len(ds) == 6 and "broken.png" in caplog.text  # reported once, left out
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["hr"].shape == item["lr"].shape == (3, 32, 32)
+        assert item["hr"].min() >= -1 and item["hr"].max() <= 1
+    # the LR is the bicubic degradation of the HR crop
+    item = ds[0]
+    assert torch.allclose(item["lr"], make_lr(item["hr"][None], 4, "bicubic")[0], atol=1e-6)
+    # seeded by (seed, epoch, index)
+    assert torch.equal(ds[2]["hr"], ds[2]["hr"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[2]["hr"], SRDataset(train_dir, resolution=32, seed=3)[2]["hr"])
+
+
+def test_dataset_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        SRDataset(tmp_path / "missing")
+    (tmp_path / "a.png").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="no readable images"):
+        scan_images(tmp_path)
+    with pytest.raises(ValueError, match="multiple of the scale"):
+        SRDataset(tmp_path, resolution=30, scale=4)
+
+
+def _fixed_batch():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    hr = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=(32, 32), mode="bicubic") * 2 - 1
+    hr = hr.clamp(-1, 1)
+    return hr, make_lr(hr, 4, "bicubic"), torch.randn(hr.shape, generator=g)
+
+
+@pytest.fixture(scope="module")
+def overfit_teacher():
+    hr, lr, noise = _fixed_batch()
+    t = torch.tensor([0.3, 0.8])
+    model = oftsr.create_model("tiny", role="teacher", seed=0).train().requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(100):
+        loss = teacher_loss(model, hr, lr, 0.2, noise, t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model.eval().requires_grad_(False), losses
+
+
+def test_tiny_teacher_overfits_a_fixed_batch(overfit_teacher):
+    _, losses = overfit_teacher
+    assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
+
+
+def _psnr(a, b):
+    return (10 * torch.log10(4 / ((a.clamp(-1, 1) - b) ** 2).mean())).item()
+
+
+def test_tiny_distillation_beats_the_untrained_student(overfit_teacher):
+    teacher, _ = overfit_teacher
+    hr, lr, noise = _fixed_batch()
+    x0 = noise_augment(lr, 0.2, noise)
+    student = oftsr.OFTSRModel(oftsr.UNet(teacher.config), sigma_p=0.2, role="student", scale=4)
+    student.unet.load_state_dict(teacher.unet.state_dict())
+
+    def one_step():
+        with torch.no_grad():
+            return _psnr(student_step(x0, student.eval().velocity(x0, lr, 1.0)), hr)
+
+    before = one_step()
+    student.train().requires_grad_(True)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(40):
+        out = distill_loss(student, teacher, x0, lr, torch.rand(2, generator=g) * 0.98 + 0.01)
+        opt.zero_grad()
+        out["total"].backward()
+        opt.step()
+    after = one_step()
+    with torch.no_grad():
+        teacher_psnr = _psnr(sample_midpoint(lambda x, t: teacher.velocity(x, lr, t), x0, time_grid(8)), hr)
+    assert after > before + 0.5, (before, after, teacher_psnr)
+    assert after < teacher_psnr + 1.0  # approaching the teacher, not beyond it by luck
+
+
+# ----------------------------------------------------------------------------- the scripts
+
+COMMON = ["--resolution", "32", "--train_batch_size", "2", "--dataloader_num_workers", "0", "--report_to", "none",
+          "--lr_warmup_steps", "2", "--learning_rate", "1e-3", "--validation_steps", "1000"]
+
+
+def _run(args, launcher=(sys.executable,), timeout=600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    res = subprocess.run([*launcher, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def _losses(out_dir, key="loss"):
+    return {r["step"]: r[key] for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_path):
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--checkpointing_steps", "2", "--seed", "5"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _run([*base, "--output_dir", full, "--max_train_steps", "4", "--checkpoints_total_limit", "1"])
+    assert sorted(p.name for p in full.iterdir() if p.is_dir()) == ["checkpoint-4"]  # rotation kept the last one
+
+    _run([*base, "--output_dir", cut, "--max_train_steps", "2"])  # "killed" right after its checkpoint
+    (cut / ".tmp-checkpoint-3").mkdir()  # a save cut off half-way: must be ignored
+    _run([*base, "--output_dir", cut, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
+
+    a, b = _losses(full), _losses(cut)
+    assert sorted(b) == [1, 2, 3, 4]
+    assert b[3] == pytest.approx(a[3], rel=1e-6) and b[4] == pytest.approx(a[4], rel=1e-6)
+    opt_a = torch.load(full / "checkpoint-4" / "optimizer.bin", weights_only=True)
+    opt_b = torch.load(cut / "checkpoint-4" / "optimizer.bin", weights_only=True)
+    assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"] == 4
+    assert torch.allclose(opt_a["state"][0]["exp_avg"], opt_b["state"][0]["exp_avg"], atol=1e-6)
+    ta, tb = oftsr.load_model(full / "teacher.safetensors"), oftsr.load_model(cut / "teacher.safetensors")
+    assert ta.step == tb.step == 4 and ta.role == "teacher"
+    for pa, pb in zip(ta.parameters(), tb.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_accelerate_launch_two_processes(train_dir, tmp_path):
+    # On a machine without a GPU, `--multi_gpu` gives two gloo CPU processes (MULTI_CPU); the
+    # `--cpu` flag of current accelerate launches a single process whatever --num_processes says.
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", teacher_dir, "--preset", "tiny",
+          *COMMON, "--max_train_steps", "2", "--checkpointing_steps", "2"], launcher)
+    _run(["trainer/distill.py", "--teacher", teacher_dir / "teacher.safetensors", "--train_data_dir", train_dir,
+          "--output_dir", student_dir, *COMMON, "--max_train_steps", "2", "--checkpointing_steps", "2"], launcher)
+    for folder, role in [(teacher_dir, "teacher"), (student_dir, "student")]:
+        ckpt = folder / "checkpoint-2"
+        assert (ckpt / "model.safetensors").is_file() and (ckpt / "optimizer.bin").is_file()
+        assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+        model = oftsr.load_model(folder / f"{role}.safetensors")
+        assert model.role == role and model.step == 2 and model.config == oftsr.PRESETS["tiny"]
+    distill = _losses(student_dir, "total")
+    assert sorted(distill) == [1, 2] and all(np.isfinite(v) for v in distill.values())
