@@ -5,6 +5,6 @@ Importing this file needs neither ComfyUI nor a GPU; ComfyUI calls `comfy_entryp
 
 
 async def comfy_entrypoint():
-    from .nodes import OFTSRExtension
+    from .nodes.extension import OFTSRExtension
 
     return OFTSRExtension()

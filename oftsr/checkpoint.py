@@ -25,11 +25,20 @@ from .unet import UNet, UNetConfig
 FORMAT_NAME = "oftsr"
 FORMAT_VERSION = 1
 
-__all__ = ["load_model", "save_model", "read_metadata", "infer_config", "parse_authors_filename", "CheckpointError"]
+__all__ = ["load_model", "save_model", "read_metadata", "infer_config", "parse_authors_filename", "CheckpointError",
+           "MissingInfoError"]
 
 
 class CheckpointError(ValueError):
     """A file that is not a usable OFTSR checkpoint; the message says what was expected and found."""
+
+
+class MissingInfoError(CheckpointError):
+    """Valid weights, but sigma_p, role or scale is neither in the file nor given. `.missing` names them."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 # --------------------------------------------------------------------------- saving
@@ -353,9 +362,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     missing = [k for k in ("sigma_p", "role", "scale") if k not in info]
     if missing:
         flags = ", ".join(f"{k}=... (CLI: --{k.replace('_', '-')})" for k in missing)
-        raise CheckpointError(
+        raise MissingInfoError(
             f"{path.name}: the file does not say its {', '.join(missing)} (no OFTSR metadata and no authors' file-name "
-            f"pattern such as '...-sf4-...-sigma0.2-...'); pass {flags}"
+            f"pattern such as '...-sf4-...-sigma0.2-...'); pass {flags}", missing
         )
     if info["role"] not in ROLES:
         raise CheckpointError(f"role must be one of {ROLES}, got {info['role']!r}")

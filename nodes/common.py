@@ -1,0 +1,229 @@
+"""What the OFTSR nodes share: ComfyUI's IMAGE layout, common inputs, role checks,
+devices and memory, progress and Cancel, and the one out-of-memory retry loop."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+from comfy_api.latest import io
+
+from ..oftsr.tiling import num_tiles
+from ..oftsr.color import COLOR_FIX_MODES, color_fix
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "image/upscaling/OFTSR"
+OFTSR_MODEL = io.Custom("OFTSR_MODEL")
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 64
+MIN_OOM_TILE = 128  # the out-of-memory retry halves the tile down to this
+ADAPTIVE_NFE_GUESS = 32  # progress-bar length for the adaptive solver (20-31 NFE in the paper)
+
+# Bytes of activations per output pixel and per UNet base channel, measured on the
+# div2k and imagenet presets (about 40-60 in float32); half precision stores less.
+_ACT_BYTES_PER_ELEM = 10
+_ACT_BYTES_FIXED = 16
+
+
+# --------------------------------------------------------------------------- inputs
+
+def model_input() -> io.Input:
+    return OFTSR_MODEL.Input("model", tooltip="An OFTSR model from Load OFTSR Model.")
+
+
+def image_input() -> io.Input:
+    return io.Image.Input("image", tooltip="The low-resolution image(s); RGBA keeps its alpha (upscaled bicubically).")
+
+
+def t_input(name: str = "t", default: float = 0.5, tooltip: str | None = None) -> io.Input:
+    return io.Float.Input(
+        name, default=default, min=0.0, max=1.0, step=0.01, display_mode=io.NumberDisplay.slider,
+        tooltip=tooltip or "Fidelity-realism trade-off: 0 = fidelity (smooth, faithful, highest PSNR), "
+                           "1 = realism (sharp detail, lowest LPIPS).",
+    )
+
+
+def seed_input() -> io.Input:
+    return io.Int.Input(
+        "seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+        tooltip="Seed of the start-point noise. Drawn for the whole image, so the result does not depend on the tiling.",
+    )
+
+
+def tiling_inputs() -> list[io.Input]:
+    return [
+        io.Int.Input("tile", default=DEFAULT_TILE, min=0, max=8192, step=8,
+                     tooltip="Tile size in output pixels (0 = the whole image at once). Bounds GPU memory; halved "
+                             f"automatically down to {MIN_OOM_TILE} when memory runs out."),
+        io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=1024, step=8,
+                     tooltip="Overlap of neighbouring tiles in output pixels, blended with linear feathering (no seams). "
+                             "At most half the tile."),
+    ]
+
+
+def color_fix_input() -> io.Input:
+    return io.Combo.Input(
+        "color_fix", options=list(COLOR_FIX_MODES), default="none",
+        tooltip="Keep the low-frequency colour of the bicubic-upscaled input: none, wavelet (replace the coarsest "
+                "wavelet band) or adain (match per-channel mean and contrast).",
+    )
+
+
+# --------------------------------------------------------------------------- checks and layout
+
+def require_role(model, role: str, node: str) -> None:
+    """A clear error when a node gets the wrong kind of model (the library's message
+    names library functions; this one names nodes)."""
+    actual = getattr(model, "role", None)
+    if actual is None or not hasattr(model, "velocity"):
+        raise ValueError(f"{node} needs an OFTSR_MODEL from the Load OFTSR Model node, got {type(model).__name__}")
+    if actual == role:
+        return
+    if role == "student":
+        raise ValueError(
+            f"{node} needs a one-step student model, but this model is a teacher. Use the OFTSR Teacher Sampler node "
+            f"for a teacher, or set role = student in Load OFTSR Model if the file's role is wrong."
+        )
+    raise ValueError(
+        f"{node} needs a teacher model, but this model is a one-step student. Use OFTSR Upscale (or OFTSR t-Sweep, "
+        f"OFTSR Regional Trade-off) for a student, or set role = teacher in Load OFTSR Model if the file's role is wrong."
+    )
+
+
+def to_bchw(image: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """ComfyUI IMAGE [B, H, W, C] -> (B, C, H, W) float32."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{name} must be an IMAGE [batch, height, width, channels], got {shape}")
+    if image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{name} must have 3 (RGB), 4 (RGBA) or 1 (gray) channels, got {image.shape[-1]}")
+    return image.movedim(-1, 1).float()
+
+
+def to_image(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> ComfyUI IMAGE [B, H, W, C] float32 on the intermediate device."""
+    return x.movedim(1, -1).to(device=mm.intermediate_device(), dtype=torch.float32).contiguous()
+
+
+def finish(out: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.Tensor:
+    """Colour correction against the (B, C, H, W) input, then back to an IMAGE."""
+    return to_image(color_fix(out, reference.to(out.device), mode))
+
+
+# --------------------------------------------------------------------------- progress and Cancel
+
+class Progress:
+    """One ComfyUI progress bar over `passes` library calls of `units` ticks each (tiles
+    or steps). Every tick first checks Cancel, so an interrupt stops within a tile/step."""
+
+    def __init__(self, passes: int, units: int) -> None:
+        self.units = max(1, int(units))
+        self.total = max(1, int(passes)) * self.units
+        self.started = 0
+        self.value = 0
+        self.bar = comfy.utils.ProgressBar(self.total)
+
+    def callback(self) -> Callable[[int, int], None]:
+        """The `callback(i, n)` for the next library call (call once per call)."""
+        mm.throw_exception_if_processing_interrupted()
+        base, units = self.started * self.units, self.units
+        self.started += 1
+
+        def tick(i: int, n: int) -> None:
+            mm.throw_exception_if_processing_interrupted()
+            done = min(i, n) if n > 0 else min(i, units - 1)  # n == 0: the adaptive solver's count of evaluations
+            self.value = min(self.total, base + min(done, units))
+            self.bar.update_absolute(self.value, self.total)
+
+        return tick
+
+    def finish(self) -> None:
+        if self.value < self.total:  # e.g. the adaptive solver, whose length was a guess
+            self.value = self.total
+            self.bar.update_absolute(self.total, self.total)
+
+
+# --------------------------------------------------------------------------- devices, memory, OOM
+
+def estimate_memory(model, batch: int, out_h: int, out_w: int, tile: int | None, states: int = 4) -> int:
+    """Bytes a run needs on the device: weights, one tile's activations, whole-image states."""
+    th, tw = (min(tile, out_h), min(tile, out_w)) if tile else (out_h, out_w)
+    elem = torch.empty((), dtype=model.dtype).element_size()
+    activations = batch * th * tw * model.config.model_channels * (_ACT_BYTES_PER_ELEM * elem + _ACT_BYTES_FIXED)
+    images = batch * 3 * out_h * out_w * 4 * (6 + states)
+    return int(mm.module_size(model) + activations + images)
+
+
+def is_oom(e: BaseException) -> bool:
+    if isinstance(e, mm.OOM_EXCEPTION) and mm.OOM_EXCEPTION is not Exception:
+        return True
+    # MPS and some other back-ends raise a plain RuntimeError
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+def _first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:
+    tile, overlap = int(tile), int(overlap)
+    if tile <= 0:
+        return None, 0
+    return tile, max(0, min(overlap, tile // 2))
+
+
+def _smaller_tiling(tile: int | None, overlap: int, out_h: int, out_w: int) -> tuple[int, int]:
+    """Halve the tile actually in use (an image smaller than the tile is one tile)."""
+    current = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
+    tile = current // 2
+    return tile, min(overlap, tile // 4)
+
+
+Job = Callable[[object, torch.Tensor, "int | None", int, Progress], torch.Tensor]
+
+
+def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, node: str, passes: int = 1,
+                  units: Callable[[int | None, int], int] | None = None, states: int = 4) -> torch.Tensor:
+    """Run `job(model, x, tile, overlap, progress)` with the model on ComfyUI's torch
+    device, then put the model back on the offload device.
+
+    Memory is freed for the estimated need first (other models are unloaded), as
+    ComfyUI's ImageUpscaleWithModel does. On out-of-memory the tile is halved and the
+    whole job retried, down to MIN_OOM_TILE; below that a ValueError says what to do.
+    `units(tile, overlap)` is the number of progress ticks per library call (default:
+    tiles of the output). `x` is (B, C, H, W); the result is what `job` returns."""
+    device = mm.get_torch_device()
+    out_h, out_w = x.shape[-2] * model.scale, x.shape[-1] * model.scale
+    if units is None:
+        units = lambda t, o: num_tiles(out_h, out_w, t, o)  # noqa: E731
+    tile, overlap = _first_tiling(tile, overlap)
+    mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
+    model.to(device)
+    try:
+        while True:
+            try:
+                progress = Progress(passes, units(tile, overlap))
+                out = job(model, x, tile, overlap, progress)
+                progress.finish()
+                return out
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            # outside the except block the exception's frames and their tensors are released
+            mm.soft_empty_cache()
+            failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
+            tile, overlap = _smaller_tiling(tile, overlap, out_h, out_w)
+            if tile < MIN_OOM_TILE:
+                raise ValueError(
+                    f"{node}: out of memory on {device} even with {failed}-pixel tiles ({reason}). Upscale fewer "
+                    f"images at once (smaller batch) or a smaller image, choose dtype fp16 or bf16 in Load OFTSR Model, "
+                    f"free memory held by other models and programs (start ComfyUI with --lowvram to unload models "
+                    f"sooner), or run on the CPU with --cpu."
+                )
+            log.warning("%s: out of memory with %d-pixel tiles on %s; retrying with %d", node, failed, device, tile)
+            mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
+    finally:
+        model.to(mm.unet_offload_device())

@@ -1,0 +1,94 @@
+"""Load OFTSR Model: files of the `oftsr` model folder (models/oftsr plus any
+extra_model_paths.yaml entries), our .safetensors or the authors' .pth."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+import comfy.model_management as mm
+import folder_paths
+from comfy_api.latest import io
+
+from ..oftsr import load_model
+from ..oftsr.checkpoint import MissingInfoError
+from .common import CATEGORY, OFTSR_MODEL
+
+FOLDER_KEY = "oftsr"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FROM_FILE = "from file"
+
+
+def register_model_folder() -> None:
+    """Register models/oftsr under the key "oftsr" with ComfyUI's model extensions,
+    keeping (and listing after it) folders a user's extra_model_paths.yaml added, which
+    ComfyUI applies before packs load. Idempotent."""
+    default = os.path.join(folder_paths.models_dir, FOLDER_KEY)
+    paths, extensions = [default], set(folder_paths.supported_pt_extensions)
+    existing = folder_paths.folder_names_and_paths.get(FOLDER_KEY)
+    if existing is not None:
+        old_paths, old_extensions = existing
+        paths += [p for p in old_paths if p != default]
+        extensions |= set(old_extensions)  # an empty set (from add_model_folder_path) adds nothing
+    folder_paths.folder_names_and_paths[FOLDER_KEY] = (paths, extensions)
+
+
+register_model_folder()
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
+        return DTYPES[name]
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    if mm.should_use_fp16(device):
+        return torch.float16
+    return torch.float32
+
+
+class LoadOFTSRModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        register_model_folder()
+        return io.Schema(
+            node_id="OFTSRModelLoader",
+            display_name="Load OFTSR Model",
+            category=CATEGORY,
+            description="Loads an OFTSR teacher or one-step student from models/oftsr (or an extra_model_paths.yaml "
+                        "'oftsr:' folder): our .safetensors, or the authors' .pth files (read weights-only). The model "
+                        "stays on the offload device until a sampling node runs.",
+            inputs=[
+                io.Combo.Input("model_name", options=folder_paths.get_filename_list(FOLDER_KEY),
+                               tooltip="A checkpoint in models/oftsr. Files are placed by hand; nothing is downloaded."),
+                io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
+                               tooltip="Weight precision. auto: bf16 or fp16 where ComfyUI judges the device fast "
+                                       "with it, else fp32."),
+                io.Float.Input("sigma_p", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Start-point noise level the model was trained with; 0 = use the file's value "
+                                       "(needed only for files without metadata or a 'sigma0.2'-style name)."),
+                io.Combo.Input("role", options=[FROM_FILE, "teacher", "student"], default=FROM_FILE,
+                               tooltip="teacher (multi-step) or student (one step); 'from file' = what the file says."),
+                io.Int.Input("scale", default=0, min=0, max=16,
+                             tooltip="Upscaling factor; 0 = use the file's value."),
+            ],
+            outputs=[OFTSR_MODEL.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model_name: str, dtype: str = "auto", sigma_p: float = 0.0, role: str = FROM_FILE,
+                scale: int = 0) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise(FOLDER_KEY, model_name)
+        try:
+            model = load_model(
+                path, device=mm.unet_offload_device(), dtype=resolve_dtype(dtype, mm.get_torch_device()),
+                sigma_p=float(sigma_p) if sigma_p > 0 else None,
+                role=None if role == FROM_FILE else role,
+                scale=int(scale) if scale > 0 else None,
+            )
+        except MissingInfoError as e:
+            raise ValueError(f"{model_name}: the file does not say its {', '.join(e.missing)}; set them on this "
+                             f"Load OFTSR Model node (0 / 'from file' keep the file's values).") from e
+        return io.NodeOutput(model)

@@ -1,0 +1,72 @@
+"""OFTSR Regional Trade-off: realism inside a mask, fidelity outside, blended per pixel."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from comfy_api.latest import io
+
+from ..oftsr import upscale
+from .common import (CATEGORY, color_fix_input, finish, image_input, model_input, require_role, run_on_device,
+                     seed_input, t_input, tiling_inputs, to_bchw)
+
+NAME = "OFTSR Regional Trade-off"
+
+
+def prepare_mask(mask: torch.Tensor, batch: int, size: tuple[int, int]) -> torch.Tensor:
+    """A MASK ([B, H, W] or [H, W], any resolution) as (batch, 1, *size) in [0, 1]."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a MASK tensor, got {type(mask).__name__}")
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None]
+    elif m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.ndim != 3 or m.shape[-1] == 0 or m.shape[-2] == 0:
+        raise ValueError(f"mask must be [batch, height, width] or [height, width], got {tuple(mask.shape)}")
+    if m.shape[0] not in (1, batch):
+        raise ValueError(f"mask batch {m.shape[0]} must be 1 or the image batch {batch}")
+    if not torch.isfinite(m).all():
+        raise ValueError("mask contains NaN or infinite values")
+    m = m[:, None]
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return m.clamp(0, 1).expand(batch, 1, *size)
+
+
+class OFTSRRegionalTradeoff(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OFTSRRegionalTradeoff",
+            display_name="OFTSR Regional Trade-off",
+            category=CATEGORY,
+            description="Realism where the mask is 1 (t_inside), fidelity where it is 0 (t_outside), blended per pixel "
+                        "for soft masks. Runs the student at both t with the same seed.",
+            inputs=[
+                model_input(), image_input(),
+                io.Mask.Input("mask", tooltip="Where to use t_inside (1) and t_outside (0); any size, resized to the "
+                                              "output."),
+                t_input("t_inside", 1.0, "t where the mask is 1 (default 1: realism, sharp detail)."),
+                t_input("t_outside", 0.0, "t where the mask is 0 (default 0: fidelity, smooth and faithful)."),
+                seed_input(), *tiling_inputs(), color_fix_input(),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, model, image, mask, t_inside: float = 1.0, t_outside: float = 0.0, seed: int = 0,
+                tile: int = 512, overlap: int = 64, color_fix: str = "none") -> io.NodeOutput:
+        require_role(model, "student", NAME)
+        x = to_bchw(image)
+        m = prepare_mask(mask, x.shape[0], (x.shape[-2] * model.scale, x.shape[-1] * model.scale))
+
+        def job(model, x, tile, overlap, progress):
+            inside = upscale(model, x, t=t_inside, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
+            outside = upscale(model, x, t=t_outside, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
+            w = m.to(inside.device)
+            return w * inside + (1 - w) * outside
+
+        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=2)
+        return io.NodeOutput(finish(out, x, color_fix))

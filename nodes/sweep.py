@@ -1,0 +1,85 @@
+"""OFTSR t-Sweep: one student, one seed, several points of the fidelity-realism trade-off."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from comfy_api.latest import io
+
+from ..oftsr import upscale
+from .common import (CATEGORY, color_fix_input, finish, image_input, model_input, require_role, run_on_device,
+                     seed_input, tiling_inputs, to_bchw)
+
+NAME = "OFTSR t-Sweep"
+DEFAULT_T_VALUES = "0, 0.25, 0.5, 0.75, 1"
+MAX_T_VALUES = 64
+_SEPARATOR = re.compile(r"\s*,\s*|\s*\n\s*")  # a comma (line breaks around it allowed) or a line break
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def parse_t_values(text: str) -> list[float]:
+    """Comma- (or newline-) separated numbers in [0, 1], e.g. "0, 0.25, 0.5, 0.75, 1".
+    Strict: every entry must be a plain decimal number; empty entries are errors."""
+    if not isinstance(text, str):
+        raise ValueError(f"t_values must be text such as {DEFAULT_T_VALUES!r}, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"t_values is empty: give comma-separated numbers in [0, 1], e.g. {DEFAULT_T_VALUES!r}")
+    values = []
+    for pos, raw in enumerate(_SEPARATOR.split(text.strip()), 1):
+        entry = raw.strip()
+        if not entry:
+            raise ValueError(f"t_values entry {pos} is empty (two commas in a row, or a trailing comma) in {text!r}")
+        if not _NUMBER.fullmatch(entry):
+            raise ValueError(f"t_values entry {pos} ({entry!r}) is not a number; write e.g. {DEFAULT_T_VALUES!r}")
+        value = float(entry)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"t_values entry {pos} ({entry}) is outside [0, 1] (0 = fidelity, 1 = realism)")
+        values.append(value)
+    if len(values) > MAX_T_VALUES:
+        raise ValueError(f"t_values has {len(values)} entries; at most {MAX_T_VALUES}")
+    return values
+
+
+class OFTSRTSweep(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OFTSRTSweep",
+            display_name="OFTSR t-Sweep",
+            category=CATEGORY,
+            description="Upscales an image at several values of t with the same seed, to compare fidelity (0) and "
+                        "realism (1) side by side. Returns one image per t (per input image, in t order).",
+            inputs=[
+                model_input(), image_input(),
+                io.String.Input("t_values", default=DEFAULT_T_VALUES,
+                                tooltip="Comma-separated t values in [0, 1]; 0 = fidelity, 1 = realism."),
+                seed_input(), *tiling_inputs(), color_fix_input(),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, t_values=None) -> bool | str:
+        if isinstance(t_values, str):  # a linked value is checked when the node runs
+            try:
+                parse_t_values(t_values)
+            except ValueError as e:
+                return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model, image, t_values: str = DEFAULT_T_VALUES, seed: int = 0, tile: int = 512, overlap: int = 64,
+                color_fix: str = "none") -> io.NodeOutput:
+        require_role(model, "student", NAME)
+        ts = parse_t_values(t_values)
+        x = to_bchw(image)
+
+        def job(model, x, tile, overlap, progress):
+            outs = [upscale(model, x, t=t, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
+                    for t in ts]
+            return torch.stack(outs, dim=1).flatten(0, 1)  # image-major: image 0 at every t, then image 1, ...
+
+        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=len(ts))
+        return io.NodeOutput(finish(out, x.repeat_interleave(len(ts), dim=0), color_fix))

@@ -1,0 +1,37 @@
+"""OFTSR Upscale: the one-step student at one point t of the fidelity-realism trade-off."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..oftsr import upscale
+from .common import (CATEGORY, color_fix_input, finish, image_input, model_input, require_role, run_on_device,
+                     seed_input, t_input, tiling_inputs, to_bchw)
+
+NAME = "OFTSR Upscale"
+
+
+class OFTSRUpscale(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OFTSRUpscale",
+            display_name="OFTSR Upscale (one step)",
+            category=CATEGORY,
+            description="One-step super-resolution with an OFTSR student. t slides from fidelity (0: smooth, faithful) "
+                        "to realism (1: sharp detail) at the cost of a single network evaluation.",
+            inputs=[model_input(), image_input(), t_input(), seed_input(), *tiling_inputs(), color_fix_input()],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, model, image, t: float = 0.5, seed: int = 0, tile: int = 512, overlap: int = 64,
+                color_fix: str = "none") -> io.NodeOutput:
+        require_role(model, "student", NAME)
+        x = to_bchw(image)
+
+        def job(model, x, tile, overlap, progress):
+            return upscale(model, x, t=t, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
+
+        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME)
+        return io.NodeOutput(finish(out, x, color_fix))

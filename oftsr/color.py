@@ -1,0 +1,76 @@
+"""Colour correction: keep the low-frequency colour of a reference (the bicubic upsample
+of the input) under the detail of a super-resolved image.
+
+Pure torch. Images are (B, C, H, W)
+floats in [0, 1]; `reference` may have any size (it is resized bicubically to the
+image) and a batch of 1 or the image's batch. Only the first three channels are
+corrected; a fourth (alpha) channel of `image` is kept as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+COLOR_FIX_MODES = ("none", "wavelet", "adain")
+
+__all__ = ["COLOR_FIX_MODES", "adain_color_fix", "wavelet_color_fix", "wavelet_lowpass", "color_fix"]
+
+
+def _reference_like(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    if reference.ndim != 4 or image.ndim != 4:
+        raise ValueError(f"image and reference must be (B, C, H, W), got {tuple(image.shape)} and {tuple(reference.shape)}")
+    if reference.shape[0] not in (1, image.shape[0]):
+        raise ValueError(f"reference batch {reference.shape[0]} must be 1 or the image batch {image.shape[0]}")
+    if reference.shape[1] != image.shape[1]:
+        raise ValueError(f"reference has {reference.shape[1]} channels, the image {image.shape[1]}")
+    reference = reference.to(image.device, torch.float32)
+    if reference.shape[-2:] != image.shape[-2:]:
+        reference = F.interpolate(reference, size=tuple(image.shape[-2:]), mode="bicubic", align_corners=False)
+    return reference.expand(image.shape[0], -1, -1, -1)
+
+
+def adain_color_fix(image: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Give each channel of each image the mean and standard deviation of the reference's."""
+    image = image.float()
+    reference = _reference_like(reference, image)
+    mean_i, std_i = image.mean((2, 3), keepdim=True), image.std((2, 3), correction=0, keepdim=True)
+    mean_r, std_r = reference.mean((2, 3), keepdim=True), reference.std((2, 3), correction=0, keepdim=True)
+    return (image - mean_i) / (std_i + eps) * std_r + mean_r
+
+
+def _blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Separable [1, 2, 1] / 4 blur with holes (a trous), edges replicated."""
+    c = x.shape[1]
+    k = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+    x = F.pad(x, (dilation, dilation, 0, 0), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, 3).expand(c, 1, 1, 3), dilation=(1, dilation), groups=c)
+    x = F.pad(x, (0, 0, dilation, dilation), mode="replicate")
+    return F.conv2d(x, k.view(1, 1, 3, 1).expand(c, 1, 3, 1), dilation=(dilation, 1), groups=c)
+
+
+def wavelet_lowpass(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """The coarsest band of an a trous wavelet decomposition (blurs at dilations 1, 2, 4, ...)."""
+    for i in range(levels):
+        x = _blur(x, 2 ** i)
+    return x
+
+
+def wavelet_color_fix(image: torch.Tensor, reference: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """The image's high-frequency bands over the reference's low-frequency band."""
+    image = image.float()
+    reference = _reference_like(reference, image)
+    return image - wavelet_lowpass(image, levels) + wavelet_lowpass(reference, levels)
+
+
+def color_fix(image: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.Tensor:
+    """Apply `mode` ("none", "wavelet", "adain") to the colour channels; alpha is kept.
+    The result is clamped to [0, 1]."""
+    if mode not in COLOR_FIX_MODES:
+        raise ValueError(f"unknown colour correction {mode!r}; choose one of {', '.join(COLOR_FIX_MODES)}")
+    if mode == "none":
+        return image
+    k = min(3, image.shape[1])
+    fix = adain_color_fix if mode == "adain" else wavelet_color_fix
+    colour = fix(image[:, :k], reference[:, :k]).clamp(0, 1).to(image.dtype)
+    return torch.cat([colour, image[:, k:]], dim=1) if image.shape[1] > k else colour

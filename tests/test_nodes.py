@@ -1,0 +1,575 @@
+"""The ComfyUI nodes, run against stand-ins for ComfyUI (tests/comfy_stubs.py).
+
+The pack is loaded as ComfyUI loads it: the repository folder as a package, entered
+through `comfy_entrypoint`. Models are tiny UNets with random weights, saved into a
+temporary models folder registered in the stand-in folder_paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import comfy_stubs
+import oftsr
+from conftest import make_model, smooth_image
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK = "oftsr_comfy_pack_under_test"
+NODE_IDS = ["OFTSRModelLoader", "OFTSRUpscale", "OFTSRTeacherSampler", "OFTSRTSweep", "OFTSRRegionalTradeoff"]
+AUTHORS_NAME = "sr_bicubic-sf4-guided_unet-sigma0.2-bs128-DIV2K-checkpoint_4.pth"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tensors here are tiny: threads only add overhead (and contention on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def weights(random_unet_weights) -> dict[str, torch.Tensor]:
+    """conftest's random tiny UNet with a stronger time embedding, so that t visibly matters."""
+    return {k: v * 10 if k.startswith("time_embed") or "emb_layers" in k else v for k, v in random_unet_weights.items()}
+
+
+@pytest.fixture
+def comfy(monkeypatch, tmp_path):
+    return comfy_stubs.install(monkeypatch, tmp_path / "models")
+
+
+@pytest.fixture
+def load_pack(comfy):
+    def load():
+        spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK] = module
+        spec.loader.exec_module(module)
+        extension = asyncio.run(module.comfy_entrypoint())
+        classes = asyncio.run(extension.get_node_list())
+        return SimpleNamespace(
+            module=module, extension=extension, classes=classes,
+            nodes={cls.define_schema().node_id: cls for cls in classes},
+            lib=sys.modules[f"{PACK}.oftsr"], common=sys.modules[f"{PACK}.nodes.common"],
+            color=sys.modules[f"{PACK}.oftsr.color"], sweep=sys.modules[f"{PACK}.nodes.sweep"],
+        )
+
+    yield load
+    for name in [n for n in sys.modules if n == PACK or n.startswith(PACK + ".")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def pack(load_pack):
+    return load_pack()
+
+
+@pytest.fixture
+def model_dir(comfy) -> Path:
+    path = Path(comfy.folder_paths.models_dir) / "oftsr"
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_files(weights, tmp_path_factory) -> dict[str, tuple[oftsr.OFTSRModel, Path]]:
+    folder = tmp_path_factory.mktemp("saved")
+    files = {}
+    for role in ("student", "teacher"):
+        model = make_model(weights, role)
+        oftsr.save_model(model, folder / f"tiny-{role}.safetensors")
+        files[role] = model, folder / f"tiny-{role}.safetensors"
+    return files
+
+
+@pytest.fixture
+def saved(model_dir, model_files) -> dict[str, oftsr.OFTSRModel]:
+    """Our student and teacher files (sigma_p 0.2, x4) in models/oftsr."""
+    for model, path in model_files.values():
+        shutil.copy(path, model_dir / path.name)
+    return {role: model for role, (model, _) in model_files.items()}
+
+
+def load(pack, name: str, **kw):
+    return pack.nodes["OFTSRModelLoader"].execute(model_name=name, **kw)[0]
+
+
+@pytest.fixture
+def student(pack, saved):
+    return load(pack, "tiny-student.safetensors")
+
+
+@pytest.fixture
+def teacher(pack, saved):
+    return load(pack, "tiny-teacher.safetensors")
+
+
+def image(b: int = 1, h: int = 8, w: int = 8, c: int = 3, seed: int = 0) -> torch.Tensor:
+    """A ComfyUI IMAGE [B, H, W, C]."""
+    return torch.cat([smooth_image(h, w, seed + i, c) for i in range(b)]).movedim(1, -1).contiguous()
+
+
+def run(pack, node_id: str, **inputs) -> torch.Tensor:
+    out = pack.nodes[node_id].execute(**inputs)
+    assert isinstance(out, comfy_stubs.NodeOutput) and len(out.args) == 1
+    return out[0]
+
+
+def bars(comfy) -> list[comfy_stubs.ProgressBar]:
+    return comfy.progress_bars
+
+
+# --------------------------------------------------------------------------- registration and schemas
+
+
+def test_entrypoint_registers_every_node(pack):
+    assert not hasattr(pack.module, "NODE_CLASS_MAPPINGS")
+    assert isinstance(pack.extension, comfy_stubs.ComfyExtension)
+    assert list(pack.nodes) == NODE_IDS
+    for cls in pack.classes:
+        assert issubclass(cls, comfy_stubs.ComfyNode)
+        schema = cls.define_schema()
+        schema.validate()
+        assert schema.category == "image/upscaling/OFTSR" and schema.display_name and schema.description
+        assert [o.io_type for o in schema.outputs] == (["OFTSR_MODEL"] if cls is pack.nodes["OFTSRModelLoader"] else ["IMAGE"])
+
+
+def inputs_of(pack, node_id: str) -> dict:
+    return {i.id: i for i in pack.nodes[node_id].define_schema().inputs}
+
+
+def test_sampling_node_schemas(pack):
+    expected = {
+        "OFTSRUpscale": ["model", "image", "t", "seed", "tile", "overlap", "color_fix"],
+        "OFTSRTeacherSampler": ["model", "image", "steps", "solver", "seed", "tile", "overlap", "color_fix"],
+        "OFTSRTSweep": ["model", "image", "t_values", "seed", "tile", "overlap", "color_fix"],
+        "OFTSRRegionalTradeoff": ["model", "image", "mask", "t_inside", "t_outside", "seed", "tile", "overlap", "color_fix"],
+    }
+    for node_id, names in expected.items():
+        inputs = inputs_of(pack, node_id)
+        assert list(inputs) == names, node_id
+        assert inputs["model"].io_type == "OFTSR_MODEL" and inputs["image"].io_type == "IMAGE"
+        seed = inputs["seed"]
+        assert seed.io_type == "INT" and seed.control_after_generate is True
+        assert (seed.default, seed.min, seed.max) == (0, 0, 2**64 - 1)
+        assert (inputs["tile"].default, inputs["tile"].min, inputs["overlap"].default) == (512, 0, 64)
+        assert inputs["color_fix"].io_type == "COMBO"
+        assert (inputs["color_fix"].options, inputs["color_fix"].default) == (["none", "wavelet", "adain"], "none")
+
+    sliders = {("OFTSRUpscale", "t"): 0.5, ("OFTSRRegionalTradeoff", "t_inside"): 1.0,
+               ("OFTSRRegionalTradeoff", "t_outside"): 0.0}
+    for (node_id, name), default in sliders.items():
+        t = inputs_of(pack, node_id)[name]
+        assert t.io_type == "FLOAT" and t.display_mode is comfy_stubs.NumberDisplay.slider
+        assert (t.default, t.min, t.max, t.step) == (default, 0.0, 1.0, 0.01)
+    t = inputs_of(pack, "OFTSRUpscale")["t"]
+    assert "0 = fidelity" in t.tooltip and "1 = realism" in t.tooltip
+
+    teacher = inputs_of(pack, "OFTSRTeacherSampler")
+    assert (teacher["steps"].default, teacher["steps"].min) == (16, 1)
+    assert teacher["solver"].options == ["euler", "midpoint", "heun", "adaptive"] and teacher["solver"].default == "midpoint"
+    sweep = inputs_of(pack, "OFTSRTSweep")
+    assert sweep["t_values"].io_type == "STRING" and sweep["t_values"].default == "0, 0.25, 0.5, 0.75, 1"
+    assert inputs_of(pack, "OFTSRRegionalTradeoff")["mask"].io_type == "MASK"
+
+
+def test_loader_schema_lists_the_model_folder(comfy, pack, saved):
+    inputs = inputs_of(pack, "OFTSRModelLoader")
+    assert list(inputs) == ["model_name", "dtype", "sigma_p", "role", "scale"]
+    assert inputs["model_name"].options == ["tiny-student.safetensors", "tiny-teacher.safetensors"]
+    assert inputs["dtype"].options == ["auto", "fp32", "fp16", "bf16"] and inputs["dtype"].default == "auto"
+    assert (inputs["sigma_p"].default, inputs["sigma_p"].min, inputs["sigma_p"].max) == (0.0, 0.0, 1.0)
+    assert inputs["role"].options == ["from file", "teacher", "student"] and inputs["role"].default == "from file"
+    assert (inputs["scale"].default, inputs["scale"].min) == (0, 0)
+
+
+def test_model_folder_merges_extra_model_paths(comfy, load_pack, tmp_path, random_unet_weights):
+    fp = comfy.folder_paths
+    extra = tmp_path / "elsewhere"
+    extra.mkdir()
+    fp.add_model_folder_path("oftsr", str(extra))  # what extra_model_paths.yaml does before packs load
+    assert fp.folder_names_and_paths["oftsr"][1] == set()  # a new key matches every file...
+    (extra / "readme.txt").write_text("not a model")
+    oftsr.save_model(make_model(random_unet_weights), extra / "far.safetensors")
+    default = Path(fp.models_dir) / "oftsr"
+    (default / "sub").mkdir(parents=True)
+    oftsr.save_model(make_model(random_unet_weights), default / "sub" / "near.safetensors")
+
+    pack = load_pack()
+    paths, extensions = fp.folder_names_and_paths["oftsr"]
+    assert paths == [str(default), str(extra)]
+    assert extensions == fp.supported_pt_extensions  # ...until the pack registers the model extensions
+    assert fp.get_filename_list("oftsr") == ["far.safetensors", "sub/near.safetensors"]
+    assert inputs_of(pack, "OFTSRModelLoader")["model_name"].options == ["far.safetensors", "sub/near.safetensors"]
+    assert load(pack, "far.safetensors").role == "student"
+    inputs_of(pack, "OFTSRModelLoader")  # registering again (define_schema runs on every object_info)...
+    assert fp.folder_names_and_paths["oftsr"] == ([str(default), str(extra)], fp.supported_pt_extensions)  # ...is a no-op
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def test_loader_loads_ours(comfy, pack, saved):
+    model = load(pack, "tiny-student.safetensors")
+    assert isinstance(model, pack.lib.OFTSRModel)
+    assert (model.role, model.sigma_p, model.scale) == ("student", 0.2, 4)
+    assert model.device.type == "cpu" and model.dtype == torch.float32  # auto on the CPU: fp32, on the offload device
+    assert not model.training
+    for (k, v), w in zip(model.unet.state_dict().items(), saved["student"].unet.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_loader_loads_authors_pth_and_applies_overrides(comfy, pack, model_dir, random_unet_weights):
+    source = make_model(random_unet_weights, "teacher")
+    torch.save({"ema": {"decay": 0.9999, "num_updates": 1, "shadow_params": [p.detach().clone() for p in source.parameters()]},
+                "step": 1}, model_dir / AUTHORS_NAME)
+    model = load(pack, AUTHORS_NAME)
+    assert (model.role, model.sigma_p, model.scale, model.step) == ("teacher", 0.2, 4, 1)
+    assert model.config.to_dict() == source.config.to_dict()
+    for p, q in zip(model.parameters(), source.parameters()):
+        assert torch.equal(p, q)
+
+    model = load(pack, AUTHORS_NAME, sigma_p=0.5, role="student", scale=2)
+    assert (model.role, model.sigma_p, model.scale) == ("student", 0.5, 2)
+    model = load(pack, AUTHORS_NAME, sigma_p=0.0, role="from file", scale=0)  # sentinels keep the file's values
+    assert (model.role, model.sigma_p, model.scale) == ("teacher", 0.2, 4)
+
+
+def test_loader_dtype(comfy, pack, saved):
+    assert load(pack, "tiny-student.safetensors", dtype="fp16").dtype == torch.float16
+    assert load(pack, "tiny-student.safetensors", dtype="bf16").dtype == torch.bfloat16
+    comfy.model_management.fp16 = True
+    assert load(pack, "tiny-student.safetensors").dtype == torch.float16
+    comfy.model_management.bf16 = True  # bf16 is preferred where both are fast
+    assert load(pack, "tiny-student.safetensors").dtype == torch.bfloat16
+
+
+def test_loader_errors(comfy, pack, model_dir, random_unet_weights):
+    torch.save({"ema": {"shadow_params": list(make_model(random_unet_weights).parameters())}, "step": 1},
+               model_dir / "mystery.pth")
+    with pytest.raises(ValueError, match=r"does not say its sigma_p, role, scale; set them on this Load OFTSR Model node"):
+        load(pack, "mystery.pth")
+    assert load(pack, "mystery.pth", sigma_p=0.1, role="student", scale=4).sigma_p == 0.1
+    (model_dir / "broken.safetensors").write_bytes(b"\x00" * 4)
+    with pytest.raises(ValueError, match="empty or truncated"):
+        load(pack, "broken.safetensors")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load(pack, "absent.safetensors")
+
+
+# --------------------------------------------------------------------------- OFTSR Upscale
+
+
+def test_upscale_batch_shapes_values_and_devices(comfy, pack, student):
+    img = image(b=2, h=8, w=12)
+    kw = dict(model=student, image=img, tile=0, overlap=64, color_fix="none")
+    out = run(pack, "OFTSRUpscale", t=0.5, seed=3, **kw)
+    assert out.shape == (2, 32, 48, 3) and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert out.is_contiguous() and 0 <= out.min() and out.max() <= 1
+    expected = pack.lib.upscale(student, img.movedim(-1, 1), t=0.5, seed=3).movedim(1, -1)
+    assert torch.equal(out, expected)
+    assert (out[0] - out[1]).abs().mean() > 0.05  # two different images stay two images
+    # a super-resolution of the input: near its bicubic upsample (a random model adds the start-point noise)
+    bicubic = F.interpolate(img.movedim(-1, 1), scale_factor=4, mode="bicubic").movedim(1, -1).clamp(0, 1)
+    assert 0.01 < (out - bicubic).abs().mean() < 0.2
+
+    other_t = run(pack, "OFTSRUpscale", t=1.0, seed=3, **kw)
+    other_seed = run(pack, "OFTSRUpscale", t=0.5, seed=4, **kw)
+    assert (other_t - out).abs().mean() > 1e-3 and (other_seed - out).abs().mean() > 1e-2
+    assert torch.equal(run(pack, "OFTSRUpscale", t=0.5, seed=3, **kw), out)  # deterministic
+
+    mm = comfy.model_management
+    assert len(mm.freed) == 4 and all(d.type == "cpu" for _, d in mm.freed)  # room made before each run
+    assert mm.freed[0][0] > mm.module_size(student)
+    assert student.device.type == "cpu"
+
+
+def test_tiling_matches_the_library(comfy, pack, student):
+    img = image(h=12, w=12)
+    out = run(pack, "OFTSRUpscale", model=student, image=img, t=0.7, seed=1, tile=32, overlap=8, color_fix="none")
+    expected = pack.lib.upscale(student, img.movedim(-1, 1), t=0.7, seed=1, tile=32, overlap=8).movedim(1, -1)
+    assert torch.equal(out, expected)
+    whole = run(pack, "OFTSRUpscale", model=student, image=img, t=0.7, seed=1, tile=0, overlap=8, color_fix="none")
+    assert (out - whole).abs().mean() < 0.05  # same noise; tiles only see less context
+    # overlap above half the tile is capped rather than refused
+    capped = run(pack, "OFTSRUpscale", model=student, image=img, t=0.7, seed=1, tile=32, overlap=64, color_fix="none")
+    assert torch.equal(capped, pack.lib.upscale(student, img.movedim(-1, 1), t=0.7, seed=1, tile=32, overlap=16).movedim(1, -1))
+
+
+def test_rgba_keeps_alpha(comfy, pack, student):
+    rgb = image()
+    alpha = torch.linspace(0.2, 0.9, 8).view(1, 1, 8, 1).expand(1, 8, 8, 1)
+    kw = dict(model=student, t=0.5, seed=0, tile=0, overlap=64, color_fix="wavelet")
+    out = run(pack, "OFTSRUpscale", image=torch.cat([rgb, alpha], -1), **kw)
+    assert out.shape == (1, 32, 32, 4)
+    up = F.interpolate(alpha.movedim(-1, 1), size=(32, 32), mode="bicubic", antialias=True).clamp(0, 1).movedim(1, -1)
+    assert torch.allclose(out[..., 3:], up, atol=1e-6)
+    assert (out[..., 3].mean(dim=(0, 2)) - 0.55).abs().max() < 0.01  # the gradient runs down the rows
+    rgb_only = run(pack, "OFTSRUpscale", image=rgb, **kw)
+    assert torch.allclose(out[..., :3], rgb_only, atol=1e-6)  # alpha does not leak into the colours
+
+
+def test_progress_counts_tiles(comfy, pack, student):
+    run(pack, "OFTSRUpscale", model=student, image=image(h=12, w=12), t=0.5, seed=0, tile=32, overlap=8,
+        color_fix="none")
+    (bar,) = bars(comfy)  # 48 px output, 32 px tiles overlapping 8: 2 x 2 tiles
+    assert bar.total == 4 and bar.updates == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert comfy.model_management.interrupt_checks >= 4  # Cancel is checked at every tile
+
+
+def test_interrupt_propagates_and_unloads(comfy, pack, student):
+    mm = comfy.model_management
+    comfy.utils.PROGRESS_BAR_HOOK = lambda value, total, preview: mm.interrupt_current_processing()  # Cancel pressed
+    moves = []
+    original_to = student.to
+    student.to = lambda *a, **k: (moves.append(str(a[0] if a else k)), original_to(*a, **k))[1]
+    with pytest.raises(comfy_stubs.InterruptProcessingException):
+        run(pack, "OFTSRUpscale", model=student, image=image(h=12, w=12), t=0.5, seed=0, tile=32, overlap=8,
+            color_fix="none")
+    (bar,) = bars(comfy)  # stopped right after the first tile, and not retried
+    assert bar.updates == [(1, 4)]
+    assert moves == ["cpu", "cpu"]  # to the torch device, then back to the offload device
+
+
+# --------------------------------------------------------------------------- out of memory
+
+
+def fail_above(model, limit: int, calls: list) -> None:
+    """A stand-in velocity: raises CUDA's out-of-memory error for crops larger than
+    `limit`, else returns a cheap function of its inputs."""
+
+    def velocity(x, x_lr, t):
+        calls.append(tuple(x.shape[-2:]))
+        if max(x.shape[-2:]) > limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[-1]} MiB")
+        return (x_lr - x) * (1 + t) + 0.1 * torch.tanh(3 * x)
+
+    model.velocity = velocity
+
+
+def test_oom_halves_the_tile_and_retries(comfy, pack, student):
+    img = image(h=64, w=64)  # 256 px output
+    calls = []
+    fail_above(student, 128, calls)
+    out = run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=512, overlap=64, color_fix="none")
+    assert calls[0] == (256, 256) and set(calls[1:]) == {(128, 128)}  # tile 512 covers the image: next is 128
+    # the retry is the run with tile 128 (the overlap capped at a quarter of the tile)
+    expected = pack.lib.upscale(student, img.movedim(-1, 1), t=0.5, seed=2, tile=128, overlap=32).movedim(1, -1)
+    assert torch.equal(out, expected) and out.shape == (1, 256, 256, 3)
+    first, second = bars(comfy)
+    assert first.total == 1 and first.updates == []
+    assert second.total == 9 and second.updates == [(i, 9) for i in range(1, 10)]  # 3 x 3 tiles of 128
+    mm = comfy.model_management
+    assert mm.empty_cache_calls == 1 and len(mm.freed) == 2 and mm.freed[1][0] < mm.freed[0][0]
+    assert student.device.type == "cpu"
+
+    calls.clear()
+    run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64, color_fix="none")
+    assert calls[0] == (256, 256) and set(calls[1:]) == {(128, 128)}  # no tiling: whole image, then 128
+
+
+def test_oom_below_the_minimum_tile_is_a_clear_error(comfy, pack, student):
+    calls = []
+    fail_above(student, 64, calls)
+    with pytest.raises(ValueError) as e:
+        run(pack, "OFTSRUpscale", model=student, image=image(h=64, w=64), t=0.5, seed=0, tile=512, overlap=64,
+            color_fix="none")
+    message = str(e.value)
+    assert message.startswith("OFTSR Upscale: out of memory") and "128-pixel tiles" in message
+    assert "smaller batch" in message and "fp16" in message and "--lowvram" in message
+    assert calls == [(256, 256), (128, 128)]  # the whole image, then one 128 tile; never below 128
+    assert len(bars(comfy)) == 2 and comfy.model_management.empty_cache_calls == 2
+
+
+def test_other_errors_are_not_retried(comfy, pack, student):
+    def broken(x, x_lr, t):
+        raise RuntimeError("some other failure")
+
+    student.velocity = broken
+    with pytest.raises(RuntimeError, match="some other failure"):
+        run(pack, "OFTSRUpscale", model=student, image=image(), t=0.5, seed=0, tile=512, overlap=64, color_fix="none")
+    assert len(bars(comfy)) == 1
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def test_wrong_role_is_a_clear_error(comfy, pack, student, teacher):
+    common = dict(image=image(), seed=0, tile=0, overlap=0, color_fix="none")
+    for node_id, extra in [("OFTSRUpscale", {"t": 0.5}), ("OFTSRTSweep", {"t_values": "0, 1"}),
+                           ("OFTSRRegionalTradeoff", {"mask": torch.ones(8, 8), "t_inside": 1.0, "t_outside": 0.0})]:
+        with pytest.raises(ValueError, match="needs a one-step student model, but this model is a teacher.*Teacher Sampler"):
+            run(pack, node_id, model=teacher, **common, **extra)
+    with pytest.raises(ValueError, match="needs a teacher model, but this model is a one-step student.*OFTSR Upscale"):
+        run(pack, "OFTSRTeacherSampler", model=student, steps=2, solver="euler", **common)
+    with pytest.raises(ValueError, match="OFTSR_MODEL from the Load OFTSR Model node"):
+        run(pack, "OFTSRUpscale", model="not a model", t=0.5, **common)
+    assert bars(comfy) == [] and comfy.model_management.freed == []  # nothing ran
+    # the library's own check also reaches the user (a role changed after loading)
+    teacher.role = "student"
+    with pytest.raises(ValueError, match="needs a teacher model"):
+        run(pack, "OFTSRTeacherSampler", model=teacher, steps=2, solver="euler", **common)
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def test_teacher_sampler(comfy, pack, teacher):
+    img = image(b=2)
+    out = run(pack, "OFTSRTeacherSampler", model=teacher, image=img, steps=3, solver="euler", seed=5, tile=0, overlap=0,
+              color_fix="none")
+    assert out.shape == (2, 32, 32, 3) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    expected = pack.lib.sample(teacher, img.movedim(-1, 1), steps=3, solver="euler", seed=5)
+    assert torch.equal(out, expected.movedim(1, -1))
+    (bar,) = bars(comfy)
+    assert bar.updates == [(1, 3), (2, 3), (3, 3)]  # one tick per step
+    one_step = pack.lib.upscale(pack.lib.OFTSRModel(teacher.unet, sigma_p=0.2, role="student", scale=4), img.movedim(-1, 1),
+                                t=0.0, seed=5).movedim(1, -1)
+    assert (out - one_step).abs().mean() > 1e-3  # three steps are not one
+
+    calls = []
+    fail_above(teacher, 10_000, calls)  # a cheap smooth field for the adaptive solver
+    run(pack, "OFTSRTeacherSampler", model=teacher, image=image(), steps=2, solver="adaptive", seed=0, tile=0,
+        overlap=0, color_fix="none")
+    bar = bars(comfy)[-1]
+    values = [v for v, _ in bar.updates]
+    assert bar.total == 32 and values == sorted(values) and bar.updates[-1] == (32, 32)
+    assert len(values) == len(calls) + 1  # one tick per evaluation, then the end
+
+
+# --------------------------------------------------------------------------- t-sweep
+
+
+def test_t_sweep_parsing(pack):
+    parse = pack.sweep.parse_t_values
+    assert parse("0, 0.25, 0.5, 0.75, 1") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse(" 0.5 ") == [0.5]
+    assert parse("1e-1,.5,\n1.\n0") == [0.1, 0.5, 1.0, 0.0]
+    bad = {
+        "": "empty", "   ": "empty", "0,,1": "entry 2 is empty", "0, 1,": "entry 3 is empty",
+        "0, abc": r"entry 2 \('abc'\) is not a number", "0.5 1": r"entry 1 \('0.5 1'\) is not a number",
+        "nan": "not a number", "inf": "not a number", "1_0": "not a number", "0x1": "not a number",
+        "0, 1.5": r"entry 2 \(1.5\) is outside \[0, 1\]", "-0.1": "outside",
+        ",".join(["0.5"] * 65): "at most 64",
+    }
+    for text, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            parse(text)
+    node = pack.nodes["OFTSRTSweep"]
+    assert node.validate_inputs(t_values="0, 1") is True
+    assert node.validate_inputs(t_values=None) is True  # linked: checked at run time
+    assert "outside [0, 1]" in node.validate_inputs(t_values="0, 2")
+
+
+def test_t_sweep_returns_one_image_per_t(comfy, pack, student):
+    img = image(b=2, h=12, w=12)
+    out = run(pack, "OFTSRTSweep", model=student, image=img, t_values="0.25,\n1", seed=7, tile=32, overlap=8,
+              color_fix="none")
+    assert out.shape == (4, 48, 48, 3) and out.dtype == torch.float32
+    assert bars(comfy)[0].total == 8 and bars(comfy)[0].updates[-1] == (8, 8)  # 2 passes x 4 tiles
+    for k, t in enumerate([0.25, 1.0]):
+        single = pack.lib.upscale(student, img.movedim(-1, 1), t=t, seed=7, tile=32, overlap=8).movedim(1, -1)
+        assert torch.equal(out[k], single[0]) and torch.equal(out[2 + k], single[1])  # image-major order
+    assert (out[0] - out[1]).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="entry 2"):
+        run(pack, "OFTSRTSweep", model=student, image=img, t_values="0, 1.5", seed=7, tile=0, overlap=0,
+            color_fix="none")
+
+
+# --------------------------------------------------------------------------- regional trade-off
+
+
+def test_regional_tradeoff_blends_the_two_ends(comfy, pack, student):
+    img = image(h=12, w=12)
+    mask = torch.zeros(12, 12)
+    mask[:, :6] = 1  # left half: realism
+    kw = dict(model=student, image=img, seed=9, tile=32, overlap=8, color_fix="none")
+    out = run(pack, "OFTSRRegionalTradeoff", mask=mask, t_inside=1.0, t_outside=0.0, **kw)
+    assert out.shape == (1, 48, 48, 3)
+    assert bars(comfy)[0].total == 8 and bars(comfy)[0].updates[-1] == (8, 8)  # two passes x 4 tiles
+    x = img.movedim(-1, 1)
+    real = pack.lib.upscale(student, x, t=1.0, seed=9, tile=32, overlap=8).movedim(1, -1)
+    faithful = pack.lib.upscale(student, x, t=0.0, seed=9, tile=32, overlap=8).movedim(1, -1)
+    assert (real - faithful).abs().mean() > 1e-3
+    assert torch.equal(out[:, :, :20], real[:, :, :20])  # mask 1 (resized bilinearly: exact away from the edge)
+    assert torch.equal(out[:, :, 28:], faithful[:, :, 28:])  # mask 0
+    lo, hi = torch.minimum(real, faithful), torch.maximum(real, faithful)
+    assert ((out >= lo - 1e-6) & (out <= hi + 1e-6)).all()  # a per-pixel blend in between
+
+    # [B, H, W] at another size: a mask at output size is used as it is
+    big = torch.zeros(1, 48, 48)
+    big[..., :24] = 1
+    out_big = run(pack, "OFTSRRegionalTradeoff", mask=big, t_inside=1.0, t_outside=0.0, **kw)
+    assert torch.equal(out_big[:, :, :24], real[:, :, :24]) and torch.equal(out_big[:, :, 24:], faithful[:, :, 24:])
+    kw.update(image=image(), tile=0)
+    uniform = run(pack, "OFTSRRegionalTradeoff", mask=torch.ones(1, 5, 7), t_inside=0.3, t_outside=0.9, **kw)
+    assert torch.equal(uniform, run(pack, "OFTSRUpscale", t=0.3, **kw))
+
+
+def test_regional_mask_errors(comfy, pack, student):
+    kw = dict(model=student, image=image(b=2), seed=0, tile=0, overlap=0, color_fix="none", t_inside=1.0, t_outside=0.0)
+    with pytest.raises(ValueError, match="mask batch 3 must be 1 or the image batch 2"):
+        run(pack, "OFTSRRegionalTradeoff", mask=torch.ones(3, 8, 8), **kw)
+    with pytest.raises(ValueError, match="mask must be"):
+        run(pack, "OFTSRRegionalTradeoff", mask=torch.ones(8), **kw)
+    per_image = torch.stack([torch.ones(8, 8), torch.zeros(8, 8)])
+    out = run(pack, "OFTSRRegionalTradeoff", mask=per_image, **kw)
+    x = kw["image"].movedim(-1, 1)
+    assert torch.equal(out[0], pack.lib.upscale(student, x, t=1.0, seed=0)[0].movedim(0, -1))
+    assert torch.equal(out[1], pack.lib.upscale(student, x, t=0.0, seed=0)[1].movedim(0, -1))
+
+
+# --------------------------------------------------------------------------- colour correction
+
+
+def test_colour_functions_restore_the_reference_colour(pack):
+    color = pack.color
+    ref = 0.2 + 0.6 * smooth_image(16, 16, seed=3)  # away from 0 and 1, where clamping would move the mean
+    detail = 0.05 * torch.sin(torch.arange(64.0) * 2.5).view(1, 1, 1, 64).expand(1, 3, 64, 64)
+    target = F.interpolate(ref, scale_factor=4, mode="bicubic")
+    shifted = (target * 0.6 + 0.3 + detail).clamp(0, 1)
+    shifted[:, 0] *= 0.7  # a colour cast
+    for mode, tol in [("adain", 2e-3), ("wavelet", 5e-3)]:
+        fixed = color.color_fix(shifted, ref, mode)
+        assert fixed.shape == shifted.shape and 0 <= fixed.min() and fixed.max() <= 1
+        assert (fixed.mean((0, 2, 3)) - target.mean((0, 2, 3))).abs().max() < tol, mode
+        assert (shifted.mean((0, 2, 3)) - target.mean((0, 2, 3))).abs().max() > 0.05
+    # the wavelet fix keeps the detail: its high-frequency band is the image's
+    fixed = color.wavelet_color_fix(shifted, ref)
+    assert torch.allclose(fixed - color.wavelet_lowpass(target), shifted - color.wavelet_lowpass(shifted), atol=1e-5)
+    assert torch.equal(color.color_fix(shifted, ref, "none"), shifted)
+    rgba = torch.cat([shifted, torch.full((1, 1, 64, 64), 0.4)], 1)
+    assert torch.equal(color.color_fix(rgba, torch.cat([ref, torch.ones(1, 1, 16, 16)], 1), "adain")[:, 3:], rgba[:, 3:])
+    with pytest.raises(ValueError, match="unknown colour correction"):
+        color.color_fix(shifted, ref, "histogram")
+
+
+def mean_colour(x: torch.Tensor) -> torch.Tensor:
+    return x[..., :3].mean(dim=(0, 1, 2))
+
+
+def test_colour_correction_keeps_the_input_mean(comfy, pack, student):
+    img = image(b=2, seed=4)
+    kw = dict(model=student, image=img, t=1.0, seed=0, tile=0, overlap=0)
+    plain = run(pack, "OFTSRUpscale", color_fix="none", **kw)
+    for mode, tol in [("adain", 5e-3), ("wavelet", 1e-2)]:
+        out = run(pack, "OFTSRUpscale", color_fix=mode, **kw)
+        for b in range(2):
+            assert (mean_colour(out[b:b + 1]) - mean_colour(img[b:b + 1])).abs().max() < tol, mode
+        assert (out - plain).abs().mean() > 1e-3
+    sweep = run(pack, "OFTSRTSweep", model=student, image=img, t_values="0, 1", seed=0, tile=0, overlap=0, color_fix="adain")
+    for k in range(4):
+        assert (mean_colour(sweep[k:k + 1]) - mean_colour(img[k // 2:k // 2 + 1])).abs().max() < 5e-3
