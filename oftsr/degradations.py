@@ -20,10 +20,13 @@ def bicubic_downsample(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 def upsample_lr(x_lr: torch.Tensor, scale: int, degradation: str = "bicubic") -> torch.Tensor:
     """Bring an LR image to HR size the way the model was trained: block replication for
-    the average-pooling degradation, bicubic otherwise."""
+    the average-pooling degradation, plain bicubic (no antialias, which changes the
+    kernel even when up-sampling) for Real-ESRGAN, antialiased bicubic otherwise."""
     size = (x_lr.shape[-2] * scale, x_lr.shape[-1] * scale)
     if degradation == "noisy_avgpool":
         return F.interpolate(x_lr, size=size, mode="nearest")
+    if degradation == "realesrgan":
+        return F.interpolate(x_lr, size=size, mode="bicubic", align_corners=False, antialias=False)
     return bicubic_resize(x_lr, size)
 
 
@@ -33,22 +36,27 @@ def noisy_avgpool_downsample(x: torch.Tensor, scale: int, sigma_y: float, noise:
     return F.avg_pool2d(x, scale) + sigma_y * noise
 
 
-def make_lr(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.Generator | None = None,
+def degrade(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.Generator | None = None,
             sigma_y: float = 0.05) -> torch.Tensor:
-    """The model's condition x_lr at HR size in [-1, 1] from an HR batch (B, 3, H, W) in
-    [-1, 1], degraded the way `degradation` defines (seeded through `generator`)."""
+    """The LR image (LR size, [-1, 1]) of an HR batch (B, 3, H, W) in [-1, 1], degraded the
+    way `degradation` defines (random parts seeded through `generator`)."""
     if degradation == "bicubic":
-        return upsample_lr(bicubic_downsample(hr, scale), scale, degradation)
+        return bicubic_downsample(hr, scale)
     if degradation == "noisy_avgpool":
         h, w = hr.shape[-2:]
         noise = torch.randn(hr.shape[0], hr.shape[1], h // scale, w // scale, generator=generator).to(hr.device)
-        return upsample_lr(noisy_avgpool_downsample(hr, scale, sigma_y, noise), scale, degradation)
+        return noisy_avgpool_downsample(hr, scale, sigma_y, noise)
     if degradation == "realesrgan":
         import numpy as np
 
-        from .realesrgan import degrade_realesrgan, upsample_realesrgan_lr
+        from .realesrgan import degrade_realesrgan
 
         seed = int(torch.randint(2**31 - 1, (), generator=generator))
-        lr = degrade_realesrgan(((hr + 1) / 2).cpu(), scale, np.random.default_rng(seed))
-        return upsample_realesrgan_lr(lr * 2 - 1, scale).to(hr.device)
+        return degrade_realesrgan(((hr + 1) / 2).cpu(), scale, np.random.default_rng(seed)).to(hr.device) * 2 - 1
     raise ValueError(f"unknown degradation {degradation!r}; choose bicubic, noisy_avgpool or realesrgan")
+
+
+def make_lr(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.Generator | None = None,
+            sigma_y: float = 0.05) -> torch.Tensor:
+    """The model's condition x_lr: the degraded image brought back to HR size, [-1, 1]."""
+    return upsample_lr(degrade(hr, scale, degradation, generator=generator, sigma_y=sigma_y), scale, degradation)

@@ -8,8 +8,8 @@ One call turns an HR image into the LR image the network is trained on:
     then clamp to [0, 1] and round to 8 bit
 
 Images here are in [0, 1] (the rest of oftsr works in [-1, 1]). The caller then brings
-the 8-bit LR back to HR size by bicubic up-sampling WITHOUT antialias (METHOD.md), see
-`upsample_realesrgan_lr`; that resize is linear with weights summing to 1, so it may be
+the 8-bit LR back to HR size by bicubic up-sampling without antialias, see
+`oftsr.degradations.upsample_lr(lr, scale, "realesrgan")`; that resize is linear with weights summing to 1, so it may be
 done before or after mapping to [-1, 1] with the same result.
 
 Every random choice is drawn from one numpy Generator, so a seed gives bit-identical
@@ -40,7 +40,6 @@ __all__ = [
     "sinc_kernel",
     "random_kernel",
     "degrade_realesrgan",
-    "upsample_realesrgan_lr",
 ]
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -348,13 +347,3 @@ def degrade_realesrgan(
     out = torch.stack([_degrade_one(img, scale, gen, config) for img in batch])
     out = out[0] if hr.ndim == 3 else out
     return out.to(device=hr.device, dtype=hr.dtype)
-
-
-def upsample_realesrgan_lr(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Bring the LR back to HR size as OFTSR's real-world models expect: bicubic, no antialias."""
-    if lr.ndim not in (3, 4):
-        raise ValueError(f"lr must be (C, h, w) or (B, C, h, w), got shape {tuple(lr.shape)}")
-    size = (lr.shape[-2] * scale, lr.shape[-1] * scale)
-    x = lr[None] if lr.ndim == 3 else lr
-    x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
-    return x[0] if lr.ndim == 3 else x

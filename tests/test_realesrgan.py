@@ -18,7 +18,6 @@ from oftsr.realesrgan import (
     plateau_kernel,
     random_kernel,
     sinc_kernel,
-    upsample_realesrgan_lr,
 )
 
 from conftest import DATA, smooth_image
@@ -270,6 +269,11 @@ def test_bad_input_raises(hr, scale, message):
 
 
 def test_upsample_helper_is_bicubic_without_antialias():
+    from oftsr.degradations import upsample_lr
+
+    def upsample_realesrgan_lr(x, scale):
+        return upsample_lr(x[None], scale, "realesrgan")[0] if x.ndim == 3 else upsample_lr(x, scale, "realesrgan")
+
     lr = torch.rand(2, 3, 8, 12, generator=torch.Generator().manual_seed(0))
     up = upsample_realesrgan_lr(lr, 4)
     assert up.shape == (2, 3, 32, 48)
