@@ -181,7 +181,7 @@ def _registration_key(name: str) -> tuple:
     return tuple(key)
 
 
-def _named_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def canonical_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip DDP/compile prefixes and put the tensors in registration order."""
     out = {}
     for k, v in state.items():
@@ -210,9 +210,9 @@ def _weights_from_torch_object(obj: object, path: Path) -> tuple[list[torch.Tens
                 return params, step
         for key in ("model", "state_dict", "model_state_dict"):
             if _is_tensor_dict(obj.get(key)):
-                return _named_state(obj[key]), step
+                return canonical_state_dict(obj[key]), step
         if _is_tensor_dict(obj):
-            return _named_state(obj), step
+            return canonical_state_dict(obj), step
     kind = type(obj).__name__
     keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else ""
     raise CheckpointError(
@@ -324,7 +324,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
             info = _parse_ours(meta, path)
         else:
             info = parse_authors_filename(path.name)
-        weights = _named_state(weights)
+        weights = canonical_state_dict(weights)
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -132,6 +132,24 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, make_lpips, plot_curve, write_tables
+
+    device = resolve_device(args.device)
+    models = [load_model(m, device=device, dtype=resolve_dtype(args.dtype, device)) for m in args.model]
+    if args.scale is not None and any(m.scale != args.scale for m in models):
+        raise ValueError(f"--scale {args.scale} does not match the model scale x{models[0].scale}")
+    lpips, note = make_lpips(device)
+    rows = evaluate(models, args.data, ts=args.t, steps=args.steps, solver=args.solver, seed=args.seed,
+                    tile=args.tile or None, lpips=lpips, log=lambda s: None if args.quiet else print(s, file=sys.stderr))
+    title = f"{Path(args.data).name}, x{models[0].scale} {models[0].degradation}, {device.type}"
+    md, csv_path = write_tables(rows, Path(args.out), note, title)
+    plot = plot_curve(rows, Path(args.out) / "curve.png", title)
+    print(md.read_text())
+    print(f"wrote {md}, {csv_path}, {plot}")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
@@ -179,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     _add_override_args(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("eval", help="evaluate models on HR images: PSNR, SSIM, LPIPS, realism; table and curve")
+    p.add_argument("--model", nargs="+", required=True, help="one or more checkpoints (teachers and/or students)")
+    p.add_argument("--data", required=True, help="folder of HR images (degraded with the model's own degradation)")
+    p.add_argument("--scale", type=int, default=None, help="check that the models have this scale")
+    p.add_argument("--t", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="student t values")
+    p.add_argument("--steps", type=int, default=16, help="teacher solver steps")
+    p.add_argument("--solver", choices=SOLVERS, default="midpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile", type=int, default=0, help="tile size in output pixels; 0 = whole image (default)")
+    p.add_argument("--out", default="eval", help="folder for results.md, results.csv and curve.png")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("create", help="write a randomly initialised (untrained) model, for trials and training")
     p.add_argument("dst")

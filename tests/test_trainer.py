@@ -166,6 +166,14 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     for pa, pb in zip(ta.parameters(), tb.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
 
+    # export from a checkpoint folder gives the same file as the end-of-run export
+    _run(["trainer/export.py", cut / "checkpoint-4", tmp_path / "exported.safetensors"])
+    exported = oftsr.load_model(tmp_path / "exported.safetensors")
+    assert exported.step == 4 and exported.sigma_p == 0.2
+    assert all(torch.equal(pa, pb) for pa, pb in zip(exported.parameters(), tb.parameters()))
+    _run(["trainer/export.py", cut, tmp_path / "raw.safetensors", "--raw"])  # newest checkpoint, raw weights
+    assert oftsr.load_model(tmp_path / "raw.safetensors").config == oftsr.PRESETS["tiny"]
+
 
 def test_accelerate_launch_two_processes(train_dir, tmp_path):
     # On a machine without a GPU, `--multi_gpu` gives two gloo CPU processes (MULTI_CPU); the

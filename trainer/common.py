@@ -26,6 +26,12 @@ from oftsr.unet import PRESETS  # noqa: E402
 logger = logging.getLogger("oftsr.trainer")
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+MODEL_INFO = "oftsr.json"
+
+
+def model_info(model: oftsr.OFTSRModel, step: int) -> dict:
+    return {"architecture": model.config.to_dict(), "role": model.role, "scale": model.scale,
+            "sigma_p": model.sigma_p, "degradation": model.degradation, "step": step}
 
 
 def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps: int) -> None:
@@ -127,9 +133,11 @@ def list_checkpoints(output_dir: str) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None) -> Path:
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None,
+                    model: oftsr.OFTSRModel) -> Path:
     """`accelerator.save_state` into a temporary folder, renamed when complete; then the
-    oldest checkpoints beyond `total_limit` are removed."""
+    oldest checkpoints beyond `total_limit` are removed. `oftsr.json` beside the state
+    says what the model is, so `trainer/export.py` can turn any checkpoint into a model file."""
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = Path(output_dir) / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process:
@@ -140,6 +148,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        (tmp / MODEL_INFO).write_text(json.dumps(model_info(model, step), indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -219,11 +228,16 @@ def log_images(accelerator, name: str, images: torch.Tensor, step: int) -> None:
             tracker.writer.add_images(name, ((images.clamp(-1, 1) + 1) / 2).float().cpu(), step)
 
 
-def export_ema(model: oftsr.OFTSRModel, ema: EMA, path: Path, step: int) -> Path:
-    """Write the EMA weights as our `.safetensors` (full metadata; loads in the CLI and nodes)."""
-    export = oftsr.OFTSRModel(oftsr.UNet(model.config), sigma_p=model.sigma_p, role=model.role, scale=model.scale,
-                              degradation=model.degradation, step=step)
-    ema.copy_to(export.unet)
+def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Path:
+    """Write EMA weights as our `.safetensors` (full metadata; loads in the CLI and nodes)."""
+    export = oftsr.OFTSRModel(oftsr.UNet(oftsr.UNetConfig.from_dict(info["architecture"])), sigma_p=info["sigma_p"],
+                              role=info["role"], scale=info["scale"], degradation=info["degradation"], step=info["step"])
+    params = list(export.unet.parameters())
+    if len(params) != len(shadow_params):
+        raise ValueError(f"{len(shadow_params)} EMA tensors for a network of {len(params)} parameters")
+    with torch.no_grad():
+        for p, s in zip(params, shadow_params):
+            p.copy_(s)
     oftsr.save_model(export, path)
     return path
 

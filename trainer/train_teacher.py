@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, make_accelerator, make_dataloader,
+from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, model_info, make_accelerator, make_dataloader,
                     preset_choices, psnr, resume, save_checkpoint, train_batches, validation_batch, warmup_schedule)
 
 import oftsr
@@ -110,11 +110,13 @@ def main(argv: list[str] | None = None) -> None:
             logger.info("step %d: %s", state.step, {k: round(v, 3) for k, v in logs.items()})
         log_metrics(accelerator, args.output_dir, logs, state.step)
         if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
-            save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit)
+            save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
+                            accelerator.unwrap_model(model))
     bar.close()
 
     if accelerator.is_main_process:
-        path = export_ema(accelerator.unwrap_model(model), ema, Path(args.output_dir) / "teacher.safetensors", state.step)
+        path = export_ema(model_info(accelerator.unwrap_model(model), state.step), ema.shadow_params,
+                          Path(args.output_dir) / "teacher.safetensors")
         logger.info("exported EMA weights to %s", path)
     accelerator.end_training()
 

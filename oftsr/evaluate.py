@@ -1,0 +1,158 @@
+"""`oftsr eval`: degrade HR photographs with the model's own degradation, super-resolve
+them, and tabulate fidelity and realism (Markdown + CSV) with the fidelity-realism curve."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .degradations import degrade, upsample_lr
+from .images import list_images, load_image
+from .inference import sample, upscale
+from .metrics import LPIPS, LPIPSUnavailable, psnr, psnr_y, realism_swd, ssim_y
+from .model import OFTSRModel
+
+COLUMNS = ["method", "t", "NFE", "PSNR RGB", "PSNR Y", "SSIM Y", "LPIPS", "realism SWD", "s/img"]
+
+
+@dataclass
+class Row:
+    method: str
+    t: float | None = None
+    nfe: int | None = None
+    scores: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("psnr", "psnr_y", "ssim", "lpips", "swd", "sec")})
+
+    def mean(self, key: str) -> float:
+        v = self.scores[key]
+        return sum(v) / len(v) if v else math.nan
+
+
+def _hr_images(data: str | Path, scale: int) -> list[tuple[str, torch.Tensor]]:
+    out = []
+    for path in list_images([data]):
+        image, _ = load_image(path)
+        image = image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image[:, :3]
+        h, w = image.shape[-2] // scale * scale, image.shape[-1] // scale * scale  # mod-crop
+        out.append((path.name, image[..., :h, :w]))
+    if not out:
+        raise ValueError(f"no images in {data}")
+    return out
+
+
+def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], steps: int = 16, solver: str = "midpoint",
+             seed: int = 0, tile: int | None = None, lpips: LPIPS | None = None,
+             log: Callable[[str], None] = print) -> list[Row]:
+    """One row for bicubic, one per teacher (at `steps`/`solver`) and one per student and t."""
+    scale, degradation = models[0].scale, models[0].degradation
+    if any(m.scale != scale or m.degradation != degradation for m in models):
+        raise ValueError("all models evaluated together must share scale and degradation")
+    rows = [Row("bicubic")]
+    runs: list[tuple[Row, Callable[[torch.Tensor], torch.Tensor]]] = []
+    for i, m in enumerate(models):
+        name = f"{m.role}" if len(models) == 1 else f"{m.role} {i + 1}"
+        if m.role == "teacher":
+            nfe = {"euler": steps, "midpoint": 2 * steps - 1, "heun": 2 * steps - 1}.get(solver)
+            row = Row(f"{name} ({solver})", nfe=nfe)
+            info: dict = {}
+            def run(lr, m=m, row=row, info=info):
+                out = sample(m, lr, steps=steps, solver=solver, seed=seed, tile=tile, info=info)
+                row.nfe = info["nfe"]
+                return out
+            runs.append((row, run))
+        else:
+            for t in ts:
+                runs.append((Row(name, t=t, nfe=1), lambda lr, m=m, t=t: upscale(m, lr, t=t, seed=seed, tile=tile)))
+    rows += [r for r, _ in runs]
+
+    device = models[0].device
+    for k, (name, hr) in enumerate(_hr_images(data, scale)):
+        g = torch.Generator().manual_seed(seed * 100_003 + k)
+        lr = ((degrade(hr * 2 - 1, scale, degradation, generator=g) + 1) / 2).clamp(0, 1)
+        outputs = [(rows[0], (upsample_lr(lr * 2 - 1, scale, degradation).clamp(-1, 1) + 1) / 2, 0.0)]
+        for row, run in runs:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            out = run(lr)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            outputs.append((row, out, time.perf_counter() - start))
+        for row, out, sec in outputs:
+            s = row.scores
+            s["psnr"].append(psnr(out, hr))
+            s["psnr_y"].append(psnr_y(out, hr, border=scale))
+            s["ssim"].append(ssim_y(out, hr, border=scale))
+            s["swd"].append(realism_swd(out, hr))
+            s["sec"].append(sec)
+            if lpips is not None:
+                s["lpips"].append(lpips(out, hr))
+        log(f"{name}: " + ", ".join(f"{r.method}{'' if r.t is None else f' t={r.t:g}'} {r.scores['psnr_y'][-1]:.2f} dB"
+                                   for r, _, _ in outputs))
+    return rows
+
+
+def _cells(row: Row, lpips_note: str | None) -> list[str]:
+    lp = lpips_note if lpips_note else f"{row.mean('lpips'):.4f}"
+    return [row.method, "" if row.t is None else f"{row.t:g}", "" if row.nfe is None else str(row.nfe),
+            f"{row.mean('psnr'):.2f}", f"{row.mean('psnr_y'):.2f}", f"{row.mean('ssim'):.4f}", lp,
+            f"{row.mean('swd'):.2f}", "" if row.method == "bicubic" else f"{row.mean('sec'):.3f}"]
+
+
+def write_tables(rows: list[Row], out_dir: Path, lpips_note: str | None, title: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out_dir / "results.md", out_dir / "results.csv"
+    lines = [f"### {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r, lpips_note)) + " |" for r in rows]
+    lines += ["", "PSNR RGB: whole image; PSNR Y and SSIM Y: BT.601 luma with a border crop equal to the scale; "
+              "realism SWD: sliced Wasserstein distance of Laplacian-pyramid patches (lower = more realistic)."]
+    md.write_text("\n".join(lines) + "\n")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        w.writerows(_cells(r, lpips_note) for r in rows)
+    return md, csv_path
+
+
+def plot_curve(rows: list[Row], path: Path, title: str) -> Path:
+    """PSNR (Y) against the realism measure: the student's t points joined in order,
+    bicubic and teachers as single markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    students: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.t is not None:
+            students.setdefault(r.method, []).append(r)
+        else:
+            ax.scatter(r.mean("swd"), r.mean("psnr_y"), marker="s" if r.method == "bicubic" else "*", s=70, label=r.method)
+    for name, pts in students.items():
+        xs, ys = [p.mean("swd") for p in pts], [p.mean("psnr_y") for p in pts]
+        ax.plot(xs, ys, "o-", label=f"{name} (one step)")
+        for p, x, y in zip(pts, xs, ys):
+            ax.annotate(f"t={p.t:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("realism measure: patch SWD (lower = more realistic)")
+    ax.set_ylabel("PSNR Y (dB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def make_lpips(device: torch.device) -> tuple[LPIPS | None, str | None]:
+    """LPIPS, or None and the note to print in its column."""
+    try:
+        return LPIPS(device), None
+    except LPIPSUnavailable as e:
+        return None, str(e).split(" (")[0]

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Export a training checkpoint folder (from train_teacher.py or distill.py) as our
+`.safetensors` model file, with the EMA weights (default) or the raw weights.
+
+    python trainer/export.py runs/teacher/checkpoint-5000 teacher.safetensors
+    python trainer/export.py runs/teacher latest teacher.safetensors   # newest complete one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from common import MODEL_INFO, export_ema, list_checkpoints
+
+from oftsr.checkpoint import canonical_state_dict
+
+
+def find_checkpoint(path: str) -> Path:
+    p = Path(path)
+    if (p / MODEL_INFO).is_file():
+        return p
+    found = list_checkpoints(str(p))
+    if not found:
+        raise SystemExit(f"error: {p} is neither a checkpoint folder nor a run folder with checkpoint-N inside")
+    return found[-1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint-N folder, or a run's --output_dir (its newest checkpoint)")
+    p.add_argument("output", help="the .safetensors file to write")
+    p.add_argument("--raw", action="store_true", help="export the raw (non-EMA) weights")
+    args = p.parse_args(argv)
+
+    ckpt = find_checkpoint(args.checkpoint)
+    info = json.loads((ckpt / MODEL_INFO).read_text())
+    if args.raw:
+        state = load_file(ckpt / "model.safetensors")
+        params = list(canonical_state_dict(state).values())
+    else:
+        # The EMA is the first object registered for checkpointing; its state holds only
+        # numbers and tensors, so the weights-only loader reads it.
+        ema = torch.load(ckpt / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)
+        params = ema["shadow_params"]
+    out = export_ema(info, params, Path(args.output))
+    print(f"wrote {out} ({info['role']}, step {info['step']}, {'raw' if args.raw else 'EMA'} weights)")
+
+
+if __name__ == "__main__":
+    main()
