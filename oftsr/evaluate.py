@@ -15,7 +15,7 @@ import torch
 from .degradations import degrade, upsample_lr
 from .images import list_images, load_image
 from .inference import sample, upscale
-from .metrics import LPIPS, LPIPSUnavailable, psnr, psnr_y, realism_swd, ssim_y
+from .metrics import LPIPS, LPIPSUnavailable, quality
 from .model import OFTSRModel
 
 COLUMNS = ["method", "t", "NFE", "PSNR RGB", "PSNR Y", "SSIM Y", "LPIPS", "realism SWD", "s/img"]
@@ -84,14 +84,9 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
                 torch.cuda.synchronize(device)
             outputs.append((row, out, time.perf_counter() - start))
         for row, out, sec in outputs:
-            s = row.scores
-            s["psnr"].append(psnr(out, hr))
-            s["psnr_y"].append(psnr_y(out, hr, border=scale))
-            s["ssim"].append(ssim_y(out, hr, border=scale))
-            s["swd"].append(realism_swd(out, hr))
-            s["sec"].append(sec)
-            if lpips is not None:
-                s["lpips"].append(lpips(out, hr))
+            for key, value in quality(out, hr, scale, lpips).items():
+                row.scores[key].append(value)
+            row.scores["sec"].append(sec)
         log(f"{name}: " + ", ".join(f"{r.method}{'' if r.t is None else f' t={r.t:g}'} {r.scores['psnr_y'][-1]:.2f} dB"
                                    for r, _, _ in outputs))
     return rows

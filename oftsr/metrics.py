@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "psnr_y", "ssim_y", "rgb_to_y", "realism_swd", "LPIPS", "LPIPSUnavailable"]
+__all__ = ["psnr", "psnr_y", "ssim_y", "rgb_to_y", "realism_swd", "quality", "LPIPS", "LPIPSUnavailable"]
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -147,3 +147,13 @@ def realism_swd(x: torch.Tensor, y: torch.Tensor, *, levels: int = 3, patch: int
     if not scores:
         raise ValueError(f"images of {tuple(x.shape[-2:])} are too small for {patch}x{patch} patches")
     return 1e3 * sum(scores) / len(scores) / math.sqrt(a.shape[1])
+
+
+def quality(out: torch.Tensor, hr: torch.Tensor, scale: int, lpips: LPIPS | None = None) -> dict[str, float]:
+    """Every measure at once, images in [0, 1]: psnr (RGB), psnr_y and ssim (luma, border
+    crop = scale), swd (realism), and lpips when an LPIPS model is given."""
+    scores = {"psnr": psnr(out, hr), "psnr_y": psnr_y(out, hr, border=scale), "ssim": ssim_y(out, hr, border=scale),
+              "swd": realism_swd(out, hr)}
+    if lpips is not None:
+        scores["lpips"] = lpips(out, hr)
+    return scores

@@ -1,6 +1,5 @@
 import json
 import pickle
-from pathlib import Path
 
 import pytest
 import torch

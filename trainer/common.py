@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import oftsr  # noqa: E402
 from oftsr.data import SRDataset  # noqa: E402
-from oftsr.ema import EMA  # noqa: E402
+from oftsr.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
 from oftsr.model import DEGRADATIONS  # noqa: E402
 from oftsr.unet import PRESETS  # noqa: E402
 
@@ -207,10 +206,20 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1], measured on [0, 1]."""
-    mse = (((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).mean().item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
+def validation_scores(accelerator, name: str, out: torch.Tensor, batch: dict[str, torch.Tensor], scale: int,
+                      lpips) -> dict[str, float]:
+    """`val/<name>/<measure>` for outputs in [-1, 1] against the batch's HR crops."""
+    scores = quality(((out.clamp(-1, 1) + 1) / 2).float().cpu(), ((batch["hr"] + 1) / 2).float().cpu(), scale, lpips)
+    return {f"val/{name}/{k}": v for k, v in scores.items()}
+
+
+def make_validation_lpips():
+    """LPIPS when its weights are present here (never downloaded), else None with a log line."""
+    try:
+        return LPIPS("cpu")
+    except LPIPSUnavailable as e:
+        logger.info("validation LPIPS %s", e)
+        return None
 
 
 def log_metrics(accelerator, output_dir: str, logs: dict[str, float], step: int) -> None:

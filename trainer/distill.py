@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, model_info, make_accelerator, make_dataloader, psnr,
-                    resume, save_checkpoint, train_batches, validation_batch, warmup_schedule)
+from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, make_accelerator,
+                    make_dataloader, make_validation_lpips, model_info, resume, save_checkpoint,
+                    train_batches, validation_batch, validation_scores, warmup_schedule)
 
 import oftsr
 from oftsr.ema import EMA
@@ -56,16 +57,16 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
 
 
 @torch.no_grad()
-def validate(accelerator, student, ema, batch, args, step) -> dict[str, float]:
+def validate(accelerator, student, ema, batch, args, step, lpips) -> dict[str, float]:
     net = oftsr.OFTSRModel(oftsr.UNet(student.config), sigma_p=student.sigma_p, role="student", scale=student.scale,
                            degradation=student.degradation).to(accelerator.device).eval()
     ema.copy_to(net.unet)
     gen = torch.Generator().manual_seed(args.seed)
     x0 = noise_augment(batch["lr"], net.sigma_p, torch.randn(batch["lr"].shape, generator=gen).to(accelerator.device))
-    logs, rows = {"val/psnr_lr": psnr(batch["lr"], batch["hr"])}, [batch["lr"]]
+    logs, rows = validation_scores(accelerator, "lr_upsampled", batch["lr"], batch, args.scale, lpips), [batch["lr"]]
     for t in VALIDATION_T:
         x1 = student_step(x0, net.velocity(x0, batch["lr"], t))
-        logs[f"val/psnr_t{t:g}"] = psnr(x1, batch["hr"])
+        logs.update(validation_scores(accelerator, f"student_t{t:g}", x1, batch, args.scale, lpips))
         rows.append(x1)
     log_images(accelerator, "val/lr_t0_t0.5_t1_hr", torch.cat([*rows, batch["hr"]], dim=-1), step)
     return logs
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.register_for_checkpointing(ema, state)
     resume(accelerator, args)
     val_batch = validation_batch(args, accelerator.device)
+    lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
 
     from tqdm.auto import tqdm
 
@@ -116,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         logs["lr"] = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{logs['total']:.4f}")
         if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
-            logs.update(validate(accelerator, accelerator.unwrap_model(student), ema, val_batch, args, state.step))
-            logger.info("step %d: %s", state.step, {k: round(v, 4) for k, v in logs.items()})
+            logs.update(validate(accelerator, accelerator.unwrap_model(student), ema, val_batch, args, state.step, lpips))
+            logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
         log_metrics(accelerator, args.output_dir, logs, state.step)
         if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
             save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, model_info, make_accelerator, make_dataloader,
-                    preset_choices, psnr, resume, save_checkpoint, train_batches, validation_batch, warmup_schedule)
+from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, make_accelerator,
+                    make_dataloader, make_validation_lpips, model_info, preset_choices, resume,
+                    save_checkpoint, train_batches, validation_batch, validation_scores, warmup_schedule)
 
 import oftsr
 from oftsr.ema import EMA
@@ -51,7 +52,7 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
 
 
 @torch.no_grad()
-def validate(accelerator, model, ema, batch, args, step) -> dict[str, float]:
+def validate(accelerator, model, ema, batch, args, step, lpips) -> dict[str, float]:
     """Teacher samples (midpoint, stated NFE) with the EMA weights on the validation crops."""
     net = oftsr.OFTSRModel(oftsr.UNet(model.config), sigma_p=model.sigma_p, role="teacher", scale=model.scale,
                            degradation=model.degradation).to(accelerator.device).eval()
@@ -61,7 +62,8 @@ def validate(accelerator, model, ema, batch, args, step) -> dict[str, float]:
     fn = lambda x, t: velocity_field(net, x, batch["lr"], t)  # noqa: E731
     x1 = get_sampler("midpoint")(fn, x0, time_grid(args.validation_nfe_steps))
     nfe = 2 * args.validation_nfe_steps - 1
-    logs = {f"val/psnr_nfe{nfe}": psnr(x1, batch["hr"]), "val/psnr_lr": psnr(batch["lr"], batch["hr"])}
+    logs = {**validation_scores(accelerator, "lr_upsampled", batch["lr"], batch, args.scale, lpips),
+            **validation_scores(accelerator, f"teacher_nfe{nfe}", x1, batch, args.scale, lpips)}
     log_images(accelerator, "val/lr_sample_hr", torch.cat([batch["lr"], x1, batch["hr"]], dim=-1), step)
     return logs
 
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.register_for_checkpointing(ema, state)
     resume(accelerator, args)
     val_batch = validation_batch(args, accelerator.device)
+    lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
 
     from tqdm.auto import tqdm
 
@@ -106,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         logs = {"loss": accelerator.gather(loss.detach()).mean().item(), "lr": scheduler.get_last_lr()[0]}
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
-            logs.update(validate(accelerator, accelerator.unwrap_model(model), ema, val_batch, args, state.step))
-            logger.info("step %d: %s", state.step, {k: round(v, 3) for k, v in logs.items()})
+            logs.update(validate(accelerator, accelerator.unwrap_model(model), ema, val_batch, args, state.step, lpips))
+            logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
         log_metrics(accelerator, args.output_dir, logs, state.step)
         if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
             save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
