@@ -310,9 +310,10 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                sigma_p: float | None = None, role: str | None = None, scale: int | None = None,
-               degradation: str | None = None) -> OFTSRModel:
+               degradation: str | None = None, compile: bool = False) -> OFTSRModel:
     """Load our `.safetensors` or an authors' `.pth` (never unpickles arbitrary objects).
-    Keyword overrides win over what the file says. Returns the model in eval mode."""
+    Keyword overrides win over what the file says. `compile=True` turns on the fast path
+    with `torch.compile` (see `OFTSRModel.optimize`). Returns the model in eval mode."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -372,4 +373,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         raise CheckpointError(f"degradation must be one of {DEGRADATIONS}, got {info['degradation']!r}")
     model = OFTSRModel(unet, sigma_p=float(info["sigma_p"]), role=str(info["role"]), scale=int(info["scale"]),
                        degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)))
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if compile:
+        model.optimize(channels_last=model.device.type == "cuda", compile=True)
+    return model

@@ -42,8 +42,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
     path = args.model or default_model_path(role)
     device = resolve_device(args.device)
-    return load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
-                      role=args.role, scale=args.scale)
+    model = load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
+                       role=args.role, scale=args.scale)
+    # channels_last helps convolutions on GPUs; on CPUs it was measured slower (bench/bench.py)
+    return model.optimize(channels_last=device.type == "cuda", compile=args.compile)
 
 
 def _outputs(inputs: list[str], files: list[Path], out: Path) -> list[Path]:
@@ -160,6 +162,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto = bf16/fp16 on CUDA, fp32 elsewhere")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, faster on many images)")
     _add_override_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -87,13 +87,13 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the activation dtype (bf16/fp16 statistics drift)."""
+    """GroupNorm computed in float32 whatever the activation dtype (bf16/fp16 statistics
+    drift); autocast keeps group_norm in float32 too."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = None if self.weight is None else self.weight.float()
         b = None if self.bias is None else self.bias.float()
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
 def _norm(channels: int) -> GroupNorm32:

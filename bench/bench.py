@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""OFTSR benchmarks: prints tables (Markdown) of speed, memory and accuracy of the fast path.
+
+    python bench/bench.py                      # CPU-sized defaults
+    python bench/bench.py --device cuda --full # every preset and size, on a GPU
+
+Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops.
+Weights are random (the speed of a network does not depend on its values); every
+comparison uses identical weights and inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import oftsr  # noqa: E402
+from oftsr.unet import AttentionBlock  # noqa: E402
+
+# Dense bf16 tensor-core peaks (TFLOP/s) for the model-FLOP-utilisation column.
+GPU_BF16_PEAK = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeat: int, warmup: int = 1) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def random_model(preset: str, role: str, device: torch.device, dtype: torch.dtype = torch.float32) -> oftsr.OFTSRModel:
+    model = oftsr.create_model(preset, role=role, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # ADM's zero-init would make parts of the work trivial
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model.to(device, dtype).eval()
+
+
+def fastest_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def flops_per_forward(model: oftsr.OFTSRModel, size: int) -> int:
+    """Counted on the meta device: shapes only, no arithmetic, so any preset is instant."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        meta = oftsr.create_model(model.config, role=model.role)
+    x = torch.zeros(1, 3, size, size, device="meta")
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        meta.velocity(x, x, 0.5)
+    return counter.get_total_flops()
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- sections
+
+def bench_throughput(args, device) -> None:
+    rows = []
+    for preset in args.presets:
+        for size in args.sizes:
+            for dtype in dict.fromkeys([torch.float32, fastest_dtype(device)]):
+                model = random_model(preset, "student", device)
+                model.optimize(channels_last=True, autocast=None if dtype == torch.float32 else dtype)
+                x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
+                with torch.inference_mode():
+                    sec = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat)
+                mpix = args.batch * size * size / 1e6
+                flops = flops_per_forward(model, size) * args.batch
+                util = ""
+                peak = next((v for k, v in GPU_BF16_PEAK.items() if k in device_name(device)), None)
+                if peak and dtype != torch.float32:
+                    util = f"{flops / sec / 1e12 / peak * 100:.1f}%"
+                rows.append([preset, f"{size}", str(dtype).replace("torch.", ""), f"{sec * 1e3:.1f}",
+                             f"{mpix / sec:.3f}", f"{flops / sec / 1e12:.2f}", util])
+                del model
+    table(f"Forward throughput (batch {args.batch}, one network evaluation, output size = input size), "
+          f"{device_name(device)}", ["preset", "px", "dtype", "ms / forward", "output MP/s", "TFLOP/s", "MFU"], rows)
+
+
+def bench_student_vs_teacher(args, device) -> None:
+    preset, size = args.presets[0], args.sizes[0]
+    image = torch.rand(1, 3, size // 4, size // 4, device=device)
+    student, teacher = random_model(preset, "student", device), random_model(preset, "teacher", device)
+    rows = []
+    one = timed(lambda: oftsr.upscale(student, image, t=1.0), device, args.repeat)
+    rows.append(["student, one step", "1", f"{one:.3f}", "1.0"])
+    for solver, steps in [("euler", args.teacher_steps), ("midpoint", args.teacher_steps)]:
+        info: dict = {}
+        sec = timed(lambda: oftsr.sample(teacher, image, steps=steps, solver=solver, info=info), device, 1, warmup=0)
+        rows.append([f"teacher, {solver} {steps} steps", str(info["nfe"]), f"{sec:.3f}", f"{sec / one:.1f}"])
+    table(f"One-step student against the teacher ({preset}, {size}x{size} output), {device_name(device)}",
+          ["method", "NFE", "s / image", "x student time"], rows)
+
+
+def bench_tiling(args, device) -> None:
+    preset, size = args.presets[0], args.tiling_size
+    model = random_model(preset, "student", device)
+    image = torch.rand(1, 3, size // 4, size // 4, device=device)
+    whole = timed(lambda: oftsr.upscale(model, image), device, max(1, args.repeat // 2))
+    rows = [["whole image", "-", "-", f"{whole:.2f}", "1.00"]]
+    for tile, overlap, batch in [(512, 64, 1), (512, 32, 1), (512, 64, 4)]:
+        sec = timed(lambda: oftsr.upscale(model, image, tile=tile, overlap=overlap, tile_batch=batch), device,
+                    max(1, args.repeat // 2))
+        rows.append([f"tile {tile}", f"{overlap}", f"{batch}", f"{sec:.2f}", f"{sec / whole:.2f}"])
+    table(f"Tiled against whole-image inference ({preset}, {size}x{size} output), {device_name(device)}",
+          ["mode", "overlap", "tiles / forward", "s / image", "x whole"], rows)
+
+
+def _memory_child(preset: str, size: int, tile: int, device: str) -> None:
+    dev = torch.device(device)
+    model = random_model(preset, "student", dev)
+    image = torch.rand(1, 3, size // 4, size // 4, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    oftsr.upscale(model, image, tile=tile or None)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak": peak}))
+
+
+def bench_memory(args, device) -> None:
+    rows = []
+    for size in args.memory_sizes:
+        cells = [f"{size}"]
+        for tile in (512, 0):
+            if tile == 0 and size > args.untiled_limit:
+                cells.append("(skipped)")
+                continue
+            out = subprocess.run([sys.executable, __file__, "--_memory_child", args.presets[0], str(size), str(tile),
+                                  str(device)], capture_output=True, text=True, timeout=3600)
+            if out.returncode != 0:
+                cells.append("failed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:60])
+                continue
+            cells.append(f"{json.loads(out.stdout.strip().splitlines()[-1])['peak'] / 2**20:.0f}")
+        rows.append(cells)
+    what = "CUDA max allocated" if device.type == "cuda" else "peak RSS of a fresh process"
+    table(f"Peak memory (MiB, {what}) against output size ({args.presets[0]}), {device_name(device)}",
+          ["output px", "tiled (512)", "whole image"], rows)
+
+
+def bench_fastpath(args, device) -> None:
+    rows = []
+    for preset in args.presets:
+        size = args.sizes[0]
+        model = random_model(preset, "student", device)
+        x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
+        with torch.inference_mode():
+            AttentionBlock.use_sdpa = False
+            model.optimize(channels_last=False)
+            plain = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat)
+            reference = model.velocity(x, x, 0.5)
+            AttentionBlock.use_sdpa = True
+            variants = [("SDPA", dict(channels_last=False)), ("SDPA + channels_last", dict(channels_last=True))]
+            if device.type == "cuda":
+                variants.append((f"... + autocast {fastest_dtype(device)}".replace("torch.", ""),
+                                 dict(channels_last=True, autocast=fastest_dtype(device))))
+            if args.compile:
+                variants.append(("... + torch.compile", dict(channels_last=True, compile=True,
+                                                             autocast=None if device.type == "cpu" else fastest_dtype(device))))
+            rows.append([preset, "plain fp32, legacy attention", f"{plain * 1e3:.1f}", "1.00", "0"])
+            for name, opts in variants:
+                model.optimize(**opts)
+                sec = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat, warmup=2 if opts.get("compile") else 1)
+                diff = (model.velocity(x, x, 0.5) - reference).abs().max().item()
+                rows.append([preset, name, f"{sec * 1e3:.1f}", f"{plain / sec:.2f}", f"{diff:.1e}"])
+    table(f"Fast path against the plain float32 path (batch {args.batch}, {args.sizes[0]} px), {device_name(device)}",
+          ["preset", "path", "ms / forward", "speed-up", "max |diff|"], rows)
+
+
+def bench_flops(args, device) -> None:
+    rows = []
+    for preset in dict.fromkeys(["tiny", *args.presets, "div2k", "imagenet"]):
+        with torch.device("meta"):
+            model = oftsr.create_model(preset, role="student")
+        rows.append([preset, f"{oftsr.unet.count_parameters(model):,}"] +
+                    [f"{flops_per_forward(model, s) / 1e12:.3f}" for s in (256, 512)])
+    table("FLOPs per forward (TFLOP, one image, torch.utils.flop_counter)", ["preset", "parameters", "256 px", "512 px"], rows)
+
+
+SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_vs_teacher, "tiling": bench_tiling,
+            "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_memory_child":
+        _memory_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    p.add_argument("--full", action="store_true", help="every preset and size (slow on a CPU)")
+    p.add_argument("--presets", nargs="+", default=None)
+    p.add_argument("--sizes", nargs="+", type=int, default=None)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--teacher_steps", type=int, default=16)
+    p.add_argument("--tiling_size", type=int, default=2048)
+    p.add_argument("--memory_sizes", nargs="+", type=int, default=[512, 1024, 2048, 4096])
+    p.add_argument("--untiled_limit", type=int, default=2048, help="largest whole-image run in the memory table")
+    p.add_argument("--compile", action="store_true", help="include torch.compile in the fast-path table")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    full = args.full or device.type == "cuda"
+    args.presets = args.presets or (["small", "div2k", "imagenet"] if full else ["small", "div2k"])
+    args.sizes = args.sizes or ([256, 512, 1024] if full else [256, 512])
+    print(f"oftsr {oftsr.__version__}, torch {torch.__version__}, {device_name(device)}, "
+          f"{os.cpu_count()} CPUs visible")
+    for name in args.only:
+        SECTIONS[name](args, device)
+
+
+if __name__ == "__main__":
+    main()

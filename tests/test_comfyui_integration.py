@@ -1,0 +1,291 @@
+"""The node pack inside a real ComfyUI: start-up, /object_info, and every shipped workflow run.
+
+Runs only when COMFYUI_PATH points at a ComfyUI checkout whose requirements are installed
+in this Python (the server is started with `sys.executable`):
+
+    COMFYUI_PATH=/path/to/ComfyUI python -m pytest -q tests/test_comfyui_integration.py
+
+The pack is linked into $COMFYUI_PATH/custom_nodes under a temporary name (removed
+afterwards) and ComfyUI loads only that pack (--disable-all-custom-nodes plus a
+whitelist, where this ComfyUI has them). Models (tiny UNets with random weights), input
+images, outputs, temp and user folders all live in a temporary directory; the server
+listens on 127.0.0.1 on a free port and is stopped in all cases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import oftsr
+from comfyui_driver import ComfyServer, HTTPError, extra_values_after, is_widget, spec_options, workflow_to_prompt
+
+ROOT = Path(__file__).resolve().parents[1]
+# ComfyUI serves the first of these folders that a pack has as its templates (same URL for all).
+TEMPLATE_FOLDERS = ["example_workflows", "example", "examples", "workflow", "workflows"]
+WORKFLOW_FILES = ["oftsr_basic_upscale.json", "oftsr_t_sweep.json", "oftsr_teacher_vs_student.json",
+                  "oftsr_regional_tradeoff.json"]
+WORKFLOWS = next((ROOT / f for f in TEMPLATE_FOLDERS if (ROOT / f / WORKFLOW_FILES[0]).is_file()), ROOT / "workflows")
+MODEL_FILES = {"student": "oftsr-x4-student.safetensors", "teacher": "oftsr-x4-teacher.safetensors"}
+NODE_IDS = ["OFTSRModelLoader", "OFTSRUpscale", "OFTSRTeacherSampler", "OFTSRTSweep", "OFTSRRegionalTradeoff"]
+INPUT_W, INPUT_H, SCALE = 48, 40, 4
+CATEGORY = "image/upscaling/OFTSR"
+# What the pack needs at run time (used only where a symbolic link cannot be made).
+PACK_PARTS = ["__init__.py", "nodes", "oftsr", "pyproject.toml", "requirements.txt", *TEMPLATE_FOLDERS]
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_PATH,
+    reason="real-ComfyUI integration test: set COMFYUI_PATH to a ComfyUI checkout whose requirements are installed "
+           "in this Python (see the module docstring)",
+)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def write_models(folder: Path, weights) -> None:
+    """Tiny student and teacher with every weight random and nonzero (ADM's zero init would
+    make the output the bicubic input), the time embedding strengthened so that t matters."""
+    folder.mkdir(parents=True)
+    boosted = {k: v * 10 if k.startswith("time_embed") or "emb_layers" in k else v for k, v in weights.items()}
+    for role, name in MODEL_FILES.items():
+        model = oftsr.create_model("tiny", role=role, seed=0)
+        model.unet.load_state_dict(boosted)
+        oftsr.save_model(model, folder / name)
+
+
+def write_inputs(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:INPUT_H, 0:INPUT_W]
+    smooth = np.stack([xx / INPUT_W, yy / INPUT_H, 0.5 + 0.5 * np.sin(xx / 5.0) * np.cos(yy / 7.0)], -1)
+    noisy = np.clip(smooth + 0.05 * rng.standard_normal(smooth.shape), 0, 1)
+    Image.fromarray((noisy * 255).round().astype(np.uint8), "RGB").save(folder / "example.png")
+    mask = np.zeros((INPUT_H, INPUT_W, 3), np.uint8)
+    mask[:, INPUT_W // 2:] = 255  # right half white: realism there, fidelity on the left
+    Image.fromarray(mask, "RGB").save(folder / "example_mask.png")
+
+
+def install_pack(custom_nodes: Path, name: str) -> Path:
+    target = custom_nodes / name
+    try:
+        target.symlink_to(ROOT, target_is_directory=True)
+    except OSError:  # no symbolic links here: copy what the pack needs
+        target.mkdir()
+        for part in PACK_PARTS:
+            src = ROOT / part
+            if src.is_dir():
+                shutil.copytree(src, target / part, ignore=shutil.ignore_patterns("__pycache__"))
+            elif src.exists():
+                shutil.copy2(src, target / part)
+    return target
+
+
+def remove_pack(target: Path) -> None:
+    if target.is_symlink():
+        target.unlink()  # the link only, never what it points at
+    elif target.is_dir():
+        shutil.rmtree(target)
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory, random_unet_weights):
+    comfyui = Path(COMFYUI_PATH).expanduser().resolve()
+    if not (comfyui / "main.py").is_file() or not (comfyui / "custom_nodes").is_dir():
+        pytest.fail(f"COMFYUI_PATH={COMFYUI_PATH!r} is not a ComfyUI checkout (no main.py and custom_nodes/)")
+    work = tmp_path_factory.mktemp("comfyui")
+    models, input_dir, output_dir = work / "models", work / "input", work / "output"
+    write_models(models / "oftsr", random_unet_weights)
+    write_inputs(input_dir)
+    output_dir.mkdir()
+    extra = work / "extra_model_paths.yaml"
+    extra.write_text(f"oftsr_integration_test:\n  base_path: {json.dumps(str(models))}\n  oftsr: oftsr/\n")
+
+    name = f"oftsr_integration_{os.getpid()}"
+    pack = install_pack(comfyui / "custom_nodes", name)
+    try:
+        with ComfyServer(comfyui, work=work, input_dir=input_dir, output_dir=output_dir, extra_model_paths=extra,
+                         only_custom_node=name) as server:
+            yield SimpleNamespace(server=server, name=name, input_dir=input_dir, output_dir=output_dir,
+                                  object_info=server.get("/object_info", timeout=60))
+    finally:
+        remove_pack(pack)
+
+
+def load_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / name).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- start-up and /object_info
+
+
+def test_pack_loads_without_import_errors(comfy):
+    log = comfy.server.log()
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and comfy.name in line]
+    assert not failed, "\n".join(failed) + "\n" + comfy.server.log_tail()
+    assert any(comfy.name in line and "seconds" in line for line in log.splitlines()), (
+        "the pack is missing from ComfyUI's custom node import times:\n" + comfy.server.log_tail())
+
+
+def test_object_info_has_the_nodes_with_their_inputs(comfy):
+    info = comfy.object_info
+    missing = [n for n in NODE_IDS if n not in info]
+    assert not missing, f"nodes missing from /object_info: {missing}"
+    expected_order = {
+        "OFTSRModelLoader": ["model_name", "dtype", "sigma_p", "role", "scale"],
+        "OFTSRUpscale": ["model", "image", "t", "seed", "tile", "overlap", "color_fix"],
+        "OFTSRTeacherSampler": ["model", "image", "steps", "solver", "seed", "tile", "overlap", "color_fix"],
+        "OFTSRTSweep": ["model", "image", "t_values", "seed", "tile", "overlap", "color_fix"],
+        "OFTSRRegionalTradeoff": ["model", "image", "mask", "t_inside", "t_outside", "seed", "tile", "overlap",
+                                  "color_fix"],
+    }
+    for node_id, names in expected_order.items():
+        node = info[node_id]
+        assert node["category"] == CATEGORY and node["display_name"], node_id
+        assert node["input_order"]["required"] == names, node_id
+        assert list(node["input"]["required"]) == names, node_id
+        assert node["output"] == (["OFTSR_MODEL"] if node_id == "OFTSRModelLoader" else ["IMAGE"]), node_id
+        required = node["input"]["required"]
+        if "seed" in required:
+            assert required["seed"][0] == "INT" and required["seed"][1]["control_after_generate"] is True
+        if "model" in required:
+            assert required["model"][0] == "OFTSR_MODEL" and required["image"][0] == "IMAGE"
+
+    for node_id, name, default in [("OFTSRUpscale", "t", 0.5), ("OFTSRRegionalTradeoff", "t_inside", 1.0),
+                                   ("OFTSRRegionalTradeoff", "t_outside", 0.0)]:
+        kind, options = info[node_id]["input"]["required"][name]
+        assert kind == "FLOAT" and options["display"] == "slider", (node_id, name)
+        assert (options["default"], options["min"], options["max"], options["step"]) == (default, 0.0, 1.0, 0.01)
+    assert info["OFTSRRegionalTradeoff"]["input"]["required"]["mask"][0] == "MASK"
+
+    # the models folder registered through --extra-model-paths-config under "oftsr:"
+    model_name = info["OFTSRModelLoader"]["input"]["required"]["model_name"]
+    options = model_name[1].get("options", model_name[0]) if model_name[0] == "COMBO" else model_name[0]
+    assert sorted(options) == sorted(MODEL_FILES.values())
+
+
+# --------------------------------------------------------------------------- the shipped workflows
+
+
+@pytest.mark.parametrize("workflow_name", WORKFLOW_FILES)
+def test_workflow_matches_object_info(comfy, workflow_name):
+    """Node types exist, widget values line up with the inputs (count and kind), links
+    connect matching types: what a UI-format file needs to load and keep its values."""
+    workflow = load_workflow(workflow_name)
+    assert workflow["version"] == 0.4
+    info = comfy.object_info
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        if node["type"] in ("Note", "MarkdownNote"):
+            continue
+        assert node["type"] in info, f"{workflow_name}: unknown node type {node['type']}"
+        assert node["properties"].get("Node name for S&R") == node["type"]
+        spec = info[node["type"]]
+        widgets, uploads = [], 0
+        for section in ("required", "optional"):
+            for name in spec["input_order"].get(section, []):
+                s = spec["input"][section][name]
+                if is_widget(s):
+                    widgets.append((name, s))
+                    uploads += bool(spec_options(s).get("image_upload"))
+        values = node["widgets_values"]
+        assert len(values) == sum(1 + extra_values_after(n, s) for n, s in widgets) + uploads, (workflow_name, node)
+        position = 0
+        for name, s in widgets:
+            value, kind, options = values[position], s[0], spec_options(s)
+            if kind == "COMBO" or isinstance(kind, list):
+                choices = options.get("options", []) if kind == "COMBO" else kind
+                assert value in choices, (workflow_name, node["type"], name, value, choices)
+            elif kind in ("INT", "FLOAT"):
+                assert isinstance(value, (int, float)) and options.get("min", value) <= value <= options.get("max", value)
+            elif kind == "STRING":
+                assert isinstance(value, str)
+            if extra_values_after(name, s):
+                assert values[position + 1] in ("fixed", "increment", "decrement", "randomize")
+            position += 1 + extra_values_after(name, s)
+        linkable = {i["name"] for i in node.get("inputs", [])}
+        for name in linkable:
+            section = "required" if name in spec["input"].get("required", {}) else "optional"
+            assert name in spec["input"].get(section, {}), (workflow_name, node["type"], name)
+    for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
+        out = nodes[src]["outputs"][src_slot]
+        inp = nodes[dst]["inputs"][dst_slot]
+        assert out["type"] == inp["type"] == kind, (workflow_name, link_id)
+        assert link_id in out["links"] and inp["link"] == link_id, (workflow_name, link_id)
+        assert info[nodes[src]["type"]]["output"][src_slot] == kind, (workflow_name, link_id)
+        in_spec = info[nodes[dst]["type"]]["input"]
+        assert {**in_spec.get("required", {}), **in_spec.get("optional", {})}[inp["name"]][0] == kind
+
+
+def expected_images(workflow: dict, prompt: dict) -> dict[str, int]:
+    """SaveImage node id -> how many images it should save (a t-sweep saves one per t)."""
+    expected = {}
+    for node_id, entry in prompt.items():
+        if entry["class_type"] != "SaveImage":
+            continue
+        source = prompt[entry["inputs"]["images"][0]]
+        count = 1
+        if source["class_type"] == "OFTSRTSweep":
+            count = len([v for v in source["inputs"]["t_values"].split(",") if v.strip()])
+        expected[node_id] = count
+    assert expected, "the workflow saves no image"
+    return expected
+
+
+def read_output(comfy, image: dict) -> np.ndarray:
+    assert image["type"] == "output", image
+    path = comfy.output_dir / image.get("subfolder", "") / image["filename"]
+    assert path.is_file(), f"{path} was not written"
+    with Image.open(path) as im:
+        assert im.size == (INPUT_W * SCALE, INPUT_H * SCALE), (path, im.size)
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+@pytest.mark.parametrize("workflow_name", WORKFLOW_FILES)
+def test_workflow_runs(comfy, workflow_name):
+    workflow = load_workflow(workflow_name)
+    prompt = workflow_to_prompt(workflow, comfy.object_info)
+    prompt_id = comfy.server.queue(prompt)
+    entry = comfy.server.wait(prompt_id, timeout=600)
+    status = entry.get("status", {})
+    assert status.get("status_str") == "success" and status.get("completed"), (
+        f"{workflow_name} failed: {json.dumps(status.get('messages'), indent=1)[-4000:]}\n{comfy.server.log_tail()}")
+
+    for node_id, count in expected_images(workflow, prompt).items():
+        images = entry["outputs"].get(node_id, {}).get("images", [])
+        assert len(images) == count, (workflow_name, node_id, images)
+        pixels = [read_output(comfy, image) for image in images]
+        for p in pixels:
+            assert np.isfinite(p).all()
+            # a NaN result is saved as black; a dead model as a flat image
+            assert p.std() > 0.02 and p.max() > 0.1, (workflow_name, node_id, float(p.std()), float(p.max()))
+        if count > 1:  # the t-sweep: t reaches the model, so fidelity and realism differ
+            assert np.abs(pixels[0] - pixels[-1]).mean() > 1e-3, (workflow_name, node_id)
+
+
+def test_workflows_are_served_as_templates(comfy):
+    """ComfyUI lists a pack's workflows under Workflow -> Browse Templates and serves them
+    at /api/workflow_templates/<pack>/<name>.json, from the first template folder the pack
+    has (example_workflows, example, examples, workflow, workflows: one URL for all)."""
+    listed = comfy.server.get("/workflow_templates")
+    assert sorted(listed.get(comfy.name, [])) == sorted(Path(f).stem for f in WORKFLOW_FILES), listed
+    url = f"/api/workflow_templates/{comfy.name}/oftsr_basic_upscale.json"
+    try:
+        body = comfy.server.get(url)
+    except HTTPError as e:
+        shadowing = [f for f in TEMPLATE_FOLDERS[:TEMPLATE_FOLDERS.index(WORKFLOWS.name)] if (ROOT / f).is_dir()]
+        if e.status == 404 and shadowing:
+            pytest.xfail(f"the pack's {shadowing[0]}/ folder is served at the templates URL before {WORKFLOWS.name}/, "
+                         f"so Browse Templates lists the workflows but cannot open them (404); move the workflows to "
+                         f"example_workflows/ or rename {shadowing[0]}/")
+        raise
+    served = json.loads(body) if isinstance(body, (bytes, str)) else body
+    assert served == load_workflow("oftsr_basic_upscale.json")
