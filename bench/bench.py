@@ -101,7 +101,7 @@ def bench_throughput(args, device) -> None:
         for size in args.sizes:
             for dtype in dict.fromkeys([torch.float32, fastest_dtype(device)]):
                 model = random_model(preset, "student", device)
-                model.optimize(channels_last=True, autocast=None if dtype == torch.float32 else dtype)
+                model.optimize(channels_last=device.type == "cuda", autocast=None if dtype == torch.float32 else dtype)
                 x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
                 with torch.inference_mode():
                     sec = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat)
@@ -113,7 +113,6 @@ def bench_throughput(args, device) -> None:
                     util = f"{flops / sec / 1e12 / peak * 100:.1f}%"
                 rows.append([preset, f"{size}", str(dtype).replace("torch.", ""), f"{sec * 1e3:.1f}",
                              f"{mpix / sec:.3f}", f"{flops / sec / 1e12:.2f}", util])
-                del model
     table(f"Forward throughput (batch {args.batch}, one network evaluation, output size = input size), "
           f"{device_name(device)}", ["preset", "px", "dtype", "ms / forward", "output MP/s", "TFLOP/s", "MFU"], rows)
 

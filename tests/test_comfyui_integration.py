@@ -205,7 +205,9 @@ def test_workflow_matches_object_info(comfy, workflow_name):
                 choices = options.get("options", []) if kind == "COMBO" else kind
                 assert value in choices, (workflow_name, node["type"], name, value, choices)
             elif kind in ("INT", "FLOAT"):
-                assert isinstance(value, (int, float)) and options.get("min", value) <= value <= options.get("max", value)
+                number = int if kind == "INT" else (int, float)
+                assert isinstance(value, number) and not isinstance(value, bool), (workflow_name, node["type"], name)
+                assert options.get("min", value) <= value <= options.get("max", value), (workflow_name, name, value)
             elif kind == "STRING":
                 assert isinstance(value, str)
             if extra_values_after(name, s):

@@ -191,5 +191,5 @@ def test_accelerate_launch_two_processes(train_dir, tmp_path):
         assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
         model = oftsr.load_model(folder / f"{role}.safetensors")
         assert model.role == role and model.step == 2 and model.config == oftsr.PRESETS["tiny"]
-    distill = _losses(student_dir, "total")
+    distill = _losses(student_dir, "loss")
     assert sorted(distill) == [1, 2] and all(np.isfinite(v) for v in distill.values())

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import oftsr  # noqa: E402
 from oftsr.data import SRDataset  # noqa: E402
+from oftsr.flow import noise_augment  # noqa: E402
 from oftsr.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
 from oftsr.model import DEGRADATIONS  # noqa: E402
 from oftsr.unet import PRESETS  # noqa: E402
@@ -206,6 +207,20 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
 
 
+def ema_copy(model: oftsr.OFTSRModel, ema, device: torch.device) -> oftsr.OFTSRModel:
+    """A separate eval-mode model holding the EMA weights (the training model is untouched)."""
+    net = oftsr.OFTSRModel(oftsr.UNet(model.config), sigma_p=model.sigma_p, role=model.role, scale=model.scale,
+                           degradation=model.degradation).to(device).eval()
+    ema.copy_to(net.unet)
+    return net
+
+
+def validation_start(net: oftsr.OFTSRModel, batch: dict[str, torch.Tensor], seed: int) -> torch.Tensor:
+    """x0 for the validation batch, with the same noise at every validation."""
+    noise = torch.randn(batch["lr"].shape, generator=torch.Generator().manual_seed(seed)).to(batch["lr"].device)
+    return noise_augment(batch["lr"], net.sigma_p, noise)
+
+
 def validation_scores(accelerator, name: str, out: torch.Tensor, batch: dict[str, torch.Tensor], scale: int,
                       lpips) -> dict[str, float]:
     """`val/<name>/<measure>` for outputs in [-1, 1] against the batch's HR crops."""
@@ -253,3 +268,51 @@ def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Pat
 
 def preset_choices() -> list[str]:
     return list(PRESETS)
+
+
+def run_training(accelerator, args: argparse.Namespace, model, optimizer, scheduler, dataloader, ema, *, desc: str,
+                 step_losses, validate, export_name: str) -> None:
+    """The loop both stages share: accumulate, clip, step, EMA, log, validate, checkpoint,
+    and at the end export the EMA weights. `step_losses(batch)` returns a dict whose
+    "loss" is optimised (the rest is logged); `validate(model, batch, step, lpips)`
+    returns scalars. Resumes first when `--resume_from_checkpoint` says so."""
+    from tqdm.auto import tqdm
+
+    state = TrainState()
+    accelerator.register_for_checkpointing(ema, state)
+    resume(accelerator, args)
+    val_batch = validation_batch(args, accelerator.device)
+    lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
+    bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
+    batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)
+    while state.step < args.max_train_steps:
+        batch = next(batches)
+        with accelerator.accumulate(model):
+            losses = step_losses(batch)
+            accelerator.backward(losses["loss"])
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        ema.update(accelerator.unwrap_model(model))
+        state.step += 1
+        bar.update(1)
+        logs = {k: accelerator.gather(v.detach()).mean().item() for k, v in losses.items()}
+        logs["lr"] = scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
+            logs.update(validate(accelerator.unwrap_model(model), val_batch, state.step, lpips))
+            logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
+        log_metrics(accelerator, args.output_dir, logs, state.step)
+        if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
+            save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
+                            accelerator.unwrap_model(model))
+    bar.close()
+    if accelerator.is_main_process:
+        path = export_ema(model_info(accelerator.unwrap_model(model), state.step), ema.shadow_params,
+                          Path(args.output_dir) / export_name)
+        logger.info("exported EMA weights to %s", path)
+    accelerator.end_training()

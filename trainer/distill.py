@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import torch
 
-from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, make_accelerator,
-                    make_dataloader, make_validation_lpips, model_info, resume, save_checkpoint,
-                    train_batches, validation_batch, validation_scores, warmup_schedule)
+from common import (add_common_args, ema_copy, log_images, make_accelerator, make_dataloader, run_training, validation_scores,
+                    validation_start, warmup_schedule)
 
 import oftsr
 from oftsr.ema import EMA
@@ -58,11 +56,8 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
 
 @torch.no_grad()
 def validate(accelerator, student, ema, batch, args, step, lpips) -> dict[str, float]:
-    net = oftsr.OFTSRModel(oftsr.UNet(student.config), sigma_p=student.sigma_p, role="student", scale=student.scale,
-                           degradation=student.degradation).to(accelerator.device).eval()
-    ema.copy_to(net.unet)
-    gen = torch.Generator().manual_seed(args.seed)
-    x0 = noise_augment(batch["lr"], net.sigma_p, torch.randn(batch["lr"].shape, generator=gen).to(accelerator.device))
+    net = ema_copy(student, ema, accelerator.device)
+    x0 = validation_start(net, batch, args.seed)
     logs, rows = validation_scores(accelerator, "lr_upsampled", batch["lr"], batch, args.scale, lpips), [batch["lr"]]
     for t in VALIDATION_T:
         x1 = student_step(x0, net.velocity(x0, batch["lr"], t))
@@ -84,53 +79,20 @@ def main(argv: list[str] | None = None) -> None:
     dataloader = make_dataloader(args, args.train_data_dir)
     student, optimizer, dataloader, scheduler = accelerator.prepare(student, optimizer, dataloader, scheduler)
     ema.to(accelerator.device)
-    state = TrainState()
-    accelerator.register_for_checkpointing(ema, state)
-    resume(accelerator, args)
-    val_batch = validation_batch(args, accelerator.device)
-    lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
 
-    from tqdm.auto import tqdm
+    def step_losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x_lr = batch["lr"]
+        x0 = noise_augment(x_lr, args.sigma_p, torch.randn_like(x_lr))
+        t = sample_distill_time(x0.shape[0], x0.device)
+        with accelerator.autocast():  # the frozen teacher runs outside the prepared model
+            losses = distill_loss(student, teacher, x0, x_lr, t, dt=args.dt, teacher_solver=args.teacher_solver,
+                                  lambda_align=args.lambda_align, lambda_bc=args.lambda_bc)
+        losses["loss"] = losses.pop("total")
+        return losses
 
-    bar = tqdm(total=args.max_train_steps, initial=state.step, desc="distill", disable=not accelerator.is_local_main_process)
-    batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)
-    while state.step < args.max_train_steps:
-        batch = next(batches)
-        with accelerator.accumulate(student):
-            x_lr = batch["lr"]
-            x0 = noise_augment(x_lr, args.sigma_p, torch.randn_like(x_lr))
-            t = sample_distill_time(x0.shape[0], x0.device)
-            with accelerator.autocast():
-                losses = distill_loss(student, teacher, x0, x_lr, t, dt=args.dt, teacher_solver=args.teacher_solver,
-                                      lambda_align=args.lambda_align, lambda_bc=args.lambda_bc)
-            accelerator.backward(losses["total"])
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if not accelerator.sync_gradients:
-            continue
-        ema.update(accelerator.unwrap_model(student))
-        state.step += 1
-        bar.update(1)
-        logs = {k: accelerator.gather(v.detach()).mean().item() for k, v in losses.items()}
-        logs["lr"] = scheduler.get_last_lr()[0]
-        bar.set_postfix(loss=f"{logs['total']:.4f}")
-        if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
-            logs.update(validate(accelerator, accelerator.unwrap_model(student), ema, val_batch, args, state.step, lpips))
-            logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
-        log_metrics(accelerator, args.output_dir, logs, state.step)
-        if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
-            save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
-                            accelerator.unwrap_model(student))
-    bar.close()
-
-    if accelerator.is_main_process:
-        path = export_ema(model_info(accelerator.unwrap_model(student), state.step), ema.shadow_params,
-                          Path(args.output_dir) / "student.safetensors")
-        logger.info("exported EMA weights to %s", path)
-    accelerator.end_training()
+    run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema, desc="distill",
+                 step_losses=step_losses, export_name="student.safetensors",
+                 validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step, lpips))
 
 
 if __name__ == "__main__":

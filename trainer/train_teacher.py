@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import torch
 
-from common import (TrainState, add_common_args, export_ema, log_images, log_metrics, make_accelerator,
-                    make_dataloader, make_validation_lpips, model_info, preset_choices, resume,
-                    save_checkpoint, train_batches, validation_batch, validation_scores, warmup_schedule)
+from common import (add_common_args, ema_copy, log_images, make_accelerator, make_dataloader, preset_choices, run_training,
+                    validation_scores, validation_start, warmup_schedule)
 
 import oftsr
 from oftsr.ema import EMA
-from oftsr.flow import noise_augment, time_grid
+from oftsr.flow import time_grid
 from oftsr.inference import velocity_field
 from oftsr.losses import sample_flow_time, teacher_loss
 from oftsr.sampling import get_sampler
@@ -54,11 +52,8 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
 @torch.no_grad()
 def validate(accelerator, model, ema, batch, args, step, lpips) -> dict[str, float]:
     """Teacher samples (midpoint, stated NFE) with the EMA weights on the validation crops."""
-    net = oftsr.OFTSRModel(oftsr.UNet(model.config), sigma_p=model.sigma_p, role="teacher", scale=model.scale,
-                           degradation=model.degradation).to(accelerator.device).eval()
-    ema.copy_to(net.unet)
-    gen = torch.Generator().manual_seed(args.seed)
-    x0 = noise_augment(batch["lr"], net.sigma_p, torch.randn(batch["lr"].shape, generator=gen).to(accelerator.device))
+    net = ema_copy(model, ema, accelerator.device)
+    x0 = validation_start(net, batch, args.seed)
     fn = lambda x, t: velocity_field(net, x, batch["lr"], t)  # noqa: E731
     x1 = get_sampler("midpoint")(fn, x0, time_grid(args.validation_nfe_steps))
     nfe = 2 * args.validation_nfe_steps - 1
@@ -79,49 +74,15 @@ def main(argv: list[str] | None = None) -> None:
     dataloader = make_dataloader(args, args.train_data_dir, sigma_y=args.sigma_y)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     ema.to(accelerator.device)
-    state = TrainState()
-    accelerator.register_for_checkpointing(ema, state)
-    resume(accelerator, args)
-    val_batch = validation_batch(args, accelerator.device)
-    lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
 
-    from tqdm.auto import tqdm
+    def step_losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x1, x_lr = batch["hr"], batch["lr"]
+        t = sample_flow_time(x1.shape[0], x1.device)
+        return {"loss": teacher_loss(model, x1, x_lr, args.sigma_p, torch.randn_like(x1), t)}
 
-    bar = tqdm(total=args.max_train_steps, initial=state.step, desc="teacher", disable=not accelerator.is_local_main_process)
-    batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)
-    while state.step < args.max_train_steps:
-        batch = next(batches)
-        with accelerator.accumulate(model):
-            x1, x_lr = batch["hr"], batch["lr"]
-            t = sample_flow_time(x1.shape[0], x1.device)
-            loss = teacher_loss(model, x1, x_lr, args.sigma_p, torch.randn_like(x1), t)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if not accelerator.sync_gradients:
-            continue
-        ema.update(accelerator.unwrap_model(model))
-        state.step += 1
-        bar.update(1)
-        logs = {"loss": accelerator.gather(loss.detach()).mean().item(), "lr": scheduler.get_last_lr()[0]}
-        bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
-            logs.update(validate(accelerator, accelerator.unwrap_model(model), ema, val_batch, args, state.step, lpips))
-            logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
-        log_metrics(accelerator, args.output_dir, logs, state.step)
-        if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
-            save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
-                            accelerator.unwrap_model(model))
-    bar.close()
-
-    if accelerator.is_main_process:
-        path = export_ema(model_info(accelerator.unwrap_model(model), state.step), ema.shadow_params,
-                          Path(args.output_dir) / "teacher.safetensors")
-        logger.info("exported EMA weights to %s", path)
-    accelerator.end_training()
+    run_training(accelerator, args, model, optimizer, scheduler, dataloader, ema, desc="teacher",
+                 step_losses=step_losses, export_name="teacher.safetensors",
+                 validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step, lpips))
 
 
 if __name__ == "__main__":
