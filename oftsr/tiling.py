@@ -5,6 +5,7 @@ the whole image (the sp noise) is the same tiled or not."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -13,15 +14,16 @@ DEFAULT_OVERLAP = 64
 MIN_TILE = 32
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets covering [0, size) with tiles of `tile` overlapping by >= `overlap`;
-    the last tile is flush with the end so every tile has the same size."""
+def tile_layout(size: int, tile: int, overlap: int, multiple: int = 8) -> tuple[int, list[int]]:
+    """Tile length and start offsets covering [0, size) with at most `tile` px per tile
+    and at least `overlap` px shared by neighbours. The fewest tiles that fit are shrunk
+    to an even size (a multiple of `multiple` where possible) and spread evenly, so no
+    work is wasted on a mostly-overlapping last tile."""
     if size <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return starts
+        return size, [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    length = min(tile, -(-math.ceil((size + (n - 1) * overlap) / n) // multiple) * multiple)
+    return length, [round(i * (size - length) / (n - 1)) for i in range(n)]
 
 
 def feather(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
@@ -59,8 +61,7 @@ def tiled_apply(fn: Callable[..., torch.Tensor], *images: torch.Tensor, tile: in
         if callback is not None:
             callback(1, 1)
         return out
-    th, tw = min(tile, h), min(tile, w)
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    (th, ys), (tw, xs) = tile_layout(h, tile, overlap), tile_layout(w, tile, overlap)
     boxes = [(y, x) for y in ys for x in xs]
     out = wsum = None
     for first in range(0, len(boxes), tile_batch):
@@ -85,4 +86,4 @@ def num_tiles(h: int, w: int, tile: int | None, overlap: int | None = None) -> i
     tile, overlap = check_tiling(tile, overlap)
     if tile is None or (h <= tile and w <= tile):
         return 1
-    return len(tile_starts(h, min(tile, h), overlap)) * len(tile_starts(w, min(tile, w), overlap))
+    return len(tile_layout(h, tile, overlap)[1]) * len(tile_layout(w, tile, overlap)[1])

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import oftsr
 from oftsr.images import load_image
-from oftsr.tiling import feather, num_tiles, tile_starts
+from oftsr.tiling import feather, num_tiles, tile_layout
 
 from conftest import DATA, make_model, smooth_image
 
@@ -131,8 +131,13 @@ def test_teacher_adaptive_reports_nfe(teacher):
 # ----------------------------------------------------------------------------- tiling
 
 def test_tile_geometry():
-    assert tile_starts(100, 100, 8) == [0]
-    assert tile_starts(300, 128, 32) == [0, 96, 172]
+    assert tile_layout(100, 100, 8) == (100, [0])
+    assert tile_layout(300, 128, 32) == (128, [0, 86, 172])  # 3 tiles, evenly spread
+    assert tile_layout(2048, 512, 64) == (464, [0, 396, 792, 1188, 1584])  # 5 tiles shrunk to 464, not 512
+    for size, tile, overlap in [(300, 128, 32), (2048, 512, 32), (2048, 512, 64), (1000, 96, 24), (513, 512, 64)]:
+        length, starts = tile_layout(size, tile, overlap)
+        assert length <= tile and starts[0] == 0 and starts[-1] + length == size
+        assert all(a + length - b >= overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap
     assert num_tiles(300, 100, 128, 32) == 3
     w = feather(10, 4, True, False)
     assert w[:4].tolist() == pytest.approx([0.2, 0.4, 0.6, 0.8]) and w[4:].tolist() == [1.0] * 6
@@ -155,8 +160,8 @@ def _seam_ratio(out: torch.Tensor, tile: int, overlap: int) -> float:
         n = out.shape[dim]
         grad = out.diff(dim=dim).pow(2)
         energy = grad.mean(dim=[d for d in range(4) if d != dim % 4])
-        starts = tile_starts(n, tile, overlap)
-        cuts = sorted({s - 1 for s in starts if s > 0} | {s + tile - 1 for s in starts if s + tile < n})
+        length, starts = tile_layout(n, tile, overlap)
+        cuts = sorted({s - 1 for s in starts if s > 0} | {s + length - 1 for s in starts if s + length < n})
         mask = torch.zeros(n - 1, dtype=torch.bool)
         mask[cuts] = True
         ratios.append((energy[mask].mean() / energy[~mask].mean()).item())

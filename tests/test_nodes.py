@@ -365,20 +365,21 @@ def test_oom_halves_the_tile_and_retries(comfy, pack, student):
     calls = []
     fail_above(student, 128, calls)
     out = run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=512, overlap=64, color_fix="none")
-    assert calls[0] == (256, 256) and set(calls[1:]) == {(128, 128)}  # tile 512 covers the image: next is 128
+    # tile 512 covers the image; next is tile 128: three even tiles of 112 per side (see oftsr.tiling.tile_layout)
+    assert calls[0] == (256, 256) and set(calls[1:]) == {(112, 112)}
     # the retry is the run with tile 128 (the overlap capped at a quarter of the tile)
     expected = pack.lib.upscale(student, img.movedim(-1, 1), t=0.5, seed=2, tile=128, overlap=32).movedim(1, -1)
     assert torch.equal(out, expected) and out.shape == (1, 256, 256, 3)
     first, second = bars(comfy)
     assert first.total == 1 and first.updates == []
-    assert second.total == 9 and second.updates == [(i, 9) for i in range(1, 10)]  # 3 x 3 tiles of 128
+    assert second.total == 9 and second.updates == [(i, 9) for i in range(1, 10)]  # 3 x 3 tiles of at most 128
     mm = comfy.model_management
     assert mm.empty_cache_calls == 1 and len(mm.freed) == 2 and mm.freed[1][0] < mm.freed[0][0]
     assert student.device.type == "cpu"
 
     calls.clear()
     run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64, color_fix="none")
-    assert calls[0] == (256, 256) and set(calls[1:]) == {(128, 128)}  # no tiling: whole image, then 128
+    assert calls[0] == (256, 256) and set(calls[1:]) == {(112, 112)}  # no tiling: whole image, then tile 128
 
 
 def test_oom_below_the_minimum_tile_is_a_clear_error(comfy, pack, student):
@@ -390,7 +391,7 @@ def test_oom_below_the_minimum_tile_is_a_clear_error(comfy, pack, student):
     message = str(e.value)
     assert message.startswith("OFTSR Upscale: out of memory") and "128-pixel tiles" in message
     assert "smaller batch" in message and "fp16" in message and "--lowvram" in message
-    assert calls == [(256, 256), (128, 128)]  # the whole image, then one 128 tile; never below 128
+    assert calls == [(256, 256), (112, 112)]  # the whole image, then one tile of the 128 layout; never below 128
     assert len(bars(comfy)) == 2 and comfy.model_management.empty_cache_calls == 2
 
 
