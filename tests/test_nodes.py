@@ -379,7 +379,7 @@ def test_oom_halves_the_tile_and_retries(comfy, pack, student):
 
     calls.clear()
     run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64, color_fix="none")
-    assert calls[0] == (256, 256) and set(calls[1:]) == {(112, 112)}  # no tiling: whole image, then tile 128
+    assert calls[0] == (256, 256) and set(calls[1:]) == {(128, 128)}  # no tiling: whole image, then 2 x 2 tiles of 128
 
 
 def test_oom_below_the_minimum_tile_is_a_clear_error(comfy, pack, student):
