@@ -36,3 +36,21 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     command = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q'
     assert command in readme and command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_no_eval_exec_or_runtime_installs():
+    import re
+
+    banned = re.compile(r"(?<![\w.])(eval|exec)\(|pip install|subprocess\.\w+\(\[?[^)]*pip")
+    for folder in ("oftsr", "nodes"):
+        for path in (ROOT / folder).rglob("*.py"):
+            assert not banned.search(path.read_text()), path
+    assert not (ROOT / "install.py").exists()  # ComfyUI-Manager would run it
+
+
+def test_registry_metadata():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    comfy = pyproject["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and "requires-comfyui" in comfy
+    assert "comfyui" not in pyproject["project"]["name"].lower()
+    assert pyproject["project"]["urls"]["Repository"].startswith("https://")
