@@ -41,7 +41,8 @@ def test_ci_runs_the_readme_test_command():
 def test_no_eval_exec_or_runtime_installs():
     import re
 
-    banned = re.compile(r"(?<![\w.])(eval|exec)\(|pip install|subprocess\.\w+\(\[?[^)]*pip")
+    # no eval/exec, and nothing that runs pip (a message telling the user to pip install is fine)
+    banned = re.compile(r"(?<![\w.])(eval|exec)\(|(subprocess\.\w+|os\.system)\([^)]*pip")
     for folder in ("oftsr", "nodes"):
         for path in (ROOT / folder).rglob("*.py"):
             assert not banned.search(path.read_text()), path
