@@ -146,6 +146,16 @@ def bench_tiling(args, device) -> None:
           ["mode", "overlap", "tiles / forward", "s / image", "x whole"], rows)
 
 
+def _peak_rss() -> int:
+    """This process's resident-set high-water mark in bytes. VmHWM belongs to the address
+    space made at exec, unlike ru_maxrss, which Linux carries over from the parent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _memory_child(preset: str, size: int, tile: int, device: str) -> None:
     dev = torch.device(device)
     model = random_model(preset, "student", dev).optimize(channels_last=True)
@@ -153,7 +163,7 @@ def _memory_child(preset: str, size: int, tile: int, device: str) -> None:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     oftsr.upscale(model, image, tile=tile or None)
-    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss()
     print(json.dumps({"peak": peak}))
 
 
@@ -171,10 +181,11 @@ def bench_memory(args, device) -> None:
                 cells.append("failed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:60])
                 continue
             cells.append(f"{json.loads(out.stdout.strip().splitlines()[-1])['peak'] / 2**20:.0f}")
+        cells.append(f"{3 * size * size * 4 / 2**20:.0f}")
         rows.append(cells)
     what = "CUDA max allocated" if device.type == "cuda" else "peak RSS of a fresh process"
     table(f"Peak memory (MiB, {what}) against output size ({args.presets[0]}), {device_name(device)}",
-          ["output px", "tiled (512)", "whole image"], rows)
+          ["output px", "tiled (512)", "whole image", "one fp32 output image"], rows)
 
 
 def bench_fastpath(args, device) -> None:
@@ -235,7 +246,8 @@ def main() -> None:
     p.add_argument("--teacher_steps", type=int, default=16)
     p.add_argument("--tiling_size", type=int, default=2048)
     p.add_argument("--memory_sizes", nargs="+", type=int, default=[512, 1024, 2048, 4096])
-    p.add_argument("--untiled_limit", type=int, default=2048, help="largest whole-image run in the memory table")
+    p.add_argument("--untiled_limit", type=int, default=1024, help="largest whole-image run in the memory table "
+                   "(a whole 2048 px image needs more than 24 GiB on a CPU: attention over 65k positions)")
     p.add_argument("--compile", action="store_true", help="include torch.compile in the fast-path table")
     args = p.parse_args()
     device = torch.device(args.device)

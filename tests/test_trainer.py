@@ -193,3 +193,15 @@ def test_accelerate_launch_two_processes(train_dir, tmp_path):
         assert model.role == role and model.step == 2 and model.config == oftsr.PRESETS["tiny"]
     distill = _losses(student_dir, "loss")
     assert sorted(distill) == [1, 2] and all(np.isfinite(v) for v in distill.values())
+
+
+def test_bf16_and_gradient_accumulation(train_dir, tmp_path):
+    out = tmp_path / "acc"
+    _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--preset", "tiny", *COMMON,
+          "--max_train_steps", "2", "--checkpointing_steps", "2", "--mixed_precision", "bf16",
+          "--gradient_accumulation_steps", "2"])
+    assert sorted(_losses(out)) == [1, 2]  # optimizer steps, each over two batches
+    opt = torch.load(out / "checkpoint-2" / "optimizer.bin", weights_only=True)
+    assert opt["state"][0]["step"] == 2
+    model = oftsr.load_model(out / "teacher.safetensors")
+    assert model.dtype == torch.float32 and model.step == 2  # mixed precision keeps float32 master weights
