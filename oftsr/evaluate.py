@@ -57,8 +57,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     for i, m in enumerate(models):
         name = f"{m.role}" if len(models) == 1 else f"{m.role} {i + 1}"
         if m.role == "teacher":
-            nfe = {"euler": steps, "midpoint": 2 * steps - 1, "heun": 2 * steps - 1}.get(solver)
-            row = Row(f"{name} ({solver})", nfe=nfe)
+            row = Row(f"{name} ({solver})")  # its NFE is filled in by the first run
             info: dict = {}
             def run(lr, m=m, row=row, info=info):
                 out = sample(m, lr, steps=steps, solver=solver, seed=seed, tile=tile, info=info)

@@ -221,7 +221,7 @@ def validation_start(net: oftsr.OFTSRModel, batch: dict[str, torch.Tensor], seed
     return noise_augment(batch["lr"], net.sigma_p, noise)
 
 
-def validation_scores(accelerator, name: str, out: torch.Tensor, batch: dict[str, torch.Tensor], scale: int,
+def validation_scores(name: str, out: torch.Tensor, batch: dict[str, torch.Tensor], scale: int,
                       lpips) -> dict[str, float]:
     """`val/<name>/<measure>` for outputs in [-1, 1] against the batch's HR crops."""
     scores = quality(((out.clamp(-1, 1) + 1) / 2).float().cpu(), ((batch["hr"] + 1) / 2).float().cpu(), scale, lpips)

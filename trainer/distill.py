@@ -58,10 +58,10 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
 def validate(accelerator, student, ema, batch, args, step, lpips) -> dict[str, float]:
     net = ema_copy(student, ema, accelerator.device)
     x0 = validation_start(net, batch, args.seed)
-    logs, rows = validation_scores(accelerator, "lr_upsampled", batch["lr"], batch, args.scale, lpips), [batch["lr"]]
+    logs, rows = validation_scores("lr_upsampled", batch["lr"], batch, args.scale, lpips), [batch["lr"]]
     for t in VALIDATION_T:
         x1 = student_step(x0, net.velocity(x0, batch["lr"], t))
-        logs.update(validation_scores(accelerator, f"student_t{t:g}", x1, batch, args.scale, lpips))
+        logs.update(validation_scores(f"student_t{t:g}", x1, batch, args.scale, lpips))
         rows.append(x1)
     log_images(accelerator, "val/lr_t0_t0.5_t1_hr", torch.cat([*rows, batch["hr"]], dim=-1), step)
     return logs

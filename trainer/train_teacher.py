@@ -57,8 +57,8 @@ def validate(accelerator, model, ema, batch, args, step, lpips) -> dict[str, flo
     fn = lambda x, t: velocity_field(net, x, batch["lr"], t)  # noqa: E731
     x1 = get_sampler("midpoint")(fn, x0, time_grid(args.validation_nfe_steps))
     nfe = 2 * args.validation_nfe_steps - 1
-    logs = {**validation_scores(accelerator, "lr_upsampled", batch["lr"], batch, args.scale, lpips),
-            **validation_scores(accelerator, f"teacher_nfe{nfe}", x1, batch, args.scale, lpips)}
+    logs = {**validation_scores("lr_upsampled", batch["lr"], batch, args.scale, lpips),
+            **validation_scores(f"teacher_nfe{nfe}", x1, batch, args.scale, lpips)}
     log_images(accelerator, "val/lr_sample_hr", torch.cat([batch["lr"], x1, batch["hr"]], dim=-1), step)
     return logs
 
