@@ -58,6 +58,12 @@ def model_metadata(model: OFTSRModel, **extra: str) -> dict[str, str]:
     return meta
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_model(model: OFTSRModel, path: str | os.PathLike, *, dtype: torch.dtype | None = None, **extra: str) -> None:
     """Write `model` as one `.safetensors` file, atomically (temporary name, then rename),
     so a crash never leaves a half-written checkpoint under the final name."""
@@ -68,6 +74,7 @@ def save_model(model: OFTSRModel, path: str | os.PathLike, *, dtype: torch.dtype
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=model_metadata(model, **extra))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a model file is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -68,6 +68,9 @@ PRESETS: dict[str, UNetConfig] = {
     # Small networks for CPU training and tests.
     "small": UNetConfig(64, (1, 2, 2, 4), 1, (8,)),
     "tiny": UNetConfig(32, (1, 2, 4), 1, (4,)),
+    # The bundled default models: four levels with attention only at 1/8 resolution, so
+    # a CPU trains it fast and large tiles stay cheap (attention cost grows as tokens^2).
+    "compact": UNetConfig(32, (1, 2, 2, 4), 1, (8,)),
 }
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 
 import pytest
@@ -45,6 +46,12 @@ def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path, student):
     assert (loaded.role, loaded.scale, loaded.sigma_p, loaded.step, loaded.config) == ("student", 4, 0.2, 1234, student.config)
     assert torch.equal(_outputs(loaded), _outputs(student))
     assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed away
+    old = os.umask(0o022)
+    try:
+        oftsr.save_model(student, path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable like any file, not private like a temp file
 
 
 def test_overrides_win_over_metadata(tmp_path, student):

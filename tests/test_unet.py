@@ -9,7 +9,7 @@ from oftsr.unet import AttentionBlock, UNet, count_parameters
 
 
 @pytest.mark.parametrize("preset,count", [("ffhq", 93_567_366), ("div2k", 93_567_366), ("imagenet", 552_820_998),
-                                          ("tiny", 3_163_686)])
+                                          ("tiny", 3_163_686), ("compact", 3_707_302)])
 def test_preset_parameter_counts(preset, count):
     with torch.device("meta"):
         unet = UNet(oftsr.PRESETS[preset])
