@@ -1,9 +1,11 @@
-"""Load OFTSR Model: files of the `oftsr` model folder (models/oftsr plus any
-extra_model_paths.yaml entries), our .safetensors or the authors' .pth."""
+"""Load OFTSR Model: the bundled default models, then the files of the `oftsr` model
+folder (models/oftsr plus any extra_model_paths.yaml entries), our .safetensors or the
+authors' .pth."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -11,13 +13,16 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
-from ..oftsr import load_model
+from ..oftsr import default_model_path, load_model
 from ..oftsr.checkpoint import MissingInfoError
 from .common import CATEGORY, OFTSR_MODEL
 
 FOLDER_KEY = "oftsr"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FROM_FILE = "from file"
+# Combo names of the models shipped inside the package; no file name in a model folder
+# starts with "(", so they cannot shadow a user's file.
+BUNDLED = {"(bundled) oftsr-x4-student": "student", "(bundled) oftsr-x4-teacher": "teacher"}
 
 
 def register_model_folder() -> None:
@@ -35,6 +40,25 @@ def register_model_folder() -> None:
 
 
 register_model_folder()
+
+
+def model_options() -> list[str]:
+    """Bundled models first (the student is the default), then the model folder's files."""
+    bundled = [name for name, role in BUNDLED.items() if _bundled_path(role) is not None]
+    return bundled + folder_paths.get_filename_list(FOLDER_KEY)
+
+
+def _bundled_path(role: str) -> Path | None:
+    try:
+        return default_model_path(role)
+    except FileNotFoundError:
+        return None
+
+
+def model_path(model_name: str) -> str:
+    if model_name in BUNDLED:
+        return str(default_model_path(BUNDLED[model_name]))
+    return folder_paths.get_full_path_or_raise(FOLDER_KEY, model_name)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -57,12 +81,14 @@ class LoadOFTSRModel(io.ComfyNode):
             node_id="OFTSRModelLoader",
             display_name="Load OFTSR Model",
             category=CATEGORY,
-            description="Loads an OFTSR teacher or one-step student from models/oftsr (or an extra_model_paths.yaml "
+            description="Loads an OFTSR teacher or one-step student: a bundled default, or a file from models/oftsr (or an extra_model_paths.yaml "
                         "'oftsr:' folder): our .safetensors, or the authors' .pth files (read weights-only). The model "
                         "stays on the offload device until a sampling node runs.",
             inputs=[
-                io.Combo.Input("model_name", options=folder_paths.get_filename_list(FOLDER_KEY),
-                               tooltip="A checkpoint in models/oftsr. Files are placed by hand; nothing is downloaded."),
+                io.Combo.Input("model_name", options=model_options(),
+                               tooltip="A bundled default model (a small x4 model trained on CPU: the student for "
+                                       "OFTSR Upscale, the teacher for OFTSR Teacher Sample), or a checkpoint in "
+                                       "models/oftsr. Files are placed by hand; nothing is downloaded."),
                 io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
                                tooltip="Weight precision. auto: bf16 or fp16 where ComfyUI judges the device fast "
                                        "with it, else fp32."),
@@ -80,7 +106,7 @@ class LoadOFTSRModel(io.ComfyNode):
     @classmethod
     def execute(cls, model_name: str, dtype: str = "auto", sigma_p: float = 0.0, role: str = FROM_FILE,
                 scale: int = 0) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise(FOLDER_KEY, model_name)
+        path = model_path(model_name)
         try:
             model = load_model(
                 path, device=mm.unet_offload_device(), dtype=resolve_dtype(dtype, mm.get_torch_device()),

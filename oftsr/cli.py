@@ -138,7 +138,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, make_lpips, plot_curve, write_tables
 
     device = resolve_device(args.device)
-    models = [load_model(m, device=device, dtype=resolve_dtype(args.dtype, device)) for m in args.model]
+    paths = args.model or [default_model_path("student"), default_model_path("teacher")]
+    models = [load_model(m, device=device, dtype=resolve_dtype(args.dtype, device)) for m in paths]
     if args.scale is not None and any(m.scale != args.scale for m in models):
         raise ValueError(f"--scale {args.scale} does not match the model scale x{models[0].scale}")
     lpips, note = make_lpips(device)
@@ -202,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("eval", help="evaluate models on HR images: PSNR, SSIM, LPIPS, realism; table and curve")
-    p.add_argument("--model", nargs="+", required=True, help="one or more checkpoints (teachers and/or students)")
+    p.add_argument("--model", nargs="+", default=None,
+                   help="one or more checkpoints, teachers and/or students (default: the bundled student and teacher)")
     p.add_argument("--data", required=True, help="folder of HR images (degraded with the model's own degradation)")
     p.add_argument("--scale", type=int, default=None, help="check that the models have this scale")
     p.add_argument("--t", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="student t values")

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Make the Browse-Templates thumbnails (`workflows/<name>.jpg`) by running every shipped
-workflow in a real ComfyUI with the given models, and saving what it outputs.
+workflow (with the bundled default models it names) in a real ComfyUI, and saving what
+it outputs.
 
-    python scripts/make_workflow_thumbnails.py --comfyui ~/ComfyUI \
-        --student student.safetensors --teacher teacher.safetensors --image assets/landscape.png
+    python scripts/make_workflow_thumbnails.py --comfyui ~/ComfyUI --image assets/landscape.png
 
 The server runs on loopback in a temporary folder, with only this pack loaded.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -58,8 +57,6 @@ def compose(images: list[Image.Image], width: int) -> Image.Image:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui", required=True, help="a ComfyUI checkout with its requirements installed")
-    p.add_argument("--student", required=True)
-    p.add_argument("--teacher", required=True)
     p.add_argument("--image", default=str(ROOT / "assets" / "landscape.png"))
     p.add_argument("--width", type=int, default=512, help="thumbnail width")
     p.add_argument("--only", nargs="+", help="workflow names (without .json) to redo")
@@ -67,25 +64,21 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        models, inputs, outputs = work / "models" / "oftsr", work / "input", work / "output"
-        for d in (models, inputs, outputs):
+        inputs, outputs = work / "input", work / "output"
+        for d in (inputs, outputs):
             d.mkdir(parents=True)
-        shutil.copy(args.student, models / "oftsr-x4-student.safetensors")
-        shutil.copy(args.teacher, models / "oftsr-x4-teacher.safetensors")
         image = Image.open(args.image).convert("RGB")
         image.save(inputs / "example.png")
         mask = np.zeros((image.height, image.width, 3), np.uint8)
         mask[image.height * 2 // 3:] = 255  # realism on the foreground texture, fidelity elsewhere
         Image.fromarray(mask).save(inputs / "example_mask.png")
-        extra = work / "extra_model_paths.yaml"
-        extra.write_text(f"oftsr_thumbnails:\n  base_path: {json.dumps(str(work / 'models'))}\n  oftsr: oftsr/\n")
 
         pack_name = "oftsr_thumbnails"
         pack = Path(args.comfyui) / "custom_nodes" / pack_name
         pack.symlink_to(ROOT, target_is_directory=True)
         try:
             with ComfyServer(Path(args.comfyui), work=work, input_dir=inputs, output_dir=outputs,
-                             extra_model_paths=extra, only_custom_node=pack_name) as server:
+                             only_custom_node=pack_name) as server:
                 info = server.get("/object_info", timeout=60)
                 for path in sorted(WORKFLOWS.glob("*.json")):
                     if args.only and path.stem not in args.only:

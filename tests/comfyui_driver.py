@@ -72,7 +72,8 @@ class ComfyServer:
     Use as a context manager: the server is stopped (SIGTERM, then SIGKILL) on exit,
     whatever happened."""
 
-    def __init__(self, comfyui: Path, *, work: Path, input_dir: Path, output_dir: Path, extra_model_paths: Path,
+    def __init__(self, comfyui: Path, *, work: Path, input_dir: Path, output_dir: Path,
+                 extra_model_paths: Path | None = None,
                  only_custom_node: str | None = None, start_timeout: float = 240.0, max_lifetime: int = 1800):
         self.comfyui, self.work = Path(comfyui), Path(work)
         self.port = free_port()
@@ -81,8 +82,9 @@ class ComfyServer:
         self.start_timeout = start_timeout
         cli = supported_flags(self.comfyui)
         args = [sys.executable, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
-                "--output-directory", str(output_dir), "--input-directory", str(input_dir),
-                "--extra-model-paths-config", str(extra_model_paths)]
+                "--output-directory", str(output_dir), "--input-directory", str(input_dir)]
+        if extra_model_paths is not None:
+            args += ["--extra-model-paths-config", str(extra_model_paths)]
         # Keep the checkout clean and the run isolated where this ComfyUI can.
         temp, user = self.work / "temp", self.work / "user"
         temp.mkdir(exist_ok=True)

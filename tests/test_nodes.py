@@ -186,10 +186,13 @@ def test_sampling_node_schemas(pack):
     assert inputs_of(pack, "OFTSRRegionalTradeoff")["mask"].io_type == "MASK"
 
 
+BUNDLED = ["(bundled) oftsr-x4-student", "(bundled) oftsr-x4-teacher"]
+
+
 def test_loader_schema_lists_the_model_folder(comfy, pack, saved):
     inputs = inputs_of(pack, "OFTSRModelLoader")
     assert list(inputs) == ["model_name", "dtype", "sigma_p", "role", "scale"]
-    assert inputs["model_name"].options == ["tiny-student.safetensors", "tiny-teacher.safetensors"]
+    assert inputs["model_name"].options == [*BUNDLED, "tiny-student.safetensors", "tiny-teacher.safetensors"]
     assert inputs["dtype"].options == ["auto", "fp32", "fp16", "bf16"] and inputs["dtype"].default == "auto"
     assert (inputs["sigma_p"].default, inputs["sigma_p"].min, inputs["sigma_p"].max) == (0.0, 0.0, 1.0)
     assert inputs["role"].options == ["from file", "teacher", "student"] and inputs["role"].default == "from file"
@@ -213,7 +216,7 @@ def test_model_folder_merges_extra_model_paths(comfy, load_pack, tmp_path, rando
     assert paths == [str(default), str(extra)]
     assert extensions == fp.supported_pt_extensions  # ...until the pack registers the model extensions
     assert fp.get_filename_list("oftsr") == ["far.safetensors", "sub/near.safetensors"]
-    assert inputs_of(pack, "OFTSRModelLoader")["model_name"].options == ["far.safetensors", "sub/near.safetensors"]
+    assert inputs_of(pack, "OFTSRModelLoader")["model_name"].options == [*BUNDLED, "far.safetensors", "sub/near.safetensors"]
     assert load(pack, "far.safetensors").role == "student"
     inputs_of(pack, "OFTSRModelLoader")  # registering again (define_schema runs on every object_info)...
     assert fp.folder_names_and_paths["oftsr"] == ([str(default), str(extra)], fp.supported_pt_extensions)  # ...is a no-op
@@ -230,6 +233,18 @@ def test_loader_loads_ours(comfy, pack, saved):
     assert not model.training
     for (k, v), w in zip(model.unet.state_dict().items(), saved["student"].unet.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+def test_loader_loads_the_bundled_models(comfy, pack, monkeypatch, tmp_path):
+    student, teacher = (load(pack, name) for name in BUNDLED)
+    assert (student.role, teacher.role) == ("student", "teacher")
+    assert student.config == teacher.config == pack.lib.PRESETS["compact"]
+    assert (student.scale, student.sigma_p) == (teacher.scale, teacher.sigma_p) == (4, 0.2)
+    # An installation without the bundled files lists only the model folder.
+    monkeypatch.setattr(sys.modules[f"{PACK}.oftsr.weights"], "WEIGHTS_DIR", tmp_path)
+    assert inputs_of(pack, "OFTSRModelLoader")["model_name"].options == []
+    with pytest.raises(FileNotFoundError, match="no bundled student model"):
+        load(pack, BUNDLED[0])
 
 
 def test_loader_loads_authors_pth_and_applies_overrides(comfy, pack, model_dir, random_unet_weights):

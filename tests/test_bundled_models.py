@@ -1,0 +1,59 @@
+"""The default models shipped inside the package: present, small, loadable by every
+entry point, and as good on real photographs as the README says."""
+
+from __future__ import annotations
+
+import pytest
+
+import oftsr
+from oftsr.evaluate import evaluate
+
+from conftest import DATA, need
+
+# Set5, x4 bicubic, Y-PSNR with border crop 4, seed 0, whole images (the README's table).
+SET5_BICUBIC_Y = 28.43
+SET5_STUDENT_T0_Y = 30.29
+
+
+@pytest.fixture(scope="module")
+def bundled() -> dict[str, oftsr.OFTSRModel]:
+    return {role: oftsr.load_model(oftsr.default_model_path(role)) for role in ("student", "teacher")}
+
+
+def test_bundled_files_are_small_and_described(bundled):
+    for role, model in bundled.items():
+        path = oftsr.default_model_path(role)
+        assert path.stat().st_size <= 20 * 2**20, f"{path.name} is {path.stat().st_size / 2**20:.1f} MiB"
+        assert model.role == role
+        assert (model.scale, model.sigma_p, model.degradation) == (4, 0.2, "bicubic")
+        assert model.config == oftsr.PRESETS["compact"]
+        assert model.step > 0
+
+
+def test_bundled_student_on_set5(bundled):
+    rows = evaluate([bundled["student"]], need(DATA / "val" / "Set5"), ts=[0.0, 1.0], log=lambda s: None)
+    bicubic, t0, t1 = (r.mean("psnr_y") for r in rows)
+    swd0, swd1 = rows[1].mean("swd"), rows[2].mean("swd")
+    assert bicubic == pytest.approx(SET5_BICUBIC_Y, abs=0.01)
+    assert t0 - bicubic >= 1.0  # the fidelity end: at least +1 dB over bicubic
+    assert t0 == pytest.approx(SET5_STUDENT_T0_Y, abs=0.02)
+    assert t1 < t0 and swd1 < swd0  # the trade-off: t = 1 gives up PSNR for realism
+
+
+def test_cli_uses_the_bundled_models_by_default(tmp_path):
+    from oftsr.cli import main
+    from oftsr.degradations import degrade, upsample_lr
+    from oftsr.images import load_image, save_image
+    from oftsr.metrics import psnr_y
+
+    hr, _ = load_image(need(DATA / "val" / "Set5" / "baby.png"))
+    hr = hr[..., 160:288, 160:288]  # a 128 px crop: the face
+    lr = ((degrade(hr * 2 - 1, 4, "bicubic") + 1) / 2).clamp(0, 1)
+    save_image(lr, tmp_path / "lr.png", bit_depth=16)
+    bicubic = psnr_y((upsample_lr(lr * 2 - 1, 4).clamp(-1, 1) + 1) / 2, hr, border=4)
+    assert main(["upscale", str(tmp_path / "lr.png"), "-o", str(tmp_path / "student.png"), "--t", "0", "-q"]) == 0
+    assert main(["sample", str(tmp_path / "lr.png"), "-o", str(tmp_path / "teacher.png"), "--steps", "2", "-q"]) == 0
+    for name in ("student", "teacher"):
+        out, depth = load_image(tmp_path / f"{name}.png")
+        assert out.shape == hr.shape and depth == 16
+        assert psnr_y(out, hr, border=4) > bicubic + 0.3, name
