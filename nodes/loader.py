@@ -20,8 +20,8 @@ from .common import CATEGORY, OFTSR_MODEL
 FOLDER_KEY = "oftsr"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FROM_FILE = "from file"
-# Combo names of the models shipped inside the package; no file name in a model folder
-# starts with "(", so they cannot shadow a user's file.
+# Combo names of the models shipped inside the package. They have no file extension and
+# the model folder lists only files with a model extension, so they never shadow a file.
 BUNDLED = {"(bundled) oftsr-x4-student": "student", "(bundled) oftsr-x4-teacher": "teacher"}
 
 
@@ -81,13 +81,14 @@ class LoadOFTSRModel(io.ComfyNode):
             node_id="OFTSRModelLoader",
             display_name="Load OFTSR Model",
             category=CATEGORY,
-            description="Loads an OFTSR teacher or one-step student: a bundled default, or a file from models/oftsr (or an extra_model_paths.yaml "
-                        "'oftsr:' folder): our .safetensors, or the authors' .pth files (read weights-only). The model "
-                        "stays on the offload device until a sampling node runs.",
+            description="Loads an OFTSR teacher or one-step student: a bundled default, or a file from "
+                        "models/oftsr (or an extra_model_paths.yaml 'oftsr:' folder): our .safetensors, or the "
+                        "authors' .pth files (read weights-only). The model stays on the offload device until a "
+                        "sampling node runs.",
             inputs=[
                 io.Combo.Input("model_name", options=model_options(),
                                tooltip="A bundled default model (a small x4 model trained on CPU: the student for "
-                                       "OFTSR Upscale, the teacher for OFTSR Teacher Sample), or a checkpoint in "
+                                       "OFTSR Upscale, the teacher for OFTSR Teacher Sampler), or a checkpoint in "
                                        "models/oftsr. Files are placed by hand; nothing is downloaded."),
                 io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
                                tooltip="Weight precision. auto: bf16 or fp16 where ComfyUI judges the device fast "
