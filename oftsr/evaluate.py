@@ -45,6 +45,17 @@ def _hr_images(data: str | Path, scale: int) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def degrade_image(hr: torch.Tensor, scale: int, degradation: str = "bicubic",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The LR image of an HR image, both in [0, 1], as the models were trained to see it."""
+    return ((degrade(hr * 2 - 1, scale, degradation, generator=generator) + 1) / 2).clamp(0, 1)
+
+
+def baseline_upsample(lr: torch.Tensor, scale: int, degradation: str = "bicubic") -> torch.Tensor:
+    """The interpolation baseline (the "bicubic" row), in [0, 1]."""
+    return (upsample_lr(lr * 2 - 1, scale, degradation).clamp(-1, 1) + 1) / 2
+
+
 def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], steps: int = 16, solver: str = "midpoint",
              seed: int = 0, tile: int | None = None, lpips: LPIPS | None = None,
              log: Callable[[str], None] = print) -> list[Row]:
@@ -72,8 +83,8 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     device = models[0].device
     for k, (name, hr) in enumerate(_hr_images(data, scale)):
         g = torch.Generator().manual_seed(seed * 100_003 + k)
-        lr = ((degrade(hr * 2 - 1, scale, degradation, generator=g) + 1) / 2).clamp(0, 1)
-        outputs = [(rows[0], (upsample_lr(lr * 2 - 1, scale, degradation).clamp(-1, 1) + 1) / 2, 0.0)]
+        lr = degrade_image(hr, scale, degradation, generator=g)
+        outputs = [(rows[0], baseline_upsample(lr, scale, degradation), 0.0)]
         for row, run in runs:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
