@@ -124,6 +124,28 @@ def write_tables(rows: list[Row], out_dir: Path, lpips_note: str | None, title: 
     return md, csv_path
 
 
+def read_table(csv_path: str | Path) -> list[Row]:
+    """The rows of a `results.csv` written by `write_tables`, each holding its means, so
+    runs made separately (a slow teacher once, students per checkpoint) can be plotted
+    together with `plot_curve`."""
+    keys = {"PSNR RGB": "psnr", "PSNR Y": "psnr_y", "SSIM Y": "ssim", "LPIPS": "lpips", "realism SWD": "swd",
+            "s/img": "sec"}
+    rows = []
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != COLUMNS:
+            raise ValueError(f"{csv_path} is not an `oftsr eval` results.csv (columns {reader.fieldnames})")
+        for rec in reader:
+            row = Row(rec["method"], t=float(rec["t"]) if rec["t"] else None, nfe=int(rec["NFE"]) if rec["NFE"] else None)
+            for column, key in keys.items():
+                try:
+                    row.scores[key] = [float(rec[column])]
+                except ValueError:  # empty, or a note such as "n/a: weights missing"
+                    row.scores[key] = []
+            rows.append(row)
+    return rows
+
+
 def plot_curve(rows: list[Row], path: Path, title: str) -> Path:
     """PSNR (Y) against the realism measure: the student's t points joined in order,
     bicubic and teachers as single markers."""

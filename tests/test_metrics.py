@@ -100,3 +100,23 @@ def test_eval_bicubic_row_matches_published_anchor(tmp_path):
     rows = evaluate([model], set5, ts=[], log=lambda s: None)
     assert rows[0].mean("psnr_y") == pytest.approx(28.42, abs=0.05)
     assert not math.isnan(rows[0].mean("ssim"))
+
+
+def test_eval_table_round_trip(tmp_path):
+    from oftsr.evaluate import Row, plot_curve, read_table, write_tables
+    rows = [Row("bicubic"), Row("student", t=0.0, nfe=1), Row("student", t=1.0, nfe=1), Row("teacher (midpoint)", nfe=31)]
+    for i, row in enumerate(rows):
+        for key in ("psnr", "psnr_y", "ssim", "swd", "sec"):
+            row.scores[key] = [20.0 + i, 21.0 + i + 1 / 3]
+    _, csv_path = write_tables(rows, tmp_path, "n/a: weights missing", "test")
+    back = read_table(csv_path)
+    assert [(r.method, r.t, r.nfe) for r in back] == [(r.method, r.t, r.nfe) for r in rows]
+    for a, b in zip(rows, back):
+        assert b.mean("psnr_y") == pytest.approx(a.mean("psnr_y"), abs=0.005)
+        assert b.mean("swd") == pytest.approx(a.mean("swd"), abs=0.005)
+        assert math.isnan(b.mean("lpips"))  # the note is not a number
+    assert math.isnan(back[0].mean("sec"))  # bicubic has no time
+    assert plot_curve(back, tmp_path / "curve.png", "test").stat().st_size > 1000
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not an `oftsr eval` results.csv"):
+        read_table(tmp_path / "other.csv")

@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Draw one fidelity-realism curve from several `oftsr eval` results.csv files, e.g. a
+teacher evaluated once (slow) and a student evaluated later on the same images.
+
+    python scripts/plot_eval_curves.py eval-old/results.csv:teacher eval-new/results.csv \\
+        -o curve.png --title "Set14, x4 bicubic"
+
+`FILE.csv:PREFIX` keeps only the rows whose method starts with PREFIX (and bicubic).
+
+Rows are drawn in the order given. The first file's bicubic row is kept, later ones
+are dropped (they are identical for the same data and seed), and the model numbers
+`oftsr eval` adds when it evaluates several models at once are removed from labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from oftsr.evaluate import plot_curve, read_table
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("csv", nargs="+", help="results.csv files written by `oftsr eval`, each optionally :PREFIX")
+    p.add_argument("-o", "--output", required=True, help="the .png to write")
+    p.add_argument("--title", default="", help="plot title")
+    args = p.parse_args(argv)
+
+    rows, seen_bicubic = [], False
+    for spec in args.csv:
+        path, sep, prefix = spec.rpartition(":")
+        if not sep or not path.endswith(".csv"):  # no filter (or a ':' inside the path itself)
+            path, prefix = spec, ""
+        for row in read_table(path):
+            if prefix and row.method != "bicubic" and not row.method.startswith(prefix):
+                continue
+            if row.method == "bicubic":
+                if seen_bicubic:
+                    continue
+                seen_bicubic = True
+            row.method = re.sub(r"^(student|teacher) \d+", r"\1", row.method)
+            rows.append(row)
+    print(f"wrote {plot_curve(rows, Path(args.output), args.title)}")
+
+
+if __name__ == "__main__":
+    main()
