@@ -26,7 +26,7 @@ python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validat
 # about 2.6 s per step on 2 cores.
 python "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" \
   --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" --output_dir "$WORK/student" \
-  --resolution 64 --train_batch_size 8 --max_train_steps 500 --learning_rate 1e-4 --lr_warmup_steps 50 \
+  --resolution 64 --train_batch_size 8 --max_train_steps 3000 --learning_rate 1e-4 --lr_warmup_steps 50 \
   --ema_decay 0.995 --checkpointing_steps 100 --checkpoints_total_limit 2 --validation_steps 250 \
   --report_to none --dataloader_num_workers 1 --seed 0 --resume_from_checkpoint latest
 
