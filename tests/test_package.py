@@ -55,3 +55,9 @@ def test_registry_metadata():
     assert comfy["PublisherId"] and comfy["DisplayName"] and "requires-comfyui" in comfy
     assert "comfyui" not in pyproject["project"]["name"].lower()
     assert pyproject["project"]["urls"]["Repository"].startswith("https://")
+
+
+def test_version_is_the_same_everywhere():
+    import oftsr
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert oftsr.__version__ == project["version"]
