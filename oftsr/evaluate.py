@@ -19,6 +19,9 @@ from .metrics import LPIPS, LPIPSUnavailable, quality
 from .model import OFTSRModel
 
 COLUMNS = ["method", "t", "NFE", "PSNR RGB", "PSNR Y", "SSIM Y", "LPIPS", "realism SWD", "s/img"]
+# The columns that hold a Row's scores, and the score each holds.
+SCORE_COLUMNS = {"PSNR RGB": "psnr", "PSNR Y": "psnr_y", "SSIM Y": "ssim", "LPIPS": "lpips", "realism SWD": "swd",
+                 "s/img": "sec"}
 
 
 @dataclass
@@ -128,8 +131,6 @@ def read_table(csv_path: str | Path) -> list[Row]:
     """The rows of a `results.csv` written by `write_tables`, each holding its means, so
     runs made separately (a slow teacher once, students per checkpoint) can be plotted
     together with `plot_curve`."""
-    keys = {"PSNR RGB": "psnr", "PSNR Y": "psnr_y", "SSIM Y": "ssim", "LPIPS": "lpips", "realism SWD": "swd",
-            "s/img": "sec"}
     rows = []
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
@@ -137,7 +138,7 @@ def read_table(csv_path: str | Path) -> list[Row]:
             raise ValueError(f"{csv_path} is not an `oftsr eval` results.csv (columns {reader.fieldnames})")
         for rec in reader:
             row = Row(rec["method"], t=float(rec["t"]) if rec["t"] else None, nfe=int(rec["NFE"]) if rec["NFE"] else None)
-            for column, key in keys.items():
+            for column, key in SCORE_COLUMNS.items():
                 try:
                     row.scores[key] = [float(rec[column])]
                 except ValueError:  # empty, or a note such as "n/a: weights missing"

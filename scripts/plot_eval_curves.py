@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not path.endswith(".csv"):  # no filter (or a ':' inside the path itself)
             path, prefix = spec, ""
         for row in read_table(path):
-            if prefix and row.method != "bicubic" and not row.method.startswith(prefix):
-                continue
             if row.method == "bicubic":
                 if seen_bicubic:
                     continue
                 seen_bicubic = True
+            elif not row.method.startswith(prefix):  # an empty prefix keeps every row
+                continue
             row.method = re.sub(r"^(student|teacher) \d+", r"\1", row.method)
             rows.append(row)
     print(f"wrote {plot_curve(rows, Path(args.output), args.title)}")

@@ -56,3 +56,19 @@ def test_cli_uses_the_bundled_models_by_default(tmp_path):
         out, depth = load_image(tmp_path / f"{name}.png")
         assert out.shape == hr.shape and depth == 16
         assert psnr_y(out, hr, border=4) > bicubic + 0.3, name
+
+
+def test_eval_uses_the_bundled_student_and_teacher_by_default(tmp_path):
+    from oftsr.cli import main
+    from oftsr.evaluate import read_table
+    from oftsr.images import load_image, save_image
+
+    hr, _ = load_image(need(DATA / "val" / "Set5" / "baby.png"))
+    (tmp_path / "hr").mkdir()
+    save_image(hr[..., 160:224, 160:224], tmp_path / "hr" / "face.png", bit_depth=16)  # 64 px: quick for the teacher
+    assert main(["eval", "--data", str(tmp_path / "hr"), "--t", "0", "--steps", "2", "--out", str(tmp_path / "ev"),
+                 "-q"]) == 0
+    bicubic, student, teacher = read_table(tmp_path / "ev" / "results.csv")
+    assert [r.method for r in (bicubic, student, teacher)] == ["bicubic", "student 1", "teacher 2 (midpoint)"]
+    assert (student.t, student.nfe, teacher.nfe) == (0.0, 1, 3)
+    assert student.mean("psnr_y") > bicubic.mean("psnr_y") + 0.3
