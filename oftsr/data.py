@@ -42,13 +42,21 @@ class SRDataset(torch.utils.data.Dataset):
     """Items are dicts with `hr` and `lr` (the LR brought back to HR size), both
     (3, resolution, resolution) in [-1, 1]. Crops, flips and degradation noise are drawn
     from a generator seeded by (seed, epoch, index): the same item is the same whatever
-    the number of workers or processes, and a resumed run sees the data it would have."""
+    the number of workers or processes, and a resumed run sees the data it would have.
+
+    `repeats` crops are drawn from each image per epoch: with a few hundred photographs
+    and a large batch, an epoch of one crop per image is only a few steps long, and every
+    epoch restarts the loader's workers."""
 
     def __init__(self, root: str | os.PathLike, *, resolution: int = 256, scale: int = 4, degradation: str = "bicubic",
-                 sigma_y: float = 0.05, random_flip: bool = True, center_crop: bool = False, seed: int = 0) -> None:
+                 sigma_y: float = 0.05, random_flip: bool = True, center_crop: bool = False, seed: int = 0,
+                 repeats: int = 1) -> None:
         if resolution % scale:
             raise ValueError(f"resolution {resolution} must be a multiple of the scale {scale}")
+        if repeats < 1:
+            raise ValueError(f"repeats must be 1 or more, not {repeats}")
         self.files = scan_images(root)
+        self.repeats = repeats
         self.resolution, self.scale, self.degradation, self.sigma_y = resolution, scale, degradation, sigma_y
         self.random_flip, self.center_crop = random_flip, center_crop
         self.seed, self.epoch = seed, 0
@@ -58,7 +66,7 @@ class SRDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.repeats
 
     def _load(self, index: int) -> torch.Tensor:
         # A file that passed the header check can still fail to decode (truncated data):
@@ -96,6 +104,6 @@ class SRDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
-        hr = self._crop(self._load(index), g) * 2 - 1
+        hr = self._crop(self._load(index % len(self.files)), g) * 2 - 1
         lr = make_lr(hr[None], self.scale, self.degradation, generator=g, sigma_y=self.sigma_y)[0]
         return {"hr": hr.contiguous(), "lr": lr.contiguous()}

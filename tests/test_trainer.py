@@ -56,6 +56,17 @@ def test_dataset_items(train_dir, caplog):
     assert not torch.equal(ds[2]["hr"], SRDataset(train_dir, resolution=32, seed=3)[2]["hr"])
 
 
+def test_dataset_repeats_draws_more_crops_per_image(train_dir):
+    once = SRDataset(train_dir, resolution=32, scale=4, seed=3)
+    thrice = SRDataset(train_dir, resolution=32, scale=4, seed=3, repeats=3)
+    assert len(thrice) == 3 * len(once) == 18
+    assert torch.equal(thrice[0]["hr"], once[0]["hr"])  # the same (seed, epoch, index) gives the same item
+    assert not torch.equal(thrice[6]["hr"], thrice[0]["hr"])  # the same photograph, another crop
+    assert thrice[17]["hr"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="repeats must be 1 or more"):
+        SRDataset(train_dir, resolution=32, repeats=0)
+
+
 def test_dataset_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         SRDataset(tmp_path / "missing")

@@ -59,6 +59,7 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--validation_steps", type=int, default=1000)
     p.add_argument("--num_validation_images", type=int, default=4)
     p.add_argument("--dataloader_num_workers", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1, help="random crops of each training image per epoch")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic")
     p.add_argument("--ema_decay", type=float, default=0.9999)
@@ -97,11 +98,12 @@ def make_accelerator(args: argparse.Namespace, project: str):
 
 def make_dataloader(args: argparse.Namespace, root: str, *, sigma_y: float = 0.05) -> torch.utils.data.DataLoader:
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
-                        sigma_y=sigma_y, seed=args.seed)
+                        sigma_y=sigma_y, seed=args.seed, repeats=args.repeats)
     # The loader's own generator: starting an epoch must not draw from the global RNG, or a
     # resumed run (which starts its epoch at another point) would draw different t and noise.
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
                                        num_workers=args.dataloader_num_workers, persistent_workers=False,
+                                       pin_memory=torch.cuda.is_available(),
                                        generator=torch.Generator().manual_seed(args.seed))
 
 
