@@ -161,12 +161,17 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     _run([*base, "--output_dir", full, "--max_train_steps", "4", "--checkpoints_total_limit", "1"])
     assert sorted(p.name for p in full.iterdir() if p.is_dir()) == ["checkpoint-4"]  # rotation kept the last one
 
-    _run([*base, "--output_dir", cut, "--max_train_steps", "2"])  # "killed" right after its checkpoint
-    (cut / ".tmp-checkpoint-3").mkdir()  # a save cut off half-way: must be ignored
+    _run([*base, "--output_dir", cut, "--max_train_steps", "3"])
+    # "killed" while saving step 3: its checkpoint is left as a half-written temporary folder
+    # (must be ignored), and metrics.jsonl has a row for step 3 plus a line cut off mid-write
+    (cut / "checkpoint-3").rename(cut / ".tmp-checkpoint-3")
+    with open(cut / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')
     _run([*base, "--output_dir", cut, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
 
     a, b = _losses(full), _losses(cut)
-    assert sorted(b) == [1, 2, 3, 4]
+    steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # one row per step: the killed run's step 3 was dropped on resume
     assert b[3] == pytest.approx(a[3], rel=1e-6) and b[4] == pytest.approx(a[4], rel=1e-6)
     opt_a = torch.load(full / "checkpoint-4" / "optimizer.bin", weights_only=True)
     opt_b = torch.load(cut / "checkpoint-4" / "optimizer.bin", weights_only=True)

@@ -248,6 +248,28 @@ def log_metrics(accelerator, output_dir: str, logs: dict[str, float], step: int)
             f.write(json.dumps({"step": step, **logs}) + "\n")
 
 
+def trim_metrics(output_dir: str, step: int) -> None:
+    """Drop the `metrics.jsonl` rows of steps after `step`: a killed run logged steps that
+    its last checkpoint does not hold, and the resumed run logs them again. A line cut off
+    mid-write goes too. Rewritten atomically."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(kept) != len(lines):
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+        logger.info("metrics.jsonl: dropped %d row(s) logged after step %d", len(lines) - len(kept), step)
+
+
 def log_images(accelerator, name: str, images: torch.Tensor, step: int) -> None:
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
@@ -283,6 +305,8 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     state = TrainState()
     accelerator.register_for_checkpointing(ema, state)
     resume(accelerator, args)
+    if accelerator.is_main_process:
+        trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
     lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
     bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
