@@ -101,7 +101,7 @@ def bench_throughput(args, device) -> None:
         for size in args.sizes:
             for dtype in dict.fromkeys([torch.float32, fastest_dtype(device)]):
                 model = random_model(preset, "student", device)
-                model.optimize(channels_last=True, autocast=None if dtype == torch.float32 else dtype)
+                model.optimize(autocast=None if dtype == torch.float32 else dtype)
                 x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
                 with torch.inference_mode():
                     sec = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat)
@@ -120,7 +120,7 @@ def bench_throughput(args, device) -> None:
 def bench_student_vs_teacher(args, device) -> None:
     preset, size = args.presets[0], args.sizes[0]
     image = torch.rand(1, 3, size // 4, size // 4, device=device)
-    student, teacher = (random_model(preset, role, device).optimize(channels_last=True) for role in ("student", "teacher"))
+    student, teacher = (random_model(preset, role, device).optimize() for role in ("student", "teacher"))
     rows = []
     one = timed(lambda: oftsr.upscale(student, image, t=1.0), device, args.repeat)
     rows.append(["student, one step", "1", f"{one:.3f}", "1.0"])
@@ -134,7 +134,7 @@ def bench_student_vs_teacher(args, device) -> None:
 
 def bench_tiling(args, device) -> None:
     preset, size = args.presets[0], args.tiling_size
-    model = random_model(preset, "student", device).optimize(channels_last=True)
+    model = random_model(preset, "student", device).optimize()
     image = torch.rand(1, 3, size // 4, size // 4, device=device)
     whole = timed(lambda: oftsr.upscale(model, image), device, max(1, args.repeat // 2))
     rows = [["whole image", "-", "-", f"{whole:.2f}", "1.00"]]
@@ -158,7 +158,7 @@ def _peak_rss() -> int:
 
 def _memory_child(preset: str, size: int, tile: int, device: str) -> None:
     dev = torch.device(device)
-    model = random_model(preset, "student", dev).optimize(channels_last=True)
+    model = random_model(preset, "student", dev).optimize()
     image = torch.rand(1, 3, size // 4, size // 4, device=dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -201,12 +201,14 @@ def bench_fastpath(args, device) -> None:
             reference = model.velocity(x, x, 0.5)
             AttentionBlock.use_sdpa = True
             variants = [("SDPA", dict(channels_last=False)), ("SDPA + channels_last", dict(channels_last=True))]
-            if device.type == "cuda":
-                variants.append((f"... + autocast {fastest_dtype(device)}".replace("torch.", ""),
-                                 dict(channels_last=True, autocast=fastest_dtype(device))))
-            if args.compile:
-                variants.append(("... + torch.compile", dict(channels_last=True, compile=True,
-                                                             autocast=None if device.type == "cpu" else fastest_dtype(device))))
+            half = None if device.type == "cpu" else fastest_dtype(device)
+            if half is not None:
+                variants += [(f"SDPA + autocast {half}".replace("torch.", ""), dict(channels_last=False, autocast=half)),
+                             (f"SDPA + channels_last + autocast {half}".replace("torch.", ""),
+                              dict(channels_last=True, autocast=half))]
+            if args.compile:  # on the device's default layout, as `oftsr --compile` runs it
+                variants.append(("default layout" + (f" + autocast {half}".replace("torch.", "") if half else "")
+                                 + " + torch.compile", dict(compile=True, autocast=half)))
             rows.append([preset, "plain fp32, legacy attention", f"{plain * 1e3:.1f}", "1.00", "0"])
             for name, opts in variants:
                 model.optimize(**opts)

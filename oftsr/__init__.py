@@ -9,7 +9,7 @@ from .model import OFTSRModel
 from .unet import PRESETS, UNet, UNetConfig
 from .weights import create_model, default_model_path
 
-__version__ = "0.2.1"  # as in pyproject.toml, where the Comfy registry reads it; a test keeps them equal
+__version__ = "0.3.0"  # as in pyproject.toml, where the Comfy registry reads it; a test keeps them equal
 
 __all__ = [
     "CheckpointError", "OFTSRModel", "PRESETS", "UNet", "UNetConfig", "create_model", "default_model_path",

@@ -382,5 +382,5 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                        degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)))
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if compile:
-        model.optimize(channels_last=True, compile=True)
+        model.optimize(compile=True)
     return model

@@ -86,6 +86,13 @@ def test_channels_last_matches_plain(random_unet_weights):
     assert (fast - plain).abs().max().item() < 1e-5  # tolerance: float32 reassociation only
 
 
+def test_optimize_picks_channels_last_on_cpu(random_unet_weights):
+    model = _strong_model(random_unet_weights)
+    assert model.optimize().channels_last is True  # NCHW is chosen only for CUDA models
+    assert model.unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.optimize(channels_last=False).channels_last is False
+
+
 def test_bf16_autocast_drift_is_small(random_unet_weights):
     model = _strong_model(random_unet_weights)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
@@ -115,3 +122,24 @@ def test_torch_compile_matches_eager(random_unet_weights):
         plain = model.velocity(x, x, 0.5)
         fast = model.optimize(channels_last=False, compile=True).velocity(x, x, 0.5)
     assert (fast - plain).abs().max().item() < 1e-5  # tolerance: float32 kernel fusion only
+
+
+def test_half_precision_group_norm_keeps_float32_statistics():
+    from oftsr.unet import GroupNorm32
+
+    norm = GroupNorm32(32, 64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    # a mean far above the spread: statistics accumulated in bf16 would lose the spread
+    x = (torch.randn(2, 64, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5 + 100).bfloat16()
+    reference = torch.nn.functional.group_norm(x.float(), 32, norm.weight, norm.bias, norm.eps).detach()
+    with torch.inference_mode():
+        fast = norm(x)  # the half-precision inference path
+    assert fast.dtype == torch.bfloat16
+    # tolerance: bf16 rounding of the output (|y| < 4, spacing 2^-6) and of weight and bias
+    assert (fast.float() - reference).abs().max().item() < 0.03
+    trained = norm(x.clone().requires_grad_(True))  # the training path: float32 inside
+    trained.float().sum().backward()
+    assert trained.dtype == torch.bfloat16 and norm.weight.grad.dtype == torch.float32
+    assert (trained.float() - reference).abs().max().item() < 0.02
