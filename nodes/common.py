@@ -200,7 +200,7 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
         units = lambda t, o: num_tiles(out_h, out_w, t, o)  # noqa: E731
     tile, overlap = _first_tiling(tile, overlap)
     mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
-    model.to(device)
+    model.to(device).optimize()  # the faster memory layout for this device (channels_last on CPUs)
     try:
         while True:
             try:

@@ -310,6 +310,7 @@ def test_upscale_batch_shapes_values_and_devices(comfy, pack, student):
     assert len(mm.freed) == 4 and all(d.type == "cpu" for _, d in mm.freed)  # room made before each run
     assert mm.freed[0][0] > mm.module_size(student)
     assert student.device.type == "cpu"
+    assert student.channels_last  # the run chose the faster layout for the CPU
 
 
 def test_tiling_matches_the_library(comfy, pack, student):
