@@ -200,15 +200,14 @@ def bench_fastpath(args, device) -> None:
             plain = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat)
             reference = model.velocity(x, x, 0.5)
             AttentionBlock.use_sdpa = True
+            half = fastest_dtype(device) if device.type == "cuda" else None  # autocast rows on GPUs only
+            amp = "" if half is None else f" + autocast {str(half).removeprefix('torch.')}"
             variants = [("SDPA", dict(channels_last=False)), ("SDPA + channels_last", dict(channels_last=True))]
-            half = None if device.type == "cpu" else fastest_dtype(device)
             if half is not None:
-                variants += [(f"SDPA + autocast {half}".replace("torch.", ""), dict(channels_last=False, autocast=half)),
-                             (f"SDPA + channels_last + autocast {half}".replace("torch.", ""),
-                              dict(channels_last=True, autocast=half))]
+                variants += [("SDPA" + amp, dict(channels_last=False, autocast=half)),
+                             ("SDPA + channels_last" + amp, dict(channels_last=True, autocast=half))]
             if args.compile:  # on the device's default layout, as `oftsr --compile` runs it
-                variants.append(("default layout" + (f" + autocast {half}".replace("torch.", "") if half else "")
-                                 + " + torch.compile", dict(compile=True, autocast=half)))
+                variants.append(("default layout" + amp + " + torch.compile", dict(compile=True, autocast=half)))
             rows.append([preset, "plain fp32, legacy attention", f"{plain * 1e3:.1f}", "1.00", "0"])
             for name, opts in variants:
                 model.optimize(**opts)

@@ -103,9 +103,8 @@ class GroupNorm32(nn.GroupNorm):
             # keeps the explicit float32 path below for the affine parameters' gradients.
             with torch.autocast("cuda", enabled=False) if x.is_cuda else contextlib.nullcontext():
                 return F.group_norm(x, self.num_groups, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype), self.eps)
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+        return F.group_norm(x.float(), self.num_groups, _cast(self.weight, torch.float32), _cast(self.bias, torch.float32),
+                            self.eps).to(x.dtype)
 
 
 def _cast(p: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
