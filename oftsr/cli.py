@@ -134,7 +134,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, make_lpips, plot_curve, write_tables
+    from .training.evaluate import evaluate, make_lpips, plot_curve, write_tables
 
     device = resolve_device(args.device)
     paths = args.model or [default_model_path("student"), default_model_path("teacher")]

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .degradations import bicubic_resize, upsample_lr
+from .resample import bicubic_resize, upsample_lr
 from .flow import T_EPS, noise_augment, student_step, time_grid
 from .model import OFTSRModel
 from .sampling import CountNFE, get_sampler

@@ -18,7 +18,7 @@ import argparse
 import re
 from pathlib import Path
 
-from oftsr.evaluate import plot_curve, read_table
+from oftsr.training.evaluate import plot_curve, read_table
 
 
 def main(argv: list[str] | None = None) -> None:

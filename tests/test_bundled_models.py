@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import oftsr
-from oftsr.evaluate import baseline_upsample, degrade_image, evaluate
+from oftsr.training.evaluate import baseline_upsample, degrade_image, evaluate
 
 from conftest import DATA, need
 
@@ -48,7 +48,7 @@ def test_bundled_student_on_set5(bundled):
 def test_cli_uses_the_bundled_models_by_default(tmp_path):
     from oftsr.cli import main
     from oftsr.images import load_image, save_image
-    from oftsr.metrics import psnr_y
+    from oftsr.training.metrics import psnr_y
 
     hr, _ = load_image(need(DATA / "val" / "Set5" / "baby.png"))
     hr = hr[..., 160:288, 160:288]  # a 128 px crop: the face
@@ -65,7 +65,7 @@ def test_cli_uses_the_bundled_models_by_default(tmp_path):
 
 def test_eval_uses_the_bundled_student_and_teacher_by_default(tmp_path):
     from oftsr.cli import main
-    from oftsr.evaluate import read_table
+    from oftsr.training.evaluate import read_table
     from oftsr.images import load_image, save_image
 
     hr, _ = load_image(need(DATA / "val" / "Set5" / "baby.png"))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from oftsr.flow import noise_augment
-from oftsr.losses import (distill_loss, sample_distill_time, sample_flow_time, teacher_loss, teacher_step_euler,
+from oftsr.training.losses import (distill_loss, sample_distill_time, sample_flow_time, teacher_loss, teacher_step_euler,
                           teacher_step_midpoint)
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import oftsr
 from oftsr.cli import main
-from oftsr.metrics import LPIPS, LPIPSUnavailable, psnr, psnr_y, realism_swd, rgb_to_y, ssim_y
+from oftsr.training.metrics import LPIPS, LPIPSUnavailable, psnr, psnr_y, realism_swd, rgb_to_y, ssim_y
 
 from conftest import DATA, make_model, smooth_image
 
@@ -95,7 +95,7 @@ def test_eval_bicubic_row_matches_published_anchor(tmp_path):
     set5 = DATA / "val" / "Set5"
     if not set5.is_dir():
         pytest.skip(f"{set5} is not present")
-    from oftsr.evaluate import evaluate
+    from oftsr.training.evaluate import evaluate
     model = oftsr.create_model("tiny", role="student", seed=0)
     rows = evaluate([model], set5, ts=[], log=lambda s: None)
     assert rows[0].mean("psnr_y") == pytest.approx(28.42, abs=0.05)
@@ -103,7 +103,7 @@ def test_eval_bicubic_row_matches_published_anchor(tmp_path):
 
 
 def test_eval_table_round_trip(tmp_path):
-    from oftsr.evaluate import Row, plot_curve, read_table, write_tables
+    from oftsr.training.evaluate import Row, plot_curve, read_table, write_tables
     rows = [Row("bicubic"), Row("student", t=0.0, nfe=1), Row("student", t=1.0, nfe=1), Row("teacher (midpoint)", nfe=31)]
     for i, row in enumerate(rows):
         for key in ("psnr", "psnr_y", "ssim", "swd", "sec"):

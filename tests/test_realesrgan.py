@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from oftsr.degradations import bicubic_downsample
-from oftsr.realesrgan import (
+from oftsr.training.degradations import bicubic_downsample
+from oftsr.training.realesrgan import (
     RealESRGANConfig,
     degrade_realesrgan,
     gaussian_kernel,
@@ -269,7 +269,7 @@ def test_bad_input_raises(hr, scale, message):
 
 
 def test_upsample_helper_is_bicubic_without_antialias():
-    from oftsr.degradations import upsample_lr
+    from oftsr.resample import upsample_lr
 
     def upsample_realesrgan_lr(x, scale):
         return upsample_lr(x[None], scale, "realesrgan")[0] if x.ndim == 3 else upsample_lr(x, scale, "realesrgan")

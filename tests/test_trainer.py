@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 import oftsr
-from oftsr.data import SRDataset, scan_images
-from oftsr.degradations import make_lr
+from oftsr.training.data import SRDataset, scan_images
+from oftsr.training.degradations import make_lr
 from oftsr.flow import noise_augment, student_step, time_grid
-from oftsr.losses import distill_loss, teacher_loss
+from oftsr.training.losses import distill_loss, teacher_loss
 from oftsr.sampling import sample_midpoint
 
 from conftest import DATA

@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import oftsr  # noqa: E402
-from oftsr.data import SRDataset  # noqa: E402
+from oftsr.training.data import SRDataset  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
-from oftsr.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
+from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
 from oftsr.model import DEGRADATIONS  # noqa: E402
 from oftsr.unet import PRESETS  # noqa: E402
 

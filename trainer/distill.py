@@ -17,9 +17,9 @@ from common import (add_common_args, ema_copy, log_images, make_accelerator, mak
                     validation_start, warmup_schedule)
 
 import oftsr
-from oftsr.ema import EMA
+from oftsr.training.ema import EMA
 from oftsr.flow import noise_augment, student_step
-from oftsr.losses import TEACHER_STEPS, distill_loss, sample_distill_time
+from oftsr.training.losses import TEACHER_STEPS, distill_loss, sample_distill_time
 
 logger = logging.getLogger("oftsr.trainer")
 

@@ -17,10 +17,10 @@ from common import (add_common_args, ema_copy, log_images, make_accelerator, mak
                     validation_scores, validation_start, warmup_schedule)
 
 import oftsr
-from oftsr.ema import EMA
+from oftsr.training.ema import EMA
 from oftsr.flow import time_grid
 from oftsr.inference import velocity_field
-from oftsr.losses import sample_flow_time, teacher_loss
+from oftsr.training.losses import sample_flow_time, teacher_loss
 from oftsr.sampling import get_sampler
 
 logger = logging.getLogger("oftsr.trainer")

@@ -9,7 +9,7 @@ One call turns an HR image into the LR image the network is trained on:
 
 Images here are in [0, 1] (the rest of oftsr works in [-1, 1]). The caller then brings
 the 8-bit LR back to HR size by bicubic up-sampling without antialias, see
-`oftsr.degradations.upsample_lr(lr, scale, "realesrgan")`; that resize is linear with weights summing to 1, so it may be
+`oftsr.resample.upsample_lr(lr, scale, "realesrgan")`; that resize is linear with weights summing to 1, so it may be
 done before or after mapping to [-1, 1] with the same result.
 
 Every random choice is drawn from one numpy Generator, so a seed gives bit-identical

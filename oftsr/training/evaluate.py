@@ -12,11 +12,12 @@ from typing import Callable
 
 import torch
 
-from .degradations import degrade, upsample_lr
-from .images import list_images, load_image
-from .inference import sample, upscale
+from ..resample import upsample_lr
+from .degradations import degrade
+from ..images import list_images, load_image
+from ..inference import sample, upscale
 from .metrics import LPIPS, LPIPSUnavailable, quality
-from .model import OFTSRModel
+from ..model import OFTSRModel
 
 COLUMNS = ["method", "t", "NFE", "PSNR RGB", "PSNR Y", "SSIM Y", "LPIPS", "realism SWD", "s/img"]
 # The columns that hold a Row's scores, and the score each holds.

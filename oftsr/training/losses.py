@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .flow import T_EPS, interpolate, noise_augment, velocity_target
+from ..flow import T_EPS, interpolate, noise_augment, velocity_target
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

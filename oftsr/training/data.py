@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .degradations import make_lr
-from .images import IMAGE_SUFFIXES, load_image
+from ..images import IMAGE_SUFFIXES, load_image
 
 logger = logging.getLogger(__name__)
 

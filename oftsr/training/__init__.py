@@ -1,0 +1,2 @@
+"""Training and evaluation: data, degradations, losses, EMA, metrics and the evaluation
+protocol. Nothing here is imported by the ComfyUI nodes or by inference."""
