@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .files import atomic_write
 from .model import DEGRADATIONS, ROLES, OFTSRModel
 from .unet import UNet, UNetConfig
 
@@ -58,27 +58,13 @@ def model_metadata(model: OFTSRModel, **extra: str) -> dict[str, str]:
     return meta
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_model(model: OFTSRModel, path: str | os.PathLike, *, dtype: torch.dtype | None = None, **extra: str) -> None:
     """Write `model` as one `.safetensors` file, atomically (temporary name, then rename),
     so a crash never leaves a half-written checkpoint under the final name."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.unet.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata=model_metadata(model, **extra))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a model file is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- inference of the architecture
@@ -228,6 +214,21 @@ def _weights_from_torch_object(obj: object, path: Path) -> tuple[list[torch.Tens
     )
 
 
+def _torch_load_error(path: Path, error: Exception) -> str:
+    """Our message for a torch file that `torch.load(weights_only=True)` refused. torch's own
+    text is not passed on when it mentions weights_only: it offers turning the check off,
+    which would let the file run code."""
+    text = str(error)
+    if "WeightsUnpickler" in text or "Unsupported global" in text:
+        refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
+        named = f" ({', '.join(refused)})" if refused else ""
+        return (f"{path.name}: refused: the file holds Python objects other than tensors{named}, and loading those "
+                f"can run arbitrary code, so oftsr never does. Use a checkpoint that holds only tensors (a state dict "
+                f"or the authors' EMA file) or a .safetensors file")
+    detail = "" if "weights_only" in text else f" ({type(error).__name__}: {text.splitlines()[0][:200] if text else ''})"
+    return f"{path.name}: cannot load as a torch checkpoint; it is truncated, corrupt, or not a checkpoint{detail}"
+
+
 def _file_kind(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(16)
@@ -246,14 +247,52 @@ def _file_kind(path: Path) -> str:
     )
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(path: Path, *, header_only: bool = False) -> tuple[dict[str, object], dict[str, str]]:
+    """Tensors by name and the metadata; with `header_only`, the tensors' shapes instead
+    (read from the header, no tensor data touched)."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
+            if header_only:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, meta
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"{path.name}: cannot read safetensors file; it is truncated or corrupt ({e})") from e
     return tensors, meta
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _check_shapes(found: dict[str, tuple[int, ...]] | list[tuple[int, ...]], config: UNetConfig, path: Path) -> None:
+    """The file's tensor shapes (by name, or in parameter order) against the architecture,
+    built on the meta device: a file whose metadata claims a bigger network than its
+    tensors hold is rejected before any real memory is allocated for it."""
+    shapes = list(found.values()) if isinstance(found, dict) else found
+    in_file = f"the file holds {len(shapes)} tensors ({sum(map(_numel, shapes)):,} parameters)"
+    # Every ResBlock has at least 10 tensors and there are levels * (2 r + 3) of them: bound
+    # the network by the file before even building it on the meta device.
+    at_least = 10 * len(config.channel_mult) * (2 * config.num_res_blocks + 3)
+    if at_least > len(shapes):
+        raise CheckpointError(f"{path.name}: the tensors do not match the architecture {config}: {in_file}, the "
+                              f"architecture needs at least {at_least} tensors")
+    expected = param_shapes(config)
+    same = list(found.items()) == expected if isinstance(found, dict) else shapes == [s for _, s in expected]
+    if not same:
+        names = dict(expected)
+        detail = ""
+        if isinstance(found, dict):
+            missing = [k for k in names if k not in found][:5]
+            extra = [k for k in found if k not in names][:5]
+            wrong = [f"{k} {found[k]} (expected {s})" for k, s in expected if k in found and tuple(found[k]) != s][:3]
+            detail = f"; missing {missing}, unexpected {extra}, other shape {wrong}"
+        raise CheckpointError(
+            f"{path.name}: the tensors do not match the architecture {config}: {in_file}, the architecture needs "
+            f"{len(expected)} ({sum(_numel(s) for _, s in expected):,} parameters){detail}")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -327,42 +366,38 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     kind = _file_kind(path)
     info: dict[str, object] = {}
     if kind == "safetensors":
-        weights, meta = _read_safetensors(path)
+        shapes_by_name, meta = _read_safetensors(path, header_only=True)
         if meta.get("format") == FORMAT_NAME:
             info = _parse_ours(meta, path)
         else:
             info = parse_authors_filename(path.name)
-        weights = canonical_state_dict(weights)
+        found: dict | list = canonical_state_dict(shapes_by_name)
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # zip errors, EOF, refused globals: all mean "not a clean tensor file"
-            raise CheckpointError(
-                f"{path.name}: cannot load as a weights-only torch checkpoint; it is truncated, corrupt, or holds "
-                f"objects other than tensors ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            ) from e
+            raise CheckpointError(_torch_load_error(path, e)) from e
         weights, step = _weights_from_torch_object(obj, path)
         info = parse_authors_filename(path.name)
         info["step"] = step
+        found = {k: tuple(v.shape) for k, v in weights.items()} if isinstance(weights, dict) else \
+            [tuple(t.shape) for t in weights]
 
-    tensors = list(weights.values()) if isinstance(weights, dict) else weights
-    config = info.get("config") or infer_config([tuple(t.shape) for t in tensors])
+    config = info.get("config") or infer_config(list(found.values()) if isinstance(found, dict) else found)
     if config.in_channels != 6 or config.out_channels < 3:
         raise CheckpointError(
             f"{path.name}: expected an OFTSR network with 6 input channels (state + LR condition) and at least 3 "
             f"output channels; found {config.in_channels} in, {config.out_channels} out (a checkpoint of another model?)"
         )
+    _check_shapes(found, config, path)  # before the network takes real memory
+    if kind == "safetensors":
+        weights = canonical_state_dict(_read_safetensors(path)[0])
     unet = UNet(config)
-    expected = param_shapes(config)
     if isinstance(weights, dict):
-        if [(k, tuple(v.shape)) for k, v in weights.items()] != expected:
-            missing = [k for k, _ in expected if k not in weights][:5]
-            extra = [k for k in weights if k not in dict(expected)][:5]
-            raise CheckpointError(f"{path.name}: tensors do not match the architecture {config}: missing {missing}, unexpected {extra}")
         unet.load_state_dict(weights)
     else:
         with torch.no_grad():
-            for p, t in zip(unet.parameters(), tensors):
+            for p, t in zip(unet.parameters(), weights):
                 p.copy_(t)
 
     overrides = {"sigma_p": sigma_p, "role": role, "scale": scale, "degradation": degradation}

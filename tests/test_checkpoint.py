@@ -188,3 +188,52 @@ def test_load_to_dtype(tmp_path, student):
     v = _outputs(m)
     assert v.dtype == torch.float32
     assert (v - _outputs(student)).abs().max() < 0.1 * _outputs(student).abs().max()
+
+
+def test_refused_pickle_message_is_ours_and_never_suggests_the_unsafe_path(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"ema": Evil()}, path)
+    with pytest.raises(CheckpointError) as info:
+        oftsr.load_model(path)
+    message = str(info.value)
+    assert "weights_only" not in message and "trust" not in message and "\x1b" not in message
+    assert "print" in message and "arbitrary code" in message  # names what was refused, and why
+
+
+@pytest.mark.parametrize("architecture", [
+    {"model_channels": 4096, "channel_mult": [1, 2, 4, 8], "num_res_blocks": 4, "attention_ds": [8]},  # ~60 GB
+    {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1_000_000, "attention_ds": []},  # 10^6 blocks
+])
+def test_small_file_claiming_a_huge_architecture_fails_before_allocating(tmp_path, monkeypatch, architecture):
+    tensors = {"time_embed.0.weight": torch.zeros(4, 4), "out.2.bias": torch.zeros(6)}
+    meta = {"format": "oftsr", "format_version": "1", "architecture": json.dumps(architecture), "role": "student",
+            "scale": "4", "sigma_p": "0.2"}
+    path = tmp_path / "huge.safetensors"
+    save_file(tensors, path, metadata=meta)
+    assert path.stat().st_size < 1000
+    built = []
+    real_unet = oftsr.checkpoint.UNet
+
+    def spy(config):  # every network built while loading must be on the meta device (no real memory)
+        on_meta = torch.empty(0).device.type == "meta"
+        built.append(on_meta)
+        assert on_meta, "a network was built in real memory before the file's tensors were checked"
+        return real_unet(config)
+
+    monkeypatch.setattr(oftsr.checkpoint, "UNet", spy)
+    with pytest.raises(CheckpointError, match=r"huge.safetensors: .*(2 tensors|parameters)"):
+        oftsr.load_model(path)
+    assert len(built) <= 1
+
+
+def test_header_shapes_are_checked_before_the_tensors_are_read(tmp_path, student, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    oftsr.save_model(student, path, )
+    meta = oftsr.read_metadata(path)
+    arch = json.loads(meta["architecture"])
+    arch["model_channels"] = 64  # claims twice the width of the stored tensors
+    from safetensors.torch import load_file
+
+    save_file(load_file(path), path, metadata={**meta, "architecture": json.dumps(arch)})
+    with pytest.raises(CheckpointError, match=r"m.safetensors: the tensors do not match the architecture .*parameters"):
+        oftsr.load_model(path)
