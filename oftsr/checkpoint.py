@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .files import atomic_write
-from .model import DEGRADATIONS, ROLES, OFTSRModel
+from .model import DEGRADATIONS, OBJECTIVES, ROLES, OFTSRModel
 from .unet import UNet, UNetConfig
 
 FORMAT_NAME = "oftsr"
@@ -53,6 +53,7 @@ def model_metadata(model: OFTSRModel, **extra: str) -> dict[str, str]:
         "sigma_p": repr(model.sigma_p),
         "degradation": model.degradation,
         "step": str(model.step),
+        "objective": model.objective,
     }
     meta.update({k: str(v) for k, v in extra.items()})
     return meta
@@ -347,6 +348,7 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
             "sigma_p": float(meta["sigma_p"]),
             "degradation": meta.get("degradation", "bicubic"),
             "step": int(meta.get("step", "0")),
+            "objective": meta.get("objective", "oftsr"),  # files from before objectives existed: OFTSR
         }
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
         if isinstance(e, CheckpointError):
@@ -413,8 +415,12 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         raise CheckpointError(f"role must be one of {ROLES}, got {info['role']!r}")
     if info.get("degradation", "bicubic") not in DEGRADATIONS:
         raise CheckpointError(f"degradation must be one of {DEGRADATIONS}, got {info['degradation']!r}")
+    if info.get("objective", "oftsr") not in OBJECTIVES:
+        raise CheckpointError(f"{path.name}: objective must be one of {OBJECTIVES}, got {info['objective']!r} "
+                              f"(a file from a newer oftsr?)")
     model = OFTSRModel(unet, sigma_p=float(info["sigma_p"]), role=str(info["role"]), scale=int(info["scale"]),
-                       degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)))
+                       degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
+                       objective=str(info.get("objective", "oftsr")))
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if compile:
         model.optimize(compile=True)

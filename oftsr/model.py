@@ -11,6 +11,10 @@ from .unet import UNet, UNetConfig
 
 ROLES = ("teacher", "student")
 DEGRADATIONS = ("bicubic", "noisy_avgpool", "realesrgan")
+# How a student was distilled. OFTSR students take t (fidelity-realism); FlowSR and FluxSR
+# students are fixed-point maps x0 -> x1, evaluated at the start time whatever t is asked.
+OBJECTIVES = ("oftsr", "flowsr", "fluxsr")
+FIXED_POINT_OBJECTIVES = ("flowsr", "fluxsr")
 
 
 def as_time_tensor(t: float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
@@ -42,7 +46,7 @@ class OFTSRModel(nn.Module):
     """
 
     def __init__(self, unet: UNet, *, sigma_p: float, role: str, scale: int,
-                 degradation: str = "bicubic", step: int = 0) -> None:
+                 degradation: str = "bicubic", step: int = 0, objective: str = "oftsr") -> None:
         super().__init__()
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -52,12 +56,15 @@ class OFTSRModel(nn.Module):
             raise ValueError(f"sigma_p must be in [0, 1], got {sigma_p}")
         if int(scale) < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.unet = unet
         self.sigma_p = float(sigma_p)
         self.role = role
         self.scale = int(scale)
         self.degradation = degradation
         self.step = int(step)
+        self.objective = objective
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
         self.__dict__["_compiled"] = None  # kept out of the module tree, so state dicts stay clean
@@ -78,6 +85,11 @@ class OFTSRModel(nn.Module):
         self.autocast_dtype = autocast
         self.__dict__["_compiled"] = torch.compile(self.unet, dynamic=False) if compile else None
         return self
+
+    @property
+    def ignores_t(self) -> bool:
+        """A FlowSR or FluxSR student: one fixed output per input, no fidelity-realism slider."""
+        return self.role == "student" and self.objective in FIXED_POINT_OBJECTIVES
 
     @property
     def config(self) -> UNetConfig:
@@ -108,4 +120,4 @@ class OFTSRModel(nn.Module):
     forward = velocity
 
     def extra_repr(self) -> str:
-        return f"role={self.role}, scale={self.scale}, sigma_p={self.sigma_p}, degradation={self.degradation}, step={self.step}"
+        return f"role={self.role}, scale={self.scale}, sigma_p={self.sigma_p}, degradation={self.degradation}, step={self.step}, objective={self.objective}"

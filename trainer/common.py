@@ -31,7 +31,7 @@ MODEL_INFO = "oftsr.json"
 
 def model_info(model: oftsr.OFTSRModel, step: int) -> dict:
     return {"architecture": model.config.to_dict(), "role": model.role, "scale": model.scale,
-            "sigma_p": model.sigma_p, "degradation": model.degradation, "step": step}
+            "sigma_p": model.sigma_p, "degradation": model.degradation, "step": step, "objective": model.objective}
 
 
 def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps: int) -> None:
@@ -212,7 +212,7 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
 def ema_copy(model: oftsr.OFTSRModel, ema, device: torch.device) -> oftsr.OFTSRModel:
     """A separate eval-mode model holding the EMA weights (the training model is untouched)."""
     net = oftsr.OFTSRModel(oftsr.UNet(model.config), sigma_p=model.sigma_p, role=model.role, scale=model.scale,
-                           degradation=model.degradation).to(device).eval()
+                           degradation=model.degradation, objective=model.objective).to(device).eval()
     ema.copy_to(net.unet)
     return net
 
@@ -279,7 +279,8 @@ def log_images(accelerator, name: str, images: torch.Tensor, step: int) -> None:
 def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Path:
     """Write EMA weights as our `.safetensors` (full metadata; loads in the CLI and nodes)."""
     export = oftsr.OFTSRModel(oftsr.UNet(oftsr.UNetConfig.from_dict(info["architecture"])), sigma_p=info["sigma_p"],
-                              role=info["role"], scale=info["scale"], degradation=info["degradation"], step=info["step"])
+                              role=info["role"], scale=info["scale"], degradation=info["degradation"], step=info["step"],
+                              objective=info.get("objective", "oftsr"))
     params = list(export.unet.parameters())
     if len(params) != len(shadow_params):
         raise ValueError(f"{len(shadow_params)} EMA tensors for a network of {len(params)} parameters")
@@ -295,15 +296,17 @@ def preset_choices() -> list[str]:
 
 
 def run_training(accelerator, args: argparse.Namespace, model, optimizer, scheduler, dataloader, ema, *, desc: str,
-                 step_losses, validate, export_name: str) -> None:
+                 step_losses, validate, export_name: str, extra_state: tuple = (), after_step=None) -> None:
     """The loop both stages share: accumulate, clip, step, EMA, log, validate, checkpoint,
     and at the end export the EMA weights. `step_losses(batch)` returns a dict whose
     "loss" is optimised (the rest is logged); `validate(model, batch, step, lpips)`
-    returns scalars. Resumes first when `--resume_from_checkpoint` says so."""
+    returns scalars. `extra_state` (objects with state_dict/load_state_dict) is
+    checkpointed after the EMA and the step; `after_step()` runs after each optimizer
+    step's EMA update. Resumes first when `--resume_from_checkpoint` says so."""
     from tqdm.auto import tqdm
 
     state = TrainState()
-    accelerator.register_for_checkpointing(ema, state)
+    accelerator.register_for_checkpointing(ema, state, *extra_state)  # the EMA first: export.py reads it by number
     resume(accelerator, args)
     if accelerator.is_main_process:
         trim_metrics(args.output_dir, state.step)
@@ -324,6 +327,8 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
         if not accelerator.sync_gradients:
             continue
         ema.update(accelerator.unwrap_model(model))
+        if after_step is not None:
+            after_step()
         state.step += 1
         bar.update(1)
         logs = {k: accelerator.gather(v.detach()).mean().item() for k, v in losses.items()}

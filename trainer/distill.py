@@ -1,6 +1,13 @@
 #!/usr/bin/env python
-"""Stage 2: distil the one-step OFTSR student from a trained teacher (same-trajectory
-distillation: distill + align + boundary losses, teacher step Euler or midpoint).
+"""Stage 2: distil a one-step student from a trained teacher.
+
+--objective oftsr (default): same-trajectory distillation (distill + align + boundary
+    losses, teacher step Euler or midpoint); the student keeps the t slider.
+--objective flowsr: consistency distillation on the straight LR-HR path with HR
+    regularisation, fast-slow timesteps and an optional patch-GAN loss.
+--objective fluxsr: flow trajectory distillation on teacher-made pairs (make them with
+    make_pairs.py; --train_data_dir is then the pairs folder): MSE + TV-LPIPS + ADL.
+FlowSR and FluxSR students are fixed-point maps (no t slider).
 
     accelerate launch trainer/distill.py --teacher runs/teacher/teacher.safetensors \
         --train_data_dir DATA --output_dir runs/student --max_train_steps 20000
@@ -18,8 +25,13 @@ from common import (add_common_args, ema_copy, log_images, make_accelerator, mak
 
 import oftsr
 from oftsr.training.ema import EMA
-from oftsr.flow import noise_augment, student_step
+from oftsr.flow import T_EPS, noise_augment, student_step
+from oftsr.model import OBJECTIVES
 from oftsr.training.losses import TEACHER_STEPS, distill_loss, sample_distill_time
+from oftsr.training.objectives import (DISTANCES, PatchDiscriminator, discriminator_hinge_loss, ema_update_,
+                                       fast_slow_times, flowsr_loss, fluxsr_loss, generator_hinge_loss,
+                                       make_training_lpips)
+from oftsr.training.pairs import PairDataset
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -30,12 +42,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, lr=2e-5, batch=32, steps=20_000)
     p.add_argument("--teacher", required=True, help="teacher checkpoint: our .safetensors or an authors' .pth")
+    p.add_argument("--objective", choices=OBJECTIVES, default="oftsr", help="distillation objective (default oftsr)")
     p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
     p.add_argument("--dt", type=float, default=0.05, help="teacher step length (s = min(t + dt, 0.99))")
     p.add_argument("--teacher_solver", choices=list(TEACHER_STEPS), default="midpoint")
     p.add_argument("--lambda_align", type=float, default=0.01)
     p.add_argument("--lambda_bc", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.0, help="student dropout (the teacher runs in eval mode)")
+    g = p.add_argument_group("flowsr (--teacher_solver sets its teacher step too)")
+    g.add_argument("--fast_steps", type=int, default=4, help="steps of the fast (coarse) timestep grid")
+    g.add_argument("--slow_steps", type=int, default=1000, help="steps of the slow (fine) timestep grid")
+    g.add_argument("--p_fast", type=float, default=0.5, help="probability of drawing adjacent times from the fast grid")
+    g.add_argument("--lambda_hr", type=float, default=1.0, help="weight of the HR regularisation")
+    g.add_argument("--consistency_distance", choices=list(DISTANCES), default="mse")
+    g.add_argument("--target_ema_decay", type=float, default=0.95,
+                   help="decay of the consistency target's EMA copy of the student (0 = the student itself, stop-grad)")
+    g.add_argument("--lambda_adv", type=float, default=0.0, help="patch-GAN generator loss weight; 0 = off (default)")
+    g.add_argument("--disc_learning_rate", type=float, default=1e-4)
+    g.add_argument("--disc_width", type=int, default=64, help="channels of the discriminator's first conv")
+    g = p.add_argument_group("fluxsr (--train_data_dir is a make_pairs.py folder)")
+    g.add_argument("--lambda_lpips", type=float, default=1.0, help="weight of TV-LPIPS")
+    g.add_argument("--tv_gamma", type=float, default=1.0, help="weight of the TV term inside TV-LPIPS")
+    g.add_argument("--lambda_adl", type=float, default=0.01, help="weight of the attention diversification loss")
     args = p.parse_args(argv)
     args.lr_warmup_steps = min(args.lr_warmup_steps, max(1, args.max_train_steps // 10))
     return args
@@ -49,7 +77,8 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
         raise ValueError(f"the teacher is x{teacher.scale}, but --scale is {args.scale}")
     args.sigma_p = teacher.sigma_p
     student = oftsr.OFTSRModel(oftsr.UNet(teacher.config, dropout=args.dropout), sigma_p=teacher.sigma_p,
-                               role="student", scale=teacher.scale, degradation=teacher.degradation)
+                               role="student", scale=teacher.scale, degradation=teacher.degradation,
+                               objective=args.objective)
     student.unet.load_state_dict(teacher.unet.state_dict())
     return teacher.eval().requires_grad_(False), student.train().requires_grad_(True)
 
@@ -59,12 +88,28 @@ def validate(accelerator, student, ema, batch, args, step, lpips) -> dict[str, f
     net = ema_copy(student, ema, accelerator.device)
     x0 = validation_start(net, batch, args.seed)
     logs, rows = validation_scores("lr_upsampled", batch["lr"], batch, args.scale, lpips), [batch["lr"]]
-    for t in VALIDATION_T:
+    for t in (T_EPS,) if net.ignores_t else VALIDATION_T:
         x1 = student_step(x0, net.velocity(x0, batch["lr"], t))
-        logs.update(validation_scores(f"student_t{t:g}", x1, batch, args.scale, lpips))
+        logs.update(validation_scores("student" if net.ignores_t else f"student_t{t:g}", x1, batch, args.scale, lpips))
         rows.append(x1)
-    log_images(accelerator, "val/lr_t0_t0.5_t1_hr", torch.cat([*rows, batch["hr"]], dim=-1), step)
+    name = "val/lr_student_hr" if net.ignores_t else "val/lr_t0_t0.5_t1_hr"
+    log_images(accelerator, name, torch.cat([*rows, batch["hr"]], dim=-1), step)
     return logs
+
+
+def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) -> torch.utils.data.DataLoader:
+    """The teacher-made pairs of `--train_data_dir` (fluxsr), checked against the teacher."""
+    dataset = PairDataset(args.train_data_dir)
+    made = dataset.manifest
+    for key, ours in (("sigma_p", teacher.sigma_p), ("scale", teacher.scale), ("degradation", teacher.degradation)):
+        if made[key] != ours:
+            raise ValueError(f"the pairs in {args.train_data_dir} were made with {key} = {made[key]}, the teacher has {ours}")
+    logger.info("fluxsr pairs: %d of %d px from %s (%s x %d steps)", len(dataset), made["resolution"], made["teacher"],
+                made["solver"], made["steps"])
+    return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+                                       num_workers=args.dataloader_num_workers, persistent_workers=False,
+                                       pin_memory=torch.cuda.is_available(),
+                                       generator=torch.Generator().manual_seed(args.seed))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,22 +121,83 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.Adam(student.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                  weight_decay=args.adam_weight_decay)
     scheduler = warmup_schedule(optimizer, args.lr_warmup_steps)
-    dataloader = make_dataloader(args, args.train_data_dir)
+    if args.objective == "fluxsr":
+        dataloader = make_pair_dataloader(args, teacher)
+    else:
+        dataloader = make_dataloader(args, args.train_data_dir)
     student, optimizer, dataloader, scheduler = accelerator.prepare(student, optimizer, dataloader, scheduler)
     ema.to(accelerator.device)
+    extra_state, after_step = (), None
 
-    def step_losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def oftsr_losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x_lr = batch["lr"]
         x0 = noise_augment(x_lr, args.sigma_p, torch.randn_like(x_lr))
         t = sample_distill_time(x0.shape[0], x0.device)
         with accelerator.autocast():  # the frozen teacher runs outside the prepared model
-            losses = distill_loss(student, teacher, x0, x_lr, t, dt=args.dt, teacher_solver=args.teacher_solver,
-                                  lambda_align=args.lambda_align, lambda_bc=args.lambda_bc)
+            return distill_loss(student, teacher, x0, x_lr, t, dt=args.dt, teacher_solver=args.teacher_solver,
+                                lambda_align=args.lambda_align, lambda_bc=args.lambda_bc)
+
+    step_losses = oftsr_losses
+    if args.objective == "flowsr":
+        # The consistency target: an EMA copy of the student, checkpointed with the run.
+        target = ema_copy(accelerator.unwrap_model(student), EMA(accelerator.unwrap_model(student), 0.0),
+                          accelerator.device).requires_grad_(False)
+        extra_state = (target,)
+        after_step = lambda: ema_update_(target, accelerator.unwrap_model(student), args.target_ema_decay)  # noqa: E731
+        disc = disc_opt = None
+        if args.lambda_adv > 0:
+            disc = PatchDiscriminator(args.disc_width)
+            disc_opt = torch.optim.Adam(disc.parameters(), lr=args.disc_learning_rate, betas=(0.5, 0.999))
+            disc, disc_opt = accelerator.prepare(disc, disc_opt)
+
+        def flowsr_losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            x1, x_lr = batch["hr"], batch["lr"]
+            x0 = noise_augment(x_lr, args.sigma_p, torch.randn_like(x_lr))
+            t_a, t_b = fast_slow_times(x0.shape[0], fast_steps=args.fast_steps, slow_steps=args.slow_steps,
+                                       p_fast=args.p_fast, device=x0.device)
+            with accelerator.autocast():
+                out = flowsr_loss(student, target, teacher, x0, x1, x_lr, t_a, t_b, teacher_solver=args.teacher_solver,
+                                  lambda_hr=args.lambda_hr, distance=args.consistency_distance)
+            estimate = out.pop("estimate")
+            if disc is not None:
+                # Discriminator step on the detached estimate, then the generator loss through
+                # the updated discriminator (its own weights get no gradient from it).
+                with accelerator.autocast():  # real and fake in one forward pass
+                    logits = disc(torch.cat([x1, estimate.detach()]), x_lr.repeat(2, 1, 1, 1))
+                    d_loss = discriminator_hinge_loss(*logits.chunk(2))
+                disc_opt.zero_grad(set_to_none=True)
+                accelerator.backward(d_loss)
+                disc_opt.step()
+                d = accelerator.unwrap_model(disc).eval().requires_grad_(False)
+                with accelerator.autocast():
+                    adv = generator_hinge_loss(d(estimate, x_lr))
+                d.train().requires_grad_(True)
+                out["total"] = out["total"] + args.lambda_adv * adv
+                out.update(adv=adv, disc=d_loss.detach())
+            return out
+
+        step_losses = flowsr_losses
+    elif args.objective == "fluxsr":
+        lpips_fn, note = make_training_lpips(accelerator.device) if args.lambda_lpips else (None, "off")
+        logger.info("fluxsr TV-LPIPS: %s", note)
+        network = accelerator.unwrap_model(student).unet
+
+        def fluxsr_losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            x0 = noise_augment(batch["lr"], args.sigma_p, batch["noise"])
+            with accelerator.autocast():
+                return fluxsr_loss(student, x0, batch["lr"], batch["target"], lpips_fn, network=network,
+                                   lambda_lpips=args.lambda_lpips, gamma=args.tv_gamma, lambda_adl=args.lambda_adl)
+
+        step_losses = fluxsr_losses
+
+    def losses_with_total(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        losses = step_losses(batch)
         losses["loss"] = losses.pop("total")
         return losses
 
-    run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema, desc="distill",
-                 step_losses=step_losses, export_name="student.safetensors",
+    run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema, desc=f"distill {args.objective}",
+                 step_losses=losses_with_total, export_name="student.safetensors", extra_state=extra_state,
+                 after_step=after_step,
                  validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step, lpips))
 
 

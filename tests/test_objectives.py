@@ -1,0 +1,346 @@
+"""FlowSR and FluxSR objectives: hand-computed losses, gradient paths, the pair
+generator, tiny overfit runs."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+import oftsr
+from oftsr.flow import T_EPS, noise_augment, time_grid
+from oftsr.sampling import sample_midpoint
+from oftsr.training.data import SRDataset
+from oftsr.training.objectives import (PatchDiscriminator, attention_diversity, capture_attention, consistency_fn,
+                                       discriminator_hinge_loss, ema_update_, fast_slow_times, flowsr_loss,
+                                       fluxsr_loss, generator_hinge_loss, one_step, tv_lpips, tv_map)
+from oftsr.training.pairs import PairDataset, make_pairs, pair_inputs, write_manifest
+
+from conftest import make_model
+
+
+def const(value):
+    return lambda x, c, t: torch.full_like(x, value)
+
+
+# ----------------------------------------------------------------------------- FlowSR
+
+def test_consistency_fn_hand_value_and_boundary():
+    x, v = torch.full((2, 1, 1, 1), 0.5), torch.full((2, 1, 1, 1), 2.0)
+    t = torch.tensor([0.25, 1.0])
+    assert consistency_fn(x, v, t).flatten().tolist() == pytest.approx([0.5 + 0.75 * 2, 0.5])  # f(x, 1) = x
+
+
+def test_fast_slow_times_are_adjacent_grid_points():
+    g = torch.Generator().manual_seed(0)
+    fast_grid = time_grid(4).float()
+    t_a, t_b = fast_slow_times(400, fast_steps=4, slow_steps=1000, p_fast=1.0, generator=g)
+    assert torch.allclose(t_b - t_a, torch.full_like(t_a, 0.999 / 4))
+    assert set(t_a.tolist()) == set(fast_grid[:-1].tolist())  # every step of the 4-step grid drawn, none past 1
+    t_a, t_b = fast_slow_times(400, fast_steps=4, slow_steps=1000, p_fast=0.0, generator=g)
+    assert torch.allclose(t_b - t_a, torch.full_like(t_a, 0.999 / 1000), atol=1e-6)
+    assert t_a.min() >= T_EPS and t_b.max() <= 1.0 + 1e-6
+    t_a, t_b = fast_slow_times(4000, fast_steps=4, slow_steps=1000, p_fast=0.3, generator=g)
+    assert ((t_b - t_a) > 0.1).float().mean().item() == pytest.approx(0.3, abs=0.03)
+    with pytest.raises(ValueError, match="p_fast"):
+        fast_slow_times(2, p_fast=1.5)
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint"])
+def test_flowsr_constant_teacher_known_answer(solver):
+    # Teacher velocity c everywhere and x1 = x0 + c: the LR-HR path is the teacher's own
+    # straight trajectory, so x_b stays on it. Student velocity a, target velocity a_T:
+    #   f_a = x0 + t_a c + (1 - t_a) a,  f_T = x0 + t_b c + (1 - t_b) a_T,  f_b = x0 + t_b c + (1 - t_b) a
+    c, a, a_target = 0.7, 0.2, 0.5
+    x0 = torch.randn(3, 3, 4, 4)
+    x1 = x0 + c
+    t_a, t_b = torch.tensor([0.001, 0.3, 0.75]), torch.tensor([0.25, 0.301, 1.0])
+    exact = flowsr_loss(const(c), const(c), const(c), x0, x1, x0, t_a, t_b, teacher_solver=solver)
+    assert exact["consistency"].item() == pytest.approx(0, abs=1e-12) and exact["hr"].item() == pytest.approx(0, abs=1e-12)
+    out = flowsr_loss(const(a), const(a_target), const(c), x0, x1, x0, t_a, t_b, teacher_solver=solver, lambda_hr=0.5)
+    consistency = ((t_a * c + (1 - t_a) * a - t_b * c - (1 - t_b) * a_target) ** 2).mean()
+    hr = ((t_b * c + (1 - t_b) * a - c) ** 2).mean()
+    assert out["consistency"].item() == pytest.approx(consistency.item(), rel=1e-5)
+    assert out["hr"].item() == pytest.approx(hr.item(), rel=1e-5)
+    assert out["total"].item() == pytest.approx((consistency + 0.5 * hr).item(), rel=1e-5)
+    l1 = flowsr_loss(const(a), const(a_target), const(c), x0, x1, x0, t_a, t_b, distance="l1")
+    assert l1["hr"].item() == pytest.approx((t_b * c + (1 - t_b) * a - c).abs().mean().item(), rel=1e-5)
+
+
+def test_flowsr_linear_teacher_euler_step():
+    # v(x) = -x: one Euler step gives x_b = (1 - dt) x_a; with zero student and target,
+    # f_a = x_a, f_T = x_b, so consistency = mean((dt x_a)^2) and hr = mean((x_b - x1)^2).
+    x0, x1 = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    t_a, t_b = torch.tensor([0.2, 0.5]), torch.tensor([0.45, 0.75])
+    out = flowsr_loss(const(0.0), const(0.0), lambda x, c, t: -x, x0, x1, x0, t_a, t_b, teacher_solver="euler")
+    x_a = (1 - t_a.view(-1, 1, 1, 1)) * x0 + t_a.view(-1, 1, 1, 1) * x1
+    x_b = 0.75 * x_a
+    assert out["consistency"].item() == pytest.approx(((0.25 * x_a) ** 2).mean().item(), rel=1e-5)
+    assert out["hr"].item() == pytest.approx(((x_b - x1) ** 2).mean().item(), rel=1e-5)
+
+
+def test_flowsr_gradient_paths():
+    # consistency: gradient only through the student at t_a; hr: only at t_b; never into
+    # the target (EMA copy) or the teacher.
+    w = torch.zeros(2, requires_grad=True)  # student: w[0] at t_a, w[1] at t_b
+    target_w = torch.zeros(1, requires_grad=True)
+    teacher_w = torch.ones(1, requires_grad=True)
+    t_a, t_b = torch.tensor([0.3]), torch.tensor([0.55])
+
+    def student(x, c, t):
+        return torch.where(t == 0.3, w[0], w[1]).view(-1, 1, 1, 1).expand_as(x)
+
+    target = lambda x, c, t: (target_w * 0.5).expand_as(x)  # noqa: E731
+    teacher = lambda x, c, t: teacher_w.expand_as(x)  # noqa: E731
+    x0, x1 = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    out = flowsr_loss(student, target, teacher, x0, x1, x0, t_a, t_b)
+    assert not out["total"].grad_fn is None
+    g_c = torch.autograd.grad(out["consistency"], [w, target_w, teacher_w], retain_graph=True, allow_unused=True)
+    g_h = torch.autograd.grad(out["hr"], [w, target_w, teacher_w], allow_unused=True)
+    assert g_c[0][0] != 0 and g_c[0][1] == 0 and g_c[1] is None and g_c[2] is None
+    assert g_h[0][0] == 0 and g_h[0][1] != 0 and g_h[1] is None and g_h[2] is None
+
+
+def test_ema_update_and_hinge_losses():
+    a, b = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(a.weight, 1.0)
+    torch.nn.init.constant_(b.weight, 3.0)
+    ema_update_(a, b, 0.75)
+    assert a.weight.item() == pytest.approx(1.5)
+    ema_update_(a, b, 0.0)  # decay 0: the target is the online model itself
+    assert a.weight.item() == pytest.approx(3.0)
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert discriminator_hinge_loss(real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
+    assert generator_hinge_loss(fake).item() == pytest.approx(1.0)
+    disc = PatchDiscriminator(width=8)
+    assert disc(torch.zeros(2, 3, 64, 64), torch.zeros(2, 3, 64, 64)).shape == (2, 1, 8, 8)
+
+
+# ----------------------------------------------------------------------------- FluxSR
+
+def test_tv_map_hand_value():
+    x = torch.tensor([[[[0.0, 1.0], [0.5, 0.0]]]])
+    # |dh| + |dw| = [[0.5 + 1, 1 + 0], [0 + 0.5, 0]], then / 2 - 1 onto [-1, 1]
+    assert tv_map(x).flatten().tolist() == pytest.approx([-0.25, -0.5, -0.75, -1.0])
+    assert tv_map(torch.zeros(1, 3, 4, 4)).eq(-1).all()
+    checker = (torch.arange(4).view(1, 4) + torch.arange(4).view(4, 1)) % 2 * 2 - 1.0  # +-1 checkerboard
+    assert tv_map(checker[None, None])[0, 0, :3, :3].eq(1).all()  # the largest gradient maps to 1
+
+
+def test_tv_lpips_with_a_known_distance():
+    l1 = lambda x, y: (x - y).abs().flatten(1).mean(1)  # noqa: E731  (a stand-in LPIPS, per image)
+    x = torch.tensor([[[[0.0, 1.0], [0.5, 0.0]]]])
+    y = torch.zeros_like(x)
+    # LPIPS part: mean |x| = 0.375; TV part: mean |tv(x) - (-1)| = mean([0.75, 0.5, 0.25, 0]) = 0.375
+    assert tv_lpips(l1, x, y, gamma=2.0).item() == pytest.approx(0.375 + 2 * 0.375)
+
+
+def test_attention_diversity_hand_values():
+    same = torch.ones(1, 2, 2, 2)  # every token (1, 1): similarity 1
+    axes = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(1, 2, 2, 1)  # tokens (1,0), (0,1); mean (.5,.5)
+    assert attention_diversity([same]).item() == pytest.approx(1.0)
+    assert attention_diversity([axes]).item() == pytest.approx(1 / math.sqrt(2))
+    assert attention_diversity([same, axes]).item() == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
+    with pytest.raises(ValueError, match="no attention outputs"):
+        attention_diversity([])
+
+
+def test_capture_attention_gives_gradients_to_the_attention_layers(random_unet_weights):
+    model = make_model(random_unet_weights).requires_grad_(True)
+    n_blocks = sum(isinstance(m, oftsr.unet.AttentionBlock) for m in model.modules())
+    x = torch.randn(1, 3, 16, 16)
+    with capture_attention(model.unet) as outs:
+        model.velocity(x, x, 0.5)
+    assert len(outs) == n_blocks == 4  # tiny preset: 1 input, 1 middle and 2 output blocks
+    with capture_attention(model.unet) as after:
+        pass
+    model.velocity(x, x, 0.5)
+    assert after == []  # hooks removed on exit
+    adl = attention_diversity(outs)
+    adl.backward()
+    assert 0 < adl.item() <= 1
+    assert model.unet.middle_block[1].qkv.weight.grad.abs().sum() > 0
+    assert model.unet.out[2].weight.grad is None  # layers after the last attention block: untouched
+
+
+def test_fluxsr_loss_hand_value_and_gradients(random_unet_weights):
+    x0, lr = torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8)
+    end = torch.full((2, 3, 8, 8), 0.5)
+    out = fluxsr_loss(const(0.25), x0, lr, end, None, lambda_lpips=0.0)
+    assert out["mse"].item() == pytest.approx((0.5 - 0.999 * 0.25) ** 2)  # one step at T_EPS
+    assert out["total"].item() == out["mse"].item() and out["adl"].item() == 0
+
+    model = make_model(random_unet_weights).requires_grad_(True)
+    judge = torch.nn.Conv2d(3, 1, 1)  # a stand-in LPIPS network, frozen as the real one is
+    judge.requires_grad_(False)
+    lp = lambda a, b: (judge(a) - judge(b)).abs().flatten(1).mean(1)  # noqa: E731
+    x0 = torch.randn(2, 3, 16, 16)
+    out = fluxsr_loss(model, x0, x0, torch.randn(2, 3, 16, 16), lp, network=model.unet, lambda_lpips=1.0,
+                      gamma=0.5, lambda_adl=0.1)
+    assert out["total"].item() == pytest.approx((out["mse"] + out["tv_lpips"] + 0.1 * out["adl"]).item(), rel=1e-6)
+    assert 0 < out["adl"].item() <= 1 and out["tv_lpips"].item() > 0
+    out["total"].backward()
+    assert model.unet.out[2].weight.grad.abs().sum() > 0 and judge.weight.grad is None
+    with pytest.raises(ValueError, match="needs the network"):
+        fluxsr_loss(model, x0, x0, x0, None, lambda_lpips=0.0, lambda_adl=0.1)
+
+
+# ----------------------------------------------------------------------------- pairs
+
+SETTINGS = {"teacher": "t", "num_pairs": 5, "shard_size": 2}
+
+
+def _make(teacher, data, out, seed, **kw):
+    write_manifest(out, {**SETTINGS, "seed": seed})
+    return make_pairs(teacher, data, out, num_pairs=5, shard_size=2, seed=seed, steps=2, solver="midpoint",
+                      batch_size=2, log=lambda s: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def pair_setup(tmp_path_factory, random_unet_weights):
+    from PIL import Image
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    teacher = make_model(random_unet_weights, role="teacher")
+    return teacher, SRDataset(folder, resolution=16, seed=0), tmp_path_factory.mktemp("pairs")
+
+
+def test_pairs_deterministic_per_seed_resumable_and_teacher_made(pair_setup):
+    teacher, data, root = pair_setup
+    a, b, c = root / "a", root / "b", root / "c"
+    assert _make(teacher, data, a, seed=1) == 3  # 5 pairs in shards of 2
+    # b: "interrupted" after its first shard (and a temporary file left behind), then resumed
+    assert _make(teacher, data, b, seed=1, shards=lambda i: i == 0) == 1
+    (b / ".shard-00001.safetensors.x.tmp").write_bytes(b"half")
+    with pytest.raises(ValueError, match="incomplete: 2 of 3 shards missing"):
+        PairDataset(b)
+    assert _make(teacher, data, b, seed=1) == 2  # only the missing shards
+    _make(teacher, data, c, seed=2)
+    da, db, dc = PairDataset(a), PairDataset(b), PairDataset(c)
+    assert len(da) == 5 and da[4]["noise"].shape == (3, 16, 16)
+    for i in range(5):
+        for k in ("noise", "lr", "target"):
+            assert torch.equal(da[i][k], db[i][k])
+        assert not torch.equal(da[i]["noise"], dc[i]["noise"])
+    assert torch.equal(da[3]["lr"], dc[3]["lr"])  # the data set's crops follow its own seed, the noise ours
+    # pair 3 is item 0 of epoch 1 of the 3-image data set; the target is the teacher's sample
+    noise, lr = pair_inputs(data, 1, 3)
+    assert torch.equal(da[3]["noise"], noise) and torch.equal(da[3]["lr"], lr)
+    x0 = noise_augment(lr[None], teacher.sigma_p, noise[None])
+    with torch.no_grad():
+        expected = sample_midpoint(lambda x, t: teacher.velocity(x, lr[None], t), x0, time_grid(2))
+    assert torch.allclose(da[3]["target"], expected[0], atol=1e-5)
+    assert not torch.allclose(da[3]["target"], x0[0], atol=1e-2)
+    with pytest.raises(ValueError, match="other settings"):
+        write_manifest(a, {**SETTINGS, "seed": 3})
+    assert json.loads((a / "pairs.json").read_text())["seed"] == 1
+    with pytest.raises(FileNotFoundError, match="not a pairs folder"):
+        PairDataset(root)
+
+
+# ----------------------------------------------------------------------------- tiny overfit runs
+
+def _student(weights):
+    return make_model(weights).train().requires_grad_(True)
+
+
+def test_flowsr_overfit_reduces_the_loss(random_unet_weights):
+    teacher, target = make_model(random_unet_weights, role="teacher"), make_model(random_unet_weights)
+    student = _student(random_unet_weights)
+    g = torch.Generator().manual_seed(0)
+    x1, x_lr = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    x0 = noise_augment(x_lr, 0.2, torch.randn(2, 3, 8, 8, generator=g))
+    t_a, t_b = torch.tensor([0.001, 0.5]), torch.tensor([0.25075, 0.50099])
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        out = flowsr_loss(student, target, teacher, x0, x1, x_lr, t_a, t_b)
+        opt.zero_grad()
+        out["total"].backward()
+        opt.step()
+        ema_update_(target, student, 0.5)
+        losses.append(out["total"].item())
+    assert losses[-1] < 0.6 * losses[0], losses[::5]
+
+
+def test_fluxsr_overfit_reduces_the_loss(random_unet_weights):
+    student = _student(random_unet_weights)
+    g = torch.Generator().manual_seed(0)
+    x0, lr = torch.randn(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    end = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    judge = torch.nn.Conv2d(3, 4, 3).requires_grad_(False)
+    lp = lambda a, b: (judge(a) - judge(b)).pow(2).flatten(1).mean(1)  # noqa: E731
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        out = fluxsr_loss(student, x0, lr, end, lp, network=student.unet, lambda_adl=0.01)
+        opt.zero_grad()
+        out["total"].backward()
+        opt.step()
+        losses.append(out["total"].item())
+    assert losses[-1] < 0.6 * losses[0], losses[::5]
+    with torch.no_grad():
+        assert ((one_step(student, x0, lr) - end) ** 2).mean() < out["mse"] * 1.5
+
+
+# ----------------------------------------------------------------------------- the scripts, two processes
+
+from test_trainer import COMMON, _losses, _run, train_dir  # noqa: E402,F401  (train_dir is a fixture)
+
+
+def test_two_process_runs_of_flowsr_and_fluxsr(train_dir, tmp_path, random_unet_weights):
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    teacher = tmp_path / "teacher.safetensors"
+    oftsr.save_model(make_model(random_unet_weights, role="teacher"), teacher)
+    pairs = tmp_path / "pairs"
+    _run(["trainer/make_pairs.py", "--teacher", teacher, "--train_data_dir", train_dir, "--output_dir", pairs,
+          "--num_pairs", "8", "--shard_size", "2", "--resolution", "32", "--steps", "2"], launcher)
+    assert len(PairDataset(pairs)) == 8  # the two processes wrote two shards each
+    runs = {"flowsr": ["--train_data_dir", train_dir, "--lambda_adv", "0.1", "--disc_width", "8"],
+            "fluxsr": ["--train_data_dir", pairs, "--lambda_adl", "0.1"]}
+    for objective, extra in runs.items():
+        out = tmp_path / objective
+        _run(["trainer/distill.py", "--objective", objective, "--teacher", teacher, "--output_dir", out, *COMMON,
+              *extra, "--max_train_steps", "2", "--checkpointing_steps", "2"], launcher)
+        student = oftsr.load_model(out / "student.safetensors")
+        assert student.objective == objective and student.ignores_t and student.step == 2
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
+        terms = {"flowsr": ("consistency", "hr", "adv", "disc"), "fluxsr": ("mse", "tv_lpips", "adl")}[objective]
+        assert all(k in rows[-1] for k in terms) and rows[-1]["loss"] > 0
+    # the discriminator and the consistency target are checkpointed with the run
+    ckpt = tmp_path / "flowsr" / "checkpoint-2"
+    assert (ckpt / "model_1.safetensors").is_file() and (ckpt / "optimizer_1.bin").is_file()
+    assert (ckpt / "custom_checkpoint_2.pkl").is_file()
+
+
+# ----------------------------------------------------------------------------- in the product
+
+def test_objective_metadata_round_trip(tmp_path, random_unet_weights):
+    for objective in ("oftsr", "flowsr", "fluxsr"):
+        model = make_model(random_unet_weights)
+        model.objective = objective
+        oftsr.save_model(model, tmp_path / f"{objective}.safetensors")
+        assert oftsr.read_metadata(tmp_path / f"{objective}.safetensors")["objective"] == objective
+        loaded = oftsr.load_model(tmp_path / f"{objective}.safetensors")
+        assert loaded.objective == objective and loaded.ignores_t == (objective != "oftsr")
+    teacher = make_model(random_unet_weights, role="teacher")
+    assert teacher.objective == "oftsr" and not teacher.ignores_t
+    with pytest.raises(ValueError, match="objective must be one of"):
+        oftsr.OFTSRModel(oftsr.UNet(oftsr.PRESETS["tiny"]), sigma_p=0.2, role="student", scale=4, objective="gan")
+    # a file written before objectives existed loads as OFTSR; an unknown objective is refused
+    from safetensors.torch import load_file, save_file
+    from oftsr.checkpoint import model_metadata
+    meta = model_metadata(make_model(random_unet_weights))
+    tensors = load_file(tmp_path / "oftsr.safetensors")
+    save_file(tensors, tmp_path / "old.safetensors", metadata={k: v for k, v in meta.items() if k != "objective"})
+    assert oftsr.load_model(tmp_path / "old.safetensors").objective == "oftsr"
+    save_file(tensors, tmp_path / "new.safetensors", metadata={**meta, "objective": "sd-turbo"})
+    with pytest.raises(oftsr.CheckpointError, match="objective must be one of"):
+        oftsr.load_model(tmp_path / "new.safetensors")

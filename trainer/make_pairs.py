@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Make the teacher's (start noise, end point, LR) pairs that `distill.py --objective fluxsr`
+trains on: LR crops of the HR photographs, each integrated by the teacher's multi-step
+sampler. Deterministic per --seed; resumable (complete shards are kept, an interrupted
+shard is redone); several processes split the shards.
+
+    accelerate launch trainer/make_pairs.py --teacher teacher.safetensors \
+        --train_data_dir DATA --output_dir runs/pairs --num_pairs 20000 --resolution 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from common import logger  # noqa: F401  (puts the checkout on sys.path)
+
+import oftsr
+from oftsr.model import DEGRADATIONS
+from oftsr.sampling import SOLVERS
+from oftsr.training.data import SRDataset
+from oftsr.training.pairs import make_pairs, write_manifest
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="teacher checkpoint: our .safetensors or an authors' .pth")
+    p.add_argument("--train_data_dir", required=True, help="folder of HR images (recursive)")
+    p.add_argument("--output_dir", required=True, help="folder for pairs.json and the shards")
+    p.add_argument("--num_pairs", type=int, default=10_000)
+    p.add_argument("--shard_size", type=int, default=256, help="pairs per .safetensors shard")
+    p.add_argument("--resolution", type=int, default=256, help="HR crop size")
+    p.add_argument("--steps", type=int, default=16, help="teacher solver steps")
+    p.add_argument("--solver", choices=[s for s in SOLVERS if s != "adaptive"], default="midpoint")
+    p.add_argument("--batch_size", type=int, default=8, help="pairs per teacher forward pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--degradation", choices=DEGRADATIONS, default=None, help="default: the teacher's")
+    p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from accelerate import PartialState
+
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    state = PartialState()
+    teacher = oftsr.load_model(args.teacher, device=state.device, sigma_p=args.sigma_p, role="teacher",
+                               scale=args.scale, degradation=args.degradation)
+    if teacher.scale != args.scale:
+        raise SystemExit(f"error: the teacher is x{teacher.scale}, but --scale is {args.scale}")
+    data = SRDataset(args.train_data_dir, resolution=args.resolution, scale=teacher.scale,
+                     degradation=teacher.degradation, seed=args.seed)
+    settings = {"teacher": Path(args.teacher).name, "teacher_step": teacher.step, "sigma_p": teacher.sigma_p,
+                "scale": teacher.scale, "degradation": teacher.degradation, "resolution": args.resolution,
+                "steps": args.steps, "solver": args.solver, "seed": args.seed, "num_pairs": args.num_pairs,
+                "shard_size": args.shard_size, "source_images": len(data.files)}
+    out = Path(args.output_dir)
+    if state.is_main_process:
+        write_manifest(out, settings)
+    state.wait_for_everyone()
+    n = make_pairs(teacher, data, out, num_pairs=args.num_pairs, shard_size=args.shard_size, seed=args.seed,
+                   steps=args.steps, solver=args.solver, batch_size=args.batch_size,
+                   shards=lambda i: i % state.num_processes == state.process_index,
+                   log=lambda s: logger.info("process %d: %s", state.process_index, s))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        logger.info("%s: %d pairs of %d px (%s teacher, %s x %d steps); %d shard(s) written now",
+                    out, args.num_pairs, args.resolution, teacher.degradation, args.solver, args.steps, n)
+
+
+if __name__ == "__main__":
+    main()
