@@ -73,6 +73,10 @@ class OFTSRTSweep(io.ComfyNode):
     def execute(cls, model, image, t_values: str = DEFAULT_T_VALUES, seed: int = 0, tile: int = 512, overlap: int = 64,
                 color_fix: str = "none") -> io.NodeOutput:
         require_role(model, "student", NAME)
+        if getattr(model, "ignores_t", False):
+            raise ValueError(f"{NAME} needs an OFTSR student with a t slider, but this student was distilled with "
+                             f"{model.objective}: a fixed-point map that gives the same image at every t. Use OFTSR "
+                             f"Upscale for it.")
         ts = parse_t_values(t_values)
         x = to_bchw(image)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import weakref
+
 from comfy_api.latest import io
 
 from ..oftsr import upscale
@@ -9,6 +12,16 @@ from .common import (CATEGORY, color_fix_input, finish, image_input, model_input
                      seed_input, t_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR Upscale"
+log = logging.getLogger(__name__)
+_warned_fixed_point: "weakref.WeakSet" = weakref.WeakSet()  # models already warned about, once each
+
+
+def warn_if_ignores_t(model) -> None:
+    """A FlowSR/FluxSR student has no trade-off slider: say so once per loaded model."""
+    if getattr(model, "ignores_t", False) and model not in _warned_fixed_point:
+        _warned_fixed_point.add(model)
+        log.warning("%s: this student was distilled with %s, a fixed-point one-step map: it ignores t "
+                    "(every t gives the same image)", NAME, model.objective)
 
 
 class OFTSRUpscale(io.ComfyNode):
@@ -28,6 +41,7 @@ class OFTSRUpscale(io.ComfyNode):
     def execute(cls, model, image, t: float = 0.5, seed: int = 0, tile: int = 512, overlap: int = 64,
                 color_fix: str = "none") -> io.NodeOutput:
         require_role(model, "student", NAME)
+        warn_if_ignores_t(model)
         x = to_bchw(image)
 
         def job(model, x, tile, overlap, progress):

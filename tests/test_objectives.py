@@ -344,3 +344,68 @@ def test_objective_metadata_round_trip(tmp_path, random_unet_weights):
     save_file(tensors, tmp_path / "new.safetensors", metadata={**meta, "objective": "sd-turbo"})
     with pytest.raises(oftsr.CheckpointError, match="objective must be one of"):
         oftsr.load_model(tmp_path / "new.safetensors")
+
+
+@pytest.fixture
+def fixed_point_files(tmp_path, random_unet_weights):
+    """The same tiny weights saved as an OFTSR and as a FlowSR student (t visibly matters)."""
+    weights = {k: v * 10 if k.startswith("time_embed") or "emb_layers" in k else v for k, v in random_unet_weights.items()}
+    files = {}
+    for objective in ("oftsr", "flowsr"):
+        model = make_model(weights)
+        model.objective = objective
+        files[objective] = tmp_path / f"tiny-{objective}.safetensors"
+        oftsr.save_model(model, files[objective])
+    return files
+
+
+def test_fixed_point_student_ignores_t(fixed_point_files):
+    img = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    flow, ours = (oftsr.load_model(fixed_point_files[k]) for k in ("flowsr", "oftsr"))
+    at = {t: oftsr.upscale(flow, img, t=t, seed=3) for t in (0.0, 1.0)}
+    assert torch.equal(at[0.0], at[1.0])
+    assert torch.allclose(at[1.0], oftsr.upscale(ours, img, t=T_EPS, seed=3), atol=1e-6)  # x1 = f(x0, T_EPS)
+    assert not torch.allclose(oftsr.upscale(ours, img, t=0.0, seed=3), oftsr.upscale(ours, img, t=1.0, seed=3))
+    with pytest.raises(ValueError, match="t must be in"):
+        oftsr.upscale(flow, img, t=2.0)
+
+
+def test_cli_warns_once_and_info_shows_the_objective(fixed_point_files, tmp_path, capsys):
+    from PIL import Image
+    from oftsr.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(folder / f"{i}.png")
+    assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(fixed_point_files["flowsr"]),
+                 "--t", "0.3", "--tile", "0", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: this student was distilled with flowsr") == 1 and "ignores --t" in err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
+    main(["upscale", str(folder), "-o", str(tmp_path / "out2"), "--model", str(fixed_point_files["oftsr"]), "-q",
+          "--tile", "0"])
+    assert "warning" not in capsys.readouterr().err
+    assert main(["info", str(fixed_point_files["flowsr"])]) == 0
+    assert json.loads(capsys.readouterr().out)["objective"] == "flowsr"
+
+
+from test_nodes import comfy, load_pack, model_dir, pack  # noqa: E402,F401  (fixtures)
+from test_nodes import image as comfy_image, load as load_node_model, run as run_node  # noqa: E402
+
+
+def test_nodes_load_all_objectives_warn_once_and_sweep_refuses(pack, model_dir, fixed_point_files, caplog):
+    import shutil
+
+    for path in fixed_point_files.values():
+        shutil.copy(path, model_dir / path.name)
+    flow = load_node_model(pack, "tiny-flowsr.safetensors")
+    assert flow.objective == "flowsr" and load_node_model(pack, "tiny-oftsr.safetensors").objective == "oftsr"
+    img = comfy_image()
+    with caplog.at_level("WARNING"):
+        a = run_node(pack, "OFTSRUpscale", model=flow, image=img, t=0.0, seed=1, tile=0, overlap=0)
+        b = run_node(pack, "OFTSRUpscale", model=flow, image=img, t=1.0, seed=1, tile=0, overlap=0)
+    assert torch.equal(a, b)
+    assert [r.getMessage().count("ignores t") for r in caplog.records if "distilled with flowsr" in r.getMessage()] == [1]
+    with pytest.raises(ValueError, match="fixed-point map .* Use OFTSR Upscale"):
+        run_node(pack, "OFTSRTSweep", model=flow, image=img, t_values="0, 1", seed=0, tile=0, overlap=0)
