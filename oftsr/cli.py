@@ -89,6 +89,9 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run) -> int:
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     model = _load(args, "student")
+    if model.ignores_t:
+        print(f"warning: this student was distilled with {model.objective}, a fixed-point one-step map: "
+              f"it ignores --t (every t gives the same image)", file=sys.stderr)
     run = lambda m, im, cb: upscale(m, im, t=args.t, seed=args.seed, tile=args.tile or None, overlap=args.overlap,  # noqa: E731
                                     tile_batch=args.tile_batch, callback=cb)
     return _run_images(args, model, run)

@@ -85,6 +85,8 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 1.0, seed: int
     `overlap` are in output pixels. Returns (B, C, scale*H, scale*W) in [0, 1]."""
     _require_role(model, "student", "upscale()")
     t = check_t(t)
+    if model.ignores_t:  # FlowSR/FluxSR: x1 = f(x0, T_EPS), the start of the flow, whatever t is asked
+        t = T_EPS
     rgb, alpha, gray = _split_channels(image)
     x0, x_lr = _start(model, rgb, seed)
     v = velocity_field(model, x0, x_lr, t, tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
