@@ -5,7 +5,8 @@ teacher evaluated once (slow) and a student evaluated later on the same images.
     python scripts/plot_eval_curves.py eval-old/results.csv:teacher eval-new/results.csv \\
         -o curve.png --title "Set14, x4 bicubic"
 
-`FILE.csv:PREFIX` keeps only the rows whose method starts with PREFIX (and bicubic).
+`FILE.csv:PREFIX` keeps only the rows whose method starts with PREFIX (and bicubic);
+`FILE.csv:PREFIX=LABEL` also names them LABEL in the plot (e.g. `flowsr/results.csv:student=FlowSR`).
 
 Rows are drawn in the order given. The first file's bicubic row is kept, later ones
 are dropped (they are identical for the same data and seed), and the model numbers
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         path, sep, prefix = spec.rpartition(":")
         if not sep or not path.endswith(".csv"):  # no filter (or a ':' inside the path itself)
             path, prefix = spec, ""
+        prefix, _, label = prefix.partition("=")
         for row in read_table(path):
             if row.method == "bicubic":
                 if seen_bicubic:
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
                 seen_bicubic = True
             elif not row.method.startswith(prefix):  # an empty prefix keeps every row
                 continue
-            row.method = re.sub(r"^(student|teacher) \d+", r"\1", row.method)
+            if row.method != "bicubic":
+                row.method = label or re.sub(r"^(student|teacher) \d+", r"\1", row.method)
             rows.append(row)
     print(f"wrote {plot_curve(rows, Path(args.output), args.title)}")
 
