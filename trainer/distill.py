@@ -16,6 +16,7 @@ FlowSR and FluxSR students are fixed-point maps (no t slider).
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 
 import torch
@@ -140,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     step_losses = oftsr_losses
     if args.objective == "flowsr":
         # The consistency target: an EMA copy of the student, checkpointed with the run.
-        target = ema_copy(accelerator.unwrap_model(student), EMA(accelerator.unwrap_model(student), 0.0),
-                          accelerator.device).requires_grad_(False)
+        target = copy.deepcopy(accelerator.unwrap_model(student)).eval().requires_grad_(False)
         extra_state = (target,)
         after_step = lambda: ema_update_(target, accelerator.unwrap_model(student), args.target_ema_decay)  # noqa: E731
         disc = disc_opt = None

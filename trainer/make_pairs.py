@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from common import logger  # noqa: F401  (puts the checkout on sys.path)
+from common import logger  # importing common also puts the checkout on sys.path
 
 import oftsr
 from oftsr.model import DEGRADATIONS
