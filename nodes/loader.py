@@ -13,16 +13,20 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
-from ..oftsr import default_model_path, load_model
+from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model
+from ..oftsr.weights import BUNDLED_ROLES
 from ..oftsr.checkpoint import MissingInfoError
 from .common import CATEGORY, OFTSR_MODEL
 
 FOLDER_KEY = "oftsr"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FROM_FILE = "from file"
-# Combo names of the models shipped inside the package. They have no file extension and
-# the model folder lists only files with a model extension, so they never shadow a file.
-BUNDLED = {"(bundled) oftsr-x4-student": "student", "(bundled) oftsr-x4-teacher": "teacher"}
+# Combo names of the models shipped inside the package ("x4 student", "x4 teacher",
+# "x4-real student", ...). They have no file extension and the model folder lists only
+# files with a model extension, so they never shadow a file.
+BUNDLED = {f"{name} {role}": (name, role) for name in BUNDLED_MODELS for role in BUNDLED_ROLES}
+# Names saved workflows used before the models had names; still accepted (not listed).
+OLD_NAMES = {"(bundled) oftsr-x4-student": "x4 student", "(bundled) oftsr-x4-teacher": "x4 teacher"}
 
 
 def register_model_folder() -> None:
@@ -43,21 +47,23 @@ register_model_folder()
 
 
 def model_options() -> list[str]:
-    """Bundled models first (the student is the default), then the model folder's files."""
-    bundled = [name for name, role in BUNDLED.items() if _bundled_path(role) is not None]
+    """The bundled models this installation ships first ("x4 student", the default, leads),
+    then the model folder's files."""
+    bundled = [label for label, (name, role) in BUNDLED.items() if _bundled_path(name, role) is not None]
     return bundled + folder_paths.get_filename_list(FOLDER_KEY)
 
 
-def _bundled_path(role: str) -> Path | None:
+def _bundled_path(name: str, role: str) -> Path | None:
     try:
-        return default_model_path(role)
+        return bundled_model_path(name, role)
     except FileNotFoundError:
         return None
 
 
 def model_path(model_name: str) -> str:
+    model_name = OLD_NAMES.get(model_name, model_name)
     if model_name in BUNDLED:
-        return str(default_model_path(BUNDLED[model_name]))
+        return str(bundled_model_path(*BUNDLED[model_name]))
     return folder_paths.get_full_path_or_raise(FOLDER_KEY, model_name)
 
 
@@ -81,15 +87,16 @@ class LoadOFTSRModel(io.ComfyNode):
             node_id="OFTSRModelLoader",
             display_name="Load OFTSR Model",
             category=CATEGORY,
-            description="Loads an OFTSR teacher or one-step student: a bundled default, or a file from "
+            description="Loads an OFTSR teacher or one-step student: a bundled model by name, or a file from "
                         "models/oftsr (or an extra_model_paths.yaml 'oftsr:' folder): our .safetensors, or the "
                         "authors' .pth files (read weights-only). The model stays on the offload device until a "
                         "sampling node runs.",
             inputs=[
                 io.Combo.Input("model_name", options=model_options(),
-                               tooltip="A bundled default model (a small x4 model trained on CPU: the student for "
-                                       "OFTSR Upscale, the teacher for OFTSR Teacher Sampler), or a checkpoint in "
-                                       "models/oftsr. Files are placed by hand; nothing is downloaded."),
+                               tooltip="A bundled model by name (x4: bicubic x4, for clean and AI-generated images; "
+                                       "x4-real: real camera photos, where this version ships it): the student for "
+                                       "OFTSR Upscale, the teacher for OFTSR Teacher Sampler. Or a checkpoint in "
+                                       "models/oftsr, placed by hand; nothing is downloaded."),
                 io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
                                tooltip="Weight precision. auto: bf16 or fp16 where ComfyUI judges the device fast "
                                        "with it, else fp32."),
@@ -103,6 +110,15 @@ class LoadOFTSRModel(io.ComfyNode):
             ],
             outputs=[OFTSR_MODEL.Output(display_name="model")],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name=None) -> bool | str:
+        """The list check ComfyUI would make, also accepting the names older saved workflows
+        used for the bundled models (taking model_name here turns ComfyUI's own check off)."""
+        if isinstance(model_name, str) and OLD_NAMES.get(model_name, model_name) not in model_options():
+            return (f"model_name {model_name!r} is not available; choose one of the list (bundled models, or files in "
+                    f"models/oftsr)")
+        return True
 
     @classmethod
     def execute(cls, model_name: str, dtype: str = "auto", sigma_p: float = 0.0, role: str = FROM_FILE,

@@ -7,11 +7,12 @@ from .checkpoint import CheckpointError, load_model, read_metadata, save_model
 from .inference import sample, upscale, velocity_field
 from .model import OFTSRModel
 from .unet import PRESETS, UNet, UNetConfig
-from .weights import create_model, default_model_path
+from .weights import BUNDLED_MODELS, bundled_model_path, create_model, default_model_path, resolve_model
 
 __version__ = "0.3.0"  # as in pyproject.toml, where the Comfy registry reads it; a test keeps them equal
 
 __all__ = [
-    "CheckpointError", "OFTSRModel", "PRESETS", "UNet", "UNetConfig", "create_model", "default_model_path",
-    "load_model", "read_metadata", "sample", "save_model", "upscale", "velocity_field",
+    "BUNDLED_MODELS", "CheckpointError", "OFTSRModel", "PRESETS", "UNet", "UNetConfig", "bundled_model_path",
+    "create_model", "default_model_path", "load_model", "read_metadata", "resolve_model", "sample", "save_model",
+    "upscale", "velocity_field",
 ]

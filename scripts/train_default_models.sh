@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Reproduces the bundled default models, oftsr/weights/{teacher,student}.safetensors,
-# and their evaluation tables. The teacher came from a 2-core CPU, the student from one
-# H100 GPU (each stage runs on either).
+# Reproduces the bundled x4 models of this version, oftsr/weights/x4-{teacher,student}.safetensors
+# (compact preset, float32), and their evaluation tables. The teacher came from a 2-core
+# CPU, the student from one H100 GPU (each stage runs on either). The GPU recipe for the
+# larger pairs x4 and x4-real is scripts/train_x4_models.sh.
 #
 #   DATA=/path/to/data bash scripts/train_default_models.sh [work_dir]
 #
@@ -36,7 +37,8 @@ python "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" 
   --checkpoints_total_limit 2 --report_to none --dataloader_num_workers "${WORKERS:-14}" --seed 0 \
   --resume_from_checkpoint latest
 
-cp "$WORK/teacher/teacher.safetensors" "$WORK/student/student.safetensors" "$REPO/oftsr/weights/"
+cp "$WORK/teacher/teacher.safetensors" "$REPO/oftsr/weights/x4-teacher.safetensors"
+cp "$WORK/student/student.safetensors" "$REPO/oftsr/weights/x4-student.safetensors"
 
 # Evaluation of the bundled files: bicubic, the teacher (16 midpoint steps: NFE 31, the
 # paper's DIV2K count), the student at t = 0, 0.25, 0.5, 0.75, 1.

@@ -36,7 +36,7 @@ WORKFLOWS = next((ROOT / f for f in TEMPLATE_FOLDERS if (ROOT / f / WORKFLOW_FIL
 # The workflows use the bundled models; these random ones in an extra model folder check
 # that folder's registration.
 MODEL_FILES = {"student": "random-x4-student.safetensors", "teacher": "random-x4-teacher.safetensors"}
-BUNDLED = ["(bundled) oftsr-x4-student", "(bundled) oftsr-x4-teacher"]
+BUNDLED = ["x4 student", "x4 teacher"]  # the bundled models this version ships, by name
 NODE_IDS = ["OFTSRModelLoader", "OFTSRUpscale", "OFTSRTeacherSampler", "OFTSRTSweep", "OFTSRRegionalTradeoff"]
 INPUT_W, INPUT_H, SCALE = 48, 40, 4
 CATEGORY = "image/upscaling/OFTSR"
@@ -274,6 +274,22 @@ def test_workflow_runs(comfy, workflow_name):
             assert p.std() > 0.02 and p.max() > 0.1, (workflow_name, node_id, float(p.std()), float(p.max()))
         if count > 1:  # the t-sweep: t reaches the model, so fidelity and realism differ
             assert np.abs(pixels[0] - pixels[-1]).mean() > 1e-3, (workflow_name, node_id)
+
+
+def test_loader_accepts_old_bundled_names_and_refuses_unknown_ones(comfy):
+    """Workflows saved before the models had names ("(bundled) oftsr-x4-student") still run;
+    a name that is not in the list is refused by validation (HTTP 400, node_errors), as
+    ComfyUI's own list check would."""
+    prompt = workflow_to_prompt(load_workflow("oftsr_basic_upscale.json"), comfy.object_info)
+    loader = next(k for k, e in prompt.items() if e["class_type"] == "OFTSRModelLoader")
+    prompt[loader]["inputs"]["model_name"] = "(bundled) oftsr-x4-student"
+    entry = comfy.server.wait(comfy.server.queue(prompt), timeout=600)
+    assert entry.get("status", {}).get("status_str") == "success", comfy.server.log_tail()
+    assert any(o.get("images") for o in entry["outputs"].values())
+    prompt[loader]["inputs"]["model_name"] = "x4-real student"  # not bundled in this version
+    with pytest.raises(HTTPError) as refused:
+        comfy.server.post("/prompt", {"prompt": prompt, "client_id": "oftsr-integration-test"})
+    assert refused.value.status == 400 and "not available" in refused.value.body
 
 
 def test_workflows_are_served_as_templates(comfy):

@@ -186,7 +186,7 @@ def test_sampling_node_schemas(pack):
     assert inputs_of(pack, "OFTSRRegionalTradeoff")["mask"].io_type == "MASK"
 
 
-BUNDLED = ["(bundled) oftsr-x4-student", "(bundled) oftsr-x4-teacher"]
+BUNDLED = ["x4 student", "x4 teacher"]  # the bundled models this version ships (x4-real is not among them)
 
 
 def test_loader_schema_lists_the_model_folder(comfy, pack, saved):
@@ -243,8 +243,38 @@ def test_loader_loads_the_bundled_models(comfy, pack, monkeypatch, tmp_path):
     # An installation without the bundled files lists only the model folder.
     monkeypatch.setattr(sys.modules[f"{PACK}.oftsr.weights"], "WEIGHTS_DIR", tmp_path)
     assert inputs_of(pack, "OFTSRModelLoader")["model_name"].options == []
-    with pytest.raises(FileNotFoundError, match="no bundled student model"):
+    with pytest.raises(FileNotFoundError, match="x4 student .* is not bundled in this version"):
         load(pack, BUNDLED[0])
+
+
+def test_loader_lists_every_bundled_file_by_name(comfy, pack, monkeypatch, tmp_path):
+    # x4-real is listed, after x4, as soon as its files are there (here copies of the x4 pair).
+    weights = sys.modules[f"{PACK}.oftsr.weights"]
+    for name in ("x4", "x4-real"):
+        for role in ("student", "teacher"):
+            (tmp_path / f"{name}-{role}.safetensors").write_bytes(weights.bundled_model_path("x4", role).read_bytes())
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
+    assert inputs_of(pack, "OFTSRModelLoader")["model_name"].options == [
+        "x4 student", "x4 teacher", "x4-real student", "x4-real teacher"]
+    assert load(pack, "x4-real teacher").role == "teacher"
+    (tmp_path / "x4-real-teacher.safetensors").unlink()  # a pair is listed file by file
+    assert inputs_of(pack, "OFTSRModelLoader")["model_name"].options == ["x4 student", "x4 teacher", "x4-real student"]
+
+
+def test_loader_accepts_the_names_of_older_workflows(comfy, pack, saved):
+    loader = pack.nodes["OFTSRModelLoader"]
+    for old, new in {"(bundled) oftsr-x4-student": "x4 student", "(bundled) oftsr-x4-teacher": "x4 teacher"}.items():
+        assert old not in inputs_of(pack, "OFTSRModelLoader")["model_name"].options  # not listed twice...
+        assert loader.validate_inputs(model_name=old) is True  # ...but a saved workflow still validates
+        a, b = load(pack, old), load(pack, new)
+        assert a.role == b.role and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    for name in [*BUNDLED, "tiny-student.safetensors"]:
+        assert loader.validate_inputs(model_name=name) is True
+    # With ComfyUI's own list check off for model_name, the node makes it.
+    for absent in ("x4-real student", "absent.safetensors", "(bundled) oftsr-x2-student"):
+        message = loader.validate_inputs(model_name=absent)
+        assert isinstance(message, str) and repr(absent) in message and "not available" in message
+    assert loader.validate_inputs(model_name=None) is True  # a linked value is checked when the node runs
 
 
 def test_loader_loads_authors_pth_and_applies_overrides(comfy, pack, model_dir, random_unet_weights):

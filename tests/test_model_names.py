@@ -1,0 +1,73 @@
+"""Bundled models chosen by name: `x4` (shipped) and `x4-real` (not in this version),
+resolved the same way by the CLI and the library; a path still works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import oftsr
+from oftsr.cli import _eval_model_paths, main
+from oftsr.images import load_image
+from oftsr.weights import WEIGHTS_DIR, resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_names_resolve_to_the_bundled_files():
+    assert resolve_model(None, "student") == WEIGHTS_DIR / "x4-student.safetensors"
+    assert resolve_model(None, "teacher") == oftsr.default_model_path("teacher") == WEIGHTS_DIR / "x4-teacher.safetensors"
+    assert resolve_model("x4", "teacher") == WEIGHTS_DIR / "x4-teacher.safetensors"
+    assert resolve_model("x4-teacher", "student") == WEIGHTS_DIR / "x4-teacher.safetensors"  # an explicit role wins
+    assert resolve_model("runs/x4-student.safetensors", "student") == Path("runs/x4-student.safetensors")
+    assert resolve_model("x4-students", "student") == Path("x4-students")  # not a name: a path
+    for role in ("student", "teacher"):
+        assert oftsr.bundled_model_path("x4", role).is_file()
+        assert oftsr.load_model(resolve_model("x4", role)).role == role
+    assert list(oftsr.BUNDLED_MODELS) == ["x4", "x4-real"]
+
+
+def test_a_model_that_is_not_bundled_says_how_to_make_it():
+    for spec in ("x4-real", "x4-real-teacher"):
+        with pytest.raises(FileNotFoundError) as e:
+            resolve_model(spec, "student")
+        message = str(e.value)
+        assert "is not bundled in this version" in message and "real camera photographs" in message
+        assert "scripts/train_x4_models.sh x4-real" in message
+    assert (ROOT / "scripts" / "train_x4_models.sh").is_file()  # the recipe the message names exists
+    with pytest.raises(ValueError, match="bundled names are x4, x4-real"):
+        oftsr.bundled_model_path("x2", "student")
+
+
+def test_eval_model_names():
+    assert _eval_model_paths(None) == [WEIGHTS_DIR / "x4-student.safetensors", WEIGHTS_DIR / "x4-teacher.safetensors"]
+    assert _eval_model_paths(["x4-student"]) == [WEIGHTS_DIR / "x4-student.safetensors"]
+    assert _eval_model_paths(["x4", "other.safetensors"])[-1] == Path("other.safetensors")
+    with pytest.raises(FileNotFoundError, match="x4-real student .* not bundled"):
+        _eval_model_paths(["x4-real"])
+
+
+def test_cli_upscale_and_sample_by_name(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "a.png"), "--model", "x4", "--t", "0.5",
+                 "--seed", "1", "-q"]) == 0
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "b.png"), "--t", "0.5", "--seed", "1",
+                 "-q"]) == 0
+    a, b = load_image(tmp_path / "a.png")[0], load_image(tmp_path / "b.png")[0]
+    assert a.shape == (1, 3, 48, 40) and np.array_equal(a.numpy(), b.numpy())  # x4 is the default
+    path = str(oftsr.bundled_model_path("x4", "student"))
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "c.png"), "--model", path, "--t", "0.5",
+                 "--seed", "1", "-q"]) == 0
+    assert np.array_equal(load_image(tmp_path / "c.png")[0].numpy(), a.numpy())  # a path still works
+    assert main(["sample", str(tmp_path / "in.png"), "-o", str(tmp_path / "d.png"), "--model", "x4", "--steps", "1",
+                 "-q"]) == 0
+    capsys.readouterr()
+    for command in ("upscale", "sample"):
+        assert main([command, str(tmp_path / "in.png"), "-o", str(tmp_path / "e.png"), "--model", "x4-real", "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: the x4-real ") and "not bundled in this version" in err
+        assert not (tmp_path / "e.png").exists()
