@@ -47,7 +47,8 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
             inputs=[
                 model_input(), image_input(),
                 io.Mask.Input("mask", tooltip="Where to use t_inside (1) and t_outside (0); any size, resized to the "
-                                              "output."),
+                                              "output. E.g. Load Image's MASK painted in the mask editor, or core "
+                                              "mask nodes (Solid Mask, Mask Composite, Feather Mask)."),
                 t_input("t_inside", 1.0, "t where the mask is 1 (default 1: realism, sharp detail)."),
                 t_input("t_outside", 0.0, "t where the mask is 0 (default 0: fidelity, smooth and faithful)."),
                 seed_input(), *tiling_inputs(), color_fix_input(),

@@ -5,11 +5,15 @@ in this Python (the server is started with `sys.executable`):
 
     COMFYUI_PATH=/path/to/ComfyUI python -m pytest -q tests/test_comfyui_integration.py
 
-The pack is linked into $COMFYUI_PATH/custom_nodes under a temporary name (removed
-afterwards) and ComfyUI loads only that pack (--disable-all-custom-nodes plus a
-whitelist, where this ComfyUI has them). Models (tiny UNets with random weights), input
-images, outputs, temp and user folders all live in a temporary directory; the server
-listens on 127.0.0.1 on a free port and is stopped in all cases.
+The pack is installed into $COMFYUI_PATH/custom_nodes under a temporary name (removed
+afterwards) as the Comfy Registry ships it: exactly the files of its archive
+(tests/registry_archive.py: git-tracked files minus .comfyignore). ComfyUI loads only
+that pack (--disable-all-custom-nodes plus a whitelist, where this ComfyUI has them).
+The input folder is a fresh install's: nothing but `example.png` (here a small image of
+our own under that name, to keep the runs short), so a workflow that needs any other
+input file fails. Models (tiny UNets with random weights), inputs, outputs, temp and
+user folders all live in a temporary directory; the server listens on 127.0.0.1 on a
+free port and is stopped in all cases.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from PIL import Image
 
 import oftsr
 from comfyui_driver import ComfyServer, HTTPError, extra_values_after, is_widget, spec_options, workflow_to_prompt
+from registry_archive import NotAGitCheckout, copy_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 # ComfyUI serves the first of these folders that a pack has as its templates (same URL for all).
@@ -39,8 +44,10 @@ MODEL_FILES = {"student": "random-x4-student.safetensors", "teacher": "random-x4
 BUNDLED = ["x4 student", "x4 teacher"]  # the bundled models this version ships, by name
 NODE_IDS = ["OFTSRModelLoader", "OFTSRUpscale", "OFTSRTeacherSampler", "OFTSRTSweep", "OFTSRRegionalTradeoff"]
 INPUT_W, INPUT_H, SCALE = 48, 40, 4
+# What the input folder of a fresh ComfyUI holds (its repository ships input/example.png).
+FRESH_INPUTS = ["example.png"]
 CATEGORY = "image/upscaling/OFTSR"
-# What the pack needs at run time (used only where a symbolic link cannot be made).
+# What the pack needs at run time (used only outside a git checkout, where the registry's file list is unknown).
 PACK_PARTS = ["__init__.py", "nodes", "oftsr", "pyproject.toml", "requirements.txt", *TEMPLATE_FOLDERS]
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
@@ -72,17 +79,16 @@ def write_inputs(folder: Path) -> None:
     smooth = np.stack([xx / INPUT_W, yy / INPUT_H, 0.5 + 0.5 * np.sin(xx / 5.0) * np.cos(yy / 7.0)], -1)
     noisy = np.clip(smooth + 0.05 * rng.standard_normal(smooth.shape), 0, 1)
     Image.fromarray((noisy * 255).round().astype(np.uint8), "RGB").save(folder / "example.png")
-    mask = np.zeros((INPUT_H, INPUT_W, 3), np.uint8)
-    mask[:, INPUT_W // 2:] = 255  # right half white: realism there, fidelity on the left
-    Image.fromarray(mask, "RGB").save(folder / "example_mask.png")
+    assert sorted(p.name for p in folder.iterdir()) == FRESH_INPUTS  # nothing a fresh install lacks
 
 
 def install_pack(custom_nodes: Path, name: str) -> Path:
+    """Copy the registry archive's files into custom_nodes/<name>."""
     target = custom_nodes / name
+    target.mkdir()
     try:
-        target.symlink_to(ROOT, target_is_directory=True)
-    except OSError:  # no symbolic links here: copy what the pack needs
-        target.mkdir()
+        copy_archive(ROOT, target)
+    except NotAGitCheckout:  # e.g. an unpacked source archive: copy what the pack needs
         for part in PACK_PARTS:
             src = ROOT / part
             if src.is_dir():
@@ -93,9 +99,7 @@ def install_pack(custom_nodes: Path, name: str) -> Path:
 
 
 def remove_pack(target: Path) -> None:
-    if target.is_symlink():
-        target.unlink()  # the link only, never what it points at
-    elif target.is_dir():
+    if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
 
 
@@ -290,6 +294,42 @@ def test_loader_accepts_old_bundled_names_and_refuses_unknown_ones(comfy):
     with pytest.raises(HTTPError) as refused:
         comfy.server.post("/prompt", {"prompt": prompt, "client_id": "oftsr-integration-test"})
     assert refused.value.status == 400 and "not available" in refused.value.body
+
+
+def run_prompt(comfy, prompt: dict) -> dict:
+    entry = comfy.server.wait(comfy.server.queue(prompt), timeout=600)
+    status = entry.get("status", {})
+    assert status.get("status_str") == "success", f"{json.dumps(status.get('messages'))[-4000:]}\n{comfy.server.log_tail()}"
+    return entry
+
+
+def test_regional_workflow_mask_is_made_in_the_graph(comfy):
+    """The regional workflow's mask comes from core mask nodes (a fresh install has no mask
+    image): fidelity in the top 3/8, realism in the bottom 3/8. Checked against the same
+    graph with both ends at t = 0 and at t = 1: identical pixels where the mask is 0 or 1,
+    in between on the ramp."""
+    prompt = workflow_to_prompt(load_workflow("oftsr_regional_tradeoff.json"), comfy.object_info)
+    assert not any(e["class_type"].startswith("LoadImageMask") for e in prompt.values())
+    node_id = next(k for k, e in prompt.items() if e["class_type"] == "OFTSRRegionalTradeoff")
+    save_id = next(k for k, e in prompt.items() if e["class_type"] == "SaveImage")
+    results = {}
+    for label, ends in [("regional", None), ("fidelity", 0.0), ("realism", 1.0)]:
+        variant = json.loads(json.dumps(prompt))
+        if ends is not None:
+            variant[node_id]["inputs"].update(t_inside=ends, t_outside=ends)
+        variant[save_id]["inputs"]["filename_prefix"] = f"OFTSR/mask_check_{label}"
+        entry = run_prompt(comfy, variant)
+        results[label] = read_output(comfy, entry["outputs"][save_id]["images"][0])
+    regional, fidelity, realism = results["regional"], results["fidelity"], results["realism"]
+    h = regional.shape[0]
+    assert np.abs(fidelity - realism).mean() > 0.01  # the two ends differ, so the comparison means something
+    top, bottom = slice(0, h * 3 // 8 - 2), slice(h * 5 // 8 + 2, h)  # away from the resized edges
+    np.testing.assert_array_equal(regional[top], fidelity[top])
+    np.testing.assert_array_equal(regional[bottom], realism[bottom])
+    ramp = slice(h * 3 // 8 + 2, h * 5 // 8 - 2)
+    lo, hi = np.minimum(fidelity[ramp], realism[ramp]), np.maximum(fidelity[ramp], realism[ramp])
+    assert ((regional[ramp] >= lo - 1 / 255) & (regional[ramp] <= hi + 1 / 255)).all()
+    assert np.abs(regional[ramp] - fidelity[ramp]).mean() > 0.1 * np.abs(realism[ramp] - fidelity[ramp]).mean()
 
 
 def test_workflows_are_served_as_templates(comfy):
