@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,18 +13,45 @@ import torch
 
 from .checkpoint import CheckpointError, load_model, read_metadata, save_model
 from .images import IMAGE_SUFFIXES, list_images, load_image, save_image
-from .inference import sample, upscale
+from .inference import check_t, sample, upscale
 from .model import DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
+from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
 from .weights import BUNDLED_MODELS, BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, create_model, resolve_model, split_model_name
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def available_devices() -> list[str]:
+    """The devices this machine has, by name, CPU first."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        names += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return names
+
+
 def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA, then MPS, else CPU) or a device this machine has: anything else is a
+    ValueError that lists the devices there are."""
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:  # not a device type torch knows
+            device = None
+        if device is not None and device.type in ("cuda", "xpu"):
+            present = f"{device.type}:{device.index or 0}"
+        else:
+            present = device.type if device is not None else ""
+        if present not in available_devices():
+            raise ValueError(f"--device {name}: this machine has no such device; available: "
+                             f"{', '.join(available_devices())} (or auto)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -39,45 +67,121 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32  # half precision on CPU is slower, and MPS lacks some bf16 kernels
 
 
+# The command for each role, to name the right one when a model is given to the other.
+COMMAND_FOR_ROLE = {"student": "upscale", "teacher": "sample"}
+
+
 def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
     path = resolve_model(args.model, role)  # a bundled model's name, or a path
     device = resolve_device(args.device)
     model = load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
                        role=args.role, scale=args.scale)
+    if model.role != role:
+        raise ValueError(f"{Path(path).name}: this is a {model.role} model; use `oftsr {COMMAND_FOR_ROLE[model.role]}` "
+                         f"for it (`oftsr {args.command}` runs a {role})")
     return model.optimize(compile=args.compile)  # the faster memory layout for the device
 
 
-def _outputs(inputs: list[str], files: list[Path], out: Path) -> list[Path]:
+def _check_args(args: argparse.Namespace) -> None:
+    """Argument errors of `upscale` / `sample`, before any file is read: one message each,
+    naming the option. The rules are the library's own (check_t, check_tiling)."""
+    resolve_device(args.device)
+    if hasattr(args, "t"):
+        try:
+            check_t(args.t)
+        except ValueError as e:
+            raise ValueError(f"--t: {e}") from None
+    for option, overlap in (("--tile", None), ("--overlap", args.overlap)):
+        try:
+            check_tiling(args.tile or None, overlap)
+        except ValueError as e:
+            raise ValueError(f"{option}: {e}") from None
+    if args.tile_batch < 1:
+        raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
+    if getattr(args, "steps", 1) < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+
+
+def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = False) -> list[Path]:
     """One output path per input file: `out` itself for a single file with an image
-    suffix, else files under the folder `out` (sub-folders of input folders kept)."""
-    if len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file() and out.suffix.lower() in IMAGE_SUFFIXES:
-        return [out]
+    suffix, else files under the folder `out` (sub-folders of input folders kept).
+    Source images are never replaced unless `overwrite`."""
+    single = len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
+    if out.suffix.lower() in IMAGE_SUFFIXES and not single and not out.is_dir():
+        raise ValueError(f"-o {out} names one file, but the input is {len(files)} image(s) from "
+                         f"{'a folder' if any(Path(i).is_dir() for i in inputs) else 'several files'}; give a folder for -o")
+    targets = [out] if single and out.suffix.lower() in IMAGE_SUFFIXES else _folder_outputs(inputs, files, out)
+    if not overwrite:
+        sources = {f.resolve() for f in files}
+        clash = next((t for t in targets if t.resolve() in sources), None)
+        if clash is not None or out.resolve() in {Path(i).resolve() for i in inputs if Path(i).is_dir()}:
+            why = "it is an input folder" if clash is None else f"{clash.name} would replace the input image itself"
+            raise ValueError(f"-o {out}: {why}; choose another output, or pass --overwrite to replace the source images")
+    return targets
+
+
+def _folder_outputs(inputs: list[str], files: list[Path], out: Path) -> list[Path]:
     targets = []
     for f in files:
         root = next((Path(i) for i in inputs if Path(i).is_dir() and Path(i) in f.parents), None)
         rel = f.relative_to(root) if root is not None else Path(f.name)
         targets.append(out / rel.with_suffix(".png"))
     if len(set(targets)) != len(targets):
-        raise SystemExit("error: two inputs would write the same output file; give them distinct names")
+        raise ValueError("two inputs would write the same output file; give them distinct names")
     return targets
 
 
-def _run_images(args: argparse.Namespace, model: OFTSRModel, run) -> int:
-    from tqdm import tqdm
+def _check_writable(targets: list[Path]) -> None:
+    """Create the output folders and write a scratch file in each, so an output that cannot
+    be written is reported before any image is computed."""
+    for folder in dict.fromkeys(t.parent for t in targets):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
 
+
+def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """Arguments, inputs and outputs checked, before the model is loaded: (files, targets)."""
+    _check_args(args)
     files = list_images(args.inputs)
     if not files:
-        raise SystemExit(f"error: no images found in {' '.join(args.inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    targets = _outputs(args.inputs, files, Path(args.output))
+        raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    targets = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite)
+    _check_writable(targets)
+    return files, targets
+
+
+def _as_rgba(gray_alpha: torch.Tensor) -> torch.Tensor:
+    return torch.cat([gray_alpha[:, :1].expand(-1, 3, -1, -1), gray_alpha[:, 1:]], dim=1)
+
+
+def _as_gray_alpha(rgba: torch.Tensor) -> torch.Tensor:
+    """Back to gray + alpha as the library makes grayscale results: the mean of the RGB result."""
+    gray = rgba[:, :3].float().mean(dim=1, keepdim=True)
+    gray = gray if rgba.is_floating_point() else gray.round()
+    return torch.cat([gray.to(rgba.dtype), rgba[:, 3:]], dim=1)
+
+
+def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Path], targets: list[Path]) -> int:
+    from tqdm import tqdm
+
     failed = 0
     with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
         for src, dst in zip(files, targets):
             bar.set_description(src.name)
             try:
                 image, depth = load_image(src)
+                gray_alpha = image.shape[1] == 2  # the network sees RGB; gray + alpha comes back as such
                 progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
-                result = run(model, image, progress)
-                save_image(result, dst, bit_depth=depth)
+                result = run(model, _as_rgba(image) if gray_alpha else image, progress)
+                written = save_image(_as_gray_alpha(result) if gray_alpha else result, dst, bit_depth=depth)
+                if written < depth:
+                    tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth}: this "
+                               f"format holds 8 here (16-bit TIFF is grayscale only); name the output .png to keep "
+                               f"{depth} bits", file=sys.stderr)
             except (ValueError, OSError) as e:
                 failed += 1
                 tqdm.write(f"skipped {src}: {e}", file=sys.stderr)
@@ -88,22 +192,24 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    files, targets = _prepare(args)
     model = _load(args, "student")
     if model.ignores_t:
         print(f"warning: this student was distilled with {model.objective}, a fixed-point one-step map: "
               f"it ignores --t (every t gives the same image)", file=sys.stderr)
     run = lambda m, im, cb: upscale(m, im, t=args.t, seed=args.seed, tile=args.tile or None, overlap=args.overlap,  # noqa: E731
                                     tile_batch=args.tile_batch, callback=cb)
-    return _run_images(args, model, run)
+    return _run_images(args, model, run, files, targets)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    files, targets = _prepare(args)
     model = _load(args, "teacher")
     nfe: dict = {}
     run = lambda m, im, cb: sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed,  # noqa: E731
                                    tile=args.tile or None, overlap=args.overlap, tile_batch=args.tile_batch,
                                    callback=cb, info=nfe)
-    code = _run_images(args, model, run)
+    code = _run_images(args, model, run, files, targets)
     if "nfe" in nfe and not args.quiet:
         print(f"network evaluations per image: {nfe['nfe']}")
     return code
@@ -187,9 +293,11 @@ def _eval_baselines(names: list[str], scale: int, device: torch.device) -> dict:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
+    p.add_argument("--overwrite", action="store_true", help="allow -o to replace the input images")
     p.add_argument("--model", help=f"a bundled model's name ({', '.join(BUNDLED_MODELS)}; default {DEFAULT_MODEL}) or a "
                                    "checkpoint (.safetensors or authors' .pth)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sp noise (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise added to the upsampled input, the flow's starting point (default 0)")
     p.add_argument("--tile", type=int, default=512, help="tile size in output pixels; 0 = whole image (default 512)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default min(64, tile/4))")
     p.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (default 1)")
@@ -212,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("upscale", help="one-step super-resolution with a student model")
     _add_model_args(p)
-    p.add_argument("--t", type=float, default=1.0, help="fidelity (0) .. realism (1) trade-off (default 1)")
+    p.add_argument("--t", type=float, default=0.5,
+                   help="fidelity (0: smooth, faithful) .. realism (1: most detail) trade-off; default 0.5, the middle, "
+                        "as in the ComfyUI node: move toward the end you want")
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("sample", help="multi-step super-resolution with a teacher model")

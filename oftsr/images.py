@@ -2,6 +2,7 @@
 
 Pillow decodes everything except 16-bit-per-channel colour PNGs, which it truncates to
 8 bits; those (and 16-bit grayscale) are read with pypng so no precision is lost.
+Files are written atomically (a temporary name in the same folder, then a rename).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,14 +49,16 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
     has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
     if im.mode in ("L", "1") and not has_alpha:
         return np.asarray(im.convert("L"), dtype=np.float32)[..., None] / 255.0
+    if im.mode in ("L", "LA", "1") and has_alpha:  # gray + alpha stays two channels
+        return np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
     if has_alpha:
         return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
-    """(1, C, H, W) float32 in [0, 1] with C = 1 (gray), 3 (RGB) or 4 (RGBA), and the
-    source bit depth (8 or 16). The format is decided by content, not by the file name."""
+    """(1, C, H, W) float32 in [0, 1] with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
+    (RGBA), and the source bit depth (8 or 16). The format is decided by content, not by the file name."""
     path = Path(path)
     try:
         if _png_bit_depth(path) == 16:
@@ -69,35 +74,45 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
         raise ValueError(f"{path.name}: image is too large to open safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file ({e})") from e
-    if arr.shape[-1] == 2:  # gray + alpha from pypng
-        arr = np.concatenate([np.repeat(arr[..., :1], 3, axis=-1), arr[..., 1:]], axis=-1)
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].clamp(0, 1), depth
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8) -> None:
-    """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1]; 16-bit only for PNG."""
+def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8) -> int:
+    """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1] (C = 1, 2, 3 or 4), in the format
+    the suffix names, atomically. Returns the bit depth written: `bit_depth=16` gives 16 as
+    PNG (any channels) or grayscale TIFF, and 8 otherwise (JPEG, WebP and BMP have 8 bits;
+    Pillow writes colour TIFF with 8) -- the caller can say so."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path.name}: cannot write {suffix or 'a file without suffix'!r} images; use one of "
+                         f"{', '.join(IMAGE_SUFFIXES)}")
+    fmt = Image.registered_extensions()[suffix]
     if image.ndim == 4:
         if image.shape[0] != 1:
             raise ValueError(f"save_image writes one image, got a batch of {image.shape[0]}")
         image = image[0]
     arr = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     h, w, c = arr.shape
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if bit_depth == 16 and path.suffix.lower() == ".png":
-        import png
+    with atomic_write(path) as tmp:
+        if bit_depth == 16 and fmt == "PNG":
+            import png
 
-        data = np.round(arr * 65535).astype(np.uint16).reshape(h, w * c)
-        with open(path, "wb") as f:
-            png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(f, data)
-        return
-    data = np.round(arr * 255).astype(np.uint8)
-    im = Image.fromarray(data[..., 0] if c == 1 else data)
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        im = im.convert("RGB") if c == 4 else im
-        im.save(path, quality=95)
-    else:
-        im.save(path)
+            data = np.round(arr * 65535).astype(np.uint16).reshape(h, w * c)
+            with open(tmp, "wb") as f:
+                png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(f, data)
+            return 16
+        if bit_depth == 16 and fmt == "TIFF" and c == 1:
+            Image.fromarray(np.round(arr[..., 0] * 65535).astype(np.uint16)).save(tmp, format=fmt)  # mode I;16
+            return 16
+        data = np.round(arr * 255).astype(np.uint8)
+        im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
+        if fmt == "JPEG":  # no alpha in JPEG
+            im = im.convert("L" if c <= 2 else "RGB")
+            im.save(tmp, format=fmt, quality=95)
+        else:
+            (im.convert("RGBA") if c == 2 and fmt not in ("PNG", "TIFF") else im).save(tmp, format=fmt)
+    return 8
 
 
 def list_images(paths: list[str | os.PathLike]) -> list[Path]:

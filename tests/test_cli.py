@@ -1,14 +1,17 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import png
 import pytest
+import torch
 from PIL import Image
 
 import oftsr
 from oftsr.cli import main
-from oftsr.images import load_image
+from oftsr.images import load_image, save_image
 
 from conftest import make_model
 
@@ -63,13 +66,6 @@ def test_sample_reports_nfe(tmp_path, model_files, inputs, capsys):
     assert load_image(tmp_path / "t.png")[0].shape == (1, 3, 48, 40)
 
 
-def test_wrong_role_and_bad_t_are_clear_errors(tmp_path, model_files, inputs, capsys):
-    assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_files[1]), "-q"]) == 1
-    assert "needs a student model" in capsys.readouterr().err
-    assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_files[0]), "--t", "2", "-q"]) == 1
-    assert "t must be in [0, 1]" in capsys.readouterr().err
-
-
 def test_missing_model_message(tmp_path, inputs, capsys):
     code = main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "none.safetensors")])
     assert code == 2 and "no checkpoint at" in capsys.readouterr().err
@@ -101,3 +97,197 @@ def test_python_m_entry_point():
     assert res.returncode == 0
     for cmd in ("upscale", "sample", "convert", "info", "create"):
         assert cmd in res.stdout
+
+
+# --------------------------------------------------------------------------- bad input fails fast and clearly
+
+def _run_cli(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error(err: str) -> str:
+    """The single `error: ...` line of a failed run; nothing ran, nothing was skipped."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "done in" not in err and "skipped" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("device", ["nonsense", "tpu", "cuda:99", "xpu:5", "mps"])
+def test_unavailable_device_lists_the_available_ones(tmp_path, model_files, inputs, capsys, device):
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_files[0]),
+                             "--device", device, "-q"], capsys)
+    line = _one_error(err)
+    assert code == 2 and f"--device {device}" in line and "available: cpu" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_device_names_that_exist_are_accepted():
+    from oftsr.cli import available_devices, resolve_device
+
+    assert available_devices()[0] == "cpu"
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("auto").type in ("cpu", "cuda", "mps", "xpu")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tile-batch", "-1"], "--tile-batch must be at least 1, got -1"),
+    (["--tile-batch", "0"], "--tile-batch must be at least 1, got 0"),
+    (["--t", "2"], "--t: t must be in [0, 1]"),
+    (["--t", "nan"], "--t: t must be in [0, 1]"),
+    (["--tile", "16"], "--tile: tile must be at least 32 px"),
+    (["--tile", "-5"], "--tile: tile must be at least 32 px"),
+    (["--tile", "128", "--overlap", "100"], "--overlap: overlap must be between 0 and half the tile (64)"),
+    (["--overlap", "-1"], "--overlap: overlap must be between 0 and half the tile"),
+])
+def test_bad_arguments_fail_before_loading_anything(tmp_path, inputs, capsys, argv, message):
+    # the model path does not exist: an argument error must be reported before the model is looked at
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model",
+                             str(tmp_path / "absent.safetensors"), *argv], capsys)
+    assert code == 2 and message in _one_error(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_steps_fail_before_loading_anything(tmp_path, inputs, capsys):
+    code, _, err = _run_cli(["sample", str(inputs), "-o", str(tmp_path / "o"), "--model",
+                             str(tmp_path / "absent.safetensors"), "--steps", "0"], capsys)
+    assert code == 2 and "--steps must be at least 1, got 0" in _one_error(err)
+
+
+def test_wrong_role_names_the_command_to_use(tmp_path, model_files, inputs, capsys, monkeypatch):
+    import oftsr.cli
+
+    monkeypatch.setattr(oftsr.cli, "load_image", lambda *a: pytest.fail("an image was read before the role check"))
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_files[1])], capsys)
+    line = _one_error(err)
+    assert code == 2 and "this is a teacher model; use `oftsr sample`" in line and "sample()" not in line
+    code, _, err = _run_cli(["sample", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_files[0])], capsys)
+    line = _one_error(err)
+    assert code == 2 and "this is a student model; use `oftsr upscale`" in line and "upscale()" not in line
+
+
+def test_unwritable_output_is_reported_before_any_image_is_computed(tmp_path, model_files, inputs, capsys, monkeypatch):
+    import oftsr.cli
+
+    monkeypatch.setattr(oftsr.cli, "upscale", lambda *a, **k: pytest.fail("an image was computed"))
+    (tmp_path / "plain_file").write_text("not a folder")
+    for out in [tmp_path / "plain_file" / "x.png", tmp_path / "plain_file" / "folder"]:
+        code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(out), "--model", str(model_files[0])],
+                                capsys)
+        assert code == 2 and "cannot write" in _one_error(err) and str(tmp_path / "plain_file") in err
+    if Path("/proc").is_dir():
+        code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", "/proc/x/out.png", "--model",
+                                 str(model_files[0])], capsys)
+        assert code == 2 and "cannot write" in _one_error(err)
+
+
+def test_several_inputs_with_a_file_name_output_is_an_error(tmp_path, model_files, inputs, capsys):
+    for args in [[str(inputs / "rgb.png"), str(inputs / "rgba.png")], [str(inputs)]]:
+        code, _, err = _run_cli(["upscale", *args, "-o", str(tmp_path / "two.png"), "--model", str(model_files[0])],
+                                capsys)
+        assert code == 2 and "-o" in _one_error(err) and "folder" in err
+        assert not (tmp_path / "two.png").exists()
+
+
+def test_output_in_the_input_folder_needs_overwrite(tmp_path, model_files, inputs, capsys):
+    before = {p: p.read_bytes() for p in inputs.rglob("*.png")}
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(inputs), "--model", str(model_files[0])], capsys)
+    assert code == 2 and "--overwrite" in _one_error(err)
+    assert {p: p.read_bytes() for p in inputs.rglob("*.png")} == before  # the photographs are untouched
+    # a single file onto itself, by another spelling of the same path
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(inputs / "sub" / ".." / "rgb.png"),
+                             "--model", str(model_files[0])], capsys)
+    assert code == 2 and "--overwrite" in _one_error(err)
+    assert main(["upscale", str(inputs), "-o", str(inputs), "--model", str(model_files[0]), "--overwrite", "-q"]) == 0
+    assert load_image(inputs / "rgb.png")[0].shape == (1, 3, 48, 40)
+
+
+KILL_DURING_SAVE = r"""
+import os, signal, sys
+import numpy as np
+import png
+import torch
+from PIL import ImageFile
+import png
+from oftsr.images import save_image
+
+def die(*args, **kwargs):  # the encoder has started writing: write a little more, then die as under kill -9
+    fp = args[1]
+    fp.write(b"partial data")
+    getattr(fp, "flush", lambda: None)()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+ImageFile._save = die
+png.Writer.write = lambda self, f, rows: die(None, f)
+save_image(torch.rand(3, 64, 64), sys.argv[1], bit_depth=int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("name, depth", [("out.png", 16), ("out.tif", 8)])  # the pypng and the Pillow writer
+def test_killed_save_leaves_no_truncated_file(tmp_path, name, depth):
+    dst = tmp_path / name
+    res = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(dst), str(depth)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == -9, res.stderr  # killed mid-write
+    assert not dst.exists()  # nothing under the final name
+    # an earlier output under the same name stays whole
+    save_image(torch.full((3, 8, 8), 0.5), dst)
+    old = dst.read_bytes()
+    res = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(dst), str(depth)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == -9 and dst.read_bytes() == old
+
+
+# --------------------------------------------------------------------------- defaults and channel/bit-depth round trips
+
+def test_t_default_is_the_middle_of_the_trade_off_and_help_is_plain(capsys):
+    from oftsr.cli import build_parser
+
+    assert build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t == 0.5
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "sp noise" not in help_text and "default 0.5" in help_text
+
+
+def test_gray_alpha_in_gives_gray_alpha_out(tmp_path, model_files, capsys):
+    la = np.stack([np.arange(48, dtype=np.uint8).reshape(6, 8) * 5, np.full((6, 8), 200, np.uint8)], axis=-1)
+    Image.fromarray(la).save(tmp_path / "la.png")
+    assert main(["upscale", str(tmp_path / "la.png"), "-o", str(tmp_path / "la_x4.png"), "--model",
+                 str(model_files[0]), "-q"]) == 0
+    with Image.open(tmp_path / "la_x4.png") as im:
+        assert im.mode == "LA" and im.size == (32, 24)
+        assert np.abs(np.asarray(im)[..., 1].astype(int) - 200).max() <= 1  # alpha upscaled, kept
+
+
+def test_16_bit_input_keeps_16_bits_in_tif_or_says_what_happens(tmp_path, model_files, capsys):
+    gray = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1021 + 7)
+    with open(tmp_path / "g16.png", "wb") as f:
+        png.Writer(8, 8, greyscale=True, bitdepth=16).write(f, gray)
+    assert main(["upscale", str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_x4.tif"), "--model",
+                 str(model_files[0]), "-q"]) == 0
+    out, depth = load_image(tmp_path / "g16_x4.tif")
+    assert depth == 16 and out.shape == (1, 1, 32, 32)
+    assert (out * 65535 % 257).abs().max() > 1  # not 8-bit values scaled up: the low byte carries information
+    assert "warning" not in capsys.readouterr().err
+    rgb = np.random.default_rng(0).integers(0, 65536, (8, 8, 3), dtype=np.uint16)
+    with open(tmp_path / "c16.png", "wb") as f:
+        png.Writer(8, 8, greyscale=False, bitdepth=16).write(f, rgb.reshape(8, 24))
+    assert main(["upscale", str(tmp_path / "c16.png"), "-o", str(tmp_path / "c16_x4.tif"), "--model",
+                 str(model_files[0]), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "8 bits" in err and ".png" in err  # says what happened and how to keep 16 bits
+
+
+def test_quick_start_offers_cpu_wheels_and_ignores_its_output():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    quick_start = readme[readme.index("## Quick start"):readme.index("## Command line")]
+    cpu = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    assert cpu in quick_start and quick_start.index(cpu) < quick_start.rindex("pip install .")  # CPU torch first
+    assert "-o out/" in quick_start and "minutes on 2 CPU cores" in quick_start  # how long the tests take
+    ignored = {line.strip() for line in (root / ".gitignore").read_text().splitlines()}
+    assert ignored & {"out/", "/out/"}  # the quick start's output folder is not picked up by git

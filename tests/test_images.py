@@ -44,7 +44,7 @@ def test_rgba_gray_palette(tmp_path):
     gray = load_image(tmp_path / "gray.png")[0]
     assert gray.shape == (1, 1, 4, 4) and gray.max().item() == pytest.approx(77 / 255)
     Image.new("LA", (3, 3), (10, 20)).save(tmp_path / "la.png")
-    assert load_image(tmp_path / "la.png")[0].shape == (1, 4, 3, 3)
+    assert load_image(tmp_path / "la.png")[0].shape == (1, 2, 3, 3)  # gray + alpha
     Image.new("P", (3, 3)).save(tmp_path / "p.png")
     assert load_image(tmp_path / "p.png")[0].shape == (1, 3, 3, 3)
 
@@ -81,3 +81,40 @@ def test_list_images(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in list_images([tmp_path])] == ["a.jpg", "b.png", "sub/c.webp"]
     with pytest.raises(FileNotFoundError):
         list_images([tmp_path / "missing"])
+
+
+def test_gray_alpha_stays_gray_alpha(tmp_path):
+    la = np.stack([np.full((3, 4), 10, np.uint8), np.full((3, 4), 20, np.uint8)], axis=-1)
+    Image.fromarray(la).save(tmp_path / "la.png")
+    img, depth = load_image(tmp_path / "la.png")
+    assert img.shape == (1, 2, 3, 4) and depth == 8
+    assert torch.allclose(img[0, :, 0, 0], torch.tensor([10 / 255, 20 / 255]))
+    assert save_image(img, tmp_path / "out.png") == 8
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.mode == "LA" and np.array_equal(np.asarray(im), la)
+    arr = np.arange(24, dtype=np.uint16).reshape(3, 8) * 2731  # 16-bit gray + alpha
+    with open(tmp_path / "la16.png", "wb") as f:
+        png.Writer(4, 3, greyscale=True, alpha=True, bitdepth=16).write(f, arr)
+    img16, depth16 = load_image(tmp_path / "la16.png")
+    assert img16.shape == (1, 2, 3, 4) and depth16 == 16
+    assert save_image(img16, tmp_path / "la16_out.png", bit_depth=16) == 16
+    again, _ = load_image(tmp_path / "la16_out.png")
+    assert torch.allclose(again, img16, atol=1e-6)
+
+
+def test_16_bit_tif(tmp_path):
+    gray = torch.arange(48, dtype=torch.float32).reshape(1, 1, 6, 8) * 1367 / 65535
+    assert save_image(gray, tmp_path / "g.tif", bit_depth=16) == 16
+    again, depth = load_image(tmp_path / "g.tif")
+    assert depth == 16 and torch.allclose(again, gray, atol=0.5 / 65535)
+    rgb = torch.rand(1, 3, 6, 8, generator=torch.Generator().manual_seed(0))
+    assert save_image(rgb, tmp_path / "c.tif", bit_depth=16) == 8  # Pillow writes colour TIFF at 8 bits: says so
+    assert save_image(rgb, tmp_path / "c.jpg", bit_depth=16) == 8
+    assert save_image(rgb, tmp_path / "c.png", bit_depth=16) == 16
+    assert load_image(tmp_path / "c.tif")[0].shape == (1, 3, 6, 8)
+
+
+def test_unknown_output_suffix_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"\.xyz.*png"):
+        save_image(torch.rand(3, 4, 4), tmp_path / "a.xyz")
+    assert not list(tmp_path.iterdir())

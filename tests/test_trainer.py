@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -221,3 +222,38 @@ def test_bf16_and_gradient_accumulation(train_dir, tmp_path):
     assert opt["state"][0]["step"] == 2
     model = oftsr.load_model(out / "teacher.safetensors")
     assert model.dtype == torch.float32 and model.step == 2  # mixed precision keeps float32 master weights
+
+
+def test_undecodable_image_is_reported_once_in_total(tmp_path, caplog):
+    """A JPEG cut short passes the header check but fails to decode: reported once when the
+    folder is scanned, not again in every epoch by every loader worker."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"good{i}.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "cut.jpg", quality=95)
+    data = (tmp_path / "cut.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with Image.open(tmp_path / "cut.jpg") as im:
+        im.verify()  # the header check alone lets it through
+    log_file = tmp_path / "log.txt"
+    handler = logging.FileHandler(log_file)  # collects what the forked loader workers log as well
+    logger = logging.getLogger("oftsr.training.data")
+    logger.addHandler(handler)
+    try:
+        ds = SRDataset(tmp_path, resolution=32, scale=4)
+        assert [p.name for p in ds.files] == ["good0.png", "good1.png"]
+        loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, persistent_workers=False)
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            assert sum(len(batch["hr"]) for batch in loader) == 2
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert log_file.read_text().count("cut.jpg") == 1
+
+
+def test_gray_alpha_training_image_gives_gray_rgb_crops(tmp_path):
+    gray = np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)
+    Image.fromarray(np.stack([gray, np.full_like(gray, 128)], axis=-1)).save(tmp_path / "la.png")
+    hr = SRDataset(tmp_path, resolution=32, scale=4)[0]["hr"]
+    assert hr.shape == (3, 32, 32) and torch.equal(hr[0], hr[1]) and torch.equal(hr[1], hr[2])

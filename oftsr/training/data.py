@@ -16,18 +16,27 @@ from ..images import IMAGE_SUFFIXES, load_image
 logger = logging.getLogger(__name__)
 
 
+def _decodes(path: Path) -> None:
+    """Raise if the image does not decode to the end. JPEGs are decoded at 1/8 scale
+    (`draft`): every byte of the data is still read, at a fraction of the cost."""
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+        im.load()
+
+
 def scan_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under `root` (recursive), each checked by opening its header; the
-    format comes from the content, so JPEG data under a .png name is fine. Files that
-    cannot be opened are reported once and left out."""
+    """Image files under `root` (recursive), each decoded once here; the format comes from
+    the content, so JPEG data under a .png name is fine. Files that cannot be decoded
+    (not images, truncated, corrupt) are reported once, here, and left out: a loader
+    worker, restarted every epoch, never meets them."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder {root} does not exist")
     good, bad = [], []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         try:
-            with Image.open(path) as im:
-                im.verify()
+            _decodes(path)
             good.append(path)
         except Exception as e:  # any decoder error means "skip this file"
             bad.append(f"{path.name} ({type(e).__name__})")
@@ -69,8 +78,8 @@ class SRDataset(torch.utils.data.Dataset):
         return len(self.files) * self.repeats
 
     def _load(self, index: int) -> torch.Tensor:
-        # A file that passed the header check can still fail to decode (truncated data):
-        # report it once and use the next one, so a bad file never stops a run.
+        # A file that decoded in the scan can still fail now (changed on disk since): report
+        # it (once per process) and use the next one, so a bad file never stops a run.
         for k in range(len(self.files)):
             path = self.files[(index + k) % len(self.files)]
             try:
@@ -83,8 +92,8 @@ class SRDataset(torch.utils.data.Dataset):
         raise RuntimeError("no training image could be decoded")
 
     def _crop(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if image.shape[0] == 1:
-            image = image.expand(3, -1, -1)
+        if image.shape[0] <= 2:  # gray, or gray + alpha
+            image = image[:1].expand(3, -1, -1)
         image = image[:3]
         r = self.resolution
         h, w = image.shape[-2:]
