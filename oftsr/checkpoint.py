@@ -360,8 +360,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                sigma_p: float | None = None, role: str | None = None, scale: int | None = None,
                degradation: str | None = None, compile: bool = False) -> OFTSRModel:
     """Load our `.safetensors` or an authors' `.pth` (never unpickles arbitrary objects).
-    Keyword overrides win over what the file says. `compile=True` turns on the fast path
-    with `torch.compile` (see `OFTSRModel.optimize`). Returns the model in eval mode."""
+    Keyword overrides win over what the file says. Returns the model in eval mode on the
+    inference fast path for its device (`OFTSRModel.optimize()`: channels_last on CPUs,
+    NCHW on CUDA, again after a move to another device); `compile=True` adds `torch.compile`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -422,6 +423,4 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                        degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
                        objective=str(info.get("objective", "oftsr")))
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    if compile:
-        model.optimize(compile=True)
-    return model
+    return model.optimize(compile=compile)  # the fastest layout and attention path for its device

@@ -66,6 +66,7 @@ class OFTSRModel(nn.Module):
         self.step = int(step)
         self.objective = objective
         self.channels_last = False
+        self.layout_follows_device = False  # set by optimize(channels_last=None)
         self.autocast_dtype: torch.dtype | None = None
         self.__dict__["_compiled"] = None  # kept out of the module tree, so state dicts stay clean
 
@@ -73,17 +74,29 @@ class OFTSRModel(nn.Module):
                  compile: bool = False) -> "OFTSRModel":
         """The inference fast path: the memory layout that is faster on the model's device,
         autocast of float32 weights to bf16/fp16 (GroupNorm statistics stay float32), and,
-        opt-in, `torch.compile` of the UNet.
+        opt-in, `torch.compile` of the UNet. `load_model` returns models already through
+        `optimize()`; `create_model` and the constructor give the plain NCHW model.
 
-        `channels_last=None` picks channels_last on CPUs (oneDNN convolutions, 1.24x for
-        div2k at 256 px) and NCHW on CUDA, where the GroupNorm kernel copies channels_last
-        input to NCHW and back, which made an H100 forward 1.4x slower (bench/bench.py)."""
-        if channels_last is None:
-            channels_last = self.device.type != "cuda"
-        self.channels_last = channels_last
-        self.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        `channels_last=None` picks channels_last on CPUs (oneDNN convolutions, and the
+        attention's token-major view is free) and NCHW on CUDA, where the GroupNorm kernel
+        copies channels_last input to NCHW and back, which made an H100 forward 1.4x slower
+        (bench/bench.py); the choice is made again whenever the model moves to another device."""
+        self.layout_follows_device = channels_last is None
+        self._set_layout(self.device.type != "cuda" if channels_last is None else channels_last)
         self.autocast_dtype = autocast
         self.__dict__["_compiled"] = torch.compile(self.unet, dynamic=False) if compile else None
+        return self
+
+    def _set_layout(self, channels_last: bool) -> None:
+        self.channels_last = channels_last
+        self.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        # Every .to(), .cuda(), .float() ends here: a model whose layout was chosen for its
+        # device takes the new device's layout (a CPU-loaded model moved to CUDA goes NCHW).
+        super()._apply(fn, recurse)
+        if self.layout_follows_device and (self.device.type != "cuda") != self.channels_last:
+            self._set_layout(not self.channels_last)
         return self
 
     @property

@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-__all__ = ["UNetConfig", "UNet", "PRESETS", "timestep_embedding", "count_parameters"]
+__all__ = ["UNetConfig", "UNet", "PRESETS", "timestep_embedding", "count_parameters", "reference_ops"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,11 @@ class GroupNorm32(nn.GroupNorm):
     statistics drift)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(x, self.weight, self.bias)
+
+    def normalize(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        """The norm with other affine parameters (None: none), so that a per-image
+        scale-shift can ride in the same pass over the activations."""
         if (x.dtype in (torch.float16, torch.bfloat16) and x.device.type in ("cuda", "cpu")
                 and not torch.is_grad_enabled()):
             # Half-precision inference: the CUDA and CPU group_norm kernels accumulate mean and
@@ -102,8 +107,8 @@ class GroupNorm32(nn.GroupNorm):
             # output makes a bf16 forward 1.17x faster on an H100 (div2k, 512 px). Training
             # keeps the explicit float32 path below for the affine parameters' gradients.
             with torch.autocast("cuda", enabled=False) if x.is_cuda else contextlib.nullcontext():
-                return F.group_norm(x, self.num_groups, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype), self.eps)
-        return F.group_norm(x.float(), self.num_groups, _cast(self.weight, torch.float32), _cast(self.bias, torch.float32),
+                return F.group_norm(x, self.num_groups, _cast(weight, x.dtype), _cast(bias, x.dtype), self.eps)
+        return F.group_norm(x.float(), self.num_groups, _cast(weight, torch.float32), _cast(bias, torch.float32),
                             self.eps).to(x.dtype)
 
 
@@ -113,6 +118,53 @@ def _cast(p: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 
 def _norm(channels: int) -> GroupNorm32:
     return GroupNorm32(32, channels)
+
+
+_REFERENCE_OPS = False  # set inside `reference_ops()`
+
+
+@contextlib.contextmanager
+def reference_ops() -> Iterator[None]:
+    """Inside this block every UNet runs op for op as ADM's (the authors') code does:
+    channel-major einsum attention, nearest up-sampling before the 3x3 conv, and norm,
+    scale, shift, SiLU and residual add as separate out-of-place ops. Same weights and
+    maths as the default ops, which reorder them for speed; for parity checks and as the
+    baseline of bench/bench.py."""
+    global _REFERENCE_OPS
+    previous, _REFERENCE_OPS = _REFERENCE_OPS, True
+    try:
+        yield
+    finally:
+        _REFERENCE_OPS = previous
+
+
+def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`conv3x3(nearest_upsample_2x(x))` (padding 1) without the up-sampled tensor.
+
+    Each output pixel (2i + a, 2j + b) sees a 3x3 window of the up-sampled image that
+    covers only 2x2 input pixels, so each of the four phases (a, b) is a 2x2 conv of x
+    whose taps are sums of the 3x3 taps: 16 taps per input pixel instead of 36. One conv
+    computes all four phases on the (H + 1, W + 1) grid, and phase (a, b) of output
+    pixel (i, j) is its value at (i + a, j + b)."""
+    cout = weight.shape[0]
+    # Along one axis, phase 0 sees input pixels (i - 1, i) with taps (w0, w1 + w2);
+    # phase 1 sees (i, i + 1) with taps (w0 + w1, w2).
+    rows = [torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], dim=2),
+            torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], dim=2)]
+    phases = [torch.stack([r[..., 0], r[..., 1] + r[..., 2]], dim=-1) if b == 0 else
+              torch.stack([r[..., 0] + r[..., 1], r[..., 2]], dim=-1) for r in rows for b in (0, 1)]
+    w4 = torch.cat(phases).contiguous(memory_format=torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
+    z = F.conv2d(x, w4, None if bias is None else bias.repeat(4), padding=1)
+    n, _, h, w = x.shape
+    out = torch.empty((n, cout, 2 * h, 2 * w), dtype=z.dtype, device=z.device,
+                      memory_format=torch.channels_last if _is_channels_last(z) else torch.contiguous_format)
+    for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        out[:, :, a::2, b::2] = z[:, k * cout:(k + 1) * cout, a:a + h, b:b + w]
+    return out
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -140,9 +192,39 @@ class ResBlock(nn.Module):
             return F.interpolate(x, scale_factor=2, mode="nearest")
         return F.avg_pool2d(x, 2)
 
+    def _scale_shift_norm(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """ADM's `norm(h) * (1 + scale) + shift`, with scale and shift from the time embedding."""
+        norm = self.out_layers[0]
+        scale, shift = self.emb_layers(emb).float().chunk(2, dim=1)  # (B, C) each
+        gain, offset = norm.weight * (1 + scale), norm.bias * (1 + scale) + shift
+        if h.shape[0] == 1:
+            # One image: the scale-shift folds into the norm's affine parameters (two fewer
+            # passes over the activations, 1.1x for the whole CPU forward).
+            return norm.normalize(h, gain[0], offset[0])
+        h = norm.normalize(h, None, None)
+        return torch.addcmul(offset.to(h.dtype)[..., None, None], h, gain.to(h.dtype)[..., None, None])
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if self.up or self.down:
+        if _REFERENCE_OPS:
+            return self._reference_forward(x, emb)
+        inplace = not torch.is_grad_enabled()  # autograd may need the tensors that in-place ops would overwrite
+        h = F.silu(self.in_layers[0](x), inplace=inplace)  # in_layers = norm, SiLU, conv
+        conv = self.in_layers[2]
+        if self.up and not h.is_cuda:
+            # 0.44x the FLOPs of this conv (measured on CPUs; CUDA keeps ADM's order below).
+            h, x = upsample_conv3x3(h, conv.weight, conv.bias), self._resample(x)
+        elif self.up or self.down:
             # ADM resamples after norm+SiLU and before the conv, on both branches.
+            h, x = conv(self._resample(h)), self._resample(x)
+        else:
+            h = conv(h)
+        h = F.silu(self._scale_shift_norm(h, emb), inplace=inplace)  # out_layers = norm, SiLU, dropout, conv
+        h = self.out_layers[3](self.out_layers[2](h))
+        skip = self.skip_connection(x)
+        return h.add_(skip) if inplace else h + skip
+
+    def _reference_forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.up or self.down:
             h = self._resample(self.in_layers[:-1](x))
             x = self._resample(x)
             h = self.in_layers[-1](h)
@@ -156,7 +238,7 @@ class ResBlock(nn.Module):
 
 def legacy_qkv_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Reference attention in ADM's legacy layout (per head: q, k, v stacked on channels).
-    Kept for parity checks and the float32 baseline; the network uses SDPA."""
+    Used inside `reference_ops()`; the network's default is SDPA on token-major q, k, v."""
     b, width, length = qkv.shape
     ch = width // (3 * num_heads)
     q, k, v = qkv.reshape(b * num_heads, 3 * ch, length).split(ch, dim=1)
@@ -167,9 +249,6 @@ def legacy_qkv_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 class AttentionBlock(nn.Module):
-    # Switched off to compare against the legacy einsum path (same weights, same math).
-    use_sdpa: bool = True
-
     def __init__(self, channels: int, num_head_channels: int = 64) -> None:
         super().__init__()
         self.num_heads = max(1, channels // num_head_channels)
@@ -179,15 +258,20 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        flat = x.reshape(b, c, h * w)
-        qkv = self.qkv(self.norm(flat))
-        if self.use_sdpa:
-            # The legacy channel order is (head, q/k/v, head_dim).
-            q, k, v = rearrange(qkv, "b (heads qkv d) l -> qkv b heads l d", heads=self.num_heads, qkv=3)
-            a = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads l d -> b (heads d) l")
-        else:
-            a = legacy_qkv_attention(qkv, self.num_heads)
-        return (flat + self.proj_out(a)).reshape(b, c, h, w)
+        if _REFERENCE_OPS:
+            flat = x.reshape(b, c, h * w)
+            a = legacy_qkv_attention(self.qkv(self.norm(flat)), self.num_heads)
+            return (flat + self.proj_out(a)).reshape(b, c, h, w)
+        # Token-major, (B, H*W, C): a view of channels_last activations, and q, k, v whose head
+        # dimension has unit stride, which SDPA's flash kernels need (with channel-major q/k/v
+        # it falls back to its math path: the whole score matrix in memory, 1.4x slower overall).
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        qkv = F.linear(tokens, self.qkv.weight[..., 0], self.qkv.bias)
+        # The legacy channel order is (head, q/k/v, head_dim).
+        q, k, v = qkv.view(b, h * w, self.num_heads, 3, c // self.num_heads).transpose(1, 2).unbind(3)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        out = F.linear(a, self.proj_out.weight[..., 0], self.proj_out.bias).view(b, h, w, c).permute(0, 3, 1, 2)
+        return x + out
 
 
 class TimestepSequential(nn.Sequential):

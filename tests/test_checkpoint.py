@@ -16,6 +16,8 @@ STUDENT_NAME = "sr_bicubic-sf4-guided_unet-sigma0.2-distil-v_boot-solver_rk2_0.5
 
 
 def _outputs(model):
+    # In one layout (load_model's default is the device's faster one): equal weights, bit-equal outputs.
+    model.optimize(channels_last=False)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
     return model.velocity(x, x.flip(-1), 0.7)

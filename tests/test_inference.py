@@ -208,3 +208,39 @@ def test_bad_tiling_arguments(student):
         oftsr.upscale(student, smooth_image(8, 8), tile=8)
     with pytest.raises(ValueError, match="overlap"):
         oftsr.upscale(student, smooth_image(32, 32), tile=64, overlap=40)
+
+
+# ----------------------------------------------------------------------------- the default fast path
+
+def test_load_model_returns_the_fast_path_matching_the_plain_path(random_unet_weights, tmp_path):
+    from oftsr.unet import reference_ops
+
+    oftsr.save_model(make_model(random_unet_weights), tmp_path / "m.safetensors")
+    fast = oftsr.load_model(tmp_path / "m.safetensors")
+    assert fast.channels_last and fast.layout_follows_device  # the CPU's faster layout, without optimize()
+    assert fast.unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = make_model(random_unet_weights)  # NCHW, as the constructor makes it
+    assert not plain.channels_last
+    x = torch.rand(2, 3, 40, 56) * 2 - 1
+    with torch.inference_mode():
+        with reference_ops():  # ADM's op order and einsum attention
+            expected = plain.velocity(x, x.flip(1), 0.3)
+        for batch in (1, 2):  # one image and a batch take different scale-shift paths
+            v = fast.velocity(x[:batch], x.flip(1)[:batch], 0.3)
+            assert (v - expected[:batch]).abs().max().item() < 1e-5  # tolerance: float32 reassociation only
+    image = smooth_image(24, 32)
+    with reference_ops():
+        reference_image = oftsr.upscale(plain, image, t=1.0, seed=0)
+    assert (oftsr.upscale(fast, image, t=1.0, seed=0) - reference_image).abs().max().item() < 1e-5
+
+
+def test_layout_choice_follows_the_device_on_moves(random_unet_weights):
+    model = make_model(random_unet_weights).optimize()
+    model.double()  # another dtype, same device: the layout stays
+    assert model.channels_last and model.unet.out[2].weight.is_contiguous(memory_format=torch.channels_last)
+    pinned = make_model(random_unet_weights).optimize(channels_last=False)
+    pinned.double()
+    assert not pinned.channels_last and not pinned.layout_follows_device
+    if torch.cuda.is_available():
+        model.cuda()
+        assert not model.channels_last and model.unet.out[2].weight.is_contiguous()  # NCHW on CUDA

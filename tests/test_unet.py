@@ -1,11 +1,13 @@
+import contextlib
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import oftsr
-from oftsr.unet import AttentionBlock, UNet, count_parameters
+from oftsr.unet import UNet, count_parameters, reference_ops, upsample_conv3x3
 
 
 @pytest.mark.parametrize("preset,count", [("ffhq", 93_567_366), ("div2k", 93_567_366), ("imagenet", 552_820_998),
@@ -33,19 +35,47 @@ def test_reproduces_authors_outputs(fixture_dir):
     assert (v - io["expected_v6"][:, :3]).abs().max().item() < 1e-5
 
 
-def test_sdpa_matches_legacy_attention(random_unet_weights):
+@pytest.mark.parametrize("batch", [1, 2])  # one image folds the scale-shift into the norm; a batch does not
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_default_ops_match_reference_ops(random_unet_weights, batch, channels_last):
     unet = UNet(oftsr.PRESETS["tiny"])
     unet.load_state_dict(random_unet_weights)
-    x, t = torch.randn(2, 6, 32, 64), torch.tensor([10.0, 900.0])
+    x, t = torch.randn(batch, 6, 32, 64), torch.tensor([10.0, 900.0][:batch])
     with torch.no_grad():
-        fast = unet(x, t)
-        AttentionBlock.use_sdpa = False
-        try:
+        with reference_ops():  # ADM's einsum attention and op-by-op ResBlocks, NCHW
             legacy = unet(x, t)
-        finally:
-            AttentionBlock.use_sdpa = True
+        if channels_last:
+            unet, x = unet.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        fast = unet(x, t)
     assert fast.abs().mean() > 1e-2  # attention contributes (weights are random, not zero-init)
-    assert (fast - legacy).abs().max().item() < 1e-5
+    assert (fast - legacy).abs().max().item() < 1e-5  # tolerance: float32 reassociation only
+
+
+def test_default_ops_train_like_reference_ops(random_unet_weights):
+    # With gradients on, nothing runs in place, and the gradients are ADM's.
+    unet = UNet(oftsr.PRESETS["tiny"])
+    unet.load_state_dict(random_unet_weights)
+    x, t = torch.randn(2, 6, 16, 16), torch.tensor([10.0, 900.0])
+    grads = []
+    for reference in (True, False):
+        unet.zero_grad()
+        with reference_ops() if reference else contextlib.nullcontext():
+            unet(x, t).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in unet.parameters()]))
+    assert grads[0].abs().max() > 1e-3
+    assert (grads[0] - grads[1]).abs().max().item() < 1e-5 * grads[0].abs().max().item() + 1e-7
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_upsample_conv3x3_equals_upsample_then_conv(memory_format):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 5, 7, generator=g).contiguous(memory_format=memory_format)
+    w, b = torch.randn(4, 8, 3, 3, generator=g), torch.randn(4, generator=g)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, b, padding=1)
+    out = upsample_conv3x3(x, w, b)
+    assert out.shape == (2, 4, 10, 14) and out.is_contiguous(memory_format=memory_format)
+    # tolerance: float32 sums of up to 72 products of unit normals (|y| ~ 10), taps summed first
+    assert (out - expected).abs().max().item() < 3e-5
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (33, 17), (64, 96)])
