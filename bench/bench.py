@@ -4,7 +4,8 @@
     python bench/bench.py                      # CPU-sized defaults
     python bench/bench.py --device cuda --full # every preset and size, on a GPU
 
-Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops.
+Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops,
+baselines (needs spandrel: `pip install 'oftsr[bench]'`).
 Weights are random (the speed of a network does not depend on its values); every
 comparison uses identical weights and inputs.
 """
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import oftsr  # noqa: E402
-from oftsr.unet import AttentionBlock  # noqa: E402
+from oftsr.unet import count_parameters, reference_ops  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) for the model-FLOP-utilisation column.
 GPU_BF16_PEAK = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
@@ -55,6 +56,26 @@ def timed(fn, device: torch.device, repeat: int, warmup: int = 1) -> float:
         sync(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def interleaved(variants: dict, device: torch.device, repeat: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each variant, {name: (setup, fn)}, timed in turns (A, B,
+    A, B, ...) so that load from other processes on a shared machine falls on all alike.
+    `setup` (untimed) puts the model into the variant's state before each call."""
+    for setup, fn in variants.values():
+        setup()
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeat):
+        for name, (setup, fn) in variants.items():
+            setup()
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def random_model(preset: str, role: str, device: torch.device, dtype: torch.dtype = torch.float32) -> oftsr.OFTSRModel:
@@ -188,34 +209,94 @@ def bench_memory(args, device) -> None:
           ["output px", "tiled (512)", "whole image", "one fp32 output image"], rows)
 
 
+def _cpu_has_bf16() -> bool:
+    # AVX512-bf16 or AMX: without them oneDNN emulates bf16 and autocast halves the speed.
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def bench_fastpath(args, device) -> None:
+    """The default path (what `load_model` returns) against the authors' network on the same
+    weights: NCHW float32 with ADM's op-by-op ResBlocks and einsum attention."""
+    half = fastest_dtype(device) if device.type == "cuda" else torch.bfloat16 if _cpu_has_bf16() else None
+    amp = "" if half is None else f" + autocast {str(half).removeprefix('torch.')}"
     rows = []
     for preset in args.presets:
-        size = args.sizes[0]
         model = random_model(preset, "student", device)
-        x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
-        with torch.inference_mode():
-            AttentionBlock.use_sdpa = False
-            model.optimize(channels_last=False)
-            plain = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat)
-            reference = model.velocity(x, x, 0.5)
-            AttentionBlock.use_sdpa = True
-            half = fastest_dtype(device) if device.type == "cuda" else None  # autocast rows on GPUs only
-            amp = "" if half is None else f" + autocast {str(half).removeprefix('torch.')}"
-            variants = [("SDPA", dict(channels_last=False)), ("SDPA + channels_last", dict(channels_last=True))]
+        for size in args.sizes:
+            x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
+
+            def reference_forward() -> torch.Tensor:
+                with reference_ops():
+                    return model.velocity(x, x, 0.5)
+
+            def variant(**opts):
+                return (lambda: model.optimize(**opts), lambda: model.velocity(x, x, 0.5))
+
+            variants = {"authors' network (NCHW fp32, ADM ops)": (lambda: model.optimize(channels_last=False),
+                                                                    reference_forward),
+                        "default (load_model)": variant()}
+            if args.fastpath_layouts:
+                variants["fast ops, NCHW"] = variant(channels_last=False)
+                variants["fast ops, channels_last"] = variant(channels_last=True)
             if half is not None:
-                variants += [("SDPA" + amp, dict(channels_last=False, autocast=half)),
-                             ("SDPA + channels_last" + amp, dict(channels_last=True, autocast=half))]
-            if args.compile:  # on the device's default layout, as `oftsr --compile` runs it
-                variants.append(("default layout" + amp + " + torch.compile", dict(compile=True, autocast=half)))
-            rows.append([preset, "plain fp32, legacy attention", f"{plain * 1e3:.1f}", "1.00", "0"])
-            for name, opts in variants:
-                model.optimize(**opts)
-                sec = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat, warmup=2 if opts.get("compile") else 1)
-                diff = (model.velocity(x, x, 0.5) - reference).abs().max().item()
-                rows.append([preset, name, f"{sec * 1e3:.1f}", f"{plain / sec:.2f}", f"{diff:.1e}"])
-    table(f"Fast path against the plain float32 path (batch {args.batch}, {args.sizes[0]} px), {device_name(device)}",
-          ["preset", "path", "ms / forward", "speed-up", "max |diff|"], rows)
+                variants["default" + amp] = variant(autocast=half)
+            with torch.inference_mode():
+                model.optimize(channels_last=False)
+                reference = reference_forward()
+                secs = interleaved(variants, device, args.repeat)
+                if args.compile:  # on the device's default layout, as `oftsr --compile` runs it
+                    amp_dtype = half if device.type == "cuda" else None
+                    start = time.perf_counter()
+                    model.optimize(compile=True, autocast=amp_dtype).velocity(x, x, 0.5)
+                    first = time.perf_counter() - start
+                    compiled = model.__dict__["_compiled"]
+
+                    def use_compiled() -> None:
+                        model.optimize(autocast=amp_dtype)
+                        model.__dict__["_compiled"] = compiled
+
+                    name = f"default{amp if amp_dtype else ''} + torch.compile (first call {first:.0f} s)"
+                    variants[name] = (use_compiled, variants["default (load_model)"][1])
+                    authors = "authors' network (NCHW fp32, ADM ops)"
+                    secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device, args.repeat)[name]
+                for name, (setup, fn) in variants.items():
+                    setup()
+                    diff = (fn() - reference).abs().max().item()
+                    base = secs["authors' network (NCHW fp32, ADM ops)"]
+                    rows.append([preset, f"{size}", name, f"{secs[name] * 1e3:.1f}", f"{base / secs[name]:.2f}", f"{diff:.1e}"])
+    table(f"Fast path against the authors' network, identical weights and inputs (batch {args.batch}, median of "
+          f"{args.repeat} interleaved runs), {device_name(device)}",
+          ["preset", "px", "path", "ms / forward", "speed-up", "max |diff|"], rows)
+
+
+def bench_baselines(args, device) -> None:
+    """What ComfyUI users run instead, at the same output size: ESRGAN x4 (RRDBNet) and
+    Real-ESRGAN's SRVGGNetCompact x4 (realesr-general-x4v3's shape), built with spandrel's
+    architectures (random weights: speed does not depend on them) and run as spandrel runs
+    them (NCHW float32), against the bundled-size `compact` student's whole `upscale` call."""
+    try:
+        from spandrel.architectures.Compact import Compact
+        from spandrel.architectures.ESRGAN import ESRGAN
+    except ImportError:
+        print("\n(baselines skipped: spandrel is not installed; `pip install 'oftsr[bench]'`)")
+        return
+    student = random_model("compact", "student", device).optimize()
+    others = {"ESRGAN x4 (RRDBNet)": ESRGAN(num_filters=64, num_blocks=23, scale=4),
+              "Real-ESRGAN SRVGGNetCompact x4": Compact(num_feat=64, num_conv=32, upscale=4)}
+    others = {name: net.to(device).eval() for name, net in others.items()}
+    rows = []
+    for size in args.sizes:
+        lr = torch.rand(1, 3, size // 4, size // 4, device=device)
+        variants = {"OFTSR compact student, one step": (lambda: None, lambda: oftsr.upscale(student, lr))}
+        variants |= {name: (lambda: None, lambda net=net: net(lr)) for name, net in others.items()}
+        with torch.inference_mode():
+            secs = interleaved(variants, device, args.repeat)
+        ours = secs["OFTSR compact student, one step"]
+        nets = {"OFTSR compact student, one step": student, **others}
+        rows += [[name, f"{count_parameters(nets[name]) / 1e6:.1f} M", f"{size}", f"{sec * 1e3:.0f}", f"{sec / ours:.2f}"]
+                 for name, sec in secs.items()]
+    table(f"x4 networks ComfyUI users run instead, same output size (batch 1, median of {args.repeat} interleaved "
+          f"runs), {device_name(device)}", ["network", "parameters", "output px", "ms / image", "x our time"], rows)
 
 
 def bench_flops(args, device) -> None:
@@ -229,7 +310,7 @@ def bench_flops(args, device) -> None:
 
 
 SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_vs_teacher, "tiling": bench_tiling,
-            "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops}
+            "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops, "baselines": bench_baselines}
 
 
 def main() -> None:
@@ -250,6 +331,7 @@ def main() -> None:
     p.add_argument("--untiled_limit", type=int, default=1024, help="largest whole-image run in the memory table "
                    "(a whole 2048 px image needs more than 24 GiB on a CPU: attention over 65k positions)")
     p.add_argument("--compile", action="store_true", help="include torch.compile in the fast-path table")
+    p.add_argument("--fastpath_layouts", action="store_true", help="fast-path rows for each layout, not only the default")
     args = p.parse_args()
     device = torch.device(args.device)
     full = args.full or device.type == "cuda"
