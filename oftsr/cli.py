@@ -258,7 +258,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lpips, note = make_lpips(device)
     rows = evaluate(models, args.data, ts=args.t, steps=args.steps, solver=args.solver, seed=args.seed,
                     tile=args.tile or None, lpips=lpips, log=lambda s: None if args.quiet else print(s, file=sys.stderr),
-                    baselines=baselines, lr_dir=args.lr_dir)
+                    baselines=baselines, lr_dir=args.lr_dir, per_image_csv=Path(args.out) / "per_image.csv")
     lr_source = "LR as given" if paired else models[0].degradation
     title = f"{Path(args.data).name}, x{models[0].scale} {lr_source}, {device.type}"
     md, csv_path = write_tables(rows, Path(args.out), note, title)

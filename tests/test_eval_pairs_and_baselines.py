@@ -3,6 +3,7 @@ networks (`--baseline dat-light`, `--baseline realesrgan`)."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import struct
 
@@ -80,6 +81,14 @@ def test_cli_eval_on_pairs(pairs, tmp_path, capsys):
     assert bicubic.mean("psnr_y") == pytest.approx(sum(given) / 3, abs=0.006)  # the table rounds to 0.01
     assert (student.method, student.t) == ("student", 0.0)
     assert "LR as given" in (tmp_path / "ev" / "results.md").read_text()
+    # every image's scores, written as each image is done (a stopped run keeps them)
+    with open(tmp_path / "ev" / "per_image.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert [(r["image"], r["method"], r["t"]) for r in records] == [
+        (f"img{k}.png", method, t) for k in range(3) for method, t in (("bicubic", ""), ("student", "0"))]
+    assert [float(r["PSNR Y"]) for r in records if r["method"] == "bicubic"] == pytest.approx(given, abs=1e-4)
+    assert sum(float(r["PSNR Y"]) for r in records if r["method"] == "student") / 3 == pytest.approx(
+        student.mean("psnr_y"), abs=0.006)
     capsys.readouterr()
     (pairs / "LR" / "img2.png").unlink()
     assert main(["eval", "--model", "x4-student", "--data", str(pairs / "HR"), "--lr-dir", str(pairs / "LR"),

@@ -104,13 +104,16 @@ def baseline_upsample(lr: torch.Tensor, scale: int, degradation: str = "bicubic"
 def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], steps: int = 16, solver: str = "midpoint",
              seed: int = 0, tile: int | None = None, lpips: LPIPS | None = None,
              log: Callable[[str], None] = print, baselines: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-             lr_dir: str | Path | None = None, scale: int | None = None) -> list[Row]:
+             lr_dir: str | Path | None = None, scale: int | None = None,
+             per_image_csv: str | Path | None = None) -> list[Row]:
     """One row for bicubic, one per teacher (at `steps`/`solver`), one per student and t,
     and one per baseline (name -> function from LR to SR, both in [0, 1]).
 
     The HR images of `data` are degraded with the models' degradation, unless the LR is
     given: `lr_dir`, or `data` holding HR/ and LR/ subfolders (real pairs, used as they are).
-    `scale` is needed only when there are no models (baselines alone)."""
+    `scale` is needed only when there are no models (baselines alone). `per_image_csv`
+    receives every image's scores as soon as they are computed, so a long run that is
+    stopped still leaves its results."""
     if not models and scale is None:
         raise ValueError("evaluate needs models, or the scale of the baselines")
     scale = models[0].scale if models else scale
@@ -145,6 +148,10 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
                     hr) for k, (name, hr) in enumerate(_hr_images(data, scale))]
 
     device = models[0].device if models else torch.device("cpu")
+    if per_image_csv is not None:
+        Path(per_image_csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(per_image_csv, "w", newline="") as f:
+            csv.writer(f).writerow(["image", "method", "t", *SCORE_COLUMNS])
     for name, lr, hr in triples:
         outputs = [(rows[0], baseline_upsample(lr, scale, degradation), 0.0)]
         for row, run in runs:
@@ -161,6 +168,12 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
             row.scores["sec"].append(sec)
         log(f"{name}: " + ", ".join(f"{r.method}{'' if r.t is None else f' t={r.t:g}'} {r.scores['psnr_y'][-1]:.2f} dB"
                                    for r, _, _ in outputs))
+        if per_image_csv is not None:
+            with open(per_image_csv, "a", newline="") as f:
+                csv.writer(f).writerows(
+                    [name, r.method, "" if r.t is None else f"{r.t:g}",
+                     *(f"{r.scores[k][-1]:.6g}" if r.scores[k] else "" for k in SCORE_COLUMNS.values())]
+                    for r, _, _ in outputs)
     return rows
 
 
