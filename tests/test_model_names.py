@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import oftsr
@@ -71,3 +72,17 @@ def test_cli_upscale_and_sample_by_name(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: the x4-real ") and "not bundled in this version" in err
         assert not (tmp_path / "e.png").exists()
+
+
+def test_half_precision_files_load_as_float32(tmp_path, capsys):
+    """The recipe ships fp16 files (oftsr convert --dtype fp16): half the size, the same
+    metadata, and the loader casts the weights back to float32."""
+    source = oftsr.bundled_model_path("x4", "student")
+    assert main(["convert", str(source), str(tmp_path / "half.safetensors"), "--dtype", "fp16"]) == 0
+    assert (tmp_path / "half.safetensors").stat().st_size < 0.51 * source.stat().st_size
+    full, half = oftsr.load_model(source), oftsr.load_model(tmp_path / "half.safetensors")
+    assert half.dtype == torch.float32
+    assert (half.role, half.scale, half.sigma_p, half.degradation, half.step) == (
+        full.role, full.scale, full.sigma_p, full.degradation, full.step)
+    for p, q in zip(full.parameters(), half.parameters()):
+        assert torch.equal(q, p.half().float())
