@@ -7,7 +7,8 @@
 Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops,
 baselines (needs spandrel: `pip install 'oftsr[bench]'`).
 Weights are random (the speed of a network does not depend on its values); every
-comparison uses identical weights and inputs.
+comparison uses identical weights and inputs. The memory section runs `oftsr upscale`
+with the bundled student, and with a stand-in network for photographs too big for it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -177,36 +180,71 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _memory_child(preset: str, size: int, tile: int, device: str) -> None:
+class StandInNetwork(torch.nn.Module):
+    """A 3x3 convolution with the UNet's interface, for memory rows where the real network
+    would take hours on a CPU (a 12 MP photo at x4 is about 1000 tile forwards). Its
+    per-tile memory is small and constant, as the real network's is for a fixed tile, so
+    the rows measure what grows with the image: the result, the input and the bands."""
+
+    config = SimpleNamespace(size_multiple=8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(6, 6, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _memory_child(network: str, src: str, dst: str, tile: int, device: str) -> None:
+    """`oftsr upscale src -o dst` in this fresh process, as a user runs it (the file is
+    read, upscaled and written); with the stand-in, only the network is replaced."""
+    from oftsr import cli
+
     dev = torch.device(device)
-    model = random_model(preset, "student", dev).optimize()
-    image = torch.rand(1, 3, size // 4, size // 4, device=dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    oftsr.upscale(model, image, tile=tile or None)
-    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss()
-    print(json.dumps({"peak": peak}))
+    if network == "stand-in":
+        torch.set_num_threads(1)  # a 3x3 convolution gains nothing from threads; on a shared CPU they only wait
+        cli._load = lambda args, role: oftsr.OFTSRModel(StandInNetwork(), sigma_p=0.2, role="student",
+                                                         scale=4).to(dev).eval()
+    start = time.perf_counter()
+    code = cli.main(["upscale", src, "-o", dst, "--tile", str(tile), "--device", device, "-q"])
+    seconds = time.perf_counter() - start
+    cuda = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
+    print(json.dumps({"code": code, "peak_rss": _peak_rss(), "cuda": cuda, "seconds": seconds}))
+
+
+def _photo_size(megapixels: float) -> tuple[int, int]:
+    """Width and height of a 4:3 photograph of about this many megapixels (multiples of 8)."""
+    h = round((megapixels * 1e6 * 3 / 4) ** 0.5 / 24) * 24
+    return h * 4 // 3, h
 
 
 def bench_memory(args, device) -> None:
+    """Peak memory of `oftsr upscale` (x4) on photographs of 1, 4 and 12 MP, each in a fresh
+    process: the bundled student up to --memory_real_mp, a stand-in network for all sizes."""
+    import numpy as np
+    from PIL import Image
+
     rows = []
-    for size in args.memory_sizes:
-        cells = [f"{size}"]
-        for tile in (512, 0):
-            if tile == 0 and size > args.untiled_limit:
-                cells.append("(skipped)")
-                continue
-            out = subprocess.run([sys.executable, __file__, "--_memory_child", args.presets[0], str(size), str(tile),
-                                  str(device)], capture_output=True, text=True, timeout=3600)
-            if out.returncode != 0:
-                cells.append("failed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:60])
-                continue
-            cells.append(f"{json.loads(out.stdout.strip().splitlines()[-1])['peak'] / 2**20:.0f}")
-        cells.append(f"{3 * size * size * 4 / 2**20:.0f}")
-        rows.append(cells)
-    what = "CUDA max allocated" if device.type == "cuda" else "peak RSS of a fresh process"
-    table(f"Peak memory (MiB, {what}) against output size ({args.presets[0]}), {device_name(device)}",
-          ["output px", "tiled (512)", "whole image", "one fp32 output image"], rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        for mp in args.memory_mp:
+            w, h = _photo_size(mp)
+            src, dst = Path(tmp) / f"in_{mp}.png", Path(tmp) / f"out_{mp}.png"
+            rng = np.random.default_rng(0)  # smooth random colours: a photograph's content does not matter here
+            Image.fromarray(rng.integers(0, 256, (h // 64, w // 64, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC).save(src)
+            for network in (["bundled student", "stand-in"] if mp <= args.memory_real_mp else ["stand-in"]):
+                out = subprocess.run([sys.executable, __file__, "--_memory_child", network, str(src), str(dst),
+                                      str(args.memory_tile), str(device)], capture_output=True, text=True, timeout=7200)
+                cells = [f"{w}x{h} ({w * h / 1e6:.1f} MP)", f"{4 * w}x{4 * h} ({16 * w * h / 1e6:.0f} MP)", network]
+                result = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"code": "?"}
+                if result["code"] != 0:
+                    rows.append(cells + ["failed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:80], "", ""])
+                    continue
+                cuda = "" if result["cuda"] is None else f"{result['cuda'] / 2**20:.0f}"
+                rows.append(cells + [f"{result['peak_rss'] / 2**20:.0f}", cuda, f"{result['seconds']:.0f}"])
+    table(f"Peak memory of `oftsr upscale` (x4, --tile {args.memory_tile}, 8-bit PNG in and out, a fresh process "
+          f"each), {device_name(device)}",
+          ["input", "output", "network", "peak RSS (MiB)", "CUDA max allocated (MiB)", "s"], rows)
 
 
 def _cpu_has_bf16() -> bool:
@@ -315,7 +353,7 @@ SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_memory_child":
-        _memory_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        _memory_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -327,9 +365,10 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--teacher_steps", type=int, default=16)
     p.add_argument("--tiling_size", type=int, default=2048)
-    p.add_argument("--memory_sizes", nargs="+", type=int, default=[512, 1024, 2048, 4096])
-    p.add_argument("--untiled_limit", type=int, default=1024, help="largest whole-image run in the memory table "
-                   "(a whole 2048 px image needs more than 24 GiB on a CPU: attention over 65k positions)")
+    p.add_argument("--memory_mp", nargs="+", type=float, default=[1, 4, 12], help="input photo sizes (megapixels)")
+    p.add_argument("--memory_real_mp", type=float, default=1,
+                   help="largest input run with the bundled student in the memory table (the rest: a stand-in network)")
+    p.add_argument("--memory_tile", type=int, default=512)
     p.add_argument("--compile", action="store_true", help="include torch.compile in the fast-path table")
     p.add_argument("--fastpath_layouts", action="store_true", help="fast-path rows for each layout, not only the default")
     args = p.parse_args()

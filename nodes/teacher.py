@@ -51,6 +51,6 @@ class OFTSRTeacherSampler(io.ComfyNode):
 
         units = ADAPTIVE_NFE_GUESS if solver == "adaptive" else int(steps)
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, units=lambda t, o: units,
-                            states=12 if solver == "adaptive" else 4)
+                            states=14 if solver == "adaptive" else 6)  # x0's start and the solver's stages
         log.info("%s: %s network evaluations", NAME, info.get("nfe"))
         return io.NodeOutput(finish(out, x, color_fix))

@@ -176,7 +176,9 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
                 image, depth = load_image(src)
                 gray_alpha = image.shape[1] == 2  # the network sees RGB; gray + alpha comes back as such
                 progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
-                result = run(model, _as_rgba(image) if gray_alpha else image, progress)
+                # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
+                levels = torch.uint16 if depth == 16 else torch.uint8
+                result = run(model, _as_rgba(image) if gray_alpha else image, progress, levels)
                 written = save_image(_as_gray_alpha(result) if gray_alpha else result, dst, bit_depth=depth)
                 if written < depth:
                     tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth}: this "
@@ -197,8 +199,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if model.ignores_t:
         print(f"warning: this student was distilled with {model.objective}, a fixed-point one-step map: "
               f"it ignores --t (every t gives the same image)", file=sys.stderr)
-    run = lambda m, im, cb: upscale(m, im, t=args.t, seed=args.seed, tile=args.tile or None, overlap=args.overlap,  # noqa: E731
-                                    tile_batch=args.tile_batch, callback=cb)
+    run = lambda m, im, cb, dt: upscale(m, im, t=args.t, seed=args.seed, tile=args.tile or None,  # noqa: E731
+                                        overlap=args.overlap, tile_batch=args.tile_batch, callback=cb, out_dtype=dt)
     return _run_images(args, model, run, files, targets)
 
 
@@ -206,9 +208,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     files, targets = _prepare(args)
     model = _load(args, "teacher")
     nfe: dict = {}
-    run = lambda m, im, cb: sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed,  # noqa: E731
-                                   tile=args.tile or None, overlap=args.overlap, tile_batch=args.tile_batch,
-                                   callback=cb, info=nfe)
+    run = lambda m, im, cb, dt: sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed,  # noqa: E731
+                                       tile=args.tile or None, overlap=args.overlap, tile_batch=args.tile_batch,
+                                       callback=cb, info=nfe, out_dtype=dt)
     code = _run_images(args, model, run, files, targets)
     if "nfe" in nfe and not args.quiet:
         print(f"network evaluations per image: {nfe['nfe']}")

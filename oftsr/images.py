@@ -77,11 +77,24 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].clamp(0, 1), depth
 
 
+def _levels(image: torch.Tensor, bits: int) -> np.ndarray:
+    """(C, H, W) -> (H, W, C) uint8 / uint16 file levels. A float tensor in [0, 1] is rounded;
+    a uint8 / uint16 one (as `upscale(out_dtype=...)` returns big images, without a float
+    copy) is taken as it is, or rescaled between 8 and 16 bits with the same rounding."""
+    peak, dtype = (65535, np.uint16) if bits == 16 else (255, np.uint8)
+    if image.dtype in (torch.uint8, torch.uint16):
+        arr = image.detach().permute(1, 2, 0).cpu().numpy()
+        have = 255 if image.dtype == torch.uint8 else 65535
+        return arr if have == peak else np.round(arr.astype(np.float32) * (peak / have)).astype(dtype)
+    return np.round(image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * peak).astype(dtype)
+
+
 def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8) -> int:
-    """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1] (C = 1, 2, 3 or 4), in the format
-    the suffix names, atomically. Returns the bit depth written: `bit_depth=16` gives 16 as
-    PNG (any channels) or grayscale TIFF, and 8 otherwise (JPEG, WebP and BMP have 8 bits;
-    Pillow writes colour TIFF with 8) -- the caller can say so."""
+    """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1], or of uint8 / uint16 levels
+    (C = 1, 2, 3 or 4), in the format the suffix names, atomically. Returns the bit depth
+    written: `bit_depth=16` gives 16 as PNG (any channels) or grayscale TIFF, and 8
+    otherwise (JPEG, WebP and BMP have 8 bits; Pillow writes colour TIFF with 8) -- the
+    caller can say so."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -92,20 +105,19 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
         if image.shape[0] != 1:
             raise ValueError(f"save_image writes one image, got a batch of {image.shape[0]}")
         image = image[0]
-    arr = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-    h, w, c = arr.shape
+    c, h, w = image.shape
     with atomic_write(path) as tmp:
         if bit_depth == 16 and fmt == "PNG":
             import png
 
-            data = np.round(arr * 65535).astype(np.uint16).reshape(h, w * c)
+            data = _levels(image, 16).reshape(h, w * c)
             with open(tmp, "wb") as f:
                 png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(f, data)
             return 16
         if bit_depth == 16 and fmt == "TIFF" and c == 1:
-            Image.fromarray(np.round(arr[..., 0] * 65535).astype(np.uint16)).save(tmp, format=fmt)  # mode I;16
+            Image.fromarray(_levels(image, 16)[..., 0]).save(tmp, format=fmt)  # mode I;16
             return 16
-        data = np.round(arr * 255).astype(np.uint8)
+        data = _levels(image, 8)
         im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
         if fmt == "JPEG":  # no alpha in JPEG
             im = im.convert("L" if c <= 2 else "RGB")

@@ -11,15 +11,17 @@ from typing import Callable
 
 import torch
 
-from .resample import bicubic_resize, upsample_lr
 from .flow import T_EPS, noise_augment, student_step, time_grid
 from .model import OFTSRModel
+from .noise import region_noise
+from .resample import upsample_lr_region
 from .sampling import CountNFE, get_sampler
-from .tiling import tiled_apply
+from .tiling import Box, blend_tiles, crop_tiles, tiled_apply
 
-__all__ = ["upscale", "sample", "velocity_field"]
+__all__ = ["upscale", "sample", "velocity_field", "OUTPUT_DTYPES"]
 
 Callback = Callable[[int, int], None]
+_WRITE_ROWS = 256  # rows of the teacher's final state converted at a time
 
 
 def check_t(t: float) -> float:
@@ -47,20 +49,48 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
     return image[:, :3], (image[:, 3:] if c == 4 else None), False
 
 
-def _join_channels(rgb: torch.Tensor, alpha: torch.Tensor | None, gray: bool) -> torch.Tensor:
-    if gray:
-        return rgb.mean(dim=1, keepdim=True)
-    if alpha is not None:
-        alpha = bicubic_resize(alpha, tuple(rgb.shape[-2:])).clamp(0, 1)
-        return torch.cat([rgb, alpha], dim=1)
-    return rgb
+# What `upscale` and `sample` can return. uint8/uint16 hold exactly what an 8/16-bit file
+# stores (the same rounding as `images.save_image`), in a quarter/half of float32's
+# memory: the form for big photographs (a 12 MP photo at x4 is 192 MP, 2.3 GB as float32).
+OUTPUT_DTYPES = {torch.float32: 1.0, torch.uint8: 255.0, torch.uint16: 65535.0}
 
 
-def _start(model: OFTSRModel, rgb: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x0 and x_lr at HR size in [-1, 1]. The noise is drawn on the CPU for the whole
-    image from `seed`, so results do not depend on device or tiling."""
-    x_lr = upsample_lr(rgb.to(model.device) * 2 - 1, model.scale, model.degradation)
-    noise = torch.randn(x_lr.shape, generator=torch.Generator().manual_seed(int(seed))).to(x_lr.device)
+class _Output:
+    """The result buffer, filled band by band from x1 (in [-1, 1], unclamped): clamp to
+    [0, 1], grayscale or alpha as the input had it, and rounding for integer dtypes. The
+    alpha band is up-sampled from the input's alpha on the fly (antialiased bicubic)."""
+
+    def __init__(self, image: torch.Tensor, alpha: torch.Tensor | None, gray: bool, scale: int,
+                 dtype: torch.dtype) -> None:
+        if dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"out_dtype must be one of {', '.join(map(str, OUTPUT_DTYPES))}, got {dtype}")
+        b, c, h, w = image.shape
+        self.alpha, self.gray, self.scale, self.peak = alpha, gray, scale, OUTPUT_DTYPES[dtype]
+        self.out = torch.empty(b, 1 if gray else c, h * scale, w * scale, dtype=dtype, device=image.device)
+
+    def write(self, top: int, x1: torch.Tensor) -> None:
+        rows = x1.clamp(-1, 1).add_(1).div_(2)  # in place after the first copy: these are bands of the image width
+        if self.gray:
+            rows = rows.mean(dim=1, keepdim=True)
+        if self.alpha is not None:
+            a = upsample_lr_region(self.alpha, self.scale, "bicubic", top, 0, rows.shape[-2], rows.shape[-1])
+            rows = torch.cat([rows, a.clamp(0, 1)], dim=1)
+        if self.peak != 1.0:
+            rows = rows.mul_(self.peak).round_()
+        self.out[:, :, top:top + rows.shape[-2]] = rows.to(self.out.device, self.out.dtype)
+
+
+def _condition(model: OFTSRModel, lr: torch.Tensor, boxes: list[Box], height: int, width: int) -> torch.Tensor:
+    """x_lr of tiles: the LR image (in [-1, 1]) up-sampled as the model was trained."""
+    return torch.cat([upsample_lr_region(lr, model.scale, model.degradation, y, x, height, width) for y, x in boxes])
+
+
+def _start(model: OFTSRModel, lr: torch.Tensor, seed: int, boxes: list[Box], height: int,
+           width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 and x_lr of tiles. The noise is a function of the seed and the output pixel
+    (`region_noise`), so it is the same whatever the tiling and the device."""
+    x_lr = _condition(model, lr, boxes, height, width)
+    noise = torch.cat([region_noise(seed, lr.shape[0], y, x, height, width) for y, x in boxes]).to(x_lr.device)
     return noise_augment(x_lr, model.sigma_p, noise), x_lr
 
 
@@ -79,38 +109,73 @@ def _require_role(model: OFTSRModel, role: str, use: str) -> None:
 
 @torch.inference_mode()
 def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 1.0, seed: int = 0, tile: int | None = None,
-            overlap: int | None = None, tile_batch: int = 1, callback: Callback | None = None) -> torch.Tensor:
+            overlap: int | None = None, tile_batch: int = 1, callback: Callback | None = None,
+            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One-step super-resolution with the student: x1 = x0 + (1 - 0.001) v(x0, x_lr, t).
     t = 0 favours fidelity (smooth, high PSNR), t = 1 realism (detail). `tile` and
-    `overlap` are in output pixels. Returns (B, C, scale*H, scale*W) in [0, 1]."""
+    `overlap` are in output pixels. Returns (B, C, scale*H, scale*W) on the image's
+    device: in [0, 1] for float32, 0..255 / 0..65535 for `out_dtype` uint8 / uint16.
+
+    Each tile computes its own noise, condition and result, and finished rows go
+    straight into the result, so beyond it memory is bounded by the tile (times the
+    image width), whatever the image size."""
     _require_role(model, "student", "upscale()")
     t = check_t(t)
     if model.ignores_t:  # FlowSR/FluxSR: x1 = f(x0, T_EPS), the start of the flow, whatever t is asked
         t = T_EPS
     rgb, alpha, gray = _split_channels(image)
-    x0, x_lr = _start(model, rgb, seed)
-    v = velocity_field(model, x0, x_lr, t, tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
-    out = (student_step(x0, v).clamp(-1, 1) + 1) / 2
-    return _join_channels(out, None if alpha is None else alpha.to(out.device), gray).to(image.device)
+    result = _Output(image, None if alpha is None else alpha.to(model.device), gray, model.scale, out_dtype)
+    lr = rgb.to(model.device) * 2 - 1
+    b, _, h, w = result.out.shape
+
+    def tile_fn(boxes: list[Box], height: int, width: int) -> torch.Tensor:
+        x0, x_lr = _start(model, lr, seed, boxes, height, width)
+        return student_step(x0, model.velocity(x0, x_lr, t))
+
+    blend_tiles(tile_fn, b, h, w, result.write, tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
+    return result.out
 
 
 @torch.inference_mode()
 def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: str = "midpoint", seed: int = 0,
            tile: int | None = None, overlap: int | None = None, tile_batch: int = 1,
-           callback: Callback | None = None, info: dict | None = None) -> torch.Tensor:
+           callback: Callback | None = None, info: dict | None = None,
+           out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Multi-step super-resolution with the teacher, integrating the flow from t = 0.001
     to 1 on the grid t_i = i/N (1 - 0.001) + 0.001. `solver`: euler (NFE N), midpoint or
     heun (NFE 2N - 1), adaptive (dopri5, rtol = atol = 1e-3; `steps` ignored).
-    The callback gets (step, steps); `info["nfe"]` receives the evaluation count."""
+    The callback gets (step, steps); `info["nfe"]` receives the evaluation count.
+    `out_dtype` as for `upscale`.
+
+    The solver needs the whole state x_t between steps: it is kept in float32 (the
+    steps add small increments) with the solver's few stage buffers; the condition is
+    computed per tile and not stored."""
     _require_role(model, "teacher", "sample()")
     sampler = get_sampler(solver)
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     rgb, alpha, gray = _split_channels(image)
-    x0, x_lr = _start(model, rgb, seed)
-    fn = CountNFE(lambda x, t: velocity_field(model, x, x_lr, t, tile=tile, overlap=overlap, tile_batch=tile_batch))
+    result = _Output(image, None if alpha is None else alpha.to(model.device), gray, model.scale, out_dtype)
+    lr = rgb.to(model.device) * 2 - 1
+    b, _, h, w = result.out.shape
+    x0 = _start(model, lr, seed, [(0, 0)], h, w)[0]
+
+    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+        v = torch.empty_like(x)
+
+        def write(top: int, rows: torch.Tensor) -> None:
+            v[..., top:top + rows.shape[-2], :] = rows
+
+        def tile_fn(boxes: list[Box], height: int, width: int) -> torch.Tensor:
+            return model.velocity(crop_tiles(x, boxes, height, width), _condition(model, lr, boxes, height, width), t)
+
+        blend_tiles(tile_fn, b, h, w, write, tile=tile, overlap=overlap, tile_batch=tile_batch)
+        return v
+
+    fn = CountNFE(velocity)
     x1 = sampler(fn, x0, time_grid(int(steps), T_EPS), callback=callback)
     if info is not None:
         info["nfe"] = fn.nfe
-    out = (x1.clamp(-1, 1) + 1) / 2
-    return _join_channels(out, None if alpha is None else alpha.to(out.device), gray).to(image.device)
+    for top in range(0, h, _WRITE_ROWS):
+        result.write(top, x1[..., top:top + _WRITE_ROWS, :])
+    return result.out

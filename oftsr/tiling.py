@@ -1,7 +1,6 @@
 """Overlapping, feathered tiles: apply a function to crops of same-sized images and
-blend the results with linear ramps in the overlaps, so memory is bounded by the tile
-and there are no seams. Tiles are cut from whole-image tensors, so anything drawn for
-the whole image (the sp noise) is the same tiled or not."""
+blend the results with linear ramps in the overlaps, so there are no seams. The blend
+is streamed in bands of rows, so memory is bounded by the tile, not the image."""
 
 from __future__ import annotations
 
@@ -50,36 +49,82 @@ def check_tiling(tile: int | None, overlap: int | None) -> tuple[int | None, int
     return tile, overlap
 
 
-def tiled_apply(fn: Callable[..., torch.Tensor], *images: torch.Tensor, tile: int | None, overlap: int | None = None,
-                tile_batch: int = 1, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """`fn(*crops) -> out crop` over tiles of `images` (all (B, C_i, H, W)), blended.
-    `tile_batch` tiles go through `fn` at once (stacked on the batch axis)."""
+Box = tuple[int, int]  # (top, left) of a tile, in pixels
+TileFn = Callable[[list[Box], int, int], torch.Tensor]
+
+
+def crop_tiles(image: torch.Tensor, boxes: list[Box], height: int, width: int) -> torch.Tensor:
+    """The tiles of `image` at `boxes`, stacked on the batch axis."""
+    return torch.cat([image[..., y:y + height, x:x + width] for y, x in boxes])
+
+
+def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable[[int, torch.Tensor], None], *,
+                tile: int | None, overlap: int | None = None, tile_batch: int = 1,
+                callback: Callable[[int, int], None] | None = None) -> None:
+    """Cover a (height, width) image with overlapping tiles, compute each with
+    `fn(boxes, tile_h, tile_w) -> (len(boxes) * batch, C, tile_h, tile_w)` and hand the
+    feathered blend to `write(top, rows)` band by band, top to bottom (`rows` is
+    (batch, C, n, width) float32). Only one row of tiles is held at a time, so memory is
+    bounded by the tile height times the width; no tiling is one tile. `tile_batch`
+    tiles of a row go through `fn` at once."""
     tile, overlap = check_tiling(tile, overlap)
-    b, _, h, w = images[0].shape
-    if tile is None or (h <= tile and w <= tile):
-        out = fn(*images)
+    if int(tile_batch) < 1:
+        raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
+    if tile is None or (height <= tile and width <= tile):
+        write(0, fn([(0, 0)], height, width).float())
         if callback is not None:
             callback(1, 1)
-        return out
-    (th, ys), (tw, xs) = tile_layout(h, tile, overlap), tile_layout(w, tile, overlap)
-    boxes = [(y, x) for y in ys for x in xs]
-    out = wsum = None
-    for first in range(0, len(boxes), tile_batch):
-        chunk = boxes[first:first + tile_batch]
-        crops = [torch.cat([im[..., y:y + th, x:x + tw] for y, x in chunk]) for im in images]
-        results = fn(*crops).split(b)
-        for (y, x), res in zip(chunk, results):
-            if out is None:
-                out = torch.zeros(b, res.shape[1], h, w, dtype=res.dtype, device=res.device)
-                wsum = torch.zeros(1, 1, h, w, dtype=res.dtype, device=res.device)
-            wy = feather(th, overlap, y > 0, y + th < h)
-            wx = feather(tw, overlap, x > 0, x + tw < w)
-            weight = (wy[:, None] * wx[None, :]).to(res.device, res.dtype)
-            out[..., y:y + th, x:x + tw] += res * weight
-            wsum[..., y:y + th, x:x + tw] += weight
-        if callback is not None:
-            callback(min(first + tile_batch, len(boxes)), len(boxes))
-    return out / wsum
+        return
+    (th, ys), (tw, xs) = tile_layout(height, tile, overlap), tile_layout(width, tile, overlap)
+    row_w = [feather(th, overlap, y > 0, y + th < height) for y in ys]
+    col_w = [feather(tw, overlap, x > 0, x + tw < width) for x in xs]
+    # The weights are products wy * wx, so their sum over all tiles is separable.
+    norm_y, norm_x = torch.zeros(height), torch.zeros(width)
+    for y, w in zip(ys, row_w):
+        norm_y[y:y + th] += w
+    for x, w in zip(xs, col_w):
+        norm_x[x:x + tw] += w
+    band = None  # blended sums of the image rows ys[i] .. ys[i] + th
+    done, total = 0, len(ys) * len(xs)
+    for i, y in enumerate(ys):
+        for first in range(0, len(xs), tile_batch):
+            cols = range(first, min(first + tile_batch, len(xs)))
+            results = fn([(y, xs[j]) for j in cols], th, tw).float().split(batch)
+            for j, res in zip(cols, results):
+                if band is None:
+                    band = torch.zeros(batch, res.shape[1], th, width, device=res.device)
+                weight = (row_w[i][:, None] * col_w[j][None, :]).to(res.device)
+                band[..., xs[j]:xs[j] + tw] += res * weight
+            done += len(cols)
+            if callback is not None:
+                callback(done, total)
+        end = ys[i + 1] if i + 1 < len(ys) else height  # rows above `end` get no more tiles
+        norm = (norm_y[y:end, None] * norm_x[None, :]).to(band.device)
+        write(y, band[..., :end - y, :] / norm)
+        kept = y + th - end  # rows shared with the next row of tiles move to the top
+        band[..., :kept, :] = band[..., end - y:, :].clone()
+        band[..., kept:, :] = 0
+
+
+def tiled_apply(fn: Callable[..., torch.Tensor], *images: torch.Tensor, tile: int | None, overlap: int | None = None,
+                tile_batch: int = 1, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """`fn(*crops) -> out crop` over tiles of `images` (all (B, C_i, H, W)), blended into
+    one whole-image tensor."""
+    b, _, h, w = images[0].shape
+    out: torch.Tensor | None = None
+
+    def write(top: int, rows: torch.Tensor) -> None:
+        nonlocal out
+        if rows.shape[-2] == h:  # one tile: no copy
+            out = rows
+            return
+        if out is None:
+            out = rows.new_empty(b, rows.shape[1], h, w)
+        out[..., top:top + rows.shape[-2], :] = rows
+
+    blend_tiles(lambda boxes, th, tw: fn(*(crop_tiles(im, boxes, th, tw) for im in images)), b, h, w, write,
+                tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
+    return out
 
 
 def num_tiles(h: int, w: int, tile: int | None, overlap: int | None = None) -> int:

@@ -1,4 +1,8 @@
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,9 +10,11 @@ import torch.nn.functional as F
 
 import oftsr
 from oftsr.images import load_image
+from oftsr.noise import region_noise
+from oftsr.resample import upsample_lr, upsample_lr_region
 from oftsr.tiling import feather, num_tiles, tile_layout
 
-from conftest import DATA, make_model, smooth_image
+from conftest import DATA, make_model, need, smooth_image
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +150,14 @@ def test_tile_geometry():
     assert feather(10, 4, False, False).tolist() == [1.0] * 10
 
 
-def test_noise_is_a_property_of_the_whole_image():
-    # With a zero-velocity model the output is exactly x0: tiling must not change the noise.
+def test_start_point_does_not_depend_on_the_tiling():
+    # With a zero-velocity model the output is x0: tiling must not change the noise or x_lr
+    # (up to float rounding in the feathered blend, 1 ulp).
     model = oftsr.create_model("tiny", role="student", sigma_p=0.5, seed=0)
     img = smooth_image(40, 56)
     whole = oftsr.upscale(model, img, seed=11)
     for tile, overlap in [(64, 16), (96, 0), (48, 24)]:
-        assert torch.equal(oftsr.upscale(model, img, seed=11, tile=tile, overlap=overlap), whole)
+        assert (oftsr.upscale(model, img, seed=11, tile=tile, overlap=overlap) - whole).abs().max() < 1e-6
 
 
 def _seam_ratio(out: torch.Tensor, tile: int, overlap: int) -> float:
@@ -182,6 +189,22 @@ def test_tiled_output_is_seam_free_and_close_to_untiled(strong_student, photo_lr
         < 1.05 * _seam_ratio(whole, 64, 16)
 
 
+# What the README and the seed tooltip state for the bundled student (t = 0.5, seed 0): the
+# start noise is the same for any tiling, the result differs by the network's context.
+# Measured on a 144 px crop of Set5 "baby" upscaled to 576 px, as |diff| x 255:
+TILING_DIFF_BOUNDS = {128: (2.0, 80.0), 512: (0.6, 24.0)}  # measured mean 1.54 / max 68.2, mean 0.46 / max 16.0
+
+
+def test_bundled_student_tiled_against_whole_image_on_a_photo():
+    model = oftsr.load_model(oftsr.default_model_path("student"))
+    photo = load_image(need(DATA / "val" / "Set5" / "baby.png"))[0][..., 100:244, 100:244]
+    whole = oftsr.upscale(model, photo, t=0.5, seed=0)
+    for tile, (mean_bound, max_bound) in TILING_DIFF_BOUNDS.items():
+        diff = (oftsr.upscale(model, photo, t=0.5, seed=0, tile=tile) - whole).abs() * 255
+        assert diff.mean() < mean_bound and diff.max() < max_bound, (tile, diff.mean().item(), diff.max().item())
+        assert diff.max() > 1  # not the same result: the network's context differs
+
+
 def test_tile_batch_gives_same_result(strong_student):
     img = smooth_image(40, 40)
     one = oftsr.upscale(strong_student, img, tile=64, overlap=16)
@@ -208,6 +231,90 @@ def test_bad_tiling_arguments(student):
         oftsr.upscale(student, smooth_image(8, 8), tile=8)
     with pytest.raises(ValueError, match="overlap"):
         oftsr.upscale(student, smooth_image(32, 32), tile=64, overlap=40)
+
+
+# ----------------------------------------------------------------------------- noise, condition and memory
+
+def test_region_noise_is_the_crop_of_the_whole_image_noise():
+    whole = region_noise(7, 2, 0, 0, 150, 130)
+    assert whole.shape == (2, 3, 150, 130) and abs(whole.mean().item()) < 0.02 and abs(whole.std().item() - 1) < 0.02
+    for top, left, h, w in [(0, 0, 64, 64), (1, 63, 65, 2), (100, 70, 50, 60), (149, 129, 1, 1)]:
+        assert torch.equal(region_noise(7, 2, top, left, h, w), whole[..., top:top + h, left:left + w])
+    assert not torch.equal(region_noise(8, 1, 0, 0, 150, 130), whole[:1])  # another seed
+    assert not torch.equal(whole[0], whole[1])  # images of a batch get their own noise
+    # the 64 px blocks are unrelated: no repeats across a block edge
+    assert (whole[:, :, :64, :64] - whole[:, :, 64:128, :64]).abs().mean() > 1
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("degradation", ["bicubic", "noisy_avgpool", "realesrgan"])
+def test_condition_of_a_region_equals_the_crop_of_the_whole(scale, degradation):
+    lr = torch.rand(2, 3, 37, 29, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    whole = upsample_lr(lr, scale, degradation)
+    h, w = whole.shape[-2:]
+    # scale 3: 1/3 is not exact in float, and the kernel positions differ in the last bits
+    tol = 1e-5 if scale == 3 else 1e-6
+    for top, left, rh, rw in [(0, 0, h, w), (0, 0, 17, 23), (h - 13, w - 9, 13, 9), (5, 7, 50, 31), (h - 1, 0, 1, w),
+                              (31, 2, 64, 64)]:
+        rh, rw = min(rh, h - top), min(rw, w - left)
+        region = upsample_lr_region(lr, scale, degradation, top, left, rh, rw)
+        assert region.shape == (2, 3, rh, rw)
+        assert (region - whole[..., top:top + rh, left:left + rw]).abs().max() < tol
+
+
+def test_integer_outputs_are_the_rounded_float_output(strong_student):
+    img = torch.cat([smooth_image(24, 20), torch.linspace(0, 1, 20).expand(1, 1, 24, 20)], dim=1)  # RGBA
+    ref = oftsr.upscale(strong_student, img, t=0.5, tile=48, overlap=16)
+    for dtype, peak in [(torch.uint8, 255), (torch.uint16, 65535)]:
+        out = oftsr.upscale(strong_student, img, t=0.5, tile=48, overlap=16, out_dtype=dtype)
+        assert out.dtype == dtype and out.shape == ref.shape == (1, 4, 96, 80)
+        assert torch.equal(out.int(), (ref * peak).round().int())
+    with pytest.raises(ValueError, match="out_dtype"):
+        oftsr.upscale(strong_student, img, out_dtype=torch.float16)
+
+
+MEMORY_CHILD = r"""
+import sys
+import torch
+from torch import nn
+import oftsr
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+class StandIn(nn.Module):
+    # a cheap local network with the UNet's interface: the whole-image buffers dominate
+    class config:
+        size_multiple = 1
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(6, 3, 3, padding=1)
+    def forward(self, x, t):
+        return self.conv(x)
+
+model = oftsr.OFTSRModel(StandIn(), sigma_p=0.2, role="student", scale=4).eval()
+image = torch.rand(1, 3, 2000, 250)
+before = status("VmRSS")
+out = oftsr.upscale(model, image, tile=256, overlap=32, out_dtype=getattr(torch, sys.argv[1]))
+print(status("VmHWM") - before, out.numel() * out.element_size())
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_memory_is_bounded_by_the_tile_not_the_image(dtype):
+    # An 8000 x 1000 output (8 MP): before, noise, x_lr, x0, the velocity, the blend sums and the
+    # result were whole-image float32 buffers (490 MiB above the start); now the output and
+    # bands of 256 rows x 1000 px are (about 40 MiB besides the output).
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux /proc to read the peak resident set size")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a cheap network: threads would only add contention
+    run = subprocess.run([sys.executable, "-c", MEMORY_CHILD, dtype], capture_output=True, text=True, timeout=300,
+                         env=env, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr
+    peak, output = map(int, run.stdout.split())
+    assert output == 8000 * 1000 * 3 * (4 if dtype == "float32" else 1)
+    assert peak < output + 64 * 2**20, f"peak {peak / 2**20:.0f} MiB over the start for a {output / 2**20:.0f} MiB result"
 
 
 # ----------------------------------------------------------------------------- the default fast path
