@@ -6,7 +6,7 @@ teacher evaluated once (slow) and a student evaluated later on the same images.
         -o curve.png --title "Set14, x4 bicubic"
 
 `FILE.csv:PREFIX` keeps only the rows whose method starts with PREFIX (and bicubic);
-`FILE.csv:PREFIX=LABEL` also names them LABEL in the plot (e.g. `flowsr/results.csv:student=FlowSR`).
+`FILE.csv:PREFIX=LABEL` also names them LABEL (no colon in it) in the plot, e.g. `flowsr/results.csv:student=FlowSR`.
 
 Rows are drawn in the order given. The first file's bicubic row is kept, later ones
 are dropped (they are identical for the same data and seed), and the model numbers
