@@ -409,3 +409,20 @@ def test_nodes_load_all_objectives_warn_once_and_sweep_refuses(pack, model_dir, 
     assert [r.getMessage().count("ignores t") for r in caplog.records if "distilled with flowsr" in r.getMessage()] == [1]
     with pytest.raises(ValueError, match="fixed-point map .* Use OFTSR Upscale"):
         run_node(pack, "OFTSRTSweep", model=flow, image=img, t_values="0, 1", seed=0, tile=0, overlap=0)
+
+
+def test_flowsr_resume_matches_an_uninterrupted_run(train_dir, tmp_path, random_unet_weights):
+    # the consistency target and the discriminator come back with the rest of the state
+    teacher = tmp_path / "teacher.safetensors"
+    oftsr.save_model(make_model(random_unet_weights, role="teacher"), teacher)
+    base = ["trainer/distill.py", "--objective", "flowsr", "--teacher", teacher, "--train_data_dir", train_dir, *COMMON,
+            "--checkpointing_steps", "1", "--lambda_adv", "0.1", "--disc_width", "8", "--seed", "2"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _run([*base, "--output_dir", full, "--max_train_steps", "2"])
+    _run([*base, "--output_dir", cut, "--max_train_steps", "1"])
+    _run([*base, "--output_dir", cut, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
+    a, b = _losses(full), _losses(cut)
+    assert b[2] == pytest.approx(a[2], rel=1e-5) and a[2] != a[1]
+    assert _losses(cut, "disc")[2] == pytest.approx(_losses(full, "disc")[2], rel=1e-5)
+    sa, sb = oftsr.load_model(full / "student.safetensors"), oftsr.load_model(cut / "student.safetensors")
+    assert all(torch.allclose(pa, pb, atol=1e-6) for pa, pb in zip(sa.parameters(), sb.parameters()))
