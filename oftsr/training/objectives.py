@@ -102,7 +102,7 @@ def ema_update_(target: nn.Module, online: nn.Module, decay: float) -> None:
 
 class PatchDiscriminator(nn.Module):
     """A small conditional PatchGAN: (image, x_lr) -> a map of real/fake logits, one per
-    receptive field of about 34 px. Spectral norm on every conv keeps hinge training
+    38 x 38 px receptive field (with the default 3 layers). Spectral norm on every conv keeps hinge training
     stable without a gradient penalty."""
 
     def __init__(self, width: int = 64, layers: int = 3) -> None:
