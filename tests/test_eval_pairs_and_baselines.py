@@ -4,6 +4,7 @@ networks (`--baseline dat-light`, `--baseline realesrgan`)."""
 from __future__ import annotations
 
 import csv
+import math
 import importlib.util
 import struct
 
@@ -192,3 +193,27 @@ def test_realesrgan_weights_match_the_ncnn_network(set5_crop):
     _, out = extractor.extract("output")
     reference = torch.from_numpy(np.array(out).copy())[None].clamp(0, 1)
     assert (sr - reference).abs().max() < 1e-3
+
+
+def test_a_fixed_point_student_is_one_row_and_one_labelled_point(pairs, tmp_path, monkeypatch):
+    # A FlowSR student gives the same image at every t: one row, named by its objective, no t,
+    # and one point in the curve (no t labels), not one identical row per requested t.
+    import matplotlib.pyplot as plt
+
+    import oftsr
+    from oftsr.training.evaluate import plot_curve, write_tables
+    unet = oftsr.create_model("tiny", role="student", seed=0).unet
+    flowsr = oftsr.OFTSRModel(unet, sigma_p=0.2, role="student", scale=4, objective="flowsr")
+    rows = evaluate([flowsr], pairs, ts=[0.0, 0.5, 1.0], log=lambda s: None)
+    assert [(r.method, r.t, r.nfe) for r in rows] == [("bicubic", None, None), ("student (flowsr)", None, 1)]
+    assert len(rows[1].scores["psnr_y"]) == 3 and math.isfinite(rows[1].mean("psnr_y"))
+    _, csv_path = write_tables(rows, tmp_path / "out", None, "test")
+    back = read_table(csv_path)
+    assert [(r.method, r.t, r.nfe) for r in back] == [("bicubic", None, None), ("student (flowsr)", None, 1)]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_curve(back, tmp_path / "curve.png", "test")
+    (ax,) = figures[0].axes
+    assert ax.get_legend_handles_labels()[1] == ["bicubic", "student (flowsr)"]
+    assert [text.get_text() for text in ax.texts] == []  # no "t=..." annotation
+    plt.close(figures[0])

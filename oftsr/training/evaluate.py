@@ -106,8 +106,9 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
              log: Callable[[str], None] = print, baselines: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
              lr_dir: str | Path | None = None, scale: int | None = None,
              per_image_csv: str | Path | None = None) -> list[Row]:
-    """One row for bicubic, one per teacher (at `steps`/`solver`), one per student and t,
-    and one per baseline (name -> function from LR to SR, both in [0, 1]).
+    """One row for bicubic, one per teacher (at `steps`/`solver`), one per student and t
+    (one alone, without t, for a fixed-point student: "student (flowsr)"), and one per
+    baseline (name -> function from LR to SR, both in [0, 1]).
 
     The HR images of `data` are degraded with the models' degradation, unless the LR is
     given: `lr_dir`, or `data` holding HR/ and LR/ subfolders (real pairs, used as they are).
@@ -132,6 +133,8 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
                 row.nfe = info["nfe"]
                 return out
             runs.append((row, run))
+        elif m.ignores_t:  # FlowSR/FluxSR: the same image at every t, so one row named by its objective
+            runs.append((Row(f"{name} ({m.objective})", nfe=1), lambda lr, m=m: upscale(m, lr, seed=seed, tile=tile)))
         else:
             for t in ts:
                 runs.append((Row(name, t=t, nfe=1), lambda lr, m=m, t=t: upscale(m, lr, t=t, seed=seed, tile=tile)))
@@ -220,8 +223,9 @@ def read_table(csv_path: str | Path) -> list[Row]:
 
 
 def plot_curve(rows: list[Row], path: Path, title: str) -> Path:
-    """PSNR (Y) against the realism measure: the student's t points joined in order,
-    bicubic and teachers as single markers."""
+    """PSNR (Y) against the realism measure: the student's t points joined in order;
+    rows without t (bicubic, teachers, fixed-point students, baselines) as single
+    markers labelled by their method."""
     import matplotlib
 
     matplotlib.use("Agg")
