@@ -99,6 +99,16 @@ def require_role(model, role: str, node: str) -> None:
     )
 
 
+def require_t_slider(model, node: str) -> None:
+    """A clear error when a node that compares values of t gets a fixed-point student
+    (FlowSR, FluxSR): every t gives it the same image."""
+    require_role(model, "student", node)
+    if getattr(model, "ignores_t", False):
+        raise ValueError(f"{node} needs an OFTSR student with a t slider, but this student was distilled with "
+                         f"{model.objective}: a fixed-point map that gives the same image at every t. Use OFTSR "
+                         f"Upscale for it.")
+
+
 def to_bchw(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     """ComfyUI IMAGE [B, H, W, C] -> (B, C, H, W) float32."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:

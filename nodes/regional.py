@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, color_fix_input, finish, image_input, model_input, require_role, run_on_device,
-                     seed_input, t_input, tiling_inputs, to_bchw)
+from .common import (CATEGORY, color_fix_input, finish, image_input, model_input, require_t_slider,
+                     run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR Regional Trade-off"
 
@@ -59,7 +59,7 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
     @classmethod
     def execute(cls, model, image, mask, t_inside: float = 1.0, t_outside: float = 0.0, seed: int = 0,
                 tile: int = 512, overlap: int = 64, color_fix: str = "none") -> io.NodeOutput:
-        require_role(model, "student", NAME)
+        require_t_slider(model, NAME)  # a fixed-point student would give the same image inside and outside
         x = to_bchw(image)
         m = prepare_mask(mask, x.shape[0], (x.shape[-2] * model.scale, x.shape[-1] * model.scale))
 

@@ -9,7 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, color_fix_input, finish, image_input, model_input, require_role, run_on_device,
+from .common import (CATEGORY, color_fix_input, finish, image_input, model_input, require_t_slider, run_on_device,
                      seed_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR t-Sweep"
@@ -72,11 +72,7 @@ class OFTSRTSweep(io.ComfyNode):
     @classmethod
     def execute(cls, model, image, t_values: str = DEFAULT_T_VALUES, seed: int = 0, tile: int = 512, overlap: int = 64,
                 color_fix: str = "none") -> io.NodeOutput:
-        require_role(model, "student", NAME)
-        if getattr(model, "ignores_t", False):
-            raise ValueError(f"{NAME} needs an OFTSR student with a t slider, but this student was distilled with "
-                             f"{model.objective}: a fixed-point map that gives the same image at every t. Use OFTSR "
-                             f"Upscale for it.")
+        require_t_slider(model, NAME)
         ts = parse_t_values(t_values)
         x = to_bchw(image)
 

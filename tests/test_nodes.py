@@ -579,6 +579,19 @@ def test_regional_mask_errors(comfy, pack, student):
     assert torch.equal(out[1], pack.lib.upscale(student, x, t=0.0, seed=0)[1].movedim(0, -1))
 
 
+@pytest.mark.parametrize("objective", ["flowsr", "fluxsr"])
+def test_t_nodes_refuse_a_fixed_point_student(comfy, pack, student, objective):
+    # inside and outside (or every t of a sweep) would be the same image: say so instead
+    fixed = pack.lib.OFTSRModel(student.unet, sigma_p=0.2, role="student", scale=4, objective=objective)
+    kw = dict(model=fixed, image=image(), seed=0, tile=0, overlap=0, color_fix="none")
+    message = f"needs an OFTSR student with a t slider, but this student was distilled with {objective}"
+    with pytest.raises(ValueError, match=f"OFTSR Regional Trade-off {message}.*Use OFTSR Upscale"):
+        run(pack, "OFTSRRegionalTradeoff", mask=torch.ones(8, 8), t_inside=1.0, t_outside=0.0, **kw)
+    with pytest.raises(ValueError, match=f"OFTSR t-Sweep {message}.*Use OFTSR Upscale"):
+        run(pack, "OFTSRTSweep", t_values="0, 1", **kw)
+    assert bars(comfy) == []  # refused before any work
+
+
 # --------------------------------------------------------------------------- colour correction
 
 
