@@ -108,11 +108,12 @@ def _require_role(model: OFTSRModel, role: str, use: str) -> None:
 
 
 @torch.inference_mode()
-def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 1.0, seed: int = 0, tile: int | None = None,
+def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: int = 0, tile: int | None = None,
             overlap: int | None = None, tile_batch: int = 1, callback: Callback | None = None,
             out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One-step super-resolution with the student: x1 = x0 + (1 - 0.001) v(x0, x_lr, t).
-    t = 0 favours fidelity (smooth, high PSNR), t = 1 realism (detail). `tile` and
+    t = 0 favours fidelity (smooth, high PSNR), t = 1 realism (detail); the default 0.5
+    is the balanced middle, as in the command line and the nodes. `tile` and
     `overlap` are in output pixels. Returns (B, C, scale*H, scale*W) on the image's
     device: in [0, 1] for float32, 0..255 / 0..65535 for `out_dtype` uint8 / uint16.
 

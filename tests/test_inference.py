@@ -46,6 +46,15 @@ def test_upscale_shape_range_and_seed(student):
     assert not torch.equal(out, oftsr.upscale(student, img, t=0.0, seed=3))
 
 
+def test_t_default_is_the_middle_of_the_trade_off_as_in_the_cli(strong_student):
+    from oftsr.cli import build_parser
+
+    img = smooth_image(12, 12)
+    cli_t = build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t
+    assert cli_t == 0.5 and torch.equal(oftsr.upscale(strong_student, img), oftsr.upscale(strong_student, img, t=cli_t))
+    assert (oftsr.upscale(strong_student, img) - oftsr.upscale(strong_student, img, t=1.0)).abs().max() > 1e-3
+
+
 def test_untrained_student_returns_noised_bicubic():
     # ADM init zeroes the output conv: v = 0, so x1 = x0 = sqrt(1-sp^2) x_lr + sp eps exactly.
     model = oftsr.create_model("tiny", role="student", sigma_p=0.0, seed=0)
