@@ -154,17 +154,6 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     return files, targets
 
 
-def _as_rgba(gray_alpha: torch.Tensor) -> torch.Tensor:
-    return torch.cat([gray_alpha[:, :1].expand(-1, 3, -1, -1), gray_alpha[:, 1:]], dim=1)
-
-
-def _as_gray_alpha(rgba: torch.Tensor) -> torch.Tensor:
-    """Back to gray + alpha as the library makes grayscale results: the mean of the RGB result."""
-    gray = rgba[:, :3].float().mean(dim=1, keepdim=True)
-    gray = gray if rgba.is_floating_point() else gray.round()
-    return torch.cat([gray.to(rgba.dtype), rgba[:, 3:]], dim=1)
-
-
 def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Path], targets: list[Path]) -> int:
     from tqdm import tqdm
 
@@ -174,12 +163,11 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
             bar.set_description(src.name)
             try:
                 image, depth = load_image(src)
-                gray_alpha = image.shape[1] == 2  # the network sees RGB; gray + alpha comes back as such
                 progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
                 # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                 levels = torch.uint16 if depth == 16 else torch.uint8
-                result = run(model, _as_rgba(image) if gray_alpha else image, progress, levels)
-                written = save_image(_as_gray_alpha(result) if gray_alpha else result, dst, bit_depth=depth)
+                result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
+                written = save_image(result, dst, bit_depth=depth)
                 if written < depth:
                     tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth}: this "
                                f"format holds 8 here (16-bit TIFF is grayscale only); name the output .png to keep "

@@ -1,7 +1,8 @@
 """Image-level super-resolution: `upscale` (one-step student) and `sample` (teacher ODE).
 
 Images are float tensors (B, C, H, W) in [0, 1] with C = 3 (RGB), 1 (grayscale: the
-result is grayscale) or 4 (RGBA: alpha is upscaled conventionally and kept).
+result is grayscale), 4 (RGBA) or 2 (gray + alpha); alpha is upscaled conventionally
+(antialiased bicubic) and kept.
 """
 
 from __future__ import annotations
@@ -32,21 +33,23 @@ def check_t(t: float) -> float:
 
 
 def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """(RGB the network sees, alpha or None, whether the result is gray) of a 1-4 channel image."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"image must be a (B, C, H, W) tensor in [0, 1], got {shape}")
     b, c, h, w = image.shape
     if b == 0 or h == 0 or w == 0:
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
-    if c not in (1, 3, 4):
-        raise ValueError(f"image must have 1 (gray), 3 (RGB) or 4 (RGBA) channels, got {c}")
+    if c not in (1, 2, 3, 4):
+        raise ValueError(f"image must have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels, got {c}")
     image = image.float()
     if not torch.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values")
     image = image.clamp(0, 1)
-    if c == 1:
-        return image.expand(b, 3, h, w), None, True
-    return image[:, :3], (image[:, 3:] if c == 4 else None), False
+    alpha = image[:, c - 1:] if c in (2, 4) else None
+    if c <= 2:
+        return image[:, :1].expand(b, 3, h, w), alpha, True
+    return image[:, :3], alpha, False
 
 
 # What `upscale` and `sample` can return. uint8/uint16 hold exactly what an 8/16-bit file
@@ -64,9 +67,10 @@ class _Output:
                  dtype: torch.dtype) -> None:
         if dtype not in OUTPUT_DTYPES:
             raise ValueError(f"out_dtype must be one of {', '.join(map(str, OUTPUT_DTYPES))}, got {dtype}")
-        b, c, h, w = image.shape
+        b, _, h, w = image.shape
         self.alpha, self.gray, self.scale, self.peak = alpha, gray, scale, OUTPUT_DTYPES[dtype]
-        self.out = torch.empty(b, 1 if gray else c, h * scale, w * scale, dtype=dtype, device=image.device)
+        channels = (1 if gray else 3) + (alpha is not None)
+        self.out = torch.empty(b, channels, h * scale, w * scale, dtype=dtype, device=image.device)
 
     def write(self, top: int, x1: torch.Tensor) -> None:
         rows = x1.clamp(-1, 1).add_(1).div_(2)  # in place after the first copy: these are bands of the image width

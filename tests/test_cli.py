@@ -261,6 +261,10 @@ def test_gray_alpha_in_gives_gray_alpha_out(tmp_path, model_files, capsys):
     with Image.open(tmp_path / "la_x4.png") as im:
         assert im.mode == "LA" and im.size == (32, 24)
         assert np.abs(np.asarray(im)[..., 1].astype(int) - 200).max() <= 1  # alpha upscaled, kept
+        written = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None]
+    student = oftsr.load_model(model_files[0])  # the file's gray + alpha go through the library as two channels
+    expected = oftsr.upscale(student, load_image(tmp_path / "la.png")[0], t=0.5, out_dtype=torch.uint8)
+    assert torch.equal(written, expected)
 
 
 def test_16_bit_input_keeps_16_bits_in_tif_or_says_what_happens(tmp_path, model_files, capsys):

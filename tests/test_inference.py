@@ -90,6 +90,22 @@ def test_rgba_keeps_alpha(student):
     assert out[:, 3].min() >= 0 and out[:, 3].max() <= 1
 
 
+def test_gray_alpha_stays_gray_alpha(student, teacher):
+    # C = 2 directly: the gray result of the gray image, and the alpha the RGBA path up-samples
+    gray, alpha = smooth_image(16, 16, channels=1), torch.zeros(1, 1, 16, 16)
+    alpha[..., 4:12, 4:12] = 1.0
+    out = oftsr.upscale(student, torch.cat([gray, alpha], 1), t=0.5)
+    rgba = oftsr.upscale(student, torch.cat([gray.expand(1, 3, 16, 16), alpha], 1), t=0.5)
+    assert out.shape == (1, 2, 64, 64)
+    assert torch.equal(out[:, 1:], rgba[:, 3:])
+    assert torch.equal(out[:, :1], oftsr.upscale(student, gray, t=0.5))
+    assert (out[:, :1] - rgba[:, :3].mean(1, keepdim=True)).abs().max() < 1e-6
+    levels = oftsr.upscale(student, torch.cat([gray, alpha], 1), t=0.5, out_dtype=torch.uint8)
+    assert levels.shape == (1, 2, 64, 64) and torch.equal(levels, (out * 255).round().to(torch.uint8))
+    hq = oftsr.sample(teacher, torch.cat([gray, alpha], 1), steps=1, solver="euler")
+    assert hq.shape == (1, 2, 64, 64) and torch.equal(hq[:, 1:], rgba[:, 3:])
+
+
 @pytest.mark.parametrize("t", [-0.1, 1.01, math.nan, math.inf])
 def test_out_of_range_t(student, t):
     with pytest.raises(ValueError, match=r"t must be in \[0, 1\]"):
@@ -102,7 +118,7 @@ def test_bad_images(student):
     with pytest.raises(ValueError, match="empty"):
         oftsr.upscale(student, torch.zeros(1, 3, 0, 8))
     with pytest.raises(ValueError, match="channels"):
-        oftsr.upscale(student, torch.zeros(1, 2, 8, 8))
+        oftsr.upscale(student, torch.zeros(1, 5, 8, 8))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         oftsr.upscale(student, torch.zeros(3, 8, 8))
 
