@@ -12,7 +12,7 @@
 # in bf16, 7 hours; student 5,000 steps at about 1 step/s, 1.5 hours; evaluation on the
 # GPU, minutes. Both pairs: about 17 hours. Every stage resumes where it stopped when the
 # script is run again (checkpoints every 1,000 steps, --resume_from_checkpoint latest), so
-# it can run as a sequence of shorter device sessions.
+# it can run as a sequence of shorter runs.
 #
 # Needs the package installed with its training extra (pip install -e ".[train]"), and for
 # the baseline rows the evaluation extra (README, Evaluation). DATA must hold train/ (HR
