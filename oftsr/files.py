@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @contextmanager
@@ -22,12 +16,21 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     created if needed. The result has the usual permissions, not a temp file's private ones."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            # Created with 0o666, so the kernel applies the umask and the mode it gives is the
+            # usual one for a new file (reading the umask would mean setting it, which races
+            # with files other threads create meanwhile).
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        mode = tmp.stat().st_mode & 0o777
+        yield tmp
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a private one
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

@@ -10,6 +10,7 @@ with float32 statistics, 64 channels per attention head, 6 input channels
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -120,7 +121,8 @@ def _norm(channels: int) -> GroupNorm32:
     return GroupNorm32(32, channels)
 
 
-_REFERENCE_OPS = False  # set inside `reference_ops()`
+# Set inside `reference_ops()`; a context variable, so other threads keep the default ops.
+_REFERENCE_OPS: contextvars.ContextVar[bool] = contextvars.ContextVar("oftsr_reference_ops", default=False)
 
 
 @contextlib.contextmanager
@@ -130,12 +132,11 @@ def reference_ops() -> Iterator[None]:
     scale, shift, SiLU and residual add as separate out-of-place ops. Same weights and
     maths as the default ops, which reorder them for speed; for parity checks and as the
     baseline of bench/bench.py."""
-    global _REFERENCE_OPS
-    previous, _REFERENCE_OPS = _REFERENCE_OPS, True
+    token = _REFERENCE_OPS.set(True)
     try:
         yield
     finally:
-        _REFERENCE_OPS = previous
+        _REFERENCE_OPS.reset(token)
 
 
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -205,7 +206,7 @@ class ResBlock(nn.Module):
         return torch.addcmul(offset.to(h.dtype)[..., None, None], h, gain.to(h.dtype)[..., None, None])
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if _REFERENCE_OPS:
+        if _REFERENCE_OPS.get():
             return self._reference_forward(x, emb)
         inplace = not torch.is_grad_enabled()  # autograd may need the tensors that in-place ops would overwrite
         h = F.silu(self.in_layers[0](x), inplace=inplace)  # in_layers = norm, SiLU, conv
@@ -258,7 +259,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        if _REFERENCE_OPS:
+        if _REFERENCE_OPS.get():
             flat = x.reshape(b, c, h * w)
             a = legacy_qkv_attention(self.qkv(self.norm(flat)), self.num_heads)
             return (flat + self.proj_out(a)).reshape(b, c, h, w)

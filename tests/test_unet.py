@@ -51,6 +51,26 @@ def test_default_ops_match_reference_ops(random_unet_weights, batch, channels_la
     assert (fast - legacy).abs().max().item() < 1e-5  # tolerance: float32 reassociation only
 
 
+def test_reference_ops_stay_in_their_own_thread(monkeypatch):
+    """`reference_ops()` in one thread must not switch a model running in another thread
+    (a ComfyUI server runs nodes off the main thread) to the slow path."""
+    import threading
+
+    from oftsr.unet import legacy_qkv_attention
+
+    calls = []
+    monkeypatch.setattr("oftsr.unet.legacy_qkv_attention", lambda *a: calls.append(1) or legacy_qkv_attention(*a))
+    net = UNet(oftsr.PRESETS["tiny"]).eval()
+    x, t = torch.randn(1, 6, 32, 32), torch.tensor([500.0])
+    with reference_ops():
+        worker = threading.Thread(target=lambda: net(x, t))
+        worker.start()
+        worker.join()
+        assert calls == []  # the other thread kept the default attention
+        net(x, t)
+    assert len(calls) > 0  # this thread took the reference path
+
+
 def test_default_ops_train_like_reference_ops(random_unet_weights):
     # With gradients on, nothing runs in place, and the gradients are ADM's.
     unet = UNet(oftsr.PRESETS["tiny"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..files import atomic_write
 from ..flow import noise_augment, time_grid
 from ..model import OFTSRModel
 from ..sampling import get_sampler
@@ -58,17 +58,8 @@ def teacher_end_points(teacher: OFTSRModel, noise: torch.Tensor, lr: torch.Tenso
 
 
 def _write_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; a data file is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(out_dir: Path, settings: dict) -> None:
@@ -84,9 +75,8 @@ def write_manifest(out_dir: Path, settings: dict) -> None:
             raise ValueError(f"{out_dir} holds pairs made with other settings {diff} (old, new): "
                              f"use another output folder or the same settings")
         return
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(settings, indent=1))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1))
 
 
 def make_shard(teacher: OFTSRModel, data: SRDataset, out_dir: Path, shard: int, *, num_pairs: int, shard_size: int,
