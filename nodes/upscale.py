@@ -20,8 +20,7 @@ def warn_if_ignores_t(model) -> None:
     """A FlowSR/FluxSR student has no trade-off slider: say so once per loaded model."""
     if getattr(model, "ignores_t", False) and model not in _warned_fixed_point:
         _warned_fixed_point.add(model)
-        log.warning("%s: this student was distilled with %s, a fixed-point one-step map: it ignores t "
-                    "(every t gives the same image)", NAME, model.objective)
+        log.warning("%s: %s", NAME, model.ignores_t_note())
 
 
 class OFTSRUpscale(io.ComfyNode):

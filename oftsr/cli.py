@@ -185,8 +185,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     files, targets = _prepare(args)
     model = _load(args, "student")
     if model.ignores_t:
-        print(f"warning: this student was distilled with {model.objective}, a fixed-point one-step map: "
-              f"it ignores --t (every t gives the same image)", file=sys.stderr)
+        print(f"warning: {model.ignores_t_note('--t')}", file=sys.stderr)
     run = lambda m, im, cb, dt: upscale(m, im, t=args.t, seed=args.seed, tile=args.tile or None,  # noqa: E731
                                         overlap=args.overlap, tile_batch=args.tile_batch, callback=cb, out_dtype=dt)
     return _run_images(args, model, run, files, targets)

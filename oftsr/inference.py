@@ -17,7 +17,7 @@ from .model import OFTSRModel
 from .noise import region_noise
 from .resample import upsample_lr_region
 from .sampling import CountNFE, get_sampler
-from .tiling import Box, blend_tiles, crop_tiles, tiled_apply
+from .tiling import Box, blend_tiles, blend_tiles_into_tensor, crop_tiles, tiled_apply
 
 __all__ = ["upscale", "sample", "velocity_field", "OUTPUT_DTYPES"]
 
@@ -166,16 +166,10 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     x0 = _start(model, lr, seed, [(0, 0)], h, w)[0]
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        v = torch.empty_like(x)
-
-        def write(top: int, rows: torch.Tensor) -> None:
-            v[..., top:top + rows.shape[-2], :] = rows
-
         def tile_fn(boxes: list[Box], height: int, width: int) -> torch.Tensor:
             return model.velocity(crop_tiles(x, boxes, height, width), _condition(model, lr, boxes, height, width), t)
 
-        blend_tiles(tile_fn, b, h, w, write, tile=tile, overlap=overlap, tile_batch=tile_batch)
-        return v
+        return blend_tiles_into_tensor(tile_fn, b, h, w, tile=tile, overlap=overlap, tile_batch=tile_batch)
 
     fn = CountNFE(velocity)
     x1 = sampler(fn, x0, time_grid(int(steps), T_EPS), callback=callback)

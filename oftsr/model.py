@@ -104,6 +104,11 @@ class OFTSRModel(nn.Module):
         """A FlowSR or FluxSR student: one fixed output per input, no fidelity-realism slider."""
         return self.role == "student" and self.objective in FIXED_POINT_OBJECTIVES
 
+    def ignores_t_note(self, t_name: str = "t") -> str:
+        """The warning the CLI and the nodes give for such a student, naming their t input."""
+        return (f"this student was distilled with {self.objective}, a fixed-point one-step map: it ignores {t_name} "
+                f"(every t gives the same image)")
+
     @property
     def config(self) -> UNetConfig:
         return self.unet.config

@@ -106,25 +106,33 @@ def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable
         band[..., kept:, :] = 0
 
 
+def blend_tiles_into_tensor(fn: TileFn, batch: int, height: int, width: int, *, tile: int | None,
+                            overlap: int | None = None, tile_batch: int = 1,
+                            callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """`blend_tiles` with its bands gathered into one whole-image tensor (for a caller that
+    needs the whole result, such as an ODE solver's state)."""
+    out: torch.Tensor | None = None
+
+    def write(top: int, rows: torch.Tensor) -> None:
+        nonlocal out
+        if rows.shape[-2] == height:  # one tile: no copy
+            out = rows
+            return
+        if out is None:
+            out = rows.new_empty(batch, rows.shape[1], height, width)
+        out[..., top:top + rows.shape[-2], :] = rows
+
+    blend_tiles(fn, batch, height, width, write, tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
+    return out
+
+
 def tiled_apply(fn: Callable[..., torch.Tensor], *images: torch.Tensor, tile: int | None, overlap: int | None = None,
                 tile_batch: int = 1, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """`fn(*crops) -> out crop` over tiles of `images` (all (B, C_i, H, W)), blended into
     one whole-image tensor."""
     b, _, h, w = images[0].shape
-    out: torch.Tensor | None = None
-
-    def write(top: int, rows: torch.Tensor) -> None:
-        nonlocal out
-        if rows.shape[-2] == h:  # one tile: no copy
-            out = rows
-            return
-        if out is None:
-            out = rows.new_empty(b, rows.shape[1], h, w)
-        out[..., top:top + rows.shape[-2], :] = rows
-
-    blend_tiles(lambda boxes, th, tw: fn(*(crop_tiles(im, boxes, th, tw) for im in images)), b, h, w, write,
-                tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
-    return out
+    return blend_tiles_into_tensor(lambda boxes, th, tw: fn(*(crop_tiles(im, boxes, th, tw) for im in images)), b, h, w,
+                                   tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
 
 
 def num_tiles(h: int, w: int, tile: int | None, overlap: int | None = None) -> int:
