@@ -5,7 +5,7 @@
     python bench/bench.py --device cuda --full # every preset and size, on a GPU
 
 Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops,
-baselines (needs spandrel: `pip install 'oftsr[bench]'`).
+baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole images per second).
 Weights are random (the speed of a network does not depend on its values); every
 comparison uses identical weights and inputs. The memory section runs `oftsr upscale`
 with the bundled student, and with a stand-in network for photographs too big for it.
@@ -14,6 +14,7 @@ with the bundled student, and with a stand-in network for photographs too big fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import oftsr  # noqa: E402
+from oftsr import triton_groupnorm  # noqa: E402
 from oftsr.unet import count_parameters, reference_ops  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) for the model-FLOP-utilisation column.
@@ -278,6 +280,9 @@ def bench_fastpath(args, device) -> None:
                 variants["fast ops, channels_last"] = variant(channels_last=True)
             if half is not None:
                 variants["default" + amp] = variant(autocast=half)
+            if device.type == "cuda" and triton_groupnorm.available(x.contiguous(memory_format=torch.channels_last)):
+                # channels_last convolutions with no layout copies around the norms
+                variants["channels_last + Triton GroupNorm" + amp] = variant(channels_last=True, autocast=half)
             with torch.inference_mode():
                 model.optimize(channels_last=False)
                 reference = reference_forward()
@@ -285,7 +290,7 @@ def bench_fastpath(args, device) -> None:
                 if args.compile:  # on the device's default layout, as `oftsr --compile` runs it
                     amp_dtype = half if device.type == "cuda" else None
                     start = time.perf_counter()
-                    model.optimize(compile=True, autocast=amp_dtype).velocity(x, x, 0.5)
+                    model.optimize(compile=args.compile_mode or True, autocast=amp_dtype).velocity(x, x, 0.5)
                     first = time.perf_counter() - start
                     compiled = model.__dict__["_compiled"]
 
@@ -293,7 +298,8 @@ def bench_fastpath(args, device) -> None:
                         model.optimize(autocast=amp_dtype)
                         model.__dict__["_compiled"] = compiled
 
-                    name = f"default{amp if amp_dtype else ''} + torch.compile (first call {first:.0f} s)"
+                    mode = f" {args.compile_mode}" if args.compile_mode else ""
+                    name = f"default{amp if amp_dtype else ''} + torch.compile{mode} (first call {first:.0f} s)"
                     variants[name] = (use_compiled, variants["default (load_model)"][1])
                     authors = "authors' network (NCHW fp32, ADM ops)"
                     secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device, args.repeat)[name]
@@ -337,6 +343,50 @@ def bench_baselines(args, device) -> None:
           f"runs), {device_name(device)}", ["network", "parameters", "output px", "ms / image", "x our time"], rows)
 
 
+def bench_images(args, device) -> None:
+    """Images per second of the one-step `compact` student (the bundled size) on a batch of
+    whole images, `oftsr.upscale` end to end (noise, condition, network, output), against the
+    same call with the authors' network: ADM's ops, NCHW, float32 as their code runs, and
+    also under the same autocast as ours. With --compile, ours also compiled."""
+    half = fastest_dtype(device) if device.type == "cuda" else None
+    amp = "" if half is None else f" + autocast {str(half).removeprefix('torch.')}"
+    size, batch = args.images_size or (1024 if device.type == "cuda" else 256), args.images_batch
+    model = random_model("compact", "student", device)
+    lr = torch.rand(batch, 3, size // 4, size // 4, device=device)
+
+    def run(reference: bool):
+        def fn() -> torch.Tensor:
+            with reference_ops() if reference else contextlib.nullcontext():
+                return oftsr.upscale(model, lr, tile=0)
+        return fn
+
+    variants = {"authors' network (NCHW fp32, ADM ops)": (lambda: model.optimize(channels_last=False), run(True)),
+                "ours, default (load_model)": (lambda: model.optimize(), run(False))}
+    if half is not None:
+        variants["authors' network" + amp] = (lambda: model.optimize(channels_last=False, autocast=half), run(True))
+        variants["ours" + amp] = (lambda: model.optimize(autocast=half), run(False))
+        if triton_groupnorm.available(lr.contiguous(memory_format=torch.channels_last)):
+            variants["ours, channels_last + Triton GroupNorm" + amp] = (
+                lambda: model.optimize(channels_last=True, autocast=half), run(False))
+    if args.compile:
+        compiled = model.optimize(compile=args.compile_mode or True, autocast=half).__dict__["_compiled"]
+        with torch.inference_mode():
+            run(False)()  # compiles
+
+        def use_compiled() -> None:
+            model.optimize(autocast=half)
+            model.__dict__["_compiled"] = compiled
+
+        variants[f"ours{amp} + torch.compile {args.compile_mode or ''}".rstrip()] = (use_compiled, run(False))
+    with torch.inference_mode():
+        secs = interleaved(variants, device, args.repeat)
+    base = secs["authors' network (NCHW fp32, ADM ops)"]
+    rows = [[name, f"{sec * 1e3:.0f}", f"{batch / sec:.2f}", f"{base / sec:.2f}"] for name, sec in secs.items()]
+    table(f"One-step compact student, {batch} images of {size // 4} px to {size} px per call (median of "
+          f"{args.repeat} interleaved runs), {device_name(device)}",
+          ["network", "ms / batch", "images / s", "x authors' fp32"], rows)
+
+
 def bench_flops(args, device) -> None:
     rows = []
     for preset in dict.fromkeys(["tiny", *args.presets, "div2k", "imagenet"]):
@@ -348,7 +398,8 @@ def bench_flops(args, device) -> None:
 
 
 SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_vs_teacher, "tiling": bench_tiling,
-            "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops, "baselines": bench_baselines}
+            "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops, "baselines": bench_baselines,
+            "images": bench_images}
 
 
 def main() -> None:
@@ -370,6 +421,10 @@ def main() -> None:
                    help="largest input run with the bundled student in the memory table (the rest: a stand-in network)")
     p.add_argument("--memory_tile", type=int, default=512)
     p.add_argument("--compile", action="store_true", help="include torch.compile in the fast-path table")
+    p.add_argument("--compile_mode", choices=oftsr.model.COMPILE_MODES, default=None,
+                   help="torch.compile mode for --compile, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--images_size", type=int, default=None, help="output px of the images section (1024 on CUDA, 256 on CPU)")
+    p.add_argument("--images_batch", type=int, default=8, help="images per call in the images section")
     p.add_argument("--fastpath_layouts", action="store_true", help="fast-path rows for each layout, not only the default")
     args = p.parse_args()
     device = torch.device(args.device)

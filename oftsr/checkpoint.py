@@ -358,11 +358,11 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                sigma_p: float | None = None, role: str | None = None, scale: int | None = None,
-               degradation: str | None = None, compile: bool = False) -> OFTSRModel:
+               degradation: str | None = None, compile: bool | str = False) -> OFTSRModel:
     """Load our `.safetensors` or an authors' `.pth` (never unpickles arbitrary objects).
     Keyword overrides win over what the file says. Returns the model in eval mode on the
     inference fast path for its device (`OFTSRModel.optimize()`: channels_last on CPUs,
-    NCHW on CUDA, again after a move to another device); `compile=True` adds `torch.compile`."""
+    NCHW on CUDA, again after a move to another device); `compile=True` (or a mode name, see `OFTSRModel.optimize`) adds `torch.compile`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")

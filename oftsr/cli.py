@@ -14,7 +14,7 @@ import torch
 from .checkpoint import CheckpointError, load_model, read_metadata, save_model
 from .images import IMAGE_SUFFIXES, list_images, load_image, save_image
 from .inference import check_t, sample, upscale
-from .model import DEGRADATIONS, ROLES, OFTSRModel
+from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
 from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
@@ -79,7 +79,7 @@ def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
     if model.role != role:
         raise ValueError(f"{Path(path).name}: this is a {model.role} model; use `oftsr {COMMAND_FOR_ROLE[model.role]}` "
                          f"for it (`oftsr {args.command}` runs a {role})")
-    return model.optimize(compile=args.compile)  # the faster memory layout for the device
+    return model.optimize(compile=args.compile_mode or args.compile)  # the faster memory layout for the device
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -293,6 +293,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto = bf16/fp16 on CUDA, fp32 elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, faster on many images)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode, implies --compile: reduce-overhead replays CUDA graphs for the fixed tile shape")
     _add_override_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

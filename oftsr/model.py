@@ -15,6 +15,7 @@ DEGRADATIONS = ("bicubic", "noisy_avgpool", "realesrgan")
 # students are fixed-point maps x0 -> x1, evaluated at the start time whatever t is asked.
 OBJECTIVES = ("oftsr", "flowsr", "fluxsr")
 FIXED_POINT_OBJECTIVES = ("flowsr", "fluxsr")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def as_time_tensor(t: float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
@@ -71,11 +72,17 @@ class OFTSRModel(nn.Module):
         self.__dict__["_compiled"] = None  # kept out of the module tree, so state dicts stay clean
 
     def optimize(self, *, channels_last: bool | None = None, autocast: torch.dtype | None = None,
-                 compile: bool = False) -> "OFTSRModel":
+                 compile: bool | str = False) -> "OFTSRModel":
         """The inference fast path: the memory layout that is faster on the model's device,
         autocast of float32 weights to bf16/fp16 (GroupNorm statistics stay float32), and,
-        opt-in, `torch.compile` of the UNet. `load_model` returns models already through
-        `optimize()`; `create_model` and the constructor give the plain NCHW model.
+        opt-in, `torch.compile` of the UNet (`True`, or one of its modes by name:
+        "reduce-overhead" replays CUDA graphs, which suits the fixed tile shape of tiled
+        upscaling). `load_model` returns models already through `optimize()`; `create_model`
+        and the constructor give the plain NCHW model.
+
+        With `channels_last=True` on CUDA and Triton installed, GroupNorm, the time
+        embedding's scale-shift and SiLU run as one channels_last kernel
+        (`oftsr/triton_groupnorm.py`) instead of PyTorch's NCHW-only one.
 
         `channels_last=None` picks channels_last on CPUs (oneDNN convolutions, and the
         attention's token-major view is free) and NCHW on CUDA, where the GroupNorm kernel
@@ -84,7 +91,10 @@ class OFTSRModel(nn.Module):
         self.layout_follows_device = channels_last is None
         self._set_layout(self.device.type != "cuda" if channels_last is None else channels_last)
         self.autocast_dtype = autocast
-        self.__dict__["_compiled"] = torch.compile(self.unet, dynamic=False) if compile else None
+        if isinstance(compile, str) and compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
+        mode = compile if isinstance(compile, str) else None
+        self.__dict__["_compiled"] = torch.compile(self.unet, dynamic=False, mode=mode) if compile else None
         return self
 
     def _set_layout(self, channels_last: bool) -> None:
@@ -133,7 +143,8 @@ class OFTSRModel(nn.Module):
         else:
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):
                 out = net(x, t * 999)
-        return out[:, :3, :h, :w].float()
+        # A copy, always: CUDA-graph replays ("reduce-overhead") reuse the output's memory.
+        return out[:, :3, :h, :w].to(torch.float32, copy=True)
 
     forward = velocity
 

@@ -151,6 +151,14 @@ def test_bad_arguments_fail_before_loading_anything(tmp_path, inputs, capsys, ar
     assert not (tmp_path / "o").exists()
 
 
+def test_unknown_compile_mode_is_a_usage_error(tmp_path, inputs, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--compile-mode", "fastest"])
+    assert exit_info.value.code == 2
+    assert "--compile-mode: invalid choice: 'fastest'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_steps_fail_before_loading_anything(tmp_path, inputs, capsys):
     code, _, err = _run_cli(["sample", str(inputs), "-o", str(tmp_path / "o"), "--model",
                              str(tmp_path / "absent.safetensors"), "--steps", "0"], capsys)

@@ -163,6 +163,24 @@ def test_optimize_keeps_state_dict_names(random_unet_weights, tmp_path):
     model.__dict__["_compiled"] = None
 
 
+def test_optimize_rejects_an_unknown_compile_mode(random_unet_weights):
+    model = _strong_model(random_unet_weights)
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        model.optimize(compile="fastest")
+    assert model.__dict__["_compiled"] is None
+
+
+def test_velocity_returns_a_copy_not_the_networks_output_buffer(random_unet_weights):
+    # CUDA-graph replays reuse the network's output memory: the result must not alias it.
+    model = _strong_model(random_unet_weights)
+    outputs = []
+    model.unet.register_forward_hook(lambda module, args, out: outputs.append(out))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.inference_mode():
+        v = model.velocity(x, x, 0.5)
+    assert v.untyped_storage().data_ptr() != outputs[0].untyped_storage().data_ptr()
+
+
 @pytest.mark.skipif(not __import__("os").environ.get("OFTSR_TEST_COMPILE"),
                     reason="torch.compile takes minutes on a small CPU; set OFTSR_TEST_COMPILE=1 to run")
 def test_torch_compile_matches_eager(random_unet_weights):

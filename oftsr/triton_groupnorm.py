@@ -1,0 +1,134 @@
+"""GroupNorm (+ per-image scale-shift, + SiLU) for channels_last CUDA tensors, in Triton.
+
+PyTorch's CUDA group_norm kernel works on NCHW: given channels_last activations it copies
+them to NCHW and back, so a channels_last network pays two layout transposes per norm,
+which is why the CUDA fast path otherwise stays NCHW. These two kernels read and write
+(N, H, W, C) memory directly:
+
+1. `_stats`: per image, per channel, float32 sum and sum of squares over a chunk of pixels
+   (one program per (image, chunk, channel block)); a few (N, C)-sized torch ops reduce the
+   chunks and the group's channels to mean and 1/std.
+2. `_apply`: y = x * a[n, c] + b[n, c], then SiLU if asked, where a and b fold the
+   statistics, the norm's affine parameters and ADM's time-embedding scale-shift, so the
+   activations are read twice and written once.
+
+Sum and sum of squares (not Welford), as TensorRT's GroupNorm plugin does: exact enough
+while |mean| / std of a group stays below about 100, far beyond UNet activations.
+
+`triton` is imported lazily; without it (CPU-only installs, macOS) `available()` is False
+and callers keep PyTorch's kernel. Set TRITON_INTERPRET=1 before the import to run the
+kernels on CPU tensors (slowly), which is how the tests check them without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+# Pixels per program of the statistics pass: enough chunks to fill a GPU at 512 px
+# (262,144 pixels, 256 chunks per image), few enough that the chunk reduction is cheap.
+_PIXELS_PER_CHUNK = 1024
+_BLOCK_PIXELS = 32
+_BLOCK_CHANNELS = 64
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """The compiled kernels, or None when Triton is not installed."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    @triton.jit
+    def _stats(x_ptr, partial_ptr, hw, channels, chunks,
+               PIXELS_PER_CHUNK: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+        n = tl.program_id(0)
+        chunk = tl.program_id(1)
+        cblock = tl.program_id(2)
+        c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
+        c_ok = c < channels
+        total = tl.zeros((BLOCK_CHANNELS,), dtype=tl.float32)
+        total_sq = tl.zeros((BLOCK_CHANNELS,), dtype=tl.float32)
+        base = x_ptr + n.to(tl.int64) * hw * channels
+        for start in range(0, PIXELS_PER_CHUNK, BLOCK_PIXELS):
+            p = chunk * PIXELS_PER_CHUNK + start + tl.arange(0, BLOCK_PIXELS)
+            mask = (p < hw)[:, None] & c_ok[None, :]
+            v = tl.load(base + p[:, None].to(tl.int64) * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            total += tl.sum(v, axis=0)
+            total_sq += tl.sum(v * v, axis=0)
+        out = partial_ptr + ((n * chunks + chunk) * 2) * channels + c
+        tl.store(out, total, mask=c_ok)
+        tl.store(out + channels, total_sq, mask=c_ok)
+
+    @triton.jit
+    def _apply(x_ptr, y_ptr, a_ptr, b_ptr, hw, channels,
+               SILU: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+        n = tl.program_id(0)
+        pblock = tl.program_id(1)
+        cblock = tl.program_id(2)
+        p = pblock * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+        c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
+        c_ok = c < channels
+        mask = (p < hw)[:, None] & c_ok[None, :]
+        offsets = n.to(tl.int64) * hw * channels + p[:, None].to(tl.int64) * channels + c[None, :]
+        v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        a = tl.load(a_ptr + n * channels + c, mask=c_ok, other=0.0)
+        b = tl.load(b_ptr + n * channels + c, mask=c_ok, other=0.0)
+        y = v * a[None, :] + b[None, :]
+        if SILU:
+            y = y * tl.sigmoid(y)
+        tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+    return triton, _stats, _apply
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether `group_norm_nhwc` serves this tensor: CUDA, channels_last, float, Triton
+    installed, no autograd (the kernels have no backward), and not inside torch.compile,
+    whose own generated kernels fuse the norm in any layout."""
+    return (x.is_cuda and x.ndim == 4 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and _kernels() is not None)
+
+
+def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                    bias: torch.Tensor | None = None, eps: float = 1e-5, silu: bool = False) -> torch.Tensor:
+    """`F.group_norm(x, num_groups, weight, bias, eps)`, then SiLU if `silu`, for a
+    channels_last (N, C, H, W) tensor; statistics in float32, the result in x's dtype and
+    layout. `weight` and `bias` may be (C,) or per image (N, C), which is how a time-embedding
+    scale-shift rides along: weight * (1 + scale), bias * (1 + scale) + shift."""
+    kernels = _kernels()
+    if kernels is None:
+        raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
+    triton, stats_kernel, apply_kernel = kernels
+    n, channels, h, w = x.shape
+    if channels % num_groups:
+        raise ValueError(f"{channels} channels do not split into {num_groups} groups")
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("group_norm_nhwc needs a channels_last tensor")
+    hw = h * w
+    chunks = triton.cdiv(hw, _PIXELS_PER_CHUNK)
+    partial = torch.empty((n, chunks, 2, channels), dtype=torch.float32, device=x.device)
+    cblocks = triton.cdiv(channels, _BLOCK_CHANNELS)
+    stats_kernel[(n, chunks, cblocks)](x, partial, hw, channels, chunks, PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK,
+                                       BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
+    sums = partial.sum(1).view(n, 2, num_groups, channels // num_groups).sum(-1)  # (N, 2, G)
+    count = hw * (channels // num_groups)
+    mean = sums[:, 0] / count
+    var = (sums[:, 1] / count - mean * mean).clamp_min_(0.0)
+    rstd = torch.rsqrt(var + eps)
+    per_channel = channels // num_groups
+    mean_c = mean.repeat_interleave(per_channel, dim=1)  # (N, C)
+    rstd_c = rstd.repeat_interleave(per_channel, dim=1)
+    gain = rstd_c if weight is None else rstd_c * weight.float().expand(n, channels)
+    offset = -mean_c * gain
+    if bias is not None:
+        offset = offset + bias.float().expand(n, channels)
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    apply_kernel[(n, triton.cdiv(hw, _BLOCK_PIXELS), cblocks)](
+        x, y, gain.contiguous(), offset.contiguous(), hw, channels, SILU=silu,
+        BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
+    return y

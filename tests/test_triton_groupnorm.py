@@ -1,0 +1,95 @@
+"""The channels_last Triton GroupNorm, checked without a GPU: Triton's interpreter
+(TRITON_INTERPRET=1, read when the kernels are defined) runs the same kernels on CPU
+tensors, so each check runs in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from oftsr import triton_groupnorm
+
+triton = pytest.importorskip("triton", reason="the Triton GroupNorm needs the `triton` package")
+
+
+def _interpret(code: str) -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_kernel_matches_group_norm_with_affine_scale_shift_and_silu():
+    result = _interpret("""
+        import json, torch, torch.nn.functional as F
+        from oftsr.triton_groupnorm import group_norm_nhwc
+        torch.manual_seed(0)
+        errors = {}
+        # odd sizes (masks), several chunks of the statistics pass (40*33 > 1024 pixels),
+        # more channels than one block, a mean far from 0
+        for n, c, h, w in [(2, 64, 8, 8), (1, 96, 5, 7), (2, 160, 40, 33)]:
+            x = (torch.randn(n, c, h, w) * 2 + 3).contiguous(memory_format=torch.channels_last)
+            weight, bias = torch.randn(c), torch.randn(c)
+            gain, offset = torch.randn(n, c), torch.randn(n, c)
+            key = f"{n}x{c}x{h}x{w}"
+            y = group_norm_nhwc(x, 32, weight, bias, silu=True)
+            errors[key + " affine silu"] = (y - F.silu(F.group_norm(x, 32, weight, bias))).abs().max().item()
+            errors[key + " channels_last"] = float(not y.is_contiguous(memory_format=torch.channels_last))
+            y = group_norm_nhwc(x, 32)
+            errors[key + " plain"] = (y - F.group_norm(x, 32)).abs().max().item()
+            y = group_norm_nhwc(x, 32, gain, offset)
+            ref = F.group_norm(x, 32) * gain[..., None, None] + offset[..., None, None]
+            errors[key + " per-image"] = (y - ref).abs().max().item()
+            xb = x.bfloat16()
+            y = group_norm_nhwc(xb, 32, gain, offset, silu=True)
+            ref = F.silu(F.group_norm(xb.float(), 32) * gain[..., None, None] + offset[..., None, None])
+            errors[key + " bf16 rel"] = ((y.float() - ref).abs() / (ref.abs() + 1)).max().item()
+            errors[key + " bf16 dtype"] = float(y.dtype != torch.bfloat16)
+        print(json.dumps(errors))
+    """)
+    for key, err in result.items():
+        bound = 2 ** -7 if "bf16 rel" in key else 0.0 if key.endswith(("dtype", "channels_last")) else 2e-5
+        assert err <= bound, (key, err)
+
+
+def test_unet_with_fused_norms_matches_default_path():
+    # The whole network with every GroupNorm(+scale-shift+SiLU) through the kernels (forced
+    # on, as the interpreter's tensors are on the CPU), against the default CPU path.
+    result = _interpret("""
+        import json, torch
+        import oftsr
+        from oftsr import triton_groupnorm
+        model = oftsr.create_model("tiny", role="teacher", seed=0).eval()
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():  # no zero-initialised branches
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        model.optimize(channels_last=True)
+        x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+        t = torch.tensor([0.3, 0.8])
+        with torch.inference_mode():
+            ref = model.velocity(x, x.flip(-1), t)
+            calls = []
+            def forced(x):
+                calls.append(1)
+                return x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
+            triton_groupnorm.available = forced
+            fused = model.velocity(x, x.flip(-1), t)
+        print(json.dumps({"diff": (fused - ref).abs().max().item(), "scale": ref.abs().max().item(),
+                          "calls": len(calls)}))
+    """)
+    assert result["calls"] > 10
+    assert result["scale"] > 0.1
+    assert result["diff"] < 1e-4 * result["scale"] + 1e-5
+
+
+def test_kernel_path_is_off_on_cpu_and_under_autograd():
+    x = torch.randn(1, 32, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert not triton_groupnorm.available(x)  # CPU tensor: PyTorch's kernel
+    with pytest.raises(ValueError, match="channels_last"):
+        triton_groupnorm.group_norm_nhwc(torch.randn(1, 32, 4, 4), 32)
