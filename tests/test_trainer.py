@@ -257,3 +257,25 @@ def test_gray_alpha_training_image_gives_gray_rgb_crops(tmp_path):
     Image.fromarray(np.stack([gray, np.full_like(gray, 128)], axis=-1)).save(tmp_path / "la.png")
     hr = SRDataset(tmp_path, resolution=32, scale=4)[0]["hr"]
     assert hr.shape == (3, 32, 32) and torch.equal(hr[0], hr[1]) and torch.equal(hr[1], hr[2])
+
+
+def test_distill_init_student_starts_from_the_given_weights(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import distill
+
+    teacher = oftsr.create_model("tiny", role="teacher", seed=0)
+    other = oftsr.create_model("tiny", role="student", seed=1)
+    oftsr.save_model(teacher, tmp_path / "teacher.safetensors")
+    oftsr.save_model(other, tmp_path / "student.safetensors")
+    oftsr.save_model(oftsr.create_model("compact", role="student", seed=1), tmp_path / "compact.safetensors")
+    argv = ["--teacher", tmp_path / "teacher.safetensors", "--train_data_dir", tmp_path, "--output_dir", tmp_path / "o"]
+
+    _, student = distill.build_models(distill.parse_args(list(map(str, argv))))
+    assert torch.equal(student.unet.input_blocks[0][0].weight, teacher.unet.input_blocks[0][0].weight)
+    _, student = distill.build_models(distill.parse_args(list(map(str, argv + ["--init_student", tmp_path / "student.safetensors"]))))
+    first = student.unet.input_blocks[0][0].weight
+    assert torch.equal(first, other.unet.input_blocks[0][0].weight)
+    assert not torch.equal(first, teacher.unet.input_blocks[0][0].weight)
+    assert student.role == "student" and student.training and first.requires_grad
+    with pytest.raises(ValueError, match="--init_student has architecture"):
+        distill.build_models(distill.parse_args(list(map(str, argv + ["--init_student", tmp_path / "compact.safetensors"]))))

@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lambda_align", type=float, default=0.01)
     p.add_argument("--lambda_bc", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.0, help="student dropout (the teacher runs in eval mode)")
+    p.add_argument("--init_student", default=None,
+                   help="start the student from these weights instead of the teacher's, e.g. an existing student "
+                        "fine-tuned for another degradation (same architecture as the teacher)")
     g = p.add_argument_group("flowsr (--teacher_solver sets its teacher step too)")
     g.add_argument("--fast_steps", type=int, default=4, help="steps of the fast (coarse) timestep grid")
     g.add_argument("--slow_steps", type=int, default=1000, help="steps of the slow (fine) timestep grid")
@@ -71,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTSRModel]:
-    """The frozen teacher, and a student that starts as a copy of its (EMA) weights."""
+    """The frozen teacher, and a student that starts as a copy of its (EMA) weights, or of
+    `--init_student`'s."""
     teacher = oftsr.load_model(args.teacher, sigma_p=args.sigma_p, role="teacher", scale=args.scale,
                                degradation=args.degradation)
     if teacher.scale != args.scale:
@@ -80,7 +84,12 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
     student = oftsr.OFTSRModel(oftsr.UNet(teacher.config, dropout=args.dropout), sigma_p=teacher.sigma_p,
                                role="student", scale=teacher.scale, degradation=teacher.degradation,
                                objective=args.objective)
-    student.unet.load_state_dict(teacher.unet.state_dict())
+    init = teacher
+    if args.init_student:
+        init = oftsr.load_model(args.init_student, sigma_p=teacher.sigma_p, scale=args.scale)
+        if init.config != teacher.config:
+            raise ValueError(f"--init_student has architecture {init.config}, but the teacher is {teacher.config}")
+    student.unet.load_state_dict(init.unet.state_dict())
     return teacher.eval().requires_grad_(False), student.train().requires_grad_(True)
 
 
