@@ -6,7 +6,7 @@ which is why the CUDA fast path otherwise stays NCHW. These two kernels read and
 (N, H, W, C) memory directly:
 
 1. `_stats`: per image, per channel, float32 sum and sum of squares over a chunk of pixels
-   (one program per (image, chunk, channel block)); a few (N, C)-sized torch ops reduce the
+   (one program per (chunk, channel block, image)); a few (N, C)-sized torch ops reduce the
    chunks and the group's channels to mean and 1/std.
 2. `_apply`: y = x * a[n, c] + b[n, c], then SiLU if asked, where a and b fold the
    statistics, the norm's affine parameters and ADM's time-embedding scale-shift, so the
@@ -45,9 +45,9 @@ def _kernels():
     @triton.jit
     def _stats(x_ptr, partial_ptr, hw, channels, chunks,
                PIXELS_PER_CHUNK: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
-        n = tl.program_id(0)
-        chunk = tl.program_id(1)
-        cblock = tl.program_id(2)
+        chunk = tl.program_id(0)  # the large count on axis 0: axes 1 and 2 stop at 65,535
+        cblock = tl.program_id(1)
+        n = tl.program_id(2)
         c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
         c_ok = c < channels
         total = tl.zeros((BLOCK_CHANNELS,), dtype=tl.float32)
@@ -66,9 +66,9 @@ def _kernels():
     @triton.jit
     def _apply(x_ptr, y_ptr, a_ptr, b_ptr, hw, channels,
                SILU: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
-        n = tl.program_id(0)
-        pblock = tl.program_id(1)
-        cblock = tl.program_id(2)
+        pblock = tl.program_id(0)
+        cblock = tl.program_id(1)
+        n = tl.program_id(2)
         p = pblock * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
         c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
         c_ok = c < channels
@@ -113,7 +113,7 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
     chunks = triton.cdiv(hw, _PIXELS_PER_CHUNK)
     partial = torch.empty((n, chunks, 2, channels), dtype=torch.float32, device=x.device)
     cblocks = triton.cdiv(channels, _BLOCK_CHANNELS)
-    stats_kernel[(n, chunks, cblocks)](x, partial, hw, channels, chunks, PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK,
+    stats_kernel[(chunks, cblocks, n)](x, partial, hw, channels, chunks, PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK,
                                        BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     sums = partial.sum(1).view(n, 2, num_groups, channels // num_groups).sum(-1)  # (N, 2, G)
     count = hw * (channels // num_groups)
@@ -128,7 +128,7 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
     if bias is not None:
         offset = offset + bias.float().expand(n, channels)
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    apply_kernel[(n, triton.cdiv(hw, _BLOCK_PIXELS), cblocks)](
+    apply_kernel[(triton.cdiv(hw, _BLOCK_PIXELS), cblocks, n)](
         x, y, gain.contiguous(), offset.contiguous(), hw, channels, SILU=silu,
         BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     return y
