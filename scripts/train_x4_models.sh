@@ -26,14 +26,8 @@
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
 # pair into x4-real.
 #
-# The x4-real files this version ships are such a fine-tune, made on a 2-core x86-64 CPU
-# (no GPU): teacher 3,000 steps (about 40 minutes), student 1,000 steps (about 35 minutes):
-#
-#   DATA=... PRESET=compact RESOLUTION=64 BATCH=8 STUDENT_RESOLUTION=64 TEACHER_STEPS=3000 \
-#     STUDENT_STEPS=1000 TEACHER_LR=1e-4 TEACHER_WARMUP=100 TEACHER_EMA=0.999 STUDENT_LR=1e-4 \
-#     CHECKPOINT_STEPS=500 MIXED_PRECISION=no WORKERS=1 REPEATS=1 \
-#     INIT_TEACHER=oftsr/weights/x4-teacher.safetensors INIT_STUDENT=oftsr/weights/x4-student.safetensors \
-#     bash scripts/train_x4_models.sh x4-real
+# A fine-tune of the x4 pair on a CPU does not make a usable x4-real (README, Bundled
+# models: measured worse than bicubic on RealSR-Canon); train it on a GPU as above.
 set -euo pipefail
 NAME=${1:?usage: DATA=... bash scripts/train_x4_models.sh x4|x4-real [work_dir]}
 case "$NAME" in
