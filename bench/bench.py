@@ -99,13 +99,15 @@ def fastest_dtype(device: torch.device) -> torch.dtype:
 
 
 def flops_per_forward(model: oftsr.OFTSRModel, size: int) -> int:
-    """Counted on the meta device: shapes only, no arithmetic, so any preset is instant."""
+    """The network's nominal FLOPs, ADM's ops as the paper counts them (the CPU fast path's
+    sub-pixel up-convolution does fewer), for the MFU column on every path. Counted on the
+    meta device: shapes only, no arithmetic, so any preset is instant."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
         meta = oftsr.create_model(model.config, role=model.role)
     x = torch.zeros(1, 3, size, size, device="meta")
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with torch.inference_mode(), reference_ops(), FlopCounterMode(display=False) as counter:
         meta.velocity(x, x, 0.5)
     return counter.get_total_flops()
 

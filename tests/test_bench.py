@@ -1,0 +1,29 @@
+"""bench/bench.py still runs: its cheap sections on the smallest sizes, in a subprocess as
+users run it, print their tables with a row per variant (no timing is asserted)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_sections_print_their_tables():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--device", "cpu", "--only", "fastpath",
+                          "images", "flops", "--presets", "tiny", "--sizes", "64", "--images_size", "64",
+                          "--images_batch", "2", "--repeat", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    fast = [line for line in text.splitlines() if line.startswith("| tiny | 64 |")]
+    assert fast[0].split("|")[3].strip().startswith("authors' network") and len(fast) >= 2
+    for row in fast:  # speed-up and max |diff| are numbers; the default path matches the authors' to 1e-4
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert float(cells[4]) > 0 and float(cells[5]) < (1e-2 if "autocast" in cells[2] else 1e-4)
+    images = re.findall(r"^\| (authors' network \(NCHW fp32, ADM ops\)|ours, default \(load_model\)) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$",
+                        text, flags=re.M)
+    assert [name for name, *_ in images] == ["authors' network (NCHW fp32, ADM ops)", "ours, default (load_model)"]
+    assert images[0][3] == "1.00" and all(float(per_s) > 0 for _, _, per_s, _ in images)
+    # FLOPs per forward: the nominal (ADM) count, the README's, e.g. 2.241 TFLOP for the paper's ImageNet network
+    assert re.search(r"^\| tiny \| 3,163,686 \| 0\.093 \| 0\.785 \|$", text, flags=re.M)
+    assert re.search(r"^\| imagenet \| 552,820,998 \| 2\.241 \| 9\.108 \|$", text, flags=re.M)
