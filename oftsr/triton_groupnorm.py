@@ -85,13 +85,18 @@ def _kernels():
     return triton, _stats, _apply
 
 
+def installed() -> bool:
+    """Whether Triton is importable, so that the kernels can be built."""
+    return _kernels() is not None
+
+
 def available(x: torch.Tensor) -> bool:
     """Whether `group_norm_nhwc` serves this tensor: CUDA, channels_last, float, Triton
     installed, no autograd (the kernels have no backward), and not inside torch.compile,
     whose own generated kernels fuse the norm in any layout."""
     return (x.is_cuda and x.ndim == 4 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
             and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and _kernels() is not None)
+            and not torch.compiler.is_compiling() and installed())
 
 
 def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,

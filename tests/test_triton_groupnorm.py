@@ -88,7 +88,7 @@ def test_unet_with_fused_norms_matches_default_path():
     assert result["diff"] < 1e-4 * result["scale"] + 1e-5
 
 
-def test_kernel_path_is_off_on_cpu_and_under_autograd():
+def test_kernel_path_is_off_on_cpu_and_refuses_nchw():
     x = torch.randn(1, 32, 4, 4).contiguous(memory_format=torch.channels_last)
     assert not triton_groupnorm.available(x)  # CPU tensor: PyTorch's kernel
     with pytest.raises(ValueError, match="channels_last"):
