@@ -21,7 +21,7 @@
 # Every size can be overridden from the environment (PRESET, RESOLUTION, BATCH,
 # TEACHER_STEPS, STUDENT_STEPS, STUDENT_RESOLUTION, CHECKPOINT_STEPS, MIXED_PRECISION,
 # WORKERS, REPEATS, WEIGHTS_DIR, EVAL, NO_BASELINES, TEACHER_LR, TEACHER_WARMUP, TEACHER_EMA,
-# STUDENT_LR); with tiny values the same commands run on a CPU in a minute, as a check of the
+# STUDENT_LR, REALESRGAN_CONFIG); with tiny values the same commands run on a CPU in a minute, as a check of the
 # recipe (README, Bundled models). INIT_TEACHER and INIT_STUDENT start the two stages from
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
 # pair into x4-real.
@@ -54,6 +54,9 @@ TEACHER_LR=${TEACHER_LR:-2e-4}
 TEACHER_WARMUP=${TEACHER_WARMUP:-1000}
 TEACHER_EMA=${TEACHER_EMA:-0.9999}
 STUDENT_LR=${STUDENT_LR:-2e-4}
+# x4-real only: the ranges of its degradation, full (Real-ESRGAN's published chain) or
+# camera (one stage, mild noise and JPEG); both stages must use the same.
+REALESRGAN_CONFIG=${REALESRGAN_CONFIG:-full}
 INIT_TEACHER_ARGS=()
 [ -n "${INIT_TEACHER:-}" ] && INIT_TEACHER_ARGS=(--init_from "$INIT_TEACHER")
 INIT_STUDENT_ARGS=()
@@ -66,6 +69,7 @@ mkdir -p "$WORK" "$WEIGHTS_DIR"
 # on Set5 every 5,000 steps at 4 Euler steps, a cheap check that the run is learning.
 python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
   --output_dir "$WORK/teacher" --preset "$PRESET" --scale 4 --degradation "$DEGRADATION" --sigma_p 0.2 \
+  --realesrgan_config "$REALESRGAN_CONFIG" \
   --resolution "$RESOLUTION" --train_batch_size "$BATCH" --repeats "$REPEATS" --max_train_steps "$TEACHER_STEPS" \
   --learning_rate "$TEACHER_LR" --lr_warmup_steps "$TEACHER_WARMUP" --ema_decay "$TEACHER_EMA" --dropout 0 \
   --mixed_precision "$MIXED_PRECISION" "${INIT_TEACHER_ARGS[@]}" \
@@ -79,6 +83,7 @@ python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validat
 # EMA 0.999 kept the compact student's t = 1 end steady (README, Bundled models).
 python "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" \
   --train_data_dir "$DATA/train" --output_dir "$WORK/student" --degradation "$DEGRADATION" \
+  --realesrgan_config "$REALESRGAN_CONFIG" \
   --dt 0.05 --teacher_solver midpoint --lambda_align 0.01 --lambda_bc 0.1 \
   --resolution "$STUDENT_RESOLUTION" --train_batch_size $((BATCH * 2)) --repeats "$REPEATS" \
   --max_train_steps "$STUDENT_STEPS" --learning_rate "$STUDENT_LR" --lr_warmup_steps 200 --ema_decay 0.999 "${INIT_STUDENT_ARGS[@]}" \

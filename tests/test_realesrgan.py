@@ -11,6 +11,7 @@ from PIL import Image
 
 from oftsr.training.degradations import bicubic_downsample
 from oftsr.training.realesrgan import (
+    REALESRGAN_CONFIGS,
     RealESRGANConfig,
     degrade_realesrgan,
     gaussian_kernel,
@@ -244,6 +245,38 @@ def test_degraded_photo_is_blurrier_than_bicubic():
     # typical degraded image is still much softer than the bicubic one.
     full = ratios(DEFAULT)
     assert np.median(full) < 0.6 and (full < 1.0).sum() >= 8, full
+
+
+def test_camera_config_is_one_stage_with_mild_noise_and_full_blur():
+    assert REALESRGAN_CONFIGS["full"] == DEFAULT
+    camera = REALESRGAN_CONFIGS["camera"]
+    assert camera.second_stage_prob == 0.0 and camera.stage1.blur_sigma == DEFAULT.stage1.blur_sigma
+    # What it adds to a smooth ramp (blur leaves a ramp as it is) stays under 10 levels on
+    # every seed; the published chain passes 15 on some. A ramp, not a flat image: the
+    # Poisson noise is scaled by the image's number of distinct levels, as Real-ESRGAN's is.
+    ramp = torch.linspace(0.1, 0.9, 128).repeat(3, 128, 1)
+    clean = bicubic_downsample(ramp[None], 4)[0][:, 6:-6, 6:-6]
+
+    def added(cfg: RealESRGANConfig) -> np.ndarray:
+        return np.array([(degrade_realesrgan(ramp, 4, s, cfg)[:, 6:-6, 6:-6] - clean).std().item() * 255
+                         for s in range(24)])
+
+    mild, full = added(camera), added(DEFAULT)
+    assert mild.max() < 10, mild
+    assert full.max() > 15 and full.mean() > 2.5 * mild.mean(), (full, mild)
+
+
+def test_camera_config_keeps_more_of_a_photo_than_the_full_chain():
+    hr = _photo_crop(128)
+    reference = bicubic_downsample(hr[None], 4)[0]
+
+    def error(cfg: RealESRGANConfig) -> float:
+        return float(np.mean([(degrade_realesrgan(hr, 4, s, cfg) - reference).abs().mean().item() for s in range(16)]))
+
+    # Both blur (the camera one draws the full blur range) but the camera LR stays closer to
+    # the clean bicubic LR: no second stage, no 0.15x resizes, less noise and compression.
+    camera, full = error(REALESRGAN_CONFIGS["camera"]), error(DEFAULT)
+    assert 0.005 < camera < 0.8 * full, (camera, full)
 
 
 # ----------------------------------------------------------------------------- inputs and helper

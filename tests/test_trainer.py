@@ -16,6 +16,7 @@ from oftsr.training.data import SRDataset, scan_images
 from oftsr.training.degradations import make_lr
 from oftsr.flow import noise_augment, student_step, time_grid
 from oftsr.training.losses import distill_loss, teacher_loss
+from oftsr.training.realesrgan import REALESRGAN_CONFIGS
 from oftsr.sampling import sample_midpoint
 
 from conftest import DATA
@@ -55,6 +56,38 @@ def test_dataset_items(train_dir, caplog):
     assert torch.equal(ds[2]["hr"], ds[2]["hr"])
     ds.set_epoch(1)
     assert not torch.equal(ds[2]["hr"], SRDataset(train_dir, resolution=32, seed=3)[2]["hr"])
+
+
+def test_dataset_realesrgan_config_reaches_the_degradation(train_dir):
+    camera = REALESRGAN_CONFIGS["camera"]
+    full = SRDataset(train_dir, resolution=32, scale=4, degradation="realesrgan", seed=3)
+    mild = SRDataset(train_dir, resolution=32, scale=4, degradation="realesrgan", seed=3, realesrgan_config=camera)
+    item = mild[1]
+    assert torch.equal(item["hr"], full[1]["hr"])  # the same crop; only the LR differs
+    assert not torch.equal(item["lr"], full[1]["lr"])
+    # The LR is the camera chain's, drawn from the item's generator, as the dataset draws it.
+    g = torch.Generator().manual_seed((3 * 1_000_003 + 0) * 1_000_003 + 1)
+    mild._crop(mild._load(1), g)
+    expected = make_lr(item["hr"][None], 4, "realesrgan", generator=g, realesrgan_config=camera)[0]
+    assert torch.equal(item["lr"], expected)
+
+
+def test_trainer_realesrgan_config_flag(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import train_teacher
+
+    argv = ["--train_data_dir", "d", "--output_dir", "o", "--degradation", "realesrgan"]
+    assert train_teacher.parse_args(argv).realesrgan_config == "full"
+    assert train_teacher.parse_args(argv + ["--realesrgan_config", "camera"]).realesrgan_config == "camera"
+    with pytest.raises(SystemExit):
+        train_teacher.parse_args(argv + ["--realesrgan_config", "harsh"])
+    assert "invalid choice" in capsys.readouterr().err
+    import distill
+    import make_pairs
+
+    both = ["--train_data_dir", "d", "--output_dir", "o", "--teacher", "t.safetensors", "--realesrgan_config", "camera"]
+    assert distill.parse_args(both).realesrgan_config == "camera"
+    assert make_pairs.parse_args(both).realesrgan_config == "camera"
 
 
 def test_dataset_repeats_draws_more_crops_per_image(train_dir):

@@ -20,6 +20,7 @@ import oftsr  # noqa: E402
 from oftsr.training.data import SRDataset  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
+from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
 from oftsr.model import DEGRADATIONS  # noqa: E402
 from oftsr.unet import PRESETS  # noqa: E402
 
@@ -62,6 +63,9 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--repeats", type=int, default=1, help="random crops of each training image per epoch")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic")
+    p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default="full",
+                   help="ranges of the realesrgan degradation: full (the published second-order chain) or camera "
+                        "(one stage, full blur range, mild noise and JPEG: photographs from a camera)")
     p.add_argument("--ema_decay", type=float, default=0.9999)
 
 
@@ -98,7 +102,8 @@ def make_accelerator(args: argparse.Namespace, project: str):
 
 def make_dataloader(args: argparse.Namespace, root: str, *, sigma_y: float = 0.05) -> torch.utils.data.DataLoader:
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
-                        sigma_y=sigma_y, seed=args.seed, repeats=args.repeats)
+                        sigma_y=sigma_y, seed=args.seed, repeats=args.repeats,
+                        realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     # The loader's own generator: starting an epoch must not draw from the global RNG, or a
     # resumed run (which starts its epoch at another point) would draw different t and noise.
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
@@ -204,7 +209,8 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
     if not args.validation_data_dir:
         return None
     ds = SRDataset(args.validation_data_dir, resolution=args.resolution, scale=args.scale,
-                   degradation=args.degradation, random_flip=False, center_crop=True, seed=args.seed)
+                   degradation=args.degradation, random_flip=False, center_crop=True, seed=args.seed,
+                   realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     items = [ds[i] for i in range(min(args.num_validation_images, len(ds)))]
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
 

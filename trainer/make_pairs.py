@@ -21,6 +21,7 @@ from oftsr.model import DEGRADATIONS
 from oftsr.sampling import SOLVERS
 from oftsr.training.data import SRDataset
 from oftsr.training.pairs import make_pairs, write_manifest
+from oftsr.training.realesrgan import REALESRGAN_CONFIGS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--degradation", choices=DEGRADATIONS, default=None, help="default: the teacher's")
     p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
+    p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default="full",
+                   help="ranges of a realesrgan teacher's degradation: as it was trained (full or camera)")
     return p.parse_args(argv)
 
 
@@ -52,11 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     if teacher.scale != args.scale:
         raise SystemExit(f"error: the teacher is x{teacher.scale}, but --scale is {args.scale}")
     data = SRDataset(args.train_data_dir, resolution=args.resolution, scale=teacher.scale,
-                     degradation=teacher.degradation, seed=args.seed)
+                     degradation=teacher.degradation, seed=args.seed,
+                     realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     settings = {"teacher": Path(args.teacher).name, "teacher_step": teacher.step, "sigma_p": teacher.sigma_p,
                 "scale": teacher.scale, "degradation": teacher.degradation, "resolution": args.resolution,
                 "steps": args.steps, "solver": args.solver, "seed": args.seed, "num_pairs": args.num_pairs,
                 "shard_size": args.shard_size, "source_images": len(data.files)}
+    if args.realesrgan_config != "full":  # only then: folders made before the option keep resuming
+        settings["realesrgan_config"] = args.realesrgan_config
     out = Path(args.output_dir)
     if state.is_main_process:
         write_manifest(out, settings)

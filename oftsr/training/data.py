@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .degradations import make_lr
+from .realesrgan import RealESRGANConfig
 from ..images import IMAGE_SUFFIXES, load_image
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class SRDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, *, resolution: int = 256, scale: int = 4, degradation: str = "bicubic",
                  sigma_y: float = 0.05, random_flip: bool = True, center_crop: bool = False, seed: int = 0,
-                 repeats: int = 1) -> None:
+                 repeats: int = 1, realesrgan_config: RealESRGANConfig | None = None) -> None:
         if resolution % scale:
             raise ValueError(f"resolution {resolution} must be a multiple of the scale {scale}")
         if repeats < 1:
@@ -68,6 +69,7 @@ class SRDataset(torch.utils.data.Dataset):
         self.repeats = repeats
         self.resolution, self.scale, self.degradation, self.sigma_y = resolution, scale, degradation, sigma_y
         self.random_flip, self.center_crop = random_flip, center_crop
+        self.realesrgan_config = realesrgan_config
         self.seed, self.epoch = seed, 0
         self._reported: set[Path] = set()
 
@@ -114,5 +116,6 @@ class SRDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
         hr = self._crop(self._load(index % len(self.files)), g) * 2 - 1
-        lr = make_lr(hr[None], self.scale, self.degradation, generator=g, sigma_y=self.sigma_y)[0]
+        lr = make_lr(hr[None], self.scale, self.degradation, generator=g, sigma_y=self.sigma_y,
+                     realesrgan_config=self.realesrgan_config)[0]
         return {"hr": hr.contiguous(), "lr": lr.contiguous()}

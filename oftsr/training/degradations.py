@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..resample import bicubic_resize, upsample_lr
+from .realesrgan import RealESRGANConfig, degrade_realesrgan
 
 
 def bicubic_downsample(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -22,9 +24,10 @@ def noisy_avgpool_downsample(x: torch.Tensor, scale: int, sigma_y: float, noise:
 
 
 def degrade(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.Generator | None = None,
-            sigma_y: float = 0.05) -> torch.Tensor:
+            sigma_y: float = 0.05, realesrgan_config: RealESRGANConfig | None = None) -> torch.Tensor:
     """The LR image (LR size, [-1, 1]) of an HR batch (B, 3, H, W) in [-1, 1], degraded the
-    way `degradation` defines (random parts seeded through `generator`)."""
+    way `degradation` defines (random parts seeded through `generator`). `realesrgan_config`
+    sets the ranges of the Real-ESRGAN pipeline (default: the published ones)."""
     if degradation == "bicubic":
         return bicubic_downsample(hr, scale)
     if degradation == "noisy_avgpool":
@@ -32,16 +35,15 @@ def degrade(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.
         noise = torch.randn(hr.shape[0], hr.shape[1], h // scale, w // scale, generator=generator).to(hr.device)
         return noisy_avgpool_downsample(hr, scale, sigma_y, noise)
     if degradation == "realesrgan":
-        import numpy as np
-
-        from .realesrgan import degrade_realesrgan
-
         seed = int(torch.randint(2**31 - 1, (), generator=generator))
-        return degrade_realesrgan(((hr + 1) / 2).cpu(), scale, np.random.default_rng(seed)).to(hr.device) * 2 - 1
+        lr = degrade_realesrgan(((hr + 1) / 2).cpu(), scale, np.random.default_rng(seed),
+                                realesrgan_config or RealESRGANConfig())
+        return lr.to(hr.device) * 2 - 1
     raise ValueError(f"unknown degradation {degradation!r}; choose bicubic, noisy_avgpool or realesrgan")
 
 
 def make_lr(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.Generator | None = None,
-            sigma_y: float = 0.05) -> torch.Tensor:
+            sigma_y: float = 0.05, realesrgan_config: RealESRGANConfig | None = None) -> torch.Tensor:
     """The model's condition x_lr: the degraded image brought back to HR size, [-1, 1]."""
-    return upsample_lr(degrade(hr, scale, degradation, generator=generator, sigma_y=sigma_y), scale, degradation)
+    lr = degrade(hr, scale, degradation, generator=generator, sigma_y=sigma_y, realesrgan_config=realesrgan_config)
+    return upsample_lr(lr, scale, degradation)

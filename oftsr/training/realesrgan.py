@@ -40,6 +40,7 @@ __all__ = [
     "sinc_kernel",
     "random_kernel",
     "degrade_realesrgan",
+    "REALESRGAN_CONFIGS",
 ]
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -100,6 +101,22 @@ class RealESRGANConfig:
     final_sinc_omega: tuple[float, float] = (math.pi / 3, math.pi)
     final_jpeg_prob: float = 1.0
     final_jpeg_range: tuple[int, int] = (30, 95)
+
+
+def _camera_config() -> RealESRGANConfig:
+    # Photographs from a decent camera: optics blur them as much as Real-ESRGAN's first
+    # stage does (full blur range), but at ordinary ISO and JPEG settings they carry far
+    # less noise and compression than its web-image chain, and they are not re-uploaded
+    # (no second stage). Its harshest draws are also the ones a small training crop cannot
+    # hold: a resize to 0.15x turns a 64 px crop into 10 px.
+    stage1 = DegradationStage(resize_range=(0.5, 1.5), noise_range=(1.0, 10.0), poisson_scale_range=(0.05, 1.0),
+                              jpeg_range=(60, 95))
+    return RealESRGANConfig(stage1=stage1, second_stage_prob=0.0, final_sinc_prob=0.5, final_jpeg_range=(60, 95))
+
+
+# The named settings the trainer offers (--realesrgan_config): "full" is the published
+# pipeline, for images of any provenance; "camera" the milder one above.
+REALESRGAN_CONFIGS: dict[str, RealESRGANConfig] = {"full": RealESRGANConfig(), "camera": _camera_config()}
 
 
 # ----------------------------------------------------------------------------- kernels
