@@ -26,8 +26,9 @@
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
 # pair into x4-real.
 #
-# A fine-tune of the x4 pair on a CPU does not make a usable x4-real (README, Bundled
-# models: measured worse than bicubic on RealSR-Canon); train it on a GPU as above.
+# A fine-tune of the x4 pair on a CPU does not make a usable x4-real, with either chain
+# (README, Bundled models: measured on RealSR-Canon, no better than bicubic at t = 0);
+# train it on a GPU as above, REALESRGAN_CONFIG=camera first.
 set -euo pipefail
 NAME=${1:?usage: DATA=... bash scripts/train_x4_models.sh x4|x4-real [work_dir]}
 case "$NAME" in
