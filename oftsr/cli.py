@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_model, read_metadata, save_model
+from .checkpoint import CheckpointError, load_model, model_metadata, read_metadata, save_model
 from .images import IMAGE_SUFFIXES, list_images, load_image, save_image
 from .inference import check_t, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
@@ -206,7 +206,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     model = load_model(args.src, sigma_p=args.sigma_p, role=args.role, scale=args.scale, degradation=args.degradation)
-    save_model(model, args.dst, dtype=DTYPES[args.dtype] if args.dtype else None, source=Path(args.src).name)
+    # Keep what the source records beyond the model's own fields (how it was trained).
+    kept = {k: v for k, v in read_metadata(args.src).items() if k not in model_metadata(model)}
+    save_model(model, args.dst, dtype=DTYPES[args.dtype] if args.dtype else None, **{**kept, "source": Path(args.src).name})
     print(f"wrote {args.dst}: {model.role}, x{model.scale}, sigma_p {model.sigma_p}, {count_parameters(model):,} parameters")
     return 0
 

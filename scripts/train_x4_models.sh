@@ -79,8 +79,9 @@ python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validat
   --resume_from_checkpoint latest
 
 # Stage 2: the one-step student (distill + 0.01 align + 0.1 boundary, midpoint teacher
-# step), started from the teacher's EMA weights. --degradation must repeat the teacher's:
-# it makes the training LR and is written into the student. Batch 64 of 128 px crops and
+# step), started from the teacher's EMA weights. --degradation and --realesrgan_config
+# repeat the teacher's (distill.py checks them against its file): they make the training
+# LR, and the degradation is written into the student. Batch 64 of 128 px crops and
 # EMA 0.999 kept the compact student's t = 1 end steady (README, Bundled models).
 python "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" \
   --train_data_dir "$DATA/train" --output_dir "$WORK/student" --degradation "$DEGRADATION" \

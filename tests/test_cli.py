@@ -84,6 +84,16 @@ def test_convert_and_info_authors_file(tmp_path, fixture_dir, capsys):
     assert "--sigma-p" in capsys.readouterr().err
 
 
+def test_convert_keeps_the_training_record(tmp_path, capsys):
+    src, dst = tmp_path / "real.safetensors", tmp_path / "real-fp16.safetensors"
+    oftsr.save_model(oftsr.create_model("tiny", role="student", degradation="realesrgan"), src, realesrgan_config="camera")
+    assert main(["convert", str(src), str(dst), "--dtype", "fp16"]) == 0
+    meta = oftsr.read_metadata(dst)
+    assert meta["realesrgan_config"] == "camera" and meta["source"] == "real.safetensors"
+    assert meta["degradation"] == "realesrgan"
+    assert oftsr.load_model(dst).unet.input_blocks[0][0].weight.dtype == torch.float32  # the loader casts back
+
+
 def test_create_then_upscale(tmp_path, inputs):
     dst = tmp_path / "new.safetensors"
     assert main(["create", str(dst), "--preset", "tiny", "--role", "student"]) == 0

@@ -90,6 +90,27 @@ def test_trainer_realesrgan_config_flag(monkeypatch, capsys):
     assert make_pairs.parse_args(both).realesrgan_config == "camera"
 
 
+def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import distill
+
+    teacher = oftsr.create_model("tiny", role="teacher", seed=0, degradation="realesrgan")
+    args = distill.parse_args(["--teacher", "t", "--train_data_dir", "d", "--output_dir", "o", "--realesrgan_config", "camera"])
+    assert common.training_metadata(args, teacher) == {"realesrgan_config": "camera"}
+    assert common.training_metadata(args, oftsr.create_model("tiny", role="teacher")) == {}  # bicubic: nothing to record
+    info = common.model_info(teacher, step=7)
+    path = common.export_ema(info, [p.detach() for p in teacher.unet.parameters()], tmp_path / "teacher.safetensors",
+                             **common.training_metadata(args, teacher))
+    assert oftsr.read_metadata(path)["realesrgan_config"] == "camera"
+
+    argv = ["--teacher", str(path), "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+    _, student = distill.build_models(distill.parse_args(argv + ["--realesrgan_config", "camera"]))
+    assert student.degradation == "realesrgan"
+    with pytest.raises(ValueError, match="pass --realesrgan_config camera"):
+        distill.build_models(distill.parse_args(argv))  # full, the default
+
+
 def test_dataset_repeats_draws_more_crops_per_image(train_dir):
     once = SRDataset(train_dir, resolution=32, scale=4, seed=3)
     thrice = SRDataset(train_dir, resolution=32, scale=4, seed=3, repeats=3)

@@ -62,7 +62,8 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--dataloader_num_workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1, help="random crops of each training image per epoch")
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic")
+    p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic",
+                   help="how training LR images are made (distill.py: default the teacher's)")
     p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default="full",
                    help="ranges of the realesrgan degradation: full (the published second-order chain) or camera "
                         "(one stage, full blur range, mild noise and JPEG: photographs from a camera)")
@@ -282,8 +283,15 @@ def log_images(accelerator, name: str, images: torch.Tensor, step: int) -> None:
             tracker.writer.add_images(name, ((images.clamp(-1, 1) + 1) / 2).float().cpu(), step)
 
 
-def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Path:
-    """Write EMA weights as our `.safetensors` (full metadata; loads in the CLI and nodes)."""
+def training_metadata(args: argparse.Namespace, model: oftsr.OFTSRModel) -> dict[str, str]:
+    """What the exported file records of its training beyond the model's own metadata: the
+    ranges of a realesrgan degradation, which the next stage must repeat."""
+    return {"realesrgan_config": args.realesrgan_config} if model.degradation == "realesrgan" else {}
+
+
+def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path, **extra: str) -> Path:
+    """Write EMA weights as our `.safetensors` (full metadata, plus `extra`; loads in the CLI
+    and nodes)."""
     export = oftsr.OFTSRModel(oftsr.UNet(oftsr.UNetConfig.from_dict(info["architecture"])), sigma_p=info["sigma_p"],
                               role=info["role"], scale=info["scale"], degradation=info["degradation"], step=info["step"],
                               objective=info.get("objective", "oftsr"))
@@ -293,7 +301,7 @@ def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Pat
     with torch.no_grad():
         for p, s in zip(params, shadow_params):
             p.copy_(s)
-    oftsr.save_model(export, path)
+    oftsr.save_model(export, path, **extra)
     return path
 
 
@@ -349,7 +357,8 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
                             accelerator.unwrap_model(model))
     bar.close()
     if accelerator.is_main_process:
-        path = export_ema(model_info(accelerator.unwrap_model(model), state.step), ema.shadow_params,
-                          Path(args.output_dir) / export_name)
+        unwrapped = accelerator.unwrap_model(model)
+        path = export_ema(model_info(unwrapped, state.step), ema.shadow_params, Path(args.output_dir) / export_name,
+                          **training_metadata(args, unwrapped))
         logger.info("exported EMA weights to %s", path)
     accelerator.end_training()

@@ -42,6 +42,8 @@ VALIDATION_T = (0.0, 0.5, 1.0)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, lr=2e-5, batch=32, steps=20_000)
+    # The student learns from the teacher's LR: by default the degradation its file records.
+    p.set_defaults(degradation=None)
     p.add_argument("--teacher", required=True, help="teacher checkpoint: our .safetensors or an authors' .pth")
     p.add_argument("--objective", choices=OBJECTIVES, default="oftsr", help="distillation objective (default oftsr)")
     p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
@@ -80,7 +82,12 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
                                degradation=args.degradation)
     if teacher.scale != args.scale:
         raise ValueError(f"the teacher is x{teacher.scale}, but --scale is {args.scale}")
-    args.sigma_p = teacher.sigma_p
+    # A realesrgan teacher file says which ranges it was trained with; the student must see the same LR.
+    trained = oftsr.read_metadata(args.teacher).get("realesrgan_config") if teacher.degradation == "realesrgan" else None
+    if trained is not None and trained != args.realesrgan_config:
+        raise ValueError(f"the teacher was trained with --realesrgan_config {trained}, but this run has "
+                         f"{args.realesrgan_config}: pass --realesrgan_config {trained}")
+    args.sigma_p, args.degradation = teacher.sigma_p, teacher.degradation
     student = oftsr.OFTSRModel(oftsr.UNet(teacher.config, dropout=args.dropout), sigma_p=teacher.sigma_p,
                                role="student", scale=teacher.scale, degradation=teacher.degradation,
                                objective=args.objective)
