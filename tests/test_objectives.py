@@ -153,6 +153,19 @@ def test_capture_attention_gives_gradients_to_the_attention_layers(random_unet_w
     with capture_attention(model.unet) as outs:
         model.velocity(x, x, 0.5)
     assert len(outs) == n_blocks == 4  # tiny preset: 1 input, 1 middle and 2 output blocks
+    # The attention branch, without the residual: the middle block's own computation.
+    block = model.unet.middle_block[1]
+    seen = []
+    handle = block.register_forward_hook(lambda _m, inputs, out: seen.append((inputs[0], out)))
+    with capture_attention(model.unet) as branch:
+        model.velocity(x, x, 0.5)
+    handle.remove()
+    (inp, out), = seen
+    assert torch.allclose(branch[1], out - inp) and branch[1].abs().max() > 1e-3
+    zero = oftsr.unet.AttentionBlock(inp.shape[1], inp.shape[1])  # ADM zero-initialises proj_out
+    with capture_attention(zero) as none:
+        zero(inp)
+    assert none[0].abs().max() == 0
     with capture_attention(model.unet) as after:
         pass
     model.velocity(x, x, 0.5)

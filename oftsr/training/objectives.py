@@ -170,10 +170,12 @@ def attention_diversity(outputs: list[torch.Tensor]) -> torch.Tensor:
 
 @contextlib.contextmanager
 def capture_attention(module: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the output of every `AttentionBlock` in `module` during the forward passes
-    run inside the block (gradients flow through the captured tensors)."""
+    """Collect the attention output of every `AttentionBlock` in `module` during the
+    forward passes run inside the block (gradients flow through the captured tensors).
+    That is the block's output less its input: the block adds its input back (a
+    residual), and ADL measures how alike the attention makes the tokens, not the input."""
     captured: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    hooks = [m.register_forward_hook(lambda _m, inputs, out: captured.append(out - inputs[0]))
              for m in module.modules() if isinstance(m, AttentionBlock)]
     try:
         yield captured
