@@ -99,9 +99,9 @@ def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monk
     args = distill.parse_args(["--teacher", "t", "--train_data_dir", "d", "--output_dir", "o", "--realesrgan_config", "camera"])
     assert common.training_metadata(args, teacher) == {"realesrgan_config": "camera"}
     assert common.training_metadata(args, oftsr.create_model("tiny", role="teacher")) == {}  # bicubic: nothing to record
-    info = common.model_info(teacher, step=7)
-    path = common.export_ema(info, [p.detach() for p in teacher.unet.parameters()], tmp_path / "teacher.safetensors",
-                             **common.training_metadata(args, teacher))
+    info = common.model_info(teacher, step=7, metadata=common.training_metadata(args, teacher))
+    assert json.loads(json.dumps(info))["metadata"] == {"realesrgan_config": "camera"}  # as a checkpoint's oftsr.json
+    path = common.export_ema(info, [p.detach() for p in teacher.unet.parameters()], tmp_path / "teacher.safetensors")
     assert oftsr.read_metadata(path)["realesrgan_config"] == "camera"
 
     argv = ["--teacher", str(path), "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
@@ -109,6 +109,21 @@ def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monk
     assert student.degradation == "realesrgan"
     with pytest.raises(ValueError, match="pass --realesrgan_config camera"):
         distill.build_models(distill.parse_args(argv))  # full, the default
+
+    # Resuming a run's checkpoint with other ranges is refused before anything is loaded.
+    ckpt = tmp_path / "run" / "checkpoint-7"
+    ckpt.mkdir(parents=True)
+    (ckpt / common.MODEL_INFO).write_text(json.dumps(info))
+
+    class NoLoad:
+        def load_state(self, _path):
+            raise AssertionError("must not load")
+
+    args.output_dir, args.resume_from_checkpoint = str(tmp_path / "run"), "latest"
+    with pytest.raises(ValueError, match="trained with --realesrgan_config camera, but this run has full"):
+        common.resume(NoLoad(), args, {"realesrgan_config": "full"})
+    with pytest.raises(AssertionError, match="must not load"):  # the same ranges: it goes on to load
+        common.resume(NoLoad(), args, {"realesrgan_config": "camera"})
 
 
 def test_dataset_repeats_draws_more_crops_per_image(train_dir):

@@ -30,9 +30,11 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 MODEL_INFO = "oftsr.json"
 
 
-def model_info(model: oftsr.OFTSRModel, step: int) -> dict:
+def model_info(model: oftsr.OFTSRModel, step: int, metadata: dict[str, str] | None = None) -> dict:
+    """What a checkpoint's model is, and `metadata` for its exported file (`training_metadata`)."""
     return {"architecture": model.config.to_dict(), "role": model.role, "scale": model.scale,
-            "sigma_p": model.sigma_p, "degradation": model.degradation, "step": step, "objective": model.objective}
+            "sigma_p": model.sigma_p, "degradation": model.degradation, "step": step, "objective": model.objective,
+            "metadata": metadata or {}}
 
 
 def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps: int) -> None:
@@ -142,7 +144,7 @@ def list_checkpoints(output_dir: str) -> list[Path]:
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None,
-                    model: oftsr.OFTSRModel) -> Path:
+                    model: oftsr.OFTSRModel, metadata: dict[str, str] | None = None) -> Path:
     """`accelerator.save_state` into a temporary folder, renamed when complete; then the
     oldest checkpoints beyond `total_limit` are removed. `oftsr.json` beside the state
     says what the model is, so `trainer/export.py` can turn any checkpoint into a model file."""
@@ -156,7 +158,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / MODEL_INFO).write_text(json.dumps(model_info(model, step), indent=1))
+        (tmp / MODEL_INFO).write_text(json.dumps(model_info(model, step, metadata), indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -168,9 +170,11 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     return final
 
 
-def resume(accelerator, args: argparse.Namespace) -> None:
+def resume(accelerator, args: argparse.Namespace, metadata: dict[str, str] | None = None) -> None:
     """Load `--resume_from_checkpoint` (a path, or "latest" = newest complete one in
-    `--output_dir`). Restores models, EMA, optimizer, scheduler, RNG and step."""
+    `--output_dir`). Restores models, EMA, optimizer, scheduler, RNG and step. A checkpoint
+    whose recorded training `metadata` differs (other degradation ranges) is refused
+    before anything is loaded."""
     if not args.resume_from_checkpoint:
         return
     if args.resume_from_checkpoint == "latest":
@@ -183,6 +187,12 @@ def resume(accelerator, args: argparse.Namespace) -> None:
         path = Path(args.resume_from_checkpoint)
         if not path.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
+    info_file = path / MODEL_INFO
+    recorded = json.loads(info_file.read_text()).get("metadata", {}) if info_file.is_file() else {}
+    for key, value in recorded.items():
+        if (metadata or {}).get(key) != value:
+            raise ValueError(f"{path} was trained with --{key} {value}, but this run has "
+                             f"{(metadata or {}).get(key, 'another setting')}: pass --{key} {value}, or another --output_dir")
     accelerator.load_state(str(path))
     logger.info("resumed from %s", path)
 
@@ -289,9 +299,9 @@ def training_metadata(args: argparse.Namespace, model: oftsr.OFTSRModel) -> dict
     return {"realesrgan_config": args.realesrgan_config} if model.degradation == "realesrgan" else {}
 
 
-def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path, **extra: str) -> Path:
-    """Write EMA weights as our `.safetensors` (full metadata, plus `extra`; loads in the CLI
-    and nodes)."""
+def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Path:
+    """Write EMA weights as our `.safetensors` (full metadata, plus the info's training
+    `metadata`; loads in the CLI and nodes)."""
     export = oftsr.OFTSRModel(oftsr.UNet(oftsr.UNetConfig.from_dict(info["architecture"])), sigma_p=info["sigma_p"],
                               role=info["role"], scale=info["scale"], degradation=info["degradation"], step=info["step"],
                               objective=info.get("objective", "oftsr"))
@@ -301,7 +311,7 @@ def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path, **extr
     with torch.no_grad():
         for p, s in zip(params, shadow_params):
             p.copy_(s)
-    oftsr.save_model(export, path, **extra)
+    oftsr.save_model(export, path, **info.get("metadata", {}))
     return path
 
 
@@ -320,8 +330,9 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     from tqdm.auto import tqdm
 
     state = TrainState()
+    metadata = training_metadata(args, accelerator.unwrap_model(model))
     accelerator.register_for_checkpointing(ema, state, *extra_state)  # the EMA first: export.py reads it by number
-    resume(accelerator, args)
+    resume(accelerator, args, metadata)
     if accelerator.is_main_process:
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
@@ -354,11 +365,10 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
         log_metrics(accelerator, args.output_dir, logs, state.step)
         if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
             save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
-                            accelerator.unwrap_model(model))
+                            accelerator.unwrap_model(model), metadata)
     bar.close()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        path = export_ema(model_info(unwrapped, state.step), ema.shadow_params, Path(args.output_dir) / export_name,
-                          **training_metadata(args, unwrapped))
+        path = export_ema(model_info(accelerator.unwrap_model(model), state.step, metadata), ema.shadow_params,
+                          Path(args.output_dir) / export_name)
         logger.info("exported EMA weights to %s", path)
     accelerator.end_training()
