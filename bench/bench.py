@@ -8,7 +8,8 @@ Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, f
 baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole images per second).
 Weights are random (the speed of a network does not depend on its values); every
 comparison uses identical weights and inputs. The memory section runs `oftsr upscale`
-with the bundled student, and with a stand-in network for photographs too big for it.
+and `oftsr sample` with the bundled models, and with a stand-in network for photographs
+too big for them.
 """
 
 from __future__ import annotations
@@ -200,18 +201,24 @@ class StandInNetwork(torch.nn.Module):
         return self.conv(x)
 
 
-def _memory_child(network: str, src: str, dst: str, tile: int, device: str) -> None:
-    """`oftsr upscale src -o dst` in this fresh process, as a user runs it (the file is
-    read, upscaled and written); with the stand-in, only the network is replaced."""
+# The teacher's memory does not depend on the number of steps (the solver keeps the same
+# few whole-image buffers throughout), so its rows take two midpoint steps (NFE 3).
+SAMPLE_STEPS = 2
+
+
+def _memory_child(command: str, network: str, src: str, dst: str, tile: int, device: str) -> None:
+    """`oftsr upscale|sample src -o dst` in this fresh process, as a user runs it (the file
+    is read, super-resolved and written); with the stand-in, only the network is replaced."""
     from oftsr import cli
 
     dev = torch.device(device)
     if network == "stand-in":
         torch.set_num_threads(1)  # a 3x3 convolution gains nothing from threads; on a shared CPU they only wait
-        cli._load = lambda args, role: oftsr.OFTSRModel(StandInNetwork(), sigma_p=0.2, role="student",
+        cli._load = lambda args, role: oftsr.OFTSRModel(StandInNetwork(), sigma_p=0.2, role=role,
                                                          scale=4).to(dev).eval()
+    steps = ["--steps", str(SAMPLE_STEPS), "--solver", "midpoint"] if command == "sample" else []
     start = time.perf_counter()
-    code = cli.main(["upscale", src, "-o", dst, "--tile", str(tile), "--device", device, "-q"])
+    code = cli.main([command, src, "-o", dst, "--tile", str(tile), "--device", device, "-q", *steps])
     seconds = time.perf_counter() - start
     cuda = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
     print(json.dumps({"code": code, "peak_rss": _peak_rss(), "cuda": cuda, "seconds": seconds}))
@@ -224,8 +231,9 @@ def _photo_size(megapixels: float) -> tuple[int, int]:
 
 
 def bench_memory(args, device) -> None:
-    """Peak memory of `oftsr upscale` (x4) on photographs of 1, 4 and 12 MP, each in a fresh
-    process: the bundled student up to --memory_real_mp, a stand-in network for all sizes."""
+    """Peak memory of `oftsr upscale` and `oftsr sample` (x4) on photographs of 1, 4 and 12
+    MP, each in a fresh process: the bundled model up to --memory_real_mp, a stand-in
+    network for all sizes."""
     import numpy as np
     from PIL import Image
 
@@ -236,19 +244,24 @@ def bench_memory(args, device) -> None:
             src, dst = Path(tmp) / f"in_{mp}.png", Path(tmp) / f"out_{mp}.png"
             rng = np.random.default_rng(0)  # smooth random colours: a photograph's content does not matter here
             Image.fromarray(rng.integers(0, 256, (h // 64, w // 64, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC).save(src)
-            for network in (["bundled student", "stand-in"] if mp <= args.memory_real_mp else ["stand-in"]):
-                out = subprocess.run([sys.executable, __file__, "--_memory_child", network, str(src), str(dst),
+            runs = [(command, network) for command in args.memory_commands
+                    for network in (["bundled", "stand-in"] if mp <= args.memory_real_mp else ["stand-in"])]
+            for command, network in runs:
+                out = subprocess.run([sys.executable, __file__, "--_memory_child", command, network, str(src), str(dst),
                                       str(args.memory_tile), str(device)], capture_output=True, text=True, timeout=7200)
-                cells = [f"{w}x{h} ({w * h / 1e6:.1f} MP)", f"{4 * w}x{4 * h} ({16 * w * h / 1e6:.0f} MP)", network]
+                role = "student" if command == "upscale" else f"teacher, midpoint NFE {2 * SAMPLE_STEPS - 1}"
+                name = f"bundled {role}" if network == "bundled" else f"stand-in ({role})"
+                cells = [f"{w}x{h} ({w * h / 1e6:.1f} MP)", f"{4 * w}x{4 * h} ({16 * w * h / 1e6:.0f} MP)",
+                         f"`{command}`", name]
                 result = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"code": "?"}
                 if result["code"] != 0:
                     rows.append(cells + ["failed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:80], "", ""])
                     continue
                 cuda = "" if result["cuda"] is None else f"{result['cuda'] / 2**20:.0f}"
                 rows.append(cells + [f"{result['peak_rss'] / 2**20:.0f}", cuda, f"{result['seconds']:.0f}"])
-    table(f"Peak memory of `oftsr upscale` (x4, --tile {args.memory_tile}, 8-bit PNG in and out, a fresh process "
-          f"each), {device_name(device)}",
-          ["input", "output", "network", "peak RSS (MiB)", "CUDA max allocated (MiB)", "s"], rows)
+    table(f"Peak memory of `oftsr upscale` and `oftsr sample` (x4, --tile {args.memory_tile}, 8-bit PNG in and out, "
+          f"a fresh process each), {device_name(device)}",
+          ["input", "output", "command", "network", "peak RSS (MiB)", "CUDA max allocated (MiB)", "s"], rows)
 
 
 def _cpu_has_bf16() -> bool:
@@ -409,7 +422,7 @@ SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_memory_child":
-        _memory_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
+        _memory_child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -425,6 +438,8 @@ def main() -> None:
     p.add_argument("--memory_real_mp", type=float, default=1,
                    help="largest input run with the bundled student in the memory table (the rest: a stand-in network)")
     p.add_argument("--memory_tile", type=int, default=512)
+    p.add_argument("--memory_commands", nargs="+", choices=["upscale", "sample"], default=["upscale", "sample"],
+                   help="what the memory table runs: the student's one step, the teacher's solver, or both")
     p.add_argument("--compile", action="store_true", help="include torch.compile in the fast-path table")
     p.add_argument("--compile_mode", choices=oftsr.model.COMPILE_MODES, default=None,
                    help="torch.compile mode for --compile, e.g. reduce-overhead (CUDA graphs)")

@@ -27,3 +27,16 @@ def test_bench_sections_print_their_tables():
     # FLOPs per forward: the nominal (ADM) count, the README's, e.g. 2.241 TFLOP for the paper's ImageNet network
     assert re.search(r"^\| tiny \| 3,163,686 \| 0\.093 \| 0\.785 \|$", text, flags=re.M)
     assert re.search(r"^\| imagenet \| 552,820,998 \| 2\.241 \| 9\.108 \|$", text, flags=re.M)
+
+
+def test_bench_memory_rows_for_upscale_and_sample():
+    # A stand-in network on a tiny photo: one fresh process per command, each with its peak RSS.
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--device", "cpu", "--only", "memory",
+                          "--memory_mp", "0.02", "--memory_real_mp", "0", "--memory_tile", "64"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"^\| \d+x\d+ \(0\.0 MP\) \| \d+x\d+ \(0 MP\) \| `(upscale|sample)` \| (stand-in \([^)]+\)) \| (\d+) \| +\| (\d+) \|$",
+                      out.stdout, flags=re.M)
+    assert [(c, n) for c, n, *_ in rows] == [("upscale", "stand-in (student)"),
+                                             ("sample", "stand-in (teacher, midpoint NFE 3)")], out.stdout
+    assert all(200 < int(rss) < 8000 for *_, rss, _ in rows)  # MiB: torch alone is about 0.5 GiB
