@@ -141,6 +141,38 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: int
     return result.out
 
 
+# Whole-image float32 buffers any solver keeps at the least (the state, a velocity, the
+# blend sums); the midpoint method measured about five (README, Performance).
+_SAMPLE_MIN_BUFFERS = 3
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that new tensors on `device` can still take, or None where it cannot be told."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:  # Linux; elsewhere the check is skipped
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None
+
+
+def _check_sample_memory(model: OFTSRModel, batch: int, height: int, width: int) -> None:
+    # Fail at once rather than after minutes of steps (or by the system's OOM killer).
+    need = _SAMPLE_MIN_BUFFERS * batch * 3 * height * width * 4
+    free = available_memory(model.device)
+    if free is not None and need > free:
+        raise ValueError(
+            f"the teacher keeps the whole {width}x{height} output in memory between its steps, at least "
+            f"{need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB is free on {model.device}: use the one-step "
+            f"student (oftsr upscale / OFTSR Upscale), a smaller image or a crop of it, or fewer images at once")
+
+
 @torch.inference_mode()
 def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: str = "midpoint", seed: int = 0,
            tile: int | None = None, overlap: int | None = None, tile_batch: int = 1,
@@ -160,6 +192,7 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     rgb, alpha, gray = _split_channels(image)
+    _check_sample_memory(model, rgb.shape[0], rgb.shape[-2] * model.scale, rgb.shape[-1] * model.scale)
     result = _Output(image, None if alpha is None else alpha.to(model.device), gray, model.scale, out_dtype)
     lr = rgb.to(model.device) * 2 - 1
     b, _, h, w = result.out.shape

@@ -144,6 +144,27 @@ def test_teacher_sample_solvers(teacher, solver, steps, nfe):
     assert info["nfe"] == nfe
 
 
+def test_teacher_sample_refuses_an_output_that_cannot_fit(teacher, monkeypatch):
+    free = oftsr.inference.available_memory(torch.device("cpu"))
+    if sys.platform.startswith("linux"):
+        assert free is not None and free > 2**20  # read from /proc/meminfo
+    calls = []
+
+    def scarce(device):
+        calls.append(device)
+        return 3 * 3 * 48 * 48 * 4 - 1  # one byte short of three float32 buffers of the 48x48 output
+
+    monkeypatch.setattr(oftsr.inference, "available_memory", scarce)
+    with pytest.raises(ValueError, match=r"whole 48x48 output .* at least 0\.0 GiB, but 0\.0 GiB is free on cpu: use "
+                                         r"the one-step student"):
+        oftsr.sample(teacher, smooth_image(12, 12), steps=1, solver="euler")
+    assert calls == [torch.device("cpu")]
+    monkeypatch.setattr(oftsr.inference, "available_memory", lambda device: 3 * 3 * 48 * 48 * 4)  # just enough
+    assert oftsr.sample(teacher, smooth_image(12, 12), steps=1, solver="euler").shape == (1, 3, 48, 48)
+    monkeypatch.setattr(oftsr.inference, "available_memory", lambda device: None)  # cannot be told: no check
+    assert oftsr.sample(teacher, smooth_image(12, 12), steps=1, solver="euler").shape == (1, 3, 48, 48)
+
+
 def test_teacher_euler_one_step_equals_student_rule(random_unet_weights):
     # One Euler step from t=0.001 over 0.999 is exactly the student's update at t=0.001.
     teacher, student = make_model(random_unet_weights, "teacher"), make_model(random_unet_weights, "student")
