@@ -189,10 +189,7 @@ def resume(accelerator, args: argparse.Namespace, metadata: dict[str, str] | Non
             raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
     info_file = path / MODEL_INFO
     recorded = json.loads(info_file.read_text()).get("metadata", {}) if info_file.is_file() else {}
-    for key, value in recorded.items():
-        if (metadata or {}).get(key) != value:
-            raise ValueError(f"{path} was trained with --{key} {value}, but this run has "
-                             f"{(metadata or {}).get(key, 'another setting')}: pass --{key} {value}, or another --output_dir")
+    check_training_metadata(str(path), recorded, metadata or {}, ", or another --output_dir")
     accelerator.load_state(str(path))
     logger.info("resumed from %s", path)
 
@@ -297,6 +294,15 @@ def training_metadata(args: argparse.Namespace, model: oftsr.OFTSRModel) -> dict
     """What the exported file records of its training beyond the model's own metadata: the
     ranges of a realesrgan degradation, which the next stage must repeat."""
     return {"realesrgan_config": args.realesrgan_config} if model.degradation == "realesrgan" else {}
+
+
+def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[str, str], hint: str = "") -> None:
+    """Refuse to go on from `what` (a checkpoint, a teacher) when a setting it recorded in
+    `training_metadata` differs from this run's; settings it did not record are not checked."""
+    for key, value in recorded.items():
+        if metadata.get(key) != value:
+            raise ValueError(f"{what} was trained with --{key} {value}, but this run has "
+                             f"{metadata.get(key, 'another setting')}: pass --{key} {value}{hint}")
 
 
 def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Path:

@@ -21,8 +21,8 @@ import logging
 
 import torch
 
-from common import (add_common_args, ema_copy, log_images, make_accelerator, make_dataloader, run_training, validation_scores,
-                    validation_start, warmup_schedule)
+from common import (add_common_args, check_training_metadata, ema_copy, log_images, make_accelerator, make_dataloader,
+                    run_training, training_metadata, validation_scores, validation_start, warmup_schedule)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -82,11 +82,10 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
                                degradation=args.degradation)
     if teacher.scale != args.scale:
         raise ValueError(f"the teacher is x{teacher.scale}, but --scale is {args.scale}")
-    # A realesrgan teacher file says which ranges it was trained with; the student must see the same LR.
-    trained = oftsr.read_metadata(args.teacher).get("realesrgan_config") if teacher.degradation == "realesrgan" else None
-    if trained is not None and trained != args.realesrgan_config:
-        raise ValueError(f"the teacher was trained with --realesrgan_config {trained}, but this run has "
-                         f"{args.realesrgan_config}: pass --realesrgan_config {trained}")
+    # The teacher's file records its training ranges (a realesrgan one); the student must see the same LR.
+    ours = training_metadata(args, teacher)
+    recorded = {k: v for k, v in oftsr.read_metadata(args.teacher).items() if k in ours}
+    check_training_metadata("the teacher", recorded, ours)
     args.sigma_p, args.degradation = teacher.sigma_p, teacher.degradation
     student = oftsr.OFTSRModel(oftsr.UNet(teacher.config, dropout=args.dropout), sigma_p=teacher.sigma_p,
                                role="student", scale=teacher.scale, degradation=teacher.degradation,
