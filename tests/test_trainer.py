@@ -285,12 +285,30 @@ def test_bf16_and_gradient_accumulation(train_dir, tmp_path):
     out = tmp_path / "acc"
     _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--preset", "tiny", *COMMON,
           "--max_train_steps", "2", "--checkpointing_steps", "2", "--mixed_precision", "bf16",
-          "--gradient_accumulation_steps", "2"])
+          "--gradient_accumulation_steps", "2", "--allow_tf32"])
     assert sorted(_losses(out)) == [1, 2]  # optimizer steps, each over two batches
     opt = torch.load(out / "checkpoint-2" / "optimizer.bin", weights_only=True)
     assert opt["state"][0]["step"] == 2
     model = oftsr.load_model(out / "teacher.safetensors")
     assert model.dtype == torch.float32 and model.step == 2  # mixed precision keeps float32 master weights
+
+
+def test_allow_tf32_sets_float32_matmul_precision(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import train_teacher
+
+    assert train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", "o"]).allow_tf32 is False
+    assert train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", "o", "--allow_tf32"]).allow_tf32 is True
+    before, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_float32_matmul_precision("highest")
+        common.enable_tf32()
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.set_float32_matmul_precision(before)
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def test_undecodable_image_is_reported_once_in_total(tmp_path, caplog):

@@ -54,6 +54,8 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                    help="default: what `accelerate config` says")
+    p.add_argument("--allow_tf32", action="store_true",
+                   help="TF32 tensor cores for float32 matrix products on Ampere and newer GPUs (faster, ~1e-3 relative)")
     p.add_argument("--checkpointing_steps", type=int, default=5000)
     p.add_argument("--checkpoints_total_limit", type=int, default=None)
     p.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest"')
@@ -70,6 +72,14 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    help="ranges of the realesrgan degradation: full (the published second-order chain) or camera "
                         "(one stage, full blur range, mild noise and JPEG: photographs from a camera)")
     p.add_argument("--ema_decay", type=float, default=0.9999)
+
+
+def enable_tf32() -> None:
+    """TF32 tensor cores for float32 matrix products and convolutions (Ampere and newer;
+    nothing changes on a CPU). cuDNN convolutions use TF32 by default already: this adds
+    attention and the linear layers."""
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def make_accelerator(args: argparse.Namespace, project: str):
@@ -94,6 +104,8 @@ def make_accelerator(args: argparse.Namespace, project: str):
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if args.allow_tf32:
+        enable_tf32()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
