@@ -67,7 +67,7 @@ REPEATS=${REPEATS:-16}
 mkdir -p "$WORK" "$WEIGHTS_DIR"
 
 # Stage 1: the teacher flow (L1 velocity loss, t ~ U[0.001, 1], EMA 0.9999). Validation
-# on Set5 every 5,000 steps at 4 Euler steps, a cheap check that the run is learning.
+# on Set5 every 5,000 steps with 4 midpoint steps (NFE 7), a cheap check that the run is learning.
 python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
   --output_dir "$WORK/teacher" --preset "$PRESET" --scale 4 --degradation "$DEGRADATION" --sigma_p 0.2 \
   --realesrgan_config "$REALESRGAN_CONFIG" \

@@ -107,8 +107,11 @@ def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monk
     argv = ["--teacher", str(path), "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
     _, student = distill.build_models(distill.parse_args(argv + ["--realesrgan_config", "camera"]))
     assert student.degradation == "realesrgan"
+    default = distill.parse_args(argv)
+    distill.build_models(default)
+    assert default.realesrgan_config == "camera"  # left out: the teacher's
     with pytest.raises(ValueError, match="pass --realesrgan_config camera"):
-        distill.build_models(distill.parse_args(argv))  # full, the default
+        distill.build_models(distill.parse_args(argv + ["--realesrgan_config", "full"]))
 
     # Resuming a run's checkpoint with other ranges is refused before anything is loaded.
     ckpt = tmp_path / "run" / "checkpoint-7"
@@ -121,9 +124,9 @@ def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monk
 
     args.output_dir, args.resume_from_checkpoint = str(tmp_path / "run"), "latest"
     with pytest.raises(ValueError, match="trained with --realesrgan_config camera, but this run has full"):
-        common.resume(NoLoad(), args, {"realesrgan_config": "full"})
+        common.resume(NoLoad(), args, {**info, "metadata": {"realesrgan_config": "full"}})
     with pytest.raises(AssertionError, match="must not load"):  # the same ranges: it goes on to load
-        common.resume(NoLoad(), args, {"realesrgan_config": "camera"})
+        common.resume(NoLoad(), args, info)
 
 
 def test_dataset_repeats_draws_more_crops_per_image(train_dir):
@@ -268,7 +271,7 @@ def test_accelerate_launch_two_processes(train_dir, tmp_path):
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
     teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
     _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", teacher_dir, "--preset", "tiny",
-          *COMMON, "--max_train_steps", "2", "--checkpointing_steps", "2"], launcher)
+          *COMMON, "--max_train_steps", "2", "--checkpointing_steps", "2", "--lr_warmup_steps", "4"], launcher)
     _run(["trainer/distill.py", "--teacher", teacher_dir / "teacher.safetensors", "--train_data_dir", train_dir,
           "--output_dir", student_dir, *COMMON, "--max_train_steps", "2", "--checkpointing_steps", "2"], launcher)
     for folder, role in [(teacher_dir, "teacher"), (student_dir, "student")]:
@@ -279,6 +282,9 @@ def test_accelerate_launch_two_processes(train_dir, tmp_path):
         assert model.role == role and model.step == 2 and model.config == oftsr.PRESETS["tiny"]
     distill = _losses(student_dir, "loss")
     assert sorted(distill) == [1, 2] and all(np.isfinite(v) for v in distill.values())
+    # Two processes warm up over the same optimizer steps as one (--lr_warmup_steps 4): a
+    # quarter of the rate at step 1, half at step 2; the prepared scheduler steps once per process.
+    assert _losses(teacher_dir, "lr") == {1: pytest.approx(2.5e-4), 2: pytest.approx(5e-4)}
 
 
 def test_bf16_and_gradient_accumulation(train_dir, tmp_path):
@@ -291,6 +297,134 @@ def test_bf16_and_gradient_accumulation(train_dir, tmp_path):
     assert opt["state"][0]["step"] == 2
     model = oftsr.load_model(out / "teacher.safetensors")
     assert model.dtype == torch.float32 and model.step == 2  # mixed precision keeps float32 master weights
+
+
+def test_gradient_accumulation_resume_with_an_odd_number_of_batches_per_epoch(train_dir, tmp_path):
+    # Six training images at batch 2: three batches an epoch, so with accumulation 2 each
+    # epoch ends on an optimizer step over one batch. The resumed run must find its place.
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--checkpointing_steps", "3", "--gradient_accumulation_steps", "2", "--seed", "2"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _run([*base, "--output_dir", full, "--max_train_steps", "6"])
+    _run([*base, "--output_dir", cut, "--max_train_steps", "3"])
+    _run([*base, "--output_dir", cut, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"])
+    a, b = _losses(full), _losses(cut)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert all(b[k] == pytest.approx(a[k], rel=1e-6) for k in a)
+    ta, tb = oftsr.load_model(full / "teacher.safetensors"), oftsr.load_model(cut / "teacher.safetensors")
+    assert max((pa - pb).abs().max().item() for pa, pb in zip(ta.parameters(), tb.parameters())) < 1e-6
+
+
+def test_validation_does_not_change_the_training_run(train_dir, tmp_path):
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--max_train_steps", "4", "--checkpointing_steps", "4"]
+    _run([*base, "--output_dir", tmp_path / "plain"])
+    _run([*base, "--output_dir", tmp_path / "val", "--validation_data_dir", train_dir, "--validation_steps", "2",
+          "--validation_nfe_steps", "1", "--num_validation_images", "1"])
+    validated = json.loads((tmp_path / "val" / "metrics.jsonl").read_text().splitlines()[1])
+    assert "val/teacher_nfe1/psnr" in validated  # validation ran at step 2
+    assert _losses(tmp_path / "val") == _losses(tmp_path / "plain")  # and steps 3 and 4 drew the same t and noise
+
+
+def _save_teacher(path: Path, **kwargs) -> Path:
+    oftsr.save_model(oftsr.create_model("tiny", role="teacher", seed=0, **kwargs), path)
+    return path
+
+
+def test_distill_and_make_pairs_take_the_teachers_recorded_settings(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import distill
+    import make_pairs
+
+    x2 = _save_teacher(tmp_path / "x2.safetensors", scale=2, sigma_p=0.1, degradation="noisy_avgpool")
+    argv = ["--teacher", str(x2), "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+    args = distill.parse_args(argv)
+    teacher, student = distill.build_models(args)
+    assert (student.scale, student.sigma_p, student.degradation) == (2, 0.1, "noisy_avgpool")
+    assert (args.scale, args.sigma_p, args.degradation) == (2, 0.1, "noisy_avgpool")  # the data follows the teacher
+    for flag, value in [("--scale", "4"), ("--sigma_p", "0.2"), ("--degradation", "bicubic")]:
+        with pytest.raises(ValueError, match=f"trained with {flag} .*, but this run has {flag} {value}"):
+            distill.build_models(distill.parse_args(argv + [flag, value]))
+        with pytest.raises(ValueError, match=f"trained with {flag} "):
+            common.load_teacher(make_pairs.parse_args(argv + [flag, value]))
+    assert distill.build_models(distill.parse_args(argv + ["--scale", "2"]))[1].scale == 2  # agreeing flags are fine
+
+    real = _save_teacher(tmp_path / "real.safetensors", degradation="realesrgan")
+    oftsr.save_model(oftsr.load_model(real), real, realesrgan_config="camera")
+    args = make_pairs.parse_args(["--teacher", str(real), "--train_data_dir", "d", "--output_dir", "o"])
+    assert common.load_teacher(args).degradation == "realesrgan" and args.realesrgan_config == "camera"
+    with pytest.raises(ValueError, match="pass --realesrgan_config camera"):
+        common.load_teacher(make_pairs.parse_args(["--teacher", str(real), "--train_data_dir", "d", "--output_dir",
+                                                   "o", "--realesrgan_config", "full"]))
+
+
+def test_fluxsr_pairs_must_come_from_the_teachers_degradation_ranges(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import distill
+    from oftsr.training.pairs import write_manifest
+
+    real = _save_teacher(tmp_path / "real.safetensors", degradation="realesrgan")
+    oftsr.save_model(oftsr.load_model(real), real, realesrgan_config="camera")
+    made = {"teacher": "real.safetensors", "sigma_p": 0.2, "scale": 4, "degradation": "realesrgan", "resolution": 32,
+            "solver": "midpoint", "steps": 2, "num_pairs": 0, "shard_size": 2}
+    write_manifest(tmp_path / "full", made)  # a folder made with the full chain records no realesrgan_config
+    write_manifest(tmp_path / "camera", {**made, "realesrgan_config": "camera"})
+    for folder in ("full", "camera"):
+        args = distill.parse_args(["--teacher", str(real), "--objective", "fluxsr", "--output_dir", "o",
+                                   "--train_data_dir", str(tmp_path / folder)])
+        teacher, _ = distill.build_models(args)
+        if folder == "full":
+            with pytest.raises(ValueError, match="made with realesrgan_config = full, the teacher has camera"):
+                distill.make_pair_dataloader(args, teacher)
+        else:  # the check passes; an empty folder then stops at the loader
+            with pytest.raises(ValueError, match="num_samples"):
+                distill.make_pair_dataloader(args, teacher)
+
+
+def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import train_teacher
+
+    model = oftsr.create_model("tiny", role="teacher", sigma_p=0.2)
+    info = common.model_info(model, step=3)
+    (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint-3" / common.MODEL_INFO).write_text(json.dumps(info))
+
+    class NoLoad:
+        def load_state(self, _path):
+            raise AssertionError("must not load")
+
+    args = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", str(tmp_path / "run"),
+                                     "--resume_from_checkpoint", "latest"])
+    other = [common.model_info(oftsr.create_model("tiny", role="teacher", sigma_p=0.5), 0),
+             common.model_info(oftsr.create_model("tiny", role="teacher", degradation="noisy_avgpool"), 0),
+             common.model_info(oftsr.create_model("compact", role="teacher"), 0),
+             common.model_info(oftsr.create_model("tiny", role="teacher", scale=2), 0)]
+    for ours, message in zip(other, ["sigma_p 0.2, but this run has 0.5", "degradation bicubic, but this run has "
+                                     "noisy_avgpool", "architecture model_channels 32.*--preset", "scale 4, but"]):
+        with pytest.raises(ValueError, match=message):
+            common.resume(NoLoad(), args, ours)
+    with pytest.raises(AssertionError, match="must not load"):  # the same model: it goes on to load
+        common.resume(NoLoad(), args, common.model_info(model, 0))
+
+    args.resume_from_checkpoint = None  # a new run would rotate the old run's checkpoints and delete its own
+    with pytest.raises(ValueError, match="already holds checkpoint-3 .* --resume_from_checkpoint latest"):
+        common.resume(NoLoad(), args, common.model_info(model, 0))
+    args.output_dir = str(tmp_path / "empty")
+    common.resume(NoLoad(), args, common.model_info(model, 0))  # nothing there: a new run starts
+
+
+def test_ema_resume_keeps_this_runs_decay():
+    from oftsr.training.ema import EMA
+
+    net = torch.nn.Linear(2, 2)
+    old = EMA(net, 0.9)
+    old.update(net)
+    new = EMA(net, 0.999)
+    new.load_state_dict(old.state_dict())
+    assert new.decay == 0.999 and new.num_updates == 1
 
 
 def test_allow_tf32_sets_float32_matmul_precision(monkeypatch):

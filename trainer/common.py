@@ -46,7 +46,8 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--train_batch_size", type=int, default=batch, help="per device")
     p.add_argument("--max_train_steps", type=int, default=steps)
     p.add_argument("--learning_rate", type=float, default=lr)
-    p.add_argument("--lr_warmup_steps", type=int, default=1000)
+    p.add_argument("--lr_warmup_steps", type=int, default=1000,
+                   help="linear warm-up, in optimizer steps (distill.py: at most a tenth of --max_train_steps)")
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.999)
     p.add_argument("--adam_weight_decay", type=float, default=0.0)
@@ -65,12 +66,13 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--num_validation_images", type=int, default=4)
     p.add_argument("--dataloader_num_workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1, help="random crops of each training image per epoch")
-    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--scale", type=int, default=4, help="upscaling factor (distill.py: default the teacher's)")
     p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic",
                    help="how training LR images are made (distill.py: default the teacher's)")
     p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default="full",
                    help="ranges of the realesrgan degradation: full (the published second-order chain) or camera "
-                        "(one stage, full blur range, mild noise and JPEG: photographs from a camera)")
+                        "(one stage, full blur range, mild noise and JPEG: photographs from a camera); "
+                        "distill.py: default the teacher's")
     p.add_argument("--ema_decay", type=float, default=0.9999)
 
 
@@ -127,9 +129,13 @@ def make_dataloader(args: argparse.Namespace, root: str, *, sigma_y: float = 0.0
                                        generator=torch.Generator().manual_seed(args.seed))
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then constant (the paper uses no decay)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                    num_processes: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_steps` optimizer steps, then constant (the paper uses no
+    decay). Accelerate's prepared scheduler steps once per process for every optimizer
+    step: its count is divided back, so N processes warm up as one does."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s // num_processes + 1) / max(1, warmup_steps)))
 
 
 class TrainState:
@@ -182,12 +188,18 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     return final
 
 
-def resume(accelerator, args: argparse.Namespace, metadata: dict[str, str] | None = None) -> None:
+def resume(accelerator, args: argparse.Namespace, info: dict) -> None:
     """Load `--resume_from_checkpoint` (a path, or "latest" = newest complete one in
     `--output_dir`). Restores models, EMA, optimizer, scheduler, RNG and step. A checkpoint
-    whose recorded training `metadata` differs (other degradation ranges) is refused
-    before anything is loaded."""
+    of another model than `info` describes (this run's `model_info`: architecture, scale,
+    sigma_p, degradation, objective, training metadata) is refused before anything is
+    loaded, and so is a new run in a folder that already holds checkpoints, whose rotation
+    would otherwise delete the new run's checkpoints and keep the old ones."""
     if not args.resume_from_checkpoint:
+        found = list_checkpoints(args.output_dir)
+        if found:
+            raise ValueError(f"{args.output_dir} already holds {found[-1].name} of an earlier run: pass "
+                             f"--resume_from_checkpoint latest to go on with it, or use another --output_dir")
         return
     if args.resume_from_checkpoint == "latest":
         found = list_checkpoints(args.output_dir)
@@ -200,21 +212,43 @@ def resume(accelerator, args: argparse.Namespace, metadata: dict[str, str] | Non
         if not path.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
     info_file = path / MODEL_INFO
-    recorded = json.loads(info_file.read_text()).get("metadata", {}) if info_file.is_file() else {}
-    check_training_metadata(str(path), recorded, metadata or {}, ", or another --output_dir")
+    if info_file.is_file():
+        recorded = json.loads(info_file.read_text())
+        ours = json.loads(json.dumps(info))  # tuples as lists, as in the file
+        for key in CHECKED_MODEL_FIELDS:
+            if key in recorded and recorded[key] != ours[key]:
+                raise ValueError(f"{path} is a run with {key} {_short(recorded[key])}, but this run has "
+                                 f"{_short(ours[key])}: pass the flags it was started with "
+                                 f"({CHECKED_MODEL_FIELDS[key]}), or use another --output_dir")
+        check_training_metadata(str(path), recorded.get("metadata", {}), info["metadata"], ", or another --output_dir")
     accelerator.load_state(str(path))
     logger.info("resumed from %s", path)
+
+
+# What a checkpoint's oftsr.json says its model is, and the flags that set it.
+CHECKED_MODEL_FIELDS = {"architecture": "--preset, or distill.py's --teacher", "role": "the other training script",
+                        "scale": "--scale", "sigma_p": "--sigma_p", "degradation": "--degradation",
+                        "objective": "--objective"}
+
+
+def _short(value) -> str:
+    """A recorded value for a message: an architecture by its widths, not its whole dict."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {value[k]}" for k in ("model_channels", "channel_mult", "num_res_blocks") if k in value) \
+            or json.dumps(value)
+    return str(value)
 
 
 def train_batches(accelerator, dataloader, start_step: int, grad_accum: int):
     """Endless batches from the (prepared) loader, positioned at `start_step` optimizer
     steps: earlier epochs are skipped by number and the current one by batch count, so a
-    resumed run continues with the batch it would have seen."""
+    resumed run continues with the batch it would have seen. Accelerate ends every epoch
+    with an optimizer step, so an epoch holds ceil(batches / grad_accum) of them."""
     per_epoch = len(dataloader)
     if per_epoch == 0:
         raise ValueError("the training set is smaller than one batch: lower --train_batch_size or add images")
-    consumed = start_step * grad_accum
-    epoch, skip = divmod(consumed, per_epoch)
+    epoch, steps_in = divmod(start_step, -(-per_epoch // grad_accum))
+    skip = steps_in * grad_accum
     while True:
         dataloader.set_epoch(epoch)
         dataloader.dataset.set_epoch(epoch)
@@ -317,6 +351,32 @@ def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[
                              f"{metadata.get(key, 'another setting')}: pass --{key} {value}{hint}")
 
 
+# What a teacher file records about the LR it learnt from, by the flag that sets it.
+TEACHER_SETTINGS = ("scale", "sigma_p", "degradation")
+
+
+def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -> oftsr.OFTSRModel:
+    """The teacher of `distill.py` and `make_pairs.py`. What its file records (`--scale`,
+    `--sigma_p`, `--degradation`, and a realesrgan teacher's `--realesrgan_config`) is what
+    the student must learn from: a flag left out takes the file's value (written back into
+    `args`), a flag that says otherwise is refused. Files that record none of it (an
+    authors' `.pth`) take the flags."""
+    recorded = oftsr.read_metadata(args.teacher)
+    flags = {key: getattr(args, key) for key in TEACHER_SETTINGS}
+    teacher = oftsr.load_model(args.teacher, device=device, role="teacher",
+                               **{k: v for k, v in flags.items() if k not in recorded})
+    if args.realesrgan_config is None:
+        args.realesrgan_config = recorded.get("realesrgan_config", "full")
+    for key, value in flags.items():
+        if value is not None and getattr(teacher, key) != value:
+            raise ValueError(f"the teacher was trained with --{key} {getattr(teacher, key)}, but this run has "
+                             f"--{key} {value}: leave the flag out, or pass --{key} {getattr(teacher, key)}")
+        setattr(args, key, getattr(teacher, key))
+    ours = training_metadata(args, teacher)
+    check_training_metadata("the teacher", {k: v for k, v in recorded.items() if k in ours}, ours)
+    return teacher
+
+
 def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Path:
     """Write EMA weights as our `.safetensors` (full metadata, plus the info's training
     `metadata`; loads in the CLI and nodes)."""
@@ -350,13 +410,14 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     state = TrainState()
     metadata = training_metadata(args, accelerator.unwrap_model(model))
     accelerator.register_for_checkpointing(ema, state, *extra_state)  # the EMA first: export.py reads it by number
-    resume(accelerator, args, metadata)
+    resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata))
     if accelerator.is_main_process:
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
     lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
     bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
     batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)
+    summed, micro = {}, 0  # losses over the micro-batches of one optimizer step
     while state.step < args.max_train_steps:
         batch = next(batches)
         with accelerator.accumulate(model):
@@ -364,9 +425,12 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
             accelerator.backward(losses["loss"])
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+        summed = {k: summed.get(k, 0) + v.detach().float() for k, v in losses.items()}
+        micro += 1
         if not accelerator.sync_gradients:
             continue
         ema.update(accelerator.unwrap_model(model))
@@ -374,11 +438,16 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
             after_step()
         state.step += 1
         bar.update(1)
-        logs = {k: accelerator.gather(v.detach()).mean().item() for k, v in losses.items()}
-        logs["lr"] = scheduler.get_last_lr()[0]
+        logs = {k: accelerator.gather(v / micro).mean().item() for k, v in summed.items()}
+        summed, micro = {}, 0
+        logs["lr"] = lr
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
-            logs.update(validate(accelerator.unwrap_model(model), val_batch, state.step, lpips))
+            # Validation draws its own noise and builds a network: on a forked RNG, so that
+            # validating never changes the t and noise that training draws next.
+            cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                logs.update(validate(accelerator.unwrap_model(model), val_batch, state.step, lpips))
             logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
         log_metrics(accelerator, args.output_dir, logs, state.step)
         if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:

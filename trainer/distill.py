@@ -21,8 +21,8 @@ import logging
 
 import torch
 
-from common import (add_common_args, check_training_metadata, ema_copy, log_images, make_accelerator, make_dataloader,
-                    run_training, training_metadata, validation_scores, validation_start, warmup_schedule)
+from common import (add_common_args, ema_copy, load_teacher, log_images, make_accelerator, make_dataloader, run_training,
+                    training_metadata, validation_scores, validation_start, warmup_schedule)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, lr=2e-5, batch=32, steps=20_000)
     # The student learns from the teacher's LR: by default the degradation its file records.
-    p.set_defaults(degradation=None)
+    p.set_defaults(degradation=None, scale=None, realesrgan_config=None)
     p.add_argument("--teacher", required=True, help="teacher checkpoint: our .safetensors or an authors' .pth")
     p.add_argument("--objective", choices=OBJECTIVES, default="oftsr", help="distillation objective (default oftsr)")
     p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
@@ -70,29 +70,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--lambda_lpips", type=float, default=1.0, help="weight of TV-LPIPS")
     g.add_argument("--tv_gamma", type=float, default=1.0, help="weight of the TV term inside TV-LPIPS")
     g.add_argument("--lambda_adl", type=float, default=0.01, help="weight of the attention diversification loss")
-    args = p.parse_args(argv)
-    args.lr_warmup_steps = min(args.lr_warmup_steps, max(1, args.max_train_steps // 10))
-    return args
+    return p.parse_args(argv)
 
 
 def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTSRModel]:
     """The frozen teacher, and a student that starts as a copy of its (EMA) weights, or of
     `--init_student`'s."""
-    teacher = oftsr.load_model(args.teacher, sigma_p=args.sigma_p, role="teacher", scale=args.scale,
-                               degradation=args.degradation)
-    if teacher.scale != args.scale:
-        raise ValueError(f"the teacher is x{teacher.scale}, but --scale is {args.scale}")
-    # The teacher's file records its training ranges (a realesrgan one); the student must see the same LR.
-    ours = training_metadata(args, teacher)
-    recorded = {k: v for k, v in oftsr.read_metadata(args.teacher).items() if k in ours}
-    check_training_metadata("the teacher", recorded, ours)
-    args.sigma_p, args.degradation = teacher.sigma_p, teacher.degradation
+    teacher = load_teacher(args)
     student = oftsr.OFTSRModel(oftsr.UNet(teacher.config, dropout=args.dropout), sigma_p=teacher.sigma_p,
                                role="student", scale=teacher.scale, degradation=teacher.degradation,
                                objective=args.objective)
     init = teacher
     if args.init_student:
-        init = oftsr.load_model(args.init_student, sigma_p=teacher.sigma_p, scale=args.scale)
+        init = oftsr.load_model(args.init_student, sigma_p=teacher.sigma_p, scale=teacher.scale)
         if init.config != teacher.config:
             raise ValueError(f"--init_student has architecture {init.config}, but the teacher is {teacher.config}")
     student.unet.load_state_dict(init.unet.state_dict())
@@ -117,9 +107,13 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
     """The teacher-made pairs of `--train_data_dir` (fluxsr), checked against the teacher."""
     dataset = PairDataset(args.train_data_dir)
     made = dataset.manifest
-    for key, ours in (("sigma_p", teacher.sigma_p), ("scale", teacher.scale), ("degradation", teacher.degradation)):
-        if made[key] != ours:
-            raise ValueError(f"the pairs in {args.train_data_dir} were made with {key} = {made[key]}, the teacher has {ours}")
+    # Folders made before --realesrgan_config record it only when it is not "full".
+    ours = {"sigma_p": teacher.sigma_p, "scale": teacher.scale, "degradation": teacher.degradation,
+            **training_metadata(args, teacher)}
+    for key, value in ours.items():
+        if made.get(key, "full" if key == "realesrgan_config" else None) != value:
+            raise ValueError(f"the pairs in {args.train_data_dir} were made with {key} = {made.get(key, 'full')}, "
+                             f"the teacher has {value}")
     logger.info("fluxsr pairs: %d of %d px from %s (%s x %d steps)", len(dataset), made["resolution"], made["teacher"],
                 made["solver"], made["steps"])
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
@@ -131,12 +125,19 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     accelerator = make_accelerator(args, "oftsr-distill")
+    # The student starts from the teacher's weights: a warm-up longer than a tenth of the
+    # run would spend much of a short fine-tune at a tiny rate.
+    cap = max(1, args.max_train_steps // 10)
+    if args.lr_warmup_steps > cap:
+        logger.info("--lr_warmup_steps %d is more than a tenth of --max_train_steps: warming up over %d steps",
+                    args.lr_warmup_steps, cap)
+        args.lr_warmup_steps = cap
     teacher, student = build_models(args)
     teacher.to(accelerator.device)
     ema = EMA(student, args.ema_decay)
     optimizer = torch.optim.Adam(student.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                  weight_decay=args.adam_weight_decay)
-    scheduler = warmup_schedule(optimizer, args.lr_warmup_steps)
+    scheduler = warmup_schedule(optimizer, args.lr_warmup_steps, accelerator.num_processes)
     if args.objective == "fluxsr":
         dataloader = make_pair_dataloader(args, teacher)
     else:

@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from common import logger  # importing common also puts the checkout on sys.path
+from common import load_teacher, logger  # importing common also puts the checkout on sys.path
 
 import oftsr
 from oftsr.model import DEGRADATIONS
@@ -36,11 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--solver", choices=[s for s in SOLVERS if s != "adaptive"], default="midpoint")
     p.add_argument("--batch_size", type=int, default=8, help="pairs per teacher forward pass")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--scale", type=int, default=None, help="default: the teacher's")
     p.add_argument("--degradation", choices=DEGRADATIONS, default=None, help="default: the teacher's")
     p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
-    p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default="full",
-                   help="ranges of a realesrgan teacher's degradation: as it was trained (full or camera)")
+    p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default=None,
+                   help="ranges of a realesrgan teacher's degradation (full or camera); default: the teacher's")
     return p.parse_args(argv)
 
 
@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     state = PartialState()
-    teacher = oftsr.load_model(args.teacher, device=state.device, sigma_p=args.sigma_p, role="teacher",
-                               scale=args.scale, degradation=args.degradation)
-    if teacher.scale != args.scale:
-        raise SystemExit(f"error: the teacher is x{teacher.scale}, but --scale is {args.scale}")
+    try:
+        teacher = load_teacher(args, state.device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     data = SRDataset(args.train_data_dir, resolution=args.resolution, scale=teacher.scale,
                      degradation=teacher.degradation, seed=args.seed,
                      realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
                 "scale": teacher.scale, "degradation": teacher.degradation, "resolution": args.resolution,
                 "steps": args.steps, "solver": args.solver, "seed": args.seed, "num_pairs": args.num_pairs,
                 "shard_size": args.shard_size, "source_images": len(data.files)}
-    if args.realesrgan_config != "full":  # only then: folders made before the option keep resuming
+    # Only when not "full": folders made before the option keep resuming.
+    if teacher.degradation == "realesrgan" and args.realesrgan_config != "full":
         settings["realesrgan_config"] = args.realesrgan_config
     out = Path(args.output_dir)
     if state.is_main_process:

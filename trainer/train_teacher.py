@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ema = EMA(model, args.ema_decay)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                  weight_decay=args.adam_weight_decay)
-    scheduler = warmup_schedule(optimizer, args.lr_warmup_steps)
+    scheduler = warmup_schedule(optimizer, args.lr_warmup_steps, accelerator.num_processes)
     dataloader = make_dataloader(args, args.train_data_dir, sigma_y=args.sigma_y)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     ema.to(accelerator.device)

@@ -9,7 +9,8 @@ from torch import nn
 
 class EMA:
     """Float32 shadow copies of `model.parameters()` (the same order as the authors'
-    `shadow_params`). `state_dict`/`load_state_dict` let Accelerate checkpoint it."""
+    `shadow_params`). `state_dict`/`load_state_dict` let Accelerate checkpoint it; loading
+    restores the averages and the update count, not the decay."""
 
     def __init__(self, model: nn.Module, decay: float = 0.9999) -> None:
         self.decay = float(decay)
@@ -42,7 +43,7 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         if len(state["shadow_params"]) != len(self.shadow_params):
             raise ValueError(f"EMA state has {len(state['shadow_params'])} tensors, the model {len(self.shadow_params)}")
-        self.decay = float(state["decay"])
+        # The decay stays the one this EMA was made with: a resumed run may change --ema_decay.
         self.num_updates = int(state["num_updates"])
         device = self.shadow_params[0].device
         self.shadow_params = [s.to(device).float() for s in state["shadow_params"]]
