@@ -382,7 +382,7 @@ def test_fluxsr_pairs_must_come_from_the_teachers_degradation_ranges(tmp_path, m
                 distill.make_pair_dataloader(args, teacher)
 
 
-def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_path, monkeypatch):
+def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_path, monkeypatch, caplog):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
     import common
     import train_teacher
@@ -408,6 +408,12 @@ def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_pa
             common.resume(NoLoad(), args, ours)
     with pytest.raises(AssertionError, match="must not load"):  # the same model: it goes on to load
         common.resume(NoLoad(), args, common.model_info(model, 0))
+    # Other data settings are allowed, with a warning naming them.
+    data = common.data_settings(args, 1)
+    (tmp_path / "run" / "checkpoint-3" / common.MODEL_INFO).write_text(json.dumps({**info, "data": data}))
+    with caplog.at_level(logging.WARNING, logger="oftsr.trainer"), pytest.raises(AssertionError, match="must not load"):
+        common.resume(NoLoad(), args, common.model_info(model, 0), {**data, "train_batch_size": 8, "resolution": 128})
+    assert "(resolution 256 -> 128, train_batch_size 32 -> 8)" in caplog.text
 
     args.resume_from_checkpoint = None  # a new run would rotate the old run's checkpoints and delete its own
     with pytest.raises(ValueError, match="already holds checkpoint-3 .* --resume_from_checkpoint latest"):

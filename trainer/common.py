@@ -161,8 +161,16 @@ def list_checkpoints(output_dir: str) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
 
 
+def data_settings(args: argparse.Namespace, num_processes: int) -> dict:
+    """What decides the order and content of the training batches: a checkpoint records
+    it, and a run resumed with other values is warned that its data now differs."""
+    return {"train_data_dir": str(args.train_data_dir), "resolution": args.resolution,
+            "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "repeats": args.repeats, "seed": args.seed, "num_processes": num_processes}
+
+
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None,
-                    model: oftsr.OFTSRModel, metadata: dict[str, str] | None = None) -> Path:
+                    model: oftsr.OFTSRModel, metadata: dict[str, str] | None = None, data: dict | None = None) -> Path:
     """`accelerator.save_state` into a temporary folder, renamed when complete; then the
     oldest checkpoints beyond `total_limit` are removed. `oftsr.json` beside the state
     says what the model is, so `trainer/export.py` can turn any checkpoint into a model file."""
@@ -176,7 +184,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / MODEL_INFO).write_text(json.dumps(model_info(model, step, metadata), indent=1))
+        (tmp / MODEL_INFO).write_text(json.dumps({**model_info(model, step, metadata), "data": data or {}}, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -188,13 +196,14 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     return final
 
 
-def resume(accelerator, args: argparse.Namespace, info: dict) -> None:
+def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None = None) -> None:
     """Load `--resume_from_checkpoint` (a path, or "latest" = newest complete one in
     `--output_dir`). Restores models, EMA, optimizer, scheduler, RNG and step. A checkpoint
     of another model than `info` describes (this run's `model_info`: architecture, scale,
     sigma_p, degradation, objective, training metadata) is refused before anything is
     loaded, and so is a new run in a folder that already holds checkpoints, whose rotation
-    would otherwise delete the new run's checkpoints and keep the old ones."""
+    would otherwise delete the new run's checkpoints and keep the old ones. Other `data`
+    settings (crop size, batch, ...) are allowed, with a warning."""
     if not args.resume_from_checkpoint:
         found = list_checkpoints(args.output_dir)
         if found:
@@ -221,6 +230,10 @@ def resume(accelerator, args: argparse.Namespace, info: dict) -> None:
                                  f"{_short(ours[key])}: pass the flags it was started with "
                                  f"({CHECKED_MODEL_FIELDS[key]}), or use another --output_dir")
         check_training_metadata(str(path), recorded.get("metadata", {}), info["metadata"], ", or another --output_dir")
+        changed = {k: (v, data[k]) for k, v in recorded.get("data", {}).items() if data and k in data and data[k] != v}
+        if changed:
+            logger.warning("resuming %s with other data settings (%s): from here on the batches are not the ones "
+                           "the run would have seen", path, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     accelerator.load_state(str(path))
     logger.info("resumed from %s", path)
 
@@ -410,7 +423,8 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     state = TrainState()
     metadata = training_metadata(args, accelerator.unwrap_model(model))
     accelerator.register_for_checkpointing(ema, state, *extra_state)  # the EMA first: export.py reads it by number
-    resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata))
+    data = data_settings(args, accelerator.num_processes)
+    resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata), data)
     if accelerator.is_main_process:
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
@@ -452,7 +466,7 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
         log_metrics(accelerator, args.output_dir, logs, state.step)
         if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
             save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
-                            accelerator.unwrap_model(model), metadata)
+                            accelerator.unwrap_model(model), metadata, data)
     bar.close()
     if accelerator.is_main_process:
         path = export_ema(model_info(accelerator.unwrap_model(model), state.step, metadata), ema.shadow_params,
