@@ -12,7 +12,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from ..oftsr.tiling import num_tiles
+from ..oftsr.tiling import MIN_TILE, num_tiles
 from ..oftsr.color import COLOR_FIX_MODES, color_fix
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ CATEGORY = "image/upscaling/OFTSR"
 OFTSR_MODEL = io.Custom("OFTSR_MODEL")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 DEFAULT_TILE = 512
+MAX_TILE = 8192
 DEFAULT_OVERLAP = 64
 MIN_OOM_TILE = 128  # the out-of-memory retry halves the tile down to this
 ADAPTIVE_NFE_GUESS = 32  # progress-bar length for the adaptive solver (20-31 NFE in the paper)
@@ -61,9 +62,9 @@ def seed_input() -> io.Input:
 
 def tiling_inputs() -> list[io.Input]:
     return [
-        io.Int.Input("tile", default=DEFAULT_TILE, min=0, max=8192, step=8,
-                     tooltip="Tile size in output pixels (0 = the whole image at once). Bounds GPU memory; halved "
-                             f"automatically down to {MIN_OOM_TILE} when memory runs out."),
+        io.Int.Input("tile", default=DEFAULT_TILE, min=0, max=MAX_TILE, step=8,
+                     tooltip=f"Tile size in output pixels, {MIN_TILE} or more (0 = the whole image at once). Bounds "
+                             f"GPU memory; halved automatically down to {MIN_OOM_TILE} when memory runs out."),
         io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=1024, step=8,
                      tooltip="Overlap of neighbouring tiles in output pixels, blended with linear feathering (no seams). "
                              "At most half the tile."),
@@ -79,6 +80,21 @@ def color_fix_input() -> io.Input:
 
 
 # --------------------------------------------------------------------------- checks and layout
+
+def check_inputs(*, tile=None, color_fix=None, options: dict[str, tuple[object, list[str]]] | None = None) -> bool | str:
+    """A node's `validate_inputs`: ComfyUI calls it before the prompt runs, so a bad value
+    is refused at once instead of after minutes of sampling. ComfyUI does not check the
+    options of these nodes' combos itself, and an input a node's `validate_inputs` takes is
+    left out of its own range check: both are checked here. `options` maps other combo
+    inputs to (value, allowed). Linked inputs arrive as None and are left to the run."""
+    if isinstance(tile, int) and not (tile == 0 or MIN_TILE <= tile <= MAX_TILE):
+        return f"tile must be 0 (the whole image at once) or {MIN_TILE} to {MAX_TILE} pixels, got {tile}"
+    combos = {"color_fix": (color_fix, list(COLOR_FIX_MODES)), **(options or {})}
+    for name, (value, allowed) in combos.items():
+        if isinstance(value, str) and value not in allowed:
+            return f"{name} must be one of {', '.join(allowed)}; got {value!r}"
+    return True
+
 
 def require_role(model, role: str, node: str) -> None:
     """A clear error when a node gets the wrong kind of model (the library's message
@@ -130,6 +146,11 @@ def finish(out: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------- progress and Cancel
+
+def check_interrupt(_done: int = 0, _total: int = 0) -> None:
+    """A library callback that only checks Cancel (e.g. between the tiles of one teacher step)."""
+    mm.throw_exception_if_processing_interrupted()
+
 
 class Progress:
     """One ComfyUI progress bar over `passes` library calls of `units` ticks each (tiles
@@ -232,12 +253,15 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
             mm.soft_empty_cache()
             failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
             tile, overlap = _smaller_tiling(tile, overlap, out_h, out_w)
+            if tile < MIN_OOM_TILE and failed > MIN_OOM_TILE:  # the smallest tile is tried before giving up
+                tile, overlap = MIN_OOM_TILE, min(overlap, MIN_OOM_TILE // 4)
             if tile < MIN_OOM_TILE:
+                cpu = "" if device.type == "cpu" else ", or run on the CPU with --cpu"
                 raise ValueError(
                     f"{node}: out of memory on {device} even with {failed}-pixel tiles ({reason}). Upscale fewer "
                     f"images at once (smaller batch) or a smaller image, choose dtype fp16 or bf16 in Load OFTSR Model, "
                     f"free memory held by other models and programs (start ComfyUI with --lowvram to unload models "
-                    f"sooner), or run on the CPU with --cpu."
+                    f"sooner){cpu}."
                 )
             log.warning("%s: out of memory with %d-pixel tiles on %s; retrying with %d", node, failed, device, tile)
             mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)

@@ -13,10 +13,10 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
-from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model
+from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model, read_metadata
 from ..oftsr.weights import BUNDLED_ROLES
-from ..oftsr.checkpoint import MissingInfoError
-from .common import CATEGORY, OFTSR_MODEL
+from ..oftsr.checkpoint import CheckpointError, MissingInfoError
+from .common import CATEGORY, OFTSR_MODEL, check_inputs
 
 FOLDER_KEY = "oftsr"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -102,29 +102,38 @@ class LoadOFTSRModel(io.ComfyNode):
                                        "with it, else fp32."),
                 io.Float.Input("sigma_p", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Start-point noise level the model was trained with; 0 = use the file's value "
-                                       "(needed only for files without metadata or a 'sigma0.2'-style name)."),
+                                       "(needed only for files without metadata or a 'sigma0.2'-style name; a value "
+                                       "other than the one our files record is refused)."),
                 io.Combo.Input("role", options=[FROM_FILE, "teacher", "student"], default=FROM_FILE,
                                tooltip="teacher (multi-step) or student (one step); 'from file' = what the file says."),
                 io.Int.Input("scale", default=0, min=0, max=16,
-                             tooltip="Upscaling factor; 0 = use the file's value."),
+                             tooltip="Upscaling factor; 0 = use the file's value (a value other than the one our "
+                                     "files record is refused)."),
             ],
             outputs=[OFTSR_MODEL.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None) -> bool | str:
-        """The list check ComfyUI would make, also accepting the names older saved workflows
-        used for the bundled models (taking model_name here turns ComfyUI's own check off)."""
+    def validate_inputs(cls, model_name=None, dtype=None, role=None) -> bool | str:
+        """The list checks, made before the prompt runs; model_name also accepts the names
+        older saved workflows used for the bundled models."""
         if isinstance(model_name, str) and OLD_NAMES.get(model_name, model_name) not in model_options():
             return (f"model_name {model_name!r} is not available; choose one of the list (bundled models, or files in "
                     f"models/oftsr)")
-        return True
+        return check_inputs(options={"dtype": (dtype, ["auto", *DTYPES]), "role": (role, [FROM_FILE, "teacher", "student"])})
 
     @classmethod
     def execute(cls, model_name: str, dtype: str = "auto", sigma_p: float = 0.0, role: str = FROM_FILE,
                 scale: int = 0) -> io.NodeOutput:
         path = model_path(model_name)
         try:
+            # A value the file records wins over these widgets, which are for files that do not say.
+            recorded = read_metadata(path)
+            for key, value in (("sigma_p", sigma_p), ("scale", scale)):
+                if value > 0 and key in recorded and float(recorded[key]) != float(value):
+                    raise ValueError(f"{model_name} records {key} {recorded[key]}, and running it with {key} {value:g} "
+                                     f"would give a wrong image: set {key} to 0 on Load OFTSR Model to use the file's "
+                                     f"value (other values are for files that do not record it)")
             model = load_model(
                 path, device=mm.unet_offload_device(), dtype=resolve_dtype(dtype, mm.get_torch_device()),
                 sigma_p=float(sigma_p) if sigma_p > 0 else None,
@@ -134,4 +143,6 @@ class LoadOFTSRModel(io.ComfyNode):
         except MissingInfoError as e:
             raise ValueError(f"{model_name}: the file does not say its {', '.join(e.missing)}; set them on this "
                              f"Load OFTSR Model node (0 / 'from file' keep the file's values).") from e
+        except CheckpointError as e:  # shown as a plain error, not as the pack's module path
+            raise ValueError(str(e) if Path(path).name in str(e) else f"{model_name}: {e}") from e
         return io.NodeOutput(model)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, color_fix_input, finish, image_input, model_input, require_t_slider,
+from .common import (CATEGORY, check_inputs, color_fix_input, finish, image_input, model_input, require_t_slider,
                      run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR Regional Trade-off"
@@ -55,6 +55,10 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="image")],
         )
+
+    @classmethod
+    def validate_inputs(cls, tile=None, color_fix=None) -> bool | str:
+        return check_inputs(tile=tile, color_fix=color_fix)
 
     @classmethod
     def execute(cls, model, image, mask, t_inside: float = 1.0, t_outside: float = 0.0, seed: int = 0,

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..oftsr import sample
 from ..oftsr.sampling import SOLVERS
-from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, color_fix_input, finish, image_input, model_input, require_role,
+from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, check_inputs, check_interrupt, color_fix_input, finish, image_input, model_input, require_role,
                      run_on_device, seed_input, tiling_inputs, to_bchw)
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,10 @@ class OFTSRTeacherSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, tile=None, color_fix=None, solver=None) -> bool | str:
+        return check_inputs(tile=tile, color_fix=color_fix, options={"solver": (solver, list(SOLVERS))})
+
+    @classmethod
     def execute(cls, model, image, steps: int = 16, solver: str = "midpoint", seed: int = 0, tile: int = 512,
                 overlap: int = 64, color_fix: str = "none") -> io.NodeOutput:
         require_role(model, "teacher", NAME)
@@ -47,7 +51,7 @@ class OFTSRTeacherSampler(io.ComfyNode):
 
         def job(model, x, tile, overlap, progress):
             return sample(model, x, steps=steps, solver=solver, seed=seed, tile=tile, overlap=overlap,
-                          callback=progress.callback(), info=info)
+                          callback=progress.callback(), tile_callback=check_interrupt, info=info)
 
         units = ADAPTIVE_NFE_GUESS if solver == "adaptive" else int(steps)
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, units=lambda t, o: units,

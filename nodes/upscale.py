@@ -8,8 +8,8 @@ import weakref
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, color_fix_input, finish, image_input, model_input, require_role, run_on_device,
-                     seed_input, t_input, tiling_inputs, to_bchw)
+from .common import (CATEGORY, check_inputs, color_fix_input, finish, image_input, model_input, require_role,
+                     run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR Upscale"
 log = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ class OFTSRUpscale(io.ComfyNode):
             inputs=[model_input(), image_input(), t_input(), seed_input(), *tiling_inputs(), color_fix_input()],
             outputs=[io.Image.Output(display_name="image")],
         )
+
+    @classmethod
+    def validate_inputs(cls, tile=None, color_fix=None) -> bool | str:
+        return check_inputs(tile=tile, color_fix=color_fix)
 
     @classmethod
     def execute(cls, model, image, t: float = 0.5, seed: int = 0, tile: int = 512, overlap: int = 64,

@@ -164,26 +164,28 @@ _LAYER_ORDER = {"in_layers": 0, "emb_layers": 1, "out_layers": 2, "skip_connecti
                 "proj_out": 2, "weight": 0, "bias": 1}
 
 
-def _registration_key(name: str) -> tuple:
+def _registration_key(name: str, source: str = "") -> tuple:
     """Sort key reproducing ADM's parameter registration order from a name alone."""
     parts = name.split(".")
     if parts[0] not in _SECTION_ORDER:
-        raise CheckpointError(f"unexpected parameter {name!r}: not part of an ADM UNet")
+        raise CheckpointError(f"{source or 'checkpoint'}: not an OFTSR checkpoint: parameter {name!r} is not part of "
+                              f"an ADM UNet (a checkpoint of another model?)")
     key: list = [_SECTION_ORDER[parts[0]]]
     for p in parts[1:]:
         key.append((0, int(p)) if p.isdigit() else (1, _LAYER_ORDER.get(p, 9), p))
     return tuple(key)
 
 
-def canonical_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip DDP/compile prefixes and put the tensors in registration order."""
+def canonical_state_dict(state: dict[str, torch.Tensor], source: str = "") -> dict[str, torch.Tensor]:
+    """Strip DDP/compile prefixes and put the tensors in registration order. `source`
+    names the file in the error for a parameter that is not the UNet's."""
     out = {}
     for k, v in state.items():
         for prefix in ("module.", "_orig_mod.", "unet."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
         out[k] = v
-    return dict(sorted(out.items(), key=lambda kv: _registration_key(kv[0])))
+    return dict(sorted(out.items(), key=lambda kv: _registration_key(kv[0], source)))
 
 
 def _is_tensor_dict(d: object) -> bool:
@@ -204,9 +206,9 @@ def _weights_from_torch_object(obj: object, path: Path) -> tuple[list[torch.Tens
                 return params, step
         for key in ("model", "state_dict", "model_state_dict"):
             if _is_tensor_dict(obj.get(key)):
-                return canonical_state_dict(obj[key]), step
+                return canonical_state_dict(obj[key], path.name), step
         if _is_tensor_dict(obj):
-            return canonical_state_dict(obj), step
+            return canonical_state_dict(obj, path.name), step
     kind = type(obj).__name__
     keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else ""
     raise CheckpointError(
@@ -226,7 +228,10 @@ def _torch_load_error(path: Path, error: Exception) -> str:
         return (f"{path.name}: refused: the file holds Python objects other than tensors{named}, and loading those "
                 f"can run arbitrary code, so oftsr never does. Use a checkpoint that holds only tensors (a state dict "
                 f"or the authors' EMA file) or a .safetensors file")
-    detail = "" if "weights_only" in text else f" ({type(error).__name__}: {text.splitlines()[0][:200] if text else ''})"
+    first = text.splitlines()[0] if text else ""
+    if len(first) > 200:  # cut at a word, and say so
+        first = first[:200].rsplit(" ", 1)[0] + " ..."
+    detail = "" if "weights_only" in text else f" ({type(error).__name__}: {first})"
     return f"{path.name}: cannot load as a torch checkpoint; it is truncated, corrupt, or not a checkpoint{detail}"
 
 
@@ -374,7 +379,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
             info = _parse_ours(meta, path)
         else:
             info = parse_authors_filename(path.name)
-        found: dict | list = canonical_state_dict(shapes_by_name)
+        found: dict | list = canonical_state_dict(shapes_by_name, path.name)
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -394,7 +399,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         )
     _check_shapes(found, config, path)  # before the network takes real memory
     if kind == "safetensors":
-        weights = canonical_state_dict(_read_safetensors(path)[0])
+        weights = canonical_state_dict(_read_safetensors(path)[0], path.name)
     unet = UNet(config)
     if isinstance(weights, dict):
         unet.load_state_dict(weights)

@@ -176,13 +176,14 @@ def _check_sample_memory(model: OFTSRModel, batch: int, height: int, width: int)
 @torch.inference_mode()
 def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: str = "midpoint", seed: int = 0,
            tile: int | None = None, overlap: int | None = None, tile_batch: int = 1,
-           callback: Callback | None = None, info: dict | None = None,
+           callback: Callback | None = None, tile_callback: Callback | None = None, info: dict | None = None,
            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Multi-step super-resolution with the teacher, integrating the flow from t = 0.001
     to 1 on the grid t_i = i/N (1 - 0.001) + 0.001. `solver`: euler (NFE N), midpoint or
     heun (NFE 2N - 1), adaptive (dopri5, rtol = atol = 1e-3; `steps` ignored).
-    The callback gets (step, steps); `info["nfe"]` receives the evaluation count.
-    `out_dtype` as for `upscale`.
+    The callback gets (step, steps); `tile_callback` gets (tiles done, tiles) within each
+    network evaluation, so a caller can stop a long step between its tiles by raising;
+    `info["nfe"]` receives the evaluation count. `out_dtype` as for `upscale`.
 
     The solver needs the whole state x_t between steps: it is kept in float32 (the
     steps add small increments) with the solver's few stage buffers; the condition is
@@ -202,7 +203,8 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
         def tile_fn(boxes: list[Box], height: int, width: int) -> torch.Tensor:
             return model.velocity(crop_tiles(x, boxes, height, width), _condition(model, lr, boxes, height, width), t)
 
-        return blend_tiles_into_tensor(tile_fn, b, h, w, tile=tile, overlap=overlap, tile_batch=tile_batch)
+        return blend_tiles_into_tensor(tile_fn, b, h, w, tile=tile, overlap=overlap, tile_batch=tile_batch,
+                                       callback=tile_callback)
 
     fn = CountNFE(velocity)
     x1 = sampler(fn, x0, time_grid(int(steps), T_EPS), callback=callback)

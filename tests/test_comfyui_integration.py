@@ -296,6 +296,20 @@ def test_loader_accepts_old_bundled_names_and_refuses_unknown_ones(comfy):
     assert refused.value.status == 400 and "not available" in refused.value.body
 
 
+def test_bad_widget_values_are_refused_before_the_run(comfy):
+    """A colour fix that is not in the list, or a tile too small to run, is an HTTP 400
+    naming the value at once, not a failure after the whole run."""
+    prompt = workflow_to_prompt(load_workflow("oftsr_basic_upscale.json"), comfy.object_info)
+    node = next(k for k, e in prompt.items() if e["class_type"] == "OFTSRUpscale")
+    for key, value, message in [("color_fix", "Wavelet", "color_fix must be one of none, wavelet, adain"),
+                                ("tile", 8, "tile must be 0 (the whole image at once) or 32 to 8192 pixels")]:
+        bad = json.loads(json.dumps(prompt))
+        bad[node]["inputs"][key] = value
+        with pytest.raises(HTTPError) as refused:
+            comfy.server.post("/prompt", {"prompt": bad, "client_id": "oftsr-integration-test"})
+        assert refused.value.status == 400 and message in refused.value.body
+
+
 def run_prompt(comfy, prompt: dict) -> dict:
     entry = comfy.server.wait(comfy.server.queue(prompt), timeout=600)
     status = entry.get("status", {})

@@ -313,6 +313,44 @@ def test_loader_errors(comfy, pack, model_dir, random_unet_weights):
         load(pack, "broken.safetensors")
     with pytest.raises(FileNotFoundError, match="not found"):
         load(pack, "absent.safetensors")
+    # A checkpoint of another model names the file and says so; the error is a plain ValueError,
+    # which ComfyUI shows by its class name rather than by the pack's module path.
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, model_dir / "sdlike.safetensors")
+    for name, message in [("sdlike.safetensors", "sdlike.safetensors: not an OFTSR checkpoint"),
+                          ("broken.safetensors", "broken.safetensors: file is empty or truncated")]:
+        with pytest.raises(ValueError, match=message) as e:
+            load(pack, name)
+        assert type(e.value) is ValueError
+
+
+def test_loader_refuses_overrides_that_contradict_the_file(comfy, pack, saved):
+    with pytest.raises(ValueError, match="records sigma_p 0.2, and running it with sigma_p 1 would give a wrong image"):
+        load(pack, "tiny-student.safetensors", sigma_p=1.0)
+    with pytest.raises(ValueError, match="records scale 4, .* set scale to 0"):
+        load(pack, "tiny-student.safetensors", scale=2)
+    model = load(pack, "tiny-student.safetensors", sigma_p=0.2, scale=4)  # agreeing values are fine
+    assert (model.sigma_p, model.scale) == (0.2, 4)
+    assert load(pack, "tiny-student.safetensors", role="teacher").role == "teacher"  # role stays an override
+
+
+def test_validate_inputs_refuse_bad_values_before_the_run(pack):
+    for node_id in ["OFTSRUpscale", "OFTSRTSweep", "OFTSRRegionalTradeoff", "OFTSRTeacherSampler"]:
+        check = pack.nodes[node_id].validate_inputs
+        for tile in (0, 32, 512, 8192, None):
+            assert check(tile=tile) is True
+        for tile in (8, 31, 8193):  # taking tile turns ComfyUI's own range check off: made here
+            assert check(tile=tile) == f"tile must be 0 (the whole image at once) or 32 to 8192 pixels, got {tile}"
+        assert check(color_fix="wavelet") is True and check(color_fix=None) is True
+        assert check(color_fix="Wavelet") == "color_fix must be one of none, wavelet, adain; got 'Wavelet'"
+    teacher = pack.nodes["OFTSRTeacherSampler"].validate_inputs
+    assert teacher(solver="heun") is True
+    assert teacher(solver="rk4") == "solver must be one of euler, midpoint, heun, adaptive; got 'rk4'"
+    loader = pack.nodes["OFTSRModelLoader"].validate_inputs
+    assert loader(dtype="bf16", role="from file") is True
+    assert loader(dtype="fp8") == "dtype must be one of auto, fp32, fp16, bf16; got 'fp8'"
+    assert loader(role="both") == "role must be one of from file, teacher, student; got 'both'"
 
 
 # --------------------------------------------------------------------------- OFTSR Upscale
@@ -441,6 +479,15 @@ def test_oom_below_the_minimum_tile_is_a_clear_error(comfy, pack, student):
     assert len(bars(comfy)) == 2 and comfy.model_management.empty_cache_calls == 2
 
 
+def test_oom_tries_the_smallest_tile_before_giving_up(comfy, pack, student):
+    calls = []
+    fail_above(student, 150, calls)  # 400 px output: the whole image fails, then the 200 px layout (168 px tiles)
+    out = run(pack, "OFTSRUpscale", model=student, image=image(h=100, w=100), t=0.5, seed=0, tile=512, overlap=64,
+              color_fix="none")
+    assert out.shape == (1, 400, 400, 3)
+    assert calls[0] == (400, 400) and calls[1] == (168, 168) and max(max(c) for c in calls[2:]) <= 128
+
+
 def test_other_errors_are_not_retried(comfy, pack, student):
     def broken(x, x_lr, t):
         raise RuntimeError("some other failure")
@@ -495,6 +542,23 @@ def test_teacher_sampler(comfy, pack, teacher):
     values = [v for v, _ in bar.updates]
     assert bar.total == 32 and values == sorted(values) and bar.updates[-1] == (32, 32)
     assert len(values) == len(calls) + 1  # one tick per evaluation, then the end
+
+
+def test_teacher_cancel_stops_between_the_tiles_of_a_step(comfy, pack, teacher):
+    mm = comfy.model_management
+    calls = []
+    fail_above(teacher, 10_000, calls)
+    inner = teacher.velocity
+
+    def velocity(x, x_lr, t):  # Cancel pressed during the first tile
+        mm.interrupt_current_processing()
+        return inner(x, x_lr, t)
+
+    teacher.velocity = velocity
+    with pytest.raises(comfy_stubs.InterruptProcessingException):
+        run(pack, "OFTSRTeacherSampler", model=teacher, image=image(h=12, w=12), steps=4, solver="midpoint", seed=0,
+            tile=32, overlap=8, color_fix="none")
+    assert len(calls) == 1  # not the step's other three tiles
 
 
 # --------------------------------------------------------------------------- t-sweep
