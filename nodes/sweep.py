@@ -57,7 +57,7 @@ class OFTSRTSweep(io.ComfyNode):
                                 tooltip="Comma-separated t values in [0, 1]; 0 = fidelity, 1 = realism."),
                 seed_input(), *tiling_inputs(), color_fix_input(),
             ],
-            outputs=[io.Image.Output(display_name="images")],
+            outputs=[io.Image.Output(display_name="images", tooltip="One upscale per t for each input image, image-major: image 0 at every t, then image 1, ...")],
         )
 
     @classmethod

@@ -35,7 +35,7 @@ class OFTSRTeacherSampler(io.ComfyNode):
                                        "rtol = atol = 1e-3; about 20-31 evaluations)."),
                 seed_input(), *tiling_inputs(), color_fix_input(),
             ],
-            outputs=[io.Image.Output(display_name="image")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The teacher's upscaled image(s), scale x the input size.")],
         )
 
     @classmethod

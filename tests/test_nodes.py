@@ -145,6 +145,7 @@ def test_entrypoint_registers_every_node(pack):
         schema.validate()
         assert schema.category == "image/upscaling/OFTSR" and schema.display_name and schema.description
         assert [o.io_type for o in schema.outputs] == (["OFTSR_MODEL"] if cls is pack.nodes["OFTSRModelLoader"] else ["IMAGE"])
+        assert all(o.tooltip for o in schema.outputs)  # every output says what it is
 
 
 def inputs_of(pack, node_id: str) -> dict:
