@@ -53,7 +53,8 @@ def t_input(name: str = "t", default: float = 0.5, tooltip: str | None = None) -
 def seed_input() -> io.Input:
     return io.Int.Input(
         "seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-        tooltip="Seed of the start-point noise, a function of the seed and the pixel: the same for any tiling. "
+        tooltip="Seed of the start-point noise, a function of the seed, the image's place in the batch and the "
+                "pixel: the same for any tiling. "
                 "The result still changes a little with the tile size, as each tile sees only its own context "
                 "(bundled model, t = 0.5, against the whole image: 512 px tiles differ by 0.5/255 on average and at "
                 "most 16/255, 128 px tiles by 1.5/255 and at most 68/255).",

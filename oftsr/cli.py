@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .checkpoint import CheckpointError, load_model, model_metadata, read_metadata, save_model
-from .images import IMAGE_SUFFIXES, list_images, load_image, save_image
+from .images import IMAGE_SUFFIXES, list_images, load_image, read_image_metadata, save_image
 from .inference import check_t, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
@@ -107,6 +108,9 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
     suffix, else files under the folder `out` (sub-folders of input folders kept).
     Source images are never replaced unless `overwrite`."""
     single = len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
+    if out.suffix.lower() not in IMAGE_SUFFIXES and out.suffix.lower() in Image.registered_extensions() \
+            and not out.is_dir():  # an image name this tool cannot write, not a folder
+        raise ValueError(f"-o {out}: cannot write {out.suffix!r} images; use one of {', '.join(IMAGE_SUFFIXES)}")
     if out.suffix.lower() in IMAGE_SUFFIXES and not single and not out.is_dir():
         raise ValueError(f"-o {out} names one file, but the input is {len(files)} image(s) from "
                          f"{'a folder' if any(Path(i).is_dir() for i in inputs) else 'several files'}; give a folder for -o")
@@ -126,8 +130,11 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path) -> list[Pat
         root = next((Path(i) for i in inputs if Path(i).is_dir() and Path(i) in f.parents), None)
         rel = f.relative_to(root) if root is not None else Path(f.name)
         targets.append(out / rel.with_suffix(".png"))
-    if len(set(targets)) != len(targets):
-        raise ValueError("two inputs would write the same output file; give them distinct names")
+    seen: dict[Path, Path] = {}
+    for f, t in zip(files, targets):
+        if t in seen:
+            raise ValueError(f"{seen[t]} and {f} would both write {t}; give them distinct names (or give each once)")
+        seen[t] = f
     return targets
 
 
@@ -167,7 +174,7 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
                 # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                 levels = torch.uint16 if depth == 16 else torch.uint8
                 result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
-                written = save_image(result, dst, bit_depth=depth)
+                written = save_image(result, dst, bit_depth=depth, metadata=read_image_metadata(src))
                 if written < depth:
                     tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth}: this "
                                f"format holds 8 here (16-bit TIFF is grayscale only); name the output .png to keep "
@@ -214,6 +221,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    args.path = resolve_model(args.path, "student")  # a bundled model's name ("x4-teacher"; "x4" = its student), or a path
     meta = read_metadata(args.path)
     if meta.get("format") != "oftsr":  # not ours: describe what loading would infer
         model = load_model(args.path, sigma_p=args.sigma_p, role=args.role, scale=args.scale)
@@ -311,20 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oftsr", description="One-step flow super-resolution with a tunable fidelity-realism trade-off.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("upscale", help="one-step super-resolution with a student model")
+    p = sub.add_parser("upscale", allow_abbrev=False, help="one-step super-resolution with a student model")
     _add_model_args(p)
     p.add_argument("--t", type=float, default=0.5,
                    help="fidelity (0: smooth, faithful) .. realism (1: most detail) trade-off; default 0.5, the middle, "
                         "as in the ComfyUI node: move toward the end you want")
     p.set_defaults(func=cmd_upscale)
 
-    p = sub.add_parser("sample", help="multi-step super-resolution with a teacher model")
+    p = sub.add_parser("sample", allow_abbrev=False, help="multi-step super-resolution with a teacher model")
     _add_model_args(p)
     p.add_argument("--steps", type=int, default=16, help="solver steps (default 16)")
     p.add_argument("--solver", choices=SOLVERS, default="midpoint", help="ODE solver (default midpoint)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("convert", help="convert a checkpoint (e.g. the authors' .pth) to our .safetensors format")
+    p = sub.add_parser("convert", allow_abbrev=False, help="convert a checkpoint (e.g. the authors' .pth) to our .safetensors format")
     p.add_argument("src")
     p.add_argument("dst")
     _add_override_args(p)
@@ -332,12 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=list(DTYPES), help="store weights in this dtype (default: as loaded)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("info", help="print a checkpoint's metadata as JSON")
+    p = sub.add_parser("info", allow_abbrev=False, help="print a checkpoint's metadata as JSON")
     p.add_argument("path")
     _add_override_args(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("eval", help="evaluate models on HR images: PSNR, SSIM, LPIPS, realism; table and curve")
+    p = sub.add_parser("eval", allow_abbrev=False, help="evaluate models on HR images: PSNR, SSIM, LPIPS, realism; table and curve")
     p.add_argument("--model", nargs="+", default=None,
                    help=f"bundled model names ({', '.join(BUNDLED_MODELS)}: student and teacher; x4-student: one of "
                         f"them) or checkpoints, teachers and/or students (default: {DEFAULT_MODEL})")
@@ -361,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("create", help="write a randomly initialised (untrained) model, for trials and training")
+    p = sub.add_parser("create", allow_abbrev=False, help="write a randomly initialised (untrained) model, for trials and training")
     p.add_argument("dst")
     p.add_argument("--preset", choices=list(PRESETS), default="small")
     p.add_argument("--role", choices=ROLES, default="student")
@@ -378,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, ValueError, OSError) as e:  # OSError: missing, a folder, not writable, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.command in ("upscale", "sample") and not args.quiet:

@@ -19,7 +19,8 @@ from .files import atomic_write
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-__all__ = ["load_image", "save_image", "list_images", "IMAGE_SUFFIXES"]
+__all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "IMAGE_SUFFIXES"]
+_EXIF_ORIENTATION = 0x0112
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -36,7 +37,8 @@ def _read_png16(path: Path) -> np.ndarray:
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
     planes = info["planes"]
     arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, planes)
-    return arr.astype(np.float32) / 65535.0
+    # asDirect() gives the significant bits only (a 12-bit source in a 16-bit file: 0..4095)
+    return arr.astype(np.float32) / float(2 ** info["bitdepth"] - 1)
 
 
 def _pil_to_array(im: Image.Image) -> np.ndarray:
@@ -77,6 +79,40 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].clamp(0, 1), depth
 
 
+def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
+    """What of an image file's metadata an upscaled copy should keep: its ICC colour
+    profile (without it a wide-gamut photo displays desaturated), its EXIF with the
+    orientation reset (`load_image` has already turned the pixels upright) and its DPI.
+    Only the keys the file has; reads the header, not the pixels."""
+    found: dict[str, object] = {}
+    try:
+        with Image.open(path) as im:
+            if im.info.get("icc_profile"):
+                found["icc_profile"] = im.info["icc_profile"]
+            if "dpi" in im.info:
+                found["dpi"] = tuple(float(d) for d in im.info["dpi"])
+            exif = im.getexif()
+            if len(exif):
+                if _EXIF_ORIENTATION in exif:
+                    exif[_EXIF_ORIENTATION] = 1
+                found["exif"] = exif.tobytes()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return {}  # no metadata to keep; load_image reports an unreadable file
+    return found
+
+
+def _png_add_icc(path: Path, icc_profile: bytes) -> None:
+    """Insert an iCCP chunk after IHDR of a PNG written by pypng (which has no option for it)."""
+    import zlib
+
+    import png
+
+    chunks = list(png.Reader(filename=str(path)).chunks())
+    chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
+    with open(path, "wb") as f:
+        png.write_chunks(f, chunks)
+
+
 def _levels(image: torch.Tensor, bits: int) -> np.ndarray:
     """(C, H, W) -> (H, W, C) uint8 / uint16 file levels. A float tensor in [0, 1] is rounded;
     a uint8 / uint16 one (as `upscale(out_dtype=...)` returns big images, without a float
@@ -89,12 +125,15 @@ def _levels(image: torch.Tensor, bits: int) -> np.ndarray:
     return np.round(image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * peak).astype(dtype)
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8) -> int:
+def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8,
+               metadata: dict[str, object] | None = None) -> int:
     """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1], or of uint8 / uint16 levels
     (C = 1, 2, 3 or 4), in the format the suffix names, atomically. Returns the bit depth
     written: `bit_depth=16` gives 16 as PNG (any channels) or grayscale TIFF, and 8
     otherwise (JPEG, WebP and BMP have 8 bits; Pillow writes colour TIFF with 8) -- the
-    caller can say so."""
+    caller can say so. `metadata` (from `read_image_metadata`) is written where the
+    format holds it: ICC profile, EXIF and DPI (a 16-bit PNG keeps the profile only;
+    BMP none). JPEG and WebP are written at quality 95."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -113,17 +152,22 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             data = _levels(image, 16).reshape(h, w * c)
             with open(tmp, "wb") as f:
                 png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(f, data)
+            if (metadata or {}).get("icc_profile"):
+                _png_add_icc(tmp, metadata["icc_profile"])
             return 16
+        extra = {} if fmt == "BMP" else dict(metadata or {})
         if bit_depth == 16 and fmt == "TIFF" and c == 1:
-            Image.fromarray(_levels(image, 16)[..., 0]).save(tmp, format=fmt)  # mode I;16
+            Image.fromarray(_levels(image, 16)[..., 0]).save(tmp, format=fmt, **extra)  # mode I;16
             return 16
         data = _levels(image, 8)
         im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
+        if fmt in ("JPEG", "WEBP"):
+            extra["quality"] = 95
         if fmt == "JPEG":  # no alpha in JPEG
             im = im.convert("L" if c <= 2 else "RGB")
-            im.save(tmp, format=fmt, quality=95)
-        else:
-            (im.convert("RGBA") if c == 2 and fmt not in ("PNG", "TIFF") else im).save(tmp, format=fmt)
+        elif c == 2 and fmt not in ("PNG", "TIFF"):
+            im = im.convert("RGBA")
+        im.save(tmp, format=fmt, **extra)
     return 8
 
 

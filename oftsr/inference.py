@@ -42,9 +42,15 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
     if c not in (1, 2, 3, 4):
         raise ValueError(f"image must have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels, got {c}")
+    if not image.is_floating_point():  # 8-bit levels would all clamp to white
+        raise ValueError(f"image must be a floating-point tensor in [0, 1], got {image.dtype}: divide 8-bit levels by "
+                         f"255 (16-bit by 65535) first")
     image = image.float()
     if not torch.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values")
+    if image.amax() > 2:  # a little over 1 is resampling overshoot; more is another range
+        raise ValueError(f"image must be in [0, 1], but its maximum is {image.amax().item():g}: divide 0-255 values by "
+                         f"255 first")
     image = image.clamp(0, 1)
     alpha = image[:, c - 1:] if c in (2, 4) else None
     if c <= 2:

@@ -313,3 +313,39 @@ def test_quick_start_offers_cpu_wheels_and_ignores_its_output():
     assert "-o out/" in quick_start and "minutes on 2 CPU cores" in quick_start  # how long the tests take
     ignored = {line.strip() for line in (root / ".gitignore").read_text().splitlines()}
     assert ignored & {"out/", "/out/"}  # the quick start's output folder is not picked up by git
+
+
+def test_upscale_keeps_the_colour_profile_exif_and_dpi(tmp_path, model_files):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    im = Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 12, 3), dtype=np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "photo.jpg", icc_profile=icc, exif=exif, dpi=(240, 240), quality=95)
+    assert main(["upscale", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.jpg"), "--model",
+                 str(model_files[0]), "-q"]) == 0
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.size == (32, 48)  # turned upright (orientation 6), then x4
+        assert out.info["icc_profile"] == icc and out.info["dpi"] == pytest.approx((240, 240), abs=0.01)
+        assert out.getexif()[0x0112] == 1  # already upright: a viewer must not turn it again
+
+
+def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
+    student = str(model_files[0])
+    cases = [
+        (["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "x.gif"), "--model", student],
+         "cannot write '.gif' images; use one of .png"),
+        (["upscale", str(inputs / "rgb.png"), str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), "--model", student],
+         "rgb.png would both write"),
+        (["info", str(tmp_path)], "directory"),  # a folder: an OSError, reported in one line, no traceback
+    ]
+    for argv, message in cases:
+        code, _, err = _run_cli(argv, capsys)
+        assert code == 2 and message in _one_error(err), argv
+    assert not (tmp_path / "x.gif").exists()
+    with pytest.raises(SystemExit):  # sample has no --t; no abbreviation of --tile is guessed
+        main(["sample", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), "--t", "0.5"])
+    assert "unrecognized arguments: --t" in capsys.readouterr().err
+    code, out, _ = _run_cli(["info", "x4-teacher"], capsys)  # bundled models by name, as --model takes them
+    assert code == 0 and json.loads(out)["role"] == "teacher"

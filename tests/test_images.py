@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from oftsr.images import list_images, load_image, save_image
+from oftsr.images import list_images, load_image, read_image_metadata, save_image
 
 
 def test_rgb8(tmp_path):
@@ -118,3 +118,43 @@ def test_unknown_output_suffix_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"\.xyz.*png"):
         save_image(torch.rand(3, 4, 4), tmp_path / "a.xyz")
     assert not list(tmp_path.iterdir())
+
+
+def test_png16_with_fewer_significant_bits(tmp_path):
+    # A 12-bit source in a 16-bit PNG (sBIT 12): as bright as the same levels stored at 12 bits.
+    levels = np.random.default_rng(0).integers(0, 4096, (6, 8 * 3)).astype(np.uint16)
+    with open(tmp_path / "s12.png", "wb") as f:
+        png.Writer(8, 6, greyscale=False, bitdepth=12).write(f, levels)
+    image, depth = load_image(tmp_path / "s12.png")
+    expected = torch.from_numpy(levels.reshape(6, 8, 3).astype(np.float32) / 4095).permute(2, 0, 1)[None]
+    assert depth == 16 and torch.allclose(image, expected, atol=1e-6)
+
+
+def test_metadata_is_read_and_written(tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    im = Image.new("RGB", (8, 4), (200, 100, 50))
+    exif = im.getexif()
+    exif[0x0112] = 6  # turned upright on load, so the copy must say 1
+    exif[0x010F] = "Camera maker"
+    im.save(tmp_path / "in.jpg", icc_profile=icc, exif=exif, dpi=(300, 300))
+    meta = read_image_metadata(tmp_path / "in.jpg")
+    assert meta["icc_profile"] == icc and meta["dpi"] == pytest.approx((300, 300))
+    image = load_image(tmp_path / "in.jpg")[0]
+    for suffix in (".png", ".jpg", ".webp", ".tif"):
+        save_image(image, tmp_path / f"out{suffix}", metadata=meta)
+        with Image.open(tmp_path / f"out{suffix}") as out:
+            assert out.info.get("icc_profile") == icc, suffix
+            if suffix != ".webp":  # WebP has no resolution field
+                assert out.info["dpi"] == pytest.approx((300, 300), abs=0.01), suffix
+            assert out.getexif()[0x0112] == 1 and out.getexif()[0x010F] == "Camera maker", suffix
+    save_image(image, tmp_path / "out.bmp", metadata=meta)  # BMP holds none of it: written without
+    assert save_image(image, tmp_path / "out16.png", bit_depth=16, metadata=meta) == 16
+    with Image.open(tmp_path / "out16.png") as out:
+        assert out.info.get("icc_profile") == icc  # the 16-bit writer keeps the profile
+    assert torch.equal(load_image(tmp_path / "out16.png")[0], load_image(tmp_path / "out.png")[0])
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    assert read_image_metadata(tmp_path / "plain.png") == {}
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert read_image_metadata(tmp_path / "bad.png") == {}

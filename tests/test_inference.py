@@ -397,3 +397,13 @@ def test_layout_choice_follows_the_device_on_moves(random_unet_weights):
     if torch.cuda.is_available():
         model.cuda()
         assert not model.channels_last and model.unet.out[2].weight.is_contiguous()  # NCHW on CUDA
+
+
+def test_integer_or_0_255_input_is_refused():
+    model = oftsr.create_model("tiny", role="student")
+    levels = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="floating-point tensor in \\[0, 1\\], got torch.uint8: divide 8-bit"):
+        oftsr.upscale(model, levels)
+    with pytest.raises(ValueError, match="maximum is 255: divide 0-255 values by 255"):
+        oftsr.upscale(model, torch.full((1, 3, 8, 8), 255.0))
+    assert oftsr.upscale(model, torch.full((1, 3, 8, 8), 1.02)).shape == (1, 3, 32, 32)  # overshoot is clamped
