@@ -74,6 +74,9 @@ COMMAND_FOR_ROLE = {"student": "upscale", "teacher": "sample"}
 
 def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
     path = resolve_model(args.model, role)  # a bundled model's name, or a path
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: --model takes a file, or a bundled model's name "
+                                f"({', '.join(BUNDLED_MODELS)}; with a role: {DEFAULT_MODEL}-teacher)")
     device = resolve_device(args.device)
     model = load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
                        role=args.role, scale=args.scale)

@@ -68,7 +68,8 @@ def test_sample_reports_nfe(tmp_path, model_files, inputs, capsys):
 
 def test_missing_model_message(tmp_path, inputs, capsys):
     code = main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "none.safetensors")])
-    assert code == 2 and "no checkpoint at" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "no checkpoint at" in err and "a bundled model's name (x4" in err
 
 
 def test_convert_and_info_authors_file(tmp_path, fixture_dir, capsys):
