@@ -4,6 +4,7 @@ authors' .pth."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -130,7 +131,7 @@ class LoadOFTSRModel(io.ComfyNode):
             # A value the file records wins over these widgets, which are for files that do not say.
             recorded = read_metadata(path)
             for key, value in (("sigma_p", sigma_p), ("scale", scale)):
-                if value > 0 and key in recorded and float(recorded[key]) != float(value):
+                if value > 0 and key in recorded and not math.isclose(float(recorded[key]), value, abs_tol=1e-6):
                     raise ValueError(f"{model_name} records {key} {recorded[key]}, and running it with {key} {value:g} "
                                      f"would give a wrong image: set {key} to 0 on Load OFTSR Model to use the file's "
                                      f"value (other values are for files that do not record it)")

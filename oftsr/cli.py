@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from .checkpoint import CheckpointError, load_model, model_metadata, read_metadata, save_model
 from .images import IMAGE_SUFFIXES, list_images, load_image, read_image_metadata, save_image
@@ -68,6 +67,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32  # half precision on CPU is slower, and MPS lacks some bf16 kernels
 
 
+# Image names `-o` cannot write (anything else without a writable suffix is a folder).
+UNWRITABLE_SUFFIXES = (".gif", ".jpe", ".jfif", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".ico", ".tga", ".ppm",
+                       ".pgm", ".pbm", ".psd", ".exr", ".hdr", ".dng", ".raw")
+
 # The command for each role, to name the right one when a model is given to the other.
 COMMAND_FOR_ROLE = {"student": "upscale", "teacher": "sample"}
 
@@ -111,8 +114,7 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
     suffix, else files under the folder `out` (sub-folders of input folders kept).
     Source images are never replaced unless `overwrite`."""
     single = len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
-    if out.suffix.lower() not in IMAGE_SUFFIXES and out.suffix.lower() in Image.registered_extensions() \
-            and not out.is_dir():  # an image name this tool cannot write, not a folder
+    if out.suffix.lower() in UNWRITABLE_SUFFIXES and not out.is_dir():  # an image name, not a folder
         raise ValueError(f"-o {out}: cannot write {out.suffix!r} images; use one of {', '.join(IMAGE_SUFFIXES)}")
     if out.suffix.lower() in IMAGE_SUFFIXES and not single and not out.is_dir():
         raise ValueError(f"-o {out} names one file, but the input is {len(files)} image(s) from "
@@ -173,11 +175,18 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
             bar.set_description(src.name)
             try:
                 image, depth = load_image(src)
+                metadata = read_image_metadata(src)
                 progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
                 # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                 levels = torch.uint16 if depth == 16 else torch.uint8
                 result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
-                written = save_image(result, dst, bit_depth=depth, metadata=read_image_metadata(src))
+                try:
+                    written = save_image(result, dst, bit_depth=depth, metadata=metadata)
+                except (ValueError, OSError) as e:  # the result is not lost for its metadata
+                    if not metadata:
+                        raise
+                    written = save_image(result, dst, bit_depth=depth)
+                    tqdm.write(f"warning: {dst.name} written without the metadata of {src.name}: {e}", file=sys.stderr)
                 if written < depth:
                     tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth}: this "
                                f"format holds 8 here (16-bit TIFF is grayscale only); name the output .png to keep "

@@ -21,6 +21,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 __all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "IMAGE_SUFFIXES"]
 _EXIF_ORIENTATION = 0x0112
+_EXIF_IFD = 0x8769
+_EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the source's size
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -81,24 +83,38 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
 
 def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     """What of an image file's metadata an upscaled copy should keep: its ICC colour
-    profile (without it a wide-gamut photo displays desaturated), its EXIF with the
-    orientation reset (`load_image` has already turned the pixels upright) and its DPI.
-    Only the keys the file has; reads the header, not the pixels."""
+    profile (without it a wide-gamut photo displays desaturated), its EXIF block with the
+    orientation reset (`load_image` has already turned the pixels upright) and the old
+    pixel size left out, and its DPI. Only the keys the file has; reads the header, not
+    the pixels. A TIFF's tags describe its own layout, so no EXIF is taken from one.
+    Metadata that cannot be parsed is left out: it must never cost the image."""
     found: dict[str, object] = {}
     try:
         with Image.open(path) as im:
-            if im.info.get("icc_profile"):
-                found["icc_profile"] = im.info["icc_profile"]
+            icc = im.info.get("icc_profile")
+            if icc and len(icc) >= 20:
+                found["icc_profile"] = icc
             if "dpi" in im.info:
                 found["dpi"] = tuple(float(d) for d in im.info["dpi"])
-            exif = im.getexif()
-            if len(exif):
-                if _EXIF_ORIENTATION in exif:
-                    exif[_EXIF_ORIENTATION] = 1
-                found["exif"] = exif.tobytes()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return {}  # no metadata to keep; load_image reports an unreadable file
+            raw = im.info.get("exif") if im.format in ("JPEG", "PNG", "WEBP") else None
+        if raw:
+            exif = Image.Exif()
+            exif.load(raw)
+            exif[_EXIF_ORIENTATION] = 1
+            sub = exif.get_ifd(_EXIF_IFD)
+            for tag in _EXIF_PIXEL_SIZE:
+                sub.pop(tag, None)
+            found["exif"] = exif.tobytes()
+    except Exception:  # any decoder or parser error: keep what was read so far
+        pass
     return found
+
+
+def _keeps_profile(icc: bytes, colour: bool) -> bool:
+    """An ICC profile describes the written pixels only if its colour space is theirs
+    (bytes 16-20 of its header): RGB for colour output, GRAY for gray. A CMYK or Lab
+    source is converted to RGB on load, so its profile no longer applies."""
+    return icc[16:20] == (b"RGB " if colour else b"GRAY")
 
 
 def _png_add_icc(path: Path, icc_profile: bytes) -> None:
@@ -152,10 +168,14 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             data = _levels(image, 16).reshape(h, w * c)
             with open(tmp, "wb") as f:
                 png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(f, data)
-            if (metadata or {}).get("icc_profile"):
-                _png_add_icc(tmp, metadata["icc_profile"])
+            icc = (metadata or {}).get("icc_profile")
+            if icc and _keeps_profile(icc, colour=c >= 3):
+                _png_add_icc(tmp, icc)
             return 16
         extra = {} if fmt == "BMP" else dict(metadata or {})
+        # The profile must fit the pixels written (WebP writes gray as RGB).
+        if "icc_profile" in extra and not _keeps_profile(extra["icc_profile"], colour=c >= 3 or fmt == "WEBP"):
+            del extra["icc_profile"]
         if bit_depth == 16 and fmt == "TIFF" and c == 1:
             Image.fromarray(_levels(image, 16)[..., 0]).save(tmp, format=fmt, **extra)  # mode I;16
             return 16

@@ -350,3 +350,21 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
     assert "unrecognized arguments: --t" in capsys.readouterr().err
     code, out, _ = _run_cli(["info", "x4-teacher"], capsys)  # bundled models by name, as --model takes them
     assert code == 0 and json.loads(out)["role"] == "teacher"
+
+
+def test_a_save_that_fails_for_its_metadata_is_written_without_it(tmp_path, model_files, capsys, monkeypatch):
+    import oftsr.cli as cli
+
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "in.png", dpi=(300, 300))
+    real = cli.save_image
+
+    def save(image, path, *, bit_depth=8, metadata=None):
+        if metadata:
+            raise OSError("codec configuration error")
+        return real(image, path, bit_depth=bit_depth)
+
+    monkeypatch.setattr(cli, "save_image", save)
+    code, _, err = _run_cli(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model",
+                             str(model_files[0]), "-q"], capsys)
+    assert code == 0 and "written without the metadata of in.png: codec configuration error" in err
+    assert Image.open(tmp_path / "out.png").size == (32, 32)

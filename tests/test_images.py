@@ -158,3 +158,39 @@ def test_metadata_is_read_and_written(tmp_path):
     assert read_image_metadata(tmp_path / "plain.png") == {}
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert read_image_metadata(tmp_path / "bad.png") == {}
+
+
+def test_metadata_fits_what_is_written(tmp_path):
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    # A TIFF's tags are its own layout (size, strips, compression): no EXIF is taken from it,
+    # and its copy writes in every format.
+    Image.new("RGB", (8, 4), (1, 2, 3)).save(tmp_path / "in.tif", icc_profile=srgb, dpi=(300, 300))
+    meta = read_image_metadata(tmp_path / "in.tif")
+    assert sorted(meta) == ["dpi", "icc_profile"]
+    image = load_image(tmp_path / "in.tif")[0]
+    for suffix in (".tif", ".png", ".jpg"):
+        save_image(image, tmp_path / f"t{suffix}", metadata=meta)
+        with Image.open(tmp_path / f"t{suffix}") as out:
+            assert out.size == (8, 4) and out.info.get("icc_profile") == srgb
+    # The old pixel size leaves the EXIF; other fields stay.
+    im = Image.new("RGB", (8, 4))
+    exif = im.getexif()
+    exif.get_ifd(0x8769).update({0xA002: 8, 0xA003: 4, 0x829A: (1, 100)})
+    im.save(tmp_path / "e.jpg", exif=exif)
+    kept = Image.Exif()
+    kept.load(read_image_metadata(tmp_path / "e.jpg")["exif"])
+    assert dict(kept.get_ifd(0x8769)) == {0x829A: (1, 100)}
+    # A profile of another colour space than the written pixels is left out.
+    cmyk = bytearray(srgb)
+    cmyk[16:20] = b"CMYK"
+    gray = bytearray(srgb)
+    gray[16:20] = b"GRAY"
+    rgb, mono = image, image[:, :1]
+    for pixels, profile, suffix, kept_profile in [(rgb, bytes(cmyk), ".png", False), (rgb, bytes(gray), ".jpg", False),
+                                                  (mono, bytes(gray), ".png", True), (mono, bytes(gray), ".webp", False),
+                                                  (mono, srgb, ".png", False), (rgb, srgb, ".webp", True)]:
+        save_image(pixels, tmp_path / f"p{suffix}", metadata={"icc_profile": profile})
+        with Image.open(tmp_path / f"p{suffix}") as out:
+            assert (out.info.get("icc_profile") == profile) is kept_profile, (profile[16:20], suffix)

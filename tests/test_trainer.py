@@ -350,6 +350,13 @@ def test_distill_and_make_pairs_take_the_teachers_recorded_settings(tmp_path, mo
             common.load_teacher(make_pairs.parse_args(argv + [flag, value]))
     assert distill.build_models(distill.parse_args(argv + ["--scale", "2"]))[1].scale == 2  # agreeing flags are fine
 
+    # A file that records nothing (a state dict under an unhelpful name) takes the flags, and says which are needed.
+    torch.save(oftsr.create_model("tiny", role="teacher").unet.state_dict(), tmp_path / "plain.pth")
+    bare = ["--teacher", str(tmp_path / "plain.pth"), "--train_data_dir", "d", "--output_dir", "o"]
+    with pytest.raises(ValueError, match="plain.pth does not say its sigma_p, scale: pass --sigma_p ... --scale ..."):
+        distill.build_models(distill.parse_args(bare))
+    assert distill.build_models(distill.parse_args(bare + ["--sigma_p", "0.1", "--scale", "2"]))[1].scale == 2
+
     real = _save_teacher(tmp_path / "real.safetensors", degradation="realesrgan")
     oftsr.save_model(oftsr.load_model(real), real, realesrgan_config="camera")
     args = make_pairs.parse_args(["--teacher", str(real), "--train_data_dir", "d", "--output_dir", "o"])

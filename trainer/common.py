@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import oftsr  # noqa: E402
+from oftsr.checkpoint import MissingInfoError  # noqa: E402
 from oftsr.training.data import SRDataset  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
@@ -164,7 +165,7 @@ def list_checkpoints(output_dir: str) -> list[Path]:
 def data_settings(args: argparse.Namespace, num_processes: int) -> dict:
     """What decides the order and content of the training batches: a checkpoint records
     it, and a run resumed with other values is warned that its data now differs."""
-    return {"train_data_dir": str(args.train_data_dir), "resolution": args.resolution,
+    return {"train_data_dir": str(Path(args.train_data_dir).resolve()), "resolution": args.resolution,
             "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "repeats": args.repeats, "seed": args.seed, "num_processes": num_processes}
 
@@ -224,6 +225,9 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
     if info_file.is_file():
         recorded = json.loads(info_file.read_text())
         ours = json.loads(json.dumps(info))  # tuples as lists, as in the file
+        if "architecture" in recorded:  # as a config, so fields added later with defaults compare equal
+            recorded["architecture"] = oftsr.UNetConfig.from_dict(recorded["architecture"]).to_dict()
+            recorded = json.loads(json.dumps(recorded))
         for key in CHECKED_MODEL_FIELDS:
             if key in recorded and recorded[key] != ours[key]:
                 raise ValueError(f"{path} is a run with {key} {_short(recorded[key])}, but this run has "
@@ -376,8 +380,12 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
     authors' `.pth`) take the flags."""
     recorded = oftsr.read_metadata(args.teacher)
     flags = {key: getattr(args, key) for key in TEACHER_SETTINGS}
-    teacher = oftsr.load_model(args.teacher, device=device, role="teacher",
-                               **{k: v for k, v in flags.items() if k not in recorded})
+    try:
+        teacher = oftsr.load_model(args.teacher, device=device, role="teacher",
+                                   **{k: v for k, v in flags.items() if k not in recorded})
+    except MissingInfoError as e:  # the library's message names the CLI's flags
+        raise ValueError(f"the teacher {Path(args.teacher).name} does not say its {', '.join(e.missing)}: pass "
+                         f"{' '.join(f'--{k} ...' for k in e.missing)}") from e
     if args.realesrgan_config is None:
         args.realesrgan_config = recorded.get("realesrgan_config", "full")
     for key, value in flags.items():

@@ -111,8 +111,9 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
     ours = {"sigma_p": teacher.sigma_p, "scale": teacher.scale, "degradation": teacher.degradation,
             **training_metadata(args, teacher)}
     for key, value in ours.items():
-        if made.get(key, "full" if key == "realesrgan_config" else None) != value:
-            raise ValueError(f"the pairs in {args.train_data_dir} were made with {key} = {made.get(key, 'full')}, "
+        recorded = made.get(key, "full" if key == "realesrgan_config" else None)
+        if recorded != value:
+            raise ValueError(f"the pairs in {args.train_data_dir} were made with {key} = {recorded}, "
                              f"the teacher has {value}")
     logger.info("fluxsr pairs: %d of %d px from %s (%s x %d steps)", len(dataset), made["resolution"], made["teacher"],
                 made["solver"], made["steps"])
@@ -124,15 +125,15 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    accelerator = make_accelerator(args, "oftsr-distill")
     # The student starts from the teacher's weights: a warm-up longer than a tenth of the
     # run would spend much of a short fine-tune at a tiny rate.
-    cap = max(1, args.max_train_steps // 10)
-    if args.lr_warmup_steps > cap:
+    requested_warmup, args.lr_warmup_steps = args.lr_warmup_steps, min(args.lr_warmup_steps,
+                                                                        max(1, args.max_train_steps // 10))
+    teacher, student = build_models(args)  # first: the trackers log the settings taken from the teacher
+    accelerator = make_accelerator(args, "oftsr-distill")
+    if args.lr_warmup_steps < requested_warmup:
         logger.info("--lr_warmup_steps %d is more than a tenth of --max_train_steps: warming up over %d steps",
-                    args.lr_warmup_steps, cap)
-        args.lr_warmup_steps = cap
-    teacher, student = build_models(args)
+                    requested_warmup, args.lr_warmup_steps)
     teacher.to(accelerator.device)
     ema = EMA(student, args.ema_decay)
     optimizer = torch.optim.Adam(student.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
