@@ -81,6 +81,13 @@ def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
         raise FileNotFoundError(f"no checkpoint at {path}: --model takes a file, or a bundled model's name "
                                 f"({', '.join(BUNDLED_MODELS)}; with a role: {DEFAULT_MODEL}-teacher)")
     device = resolve_device(args.device)
+    recorded = read_metadata(path)
+    for key in ("sigma_p", "scale", "role"):
+        given = getattr(args, key)
+        if given is not None and key in recorded and str(given) != recorded[key] and \
+                (key == "role" or float(given) != float(recorded[key])):
+            print(f"warning: --{key.replace('_', '-')} {given} overrides the {recorded[key]} that {Path(path).name} "
+                  f"records", file=sys.stderr)
     model = load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
                        role=args.role, scale=args.scale)
     if model.role != role:
@@ -180,6 +187,9 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
                 # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                 levels = torch.uint16 if depth == 16 else torch.uint8
                 result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
+                if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
+                    tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so the alpha of {src.name} is "
+                               f"dropped; name the output .png to keep it", file=sys.stderr)
                 try:
                     written = save_image(result, dst, bit_depth=depth, metadata=metadata)
                 except (ValueError, OSError) as e:  # the result is not lost for its metadata

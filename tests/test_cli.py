@@ -368,3 +368,14 @@ def test_a_save_that_fails_for_its_metadata_is_written_without_it(tmp_path, mode
                              str(model_files[0]), "-q"], capsys)
     assert code == 0 and "written without the metadata of in.png: codec configuration error" in err
     assert Image.open(tmp_path / "out.png").size == (32, 32)
+
+
+def test_warnings_for_dropped_alpha_and_overridden_metadata(tmp_path, model_files, inputs, capsys):
+    code, _, err = _run_cli(["upscale", str(inputs / "rgba.png"), "-o", str(tmp_path / "out.jpg"), "--model",
+                             str(model_files[0]), "-q", "--sigma-p", "0.5"], capsys)
+    assert code == 0 and Image.open(tmp_path / "out.jpg").mode == "RGB"
+    assert "out.jpg: JPEG has no transparency, so the alpha of rgba.png is dropped" in err
+    assert "--sigma-p 0.5 overrides the 0.2 that student.safetensors records" in err
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o2.png"), "--model",
+                             str(model_files[0]), "-q", "--sigma-p", "0.2", "--scale", "4"], capsys)
+    assert code == 0 and "warning" not in err  # values that agree with the file say nothing
