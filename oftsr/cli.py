@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_model, model_metadata, read_metadata, save_model
-from .images import IMAGE_SUFFIXES, list_images, load_image, read_image_metadata, save_image
+from .images import IMAGE_SUFFIXES, frame_count, list_images, load_image, read_image_metadata, save_image
 from .inference import check_t, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
@@ -183,6 +183,9 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
             try:
                 image, depth = load_image(src)
                 metadata = read_image_metadata(src)
+                if frame_count(src) > 1:
+                    tqdm.write(f"warning: {src.name} is animated ({frame_count(src)} frames): only its first frame is "
+                               f"upscaled", file=sys.stderr)
                 progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
                 # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                 levels = torch.uint16 if depth == 16 else torch.uint8

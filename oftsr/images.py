@@ -19,7 +19,7 @@ from .files import atomic_write
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-__all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "IMAGE_SUFFIXES"]
+__all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "frame_count", "IMAGE_SUFFIXES"]
 _EXIF_ORIENTATION = 0x0112
 _EXIF_IFD = 0x8769
 _EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the source's size
@@ -110,6 +110,16 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     return found
 
 
+def frame_count(path: str | os.PathLike) -> int:
+    """How many frames the file holds (an animated GIF or WebP: more than one; `load_image`
+    reads the first). 1 when it cannot tell."""
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except Exception:
+        return 1
+
+
 def _keeps_profile(icc: bytes, colour: bool) -> bool:
     """An ICC profile describes the written pixels only if its colour space is theirs
     (bytes 16-20 of its header): RGB for colour output, GRAY for gray. A CMYK or Lab
@@ -148,7 +158,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     written: `bit_depth=16` gives 16 as PNG (any channels) or grayscale TIFF, and 8
     otherwise (JPEG, WebP and BMP have 8 bits; Pillow writes colour TIFF with 8) -- the
     caller can say so. `metadata` (from `read_image_metadata`) is written where the
-    format holds it: ICC profile, EXIF and DPI (a 16-bit PNG keeps the profile only;
+    format holds it: ICC profile, EXIF and DPI (a 16-bit PNG keeps the profile and DPI;
     BMP none). JPEG and WebP are written at quality 95."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -166,8 +176,11 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             import png
 
             data = _levels(image, 16).reshape(h, w * c)
+            dpi = (metadata or {}).get("dpi")
+            resolution = {} if not dpi else {"x_pixels_per_unit": round(dpi[0] / 0.0254),
+                                             "y_pixels_per_unit": round(dpi[1] / 0.0254), "unit_is_meter": True}
             with open(tmp, "wb") as f:
-                png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(f, data)
+                png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, **resolution).write(f, data)
             icc = (metadata or {}).get("icc_profile")
             if icc and _keeps_profile(icc, colour=c >= 3):
                 _png_add_icc(tmp, icc)

@@ -376,6 +376,11 @@ def test_warnings_for_dropped_alpha_and_overridden_metadata(tmp_path, model_file
     assert code == 0 and Image.open(tmp_path / "out.jpg").mode == "RGB"
     assert "out.jpg: JPEG has no transparency, so the alpha of rgba.png is dropped" in err
     assert "--sigma-p 0.5 overrides the 0.2 that student.safetensors records" in err
+    frames = [Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    code, _, err = _run_cli(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "anim.png"), "--model",
+                             str(model_files[0]), "-q"], capsys)
+    assert code == 0 and "anim.gif is animated (3 frames): only its first frame is upscaled" in err
     code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o2.png"), "--model",
                              str(model_files[0]), "-q", "--sigma-p", "0.2", "--scale", "4"], capsys)
     assert code == 0 and "warning" not in err  # values that agree with the file say nothing

@@ -152,7 +152,8 @@ def test_metadata_is_read_and_written(tmp_path):
     save_image(image, tmp_path / "out.bmp", metadata=meta)  # BMP holds none of it: written without
     assert save_image(image, tmp_path / "out16.png", bit_depth=16, metadata=meta) == 16
     with Image.open(tmp_path / "out16.png") as out:
-        assert out.info.get("icc_profile") == icc  # the 16-bit writer keeps the profile
+        assert out.info.get("icc_profile") == icc  # the 16-bit writer keeps the profile and DPI
+        assert out.info["dpi"] == pytest.approx((300, 300), abs=0.1)
     assert torch.equal(load_image(tmp_path / "out16.png")[0], load_image(tmp_path / "out.png")[0])
     Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
     assert read_image_metadata(tmp_path / "plain.png") == {}
