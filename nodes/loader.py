@@ -4,7 +4,6 @@ authors' .pth."""
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
-from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model, read_metadata
+from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model
 from ..oftsr.weights import BUNDLED_ROLES
-from ..oftsr.checkpoint import CheckpointError, MissingInfoError
+from ..oftsr.checkpoint import CheckpointError, MissingInfoError, contradicted_metadata
 from .common import CATEGORY, OFTSR_MODEL, check_inputs
 
 FOLDER_KEY = "oftsr"
@@ -129,12 +128,11 @@ class LoadOFTSRModel(io.ComfyNode):
         path = model_path(model_name)
         try:
             # A value the file records wins over these widgets, which are for files that do not say.
-            recorded = read_metadata(path)
-            for key, value in (("sigma_p", sigma_p), ("scale", scale)):
-                if value > 0 and key in recorded and not math.isclose(float(recorded[key]), value, abs_tol=1e-6):
-                    raise ValueError(f"{model_name} records {key} {recorded[key]}, and running it with {key} {value:g} "
-                                     f"would give a wrong image: set {key} to 0 on Load OFTSR Model to use the file's "
-                                     f"value (other values are for files that do not record it)")
+            conflicts = contradicted_metadata(path, sigma_p=sigma_p or None, scale=scale or None)
+            for key, (recorded, value) in conflicts.items():
+                raise ValueError(f"{model_name} records {key} {recorded}, and running it with {key} {value:g} "
+                                 f"would give a wrong image: set {key} to 0 on Load OFTSR Model to use the file's "
+                                 f"value (other values are for files that do not record it)")
             model = load_model(
                 path, device=mm.unet_offload_device(), dtype=resolve_dtype(dtype, mm.get_torch_device()),
                 sigma_p=float(sigma_p) if sigma_p > 0 else None,

@@ -10,6 +10,7 @@ and scale come from their file-name pattern or from the caller.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -311,6 +312,22 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             return dict(f.metadata() or {})
     except SafetensorError as e:
         raise CheckpointError(f"{path.name}: cannot read safetensors header; it is truncated or corrupt ({e})") from e
+
+
+def contradicted_metadata(path: str | os.PathLike, **given: object) -> dict[str, tuple[str, object]]:
+    """The `given` values (sigma_p, scale, role, degradation; None = not given) that differ
+    from what our file at `path` records, as {name: (recorded, given)}. A file that records
+    nothing (an authors' .pth) contradicts nothing: `load_model`'s overrides are what it has."""
+    recorded = read_metadata(path)
+    found = {}
+    for key, value in given.items():
+        if value is None or key not in recorded:
+            continue
+        same = math.isclose(float(recorded[key]), float(value), abs_tol=1e-6) if key in ("sigma_p", "scale") \
+            else recorded[key] == str(value)
+        if not same:
+            found[key] = (recorded[key], value)
+    return found
 
 
 _AUTHORS_SIGMA = re.compile(r"sigma(?:_p)?([0-9]*\.?[0-9]+)")

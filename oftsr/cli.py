@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_model, model_metadata, read_metadata, save_model
+from .checkpoint import CheckpointError, contradicted_metadata, load_model, model_metadata, read_metadata, save_model
 from .images import IMAGE_SUFFIXES, frame_count, list_images, load_image, read_image_metadata, save_image
 from .inference import check_t, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
@@ -81,13 +82,10 @@ def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
         raise FileNotFoundError(f"no checkpoint at {path}: --model takes a file, or a bundled model's name "
                                 f"({', '.join(BUNDLED_MODELS)}; with a role: {DEFAULT_MODEL}-teacher)")
     device = resolve_device(args.device)
-    recorded = read_metadata(path)
-    for key in ("sigma_p", "scale", "role"):
-        given = getattr(args, key)
-        if given is not None and key in recorded and str(given) != recorded[key] and \
-                (key == "role" or float(given) != float(recorded[key])):
-            print(f"warning: --{key.replace('_', '-')} {given} overrides the {recorded[key]} that {Path(path).name} "
-                  f"records", file=sys.stderr)
+    for key, (recorded, given) in contradicted_metadata(path, sigma_p=args.sigma_p, scale=args.scale,
+                                                        role=args.role).items():
+        print(f"warning: --{key.replace('_', '-')} {given} overrides the {recorded} that {Path(path).name} records",
+              file=sys.stderr)
     model = load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
                        role=args.role, scale=args.scale)
     if model.role != role:
@@ -183,9 +181,10 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
             try:
                 image, depth = load_image(src)
                 metadata = read_image_metadata(src)
-                if frame_count(src) > 1:
-                    tqdm.write(f"warning: {src.name} is animated ({frame_count(src)} frames): only its first frame is "
-                               f"upscaled", file=sys.stderr)
+                frames = frame_count(src)
+                if frames > 1:
+                    tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
+                               file=sys.stderr)
                 progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
                 # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                 levels = torch.uint16 if depth == 16 else torch.uint8
@@ -342,22 +341,23 @@ def _add_override_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oftsr", description="One-step flow super-resolution with a tunable fidelity-realism trade-off.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_command = functools.partial(subparsers.add_parser, allow_abbrev=False)  # `sample --t` is not `--tile`
 
-    p = sub.add_parser("upscale", allow_abbrev=False, help="one-step super-resolution with a student model")
+    p = add_command("upscale", help="one-step super-resolution with a student model")
     _add_model_args(p)
     p.add_argument("--t", type=float, default=0.5,
                    help="fidelity (0: smooth, faithful) .. realism (1: most detail) trade-off; default 0.5, the middle, "
                         "as in the ComfyUI node: move toward the end you want")
     p.set_defaults(func=cmd_upscale)
 
-    p = sub.add_parser("sample", allow_abbrev=False, help="multi-step super-resolution with a teacher model")
+    p = add_command("sample", help="multi-step super-resolution with a teacher model")
     _add_model_args(p)
     p.add_argument("--steps", type=int, default=16, help="solver steps (default 16)")
     p.add_argument("--solver", choices=SOLVERS, default="midpoint", help="ODE solver (default midpoint)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("convert", allow_abbrev=False, help="convert a checkpoint (e.g. the authors' .pth) to our .safetensors format")
+    p = add_command("convert", help="convert a checkpoint (e.g. the authors' .pth) to our .safetensors format")
     p.add_argument("src")
     p.add_argument("dst")
     _add_override_args(p)
@@ -365,12 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=list(DTYPES), help="store weights in this dtype (default: as loaded)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("info", allow_abbrev=False, help="print a checkpoint's metadata as JSON")
+    p = add_command("info", help="print a checkpoint's metadata as JSON")
     p.add_argument("path")
     _add_override_args(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("eval", allow_abbrev=False, help="evaluate models on HR images: PSNR, SSIM, LPIPS, realism; table and curve")
+    p = add_command("eval", help="evaluate models on HR images: PSNR, SSIM, LPIPS, realism; table and curve")
     p.add_argument("--model", nargs="+", default=None,
                    help=f"bundled model names ({', '.join(BUNDLED_MODELS)}: student and teacher; x4-student: one of "
                         f"them) or checkpoints, teachers and/or students (default: {DEFAULT_MODEL})")
@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("create", allow_abbrev=False, help="write a randomly initialised (untrained) model, for trials and training")
+    p = add_command("create", help="write a randomly initialised (untrained) model, for trials and training")
     p.add_argument("dst")
     p.add_argument("--preset", choices=list(PRESETS), default="small")
     p.add_argument("--role", choices=ROLES, default="student")

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import oftsr  # noqa: E402
-from oftsr.checkpoint import MissingInfoError  # noqa: E402
+from oftsr.checkpoint import MissingInfoError, contradicted_metadata  # noqa: E402
 from oftsr.training.data import SRDataset  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
@@ -378,21 +378,20 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
     the student must learn from: a flag left out takes the file's value (written back into
     `args`), a flag that says otherwise is refused. Files that record none of it (an
     authors' `.pth`) take the flags."""
-    recorded = oftsr.read_metadata(args.teacher)
     flags = {key: getattr(args, key) for key in TEACHER_SETTINGS}
-    try:
-        teacher = oftsr.load_model(args.teacher, device=device, role="teacher",
-                                   **{k: v for k, v in flags.items() if k not in recorded})
+    for key, (recorded, value) in contradicted_metadata(args.teacher, **flags).items():
+        raise ValueError(f"the teacher was trained with --{key} {recorded}, but this run has --{key} {value}: leave "
+                         f"the flag out, or pass --{key} {recorded}")
+    try:  # flags the file agrees with change nothing; the others are what a file without metadata needs
+        teacher = oftsr.load_model(args.teacher, device=device, role="teacher", **flags)
     except MissingInfoError as e:  # the library's message names the CLI's flags
         raise ValueError(f"the teacher {Path(args.teacher).name} does not say its {', '.join(e.missing)}: pass "
                          f"{' '.join(f'--{k} ...' for k in e.missing)}") from e
+    for key in TEACHER_SETTINGS:
+        setattr(args, key, getattr(teacher, key))
+    recorded = oftsr.read_metadata(args.teacher)
     if args.realesrgan_config is None:
         args.realesrgan_config = recorded.get("realesrgan_config", "full")
-    for key, value in flags.items():
-        if value is not None and getattr(teacher, key) != value:
-            raise ValueError(f"the teacher was trained with --{key} {getattr(teacher, key)}, but this run has "
-                             f"--{key} {value}: leave the flag out, or pass --{key} {getattr(teacher, key)}")
-        setattr(args, key, getattr(teacher, key))
     ours = training_metadata(args, teacher)
     check_training_metadata("the teacher", {k: v for k, v in recorded.items() if k in ours}, ours)
     return teacher
