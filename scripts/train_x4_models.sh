@@ -12,7 +12,8 @@
 # in bf16, 7 hours; student 5,000 steps at about 1 step/s, 1.5 hours; evaluation on the
 # GPU, minutes. Both pairs: about 17 hours. Every stage resumes where it stopped when the
 # script is run again (checkpoints every 1,000 steps, --resume_from_checkpoint latest), so
-# it can run as a sequence of shorter runs.
+# it can run as a sequence of shorter runs: MAX_MINUTES=N stops the running stage after N
+# minutes with a checkpoint (--max_train_minutes), and the script exits with status 75.
 #
 # Needs the package installed with its training extra (pip install -e ".[train]"), and for
 # the baseline rows the evaluation extra (README, Evaluation). DATA must hold train/ (HR
@@ -21,7 +22,7 @@
 # Every size can be overridden from the environment (PRESET, RESOLUTION, BATCH,
 # TEACHER_STEPS, STUDENT_STEPS, STUDENT_RESOLUTION, CHECKPOINT_STEPS, MIXED_PRECISION,
 # WORKERS, REPEATS, WEIGHTS_DIR, EVAL, NO_BASELINES, TEACHER_LR, TEACHER_WARMUP, TEACHER_EMA,
-# STUDENT_LR, REALESRGAN_CONFIG); with tiny values the same commands run on a CPU in a minute, as a check of the
+# STUDENT_LR, REALESRGAN_CONFIG, MAX_MINUTES); with tiny values the same commands run on a CPU in a minute, as a check of the
 # recipe (README, Bundled models). INIT_TEACHER and INIT_STUDENT start the two stages from
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
 # pair into x4-real.
@@ -62,6 +63,8 @@ INIT_TEACHER_ARGS=()
 [ -n "${INIT_TEACHER:-}" ] && INIT_TEACHER_ARGS=(--init_from "$INIT_TEACHER")
 INIT_STUDENT_ARGS=()
 [ -n "${INIT_STUDENT:-}" ] && INIT_STUDENT_ARGS=(--init_student "$INIT_STUDENT")
+TIME_ARGS=()
+[ -n "${MAX_MINUTES:-}" ] && TIME_ARGS=(--max_train_minutes "$MAX_MINUTES")
 # 241 photographs at batch 32 would make 8-step epochs, each restarting the loader workers.
 REPEATS=${REPEATS:-16}
 mkdir -p "$WORK" "$WEIGHTS_DIR"
@@ -76,7 +79,7 @@ python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validat
   --mixed_precision "$MIXED_PRECISION" "${INIT_TEACHER_ARGS[@]}" \
   --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 2 --validation_steps 5000 \
   --validation_nfe_steps 4 --report_to none --dataloader_num_workers "$WORKERS" --seed 0 \
-  --resume_from_checkpoint latest
+  --resume_from_checkpoint latest "${TIME_ARGS[@]}"
 
 # Stage 2: the one-step student (distill + 0.01 align + 0.1 boundary, midpoint teacher
 # step), started from the teacher's EMA weights. --degradation and --realesrgan_config
@@ -90,7 +93,7 @@ python "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" 
   --resolution "$STUDENT_RESOLUTION" --train_batch_size $((BATCH * 2)) --repeats "$REPEATS" \
   --max_train_steps "$STUDENT_STEPS" --learning_rate "$STUDENT_LR" --lr_warmup_steps 200 --ema_decay 0.999 "${INIT_STUDENT_ARGS[@]}" \
   --mixed_precision "$MIXED_PRECISION" --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 2 \
-  --report_to none --dataloader_num_workers "$WORKERS" --seed 0 --resume_from_checkpoint latest
+  --report_to none --dataloader_num_workers "$WORKERS" --seed 0 --resume_from_checkpoint latest "${TIME_ARGS[@]}"
 
 # Stage 3: the shipped files, EMA weights in fp16 (more mantissa than bf16; weights are far
 # inside its range). The loader casts them back to float32 (or the dtype asked for).

@@ -2,8 +2,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,11 +218,19 @@ COMMON = ["--resolution", "32", "--train_batch_size", "2", "--dataloader_num_wor
           "--lr_warmup_steps", "2", "--learning_rate", "1e-3", "--validation_steps", "1000"]
 
 
-def _run(args, launcher=(sys.executable,), timeout=600):
+def _run(args, launcher=(sys.executable,), timeout=600, status=0):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     res = subprocess.run([*launcher, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # status None: any failure (a multi-process launcher turns a worker's status into 1)
+    assert res.returncode == status if status is not None else res.returncode != 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
+
+
+EXIT_RESUMABLE = 75  # the documented status of a run stopped early with its checkpoint saved
+
+
+def _checkpoints(out_dir):
+    return sorted((p.name for p in out_dir.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
 
 
 def _losses(out_dir, key="loss"):
@@ -264,6 +274,44 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     assert oftsr.load_model(tmp_path / "raw.safetensors").config == oftsr.PRESETS["tiny"]
 
 
+def test_time_limit_stops_with_a_checkpoint_and_the_run_goes_on(train_dir, tmp_path):
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--checkpointing_steps", "100", "--seed", "5", "--output_dir", tmp_path, "--max_train_steps", "4"]
+    res = _run([*base, "--max_train_minutes", "0"], status=EXIT_RESUMABLE)
+    assert "stopped at step 1 of 4 (--max_train_minutes 0)" in res.stderr
+    assert _checkpoints(tmp_path) == ["checkpoint-1"]  # saved though 1 % 100 != 0
+    assert not (tmp_path / "teacher.safetensors").exists()  # the export is the finished model only
+    _run([*base, "--resume_from_checkpoint", "latest"])
+    assert sorted(_losses(tmp_path)) == [1, 2, 3, 4]
+    assert _checkpoints(tmp_path) == ["checkpoint-1", "checkpoint-4"]
+    assert oftsr.load_model(tmp_path / "teacher.safetensors").step == 4
+
+
+def test_sigterm_saves_the_step_it_stopped_at(train_dir, tmp_path):
+    # What a scheduler does at a job's time limit or on pre-emption: SIGTERM, then SIGKILL
+    # after a grace period. The run ends at the next step boundary with a checkpoint of it.
+    args = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--checkpointing_steps", "100000", "--output_dir", tmp_path, "--max_train_steps", "100000"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = tmp_path / "metrics.jsonl"
+        for _ in range(1200):  # until a step has been logged (at most 2 minutes)
+            if metrics.is_file() and metrics.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_RESUMABLE, err[-3000:]
+    last = max(_losses(tmp_path))
+    assert last >= 2 and f"stopped at step {last} of 100000 (SIGTERM)" in err
+    assert _checkpoints(tmp_path) == [f"checkpoint-{last}"]
+    assert not (tmp_path / "teacher.safetensors").exists()
+
+
 def test_accelerate_launch_two_processes(train_dir, tmp_path):
     # On a machine without a GPU, `--multi_gpu` gives two gloo CPU processes (MULTI_CPU); the
     # `--cpu` flag of current accelerate launches a single process whatever --num_processes says.
@@ -285,6 +333,17 @@ def test_accelerate_launch_two_processes(train_dir, tmp_path):
     # Two processes warm up over the same optimizer steps as one (--lr_warmup_steps 4): a
     # quarter of the rate at step 1, half at step 2; the prepared scheduler steps once per process.
     assert _losses(teacher_dir, "lr") == {1: pytest.approx(2.5e-4), 2: pytest.approx(5e-4)}
+
+    # A time limit stops both processes at the same step, with one checkpoint of it; each
+    # exits with EXIT_RESUMABLE, which the launcher reports as a failed run
+    res = _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", teacher_dir, "--preset",
+                "tiny", *COMMON, "--max_train_steps", "6", "--checkpointing_steps", "2", "--lr_warmup_steps", "4",
+                "--resume_from_checkpoint", "latest", "--max_train_minutes", "0"], launcher, status=None)
+    assert "stopped at step 3 of 6 (--max_train_minutes 0)" in res.stderr
+    ckpt = teacher_dir / "checkpoint-3"
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert json.loads((ckpt / "oftsr.json").read_text())["step"] == 3
+    assert oftsr.load_model(teacher_dir / "teacher.safetensors").step == 2  # the finished run's export, untouched
 
 
 def test_bf16_and_gradient_accumulation(train_dir, tmp_path):

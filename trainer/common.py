@@ -9,7 +9,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +31,9 @@ logger = logging.getLogger("oftsr.trainer")
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 MODEL_INFO = "oftsr.json"
+# The exit status of a run stopped before --max_train_steps with its checkpoint saved
+# (--max_train_minutes, SIGTERM, Ctrl-C): sysexits' EX_TEMPFAIL, "run it again to go on".
+EXIT_RESUMABLE = 75
 
 
 def model_info(model: oftsr.OFTSRModel, step: int, metadata: dict[str, str] | None = None) -> dict:
@@ -60,6 +65,10 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    help="TF32 tensor cores for float32 matrix products on Ampere and newer GPUs (faster, ~1e-3 relative)")
     p.add_argument("--checkpointing_steps", type=int, default=5000)
     p.add_argument("--checkpoints_total_limit", type=int, default=None)
+    p.add_argument("--max_train_minutes", type=float, default=None,
+                   help="stop at the first step after this many minutes, save a checkpoint and exit with status "
+                        f"{EXIT_RESUMABLE} (a job's time limit: allow a step and a save after it); SIGTERM and Ctrl-C "
+                        "do the same at once")
     p.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest"')
     p.add_argument("--report_to", default="tensorboard", help='tensorboard, wandb, all, or "none"')
     p.add_argument("--seed", type=int, default=0)
@@ -150,6 +159,47 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+
+
+class StopRequest:
+    """Ends a run early with a checkpoint: on SIGTERM (a scheduler's pre-emption or time
+    limit) or Ctrl-C, and once `minutes` have passed. Looked at after each optimizer step
+    and agreed by all processes, so that they save the same checkpoint and stop together.
+    A second Ctrl-C quits at once (the checkpoint being written is then left unfinished,
+    and resume ignores it)."""
+
+    def __init__(self, minutes: float | None) -> None:
+        self.minutes = minutes
+        self.deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        self.reason: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.reason is None:
+            self.reason = signal.Signals(signum).name
+            logger.warning("%s: stopping after this step with a checkpoint (Ctrl-C again quits without one)",
+                           self.reason)
+
+    def due(self, accelerator) -> bool:
+        if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = f"--max_train_minutes {self.minutes:g}"
+        stop = self.reason is not None
+        if accelerator.num_processes > 1:  # one process's signal or clock stops them all
+            stop = bool(accelerator.gather(torch.tensor([float(stop)], device=accelerator.device)).max().item())
+            if stop and self.reason is None:
+                self.reason = "a stop on another process"
+        return stop
 
 
 def list_checkpoints(output_dir: str) -> list[Path]:
@@ -418,13 +468,15 @@ def preset_choices() -> list[str]:
 
 
 def run_training(accelerator, args: argparse.Namespace, model, optimizer, scheduler, dataloader, ema, *, desc: str,
-                 step_losses, validate, export_name: str, extra_state: tuple = (), after_step=None) -> None:
+                 step_losses, validate, export_name: str, extra_state: tuple = (), after_step=None) -> int:
     """The loop both stages share: accumulate, clip, step, EMA, log, validate, checkpoint,
     and at the end export the EMA weights. `step_losses(batch)` returns a dict whose
     "loss" is optimised (the rest is logged); `validate(model, batch, step, lpips)`
     returns scalars. `extra_state` (objects with state_dict/load_state_dict) is
     checkpointed after the EMA and the step; `after_step()` runs after each optimizer
-    step's EMA update. Resumes first when `--resume_from_checkpoint` says so."""
+    step's EMA update. Resumes first when `--resume_from_checkpoint` says so. Returns the
+    exit status: 0 at `--max_train_steps`, `EXIT_RESUMABLE` when stopped early (`StopRequest`)
+    with a checkpoint of the last step and no export."""
     from tqdm.auto import tqdm
 
     state = TrainState()
@@ -439,44 +491,52 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
     batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)
     summed, micro = {}, 0  # losses over the micro-batches of one optimizer step
-    while state.step < args.max_train_steps:
-        batch = next(batches)
-        with accelerator.accumulate(model):
-            losses = step_losses(batch)
-            accelerator.backward(losses["loss"])
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        summed = {k: summed.get(k, 0) + v.detach().float() for k, v in losses.items()}
-        micro += 1
-        if not accelerator.sync_gradients:
-            continue
-        ema.update(accelerator.unwrap_model(model))
-        if after_step is not None:
-            after_step()
-        state.step += 1
-        bar.update(1)
-        logs = {k: accelerator.gather(v / micro).mean().item() for k, v in summed.items()}
-        summed, micro = {}, 0
-        logs["lr"] = lr
-        bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
-            # Validation draws its own noise and builds a network: on a forked RNG, so that
-            # validating never changes the t and noise that training draws next.
-            cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):
-                logs.update(validate(accelerator.unwrap_model(model), val_batch, state.step, lpips))
-            logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
-        log_metrics(accelerator, args.output_dir, logs, state.step)
-        if state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
-            save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
-                            accelerator.unwrap_model(model), metadata, data)
+    stopped = False
+    with StopRequest(args.max_train_minutes) as stop:
+        while state.step < args.max_train_steps and not stopped:
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                losses = step_losses(batch)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            summed = {k: summed.get(k, 0) + v.detach().float() for k, v in losses.items()}
+            micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            ema.update(accelerator.unwrap_model(model))
+            if after_step is not None:
+                after_step()
+            state.step += 1
+            bar.update(1)
+            logs = {k: accelerator.gather(v / micro).mean().item() for k, v in summed.items()}
+            summed, micro = {}, 0
+            logs["lr"] = lr
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
+                # Validation draws its own noise and builds a network: on a forked RNG, so that
+                # validating never changes the t and noise that training draws next.
+                cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):
+                    logs.update(validate(accelerator.unwrap_model(model), val_batch, state.step, lpips))
+                logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
+            log_metrics(accelerator, args.output_dir, logs, state.step)
+            stopped = state.step < args.max_train_steps and stop.due(accelerator)
+            if stopped or state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
+                save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
+                                accelerator.unwrap_model(model), metadata, data)
     bar.close()
-    if accelerator.is_main_process:
+    if stopped:
+        logger.warning("stopped at step %d of %d (%s): %s holds its checkpoint; run the same command with "
+                       "--resume_from_checkpoint latest to go on", state.step, args.max_train_steps, stop.reason,
+                       args.output_dir)
+    elif accelerator.is_main_process:
         path = export_ema(model_info(accelerator.unwrap_model(model), state.step, metadata), ema.shadow_params,
                           Path(args.output_dir) / export_name)
         logger.info("exported EMA weights to %s", path)
     accelerator.end_training()
+    return EXIT_RESUMABLE if stopped else 0

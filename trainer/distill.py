@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import sys
 
 import torch
 
@@ -123,7 +124,7 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
                                        generator=torch.Generator().manual_seed(args.seed))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # The student starts from the teacher's weights: a warm-up longer than a tenth of the
     # run would spend much of a short fine-tune at a tiny rate.
@@ -212,11 +213,11 @@ def main(argv: list[str] | None = None) -> None:
         losses["loss"] = losses.pop("total")
         return losses
 
-    run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema, desc=f"distill {args.objective}",
-                 step_losses=losses_with_total, export_name="student.safetensors", extra_state=extra_state,
-                 after_step=after_step,
-                 validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step, lpips))
+    return run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema,
+                        desc=f"distill {args.objective}", step_losses=losses_with_total, export_name="student.safetensors", extra_state=extra_state,
+                        after_step=after_step,
+                        validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step, lpips))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import torch
 
@@ -63,7 +64,7 @@ def validate(accelerator, model, ema, batch, args, step, lpips) -> dict[str, flo
     return logs
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     accelerator = make_accelerator(args, "oftsr-teacher")
     model = build_model(args)
@@ -80,10 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         t = sample_flow_time(x1.shape[0], x1.device)
         return {"loss": teacher_loss(model, x1, x_lr, args.sigma_p, torch.randn_like(x1), t)}
 
-    run_training(accelerator, args, model, optimizer, scheduler, dataloader, ema, desc="teacher",
-                 step_losses=step_losses, export_name="teacher.safetensors",
-                 validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step, lpips))
+    return run_training(accelerator, args, model, optimizer, scheduler, dataloader, ema, desc="teacher",
+                        step_losses=step_losses, export_name="teacher.safetensors",
+                        validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step, lpips))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
