@@ -167,6 +167,12 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     if not files:
         raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
     targets = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite)
+    if args.skip_existing:  # outputs are written atomically: one that exists is complete
+        todo = [i for i, t in enumerate(targets) if not t.exists()]
+        if len(todo) < len(files):
+            print(f"skipping {len(files) - len(todo)} of {len(files)} images whose output exists (--skip-existing)",
+                  file=sys.stderr)
+        files, targets = [files[i] for i in todo], [targets[i] for i in todo]
     _check_writable(targets)
     return files, targets
 
@@ -214,6 +220,8 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     files, targets = _prepare(args)
+    if not files:  # every output exists (--skip-existing)
+        return 0
     model = _load(args, "student")
     if model.ignores_t:
         print(f"warning: {model.ignores_t_note('--t')}", file=sys.stderr)
@@ -224,6 +232,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     files, targets = _prepare(args)
+    if not files:  # every output exists (--skip-existing)
+        return 0
     model = _load(args, "teacher")
     nfe: dict = {}
     run = lambda m, im, cb, dt: sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed,  # noqa: E731
@@ -316,7 +326,10 @@ def _eval_baselines(names: list[str], scale: int, device: torch.device) -> dict:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
-    p.add_argument("--overwrite", action="store_true", help="allow -o to replace the input images")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="allow -o to replace the input images")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave out inputs whose output file exists: go on with a folder after an interrupted run")
     p.add_argument("--model", help=f"a bundled model's name ({', '.join(BUNDLED_MODELS)}; default {DEFAULT_MODEL}) or a "
                                    "checkpoint (.safetensors or authors' .pth)")
     p.add_argument("--seed", type=int, default=0,

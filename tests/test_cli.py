@@ -51,6 +51,25 @@ def test_upscale_single_file_to_file(tmp_path, model_files, inputs):
     assert load_image(dst)[0].shape == (1, 3, 48, 40)
 
 
+def test_skip_existing_goes_on_after_an_interrupted_folder(tmp_path, model_files, inputs, capsys, monkeypatch):
+    out = tmp_path / "out"
+    args = ["upscale", str(inputs), "-o", str(out), "--model", str(model_files[0]), "-q"]
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(out / "rgb.png"), *args[4:]]) == 0  # done before
+    done = (out / "rgb.png").read_bytes()
+    assert main([*args, "--skip-existing"]) == 0
+    assert "skipping 1 of 3 images whose output exists" in capsys.readouterr().err
+    assert (out / "rgb.png").read_bytes() == done  # not written again
+    assert load_image(out / "sub" / "gray.png")[0].shape == (1, 1, 32, 32)
+    assert load_image(out / "rgba.png")[0].shape == (1, 4, 32, 24)
+    # all done: nothing is loaded or computed
+    monkeypatch.setattr("oftsr.cli.load_model", lambda *a, **k: pytest.fail("loaded a model with nothing to do"))
+    assert main([*args, "--skip-existing"]) == 0
+    assert "skipping 3 of 3 images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # in place, it would skip every image
+        main([*args, "--skip-existing", "--overwrite"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 def test_unreadable_file_is_reported_and_others_written(tmp_path, model_files, inputs, capsys):
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     code = main(["upscale", str(inputs), "-o", str(tmp_path / "out"), "--model", str(model_files[0]), "-q"])
