@@ -60,6 +60,14 @@ def test_dataset_items(train_dir, caplog):
     assert not torch.equal(ds[2]["hr"], SRDataset(train_dir, resolution=32, seed=3)[2]["hr"])
 
 
+def test_images_smaller_than_the_crop_are_named_once(train_dir, caplog):
+    SRDataset(train_dir, resolution=20, scale=4)
+    assert "smaller than" not in caplog.text  # small.png is 24x20: it fits a 20 px crop
+    SRDataset(train_dir, resolution=32, scale=4)
+    assert "1 of 6 training images are smaller than the 32 px crop" in caplog.text
+    assert "(smallest: small.png, 20 px)" in caplog.text
+
+
 def test_dataset_realesrgan_config_reaches_the_degradation(train_dir):
     camera = REALESRGAN_CONFIGS["camera"]
     full = SRDataset(train_dir, resolution=32, scale=4, degradation="realesrgan", seed=3)

@@ -48,6 +48,21 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
     return good
 
 
+def _warn_small(files: list[Path], resolution: int) -> None:
+    """Images smaller than the crop are scaled up to it (`SRDataset._crop`): their "HR" is
+    then an interpolation, which teaches the model to make blur. Say so, once."""
+    sizes = {}
+    for path in files:
+        with Image.open(path) as im:  # the header only
+            sizes[path] = im.size
+    small = sorted((min(size), path) for path, size in sizes.items() if min(size) < resolution)
+    if small:
+        side, path = small[0]
+        logger.warning("%d of %d training images are smaller than the %d px crop and are scaled up to it, which "
+                       "teaches blur (smallest: %s, %d px); use a smaller --resolution or leave them out",
+                       len(small), len(files), resolution, path.name, side)
+
+
 class SRDataset(torch.utils.data.Dataset):
     """Items are dicts with `hr` and `lr` (the LR brought back to HR size), both
     (3, resolution, resolution) in [-1, 1]. Crops, flips and degradation noise are drawn
@@ -66,6 +81,7 @@ class SRDataset(torch.utils.data.Dataset):
         if repeats < 1:
             raise ValueError(f"repeats must be 1 or more, not {repeats}")
         self.files = scan_images(root)
+        _warn_small(self.files, resolution)
         self.repeats = repeats
         self.resolution, self.scale, self.degradation, self.sigma_y = resolution, scale, degradation, sigma_y
         self.random_flip, self.center_crop = random_flip, center_crop
