@@ -53,11 +53,9 @@ def t_input(name: str = "t", default: float = 0.5, tooltip: str | None = None) -
 def seed_input() -> io.Input:
     return io.Int.Input(
         "seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-        tooltip="Seed of the start-point noise, a function of the seed, the image's place in the batch and the "
-                "pixel: the same for any tiling. "
-                "The result still changes a little with the tile size, as each tile sees only its own context "
-                "(bundled model, t = 0.5, against the whole image: 512 px tiles differ by 0.5/255 on average and at "
-                "most 16/255, 128 px tiles by 1.5/255 and at most 68/255).",
+        tooltip="Seed of the start-point noise. The noise depends on the seed, the image's place in the batch "
+                "and the pixel, not on the tiling (the result changes a little with the tile size, as each tile "
+                "sees only its own surroundings).",
     )
 
 
@@ -82,19 +80,28 @@ def color_fix_input() -> io.Input:
 
 # --------------------------------------------------------------------------- checks and layout
 
-def check_inputs(*, tile=None, color_fix=None, options: dict[str, tuple[object, list[str]]] | None = None) -> bool | str:
-    """A node's `validate_inputs`: ComfyUI calls it before the prompt runs, so a bad value
-    is refused at once instead of after minutes of sampling. ComfyUI does not check the
-    options of these nodes' combos itself, and an input a node's `validate_inputs` takes is
-    left out of its own range check: both are checked here. `options` maps other combo
-    inputs to (value, allowed). Linked inputs arrive as None and are left to the run."""
+def check_tile(tile) -> bool | str:
+    """The sampling nodes' `validate_inputs`, before the prompt runs: the tile widget can
+    hold sizes that never run (1 to 31). It takes `tile` alone because ComfyUI files a
+    `validate_inputs` error under every input the method takes, and leaves those inputs
+    out of its own range check (made here in full). A linked value arrives as None and is
+    checked by the library when the node runs."""
     if isinstance(tile, int) and not (tile == 0 or MIN_TILE <= tile <= MAX_TILE):
         return f"tile must be 0 (the whole image at once) or {MIN_TILE} to {MAX_TILE} pixels, got {tile}"
-    combos = {"color_fix": (color_fix, list(COLOR_FIX_MODES)), **(options or {})}
-    for name, (value, allowed) in combos.items():
-        if isinstance(value, str) and value not in allowed:
-            return f"{name} must be one of {', '.join(allowed)}; got {value!r}"
     return True
+
+
+def check_options(**options: tuple[object, list[str]]) -> None:
+    """Combo values, {name: (value, allowed)}, checked first thing in `execute`: ComfyUI
+    (0.3.6x) does not check the options of these nodes' combos, and the UI offers only the
+    listed ones, so another value comes from an API prompt or another version's workflow."""
+    for name, (value, allowed) in options.items():
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def color_fix_option(value: object) -> dict[str, tuple[object, list[str]]]:
+    return {"color_fix": (value, list(COLOR_FIX_MODES))}
 
 
 def require_role(model, role: str, node: str) -> None:
@@ -108,11 +115,13 @@ def require_role(model, role: str, node: str) -> None:
     if role == "student":
         raise ValueError(
             f"{node} needs a one-step student model, but this model is a teacher. Use the OFTSR Teacher Sampler node "
-            f"for a teacher, or set role = student in Load OFTSR Model if the file's role is wrong."
+            f"for a teacher (or, for a file that does not record its role, such as an authors' .pth, set role = "
+            f"student in Load OFTSR Model)."
         )
     raise ValueError(
         f"{node} needs a teacher model, but this model is a one-step student. Use OFTSR Upscale (or OFTSR t-Sweep, "
-        f"OFTSR Regional Trade-off) for a student, or set role = teacher in Load OFTSR Model if the file's role is wrong."
+        f"OFTSR Regional Trade-off) for a student (or, for a file that does not record its role, such as an authors' "
+        f".pth, set role = teacher in Load OFTSR Model)."
     )
 
 
@@ -130,7 +139,11 @@ def to_bchw(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     """ComfyUI IMAGE [B, H, W, C] -> (B, C, H, W) float32."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"{name} must be an IMAGE [batch, height, width, channels], got {shape}")
+        mask = " (a MASK, [batch, height, width]: turn it into an IMAGE with Convert Mask to Image)" \
+            if isinstance(image, torch.Tensor) and image.ndim == 3 else ""
+        raise ValueError(f"{name} must be an IMAGE [batch, height, width, channels], got {shape}{mask}")
+    if 0 in image.shape[:3]:
+        raise ValueError(f"{name} is empty: IMAGE [batch, height, width, channels] {list(image.shape)}")
     if image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"{name} must have 3 (RGB), 4 (RGBA) or 1 (gray) channels, got {image.shape[-1]}")
     return image.movedim(-1, 1).float()
@@ -198,11 +211,16 @@ def estimate_memory(model, batch: int, out_h: int, out_w: int, tile: int | None,
     return int(mm.module_size(model) + activations + band + images)
 
 
+# "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..." (Linux, macOS) and
+# "... not enough memory: you tried to allocate ..." (Windows) are the CPU's out-of-memory.
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
+
+
 def is_oom(e: BaseException) -> bool:
     if isinstance(e, mm.OOM_EXCEPTION) and mm.OOM_EXCEPTION is not Exception:
         return True
-    # MPS and some other back-ends raise a plain RuntimeError
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    # MPS, other back-ends and the CPU allocator raise a plain RuntimeError
+    return isinstance(e, RuntimeError) and any(s in str(e).lower() for s in OOM_MESSAGES)
 
 
 def _first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:

@@ -16,11 +16,12 @@ from comfy_api.latest import io
 from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model
 from ..oftsr.weights import BUNDLED_ROLES
 from ..oftsr.checkpoint import CheckpointError, MissingInfoError, contradicted_metadata
-from .common import CATEGORY, OFTSR_MODEL, check_inputs
+from .common import CATEGORY, OFTSR_MODEL, check_options
 
 FOLDER_KEY = "oftsr"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FROM_FILE = "from file"
+ROLE_OPTIONS = [FROM_FILE, "teacher", "student"]
 # Combo names of the models shipped inside the package ("x4 student", "x4 teacher",
 # "x4-real student", ...). They have no file extension and the model folder lists only
 # files with a model extension, so they never shadow a file.
@@ -51,6 +52,18 @@ def model_options() -> list[str]:
     then the model folder's files."""
     bundled = [label for label, (name, role) in BUNDLED.items() if _bundled_path(name, role) is not None]
     return bundled + folder_paths.get_filename_list(FOLDER_KEY)
+
+
+# What each bundled model is for, in the loader's tooltip (those this installation ships).
+BUNDLED_USES = {"x4": "bicubic x4, for clean and AI-generated images", "x4-real": "x4 for real camera photos"}
+
+
+def model_tooltip() -> str:
+    shipped = [name for name in BUNDLED_MODELS if all(_bundled_path(name, role) for role in BUNDLED_ROLES)]
+    uses = "; ".join(f"{name}: {BUNDLED_USES.get(name, name)}" for name in shipped)
+    return (f"A bundled model by name ({uses}): the student for OFTSR Upscale, the teacher for OFTSR Teacher "
+            f"Sampler. Or a checkpoint placed by hand in models/oftsr (not models/upscale_models, which is for "
+            f"ComfyUI's Load Upscale Model); nothing is downloaded.")
 
 
 def _bundled_path(name: str, role: str) -> Path | None:
@@ -93,10 +106,7 @@ class LoadOFTSRModel(io.ComfyNode):
                         "sampling node runs.",
             inputs=[
                 io.Combo.Input("model_name", options=model_options(),
-                               tooltip="A bundled model by name (x4: bicubic x4, for clean and AI-generated images; "
-                                       "x4-real: real camera photos, where this version ships it): the student for "
-                                       "OFTSR Upscale, the teacher for OFTSR Teacher Sampler. Or a checkpoint in "
-                                       "models/oftsr, placed by hand; nothing is downloaded."),
+                               tooltip=model_tooltip()),
                 io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
                                tooltip="Weight precision. auto: bf16 or fp16 where ComfyUI judges the device fast "
                                        "with it, else fp32."),
@@ -104,8 +114,9 @@ class LoadOFTSRModel(io.ComfyNode):
                                tooltip="Start-point noise level the model was trained with; 0 = use the file's value "
                                        "(needed only for files without metadata or a 'sigma0.2'-style name; a value "
                                        "other than the one our files record is refused)."),
-                io.Combo.Input("role", options=[FROM_FILE, "teacher", "student"], default=FROM_FILE,
-                               tooltip="teacher (multi-step) or student (one step); 'from file' = what the file says."),
+                io.Combo.Input("role", options=ROLE_OPTIONS, default=FROM_FILE,
+                               tooltip="teacher (multi-step) or student (one step); 'from file' = what the file says "
+                                       "(another value is for files that do not record it, such as the authors' .pth)."),
                 io.Int.Input("scale", default=0, min=0, max=16,
                              tooltip="Upscaling factor; 0 = use the file's value (a value other than the one our "
                                      "files record is refused)."),
@@ -114,24 +125,29 @@ class LoadOFTSRModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None, dtype=None, role=None) -> bool | str:
-        """The list checks, made before the prompt runs; model_name also accepts the names
-        older saved workflows used for the bundled models."""
+    def validate_inputs(cls, model_name=None) -> bool | str:
+        """The model list, checked before the prompt runs (model_name alone: ComfyUI files
+        the error under every input this takes); it also accepts the names older saved
+        workflows used for the bundled models."""
         if isinstance(model_name, str) and OLD_NAMES.get(model_name, model_name) not in model_options():
             return (f"model_name {model_name!r} is not available; choose one of the list (bundled models, or files in "
                     f"models/oftsr)")
-        return check_inputs(options={"dtype": (dtype, ["auto", *DTYPES]), "role": (role, [FROM_FILE, "teacher", "student"])})
+        return True
 
     @classmethod
     def execute(cls, model_name: str, dtype: str = "auto", sigma_p: float = 0.0, role: str = FROM_FILE,
                 scale: int = 0) -> io.NodeOutput:
+        check_options(dtype=(dtype, ["auto", *DTYPES]), role=(role, ROLE_OPTIONS))
         path = model_path(model_name)
         try:
             # A value the file records wins over these widgets, which are for files that do not say.
-            conflicts = contradicted_metadata(path, sigma_p=sigma_p or None, scale=scale or None)
+            conflicts = contradicted_metadata(path, sigma_p=sigma_p or None, scale=scale or None,
+                                              role=None if role == FROM_FILE else role)
             for key, (recorded, value) in conflicts.items():
-                raise ValueError(f"{model_name} records {key} {recorded}, and running it with {key} {value:g} "
-                                 f"would give a wrong image: set {key} to 0 on Load OFTSR Model to use the file's "
+                keep = f"set {key} to 'from file'" if key == "role" else f"set {key} to 0"
+                shown = value if isinstance(value, str) else f"{value:g}"
+                raise ValueError(f"{model_name} records {key} {recorded}, and running it with {key} {shown} "
+                                 f"would give a wrong image: {keep} on Load OFTSR Model to use the file's "
                                  f"value (other values are for files that do not record it)")
             model = load_model(
                 path, device=mm.unet_offload_device(), dtype=resolve_dtype(dtype, mm.get_torch_device()),
@@ -143,5 +159,9 @@ class LoadOFTSRModel(io.ComfyNode):
             raise ValueError(f"{model_name}: the file does not say its {', '.join(e.missing)}; set them on this "
                              f"Load OFTSR Model node (0 / 'from file' keep the file's values).") from e
         except CheckpointError as e:  # shown as a plain error, not as the pack's module path
-            raise ValueError(str(e) if Path(path).name in str(e) else f"{model_name}: {e}") from e
+            message = str(e) if Path(path).name in str(e) else f"{model_name}: {e}"
+            if "not an OFTSR checkpoint" in message:
+                message += ("; an ESRGAN-type upscaler loads with ComfyUI's Load Upscale Model, from "
+                            "models/upscale_models")
+            raise ValueError(message) from e
         return io.NodeOutput(model)

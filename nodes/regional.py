@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, check_inputs, color_fix_input, finish, image_input, model_input, require_t_slider,
+from .common import (CATEGORY, check_options, check_tile, color_fix_option, color_fix_input, finish, image_input, model_input, require_t_slider,
                      run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR Regional Trade-off"
@@ -57,12 +57,13 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None, color_fix=None) -> bool | str:
-        return check_inputs(tile=tile, color_fix=color_fix)
+    def validate_inputs(cls, tile=None) -> bool | str:
+        return check_tile(tile)
 
     @classmethod
     def execute(cls, model, image, mask, t_inside: float = 1.0, t_outside: float = 0.0, seed: int = 0,
                 tile: int = 512, overlap: int = 64, color_fix: str = "none") -> io.NodeOutput:
+        check_options(**color_fix_option(color_fix))
         require_t_slider(model, NAME)  # a fixed-point student would give the same image inside and outside
         x = to_bchw(image)
         m = prepare_mask(mask, x.shape[0], (x.shape[-2] * model.scale, x.shape[-1] * model.scale))

@@ -9,7 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, check_inputs, color_fix_input, finish, image_input, model_input, require_t_slider, run_on_device,
+from .common import (CATEGORY, check_options, check_tile, color_fix_option, color_fix_input, finish, image_input, model_input, require_t_slider, run_on_device,
                      seed_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR t-Sweep"
@@ -61,17 +61,22 @@ class OFTSRTSweep(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, t_values=None, tile=None, color_fix=None) -> bool | str:
+    def validate_inputs(cls, t_values=None) -> bool | str:
+        """t_values only: ComfyUI files the error under every input this takes. The tile
+        and colour fix are checked when the node runs, before any network evaluation."""
         if isinstance(t_values, str):  # a linked value is checked when the node runs
             try:
                 parse_t_values(t_values)
             except ValueError as e:
                 return str(e)
-        return check_inputs(tile=tile, color_fix=color_fix)
+        return True
 
     @classmethod
     def execute(cls, model, image, t_values: str = DEFAULT_T_VALUES, seed: int = 0, tile: int = 512, overlap: int = 64,
                 color_fix: str = "none") -> io.NodeOutput:
+        check_options(**color_fix_option(color_fix))
+        if (problem := check_tile(tile)) is not True:
+            raise ValueError(problem)
         require_t_slider(model, NAME)
         ts = parse_t_values(t_values)
         x = to_bchw(image)

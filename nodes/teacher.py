@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..oftsr import sample
 from ..oftsr.sampling import SOLVERS
-from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, check_inputs, check_interrupt, color_fix_input, finish, image_input, model_input, require_role,
+from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, check_options, check_tile, color_fix_option, check_interrupt, color_fix_input, finish, image_input, model_input, require_role,
                      run_on_device, seed_input, tiling_inputs, to_bchw)
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,13 @@ class OFTSRTeacherSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None, color_fix=None, solver=None) -> bool | str:
-        return check_inputs(tile=tile, color_fix=color_fix, options={"solver": (solver, list(SOLVERS))})
+    def validate_inputs(cls, tile=None) -> bool | str:
+        return check_tile(tile)
 
     @classmethod
     def execute(cls, model, image, steps: int = 16, solver: str = "midpoint", seed: int = 0, tile: int = 512,
                 overlap: int = 64, color_fix: str = "none") -> io.NodeOutput:
+        check_options(solver=(solver, list(SOLVERS)), **color_fix_option(color_fix))
         require_role(model, "teacher", NAME)
         x = to_bchw(image)
         info: dict = {}

@@ -8,7 +8,7 @@ import weakref
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, check_inputs, color_fix_input, finish, image_input, model_input, require_role,
+from .common import (CATEGORY, check_options, check_tile, color_fix_option, color_fix_input, finish, image_input, model_input, require_role,
                      run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR Upscale"
@@ -37,12 +37,13 @@ class OFTSRUpscale(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None, color_fix=None) -> bool | str:
-        return check_inputs(tile=tile, color_fix=color_fix)
+    def validate_inputs(cls, tile=None) -> bool | str:
+        return check_tile(tile)
 
     @classmethod
     def execute(cls, model, image, t: float = 0.5, seed: int = 0, tile: int = 512, overlap: int = 64,
                 color_fix: str = "none") -> io.NodeOutput:
+        check_options(**color_fix_option(color_fix))
         require_role(model, "student", NAME)
         warn_if_ignores_t(model)
         x = to_bchw(image)

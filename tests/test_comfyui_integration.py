@@ -262,6 +262,9 @@ def read_output(comfy, image: dict) -> np.ndarray:
 def test_workflow_runs(comfy, workflow_name):
     workflow = load_workflow(workflow_name)
     prompt = workflow_to_prompt(workflow, comfy.object_info)
+    for entry in prompt.values():  # a template's crop of example.png takes this small stand-in whole
+        if entry["class_type"] == "ImageCrop":
+            entry["inputs"].update(width=INPUT_W, height=INPUT_H, x=0, y=0)
     prompt_id = comfy.server.queue(prompt)
     entry = comfy.server.wait(prompt_id, timeout=600)
     status = entry.get("status", {})
@@ -297,17 +300,24 @@ def test_loader_accepts_old_bundled_names_and_refuses_unknown_ones(comfy):
 
 
 def test_bad_widget_values_are_refused_before_the_run(comfy):
-    """A colour fix that is not in the list, or a tile too small to run, is an HTTP 400
-    naming the value at once, not a failure after the whole run."""
+    """A tile too small to run is an HTTP 400 filed under the tile alone; a colour fix that
+    is not in the list (an API prompt: ComfyUI does not check these combos) stops the node
+    before it computes anything, naming the value."""
     prompt = workflow_to_prompt(load_workflow("oftsr_basic_upscale.json"), comfy.object_info)
     node = next(k for k, e in prompt.items() if e["class_type"] == "OFTSRUpscale")
-    for key, value, message in [("color_fix", "Wavelet", "color_fix must be one of none, wavelet, adain"),
-                                ("tile", 8, "tile must be 0 (the whole image at once) or 32 to 8192 pixels")]:
-        bad = json.loads(json.dumps(prompt))
-        bad[node]["inputs"][key] = value
-        with pytest.raises(HTTPError) as refused:
-            comfy.server.post("/prompt", {"prompt": bad, "client_id": "oftsr-integration-test"})
-        assert refused.value.status == 400 and message in refused.value.body
+    bad = json.loads(json.dumps(prompt))
+    bad[node]["inputs"]["tile"] = 8
+    with pytest.raises(HTTPError) as refused:
+        comfy.server.post("/prompt", {"prompt": bad, "client_id": "oftsr-integration-test"})
+    assert refused.value.status == 400
+    errors = json.loads(refused.value.body)["node_errors"][node]["errors"]
+    assert [e["extra_info"]["input_name"] for e in errors] == ["tile"]
+    assert "tile must be 0 (the whole image at once) or 32 to 8192 pixels, got 8" in errors[0]["details"]
+    bad = json.loads(json.dumps(prompt))
+    bad[node]["inputs"]["color_fix"] = "Wavelet"
+    entry = comfy.server.wait(comfy.server.queue(bad), timeout=600)
+    assert entry.get("status", {}).get("status_str") == "error"
+    assert "color_fix must be one of none, wavelet, adain; got 'Wavelet'" in json.dumps(entry["status"]["messages"])
 
 
 def run_prompt(comfy, prompt: dict) -> dict:

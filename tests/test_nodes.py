@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -324,6 +326,26 @@ def test_loader_errors(comfy, pack, model_dir, random_unet_weights):
         with pytest.raises(ValueError, match=message) as e:
             load(pack, name)
         assert type(e.value) is ValueError
+    with pytest.raises(ValueError, match="an ESRGAN-type upscaler loads with ComfyUI's Load Upscale Model"):
+        load(pack, "sdlike.safetensors")
+
+
+def test_image_errors_speak_in_comfyuis_layout(comfy, pack, student):
+    common = dict(model=student, t=0.5, seed=0, tile=0, overlap=0, color_fix="none")
+    with pytest.raises(ValueError, match=re.escape("image is empty: IMAGE [batch, height, width, channels] [0, 8, 8, 3]")):
+        run(pack, "OFTSRUpscale", image=image()[:0], **common)
+    with pytest.raises(ValueError, match="got \\(1, 8, 8\\) \\(a MASK.*Convert Mask to Image"):
+        run(pack, "OFTSRUpscale", image=torch.ones(1, 8, 8), **common)
+
+
+def test_loader_tooltip_names_only_the_bundled_models_there_are(comfy, pack):
+    tooltip = inputs_of(pack, "OFTSRModelLoader")["model_name"].tooltip
+    assert "x4: bicubic x4, for clean and AI-generated images" in tooltip
+    for name in oftsr.BUNDLED_MODELS:
+        shipped = all((Path(oftsr.__file__).parent / "weights" / f"{name}-{role}.safetensors").is_file()
+                      for role in ("student", "teacher"))
+        assert (f"{name}: " in tooltip) == shipped, name
+    assert "not models/upscale_models" in tooltip
 
 
 def test_loader_refuses_overrides_that_contradict_the_file(comfy, pack, saved):
@@ -333,25 +355,46 @@ def test_loader_refuses_overrides_that_contradict_the_file(comfy, pack, saved):
         load(pack, "tiny-student.safetensors", scale=2)
     model = load(pack, "tiny-student.safetensors", sigma_p=0.2, scale=4)  # agreeing values are fine
     assert (model.sigma_p, model.scale) == (0.2, 4)
-    assert load(pack, "tiny-student.safetensors", role="teacher").role == "teacher"  # role stays an override
+    # a teacher run as a student gives a wrong image (8 dB under bicubic at t = 1): the role
+    # override is for files that do not record one (test_loader_loads_authors_pth_and_applies_overrides)
+    with pytest.raises(ValueError, match="records role student, .* set role to 'from file'"):
+        load(pack, "tiny-student.safetensors", role="teacher")
+    assert load(pack, "tiny-student.safetensors", role="student").role == "student"
 
 
 def test_validate_inputs_refuse_bad_values_before_the_run(pack):
-    for node_id in ["OFTSRUpscale", "OFTSRTSweep", "OFTSRRegionalTradeoff", "OFTSRTeacherSampler"]:
+    for node_id in ["OFTSRUpscale", "OFTSRRegionalTradeoff", "OFTSRTeacherSampler"]:
         check = pack.nodes[node_id].validate_inputs
         for tile in (0, 32, 512, 8192, None):
             assert check(tile=tile) is True
         for tile in (8, 31, 8193):  # taking tile turns ComfyUI's own range check off: made here
             assert check(tile=tile) == f"tile must be 0 (the whole image at once) or 32 to 8192 pixels, got {tile}"
-        assert check(color_fix="wavelet") is True and check(color_fix=None) is True
-        assert check(color_fix="Wavelet") == "color_fix must be one of none, wavelet, adain; got 'Wavelet'"
-    teacher = pack.nodes["OFTSRTeacherSampler"].validate_inputs
-    assert teacher(solver="heun") is True
-    assert teacher(solver="rk4") == "solver must be one of euler, midpoint, heun, adaptive; got 'rk4'"
-    loader = pack.nodes["OFTSRModelLoader"].validate_inputs
-    assert loader(dtype="bf16", role="from file") is True
-    assert loader(dtype="fp8") == "dtype must be one of auto, fp32, fp16, bf16; got 'fp8'"
-    assert loader(role="both") == "role must be one of from file, teacher, student; got 'both'"
+    # ComfyUI files a validate_inputs error under every input the method takes: one each
+    takes = {node_id: list(inspect.signature(node.validate_inputs).parameters) for node_id, node in pack.nodes.items()}
+    assert takes == {"OFTSRModelLoader": ["model_name"], "OFTSRUpscale": ["tile"], "OFTSRTSweep": ["t_values"],
+                     "OFTSRRegionalTradeoff": ["tile"], "OFTSRTeacherSampler": ["tile"]}
+
+
+def test_combo_values_are_checked_before_anything_runs(comfy, pack, student, teacher):
+    """ComfyUI (0.3.6x) does not check these nodes' combo options: a value from an API
+    prompt or another version's workflow stops the node before any work."""
+    common = dict(image=image(), seed=0, tile=0, overlap=0, color_fix="Wavelet")
+    message = "color_fix must be one of none, wavelet, adain; got 'Wavelet'"
+    for node_id, model, extra in [
+            ("OFTSRUpscale", student, {"t": 0.5}), ("OFTSRTSweep", student, {"t_values": "0, 1"}),
+            ("OFTSRRegionalTradeoff", student, {"mask": torch.ones(8, 8), "t_inside": 1.0, "t_outside": 0.0}),
+            ("OFTSRTeacherSampler", teacher, {"steps": 2, "solver": "euler"})]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run(pack, node_id, model=model, **common, **extra)
+    with pytest.raises(ValueError, match=re.escape("solver must be one of euler, midpoint, heun, adaptive; got 'rk4'")):
+        run(pack, "OFTSRTeacherSampler", model=teacher, steps=2, solver="rk4", **{**common, "color_fix": "none"})
+    with pytest.raises(ValueError, match=re.escape("tile must be 0 (the whole image at once) or 32 to 8192 pixels")):
+        run(pack, "OFTSRTSweep", model=student, t_values="0, 1", **{**common, "color_fix": "none", "tile": 8})
+    with pytest.raises(ValueError, match=re.escape("dtype must be one of auto, fp32, fp16, bf16; got 'fp8'")):
+        load(pack, "tiny-student.safetensors", dtype="fp8")
+    with pytest.raises(ValueError, match=re.escape("role must be one of from file, teacher, student; got 'both'")):
+        load(pack, "tiny-student.safetensors", role="both")
+    assert bars(comfy) == [] and comfy.model_management.freed == []  # nothing ran
 
 
 # --------------------------------------------------------------------------- OFTSR Upscale
@@ -432,14 +475,14 @@ def test_interrupt_propagates_and_unloads(comfy, pack, student):
 # --------------------------------------------------------------------------- out of memory
 
 
-def fail_above(model, limit: int, calls: list) -> None:
-    """A stand-in velocity: raises CUDA's out-of-memory error for crops larger than
-    `limit`, else returns a cheap function of its inputs."""
+def fail_above(model, limit: int, calls: list, error=None) -> None:
+    """A stand-in velocity: raises `error` (default CUDA's out-of-memory error) for crops
+    larger than `limit`, else returns a cheap function of its inputs."""
 
     def velocity(x, x_lr, t):
         calls.append(tuple(x.shape[-2:]))
         if max(x.shape[-2:]) > limit:
-            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[-1]} MiB")
+            raise error or torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[-1]} MiB")
         return (x_lr - x) * (1 + t) + 0.1 * torch.tanh(3 * x)
 
     model.velocity = velocity
@@ -465,6 +508,20 @@ def test_oom_halves_the_tile_and_retries(comfy, pack, student):
     calls.clear()
     run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64, color_fix="none")
     assert calls[0] == (256, 256) and set(calls[1:]) == {(128, 128)}  # no tiling: whole image, then 2 x 2 tiles of 128
+
+
+@pytest.mark.parametrize("message", [
+    "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "68719476736 bytes. Error code 12 (Cannot allocate memory)",
+    "[enforce fail at C:\\actions-runner\\alloc_cpu.cpp:72] data. DefaultCPUAllocator: not enough memory: you "
+    "tried to allocate 68719476736 bytes."])
+def test_the_cpu_allocators_out_of_memory_is_retried_too(comfy, pack, student, message):
+    calls = []
+    fail_above(student, 128, calls, RuntimeError(message))
+    out = run(pack, "OFTSRUpscale", model=student, image=image(h=64, w=64), t=0.5, seed=2, tile=0, overlap=64,
+              color_fix="none")
+    assert out.shape == (1, 256, 256, 3)
+    assert calls[0] == (256, 256) and set(calls[1:]) == {(128, 128)}  # whole image, then 2 x 2 tiles of 128
 
 
 def test_oom_below_the_minimum_tile_is_a_clear_error(comfy, pack, student):

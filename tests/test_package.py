@@ -107,7 +107,8 @@ def test_archive_holds_the_pack_and_nothing_else(archive):
     weights = [f for f in archive if f.startswith("oftsr/weights/") and f.endswith(".safetensors")]
     assert len(weights) >= 2 and all((ROOT / f).stat().st_size > 1_000_000 for f in weights)  # the bundled models
     assert {p.relative_to(ROOT).as_posix() for p in (ROOT / "workflows").glob("*.json")} <= set(archive)
-    left_out = ("trainer/", "bench/", "tests/", "scripts/", "docs/", "assets/", "oftsr/training/", ".ci/")
+    left_out = ("trainer/", "bench/", "tests/", "scripts/", "docs/", "assets/", "oftsr/training/", ".ci/",
+                "oftsr/cli.py", "oftsr/__main__.py", "oftsr/images.py")  # the CLI comes with pip install
     assert not [f for f in archive if f.startswith(left_out)]
     assert not comfy_includes(ROOT)  # everything shipped is tracked; nothing forced in
 
@@ -215,6 +216,21 @@ def test_workflows_need_only_the_example_image():
             assert files <= FRESH_INPUTS, (path.name, node["type"], files)
             if node["type"].startswith("Load"):
                 assert node["type"] == "LoadImage" and values and list(values)[0] == "example.png", (path.name, node)
+
+
+def test_the_teacher_template_runs_on_a_crop():
+    """The teacher costs 31 network evaluations: its template crops example.png (768 px) to
+    a 256 px piece, minutes on a CPU instead of hours, and its note says so."""
+    workflow = json.loads((ROOT / "workflows" / "oftsr_teacher_vs_student.json").read_text())
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    source = {link[0]: link[1] for link in workflow["links"]}  # link id -> origin node id
+    for node in (n for n in workflow["nodes"] if n["type"] in ("OFTSRTeacherSampler", "OFTSRUpscale")):
+        image = next(i for i in node["inputs"] if i["name"] == "image")
+        crop = nodes[source[image["link"]]]
+        assert crop["type"] == "ImageCrop" and crop["widgets_values"][:2] == [256, 256], node["type"]
+        assert crop["widgets_values"][2] + 256 <= 768 and crop["widgets_values"][3] + 256 <= 768  # inside example.png
+    note = next(n for n in workflow["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    assert "256 px" in note and "bypass the crop" in note
 
 
 def test_version_is_the_same_everywhere():
