@@ -218,6 +218,17 @@ def test_workflows_need_only_the_example_image():
                 assert node["type"] == "LoadImage" and values and list(values)[0] == "example.png", (path.name, node)
 
 
+def test_workflow_nodes_name_the_pack_and_its_version():
+    """cnr_id and ver, as ComfyUI's frontend saves them: ComfyUI-Manager finds the pack of a
+    shared workflow's missing nodes by them."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for path in sorted((ROOT / "workflows").glob("*.json")):
+        for node in json.loads(path.read_text())["nodes"]:
+            if node["type"].startswith("OFTSR"):
+                assert node["properties"].get("cnr_id") == "oftsr" and node["properties"].get("ver") == version, \
+                    (path.name, node["type"])
+
+
 def test_the_teacher_template_runs_on_a_crop():
     """The teacher costs 31 network evaluations: its template crops example.png (768 px) to
     a 256 px piece, minutes on a CPU instead of hours, and its note says so."""
