@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, contradicted_metadata, load_model, model_metadata, read_metadata, save_model
-from .images import IMAGE_SUFFIXES, frame_count, list_images, load_image, read_image_metadata, save_image
+from .images import IMAGE_SUFFIXES, READ_SUFFIXES, frame_count, list_images, load_image, read_image_metadata, save_image
 from .inference import check_t, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
@@ -76,11 +77,17 @@ UNWRITABLE_SUFFIXES = (".gif", ".jpe", ".jfif", ".avif", ".heic", ".heif", ".jxl
 COMMAND_FOR_ROLE = {"student": "upscale", "teacher": "sample"}
 
 
-def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
-    path = resolve_model(args.model, role)  # a bundled model's name, or a path
+def _model_path(spec: str | None, role: str, option: str = "--model") -> Path:
+    """A bundled model's name or a path, resolved (`resolve_model`), that must exist."""
+    path = resolve_model(spec, role)
     if not Path(path).exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: --model takes a file, or a bundled model's name "
+        raise FileNotFoundError(f"no checkpoint at {path}: {option} takes a file, or a bundled model's name "
                                 f"({', '.join(BUNDLED_MODELS)}; with a role: {DEFAULT_MODEL}-teacher)")
+    return Path(path)
+
+
+def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
+    path = _model_path(args.model, role)
     device = resolve_device(args.device)
     for key, (recorded, given) in contradicted_metadata(path, sigma_p=args.sigma_p, scale=args.scale,
                                                         role=args.role).items():
@@ -164,8 +171,14 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     """Arguments, inputs and outputs checked, before the model is loaded: (files, targets)."""
     _check_args(args)
     files = list_images(args.inputs)
+    out = Path(args.output).resolve()
+    in_place = out in {Path(i).resolve() for i in args.inputs}
+    inside = [] if in_place else [f for f in files if out in f.resolve().parents]
+    if inside:  # results of an earlier run into a folder inside an input folder: not inputs
+        print(f"leaving out {len(inside)} image(s) under the output folder {args.output}", file=sys.stderr)
+        files = [f for f in files if f not in inside]
     if not files:
-        raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(READ_SUFFIXES)})")
     targets = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite)
     if args.skip_existing:  # outputs are written atomically: one that exists is complete
         todo = [i for i, t in enumerate(targets) if not t.exists()]
@@ -206,9 +219,10 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
                     written = save_image(result, dst, bit_depth=depth)
                     tqdm.write(f"warning: {dst.name} written without the metadata of {src.name}: {e}", file=sys.stderr)
                 if written < depth:
-                    tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth}: this "
-                               f"format holds 8 here (16-bit TIFF is grayscale only); name the output .png to keep "
-                               f"{depth} bits", file=sys.stderr)
+                    why = "Pillow writes 16-bit TIFF for grayscale only" if dst.suffix.lower() in (".tif", ".tiff") \
+                        else f"{dst.suffix} holds 8"
+                    tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth} ({why}); "
+                               f"name the output .png to keep {depth} bits", file=sys.stderr)
             except (ValueError, OSError) as e:
                 failed += 1
                 tqdm.write(f"skipped {src}: {e}", file=sys.stderr)
@@ -246,6 +260,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    args.src = _model_path(args.src, "student", "SRC")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
     model = load_model(args.src, sigma_p=args.sigma_p, role=args.role, scale=args.scale, degradation=args.degradation)
     # Keep what the source records beyond the model's own fields (how it was trained).
     kept = {k: v for k, v in read_metadata(args.src).items() if k not in model_metadata(model)}
@@ -255,14 +270,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    args.path = resolve_model(args.path, "student")  # a bundled model's name ("x4-teacher"; "x4" = its student), or a path
+    args.path = _model_path(args.path, "student", "PATH")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
     meta = read_metadata(args.path)
     if meta.get("format") != "oftsr":  # not ours: describe what loading would infer
         model = load_model(args.path, sigma_p=args.sigma_p, role=args.role, scale=args.scale)
         meta = {"format": "authors" if Path(args.path).suffix != ".safetensors" else "safetensors (no OFTSR metadata)",
                 "architecture": json.dumps(model.config.to_dict()), "role": model.role, "scale": str(model.scale),
                 "sigma_p": repr(model.sigma_p), "degradation": model.degradation, "step": str(model.step)}
-    out = {k: json.loads(v) if k == "architecture" else v for k, v in meta.items()}
+    out = {k: json.loads(v) if k == "architecture" else v for k, v in sorted(meta.items())}  # a stable order
     print(json.dumps(out, indent=2))
     return 0
 
@@ -310,7 +325,7 @@ def _eval_model_paths(specs: list[str] | None) -> list[Path]:
         if named is not None and named[1] is None:
             paths += [bundled_model_path(named[0], role) for role in BUNDLED_ROLES]
         else:
-            paths.append(resolve_model(spec, "student"))
+            paths.append(_model_path(spec, "student"))
     return paths
 
 
@@ -424,8 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
+    except BrokenPipeError:  # `oftsr info x4 | head`: the reader has gone, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no second error at exit
+        return 1
     except (CheckpointError, ValueError, OSError) as e:  # OSError: missing, a folder, not writable, ...
-        print(f"error: {e}", file=sys.stderr)
+        plain = isinstance(e, OSError) and e.strerror and e.filename  # "x: No such file", not "[Errno 2] ..."
+        print(f"error: {e.filename}: {e.strerror}" if plain else f"error: {e}", file=sys.stderr)
         return 2
     if args.command in ("upscale", "sample") and not args.quiet:
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

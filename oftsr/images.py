@@ -17,9 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# What a folder is searched for: the formats written, and read-only ones (a GIF's first frame).
+READ_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jfif", ".jpe")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-__all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "frame_count", "IMAGE_SUFFIXES"]
+__all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "frame_count", "IMAGE_SUFFIXES",
+           "READ_SUFFIXES"]
 _EXIF_ORIENTATION = 0x0112
 _EXIF_IFD = 0x8769
 _EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the source's size
@@ -159,7 +162,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     otherwise (JPEG, WebP and BMP have 8 bits; Pillow writes colour TIFF with 8) -- the
     caller can say so. `metadata` (from `read_image_metadata`) is written where the
     format holds it: ICC profile, EXIF and DPI (a 16-bit PNG keeps the profile and DPI;
-    BMP none). JPEG and WebP are written at quality 95."""
+    BMP the DPI only). JPEG and WebP are written at quality 95."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -185,7 +188,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             if icc and _keeps_profile(icc, colour=c >= 3):
                 _png_add_icc(tmp, icc)
             return 16
-        extra = {} if fmt == "BMP" else dict(metadata or {})
+        extra = {k: v for k, v in (metadata or {}).items() if fmt != "BMP" or k == "dpi"}  # BMP: a resolution only
         # The profile must fit the pixels written (WebP writes gray as RGB).
         if "icc_profile" in extra and not _keeps_profile(extra["icc_profile"], colour=c >= 3 or fmt == "WEBP"):
             del extra["icc_profile"]
@@ -205,11 +208,12 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
 
 
 def list_images(paths: list[str | os.PathLike]) -> list[Path]:
-    """Files as given, and image files (by suffix) found recursively in folders, sorted."""
+    """Files as given, and image files (by suffix, `READ_SUFFIXES`) found recursively in
+    folders, sorted."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in READ_SUFFIXES))
         elif p.is_file():
             found.append(p)
         else:

@@ -70,6 +70,43 @@ def test_skip_existing_goes_on_after_an_interrupted_folder(tmp_path, model_files
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
+def test_an_output_folder_inside_the_input_folder_is_not_read_again(tmp_path, model_files, inputs, capsys):
+    # photos/ -o photos/upscaled, run twice: the first run's results are not inputs of the second
+    args = ["upscale", str(inputs), "-o", str(inputs / "upscaled"), "--model", str(model_files[0]), "-q"]
+    assert main(args) == 0 and "leaving out" not in capsys.readouterr().err
+    first = sorted(p.relative_to(inputs) for p in (inputs / "upscaled").rglob("*.png"))
+    assert main(args) == 0
+    assert "leaving out 3 image(s) under the output folder" in capsys.readouterr().err
+    assert sorted(p.relative_to(inputs) for p in (inputs / "upscaled").rglob("*.png")) == first  # no upscaled/upscaled
+    assert load_image(inputs / "upscaled" / "rgb.png")[0].shape == (1, 3, 48, 40)  # x4 of the source, not x16
+
+
+def test_a_folder_is_searched_for_gif_too(tmp_path, model_files, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames = [Image.new("RGB", (8, 6), c) for c in ("red", "blue")]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    (folder / "notes.txt").write_text("not an image")
+    assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(model_files[0]), "-q"]) == 0
+    assert load_image(tmp_path / "out" / "anim.png")[0].shape == (1, 3, 24, 32)
+    assert "anim.gif is animated (2 frames): only its first frame is upscaled" in capsys.readouterr().err
+
+
+def test_convert_and_info_take_bundled_names_and_say_which_there_are(tmp_path, capsys):
+    assert main(["convert", "x4-teacher", str(tmp_path / "t16.safetensors"), "--dtype", "fp16"]) == 0
+    assert oftsr.load_model(tmp_path / "t16.safetensors").role == "teacher"
+    for argv, option in [(["convert", "x4-techer", str(tmp_path / "t.safetensors")], "SRC"),
+                         (["info", "x4-studnet"], "PATH"), (["eval", "--model", "x4-studnet", "--data", str(tmp_path)],
+                                                            "--model")]:
+        code, _, err = _run_cli(argv, capsys)
+        assert code == 2 and "no checkpoint at x4-" in err and f"{option} takes a file, or a bundled model's name (x4" in err
+    code, _, err = _run_cli(["info", str(tmp_path)], capsys)  # an OSError as a sentence, not "[Errno 21] ..."
+    assert code == 2 and _one_error(err) == f"error: {tmp_path}: Is a directory"
+    main(["info", "x4"])
+    keys = list(json.loads(capsys.readouterr().out))
+    assert keys == sorted(keys)  # the same order every time
+
+
 def test_unreadable_file_is_reported_and_others_written(tmp_path, model_files, inputs, capsys):
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     code = main(["upscale", str(inputs), "-o", str(tmp_path / "out"), "--model", str(model_files[0]), "-q"])
@@ -322,6 +359,11 @@ def test_16_bit_input_keeps_16_bits_in_tif_or_says_what_happens(tmp_path, model_
                  str(model_files[0]), "-q"]) == 0
     err = capsys.readouterr().err
     assert "warning: " in err and "8 bits" in err and ".png" in err  # says what happened and how to keep 16 bits
+    assert "(Pillow writes 16-bit TIFF for grayscale only)" in err
+    assert main(["upscale", str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_x4.jpg"), "--model",
+                 str(model_files[0]), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "g16_x4.jpg has 8 bits per channel, g16.png had 16 (.jpg holds 8)" in err and "TIFF" not in err
 
 
 def test_quick_start_offers_cpu_wheels_and_ignores_its_output():

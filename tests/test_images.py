@@ -149,7 +149,9 @@ def test_metadata_is_read_and_written(tmp_path):
             if suffix != ".webp":  # WebP has no resolution field
                 assert out.info["dpi"] == pytest.approx((300, 300), abs=0.01), suffix
             assert out.getexif()[0x0112] == 1 and out.getexif()[0x010F] == "Camera maker", suffix
-    save_image(image, tmp_path / "out.bmp", metadata=meta)  # BMP holds none of it: written without
+    save_image(image, tmp_path / "out.bmp", metadata=meta)  # BMP holds only the resolution
+    with Image.open(tmp_path / "out.bmp") as out:
+        assert out.info["dpi"] == pytest.approx((300, 300), abs=0.1) and "icc_profile" not in out.info
     assert save_image(image, tmp_path / "out16.png", bit_depth=16, metadata=meta) == 16
     with Image.open(tmp_path / "out16.png") as out:
         assert out.info.get("icc_profile") == icc  # the 16-bit writer keeps the profile and DPI
