@@ -282,6 +282,24 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     assert oftsr.load_model(tmp_path / "raw.safetensors").config == oftsr.PRESETS["tiny"]
 
 
+def test_set_up_errors_are_one_line_and_bundled_models_go_by_name(train_dir, tmp_path):
+    for args, message in [
+            (["trainer/train_teacher.py", "--train_data_dir", tmp_path / "absent", "--output_dir", tmp_path / "a"],
+             f"error: training data folder {tmp_path / 'absent'} does not exist"),
+            (["trainer/distill.py", "--teacher", "x4-techer", "--train_data_dir", train_dir, "--output_dir",
+              tmp_path / "b"], "error: --teacher x4-techer: no such file, and not a bundled model's name (x4"),
+            (["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "c", "--preset",
+              "tiny", *COMMON, "--train_batch_size", "64"],
+             "error: the training set is smaller than one batch: raise --repeats")]:
+        res = _run(args, status=2)
+        assert res.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in res.stderr, res.stderr
+    # a bundled teacher by name: one distillation step from the shipped x4 teacher
+    _run(["trainer/distill.py", "--teacher", "x4", "--train_data_dir", train_dir, "--output_dir", tmp_path / "d",
+          *COMMON, "--max_train_steps", "1", "--checkpointing_steps", "1"])
+    student = oftsr.load_model(tmp_path / "d" / "student.safetensors")
+    assert student.role == "student" and student.config == oftsr.load_model(oftsr.resolve_model("x4", "teacher")).config
+
+
 def test_time_limit_stops_with_a_checkpoint_and_the_run_goes_on(train_dir, tmp_path):
     base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
             "--checkpointing_steps", "100", "--seed", "5", "--output_dir", tmp_path, "--max_train_steps", "4"]

@@ -94,9 +94,33 @@ def enable_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The scripts' --help: their docstring as written, and every flag's default."""
+
+
+def run_script(main) -> None:
+    """Run a training script's `main` and exit with its status. An error of the set-up (a
+    flag, a folder, a checkpoint, a missing package) is one `error:` line and status 2
+    instead of a traceback; once the first step has run, errors keep their traceback."""
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        if _loop_started:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+_loop_started = False  # set by run_training: from then on an error is a bug to trace, not a set-up mistake
+
+
 def make_accelerator(args: argparse.Namespace, project: str):
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    try:
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    except ImportError as e:
+        raise ImportError(f"{e.name or 'accelerate'} is missing: the trainer needs the training extra, "
+                          f"pip install -e \".[train]\"") from e
 
     report_to = None if args.report_to == "none" else args.report_to
     if report_to == "tensorboard":
@@ -312,10 +336,14 @@ def train_batches(accelerator, dataloader, start_step: int, grad_accum: int):
     resumed run continues with the batch it would have seen. Accelerate ends every epoch
     with an optimizer step, so an epoch holds ceil(batches / grad_accum) of them."""
     per_epoch = len(dataloader)
-    if per_epoch == 0:
-        raise ValueError("the training set is smaller than one batch: lower --train_batch_size or add images")
+    if per_epoch == 0:  # checked now, not at the first batch: a generator would raise only then
+        raise ValueError("the training set is smaller than one batch: raise --repeats, lower --train_batch_size or "
+                         "add images")
     epoch, steps_in = divmod(start_step, -(-per_epoch // grad_accum))
-    skip = steps_in * grad_accum
+    return _endless_batches(accelerator, dataloader, epoch, steps_in * grad_accum)
+
+
+def _endless_batches(accelerator, dataloader, epoch: int, skip: int):
     while True:
         dataloader.set_epoch(epoch)
         dataloader.dataset.set_epoch(epoch)
@@ -422,12 +450,23 @@ def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[
 TEACHER_SETTINGS = ("scale", "sigma_p", "degradation")
 
 
+def model_file(spec: str, role: str, flag: str) -> Path:
+    """A model flag's file: a bundled model's name ("x4" = its `role` file, "x4-student"),
+    or a path, which must exist."""
+    path = oftsr.resolve_model(spec, role)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {spec}: no such file, and not a bundled model's name "
+                                f"({', '.join(oftsr.BUNDLED_MODELS)}, or with a role: x4-{role})")
+    return path
+
+
 def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -> oftsr.OFTSRModel:
     """The teacher of `distill.py` and `make_pairs.py`. What its file records (`--scale`,
     `--sigma_p`, `--degradation`, and a realesrgan teacher's `--realesrgan_config`) is what
     the student must learn from: a flag left out takes the file's value (written back into
     `args`), a flag that says otherwise is refused. Files that record none of it (an
     authors' `.pth`) take the flags."""
+    args.teacher = str(model_file(args.teacher, "teacher", "--teacher"))
     flags = {key: getattr(args, key) for key in TEACHER_SETTINGS}
     for key, (recorded, value) in contradicted_metadata(args.teacher, **flags).items():
         raise ValueError(f"the teacher was trained with --{key} {recorded}, but this run has --{key} {value}: leave "
@@ -488,10 +527,12 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
     lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
-    bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
     batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)
+    bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
     summed, micro = {}, 0  # losses over the micro-batches of one optimizer step
     stopped = False
+    global _loop_started
+    _loop_started = True
     with StopRequest(args.max_train_minutes) as stop:
         while state.step < args.max_train_steps and not stopped:
             batch = next(batches)

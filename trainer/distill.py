@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import sys
 
 import torch
 
-from common import (add_common_args, ema_copy, load_teacher, log_images, make_accelerator, make_dataloader, run_training,
-                    training_metadata, validation_scores, validation_start, warmup_schedule)
+from common import (HelpFormatter, add_common_args, ema_copy, load_teacher, log_images, make_accelerator,
+                    make_dataloader, model_file, run_script, run_training, training_metadata, validation_scores,
+                    validation_start, warmup_schedule)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -41,11 +41,12 @@ VALIDATION_T = (0.0, 0.5, 1.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, lr=2e-5, batch=32, steps=20_000)
     # The student learns from the teacher's LR: by default the degradation its file records.
     p.set_defaults(degradation=None, scale=None, realesrgan_config=None)
-    p.add_argument("--teacher", required=True, help="teacher checkpoint: our .safetensors or an authors' .pth")
+    p.add_argument("--teacher", required=True,
+                   help="teacher: a bundled model's name (x4), our .safetensors or an authors' .pth")
     p.add_argument("--objective", choices=OBJECTIVES, default="oftsr", help="distillation objective (default oftsr)")
     p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
     p.add_argument("--dt", type=float, default=0.05, help="teacher step length (s = min(t + dt, 0.99))")
@@ -83,7 +84,8 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
                                objective=args.objective)
     init = teacher
     if args.init_student:
-        init = oftsr.load_model(args.init_student, sigma_p=teacher.sigma_p, scale=teacher.scale)
+        init = oftsr.load_model(model_file(args.init_student, "student", "--init_student"), sigma_p=teacher.sigma_p,
+                                scale=teacher.scale)
         if init.config != teacher.config:
             raise ValueError(f"--init_student has architecture {init.config}, but the teacher is {teacher.config}")
     student.unet.load_state_dict(init.unet.state_dict())
@@ -220,4 +222,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

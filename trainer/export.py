@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from common import MODEL_INFO, export_ema, list_checkpoints
+from common import MODEL_INFO, HelpFormatter, export_ema, list_checkpoints, run_script
 
 from oftsr.checkpoint import canonical_state_dict
 
@@ -31,7 +31,7 @@ def find_checkpoint(path: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint-N folder, or a run's --output_dir (its newest checkpoint)")
     p.add_argument("output", help="the .safetensors file to write")
     p.add_argument("--raw", action="store_true", help="export the raw (non-EMA) weights")
@@ -52,4 +52,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from common import load_teacher, logger  # importing common also puts the checkout on sys.path
+from common import HelpFormatter, load_teacher, logger, run_script  # importing common also puts the checkout on sys.path
 
 import oftsr
 from oftsr.model import DEGRADATIONS
@@ -25,8 +25,9 @@ from oftsr.training.realesrgan import REALESRGAN_CONFIGS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", required=True, help="teacher checkpoint: our .safetensors or an authors' .pth")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--teacher", required=True,
+                   help="teacher: a bundled model's name (x4), our .safetensors or an authors' .pth")
     p.add_argument("--train_data_dir", required=True, help="folder of HR images (recursive)")
     p.add_argument("--output_dir", required=True, help="folder for pairs.json and the shards")
     p.add_argument("--num_pairs", type=int, default=10_000)
@@ -79,4 +80,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import torch
 
-from common import (add_common_args, ema_copy, log_images, make_accelerator, make_dataloader, preset_choices, run_training,
-                    validation_scores, validation_start, warmup_schedule)
+from common import (HelpFormatter, add_common_args, ema_copy, log_images, make_accelerator, make_dataloader,
+                    model_file, preset_choices, run_script, run_training, validation_scores, validation_start,
+                    warmup_schedule)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -28,7 +28,7 @@ logger = logging.getLogger("oftsr.trainer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, lr=1e-4, batch=32, steps=100_000)
     p.add_argument("--preset", choices=preset_choices(), default="div2k")
     p.add_argument("--init_from", default=None, help="start from these weights (our .safetensors or an authors' .pth)")
@@ -43,7 +43,8 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
     model = oftsr.create_model(args.preset, role="teacher", scale=args.scale, sigma_p=args.sigma_p,
                                degradation=args.degradation, dropout=args.dropout)
     if args.init_from:
-        init = oftsr.load_model(args.init_from, sigma_p=args.sigma_p, role="teacher", scale=args.scale)
+        init = oftsr.load_model(model_file(args.init_from, "teacher", "--init_from"), sigma_p=args.sigma_p,
+                                role="teacher", scale=args.scale)
         if init.config != model.config:
             raise ValueError(f"--init_from has architecture {init.config}, but --preset {args.preset} is {model.config}")
         model.unet.load_state_dict(init.unet.state_dict())
@@ -87,4 +88,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)
