@@ -303,17 +303,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--scale {args.scale} does not match the model scale x{models[0].scale}")
     baselines = _eval_baselines(args.baseline or [], models[0].scale, device)
     paired = args.lr_dir is not None or paired_folders(args.data) is not None
-    lpips, note = make_lpips(device)
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))  # noqa: E731
+    lpips, note = make_lpips(device, log)
+    out = Path(args.out)
     rows = evaluate(models, args.data, ts=args.t, steps=args.steps, solver=args.solver, seed=args.seed,
-                    tile=args.tile or None, lpips=lpips, log=lambda s: None if args.quiet else print(s, file=sys.stderr),
-                    baselines=baselines, lr_dir=args.lr_dir, per_image_csv=Path(args.out) / "per_image.csv")
+                    tile=args.tile or None, lpips=lpips, log=log, baselines=baselines, lr_dir=args.lr_dir,
+                    per_image_csv=out / "per_image.csv", exclude=out)
     lr_source = "LR as given" if paired else models[0].degradation
     title = f"{Path(args.data).name}, x{models[0].scale} {lr_source}, {device.type}"
-    md, csv_path = write_tables(rows, Path(args.out), note, title)
-    plot = plot_curve(rows, Path(args.out) / "curve.png", title)
+    md, csv_path = write_tables(rows, out, note, title)
+    run = out / "run.json"
+    run.write_text(json.dumps(_eval_record(args, models, device, paired), indent=1) + "\n")
+    written = [md, csv_path, out / "per_image.csv", run]
+    try:
+        written.append(plot_curve(rows, out / "curve.png", title))
+    except ImportError:
+        print("warning: curve.png not drawn: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
     print(md.read_text())
-    print(f"wrote {md}, {csv_path}, {plot}")
+    print(f"wrote {', '.join(map(str, written))}")
     return 0
+
+
+def _eval_record(args: argparse.Namespace, models: list[OFTSRModel], device: torch.device, paired: bool) -> dict:
+    """How an evaluation was made (run.json), so that its numbers can be reproduced and compared."""
+    import hashlib
+    from . import __version__
+
+    def file_record(path: Path, model: OFTSRModel) -> dict:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return {"file": str(Path(path).resolve()), "sha256": digest, "role": model.role, "step": model.step,
+                "objective": model.objective, "dtype": str(model.dtype).removeprefix("torch.")}
+
+    paths = _eval_model_paths(args.model)
+    return {"oftsr": __version__, "torch": torch.__version__, "device": str(device),
+            "data": str(Path(args.data).resolve()), "lr": "given" if paired else f"made ({models[0].degradation})",
+            "lr_dir": None if args.lr_dir is None else str(Path(args.lr_dir).resolve()),
+            "models": [file_record(p, m) for p, m in zip(paths, models)], "baselines": args.baseline or [],
+            "t": args.t, "steps": args.steps, "solver": args.solver, "seed": args.seed, "tile": args.tile,
+            "protocol": "outputs and made LR rounded to 8 bits; PSNR RGB on the whole image; PSNR Y and SSIM Y on "
+                        "BT.601 luma with a border crop of the scale, SSIM over the valid window positions; realism "
+                        "SWD with 4096 patches per image, seed 0"}
 
 
 def _eval_model_paths(specs: list[str] | None) -> list[Path]:
@@ -414,9 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="student t values")
     p.add_argument("--steps", type=int, default=16, help="teacher solver steps")
     p.add_argument("--solver", choices=SOLVERS, default="midpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the made LR images' random degradation (with each image's name) and of the "
+                        "models' start noise")
     p.add_argument("--tile", type=int, default=0, help="tile size in output pixels; 0 = whole image (default)")
-    p.add_argument("--out", default="eval", help="folder for results.md, results.csv and curve.png")
+    p.add_argument("--out", default="eval",
+                   help="folder for results.md, results.csv, per_image.csv, run.json (how the run was made) and "
+                        "curve.png; images under it are not read as data")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     p.add_argument("-q", "--quiet", action="store_true")

@@ -15,7 +15,7 @@ import torch
 from oftsr.cli import main
 from oftsr.images import load_image, save_image
 from oftsr.training import baselines
-from oftsr.training.evaluate import baseline_upsample, degrade_image, evaluate, image_pairs, read_table
+from oftsr.training.evaluate import baseline_upsample, degrade_image, evaluate, image_pairs, quantize, read_table
 from oftsr.training.metrics import psnr_y
 
 from conftest import DATA, need
@@ -52,7 +52,7 @@ def test_pairs_are_matched_by_name_and_the_lr_is_used_as_given(pairs):
         (16, 12, 64, 48), (8, 8, 32, 32), (8, 8, 32, 32)]  # the 34 px HR is cropped to 4x its LR
     rows = evaluate([], pairs, ts=[], scale=4, baselines={"upsample": upsample}, log=lambda s: None)
     assert [r.method for r in rows] == ["bicubic", "upsample"]
-    given = [psnr_y(upsample(lr), hr, border=4) for _, lr, hr in triples]
+    given = [psnr_y(quantize(upsample(lr)), hr, border=4) for _, lr, hr in triples]  # scored as 8-bit files
     redegraded = [psnr_y(upsample(degrade_image(hr, 4)), hr, border=4) for _, _, hr in triples]
     assert rows[0].scores["psnr_y"] == pytest.approx(given, abs=1e-6)  # detected HR/ + LR/: the LR as given...
     assert min(r - g for r, g in zip(redegraded, given)) > 3  # ...not degraded again (that would score far higher)
@@ -78,7 +78,7 @@ def test_cli_eval_on_pairs(pairs, tmp_path, capsys):
     assert main(["eval", "--model", "x4-student", "--data", str(pairs), "--t", "0", "--out", str(tmp_path / "ev"),
                  "-q"]) == 0
     bicubic, student = read_table(tmp_path / "ev" / "results.csv")
-    given = [psnr_y(upsample(lr), hr, border=4) for _, lr, hr in image_pairs(pairs / "HR", pairs / "LR", 4)]
+    given = [psnr_y(quantize(upsample(lr)), hr, border=4) for _, lr, hr in image_pairs(pairs / "HR", pairs / "LR", 4)]
     assert bicubic.mean("psnr_y") == pytest.approx(sum(given) / 3, abs=0.006)  # the table rounds to 0.01
     assert (student.method, student.t) == ("student", 0.0)
     assert "LR as given" in (tmp_path / "ev" / "results.md").read_text()

@@ -1,4 +1,6 @@
 import csv
+import hashlib
+import json
 import math
 
 import pytest
@@ -25,6 +27,22 @@ def test_luma_and_border():
     x, y = torch.zeros(1, 3, 12, 12), torch.zeros(1, 3, 12, 12)
     x[..., :2, :] = 1.0  # differs only inside a 4-px border
     assert psnr_y(x, y, border=4) > 100 and psnr_y(x, y, border=0) < 20
+
+
+def test_ssim_is_the_reference_protocol():
+    """Wang et al.'s SSIM averages the map over the positions where the 11 px window fits;
+    torchmetrics' default pads and averages the border too (up to 0.004 off on Set5)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    img = smooth_image(40, 56)
+    noisy = (img + 0.1 * torch.randn_like(img)).clamp(0, 1)
+    a, b = rgb_to_y(noisy.double()), rgb_to_y(img.double())
+    _, full = structural_similarity_index_measure(a, b, data_range=1.0, return_full_image=True)
+    assert ssim_y(noisy, img) == pytest.approx(full[..., 5:-5, 5:-5].mean().item(), abs=1e-9)
+    assert ssim_y(noisy, img) != pytest.approx(structural_similarity_index_measure(a, b, data_range=1.0).item(),
+                                               abs=1e-4)
+    with pytest.raises(ValueError, match="smaller than the 11 px SSIM window"):
+        ssim_y(img[..., :8, :8], img[..., :8, :8])
 
 
 def test_ssim():
@@ -65,6 +83,10 @@ def test_lpips_with_random_backbone_and_missing_weights_message(monkeypatch, tmp
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(LPIPSUnavailable, match="n/a: weights missing"):
         LPIPS()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    with pytest.raises(LPIPSUnavailable, match="n/a: wrong weights .* is not torchvision's AlexNet"):
+        LPIPS()  # a file under the name is not trusted: random weights gave plausible-looking scores
 
 
 def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, capsys):
@@ -80,13 +102,56 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     assert main(["eval", "--model", str(student), str(teacher), "--data", str(data), "--t", "0", "1", "--steps", "2",
                  "--out", str(out), "-q"]) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["method"] for r in rows] == ["bicubic", "student 1", "student 1", "teacher 2 (midpoint)"]
+    assert [r["method"] for r in rows] == ["bicubic", "student", "student", "teacher (midpoint)"]
     assert [r["t"] for r in rows] == ["", "0", "1", ""] and rows[3]["NFE"] == "3"
     for r in rows:
         assert 10 < float(r["PSNR RGB"]) < 60 and 0 < float(r["SSIM Y"]) <= 1 and float(r["realism SWD"]) >= 0
         assert r["LPIPS"].startswith("n/a") or float(r["LPIPS"]) >= 0
     assert (out / "curve.png").stat().st_size > 5000
     assert "| bicubic |" in (out / "results.md").read_text()
+    run = json.loads((out / "run.json").read_text())  # how the numbers were made
+    assert run["seed"] == 0 and run["steps"] == 2 and run["t"] == [0.0, 1.0] and run["lr"] == "made (bicubic)"
+    assert [m["role"] for m in run["models"]] == ["student", "teacher"]
+    assert run["models"][0]["sha256"] == hashlib.sha256(student.read_bytes()).hexdigest()
+    per_image = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(per_image) == 2 * 4 and not (out / "per_image.csv.partial").exists()
+    for method, t in (("student", "0"), ("teacher (midpoint)", "")):  # results.csv: the full-precision means
+        mean = float(next(r for r in rows if r["method"] == method and r["t"] == t)["PSNR Y"])
+        values = [float(r["PSNR Y"]) for r in per_image if r["method"] == method and r["t"] == t]
+        assert mean == pytest.approx(sum(values) / 2, abs=1e-9)
+
+    # a second run into the same folder: the images it wrote there are not data, and a run
+    # that fails (a bad t) stops before any image and leaves the complete files alone
+    (out / "extra.png").write_bytes((data / "0.png").read_bytes())
+    before = (out / "per_image.csv").read_bytes()
+    code = main(["eval", "--model", str(student), "--data", str(data), "--t", "0", "1.5", "--out", str(out), "-q"])
+    assert code == 2 and "--t: t must be in [0, 1]" in capsys.readouterr().err
+    assert (out / "per_image.csv").read_bytes() == before
+    assert main(["eval", "--model", str(student), str(student), "--data", str(data), "--t", "0", "--out",
+                 str(out), "-q"]) == 0
+    assert [r["method"] for r in csv.DictReader(open(out / "results.csv"))] == ["bicubic", "student 1", "student 2"]
+    assert {r["image"] for r in csv.DictReader(open(out / "per_image.csv"))} == {"0.png", "1.png"}
+
+
+def test_eval_scores_8_bit_images_and_seeds_each_lr_by_its_name(tmp_path, random_unet_weights):
+    from oftsr.images import save_image
+    from oftsr.training.evaluate import evaluate, image_seed, quantize
+    for folder, names in (("both", ("a.png", "b.png")), ("alone", ("b.png",))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            save_image(smooth_image(48, 52, seed=ord(name[0])), tmp_path / folder / name)
+    model = make_model(random_unet_weights, "student")
+    model.degradation = "noisy_avgpool"  # a random degradation: the LR depends on its seed
+    both = evaluate([model], tmp_path / "both", ts=[0.0], log=lambda s: None, per_image_csv=tmp_path / "both.csv")
+    alone = evaluate([model], tmp_path / "alone", ts=[0.0], log=lambda s: None)
+    assert both[0].scores["psnr_y"][1] == alone[0].scores["psnr_y"][0]  # b.png's LR is b.png's, whatever the folder
+    assert image_seed(0, "b.png") != image_seed(0, "a.png") and image_seed(1, "b.png") != image_seed(0, "b.png")
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(quantize(x) * 255, (quantize(x) * 255).round()) and (quantize(x) - x).abs().max() <= 0.5 / 255
+    (tmp_path / "tiny").mkdir()
+    save_image(smooth_image(16, 16), tmp_path / "tiny" / "t.png")
+    with pytest.raises(ValueError, match=r"smaller than 32 px on a side cannot be scored: t.png \(16x16\)"):
+        evaluate([model], tmp_path / "tiny", ts=[0.0], log=lambda s: None)
 
 
 def test_eval_bicubic_row_matches_published_anchor(tmp_path):
@@ -112,8 +177,7 @@ def test_eval_table_round_trip(tmp_path):
     back = read_table(csv_path)
     assert [(r.method, r.t, r.nfe) for r in back] == [(r.method, r.t, r.nfe) for r in rows]
     for a, b in zip(rows, back):
-        assert b.mean("psnr_y") == pytest.approx(a.mean("psnr_y"), abs=0.005)
-        assert b.mean("swd") == pytest.approx(a.mean("swd"), abs=0.005)
+        assert b.mean("psnr_y") == a.mean("psnr_y") and b.mean("swd") == a.mean("swd")  # full precision
         assert math.isnan(b.mean("lpips"))  # the note is not a number
     assert math.isnan(back[0].mean("sec"))  # bicubic has no time
     assert plot_curve(back, tmp_path / "curve.png", "test").stat().st_size > 1000

@@ -5,7 +5,9 @@ CSV) with the fidelity-realism curve."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 from ..resample import upsample_lr
 from .degradations import degrade
 from ..images import list_images, load_image
-from ..inference import sample, upscale
+from ..inference import check_t, sample, upscale
 from .metrics import LPIPS, LPIPSUnavailable, quality
 from ..model import OFTSRModel
 
@@ -43,9 +45,32 @@ def _rgb(path: Path) -> torch.Tensor:
     return image[:, :1].expand(-1, 3, -1, -1) if image.shape[1] <= 2 else image[:, :3]  # gray (+ alpha) or colour
 
 
-def _hr_images(data: str | Path, scale: int) -> list[tuple[str, torch.Tensor]]:
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """An image in [0, 1] as an 8-bit file holds it: what is scored is what would be saved."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def image_seed(seed: int, name: str) -> int:
+    """The seed of an image's LR degradation: from its name, so the LR of an image does not
+    depend on which other files are in the folder."""
+    return seed * 1_000_003 + int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+
+
+def _images(folder: str | Path, exclude: Path | None) -> list[Path]:
+    """The images under `folder`, without those under `exclude` (the output folder)."""
+    found = list_images([folder])
+    if exclude is not None:
+        exclude = Path(exclude).resolve()
+        found = [p for p in found if exclude not in p.resolve().parents]
+    return found
+
+
+MIN_SIDE = 32  # pixels of an HR image: the measures need room for their windows after the border crop
+
+
+def _hr_images(data: str | Path, scale: int, exclude: Path | None = None) -> list[tuple[str, torch.Tensor]]:
     out = []
-    for path in list_images([data]):
+    for path in _images(data, exclude):
         image = _rgb(path)
         h, w = image.shape[-2] // scale * scale, image.shape[-1] // scale * scale  # mod-crop
         out.append((path.name, image[..., :h, :w]))
@@ -60,12 +85,13 @@ def paired_folders(data: str | Path) -> tuple[Path, Path] | None:
     return (hr, lr) if hr.is_dir() and lr.is_dir() else None
 
 
-def image_pairs(hr_dir: str | Path, lr_dir: str | Path, scale: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+def image_pairs(hr_dir: str | Path, lr_dir: str | Path, scale: int,
+                exclude: Path | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, LR, HR) for real pairs: files matched by their path without suffix under each
     folder, the LR used as given. An HR image may exceed `scale` times its LR by less than
     `scale` pixels (it is cropped, as the mod-crop does); any other size is an error."""
     def by_key(folder: Path) -> dict[Path, Path]:
-        return {p.relative_to(folder).with_suffix(""): p for p in list_images([folder])}
+        return {p.relative_to(folder).with_suffix(""): p for p in _images(folder, exclude)}
 
     hr_dir, lr_dir = Path(hr_dir), Path(lr_dir)
     for folder in (hr_dir, lr_dir):
@@ -105,26 +131,34 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
              seed: int = 0, tile: int | None = None, lpips: LPIPS | None = None,
              log: Callable[[str], None] = print, baselines: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
              lr_dir: str | Path | None = None, scale: int | None = None,
-             per_image_csv: str | Path | None = None) -> list[Row]:
+             per_image_csv: str | Path | None = None, exclude: str | Path | None = None) -> list[Row]:
     """One row for bicubic, one per teacher (at `steps`/`solver`), one per student and t
     (one alone, without t, for a fixed-point student: "student (flowsr)"), and one per
     baseline (name -> function from LR to SR, both in [0, 1]).
 
     The HR images of `data` are degraded with the models' degradation, unless the LR is
     given: `lr_dir`, or `data` holding HR/ and LR/ subfolders (real pairs, used as they are).
-    `scale` is needed only when there are no models (baselines alone). `per_image_csv`
-    receives every image's scores as soon as they are computed, so a long run that is
-    stopped still leaves its results."""
+    Images under `exclude` (the output folder) are left out. Made LR images and every
+    output are scored as 8-bit files hold them (`quantize`). `scale` is needed only when
+    there are no models (baselines alone). `per_image_csv` receives every image's scores as
+    soon as they are computed (in `<name>.partial`, renamed when the run is complete, so a
+    stopped run leaves its results and a failed one never replaces a complete file)."""
     if not models and scale is None:
         raise ValueError("evaluate needs models, or the scale of the baselines")
+    for t in ts:  # before any image, not after a slow teacher
+        try:
+            check_t(t)
+        except ValueError as e:
+            raise ValueError(f"--t: {e}") from None
     scale = models[0].scale if models else scale
     degradation = models[0].degradation if models else "bicubic"
     if any(m.scale != scale or m.degradation != degradation for m in models):
         raise ValueError("all models evaluated together must share scale and degradation")
     rows = [Row("bicubic")]
     runs: list[tuple[Row, Callable[[torch.Tensor], torch.Tensor]]] = []
-    for i, m in enumerate(models):
-        name = f"{m.role}" if len(models) == 1 else f"{m.role} {i + 1}"
+    roles = [m.role for m in models]
+    for i, m in enumerate(models):  # numbered only where two models share a role
+        name = m.role if roles.count(m.role) == 1 else f"{m.role} {roles[:i + 1].count(m.role)}"
         if m.role == "teacher":
             row = Row(f"{name} ({solver})")  # its NFE is filled in by the first run
             info: dict = {}
@@ -145,18 +179,23 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     if lr_dir is None and paired_folders(data) is not None:
         data, lr_dir = paired_folders(data)
     if lr_dir is not None:
-        triples = image_pairs(data, lr_dir, scale)
-    else:  # LR made from each HR image with a seed of its own
-        triples = [(name, degrade_image(hr, scale, degradation, generator=torch.Generator().manual_seed(seed * 100_003 + k)),
-                    hr) for k, (name, hr) in enumerate(_hr_images(data, scale))]
+        triples = image_pairs(data, lr_dir, scale, exclude)
+    else:  # LR made from each HR image with a seed of its own, saved as an 8-bit file would be
+        triples = [(name, quantize(degrade_image(hr, scale, degradation,
+                                                 generator=torch.Generator().manual_seed(image_seed(seed, name)))), hr)
+                   for name, hr in _hr_images(data, scale, exclude)]
+    small = [f"{name} ({hr.shape[-1]}x{hr.shape[-2]})" for name, _, hr in triples if min(hr.shape[-2:]) < MIN_SIDE]
+    if small:
+        raise ValueError(f"images smaller than {MIN_SIDE} px on a side cannot be scored: {', '.join(small)}")
 
     device = models[0].device if models else torch.device("cpu")
-    if per_image_csv is not None:
-        Path(per_image_csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(per_image_csv, "w", newline="") as f:
+    partial = None if per_image_csv is None else Path(f"{per_image_csv}.partial")
+    if partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", newline="") as f:
             csv.writer(f).writerow(["image", "method", "t", *SCORE_COLUMNS])
     for name, lr, hr in triples:
-        outputs = [(rows[0], baseline_upsample(lr, scale, degradation), 0.0)]
+        outputs = [(rows[0], quantize(baseline_upsample(lr, scale, degradation)), 0.0)]
         for row, run in runs:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -164,19 +203,21 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
             out = run(lr)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            outputs.append((row, out, time.perf_counter() - start))
+            outputs.append((row, quantize(out), time.perf_counter() - start))
         for row, out, sec in outputs:
             for key, value in quality(out, hr, scale, lpips).items():
                 row.scores[key].append(value)
             row.scores["sec"].append(sec)
         log(f"{name}: " + ", ".join(f"{r.method}{'' if r.t is None else f' t={r.t:g}'} {r.scores['psnr_y'][-1]:.2f} dB"
                                    for r, _, _ in outputs))
-        if per_image_csv is not None:
-            with open(per_image_csv, "a", newline="") as f:
+        if partial is not None:
+            with open(partial, "a", newline="") as f:
                 csv.writer(f).writerows(
                     [name, r.method, "" if r.t is None else f"{r.t:g}",
-                     *(f"{r.scores[k][-1]:.6g}" if r.scores[k] else "" for k in SCORE_COLUMNS.values())]
+                     *(repr(r.scores[k][-1]) if r.scores[k] else "" for k in SCORE_COLUMNS.values())]
                     for r, _, _ in outputs)
+    if partial is not None:
+        os.replace(partial, per_image_csv)
     return rows
 
 
@@ -195,10 +236,12 @@ def write_tables(rows: list[Row], out_dir: Path, lpips_note: str | None, title: 
     lines += ["", "PSNR RGB: whole image; PSNR Y and SSIM Y: BT.601 luma with a border crop equal to the scale; "
               "realism SWD: sliced Wasserstein distance of Laplacian-pyramid patches (lower = more realistic)."]
     md.write_text("\n".join(lines) + "\n")
-    with open(csv_path, "w", newline="") as f:
+    with open(csv_path, "w", newline="") as f:  # full precision: the means, not their display
         w = csv.writer(f)
         w.writerow(COLUMNS)
-        w.writerows(_cells(r, lpips_note) for r in rows)
+        w.writerows(_cells(r, lpips_note)[:3] + [lpips_note if k == "lpips" and lpips_note else
+                                                 "" if (k == "sec" and r.method == "bicubic") or not r.scores[k]
+                                                 else repr(r.mean(k)) for k in SCORE_COLUMNS.values()] for r in rows)
     return md, csv_path
 
 
@@ -254,9 +297,10 @@ def plot_curve(rows: list[Row], path: Path, title: str) -> Path:
     return path
 
 
-def make_lpips(device: torch.device) -> tuple[LPIPS | None, str | None]:
-    """LPIPS, or None and the note to print in its column."""
+def make_lpips(device: torch.device, log: Callable[[str], None] = print) -> tuple[LPIPS | None, str | None]:
+    """LPIPS, or None and the note to print in its column (the whole reason goes to `log`)."""
     try:
         return LPIPS(device), None
     except LPIPSUnavailable as e:
+        log(f"LPIPS {e}")
         return None, str(e).split(" (")[0]
