@@ -9,14 +9,17 @@ teacher evaluated once (slow) and a student evaluated later on the same images.
 `FILE.csv:PREFIX=LABEL` also names them LABEL (no colon in it) in the plot, e.g. `flowsr/results.csv:student=FlowSR`.
 
 Rows are drawn in the order given. The first file's bicubic row is kept, later ones
-are dropped (they are identical for the same data and seed), and the model numbers
-`oftsr eval` adds when it evaluates several models at once are removed from labels.
+are dropped (they are identical for the same data and seed; a warning says when they are
+not, as for another data set), and the model numbers `oftsr eval` adds when it evaluates
+several models at once are removed from labels. A name that an earlier file already drew
+gets its folder's name added, so two students' t points are never joined into one curve.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from oftsr.training.evaluate import plot_curve, read_table
@@ -29,22 +32,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--title", default="", help="plot title")
     args = p.parse_args(argv)
 
-    rows, seen_bicubic = [], False
+    rows, bicubic, drawn = [], None, set()
     for spec in args.csv:
         path, sep, prefix = spec.rpartition(":")
         if not sep or not path.endswith(".csv"):  # no filter (or a ':' inside the path itself)
             path, prefix = spec, ""
         prefix, _, label = prefix.partition("=")
+        kept, names = 0, set()
         for row in read_table(path):
             if row.method == "bicubic":
-                if seen_bicubic:
-                    continue
-                seen_bicubic = True
-            elif not row.method.startswith(prefix):  # an empty prefix keeps every row
+                if bicubic is None:
+                    bicubic = row
+                    rows.append(row)
+                elif abs(row.mean("psnr_y") - bicubic.mean("psnr_y")) > 1e-6:
+                    print(f"warning: {path}: its bicubic row differs from the first file's: other data, or "
+                          f"another seed?", file=sys.stderr)
                 continue
-            if row.method != "bicubic":
-                row.method = label or re.sub(r"^(student|teacher) \d+", r"\1", row.method)
+            if not row.method.startswith(prefix):  # an empty prefix keeps every row
+                continue
+            name = label or re.sub(r"^(student|teacher) \d+", r"\1", row.method)
+            row.method = f"{name} ({Path(path).parent.name})" if name in drawn else name
+            names.add(name)
             rows.append(row)
+            kept += 1
+        if not kept:
+            raise SystemExit(f"error: no row of {path} matches {prefix!r}")
+        drawn |= names
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     print(f"wrote {plot_curve(rows, Path(args.output), args.title)}")
 
 

@@ -184,3 +184,30 @@ def test_eval_table_round_trip(tmp_path):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not an `oftsr eval` results.csv"):
         read_table(tmp_path / "other.csv")
+
+
+def test_plot_script_keeps_two_students_apart_and_checks_its_inputs(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from oftsr.training.evaluate import Row, write_tables
+
+    spec = importlib.util.spec_from_file_location("plot_eval_curves",
+                                                  Path(__file__).parents[1] / "scripts" / "plot_eval_curves.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    drawn = {}
+    monkeypatch.setattr(script, "plot_curve", lambda rows, path, title: drawn.setdefault("rows", rows) and path)
+    for folder, bicubic in (("old", 28.0), ("new", 28.5)):
+        rows = [Row("bicubic"), Row("student", t=0.0, nfe=1), Row("student", t=1.0, nfe=1)]
+        for i, row in enumerate(rows):
+            for key in ("psnr", "psnr_y", "ssim", "swd", "sec"):
+                row.scores[key] = [bicubic + i]
+        write_tables(rows, tmp_path / folder, None, folder)
+    script.main([str(tmp_path / "old" / "results.csv"), str(tmp_path / "new" / "results.csv"),
+                 "-o", str(tmp_path / "plots" / "curve.png")])
+    assert [(r.method, r.t) for r in drawn["rows"]] == [
+        ("bicubic", None), ("student", 0.0), ("student", 1.0), ("student (new)", 0.0), ("student (new)", 1.0)]
+    assert "its bicubic row differs from the first file's" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no row of .* matches 'teacher'"):
+        script.main([str(tmp_path / "old" / "results.csv") + ":teacher", "-o", str(tmp_path / "c.png")])
