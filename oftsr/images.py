@@ -81,7 +81,10 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
         raise ValueError(f"{path.name}: image is too large to open safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file ({e})") from e
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].clamp(0, 1), depth
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # some decoders hand out read-only buffers, which torch warns about
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].clamp(0, 1), depth
 
 
 def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:

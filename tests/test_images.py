@@ -197,3 +197,14 @@ def test_metadata_fits_what_is_written(tmp_path):
         save_image(pixels, tmp_path / f"p{suffix}", metadata={"icc_profile": profile})
         with Image.open(tmp_path / f"p{suffix}") as out:
             assert (out.info.get("icc_profile") == profile) is kept_profile, (profile[16:20], suffix)
+
+
+def test_a_float_tiff_loads_without_a_warning(tmp_path):
+    import warnings
+
+    values = np.random.default_rng(0).random((8, 8)).astype(np.float32)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warned of a read-only NumPy buffer
+        image, _ = load_image(tmp_path / "f.tif")
+    assert image.shape == (1, 1, 8, 8) and torch.allclose(image[0, 0], torch.from_numpy(values), atol=1e-6)

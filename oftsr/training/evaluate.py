@@ -145,6 +145,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     stopped run leaves its results and a failed one never replaces a complete file)."""
     if not models and scale is None:
         raise ValueError("evaluate needs models, or the scale of the baselines")
+    ts = list(dict.fromkeys(ts))  # a t given twice is one row
     for t in ts:  # before any image, not after a slow teacher
         try:
             check_t(t)
