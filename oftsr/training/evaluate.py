@@ -234,8 +234,9 @@ def write_tables(rows: list[Row], out_dir: Path, lpips_note: str | None, title: 
     md, csv_path = out_dir / "results.md", out_dir / "results.csv"
     lines = [f"### {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(r, lpips_note)) + " |" for r in rows]
-    lines += ["", "PSNR RGB: whole image; PSNR Y and SSIM Y: BT.601 luma with a border crop equal to the scale; "
-              "realism SWD: sliced Wasserstein distance of Laplacian-pyramid patches (lower = more realistic)."]
+    lines += ["", "Outputs (and made LR) scored as 8-bit images. PSNR RGB: whole image; PSNR Y and SSIM Y: BT.601 "
+              "luma with a border crop equal to the scale, SSIM over the valid window positions; realism SWD: sliced "
+              "Wasserstein distance of 4096 Laplacian-pyramid patches per image (lower = more realistic)."]
     md.write_text("\n".join(lines) + "\n")
     with open(csv_path, "w", newline="") as f:  # full precision: the means, not their display
         w = csv.writer(f)
