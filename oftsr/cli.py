@@ -86,13 +86,18 @@ def _model_path(spec: str | None, role: str, option: str = "--model") -> Path:
     return Path(path)
 
 
+def _warn_overrides(path: Path, **given: object) -> None:
+    """The library's overrides apply, but a value other than the one our file records is
+    most likely a mistake: say so."""
+    for key, (recorded, value) in contradicted_metadata(path, **given).items():
+        print(f"warning: --{key.replace('_', '-')} {value} overrides the {recorded} that {Path(path).name} records",
+              file=sys.stderr)
+
+
 def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
     path = _model_path(args.model, role)
     device = resolve_device(args.device)
-    for key, (recorded, given) in contradicted_metadata(path, sigma_p=args.sigma_p, scale=args.scale,
-                                                        role=args.role).items():
-        print(f"warning: --{key.replace('_', '-')} {given} overrides the {recorded} that {Path(path).name} records",
-              file=sys.stderr)
+    _warn_overrides(path, sigma_p=args.sigma_p, scale=args.scale, role=args.role)
     model = load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
                        role=args.role, scale=args.scale)
     if model.role != role:
@@ -261,6 +266,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     args.src = _model_path(args.src, "student", "SRC")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
+    _warn_overrides(args.src, sigma_p=args.sigma_p, scale=args.scale, role=args.role, degradation=args.degradation)
     model = load_model(args.src, sigma_p=args.sigma_p, role=args.role, scale=args.scale, degradation=args.degradation)
     # Keep what the source records beyond the model's own fields (how it was trained).
     kept = {k: v for k, v in read_metadata(args.src).items() if k not in model_metadata(model)}

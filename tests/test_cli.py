@@ -105,6 +105,8 @@ def test_convert_and_info_take_bundled_names_and_say_which_there_are(tmp_path, c
     main(["info", "x4"])
     keys = list(json.loads(capsys.readouterr().out))
     assert keys == sorted(keys)  # the same order every time
+    code, out, err = _run_cli(["convert", "x4", str(tmp_path / "x2.safetensors"), "--scale", "2"], capsys)
+    assert code == 0 and "warning: --scale 2 overrides the 4 that x4-student.safetensors records" in err
 
 
 def test_unreadable_file_is_reported_and_others_written(tmp_path, model_files, inputs, capsys):
