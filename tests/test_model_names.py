@@ -43,10 +43,14 @@ def test_a_model_that_is_not_bundled_says_how_to_make_it():
         oftsr.bundled_model_path("x2", "student")
 
 
-def test_eval_model_names():
+def test_eval_model_names(tmp_path):
     assert _eval_model_paths(None) == [WEIGHTS_DIR / "x4-student.safetensors", WEIGHTS_DIR / "x4-teacher.safetensors"]
     assert _eval_model_paths(["x4-student"]) == [WEIGHTS_DIR / "x4-student.safetensors"]
-    assert _eval_model_paths(["x4", "other.safetensors"])[-1] == Path("other.safetensors")
+    (tmp_path / "other.safetensors").write_bytes(b"")
+    assert _eval_model_paths(["x4", str(tmp_path / "other.safetensors")])[-1] == tmp_path / "other.safetensors"
+    with pytest.raises(FileNotFoundError, match="no checkpoint at absent.safetensors: --model takes a file, or a "
+                                                "bundled model's name"):  # before any image is read
+        _eval_model_paths(["x4", "absent.safetensors"])
     with pytest.raises(FileNotFoundError, match="x4-real student .* not bundled"):
         _eval_model_paths(["x4-real"])
 
