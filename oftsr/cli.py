@@ -177,9 +177,10 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     _check_args(args)
     files = list_images(args.inputs)
     out = Path(args.output).resolve()
-    in_place = out in {Path(i).resolve() for i in args.inputs}
-    inside = [] if in_place else [f for f in files if out in f.resolve().parents]
-    if inside:  # results of an earlier run into a folder inside an input folder: not inputs
+    holders = [Path(i).resolve() for i in args.inputs if Path(i).is_dir() and Path(i).resolve() in out.parents]
+    named = {Path(i).resolve() for i in args.inputs if Path(i).is_file()}
+    inside = [f for f in files if holders and f.resolve() not in named and out in f.resolve().parents]
+    if inside:  # earlier results in a folder inside a searched input folder: not inputs (named files still are)
         print(f"leaving out {len(inside)} image(s) under the output folder {args.output}", file=sys.stderr)
         files = [f for f in files if f not in inside]
     if not files:
@@ -345,7 +346,7 @@ def _eval_record(args: argparse.Namespace, models: list[OFTSRModel], device: tor
             "data": str(Path(args.data).resolve()), "lr": "given" if paired else f"made ({models[0].degradation})",
             "lr_dir": None if args.lr_dir is None else str(Path(args.lr_dir).resolve()),
             "models": [file_record(p, m) for p, m in zip(paths, models)], "baselines": args.baseline or [],
-            "t": args.t, "steps": args.steps, "solver": args.solver, "seed": args.seed, "tile": args.tile,
+            "t": list(dict.fromkeys(args.t)), "steps": args.steps, "solver": args.solver, "seed": args.seed, "tile": args.tile,
             "protocol": "outputs and made LR rounded to 8 bits; PSNR RGB on the whole image; PSNR Y and SSIM Y on "
                         "BT.601 luma with a border crop of the scale, SSIM over the valid window positions; realism "
                         "SWD with 4096 patches per image, seed 0"}

@@ -10,8 +10,8 @@ teacher evaluated once (slow) and a student evaluated later on the same images.
 
 Rows are drawn in the order given. The first file's bicubic row is kept, later ones
 are dropped (they are identical for the same data and seed; a warning says when they are
-not, as for another data set), and the model numbers `oftsr eval` adds when it evaluates
-several models at once are removed from labels. A name that an earlier file already drew
+not, as for another data set). Model numbers in labels ("student 1", from files of
+earlier versions) are removed, unless two models of one role share a file. A name that an earlier file already drew
 gets its folder's name added, so two students' t points are never joined into one curve.
 """
 
@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> None:
             path, prefix = spec, ""
         prefix, _, label = prefix.partition("=")
         kept, names = 0, set()
-        for row in read_table(path):
+        table = read_table(path)
+        numbered = [re.match(r"^(student|teacher) \d+", r.method) for r in table]
+        roles = [m.group(1) for m in dict((m.group(0), m) for m in numbered if m).values()]
+        for row in table:
             if row.method == "bicubic":
                 if bicubic is None:
                     bicubic = row
@@ -50,7 +53,11 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if not row.method.startswith(prefix):  # an empty prefix keeps every row
                 continue
-            name = label or re.sub(r"^(student|teacher) \d+", r"\1", row.method)
+            name = row.method
+            if label:
+                name = label
+            elif (m := re.match(r"^(student|teacher) \d+", name)) and roles.count(m.group(1)) == 1:
+                name = m.group(1) + name[m.end():]  # the only model of its role in the file: no number
             row.method = f"{name} ({Path(path).parent.name})" if name in drawn else name
             names.add(name)
             rows.append(row)

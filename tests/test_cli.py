@@ -70,7 +70,8 @@ def test_skip_existing_goes_on_after_an_interrupted_folder(tmp_path, model_files
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
-def test_an_output_folder_inside_the_input_folder_is_not_read_again(tmp_path, model_files, inputs, capsys):
+def test_an_output_folder_inside_the_input_folder_is_not_read_again(tmp_path, model_files, inputs, capsys,
+                                                                    monkeypatch):
     # photos/ -o photos/upscaled, run twice: the first run's results are not inputs of the second
     args = ["upscale", str(inputs), "-o", str(inputs / "upscaled"), "--model", str(model_files[0]), "-q"]
     assert main(args) == 0 and "leaving out" not in capsys.readouterr().err
@@ -79,6 +80,16 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_again(tmp_path, mo
     assert "leaving out 3 image(s) under the output folder" in capsys.readouterr().err
     assert sorted(p.relative_to(inputs) for p in (inputs / "upscaled").rglob("*.png")) == first  # no upscaled/upscaled
     assert load_image(inputs / "upscaled" / "rgb.png")[0].shape == (1, 3, 48, 40)  # x4 of the source, not x16
+    # only a searched input folder that holds -o loses what is under -o: files named, or an
+    # output folder that holds the inputs, keep every input
+    model = ["--model", str(model_files[0]), "-q"]
+    monkeypatch.chdir(inputs)
+    assert main(["upscale", "rgb.png", "-o", ".", "--overwrite", *model]) == 0  # its own folder, the file named
+    assert load_image(inputs / "rgb.png")[0].shape == (1, 3, 48, 40)
+    assert main(["upscale", "sub", "-o", ".", *model]) == 0  # -o holds the input folder
+    assert load_image(inputs / "gray.png")[0].shape == (1, 1, 32, 32)
+    assert main(["upscale", "upscaled/rgb.png", "-o", "upscaled/x16.png", *model]) == 0  # a result named: an input
+    assert load_image(inputs / "upscaled" / "x16.png")[0].shape == (1, 3, 192, 160)
 
 
 def test_a_folder_is_searched_for_gif_too(tmp_path, model_files, capsys):

@@ -120,17 +120,22 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
         values = [float(r["PSNR Y"]) for r in per_image if r["method"] == method and r["t"] == t]
         assert mean == pytest.approx(sum(values) / 2, abs=1e-9)
 
-    # a second run into the same folder: the images it wrote there are not data, and a run
-    # that fails (a bad t) stops before any image and leaves the complete files alone
-    (out / "extra.png").write_bytes((data / "0.png").read_bytes())
-    before = (out / "per_image.csv").read_bytes()
-    code = main(["eval", "--model", str(student), "--data", str(data), "--t", "0", "1.5", "--out", str(out), "-q"])
+    # --out inside --data, run twice: the images the first run left there are not data, and a
+    # run that fails (a bad t) stops before any image and leaves the complete files alone
+    inner = data / "eval"
+    args = ["eval", "--model", str(student), str(student), "--data", str(data), "--t", "0", "--out", str(inner), "-q"]
+    assert main(args) == 0
+    (inner / "extra.png").write_bytes((data / "0.png").read_bytes())
+    before = (inner / "per_image.csv").read_bytes()
+    code = main([*args[:-3], "1.5", *args[-3:]])
     assert code == 2 and "--t: t must be in [0, 1]" in capsys.readouterr().err
-    assert (out / "per_image.csv").read_bytes() == before
-    assert main(["eval", "--model", str(student), str(student), "--data", str(data), "--t", "0", "--out",
-                 str(out), "-q"]) == 0
-    assert [r["method"] for r in csv.DictReader(open(out / "results.csv"))] == ["bicubic", "student 1", "student 2"]
-    assert {r["image"] for r in csv.DictReader(open(out / "per_image.csv"))} == {"0.png", "1.png"}
+    assert (inner / "per_image.csv").read_bytes() == before
+    assert main(args) == 0
+    assert [r["method"] for r in csv.DictReader(open(inner / "results.csv"))] == ["bicubic", "student 1", "student 2"]
+    assert {r["image"] for r in csv.DictReader(open(inner / "per_image.csv"))} == {"0.png", "1.png"}
+    # an --out that holds the data leaves nothing out
+    assert main(["eval", "--model", str(student), "--data", str(data), "--t", "0", "--out", str(tmp_path), "-q"]) == 0
+    assert {r["image"] for r in csv.DictReader(open(tmp_path / "per_image.csv"))} >= {"0.png", "1.png"}
 
 
 def test_eval_scores_8_bit_images_and_seeds_each_lr_by_its_name(tmp_path, random_unet_weights):
@@ -209,5 +214,14 @@ def test_plot_script_keeps_two_students_apart_and_checks_its_inputs(tmp_path, mo
     assert [(r.method, r.t) for r in drawn["rows"]] == [
         ("bicubic", None), ("student", 0.0), ("student", 1.0), ("student (new)", 0.0), ("student (new)", 1.0)]
     assert "its bicubic row differs from the first file's" in capsys.readouterr().err
+    # two students of one file ("student 1", "student 2") stay two curves too
+    rows = [Row("bicubic"), Row("student 1", t=0.0, nfe=1), Row("student 2", t=0.0, nfe=1)]
+    for row in rows:
+        for key in ("psnr", "psnr_y", "ssim", "swd", "sec"):
+            row.scores[key] = [28.0]
+    write_tables(rows, tmp_path / "two", None, "two")
+    drawn.clear()
+    script.main([str(tmp_path / "two" / "results.csv"), "-o", str(tmp_path / "c2.png")])
+    assert [r.method for r in drawn["rows"]] == ["bicubic", "student 1", "student 2"]
     with pytest.raises(SystemExit, match="no row of .* matches 'teacher'"):
         script.main([str(tmp_path / "old" / "results.csv") + ":teacher", "-o", str(tmp_path / "c.png")])

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import oftsr
-from oftsr.training.data import SRDataset, scan_images
+from oftsr.training.data import SRDataset, scan_images, warn_small_images
 from oftsr.training.degradations import make_lr
 from oftsr.flow import noise_augment, student_step, time_grid
 from oftsr.training.losses import distill_loss, teacher_loss
@@ -61,9 +61,11 @@ def test_dataset_items(train_dir, caplog):
 
 
 def test_images_smaller_than_the_crop_are_named_once(train_dir, caplog):
-    SRDataset(train_dir, resolution=20, scale=4)
+    files = SRDataset(train_dir, resolution=32, scale=4).files
+    assert "smaller than" not in caplog.text  # a dataset alone (validation) says nothing
+    warn_small_images(files, 20)
     assert "smaller than" not in caplog.text  # small.png is 24x20: it fits a 20 px crop
-    SRDataset(train_dir, resolution=32, scale=4)
+    warn_small_images(files, 32)
     assert "1 of 6 training images are smaller than the 32 px crop" in caplog.text
     assert "(smallest: small.png, 20 px)" in caplog.text
 
@@ -316,18 +318,20 @@ def test_time_limit_stops_with_a_checkpoint_and_the_run_goes_on(train_dir, tmp_p
 def test_sigterm_saves_the_step_it_stopped_at(train_dir, tmp_path):
     # What a scheduler does at a job's time limit or on pre-emption: SIGTERM, then SIGKILL
     # after a grace period. The run ends at the next step boundary with a checkpoint of it.
+    # The signal goes to the whole process group, loader workers included, as a scheduler's does.
     args = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
-            "--checkpointing_steps", "100000", "--output_dir", tmp_path, "--max_train_steps", "100000"]
+            "--checkpointing_steps", "100000", "--output_dir", tmp_path, "--max_train_steps", "100000",
+            "--dataloader_num_workers", "1"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         metrics = tmp_path / "metrics.jsonl"
         for _ in range(1200):  # until a step has been logged (at most 2 minutes)
             if metrics.is_file() and metrics.read_text().count("\n") >= 2:
                 break
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import oftsr  # noqa: E402
 from oftsr.checkpoint import MissingInfoError, contradicted_metadata  # noqa: E402
-from oftsr.training.data import SRDataset  # noqa: E402
+from oftsr.training.data import SRDataset, warn_small_images  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
@@ -34,6 +34,7 @@ MODEL_INFO = "oftsr.json"
 # The exit status of a run stopped before --max_train_steps with its checkpoint saved
 # (--max_train_minutes, SIGTERM, Ctrl-C): sysexits' EX_TEMPFAIL, "run it again to go on".
 EXIT_RESUMABLE = 75
+SCRIPT_START = time.monotonic()  # --max_train_minutes counts from here: set-up and resume included
 
 
 def model_info(model: oftsr.OFTSRModel, step: int, metadata: dict[str, str] | None = None) -> dict:
@@ -66,9 +67,9 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--checkpointing_steps", type=int, default=5000)
     p.add_argument("--checkpoints_total_limit", type=int, default=None)
     p.add_argument("--max_train_minutes", type=float, default=None,
-                   help="stop at the first step after this many minutes, save a checkpoint and exit with status "
-                        f"{EXIT_RESUMABLE} (a job's time limit: allow a step and a save after it); SIGTERM and Ctrl-C "
-                        "do the same at once")
+                   help="stop at the first step after this many minutes from the script's start, save a checkpoint "
+                        f"and exit with status {EXIT_RESUMABLE} (a job's time limit: allow a step and a save after "
+                        "it); SIGTERM and Ctrl-C do the same at once")
     p.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest"')
     p.add_argument("--report_to", default="tensorboard", help='tensorboard, wandb, all, or "none"')
     p.add_argument("--seed", type=int, default=0)
@@ -94,8 +95,16 @@ def enable_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The scripts' --help: their docstring as written, and every flag's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The scripts' --help: their docstring as written, and the default of every flag whose
+    help does not already say it (a default of None means "not given": left out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, argparse.SUPPRESS, False)
+                or "default" in text.lower()):
+            return text
+        return f"{text} (default: {action.default})" if text else f"default: {action.default}"
 
 
 def run_script(main) -> None:
@@ -157,10 +166,19 @@ def make_dataloader(args: argparse.Namespace, root: str, *, sigma_y: float = 0.0
                         realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     # The loader's own generator: starting an epoch must not draw from the global RNG, or a
     # resumed run (which starts its epoch at another point) would draw different t and noise.
+    warn_small_images(dataset.files, args.resolution)
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
                                        num_workers=args.dataloader_num_workers, persistent_workers=False,
-                                       pin_memory=torch.cuda.is_available(),
+                                       pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals,
                                        generator=torch.Generator().manual_seed(args.seed))
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """A loader worker's `worker_init_fn`. A scheduler's SIGTERM (and Ctrl-C's SIGINT) reach
+    every process of the job; a worker that died of it would fail the main process before
+    it saves its checkpoint (`StopRequest`), so the workers leave the stop to it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
@@ -194,7 +212,7 @@ class StopRequest:
 
     def __init__(self, minutes: float | None) -> None:
         self.minutes = minutes
-        self.deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        self.deadline = None if minutes is None else SCRIPT_START + 60 * minutes
         self.reason: str | None = None
         self._previous: dict[int, object] = {}
 
@@ -453,7 +471,10 @@ TEACHER_SETTINGS = ("scale", "sigma_p", "degradation")
 def model_file(spec: str, role: str, flag: str) -> Path:
     """A model flag's file: a bundled model's name ("x4" = its `role` file, "x4-student"),
     or a path, which must exist."""
-    path = oftsr.resolve_model(spec, role)
+    try:
+        path = oftsr.resolve_model(spec, role)
+    except FileNotFoundError as e:  # a bundled name this version does not ship: the message names --model
+        raise FileNotFoundError(f"{flag} {spec}: {str(e).replace('pass --model', f'pass {flag}')}") from None
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {spec}: no such file, and not a bundled model's name "
                                 f"({', '.join(oftsr.BUNDLED_MODELS)}, or with a role: x4-{role})")

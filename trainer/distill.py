@@ -21,9 +21,9 @@ import logging
 
 import torch
 
-from common import (HelpFormatter, add_common_args, ema_copy, load_teacher, log_images, make_accelerator,
-                    make_dataloader, model_file, run_script, run_training, training_metadata, validation_scores,
-                    validation_start, warmup_schedule)
+from common import (HelpFormatter, add_common_args, ema_copy, ignore_stop_signals, load_teacher, log_images,
+                    make_accelerator, make_dataloader, model_file, run_script, run_training, training_metadata,
+                    validation_scores, validation_start, warmup_schedule)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -122,7 +122,7 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
                 made["solver"], made["steps"])
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
                                        num_workers=args.dataloader_num_workers, persistent_workers=False,
-                                       pin_memory=torch.cuda.is_available(),
+                                       pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals,
                                        generator=torch.Generator().manual_seed(args.seed))
 
 

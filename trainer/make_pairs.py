@@ -19,7 +19,7 @@ from common import HelpFormatter, load_teacher, logger, run_script  # importing 
 import oftsr
 from oftsr.model import DEGRADATIONS
 from oftsr.sampling import SOLVERS
-from oftsr.training.data import SRDataset
+from oftsr.training.data import SRDataset, warn_small_images
 from oftsr.training.pairs import make_pairs, write_manifest
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS
 
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     data = SRDataset(args.train_data_dir, resolution=args.resolution, scale=teacher.scale,
                      degradation=teacher.degradation, seed=args.seed,
                      realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
+    warn_small_images(data.files, args.resolution)
     settings = {"teacher": Path(args.teacher).name, "teacher_step": teacher.step, "sigma_p": teacher.sigma_p,
                 "scale": teacher.scale, "degradation": teacher.degradation, "resolution": args.resolution,
                 "steps": args.steps, "solver": args.solver, "seed": args.seed, "num_pairs": args.num_pairs,

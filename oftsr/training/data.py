@@ -48,9 +48,10 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
     return good
 
 
-def _warn_small(files: list[Path], resolution: int) -> None:
-    """Images smaller than the crop are scaled up to it (`SRDataset._crop`): their "HR" is
-    then an interpolation, which teaches the model to make blur. Say so, once."""
+def warn_small_images(files: list[Path], resolution: int) -> None:
+    """For a training set: images smaller than the crop are scaled up to it
+    (`SRDataset._crop`), so their "HR" is an interpolation, which teaches the model to make
+    blur. Say so, once (not for a validation set, which teaches nothing)."""
     sizes = {}
     for path in files:
         with Image.open(path) as im:  # the header only
@@ -81,7 +82,6 @@ class SRDataset(torch.utils.data.Dataset):
         if repeats < 1:
             raise ValueError(f"repeats must be 1 or more, not {repeats}")
         self.files = scan_images(root)
-        _warn_small(self.files, resolution)
         self.repeats = repeats
         self.resolution, self.scale, self.degradation, self.sigma_y = resolution, scale, degradation, sigma_y
         self.random_flip, self.center_crop = random_flip, center_crop

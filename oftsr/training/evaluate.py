@@ -57,9 +57,10 @@ def image_seed(seed: int, name: str) -> int:
 
 
 def _images(folder: str | Path, exclude: Path | None) -> list[Path]:
-    """The images under `folder`, without those under `exclude` (the output folder)."""
+    """The images under `folder`, without those under `exclude` (the output folder) when
+    it lies inside `folder` (an output folder above the data holds it: nothing is left out)."""
     found = list_images([folder])
-    if exclude is not None:
+    if exclude is not None and Path(folder).resolve() in Path(exclude).resolve().parents:
         exclude = Path(exclude).resolve()
         found = [p for p in found if exclude not in p.resolve().parents]
     return found
