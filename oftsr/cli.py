@@ -118,8 +118,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for option, overlap in (("--tile", None), ("--overlap", args.overlap)):
         try:
             check_tiling(args.tile or None, overlap)
-        except ValueError as e:
-            raise ValueError(f"{option}: {e}") from None
+        except ValueError as e:  # the library's "0/None": on the command line, 0
+            raise ValueError(f"{option}: {str(e).replace('0/None', '0')}") from None
     if args.tile_batch < 1:
         raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
     if getattr(args, "steps", 1) < 1:
@@ -407,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oftsr", description="One-step flow super-resolution with a tunable fidelity-realism trade-off.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_command = functools.partial(subparsers.add_parser, allow_abbrev=False)  # `sample --t` is not `--tile`
+    parser.commands = subparsers.choices  # name -> its parser, for errors in the subcommand's words
 
     p = add_command("upscale", help="one-step super-resolution with a student model")
     _add_model_args(p)
@@ -475,7 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, which lists its options, not the top-level one
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     start = time.perf_counter()
     try:
         code = args.func(args)

@@ -421,7 +421,11 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
     assert not (tmp_path / "x.gif").exists()
     with pytest.raises(SystemExit):  # sample has no --t; no abbreviation of --tile is guessed
         main(["sample", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), "--t", "0.5"])
-    assert "unrecognized arguments: --t" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "oftsr sample: error: unrecognized arguments: --t 0.5" in err  # in the subcommand's words...
+    assert "usage: oftsr sample" in err and "--steps" in err  # ...with its usage, which lists its options
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), "--tile", "16"], capsys)
+    assert code == 2 and _one_error(err) == "error: --tile: tile must be at least 32 px (or 0 for no tiling), got 16"
     code, out, _ = _run_cli(["info", "x4-teacher"], capsys)  # bundled models by name, as --model takes them
     assert code == 0 and json.loads(out)["role"] == "teacher"
 
