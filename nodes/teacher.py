@@ -8,8 +8,9 @@ from comfy_api.latest import io
 
 from ..oftsr import sample
 from ..oftsr.sampling import SOLVERS
-from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, check_options, check_tile, color_fix_option, check_interrupt, color_fix_input, finish, image_input, model_input, require_role,
-                     run_on_device, seed_input, tiling_inputs, to_bchw)
+from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, check_interrupt, check_options, check_tile, color_fix_input,
+                     color_fix_option, finish, image_input, model_input, require_role, run_on_device, seed_input,
+                     tiling_inputs, to_bchw)
 
 log = logging.getLogger(__name__)
 NAME = "OFTSR Teacher Sampler"

@@ -8,8 +8,8 @@ import weakref
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, check_options, check_tile, color_fix_option, color_fix_input, finish, image_input, model_input, require_role,
-                     run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
+from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
+                     model_input, require_role, run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR Upscale"
 log = logging.getLogger(__name__)

@@ -305,7 +305,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     unknown = [b for b in args.baseline or [] if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown --baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
-    models = [load_model(m, device=device, dtype=resolve_dtype(args.dtype, device)) for m in _eval_model_paths(args.model)]
+    paths = _eval_model_paths(args.model)
+    models = [load_model(m, device=device, dtype=resolve_dtype(args.dtype, device)) for m in paths]
     if args.scale is not None and any(m.scale != args.scale for m in models):
         raise ValueError(f"--scale {args.scale} does not match the model scale x{models[0].scale}")
     baselines = _eval_baselines(args.baseline or [], models[0].scale, device)
@@ -320,7 +321,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     title = f"{Path(args.data).name}, x{models[0].scale} {lr_source}, {device.type}"
     md, csv_path = write_tables(rows, out, note, title)
     run = out / "run.json"
-    run.write_text(json.dumps(_eval_record(args, models, device, paired), indent=1) + "\n")
+    run.write_text(json.dumps(_eval_record(args, paths, models, device, paired), indent=1) + "\n")
     written = [md, csv_path, out / "per_image.csv", run]
     try:
         written.append(plot_curve(rows, out / "curve.png", title))
@@ -331,22 +332,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_record(args: argparse.Namespace, models: list[OFTSRModel], device: torch.device, paired: bool) -> dict:
+def _eval_record(args: argparse.Namespace, paths: list[Path], models: list[OFTSRModel], device: torch.device,
+                 paired: bool) -> dict:
     """How an evaluation was made (run.json), so that its numbers can be reproduced and compared."""
-    import hashlib
     from . import __version__
+    from .training.metrics import sha256_file
 
     def file_record(path: Path, model: OFTSRModel) -> dict:
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return {"file": str(Path(path).resolve()), "sha256": digest, "role": model.role, "step": model.step,
+        return {"file": str(Path(path).resolve()), "sha256": sha256_file(path), "role": model.role, "step": model.step,
                 "objective": model.objective, "dtype": str(model.dtype).removeprefix("torch.")}
 
-    paths = _eval_model_paths(args.model)
     return {"oftsr": __version__, "torch": torch.__version__, "device": str(device),
             "data": str(Path(args.data).resolve()), "lr": "given" if paired else f"made ({models[0].degradation})",
             "lr_dir": None if args.lr_dir is None else str(Path(args.lr_dir).resolve()),
             "models": [file_record(p, m) for p, m in zip(paths, models)], "baselines": args.baseline or [],
-            "t": list(dict.fromkeys(args.t)), "steps": args.steps, "solver": args.solver, "seed": args.seed, "tile": args.tile,
+            "t": list(dict.fromkeys(args.t)), "steps": args.steps, "solver": args.solver, "seed": args.seed,
+            "tile": args.tile,
             "protocol": "outputs and made LR rounded to 8 bits; PSNR RGB on the whole image; PSNR Y and SSIM Y on "
                         "BT.601 luma with a border crop of the scale, SSIM over the valid window positions; realism "
                         "SWD with 4096 patches per image, seed 0"}

@@ -63,8 +63,9 @@ def bundled_model_path(name: str, role: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"the {name} {role} ({model.purpose}) is not bundled in this version of oftsr ({path.name} is missing). "
-            f"Train it on a GPU with the OFTSR repository's recipe, `{model.recipe}`, then pass --model with the path of the "
-            f"{role}.safetensors it writes, or any other checkpoint (our .safetensors, or an authors' .pth)"
+            f"Train it on a GPU with the OFTSR repository's recipe, `{model.recipe}`, then give the path of the "
+            f"{role}.safetensors it writes instead of the name, or any other checkpoint (our .safetensors, or an "
+            f"authors' .pth)"
         )
     return path
 

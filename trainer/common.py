@@ -473,8 +473,8 @@ def model_file(spec: str, role: str, flag: str) -> Path:
     or a path, which must exist."""
     try:
         path = oftsr.resolve_model(spec, role)
-    except FileNotFoundError as e:  # a bundled name this version does not ship: the message names --model
-        raise FileNotFoundError(f"{flag} {spec}: {str(e).replace('pass --model', f'pass {flag}')}") from None
+    except FileNotFoundError as e:  # a bundled name this version does not ship
+        raise FileNotFoundError(f"{flag} {spec}: {e}") from None
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {spec}: no such file, and not a bundled model's name "
                                 f"({', '.join(oftsr.BUNDLED_MODELS)}, or with a role: x4-{role})")

@@ -216,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         return losses
 
     return run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema,
-                        desc=f"distill {args.objective}", step_losses=losses_with_total, export_name="student.safetensors", extra_state=extra_state,
-                        after_step=after_step,
-                        validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step, lpips))
+                        desc=f"distill {args.objective}", step_losses=losses_with_total,
+                        export_name="student.safetensors", extra_state=extra_state, after_step=after_step,
+                        validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step,
+                                                                          lpips))
 
 
 if __name__ == "__main__":

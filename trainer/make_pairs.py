@@ -16,7 +16,6 @@ from pathlib import Path
 
 from common import HelpFormatter, load_teacher, logger, run_script  # importing common also puts the checkout on sys.path
 
-import oftsr
 from oftsr.model import DEGRADATIONS
 from oftsr.sampling import SOLVERS
 from oftsr.training.data import SRDataset, warn_small_images
@@ -51,10 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     state = PartialState()
-    try:
-        teacher = load_teacher(args, state.device)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+    teacher = load_teacher(args, state.device)
     data = SRDataset(args.train_data_dir, resolution=args.resolution, scale=teacher.scale,
                      degradation=teacher.degradation, seed=args.seed,
                      realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])

@@ -52,11 +52,12 @@ def warn_small_images(files: list[Path], resolution: int) -> None:
     """For a training set: images smaller than the crop are scaled up to it
     (`SRDataset._crop`), so their "HR" is an interpolation, which teaches the model to make
     blur. Say so, once (not for a validation set, which teaches nothing)."""
-    sizes = {}
+    small = []
     for path in files:
         with Image.open(path) as im:  # the header only
-            sizes[path] = im.size
-    small = sorted((min(size), path) for path, size in sizes.items() if min(size) < resolution)
+            if min(im.size) < resolution:
+                small.append((min(im.size), path))
+    small.sort()
     if small:
         side, path = small[0]
         logger.warning("%d of %d training images are smaller than the %d px crop and are scaled up to it, which "

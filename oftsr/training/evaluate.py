@@ -60,8 +60,8 @@ def _images(folder: str | Path, exclude: Path | None) -> list[Path]:
     """The images under `folder`, without those under `exclude` (the output folder) when
     it lies inside `folder` (an output folder above the data holds it: nothing is left out)."""
     found = list_images([folder])
-    if exclude is not None and Path(folder).resolve() in Path(exclude).resolve().parents:
-        exclude = Path(exclude).resolve()
+    exclude = None if exclude is None else Path(exclude).resolve()
+    if exclude is not None and Path(folder).resolve() in exclude.parents:
         found = [p for p in found if exclude not in p.resolve().parents]
     return found
 
@@ -230,6 +230,16 @@ def _cells(row: Row, lpips_note: str | None) -> list[str]:
             f"{row.mean('swd'):.2f}", "" if row.method == "bicubic" else f"{row.mean('sec'):.3f}"]
 
 
+def _csv_score(row: Row, key: str, lpips_note: str | None) -> str:
+    """A mean at full precision for results.csv; the note where LPIPS did not run, empty
+    where there is no score (bicubic's time)."""
+    if key == "lpips" and lpips_note:
+        return lpips_note
+    if not row.scores[key] or (key == "sec" and row.method == "bicubic"):
+        return ""
+    return repr(row.mean(key))
+
+
 def write_tables(rows: list[Row], out_dir: Path, lpips_note: str | None, title: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv_path = out_dir / "results.md", out_dir / "results.csv"
@@ -242,9 +252,8 @@ def write_tables(rows: list[Row], out_dir: Path, lpips_note: str | None, title: 
     with open(csv_path, "w", newline="") as f:  # full precision: the means, not their display
         w = csv.writer(f)
         w.writerow(COLUMNS)
-        w.writerows(_cells(r, lpips_note)[:3] + [lpips_note if k == "lpips" and lpips_note else
-                                                 "" if (k == "sec" and r.method == "bicubic") or not r.scores[k]
-                                                 else repr(r.mean(k)) for k in SCORE_COLUMNS.values()] for r in rows)
+        w.writerows(_cells(r, lpips_note)[:3] + [_csv_score(r, k, lpips_note) for k in SCORE_COLUMNS.values()]
+                    for r in rows)
     return md, csv_path
 
 

@@ -72,7 +72,7 @@ ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet weights, as t
 ALEXNET_SHA256_PREFIX = "7be5be79"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -98,7 +98,7 @@ class LPIPS:
         if not random_backbone and not weights.is_file():
             raise LPIPSUnavailable(f"n/a: weights missing (AlexNet trunk {weights} is not present; copy "
                                    f"torchvision's {ALEXNET_FILE} there to enable LPIPS)")
-        if not random_backbone and not _sha256(weights).startswith(ALEXNET_SHA256_PREFIX):
+        if not random_backbone and not sha256_file(weights).startswith(ALEXNET_SHA256_PREFIX):
             # torch hub names its files by this prefix: another file under the name gives made-up scores
             raise LPIPSUnavailable(f"n/a: wrong weights ({weights} is not torchvision's AlexNet: its sha256 does "
                                    f"not start with {ALEXNET_SHA256_PREFIX})")
