@@ -159,6 +159,23 @@ def test_eval_scores_8_bit_images_and_seeds_each_lr_by_its_name(tmp_path, random
         evaluate([model], tmp_path / "tiny", ts=[0.0], log=lambda s: None)
 
 
+def test_eval_names_images_by_their_path_under_the_data_folder(tmp_path, random_unet_weights):
+    import csv
+
+    from oftsr.images import save_image
+    from oftsr.training.evaluate import evaluate
+    for sub, seed in (("day", 1), ("night", 2)):  # the same file name in two subfolders
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        save_image(smooth_image(48, 48, seed=seed), tmp_path / "data" / sub / "a.png")
+    save_image(smooth_image(48, 48, seed=3), tmp_path / "data" / "top.png")
+    model = make_model(random_unet_weights, "student")
+    evaluate([model], tmp_path / "data", ts=[0.0], log=lambda s: None, per_image_csv=tmp_path / "p.csv")
+    records = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert sorted({r["image"] for r in records}) == ["day/a.png", "night/a.png", "top.png"]
+    bicubic = {r["image"]: float(r["PSNR Y"]) for r in records if r["method"] == "bicubic"}
+    assert bicubic["day/a.png"] != bicubic["night/a.png"]  # two images, not one written twice
+
+
 def test_eval_bicubic_row_matches_published_anchor(tmp_path):
     # Bicubic x4 Y-PSNR on Set5 is 28.42 dB in the literature (METHOD.md): our degradation,
     # luma and border crop reproduce it.

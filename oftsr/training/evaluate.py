@@ -69,12 +69,19 @@ def _images(folder: str | Path, exclude: Path | None) -> list[Path]:
 MIN_SIDE = 32  # pixels of an HR image: the measures need room for their windows after the border crop
 
 
+def _name(path: Path, folder: Path) -> str:
+    """An image's name in logs, per_image.csv and its LR seed: its path under the data
+    folder, so same-named files in two subfolders stay two images (a file at the top keeps
+    its plain name, and so its seed)."""
+    return path.relative_to(folder).as_posix() if folder.is_dir() else path.name
+
+
 def _hr_images(data: str | Path, scale: int, exclude: Path | None = None) -> list[tuple[str, torch.Tensor]]:
     out = []
     for path in _images(data, exclude):
         image = _rgb(path)
         h, w = image.shape[-2] // scale * scale, image.shape[-1] // scale * scale  # mod-crop
-        out.append((path.name, image[..., :h, :w]))
+        out.append((_name(path, Path(data)), image[..., :h, :w]))
     if not out:
         raise ValueError(f"no images in {data}")
     return out
@@ -111,9 +118,9 @@ def image_pairs(hr_dir: str | Path, lr_dir: str | Path, scale: int,
         hr, lr = _rgb(hrs[key]), _rgb(lrs[key])
         (h, w), (H, W) = lr.shape[-2:], hr.shape[-2:]
         if H // scale != h or W // scale != w:
-            raise ValueError(f"{hrs[key].name}: HR {W}x{H} is not x{scale} of its LR {w}x{h} "
+            raise ValueError(f"{_name(hrs[key], hr_dir)}: HR {W}x{H} is not x{scale} of its LR {w}x{h} "
                              f"(expected {w * scale}x{h * scale}); check the folders and the model's scale")
-        out.append((hrs[key].name, lr, hr[..., :h * scale, :w * scale]))
+        out.append((_name(hrs[key], hr_dir), lr, hr[..., :h * scale, :w * scale]))
     return out
 
 
