@@ -411,8 +411,9 @@ def bench_flops(args, device) -> None:
         with torch.device("meta"):
             model = oftsr.create_model(preset, role="student")
         rows.append([preset, f"{oftsr.unet.count_parameters(model):,}"] +
-                    [f"{flops_per_forward(model, s) / 1e12:.3f}" for s in (256, 512)])
-    table("FLOPs per forward (TFLOP, one image, torch.utils.flop_counter)", ["preset", "parameters", "256 px", "512 px"], rows)
+                    [f"{flops_per_forward(model, s) / 1e12:.3f}" for s in args.sizes])
+    table("FLOPs per forward (TFLOP, one image at each output size, torch.utils.flop_counter)",
+          ["preset", "parameters", *(f"{s} px" for s in args.sizes)], rows)
 
 
 SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_vs_teacher, "tiling": bench_tiling,

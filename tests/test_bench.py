@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_sections_print_their_tables():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--device", "cpu", "--only", "fastpath",
-                          "images", "flops", "--presets", "tiny", "--sizes", "64", "--images_size", "64",
+                          "images", "--presets", "tiny", "--sizes", "64", "--images_size", "64",
                           "--images_batch", "2", "--repeat", "1"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
@@ -24,9 +24,17 @@ def test_bench_sections_print_their_tables():
                         text, flags=re.M)
     assert [name for name, *_ in images] == ["authors' network (NCHW fp32, ADM ops)", "ours, default (load_model)"]
     assert images[0][3] == "1.00" and all(float(per_s) > 0 for _, _, per_s, _ in images)
+
+
+def test_bench_flops_at_the_sizes_asked_for():
     # FLOPs per forward: the nominal (ADM) count, the README's, e.g. 2.241 TFLOP for the paper's ImageNet network
-    assert re.search(r"^\| tiny \| 3,163,686 \| 0\.093 \| 0\.785 \|$", text, flags=re.M)
-    assert re.search(r"^\| imagenet \| 552,820,998 \| 2\.241 \| 9\.108 \|$", text, flags=re.M)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--device", "cpu", "--only", "flops",
+                          "--presets", "tiny", "--sizes", "256", "512", "64"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "| preset | parameters | 256 px | 512 px | 64 px |" in text
+    assert re.search(r"^\| tiny \| 3,163,686 \| 0\.093 \| 0\.785 \| 0\.\d{3} \|$", text, flags=re.M)
+    assert re.search(r"^\| imagenet \| 552,820,998 \| 2\.241 \| 9\.108 \| 0\.\d{3} \|$", text, flags=re.M)
 
 
 def test_bench_memory_rows_for_upscale_and_sample():
