@@ -20,7 +20,7 @@ from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
 from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
-from .weights import BUNDLED_MODELS, BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, create_model, resolve_model, split_model_name
+from .weights import BUNDLED_MODELS, BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, create_model, existing_model_path, split_model_name
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -77,15 +77,6 @@ UNWRITABLE_SUFFIXES = (".gif", ".jpe", ".jfif", ".avif", ".heic", ".heif", ".jxl
 COMMAND_FOR_ROLE = {"student": "upscale", "teacher": "sample"}
 
 
-def _model_path(spec: str | None, role: str, option: str = "--model") -> Path:
-    """A bundled model's name or a path, resolved (`resolve_model`), that must exist."""
-    path = resolve_model(spec, role)
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: {option} takes a file, or a bundled model's name "
-                                f"({', '.join(BUNDLED_MODELS)}; with a role: {DEFAULT_MODEL}-teacher)")
-    return Path(path)
-
-
 def _warn_overrides(path: Path, **given: object) -> None:
     """The library's overrides apply, but a value other than the one our file records is
     most likely a mistake: say so."""
@@ -95,7 +86,7 @@ def _warn_overrides(path: Path, **given: object) -> None:
 
 
 def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
-    path = _model_path(args.model, role)
+    path = existing_model_path(args.model, role)
     device = resolve_device(args.device)
     _warn_overrides(path, sigma_p=args.sigma_p, scale=args.scale, role=args.role)
     model = load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
@@ -266,7 +257,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    args.src = _model_path(args.src, "student", "SRC")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
+    args.src = existing_model_path(args.src, "student", "SRC")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
     _warn_overrides(args.src, sigma_p=args.sigma_p, scale=args.scale, role=args.role, degradation=args.degradation)
     model = load_model(args.src, sigma_p=args.sigma_p, role=args.role, scale=args.scale, degradation=args.degradation)
     # Keep what the source records beyond the model's own fields (how it was trained).
@@ -277,7 +268,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    args.path = _model_path(args.path, "student", "PATH")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
+    args.path = existing_model_path(args.path, "student", "PATH")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
     meta = read_metadata(args.path)
     if meta.get("format") != "oftsr":  # not ours: describe what loading would infer
         model = load_model(args.path, sigma_p=args.sigma_p, role=args.role, scale=args.scale)
@@ -362,7 +353,7 @@ def _eval_model_paths(specs: list[str] | None) -> list[Path]:
         if named is not None and named[1] is None:
             paths += [bundled_model_path(named[0], role) for role in BUNDLED_ROLES]
         else:
-            paths.append(_model_path(spec, "student"))
+            paths.append(existing_model_path(spec, "student"))
     return paths
 
 

@@ -98,3 +98,13 @@ def resolve_model(spec: str | Path | None, role: str) -> Path:
         return Path(spec)
     name, explicit_role = named
     return bundled_model_path(name, explicit_role or role)
+
+
+def existing_model_path(spec: str | Path | None, role: str, option: str = "--model") -> Path:
+    """`resolve_model` for a file that must be there: a path that is not says what
+    `option` takes instead."""
+    path = resolve_model(spec, role)
+    if not path.exists():
+        raise FileNotFoundError(f"{option} {spec or path}: no such file, and not a bundled model's name "
+                                f"({', '.join(BUNDLED_MODELS)}; with a role: {DEFAULT_MODEL}-{role})")
+    return path

@@ -48,7 +48,7 @@ def test_eval_model_names(tmp_path):
     assert _eval_model_paths(["x4-student"]) == [WEIGHTS_DIR / "x4-student.safetensors"]
     (tmp_path / "other.safetensors").write_bytes(b"")
     assert _eval_model_paths(["x4", str(tmp_path / "other.safetensors")])[-1] == tmp_path / "other.safetensors"
-    with pytest.raises(FileNotFoundError, match="no checkpoint at absent.safetensors: --model takes a file, or a "
+    with pytest.raises(FileNotFoundError, match="--model absent.safetensors: no such file, and not a "
                                                 "bundled model's name"):  # before any image is read
         _eval_model_paths(["x4", "absent.safetensors"])
     with pytest.raises(FileNotFoundError, match="x4-real student .* not bundled"):

@@ -468,26 +468,13 @@ def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[
 TEACHER_SETTINGS = ("scale", "sigma_p", "degradation")
 
 
-def model_file(spec: str, role: str, flag: str) -> Path:
-    """A model flag's file: a bundled model's name ("x4" = its `role` file, "x4-student"),
-    or a path, which must exist."""
-    try:
-        path = oftsr.resolve_model(spec, role)
-    except FileNotFoundError as e:  # a bundled name this version does not ship
-        raise FileNotFoundError(f"{flag} {spec}: {e}") from None
-    if not path.is_file():
-        raise FileNotFoundError(f"{flag} {spec}: no such file, and not a bundled model's name "
-                                f"({', '.join(oftsr.BUNDLED_MODELS)}, or with a role: x4-{role})")
-    return path
-
-
 def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -> oftsr.OFTSRModel:
     """The teacher of `distill.py` and `make_pairs.py`. What its file records (`--scale`,
     `--sigma_p`, `--degradation`, and a realesrgan teacher's `--realesrgan_config`) is what
     the student must learn from: a flag left out takes the file's value (written back into
     `args`), a flag that says otherwise is refused. Files that record none of it (an
     authors' `.pth`) take the flags."""
-    args.teacher = str(model_file(args.teacher, "teacher", "--teacher"))
+    args.teacher = str(oftsr.existing_model_path(args.teacher, "teacher", "--teacher"))
     flags = {key: getattr(args, key) for key in TEACHER_SETTINGS}
     for key, (recorded, value) in contradicted_metadata(args.teacher, **flags).items():
         raise ValueError(f"the teacher was trained with --{key} {recorded}, but this run has --{key} {value}: leave "

@@ -22,7 +22,7 @@ import logging
 import torch
 
 from common import (HelpFormatter, add_common_args, ema_copy, ignore_stop_signals, load_teacher, log_images,
-                    make_accelerator, make_dataloader, model_file, run_script, run_training, training_metadata,
+                    make_accelerator, make_dataloader, run_script, run_training, training_metadata,
                     validation_scores, validation_start, warmup_schedule)
 
 import oftsr
@@ -84,7 +84,7 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
                                objective=args.objective)
     init = teacher
     if args.init_student:
-        init = oftsr.load_model(model_file(args.init_student, "student", "--init_student"), sigma_p=teacher.sigma_p,
+        init = oftsr.load_model(oftsr.existing_model_path(args.init_student, "student", "--init_student"), sigma_p=teacher.sigma_p,
                                 scale=teacher.scale)
         if init.config != teacher.config:
             raise ValueError(f"--init_student has architecture {init.config}, but the teacher is {teacher.config}")

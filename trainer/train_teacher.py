@@ -14,7 +14,7 @@ import logging
 import torch
 
 from common import (HelpFormatter, add_common_args, ema_copy, log_images, make_accelerator, make_dataloader,
-                    model_file, preset_choices, run_script, run_training, validation_scores, validation_start,
+                    preset_choices, run_script, run_training, validation_scores, validation_start,
                     warmup_schedule)
 
 import oftsr
@@ -43,7 +43,7 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
     model = oftsr.create_model(args.preset, role="teacher", scale=args.scale, sigma_p=args.sigma_p,
                                degradation=args.degradation, dropout=args.dropout)
     if args.init_from:
-        init = oftsr.load_model(model_file(args.init_from, "teacher", "--init_from"), sigma_p=args.sigma_p,
+        init = oftsr.load_model(oftsr.existing_model_path(args.init_from, "teacher", "--init_from"), sigma_p=args.sigma_p,
                                 role="teacher", scale=args.scale)
         if init.config != model.config:
             raise ValueError(f"--init_from has architecture {init.config}, but --preset {args.preset} is {model.config}")
