@@ -14,6 +14,10 @@
 # script is run again (checkpoints every 1,000 steps, --resume_from_checkpoint latest), so
 # it can run as a sequence of shorter runs: MAX_MINUTES=N stops the running stage after N
 # minutes with a checkpoint (--max_train_minutes), and the script exits with status 75.
+# A fixed time instead of fixed steps: TEACHER_MINUTES=N and STUDENT_MINUTES=M end each
+# stage after that many minutes (set-up included) with a checkpoint, and the script goes
+# on with the stage's newest EMA weights (the exported file records the step reached);
+# a SIGTERM or Ctrl-C still stops the script with status 75.
 #
 # Needs the package installed with its training extra (pip install -e ".[train]"), and for
 # the baseline rows the evaluation extra (README, Evaluation). DATA must hold train/ (HR
@@ -22,7 +26,7 @@
 # Every size can be overridden from the environment (PRESET, RESOLUTION, BATCH,
 # TEACHER_STEPS, STUDENT_STEPS, STUDENT_RESOLUTION, CHECKPOINT_STEPS, MIXED_PRECISION,
 # WORKERS, REPEATS, WEIGHTS_DIR, EVAL, NO_BASELINES, TEACHER_LR, TEACHER_WARMUP, TEACHER_EMA,
-# STUDENT_LR, REALESRGAN_CONFIG, MAX_MINUTES); with tiny values the same commands run on a CPU in a minute, as a check of the
+# STUDENT_LR, REALESRGAN_CONFIG, MAX_MINUTES, TEACHER_MINUTES, STUDENT_MINUTES); with tiny values the same commands run on a CPU in a minute, as a check of the
 # recipe (README, Bundled models). INIT_TEACHER and INIT_STUDENT start the two stages from
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
 # pair into x4-real.
@@ -63,15 +67,42 @@ INIT_TEACHER_ARGS=()
 [ -n "${INIT_TEACHER:-}" ] && INIT_TEACHER_ARGS=(--init_from "$INIT_TEACHER")
 INIT_STUDENT_ARGS=()
 [ -n "${INIT_STUDENT:-}" ] && INIT_STUDENT_ARGS=(--init_student "$INIT_STUDENT")
-TIME_ARGS=()
-[ -n "${MAX_MINUTES:-}" ] && TIME_ARGS=(--max_train_minutes "$MAX_MINUTES")
+if [ -n "${MAX_MINUTES:-}" ] && [ -n "${TEACHER_MINUTES:-}${STUDENT_MINUTES:-}" ]; then
+  echo "error: MAX_MINUTES (stop and resume later) and TEACHER_MINUTES/STUDENT_MINUTES (a stage's fixed time) exclude each other" >&2
+  exit 2
+fi
+STOPPED=0  # a SIGTERM or Ctrl-C reached the script (send it to the process group, as job schedulers do)
+trap 'STOPPED=1' TERM INT
+
+# Runs one stage's training command. A stage with a time of its own ($1 minutes) that ends
+# on it is exported from its newest checkpoint ($2 run folder, $3 file) and counts as done;
+# any other stop ends the script with the stage's status.
+run_stage() {
+  local minutes=$1 run_dir=$2 file=$3 status=0
+  shift 3
+  if [ -n "$minutes" ] && [ -f "$file" ]; then  # its time is spent: a second run would add as much again
+    echo "$file exists: the stage had its $minutes minutes (delete the file to train it further)"
+    return
+  fi
+  local limit=${minutes:-${MAX_MINUTES:-}}
+  "$@" ${limit:+--max_train_minutes "$limit"} || status=$?
+  if [ "$STOPPED" = 1 ]; then
+    exit 75
+  elif [ "$status" = 75 ] && [ -n "$minutes" ]; then
+    python "$REPO/trainer/export.py" "$run_dir" "$file"
+  elif [ "$status" != 0 ]; then
+    exit "$status"
+  fi
+}
+
 # 241 photographs at batch 32 would make 8-step epochs, each restarting the loader workers.
 REPEATS=${REPEATS:-16}
 mkdir -p "$WORK" "$WEIGHTS_DIR"
 
 # Stage 1: the teacher flow (L1 velocity loss, t ~ U[0.001, 1], EMA 0.9999). Validation
 # on Set5 every 5,000 steps with 4 midpoint steps (NFE 7), a cheap check that the run is learning.
-python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
+run_stage "${TEACHER_MINUTES:-}" "$WORK/teacher" "$WORK/teacher/teacher.safetensors" \
+  python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
   --output_dir "$WORK/teacher" --preset "$PRESET" --scale 4 --degradation "$DEGRADATION" --sigma_p 0.2 \
   --realesrgan_config "$REALESRGAN_CONFIG" \
   --resolution "$RESOLUTION" --train_batch_size "$BATCH" --repeats "$REPEATS" --max_train_steps "$TEACHER_STEPS" \
@@ -79,21 +110,22 @@ python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validat
   --mixed_precision "$MIXED_PRECISION" "${INIT_TEACHER_ARGS[@]}" \
   --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 2 --validation_steps 5000 \
   --validation_nfe_steps 4 --report_to none --dataloader_num_workers "$WORKERS" --seed 0 \
-  --resume_from_checkpoint latest "${TIME_ARGS[@]}"
+  --resume_from_checkpoint latest
 
 # Stage 2: the one-step student (distill + 0.01 align + 0.1 boundary, midpoint teacher
 # step), started from the teacher's EMA weights. --degradation and --realesrgan_config
 # repeat the teacher's (distill.py checks them against its file): they make the training
 # LR, and the degradation is written into the student. Batch 64 of 128 px crops and
 # EMA 0.999 kept the compact student's t = 1 end steady (README, Bundled models).
-python "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" \
+run_stage "${STUDENT_MINUTES:-}" "$WORK/student" "$WORK/student/student.safetensors" \
+  python "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" \
   --train_data_dir "$DATA/train" --output_dir "$WORK/student" --degradation "$DEGRADATION" \
   --realesrgan_config "$REALESRGAN_CONFIG" \
   --dt 0.05 --teacher_solver midpoint --lambda_align 0.01 --lambda_bc 0.1 \
   --resolution "$STUDENT_RESOLUTION" --train_batch_size $((BATCH * 2)) --repeats "$REPEATS" \
   --max_train_steps "$STUDENT_STEPS" --learning_rate "$STUDENT_LR" --lr_warmup_steps 200 --ema_decay 0.999 "${INIT_STUDENT_ARGS[@]}" \
   --mixed_precision "$MIXED_PRECISION" --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 2 \
-  --report_to none --dataloader_num_workers "$WORKERS" --seed 0 --resume_from_checkpoint latest "${TIME_ARGS[@]}"
+  --report_to none --dataloader_num_workers "$WORKERS" --seed 0 --resume_from_checkpoint latest
 
 # Stage 3: the shipped files, EMA weights in fp16 (more mantissa than bf16; weights are far
 # inside its range). The loader casts them back to float32 (or the dtype asked for).

@@ -602,3 +602,35 @@ def test_distill_init_student_starts_from_the_given_weights(tmp_path, monkeypatc
     assert student.role == "student" and student.training and first.requires_grad
     with pytest.raises(ValueError, match="--init_student has architecture"):
         distill.build_models(distill.parse_args(list(map(str, argv + ["--init_student", tmp_path / "compact.safetensors"]))))
+
+
+def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, tmp_path):
+    # scripts/train_x4_models.sh at tiny sizes: the teacher ends on its time (TEACHER_MINUTES),
+    # is exported from its newest checkpoint, and the chain goes on to distil and convert.
+    data = tmp_path / "data"
+    (data / "val" / "Set5").mkdir(parents=True)
+    shutil.copytree(train_dir, data / "train")
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / "val" / "Set5" / "v.png")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", DATA=str(data), PRESET="tiny",
+               RESOLUTION="32", BATCH="2", TEACHER_STEPS="1000", STUDENT_STEPS="2", STUDENT_RESOLUTION="32",
+               CHECKPOINT_STEPS="500", WORKERS="0", REPEATS="2", EVAL="0", MIXED_PRECISION="no",
+               WEIGHTS_DIR=str(tmp_path / "weights"), TEACHER_MINUTES="0.001",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    script = ["bash", str(ROOT / "scripts" / "train_x4_models.sh"), "x4-real", str(tmp_path / "run")]
+    res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    teacher = oftsr.load_model(tmp_path / "weights" / "x4-real-teacher.safetensors")
+    student = oftsr.load_model(tmp_path / "weights" / "x4-real-student.safetensors")
+    assert teacher.step == 1  # the first step came after its time: saved, exported, and the chain went on
+    assert student.step == 2 and student.degradation == "realesrgan" and student.role == "student"
+    from safetensors import safe_open
+    with safe_open(tmp_path / "weights" / "x4-real-student.safetensors", "pt") as f:  # shipped in half precision
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    assert "the stage had its" not in res.stdout
+    # Run again: the teacher had its time and is not trained further; the student resumes at its end.
+    res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0 and "teacher.safetensors exists: the stage had its 0.001 minutes" in res.stdout
+    assert oftsr.load_model(tmp_path / "weights" / "x4-real-teacher.safetensors").step == 1
+    # MAX_MINUTES (stop, resume later) and a stage's own time exclude each other
+    res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(env, MAX_MINUTES="5"))
+    assert res.returncode == 2 and "exclude each other" in res.stderr
