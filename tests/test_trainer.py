@@ -634,3 +634,117 @@ def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, 
     # MAX_MINUTES (stop, resume later) and a stage's own time exclude each other
     res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(env, MAX_MINUTES="5"))
     assert res.returncode == 2 and "exclude each other" in res.stderr
+
+
+def test_resume_from_an_earlier_checkpoint_by_name_and_with_a_new_learning_rate(train_dir, tmp_path):
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--checkpointing_steps", "2", "--output_dir", tmp_path / "run"]
+    _run([*base, "--max_train_steps", "4"])
+    assert _checkpoints(tmp_path / "run") == ["checkpoint-2", "checkpoint-4"]
+    # Going on from checkpoint-2 in the same folder would mix two runs (and, with a limit,
+    # rotate away the new checkpoints while keeping the old checkpoint-4): refused.
+    res = _run([*base, "--max_train_steps", "6", "--checkpoints_total_limit", "2", "--resume_from_checkpoint",
+                "checkpoint-2"], status=2)
+    assert ("error: " + str(tmp_path / "run") + " holds checkpoint-4, later than checkpoint-2: going on from "
+            "checkpoint-2 there would mix two runs") in res.stderr
+    assert _checkpoints(tmp_path / "run") == ["checkpoint-2", "checkpoint-4"]  # nothing lost
+    # A branch in another folder; the name alone (diffusers' form) is looked up in --output_dir.
+    branch = [*base[:-1], tmp_path / "branch"]
+    shutil.copytree(tmp_path / "run" / "checkpoint-2", tmp_path / "branch" / "checkpoint-2")
+    res = _run([*branch, "--max_train_steps", "3", "--resume_from_checkpoint", "checkpoint-2",
+                "--learning_rate", "1e-5"])
+    assert "--learning_rate 1e-05: the checkpoint's run had 0.001; the new rate applies from here on" in res.stderr
+    assert _losses(tmp_path / "branch", "lr") == {3: pytest.approx(1e-5)}  # warm-up (2 steps) is over
+
+
+def test_resumed_warm_up_follows_the_step_not_the_process_count(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    from common import restore_schedule, warmup_schedule
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    two = warmup_schedule(opt, 10, num_processes=2)
+    for _ in range(3 * 2):  # three optimizer steps of a two-process run: six scheduler steps
+        opt.step()
+        two.step()
+    state = two.state_dict()
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    one = warmup_schedule(opt, 10, num_processes=1)
+    one.load_state_dict(state)
+    assert one.last_epoch == 6  # as loaded: in the two processes' units, 6 // 1 + 1 = 7 tenths of warm-up
+    restore_schedule(one, opt, 1e-3, step=3, num_processes=1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 4 / 10)  # the fourth step of a 10-step warm-up
+    opt.step()
+    one.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 5 / 10)
+
+
+def test_the_short_accumulation_at_an_epoch_end_is_weighted_to_a_full_mean(monkeypatch):
+    # 9 batches an epoch and accumulation 4: steps of 4, 4 and 1 batches. Accelerate divides
+    # every loss by 4; the last step's batch weighs 4, so each step's gradient is a mean.
+    from accelerate import Accelerator
+
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    from common import train_batches
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 9
+
+        def __getitem__(self, i):
+            return torch.tensor([float(i)])
+
+        def set_epoch(self, epoch):
+            pass
+
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=4)
+    net = torch.nn.Linear(1, 1, bias=False)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    net, opt, loader = accelerator.prepare(net, opt, torch.utils.data.DataLoader(Items(), batch_size=1))
+    batches = train_batches(accelerator, loader, 0, 4)
+    grads, weights = [], []
+    for _ in range(9 + 4):  # an epoch and the next step
+        batch, weight = next(batches)
+        weights.append(weight)
+        with accelerator.accumulate(net):
+            accelerator.backward(net.weight.sum() * weight)  # a gradient of 1 per batch, before the weight
+            if accelerator.sync_gradients:
+                grads.append(net.weight.grad.item())
+                opt.zero_grad()
+    assert weights == [1.0] * 8 + [4.0] + [1.0] * 4
+    assert grads == pytest.approx([1.0, 1.0, 1.0, 1.0])  # without the weight the third would be 0.25
+    resumed = train_batches(accelerator, loader, 2, 4)  # positioned at the short step
+    assert next(resumed)[1] == 4.0
+
+
+def test_distillation_resumes_only_with_its_teacher(train_dir, tmp_path):
+    teacher = _save_teacher(tmp_path / "teacher.safetensors")
+    other = tmp_path / "other.safetensors"
+    oftsr.save_model(oftsr.create_model("tiny", role="teacher", seed=1), other)
+    base = ["trainer/distill.py", "--train_data_dir", train_dir, *COMMON, "--checkpointing_steps", "1",
+            "--output_dir", tmp_path / "s"]
+    _run([*base, "--teacher", teacher, "--max_train_steps", "1"])
+    recorded = oftsr.read_metadata(tmp_path / "s" / "student.safetensors")
+    from oftsr.training.metrics import sha256_file
+    assert recorded["teacher_sha256"] == sha256_file(teacher)  # the student names its teacher
+    res = _run([*base, "--teacher", other, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"], status=2)
+    assert "was distilled from another teacher (sha256 " + sha256_file(teacher)[:12] in res.stderr
+    shutil.copy(teacher, tmp_path / "moved.safetensors")  # the same teacher elsewhere is the same teacher
+    _run([*base, "--teacher", tmp_path / "moved.safetensors", "--max_train_steps", "2", "--resume_from_checkpoint",
+          "latest"])
+
+
+def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "o", "--preset", "tiny"]
+    for flag in ("--checkpointing_steps", "--validation_steps", "--checkpoints_total_limit",
+                 "--gradient_accumulation_steps"):
+        res = _run([*base, flag, "0"], status=2)
+        assert f"argument {flag}: must be 1 or more, got 0" in res.stderr
+    res = _run([*base, "--resolution", "32", "--train_batch_size", "2", "--dataloader_num_workers", "0",
+                "--max_train_steps", "1", "--mixed_precision", "fp16", "--report_to", "wandb"])
+    assert "--mixed_precision fp16 needs a GPU: this run trains in float32" in res.stderr
+    assert "wandb is not installed: scalars are not logged (pip install wandb)" in res.stderr
+    help_text = _run(["trainer/train_teacher.py", "--help"]).stdout
+    assert "default: 100000" in help_text and "default: 5000" in help_text  # flags without help show defaults too
+    assert "runs/teacher \\\n" in help_text  # the usage example's line break is kept
+    res = _run([*base, "--init_from", "x4", *COMMON], status=2)
+    assert "error: --init_from x4 is the compact preset: pass --preset compact" in res.stderr

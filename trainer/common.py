@@ -4,6 +4,8 @@ atomic checkpoints with rotation and resume, validation images, and export."""
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
 import logging
 import os
@@ -44,40 +46,70 @@ def model_info(model: oftsr.OFTSRModel, step: int, metadata: dict[str, str] | No
             "metadata": metadata or {}}
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a count that must be 1 or more (a checkpoint every 0 steps, a
+    limit of 0 checkpoints, ... would fail after the first step, or do nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps: int) -> None:
     """The diffusers-style flags both scripts share (defaults: the paper's, scaled to one GPU)."""
     p.add_argument("--train_data_dir", required=True, help="folder of HR images (recursive)")
     p.add_argument("--validation_data_dir", default=None, help="folder of HR images for validation")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--resolution", type=int, default=256, help="HR crop size")
-    p.add_argument("--train_batch_size", type=int, default=batch, help="per device")
-    p.add_argument("--max_train_steps", type=int, default=steps)
-    p.add_argument("--learning_rate", type=float, default=lr)
-    p.add_argument("--lr_warmup_steps", type=int, default=1000,
+    p.add_argument("--resolution", type=positive_int, default=256, help="HR crop size")
+    p.add_argument("--train_batch_size", type=positive_int, default=batch, help="per device")
+    p.add_argument("--max_train_steps", type=positive_int, default=steps)
+    p.add_argument("--learning_rate", type=positive_float, default=lr)
+    p.add_argument("--lr_warmup_steps", type=non_negative_int, default=1000,
                    help="linear warm-up, in optimizer steps (distill.py: at most a tenth of --max_train_steps)")
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.999)
     p.add_argument("--adam_weight_decay", type=float, default=0.0)
     p.add_argument("--max_grad_norm", type=float, default=1.0)
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                    help="default: what `accelerate config` says")
     p.add_argument("--allow_tf32", action="store_true",
                    help="TF32 tensor cores for float32 matrix products on Ampere and newer GPUs (faster, ~1e-3 relative)")
-    p.add_argument("--checkpointing_steps", type=int, default=5000)
-    p.add_argument("--checkpoints_total_limit", type=int, default=None)
-    p.add_argument("--max_train_minutes", type=float, default=None,
+    p.add_argument("--checkpointing_steps", type=positive_int, default=5000)
+    p.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
+    p.add_argument("--max_train_minutes", type=non_negative_float, default=None,
                    help="stop at the first step after this many minutes from the script's start, save a checkpoint "
                         f"and exit with status {EXIT_RESUMABLE} (a job's time limit: allow a step and a save after "
                         "it); SIGTERM and Ctrl-C do the same at once")
     p.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest"')
     p.add_argument("--report_to", default="tensorboard", help='tensorboard, wandb, all, or "none"')
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--validation_steps", type=int, default=1000)
-    p.add_argument("--num_validation_images", type=int, default=4)
-    p.add_argument("--dataloader_num_workers", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=1, help="random crops of each training image per epoch")
-    p.add_argument("--scale", type=int, default=4, help="upscaling factor (distill.py: default the teacher's)")
+    p.add_argument("--validation_steps", type=positive_int, default=1000)
+    p.add_argument("--num_validation_images", type=positive_int, default=4)
+    p.add_argument("--dataloader_num_workers", type=non_negative_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=1, help="random crops of each training image per epoch")
+    p.add_argument("--scale", type=positive_int, default=4, help="upscaling factor (distill.py: default the teacher's)")
     p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic",
                    help="how training LR images are made (distill.py: default the teacher's)")
     p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default="full",
@@ -98,6 +130,12 @@ def enable_tf32() -> None:
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The scripts' --help: their docstring as written, and the default of every flag whose
     help does not already say it (a default of None means "not given": left out)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS, False):
+            action = copy.copy(action)  # argparse prints nothing for a flag without help, not even its default
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -123,6 +161,11 @@ def run_script(main) -> None:
 _loop_started = False  # set by run_training: from then on an error is a bug to trace, not a set-up mistake
 
 
+# --report_to values and the package each needs (Accelerate only warns, and logs nothing).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
+
+
 def make_accelerator(args: argparse.Namespace, project: str):
     try:
         from accelerate import Accelerator
@@ -132,12 +175,10 @@ def make_accelerator(args: argparse.Namespace, project: str):
                           f"pip install -e \".[train]\"") from e
 
     report_to = None if args.report_to == "none" else args.report_to
-    if report_to == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            logger.warning("tensorboard is not installed: scalars are not logged (pip install tensorboard)")
-            report_to = None
+    package = TRACKER_PACKAGES.get(report_to)
+    if package and importlib.util.find_spec(package) is None:
+        logger.warning("%s is not installed: scalars are not logged (pip install %s)", report_to, package)
+        report_to = None
     # Several processes and no GPU: data-parallel on the CPU (gloo). Accelerate only detects
     # this when told, and its `--cpu` launch flag starts a single process.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -152,6 +193,8 @@ def make_accelerator(args: argparse.Namespace, project: str):
     if args.allow_tf32:
         enable_tf32()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if accelerator.device.type == "cpu" and args.mixed_precision == "fp16":  # Accelerate ignores it there, silently
+        logger.warning("--mixed_precision fp16 needs a GPU: this run trains in float32 (bf16 runs on CPUs)")
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -188,6 +231,22 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
     step: its count is divided back, so N processes warm up as one does."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s // num_processes + 1) / max(1, warmup_steps)))
+
+
+def restore_schedule(scheduler, optimizer, learning_rate: float, step: int, num_processes: int) -> None:
+    """After a resume: the warm-up schedule's position from the optimizer `step` (its
+    counter is per process, and the process count may have changed) and this run's
+    `--learning_rate` (the checkpoint holds the old run's), said when it differs."""
+    inner = getattr(scheduler, "scheduler", scheduler)  # under Accelerate's wrapper
+    if any(abs(b - learning_rate) > 1e-12 * max(b, learning_rate) for b in inner.base_lrs):
+        logger.warning("--learning_rate %g: the checkpoint's run had %g; the new rate applies from here on",
+                       learning_rate, inner.base_lrs[0])
+    inner.base_lrs = [learning_rate] * len(inner.base_lrs)
+    inner.last_epoch = step * num_processes
+    for group, base, factor in zip(optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
+        group["lr"] = base * factor(inner.last_epoch)
+        group["initial_lr"] = base
+    inner._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 class TrainState:
@@ -311,11 +370,20 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
         path = found[-1]
     else:
         path = Path(args.resume_from_checkpoint)
+        if not path.is_dir() and not path.is_absolute() and (Path(args.output_dir) / path).is_dir():
+            path = Path(args.output_dir) / path  # "checkpoint-500": a name in --output_dir, as in diffusers
         if not path.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
     info_file = path / MODEL_INFO
-    if info_file.is_file():
-        recorded = json.loads(info_file.read_text())
+    recorded = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    step = recorded.get("step", int(m.group(1)) if (m := CHECKPOINT.match(path.name)) else None)
+    later = [p.name for p in list_checkpoints(args.output_dir) if step is not None
+             and int(CHECKPOINT.match(p.name).group(1)) > step and p.resolve() != path.resolve()]
+    if later:  # a branch from an earlier step: rotation would delete its checkpoints, "latest" pick the old run's
+        raise ValueError(f"{args.output_dir} holds {', '.join(later)}, later than {path.name}: going on from "
+                         f"{path.name} there would mix two runs. Resume into another --output_dir, or remove the "
+                         f"later checkpoints first")
+    if recorded:
         ours = json.loads(json.dumps(info))  # tuples as lists, as in the file
         if "architecture" in recorded:  # as a config, so fields added later with defaults compare equal
             recorded["architecture"] = oftsr.UNetConfig.from_dict(recorded["architecture"]).to_dict()
@@ -349,24 +417,30 @@ def _short(value) -> str:
 
 
 def train_batches(accelerator, dataloader, start_step: int, grad_accum: int):
-    """Endless batches from the (prepared) loader, positioned at `start_step` optimizer
-    steps: earlier epochs are skipped by number and the current one by batch count, so a
-    resumed run continues with the batch it would have seen. Accelerate ends every epoch
-    with an optimizer step, so an epoch holds ceil(batches / grad_accum) of them."""
+    """Endless (batch, loss weight) pairs from the (prepared) loader, positioned at
+    `start_step` optimizer steps: earlier epochs are skipped by number and the current one
+    by batch count, so a resumed run continues with the batch it would have seen.
+    Accelerate ends every epoch with an optimizer step, so an epoch holds
+    ceil(batches / grad_accum) of them; its backward divides every loss by grad_accum, so
+    the k < grad_accum batches of an epoch's last step weigh grad_accum / k each, and that
+    step's gradient is a mean like the others'."""
     per_epoch = len(dataloader)
     if per_epoch == 0:  # checked now, not at the first batch: a generator would raise only then
         raise ValueError("the training set is smaller than one batch: raise --repeats, lower --train_batch_size or "
                          "add images")
     epoch, steps_in = divmod(start_step, -(-per_epoch // grad_accum))
-    return _endless_batches(accelerator, dataloader, epoch, steps_in * grad_accum)
+    return _endless_batches(accelerator, dataloader, epoch, steps_in * grad_accum, grad_accum)
 
 
-def _endless_batches(accelerator, dataloader, epoch: int, skip: int):
+def _endless_batches(accelerator, dataloader, epoch: int, skip: int, grad_accum: int = 1):
+    per_epoch = len(dataloader)
+    tail = per_epoch % grad_accum  # batches of the epoch's last, shorter accumulation
     while True:
         dataloader.set_epoch(epoch)
         dataloader.dataset.set_epoch(epoch)
         loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-        yield from loader
+        for i, batch in enumerate(loader, start=skip):
+            yield batch, (grad_accum / tail if tail and i >= per_epoch - tail else 1.0)
         epoch, skip = epoch + 1, 0
 
 
@@ -459,6 +533,9 @@ def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[
     """Refuse to go on from `what` (a checkpoint, a teacher) when a setting it recorded in
     `training_metadata` differs from this run's; settings it did not record are not checked."""
     for key, value in recorded.items():
+        if key == "teacher_sha256" and metadata.get(key) != value:
+            raise ValueError(f"{what} was distilled from another teacher (sha256 {value[:12]}), not this --teacher "
+                             f"(sha256 {metadata.get(key, '?')[:12]}): pass the teacher it started with{hint}")
         if metadata.get(key) != value:
             raise ValueError(f"{what} was trained with --{key} {value}, but this run has "
                              f"{metadata.get(key, 'another setting')}: pass --{key} {value}{hint}")
@@ -515,22 +592,27 @@ def preset_choices() -> list[str]:
 
 
 def run_training(accelerator, args: argparse.Namespace, model, optimizer, scheduler, dataloader, ema, *, desc: str,
-                 step_losses, validate, export_name: str, extra_state: tuple = (), after_step=None) -> int:
+                 step_losses, validate, export_name: str, extra_state: tuple = (), after_step=None,
+                 provenance: dict[str, str] | None = None) -> int:
     """The loop both stages share: accumulate, clip, step, EMA, log, validate, checkpoint,
     and at the end export the EMA weights. `step_losses(batch)` returns a dict whose
     "loss" is optimised (the rest is logged); `validate(model, batch, step, lpips)`
     returns scalars. `extra_state` (objects with state_dict/load_state_dict) is
     checkpointed after the EMA and the step; `after_step()` runs after each optimizer
-    step's EMA update. Resumes first when `--resume_from_checkpoint` says so. Returns the
+    step's EMA update. `provenance` (the teacher's sha256) joins the metadata that the
+    checkpoints and the exported file record, and that a resume must match. Resumes first
+    when `--resume_from_checkpoint` says so. Returns the
     exit status: 0 at `--max_train_steps`, `EXIT_RESUMABLE` when stopped early (`StopRequest`)
     with a checkpoint of the last step and no export."""
     from tqdm.auto import tqdm
 
     state = TrainState()
-    metadata = training_metadata(args, accelerator.unwrap_model(model))
+    metadata = {**training_metadata(args, accelerator.unwrap_model(model)), **(provenance or {})}
     accelerator.register_for_checkpointing(ema, state, *extra_state)  # the EMA first: export.py reads it by number
     data = data_settings(args, accelerator.num_processes)
     resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata), data)
+    if state.step:
+        restore_schedule(scheduler, optimizer, args.learning_rate, state.step, accelerator.num_processes)
     if accelerator.is_main_process:
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
@@ -543,10 +625,10 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     _loop_started = True
     with StopRequest(args.max_train_minutes) as stop:
         while state.step < args.max_train_steps and not stopped:
-            batch = next(batches)
+            batch, weight = next(batches)
             with accelerator.accumulate(model):
                 losses = step_losses(batch)
-                accelerator.backward(losses["loss"])
+                accelerator.backward(losses["loss"] * weight if weight != 1 else losses["loss"])
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses

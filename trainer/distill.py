@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Stage 2: distil a one-step student from a trained teacher.
+r"""Stage 2: distil a one-step student from a trained teacher.
 
 --objective oftsr (default): same-trajectory distillation (distill + align + boundary
     losses, teacher step Euler or midpoint); the student keeps the t slider.
@@ -33,6 +33,7 @@ from oftsr.training.losses import TEACHER_STEPS, distill_loss, sample_distill_ti
 from oftsr.training.objectives import (DISTANCES, PatchDiscriminator, discriminator_hinge_loss, ema_update_,
                                        fast_slow_times, flowsr_loss, fluxsr_loss, generator_hinge_loss,
                                        make_training_lpips)
+from oftsr.training.metrics import sha256_file
 from oftsr.training.pairs import PairDataset
 
 logger = logging.getLogger("oftsr.trainer")
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema,
                         desc=f"distill {args.objective}", step_losses=losses_with_total,
                         export_name="student.safetensors", extra_state=extra_state, after_step=after_step,
+                        provenance={"teacher_sha256": sha256_file(args.teacher)},
                         validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step,
                                                                           lpips))
 

@@ -3,7 +3,7 @@
 `.safetensors` model file, with the EMA weights (default) or the raw weights.
 
     python trainer/export.py runs/teacher/checkpoint-5000 teacher.safetensors
-    python trainer/export.py runs/teacher latest teacher.safetensors   # newest complete one
+    python trainer/export.py runs/teacher teacher.safetensors   # its newest complete checkpoint
 """
 
 from __future__ import annotations

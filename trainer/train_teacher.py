@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Stage 1: train the OFTSR teacher, a conditional rectified flow from the noised LR image
+r"""Stage 1: train the OFTSR teacher, a conditional rectified flow from the noised LR image
 to the HR image (L1 velocity loss, t ~ U[0.001, 1]).
 
     accelerate launch trainer/train_teacher.py --train_data_dir DATA --output_dir runs/teacher \
@@ -46,7 +46,9 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
         init = oftsr.load_model(oftsr.existing_model_path(args.init_from, "teacher", "--init_from"), sigma_p=args.sigma_p,
                                 role="teacher", scale=args.scale)
         if init.config != model.config:
-            raise ValueError(f"--init_from has architecture {init.config}, but --preset {args.preset} is {model.config}")
+            preset = next((name for name, config in oftsr.PRESETS.items() if config == init.config), None)
+            raise ValueError(f"--init_from {args.init_from} is " + (f"the {preset} preset: pass --preset {preset}"
+                             if preset else f"architecture {init.config}, not --preset {args.preset}'s"))
         model.unet.load_state_dict(init.unet.state_dict())
     return model.requires_grad_(True).train()
 
