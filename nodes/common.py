@@ -12,6 +12,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
+from ..oftsr.inference import is_out_of_memory
 from ..oftsr.tiling import MIN_TILE, num_tiles
 from ..oftsr.color import COLOR_FIX_MODES, color_fix
 
@@ -211,16 +212,10 @@ def estimate_memory(model, batch: int, out_h: int, out_w: int, tile: int | None,
     return int(mm.module_size(model) + activations + band + images)
 
 
-# "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..." (Linux, macOS) and
-# "... not enough memory: you tried to allocate ..." (Windows) are the CPU's out-of-memory.
-OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
-
-
 def is_oom(e: BaseException) -> bool:
     if isinstance(e, mm.OOM_EXCEPTION) and mm.OOM_EXCEPTION is not Exception:
         return True
-    # MPS, other back-ends and the CPU allocator raise a plain RuntimeError
-    return isinstance(e, RuntimeError) and any(s in str(e).lower() for s in OOM_MESSAGES)
+    return is_out_of_memory(e)  # MPS, other back-ends and the CPU allocator raise a plain RuntimeError
 
 
 def _first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:

@@ -15,11 +15,10 @@ from comfy_api.latest import io
 
 from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model
 from ..oftsr.weights import BUNDLED_ROLES
-from ..oftsr.checkpoint import CheckpointError, MissingInfoError, contradicted_metadata
+from ..oftsr.checkpoint import DTYPES, CheckpointError, MissingInfoError, contradicted_metadata
 from .common import CATEGORY, OFTSR_MODEL, check_options
 
 FOLDER_KEY = "oftsr"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FROM_FILE = "from file"
 ROLE_OPTIONS = [FROM_FILE, "teacher", "student"]
 # Combo names of the models shipped inside the package ("x4 student", "x4 teacher",

@@ -378,13 +378,29 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
         raise CheckpointError(f"{path.name}: OFTSR metadata is incomplete or malformed ({type(e).__name__}: {e})") from e
 
 
-def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+# Weight precisions by the short names the CLI and the nodes offer (load_model takes them too).
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None,
+               dtype: torch.dtype | str | None = None,
                sigma_p: float | None = None, role: str | None = None, scale: int | None = None,
                degradation: str | None = None, compile: bool | str = False) -> OFTSRModel:
     """Load our `.safetensors` or an authors' `.pth` (never unpickles arbitrary objects).
     Keyword overrides win over what the file says. Returns the model in eval mode on the
     inference fast path for its device (`OFTSRModel.optimize()`: channels_last on CPUs,
-    NCHW on CUDA, again after a move to another device); `compile=True` (or a mode name, see `OFTSRModel.optimize`) adds `torch.compile`."""
+    NCHW on CUDA, again after a move to another device); `compile=True` (or a mode name, see `OFTSRModel.optimize`) adds `torch.compile`.
+    `path` may be a bundled model's name ("x4" is its student, "x4-teacher") where no such
+    file exists, and `dtype` a short name ("bf16")."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be a torch dtype or one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if isinstance(path, str) and not Path(path).exists():
+        from .weights import resolve_model, split_model_name
+
+        if split_model_name(path) is not None:  # a bundled model's name: "x4" (its student), "x4-teacher"
+            path = resolve_model(path, role or "student")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")

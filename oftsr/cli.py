@@ -13,16 +13,17 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, contradicted_metadata, load_model, model_metadata, read_metadata, save_model
-from .images import IMAGE_SUFFIXES, READ_SUFFIXES, frame_count, list_images, load_image, read_image_metadata, save_image
-from .inference import check_t, sample, upscale
+from .checkpoint import (DTYPES, CheckpointError, contradicted_metadata, load_model, model_metadata, read_metadata,
+                         save_model)
+from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_count, list_images, load_image,
+                     read_image_metadata, save_image)
+from .inference import check_t, is_out_of_memory, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
 from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
 from .weights import BUNDLED_MODELS, BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, create_model, existing_model_path, split_model_name
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def available_devices() -> list[str]:
@@ -144,10 +145,14 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path) -> list[Pat
         rel = f.relative_to(root) if root is not None else Path(f.name)
         targets.append(out / rel.with_suffix(".png"))
     seen: dict[Path, Path] = {}
+    clashes = []
     for f, t in zip(files, targets):
         if t in seen:
-            raise ValueError(f"{seen[t]} and {f} would both write {t}; give them distinct names (or give each once)")
+            clashes.append(f"{seen[t]} and {f} would both write {t}")
         seen[t] = f
+    if clashes:
+        raise ValueError("; ".join(clashes[:10]) + (f"; and {len(clashes) - 10} more" if len(clashes) > 10 else "")
+                         + ": give them distinct names (or give each once)")
     return targets
 
 
@@ -201,13 +206,14 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
                 if frames > 1:
                     tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
                                file=sys.stderr)
+                check_output_size(dst, image.shape[-1] * model.scale, image.shape[-2] * model.scale)
                 progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
                 # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                 levels = torch.uint16 if depth == 16 else torch.uint8
                 result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
                 if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
-                    tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so the alpha of {src.name} is "
-                               f"dropped; name the output .png to keep it", file=sys.stderr)
+                    tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto "
+                               f"white; name the output .png to keep its alpha", file=sys.stderr)
                 try:
                     written = save_image(result, dst, bit_depth=depth, metadata=metadata)
                 except (ValueError, OSError) as e:  # the result is not lost for its metadata
@@ -216,13 +222,18 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
                     written = save_image(result, dst, bit_depth=depth)
                     tqdm.write(f"warning: {dst.name} written without the metadata of {src.name}: {e}", file=sys.stderr)
                 if written < depth:
-                    why = "Pillow writes 16-bit TIFF for grayscale only" if dst.suffix.lower() in (".tif", ".tiff") \
-                        else f"{dst.suffix} holds 8"
-                    tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth} ({why}); "
-                               f"name the output .png to keep {depth} bits", file=sys.stderr)
+                    tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth} "
+                               f"({dst.suffix} holds 8); name the output .png or .tif to keep {depth} bits",
+                               file=sys.stderr)
             except (ValueError, OSError) as e:
                 failed += 1
                 tqdm.write(f"skipped {src}: {e}", file=sys.stderr)
+            except RuntimeError as e:  # out of memory on one image: the others may still fit
+                if not is_out_of_memory(e):
+                    raise
+                failed += 1
+                tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); use a smaller --tile "
+                           f"(now {args.tile or 'none'})", file=sys.stderr)
             bar.update(1)
     if failed:
         print(f"{failed} of {len(files)} images failed", file=sys.stderr)
@@ -475,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so every file there is complete
+        print("interrupted: the images written so far are complete (--skip-existing goes on from there)",
+              file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `oftsr info x4 | head`: the reader has gone, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no second error at exit
         return 1

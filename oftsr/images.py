@@ -1,7 +1,9 @@
 """Reading and writing image files as float tensors in [0, 1].
 
-Pillow decodes everything except 16-bit-per-channel colour PNGs, which it truncates to
-8 bits; those (and 16-bit grayscale) are read with pypng so no precision is lost.
+Pillow decodes everything except 16-bit-per-channel colour PNGs and TIFFs, which it
+truncates to 8 bits: those PNGs (and 16-bit grayscale ones) are read with pypng and those
+TIFFs with tifffile, so no precision is lost, and their EXIF orientation is applied as
+Pillow's is for the rest.
 Files are written atomically (a temporary name in the same folder, then a rename).
 """
 
@@ -21,8 +23,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 READ_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jfif", ".jpe")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-__all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "frame_count", "IMAGE_SUFFIXES",
-           "READ_SUFFIXES"]
+__all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "frame_count", "check_output_size",
+           "IMAGE_SUFFIXES", "READ_SUFFIXES"]
 _EXIF_ORIENTATION = 0x0112
 _EXIF_IFD = 0x8769
 _EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the source's size
@@ -44,6 +46,32 @@ def _read_png16(path: Path) -> np.ndarray:
     arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, planes)
     # asDirect() gives the significant bits only (a 12-bit source in a 16-bit file: 0..4095)
     return arr.astype(np.float32) / float(2 ** info["bitdepth"] - 1)
+
+
+def _read_tiff16(path: Path) -> np.ndarray:
+    import tifffile
+
+    arr = tifffile.imread(path, key=0)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):  # planar: samples first
+        arr = np.moveaxis(arr, 0, -1)
+    return (arr.astype(np.float32) / 65535.0).reshape(*arr.shape[:2], -1)
+
+
+def _is_colour_tiff16(im: Image.Image) -> bool:
+    """A 16-bit-per-sample colour TIFF, which Pillow opens as 8-bit RGB(A)."""
+    bits = im.tag_v2.get(258) if im.format == "TIFF" else None  # BitsPerSample
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return 16 in bits and not im.mode.startswith("I;16")
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """An (H, W, C) array turned upright by its EXIF orientation, as `ImageOps.exif_transpose`
+    turns a Pillow image."""
+    if orientation in (5, 6, 7, 8):
+        arr = {5: arr.swapaxes(0, 1), 6: np.rot90(arr, -1), 7: arr.swapaxes(0, 1)[::-1, ::-1], 8: np.rot90(arr)}[orientation]
+    elif orientation in (2, 3, 4):
+        arr = {2: arr[:, ::-1], 3: arr[::-1, ::-1], 4: arr[::-1]}[orientation]
+    return arr
 
 
 def _pil_to_array(im: Image.Image) -> np.ndarray:
@@ -68,10 +96,12 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     (RGBA), and the source bit depth (8 or 16). The format is decided by content, not by the file name."""
     path = Path(path)
     try:
-        if _png_bit_depth(path) == 16:
-            arr, depth = _read_png16(path), 16
-        else:
-            with Image.open(path) as im:
+        with Image.open(path) as im:
+            if _png_bit_depth(path) == 16 or _is_colour_tiff16(im):
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                arr = _read_png16(path) if im.format == "PNG" else _read_tiff16(path)
+                arr, depth = _orient(arr, orientation), 16
+            else:
                 im.load()
                 depth = 16 if im.mode.startswith("I;16") else 8
                 arr = _pil_to_array(im)
@@ -100,7 +130,8 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
             icc = im.info.get("icc_profile")
             if icc and len(icc) >= 20:
                 found["icc_profile"] = icc
-            if "dpi" in im.info:
+            # Pillow reports 1 dpi for a TIFF without resolution tags: not a resolution to keep
+            if "dpi" in im.info and not (im.format == "TIFF" and 282 not in im.tag_v2):
                 found["dpi"] = tuple(float(d) for d in im.info["dpi"])
             raw = im.info.get("exif") if im.format in ("JPEG", "PNG", "WEBP") else None
         if raw:
@@ -120,8 +151,8 @@ def frame_count(path: str | os.PathLike) -> int:
     """How many frames the file holds (an animated GIF or WebP: more than one; `load_image`
     reads the first). 1 when it cannot tell."""
     try:
-        with Image.open(path) as im:
-            return int(getattr(im, "n_frames", 1))
+        with Image.open(path) as im:  # a phone's MPO JPEG holds a preview as its second frame: one picture
+            return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1))
     except Exception:
         return 1
 
@@ -157,15 +188,29 @@ def _levels(image: torch.Tensor, bits: int) -> np.ndarray:
     return np.round(image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * peak).astype(dtype)
 
 
+OUTPUT_PEAK = {torch.uint8: 255.0, torch.uint16: 65535.0}  # the level of white in integer images
+
+# The largest side each format can hold (Pillow's encoders refuse more only once the image is made).
+MAX_SIDE = {".webp": 16383, ".jpg": 65535, ".jpeg": 65535}
+
+
+def check_output_size(path: str | os.PathLike, width: int, height: int) -> None:
+    """Refuse an output size its format cannot hold, before anything is computed."""
+    limit = MAX_SIDE.get(Path(path).suffix.lower())
+    if limit is not None and max(width, height) > limit:
+        raise ValueError(f"{Path(path).name}: {Path(path).suffix} holds at most {limit} px a side, and the result is "
+                         f"{width}x{height}; name the output .png or .tif")
+
+
 def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8,
                metadata: dict[str, object] | None = None) -> int:
     """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1], or of uint8 / uint16 levels
     (C = 1, 2, 3 or 4), in the format the suffix names, atomically. Returns the bit depth
-    written: `bit_depth=16` gives 16 as PNG (any channels) or grayscale TIFF, and 8
-    otherwise (JPEG, WebP and BMP have 8 bits; Pillow writes colour TIFF with 8) -- the
-    caller can say so. `metadata` (from `read_image_metadata`) is written where the
-    format holds it: ICC profile, EXIF and DPI (a 16-bit PNG keeps the profile and DPI;
-    BMP the DPI only). JPEG and WebP are written at quality 95."""
+    written: `bit_depth=16` gives 16 as PNG or TIFF, and 8 otherwise (JPEG, WebP and BMP
+    have 8 bits) -- the caller can say so. `metadata` (from `read_image_metadata`) is
+    written where the format holds it: ICC profile, EXIF and DPI (a 16-bit PNG or TIFF
+    keeps the profile and DPI; BMP the DPI only). JPEG and WebP are written at quality 95;
+    JPEG has no alpha, so an image with alpha is flattened onto white."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -195,9 +240,19 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
         # The profile must fit the pixels written (WebP writes gray as RGB).
         if "icc_profile" in extra and not _keeps_profile(extra["icc_profile"], colour=c >= 3 or fmt == "WEBP"):
             del extra["icc_profile"]
-        if bit_depth == 16 and fmt == "TIFF" and c == 1:
-            Image.fromarray(_levels(image, 16)[..., 0]).save(tmp, format=fmt, **extra)  # mode I;16
+        if bit_depth == 16 and fmt == "TIFF":  # Pillow writes 16-bit TIFF for grayscale only
+            import tifffile
+
+            dpi = extra.get("dpi")
+            tifffile.imwrite(tmp, _levels(image, 16), photometric="minisblack" if c <= 2 else "rgb",
+                             extrasamples=("unassalpha",) if c in (2, 4) else None, compression="zlib",
+                             iccprofile=extra.get("icc_profile"),
+                             resolution=None if not dpi else (dpi[0], dpi[1]), resolutionunit=2 if dpi else None)
             return 16
+        if fmt == "JPEG" and c in (2, 4):  # no transparency in JPEG: flattened onto white, as editors do
+            alpha = image[c - 1:].float() / (OUTPUT_PEAK.get(image.dtype, 1.0))
+            colour = image[:c - 1].float() / (OUTPUT_PEAK.get(image.dtype, 1.0))
+            image, c = colour * alpha + (1 - alpha), c - 1
         data = _levels(image, 8)
         im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
         if fmt in ("JPEG", "WEBP"):

@@ -370,13 +370,13 @@ def test_16_bit_input_keeps_16_bits_in_tif_or_says_what_happens(tmp_path, model_
         png.Writer(8, 8, greyscale=False, bitdepth=16).write(f, rgb.reshape(8, 24))
     assert main(["upscale", str(tmp_path / "c16.png"), "-o", str(tmp_path / "c16_x4.tif"), "--model",
                  str(model_files[0]), "-q"]) == 0
-    err = capsys.readouterr().err
-    assert "warning: " in err and "8 bits" in err and ".png" in err  # says what happened and how to keep 16 bits
-    assert "(Pillow writes 16-bit TIFF for grayscale only)" in err
+    assert "warning" not in capsys.readouterr().err  # colour TIFF keeps 16 bits too
+    out, depth = load_image(tmp_path / "c16_x4.tif")
+    assert depth == 16 and out.shape == (1, 3, 32, 32) and (out * 65535 % 257).abs().max() > 1
     assert main(["upscale", str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_x4.jpg"), "--model",
                  str(model_files[0]), "-q"]) == 0
     err = capsys.readouterr().err
-    assert "g16_x4.jpg has 8 bits per channel, g16.png had 16 (.jpg holds 8)" in err and "TIFF" not in err
+    assert "g16_x4.jpg has 8 bits per channel, g16.png had 16 (.jpg holds 8); name the output .png or .tif" in err
 
 
 def test_quick_start_offers_cpu_wheels_and_ignores_its_output():
@@ -452,7 +452,7 @@ def test_warnings_for_dropped_alpha_and_overridden_metadata(tmp_path, model_file
     code, _, err = _run_cli(["upscale", str(inputs / "rgba.png"), "-o", str(tmp_path / "out.jpg"), "--model",
                              str(model_files[0]), "-q", "--sigma-p", "0.5"], capsys)
     assert code == 0 and Image.open(tmp_path / "out.jpg").mode == "RGB"
-    assert "out.jpg: JPEG has no transparency, so the alpha of rgba.png is dropped" in err
+    assert "out.jpg: JPEG has no transparency, so rgba.png is flattened onto white" in err
     assert "--sigma-p 0.5 overrides the 0.2 that student.safetensors records" in err
     frames = [Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(3)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
@@ -462,3 +462,45 @@ def test_warnings_for_dropped_alpha_and_overridden_metadata(tmp_path, model_file
     code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o2.png"), "--model",
                              str(model_files[0]), "-q", "--sigma-p", "0.2", "--scale", "4"], capsys)
     assert code == 0 and "warning" not in err  # values that agree with the file say nothing
+
+
+def test_out_of_memory_on_one_image_skips_it_and_the_others_are_written(tmp_path, model_files, inputs, capsys,
+                                                                          monkeypatch):
+    import oftsr.cli as cli
+
+    real = cli.upscale
+
+    def upscale(model, image, **kw):  # what the CPU allocator raises for one too-big image
+        if image.shape[-1] == 10:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes.")
+        return real(model, image, **kw)
+
+    monkeypatch.setattr(cli, "upscale", upscale)
+    code = main(["upscale", str(inputs), "-o", str(tmp_path / "out"), "--model", str(model_files[0]), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "skipped " + str(inputs / "rgb.png") + ": out of memory (DefaultCPUAllocator" in err
+    assert "use a smaller --tile (now 512)" in err and "1 of 3 images failed" in err
+    assert (tmp_path / "out" / "rgba.png").is_file() and (tmp_path / "out" / "sub" / "gray.png").is_file()
+
+
+def test_an_output_too_big_for_its_format_is_refused_before_it_is_computed(tmp_path, model_files, capsys,
+                                                                             monkeypatch):
+    import oftsr.cli as cli
+
+    Image.fromarray(np.zeros((2, 4100, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    monkeypatch.setattr(cli, "upscale", lambda *a, **k: pytest.fail("computed an image that cannot be written"))
+    code, _, err = _run_cli(["upscale", str(tmp_path / "wide.png"), "-o", str(tmp_path / "wide.webp"), "--model",
+                             str(model_files[0]), "-q"], capsys)
+    assert code == 1 and "wide.webp: .webp holds at most 16383 px a side, and the result is 16400x8" in err
+
+
+def test_ctrl_c_ends_quietly_with_status_130(tmp_path, model_files, inputs, capsys, monkeypatch):
+    import oftsr.cli as cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "upscale", interrupted)
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "out"), "--model", str(model_files[0]),
+                             "-q"], capsys)
+    assert code == 130 and "interrupted: the images written so far are complete" in err and "Traceback" not in err

@@ -108,7 +108,7 @@ def test_16_bit_tif(tmp_path):
     again, depth = load_image(tmp_path / "g.tif")
     assert depth == 16 and torch.allclose(again, gray, atol=0.5 / 65535)
     rgb = torch.rand(1, 3, 6, 8, generator=torch.Generator().manual_seed(0))
-    assert save_image(rgb, tmp_path / "c.tif", bit_depth=16) == 8  # Pillow writes colour TIFF at 8 bits: says so
+    assert save_image(rgb, tmp_path / "c.tif", bit_depth=16) == 16  # colour too (tifffile)
     assert save_image(rgb, tmp_path / "c.jpg", bit_depth=16) == 8
     assert save_image(rgb, tmp_path / "c.png", bit_depth=16) == 16
     assert load_image(tmp_path / "c.tif")[0].shape == (1, 3, 6, 8)
@@ -208,3 +208,69 @@ def test_a_float_tiff_loads_without_a_warning(tmp_path):
         warnings.simplefilter("error")  # torch warned of a read-only NumPy buffer
         image, _ = load_image(tmp_path / "f.tif")
     assert image.shape == (1, 1, 8, 8) and torch.allclose(image[0, 0], torch.from_numpy(values), atol=1e-6)
+
+
+def test_tiff16_colour_is_read_and_written_with_all_bits(tmp_path):
+    import tifffile
+
+    arr = np.random.default_rng(3).integers(0, 65536, (6, 9, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "deep.tif", arr, photometric="rgb")  # as Lightroom exports
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(arr, -1, 0), photometric="rgb", planarconfig="separate")
+    img, depth = load_image(tmp_path / "deep.tif")
+    assert depth == 16 and img.shape == (1, 3, 6, 9)
+    assert np.abs(img[0].permute(1, 2, 0).numpy() * 65535 - arr).max() < 0.02  # Pillow alone keeps 8 bits
+    assert torch.equal(load_image(tmp_path / "planar.tif")[0], img)
+    assert "dpi" not in read_image_metadata(tmp_path / "deep.tif")  # no resolution tags: not Pillow's 1 dpi
+    rgba = torch.cat([img[0], torch.linspace(0, 1, 9).expand(1, 6, 9)])
+    assert save_image(rgba, tmp_path / "out.tif", bit_depth=16, metadata={"dpi": (300.0, 300.0)}) == 16
+    back, depth = load_image(tmp_path / "out.tif")
+    assert depth == 16 and back.shape == (1, 4, 6, 9) and (back[0] - rgba).abs().max() <= 0.51 / 65535
+    assert read_image_metadata(tmp_path / "out.tif")["dpi"] == (300.0, 300.0)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_of_a_16_bit_png_as_pillow_applies_it_to_8_bit(tmp_path, orientation):
+    arr = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(arr).save(tmp_path / "8.png", exif=exif.tobytes())
+    with open(tmp_path / "16.png", "wb") as f:  # pypng for the pixels, the eXIf chunk added after IHDR
+        png.Writer(7, 5, greyscale=False, bitdepth=16).write(f, (arr.astype(np.uint16) * 257).reshape(5, 21))
+    chunks = list(png.Reader(filename=str(tmp_path / "16.png")).chunks())
+    chunks.insert(1, (b"eXIf", exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif") else exif.tobytes()))
+    with open(tmp_path / "16.png", "wb") as f:
+        png.write_chunks(f, chunks)
+    upright8, _ = load_image(tmp_path / "8.png")
+    upright16, depth = load_image(tmp_path / "16.png")
+    assert depth == 16 and torch.allclose(upright16, upright8, atol=1e-6)
+    assert upright8.shape[-2:] == ((7, 5) if orientation >= 5 else (5, 7))
+
+
+def test_rgba_as_jpeg_is_flattened_onto_white_and_format_limits_are_known(tmp_path):
+    from oftsr.images import check_output_size
+
+    rgba = torch.zeros(4, 8, 8)
+    rgba[1] = 1  # green everywhere, visible on the left half only
+    rgba[3, :, :4] = 1
+    save_image(rgba, tmp_path / "f.jpg")
+    out = np.asarray(Image.open(tmp_path / "f.jpg")).astype(int)
+    assert np.abs(out[:, 0] - [0, 255, 0]).max() <= 3 and np.abs(out[:, 7] - [255, 255, 255]).max() <= 3
+    levels = (rgba * 255).round().to(torch.uint8)  # integer levels, as the CLI writes
+    save_image(levels, tmp_path / "g.jpg")
+    assert np.abs(np.asarray(Image.open(tmp_path / "g.jpg")).astype(int) - out).max() <= 1
+    check_output_size(tmp_path / "a.webp", 16383, 100)
+    check_output_size(tmp_path / "a.png", 70000, 100)
+    with pytest.raises(ValueError, match=r"a.webp: .webp holds at most 16383 px a side, and the result is 16384x8"):
+        check_output_size(tmp_path / "a.webp", 16384, 8)
+    with pytest.raises(ValueError, match="at most 65535"):
+        check_output_size(tmp_path / "a.JPG", 10, 65536)
+
+
+def test_a_phones_mpo_jpeg_is_one_picture(tmp_path):
+    from oftsr.images import frame_count
+
+    a = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
+    a.save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[a.resize((4, 4))])
+    with Image.open(tmp_path / "phone.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    assert frame_count(tmp_path / "phone.jpg") == 1

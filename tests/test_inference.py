@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import oftsr
+from oftsr.inference import bleed_colour
 from oftsr.images import load_image
 from oftsr.noise import region_noise
 from oftsr.resample import upsample_lr, upsample_lr_region
@@ -85,9 +86,26 @@ def test_rgba_keeps_alpha(student):
     alpha[..., 4:12, 4:12] = 1.0
     out = oftsr.upscale(student, torch.cat([img, alpha], 1))
     assert out.shape == (1, 4, 64, 64)
-    assert torch.equal(out[:, :3], oftsr.upscale(student, img))
+    assert torch.equal(out[:, :3], oftsr.upscale(student, bleed_colour(img, alpha)))
     assert out[0, 3, 24:40, 24:40].min() == 1.0 and out[0, 3, :8, :8].max() == 0.0
     assert out[:, 3].min() >= 0 and out[:, 3].max() <= 1
+
+
+def test_the_colour_under_full_transparency_leaves_no_trace(student):
+    # Editors leave black (or anything) under transparent pixels: the result must not depend on it.
+    img, alpha = smooth_image(16, 16), torch.zeros(1, 1, 16, 16)
+    alpha[..., 3:13, 5:11] = 1.0
+    alpha[..., 3:13, 4] = 0.5  # a soft edge keeps its own colour
+    black = torch.cat([img * (alpha > 0), alpha], 1)
+    green = black.clone()
+    green[:, 1] += (alpha[:, 0] == 0).float()
+    assert torch.equal(oftsr.upscale(student, black, seed=0), oftsr.upscale(student, green, seed=0))
+    filled = bleed_colour(black[:, :3], alpha)
+    assert torch.equal(filled[..., 3:13, 4:11], black[:, :3, 3:13, 4:11])  # visible pixels are untouched
+    visible = img[..., 3:13, 4:11].flatten(2)
+    hidden = filled[..., alpha[0, 0] == 0]  # filled from the visible colours: within their range
+    assert (hidden >= visible.amin(-1)[..., None] - 1e-6).all() and (hidden <= visible.amax(-1)[..., None] + 1e-6).all()
+    assert torch.equal(bleed_colour(img, torch.ones(1, 1, 16, 16)), img)
 
 
 def test_gray_alpha_stays_gray_alpha(student, teacher):
@@ -98,7 +116,7 @@ def test_gray_alpha_stays_gray_alpha(student, teacher):
     rgba = oftsr.upscale(student, torch.cat([gray.expand(1, 3, 16, 16), alpha], 1), t=0.5)
     assert out.shape == (1, 2, 64, 64)
     assert torch.equal(out[:, 1:], rgba[:, 3:])
-    assert torch.equal(out[:, :1], oftsr.upscale(student, gray, t=0.5))
+    assert torch.equal(out[:, :1], oftsr.upscale(student, bleed_colour(gray, alpha), t=0.5))
     assert (out[:, :1] - rgba[:, :3].mean(1, keepdim=True)).abs().max() < 1e-6
     levels = oftsr.upscale(student, torch.cat([gray, alpha], 1), t=0.5, out_dtype=torch.uint8)
     assert levels.shape == (1, 2, 64, 64) and torch.equal(levels, (out * 255).round().to(torch.uint8))

@@ -90,3 +90,16 @@ def test_half_precision_files_load_as_float32(tmp_path, capsys):
         full.role, full.scale, full.sigma_p, full.degradation, full.step)
     for p, q in zip(full.parameters(), half.parameters()):
         assert torch.equal(q, p.half().float())
+
+
+def test_load_model_takes_bundled_names_and_short_dtype_names(tmp_path, monkeypatch):
+    student = oftsr.load_model("x4", dtype="bf16")
+    assert student.role == "student" and student.dtype == torch.bfloat16
+    assert oftsr.load_model("x4-teacher").role == "teacher"
+    with pytest.raises(ValueError, match="dtype must be a torch dtype or one of fp32, fp16, bf16, got 'half'"):
+        oftsr.load_model("x4", dtype="half")
+    with pytest.raises(FileNotFoundError, match="x4-real student .* not bundled"):
+        oftsr.load_model("x4-real")
+    monkeypatch.chdir(tmp_path)  # a file of that name is the file, as a path always is
+    oftsr.save_model(oftsr.create_model("tiny", role="teacher"), tmp_path / "x4")
+    assert oftsr.load_model("x4").role == "teacher"
