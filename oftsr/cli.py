@@ -17,7 +17,8 @@ from .checkpoint import (DTYPES, CheckpointError, contradicted_metadata, load_mo
                          save_model)
 from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_count, list_images, load_image,
                      read_image_metadata, save_image)
-from .inference import check_t, is_out_of_memory, sample, upscale
+from .color import COLOR_FIX_MODES, color_fix
+from .inference import OUTPUT_DTYPES, check_t, is_out_of_memory, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
 from .tiling import check_tiling
@@ -107,6 +108,8 @@ def _check_args(args: argparse.Namespace) -> None:
             check_t(args.t)
         except ValueError as e:
             raise ValueError(f"--t: {e}") from None
+    if not 1 <= args.quality <= 100:
+        raise ValueError(f"--quality must be 1 to 100, got {args.quality}")
     for option, overlap in (("--tile", None), ("--overlap", args.overlap)):
         try:
             check_tiling(args.tile or None, overlap)
@@ -118,9 +121,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
 
 
-def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = False) -> list[Path]:
+def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = False,
+             fmt: str = "png") -> list[Path]:
     """One output path per input file: `out` itself for a single file with an image
-    suffix, else files under the folder `out` (sub-folders of input folders kept).
+    suffix, else files under the folder `out` (sub-folders of input folders kept), named
+    with the suffix of `fmt` ("same": the input's, where it can be written, else .png).
     Source images are never replaced unless `overwrite`."""
     single = len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
     if out.suffix.lower() in UNWRITABLE_SUFFIXES and not out.is_dir():  # an image name, not a folder
@@ -128,7 +133,7 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
     if out.suffix.lower() in IMAGE_SUFFIXES and not single and not out.is_dir():
         raise ValueError(f"-o {out} names one file, but the input is {len(files)} image(s) from "
                          f"{'a folder' if any(Path(i).is_dir() for i in inputs) else 'several files'}; give a folder for -o")
-    targets = [out] if single and out.suffix.lower() in IMAGE_SUFFIXES else _folder_outputs(inputs, files, out)
+    targets = [out] if single and out.suffix.lower() in IMAGE_SUFFIXES else _folder_outputs(inputs, files, out, fmt)
     if not overwrite:
         sources = {f.resolve() for f in files}
         clash = next((t for t in targets if t.resolve() in sources), None)
@@ -138,12 +143,13 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
     return targets
 
 
-def _folder_outputs(inputs: list[str], files: list[Path], out: Path) -> list[Path]:
+def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = "png") -> list[Path]:
     targets = []
     for f in files:
         root = next((Path(i) for i in inputs if Path(i).is_dir() and Path(i) in f.parents), None)
         rel = f.relative_to(root) if root is not None else Path(f.name)
-        targets.append(out / rel.with_suffix(".png"))
+        same = f.suffix.lower() if f.suffix.lower() in IMAGE_SUFFIXES else ".png"
+        targets.append(out / rel.with_suffix(same if fmt == "same" else f".{fmt}"))
     seen: dict[Path, Path] = {}
     clashes = []
     for f, t in zip(files, targets):
@@ -181,7 +187,7 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
         files = [f for f in files if f not in inside]
     if not files:
         raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(READ_SUFFIXES)})")
-    targets = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite)
+    targets = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite, fmt=args.format)
     if args.skip_existing:  # outputs are written atomically: one that exists is complete
         todo = [i for i, t in enumerate(targets) if not t.exists()]
         if len(todo) < len(files):
@@ -210,16 +216,20 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
                 progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
                 # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                 levels = torch.uint16 if depth == 16 else torch.uint8
-                result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
+                if args.color_fix == "none":
+                    result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
+                else:  # the correction needs the float result: 4 bytes a value, not 1 or 2
+                    result = color_fix(run(model, image, progress, torch.float32), image, args.color_fix)
+                    result = (result * OUTPUT_DTYPES[levels]).round().to(levels)
                 if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
                     tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto "
                                f"white; name the output .png to keep its alpha", file=sys.stderr)
                 try:
-                    written = save_image(result, dst, bit_depth=depth, metadata=metadata)
+                    written = save_image(result, dst, bit_depth=depth, metadata=metadata, quality=args.quality)
                 except (ValueError, OSError) as e:  # the result is not lost for its metadata
                     if not metadata:
                         raise
-                    written = save_image(result, dst, bit_depth=depth)
+                    written = save_image(result, dst, bit_depth=depth, quality=args.quality)
                     tqdm.write(f"warning: {dst.name} written without the metadata of {src.name}: {e}", file=sys.stderr)
                 if written < depth:
                     tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth} "
@@ -388,6 +398,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                                    "checkpoint (.safetensors or authors' .pth)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the noise added to the upsampled input, the flow's starting point (default 0)")
+    p.add_argument("--format", choices=["png", "jpg", "webp", "tif", "same"], default="png",
+                   help="file type of the results in an output folder; same = the input's (default png)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG and WebP quality, 1-100 (default 95)")
+    p.add_argument("--color-fix", dest="color_fix", choices=COLOR_FIX_MODES, default="none",
+                   help="keep the input's low-frequency colour: wavelet or adain, as in the ComfyUI node (default none)")
     p.add_argument("--tile", type=int, default=512, help="tile size in output pixels; 0 = whole image (default 512)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default min(64, tile/4))")
     p.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (default 1)")

@@ -3,8 +3,8 @@ of the input) under the detail of a super-resolved image.
 
 Pure torch. Images are (B, C, H, W)
 floats in [0, 1]; `reference` may have any size (it is resized bicubically to the
-image) and a batch of 1 or the image's batch. Only the first three channels are
-corrected; a fourth (alpha) channel of `image` is kept as it is.
+image) and a batch of 1 or the image's batch. Only the colour channels are corrected
+(RGB, or gray); an alpha channel of `image` (the fourth, or the second of gray) is kept.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def color_fix(image: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.
         raise ValueError(f"unknown colour correction {mode!r}; choose one of {', '.join(COLOR_FIX_MODES)}")
     if mode == "none":
         return image
-    k = min(3, image.shape[1])
+    k = 1 if image.shape[1] <= 2 else 3  # gray (+ alpha) or RGB (+ alpha)
     fix = adain_color_fix if mode == "adain" else wavelet_color_fix
     colour = fix(image[:, :k], reference[:, :k]).clamp(0, 1).to(image.dtype)
     return torch.cat([colour, image[:, k:]], dim=1) if image.shape[1] > k else colour

@@ -203,13 +203,13 @@ def check_output_size(path: str | os.PathLike, width: int, height: int) -> None:
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8,
-               metadata: dict[str, object] | None = None) -> int:
+               metadata: dict[str, object] | None = None, quality: int = 95) -> int:
     """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1], or of uint8 / uint16 levels
     (C = 1, 2, 3 or 4), in the format the suffix names, atomically. Returns the bit depth
     written: `bit_depth=16` gives 16 as PNG or TIFF, and 8 otherwise (JPEG, WebP and BMP
     have 8 bits) -- the caller can say so. `metadata` (from `read_image_metadata`) is
     written where the format holds it: ICC profile, EXIF and DPI (a 16-bit PNG or TIFF
-    keeps the profile and DPI; BMP the DPI only). JPEG and WebP are written at quality 95;
+    keeps the profile and DPI; BMP the DPI only). JPEG and WebP are written at `quality`;
     JPEG has no alpha, so an image with alpha is flattened onto white."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -256,7 +256,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
         data = _levels(image, 8)
         im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
         if fmt in ("JPEG", "WEBP"):
-            extra["quality"] = 95
+            extra["quality"] = quality
         if fmt == "JPEG":  # no alpha in JPEG
             im = im.convert("L" if c <= 2 else "RGB")
         elif c == 2 and fmt not in ("PNG", "TIFF"):

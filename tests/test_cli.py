@@ -504,3 +504,34 @@ def test_ctrl_c_ends_quietly_with_status_130(tmp_path, model_files, inputs, caps
     code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "out"), "--model", str(model_files[0]),
                              "-q"], capsys)
     assert code == 130 and "interrupted: the images written so far are complete" in err and "Traceback" not in err
+
+
+def test_format_quality_and_color_fix_options(tmp_path, model_files, inputs, capsys):
+    from oftsr.color import color_fix
+
+    model = ["--model", str(model_files[0]), "-q"]
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)).save(inputs / "photo.jpg")
+    assert main(["upscale", str(inputs), "-o", str(tmp_path / "same"), "--format", "same", *model]) == 0
+    assert sorted(p.relative_to(tmp_path / "same").as_posix() for p in (tmp_path / "same").rglob("*.*")) == \
+        ["photo.jpg", "rgb.png", "rgba.png", "sub/gray.png"]
+    for quality in (30, 95):
+        assert main(["upscale", str(inputs / "photo.jpg"), "-o", str(tmp_path / f"q{quality}"), "--format", "jpg",
+                     "--quality", str(quality), *model]) == 0
+    assert (tmp_path / "q30" / "photo.jpg").stat().st_size < (tmp_path / "q95" / "photo.jpg").stat().st_size
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "x"), "--quality", "0", *model], capsys)
+    assert code == 2 and "--quality must be 1 to 100, got 0" in err
+    # --color-fix: the correction of the library, on the float result, then rounded as files are
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "plain.png"), *model]) == 0
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "fixed.png"), "--color-fix", "wavelet",
+                 *model]) == 0
+    source = load_image(inputs / "rgb.png")[0]
+    student = oftsr.load_model(model_files[0])
+    expected = color_fix(oftsr.upscale(student, source, seed=0, tile=512), source, "wavelet")
+    fixed = load_image(tmp_path / "fixed.png")[0]
+    assert (fixed - expected).abs().max() <= 0.5 / 255 + 1e-6
+    assert (fixed - load_image(tmp_path / "plain.png")[0]).abs().max() > 2 / 255  # it changed something
+    # gray + alpha: the alpha channel is not "corrected"
+    la = torch.stack([torch.rand(8, 8), torch.linspace(0, 1, 8).expand(8, 8)])[None]
+    x = torch.rand(1, 2, 32, 32)
+    out = color_fix(x, la, "wavelet")
+    assert torch.equal(out[:, 1:], x[:, 1:]) and not torch.equal(out[:, :1], x[:, :1])
