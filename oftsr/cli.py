@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -198,6 +199,22 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     return files, targets
 
 
+def _progress(bar) -> Callable[[int, int], None]:
+    """The tile callback of one image: tiles done of all, and the time left for this image
+    (a 12 MP photograph at x4 is about a thousand tiles)."""
+    start = time.perf_counter()
+
+    def show(i: int, n: int) -> None:
+        if not n:  # an adaptive solver: evaluations so far, no total
+            bar.set_postfix_str(f"nfe {i}", refresh=True)
+            return
+        left = (time.perf_counter() - start) / i * (n - i) if i else None
+        eta = "" if left is None else f", {int(left // 60)}:{int(left % 60):02d} left"
+        bar.set_postfix_str(f"tile {i}/{n}{eta}", refresh=True)
+
+    return show
+
+
 def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Path], targets: list[Path]) -> int:
     from tqdm import tqdm
 
@@ -213,7 +230,7 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
                     tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
                                file=sys.stderr)
                 check_output_size(dst, image.shape[-1] * model.scale, image.shape[-2] * model.scale)
-                progress = lambda i, n: bar.set_postfix_str(f"{i}/{n}" if n else f"nfe {i}", refresh=True)  # noqa: E731
+                progress = _progress(bar)
                 # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                 levels = torch.uint16 if depth == 16 else torch.uint8
                 if args.color_fix == "none":

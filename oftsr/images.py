@@ -9,6 +9,7 @@ Files are written atomically (a temporary name in the same folder, then a rename
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-# What a folder is searched for: the formats written, and read-only ones (a GIF's first frame).
-READ_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jfif", ".jpe")
+# What a folder is searched for: the formats written, and read-only ones (a GIF's first frame;
+# AVIF where Pillow has it; HEIC, a phone's format, with pillow-heif, else a clear error).
+HEIF_SUFFIXES = (".heic", ".heif")
+READ_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jfif", ".jpe", ".avif") + HEIF_SUFFIXES
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 __all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "frame_count", "check_output_size",
@@ -74,8 +77,25 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
+def _cmyk_to_srgb(im: Image.Image) -> Image.Image:
+    """A CMYK image through its embedded ICC profile to sRGB, as an editor converts it
+    (Pillow's own conversion ignores the profile: print colours come out wrong)."""
+    icc = im.info.get("icc_profile")
+    if icc:
+        from PIL import ImageCms
+
+        try:
+            return ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                             ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):  # a broken profile: the plain conversion below
+            pass
+    return im.convert("RGB")
+
+
 def _pil_to_array(im: Image.Image) -> np.ndarray:
     im = ImageOps.exif_transpose(im)
+    if im.mode == "CMYK":
+        im = _cmyk_to_srgb(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float32)
         return (arr / (65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0))[..., None]
@@ -91,10 +111,23 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
+def _register_heif(path: Path) -> None:
+    """HEIC/HEIF (iPhone photos) through pillow-heif, which Pillow lacks: registered once
+    it is installed, else the error says what to install."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ValueError(f"{path.name}: HEIC/HEIF images need the pillow-heif package (pip install pillow-heif), "
+                         f"or convert the file to JPEG or PNG first") from None
+    pillow_heif.register_heif_opener()
+
+
 def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     """(1, C, H, W) float32 in [0, 1] with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
     (RGBA), and the source bit depth (8 or 16). The format is decided by content, not by the file name."""
     path = Path(path)
+    if path.suffix.lower() in HEIF_SUFFIXES:
+        _register_heif(path)
     try:
         with Image.open(path) as im:
             if _png_bit_depth(path) == 16 or _is_colour_tiff16(im):
@@ -117,13 +150,32 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(arr).permute(2, 0, 1)[None].clamp(0, 1), depth
 
 
+# XMP properties that describe the old pixels: the orientation (already applied) and the size.
+_XMP_STALE = ("tiff:ImageWidth", "tiff:ImageLength", "exif:PixelXDimension", "exif:PixelYDimension")
+
+
+def _upright_xmp(xmp: bytes | str) -> bytes:
+    """An XMP packet (ratings, keywords, copyright: what Lightroom and Bridge write) for the
+    upscaled, upright image: its orientation set to 1 and the old pixel size left out, in
+    attribute or element form."""
+    import re
+
+    text = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else xmp
+    text = re.sub(r'(tiff:Orientation\s*=\s*")\d+(")', r"\g<1>1\2", text)
+    text = re.sub(r"(<tiff:Orientation>)\s*\d+\s*(</tiff:Orientation>)", r"\g<1>1\2", text)
+    for name in _XMP_STALE:
+        text = re.sub(rf'\s{name}\s*=\s*"[^"]*"', "", text)
+        text = re.sub(rf"<{name}>[^<]*</{name}>", "", text)
+    return text.encode("utf-8")
+
+
 def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     """What of an image file's metadata an upscaled copy should keep: its ICC colour
     profile (without it a wide-gamut photo displays desaturated), its EXIF block with the
     orientation reset (`load_image` has already turned the pixels upright) and the old
-    pixel size left out, and its DPI. Only the keys the file has; reads the header, not
-    the pixels. A TIFF's tags describe its own layout, so no EXIF is taken from one.
-    Metadata that cannot be parsed is left out: it must never cost the image."""
+    pixel size left out, its XMP likewise, and its DPI. Only the keys the file has; reads
+    the header, not the pixels. A TIFF's tags describe its own layout, so no EXIF is taken
+    from one. Metadata that cannot be parsed is left out: it must never cost the image."""
     found: dict[str, object] = {}
     try:
         with Image.open(path) as im:
@@ -134,6 +186,9 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
             if "dpi" in im.info and not (im.format == "TIFF" and 282 not in im.tag_v2):
                 found["dpi"] = tuple(float(d) for d in im.info["dpi"])
             raw = im.info.get("exif") if im.format in ("JPEG", "PNG", "WEBP") else None
+            xmp = im.info.get("xmp")
+            if xmp:
+                found["xmp"] = _upright_xmp(xmp)
         if raw:
             exif = Image.Exif()
             exif.load(raw)
@@ -164,14 +219,20 @@ def _keeps_profile(icc: bytes, colour: bool) -> bool:
     return icc[16:20] == (b"RGB " if colour else b"GRAY")
 
 
-def _png_add_icc(path: Path, icc_profile: bytes) -> None:
-    """Insert an iCCP chunk after IHDR of a PNG written by pypng (which has no option for it)."""
+def _png_add_chunks(path: Path, icc_profile: bytes | None, xmp: bytes | None) -> None:
+    """Insert an iCCP chunk after IHDR, and XMP as the iTXt chunk Adobe's tools read, into a
+    PNG written by pypng (which has no option for either)."""
+    if not icc_profile and not xmp:
+        return
     import zlib
 
     import png
 
     chunks = list(png.Reader(filename=str(path)).chunks())
-    chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
+    if xmp:
+        chunks.insert(1, (b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp))
+    if icc_profile:
+        chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
     with open(path, "wb") as f:
         png.write_chunks(f, chunks)
 
@@ -208,8 +269,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     (C = 1, 2, 3 or 4), in the format the suffix names, atomically. Returns the bit depth
     written: `bit_depth=16` gives 16 as PNG or TIFF, and 8 otherwise (JPEG, WebP and BMP
     have 8 bits) -- the caller can say so. `metadata` (from `read_image_metadata`) is
-    written where the format holds it: ICC profile, EXIF and DPI (a 16-bit PNG or TIFF
-    keeps the profile and DPI; BMP the DPI only). JPEG and WebP are written at `quality`;
+    written where the format holds it: ICC profile, EXIF, XMP and DPI (a 16-bit PNG or
+    TIFF keeps the profile, XMP and DPI; BMP the DPI only). JPEG and WebP are written at `quality`;
     JPEG has no alpha, so an image with alpha is flattened onto white."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -233,8 +294,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             with open(tmp, "wb") as f:
                 png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, **resolution).write(f, data)
             icc = (metadata or {}).get("icc_profile")
-            if icc and _keeps_profile(icc, colour=c >= 3):
-                _png_add_icc(tmp, icc)
+            _png_add_chunks(tmp, icc if icc and _keeps_profile(icc, colour=c >= 3) else None,
+                            (metadata or {}).get("xmp"))
             return 16
         extra = {k: v for k, v in (metadata or {}).items() if fmt != "BMP" or k == "dpi"}  # BMP: a resolution only
         # The profile must fit the pixels written (WebP writes gray as RGB).
@@ -247,12 +308,23 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             tifffile.imwrite(tmp, _levels(image, 16), photometric="minisblack" if c <= 2 else "rgb",
                              extrasamples=("unassalpha",) if c in (2, 4) else None, compression="zlib",
                              iccprofile=extra.get("icc_profile"),
+                             extratags=[(700, 1, len(extra["xmp"]), extra["xmp"], True)] if extra.get("xmp") else None,
                              resolution=None if not dpi else (dpi[0], dpi[1]), resolutionunit=2 if dpi else None)
             return 16
         if fmt == "JPEG" and c in (2, 4):  # no transparency in JPEG: flattened onto white, as editors do
             alpha = image[c - 1:].float() / (OUTPUT_PEAK.get(image.dtype, 1.0))
             colour = image[:c - 1].float() / (OUTPUT_PEAK.get(image.dtype, 1.0))
             image, c = colour * alpha + (1 - alpha), c - 1
+        xmp = extra.pop("xmp", None)
+        if xmp and fmt == "PNG":
+            from PIL import PngImagePlugin
+
+            extra["pnginfo"] = PngImagePlugin.PngInfo()
+            extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+        elif xmp and fmt == "TIFF":
+            extra["tiffinfo"] = {700: xmp}
+        elif xmp and fmt in ("JPEG", "WEBP"):
+            extra["xmp"] = xmp
         data = _levels(image, 8)
         im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
         if fmt in ("JPEG", "WEBP"):

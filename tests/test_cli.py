@@ -535,3 +535,16 @@ def test_format_quality_and_color_fix_options(tmp_path, model_files, inputs, cap
     x = torch.rand(1, 2, 32, 32)
     out = color_fix(x, la, "wavelet")
     assert torch.equal(out[:, 1:], x[:, 1:]) and not torch.equal(out[:, :1], x[:, :1])
+
+
+def test_tile_progress_shows_the_time_left_for_the_image(monkeypatch):
+    import oftsr.cli as cli
+
+    shown = []
+    bar = type("Bar", (), {"set_postfix_str": lambda self, text, refresh: shown.append(text)})()
+    clock = iter([100.0, 130.0, 130.0])
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    show = cli._progress(bar)  # starts at 100 s
+    show(3, 10)  # 30 s for 3 tiles: 70 s for the 7 left
+    show(5, 0)  # an adaptive solver: evaluations, no total
+    assert shown == ["tile 3/10, 1:10 left", "nfe 5"]

@@ -274,3 +274,60 @@ def test_a_phones_mpo_jpeg_is_one_picture(tmp_path):
     with Image.open(tmp_path / "phone.jpg") as im:
         assert im.format == "MPO" and im.n_frames == 2
     assert frame_count(tmp_path / "phone.jpg") == 1
+
+
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/" '
+       b'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" tiff:Orientation="6" '
+       b'exif:PixelXDimension="4" xmp:Rating="5"><tiff:ImageWidth>4</tiff:ImageWidth>'
+       b'<dc:rights>(c) A. Photographer</dc:rights></rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("name,bits", [("o.jpg", 8), ("o.png", 8), ("o.webp", 8), ("o.tif", 8), ("o16.png", 16),
+                                       ("o16.tif", 16)])
+def test_xmp_is_kept_upright_and_without_the_old_size(tmp_path, name, bits):
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "src.jpg", xmp=XMP)
+    xmp = read_image_metadata(tmp_path / "src.jpg")["xmp"]
+    assert b'tiff:Orientation="1"' in xmp and b'xmp:Rating="5"' in xmp and b"A. Photographer" in xmp
+    assert b"PixelXDimension" not in xmp and b"ImageWidth" not in xmp
+    assert save_image(torch.rand(3, 8, 8), tmp_path / name, bit_depth=bits,
+                      metadata=read_image_metadata(tmp_path / "src.jpg")) == bits
+    assert read_image_metadata(tmp_path / name)["xmp"] == xmp
+
+
+def test_cmyk_goes_through_its_embedded_profile(tmp_path, monkeypatch):
+    from PIL import ImageCms
+
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red ink
+    cmyk.save(tmp_path / "plain.jpg")
+    plain, _ = load_image(tmp_path / "plain.jpg")
+    assert plain.shape == (1, 3, 4, 4) and plain[0, 0].mean() > 0.9 and plain[0, 1].mean() < 0.1
+    seen = []
+
+    def convert(im, src, dst, outputMode):  # no CMYK profile can be made here: check what it is given
+        seen.append((im.mode, src.tobytes()[:4], outputMode))
+        return im.convert("RGB").point(lambda v: 255 - v)
+
+    monkeypatch.setattr(ImageCms, "profileToProfile", convert)
+    monkeypatch.setattr(ImageCms, "ImageCmsProfile", lambda f: type("P", (), {"tobytes": lambda self: f.read()})())
+    cmyk.save(tmp_path / "profiled.jpg", icc_profile=b"\x00\x00\x02\x00" + b"x" * 200)
+    converted, _ = load_image(tmp_path / "profiled.jpg")
+    assert seen == [("CMYK", b"\x00\x00\x02\x00", "RGB")]
+    assert torch.allclose(converted, 1 - plain, atol=2 / 255)  # the profile's conversion was used
+
+
+def test_heic_without_pillow_heif_says_what_to_install_and_folders_list_it(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("pillow_heif") is not None:
+        pytest.skip("pillow-heif is installed")
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 32)
+    with pytest.raises(ValueError, match=r"IMG_0001.HEIC: HEIC/HEIF images need the pillow-heif package"):
+        load_image(tmp_path / "IMG_0001.HEIC")
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF")
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "a.avif")
+    assert [p.name for p in list_images([tmp_path])] == ["IMG_0001.HEIC", "a.avif"]  # tried and reported, not ignored
+    assert load_image(tmp_path / "a.avif")[0].shape == (1, 3, 4, 4)
