@@ -13,7 +13,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..oftsr.inference import is_out_of_memory
-from ..oftsr.tiling import MIN_TILE, num_tiles
+from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, num_tiles
 from ..oftsr.color import COLOR_FIX_MODES, color_fix
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,6 @@ OFTSR_MODEL = io.Custom("OFTSR_MODEL")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 DEFAULT_TILE = 512
 MAX_TILE = 8192
-DEFAULT_OVERLAP = 64
 MIN_OOM_TILE = 128  # the out-of-memory retry halves the tile down to this
 ADAPTIVE_NFE_GUESS = 32  # progress-bar length for the adaptive solver (20-31 NFE in the paper)
 
@@ -251,7 +250,7 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
         units = lambda t, o: num_tiles(out_h, out_w, t, o)  # noqa: E731
     tile, overlap = _first_tiling(tile, overlap)
     mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
-    model.to(device).optimize()  # the faster memory layout for this device (channels_last on CPUs)
+    model.to(device)  # the model takes this device's faster layout as it moves (OFTSRModel._apply)
     try:
         while True:
             try:

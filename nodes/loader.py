@@ -54,12 +54,9 @@ def model_options() -> list[str]:
 
 
 # What each bundled model is for, in the loader's tooltip (those this installation ships).
-BUNDLED_USES = {"x4": "bicubic x4, for clean and AI-generated images", "x4-real": "x4 for real camera photos"}
-
-
 def model_tooltip() -> str:
     shipped = [name for name in BUNDLED_MODELS if all(_bundled_path(name, role) for role in BUNDLED_ROLES)]
-    uses = "; ".join(f"{name}: {BUNDLED_USES.get(name, name)}" for name in shipped)
+    uses = "; ".join(f"{name}: {BUNDLED_MODELS[name].purpose}" for name in shipped)
     return (f"A bundled model by name ({uses}): the student for OFTSR Upscale, the teacher for OFTSR Teacher "
             f"Sampler. Or a checkpoint placed by hand in models/oftsr (not models/upscale_models, which is for "
             f"ComfyUI's Load Upscale Model); nothing is downloaded.")

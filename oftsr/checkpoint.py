@@ -351,7 +351,7 @@ def parse_authors_filename(name: str) -> dict[str, object]:
         found["role"] = "teacher"
     if "bicubic" in lower:
         found["degradation"] = "bicubic"
-    elif "avgpool" in lower or "pool" in lower:
+    elif "pool" in lower:
         found["degradation"] = "noisy_avgpool"
     elif "realesrgan" in lower or "real_sr" in lower or "realsr" in lower:
         found["degradation"] = "realesrgan"
@@ -390,17 +390,17 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     Keyword overrides win over what the file says. Returns the model in eval mode on the
     inference fast path for its device (`OFTSRModel.optimize()`: channels_last on CPUs,
     NCHW on CUDA, again after a move to another device); `compile=True` (or a mode name, see `OFTSRModel.optimize`) adds `torch.compile`.
-    `path` may be a bundled model's name ("x4" is its student, "x4-teacher") where no such
-    file exists, and `dtype` a short name ("bf16")."""
+    A `path` given as a string may be a bundled model's name ("x4" is its student,
+    "x4-teacher"; a name wins over a file of that name, as in `resolve_model`: ./x4 for
+    the file), and `dtype` a short name ("bf16")."""
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be a torch dtype or one of {', '.join(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
-    if isinstance(path, str) and not Path(path).exists():
-        from .weights import resolve_model, split_model_name
+    if isinstance(path, str):  # a bundled model's name ("x4" = its student, "x4-teacher") or a path, as everywhere
+        from .weights import resolve_model
 
-        if split_model_name(path) is not None:  # a bundled model's name: "x4" (its student), "x4-teacher"
-            path = resolve_model(path, role or "student")
+        path = resolve_model(path, role or "student")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -438,7 +438,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         unet.load_state_dict(weights)
     else:
         with torch.no_grad():
-            for p, t in zip(unet.parameters(), weights):
+            for p, t in zip(unet.parameters(), weights, strict=True):
                 p.copy_(t)
 
     overrides = {"sigma_p": sigma_p, "role": role, "scale": scale, "degradation": degradation}
@@ -461,4 +461,4 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                        degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
                        objective=str(info.get("objective", "oftsr")))
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return model.optimize(compile=compile)  # the fastest layout and attention path for its device
+    return model.optimize(compile=compile)  # the faster memory layout for its device

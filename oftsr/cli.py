@@ -93,11 +93,11 @@ def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
     device = resolve_device(args.device)
     _warn_overrides(path, sigma_p=args.sigma_p, scale=args.scale, role=args.role)
     model = load_model(path, device=device, dtype=resolve_dtype(args.dtype, device), sigma_p=args.sigma_p,
-                       role=args.role, scale=args.scale)
+                       role=args.role, scale=args.scale, compile=args.compile_mode or args.compile)
     if model.role != role:
         raise ValueError(f"{Path(path).name}: this is a {model.role} model; use `oftsr {COMMAND_FOR_ROLE[model.role]}` "
                          f"for it (`oftsr {args.command}` runs a {role})")
-    return model.optimize(compile=args.compile_mode or args.compile)  # the faster memory layout for the device
+    return model
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -153,7 +153,7 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = 
         targets.append(out / rel.with_suffix(same if fmt == "same" else f".{fmt}"))
     seen: dict[Path, Path] = {}
     clashes = []
-    for f, t in zip(files, targets):
+    for f, t in zip(files, targets, strict=True):
         if t in seen:
             clashes.append(f"{seen[t]} and {f} would both write {t}")
         seen[t] = f
@@ -220,7 +220,7 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
 
     failed = 0
     with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
-        for src, dst in zip(files, targets):
+        for src, dst in zip(files, targets, strict=True):
             bar.set_description(src.name)
             try:
                 image, depth = load_image(src)

@@ -65,7 +65,7 @@ def wavelet_color_fix(image: torch.Tensor, reference: torch.Tensor, levels: int 
 
 def color_fix(image: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.Tensor:
     """Apply `mode` ("none", "wavelet", "adain") to the colour channels; alpha is kept.
-    The result is clamped to [0, 1]."""
+    A corrected result is clamped to [0, 1] ("none" returns `image` as it is)."""
     if mode not in COLOR_FIX_MODES:
         raise ValueError(f"unknown colour correction {mode!r}; choose one of {', '.join(COLOR_FIX_MODES)}")
     if mode == "none":

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .files import atomic_write
+from .inference import OUTPUT_DTYPES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # What a folder is searched for: the formats written, and read-only ones (a GIF's first frame;
@@ -96,9 +97,8 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
     im = ImageOps.exif_transpose(im)
     if im.mode == "CMYK":
         im = _cmyk_to_srgb(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float32)
-        return (arr / (65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0))[..., None]
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray (Pillow opens 16-bit PGM and some TIFFs as "I")
+        return (np.asarray(im, dtype=np.float32) / 65535.0)[..., None]
     if im.mode == "F":
         return np.asarray(im, dtype=np.float32)[..., None]
     has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
@@ -136,7 +136,7 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
                 arr, depth = _orient(arr, orientation), 16
             else:
                 im.load()
-                depth = 16 if im.mode.startswith("I;16") else 8
+                depth = 16 if im.mode.startswith("I;16") or im.mode == "I" else 8
                 arr = _pil_to_array(im)
     except FileNotFoundError:
         raise
@@ -244,12 +244,10 @@ def _levels(image: torch.Tensor, bits: int) -> np.ndarray:
     peak, dtype = (65535, np.uint16) if bits == 16 else (255, np.uint8)
     if image.dtype in (torch.uint8, torch.uint16):
         arr = image.detach().permute(1, 2, 0).cpu().numpy()
-        have = 255 if image.dtype == torch.uint8 else 65535
+        have = OUTPUT_DTYPES[image.dtype]
         return arr if have == peak else np.round(arr.astype(np.float32) * (peak / have)).astype(dtype)
     return np.round(image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * peak).astype(dtype)
 
-
-OUTPUT_PEAK = {torch.uint8: 255.0, torch.uint16: 65535.0}  # the level of white in integer images
 
 # The largest side each format can hold (Pillow's encoders refuse more only once the image is made).
 MAX_SIDE = {".webp": 16383, ".jpg": 65535, ".jpeg": 65535}
@@ -312,8 +310,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
                              resolution=None if not dpi else (dpi[0], dpi[1]), resolutionunit=2 if dpi else None)
             return 16
         if fmt == "JPEG" and c in (2, 4):  # no transparency in JPEG: flattened onto white, as editors do
-            alpha = image[c - 1:].float() / (OUTPUT_PEAK.get(image.dtype, 1.0))
-            colour = image[:c - 1].float() / (OUTPUT_PEAK.get(image.dtype, 1.0))
+            alpha = image[c - 1:].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
+            colour = image[:c - 1].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
             image, c = colour * alpha + (1 - alpha), c - 1
         xmp = extra.pop("xmp", None)
         if xmp and fmt == "PNG":

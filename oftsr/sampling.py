@@ -12,7 +12,6 @@ import torch
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 Callback = Callable[[int, int], None]
 
-SOLVERS = ("euler", "midpoint", "heun", "adaptive")
 
 
 class CountNFE:
@@ -90,8 +89,11 @@ def sample_adaptive(fn: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback:
     return odeint(rhs, x, span.to(x.dtype), rtol=rtol, atol=atol, method="dopri5")[-1]
 
 
+SAMPLERS = {"euler": sample_euler, "midpoint": sample_midpoint, "heun": sample_heun, "adaptive": sample_adaptive}
+SOLVERS = tuple(SAMPLERS)
+
+
 def get_sampler(solver: str) -> Callable[..., torch.Tensor]:
-    samplers = {"euler": sample_euler, "midpoint": sample_midpoint, "heun": sample_heun, "adaptive": sample_adaptive}
-    if solver not in samplers:
+    if solver not in SAMPLERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    return samplers[solver]
+    return SAMPLERS[solver]

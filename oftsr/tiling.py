@@ -80,9 +80,9 @@ def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable
     col_w = [feather(tw, overlap, x > 0, x + tw < width) for x in xs]
     # The weights are products wy * wx, so their sum over all tiles is separable.
     norm_y, norm_x = torch.zeros(height), torch.zeros(width)
-    for y, w in zip(ys, row_w):
+    for y, w in zip(ys, row_w, strict=True):
         norm_y[y:y + th] += w
-    for x, w in zip(xs, col_w):
+    for x, w in zip(xs, col_w, strict=True):
         norm_x[x:x + tw] += w
     band = None  # blended sums of the image rows ys[i] .. ys[i] + th
     done, total = 0, len(ys) * len(xs)
@@ -90,7 +90,7 @@ def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable
         for first in range(0, len(xs), tile_batch):
             cols = range(first, min(first + tile_batch, len(xs)))
             results = fn([(y, xs[j]) for j in cols], th, tw).float().split(batch)
-            for j, res in zip(cols, results):
+            for j, res in zip(cols, results, strict=True):
                 if band is None:
                     band = torch.zeros(batch, res.shape[1], th, width, device=res.device)
                 weight = (row_w[i][:, None] * col_w[j][None, :]).to(res.device)

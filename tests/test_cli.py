@@ -436,10 +436,10 @@ def test_a_save_that_fails_for_its_metadata_is_written_without_it(tmp_path, mode
     Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "in.png", dpi=(300, 300))
     real = cli.save_image
 
-    def save(image, path, *, bit_depth=8, metadata=None):
+    def save(image, path, *, bit_depth=8, metadata=None, quality=95):
         if metadata:
             raise OSError("codec configuration error")
-        return real(image, path, bit_depth=bit_depth)
+        return real(image, path, bit_depth=bit_depth, quality=quality)
 
     monkeypatch.setattr(cli, "save_image", save)
     code, _, err = _run_cli(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model",

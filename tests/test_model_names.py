@@ -100,6 +100,7 @@ def test_load_model_takes_bundled_names_and_short_dtype_names(tmp_path, monkeypa
         oftsr.load_model("x4", dtype="half")
     with pytest.raises(FileNotFoundError, match="x4-real student .* not bundled"):
         oftsr.load_model("x4-real")
-    monkeypatch.chdir(tmp_path)  # a file of that name is the file, as a path always is
+    monkeypatch.chdir(tmp_path)  # a name wins over a file of that name, as on the command line
     oftsr.save_model(oftsr.create_model("tiny", role="teacher"), tmp_path / "x4")
-    assert oftsr.load_model("x4").role == "teacher"
+    assert oftsr.load_model("x4").role == "student" and oftsr.load_model("./x4").role == "teacher"
+    assert oftsr.load_model(tmp_path / "x4").role == "teacher"  # a Path is always a path

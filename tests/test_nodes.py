@@ -340,7 +340,7 @@ def test_image_errors_speak_in_comfyuis_layout(comfy, pack, student):
 
 def test_loader_tooltip_names_only_the_bundled_models_there_are(comfy, pack):
     tooltip = inputs_of(pack, "OFTSRModelLoader")["model_name"].tooltip
-    assert "x4: bicubic x4, for clean and AI-generated images" in tooltip
+    assert "x4: x4, bicubic degradation: clean and AI-generated images" in tooltip
     for name in oftsr.BUNDLED_MODELS:
         shipped = all((Path(oftsr.__file__).parent / "weights" / f"{name}-{role}.safetensors").is_file()
                       for role in ("student", "teacher"))

@@ -76,6 +76,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """An argparse type: a probability or a decay, in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps: int) -> None:
     """The diffusers-style flags both scripts share (defaults: the paper's, scaled to one GPU)."""
     p.add_argument("--train_data_dir", required=True, help="folder of HR images (recursive)")
@@ -116,7 +124,7 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    help="ranges of the realesrgan degradation: full (the published second-order chain) or camera "
                         "(one stage, full blur range, mild noise and JPEG: photographs from a camera); "
                         "distill.py: default the teacher's")
-    p.add_argument("--ema_decay", type=float, default=0.9999)
+    p.add_argument("--ema_decay", type=unit_interval, default=0.9999)
 
 
 def enable_tf32() -> None:
@@ -207,9 +215,9 @@ def make_dataloader(args: argparse.Namespace, root: str, *, sigma_y: float = 0.0
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
                         sigma_y=sigma_y, seed=args.seed, repeats=args.repeats,
                         realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
+    warn_small_images(dataset.files, args.resolution)
     # The loader's own generator: starting an epoch must not draw from the global RNG, or a
     # resumed run (which starts its epoch at another point) would draw different t and noise.
-    warn_small_images(dataset.files, args.resolution)
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
                                        num_workers=args.dataloader_num_workers, persistent_workers=False,
                                        pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals,
@@ -243,7 +251,7 @@ def restore_schedule(scheduler, optimizer, learning_rate: float, step: int, num_
                        learning_rate, inner.base_lrs[0])
     inner.base_lrs = [learning_rate] * len(inner.base_lrs)
     inner.last_epoch = step * num_processes
-    for group, base, factor in zip(optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
+    for group, base, factor in zip(optimizer.param_groups, inner.base_lrs, inner.lr_lambdas, strict=True):
         group["lr"] = base * factor(inner.last_epoch)
         group["initial_lr"] = base
     inner._last_lr = [group["lr"] for group in optimizer.param_groups]
@@ -581,7 +589,7 @@ def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Pat
     if len(params) != len(shadow_params):
         raise ValueError(f"{len(shadow_params)} EMA tensors for a network of {len(params)} parameters")
     with torch.no_grad():
-        for p, s in zip(params, shadow_params):
+        for p, s in zip(params, shadow_params, strict=True):
             p.copy_(s)
     oftsr.save_model(export, path, **info.get("metadata", {}))
     return path

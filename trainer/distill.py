@@ -22,8 +22,8 @@ import logging
 import torch
 
 from common import (HelpFormatter, add_common_args, ema_copy, ignore_stop_signals, load_teacher, log_images,
-                    make_accelerator, make_dataloader, run_script, run_training, training_metadata,
-                    validation_scores, validation_start, warmup_schedule)
+                    make_accelerator, make_dataloader, positive_float, positive_int, run_script, run_training,
+                    training_metadata, unit_interval, validation_scores, validation_start, warmup_schedule)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="teacher: a bundled model's name (x4), our .safetensors or an authors' .pth")
     p.add_argument("--objective", choices=OBJECTIVES, default="oftsr", help="distillation objective (default oftsr)")
     p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
-    p.add_argument("--dt", type=float, default=0.05, help="teacher step length (s = min(t + dt, 0.99))")
+    p.add_argument("--dt", type=positive_float, default=0.05, help="teacher step length (s = min(t + dt, 0.99))")
     p.add_argument("--teacher_solver", choices=list(TEACHER_STEPS), default="midpoint")
     p.add_argument("--lambda_align", type=float, default=0.01)
     p.add_argument("--lambda_bc", type=float, default=0.1)
@@ -59,16 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start the student from these weights instead of the teacher's, e.g. an existing student "
                         "fine-tuned for another degradation (same architecture as the teacher)")
     g = p.add_argument_group("flowsr (--teacher_solver sets its teacher step too)")
-    g.add_argument("--fast_steps", type=int, default=4, help="steps of the fast (coarse) timestep grid")
-    g.add_argument("--slow_steps", type=int, default=1000, help="steps of the slow (fine) timestep grid")
-    g.add_argument("--p_fast", type=float, default=0.5, help="probability of drawing adjacent times from the fast grid")
+    g.add_argument("--fast_steps", type=positive_int, default=4, help="steps of the fast (coarse) timestep grid")
+    g.add_argument("--slow_steps", type=positive_int, default=1000, help="steps of the slow (fine) timestep grid")
+    g.add_argument("--p_fast", type=unit_interval, default=0.5, help="probability of drawing adjacent times from the fast grid")
     g.add_argument("--lambda_hr", type=float, default=1.0, help="weight of the HR regularisation")
     g.add_argument("--consistency_distance", choices=list(DISTANCES), default="mse")
-    g.add_argument("--target_ema_decay", type=float, default=0.95,
+    g.add_argument("--target_ema_decay", type=unit_interval, default=0.95,
                    help="decay of the consistency target's EMA copy of the student (0 = the student itself, stop-grad)")
     g.add_argument("--lambda_adv", type=float, default=0.0, help="patch-GAN generator loss weight; 0 = off (default)")
     g.add_argument("--disc_learning_rate", type=float, default=1e-4)
-    g.add_argument("--disc_width", type=int, default=64, help="channels of the discriminator's first conv")
+    g.add_argument("--disc_width", type=positive_int, default=64, help="channels of the discriminator's first conv")
     g = p.add_argument_group("fluxsr (--train_data_dir is a make_pairs.py folder)")
     g.add_argument("--lambda_lpips", type=float, default=1.0, help="weight of TV-LPIPS")
     g.add_argument("--tv_gamma", type=float, default=1.0, help="weight of the TV term inside TV-LPIPS")

@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from common import HelpFormatter, load_teacher, logger, run_script  # importing common also puts the checkout on sys.path
+from common import HelpFormatter, load_teacher, logger, positive_int, run_script  # also puts the checkout on sys.path
 
 from oftsr.model import DEGRADATIONS
 from oftsr.sampling import SOLVERS
@@ -29,12 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="teacher: a bundled model's name (x4), our .safetensors or an authors' .pth")
     p.add_argument("--train_data_dir", required=True, help="folder of HR images (recursive)")
     p.add_argument("--output_dir", required=True, help="folder for pairs.json and the shards")
-    p.add_argument("--num_pairs", type=int, default=10_000)
-    p.add_argument("--shard_size", type=int, default=256, help="pairs per .safetensors shard")
-    p.add_argument("--resolution", type=int, default=256, help="HR crop size")
-    p.add_argument("--steps", type=int, default=16, help="teacher solver steps")
+    p.add_argument("--num_pairs", type=positive_int, default=10_000)
+    p.add_argument("--shard_size", type=positive_int, default=256, help="pairs per .safetensors shard")
+    p.add_argument("--resolution", type=positive_int, default=256, help="HR crop size")
+    p.add_argument("--steps", type=positive_int, default=16, help="teacher solver steps")
     p.add_argument("--solver", choices=[s for s in SOLVERS if s != "adaptive"], default="midpoint")
-    p.add_argument("--batch_size", type=int, default=8, help="pairs per teacher forward pass")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="pairs per teacher forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=None, help="default: the teacher's")
     p.add_argument("--degradation", choices=DEGRADATIONS, default=None, help="default: the teacher's")

@@ -14,7 +14,7 @@ import logging
 import torch
 
 from common import (HelpFormatter, add_common_args, ema_copy, log_images, make_accelerator, make_dataloader,
-                    preset_choices, run_script, run_training, validation_scores, validation_start,
+                    positive_int, preset_choices, run_script, run_training, validation_scores, validation_start,
                     warmup_schedule)
 
 import oftsr
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigma_p", type=float, default=0.2, help="start-point noise (0.1 FFHQ, 0.2 DIV2K/ImageNet)")
     p.add_argument("--sigma_y", type=float, default=0.05, help="measurement noise of noisy_avgpool")
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--validation_nfe_steps", type=int, default=8, help="midpoint steps for validation (NFE 2N-1)")
+    p.add_argument("--validation_nfe_steps", type=positive_int, default=8, help="midpoint steps for validation (NFE 2N-1)")
     return p.parse_args(argv)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model import DEGRADATIONS
 from ..resample import bicubic_resize, upsample_lr
 from .realesrgan import RealESRGANConfig, degrade_realesrgan
 
@@ -39,7 +40,7 @@ def degrade(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.
         lr = degrade_realesrgan(((hr + 1) / 2).cpu(), scale, np.random.default_rng(seed),
                                 realesrgan_config or RealESRGANConfig())
         return lr.to(hr.device) * 2 - 1
-    raise ValueError(f"unknown degradation {degradation!r}; choose bicubic, noisy_avgpool or realesrgan")
+    raise ValueError(f"unknown degradation {degradation!r}; choose one of {', '.join(DEGRADATIONS)}")
 
 
 def make_lr(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.Generator | None = None,

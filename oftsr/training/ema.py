@@ -7,6 +7,14 @@ import torch
 from torch import nn
 
 
+@torch.no_grad()
+def ema_step_(averages: list[torch.Tensor], params, decay: float) -> None:
+    """averages <- decay * averages + (1 - decay) * params, in the averages' dtype (float32
+    shadows of bf16 weights stay float32)."""
+    params = [p.detach().to(a.dtype) for a, p in zip(averages, params, strict=True)]
+    torch._foreach_lerp_(averages, params, 1.0 - decay)
+
+
 class EMA:
     """Float32 shadow copies of `model.parameters()` (the same order as the authors'
     `shadow_params`). `state_dict`/`load_state_dict` let Accelerate checkpoint it; loading
@@ -24,13 +32,11 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.num_updates += 1
-        weight = 1.0 - self.current_decay()
-        params = [p.detach().float() for p in model.parameters()]
-        torch._foreach_lerp_(self.shadow_params, params, weight)
+        ema_step_(self.shadow_params, model.parameters(), self.current_decay())
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
-        for p, s in zip(model.parameters(), self.shadow_params):
+        for p, s in zip(model.parameters(), self.shadow_params, strict=True):
             p.copy_(s.to(p.dtype))
 
     def to(self, device: torch.device | str) -> "EMA":

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..flow import T_EPS, interpolate, student_step
 from ..unet import AttentionBlock
+from .ema import ema_step_
 from .losses import TEACHER_STEPS, VelocityFn
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -97,7 +98,7 @@ def flowsr_loss(student: VelocityFn, target: VelocityFn, teacher: VelocityFn, x0
 @torch.no_grad()
 def ema_update_(target: nn.Module, online: nn.Module, decay: float) -> None:
     """target <- decay * target + (1 - decay) * online, parameter by parameter."""
-    torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in online.parameters()], 1.0 - decay)
+    ema_step_(list(target.parameters()), online.parameters(), decay)
 
 
 class PatchDiscriminator(nn.Module):

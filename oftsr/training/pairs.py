@@ -91,7 +91,7 @@ def make_shard(teacher: OFTSRModel, data: SRDataset, out_dir: Path, shard: int, 
     noise, lr = (torch.stack(x) for x in zip(*(pair_inputs(data, seed, k) for k in ks)))
     device = teacher.device
     target = torch.cat([teacher_end_points(teacher, n.to(device), c.to(device), steps=steps, solver=solver).cpu()
-                        for n, c in zip(noise.split(batch_size), lr.split(batch_size))])
+                        for n, c in zip(noise.split(batch_size), lr.split(batch_size), strict=True)])
     _write_atomic({"noise": noise, "lr": lr, "target": target.float()}, path, {"first": str(first), "count": str(len(ks))})
     return path
 
