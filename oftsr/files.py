@@ -1,7 +1,9 @@
-"""Writing files atomically: a crash or kill -9 never leaves a truncated file under the final name."""
+"""Files: written atomically (a crash or kill -9 never leaves a truncated file under the
+final name), and identified by their sha256."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from contextlib import contextmanager
@@ -34,3 +36,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The file's sha256, hex, read in 1 MiB blocks (model files are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

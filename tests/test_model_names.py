@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import oftsr
-from oftsr.cli import _eval_model_paths, main
+from oftsr.cli import main
+from oftsr.training.evaluate import eval_model_paths
 from oftsr.images import load_image
 from oftsr.weights import WEIGHTS_DIR, resolve_model
 
@@ -44,15 +45,15 @@ def test_a_model_that_is_not_bundled_says_how_to_make_it():
 
 
 def test_eval_model_names(tmp_path):
-    assert _eval_model_paths(None) == [WEIGHTS_DIR / "x4-student.safetensors", WEIGHTS_DIR / "x4-teacher.safetensors"]
-    assert _eval_model_paths(["x4-student"]) == [WEIGHTS_DIR / "x4-student.safetensors"]
+    assert eval_model_paths(None) == [WEIGHTS_DIR / "x4-student.safetensors", WEIGHTS_DIR / "x4-teacher.safetensors"]
+    assert eval_model_paths(["x4-student"]) == [WEIGHTS_DIR / "x4-student.safetensors"]
     (tmp_path / "other.safetensors").write_bytes(b"")
-    assert _eval_model_paths(["x4", str(tmp_path / "other.safetensors")])[-1] == tmp_path / "other.safetensors"
+    assert eval_model_paths(["x4", str(tmp_path / "other.safetensors")])[-1] == tmp_path / "other.safetensors"
     with pytest.raises(FileNotFoundError, match="--model absent.safetensors: no such file, and not a "
                                                 "bundled model's name"):  # before any image is read
-        _eval_model_paths(["x4", "absent.safetensors"])
+        eval_model_paths(["x4", "absent.safetensors"])
     with pytest.raises(FileNotFoundError, match="x4-real student .* not bundled"):
-        _eval_model_paths(["x4-real"])
+        eval_model_paths(["x4-real"])
 
 
 def test_cli_upscale_and_sample_by_name(tmp_path, capsys):

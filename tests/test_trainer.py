@@ -724,7 +724,7 @@ def test_distillation_resumes_only_with_its_teacher(train_dir, tmp_path):
             "--output_dir", tmp_path / "s"]
     _run([*base, "--teacher", teacher, "--max_train_steps", "1"])
     recorded = oftsr.read_metadata(tmp_path / "s" / "student.safetensors")
-    from oftsr.training.metrics import sha256_file
+    from oftsr.files import sha256_file
     assert recorded["teacher_sha256"] == sha256_file(teacher)  # the student names its teacher
     res = _run([*base, "--teacher", other, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"], status=2)
     assert "was distilled from another teacher (sha256 " + sha256_file(teacher)[:12] in res.stderr

@@ -33,7 +33,7 @@ from oftsr.training.losses import TEACHER_STEPS, distill_loss, sample_distill_ti
 from oftsr.training.objectives import (DISTANCES, PatchDiscriminator, discriminator_hinge_loss, ema_update_,
                                        fast_slow_times, flowsr_loss, fluxsr_loss, generator_hinge_loss,
                                        make_training_lpips)
-from oftsr.training.metrics import sha256_file
+from oftsr.files import sha256_file
 from oftsr.training.pairs import PairDataset
 
 logger = logging.getLogger("oftsr.trainer")

@@ -4,10 +4,13 @@ CSV) with the fidelity-realism curve."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
+import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +20,13 @@ import torch
 
 from ..resample import upsample_lr
 from .degradations import degrade
+from ..checkpoint import load_model
+from ..files import sha256_file
 from ..images import list_images, load_image
 from ..inference import check_t, sample, upscale
 from .metrics import LPIPS, LPIPSUnavailable, quality
 from ..model import OFTSRModel
+from ..weights import BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, existing_model_path, split_model_name
 
 COLUMNS = ["method", "t", "NFE", "PSNR RGB", "PSNR Y", "SSIM Y", "LPIPS", "realism SWD", "s/img"]
 # The columns that hold a Row's scores, and the score each holds.
@@ -323,3 +329,80 @@ def make_lpips(device: torch.device, log: Callable[[str], None] = print) -> tupl
     except LPIPSUnavailable as e:
         log(f"LPIPS {e}")
         return None, str(e).split(" (")[0]
+
+
+def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None) -> int:
+    """`oftsr eval`: load the models, evaluate, and write results.md, results.csv,
+    per_image.csv, run.json and curve.png under `--out`."""
+    from .baselines import BASELINES
+
+    unknown = [b for b in args.baseline or [] if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown --baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    paths = eval_model_paths(args.model)
+    models = [load_model(m, device=device, dtype=dtype) for m in paths]
+    if args.scale is not None and any(m.scale != args.scale for m in models):
+        raise ValueError(f"--scale {args.scale} does not match the model scale x{models[0].scale}")
+    baselines = eval_baselines(args.baseline or [], models[0].scale, device)
+    paired = args.lr_dir is not None or paired_folders(args.data) is not None
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))  # noqa: E731
+    lpips, note = make_lpips(device, log)
+    out = Path(args.out)
+    rows = evaluate(models, args.data, ts=args.t, steps=args.steps, solver=args.solver, seed=args.seed,
+                    tile=args.tile or None, lpips=lpips, log=log, baselines=baselines, lr_dir=args.lr_dir,
+                    per_image_csv=out / "per_image.csv", exclude=out)
+    lr_source = "LR as given" if paired else models[0].degradation
+    title = f"{Path(args.data).name}, x{models[0].scale} {lr_source}, {device.type}"
+    md, csv_path = write_tables(rows, out, note, title)
+    run = out / "run.json"
+    run.write_text(json.dumps(eval_record(args, paths, models, device, paired), indent=1) + "\n")
+    written = [md, csv_path, out / "per_image.csv", run]
+    try:
+        written.append(plot_curve(rows, out / "curve.png", title))
+    except ImportError:
+        print("warning: curve.png not drawn: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+    print(md.read_text())
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def eval_record(args: argparse.Namespace, paths: list[Path], models: list[OFTSRModel], device: torch.device,
+                 paired: bool) -> dict:
+    """How an evaluation was made (run.json), so that its numbers can be reproduced and compared."""
+    from .. import __version__
+
+    def file_record(path: Path, model: OFTSRModel) -> dict:
+        return {"file": str(Path(path).resolve()), "sha256": sha256_file(path), "role": model.role, "step": model.step,
+                "objective": model.objective, "dtype": str(model.dtype).removeprefix("torch.")}
+
+    return {"oftsr": __version__, "torch": torch.__version__, "device": str(device),
+            "data": str(Path(args.data).resolve()), "lr": "given" if paired else f"made ({models[0].degradation})",
+            "lr_dir": None if args.lr_dir is None else str(Path(args.lr_dir).resolve()),
+            "models": [file_record(p, m) for p, m in zip(paths, models, strict=True)], "baselines": args.baseline or [],
+            "t": list(dict.fromkeys(args.t)), "steps": args.steps, "solver": args.solver, "seed": args.seed,
+            "tile": args.tile,
+            "protocol": "outputs and made LR rounded to 8 bits; PSNR RGB on the whole image; PSNR Y and SSIM Y on "
+                        "BT.601 luma with a border crop of the scale, SSIM over the valid window positions; realism "
+                        "SWD with 4096 patches per image, seed 0"}
+
+
+def eval_model_paths(specs: list[str] | None) -> list[Path]:
+    """The files `oftsr eval --model` names: a bundled name alone ("x4") means its student
+    and teacher, "x4-student" one of them, anything else a checkpoint path."""
+    paths = []
+    for spec in specs or [DEFAULT_MODEL]:
+        named = split_model_name(spec)
+        if named is not None and named[1] is None:
+            paths += [bundled_model_path(named[0], role) for role in BUNDLED_ROLES]
+        else:
+            paths.append(existing_model_path(spec, "student"))
+    return paths
+
+
+def eval_baselines(names: list[str], scale: int, device: torch.device) -> dict:
+    """Row label -> network of each `--baseline` (evaluation-only packages, read offline)."""
+    from .baselines import BASELINE_SCALE, BASELINES, load_baseline
+
+    if names and scale != BASELINE_SCALE:
+        raise ValueError(f"the baselines are x{BASELINE_SCALE} networks; the models here are x{scale}")
+    return {BASELINES[name]: load_baseline(name, device) for name in dict.fromkeys(names)}

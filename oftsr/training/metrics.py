@@ -14,12 +14,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from ..files import sha256_file
 
 __all__ = ["psnr", "psnr_y", "ssim", "ssim_y", "rgb_to_y", "realism_swd", "quality", "LPIPS", "LPIPSUnavailable"]
 
@@ -70,14 +71,6 @@ def ssim_y(x: torch.Tensor, y: torch.Tensor, border: int = 0) -> float:
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet weights, as the torch hub caches them
 ALEXNET_SHA256_PREFIX = "7be5be79"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LPIPSUnavailable(RuntimeError):
