@@ -104,16 +104,16 @@ def test_trainer_realesrgan_config_flag(monkeypatch, capsys):
 
 def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    import common
+    import checkpoints
     import distill
 
     teacher = oftsr.create_model("tiny", role="teacher", seed=0, degradation="realesrgan")
     args = distill.parse_args(["--teacher", "t", "--train_data_dir", "d", "--output_dir", "o", "--realesrgan_config", "camera"])
-    assert common.training_metadata(args, teacher) == {"realesrgan_config": "camera"}
-    assert common.training_metadata(args, oftsr.create_model("tiny", role="teacher")) == {}  # bicubic: nothing to record
-    info = common.model_info(teacher, step=7, metadata=common.training_metadata(args, teacher))
+    assert checkpoints.training_metadata(args, teacher) == {"realesrgan_config": "camera"}
+    assert checkpoints.training_metadata(args, oftsr.create_model("tiny", role="teacher")) == {}  # bicubic: nothing to record
+    info = checkpoints.model_info(teacher, step=7, metadata=checkpoints.training_metadata(args, teacher))
     assert json.loads(json.dumps(info))["metadata"] == {"realesrgan_config": "camera"}  # as a checkpoint's oftsr.json
-    path = common.export_ema(info, [p.detach() for p in teacher.unet.parameters()], tmp_path / "teacher.safetensors")
+    path = checkpoints.export_ema(info, [p.detach() for p in teacher.unet.parameters()], tmp_path / "teacher.safetensors")
     assert oftsr.read_metadata(path)["realesrgan_config"] == "camera"
 
     argv = ["--teacher", str(path), "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
@@ -128,7 +128,7 @@ def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monk
     # Resuming a run's checkpoint with other ranges is refused before anything is loaded.
     ckpt = tmp_path / "run" / "checkpoint-7"
     ckpt.mkdir(parents=True)
-    (ckpt / common.MODEL_INFO).write_text(json.dumps(info))
+    (ckpt / checkpoints.MODEL_INFO).write_text(json.dumps(info))
 
     class NoLoad:
         def load_state(self, _path):
@@ -136,9 +136,9 @@ def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monk
 
     args.output_dir, args.resume_from_checkpoint = str(tmp_path / "run"), "latest"
     with pytest.raises(ValueError, match="trained with --realesrgan_config camera, but this run has full"):
-        common.resume(NoLoad(), args, {**info, "metadata": {"realesrgan_config": "full"}})
+        checkpoints.resume(NoLoad(), args, {**info, "metadata": {"realesrgan_config": "full"}})
     with pytest.raises(AssertionError, match="must not load"):  # the same ranges: it goes on to load
-        common.resume(NoLoad(), args, info)
+        checkpoints.resume(NoLoad(), args, info)
 
 
 def test_dataset_repeats_draws_more_crops_per_image(train_dir):
@@ -480,13 +480,13 @@ def test_fluxsr_pairs_must_come_from_the_teachers_degradation_ranges(tmp_path, m
 
 def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_path, monkeypatch, caplog):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    import common
+    import checkpoints
     import train_teacher
 
     model = oftsr.create_model("tiny", role="teacher", sigma_p=0.2)
-    info = common.model_info(model, step=3)
+    info = checkpoints.model_info(model, step=3)
     (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
-    (tmp_path / "run" / "checkpoint-3" / common.MODEL_INFO).write_text(json.dumps(info))
+    (tmp_path / "run" / "checkpoint-3" / checkpoints.MODEL_INFO).write_text(json.dumps(info))
 
     class NoLoad:
         def load_state(self, _path):
@@ -494,28 +494,28 @@ def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_pa
 
     args = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", str(tmp_path / "run"),
                                      "--resume_from_checkpoint", "latest"])
-    other = [common.model_info(oftsr.create_model("tiny", role="teacher", sigma_p=0.5), 0),
-             common.model_info(oftsr.create_model("tiny", role="teacher", degradation="noisy_avgpool"), 0),
-             common.model_info(oftsr.create_model("compact", role="teacher"), 0),
-             common.model_info(oftsr.create_model("tiny", role="teacher", scale=2), 0)]
+    other = [checkpoints.model_info(oftsr.create_model("tiny", role="teacher", sigma_p=0.5), 0),
+             checkpoints.model_info(oftsr.create_model("tiny", role="teacher", degradation="noisy_avgpool"), 0),
+             checkpoints.model_info(oftsr.create_model("compact", role="teacher"), 0),
+             checkpoints.model_info(oftsr.create_model("tiny", role="teacher", scale=2), 0)]
     for ours, message in zip(other, ["sigma_p 0.2, but this run has 0.5", "degradation bicubic, but this run has "
                                      "noisy_avgpool", "architecture model_channels 32.*--preset", "scale 4, but"]):
         with pytest.raises(ValueError, match=message):
-            common.resume(NoLoad(), args, ours)
+            checkpoints.resume(NoLoad(), args, ours)
     with pytest.raises(AssertionError, match="must not load"):  # the same model: it goes on to load
-        common.resume(NoLoad(), args, common.model_info(model, 0))
+        checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))
     # Other data settings are allowed, with a warning naming them.
-    data = common.data_settings(args, 1)
-    (tmp_path / "run" / "checkpoint-3" / common.MODEL_INFO).write_text(json.dumps({**info, "data": data}))
+    data = checkpoints.data_settings(args, 1)
+    (tmp_path / "run" / "checkpoint-3" / checkpoints.MODEL_INFO).write_text(json.dumps({**info, "data": data}))
     with caplog.at_level(logging.WARNING, logger="oftsr.trainer"), pytest.raises(AssertionError, match="must not load"):
-        common.resume(NoLoad(), args, common.model_info(model, 0), {**data, "train_batch_size": 8, "resolution": 128})
+        checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0), {**data, "train_batch_size": 8, "resolution": 128})
     assert "(resolution 256 -> 128, train_batch_size 32 -> 8)" in caplog.text
 
     args.resume_from_checkpoint = None  # a new run would rotate the old run's checkpoints and delete its own
     with pytest.raises(ValueError, match="already holds checkpoint-3 .* --resume_from_checkpoint latest"):
-        common.resume(NoLoad(), args, common.model_info(model, 0))
+        checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))
     args.output_dir = str(tmp_path / "empty")
-    common.resume(NoLoad(), args, common.model_info(model, 0))  # nothing there: a new run starts
+    checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))  # nothing there: a new run starts
 
 
 def test_ema_resume_keeps_this_runs_decay():

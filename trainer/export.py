@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from common import MODEL_INFO, HelpFormatter, export_ema, list_checkpoints, run_script
+from checkpoints import MODEL_INFO, export_ema, list_checkpoints
+from common import HelpFormatter, run_script
 
 from oftsr.checkpoint import canonical_state_dict
 

@@ -1,0 +1,173 @@
+"""Training checkpoints: what a checkpoint's model is (`oftsr.json`), atomic saves with
+rotation, resume with its refusals, and export of the EMA weights as a model file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+import oftsr
+
+logger = logging.getLogger("oftsr.trainer")
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+MODEL_INFO = "oftsr.json"
+def model_info(model: oftsr.OFTSRModel, step: int, metadata: dict[str, str] | None = None) -> dict:
+    """What a checkpoint's model is, and `metadata` for its exported file (`training_metadata`)."""
+    return {"architecture": model.config.to_dict(), "role": model.role, "scale": model.scale,
+            "sigma_p": model.sigma_p, "degradation": model.degradation, "step": step, "objective": model.objective,
+            "metadata": metadata or {}}
+
+
+def list_checkpoints(output_dir: str) -> list[Path]:
+    """Complete checkpoints, oldest first. Temporary folders (a save that was cut off)
+    never match the name pattern, so they are never resumed from."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def data_settings(args: argparse.Namespace, num_processes: int) -> dict:
+    """What decides the order and content of the training batches: a checkpoint records
+    it, and a run resumed with other values is warned that its data now differs."""
+    return {"train_data_dir": str(Path(args.train_data_dir).resolve()), "resolution": args.resolution,
+            "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "repeats": args.repeats, "seed": args.seed, "num_processes": num_processes}
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None,
+                    model: oftsr.OFTSRModel, metadata: dict[str, str] | None = None, data: dict | None = None) -> Path:
+    """`accelerator.save_state` into a temporary folder, renamed when complete; then the
+    oldest checkpoints beyond `total_limit` are removed. `oftsr.json` beside the state
+    says what the model is, so `trainer/export.py` can turn any checkpoint into a model file."""
+    final = Path(output_dir) / f"checkpoint-{step}"
+    tmp = Path(output_dir) / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / MODEL_INFO).write_text(json.dumps({**model_info(model, step, metadata), "data": data or {}}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        logger.info("saved %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None = None) -> None:
+    """Load `--resume_from_checkpoint` (a path, or "latest" = newest complete one in
+    `--output_dir`). Restores models, EMA, optimizer, scheduler, RNG and step. A checkpoint
+    of another model than `info` describes (this run's `model_info`: architecture, scale,
+    sigma_p, degradation, objective, training metadata) is refused before anything is
+    loaded, and so is a new run in a folder that already holds checkpoints, whose rotation
+    would otherwise delete the new run's checkpoints and keep the old ones. Other `data`
+    settings (crop size, batch, ...) are allowed, with a warning."""
+    if not args.resume_from_checkpoint:
+        found = list_checkpoints(args.output_dir)
+        if found:
+            raise ValueError(f"{args.output_dir} already holds {found[-1].name} of an earlier run: pass "
+                             f"--resume_from_checkpoint latest to go on with it, or use another --output_dir")
+        return
+    if args.resume_from_checkpoint == "latest":
+        found = list_checkpoints(args.output_dir)
+        if not found:
+            logger.info("no checkpoint in %s: starting a new run", args.output_dir)
+            return
+        path = found[-1]
+    else:
+        path = Path(args.resume_from_checkpoint)
+        if not path.is_dir() and not path.is_absolute() and (Path(args.output_dir) / path).is_dir():
+            path = Path(args.output_dir) / path  # "checkpoint-500": a name in --output_dir, as in diffusers
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
+    info_file = path / MODEL_INFO
+    recorded = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    step = recorded.get("step", int(m.group(1)) if (m := CHECKPOINT.match(path.name)) else None)
+    later = [p.name for p in list_checkpoints(args.output_dir) if step is not None
+             and int(CHECKPOINT.match(p.name).group(1)) > step and p.resolve() != path.resolve()]
+    if later:  # a branch from an earlier step: rotation would delete its checkpoints, "latest" pick the old run's
+        raise ValueError(f"{args.output_dir} holds {', '.join(later)}, later than {path.name}: going on from "
+                         f"{path.name} there would mix two runs. Resume into another --output_dir, or remove the "
+                         f"later checkpoints first")
+    if recorded:
+        ours = json.loads(json.dumps(info))  # tuples as lists, as in the file
+        if "architecture" in recorded:  # as a config, so fields added later with defaults compare equal
+            recorded["architecture"] = oftsr.UNetConfig.from_dict(recorded["architecture"]).to_dict()
+            recorded = json.loads(json.dumps(recorded))
+        for key in CHECKED_MODEL_FIELDS:
+            if key in recorded and recorded[key] != ours[key]:
+                raise ValueError(f"{path} is a run with {key} {_short(recorded[key])}, but this run has "
+                                 f"{_short(ours[key])}: pass the flags it was started with "
+                                 f"({CHECKED_MODEL_FIELDS[key]}), or use another --output_dir")
+        check_training_metadata(str(path), recorded.get("metadata", {}), info["metadata"], ", or another --output_dir")
+        changed = {k: (v, data[k]) for k, v in recorded.get("data", {}).items() if data and k in data and data[k] != v}
+        if changed:
+            logger.warning("resuming %s with other data settings (%s): from here on the batches are not the ones "
+                           "the run would have seen", path, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    accelerator.load_state(str(path))
+    logger.info("resumed from %s", path)
+
+
+# What a checkpoint's oftsr.json says its model is, and the flags that set it.
+CHECKED_MODEL_FIELDS = {"architecture": "--preset, or distill.py's --teacher", "role": "the other training script",
+                        "scale": "--scale", "sigma_p": "--sigma_p", "degradation": "--degradation",
+                        "objective": "--objective"}
+
+
+def _short(value) -> str:
+    """A recorded value for a message: an architecture by its widths, not its whole dict."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {value[k]}" for k in ("model_channels", "channel_mult", "num_res_blocks") if k in value) \
+            or json.dumps(value)
+    return str(value)
+
+
+def training_metadata(args: argparse.Namespace, model: oftsr.OFTSRModel) -> dict[str, str]:
+    """What the exported file records of its training beyond the model's own metadata: the
+    ranges of a realesrgan degradation, which the next stage must repeat."""
+    return {"realesrgan_config": args.realesrgan_config} if model.degradation == "realesrgan" else {}
+
+
+def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[str, str], hint: str = "") -> None:
+    """Refuse to go on from `what` (a checkpoint, a teacher) when a setting it recorded in
+    `training_metadata` differs from this run's; settings it did not record are not checked."""
+    for key, value in recorded.items():
+        if key == "teacher_sha256" and metadata.get(key) != value:
+            raise ValueError(f"{what} was distilled from another teacher (sha256 {value[:12]}), not this --teacher "
+                             f"(sha256 {metadata.get(key, '?')[:12]}): pass the teacher it started with{hint}")
+        if metadata.get(key) != value:
+            raise ValueError(f"{what} was trained with --{key} {value}, but this run has "
+                             f"{metadata.get(key, 'another setting')}: pass --{key} {value}{hint}")
+
+
+def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Path:
+    """Write EMA weights as our `.safetensors` (full metadata, plus the info's training
+    `metadata`; loads in the CLI and nodes)."""
+    export = oftsr.OFTSRModel(oftsr.UNet(oftsr.UNetConfig.from_dict(info["architecture"])), sigma_p=info["sigma_p"],
+                              role=info["role"], scale=info["scale"], degradation=info["degradation"], step=info["step"],
+                              objective=info.get("objective", "oftsr"))
+    params = list(export.unet.parameters())
+    if len(params) != len(shadow_params):
+        raise ValueError(f"{len(shadow_params)} EMA tensors for a network of {len(params)} parameters")
+    with torch.no_grad():
+        for p, s in zip(params, shadow_params, strict=True):
+            p.copy_(s)
+    oftsr.save_model(export, path, **info.get("metadata", {}))
+    return path
