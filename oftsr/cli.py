@@ -310,9 +310,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     meta = read_metadata(args.path)
     if meta.get("format") != "oftsr":  # not ours: describe what loading would infer
         model = load_model(args.path, sigma_p=args.sigma_p, role=args.role, scale=args.scale)
-        meta = {"format": "authors" if Path(args.path).suffix != ".safetensors" else "safetensors (no OFTSR metadata)",
-                "architecture": json.dumps(model.config.to_dict()), "role": model.role, "scale": str(model.scale),
-                "sigma_p": repr(model.sigma_p), "degradation": model.degradation, "step": str(model.step)}
+        meta = {**model_metadata(model), "format": "authors" if Path(args.path).suffix != ".safetensors"
+                else "safetensors (no OFTSR metadata)"}
+        del meta["format_version"]
     out = {k: json.loads(v) if k == "architecture" else v for k, v in sorted(meta.items())}  # a stable order
     print(json.dumps(out, indent=2))
     return 0
