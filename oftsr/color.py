@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 COLOR_FIX_MODES = ("none", "wavelet", "adain")
 
-__all__ = ["COLOR_FIX_MODES", "adain_color_fix", "wavelet_color_fix", "wavelet_lowpass", "color_fix"]
+__all__ = ["COLOR_FIX_MODES", "adain_color_fix", "bleed_colour", "wavelet_color_fix", "wavelet_lowpass", "color_fix"]
 
 
 def _reference_like(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -72,5 +72,27 @@ def color_fix(image: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.
         return image
     k = 1 if image.shape[1] <= 2 else 3  # gray (+ alpha) or RGB (+ alpha)
     fix = adain_color_fix if mode == "adain" else wavelet_color_fix
-    colour = fix(image[:, :k], reference[:, :k]).clamp(0, 1).to(image.dtype)
+    target = reference[:, :k]
+    if reference.shape[1] in (2, 4):  # the colour under transparency (often black) is no colour to match
+        target = bleed_colour(target.float(), reference[:, k:k + 1].float())
+    colour = fix(image[:, :k], target).clamp(0, 1).to(image.dtype)
     return torch.cat([colour, image[:, k:]], dim=1) if image.shape[1] > k else colour
+
+
+def bleed_colour(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """`colour` with its fully transparent pixels given the colour of the nearest visible
+    ones (push-pull: alpha-weighted means over a pyramid of 2x2 cells). What lies under
+    transparency is arbitrary (often black); the network and the bicubic condition would
+    smear it into the visible edge as a dark or coloured fringe."""
+    known = (alpha > 0.5 / 255).to(colour.dtype)
+    if bool(known.all()) or not bool(known.any()):
+        return colour
+    levels = [(colour * known, known)]
+    while max(levels[-1][1].shape[-2:]) > 1:
+        c, k = levels[-1]
+        levels.append((F.avg_pool2d(c, 2, ceil_mode=True), F.avg_pool2d(k, 2, ceil_mode=True)))
+    filled = levels[-1][0] / levels[-1][1].clamp_min(1e-12)
+    for c, k in reversed(levels[:-1]):
+        coarse = F.interpolate(filled, size=c.shape[-2:], mode="bilinear", align_corners=False)
+        filled = torch.where(k > 0, c / k.clamp_min(1e-12), coarse)
+    return torch.where(known > 0, colour, filled)

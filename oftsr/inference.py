@@ -11,8 +11,8 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from .color import bleed_colour
 from .flow import T_EPS, noise_augment, student_step, time_grid
 from .model import OFTSRModel
 from .noise import region_noise
@@ -58,25 +58,6 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
     if alpha is not None:
         colour = bleed_colour(colour, alpha)
     return colour, alpha, c <= 2
-
-
-def bleed_colour(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """`colour` with its fully transparent pixels given the colour of the nearest visible
-    ones (push-pull: alpha-weighted means over a pyramid of 2x2 cells). What lies under
-    transparency is arbitrary (often black); the network and the bicubic condition would
-    smear it into the visible edge as a dark or coloured fringe."""
-    known = (alpha > 0.5 / 255).to(colour.dtype)
-    if bool(known.all()) or not bool(known.any()):
-        return colour
-    levels = [(colour * known, known)]
-    while max(levels[-1][1].shape[-2:]) > 1:
-        c, k = levels[-1]
-        levels.append((F.avg_pool2d(c, 2, ceil_mode=True), F.avg_pool2d(k, 2, ceil_mode=True)))
-    filled = levels[-1][0] / levels[-1][1].clamp_min(1e-12)
-    for c, k in reversed(levels[:-1]):
-        coarse = F.interpolate(filled, size=c.shape[-2:], mode="bilinear", align_corners=False)
-        filled = torch.where(k > 0, c / k.clamp_min(1e-12), coarse)
-    return torch.where(known > 0, colour, filled)
 
 
 # "CUDA out of memory", "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."

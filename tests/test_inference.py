@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import oftsr
-from oftsr.inference import bleed_colour
+from oftsr.color import bleed_colour
 from oftsr.images import load_image
 from oftsr.noise import region_noise
 from oftsr.resample import upsample_lr, upsample_lr_region
@@ -425,3 +425,22 @@ def test_integer_or_0_255_input_is_refused():
     with pytest.raises(ValueError, match="maximum is 255: divide 0-255 values by 255"):
         oftsr.upscale(model, torch.full((1, 3, 8, 8), 255.0))
     assert oftsr.upscale(model, torch.full((1, 3, 8, 8), 1.02)).shape == (1, 3, 32, 32)  # overshoot is clamped
+
+
+@pytest.mark.parametrize("mode", ["wavelet", "adain"])
+def test_colour_correction_of_rgba_ignores_the_colour_under_transparency(mode):
+    from oftsr.color import color_fix
+
+    # An orange disc on black, transparent outside; the result as the model gives it: the
+    # disc's colour, and the filled-in colour outside.
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    alpha = (((yy - 16) ** 2 + (xx - 16) ** 2) < 10 ** 2).float()[None, None]
+    orange = torch.tensor([0.7, 0.55, 0.3]).view(1, 3, 1, 1)
+    reference = torch.cat([orange * alpha, alpha], 1)  # black under the transparent area
+    up = F.interpolate(alpha, scale_factor=4, mode="bilinear", align_corners=False)
+    result = torch.cat([orange.expand(1, 3, 128, 128), up], 1)
+    fixed = color_fix(result, reference, mode)
+    visible = up[0, 0] > 0.99
+    assert torch.equal(fixed[:, 3:], result[:, 3:])
+    # the subject keeps its colour: no darkening from the black (it was 35% darker, and a dark rim)
+    assert (fixed[0, :3][:, visible] - orange.view(3, 1)).abs().max() < 2 / 255
