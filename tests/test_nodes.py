@@ -755,3 +755,21 @@ def test_colour_correction_keeps_the_input_mean(comfy, pack, student):
     sweep = run(pack, "OFTSRTSweep", model=student, image=img, t_values="0, 1", seed=0, tile=0, overlap=0, color_fix="adain")
     for k in range(4):
         assert (mean_colour(sweep[k:k + 1]) - mean_colour(img[k // 2:k // 2 + 1])).abs().max() < 5e-3
+
+
+def test_a_gray_photo_comes_back_gray_from_every_node(comfy, pack, student, teacher):
+    # LoadImage gives a gray PNG three equal channels; the library's gray path keeps them equal.
+    gray = image(seed=7, c=1).expand(-1, -1, -1, 3).contiguous()
+    outs = [run(pack, "OFTSRUpscale", model=student, image=gray, t=1.0, seed=0, tile=0, overlap=0, color_fix="none"),
+            run(pack, "OFTSRTSweep", model=student, image=gray, t_values="0, 1", seed=0, tile=0, overlap=0,
+                color_fix="wavelet"),
+            run(pack, "OFTSRRegionalTradeoff", model=student, image=gray, mask=torch.ones(1, 8, 8), t_inside=1.0,
+                t_outside=0.0, seed=0, tile=0, overlap=0, color_fix="none"),
+            run(pack, "OFTSRTeacherSampler", model=teacher, image=gray, steps=2, solver="euler", seed=0, tile=0,
+                overlap=0, color_fix="none")]
+    for out in outs:
+        assert out.shape[-1] == 3 and out.shape[1:3] == (32, 32)
+        assert torch.equal(out[..., 0], out[..., 1]) and torch.equal(out[..., 1], out[..., 2])
+    colour = run(pack, "OFTSRUpscale", model=student, image=image(seed=7), t=1.0, seed=0, tile=0, overlap=0,
+                 color_fix="none")
+    assert not torch.equal(colour[..., 0], colour[..., 1])  # a colour photo keeps its colour path
