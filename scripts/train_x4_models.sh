@@ -25,9 +25,10 @@
 #
 # Every size can be overridden from the environment (PRESET, RESOLUTION, BATCH,
 # TEACHER_STEPS, STUDENT_STEPS, STUDENT_RESOLUTION, CHECKPOINT_STEPS, MIXED_PRECISION,
-# WORKERS, REPEATS, WEIGHTS_DIR, EVAL, NO_BASELINES, TEACHER_LR, TEACHER_WARMUP, TEACHER_EMA, TEACHER_DROPOUT,
-# STUDENT_LR, REALESRGAN_CONFIG, MAX_MINUTES, TEACHER_MINUTES, STUDENT_MINUTES); with tiny values the same commands run on a CPU in a minute, as a check of the
-# recipe (README, Bundled models). INIT_TEACHER and INIT_STUDENT start the two stages from
+# WORKERS, REPEATS, WEIGHTS_DIR, EVAL, NO_BASELINES, TEACHER_LR, TEACHER_WARMUP,
+# TEACHER_EMA, TEACHER_DROPOUT, STUDENT_LR, REALESRGAN_CONFIG, MAX_MINUTES,
+# TEACHER_MINUTES, STUDENT_MINUTES, PYTHON); with tiny values the same commands run on a
+# CPU in a minute, as a check of the recipe (README, Bundled models; a test runs it). INIT_TEACHER and INIT_STUDENT start the two stages from
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
 # pair into x4-real.
 #
@@ -45,6 +46,7 @@ esac
 WORK=${2:-runs/$NAME}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WEIGHTS_DIR=${WEIGHTS_DIR:-$REPO/oftsr/weights}
+PYTHON=${PYTHON:-python}  # the interpreter with torch, e.g. python3 where there is no `python`
 # The small preset (14.8 M parameters) is 29.6 MB in half precision: inside the 40 MB a
 # shipped file may take, with 4x the compact preset's capacity.
 PRESET=${PRESET:-small}
@@ -92,7 +94,7 @@ run_stage() {
   if [ "$STOPPED" = 1 ]; then
     exit 75
   elif [ "$status" = 75 ] && [ -n "$minutes" ]; then
-    python "$REPO/trainer/export.py" "$run_dir" "$file"
+    "$PYTHON" "$REPO/trainer/export.py" "$run_dir" "$file"
   elif [ "$status" != 0 ]; then
     exit "$status"
   fi
@@ -105,7 +107,7 @@ mkdir -p "$WORK" "$WEIGHTS_DIR"
 # Stage 1: the teacher flow (L1 velocity loss, t ~ U[0.001, 1], EMA 0.9999). Validation
 # on Set5 every 5,000 steps with 4 midpoint steps (NFE 7), a cheap check that the run is learning.
 run_stage "${TEACHER_MINUTES:-}" "$WORK/teacher" "$WORK/teacher/teacher.safetensors" \
-  python "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
+  "$PYTHON" "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
   --output_dir "$WORK/teacher" --preset "$PRESET" --scale 4 --degradation "$DEGRADATION" --sigma_p 0.2 \
   --realesrgan_config "$REALESRGAN_CONFIG" \
   --resolution "$RESOLUTION" --train_batch_size "$BATCH" --repeats "$REPEATS" --max_train_steps "$TEACHER_STEPS" \
@@ -121,7 +123,7 @@ run_stage "${TEACHER_MINUTES:-}" "$WORK/teacher" "$WORK/teacher/teacher.safetens
 # LR, and the degradation is written into the student. Batch 64 of 128 px crops and
 # EMA 0.999 kept the compact student's t = 1 end steady (README, Bundled models).
 run_stage "${STUDENT_MINUTES:-}" "$WORK/student" "$WORK/student/student.safetensors" \
-  python "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" \
+  "$PYTHON" "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" \
   --train_data_dir "$DATA/train" --output_dir "$WORK/student" --degradation "$DEGRADATION" \
   --realesrgan_config "$REALESRGAN_CONFIG" \
   --dt 0.05 --teacher_solver midpoint --lambda_align 0.01 --lambda_bc 0.1 \
@@ -133,7 +135,7 @@ run_stage "${STUDENT_MINUTES:-}" "$WORK/student" "$WORK/student/student.safetens
 # Stage 3: the shipped files, EMA weights in fp16 (more mantissa than bf16; weights are far
 # inside its range). The loader casts them back to float32 (or the dtype asked for).
 for role in teacher student; do
-  python -m oftsr convert "$WORK/$role/$role.safetensors" "$WEIGHTS_DIR/$NAME-$role.safetensors" --dtype fp16
+  "$PYTHON" -m oftsr convert "$WORK/$role/$role.safetensors" "$WEIGHTS_DIR/$NAME-$role.safetensors" --dtype fp16
   size=$(stat -c %s "$WEIGHTS_DIR/$NAME-$role.safetensors")
   if [ "$size" -gt $((40 * 1000 * 1000)) ]; then
     echo "error: $NAME-$role.safetensors is $size bytes, over the 40 MB a bundled file may take" >&2; exit 1
@@ -149,7 +151,7 @@ if [ "${EVAL:-1}" = 1 ]; then
   [ "${NO_BASELINES:-0}" = 1 ] && BASELINES=()
   if [ "$NAME" = x4 ]; then sets=(Set5 Set14); else sets=(RealSR-Canon); fi
   for set in "${sets[@]}"; do
-    python -m oftsr eval --model "$WEIGHTS_DIR/$NAME-student.safetensors" "$WEIGHTS_DIR/$NAME-teacher.safetensors" \
+    "$PYTHON" -m oftsr eval --model "$WEIGHTS_DIR/$NAME-student.safetensors" "$WEIGHTS_DIR/$NAME-teacher.safetensors" \
       --data "$DATA/val/$set" --steps 16 "${BASELINES[@]}" --out "$WORK/eval-$set"
   done
 fi
