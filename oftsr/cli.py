@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -200,8 +201,8 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
 
 
 def _progress(bar) -> Callable[[int, int], None]:
-    """The tile callback of one image: tiles done of all, and the time left for this image
-    (a 12 MP photograph at x4 is about a thousand tiles)."""
+    """The progress callback of one image: tiles (or a teacher's tile evaluations) done of
+    all, and the time left for this image (a 12 MP photograph at x4 is about a thousand tiles)."""
     start = time.perf_counter()
 
     def show(i: int, n: int) -> None:
@@ -210,7 +211,7 @@ def _progress(bar) -> Callable[[int, int], None]:
             return
         left = (time.perf_counter() - start) / i * (n - i) if i else None
         eta = "" if left is None else f", {int(left // 60)}:{int(left % 60):02d} left"
-        bar.set_postfix_str(f"tile {i}/{n}{eta}", refresh=True)
+        bar.set_postfix_str(f"{i}/{n}{eta}", refresh=True)
 
     return show
 
@@ -222,45 +223,49 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
     with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
         for src, dst in zip(files, targets, strict=True):
             bar.set_description(src.name)
-            try:
-                image, depth = load_image(src)
-                metadata = read_image_metadata(src)
-                frames = frame_count(src)
-                if frames > 1:
-                    tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
-                               file=sys.stderr)
-                check_output_size(dst, image.shape[-1] * model.scale, image.shape[-2] * model.scale)
-                progress = _progress(bar)
-                # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
-                levels = torch.uint16 if depth == 16 else torch.uint8
-                if args.color_fix == "none":
-                    result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
-                else:  # the correction needs the float result: 4 bytes a value, not 1 or 2
-                    result = color_fix(run(model, image, progress, torch.float32), image, args.color_fix)
-                    result = (result * OUTPUT_DTYPES[levels]).round().to(levels)
-                if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
-                    tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto "
-                               f"white; name the output .png to keep its alpha", file=sys.stderr)
+            with warnings.catch_warnings(record=True) as caught:  # what reading or writing a file had to give up
+                warnings.simplefilter("always", UserWarning)
                 try:
-                    written = save_image(result, dst, bit_depth=depth, metadata=metadata, quality=args.quality)
-                except (ValueError, OSError) as e:  # the result is not lost for its metadata
-                    if not metadata:
+                    image, depth = load_image(src)
+                    metadata = read_image_metadata(src)
+                    frames = frame_count(src)
+                    if frames > 1:
+                        tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
+                                   file=sys.stderr)
+                    check_output_size(dst, image.shape[-1] * model.scale, image.shape[-2] * model.scale)
+                    progress = _progress(bar)
+                    # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
+                    levels = torch.uint16 if depth == 16 else torch.uint8
+                    if args.color_fix == "none":
+                        result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
+                    else:  # the correction needs the float result: 4 bytes a value, not 1 or 2
+                        result = color_fix(run(model, image, progress, torch.float32), image, args.color_fix)
+                        result = (result * OUTPUT_DTYPES[levels]).round().to(levels)
+                    if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
+                        tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto "
+                                   f"white; name the output .png to keep its alpha", file=sys.stderr)
+                    try:
+                        written = save_image(result, dst, bit_depth=depth, metadata=metadata, quality=args.quality)
+                    except (ValueError, OSError) as e:  # the result is not lost for its metadata
+                        if not metadata:
+                            raise
+                        written = save_image(result, dst, bit_depth=depth, quality=args.quality)
+                        tqdm.write(f"warning: {dst.name} written without the metadata of {src.name}: {e}", file=sys.stderr)
+                    if written < depth:
+                        tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth} "
+                                   f"({dst.suffix} holds 8); name the output .png or .tif to keep {depth} bits",
+                                   file=sys.stderr)
+                except (ValueError, OSError) as e:
+                    failed += 1
+                    tqdm.write(f"skipped {src}: {e}", file=sys.stderr)
+                except RuntimeError as e:  # out of memory on one image: the others may still fit
+                    if not is_out_of_memory(e):
                         raise
-                    written = save_image(result, dst, bit_depth=depth, quality=args.quality)
-                    tqdm.write(f"warning: {dst.name} written without the metadata of {src.name}: {e}", file=sys.stderr)
-                if written < depth:
-                    tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth} "
-                               f"({dst.suffix} holds 8); name the output .png or .tif to keep {depth} bits",
-                               file=sys.stderr)
-            except (ValueError, OSError) as e:
-                failed += 1
-                tqdm.write(f"skipped {src}: {e}", file=sys.stderr)
-            except RuntimeError as e:  # out of memory on one image: the others may still fit
-                if not is_out_of_memory(e):
-                    raise
-                failed += 1
-                tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); use a smaller --tile "
-                           f"(now {args.tile or 'none'})", file=sys.stderr)
+                    failed += 1
+                    tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); use a smaller --tile "
+                               f"(now {args.tile or 'none'})", file=sys.stderr)
+            for w in caught:
+                tqdm.write(f"warning: {w.message}", file=sys.stderr)
             bar.update(1)
     if failed:
         print(f"{failed} of {len(files)} images failed", file=sys.stderr)

@@ -84,9 +84,10 @@ def bleed_colour(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     ones (push-pull: alpha-weighted means over a pyramid of 2x2 cells). What lies under
     transparency is arbitrary (often black); the network and the bicubic condition would
     smear it into the visible edge as a dark or coloured fringe."""
-    known = (alpha > 0.5 / 255).to(colour.dtype)
+    known = (alpha > 0.5 / 255).float()
     if bool(known.all()) or not bool(known.any()):
         return colour
+    dtype, colour = colour.dtype, colour.float()  # the means divide by small weights: float32 (fp16 gave NaN)
     levels = [(colour * known, known)]
     while max(levels[-1][1].shape[-2:]) > 1:
         c, k = levels[-1]
@@ -95,4 +96,4 @@ def bleed_colour(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     for c, k in reversed(levels[:-1]):
         coarse = F.interpolate(filled, size=c.shape[-2:], mode="bilinear", align_corners=False)
         filled = torch.where(k > 0, c / k.clamp_min(1e-12), coarse)
-    return torch.where(known > 0, colour, filled)
+    return torch.where(known > 0, colour, filled).to(dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +53,40 @@ def _read_png16(path: Path) -> np.ndarray:
     return arr.astype(np.float32) / float(2 ** info["bitdepth"] - 1)
 
 
-def _read_tiff16(path: Path) -> np.ndarray:
+def _png_orientation(path: Path) -> int:
+    """The EXIF orientation of a PNG's eXIf chunk (1 without one), read without decoding the pixels."""
+    import png
+
+    for kind, data in png.Reader(filename=str(path)).chunks():
+        if kind == b"eXIf":
+            exif = Image.Exif()
+            exif.load(data)
+            return int(exif.get(_EXIF_ORIENTATION, 1))
+        if kind == b"IEND":
+            break
+    return 1
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
+    """(H, W, C) in [0, 1] and the bit depth, through tifffile: the TIFFs Pillow reads at 8
+    bits only (16-bit colour) or not at all (16-bit gray + alpha)."""
     import tifffile
 
     arr = tifffile.imread(path, key=0)
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):  # planar: samples first
+    if arr.ndim == 3 and arr.shape[0] in (2, 3, 4) and arr.shape[-1] not in (2, 3, 4):  # planar: samples first
         arr = np.moveaxis(arr, 0, -1)
-    return (arr.astype(np.float32) / 65535.0).reshape(*arr.shape[:2], -1)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{arr.dtype} samples are not read here")
+    peak, depth = (65535.0, 16) if arr.dtype == np.uint16 else (255.0, 8)
+    return (arr.astype(np.float32) / peak).reshape(*arr.shape[:2], -1), depth
 
 
 def _is_colour_tiff16(im: Image.Image) -> bool:
-    """A 16-bit-per-sample colour TIFF, which Pillow opens as 8-bit RGB(A)."""
-    bits = im.tag_v2.get(258) if im.format == "TIFF" else None  # BitsPerSample
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    return 16 in bits and not im.mode.startswith("I;16")
+    """A 16-bit-per-sample RGB(A) TIFF, which Pillow opens as 8-bit RGB(A)."""
+    if im.format != "TIFF" or im.tag_v2.get(262) != 2:  # PhotometricInterpretation RGB (not CMYK, Lab, ...)
+        return False
+    bits = im.tag_v2.get(258)  # BitsPerSample
+    return 16 in (bits if isinstance(bits, tuple) else (bits,))
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -122,6 +143,31 @@ def _register_heif(path: Path) -> None:
     pillow_heif.register_heif_opener()
 
 
+def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
+    if _is_colour_tiff16(im):
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)  # a TIFF's tags: read at open, no decoding
+        try:
+            arr, depth = _read_tiff(path)
+            return _orient(arr, orientation), depth
+        except (ImportError, ValueError) as e:  # a compression tifffile reads only with imagecodecs (LZW, JPEG)
+            warnings.warn(f"{path.name} is read with 8 bits per channel, not its 16 ({e}); pip install imagecodecs "
+                          f"to read all 16", stacklevel=3)
+    im.load()
+    return _pil_to_array(im), 16 if im.mode.startswith("I;16") or im.mode == "I" else 8
+
+
+def _read_unidentified_tiff(path: Path, error: Exception) -> tuple[np.ndarray, int]:
+    """What Pillow cannot read: a TIFF tifffile can (16-bit gray + alpha), else the error."""
+    with open(path, "rb") as f:
+        tiff = f.read(4) in (b"II*\x00", b"MM\x00*")
+    if tiff:
+        try:
+            return _read_tiff(path)
+        except Exception:  # not one tifffile reads either: Pillow's error says more
+            pass
+    raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file ({error})") from error
+
+
 def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     """(1, C, H, W) float32 in [0, 1] with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
     (RGBA), and the source bit depth (8 or 16). The format is decided by content, not by the file name."""
@@ -129,21 +175,17 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     if path.suffix.lower() in HEIF_SUFFIXES:
         _register_heif(path)
     try:
-        with Image.open(path) as im:
-            if _png_bit_depth(path) == 16 or _is_colour_tiff16(im):
-                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-                arr = _read_png16(path) if im.format == "PNG" else _read_tiff16(path)
-                arr, depth = _orient(arr, orientation), 16
-            else:
-                im.load()
-                depth = 16 if im.mode.startswith("I;16") or im.mode == "I" else 8
-                arr = _pil_to_array(im)
+        if _png_bit_depth(path) == 16:  # pypng, as Pillow truncates; the orientation from the chunks
+            arr, depth = _orient(_read_png16(path), _png_orientation(path)), 16
+        else:
+            with Image.open(path) as im:
+                arr, depth = _read_opened(im, path)
     except FileNotFoundError:
         raise
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path.name}: image is too large to open safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file ({e})") from e
+        arr, depth = _read_unidentified_tiff(path, e)
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:  # some decoders hand out read-only buffers, which torch warns about
         arr = arr.copy()
@@ -250,7 +292,8 @@ def _levels(image: torch.Tensor, bits: int) -> np.ndarray:
 
 
 # The largest side each format can hold (Pillow's encoders refuse more only once the image is made).
-MAX_SIDE = {".webp": 16383, ".jpg": 65535, ".jpeg": 65535}
+MAX_SIDE = {".webp": 16383, ".jpg": 65500, ".jpeg": 65500}
+JPEG_MAX_XMP = 65504  # bytes of XMP in one JPEG APP1 segment
 
 
 def check_output_size(path: str | os.PathLike, width: int, height: int) -> None:
@@ -321,6 +364,9 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
         elif xmp and fmt == "TIFF":
             extra["tiffinfo"] = {700: xmp}
+        elif xmp and fmt == "JPEG" and len(xmp) > JPEG_MAX_XMP:
+            warnings.warn(f"{path.name}: the source's XMP ({len(xmp):,} bytes) is more than JPEG holds "
+                          f"({JPEG_MAX_XMP:,}): written without it; a .png or .tif output keeps it", stacklevel=2)
         elif xmp and fmt in ("JPEG", "WEBP"):
             extra["xmp"] = xmp
         data = _levels(image, 8)

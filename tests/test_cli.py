@@ -547,4 +547,21 @@ def test_tile_progress_shows_the_time_left_for_the_image(monkeypatch):
     show = cli._progress(bar)  # starts at 100 s
     show(3, 10)  # 30 s for 3 tiles: 70 s for the 7 left
     show(5, 0)  # an adaptive solver: evaluations, no total
-    assert shown == ["tile 3/10, 1:10 left", "nfe 5"]
+    assert shown == ["3/10, 1:10 left", "nfe 5"]
+
+
+def test_what_reading_or_writing_gave_up_is_printed_as_a_warning(tmp_path, model_files, capsys):
+    xmp = b"<x:xmpmeta xmlns:x='adobe:ns:meta/'>" + b" " * 70_000 + b"</x:xmpmeta>"
+    Image.new("RGB", (8, 8), (90, 60, 30)).save(tmp_path / "big_xmp.png", pnginfo=_xmp_info(xmp))
+    code, _, err = _run_cli(["upscale", str(tmp_path / "big_xmp.png"), "-o", str(tmp_path / "o.jpg"), "--model",
+                             str(model_files[0]), "-q"], capsys)
+    assert code == 0 and "warning: o.jpg: the source's XMP (70,048 bytes) is more than JPEG holds" in err
+    assert "written without the metadata" not in err  # the rest of the metadata is kept
+
+
+def _xmp_info(xmp: bytes):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    return info

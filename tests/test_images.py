@@ -262,8 +262,8 @@ def test_rgba_as_jpeg_is_flattened_onto_white_and_format_limits_are_known(tmp_pa
     check_output_size(tmp_path / "a.png", 70000, 100)
     with pytest.raises(ValueError, match=r"a.webp: .webp holds at most 16383 px a side, and the result is 16384x8"):
         check_output_size(tmp_path / "a.webp", 16384, 8)
-    with pytest.raises(ValueError, match="at most 65535"):
-        check_output_size(tmp_path / "a.JPG", 10, 65536)
+    with pytest.raises(ValueError, match="at most 65500"):
+        check_output_size(tmp_path / "a.JPG", 10, 65501)
 
 
 def test_a_phones_mpo_jpeg_is_one_picture(tmp_path):
@@ -331,3 +331,52 @@ def test_heic_without_pillow_heif_says_what_to_install_and_folders_list_it(tmp_p
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "a.avif")
     assert [p.name for p in list_images([tmp_path])] == ["IMG_0001.HEIC", "a.avif"]  # tried and reported, not ignored
     assert load_image(tmp_path / "a.avif")[0].shape == (1, 3, 4, 4)
+
+
+def test_tiffs_pillow_cannot_read_at_16_bits(tmp_path, monkeypatch):
+    import tifffile
+
+    import oftsr.images as images
+
+    # 16-bit gray + alpha, as we write it: Pillow cannot identify it, tifffile reads it
+    la = torch.stack([torch.linspace(0, 1, 12).expand(5, 12), torch.full((5, 12), 0.5)])
+    assert save_image(la, tmp_path / "la.tif", bit_depth=16) == 16
+    back, depth = load_image(tmp_path / "la.tif")
+    assert depth == 16 and back.shape == (1, 2, 5, 12) and (back[0] - la).abs().max() <= 0.51 / 65535
+    # 16-bit CMYK is Pillow's to convert, not read as RGBA
+    tifffile.imwrite(tmp_path / "cmyk16.tif", np.full((4, 6, 4), 30000, dtype=np.uint16), photometric="separated")
+    assert load_image(tmp_path / "cmyk16.tif")[0].shape == (1, 3, 4, 6)
+    # a compression tifffile reads only with imagecodecs (LZW from Photoshop): 8 bits, said
+    rgb = np.random.default_rng(0).integers(0, 65536, (4, 6, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "lzw.tif", rgb, photometric="rgb")
+
+    def no_codec(*a, **k):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile, "imread", no_codec)
+    with pytest.warns(UserWarning, match=r"lzw.tif is read with 8 bits per channel, not its 16 .*pip install imagecodecs"):
+        img, depth = images.load_image(tmp_path / "lzw.tif")
+    assert depth == 8 and img.shape == (1, 3, 4, 6)
+    assert np.abs(img[0].permute(1, 2, 0).numpy() * 255 - rgb / 257).max() <= 1  # the high bytes
+
+
+def test_xmp_too_long_for_jpeg_is_left_out_with_a_warning_and_the_rest_kept(tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    xmp = b"<x:xmpmeta xmlns:x='adobe:ns:meta/'>" + b" " * 70_000 + b"</x:xmpmeta>"
+    with pytest.warns(UserWarning, match=r"o.jpg: the source's XMP \(70,048 bytes\) is more than JPEG holds"):
+        save_image(torch.rand(3, 8, 8), tmp_path / "o.jpg", metadata={"xmp": xmp, "icc_profile": icc})
+    kept = read_image_metadata(tmp_path / "o.jpg")
+    assert kept["icc_profile"] == icc and "xmp" not in kept
+
+
+def test_bleed_colour_in_half_precision():
+    from oftsr.color import bleed_colour
+
+    colour = torch.rand(2, 3, 8, 8).half()
+    alpha = torch.zeros(2, 1, 8, 8)
+    alpha[0, :, 2:6, 2:6] = 1  # the second image is transparent all over
+    out = bleed_colour(colour, alpha)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert torch.equal(out[0, :, 2:6, 2:6], colour[0, :, 2:6, 2:6])

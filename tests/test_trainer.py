@@ -745,6 +745,21 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
     assert "wandb is not installed: scalars are not logged (pip install wandb)" in res.stderr
     help_text = _run(["trainer/train_teacher.py", "--help"]).stdout
     assert "default: 100000" in help_text and "default: 5000" in help_text  # flags without help show defaults too
+    assert "--seed SEED           default: 0" in help_text  # a default of 0 is a default
     assert "runs/teacher \\\n" in help_text  # the usage example's line break is kept
     res = _run([*base, "--init_from", "x4", *COMMON], status=2)
     assert "error: --init_from x4 is the compact preset: pass --preset compact" in res.stderr
+
+
+def test_a_teacher_file_named_like_a_bundled_model_is_that_file(tmp_path, monkeypatch):
+    # "./x4" must stay the user's file on its way through load_teacher (as a string it read "x4": the bundled one)
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import distill
+
+    monkeypatch.chdir(tmp_path)
+    oftsr.save_model(oftsr.create_model("tiny", role="teacher", sigma_p=0.1), tmp_path / "x4")
+    args = distill.parse_args(["--teacher", "./x4", "--train_data_dir", "d", "--output_dir", "o"])
+    teacher = common.load_teacher(args)
+    assert teacher.sigma_p == 0.1 and teacher.config == oftsr.PRESETS["tiny"]
+    assert args.teacher == str(tmp_path / "x4")

@@ -9,11 +9,14 @@ import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-import oftsr
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import oftsr  # noqa: E402
 
 logger = logging.getLogger("oftsr.trainer")
 

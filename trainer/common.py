@@ -128,20 +128,24 @@ def enable_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
+def _no_default(action: argparse.Action) -> bool:
+    """None ("not given"), a suppressed one, or a switch's False; 0 is a default to show."""
+    return action.default is None or action.default is argparse.SUPPRESS or action.default is False
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The scripts' --help: their docstring as written, and the default of every flag whose
     help does not already say it (a default of None means "not given": left out)."""
 
     def _format_action(self, action: argparse.Action) -> str:
-        if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS, False):
+        if action.help is None and action.option_strings and not _no_default(action):
             action = copy.copy(action)  # argparse prints nothing for a flag without help, not even its default
             action.help = "default: %(default)s"
         return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or action.default in (None, argparse.SUPPRESS, False)
-                or "default" in text.lower()):
+        if not action.option_strings or _no_default(action) or "default" in text.lower():
             return text
         return f"{text} (default: {action.default})" if text else f"default: {action.default}"
 
@@ -421,7 +425,8 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
     the student must learn from: a flag left out takes the file's value (written back into
     `args`), a flag that says otherwise is refused. Files that record none of it (an
     authors' `.pth`) take the flags."""
-    args.teacher = str(oftsr.existing_model_path(args.teacher, "teacher", "--teacher"))
+    # absolute: "./x4", once a string, would read as the bundled name "x4"
+    args.teacher = str(oftsr.existing_model_path(args.teacher, "teacher", "--teacher").absolute())
     flags = {key: getattr(args, key) for key in TEACHER_SETTINGS}
     for key, (recorded, value) in contradicted_metadata(args.teacher, **flags).items():
         raise ValueError(f"the teacher was trained with --{key} {recorded}, but this run has --{key} {value}: leave "
