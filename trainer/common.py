@@ -213,6 +213,11 @@ def make_dataloader(args: argparse.Namespace, root: str, *, sigma_y: float = 0.0
                         sigma_y=sigma_y, seed=args.seed, repeats=args.repeats,
                         realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     warn_small_images(dataset.files, args.resolution)
+    return training_loader(args, dataset)
+
+
+def training_loader(args: argparse.Namespace, dataset: torch.utils.data.Dataset) -> torch.utils.data.DataLoader:
+    """Shuffled full batches of `dataset`, with workers that leave a stop to the main process."""
     # The loader's own generator: starting an epoch must not draw from the global RNG, or a
     # resumed run (which starts its epoch at another point) would draw different t and noise.
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,

@@ -21,9 +21,10 @@ import logging
 
 import torch
 
-from common import (HelpFormatter, add_common_args, ema_copy, ignore_stop_signals, load_teacher, log_images,
+from common import (HelpFormatter, add_common_args, ema_copy, load_teacher, log_images,
                     make_accelerator, make_dataloader, positive_float, positive_int, run_script, run_training,
-                    training_metadata, unit_interval, validation_scores, validation_start, warmup_schedule)
+                    training_loader, training_metadata, unit_interval, validation_scores, validation_start,
+                    warmup_schedule)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -121,10 +122,7 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
                              f"the teacher has {value}")
     logger.info("fluxsr pairs: %d of %d px from %s (%s x %d steps)", len(dataset), made["resolution"], made["teacher"],
                 made["solver"], made["steps"])
-    return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
-                                       num_workers=args.dataloader_num_workers, persistent_workers=False,
-                                       pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals,
-                                       generator=torch.Generator().manual_seed(args.seed))
+    return training_loader(args, dataset)
 
 
 def main(argv: list[str] | None = None) -> int:
