@@ -85,7 +85,7 @@ trap 'STOPPED=1' TERM INT
 run_stage() {
   local minutes=$1 run_dir=$2 file=$3 status=0
   shift 3
-  [ "$STOPPED" = 1 ] && exit 75  # a signal between stages (or during an export) stops before the next one
+  if [ "$STOPPED" = 1 ]; then exit 75; fi  # a signal between stages (or during an export) stops before the next
   if [ -n "$minutes" ] && [ -f "$file" ]; then  # its time is spent: a second run would add as much again
     echo "$file exists: the stage had its $minutes minutes (delete the file to train it further)"
     return
@@ -95,8 +95,10 @@ run_stage() {
   if [ "$STOPPED" = 1 ]; then
     exit 75
   elif [ "$status" = 75 ] && [ -n "$minutes" ]; then
-    "$PYTHON" "$REPO/trainer/export.py" "$run_dir" "$file" || { [ "$STOPPED" = 1 ] && exit 75; exit 1; }
-    [ "$STOPPED" = 1 ] && exit 75
+    local exported=0
+    "$PYTHON" "$REPO/trainer/export.py" "$run_dir" "$file" || exported=$?
+    if [ "$STOPPED" = 1 ]; then exit 75; fi
+    if [ "$exported" != 0 ]; then exit "$exported"; fi
   elif [ "$status" != 0 ]; then
     exit "$status"
   fi
