@@ -23,6 +23,7 @@ from .color import COLOR_FIX_MODES, color_fix
 from .inference import OUTPUT_DTYPES, check_t, is_out_of_memory, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
+from .resample import resize
 from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
 from .weights import BUNDLED_MODELS, DEFAULT_MODEL, create_model, existing_model_path
@@ -110,6 +111,8 @@ def _check_args(args: argparse.Namespace) -> None:
             check_t(args.t)
         except ValueError as e:
             raise ValueError(f"--t: {e}") from None
+    if args.outscale is not None and not args.outscale > 0:
+        raise ValueError(f"--outscale must be more than 0, got {args.outscale:g}")
     if not 1 <= args.quality <= 100:
         raise ValueError(f"--quality must be 1 to 100, got {args.quality}")
     for option, overlap in (("--tile", None), ("--overlap", args.overlap)):
@@ -200,6 +203,12 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     return files, targets
 
 
+def _output_size(image: torch.Tensor, scale: int, outscale: float | None) -> tuple[int, int]:
+    """(height, width) of a result: the model's scale, or `--outscale` times the input."""
+    factor = scale if outscale is None else outscale
+    return max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor))
+
+
 def _progress(bar) -> Callable[[int, int], None]:
     """The progress callback of one image: tiles (or a teacher's tile evaluations) done of
     all, and the time left for this image (a 12 MP photograph at x4 is about a thousand tiles)."""
@@ -232,15 +241,21 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
                     if frames > 1:
                         tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
                                    file=sys.stderr)
-                    check_output_size(dst, image.shape[-1] * model.scale, image.shape[-2] * model.scale)
+                    size = _output_size(image, model.scale, args.outscale)
+                    check_output_size(dst, size[1], size[0])
                     progress = _progress(bar)
                     # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
                     levels = torch.uint16 if depth == 16 else torch.uint8
-                    if args.color_fix == "none":
+                    resized = size != (image.shape[-2] * model.scale, image.shape[-1] * model.scale)
+                    if args.color_fix == "none" and not resized:
                         result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
-                    else:  # the correction needs the float result: 4 bytes a value, not 1 or 2
-                        result = color_fix(run(model, image, progress, torch.float32), image, args.color_fix)
-                        result = (result * OUTPUT_DTYPES[levels]).round().to(levels)
+                    else:  # correction and resizing need the float result: 4 bytes a value, not 1 or 2
+                        result = run(model, image, progress, torch.float32)
+                        if args.color_fix != "none":
+                            result = color_fix(result, image, args.color_fix)
+                        if resized:
+                            result = resize(result, size)
+                        result = (result.clamp(0, 1) * OUTPUT_DTYPES[levels]).round().to(levels)
                     if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
                         tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto "
                                    f"white; name the output .png to keep its alpha", file=sys.stderr)
@@ -352,6 +367,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["png", "jpg", "webp", "tif", "same"], default="png",
                    help="file type of the results in an output folder; same = the input's (default png)")
     p.add_argument("--quality", type=int, default=95, help="JPEG and WebP quality, 1-100 (default 95)")
+    p.add_argument("--outscale", type=float, default=None,
+                   help="final size as a factor of the input, e.g. 2: the model's result resized (antialiased "
+                        "bicubic; default the model's scale)")
     p.add_argument("--color-fix", dest="color_fix", choices=COLOR_FIX_MODES, default="none",
                    help="keep the input's low-frequency colour: wavelet or adain, as in the ComfyUI node (default none)")
     p.add_argument("--tile", type=int, default=512, help="tile size in output pixels; 0 = whole image (default 512)")

@@ -43,3 +43,13 @@ def upsample_lr_region(x_lr: torch.Tensor, scale: int, degradation: str, top: in
     up = upsample_lr(x_lr[..., y0:y1, x0:x1], scale, degradation)
     top, left = top - y0 * scale, left - x0 * scale
     return up[..., top:top + height, left:left + width]
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An image in [0, 1] at another (height, width): antialiased bicubic down, plain bicubic
+    up (antialiasing changes the up-sampling kernel), clamped to [0, 1]."""
+    if size[0] <= image.shape[-2] and size[1] <= image.shape[-1]:
+        out = bicubic_resize(image, size)
+    else:
+        out = F.interpolate(image, size=size, mode="bicubic", align_corners=False)
+    return out.clamp(0, 1)

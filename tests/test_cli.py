@@ -565,3 +565,20 @@ def _xmp_info(xmp: bytes):
     info = PngImagePlugin.PngInfo()
     info.add_itxt("XML:com.adobe.xmp", xmp.decode())
     return info
+
+
+def test_outscale_resizes_the_result_to_a_factor_of_the_input(tmp_path, model_files, inputs, capsys):
+    from oftsr.resample import resize
+
+    model = ["--model", str(model_files[0]), "-q"]
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "x2.png"), "--outscale", "2", *model]) == 0
+    source = load_image(inputs / "rgb.png")[0]  # 10 x 12
+    out = load_image(tmp_path / "x2.png")[0]
+    assert out.shape == (1, 3, 24, 20)
+    full = oftsr.upscale(oftsr.load_model(model_files[0]), source, seed=0, tile=512)
+    assert (out - resize(full, (24, 20))).abs().max() <= 0.5 / 255 + 1e-6  # the model's x4, then antialiased down
+    assert main(["upscale", str(inputs / "rgba.png"), "-o", str(tmp_path / "x1_5.png"), "--outscale", "1.5",
+                 *model]) == 0
+    assert load_image(tmp_path / "x1_5.png")[0].shape == (1, 4, 12, 9)  # alpha resized with the colour
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "x"), "--outscale", "0", *model], capsys)
+    assert code == 2 and "--outscale must be more than 0, got 0" in err
