@@ -144,14 +144,17 @@ def _register_heif(path: Path) -> None:
 
 
 def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
-    if _is_colour_tiff16(im):
-        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)  # a TIFF's tags: read at open, no decoding
+    orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == "TIFF" else 1  # tags: read at open
+    # tifffile for 16-bit colour, and for a gray or colour TIFF to be turned (Pillow 13 leaves a
+    # gray one with orientation 5-8 as stored)
+    if _is_colour_tiff16(im) or (orientation != 1 and im.tag_v2.get(262) in (1, 2)):
         try:
             arr, depth = _read_tiff(path)
             return _orient(arr, orientation), depth
         except (ImportError, ValueError) as e:  # a compression tifffile reads only with imagecodecs (LZW, JPEG)
-            warnings.warn(f"{path.name} is read with 8 bits per channel, not its 16 ({e}); pip install imagecodecs "
-                          f"to read all 16", stacklevel=3)
+            if _is_colour_tiff16(im):
+                warnings.warn(f"{path.name} is read with 8 bits per channel, not its 16 ({e}); pip install "
+                              f"imagecodecs to read all 16", stacklevel=3)
     im.load()
     return _pil_to_array(im), 16 if im.mode.startswith("I;16") or im.mode == "I" else 8
 

@@ -380,3 +380,19 @@ def test_bleed_colour_in_half_precision():
     out = bleed_colour(colour, alpha)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     assert torch.equal(out[0, :, 2:6, 2:6], colour[0, :, 2:6, 2:6])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_gray_tiff_is_turned_upright_too(tmp_path, orientation, dtype):
+    import tifffile
+
+    from oftsr.images import _orient
+
+    peak = np.iinfo(dtype).max
+    arr = np.random.default_rng(orientation).integers(0, peak + 1, (5, 7), dtype=dtype)
+    tifffile.imwrite(tmp_path / "g.tif", arr, photometric="minisblack", extratags=[(274, 3, 1, orientation, True)])
+    img, depth = load_image(tmp_path / "g.tif")
+    assert depth == (16 if dtype == np.uint16 else 8)
+    upright = _orient(arr[..., None], orientation)[..., 0]
+    assert img.shape == (1, 1, *upright.shape) and np.array_equal(np.round(img[0, 0].numpy() * peak), upright)

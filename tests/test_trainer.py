@@ -575,6 +575,19 @@ def test_undecodable_image_is_reported_once_in_total(tmp_path, caplog):
     assert log_file.read_text().count("cut.jpg") == 1
 
 
+def test_the_colour_under_transparency_of_a_training_image_is_not_learnt(tmp_path):
+    rng = np.random.default_rng(2)
+    rgba = np.concatenate([rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), np.zeros((40, 40, 1), np.uint8)], -1)
+    rgba[8:32, 8:32, 3] = 255  # visible in the middle only
+    for name, hidden in (("black", (0, 0, 0)), ("green", (0, 255, 0))):
+        (tmp_path / name).mkdir()
+        img = rgba.copy()
+        img[rgba[..., 3] == 0, :3] = hidden
+        Image.fromarray(img).save(tmp_path / name / "cutout.png")
+    black, green = (SRDataset(tmp_path / n, resolution=32, scale=4, seed=1)[0] for n in ("black", "green"))
+    assert torch.equal(black["hr"], green["hr"]) and torch.equal(black["lr"], green["lr"])
+
+
 def test_gray_alpha_training_image_gives_gray_rgb_crops(tmp_path):
     gray = np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)
     Image.fromarray(np.stack([gray, np.full_like(gray, 128)], axis=-1)).save(tmp_path / "la.png")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..color import bleed_colour
 from .degradations import make_lr
 from .realesrgan import RealESRGANConfig
 from ..images import IMAGE_SUFFIXES, load_image
@@ -111,9 +112,10 @@ class SRDataset(torch.utils.data.Dataset):
         raise RuntimeError("no training image could be decoded")
 
     def _crop(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if image.shape[0] <= 2:  # gray, or gray + alpha
-            image = image[:1].expand(3, -1, -1)
-        image = image[:3]
+        colour = image[:1].expand(3, -1, -1) if image.shape[0] <= 2 else image[:3]  # gray (+ alpha) or colour
+        if image.shape[0] in (2, 4):  # what lies under transparency is arbitrary: filled as at inference
+            colour = bleed_colour(colour[None], image[-1:][None])[0]
+        image = colour
         r = self.resolution
         h, w = image.shape[-2:]
         if min(h, w) < r:  # small images: scale up so the crop fits

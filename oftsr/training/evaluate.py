@@ -21,6 +21,7 @@ import torch
 from ..resample import upsample_lr
 from .degradations import degrade
 from ..checkpoint import load_model
+from ..color import bleed_colour
 from ..files import sha256_file
 from ..images import list_images, load_image
 from ..inference import check_t, sample, upscale
@@ -48,7 +49,9 @@ class Row:
 
 def _rgb(path: Path) -> torch.Tensor:
     image, _ = load_image(path)
-    return image[:, :1].expand(-1, 3, -1, -1) if image.shape[1] <= 2 else image[:, :3]  # gray (+ alpha) or colour
+    colour = image[:, :1].expand(-1, 3, -1, -1) if image.shape[1] <= 2 else image[:, :3]  # gray (+ alpha) or colour
+    # with alpha: the colour under transparency filled, as the models see an input with alpha
+    return bleed_colour(colour, image[:, -1:]) if image.shape[1] in (2, 4) else colour
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
