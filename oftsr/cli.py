@@ -29,7 +29,6 @@ from .unet import PRESETS, count_parameters
 from .weights import BUNDLED_MODELS, DEFAULT_MODEL, create_model, existing_model_path
 
 
-
 def available_devices() -> list[str]:
     """The devices this machine has, by name, CPU first."""
     names = ["cpu"]
@@ -225,6 +224,47 @@ def _progress(bar) -> Callable[[int, int], None]:
     return show
 
 
+def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst: Path, bar) -> None:
+    """Read `src`, run the model on it and write `dst`, saying what was given up on the way.
+    An error leaves the other images to go on."""
+    from tqdm import tqdm
+
+    image, depth = load_image(src)
+    metadata = read_image_metadata(src)
+    frames = frame_count(src)
+    if frames > 1:
+        tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
+                   file=sys.stderr)
+    size = _output_size(image, model.scale, args.outscale)
+    check_output_size(dst, size[1], size[0])
+    progress = _progress(bar)
+    # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
+    levels = torch.uint16 if depth == 16 else torch.uint8
+    resized = size != (image.shape[-2] * model.scale, image.shape[-1] * model.scale)
+    if args.color_fix == "none" and not resized:
+        result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
+    else:  # correction and resizing need the float result: 4 bytes a value, not 1 or 2
+        result = run(model, image, progress, torch.float32)
+        if args.color_fix != "none":
+            result = color_fix(result, image, args.color_fix)
+        if resized:
+            result = resize(result, size)
+        result = (result * OUTPUT_DTYPES[levels]).round().to(levels)  # both clamp to [0, 1]
+    if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
+        tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto white; name the "
+                   f"output .png to keep its alpha", file=sys.stderr)
+    try:
+        written = save_image(result, dst, bit_depth=depth, metadata=metadata, quality=args.quality)
+    except (ValueError, OSError) as e:  # the result is not lost for its metadata
+        if not metadata:
+            raise
+        written = save_image(result, dst, bit_depth=depth, quality=args.quality)
+        tqdm.write(f"warning: {dst.name} written without the metadata of {src.name}: {e}", file=sys.stderr)
+    if written < depth:
+        tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth} ({dst.suffix} holds "
+                   f"8); name the output .png or .tif to keep {depth} bits", file=sys.stderr)
+
+
 def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Path], targets: list[Path]) -> int:
     from tqdm import tqdm
 
@@ -235,41 +275,7 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
             with warnings.catch_warnings(record=True) as caught:  # what reading or writing a file had to give up
                 warnings.simplefilter("always", UserWarning)
                 try:
-                    image, depth = load_image(src)
-                    metadata = read_image_metadata(src)
-                    frames = frame_count(src)
-                    if frames > 1:
-                        tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
-                                   file=sys.stderr)
-                    size = _output_size(image, model.scale, args.outscale)
-                    check_output_size(dst, size[1], size[0])
-                    progress = _progress(bar)
-                    # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
-                    levels = torch.uint16 if depth == 16 else torch.uint8
-                    resized = size != (image.shape[-2] * model.scale, image.shape[-1] * model.scale)
-                    if args.color_fix == "none" and not resized:
-                        result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
-                    else:  # correction and resizing need the float result: 4 bytes a value, not 1 or 2
-                        result = run(model, image, progress, torch.float32)
-                        if args.color_fix != "none":
-                            result = color_fix(result, image, args.color_fix)
-                        if resized:
-                            result = resize(result, size)
-                        result = (result.clamp(0, 1) * OUTPUT_DTYPES[levels]).round().to(levels)
-                    if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
-                        tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto "
-                                   f"white; name the output .png to keep its alpha", file=sys.stderr)
-                    try:
-                        written = save_image(result, dst, bit_depth=depth, metadata=metadata, quality=args.quality)
-                    except (ValueError, OSError) as e:  # the result is not lost for its metadata
-                        if not metadata:
-                            raise
-                        written = save_image(result, dst, bit_depth=depth, quality=args.quality)
-                        tqdm.write(f"warning: {dst.name} written without the metadata of {src.name}: {e}", file=sys.stderr)
-                    if written < depth:
-                        tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth} "
-                                   f"({dst.suffix} holds 8); name the output .png or .tif to keep {depth} bits",
-                                   file=sys.stderr)
+                    _write_one(args, model, run, src, dst, bar)
                 except (ValueError, OSError) as e:
                     failed += 1
                     tqdm.write(f"skipped {src}: {e}", file=sys.stderr)

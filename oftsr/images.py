@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -145,14 +146,15 @@ def _register_heif(path: Path) -> None:
 
 def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == "TIFF" else 1  # tags: read at open
+    deep = _is_colour_tiff16(im)
     # tifffile for 16-bit colour, and for a gray or colour TIFF to be turned (Pillow 13 leaves a
     # gray one with orientation 5-8 as stored)
-    if _is_colour_tiff16(im) or (orientation != 1 and im.tag_v2.get(262) in (1, 2)):
+    if deep or (orientation != 1 and im.tag_v2.get(262) in (1, 2)):
         try:
             arr, depth = _read_tiff(path)
             return _orient(arr, orientation), depth
         except (ImportError, ValueError) as e:  # a compression tifffile reads only with imagecodecs (LZW, JPEG)
-            if _is_colour_tiff16(im):
+            if deep:
                 warnings.warn(f"{path.name} is read with 8 bits per channel, not its 16 ({e}); pip install "
                               f"imagecodecs to read all 16", stacklevel=3)
     im.load()
@@ -203,8 +205,6 @@ def _upright_xmp(xmp: bytes | str) -> bytes:
     """An XMP packet (ratings, keywords, copyright: what Lightroom and Bridge write) for the
     upscaled, upright image: its orientation set to 1 and the old pixel size left out, in
     attribute or element form."""
-    import re
-
     text = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else xmp
     text = re.sub(r'(tiff:Orientation\s*=\s*")\d+(")', r"\g<1>1\2", text)
     text = re.sub(r"(<tiff:Orientation>)\s*\d+\s*(</tiff:Orientation>)", r"\g<1>1\2", text)

@@ -13,7 +13,6 @@ VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 Callback = Callable[[int, int], None]
 
 
-
 class CountNFE:
     """Counts network (function) evaluations of a velocity function."""
 

@@ -39,42 +39,22 @@ EXIT_RESUMABLE = 75
 SCRIPT_START = time.monotonic()  # --max_train_minutes counts from here: set-up and resume included
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a count that must be 1 or more (a checkpoint every 0 steps, a
-    limit of 0 checkpoints, ... would fail after the first step, or do nothing)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
-    return value
+def _checked(kind: type, ok, wording: str):
+    """An argparse type: `kind(text)`, refused unless `ok(value)` (a checkpoint every 0
+    steps, a limit of 0 checkpoints, ... would fail after the first step, or do nothing)."""
+    def parse(text: str):
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {wording}, got {text}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """An argparse type: a probability or a decay, in [0, 1]."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+positive_int = _checked(int, lambda v: v >= 1, "1 or more")
+non_negative_int = _checked(int, lambda v: v >= 0, "0 or more")
+non_negative_float = _checked(float, lambda v: v >= 0, "0 or more")
+positive_float = _checked(float, lambda v: v > 0, "more than 0")
+unit_interval = _checked(float, lambda v: 0 <= v <= 1, "between 0 and 1")  # a probability or a decay
 
 
 def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps: int) -> None:
@@ -329,7 +309,7 @@ def train_batches(accelerator, dataloader, start_step: int, grad_accum: int):
     return _endless_batches(accelerator, dataloader, epoch, steps_in * grad_accum, grad_accum)
 
 
-def _endless_batches(accelerator, dataloader, epoch: int, skip: int, grad_accum: int = 1):
+def _endless_batches(accelerator, dataloader, epoch: int, skip: int, grad_accum: int):
     per_epoch = len(dataloader)
     tail = per_epoch % grad_accum  # batches of the epoch's last, shorter accumulation
     while True:
@@ -492,7 +472,7 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
             batch, weight = next(batches)
             with accelerator.accumulate(model):
                 losses = step_losses(batch)
-                accelerator.backward(losses["loss"] * weight if weight != 1 else losses["loss"])
+                accelerator.backward(losses["loss"] * weight)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
