@@ -9,6 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ..oftsr import upscale
+from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid
 from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
                      model_input, require_t_slider, run_on_device, seed_input, tiling_inputs, to_bchw)
 
@@ -50,14 +51,21 @@ class OFTSRTSweep(io.ComfyNode):
             display_name="OFTSR t-Sweep",
             category=CATEGORY,
             description="Upscales an image at several values of t with the same seed, to compare fidelity (0) and "
-                        "realism (1) side by side. Returns one image per t (per input image, in t order).",
+                        "realism (1) side by side. Returns one image per t (per input image, in t order) and the "
+                        "same images as one labelled grid.",
             inputs=[
                 model_input(), image_input(),
                 io.String.Input("t_values", default=DEFAULT_T_VALUES,
                                 tooltip="Comma-separated t values in [0, 1]; 0 = fidelity, 1 = realism."),
                 seed_input(), *tiling_inputs(), color_fix_input(),
             ],
-            outputs=[io.Image.Output(display_name="images", tooltip="One upscale per t for each input image, image-major: image 0 at every t, then image 1, ...")],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip="One upscale per t for each input image, image-major: "
+                                                               "image 0 at every t, then image 1, ..."),
+                io.Image.Output(display_name="grid", tooltip="The same upscales as one labelled sheet: a column per t "
+                                                             "(\"t = 0.25\" above it), a row per input image. Scaled "
+                                                             f"down as a whole if longer than {MAX_GRID_SIDE} px."),
+            ],
         )
 
     @classmethod
@@ -87,4 +95,11 @@ class OFTSRTSweep(io.ComfyNode):
             return torch.stack(outs, dim=1).flatten(0, 1)  # image-major: image 0 at every t, then image 1, ...
 
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=len(ts))
-        return io.NodeOutput(finish(out, x.repeat_interleave(len(ts), dim=0), color_fix))
+        images = finish(out, x.repeat_interleave(len(ts), dim=0), color_fix)
+        return io.NodeOutput(images, t_grid(images, ts))
+
+
+def t_grid(images: torch.Tensor, ts: list[float]) -> torch.Tensor:
+    """The image-major IMAGE batch of a sweep as one labelled sheet (1, H, W, C)."""
+    per_t = images.movedim(-1, 1).unflatten(0, (-1, len(ts)))  # (inputs, t, C, H, W)
+    return labelled_grid(per_t, [f"t = {t:g}" for t in ts]).movedim(0, -1).unsqueeze(0)

@@ -34,6 +34,10 @@ __all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "fr
 _EXIF_ORIENTATION = 0x0112
 _EXIF_IFD = 0x8769
 _EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the source's size
+_GPS_IFD = 0x8825
+# What of a TIFF's first IFD describes the photograph rather than the file's layout:
+# ImageDescription, Make, Model, Software, DateTime, Artist, Copyright.
+_TIFF_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -73,13 +77,27 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
     bits only (16-bit colour) or not at all (16-bit gray + alpha)."""
     import tifffile
 
-    arr = tifffile.imread(path, key=0)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        arr = page.asarray()
+        associated = any(int(e) == 1 for e in (page.extrasamples or ()))  # ASSOCALPHA: premultiplied colour
     if arr.ndim == 3 and arr.shape[0] in (2, 3, 4) and arr.shape[-1] not in (2, 3, 4):  # planar: samples first
         arr = np.moveaxis(arr, 0, -1)
     if arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{arr.dtype} samples are not read here")
     peak, depth = (65535.0, 16) if arr.dtype == np.uint16 else (255.0, 8)
-    return (arr.astype(np.float32) / peak).reshape(*arr.shape[:2], -1), depth
+    arr = (arr.astype(np.float32) / peak).reshape(*arr.shape[:2], -1)
+    if associated and arr.shape[-1] in (2, 4):
+        return _unpremultiply(arr), depth
+    return arr, depth
+
+
+def _unpremultiply(arr: np.ndarray) -> np.ndarray:
+    """Straight colour from colour premultiplied by the last channel, alpha (Pillow's "RGBa"
+    and "La" convert alike); fully transparent pixels stay 0."""
+    alpha = arr[..., -1:]
+    colour = np.divide(arr[..., :-1], alpha, out=np.zeros_like(arr[..., :-1]), where=alpha > 0)
+    return np.concatenate([np.clip(colour, 0.0, 1.0), alpha], axis=-1)
 
 
 def _is_colour_tiff16(im: Image.Image) -> bool:
@@ -123,10 +141,11 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
         return (np.asarray(im, dtype=np.float32) / 65535.0)[..., None]
     if im.mode == "F":
         return np.asarray(im, dtype=np.float32)[..., None]
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+    # RGBa and La hold premultiplied colour (a TIFF's associated alpha): converting unpremultiplies
+    has_alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
     if im.mode in ("L", "1") and not has_alpha:
         return np.asarray(im.convert("L"), dtype=np.float32)[..., None] / 255.0
-    if im.mode in ("L", "LA", "1") and has_alpha:  # gray + alpha stays two channels
+    if im.mode in ("L", "LA", "La", "1") and has_alpha:  # gray + alpha stays two channels
         return np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
     if has_alpha:
         return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
@@ -206,12 +225,26 @@ def _upright_xmp(xmp: bytes | str) -> bytes:
     upscaled, upright image: its orientation set to 1 and the old pixel size left out, in
     attribute or element form."""
     text = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else xmp
-    text = re.sub(r'(tiff:Orientation\s*=\s*")\d+(")', r"\g<1>1\2", text)
+    text = re.sub(r"""(tiff:Orientation\s*=\s*(["']))\d+\2""", r"\g<1>1\2", text)
     text = re.sub(r"(<tiff:Orientation>)\s*\d+\s*(</tiff:Orientation>)", r"\g<1>1\2", text)
     for name in _XMP_STALE:
-        text = re.sub(rf'\s{name}\s*=\s*"[^"]*"', "", text)
+        text = re.sub(rf"""\s{name}\s*=\s*(["'])[^"']*\1""", "", text)  # either quote
         text = re.sub(rf"<{name}>[^<]*</{name}>", "", text)
     return text.encode("utf-8")
+
+
+def _tiff_exif(im: Image.Image) -> Image.Exif | None:
+    """A TIFF's EXIF: its camera and GPS blocks and the descriptive tags of its first IFD,
+    without the tags that describe the file's own layout (strips, sizes, compression)."""
+    src = im.getexif()
+    exif = Image.Exif()
+    for tag in _TIFF_DESCRIPTIVE_TAGS:
+        if tag in src:
+            exif[tag] = src[tag]
+    for ifd in (_EXIF_IFD, _GPS_IFD):
+        if sub := src.get_ifd(ifd):
+            exif.get_ifd(ifd).update(sub)
+    return exif if len(exif) or any(exif.get_ifd(ifd) for ifd in (_EXIF_IFD, _GPS_IFD)) else None
 
 
 def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
@@ -219,8 +252,9 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     profile (without it a wide-gamut photo displays desaturated), its EXIF block with the
     orientation reset (`load_image` has already turned the pixels upright) and the old
     pixel size left out, its XMP likewise, and its DPI. Only the keys the file has; reads
-    the header, not the pixels. A TIFF's tags describe its own layout, so no EXIF is taken
-    from one. Metadata that cannot be parsed is left out: it must never cost the image."""
+    the header, not the pixels. From a TIFF, whose first IFD mostly describes its own layout,
+    the EXIF keeps the camera and GPS blocks and the descriptive tags (make, model, date,
+    artist, copyright). Metadata that cannot be parsed is left out: it must never cost the image."""
     found: dict[str, object] = {}
     try:
         with Image.open(path) as im:
@@ -230,6 +264,7 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
             # Pillow reports 1 dpi for a TIFF without resolution tags: not a resolution to keep
             if "dpi" in im.info and not (im.format == "TIFF" and 282 not in im.tag_v2):
                 found["dpi"] = tuple(float(d) for d in im.info["dpi"])
+            exif = _tiff_exif(im) if im.format == "TIFF" else None
             raw = im.info.get("exif") if im.format in ("JPEG", "PNG", "WEBP") else None
             xmp = im.info.get("xmp")
             if xmp:
@@ -237,6 +272,7 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
         if raw:
             exif = Image.Exif()
             exif.load(raw)
+        if exif is not None:
             exif[_EXIF_ORIENTATION] = 1
             sub = exif.get_ifd(_EXIF_IFD)
             for tag in _EXIF_PIXEL_SIZE:
@@ -264,16 +300,18 @@ def _keeps_profile(icc: bytes, colour: bool) -> bool:
     return icc[16:20] == (b"RGB " if colour else b"GRAY")
 
 
-def _png_add_chunks(path: Path, icc_profile: bytes | None, xmp: bytes | None) -> None:
-    """Insert an iCCP chunk after IHDR, and XMP as the iTXt chunk Adobe's tools read, into a
-    PNG written by pypng (which has no option for either)."""
-    if not icc_profile and not xmp:
+def _png_add_chunks(path: Path, icc_profile: bytes | None, xmp: bytes | None, exif: bytes | None) -> None:
+    """Insert an iCCP chunk after IHDR, XMP as the iTXt chunk Adobe's tools read, and an
+    eXIf chunk into a PNG written by pypng (which has no option for these)."""
+    if not icc_profile and not xmp and not exif:
         return
     import zlib
 
     import png
 
     chunks = list(png.Reader(filename=str(path)).chunks())
+    if exif:  # the TIFF structure itself, without the "Exif\0\0" that JPEG puts before it
+        chunks.insert(1, (b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
     if xmp:
         chunks.insert(1, (b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp))
     if icc_profile:
@@ -313,8 +351,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     (C = 1, 2, 3 or 4), in the format the suffix names, atomically. Returns the bit depth
     written: `bit_depth=16` gives 16 as PNG or TIFF, and 8 otherwise (JPEG, WebP and BMP
     have 8 bits) -- the caller can say so. `metadata` (from `read_image_metadata`) is
-    written where the format holds it: ICC profile, EXIF, XMP and DPI (a 16-bit PNG or
-    TIFF keeps the profile, XMP and DPI; BMP the DPI only). JPEG and WebP are written at `quality`;
+    written where the format holds it: ICC profile, EXIF, XMP and DPI (a 16-bit TIFF
+    keeps the profile, XMP and DPI, not the EXIF; BMP the DPI only). JPEG and WebP are written at `quality`;
     JPEG has no alpha, so an image with alpha is flattened onto white."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -339,7 +377,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
                 png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, **resolution).write(f, data)
             icc = (metadata or {}).get("icc_profile")
             _png_add_chunks(tmp, icc if icc and _keeps_profile(icc, colour=c >= 3) else None,
-                            (metadata or {}).get("xmp"))
+                            (metadata or {}).get("xmp"), (metadata or {}).get("exif"))
             return 16
         extra = {k: v for k, v in (metadata or {}).items() if fmt != "BMP" or k == "dpi"}  # BMP: a resolution only
         # The profile must fit the pixels written (WebP writes gray as RGB).

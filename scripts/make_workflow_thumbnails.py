@@ -36,7 +36,7 @@ def outputs_of(entry: dict, prompt: dict, output_dir: Path) -> list[tuple[str, I
     for node_id, node_out in sorted(entry["outputs"].items(), key=lambda item: int(item[0])):
         source = prompt[prompt[node_id]["inputs"]["images"][0]]
         kind, inputs = source["class_type"], source["inputs"]
-        files = node_out.get("images", [])
+        files = [f for f in node_out.get("images", []) if f.get("type") == "output"]  # not the previews
         if kind == "OFTSRTSweep":
             labels = [f"t = {v.strip()}" for v in inputs["t_values"].split(",") if v.strip()]
         elif kind == "OFTSRUpscale":

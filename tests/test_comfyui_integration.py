@@ -159,7 +159,8 @@ def test_object_info_has_the_nodes_with_their_inputs(comfy):
         assert node["category"] == CATEGORY and node["display_name"], node_id
         assert node["input_order"]["required"] == names, node_id
         assert list(node["input"]["required"]) == names, node_id
-        assert node["output"] == (["OFTSR_MODEL"] if node_id == "OFTSRModelLoader" else ["IMAGE"]), node_id
+        assert node["output"] == (["OFTSR_MODEL"] if node_id == "OFTSRModelLoader"
+                                  else ["IMAGE", "IMAGE"] if node_id == "OFTSRTSweep" else ["IMAGE"]), node_id
         required = node["input"]["required"]
         if "seed" in required:
             assert required["seed"][0] == "INT" and required["seed"][1]["control_after_generate"] is True
@@ -281,6 +282,16 @@ def test_workflow_runs(comfy, workflow_name):
             assert p.std() > 0.02 and p.max() > 0.1, (workflow_name, node_id, float(p.std()), float(p.max()))
         if count > 1:  # the t-sweep: t reaches the model, so fidelity and realism differ
             assert np.abs(pixels[0] - pixels[-1]).mean() > 1e-3, (workflow_name, node_id)
+    for node_id, entry_in in prompt.items():  # the t-sweep's labelled grid, previewed
+        if entry_in["class_type"] == "PreviewImage" and entry_in["inputs"]["images"][1] == 1:
+            previews = entry["outputs"].get(node_id, {}).get("images", [])
+            assert [p["type"] for p in previews] == ["temp"], (workflow_name, node_id, previews)
+            found = list(comfy.server.work.rglob(previews[0]["filename"]))
+            assert len(found) == 1, (previews, found)
+            with Image.open(found[0]) as grid:  # five columns of the upscale, with gaps, under a label band
+                count = len(prompt[entry_in["inputs"]["images"][0]]["inputs"]["t_values"].split(","))
+                assert count * INPUT_W * SCALE < grid.width < count * (INPUT_W * SCALE + 8), grid.size
+                assert grid.height > INPUT_H * SCALE, grid.size
 
 
 def test_loader_accepts_old_bundled_names_and_refuses_unknown_ones(comfy):

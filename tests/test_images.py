@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from oftsr.images import list_images, load_image, read_image_metadata, save_image
+from oftsr.images import _upright_xmp, list_images, load_image, read_image_metadata, save_image
 
 
 def test_rgb8(tmp_path):
@@ -353,7 +353,7 @@ def test_tiffs_pillow_cannot_read_at_16_bits(tmp_path, monkeypatch):
     def no_codec(*a, **k):
         raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
 
-    monkeypatch.setattr(tifffile, "imread", no_codec)
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
     with pytest.warns(UserWarning, match=r"lzw.tif is read with 8 bits per channel, not its 16 .*pip install imagecodecs"):
         img, depth = images.load_image(tmp_path / "lzw.tif")
     assert depth == 8 and img.shape == (1, 3, 4, 6)
@@ -396,3 +396,65 @@ def test_a_gray_tiff_is_turned_upright_too(tmp_path, orientation, dtype):
     assert depth == (16 if dtype == np.uint16 else 8)
     upright = _orient(arr[..., None], orientation)[..., 0]
     assert img.shape == (1, 1, *upright.shape) and np.array_equal(np.round(img[0, 0].numpy() * peak), upright)
+
+
+def test_xmp_with_single_quoted_attributes_is_made_upright_too():
+    xmp = _upright_xmp("<rdf:Description tiff:Orientation='8' exif:PixelYDimension='3000' "
+                       "tiff:ImageWidth = '4000' xmp:Rating='4' dc:title=\"Tom's barn\"/>")
+    assert xmp == b"<rdf:Description tiff:Orientation='1' xmp:Rating='4' dc:title=\"Tom's barn\"/>"
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_premultiplied_alpha_tiff_is_read_as_straight_colour(tmp_path, bits):
+    """A TIFF's associated alpha (ExtraSamples 1) holds colour multiplied by alpha: read
+    straight, as every other format is, so half-transparent edges are not darkened."""
+    import tifffile
+
+    peak = 255 if bits == 8 else 65535
+    dtype = np.uint8 if bits == 8 else np.uint16
+    straight = np.array([0.8, 0.4, 0.2])
+    alpha = np.array([[1.0, 0.5], [0.25, 0.0]])
+    rgba = np.concatenate([straight * alpha[..., None], alpha[..., None]], axis=-1)
+    tifffile.imwrite(tmp_path / "rgba.tif", np.round(rgba * peak).astype(dtype), photometric="rgb",
+                     extrasamples=("assocalpha",))
+    tifffile.imwrite(tmp_path / "la.tif", np.round(rgba[..., [0, 3]] * peak).astype(dtype), photometric="minisblack",
+                     extrasamples=("assocalpha",))
+    x, depth = load_image(tmp_path / "rgba.tif")
+    assert x.shape == (1, 4, 2, 2) and depth == bits
+    tol = 2.5 / 255 if bits == 8 else 1e-3  # 8 bits: premultiplied by 0.25, unpremultiplied by 4
+    for (i, j) in [(0, 0), (0, 1), (1, 0)]:
+        assert np.allclose(x[0, :3, i, j].numpy(), straight, atol=tol), (i, j, x[0, :, i, j])
+        assert abs(float(x[0, 3, i, j]) - alpha[i, j]) <= 0.5 / peak + 1e-6
+    assert float(x[0, 3, 1, 1]) == 0.0
+    g, _ = load_image(tmp_path / "la.tif")
+    assert g.shape == (1, 2, 2, 2)
+    assert abs(float(g[0, 0, 0, 1]) - 0.8) < tol and abs(float(g[0, 1, 0, 1]) - 0.5) <= 0.5 / peak + 1e-6
+
+
+def test_a_tiffs_camera_exif_is_kept_without_its_layout_tags(tmp_path):
+    """Lightroom's and Capture One's TIFF exports carry the camera, lens, date and GPS in
+    EXIF blocks: the upscaled copy keeps them, but not the source's strips, size or
+    orientation; a 16-bit PNG keeps them too (an eXIf chunk)."""
+    exif = Image.Exif()
+    exif.update({0x010F: "Canon", 0x0110: "EOS R5", 0x8298: "(c) A. Photographer", 0x0112: 6})
+    exif.get_ifd(0x8769).update({0x829A: (1, 250), 0x9003: "2026:01:02 03:04:05", 0xA002: 8, 0xA003: 4})
+    exif.get_ifd(0x8825).update({1: "N", 2: (52.0, 31.0, 0.0)})
+    Image.new("RGB", (8, 4), (10, 20, 30)).save(tmp_path / "in.tif", exif=exif.tobytes())
+    meta = read_image_metadata(tmp_path / "in.tif")
+    kept = Image.Exif()
+    kept.load(meta["exif"])
+    assert {k: kept[k] for k in (0x010F, 0x0110, 0x8298, 0x0112)} == {0x010F: "Canon", 0x0110: "EOS R5",
+                                                                      0x8298: "(c) A. Photographer", 0x0112: 1}
+    assert not {256, 257, 258, 259, 262, 273, 277, 278, 279} & set(kept)  # no layout of the source file
+    assert dict(kept.get_ifd(0x8769)) == {0x829A: (1, 250), 0x9003: "2026:01:02 03:04:05"}
+    assert kept.get_ifd(0x8825)[1] == "N"
+    image = load_image(tmp_path / "in.tif")[0]
+    assert image.shape == (1, 3, 8, 4)  # turned upright by its orientation 6
+    for name, bits in [("o.jpg", 8), ("o.png", 8), ("o.tif", 8), ("o16.png", 16)]:
+        save_image(torch.rand(3, 16, 32), tmp_path / name, bit_depth=bits, metadata=meta)
+        with Image.open(tmp_path / name) as out:
+            written = out.getexif()
+            assert written[0x010F] == "Canon" and written.get(0x0112) == 1, name
+            assert written.get_ifd(0x8769).get(0x829A) == (1, 250), name
+            assert out.size == (32, 16), name
+        assert load_image(tmp_path / name)[0].shape == (1, 3, 16, 32), name  # orientation 1: not turned again

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import comfy_stubs
 import oftsr
 from conftest import make_model, smooth_image
+from oftsr.grid import labelled_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK = "oftsr_comfy_pack_under_test"
@@ -124,10 +125,16 @@ def image(b: int = 1, h: int = 8, w: int = 8, c: int = 3, seed: int = 0) -> torc
     return torch.cat([smooth_image(h, w, seed + i, c) for i in range(b)]).movedim(1, -1).contiguous()
 
 
+def run_outputs(pack, node_id: str, **inputs) -> tuple:
+    """Every output of a node, as many as its schema declares."""
+    node = pack.nodes[node_id]
+    out = node.execute(**inputs)
+    assert isinstance(out, comfy_stubs.NodeOutput) and len(out.args) == len(node.define_schema().outputs)
+    return out.args
+
+
 def run(pack, node_id: str, **inputs) -> torch.Tensor:
-    out = pack.nodes[node_id].execute(**inputs)
-    assert isinstance(out, comfy_stubs.NodeOutput) and len(out.args) == 1
-    return out[0]
+    return run_outputs(pack, node_id, **inputs)[0]
 
 
 def bars(comfy) -> list[comfy_stubs.ProgressBar]:
@@ -146,7 +153,9 @@ def test_entrypoint_registers_every_node(pack):
         schema = cls.define_schema()
         schema.validate()
         assert schema.category == "image/upscaling/OFTSR" and schema.display_name and schema.description
-        assert [o.io_type for o in schema.outputs] == (["OFTSR_MODEL"] if cls is pack.nodes["OFTSRModelLoader"] else ["IMAGE"])
+        assert [o.io_type for o in schema.outputs] == (["OFTSR_MODEL"] if cls is pack.nodes["OFTSRModelLoader"]
+                                                           else ["IMAGE", "IMAGE"] if cls is pack.nodes["OFTSRTSweep"]
+                                                           else ["IMAGE"])
         assert all(o.tooltip for o in schema.outputs)  # every output says what it is
 
 
@@ -641,6 +650,19 @@ def test_t_sweep_parsing(pack):
     assert node.validate_inputs(t_values="0, 1") is True
     assert node.validate_inputs(t_values=None) is True  # linked: checked at run time
     assert "outside [0, 1]" in node.validate_inputs(t_values="0, 2")
+
+
+def test_t_sweep_grid_is_the_labelled_sheet_of_its_images(pack, student):
+    img = image(b=2, h=10, w=16)
+    out, grid = run_outputs(pack, "OFTSRTSweep", model=student, image=img, t_values="0, 0.5, 1", seed=3, tile=0,
+                            overlap=0, color_fix="none")
+    assert out.shape == (6, 40, 64, 3)
+    expected = labelled_grid(out.movedim(-1, 1).unflatten(0, (2, 3)), ["t = 0", "t = 0.5", "t = 1"])
+    assert grid.shape == (1, *expected.movedim(0, -1).shape) and grid.dtype == torch.float32
+    assert torch.equal(grid[0], expected.movedim(0, -1).to(grid.device))
+    # row 1 (the second input), column 2 (t = 1) holds that upscale, below the label band
+    gap, band = 2, grid.shape[1] - 2 * 40 - 2
+    assert torch.equal(grid[0, band + 40 + gap:band + 80 + gap, 2 * (64 + gap):2 * (64 + gap) + 64], out[5])
 
 
 def test_t_sweep_returns_one_image_per_t(comfy, pack, student):

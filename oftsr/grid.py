@@ -1,0 +1,81 @@
+"""A labelled grid of images, for comparing one image at several settings side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+# Browsers and WebP stop at 16383 px a side; a sheet for looking at stays within that.
+MAX_GRID_SIDE = 16383
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):  # a Pillow without FreeType: its small bitmap font
+        return ImageFont.load_default()
+
+
+def _label_band(labels: Sequence[str], cell_w: int, gap: int, font_size: int) -> np.ndarray:
+    """A white band with each label centred over its column, as uint8 (band_h, width)."""
+    width = len(labels) * cell_w + (len(labels) - 1) * gap
+    font = _font(font_size)
+    band_h = _band_height(font_size)
+    band = Image.new("L", (width, band_h), 255)
+    draw = ImageDraw.Draw(band)
+    for i, label in enumerate(labels):
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        x = i * (cell_w + gap) + max(0, (cell_w - (right - left)) // 2) - left
+        y = (band_h - (bottom - top)) // 2 - top
+        draw.text((x, y), label, font=font, fill=0)
+    return np.asarray(band)
+
+
+def _layout(rows: int, cols: int, cell_h: int, cell_w: int) -> tuple[int, int, int, int]:
+    """Gap, font size and the sheet's width and height for cells of this size. The font is
+    about 1.2% of the sheet's width, so that it stays readable when the whole sheet is fitted
+    to a screen, and at most a fifth of a cell's width, so that "t = 0.25" fits its column."""
+    gap = max(2, round(0.01 * min(cell_h, cell_w)))
+    width = cols * cell_w + (cols - 1) * gap
+    font_size = max(10, min(round(0.012 * width), cell_w // 5))
+    height = _band_height(font_size) + rows * cell_h + (rows - 1) * gap
+    return gap, font_size, width, height
+
+
+def _band_height(font_size: int) -> int:
+    return round(font_size * 1.6)
+
+
+def labelled_grid(images: torch.Tensor, labels: Sequence[str], max_side: int = MAX_GRID_SIDE) -> torch.Tensor:
+    """Images (rows, cols, C, H, W) in [0, 1] as one (C, H', W') sheet: a row per input,
+    a column per label, the labels in a white band on top, thin white lines between cells.
+    A sheet longer than `max_side` is scaled down as a whole (antialiased) to fit."""
+    if images.dim() != 5:
+        raise ValueError(f"expected images of shape (rows, cols, C, H, W), got {tuple(images.shape)}")
+    rows, cols, c, h, w = images.shape
+    if len(labels) != cols:
+        raise ValueError(f"{len(labels)} labels for {cols} columns")
+    cell_h, cell_w = h, w
+    while True:
+        gap, font_size, width, height = _layout(rows, cols, cell_h, cell_w)
+        if max(width, height) <= max_side or min(cell_h, cell_w) == 1:
+            break
+        shrink = max_side / max(width, height)
+        cell_h, cell_w = max(1, int(cell_h * shrink)), max(1, int(cell_w * shrink))
+    cells = images.flatten(0, 1).float()
+    if (cell_h, cell_w) != (h, w):
+        cells = F.interpolate(cells, size=(cell_h, cell_w), mode="bicubic", antialias=True).clamp(0, 1)
+    band = torch.from_numpy(_label_band(labels, cell_w, gap, font_size).copy()).float().div(255)
+    sheet = torch.ones(c, height, width, dtype=cells.dtype)
+    colour = c - 1 if c in (2, 4) else c  # an alpha channel stays opaque under the text
+    sheet[:colour, :band.shape[0]] = band
+    top = band.shape[0]
+    for i, cell in enumerate(cells):
+        r, k = divmod(i, cols)
+        y, x = top + r * (cell_h + gap), k * (cell_w + gap)
+        sheet[:, y:y + cell_h, x:x + cell_w] = cell
+    return sheet.to(images.dtype)

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from oftsr.grid import _layout, labelled_grid
+
+
+def cells(rows: int, cols: int, h: int, w: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(rows, cols, 3, h, w, generator=g) * 0.8 + 0.1  # never pure white, so cells show
+
+
+def test_cells_are_placed_unchanged_under_a_label_band():
+    images = cells(2, 3, 40, 64)
+    sheet = labelled_grid(images, ["t = 0", "t = 0.5", "t = 1"])
+    gap, font_size, width, height = _layout(2, 3, 40, 64)
+    assert sheet.shape == (3, height, width) and width == 3 * 64 + 2 * gap
+    band = height - 2 * 40 - gap
+    assert band == round(font_size * 1.6) and font_size >= 10
+    for r in range(2):
+        for k in range(3):
+            y, x = band + r * (40 + gap), k * (64 + gap)
+            assert torch.equal(sheet[:, y:y + 40, x:x + 64], images[r, k])
+    assert torch.all(sheet[:, band + 40:band + 40 + gap] == 1)  # white lines between rows
+    assert torch.all(sheet[:, band:, 64:64 + gap] == 1)  # ... and between columns
+
+
+def test_each_column_is_labelled_with_its_own_text():
+    sheet = labelled_grid(cells(1, 3, 48, 80), ["t = 0", "t = 0.25", "t = 0.25"])
+    band = sheet[0, :sheet.shape[1] - 48]
+    gap = _layout(1, 3, 48, 80)[0]
+    cols = [band[:, k * (80 + gap):k * (80 + gap) + 80] for k in range(3)]
+    for col in cols:
+        assert (col < 0.5).sum() > 20  # dark text on white
+        assert col[:, :4].min() == 1 and col[:, -4:].min() == 1  # centred: margins stay white
+    assert torch.equal(cols[1], cols[2]) and not torch.equal(cols[0], cols[1])
+
+
+def test_a_long_sheet_is_scaled_down_to_fit():
+    images = cells(1, 5, 120, 300)
+    sheet = labelled_grid(images, [f"t = {t}" for t in range(5)], max_side=600)
+    assert max(sheet.shape[1:]) <= 600 and sheet.shape[2] > 560  # fills the limit, within rounding
+    assert sheet.min() >= 0 and sheet.max() <= 1
+    # cells are the antialiased reduction of the inputs: mean colour kept
+    cell_w = (sheet.shape[2] - 4 * _layout(1, 5, 1, 1)[0]) // 5
+    assert cell_w < 300
+
+
+def test_keeps_dtype_and_channels():
+    images = cells(1, 2, 32, 32).to(torch.float16)
+    rgba = torch.cat([images, torch.full_like(images[:, :, :1], 0.5)], dim=2)
+    sheet = labelled_grid(rgba, ["a", "b"])
+    assert sheet.dtype == torch.float16 and sheet.shape[0] == 4
+    assert torch.all(sheet[3, :10] == 1)  # the label band is opaque
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(ValueError, match=r"\(rows, cols, C, H, W\)"):
+        labelled_grid(torch.rand(2, 3, 8, 8), ["a", "b"])
+    with pytest.raises(ValueError, match="2 labels for 3 columns"):
+        labelled_grid(cells(1, 3, 8, 8), ["a", "b"])
