@@ -9,6 +9,7 @@ and scale come from their file-name pattern or from the caller.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,8 +27,8 @@ from .unet import UNet, UNetConfig
 FORMAT_NAME = "oftsr"
 FORMAT_VERSION = 1
 
-__all__ = ["load_model", "save_model", "read_metadata", "infer_config", "parse_authors_filename", "CheckpointError",
-           "MissingInfoError"]
+__all__ = ["load_model", "save_model", "read_metadata", "infer_config", "parse_authors_filename", "network_digest",
+           "CheckpointError", "MissingInfoError"]
 
 
 class CheckpointError(ValueError):
@@ -67,6 +68,22 @@ def save_model(model: OFTSRModel, path: str | os.PathLike, *, dtype: torch.dtype
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.unet.state_dict().items()}
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata=model_metadata(model, **extra))
+
+
+def network_digest(model: OFTSRModel) -> str:
+    """The sha256 of what makes a network: its architecture, role, scale, sigma_p,
+    degradation and objective, and its weights rounded to half precision. The same network
+    saved twice, or the fp16 copy that is shipped, has the same digest; their files'
+    bytes differ (safetensors writes the metadata in no fixed order)."""
+    digest = hashlib.sha256()
+    meta = model_metadata(model)
+    for key in ("architecture", "role", "scale", "sigma_p", "degradation", "objective"):
+        digest.update(f"{key}={meta[key]}\n".encode())
+    for name, tensor in sorted(model.unet.state_dict().items()):
+        half = tensor.detach().to("cpu", torch.float16).contiguous()
+        digest.update(f"{name}{tuple(half.shape)}\n".encode())
+        digest.update(half.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- inference of the architecture

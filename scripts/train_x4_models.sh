@@ -81,7 +81,9 @@ trap 'STOPPED=1' TERM INT
 
 # Runs one stage's training command. A stage with a time of its own ($1 minutes) that ends
 # on it is exported from its newest checkpoint ($2 run folder, $3 file) and counts as done;
-# any other stop ends the script with the stage's status.
+# any other stop ends the script with the stage's status. The time a timed stage has used
+# is kept in $2/seconds_used, so a stage stopped and run again gets only what is left of it
+# (a run killed outright, with no chance to write it, is not counted).
 run_stage() {
   local minutes=$1 run_dir=$2 file=$3 status=0
   shift 3
@@ -90,8 +92,18 @@ run_stage() {
     echo "$file exists: the stage had its $minutes minutes (delete the file to train it further)"
     return
   fi
-  local limit=${minutes:-${MAX_MINUTES:-}}
-  "$@" ${limit:+--max_train_minutes "$limit"} || status=$?
+  local limit=${minutes:-${MAX_MINUTES:-}} ledger="$run_dir/seconds_used" used=0 started=$SECONDS
+  if [ -n "$minutes" ]; then
+    [ -f "$ledger" ] && used=$(cat "$ledger")
+    limit=$(awk -v m="$minutes" -v u="$used" 'BEGIN { l = m - u / 60; printf "%.3f", (l > 0 ? l : 0) }')
+    [ "$used" != 0 ] && echo "the stage has used $((used / 60)) of its $minutes minutes: $limit left"
+  fi
+  if [ -n "$minutes" ] && [ "$limit" = 0.000 ]; then
+    status=75  # its time was spent before an export: export now
+  else
+    "$@" ${limit:+--max_train_minutes "$limit"} || status=$?
+    if [ -n "$minutes" ]; then mkdir -p "$run_dir" && echo $((used + SECONDS - started)) > "$ledger"; fi
+  fi
   if [ "$STOPPED" = 1 ]; then
     exit 75
   elif [ "$status" = 75 ] && [ -n "$minutes" ]; then

@@ -239,3 +239,23 @@ def test_header_shapes_are_checked_before_the_tensors_are_read(tmp_path, student
     save_file(load_file(path), path, metadata={**meta, "architecture": json.dumps(arch)})
     with pytest.raises(CheckpointError, match=r"m.safetensors: the tensors do not match the architecture .*parameters"):
         oftsr.load_model(path)
+
+
+def test_network_digest_names_the_network_not_the_file(tmp_path):
+    """The same weights and settings give the same digest however they are stored (a
+    re-export, the fp16 copy); other weights, another sigma_p or role do not."""
+    from oftsr.checkpoint import network_digest
+
+    model = oftsr.create_model("tiny", role="teacher", seed=0)
+    digest = network_digest(model)
+    assert len(digest) == 64 and digest == network_digest(model)
+    oftsr.save_model(model, tmp_path / "a.safetensors")
+    oftsr.save_model(model, tmp_path / "b.safetensors", dtype=torch.float16, source="a.safetensors")
+    assert network_digest(oftsr.load_model(tmp_path / "a.safetensors")) == digest
+    assert network_digest(oftsr.load_model(tmp_path / "b.safetensors")) == digest
+    assert network_digest(oftsr.create_model("tiny", role="teacher", seed=1)) != digest
+    assert network_digest(oftsr.load_model(tmp_path / "a.safetensors", sigma_p=0.1)) != digest
+    assert network_digest(oftsr.load_model(tmp_path / "a.safetensors", role="student")) != digest
+    with torch.no_grad():
+        next(model.unet.parameters()).view(-1)[0] += 0.01  # one weight, visibly changed
+    assert network_digest(model) != digest

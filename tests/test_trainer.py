@@ -639,11 +639,25 @@ def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, 
     from safetensors import safe_open
     with safe_open(tmp_path / "weights" / "x4-real-student.safetensors", "pt") as f:  # shipped in half precision
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
-    assert "the stage had its" not in res.stdout
+    assert "the stage had its" not in res.stdout and "teacher: " in res.stderr  # the teacher's progress bar
     # Run again: the teacher had its time and is not trained further; the student resumes at its end.
     res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0 and "teacher.safetensors exists: the stage had its 0.001 minutes" in res.stdout
     assert oftsr.load_model(tmp_path / "weights" / "x4-real-teacher.safetensors").step == 1
+    # The time a timed stage used is kept: stopped before its export and run again, it is
+    # exported at once rather than given its minutes again.
+    ledger = tmp_path / "run" / "teacher" / "seconds_used"
+    assert int(ledger.read_text()) >= 0
+    ledger.write_text("120\n")
+    (tmp_path / "run" / "teacher" / "teacher.safetensors").unlink()
+    trained = sorted(p.name for p in (tmp_path / "run" / "teacher").iterdir())
+    res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "the stage has used 2 of its 0.001 minutes: 0.000 left" in res.stdout
+    assert sorted(p.name for p in (tmp_path / "run" / "teacher").iterdir()) == trained + ["teacher.safetensors"]
+    assert "teacher: " not in res.stderr and "distill oftsr: " in res.stderr  # only the student's progress bar
+    assert oftsr.load_model(tmp_path / "run" / "teacher" / "teacher.safetensors").step == 1
+    assert ledger.read_text().strip() == "120"  # nothing ran, nothing added
     # MAX_MINUTES (stop, resume later) and a stage's own time exclude each other
     res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(env, MAX_MINUTES="5"))
     assert res.returncode == 2 and "exclude each other" in res.stderr
@@ -737,12 +751,15 @@ def test_distillation_resumes_only_with_its_teacher(train_dir, tmp_path):
             "--output_dir", tmp_path / "s"]
     _run([*base, "--teacher", teacher, "--max_train_steps", "1"])
     recorded = oftsr.read_metadata(tmp_path / "s" / "student.safetensors")
-    from oftsr.files import sha256_file
-    assert recorded["teacher_sha256"] == sha256_file(teacher)  # the student names its teacher
+    from oftsr.checkpoint import network_digest
+    digest = network_digest(oftsr.load_model(teacher))
+    assert recorded["teacher_digest"] == digest  # the student names its teacher
     res = _run([*base, "--teacher", other, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"], status=2)
-    assert "was distilled from another teacher (sha256 " + sha256_file(teacher)[:12] in res.stderr
-    shutil.copy(teacher, tmp_path / "moved.safetensors")  # the same teacher elsewhere is the same teacher
-    _run([*base, "--teacher", tmp_path / "moved.safetensors", "--max_train_steps", "2", "--resume_from_checkpoint",
+    assert "was distilled from another teacher (digest " + digest[:12] in res.stderr
+    # The same teacher elsewhere, written again (other bytes: safetensors orders metadata as
+    # it likes) or in half precision, is the same teacher.
+    oftsr.save_model(oftsr.load_model(teacher), tmp_path / "again.safetensors", dtype=torch.float16)
+    _run([*base, "--teacher", tmp_path / "again.safetensors", "--max_train_steps", "2", "--resume_from_checkpoint",
           "latest"])
 
 

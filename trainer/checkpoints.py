@@ -152,9 +152,9 @@ def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[
     """Refuse to go on from `what` (a checkpoint, a teacher) when a setting it recorded in
     `training_metadata` differs from this run's; settings it did not record are not checked."""
     for key, value in recorded.items():
-        if key == "teacher_sha256" and metadata.get(key) != value:
-            raise ValueError(f"{what} was distilled from another teacher (sha256 {value[:12]}), not this --teacher "
-                             f"(sha256 {metadata.get(key, '?')[:12]}): pass the teacher it started with{hint}")
+        if key == "teacher_digest" and metadata.get(key) != value:  # oftsr.checkpoint.network_digest
+            raise ValueError(f"{what} was distilled from another teacher (digest {value[:12]}), not this --teacher "
+                             f"(digest {metadata.get(key, '?')[:12]}): pass the teacher it started with{hint}")
         if metadata.get(key) != value:
             raise ValueError(f"{what} was trained with --{key} {value}, but this run has "
                              f"{metadata.get(key, 'another setting')}: pass --{key} {value}{hint}")

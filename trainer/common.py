@@ -443,7 +443,7 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     "loss" is optimised (the rest is logged); `validate(model, batch, step, lpips)`
     returns scalars. `extra_state` (objects with state_dict/load_state_dict) is
     checkpointed after the EMA and the step; `after_step()` runs after each optimizer
-    step's EMA update. `provenance` (the teacher's sha256) joins the metadata that the
+    step's EMA update. `provenance` (the teacher's `network_digest`) joins the metadata that the
     checkpoints and the exported file record, and that a resume must match. Resumes first
     when `--resume_from_checkpoint` says so. Returns the
     exit status: 0 at `--max_train_steps`, `EXIT_RESUMABLE` when stopped early (`StopRequest`)

@@ -34,7 +34,7 @@ from oftsr.training.losses import TEACHER_STEPS, distill_loss, sample_distill_ti
 from oftsr.training.objectives import (DISTANCES, PatchDiscriminator, discriminator_hinge_loss, ema_update_,
                                        fast_slow_times, flowsr_loss, fluxsr_loss, generator_hinge_loss,
                                        make_training_lpips)
-from oftsr.files import sha256_file
+from oftsr.checkpoint import network_digest
 from oftsr.training.pairs import PairDataset
 
 logger = logging.getLogger("oftsr.trainer")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema,
                         desc=f"distill {args.objective}", step_losses=losses_with_total,
                         export_name="student.safetensors", extra_state=extra_state, after_step=after_step,
-                        provenance={"teacher_sha256": sha256_file(args.teacher)},
+                        provenance={"teacher_digest": network_digest(teacher)},
                         validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step,
                                                                           lpips))
 
