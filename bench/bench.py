@@ -5,7 +5,8 @@
     python bench/bench.py --device cuda --full # every preset and size, on a GPU
 
 Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops,
-baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole images per second).
+baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole images per second),
+train_memory (one training step with and without --gradient_checkpointing).
 Weights are random (the speed of a network does not depend on its values); every
 comparison uses identical weights and inputs. The memory section runs `oftsr upscale`
 and `oftsr sample` with the bundled models, and with a stand-in network for photographs
@@ -405,6 +406,64 @@ def bench_images(args, device) -> None:
           ["network", "ms / batch", "images / s", "x authors' fp32"], rows)
 
 
+def _train_step_child(preset: str, size: int, batch: int, checkpointing: str, device: str, repeat: int) -> None:
+    """One teacher training step (flow loss, backward, Adam) in this fresh process: its
+    peak memory and median seconds. bf16 autocast on CUDA, as the recipe trains."""
+    from oftsr.training.losses import sample_flow_time, teacher_loss
+
+    dev = torch.device(device)
+    model = oftsr.create_model(preset, role="teacher").to(dev).train()
+    model.unet.gradient_checkpointing = checkpointing == "on"
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x1 = torch.rand(batch, 3, size, size, device=dev) * 2 - 1
+    x_lr = torch.nn.functional.interpolate(x1, scale_factor=0.25, mode="bicubic", antialias=True)
+    x_lr = torch.nn.functional.interpolate(x_lr, scale_factor=4, mode="bicubic")
+    autocast = torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+
+    def step() -> None:
+        with autocast:
+            loss = teacher_loss(model, x1, x_lr, 0.2, torch.randn_like(x1), sample_flow_time(batch, dev))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    before = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _peak_rss()  # weights, inputs, libraries
+    seconds = timed(step, dev, repeat)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss()
+    print(json.dumps({"step": peak - before, "seconds": seconds}))
+
+
+def bench_train_memory(args, device) -> None:
+    """Memory and time of one teacher training step, with and without
+    --gradient_checkpointing, each in a fresh process."""
+    rows = []
+    for preset in args.presets:
+        for size in args.sizes:
+            results = {}
+            for mode in ("off", "on"):
+                out = subprocess.run([sys.executable, __file__, "--_train_step_child", preset, str(size),
+                                      str(args.train_batch), mode, str(device), str(args.repeat)],
+                                     capture_output=True, text=True, timeout=7200)
+                if out.returncode != 0:
+                    results[mode] = "failed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:80]
+                    continue
+                results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            base = results["off"] if isinstance(results["off"], dict) else None
+            for mode in ("off", "on"):
+                r = results[mode]
+                cells = [preset, str(size), str(args.train_batch), mode]
+                if isinstance(r, str):
+                    rows.append(cells + [r, "", "", ""])
+                    continue
+                rows.append(cells + [f"{r['step'] / 2**20:,.0f}", "" if base is None else f"{r['step'] / base['step']:.2f}",
+                                     f"{r['seconds']:.2f}", "" if base is None else f"{r['seconds'] / base['seconds']:.2f}"])
+    kind = "CUDA max allocated, bf16 autocast" if device.type == "cuda" else "peak RSS, float32"
+    # memory: what the steps add to the peak over the weights, inputs and libraries before them (Adam's state included)
+    table(f"One teacher training step (flow loss, backward, Adam), --gradient_checkpointing off and on, "
+          f"{device_name(device)}", ["preset", "px", "batch", "checkpointing", f"step memory (MiB, {kind})", "x off",
+                                     "s / step", "x off"], rows)
+
+
 def bench_flops(args, device) -> None:
     rows = []
     for preset in dict.fromkeys(["tiny", *args.presets, "div2k", "imagenet"]):
@@ -418,12 +477,15 @@ def bench_flops(args, device) -> None:
 
 SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_vs_teacher, "tiling": bench_tiling,
             "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops, "baselines": bench_baselines,
-            "images": bench_images}
+            "images": bench_images, "train_memory": bench_train_memory}
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_memory_child":
         _memory_child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--_train_step_child":
+        _train_step_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7]))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -446,6 +508,7 @@ def main() -> None:
                    help="torch.compile mode for --compile, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--images_size", type=int, default=None, help="output px of the images section (1024 on CUDA, 256 on CPU)")
     p.add_argument("--images_batch", type=int, default=8, help="images per call in the images section")
+    p.add_argument("--train_batch", type=int, default=4, help="crops per step in the train_memory section")
     p.add_argument("--fastpath_layouts", action="store_true", help="fast-path rows for each layout, not only the default")
     args = p.parse_args()
     device = torch.device(args.device)

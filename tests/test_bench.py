@@ -48,3 +48,15 @@ def test_bench_memory_rows_for_upscale_and_sample():
     assert [(c, n) for c, n, *_ in rows] == [("upscale", "stand-in (student)"),
                                              ("sample", "stand-in (teacher, midpoint NFE 3)")], out.stdout
     assert all(200 < int(rss) < 8000 for *_, rss, _ in rows)  # MiB: torch alone is about 0.5 GiB
+
+
+def test_bench_train_memory_rows_with_and_without_gradient_checkpointing():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--device", "cpu", "--only", "train_memory",
+                          "--presets", "tiny", "--sizes", "64", "--train_batch", "2", "--repeat", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"^\| tiny \| 64 \| 2 \| (off|on) \| ([\d,]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+                      out.stdout, flags=re.M)
+    assert [mode for mode, *_ in rows] == ["off", "on"], out.stdout
+    assert rows[0][2] == "1.00" and rows[0][4] == "1.00"
+    assert int(rows[0][1].replace(",", "")) > 0 and float(rows[1][2]) > 0

@@ -793,3 +793,22 @@ def test_a_teacher_file_named_like_a_bundled_model_is_that_file(tmp_path, monkey
     teacher = common.load_teacher(args)
     assert teacher.sigma_p == 0.1 and teacher.config == oftsr.PRESETS["tiny"]
     assert args.teacher == str(tmp_path / "x4")
+
+
+@pytest.mark.parametrize("script", ["teacher", "distill"])
+def test_gradient_checkpointing_trains_the_same_run(train_dir, tmp_path, script):
+    """--gradient_checkpointing changes memory, not the run: the same losses step by step
+    and the same exported weights (dropout on, so its masks must be drawn again alike)."""
+    if script == "teacher":
+        base = ["trainer/train_teacher.py", "--preset", "tiny", "--dropout", "0.1"]
+    else:
+        base = ["trainer/distill.py", "--teacher", _save_teacher(tmp_path / "teacher.safetensors"), "--dropout", "0.1"]
+    base += ["--train_data_dir", train_dir, *COMMON, "--max_train_steps", "3", "--seed", "3"]
+    _run([*base, "--output_dir", tmp_path / "plain"])
+    _run([*base, "--output_dir", tmp_path / "ckpt", "--gradient_checkpointing"])
+    plain, ckpt = _losses(tmp_path / "plain"), _losses(tmp_path / "ckpt")
+    assert sorted(plain) == [1, 2, 3] and plain == pytest.approx(ckpt, rel=1e-5, abs=1e-7)
+    name = "teacher.safetensors" if script == "teacher" else "student.safetensors"
+    a, b = oftsr.load_model(tmp_path / "plain" / name), oftsr.load_model(tmp_path / "ckpt" / name)
+    for (k, p), q in zip(a.unet.state_dict().items(), b.unet.state_dict().values(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), k

@@ -211,3 +211,32 @@ def test_half_precision_group_norm_keeps_float32_statistics():
     trained.float().sum().backward()
     assert trained.dtype == torch.bfloat16 and norm.weight.grad.dtype == torch.float32
     assert (trained.float() - reference).abs().max().item() < 0.02
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_frees_activations(monkeypatch):
+    """Recomputing each block in the backward pass (dropout included: the same masks) gives
+    the gradients of the plain pass; it keeps fewer tensors for backward; it is off outside
+    training and without gradients."""
+    torch.manual_seed(0)
+    net = UNet(oftsr.PRESETS["tiny"], dropout=0.1).train()
+    x, t = torch.randn(2, 6, 32, 32), torch.tensor([100.0, 900.0])
+
+    def grads_and_saved(checkpointing: bool) -> tuple[list[torch.Tensor], int]:
+        net.gradient_checkpointing = checkpointing
+        net.zero_grad()
+        saved = []
+        torch.manual_seed(1)  # the dropout masks
+        with torch.autograd.graph.saved_tensors_hooks(lambda a: saved.append(a.numel()) or a, lambda a: a):
+            out = net(x, t)
+        out.square().mean().backward()
+        return [p.grad.clone() for p in net.parameters()], sum(saved)
+
+    plain, plain_saved = grads_and_saved(False)
+    checkpointed, checkpointed_saved = grads_and_saved(True)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(plain, checkpointed, strict=True))
+    assert checkpointed_saved < 0.25 * plain_saved  # block inputs only, not every activation
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: pytest.fail("checkpointed"))
+    net.gradient_checkpointing = True
+    net.eval()(x, t)  # evaluation (validation, EMA copies): the plain path
+    with torch.no_grad():
+        net.train()(x, t)

@@ -77,6 +77,9 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    help="default: what `accelerate config` says")
     p.add_argument("--allow_tf32", action="store_true",
                    help="TF32 tensor cores for float32 matrix products on Ampere and newer GPUs (faster, ~1e-3 relative)")
+    p.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute each UNet block in the backward pass instead of keeping its activations: a "
+                        "bigger --train_batch_size or --resolution fits in memory, for about a third more compute")
     p.add_argument("--checkpointing_steps", type=positive_int, default=5000)
     p.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
     p.add_argument("--max_train_minutes", type=non_negative_float, default=None,

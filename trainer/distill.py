@@ -91,6 +91,7 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
         if init.config != teacher.config:
             raise ValueError(f"--init_student has architecture {init.config}, but the teacher is {teacher.config}")
     student.unet.load_state_dict(init.unet.state_dict())
+    student.unet.gradient_checkpointing = args.gradient_checkpointing
     return teacher.eval().requires_grad_(False), student.train().requires_grad_(True)
 
 

@@ -50,6 +50,7 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
             raise ValueError(f"--init_from {args.init_from} is " + (f"the {preset} preset: pass --preset {preset}"
                              if preset else f"architecture {init.config}, not --preset {args.preset}'s"))
         model.unet.load_state_dict(init.unet.state_dict())
+    model.unet.gradient_checkpointing = args.gradient_checkpointing
     return model.requires_grad_(True).train()
 
 
