@@ -160,7 +160,7 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: int
 
 
 # Whole-image float32 buffers any solver keeps at the least (the state, a velocity, the
-# blend sums); the midpoint method measured about five (README, Performance).
+# blend sums); the midpoint method measured about five (docs/performance.md).
 _SAMPLE_MIN_BUFFERS = 3
 
 

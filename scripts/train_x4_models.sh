@@ -28,12 +28,12 @@
 # WORKERS, REPEATS, WEIGHTS_DIR, EVAL, NO_BASELINES, TEACHER_LR, TEACHER_WARMUP,
 # TEACHER_EMA, TEACHER_DROPOUT, STUDENT_LR, REALESRGAN_CONFIG, MAX_MINUTES,
 # TEACHER_MINUTES, STUDENT_MINUTES, PYTHON); with tiny values the same commands run on a
-# CPU in a minute, as a check of the recipe (README, Bundled models; a test runs it). INIT_TEACHER and INIT_STUDENT start the two stages from
+# CPU in a minute, as a check of the recipe (docs/models.md; a test runs it). INIT_TEACHER and INIT_STUDENT start the two stages from
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
 # pair into x4-real.
 #
 # A fine-tune of the x4 pair on a CPU does not make a usable x4-real, with either chain
-# (README, Bundled models: measured on RealSR-Canon, no better than bicubic at t = 0);
+# (docs/models.md: measured on RealSR-Canon, no better than bicubic at t = 0);
 # train it on a GPU as above, REALESRGAN_CONFIG=camera first.
 set -euo pipefail
 NAME=${1:?usage: DATA=... bash scripts/train_x4_models.sh x4|x4-real [work_dir]}
