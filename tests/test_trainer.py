@@ -1,5 +1,6 @@
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -686,16 +687,16 @@ def test_resume_from_an_earlier_checkpoint_by_name_and_with_a_new_learning_rate(
 
 def test_resumed_warm_up_follows_the_step_not_the_process_count(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    from common import restore_schedule, warmup_schedule
+    from common import lr_schedule, restore_schedule
 
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    two = warmup_schedule(opt, 10, num_processes=2)
+    two = lr_schedule(opt, "constant", 10, 100, num_processes=2)
     for _ in range(3 * 2):  # three optimizer steps of a two-process run: six scheduler steps
         opt.step()
         two.step()
     state = two.state_dict()
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    one = warmup_schedule(opt, 10, num_processes=1)
+    one = lr_schedule(opt, "constant", 10, 100, num_processes=1)
     one.load_state_dict(state)
     assert one.last_epoch == 6  # as loaded: in the two processes' units, 6 // 1 + 1 = 7 tenths of warm-up
     restore_schedule(one, opt, 1e-3, step=3, num_processes=1)
@@ -812,3 +813,39 @@ def test_gradient_checkpointing_trains_the_same_run(train_dir, tmp_path, script)
     a, b = oftsr.load_model(tmp_path / "plain" / name), oftsr.load_model(tmp_path / "ckpt" / name)
     for (k, p), q in zip(a.unet.state_dict().items(), b.unet.state_dict().values(), strict=True):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), k
+
+
+def test_lr_schedules_after_the_warm_up(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    from common import lr_schedule
+
+    def lrs(name: str, processes: int = 1) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, seen = lr_schedule(opt, name, 4, 12, num_processes=processes), []
+        for _ in range(13):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            for _ in range(processes):  # Accelerate steps it once per process per optimizer step
+                sched.step()
+        return seen
+
+    warm = [0.25, 0.5, 0.75, 1.0]
+    assert lrs("constant") == pytest.approx(warm + [1.0] * 9)
+    assert lrs("linear") == pytest.approx(warm + [1 - k / 8 for k in range(9)])
+    assert lrs("cosine") == pytest.approx(warm + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(9)])
+    assert lrs("cosine", processes=2) == pytest.approx(lrs("cosine"))
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'"):
+        lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "step", 0, 10)
+
+
+def test_cosine_schedule_in_a_run_and_on_resume(train_dir, tmp_path):
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--max_train_steps", "6", "--lr_scheduler", "cosine", "--checkpointing_steps", "3"]
+    _run([*base, "--output_dir", tmp_path / "full"])
+    full = _losses(tmp_path / "full", "lr")
+    assert full[1] == pytest.approx(5e-4) and full[2] == pytest.approx(1e-3)  # warm-up over 2 steps
+    assert [full[s] for s in range(3, 7)] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * k / 4))
+                                                           for k in range(4)])
+    _run([*base, "--output_dir", tmp_path / "cut", "--max_train_minutes", "0"], status=EXIT_RESUMABLE)
+    _run([*base, "--output_dir", tmp_path / "cut", "--resume_from_checkpoint", "latest"])
+    assert _losses(tmp_path / "cut", "lr") == pytest.approx(full)

@@ -9,6 +9,7 @@ import copy
 import importlib.util
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,6 +38,7 @@ logger = logging.getLogger("oftsr.trainer")
 # (--max_train_minutes, SIGTERM, Ctrl-C): sysexits' EX_TEMPFAIL, "run it again to go on".
 EXIT_RESUMABLE = 75
 SCRIPT_START = time.monotonic()  # --max_train_minutes counts from here: set-up and resume included
+LR_SCHEDULES = ("constant", "linear", "cosine")  # --lr_scheduler, after the warm-up
 
 
 def _checked(kind: type, ok, wording: str):
@@ -68,6 +70,9 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--learning_rate", type=positive_float, default=lr)
     p.add_argument("--lr_warmup_steps", type=non_negative_int, default=1000,
                    help="linear warm-up, in optimizer steps (distill.py: at most a tenth of --max_train_steps)")
+    p.add_argument("--lr_scheduler", choices=LR_SCHEDULES, default="constant",
+                   help="after the warm-up: constant (the paper's), or a linear or cosine decay to 0 at "
+                        "--max_train_steps")
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.999)
     p.add_argument("--adam_weight_decay", type=float, default=0.0)
@@ -217,13 +222,25 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
-                    num_processes: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup_steps` optimizer steps, then constant (the paper uses no
-    decay). Accelerate's prepared scheduler steps once per process for every optimizer
-    step: its count is divided back, so N processes warm up as one does."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s // num_processes + 1) / max(1, warmup_steps)))
+def lr_schedule(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, total_steps: int,
+                num_processes: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_steps` optimizer steps, then `name`: constant (the
+    paper's: no decay), or a linear or cosine decay that reaches 0 at `total_steps`.
+    Accelerate's prepared scheduler steps once per process for every optimizer step: its
+    count is divided back, so N processes follow the schedule as one does."""
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of {', '.join(LR_SCHEDULES)}")
+
+    def factor(count: int) -> float:
+        step = count // num_processes  # optimizer steps taken
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 1.0 - progress if name == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def restore_schedule(scheduler, optimizer, learning_rate: float, step: int, num_processes: int) -> None:

@@ -24,7 +24,7 @@ import torch
 from common import (HelpFormatter, add_common_args, ema_copy, load_teacher, log_images,
                     make_accelerator, make_dataloader, positive_float, positive_int, run_script, run_training,
                     training_loader, training_metadata, unit_interval, validation_scores, validation_start,
-                    warmup_schedule)
+                    lr_schedule)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ema = EMA(student, args.ema_decay)
     optimizer = torch.optim.Adam(student.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                  weight_decay=args.adam_weight_decay)
-    scheduler = warmup_schedule(optimizer, args.lr_warmup_steps, accelerator.num_processes)
+    scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
+                            accelerator.num_processes)
     if args.objective == "fluxsr":
         dataloader = make_pair_dataloader(args, teacher)
     else:

@@ -15,7 +15,7 @@ import torch
 
 from common import (HelpFormatter, add_common_args, ema_copy, log_images, make_accelerator, make_dataloader,
                     positive_int, preset_choices, run_script, run_training, validation_scores, validation_start,
-                    warmup_schedule)
+                    lr_schedule)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ema = EMA(model, args.ema_decay)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                  weight_decay=args.adam_weight_decay)
-    scheduler = warmup_schedule(optimizer, args.lr_warmup_steps, accelerator.num_processes)
+    scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
+                            accelerator.num_processes)
     dataloader = make_dataloader(args, args.train_data_dir, sigma_y=args.sigma_y)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     ema.to(accelerator.device)
