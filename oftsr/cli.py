@@ -105,11 +105,13 @@ def _check_args(args: argparse.Namespace) -> None:
     """Argument errors of `upscale` / `sample`, before any file is read: one message each,
     naming the option. The rules are the library's own (check_t, check_tiling)."""
     resolve_device(args.device)
-    if hasattr(args, "t"):
+    for t in getattr(args, "t", ()):
         try:
-            check_t(args.t)
+            check_t(t)
         except ValueError as e:
             raise ValueError(f"--t: {e}") from None
+    if len(set(getattr(args, "t", ()))) < len(getattr(args, "t", ())):
+        raise ValueError(f"--t lists a value twice: {' '.join(f'{t:g}' for t in args.t)}")
     if args.outscale is not None and not args.outscale > 0:
         raise ValueError(f"--outscale must be more than 0, got {args.outscale:g}")
     if not 1 <= args.quality <= 100:
@@ -178,8 +180,15 @@ def _check_writable(targets: list[Path]) -> None:
             raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
 
 
-def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
-    """Arguments, inputs and outputs checked, before the model is loaded: (files, targets)."""
+def _tagged(path: Path, tag: str) -> Path:
+    """`photo.png` with tag "_t0.5" -> `photo_t0.5.png`."""
+    return path.with_name(f"{path.stem}{tag}{path.suffix}")
+
+
+def _prepare(args: argparse.Namespace, tags: list[str] | None = None) -> tuple[list[Path], list[Path], list[int]]:
+    """Arguments, inputs and outputs checked, before the model is loaded: (files, targets,
+    variants). With several `tags` each image is written once per tag, the tag before its
+    suffix; `variants[i]` is the index of job i's tag."""
     _check_args(args)
     files = list_images(args.inputs)
     out = Path(args.output).resolve()
@@ -192,14 +201,22 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     if not files:
         raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(READ_SUFFIXES)})")
     targets = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite, fmt=args.format)
+    tags = tags or [""]
+    variants = [k for _ in files for k in range(len(tags))]
+    files, targets = [f for f in files for _ in tags], [_tagged(t, tag) for t in targets for tag in tags]
+    if len(tags) > 1 and not args.overwrite:
+        sources = {f.resolve() for f in files}
+        clash = next((t for t in targets if t.resolve() in sources), None)
+        if clash is not None:
+            raise ValueError(f"{clash.name} would replace an input image; choose another output, or pass --overwrite")
     if args.skip_existing:  # outputs are written atomically: one that exists is complete
         todo = [i for i, t in enumerate(targets) if not t.exists()]
         if len(todo) < len(files):
             print(f"skipping {len(files) - len(todo)} of {len(files)} images whose output exists (--skip-existing)",
                   file=sys.stderr)
-        files, targets = [files[i] for i in todo], [targets[i] for i in todo]
+        files, targets, variants = [files[i] for i in todo], [targets[i] for i in todo], [variants[i] for i in todo]
     _check_writable(targets)
-    return files, targets
+    return files, targets, variants
 
 
 def _output_size(image: torch.Tensor, scale: int, outscale: float | None) -> tuple[int, int]:
@@ -265,13 +282,14 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
                    f"8); name the output .png or .tif to keep {depth} bits", file=sys.stderr)
 
 
-def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Path], targets: list[Path]) -> int:
+def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: list[Path], targets: list[Path]) -> int:
+    """Each image through its `runs[i](model, image, callback, out_dtype)` into its target."""
     from tqdm import tqdm
 
     failed = 0
     with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
-        for src, dst in zip(files, targets, strict=True):
-            bar.set_description(src.name)
+        for src, dst, run in zip(files, targets, runs, strict=True):
+            bar.set_description(dst.name if len(set(runs)) > 1 else src.name)
             with warnings.catch_warnings(record=True) as caught:  # what reading or writing a file had to give up
                 warnings.simplefilter("always", UserWarning)
                 try:
@@ -294,19 +312,24 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, run, files: list[Pa
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    files, targets = _prepare(args)
+    # several t: each image once per t, the same seed, named photo_t0.25.png
+    files, targets, variants = _prepare(args, [f"_t{t:g}" for t in args.t] if len(args.t) > 1 else None)
     if not files:  # every output exists (--skip-existing)
         return 0
     model = _load(args, "student")
     if model.ignores_t:
         print(f"warning: {model.ignores_t_note('--t')}", file=sys.stderr)
-    run = lambda m, im, cb, dt: upscale(m, im, t=args.t, seed=args.seed, tile=args.tile or None,  # noqa: E731
-                                        overlap=args.overlap, tile_batch=args.tile_batch, callback=cb, out_dtype=dt)
-    return _run_images(args, model, run, files, targets)
+
+    def at(t: float):
+        return lambda m, im, cb, dt: upscale(m, im, t=t, seed=args.seed, tile=args.tile or None, overlap=args.overlap,
+                                             tile_batch=args.tile_batch, callback=cb, out_dtype=dt)
+
+    runs = [at(t) for t in args.t]
+    return _run_images(args, model, [runs[k] for k in variants], files, targets)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    files, targets = _prepare(args)
+    files, targets, _ = _prepare(args)
     if not files:  # every output exists (--skip-existing)
         return 0
     model = _load(args, "teacher")
@@ -314,7 +337,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run = lambda m, im, cb, dt: sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed,  # noqa: E731
                                        tile=args.tile or None, overlap=args.overlap, tile_batch=args.tile_batch,
                                        callback=cb, info=nfe, out_dtype=dt)
-    code = _run_images(args, model, run, files, targets)
+    code = _run_images(args, model, [run] * len(files), files, targets)
     if "nfe" in nfe and not args.quiet:
         print(f"network evaluations per image: {nfe['nfe']}")
     return code
@@ -404,9 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command("upscale", help="one-step super-resolution with a student model")
     _add_model_args(p)
-    p.add_argument("--t", type=float, default=0.5,
+    p.add_argument("--t", type=float, nargs="+", default=[0.5], metavar="T",
                    help="fidelity (0: smooth, faithful) .. realism (1: most detail) trade-off; default 0.5, the middle, "
-                        "as in the ComfyUI node: move toward the end you want")
+                        "as in the ComfyUI node: move toward the end you want. Several values (--t 0 0.5 1) write "
+                        "each image once per t, with the same seed, as photo_t0.png, photo_t0.5.png, ...")
     p.set_defaults(func=cmd_upscale)
 
     p = add_command("sample", help="multi-step super-resolution with a teacher model")

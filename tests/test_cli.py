@@ -334,7 +334,7 @@ def test_killed_save_leaves_no_truncated_file(tmp_path, name, depth):
 def test_t_default_is_the_middle_of_the_trade_off_and_help_is_plain(capsys):
     from oftsr.cli import build_parser
 
-    assert build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t == 0.5
+    assert build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t == [0.5]
     with pytest.raises(SystemExit):
         main(["upscale", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
@@ -582,3 +582,26 @@ def test_outscale_resizes_the_result_to_a_factor_of_the_input(tmp_path, model_fi
     assert load_image(tmp_path / "x1_5.png")[0].shape == (1, 4, 12, 9)  # alpha resized with the colour
     code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "x"), "--outscale", "0", *model], capsys)
     assert code == 2 and "--outscale must be more than 0, got 0" in err
+
+
+def test_several_t_write_each_image_once_per_t(tmp_path, model_files, inputs, capsys):
+    out = tmp_path / "out"
+    common = ["--model", str(model_files[0]), "--seed", "4", "--tile", "0", "-q"]
+    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0", "0.25", "1", *common]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "rgb_t0.25.png", "rgb_t0.png", "rgb_t1.png", "rgba_t0.25.png", "rgba_t0.png", "rgba_t1.png",
+        "sub/gray_t0.25.png", "sub/gray_t0.png", "sub/gray_t1.png"]
+    for t in ("0", "1"):  # each is the single run at that t, with the same seed
+        assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / f"one_{t}.png"), "--t", t, *common]) == 0
+        assert torch.equal(load_image(out / f"rgb_t{t}.png")[0], load_image(tmp_path / f"one_{t}.png")[0])
+    assert not torch.equal(load_image(out / "rgb_t0.png")[0], load_image(out / "rgb_t1.png")[0])
+    # a single file named for -o gets the tags too; --skip-existing counts each (image, t)
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "x4.jpg"), "--t", "0", "0.5", *common]) == 0
+    assert sorted(p.name for p in tmp_path.glob("x4_t*.jpg")) == ["x4_t0.5.jpg", "x4_t0.jpg"]
+    (out / "rgb_t1.png").unlink()
+    capsys.readouterr()
+    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0", "0.25", "1", "--skip-existing", *common]) == 0
+    assert "skipping 8 of 9 images whose output exists" in capsys.readouterr().err
+    assert (out / "rgb_t1.png").is_file()
+    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0.5", "0.50", *common]) == 2
+    assert "--t lists a value twice: 0.5 0.5" in capsys.readouterr().err
