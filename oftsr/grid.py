@@ -35,13 +35,13 @@ def _label_band(labels: Sequence[str], cell_w: int, gap: int, font_size: int) ->
     return np.asarray(band)
 
 
-def _layout(rows: int, cols: int, cell_h: int, cell_w: int) -> tuple[int, int, int, int]:
+def _layout(rows: int, cols: int, cell_h: int, cell_w: int, longest: int) -> tuple[int, int, int, int]:
     """Gap, font size and the sheet's width and height for cells of this size. The font is
     about 1.2% of the sheet's width, so that it stays readable when the whole sheet is fitted
-    to a screen, and at most a fifth of a cell's width, so that "t = 0.25" fits its column."""
+    to a screen, and small enough that the `longest` label (in characters) fits its column."""
     gap = max(2, round(0.01 * min(cell_h, cell_w)))
     width = cols * cell_w + (cols - 1) * gap
-    font_size = max(10, min(round(0.012 * width), cell_w // 5))
+    font_size = max(10, min(round(0.012 * width), round(cell_w / (0.6 * max(longest, 1)))))
     height = _band_height(font_size) + rows * cell_h + (rows - 1) * gap
     return gap, font_size, width, height
 
@@ -59,13 +59,14 @@ def labelled_grid(images: torch.Tensor, labels: Sequence[str], max_side: int = M
     rows, cols, c, h, w = images.shape
     if len(labels) != cols:
         raise ValueError(f"{len(labels)} labels for {cols} columns")
-    cell_h, cell_w = h, w
-    while True:
-        gap, font_size, width, height = _layout(rows, cols, cell_h, cell_w)
-        if max(width, height) <= max_side or min(cell_h, cell_w) == 1:
+    longest = max(len(label) for label in labels)
+    scale, cell_h, cell_w = 1.0, h, w
+    for _ in range(32):  # one scale for both sides; gaps and the band shrink less than cells, so a few rounds
+        gap, font_size, width, height = _layout(rows, cols, cell_h, cell_w, longest)
+        if max(width, height) <= max_side or (cell_h, cell_w) == (1, 1):
             break
-        shrink = max_side / max(width, height)
-        cell_h, cell_w = max(1, int(cell_h * shrink)), max(1, int(cell_w * shrink))
+        scale *= min(0.999, max_side / max(width, height))
+        cell_h, cell_w = max(1, int(h * scale)), max(1, int(w * scale))
     cells = images.flatten(0, 1).float()
     if (cell_h, cell_w) != (h, w):
         cells = F.interpolate(cells, size=(cell_h, cell_w), mode="bicubic", antialias=True).clamp(0, 1)

@@ -233,13 +233,22 @@ def _upright_xmp(xmp: bytes | str) -> bytes:
     return text.encode("utf-8")
 
 
+def _describes_layout(tag: int, value: object) -> bool:
+    """A description or software tag that scientific writers fill with the file's own
+    layout: tifffile's JSON shape and ImageJ's header, which would misdescribe a copy of
+    another size."""
+    text = str(value).lstrip()
+    return (tag == 0x010E and (text.startswith('{"shape"') or text.startswith("ImageJ="))) or \
+        (tag == 0x0131 and text.startswith("tifffile"))
+
+
 def _tiff_exif(im: Image.Image) -> Image.Exif | None:
     """A TIFF's EXIF: its camera and GPS blocks and the descriptive tags of its first IFD,
     without the tags that describe the file's own layout (strips, sizes, compression)."""
     src = im.getexif()
     exif = Image.Exif()
     for tag in _TIFF_DESCRIPTIVE_TAGS:
-        if tag in src:
+        if tag in src and not _describes_layout(tag, src[tag]):
             exif[tag] = src[tag]
     for ifd in (_EXIF_IFD, _GPS_IFD):
         if sub := src.get_ifd(ifd):
@@ -264,14 +273,12 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
             # Pillow reports 1 dpi for a TIFF without resolution tags: not a resolution to keep
             if "dpi" in im.info and not (im.format == "TIFF" and 282 not in im.tag_v2):
                 found["dpi"] = tuple(float(d) for d in im.info["dpi"])
-            exif = _tiff_exif(im) if im.format == "TIFF" else None
-            raw = im.info.get("exif") if im.format in ("JPEG", "PNG", "WEBP") else None
             xmp = im.info.get("xmp")
             if xmp:
                 found["xmp"] = _upright_xmp(xmp)
-        if raw:
-            exif = Image.Exif()
-            exif.load(raw)
+            with warnings.catch_warnings():  # a corrupt EXIF block is left out, not reported
+                warnings.simplefilter("ignore")
+                exif = _read_exif(im)
         if exif is not None:
             exif[_EXIF_ORIENTATION] = 1
             sub = exif.get_ifd(_EXIF_IFD)
@@ -281,6 +288,22 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     except Exception:  # any decoder or parser error: keep what was read so far
         pass
     return found
+
+
+def _read_exif(im: Image.Image) -> Image.Exif | None:
+    """The EXIF of an open image, or None: a JPEG's, PNG's or WebP's block, a TIFF's
+    camera tags (`_tiff_exif`); one that cannot be parsed is None."""
+    try:
+        if im.format == "TIFF":
+            return _tiff_exif(im)
+        raw = im.info.get("exif") if im.format in ("JPEG", "PNG", "WEBP") else None
+        if not raw:
+            return None
+        exif = Image.Exif()
+        exif.load(raw)
+        return exif
+    except Exception:
+        return None
 
 
 def frame_count(path: str | os.PathLike) -> int:
@@ -335,6 +358,7 @@ def _levels(image: torch.Tensor, bits: int) -> np.ndarray:
 # The largest side each format can hold (Pillow's encoders refuse more only once the image is made).
 MAX_SIDE = {".webp": 16383, ".jpg": 65500, ".jpeg": 65500}
 JPEG_MAX_XMP = 65504  # bytes of XMP in one JPEG APP1 segment
+JPEG_MAX_EXIF = 65533  # bytes of EXIF ("Exif\0\0" and its TIFF structure) in one APP1 segment
 
 
 def check_output_size(path: str | os.PathLike, width: int, height: int) -> None:
@@ -387,8 +411,11 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             import tifffile
 
             dpi = extra.get("dpi")
-            tifffile.imwrite(tmp, _levels(image, 16), photometric="minisblack" if c <= 2 else "rgb",
+            levels = _levels(image, 16)
+            tifffile.imwrite(tmp, levels[..., 0] if c == 1 else levels, photometric="minisblack" if c <= 2 else "rgb",
+                             planarconfig=None if c == 1 else "contig",
                              extrasamples=("unassalpha",) if c in (2, 4) else None, compression="zlib",
+                             metadata=None, software=False,  # no JSON shape description, no tifffile.py
                              iccprofile=extra.get("icc_profile"),
                              extratags=[(700, 1, len(extra["xmp"]), extra["xmp"], True)] if extra.get("xmp") else None,
                              resolution=None if not dpi else (dpi[0], dpi[1]), resolutionunit=2 if dpi else None)
@@ -410,6 +437,11 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
                           f"({JPEG_MAX_XMP:,}): written without it; a .png or .tif output keeps it", stacklevel=2)
         elif xmp and fmt in ("JPEG", "WEBP"):
             extra["xmp"] = xmp
+        if fmt == "JPEG" and len(extra.get("exif") or b"") > JPEG_MAX_EXIF:
+            warnings.warn(f"{path.name}: the source's EXIF ({len(extra['exif']):,} bytes, maker notes most likely) "
+                          f"is more than JPEG holds ({JPEG_MAX_EXIF:,}): written without it; a .png or .tif output "
+                          f"keeps it", stacklevel=2)
+            del extra["exif"]
         data = _levels(image, 8)
         im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
         if fmt in ("JPEG", "WEBP"):

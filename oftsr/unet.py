@@ -345,11 +345,17 @@ class UNet(nn.Module):
         # again in the backward pass (less memory for about a third more compute).
         self.gradient_checkpointing = False
 
-    def _block(self, block: TimestepSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _block(self, block: TimestepSequential, h: torch.Tensor, emb: torch.Tensor,
+               skip: torch.Tensor | None = None) -> torch.Tensor:
+        """One block, on `h` or on `h` joined with its `skip` (the join inside, so that
+        checkpointing keeps no joined copy)."""
+        def run(h: torch.Tensor, emb: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+            return block(h if skip is None else torch.cat([h, skip], dim=1), emb)
+
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # non-reentrant, with the RNG state kept: dropout draws the same masks again
-            return torch.utils.checkpoint.checkpoint(block, h, emb, use_reentrant=False)
-        return block(h, emb)
+            return torch.utils.checkpoint.checkpoint(run, h, emb, skip, use_reentrant=False)
+        return run(h, emb, skip)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         m = self.config.size_multiple
@@ -362,7 +368,7 @@ class UNet(nn.Module):
             skips.append(h)
         h = self._block(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = self._block(block, torch.cat([h, skips.pop()], dim=1), emb)
+            h = self._block(block, h, emb, skips.pop())
         if _REFERENCE_OPS.get():
             return self.out(h)
         norm = self.out[0]  # out = norm, SiLU, conv

@@ -88,21 +88,28 @@ run_stage() {
   local minutes=$1 run_dir=$2 file=$3 status=0
   shift 3
   if [ "$STOPPED" = 1 ]; then exit 75; fi  # a signal between stages (or during an export) stops before the next
+  local limit=${minutes:-${MAX_MINUTES:-}} ledger="$run_dir/seconds_used" used=0 started=$SECONDS
   if [ -n "$minutes" ] && [ -f "$file" ]; then  # its time is spent: a second run would add as much again
-    echo "$file exists: the stage had its $minutes minutes (delete the file to train it further)"
+    echo "$file exists: the stage had its $minutes minutes (give it more minutes and delete the file, or delete" \
+      "the file and $ledger, to train it further)"
     return
   fi
-  local limit=${minutes:-${MAX_MINUTES:-}} ledger="$run_dir/seconds_used" used=0 started=$SECONDS
   if [ -n "$minutes" ]; then
-    [ -f "$ledger" ] && used=$(cat "$ledger")
+    if [ -f "$ledger" ]; then used=$(cat "$ledger"); fi
+    if ! [[ "$used" =~ ^[0-9]+$ ]]; then
+      echo "error: $ledger should hold the whole seconds the stage has used, not '$used': fix or delete it" >&2
+      exit 2
+    fi
     limit=$(awk -v m="$minutes" -v u="$used" 'BEGIN { l = m - u / 60; printf "%.3f", (l > 0 ? l : 0) }')
-    [ "$used" != 0 ] && echo "the stage has used $((used / 60)) of its $minutes minutes: $limit left"
+    if [ "$used" != 0 ]; then echo "the stage has used $((used / 60)) of its $minutes minutes: $limit left"; fi
   fi
   if [ -n "$minutes" ] && [ "$limit" = 0.000 ]; then
     status=75  # its time was spent before an export: export now
   else
     "$@" ${limit:+--max_train_minutes "$limit"} || status=$?
-    if [ -n "$minutes" ]; then mkdir -p "$run_dir" && echo $((used + SECONDS - started)) > "$ledger"; fi
+    if [ -n "$minutes" ]; then  # written whole, then renamed: a kill never leaves an empty ledger
+      mkdir -p "$run_dir" && echo $((used + SECONDS - started)) > "$ledger.tmp" && mv "$ledger.tmp" "$ledger"
+    fi
   fi
   if [ "$STOPPED" = 1 ]; then
     exit 75

@@ -12,7 +12,7 @@ def cells(rows: int, cols: int, h: int, w: int) -> torch.Tensor:
 def test_cells_are_placed_unchanged_under_a_label_band():
     images = cells(2, 3, 40, 64)
     sheet = labelled_grid(images, ["t = 0", "t = 0.5", "t = 1"])
-    gap, font_size, width, height = _layout(2, 3, 40, 64)
+    gap, font_size, width, height = _layout(2, 3, 40, 64, 7)
     assert sheet.shape == (3, height, width) and width == 3 * 64 + 2 * gap
     band = height - 2 * 40 - gap
     assert band == round(font_size * 1.6) and font_size >= 10
@@ -27,7 +27,7 @@ def test_cells_are_placed_unchanged_under_a_label_band():
 def test_each_column_is_labelled_with_its_own_text():
     sheet = labelled_grid(cells(1, 3, 48, 80), ["t = 0", "t = 0.25", "t = 0.25"])
     band = sheet[0, :sheet.shape[1] - 48]
-    gap = _layout(1, 3, 48, 80)[0]
+    gap = _layout(1, 3, 48, 80, 8)[0]
     cols = [band[:, k * (80 + gap):k * (80 + gap) + 80] for k in range(3)]
     for col in cols:
         assert (col < 0.5).sum() > 20  # dark text on white
@@ -41,7 +41,7 @@ def test_a_long_sheet_is_scaled_down_to_fit():
     assert max(sheet.shape[1:]) <= 600 and sheet.shape[2] > 560  # fills the limit, within rounding
     assert sheet.min() >= 0 and sheet.max() <= 1
     # cells are the antialiased reduction of the inputs: mean colour kept
-    cell_w = (sheet.shape[2] - 4 * _layout(1, 5, 1, 1)[0]) // 5
+    cell_w = (sheet.shape[2] - 4 * _layout(1, 5, 1, 1, 5)[0]) // 5
     assert cell_w < 300
 
 
@@ -58,3 +58,16 @@ def test_bad_arguments_are_explained():
         labelled_grid(torch.rand(2, 3, 8, 8), ["a", "b"])
     with pytest.raises(ValueError, match="2 labels for 3 columns"):
         labelled_grid(cells(1, 3, 8, 8), ["a", "b"])
+
+
+def test_an_extreme_sheet_keeps_its_aspect_and_many_labels_do_not_collide():
+    wide = labelled_grid(torch.rand(1, 5, 3, 4, 20000), [f"t = {k}" for k in range(5)], max_side=16383)
+    assert max(wide.shape[1:]) <= 16383
+    cell_w = (wide.shape[2] - 4 * _layout(1, 5, 1, 1, 5)[0]) // 5
+    assert 3200 < cell_w <= 3276  # 20000 x ~0.16: the same factor as the height's 4 -> 1 px rows, not distorted
+    sheet = labelled_grid(cells(1, 16, 24, 120), [f"t = {k / 15:g}" for k in range(16)])  # "t = 0.0666667"
+    band = sheet[0, :sheet.shape[1] - 24]
+    gap = _layout(1, 16, 24, 120, 13)[0]
+    for k in range(15):  # the white between two columns stays white: no label runs into its neighbour
+        right_edge = k * (120 + gap) + 120
+        assert band[:, right_edge - 1:right_edge + gap + 1].min() > 0.5, k

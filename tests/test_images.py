@@ -458,3 +458,44 @@ def test_a_tiffs_camera_exif_is_kept_without_its_layout_tags(tmp_path):
             assert written.get_ifd(0x8769).get(0x829A) == (1, 250), name
             assert out.size == (32, 16), name
         assert load_image(tmp_path / name)[0].shape == (1, 3, 16, 32), name  # orientation 1: not turned again
+
+
+def test_a_tiffs_layout_description_is_not_taken_for_a_caption(tmp_path):
+    """tifffile and ImageJ write the file's own shape into ImageDescription (and tifffile
+    its name into Software): not carried to a copy of another size. Our 16-bit TIFFs write
+    neither, so reading them back says nothing about a shape."""
+    import logging
+
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "shaped.tif", np.zeros((6, 8, 3), np.uint8), photometric="rgb")
+    with Image.open(tmp_path / "shaped.tif") as im:
+        assert im.getexif()[0x010E].startswith('{"shape"') and im.getexif()[0x0131].startswith("tifffile")
+    assert "exif" not in read_image_metadata(tmp_path / "shaped.tif")
+    tifffile.imwrite(tmp_path / "captioned.tif", np.zeros((6, 8, 3), np.uint8), photometric="rgb",
+                     description="Barn at dusk", software="Lightroom", metadata=None)
+    kept = Image.Exif()
+    kept.load(read_image_metadata(tmp_path / "captioned.tif")["exif"])
+    assert kept[0x010E] == "Barn at dusk" and kept[0x0131] == "Lightroom"
+    save_image(torch.rand(3, 6, 8), tmp_path / "ours16.tif", bit_depth=16)
+    with tifffile.TiffFile(tmp_path / "ours16.tif") as tif:
+        assert "ImageDescription" not in tif.pages[0].tags and "Software" not in tif.pages[0].tags
+
+
+def test_exif_too_long_for_jpeg_is_left_out_with_a_warning_and_the_rest_kept(tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    exif.get_ifd(0x8769)[0x927C] = b"m" * 70_000  # a camera's maker notes
+    Image.new("RGB", (8, 4)).save(tmp_path / "in.tif", exif=exif.tobytes(), icc_profile=icc)
+    meta = read_image_metadata(tmp_path / "in.tif")
+    assert len(meta["exif"]) > 70_000 and meta["icc_profile"] == icc
+    with pytest.warns(UserWarning, match=r"out.jpg: the source's EXIF \(7\d,\d{3} bytes.*written without it"):
+        save_image(torch.rand(3, 8, 16), tmp_path / "out.jpg", metadata=meta)
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.info.get("icc_profile") == icc and 0x010F not in out.getexif()
+    save_image(torch.rand(3, 8, 16), tmp_path / "out.png", metadata=meta)  # PNG holds it
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.getexif()[0x010F] == "Canon"

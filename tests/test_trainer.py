@@ -659,6 +659,11 @@ def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, 
     assert "teacher: " not in res.stderr and "distill oftsr: " in res.stderr  # only the student's progress bar
     assert oftsr.load_model(tmp_path / "run" / "teacher" / "teacher.safetensors").step == 1
     assert ledger.read_text().strip() == "120"  # nothing ran, nothing added
+    ledger.write_text("12.5\n")  # not what the script writes: said, not guessed at
+    (tmp_path / "run" / "teacher" / "teacher.safetensors").unlink()
+    res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 2 and "should hold the whole seconds the stage has used, not '12.5'" in res.stderr
+    ledger.write_text("120\n")
     # MAX_MINUTES (stop, resume later) and a stage's own time exclude each other
     res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(env, MAX_MINUTES="5"))
     assert res.returncode == 2 and "exclude each other" in res.stderr
@@ -797,13 +802,27 @@ def test_a_teacher_file_named_like_a_bundled_model_is_that_file(tmp_path, monkey
 
 
 @pytest.mark.parametrize("script", ["teacher", "distill"])
-def test_gradient_checkpointing_trains_the_same_run(train_dir, tmp_path, script):
+def test_gradient_checkpointing_trains_the_same_run(train_dir, tmp_path, script, monkeypatch):
     """--gradient_checkpointing changes memory, not the run: the same losses step by step
-    and the same exported weights (dropout on, so its masks must be drawn again alike)."""
+    and the same exported weights (dropout on, so its masks must be drawn again alike).
+    The flag reaches the network that trains (the frozen teacher needs none)."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import distill
+    import train_teacher
+
+    teacher_file = _save_teacher(tmp_path / "teacher.safetensors")
+    argv = ["--train_data_dir", "d", "--output_dir", "o"]
+    assert train_teacher.build_model(train_teacher.parse_args(argv + ["--preset", "tiny", "--gradient_checkpointing"])
+                                     ).unet.gradient_checkpointing is True
+    assert train_teacher.build_model(train_teacher.parse_args(argv + ["--preset", "tiny"])).unet.gradient_checkpointing \
+        is False
+    frozen, student = distill.build_models(distill.parse_args(argv + ["--teacher", str(teacher_file),
+                                                                     "--gradient_checkpointing"]))
+    assert student.unet.gradient_checkpointing is True and frozen.unet.gradient_checkpointing is False
     if script == "teacher":
         base = ["trainer/train_teacher.py", "--preset", "tiny", "--dropout", "0.1"]
     else:
-        base = ["trainer/distill.py", "--teacher", _save_teacher(tmp_path / "teacher.safetensors"), "--dropout", "0.1"]
+        base = ["trainer/distill.py", "--teacher", teacher_file, "--dropout", "0.1"]
     base += ["--train_data_dir", train_dir, *COMMON, "--max_train_steps", "3", "--seed", "3"]
     _run([*base, "--output_dir", tmp_path / "plain"])
     _run([*base, "--output_dir", tmp_path / "ckpt", "--gradient_checkpointing"])
