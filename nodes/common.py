@@ -7,6 +7,7 @@ import logging
 from typing import Callable
 
 import torch
+from PIL import Image
 
 import comfy.model_management as mm
 import comfy.utils
@@ -25,6 +26,7 @@ DEFAULT_TILE = 512
 MAX_TILE = 8192
 MIN_OOM_TILE = 128  # the out-of-memory retry halves the tile down to this
 ADAPTIVE_NFE_GUESS = 32  # progress-bar length for the adaptive solver (20-31 NFE in the paper)
+PREVIEW_SIZE = 512  # px, the longer side of the teacher's step previews (ComfyUI's latent previews are as big)
 
 # Bytes of activations per output pixel and per UNet base channel, measured on the
 # div2k and imagenet presets (about 40-60 in float32); half precision stores less.
@@ -169,7 +171,8 @@ def check_interrupt(_done: int = 0, _total: int = 0) -> None:
 
 class Progress:
     """One ComfyUI progress bar over `passes` library calls of `units` ticks each (tiles
-    or steps). Every tick first checks Cancel, so an interrupt stops within a tile/step."""
+    or steps). Every tick first checks Cancel, so an interrupt stops within a tile/step,
+    and carries the newest `preview` image, if one came since the last tick."""
 
     def __init__(self, passes: int, units: int) -> None:
         self.units = max(1, int(units))
@@ -177,6 +180,13 @@ class Progress:
         self.started = 0
         self.value = 0
         self.bar = comfy.utils.ProgressBar(self.total)
+        self.pending = None  # the preview for the next tick
+
+    def preview(self, image: torch.Tensor) -> None:
+        """A library preview, (B, 3, h, w) in [0, 1]: its first image, shown on the node
+        as ComfyUI shows a sampler's latent preview."""
+        pixels = (image[0].movedim(0, -1).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        self.pending = ("JPEG", Image.fromarray(pixels), PREVIEW_SIZE)
 
     def callback(self) -> Callable[[int, int], None]:
         """The `callback(i, n)` for the next library call (call once per call)."""
@@ -188,7 +198,8 @@ class Progress:
             mm.throw_exception_if_processing_interrupted()
             done = min(i, n) if n > 0 else min(i, units - 1)  # n == 0: the adaptive solver's count of evaluations
             self.value = min(self.total, base + min(done, units))
-            self.bar.update_absolute(self.value, self.total)
+            preview, self.pending = self.pending, None
+            self.bar.update_absolute(self.value, self.total, preview)
 
         return tick
 

@@ -11,6 +11,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .color import bleed_colour
 from .flow import T_EPS, noise_augment, student_step, time_grid
@@ -192,16 +193,30 @@ def _check_sample_memory(model: OFTSRModel, batch: int, height: int, width: int)
 
 
 @torch.inference_mode()
+def _straight_estimate(x: torch.Tensor, v: torch.Tensor, t: float, size: int) -> torch.Tensor:
+    """x + (1 - t) v in [0, 1], at most `size` px a side. Area reduction is linear, so the
+    two terms are reduced apart: no whole-image buffer beyond x and v."""
+    h, w = x.shape[-2:]
+    scale = min(1.0, size / max(h, w))
+    small = (max(1, round(h * scale)), max(1, round(w * scale)))
+    x, v = (F.interpolate(a.float(), size=small, mode="area") for a in (x, v)) if scale < 1 else (x.float(), v.float())
+    return ((x + (1.0 - t) * v).clamp(-1, 1) + 1) / 2
+
+
 def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: str = "midpoint", seed: int = 0,
            tile: int | None = None, overlap: int | None = None, tile_batch: int = 1,
            callback: Callback | None = None, tile_callback: Callback | None = None, info: dict | None = None,
-           out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+           out_dtype: torch.dtype = torch.float32, preview: Callable[[torch.Tensor], None] | None = None,
+           preview_size: int = 512) -> torch.Tensor:
     """Multi-step super-resolution with the teacher, integrating the flow from t = 0.001
     to 1 on the grid t_i = i/N (1 - 0.001) + 0.001. `solver`: euler (NFE N), midpoint or
     heun (NFE 2N - 1), adaptive (dopri5, rtol = atol = 1e-3; `steps` ignored).
     The callback gets (step, steps); `tile_callback` gets (tiles done, tiles) within each
     network evaluation, so a caller can stop a long step between its tiles by raising;
     `info["nfe"]` receives the evaluation count. `out_dtype` as for `upscale`.
+    `preview(estimate)` is called after each network evaluation with the result as the
+    flow would end from there in a straight line, x + (1 - t) v: (B, 3, h, w) in [0, 1],
+    area-reduced to at most `preview_size` px a side (the last one is the result's).
 
     The solver needs the whole state x_t between steps: it is kept in float32 (the
     steps add small increments) with the solver's few stage buffers; the condition is
@@ -221,8 +236,11 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
         def tile_fn(boxes: list[Box], height: int, width: int) -> torch.Tensor:
             return model.velocity(crop_tiles(x, boxes, height, width), _condition(model, lr, boxes, height, width), t)
 
-        return blend_tiles_into_tensor(tile_fn, b, h, w, tile=tile, overlap=overlap, tile_batch=tile_batch,
-                                       callback=tile_callback)
+        v = blend_tiles_into_tensor(tile_fn, b, h, w, tile=tile, overlap=overlap, tile_batch=tile_batch,
+                                    callback=tile_callback)
+        if preview is not None:
+            preview(_straight_estimate(x, v, t, preview_size))
+        return v
 
     fn = CountNFE(velocity)
     x1 = sampler(fn, x0, time_grid(int(steps), T_EPS), callback=callback)

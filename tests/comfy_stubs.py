@@ -299,7 +299,7 @@ class ProgressBar:
     instances: list["ProgressBar"] = []
 
     def __init__(self, total, node_id=None):
-        self.total, self.current, self.updates = total, 0, []
+        self.total, self.current, self.updates, self.previews = total, 0, [], []
         ProgressBar.instances.append(self)
 
     def update_absolute(self, value, total=None, preview=None):
@@ -308,6 +308,7 @@ class ProgressBar:
         value = min(value, self.total)
         self.current = value
         self.updates.append((value, self.total))
+        self.previews.append(preview)
         hook = sys.modules["comfy.utils"].PROGRESS_BAR_HOOK
         if hook is not None:
             hook(value, self.total, preview)

@@ -444,3 +444,21 @@ def test_colour_correction_of_rgba_ignores_the_colour_under_transparency(mode):
     assert torch.equal(fixed[:, 3:], result[:, 3:])
     # the subject keeps its colour: no darkening from the black (it was 35% darker, and a dark rim)
     assert (fixed[0, :3][:, visible] - orange.view(3, 1)).abs().max() < 2 / 255
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint"])
+def test_sample_previews_the_straight_line_estimate_after_each_evaluation(teacher, solver):
+    img = smooth_image(12, 20, 3)
+    seen = []
+    info = {}
+    out = oftsr.sample(teacher, img, steps=3, solver=solver, seed=1, preview=seen.append, preview_size=40, info=info)
+    assert len(seen) == info["nfe"] and all(p.shape == (1, 3, 24, 40) for p in seen)  # 48 x 80 reduced to 40 a side
+    assert all(0 <= p.min() and p.max() <= 1 for p in seen)
+    expected = torch.nn.functional.interpolate(out, size=(24, 40), mode="area")
+    # the last step is Euler: its estimate is the result (reduced before it is clamped to [0, 1], so not
+    # exactly where the result reaches past the range)
+    assert (seen[-1] - expected).abs().mean() < 5e-3
+    assert (seen[0] - seen[-1]).abs().max() > 1e-4  # each evaluation's own estimate, not one repeated
+    whole = []
+    oftsr.sample(teacher, img, steps=3, solver=solver, seed=1, preview=whole.append)  # 512: not reduced
+    assert whole[-1].shape == (1, 3, 48, 80) and (whole[-1] - out).abs().max() < 1e-5

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -609,6 +610,21 @@ def test_teacher_sampler(comfy, pack, teacher):
     values = [v for v, _ in bar.updates]
     assert bar.total == 32 and values == sorted(values) and bar.updates[-1] == (32, 32)
     assert len(values) == len(calls) + 1  # one tick per evaluation, then the end
+
+
+def test_teacher_sampler_shows_a_preview_at_each_step(comfy, pack, teacher):
+    img = image(b=2, h=8, w=12)
+    out = run(pack, "OFTSRTeacherSampler", model=teacher, image=img, steps=3, solver="midpoint", seed=2, tile=32,
+              overlap=8, color_fix="none")
+    (bar,) = bars(comfy)
+    assert len(bar.previews) == 3 and all(p is not None for p in bar.previews)  # one with every step's tick
+    kind, picture, size = bar.previews[-1]
+    assert kind == "JPEG" and size == 512 and picture.size == (48, 32) and picture.mode == "RGB"
+    # the last evaluation's straight-line estimate is the result (the last step is Euler), of the first image
+    shown = torch.from_numpy(np.asarray(picture)).float() / 255
+    assert (shown - out[0]).abs().max() <= 0.5 / 255 + 1e-6
+    first = torch.from_numpy(np.asarray(bar.previews[0][1])).float() / 255
+    assert (first - out[0]).abs().mean() > 1e-3  # the first step's estimate is not yet the result
 
 
 def test_teacher_cancel_stops_between_the_tiles_of_a_step(comfy, pack, teacher):
