@@ -51,7 +51,7 @@ def test_t_default_is_the_middle_of_the_trade_off_as_in_the_cli(strong_student):
     from oftsr.cli import build_parser
 
     img = smooth_image(12, 12)
-    cli_t = build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t
+    (cli_t,) = build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t
     assert cli_t == 0.5 and torch.equal(oftsr.upscale(strong_student, img), oftsr.upscale(strong_student, img, t=cli_t))
     assert (oftsr.upscale(strong_student, img) - oftsr.upscale(strong_student, img, t=1.0)).abs().max() > 1e-3
 
