@@ -183,10 +183,10 @@ class Progress:
         self.pending = None  # the preview for the next tick
 
     def preview(self, image: torch.Tensor) -> None:
-        """A library preview, (B, 3, h, w) in [0, 1]: its first image, shown on the node
-        as ComfyUI shows a sampler's latent preview."""
-        pixels = (image[0].movedim(0, -1).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        self.pending = ("JPEG", Image.fromarray(pixels), PREVIEW_SIZE)
+        """A library preview, (B, 3, h, w) in [0, 1], small: its first image is shown on
+        the node with the next tick, as ComfyUI shows a sampler's latent preview (only the
+        newest is converted)."""
+        self.pending = image[0]
 
     def callback(self) -> Callable[[int, int], None]:
         """The `callback(i, n)` for the next library call (call once per call)."""
@@ -199,6 +199,9 @@ class Progress:
             done = min(i, n) if n > 0 else min(i, units - 1)  # n == 0: the adaptive solver's count of evaluations
             self.value = min(self.total, base + min(done, units))
             preview, self.pending = self.pending, None
+            if preview is not None:
+                pixels = (preview.movedim(0, -1).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+                preview = ("JPEG", Image.fromarray(pixels), PREVIEW_SIZE)
             self.bar.update_absolute(self.value, self.total, preview)
 
         return tick

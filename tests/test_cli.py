@@ -216,8 +216,8 @@ def test_device_names_that_exist_are_accepted():
 @pytest.mark.parametrize("argv, message", [
     (["--tile-batch", "-1"], "--tile-batch must be at least 1, got -1"),
     (["--tile-batch", "0"], "--tile-batch must be at least 1, got 0"),
-    (["--t", "2"], "--t: t must be in [0, 1]"),
-    (["--t", "nan"], "--t: t must be in [0, 1]"),
+    (["--t", "2"], "--t entry 1 (2) is outside [0, 1]"),
+    (["--t", "nan"], "--t entry 1 ('nan') is not a number"),
     (["--tile", "16"], "--tile: tile must be at least 32 px"),
     (["--tile", "-5"], "--tile: tile must be at least 32 px"),
     (["--tile", "128", "--overlap", "100"], "--overlap: overlap must be between 0 and half the tile (64)"),
@@ -334,7 +334,9 @@ def test_killed_save_leaves_no_truncated_file(tmp_path, name, depth):
 def test_t_default_is_the_middle_of_the_trade_off_and_help_is_plain(capsys):
     from oftsr.cli import build_parser
 
-    assert build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t == [0.5]
+    from oftsr.inference import parse_t_values
+
+    assert parse_t_values(build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t) == [0.5]
     with pytest.raises(SystemExit):
         main(["upscale", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
@@ -587,21 +589,48 @@ def test_outscale_resizes_the_result_to_a_factor_of_the_input(tmp_path, model_fi
 def test_several_t_write_each_image_once_per_t(tmp_path, model_files, inputs, capsys):
     out = tmp_path / "out"
     common = ["--model", str(model_files[0]), "--seed", "4", "--tile", "0", "-q"]
-    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0", "0.25", "1", *common]) == 0
+    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0,0.25, 1", *common]) == 0
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
         "rgb_t0.25.png", "rgb_t0.png", "rgb_t1.png", "rgba_t0.25.png", "rgba_t0.png", "rgba_t1.png",
         "sub/gray_t0.25.png", "sub/gray_t0.png", "sub/gray_t1.png"]
     for t in ("0", "1"):  # each is the single run at that t, with the same seed
-        assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / f"one_{t}.png"), "--t", t, *common]) == 0
+        assert main(["upscale", "--t", t, str(inputs / "rgb.png"), "-o", str(tmp_path / f"one_{t}.png"), *common]) == 0
         assert torch.equal(load_image(out / f"rgb_t{t}.png")[0], load_image(tmp_path / f"one_{t}.png")[0])
     assert not torch.equal(load_image(out / "rgb_t0.png")[0], load_image(out / "rgb_t1.png")[0])
-    # a single file named for -o gets the tags too; --skip-existing counts each (image, t)
-    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "x4.jpg"), "--t", "0", "0.5", *common]) == 0
+    # a single file named for -o gets the tags too, even the input's own name; --skip-existing counts each (image, t)
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "x4.jpg"), "--t", "0,0.5", *common]) == 0
     assert sorted(p.name for p in tmp_path.glob("x4_t*.jpg")) == ["x4_t0.5.jpg", "x4_t0.jpg"]
     (out / "rgb_t1.png").unlink()
     capsys.readouterr()
-    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0", "0.25", "1", "--skip-existing", *common]) == 0
+    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0,0.25,1", "--skip-existing", *common]) == 0
     assert "skipping 8 of 9 images whose output exists" in capsys.readouterr().err
     assert (out / "rgb_t1.png").is_file()
-    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0.5", "0.50", *common]) == 2
-    assert "--t lists a value twice: 0.5 0.5" in capsys.readouterr().err
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(inputs / "rgb.png"), "--t", "0,1", *common]) == 0
+    assert sorted(p.name for p in inputs.glob("rgb_t*.png")) == ["rgb_t0.png", "rgb_t1.png"]
+
+
+@pytest.mark.parametrize("t, message", [
+    ("0.5,0.50", "--t entry 2 (0.50) repeats entry 1"),
+    ("0.1234561,0.1234562", "values that agree to 6 digits would write the same file names (_t0.123456, _t0.123456)"),
+    ("0,1.5", r"--t entry 2 (1.5) is outside [0, 1]"),
+    ("0,,1", "--t entry 2 is empty"),
+])
+def test_bad_t_lists_are_refused_before_any_work(tmp_path, model_files, inputs, capsys, t, message):
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_files[0]),
+                             "--t", t], capsys)
+    assert code == 2 and message in _one_error(err) and not (tmp_path / "o").exists()
+
+
+def test_a_tagged_result_never_replaces_another_input(tmp_path, model_files):
+    """a.png's result at t = 0 is named a_t0.png: in a folder that holds an input a_t0.png,
+    that input would be lost (and then read back as an upscale to upscale again)."""
+    folder = tmp_path / "e"
+    folder.mkdir()
+    for name in ("a.png", "a_t0.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        code = main(["upscale", str(folder), "-o", str(folder), "--t", "0,1", "--model", str(model_files[0]), "-q",
+                     *extra])
+        assert code == 2
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

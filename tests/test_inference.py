@@ -51,7 +51,7 @@ def test_t_default_is_the_middle_of_the_trade_off_as_in_the_cli(strong_student):
     from oftsr.cli import build_parser
 
     img = smooth_image(12, 12)
-    (cli_t,) = build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t
+    cli_t = float(build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t)
     assert cli_t == 0.5 and torch.equal(oftsr.upscale(strong_student, img), oftsr.upscale(strong_student, img, t=cli_t))
     assert (oftsr.upscale(strong_student, img) - oftsr.upscale(strong_student, img, t=1.0)).abs().max() > 1e-3
 
@@ -462,3 +462,15 @@ def test_sample_previews_the_straight_line_estimate_after_each_evaluation(teache
     whole = []
     oftsr.sample(teacher, img, steps=3, solver=solver, seed=1, preview=whole.append)  # 512: not reduced
     assert whole[-1].shape == (1, 3, 48, 80) and (whole[-1] - out).abs().max() < 1e-5
+
+
+def test_sample_builds_no_autograd_graph_and_previews_gray_as_gray():
+    """A model straight from create_model has trainable weights: sampling must still run
+    without a graph (the solver's 2N - 1 evaluations would otherwise all be kept)."""
+    teacher = oftsr.create_model("tiny", role="teacher", seed=0)
+    assert next(teacher.parameters()).requires_grad
+    seen = []
+    out = oftsr.sample(teacher, smooth_image(8, 8, channels=1), steps=2, preview=seen.append)
+    assert not out.requires_grad and out.shape == (1, 1, 32, 32)
+    assert len(seen) == 3 and all(not p.requires_grad for p in seen)
+    assert all(torch.equal(p[:, 0], p[:, 1]) and torch.equal(p[:, 1], p[:, 2]) for p in seen)  # gray, as the result

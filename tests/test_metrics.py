@@ -101,6 +101,9 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(student), str(teacher), "--data", str(data), "--t", "0", "1", "--steps", "2",
                  "--out", str(out), "-q"]) == 0
+    assert main(["eval", "--model", str(student), "--data", str(data), "--t", "0,1", "--out", str(tmp_path / "c"),
+                 "-q"]) == 0  # commas, as `upscale --t` takes them
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["t"] == [0.0, 1.0]
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["method"] for r in rows] == ["bicubic", "student", "student", "teacher (midpoint)"]
     assert [r["t"] for r in rows] == ["", "0", "1", ""] and rows[3]["NFE"] == "3"
@@ -128,7 +131,7 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     (inner / "extra.png").write_bytes((data / "0.png").read_bytes())
     before = (inner / "per_image.csv").read_bytes()
     code = main([*args[:-3], "1.5", *args[-3:]])
-    assert code == 2 and "--t: t must be in [0, 1]" in capsys.readouterr().err
+    assert code == 2 and "--t entry 2 (1.5) is outside [0, 1]" in capsys.readouterr().err
     assert (inner / "per_image.csv").read_bytes() == before
     assert main(args) == 0
     assert [r["method"] for r in csv.DictReader(open(inner / "results.csv"))] == ["bicubic", "student 1", "student 2"]

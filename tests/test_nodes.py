@@ -657,7 +657,7 @@ def test_t_sweep_parsing(pack):
         "0, abc": r"entry 2 \('abc'\) is not a number", "0.5 1": r"entry 1 \('0.5 1'\) is not a number",
         "nan": "not a number", "inf": "not a number", "1_0": "not a number", "0x1": "not a number",
         "0, 1.5": r"entry 2 \(1.5\) is outside \[0, 1\]", "-0.1": "outside",
-        ",".join(["0.5"] * 65): "at most 64",
+        ",".join(str(k / 100) for k in range(65)): "at most 64", "0.5, 1, 0.50": r"entry 3 \(0.50\) repeats entry 1",
     }
     for text, message in bad.items():
         with pytest.raises(ValueError, match=message):

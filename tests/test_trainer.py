@@ -855,6 +855,9 @@ def test_lr_schedules_after_the_warm_up(monkeypatch):
     assert lrs("cosine", processes=2) == pytest.approx(lrs("cosine"))
     with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'"):
         lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "step", 0, 10)
+    with pytest.raises(ValueError, match="--lr_warmup_steps 1000 is not shorter than --max_train_steps 500"):
+        lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "cosine", 1000, 500)
+    lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "constant", 1000, 500)  # no decay: fine
 
 
 def test_cosine_schedule_in_a_run_and_on_resume(train_dir, tmp_path):
@@ -866,5 +869,8 @@ def test_cosine_schedule_in_a_run_and_on_resume(train_dir, tmp_path):
     assert [full[s] for s in range(3, 7)] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * k / 4))
                                                            for k in range(4)])
     _run([*base, "--output_dir", tmp_path / "cut", "--max_train_minutes", "0"], status=EXIT_RESUMABLE)
-    _run([*base, "--output_dir", tmp_path / "cut", "--resume_from_checkpoint", "latest"])
+    res = _run([*base, "--output_dir", tmp_path / "cut", "--resume_from_checkpoint", "latest"])
     assert _losses(tmp_path / "cut", "lr") == pytest.approx(full)
+    assert "resuming at step 1 with learning rate 0.001" in res.stderr  # the second step's rate: warm-up over
+    res = _run([*base[:-2], "--lr_warmup_steps", "6", "--output_dir", tmp_path / "w"], status=2)
+    assert "error: --lr_scheduler cosine decays after the warm-up, but --lr_warmup_steps 6 is not shorter" in res.stderr

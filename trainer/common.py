@@ -230,6 +230,9 @@ def lr_schedule(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, 
     count is divided back, so N processes follow the schedule as one does."""
     if name not in LR_SCHEDULES:
         raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if name != "constant" and warmup_steps >= total_steps:
+        raise ValueError(f"--lr_scheduler {name} decays after the warm-up, but --lr_warmup_steps {warmup_steps} is not "
+                         f"shorter than --max_train_steps {total_steps}: give fewer warm-up steps")
 
     def factor(count: int) -> float:
         step = count // num_processes  # optimizer steps taken
@@ -244,9 +247,10 @@ def lr_schedule(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, 
 
 
 def restore_schedule(scheduler, optimizer, learning_rate: float, step: int, num_processes: int) -> None:
-    """After a resume: the warm-up schedule's position from the optimizer `step` (its
-    counter is per process, and the process count may have changed) and this run's
-    `--learning_rate` (the checkpoint holds the old run's), said when it differs."""
+    """After a resume: the schedule's position from the optimizer `step` (its counter is
+    per process, and the process count may have changed), with this run's schedule and
+    `--learning_rate` (the checkpoint holds the old run's rate: said when it differs);
+    the rate it resumes at is logged."""
     inner = getattr(scheduler, "scheduler", scheduler)  # under Accelerate's wrapper
     if any(abs(b - learning_rate) > 1e-12 * max(b, learning_rate) for b in inner.base_lrs):
         logger.warning("--learning_rate %g: the checkpoint's run had %g; the new rate applies from here on",
@@ -257,6 +261,7 @@ def restore_schedule(scheduler, optimizer, learning_rate: float, step: int, num_
         group["lr"] = base * factor(inner.last_epoch)
         group["initial_lr"] = base
     inner._last_lr = [group["lr"] for group in optimizer.param_groups]
+    logger.info("resuming at step %d with learning rate %g", step, optimizer.param_groups[0]["lr"])
 
 
 class TrainState:

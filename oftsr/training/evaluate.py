@@ -24,7 +24,7 @@ from ..checkpoint import load_model
 from ..color import bleed_colour
 from ..files import sha256_file
 from ..images import list_images, load_image
-from ..inference import check_t, sample, upscale
+from ..inference import check_t, parse_t_values, sample, upscale
 from .metrics import LPIPS, LPIPSUnavailable, quality
 from ..model import OFTSRModel
 from ..weights import BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, existing_model_path, split_model_name
@@ -339,6 +339,7 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     per_image.csv, run.json and curve.png under `--out`."""
     from .baselines import BASELINES
 
+    ts = parse_t_values(",".join(args.t), "--t")  # "--t 0 0.5 1" and "--t 0,0.5,1" alike
     unknown = [b for b in args.baseline or [] if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown --baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
@@ -351,7 +352,7 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))  # noqa: E731
     lpips, note = make_lpips(device, log)
     out = Path(args.out)
-    rows = evaluate(models, args.data, ts=args.t, steps=args.steps, solver=args.solver, seed=args.seed,
+    rows = evaluate(models, args.data, ts=ts, steps=args.steps, solver=args.solver, seed=args.seed,
                     tile=args.tile or None, lpips=lpips, log=log, baselines=baselines, lr_dir=args.lr_dir,
                     per_image_csv=out / "per_image.csv", exclude=out)
     lr_source = "LR as given" if paired else models[0].degradation
@@ -382,7 +383,7 @@ def eval_record(args: argparse.Namespace, paths: list[Path], models: list[OFTSRM
             "data": str(Path(args.data).resolve()), "lr": "given" if paired else f"made ({models[0].degradation})",
             "lr_dir": None if args.lr_dir is None else str(Path(args.lr_dir).resolve()),
             "models": [file_record(p, m) for p, m in zip(paths, models, strict=True)], "baselines": args.baseline or [],
-            "t": list(dict.fromkeys(args.t)), "steps": args.steps, "solver": args.solver, "seed": args.seed,
+            "t": parse_t_values(",".join(args.t), "--t"), "steps": args.steps, "solver": args.solver, "seed": args.seed,
             "tile": args.tile,
             "protocol": "outputs and made LR rounded to 8 bits; PSNR RGB on the whole image; PSNR Y and SSIM Y on "
                         "BT.601 luma with a border crop of the scale, SSIM over the valid window positions; realism "
