@@ -464,8 +464,6 @@ def test_a_tiffs_layout_description_is_not_taken_for_a_caption(tmp_path):
     """tifffile and ImageJ write the file's own shape into ImageDescription (and tifffile
     its name into Software): not carried to a copy of another size. Our 16-bit TIFFs write
     neither, so reading them back says nothing about a shape."""
-    import logging
-
     import tifffile
 
     tifffile.imwrite(tmp_path / "shaped.tif", np.zeros((6, 8, 3), np.uint8), photometric="rgb")
