@@ -196,10 +196,15 @@ def _tagged(path: Path, tag: str) -> Path:
     return path.with_name(f"{path.stem}{tag}{path.suffix}")
 
 
-def _prepare(args: argparse.Namespace, tags: list[str] | None = None) -> tuple[list[Path], list[Path], list[int]]:
+GRID_TAG = "_grid"  # upscale --grid: photo_grid.png beside photo_t0.png, photo_t1.png, ...
+
+
+def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
+             sheet: bool = False) -> tuple[list[Path], list[Path], list[int], list[tuple[Path, list[Path]]]]:
     """Arguments, inputs and outputs checked, before the model is loaded: (files, targets,
-    variants). With several `tags` each image is written once per tag, the tag before its
-    suffix; `variants[i]` is the index of job i's tag."""
+    variants, sheets). With several `tags` each image is written once per tag, the tag
+    before its suffix; `variants[i]` is the index of job i's tag. With `sheet`, `sheets`
+    pairs each image's `_grid` name with its tagged targets (checked like them)."""
     _check_args(args)
     files = list_images(args.inputs)
     out = Path(args.output).resolve()
@@ -211,8 +216,12 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None) -> tuple[l
         files = [f for f in files if f not in inside]
     if not files:
         raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(READ_SUFFIXES)})")
-    targets = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite, fmt=args.format, tags=tags)
     tags = tags or [""]
+    names = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite, fmt=args.format,
+                     tags=tags + [GRID_TAG] if sheet else tags)
+    per = len(tags) + sheet
+    sheets = [(names[i + len(tags)], names[i:i + len(tags)]) for i in range(0, len(names), per)] if sheet else []
+    targets = [n for i, n in enumerate(names) if i % per < len(tags)]
     variants = [k for _ in files for k in range(len(tags))]
     files = [f for f in files for _ in tags]
     if args.skip_existing:  # outputs are written atomically: one that exists is complete
@@ -221,8 +230,8 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None) -> tuple[l
             print(f"skipping {len(files) - len(todo)} of {len(files)} images whose output exists (--skip-existing)",
                   file=sys.stderr)
         files, targets, variants = [files[i] for i in todo], [targets[i] for i in todo], [variants[i] for i in todo]
-    _check_writable(targets)
-    return files, targets, variants
+    _check_writable(targets + [path for path, _ in sheets])
+    return files, targets, variants, sheets
 
 
 def _output_size(image: torch.Tensor, scale: int, outscale: float | None) -> tuple[int, int]:
@@ -319,26 +328,56 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: 
     return 1 if failed else 0
 
 
+def _write_sheets(sheets: list[tuple[Path, list[Path]]], ts: list[float], quality: int) -> int:
+    """Each image's results at every t as one labelled sheet (oftsr.grid), read back one
+    at a time and reduced to the sheet's cell as they are read, so that memory holds one
+    result and the small cells. An image with a missing result gets no sheet."""
+    from .grid import MAX_GRID_SIDE, labelled_grid
+
+    failed = 0
+    for sheet, results in sheets:
+        missing = [r.name for r in results if not r.exists()]
+        if missing:
+            print(f"no {sheet.name}: {', '.join(missing)} was not written", file=sys.stderr)
+            failed += 1
+            continue
+        cells = []
+        for result in results:
+            image = load_image(result)[0]  # written upright: (1, C, H, W) in [0, 1]
+            image = image[:, :1].expand(-1, 3, -1, -1) if image.shape[1] <= 2 else image[:, :3]  # no alpha on a sheet
+            h, w = image.shape[-2:]
+            fit = min(1.0, (MAX_GRID_SIDE - 4 * len(results)) / (len(results) * w), MAX_GRID_SIDE * 0.9 / h)
+            if fit < 1:
+                image = resize(image, (max(1, int(h * fit)), max(1, int(w * fit))))
+            cells.append(image[0])
+        save_image(labelled_grid(torch.stack(cells)[None], [f"t = {t:g}" for t in ts]), sheet, quality=quality)
+    return 1 if failed else 0
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
-    # several t: each image once per t, the same seed, named photo_t0.25.png
+    # several t: each image once per t, the same seed, named photo_t0.25.png (and photo_grid.png with --grid)
     ts = parse_t_values(args.t, "--t")
-    files, targets, variants = _prepare(args, [_t_tag(t) for t in ts] if len(ts) > 1 else None)
-    if not files:  # every output exists (--skip-existing)
-        return 0
-    model = _load(args, "student")
-    if model.ignores_t:
-        print(f"warning: {model.ignores_t_note('--t')}", file=sys.stderr)
+    if args.grid and len(ts) < 2:
+        raise ValueError("--grid puts several t side by side: give them, e.g. --t 0,0.5,1")
+    files, targets, variants, sheets = _prepare(args, [_t_tag(t) for t in ts] if len(ts) > 1 else None, args.grid)
+    code = 0
+    if files:  # else every output exists (--skip-existing)
+        model = _load(args, "student")
+        if model.ignores_t:
+            print(f"warning: {model.ignores_t_note('--t')}", file=sys.stderr)
 
-    def at(t: float):
-        return lambda m, im, cb, dt: upscale(m, im, t=t, seed=args.seed, tile=args.tile or None, overlap=args.overlap,
-                                             tile_batch=args.tile_batch, callback=cb, out_dtype=dt)
+        def at(t: float):
+            return lambda m, im, cb, dt: upscale(m, im, t=t, seed=args.seed, tile=args.tile or None,
+                                                 overlap=args.overlap, tile_batch=args.tile_batch, callback=cb,
+                                                 out_dtype=dt)
 
-    runs = [at(t) for t in ts]
-    return _run_images(args, model, [runs[k] for k in variants], files, targets, by_target=len(ts) > 1)
+        runs = [at(t) for t in ts]
+        code = _run_images(args, model, [runs[k] for k in variants], files, targets, by_target=len(ts) > 1)
+    return max(code, _write_sheets(sheets, ts, args.quality))
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    files, targets, _ = _prepare(args)
+    files, targets, _, _ = _prepare(args)
     if not files:  # every output exists (--skip-existing)
         return 0
     model = _load(args, "teacher")
@@ -436,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command("upscale", help="one-step super-resolution with a student model")
     _add_model_args(p)
+    p.add_argument("--grid", action="store_true",
+                   help="with several --t: also write each image's results side by side, labelled with their t, as "
+                        "photo_grid.png (scaled down as a whole beyond 16383 px)")
     p.add_argument("--t", default="0.5", metavar="T[,T...]",
                    help="fidelity (0: smooth, faithful) .. realism (1: most detail) trade-off; default 0.5, the middle, "
                         "as in the ComfyUI node: move toward the end you want. Several values separated by commas "

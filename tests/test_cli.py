@@ -634,3 +634,37 @@ def test_a_tagged_result_never_replaces_another_input(tmp_path, model_files):
                      *extra])
         assert code == 2
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_grid_puts_each_images_results_side_by_side(tmp_path, model_files, inputs, capsys):
+    from oftsr.grid import labelled_grid
+
+    out = tmp_path / "out"
+    common = ["--model", str(model_files[0]), "--seed", "4", "--tile", "0", "-q"]
+    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0,1", "--grid", *common]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*_grid.png")) == [
+        "rgb_grid.png", "rgba_grid.png", "sub/gray_grid.png"]
+    results = [load_image(out / f"rgb_t{t}.png")[0][0] for t in (0, 1)]
+    expected = labelled_grid(torch.stack(results)[None], ["t = 0", "t = 1"])
+    sheet = load_image(out / "rgb_grid.png")[0][0]
+    assert sheet.shape == expected.shape and (sheet - expected).abs().max() <= 0.5 / 255 + 1e-6
+    gray = load_image(out / "sub" / "gray_grid.png")[0]
+    assert gray.shape[1] == 3 and gray.shape[-1] == 2 * 32 + 2  # gray results, as RGB cells, a gap between
+    # with --skip-existing the results are not recomputed, and the sheets are made again
+    (out / "rgb_grid.png").unlink()
+    capsys.readouterr()
+    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0,1", "--grid", "--skip-existing", *common]) == 0
+    assert "skipping 6 of 6 images whose output exists" in capsys.readouterr().err
+    assert (out / "rgb_grid.png").is_file()
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(out), "--grid", *common], capsys)
+    assert code == 2 and "--grid puts several t side by side" in _one_error(err)
+
+
+def test_grid_of_big_results_is_reduced_as_they_are_read(tmp_path, model_files, inputs, monkeypatch):
+    import oftsr.grid
+
+    monkeypatch.setattr(oftsr.grid, "MAX_GRID_SIDE", 60)  # rgb.png's results are 40 px wide: two do not fit
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "x.png"), "--t", "0,1", "--grid",
+                 "--model", str(model_files[0]), "--tile", "0", "-q"]) == 0
+    sheet = load_image(tmp_path / "x_grid.png")[0]
+    assert sheet.shape[-1] <= 60 and sheet.shape[-1] >= 50  # two reduced cells and their gap
