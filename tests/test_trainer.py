@@ -872,5 +872,13 @@ def test_cosine_schedule_in_a_run_and_on_resume(train_dir, tmp_path):
     res = _run([*base, "--output_dir", tmp_path / "cut", "--resume_from_checkpoint", "latest"])
     assert _losses(tmp_path / "cut", "lr") == pytest.approx(full)
     assert "resuming at step 1 with learning rate 0.001" in res.stderr  # the second step's rate: warm-up over
+    assert "another learning-rate schedule" not in res.stderr
+    res = _run([*base, "--output_dir", tmp_path / "cut", "--resume_from_checkpoint", "latest", "--max_train_steps", "8"])
+    assert "with another learning-rate schedule (max_train_steps 6 -> 8): the rate follows this run's" in res.stderr
+    constant = [a if a != "cosine" else "constant" for a in base]
+    _run([*constant, "--output_dir", tmp_path / "k"])
+    res = _run([*constant, "--output_dir", tmp_path / "k", "--resume_from_checkpoint", "latest", "--max_train_steps",
+                "8"])  # training longer at a constant rate: nothing to say
+    assert "another learning-rate schedule" not in res.stderr and "other data settings" not in res.stderr
     res = _run([*base[:-2], "--lr_warmup_steps", "6", "--output_dir", tmp_path / "w"], status=2)
     assert "error: --lr_scheduler cosine decays after the warm-up, but --lr_warmup_steps 6 is not shorter" in res.stderr

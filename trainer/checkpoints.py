@@ -39,12 +39,17 @@ def list_checkpoints(output_dir: str) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
 
 
+SCHEDULE_SETTINGS = ("lr_scheduler", "lr_warmup_steps", "max_train_steps")
+
+
 def data_settings(args: argparse.Namespace, num_processes: int) -> dict:
-    """What decides the order and content of the training batches: a checkpoint records
-    it, and a run resumed with other values is warned that its data now differs."""
+    """What decides the order and content of the training batches, and the shape of the
+    learning-rate schedule (SCHEDULE_SETTINGS): a checkpoint records them, and a run
+    resumed with other values is warned that its data, or its decaying rate, now differs."""
     return {"train_data_dir": str(Path(args.train_data_dir).resolve()), "resolution": args.resolution,
             "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "repeats": args.repeats, "seed": args.seed, "num_processes": num_processes}
+            "repeats": args.repeats, "seed": args.seed, "num_processes": num_processes,
+            **{k: getattr(args, k) for k in SCHEDULE_SETTINGS}}
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None,
@@ -121,6 +126,11 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
                                  f"({CHECKED_MODEL_FIELDS[key]}), or use another --output_dir")
         check_training_metadata(str(path), recorded.get("metadata", {}), info["metadata"], ", or another --output_dir")
         changed = {k: (v, data[k]) for k, v in recorded.get("data", {}).items() if data and k in data and data[k] != v}
+        schedule = {k: changed.pop(k) for k in SCHEDULE_SETTINGS if k in changed}
+        decays = {recorded.get("data", {}).get("lr_scheduler"), (data or {}).get("lr_scheduler")} - {"constant", None}
+        if schedule and decays:  # a constant rate after the warm-up is the same rate whatever the step count
+            logger.warning("resuming %s with another learning-rate schedule (%s): the rate follows this run's from "
+                           "here on", path, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in schedule.items()))
         if changed:
             logger.warning("resuming %s with other data settings (%s): from here on the batches are not the ones "
                            "the run would have seen", path, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
