@@ -409,6 +409,7 @@ def bench_images(args, device) -> None:
 def _train_step_child(preset: str, size: int, batch: int, checkpointing: str, device: str, repeat: int) -> None:
     """One teacher training step (flow loss, backward, Adam) in this fresh process: its
     peak memory and median seconds. bf16 autocast on CUDA, as the recipe trains."""
+    from oftsr.training.degradations import make_lr
     from oftsr.training.losses import sample_flow_time, teacher_loss
 
     dev = torch.device(device)
@@ -416,8 +417,7 @@ def _train_step_child(preset: str, size: int, batch: int, checkpointing: str, de
     model.unet.gradient_checkpointing = checkpointing == "on"
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x1 = torch.rand(batch, 3, size, size, device=dev) * 2 - 1
-    x_lr = torch.nn.functional.interpolate(x1, scale_factor=0.25, mode="bicubic", antialias=True)
-    x_lr = torch.nn.functional.interpolate(x_lr, scale_factor=4, mode="bicubic")
+    x_lr = make_lr(x1, 4, "bicubic")
     autocast = torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
 
     def step() -> None:

@@ -7,7 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid
+from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid, t_labels
 from ..oftsr.inference import T_VALUES_EXAMPLE, parse_t_values
 from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
                      model_input, require_t_slider, run_on_device, seed_input, tiling_inputs, to_bchw)
@@ -75,4 +75,4 @@ class OFTSRTSweep(io.ComfyNode):
 def t_grid(images: torch.Tensor, ts: list[float]) -> torch.Tensor:
     """The image-major IMAGE batch of a sweep as one labelled sheet (1, H, W, C)."""
     per_t = images.movedim(-1, 1).unflatten(0, (-1, len(ts)))  # (inputs, t, C, H, W)
-    return labelled_grid(per_t, [f"t = {t:g}" for t in ts]).movedim(0, -1).unsqueeze(0)
+    return labelled_grid(per_t, t_labels(ts)).movedim(0, -1).unsqueeze(0)

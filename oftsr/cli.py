@@ -140,16 +140,16 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
                          f"{'a folder' if any(Path(i).is_dir() for i in inputs) else 'several files'}; give a folder for -o")
     targets = [out] if single and out.suffix.lower() in IMAGE_SUFFIXES else _folder_outputs(inputs, files, out, fmt)
     tags = tags or [""]
-    sources = [f for f in files for _ in tags]
     targets = [_tagged(t, tag) for t in targets for tag in tags]
-    inputs_at = {f.resolve(): f for f in files}
-    for src, t in zip(sources, targets, strict=True):
-        replaced = inputs_at.get(t.resolve())
-        if replaced is not None and replaced.resolve() != src.resolve():  # read later as an input: lost, or an upscale's upscale
+    keys = [f.resolve() for f in files]
+    inputs_at = dict(zip(keys, files))
+    resolved = [t.resolve() for t in targets]
+    for src, key, t, r in zip((f for f in files for _ in tags), (k for k in keys for _ in tags), targets, resolved):
+        if r in inputs_at and r != key:  # read later as an input: lost, or an upscale's upscale
             raise ValueError(f"-o {out}: {t.name}, the result of {src.name}, would replace the input image "
-                             f"{replaced.name}; choose another output folder")
+                             f"{inputs_at[r].name}; choose another output folder")
     if not overwrite:
-        clash = next((t for t in targets if t.resolve() in inputs_at), None)
+        clash = next((t for t, r in zip(targets, resolved) if r in inputs_at), None)
         if clash is not None or out.resolve() in {Path(i).resolve() for i in inputs if Path(i).is_dir()}:
             why = "it is an input folder" if clash is None else f"{clash.name} would replace the input image itself"
             raise ValueError(f"-o {out}: {why}; choose another output, or pass --overwrite to replace the source images")
@@ -332,7 +332,7 @@ def _write_sheets(sheets: list[tuple[Path, list[Path]]], ts: list[float], qualit
     """Each image's results at every t as one labelled sheet (oftsr.grid), read back one
     at a time and reduced to the sheet's cell as they are read, so that memory holds one
     result and the small cells. An image with a missing result gets no sheet."""
-    from .grid import MAX_GRID_SIDE, labelled_grid
+    from .grid import MAX_GRID_SIDE, labelled_grid, t_labels
 
     failed = 0
     for sheet, results in sheets:
@@ -350,7 +350,7 @@ def _write_sheets(sheets: list[tuple[Path, list[Path]]], ts: list[float], qualit
             if fit < 1:
                 image = resize(image, (max(1, int(h * fit)), max(1, int(w * fit))))
             cells.append(image[0])
-        save_image(labelled_grid(torch.stack(cells)[None], [f"t = {t:g}" for t in ts]), sheet, quality=quality)
+        save_image(labelled_grid(torch.stack(cells)[None], t_labels(ts)), sheet, quality=quality)
     return 1 if failed else 0
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 COLOR_FIX_MODES = ("none", "wavelet", "adain")
 
-__all__ = ["COLOR_FIX_MODES", "adain_color_fix", "bleed_colour", "wavelet_color_fix", "wavelet_lowpass", "color_fix"]
+__all__ = ["COLOR_FIX_MODES", "adain_color_fix", "bleed_colour", "split_alpha", "wavelet_color_fix", "wavelet_lowpass", "color_fix"]
 
 
 def _reference_like(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -77,6 +77,18 @@ def color_fix(image: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.
         target = bleed_colour(target.float(), reference[:, k:k + 1].float())
     colour = fix(image[:, :k], target).clamp(0, 1).to(image.dtype)
     return torch.cat([colour, image[:, k:]], dim=1) if image.shape[1] > k else colour
+
+
+def split_alpha(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A (B, C, H, W) image with C = 1-4 as (RGB the network sees, alpha or None): gray
+    repeated to three channels, and with alpha the colour under transparency filled
+    (`bleed_colour`)."""
+    c = image.shape[1]
+    colour = image[:, :1].expand(-1, 3, -1, -1) if c <= 2 else image[:, :3]
+    if c not in (2, 4):
+        return colour, None
+    alpha = image[:, c - 1:]
+    return bleed_colour(colour, alpha), alpha
 
 
 def bleed_colour(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,13 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _label_band(labels: Sequence[str], cell_w: int, gap: int, font_size: int) -> np.ndarray:
-    """A white band with each label centred over its column, as uint8 (band_h, width)."""
-    width = len(labels) * cell_w + (len(labels) - 1) * gap
+def t_labels(ts: Sequence[float]) -> list[str]:
+    """The column labels of a t sweep: "t = 0.25"."""
+    return [f"t = {t:g}" for t in ts]
+
+
+def _label_band(labels: Sequence[str], cell_w: int, gap: int, font_size: int, width: int) -> np.ndarray:
+    """A white band `width` wide with each label centred over its column, as uint8 (band_h, width)."""
     font = _font(font_size)
     band_h = _band_height(font_size)
     band = Image.new("L", (width, band_h), 255)
@@ -70,7 +74,7 @@ def labelled_grid(images: torch.Tensor, labels: Sequence[str], max_side: int = M
     cells = images.flatten(0, 1).float()
     if (cell_h, cell_w) != (h, w):
         cells = F.interpolate(cells, size=(cell_h, cell_w), mode="bicubic", antialias=True).clamp(0, 1)
-    band = torch.from_numpy(_label_band(labels, cell_w, gap, font_size).copy()).float().div(255)
+    band = torch.from_numpy(_label_band(labels, cell_w, gap, font_size, width).copy()).float().div(255)
     sheet = torch.ones(c, height, width, dtype=cells.dtype)
     colour = c - 1 if c in (2, 4) else c  # an alpha channel stays opaque under the text
     sheet[:colour, :band.shape[0]] = band

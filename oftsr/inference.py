@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .color import bleed_colour
+from .color import split_alpha
 from .flow import T_EPS, noise_augment, student_step, time_grid
 from .model import OFTSRModel
 from .noise import region_noise
@@ -86,11 +86,7 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
     if image.amax() > 2:  # a little over 1 is resampling overshoot; more is another range
         raise ValueError(f"image must be in [0, 1], but its maximum is {image.amax().item():g}: divide 0-255 values by "
                          f"255 first")
-    image = image.clamp(0, 1)
-    alpha = image[:, c - 1:] if c in (2, 4) else None
-    colour = image[:, :1].expand(b, 3, h, w) if c <= 2 else image[:, :3]
-    if alpha is not None:
-        colour = bleed_colour(colour, alpha)
+    colour, alpha = split_alpha(image.clamp(0, 1))
     return colour, alpha, c <= 2
 
 

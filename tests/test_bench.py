@@ -59,4 +59,5 @@ def test_bench_train_memory_rows_with_and_without_gradient_checkpointing():
                       out.stdout, flags=re.M)
     assert [mode for mode, *_ in rows] == ["off", "on"], out.stdout
     assert rows[0][2] == "1.00" and rows[0][4] == "1.00"
-    assert int(rows[0][1].replace(",", "")) > 0 and float(rows[1][2]) > 0
+    assert int(rows[0][1].replace(",", "")) > 0
+    assert float(rows[1][2]) < 0.9  # the child really checkpoints: about 0.7 of the step memory measured here

@@ -282,8 +282,10 @@ def test_workflow_runs(comfy, workflow_name):
             assert p.std() > 0.02 and p.max() > 0.1, (workflow_name, node_id, float(p.std()), float(p.max()))
         if count > 1:  # the t-sweep: t reaches the model, so fidelity and realism differ
             assert np.abs(pixels[0] - pixels[-1]).mean() > 1e-3, (workflow_name, node_id)
-    for node_id, entry_in in prompt.items():  # the t-sweep's labelled grid, previewed
-        if entry_in["class_type"] == "PreviewImage" and entry_in["inputs"]["images"][1] == 1:
+    grids = [(node_id, entry_in) for node_id, entry_in in prompt.items()  # the t-sweep's labelled grid, previewed
+             if entry_in["class_type"] == "PreviewImage" and entry_in["inputs"]["images"][1] == 1]
+    assert len(grids) == (workflow_name == "oftsr_t_sweep.json"), (workflow_name, grids)
+    for node_id, entry_in in grids:
             previews = entry["outputs"].get(node_id, {}).get("images", [])
             assert [p["type"] for p in previews] == ["temp"], (workflow_name, node_id, previews)
             found = list(comfy.server.work.rglob(previews[0]["filename"]))

@@ -155,8 +155,7 @@ _loop_started = False  # set by run_training: from then on an error is a bug to 
 
 
 # --report_to values and the package each needs (Accelerate only warns, and logs nothing).
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow",
-                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive")  # each its own package
 
 
 def make_accelerator(args: argparse.Namespace, project: str):
@@ -168,9 +167,8 @@ def make_accelerator(args: argparse.Namespace, project: str):
                           f"pip install -e \".[train]\"") from e
 
     report_to = None if args.report_to == "none" else args.report_to
-    package = TRACKER_PACKAGES.get(report_to)
-    if package and importlib.util.find_spec(package) is None:
-        logger.warning("%s is not installed: scalars are not logged (pip install %s)", report_to, package)
+    if report_to in TRACKERS and importlib.util.find_spec(report_to) is None:
+        logger.warning("%s is not installed: scalars are not logged (pip install %s)", report_to, report_to)
         report_to = None
     # Several processes and no GPU: data-parallel on the CPU (gloo). Accelerate only detects
     # this when told, and its `--cpu` launch flag starts a single process.

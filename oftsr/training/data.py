@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..color import bleed_colour
+from ..color import split_alpha
 from .degradations import make_lr
 from .realesrgan import RealESRGANConfig
 from ..images import IMAGE_SUFFIXES, load_image
@@ -112,10 +112,7 @@ class SRDataset(torch.utils.data.Dataset):
         raise RuntimeError("no training image could be decoded")
 
     def _crop(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        colour = image[:1].expand(3, -1, -1) if image.shape[0] <= 2 else image[:3]  # gray (+ alpha) or colour
-        if image.shape[0] in (2, 4):  # what lies under transparency is arbitrary: filled as at inference
-            colour = bleed_colour(colour[None], image[-1:][None])[0]
-        image = colour
+        image = split_alpha(image[None])[0][0]  # gray as RGB; under transparency filled, as at inference
         r = self.resolution
         h, w = image.shape[-2:]
         if min(h, w) < r:  # small images: scale up so the crop fits

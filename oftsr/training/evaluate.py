@@ -21,7 +21,7 @@ import torch
 from ..resample import upsample_lr
 from .degradations import degrade
 from ..checkpoint import load_model
-from ..color import bleed_colour
+from ..color import split_alpha
 from ..files import sha256_file
 from ..images import list_images, load_image
 from ..inference import check_t, parse_t_values, sample, upscale
@@ -48,10 +48,8 @@ class Row:
 
 
 def _rgb(path: Path) -> torch.Tensor:
-    image, _ = load_image(path)
-    colour = image[:, :1].expand(-1, 3, -1, -1) if image.shape[1] <= 2 else image[:, :3]  # gray (+ alpha) or colour
     # with alpha: the colour under transparency filled, as the models see an input with alpha
-    return bleed_colour(colour, image[:, -1:]) if image.shape[1] in (2, 4) else colour
+    return split_alpha(load_image(path)[0])[0]
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -359,7 +357,7 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     title = f"{Path(args.data).name}, x{models[0].scale} {lr_source}, {device.type}"
     md, csv_path = write_tables(rows, out, note, title)
     run = out / "run.json"
-    run.write_text(json.dumps(eval_record(args, paths, models, device, paired), indent=1) + "\n")
+    run.write_text(json.dumps(eval_record(args, ts, paths, models, device, paired), indent=1) + "\n")
     written = [md, csv_path, out / "per_image.csv", run]
     try:
         written.append(plot_curve(rows, out / "curve.png", title))
@@ -370,8 +368,8 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     return 0
 
 
-def eval_record(args: argparse.Namespace, paths: list[Path], models: list[OFTSRModel], device: torch.device,
-                 paired: bool) -> dict:
+def eval_record(args: argparse.Namespace, ts: list[float], paths: list[Path], models: list[OFTSRModel],
+                device: torch.device, paired: bool) -> dict:
     """How an evaluation was made (run.json), so that its numbers can be reproduced and compared."""
     from .. import __version__
 
@@ -383,7 +381,7 @@ def eval_record(args: argparse.Namespace, paths: list[Path], models: list[OFTSRM
             "data": str(Path(args.data).resolve()), "lr": "given" if paired else f"made ({models[0].degradation})",
             "lr_dir": None if args.lr_dir is None else str(Path(args.lr_dir).resolve()),
             "models": [file_record(p, m) for p, m in zip(paths, models, strict=True)], "baselines": args.baseline or [],
-            "t": parse_t_values(",".join(args.t), "--t"), "steps": args.steps, "solver": args.solver, "seed": args.seed,
+            "t": ts, "steps": args.steps, "solver": args.solver, "seed": args.seed,
             "tile": args.tile,
             "protocol": "outputs and made LR rounded to 8 bits; PSNR RGB on the whole image; PSNR Y and SSIM Y on "
                         "BT.601 luma with a border crop of the scale, SSIM over the valid window positions; realism "
