@@ -26,7 +26,7 @@ DEFAULT_TILE = 512
 MAX_TILE = 8192
 MIN_OOM_TILE = 128  # the out-of-memory retry halves the tile down to this
 ADAPTIVE_NFE_GUESS = 32  # progress-bar length for the adaptive solver (20-31 NFE in the paper)
-PREVIEW_SIZE = 512  # px, the longer side of the teacher's step previews (ComfyUI's latent previews are as big)
+PREVIEW_SIZE = 512  # px, the longer side of step previews where ComfyUI names no size (its own default)
 
 # Bytes of activations per output pixel and per UNet base channel, measured on the
 # div2k and imagenet presets (about 40-60 in float32); half precision stores less.
@@ -169,6 +169,20 @@ def check_interrupt(_done: int = 0, _total: int = 0) -> None:
     mm.throw_exception_if_processing_interrupted()
 
 
+def preview_size() -> int | None:
+    """The longer side of the teacher's step previews, as ComfyUI's samplers make theirs
+    (`--preview-size`), or None where the user turned previews off: `--preview-method none`,
+    ComfyUI's default, or the frontend's "Live preview method" for this prompt, which ComfyUI
+    sets in the same place while the prompt runs. Read at each run, never at import."""
+    try:
+        from comfy.cli_args import LatentPreviewMethod, args
+    except ImportError:  # a ComfyUI without this module: previews as before
+        return PREVIEW_SIZE
+    if getattr(args, "preview_method", None) == LatentPreviewMethod.NoPreviews:
+        return None
+    return int(getattr(args, "preview_size", None) or PREVIEW_SIZE)
+
+
 class Progress:
     """One ComfyUI progress bar over `passes` library calls of `units` ticks each (tiles
     or steps). Every tick first checks Cancel, so an interrupt stops within a tile/step,
@@ -176,6 +190,7 @@ class Progress:
 
     def __init__(self, passes: int, units: int) -> None:
         self.units = max(1, int(units))
+        self.preview_size = preview_size()  # None: the user turned previews off
         self.total = max(1, int(passes)) * self.units
         self.started = 0
         self.value = 0
@@ -187,6 +202,10 @@ class Progress:
         the node with the next tick, as ComfyUI shows a sampler's latent preview (only the
         newest is converted)."""
         self.pending = image[0]
+
+    def previews(self) -> dict:
+        """`sample()`'s preview arguments, none where the user turned previews off."""
+        return {} if self.preview_size is None else {"preview": self.preview, "preview_size": self.preview_size}
 
     def callback(self) -> Callable[[int, int], None]:
         """The `callback(i, n)` for the next library call (call once per call)."""
@@ -201,7 +220,7 @@ class Progress:
             preview, self.pending = self.pending, None
             if preview is not None:
                 pixels = (preview.movedim(0, -1).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-                preview = ("JPEG", Image.fromarray(pixels), PREVIEW_SIZE)
+                preview = ("JPEG", Image.fromarray(pixels), self.preview_size)
             self.bar.update_absolute(self.value, self.total, preview)
 
         return tick

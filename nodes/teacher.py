@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..oftsr import sample
 from ..oftsr.sampling import SOLVERS
-from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, PREVIEW_SIZE, check_interrupt, check_options, check_tile,
+from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, check_interrupt, check_options, check_tile,
                      color_fix_input, color_fix_option, finish, image_input, model_input, require_role, run_on_device,
                      seed_input, tiling_inputs, to_bchw)
 
@@ -54,7 +54,7 @@ class OFTSRTeacherSampler(io.ComfyNode):
         def job(model, x, tile, overlap, progress):
             return sample(model, x, steps=steps, solver=solver, seed=seed, tile=tile, overlap=overlap,
                           callback=progress.callback(), tile_callback=check_interrupt, info=info,
-                          preview=progress.preview, preview_size=PREVIEW_SIZE)
+                          **progress.previews())
 
         units = ADAPTIVE_NFE_GUESS if solver == "adaptive" else int(steps)
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, units=lambda t, o: units,

@@ -1,6 +1,6 @@
 """Stand-ins for the parts of ComfyUI the OFTSR nodes use, so the nodes can be tested
 without ComfyUI: `comfy_api.latest` (ComfyExtension, io), `comfy.model_management`,
-`comfy.utils` and `folder_paths`.
+`comfy.utils`, `comfy.cli_args` and `folder_paths`.
 
 The `io` stand-in keeps the real V3 API's shape (class names, constructor parameters in
 the same order, NumberDisplay, Custom types, Schema validation, NodeOutput) and nothing
@@ -317,6 +317,23 @@ class ProgressBar:
         self.update_absolute(self.current + value)
 
 
+class LatentPreviewMethod(str, Enum):
+    """comfy.cli_args.LatentPreviewMethod."""
+    NoPreviews = "none"
+    Auto = "auto"
+    Latent2RGB = "latent2rgb"
+    TAESD = "taesd"
+
+
+def _cli_args() -> types.ModuleType:
+    """comfy.cli_args: `args` as parsed, with previews on (`--preview-method auto`;
+    ComfyUI's own default is none) at ComfyUI's default size."""
+    module = types.ModuleType("comfy.cli_args")
+    module.LatentPreviewMethod = LatentPreviewMethod
+    module.args = types.SimpleNamespace(preview_method=LatentPreviewMethod.Auto, preview_size=512)
+    return module
+
+
 # --------------------------------------------------------------------------- folder_paths
 
 
@@ -379,6 +396,7 @@ def _folder_paths(models_dir: str) -> types.ModuleType:
 class Stubs:
     model_management: ModelManagement
     utils: types.ModuleType
+    cli_args: types.ModuleType
     folder_paths: types.ModuleType
     io: types.ModuleType
 
@@ -394,7 +412,8 @@ def install(monkeypatch, models_dir: str | os.PathLike) -> Stubs:
     utils = types.ModuleType("comfy.utils")
     utils.ProgressBar = ProgressBar
     utils.PROGRESS_BAR_HOOK = None
-    comfy.model_management, comfy.utils = mm, utils
+    cli_args = _cli_args()
+    comfy.model_management, comfy.utils, comfy.cli_args = mm, utils, cli_args
     ProgressBar.instances = []
 
     api = types.ModuleType("comfy_api")
@@ -405,7 +424,8 @@ def install(monkeypatch, models_dir: str | os.PathLike) -> Stubs:
     api.latest = latest
 
     fp = _folder_paths(str(models_dir))
-    for name, module in {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils, "comfy_api": api,
-                         "comfy_api.latest": latest, "folder_paths": fp}.items():
+    for name, module in {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils,
+                         "comfy.cli_args": cli_args, "comfy_api": api, "comfy_api.latest": latest,
+                         "folder_paths": fp}.items():
         monkeypatch.setitem(sys.modules, name, module)
-    return Stubs(mm, utils, fp, latest.io)
+    return Stubs(mm, utils, cli_args, fp, latest.io)

@@ -1,13 +1,17 @@
 """Drive a real ComfyUI over HTTP for the integration test (tests/test_comfyui_integration.py).
 
-Stdlib only. Everything is loopback and every wait is bounded. Nothing here imports
-ComfyUI: the server runs in a child process of its own (`python main.py --cpu ...`).
+Stdlib only, but for the websocket (aiohttp, one of ComfyUI's own requirements). Everything
+is loopback and every wait is bounded. Nothing here imports ComfyUI: the server runs in a
+child process of its own (`python main.py --cpu ...`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import struct
+import uuid
 import signal
 import socket
 import subprocess
@@ -73,7 +77,7 @@ class ComfyServer:
     whatever happened."""
 
     def __init__(self, comfyui: Path, *, work: Path, input_dir: Path, output_dir: Path,
-                 extra_model_paths: Path | None = None,
+                 extra_model_paths: Path | None = None, preview_method: str | None = None,
                  only_custom_node: str | None = None, start_timeout: float = 240.0, max_lifetime: int = 1800):
         self.comfyui, self.work = Path(comfyui), Path(work)
         self.port = free_port()
@@ -85,6 +89,8 @@ class ComfyServer:
                 "--output-directory", str(output_dir), "--input-directory", str(input_dir)]
         if extra_model_paths is not None:
             args += ["--extra-model-paths-config", str(extra_model_paths)]
+        if preview_method is not None:
+            args += ["--preview-method", preview_method]
         # Keep the checkout clean and the run isolated where this ComfyUI can.
         temp, user = self.work / "temp", self.work / "user"
         temp.mkdir(exist_ok=True)
@@ -176,6 +182,42 @@ class ComfyServer:
             raise AssertionError(f"/prompt refused the workflow: {e}") from None
         assert not answer.get("node_errors"), answer
         return answer["prompt_id"]
+
+    def run_watched(self, prompt: dict, timeout: float = 300.0) -> tuple[dict, list[tuple[int, bytes]]]:
+        """Queue `prompt` with a websocket open, as the browser does, and wait for it to end.
+
+        Returns its history entry and the binary messages the server sent this client while it
+        ran, as (event type, payload): a step preview is event 1, its payload a 4-byte image
+        format (1 JPEG, 2 PNG) and the image."""
+        import aiohttp
+
+        client_id = uuid.uuid4().hex
+        ended = {"execution_success", "execution_error", "execution_interrupted"}
+
+        async def watch() -> tuple[str, list[tuple[int, bytes]]]:
+            binary: list[tuple[int, bytes]] = []
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{self.base}/ws?clientId={client_id}", max_msg_size=0) as ws:
+                    prompt_id = await asyncio.to_thread(self.queue, prompt, client_id)
+                    async for message in ws:
+                        if message.type == aiohttp.WSMsgType.BINARY:
+                            binary.append((struct.unpack(">I", message.data[:4])[0], bytes(message.data[4:])))
+                        elif message.type == aiohttp.WSMsgType.TEXT:
+                            event = json.loads(message.data)
+                            data = event.get("data") or {}
+                            if data.get("prompt_id") == prompt_id and (
+                                    event.get("type") in ended
+                                    or (event.get("type") == "executing" and data.get("node") is None)):
+                                return prompt_id, binary
+                        else:  # closed or failed
+                            break
+            raise RuntimeError(f"the websocket closed before prompt {prompt_id} ended:\n{self.log_tail()}")
+
+        try:
+            prompt_id, binary = asyncio.run(asyncio.wait_for(watch(), timeout))
+        except (asyncio.TimeoutError, TimeoutError):
+            raise TimeoutError(f"a prompt did not end within {timeout:.0f} s:\n{self.log_tail()}") from None
+        return self.wait(prompt_id, timeout=60), binary
 
     def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
         """Poll /history/<id> until the prompt finished; returns its history entry."""

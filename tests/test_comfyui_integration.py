@@ -18,9 +18,11 @@ free port and is stopped in all cases.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -120,7 +122,7 @@ def comfy(tmp_path_factory, random_unet_weights):
     pack = install_pack(comfyui / "custom_nodes", name)
     try:
         with ComfyServer(comfyui, work=work, input_dir=input_dir, output_dir=output_dir, extra_model_paths=extra,
-                         only_custom_node=name) as server:
+                         preview_method="auto", only_custom_node=name) as server:
             yield SimpleNamespace(server=server, name=name, input_dir=input_dir, output_dir=output_dir,
                                   object_info=server.get("/object_info", timeout=60))
     finally:
@@ -266,11 +268,23 @@ def test_workflow_runs(comfy, workflow_name):
     for entry in prompt.values():  # a template's crop of example.png takes this small stand-in whole
         if entry["class_type"] == "ImageCrop":
             entry["inputs"].update(width=INPUT_W, height=INPUT_H, x=0, y=0)
-    prompt_id = comfy.server.queue(prompt)
-    entry = comfy.server.wait(prompt_id, timeout=600)
+    entry, binary = comfy.server.run_watched(prompt, timeout=600)
     status = entry.get("status", {})
     assert status.get("status_str") == "success" and status.get("completed"), (
         f"{workflow_name} failed: {json.dumps(status.get('messages'), indent=1)[-4000:]}\n{comfy.server.log_tail()}")
+
+    # The teacher's step previews reach the browser (the server runs with --preview-method auto):
+    # one JPEG per step, the image the flow heads for, at the output's aspect (ComfyUI fits each
+    # preview to --preview-size, 512 px, enlarging a small one).
+    steps = sum(e["inputs"]["steps"] for e in prompt.values() if e["class_type"] == "OFTSRTeacherSampler")
+    previews = [payload for event, payload in binary if event == 1]
+    assert len(previews) == steps, (workflow_name, steps, [(e, len(p)) for e, p in binary])
+    for payload in previews:
+        assert struct.unpack(">I", payload[:4])[0] == 1  # JPEG
+        with Image.open(io.BytesIO(payload[4:])) as shown:
+            assert shown.format == "JPEG" and shown.width == 512, shown.size
+            assert abs(shown.height - 512 * INPUT_H / INPUT_W) <= 1, shown.size
+            assert np.asarray(shown.convert("L"), dtype=np.float32).std() > 2  # an image, not a flat field
 
     for node_id, count in expected_images(workflow, prompt).items():
         images = entry["outputs"].get(node_id, {}).get("images", [])

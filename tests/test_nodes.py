@@ -621,10 +621,28 @@ def test_teacher_sampler_shows_a_preview_at_each_step(comfy, pack, teacher):
     kind, picture, size = bar.previews[-1]
     assert kind == "JPEG" and size == 512 and picture.size == (48, 32) and picture.mode == "RGB"
     # the last evaluation's straight-line estimate is the result (the last step is Euler), of the first image
-    shown = torch.from_numpy(np.asarray(picture)).float() / 255
+    shown = torch.from_numpy(np.array(picture)).float() / 255
     assert (shown - out[0]).abs().max() <= 0.5 / 255 + 1e-6
-    first = torch.from_numpy(np.asarray(bar.previews[0][1])).float() / 255
+    first = torch.from_numpy(np.array(bar.previews[0][1])).float() / 255
     assert (first - out[0]).abs().mean() > 1e-3  # the first step's estimate is not yet the result
+
+
+def test_teacher_previews_follow_comfyuis_preview_settings(comfy, pack, teacher):
+    """`--preview-method none` (ComfyUI's default, or the frontend's per-prompt setting)
+    turns the previews off, as for ComfyUI's samplers; `--preview-size` sizes them."""
+    args = comfy.cli_args.args
+    args.preview_method = comfy.cli_args.LatentPreviewMethod.NoPreviews
+    out_off = run(pack, "OFTSRTeacherSampler", model=teacher, image=image(h=40, w=60), steps=2, solver="euler", seed=1,
+                  tile=0, overlap=0, color_fix="none")
+    bar = bars(comfy)[-1]
+    assert bar.previews == [None, None] and bar.updates == [(1, 2), (2, 2)]  # progress still ticks
+
+    args.preview_method, args.preview_size = comfy.cli_args.LatentPreviewMethod.Latent2RGB, 64
+    out_on = run(pack, "OFTSRTeacherSampler", model=teacher, image=image(h=40, w=60), steps=2, solver="euler", seed=1,
+                 tile=0, overlap=0, color_fix="none")
+    shown = [p for p in bars(comfy)[-1].previews if p is not None]
+    assert len(shown) == 2 and all(size == 64 and picture.size == (64, 43) for _, picture, size in shown)
+    assert torch.equal(out_off, out_on)  # previews only watch
 
 
 def test_teacher_cancel_stops_between_the_tiles_of_a_step(comfy, pack, teacher):
