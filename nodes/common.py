@@ -277,13 +277,9 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
     ComfyUI's ImageUpscaleWithModel does. On out-of-memory the tile is halved and the
     whole job retried, down to MIN_OOM_TILE; below that a ValueError says what to do.
     `units(tile, overlap)` is the number of progress ticks per library call (default:
-    tiles of the output). `x` is (B, C, H, W); the result is what `job` returns. A gray
-    photograph (LoadImage makes three equal channels of it) runs as one channel, the
-    library's gray path, so its result has no colour noise, and comes back as three."""
-    if x.shape[1] == 3 and bool((x[:, 0] == x[:, 1]).all()) and bool((x[:, 1] == x[:, 2]).all()):
-        out = run_on_device(model, x[:, :1], job, tile=tile, overlap=overlap, node=node, passes=passes, units=units,
-                            states=states)
-        return out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out
+    tiles of the output). `x` is (B, C, H, W); the result is what `job` returns. (A gray
+    photograph, which LoadImage makes three equal channels, comes back with three equal
+    channels: the library keeps neutral images neutral.)"""
     device = mm.get_torch_device()
     out_h, out_w = x.shape[-2] * model.scale, x.shape[-1] * model.scale
     if units is None:

@@ -2,7 +2,8 @@
 
 Images are float tensors (B, C, H, W) in [0, 1] with C = 3 (RGB), 1 (grayscale: the
 result is grayscale), 4 (RGBA) or 2 (gray + alpha); alpha is upscaled conventionally
-(antialiased bicubic) and kept.
+(antialiased bicubic) and kept. An RGB image with three equal channels (black and white
+saved as RGB) comes back with three equal channels: no colour noise.
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ def parse_t_values(text: str, name: str = "t_values") -> list[float]:
     return values
 
 
-def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-    """(RGB the network sees, alpha or None, whether the result is gray) of a 1-4 channel image."""
+def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor]:
+    """(RGB the network sees, alpha or None, whether the result has one colour channel, which
+    images are neutral) of a 1-4 channel image. Neutral: gray, or RGB with three equal
+    channels (a black-and-white photo saved as RGB, or ComfyUI's LoadImage of a gray file);
+    their result is made neutral too, the mean of the network's channels, as for gray."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"image must be a (B, C, H, W) tensor in [0, 1], got {shape}")
@@ -87,7 +91,22 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
         raise ValueError(f"image must be in [0, 1], but its maximum is {image.amax().item():g}: divide 0-255 values by "
                          f"255 first")
     colour, alpha = split_alpha(image.clamp(0, 1))
-    return colour, alpha, c <= 2
+    if c <= 2:
+        neutral = torch.ones(b, dtype=torch.bool, device=image.device)
+    else:
+        neutral = ((image[:, 0] == image[:, 1]) & (image[:, 1] == image[:, 2])).flatten(1).all(dim=1)
+    return colour, alpha, c <= 2, neutral
+
+
+def _neutralise(rgb: torch.Tensor, neutral: torch.Tensor, gray: bool) -> torch.Tensor:
+    """The network's RGB as the input's colour: the channel mean for gray (one channel) and
+    for neutral images (three equal channels); colour images unchanged."""
+    if gray:
+        return rgb.mean(dim=1, keepdim=True)
+    if not bool(neutral.any()):
+        return rgb
+    mean = rgb.mean(dim=1, keepdim=True).expand_as(rgb)
+    return torch.where(neutral.to(rgb.device).view(-1, 1, 1, 1), mean, rgb)
 
 
 # "CUDA out of memory", "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."
@@ -111,19 +130,18 @@ class _Output:
     [0, 1], grayscale or alpha as the input had it, and rounding for integer dtypes. The
     alpha band is up-sampled from the input's alpha on the fly (antialiased bicubic)."""
 
-    def __init__(self, image: torch.Tensor, alpha: torch.Tensor | None, gray: bool, scale: int,
-                 dtype: torch.dtype) -> None:
+    def __init__(self, image: torch.Tensor, alpha: torch.Tensor | None, gray: bool, neutral: torch.Tensor,
+                 scale: int, dtype: torch.dtype) -> None:
         if dtype not in OUTPUT_DTYPES:
             raise ValueError(f"out_dtype must be one of {', '.join(map(str, OUTPUT_DTYPES))}, got {dtype}")
         b, _, h, w = image.shape
-        self.alpha, self.gray, self.scale, self.peak = alpha, gray, scale, OUTPUT_DTYPES[dtype]
+        self.alpha, self.gray, self.neutral, self.scale, self.peak = alpha, gray, neutral, scale, OUTPUT_DTYPES[dtype]
         channels = (1 if gray else 3) + (alpha is not None)
         self.out = torch.empty(b, channels, h * scale, w * scale, dtype=dtype, device=image.device)
 
     def write(self, top: int, x1: torch.Tensor) -> None:
         rows = x1.clamp(-1, 1).add_(1).div_(2)  # in place after the first copy: these are bands of the image width
-        if self.gray:
-            rows = rows.mean(dim=1, keepdim=True)
+        rows = _neutralise(rows, self.neutral, self.gray)
         if self.alpha is not None:
             a = upsample_lr_region(self.alpha, self.scale, "bicubic", top, 0, rows.shape[-2], rows.shape[-1])
             rows = torch.cat([rows, a.clamp(0, 1)], dim=1)
@@ -176,8 +194,8 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: int
     t = check_t(t)
     if model.ignores_t:  # FlowSR/FluxSR: x1 = f(x0, T_EPS), the start of the flow, whatever t is asked
         t = T_EPS
-    rgb, alpha, gray = _split_channels(image)
-    result = _Output(image, None if alpha is None else alpha.to(model.device), gray, model.scale, out_dtype)
+    rgb, alpha, gray, neutral = _split_channels(image)
+    result = _Output(image, None if alpha is None else alpha.to(model.device), gray, neutral, model.scale, out_dtype)
     lr = rgb.to(model.device) * 2 - 1
     b, _, h, w = result.out.shape
 
@@ -221,16 +239,15 @@ def _check_sample_memory(model: OFTSRModel, batch: int, height: int, width: int)
             f"student (oftsr upscale / OFTSR Upscale), a smaller image or a crop of it, or fewer images at once")
 
 
-def _straight_estimate(x: torch.Tensor, v: torch.Tensor, t: float, size: int, gray: bool) -> torch.Tensor:
-    """x + (1 - t) v in [0, 1], at most `size` px a side (gray as the result is: the mean of
-    the channels). Area reduction is linear, so the two terms are reduced apart: no
+def _straight_estimate(x: torch.Tensor, v: torch.Tensor, t: float, size: int, neutral: torch.Tensor) -> torch.Tensor:
+    """x + (1 - t) v in [0, 1], at most `size` px a side (neutral images neutral, as their
+    result is). Area reduction is linear, so the two terms are reduced apart: no
     whole-image buffer beyond x and v."""
     h, w = x.shape[-2:]
     scale = min(1.0, size / max(h, w))
     small = (max(1, round(h * scale)), max(1, round(w * scale)))
     x, v = (F.interpolate(a.float(), size=small, mode="area") for a in (x, v)) if scale < 1 else (x.float(), v.float())
-    estimate = ((x + (1.0 - t) * v).clamp(-1, 1) + 1) / 2
-    return estimate.mean(dim=1, keepdim=True).expand_as(estimate) if gray else estimate
+    return _neutralise(((x + (1.0 - t) * v).clamp(-1, 1) + 1) / 2, neutral, gray=False)
 
 
 @torch.inference_mode()
@@ -256,9 +273,9 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     sampler = get_sampler(solver)
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    rgb, alpha, gray = _split_channels(image)
+    rgb, alpha, gray, neutral = _split_channels(image)
     _check_sample_memory(model, rgb.shape[0], rgb.shape[-2] * model.scale, rgb.shape[-1] * model.scale)
-    result = _Output(image, None if alpha is None else alpha.to(model.device), gray, model.scale, out_dtype)
+    result = _Output(image, None if alpha is None else alpha.to(model.device), gray, neutral, model.scale, out_dtype)
     lr = rgb.to(model.device) * 2 - 1
     b, _, h, w = result.out.shape
     x0 = _start(model, lr, seed, [(0, 0)], h, w)[0]
@@ -270,7 +287,7 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
         v = blend_tiles_into_tensor(tile_fn, b, h, w, tile=tile, overlap=overlap, tile_batch=tile_batch,
                                     callback=tile_callback)
         if preview is not None:
-            preview(_straight_estimate(x, v, t, preview_size, gray))
+            preview(_straight_estimate(x, v, t, preview_size, neutral))
         return v
 
     fn = CountNFE(velocity)

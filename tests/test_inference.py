@@ -474,3 +474,22 @@ def test_sample_builds_no_autograd_graph_and_previews_gray_as_gray():
     assert not out.requires_grad and out.shape == (1, 1, 32, 32)
     assert len(seen) == 3 and all(not p.requires_grad for p in seen)
     assert all(torch.equal(p[:, 0], p[:, 1]) and torch.equal(p[:, 1], p[:, 2]) for p in seen)  # gray, as the result
+
+
+def test_black_and_white_saved_as_rgb_comes_back_without_colour(student, teacher):
+    """Three equal channels (a B&W photo saved as RGB, or RGBA) give three equal channels,
+    per image of a batch: the gray result; a colour image beside it keeps its colour."""
+    gray = smooth_image(16, 24, channels=1, seed=3)
+    colour = smooth_image(16, 24, seed=4)
+    batch = torch.cat([gray.expand(1, 3, 16, 24), colour])
+    out = oftsr.upscale(student, batch, t=1.0, seed=5)
+    assert torch.equal(out[0, 0], out[0, 1]) and torch.equal(out[0, 1], out[0, 2])
+    assert (out[0, :1] - oftsr.upscale(student, gray, t=1.0, seed=5)).abs().max() < 1e-6  # the gray path's result
+    assert (out[1, 0] - out[1, 1]).abs().max() > 1e-2  # the colour image keeps its colour
+    alpha = torch.ones(1, 1, 16, 24)
+    rgba = oftsr.upscale(student, torch.cat([gray.expand(1, 3, 16, 24), alpha], 1), t=1.0, out_dtype=torch.uint8)
+    assert rgba.shape == (1, 4, 64, 96) and torch.equal(rgba[0, 0], rgba[0, 2]) and torch.equal(rgba[0, 1], rgba[0, 2])
+    seen: list[torch.Tensor] = []
+    hq = oftsr.sample(teacher, batch, steps=2, solver="euler", preview=seen.append)
+    assert torch.equal(hq[0, 0], hq[0, 1]) and torch.equal(hq[0, 1], hq[0, 2]) and (hq[1, 0] - hq[1, 1]).abs().max() > 1e-2
+    assert len(seen) == 2 and all(torch.equal(p[0, 0], p[0, 2]) and not torch.equal(p[1, 0], p[1, 2]) for p in seen)
