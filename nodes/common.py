@@ -41,7 +41,9 @@ def model_input() -> io.Input:
 
 
 def image_input() -> io.Input:
-    return io.Image.Input("image", tooltip="The low-resolution image(s); RGBA keeps its alpha (upscaled bicubically).")
+    return io.Image.Input("image", tooltip="The low-resolution image(s). RGBA keeps its alpha (upscaled bicubically); "
+                                           "Load Image gives a transparent file's alpha as a separate MASK: join it "
+                                           "with Join Image with Alpha to keep it.")
 
 
 def t_input(name: str = "t", default: float = 0.5, tooltip: str | None = None) -> io.Input:
@@ -57,7 +59,8 @@ def seed_input() -> io.Input:
         "seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
         tooltip="Seed of the start-point noise. The noise depends on the seed, the image's place in the batch "
                 "and the pixel, not on the tiling (the result changes a little with the tile size, as each tile "
-                "sees only its own surroundings).",
+                "sees only its own surroundings). Set 'control after generate' to fixed to keep a result cached: "
+                "with randomize, every Queue upscales again.",
     )
 
 
@@ -153,7 +156,11 @@ def to_bchw(image: torch.Tensor, name: str = "image") -> torch.Tensor:
 
 
 def to_image(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> ComfyUI IMAGE [B, H, W, C] float32 on the intermediate device."""
+    """(B, C, H, W) -> ComfyUI IMAGE [B, H, W, C] float32 on the intermediate device. A gray
+    result (from a one-channel IMAGE) comes back as three equal channels, as ComfyUI's IMAGE
+    is: Save Image and Preview Image cannot take one channel."""
+    if x.shape[1] in (1, 2):  # gray (+ alpha)
+        x = torch.cat([x[:, :1].expand(-1, 3, -1, -1), x[:, 1:]], dim=1)
     return x.movedim(1, -1).to(device=mm.intermediate_device(), dtype=torch.float32).contiguous()
 
 

@@ -56,7 +56,7 @@ def model_options() -> list[str]:
 # What each bundled model is for, in the loader's tooltip (those this installation ships).
 def model_tooltip() -> str:
     shipped = [name for name in BUNDLED_MODELS if all(_bundled_path(name, role) for role in BUNDLED_ROLES)]
-    uses = "; ".join(f"{name}: {BUNDLED_MODELS[name].purpose}" for name in shipped)
+    uses = "; ".join(f"'{name} student' / '{name} teacher' are {BUNDLED_MODELS[name].purpose}" for name in shipped)
     return (f"A bundled model by name ({uses}): the student for OFTSR Upscale, the teacher for OFTSR Teacher "
             f"Sampler. Or a checkpoint placed by hand in models/oftsr (not models/upscale_models, which is for "
             f"ComfyUI's Load Upscale Model); nothing is downloaded.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +13,7 @@ from ..oftsr import upscale
 from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
                      model_input, require_t_slider, run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
 
+log = logging.getLogger(__name__)
 NAME = "OFTSR Regional Trade-off"
 
 
@@ -30,6 +33,10 @@ def prepare_mask(mask: torch.Tensor, batch: int, size: tuple[int, int]) -> torch
     if not torch.isfinite(m).all():
         raise ValueError("mask contains NaN or infinite values")
     m = m[:, None]
+    (mh, mw), (h, w) = m.shape[-2:], size
+    if abs(mw / mh - w / h) > 0.01 * (w / h):
+        log.warning("OFTSR Regional Trade-off: the mask (%dx%d) has another aspect ratio than the output (%dx%d); "
+                    "it is stretched to fit", mw, mh, w, h)
     if tuple(m.shape[-2:]) != tuple(size):
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False, antialias=True)
     return m.clamp(0, 1).expand(batch, 1, *size)

@@ -350,11 +350,11 @@ def test_image_errors_speak_in_comfyuis_layout(comfy, pack, student):
 
 def test_loader_tooltip_names_only_the_bundled_models_there_are(comfy, pack):
     tooltip = inputs_of(pack, "OFTSRModelLoader")["model_name"].tooltip
-    assert "x4: x4, bicubic degradation: clean and AI-generated images" in tooltip
+    assert "'x4 student' / 'x4 teacher' are x4, bicubic degradation: clean and AI-generated images" in tooltip
     for name in oftsr.BUNDLED_MODELS:
         shipped = all((Path(oftsr.__file__).parent / "weights" / f"{name}-{role}.safetensors").is_file()
                       for role in ("student", "teacher"))
-        assert (f"{name}: " in tooltip) == shipped, name
+        assert (f"'{name} student' / '{name} teacher' are " in tooltip) == shipped, name
     assert "not models/upscale_models" in tooltip
 
 
@@ -755,6 +755,34 @@ def test_regional_mask_errors(comfy, pack, student):
     x = kw["image"].movedim(-1, 1)
     assert torch.equal(out[0], pack.lib.upscale(student, x, t=1.0, seed=0)[0].movedim(0, -1))
     assert torch.equal(out[1], pack.lib.upscale(student, x, t=0.0, seed=0)[1].movedim(0, -1))
+
+
+def test_regional_mask_of_another_aspect_is_stretched_with_a_warning(comfy, pack, student, caplog):
+    kw = dict(model=student, image=image(h=8, w=8), seed=0, tile=0, overlap=0, color_fix="none", t_inside=1.0,
+              t_outside=0.0)
+    with caplog.at_level("WARNING"):
+        run(pack, "OFTSRRegionalTradeoff", mask=torch.ones(1, 5, 5), **kw)  # same aspect, another size: quiet
+    assert "aspect" not in caplog.text
+    with caplog.at_level("WARNING"):
+        out = run(pack, "OFTSRRegionalTradeoff", mask=torch.ones(1, 8, 64), **kw)
+    assert "the mask (64x8) has another aspect ratio than the output (32x32)" in caplog.text
+    assert out.shape == (1, 32, 32, 3)
+
+
+def test_a_one_channel_image_comes_back_as_three_for_save_image(comfy, pack, student, teacher):
+    """ComfyUI's IMAGE is RGB: a one-channel IMAGE from another node gives three equal
+    channels (Save Image cannot take one), the gray result."""
+    gray = image(seed=3, c=1)
+    out = run(pack, "OFTSRUpscale", model=student, image=gray, t=1.0, seed=0, tile=0, overlap=0, color_fix="none")
+    assert out.shape == (1, 32, 32, 3) and torch.equal(out[..., 0], out[..., 2])
+    lib = pack.lib.upscale(student, gray.movedim(-1, 1), t=1.0, seed=0)
+    assert torch.equal(out[..., 0], lib[:, 0])
+    sweep, grid = run_outputs(pack, "OFTSRTSweep", model=student, image=gray, t_values="0, 1", seed=0, tile=0,
+                              overlap=0, color_fix="none")
+    assert sweep.shape == (2, 32, 32, 3) and grid.shape[-1] == 3
+    hq = run(pack, "OFTSRTeacherSampler", model=teacher, image=gray, steps=1, solver="euler", seed=0, tile=0,
+             overlap=0, color_fix="none")
+    assert hq.shape == (1, 32, 32, 3)
 
 
 @pytest.mark.parametrize("objective", ["flowsr", "fluxsr"])
