@@ -25,6 +25,8 @@ from .model import DEGRADATIONS, OBJECTIVES, ROLES, OFTSRModel
 from .unet import UNet, UNetConfig
 
 FORMAT_NAME = "oftsr"
+TRAINING_CHECKPOINT_INFO = "oftsr.json"  # what the trainer writes into each checkpoint-N folder
+EXPORT_COMMAND = "python trainer/export.py"
 FORMAT_VERSION = 1
 
 __all__ = ["load_model", "save_model", "read_metadata", "infer_config", "parse_authors_filename", "network_digest",
@@ -399,6 +401,18 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def _export_advice(checkpoint: Path) -> str:
+    return (f"export its EMA weights as a model file with `{EXPORT_COMMAND} {checkpoint} model.safetensors` "
+            f"(the end of a run writes one: teacher.safetensors or student.safetensors in --output_dir), and load that")
+
+
+def folder_message(path: Path) -> str:
+    """What a folder given as a model is, and what to load instead."""
+    if (path / TRAINING_CHECKPOINT_INFO).is_file() or any(path.glob(f"checkpoint-*/{TRAINING_CHECKPOINT_INFO}")):
+        return f"{path} is a training folder, not a model file: {_export_advice(path)}"
+    return f"{path} is a folder, not a model file (.safetensors, or an authors' .pth)"
+
+
 def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None,
                dtype: torch.dtype | str | None = None,
                sigma_p: float | None = None, role: str | None = None, scale: int | None = None,
@@ -419,8 +433,13 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
 
         path = resolve_model(path, role or "student")
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(folder_message(path))
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if (path.parent / TRAINING_CHECKPOINT_INFO).is_file():
+        raise CheckpointError(f"{path} is a file inside the training checkpoint {path.parent}, not a model file: "
+                              f"{_export_advice(path.parent)}")
     kind = _file_kind(path)
     info: dict[str, object] = {}
     if kind == "safetensors":

@@ -104,6 +104,10 @@ def existing_model_path(spec: str | Path | None, role: str, option: str = "--mod
     """`resolve_model` for a file that must be there: a path that is not says what
     `option` takes instead."""
     path = resolve_model(spec, role)
+    if path.is_dir():
+        from .checkpoint import CheckpointError, folder_message
+
+        raise CheckpointError(f"{option} {folder_message(path)}")
     if not path.exists():
         raise FileNotFoundError(f"{option} {spec or path}: no such file, and not a bundled model's name "
                                 f"({', '.join(BUNDLED_MODELS)}; with a role: {DEFAULT_MODEL}-{role})")

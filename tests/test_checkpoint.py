@@ -112,6 +112,23 @@ def test_missing_fields_say_how_to_provide_them(tmp_path, random_unet_weights):
         oftsr.load_model(tmp_path / "weights.pth")
 
 
+def test_a_training_folder_given_as_a_model_says_to_export_it(tmp_path, student):
+    """`--model runs/student/checkpoint-4` (or its model.safetensors, the raw weights) is
+    not a model file: the message gives the export command instead of "Is a directory"."""
+    ckpt = tmp_path / "run" / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    (ckpt / "oftsr.json").write_text("{}")
+    oftsr.save_model(student, ckpt / "model.safetensors")
+    for path in (ckpt, tmp_path / "run"):
+        with pytest.raises(CheckpointError, match=rf"{path} is a training folder, not a model file: export its EMA "
+                                                  rf"weights .* `python trainer/export.py {path} model.safetensors`"):
+            oftsr.load_model(path)
+    with pytest.raises(CheckpointError, match="is a file inside the training checkpoint .* `python trainer/export.py"):
+        oftsr.load_model(ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a model file \(.safetensors"):
+        oftsr.load_model(tmp_path)
+
+
 def test_truncated_safetensors(tmp_path, student):
     path = tmp_path / "m.safetensors"
     oftsr.save_model(student, path)

@@ -111,8 +111,9 @@ def test_convert_and_info_take_bundled_names_and_say_which_there_are(tmp_path, c
                                                             "--model")]:
         code, _, err = _run_cli(argv, capsys)
         assert code == 2 and f"error: {option} x4-" in err and "no such file, and not a bundled model's name (x4" in err
-    code, _, err = _run_cli(["info", str(tmp_path)], capsys)  # an OSError as a sentence, not "[Errno 21] ..."
-    assert code == 2 and _one_error(err) == f"error: {tmp_path}: Is a directory"
+    code, _, err = _run_cli(["info", str(tmp_path)], capsys)  # a sentence, not "[Errno 21] Is a directory"
+    assert code == 2 and _one_error(err) == f"error: PATH {tmp_path} is a folder, not a model file (.safetensors, " \
+                                            f"or an authors' .pth)"
     main(["info", "x4"])
     keys = list(json.loads(capsys.readouterr().out))
     assert keys == sorted(keys)  # the same order every time
@@ -415,7 +416,7 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
          "cannot write '.gif' images; use one of .png"),
         (["upscale", str(inputs / "rgb.png"), str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), "--model", student],
          "rgb.png would both write"),
-        (["info", str(tmp_path)], "directory"),  # a folder: an OSError, reported in one line, no traceback
+        (["info", str(tmp_path)], "is a folder, not a model file"),  # reported in one line, no traceback
     ]
     for argv, message in cases:
         code, _, err = _run_cli(argv, capsys)

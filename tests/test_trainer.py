@@ -282,13 +282,17 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     assert exported.step == 4 and exported.sigma_p == 0.2
     assert all(torch.equal(pa, pb) for pa, pb in zip(exported.parameters(), tb.parameters()))
     _run(["trainer/export.py", cut, tmp_path / "raw.safetensors", "--raw"])  # newest checkpoint, raw weights
+    res = _run(["trainer/export.py", cut, tmp_path / "raw.pth"], status=1)  # safetensors under a .pth name: no
+    assert "name it .safetensors" in res.stderr and not (tmp_path / "raw.pth").exists()
     assert oftsr.load_model(tmp_path / "raw.safetensors").config == oftsr.PRESETS["tiny"]
 
 
 def test_set_up_errors_are_one_line_and_bundled_models_go_by_name(train_dir, tmp_path):
     for args, message in [
             (["trainer/train_teacher.py", "--train_data_dir", tmp_path / "absent", "--output_dir", tmp_path / "a"],
-             f"error: training data folder {tmp_path / 'absent'} does not exist"),
+             f"error: --train_data_dir {tmp_path / 'absent'} does not exist"),
+            (["trainer/train_teacher.py", "--train_data_dir", train_dir, "--validation_data_dir", tmp_path / "nope",
+              "--output_dir", tmp_path / "a"], f"error: --validation_data_dir {tmp_path / 'nope'} does not exist"),
             (["trainer/distill.py", "--teacher", "x4-techer", "--train_data_dir", train_dir, "--output_dir",
               tmp_path / "b"], "error: --teacher x4-techer: no such file, and not a bundled model's name (x4"),
             (["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "c", "--preset",
@@ -512,11 +516,65 @@ def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_pa
         checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0), {**data, "train_batch_size": 8, "resolution": 128})
     assert "(resolution 256 -> 128, train_batch_size 32 -> 8)" in caplog.text
 
+    # Files added to or removed from the training folder since the checkpoint: warned too.
+    (tmp_path / "run" / "checkpoint-3" / checkpoints.MODEL_INFO).write_text(
+        json.dumps({**info, "data": checkpoints.data_settings(args, 1, train_items=241)}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="oftsr.trainer"), pytest.raises(AssertionError, match="must not load"):
+        checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0), checkpoints.data_settings(args, 1, 240))
+    assert "(train_items 241 -> 240)" in caplog.text
+
     args.resume_from_checkpoint = None  # a new run would rotate the old run's checkpoints and delete its own
     with pytest.raises(ValueError, match="already holds checkpoint-3 .* --resume_from_checkpoint latest"):
         checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))
     args.output_dir = str(tmp_path / "empty")
     checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))  # nothing there: a new run starts
+
+
+def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path):
+    """A checkpoint whose files were cut short (a full disk, a copy that stopped) is not a
+    traceback: the message names the empty files and says how to go on from the one before."""
+    import checkpoints
+    import train_teacher
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    info = checkpoints.model_info(oftsr.create_model("tiny", role="teacher"), 0)
+    for step in (2, 4):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / checkpoints.MODEL_INFO).write_text(json.dumps({**info, "step": step}))
+    (run / "checkpoint-4" / "model.safetensors").write_bytes(b"")
+
+    class Accelerator:  # loads the model file as Accelerate does
+        def load_state(self, path):
+            load_file(Path(path) / "model.safetensors")
+
+    args = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", str(run),
+                                     "--resume_from_checkpoint", "latest"])
+    with pytest.raises(ValueError, match=r"could not load the checkpoint .*checkpoint-4 \(SafetensorError: .*these "
+                                         r"files are empty: model.safetensors; move checkpoint-4 out of .* to go on "
+                                         r"from checkpoint-2"):
+        checkpoints.resume(Accelerator(), args, info)
+    (run / "checkpoint-4" / checkpoints.MODEL_INFO).write_text("{")  # cut short too
+    with pytest.raises(ValueError, match="oftsr.json is unreadable .* move checkpoint-4 out of"):
+        checkpoints.resume(Accelerator(), args, info)
+
+
+def test_diffusers_flag_names_and_the_run_summary(caplog):
+    import common
+    import train_teacher
+
+    args = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", "o", "--lr_scheduler",
+                                     "constant_with_warmup", "--adam_epsilon", "1e-6", "--train_batch_size", "4",
+                                     "--gradient_accumulation_steps", "2", "--max_train_steps", "100"])
+    assert args.lr_scheduler == "constant"  # diffusers' name for a warm-up then a constant rate: ours
+    optimizer = common.make_optimizer(args, torch.nn.Linear(2, 2).parameters())
+    assert optimizer.defaults["eps"] == 1e-6 and optimizer.defaults["betas"] == (0.9, 0.999)
+    with caplog.at_level(logging.INFO, logger="oftsr.trainer"):
+        common.log_run_summary(args, "teacher", 241, 482, 2, 0)
+    assert "training images: 241 in d (482 crops per epoch)" in caplog.text
+    assert "batch per process: 4; processes: 2; gradient accumulation: 2 -> 16 crops per optimizer step" in caplog.text
+    assert "optimizer steps: 100, about 3.3 epochs" in caplog.text
 
 
 def test_ema_resume_keeps_this_runs_decay():

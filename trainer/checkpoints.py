@@ -7,12 +7,14 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -21,7 +23,7 @@ import oftsr  # noqa: E402
 logger = logging.getLogger("oftsr.trainer")
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-MODEL_INFO = "oftsr.json"
+MODEL_INFO = oftsr.checkpoint.TRAINING_CHECKPOINT_INFO
 def model_info(model: oftsr.OFTSRModel, step: int, metadata: dict[str, str] | None = None) -> dict:
     """What a checkpoint's model is, and `metadata` for its exported file (`training_metadata`)."""
     return {"architecture": model.config.to_dict(), "role": model.role, "scale": model.scale,
@@ -42,11 +44,14 @@ def list_checkpoints(output_dir: str) -> list[Path]:
 SCHEDULE_SETTINGS = ("lr_scheduler", "lr_warmup_steps", "max_train_steps")
 
 
-def data_settings(args: argparse.Namespace, num_processes: int) -> dict:
+def data_settings(args: argparse.Namespace, num_processes: int, train_items: int | None = None) -> dict:
     """What decides the order and content of the training batches, and the shape of the
     learning-rate schedule (SCHEDULE_SETTINGS): a checkpoint records them, and a run
-    resumed with other values is warned that its data, or its decaying rate, now differs."""
-    return {"train_data_dir": str(Path(args.train_data_dir).resolve()), "resolution": args.resolution,
+    resumed with other values is warned that its data, or its decaying rate, now differs.
+    `train_items`: the images (or pairs) found in the training folder, so that a folder
+    with files added or removed since is noticed."""
+    items = {} if train_items is None else {"train_items": train_items}
+    return {"train_data_dir": str(Path(args.train_data_dir).resolve()), **items, "resolution": args.resolution,
             "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "repeats": args.repeats, "seed": args.seed, "num_processes": num_processes,
             **{k: getattr(args, k) for k in SCHEDULE_SETTINGS}}
@@ -68,15 +73,54 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / MODEL_INFO).write_text(json.dumps({**model_info(model, step, metadata), "data": data or {}}, indent=1))
+        _sync_to_disk(tmp)  # a machine that goes down after the rename finds whole files, not empty ones
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _sync_to_disk(Path(output_dir), files=False)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
         logger.info("saved %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _sync_to_disk(folder: Path, files: bool = True) -> None:
+    """fsync the files in `folder` (recursively) and the folder itself, where the system allows."""
+    paths = [p for p in folder.rglob("*") if p.is_file()] if files else []
+    for path in [*paths, folder]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # e.g. folders cannot be opened on Windows
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+# What reading a cut-short or empty state file raises (safetensors, pickle, torch.load).
+DAMAGED_FILE_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, KeyError)
+
+
+def _load_state(accelerator, path: Path, output_dir: str) -> None:
+    """`accelerator.load_state`, with what to do when the checkpoint is damaged (a disk that
+    filled up, a copy cut short): name its empty files and the checkpoint before it."""
+    try:
+        accelerator.load_state(str(path))
+    except DAMAGED_FILE_ERRORS as e:
+        empty = sorted(p.name for p in path.iterdir() if p.is_file() and p.stat().st_size == 0)
+        m = CHECKPOINT.match(path.name)
+        earlier = [p.name for p in list_checkpoints(output_dir)
+                   if m and int(CHECKPOINT.match(p.name).group(1)) < int(m.group(1))]
+        hint = (f"move {path.name} out of {output_dir} and run again to go on from {earlier[-1]}" if earlier
+                else "start the run again in a new --output_dir")
+        raise ValueError(f"could not load the checkpoint {path} ({type(e).__name__}: {str(e).strip()[:200]}); "
+                         + (f"these files are empty: {', '.join(empty)}; " if empty else "it is damaged: ")
+                         + hint) from e
 
 
 def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None = None) -> None:
@@ -106,7 +150,11 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
         if not path.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
     info_file = path / MODEL_INFO
-    recorded = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    try:
+        recorded = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{info_file} is unreadable ({e}): the checkpoint is damaged; move {path.name} out of "
+                         f"{args.output_dir} to go on from the one before it") from e
     step = recorded.get("step", int(m.group(1)) if (m := CHECKPOINT.match(path.name)) else None)
     later = [p.name for p in list_checkpoints(args.output_dir) if step is not None
              and int(CHECKPOINT.match(p.name).group(1)) > step and p.resolve() != path.resolve()]
@@ -134,7 +182,7 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
         if changed:
             logger.warning("resuming %s with other data settings (%s): from here on the batches are not the ones "
                            "the run would have seen", path, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-    accelerator.load_state(str(path))
+    _load_state(accelerator, path, args.output_dir)
     logger.info("resumed from %s", path)
 
 

@@ -39,6 +39,8 @@ logger = logging.getLogger("oftsr.trainer")
 EXIT_RESUMABLE = 75
 SCRIPT_START = time.monotonic()  # --max_train_minutes counts from here: set-up and resume included
 LR_SCHEDULES = ("constant", "linear", "cosine")  # --lr_scheduler, after the warm-up
+# diffusers' names for the same schedules (its "constant" skips the warm-up; ours always warms up)
+LR_SCHEDULE_ALIASES = {"constant_with_warmup": "constant"}
 
 
 def _checked(kind: type, ok, wording: str):
@@ -71,15 +73,17 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--lr_warmup_steps", type=non_negative_int, default=1000,
                    help="linear warm-up, in optimizer steps (distill.py: at most a tenth of --max_train_steps)")
     p.add_argument("--lr_scheduler", choices=LR_SCHEDULES, default="constant",
-                   help="after the warm-up: constant (the paper's), or a linear or cosine decay to 0 at "
-                        "--max_train_steps")
+                   type=lambda name: LR_SCHEDULE_ALIASES.get(name, name),
+                   help="after the warm-up: constant (the paper's; diffusers' constant_with_warmup is the same), or a "
+                        "linear or cosine decay to 0 at --max_train_steps")
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.999)
+    p.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
     p.add_argument("--adam_weight_decay", type=float, default=0.0)
     p.add_argument("--max_grad_norm", type=float, default=1.0)
     p.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="default: what `accelerate config` says")
+                   help="default: what `accelerate config` says under `accelerate launch`; none with plain python")
     p.add_argument("--allow_tf32", action="store_true",
                    help="TF32 tensor cores for float32 matrix products on Ampere and newer GPUs (faster, ~1e-3 relative)")
     p.add_argument("--gradient_checkpointing", action="store_true",
@@ -106,6 +110,21 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                         "(one stage, full blur range, mild noise and JPEG: photographs from a camera); "
                         "distill.py: default the teacher's")
     p.add_argument("--ema_decay", type=unit_interval, default=0.9999)
+
+
+def check_data_dirs(args: argparse.Namespace) -> None:
+    """The folders the flags name, checked before anything is loaded, with the flag in the message."""
+    for flag in ("train_data_dir", "validation_data_dir"):
+        folder = getattr(args, flag, None)
+        if folder and not Path(folder).is_dir():
+            raise FileNotFoundError(f"--{flag} {folder} " + ("is not a folder" if Path(folder).exists()
+                                                               else "does not exist"))
+
+
+def make_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
+    """Adam with the --adam_* flags (the paper's optimizer)."""
+    return torch.optim.Adam(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                            eps=args.adam_epsilon, weight_decay=args.adam_weight_decay)
 
 
 def enable_tf32() -> None:
@@ -184,6 +203,8 @@ def make_accelerator(args: argparse.Namespace, project: str):
     if args.allow_tf32:
         enable_tf32()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # 8 lines per save; ours says "saved ..."
+        logging.getLogger(name).setLevel(logging.WARNING)
     if accelerator.device.type == "cpu" and args.mixed_precision == "fp16":  # Accelerate ignores it there, silently
         logger.warning("--mixed_precision fp16 needs a GPU: this run trains in float32 (bf16 runs on CPUs)")
     set_seed(args.seed, device_specific=True)
@@ -454,6 +475,28 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
     return teacher
 
 
+def next_step(role: str, path: Path) -> str:
+    """What to do with an exported model file, said at the end of a run."""
+    if role == "teacher":
+        return (f"distil its one-step student with `accelerate launch trainer/distill.py --teacher {path} "
+                f"--train_data_dir ... --output_dir ...`, or sample with it: `oftsr sample --model {path} photo.png`")
+    return (f"upscale with it: `oftsr upscale --model {path} photo.png`; in ComfyUI, put it in models/oftsr and "
+            f"pick it in Load OFTSR Model")
+
+
+def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int, processes: int, step: int) -> None:
+    """What the run will do, before its first step, as diffusers' scripts say it."""
+    per_step = args.train_batch_size * processes * args.gradient_accumulation_steps
+    logger.info("***** training the %s *****\n"
+                "  training images: %d in %s (%d crops per epoch)\n"
+                "  batch per process: %d; processes: %d; gradient accumulation: %d -> %d crops per optimizer step\n"
+                "  optimizer steps: %d%s, about %.1f epochs\n"
+                "  checkpoints: every %d steps in %s", desc, items, args.train_data_dir, crops,
+                args.train_batch_size, processes, args.gradient_accumulation_steps, per_step,
+                args.max_train_steps, f" (resuming at {step})" if step else "",
+                args.max_train_steps * per_step / max(1, crops), args.checkpointing_steps, args.output_dir)
+
+
 def preset_choices() -> list[str]:
     return list(PRESETS)
 
@@ -476,10 +519,14 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     state = TrainState()
     metadata = {**training_metadata(args, accelerator.unwrap_model(model)), **(provenance or {})}
     accelerator.register_for_checkpointing(ema, state, *extra_state)  # the EMA first: export.py reads it by number
-    data = data_settings(args, accelerator.num_processes)
+    dataset = dataloader.dataset
+    train_items = len(dataset.files) if hasattr(dataset, "files") else len(dataset)
+    data = data_settings(args, accelerator.num_processes, train_items)
     resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata), data)
     if state.step:
         restore_schedule(scheduler, optimizer, args.learning_rate, state.step, accelerator.num_processes)
+    if accelerator.is_main_process:
+        log_run_summary(args, desc, train_items, len(dataset), accelerator.num_processes, state.step)
     if accelerator.is_main_process:
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
@@ -535,6 +582,6 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     elif accelerator.is_main_process:
         path = export_ema(model_info(accelerator.unwrap_model(model), state.step, metadata), ema.shadow_params,
                           Path(args.output_dir) / export_name)
-        logger.info("exported EMA weights to %s", path)
+        logger.info("exported EMA weights to %s\n  next: %s", path, next_step(accelerator.unwrap_model(model).role, path))
     accelerator.end_training()
     return EXIT_RESUMABLE if stopped else 0

@@ -21,10 +21,10 @@ import logging
 
 import torch
 
-from common import (HelpFormatter, add_common_args, ema_copy, load_teacher, log_images,
-                    make_accelerator, make_dataloader, positive_float, positive_int, run_script, run_training,
-                    training_loader, training_metadata, unit_interval, validation_scores, validation_start,
-                    lr_schedule)
+from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_teacher, log_images,
+                    lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float, positive_int,
+                    run_script, run_training, training_loader, training_metadata, unit_interval, validation_scores,
+                    validation_start)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -128,6 +128,7 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_data_dirs(args)
     # The student starts from the teacher's weights: a warm-up longer than a tenth of the
     # run would spend much of a short fine-tune at a tiny rate.
     requested_warmup, args.lr_warmup_steps = args.lr_warmup_steps, min(args.lr_warmup_steps,
@@ -139,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                     requested_warmup, args.lr_warmup_steps)
     teacher.to(accelerator.device)
     ema = EMA(student, args.ema_decay)
-    optimizer = torch.optim.Adam(student.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                 weight_decay=args.adam_weight_decay)
+    optimizer = make_optimizer(args, student.parameters())
     scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
                             accelerator.num_processes)
     if args.objective == "fluxsr":

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--raw", action="store_true", help="export the raw (non-EMA) weights")
     args = p.parse_args(argv)
 
+    if Path(args.output).suffix.lower() != ".safetensors":
+        raise SystemExit(f"error: {args.output}: the model file is written as safetensors; name it .safetensors")
     ckpt = find_checkpoint(args.checkpoint)
     info = json.loads((ckpt / MODEL_INFO).read_text())
     if args.raw:

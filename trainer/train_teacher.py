@@ -13,9 +13,9 @@ import logging
 
 import torch
 
-from common import (HelpFormatter, add_common_args, ema_copy, log_images, make_accelerator, make_dataloader,
-                    positive_int, preset_choices, run_script, run_training, validation_scores, validation_start,
-                    lr_schedule)
+from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, log_images, lr_schedule,
+                    make_accelerator, make_dataloader, make_optimizer, positive_int, preset_choices, run_script,
+                    run_training, validation_scores, validation_start)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -70,11 +70,11 @@ def validate(accelerator, model, ema, batch, args, step, lpips) -> dict[str, flo
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_data_dirs(args)
     accelerator = make_accelerator(args, "oftsr-teacher")
     model = build_model(args)
     ema = EMA(model, args.ema_decay)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                 weight_decay=args.adam_weight_decay)
+    optimizer = make_optimizer(args, model.parameters())
     scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
                             accelerator.num_processes)
     dataloader = make_dataloader(args, args.train_data_dir, sigma_y=args.sigma_y)
