@@ -14,7 +14,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model
-from ..oftsr.weights import BUNDLED_ROLES
+from ..oftsr.weights import BUNDLED_ROLES, shipped_model_names
 from ..oftsr.checkpoint import DTYPES, CheckpointError, MissingInfoError, contradicted_metadata
 from .common import CATEGORY, OFTSR_MODEL, check_options
 
@@ -55,7 +55,7 @@ def model_options() -> list[str]:
 
 # What each bundled model is for, in the loader's tooltip (those this installation ships).
 def model_tooltip() -> str:
-    shipped = [name for name in BUNDLED_MODELS if all(_bundled_path(name, role) for role in BUNDLED_ROLES)]
+    shipped = shipped_model_names()
     uses = "; ".join(f"'{name} student' / '{name} teacher' are {BUNDLED_MODELS[name].purpose}" for name in shipped)
     return (f"A bundled model by name ({uses}): the student for OFTSR Upscale, the teacher for OFTSR Teacher "
             f"Sampler. Or a checkpoint placed by hand in models/oftsr (not models/upscale_models, which is for "

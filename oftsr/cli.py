@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from .sampling import SOLVERS
 from .resample import resize
 from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
-from .weights import BUNDLED_MODELS, DEFAULT_MODEL, create_model, existing_model_path
+from .weights import DEFAULT_MODEL, create_model, existing_model_path, model_name_help
 
 
 def available_devices() -> list[str]:
@@ -171,7 +172,8 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = 
         seen[t] = f
     if clashes:
         raise ValueError("; ".join(clashes[:10]) + (f"; and {len(clashes) - 10} more" if len(clashes) > 10 else "")
-                         + ": give them distinct names (or give each once)")
+                         + ": give them distinct names (or give each once)"
+                         + ("; --format same keeps each one's own type" if fmt != "same" else ""))
     return targets
 
 
@@ -240,6 +242,13 @@ def _output_size(image: torch.Tensor, scale: int, outscale: float | None) -> tup
     return max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor))
 
 
+def _clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on."""
+    m, sec = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
 def _progress(bar) -> Callable[[int, int], None]:
     """The progress callback of one image: tiles (or a teacher's tile evaluations) done of
     all, and the time left for this image (a 12 MP photograph at x4 is about a thousand tiles)."""
@@ -250,7 +259,7 @@ def _progress(bar) -> Callable[[int, int], None]:
             bar.set_postfix_str(f"nfe {i}", refresh=True)
             return
         left = (time.perf_counter() - start) / i * (n - i) if i else None
-        eta = "" if left is None else f", {int(left // 60)}:{int(left % 60):02d} left"
+        eta = "" if left is None else f", {_clock(left)} left"
         bar.set_postfix_str(f"{i}/{n}{eta}", refresh=True)
 
     return show
@@ -297,6 +306,11 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
                    f"8); name the output .png or .tif to keep {depth} bits", file=sys.stderr)
 
 
+def _without_name(message: str, src: Path) -> str:
+    """A file's message without the file name it starts with, where the caller names the path."""
+    return message.removeprefix(f"{src.name}: ")
+
+
 def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: list[Path], targets: list[Path],
                 by_target: bool = False) -> int:
     """Each image through its `runs[i](model, image, callback, out_dtype)` into its target;
@@ -313,15 +327,17 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: 
                     _write_one(args, model, run, src, dst, bar)
                 except (ValueError, OSError) as e:
                     failed += 1
-                    tqdm.write(f"skipped {src}: {e}", file=sys.stderr)
+                    tqdm.write(f"skipped {src}: {_without_name(str(e), src)}", file=sys.stderr)
                 except RuntimeError as e:  # out of memory on one image: the others may still fit
                     if not is_out_of_memory(e):
                         raise
                     failed += 1
-                    tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); use a smaller --tile "
-                               f"(now {args.tile or 'none'})", file=sys.stderr)
-            for w in caught:
-                tqdm.write(f"warning: {w.message}", file=sys.stderr)
+                    advice = f"a smaller --tile (now {args.tile})" if args.tile else "--tile 512 (now none: the whole image)"
+                    tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); use {advice}",
+                               file=sys.stderr)
+            for w in dict.fromkeys(str(w.message) for w in caught):  # each once, naming the file
+                named = w.startswith(f"{dst.name}: ") and dst.name != src.name  # the result's: names it
+                tqdm.write(f"warning: {w}" if named else f"warning: {src}: {_without_name(w, src)}", file=sys.stderr)
             bar.update(1)
     if failed:
         print(f"{failed} of {len(files)} images failed", file=sys.stderr)
@@ -437,7 +453,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     existing.add_argument("--overwrite", action="store_true", help="allow -o to replace the input images")
     existing.add_argument("--skip-existing", action="store_true",
                           help="leave out inputs whose output file exists: go on with a folder after an interrupted run")
-    p.add_argument("--model", help=f"a bundled model's name ({', '.join(BUNDLED_MODELS)}; default {DEFAULT_MODEL}) or a "
+    p.add_argument("--model", help=f"a bundled model's name ({model_name_help()}; default {DEFAULT_MODEL}) or a "
                                    "checkpoint (.safetensors or authors' .pth)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the noise added to the upsampled input, the flow's starting point (default 0)")
@@ -506,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command("eval", help="evaluate models on HR images: PSNR, SSIM, LPIPS, realism; table and curve")
     p.add_argument("--model", nargs="+", default=None,
-                   help=f"bundled model names ({', '.join(BUNDLED_MODELS)}: student and teacher; x4-student: one of "
+                   help=f"bundled model names ({model_name_help()}; a name is its student and teacher, x4-student one of "
                         f"them) or checkpoints, teachers and/or students (default: {DEFAULT_MODEL})")
     p.add_argument("--data", required=True,
                    help="folder of HR images (degraded with the model's own degradation), or of HR/ and LR/ "
@@ -550,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the subcommand's usage, which lists its options, not the top-level one
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    # tifffile logs its parser's complaints ("<tifffile.TiffPages @17210> invalid offset"); a
+    # file that cannot be read is reported once, by name, with what to do.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
     start = time.perf_counter()
     try:
         code = args.func(args)

@@ -26,6 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # What a folder is searched for: the formats written, and read-only ones (a GIF's first frame;
 # AVIF where Pillow has it; HEIC, a phone's format, with pillow-heif, else a clear error).
 HEIF_SUFFIXES = (".heic", ".heif")
+JPEG_FULL_CHROMA_QUALITY = 90  # from this --quality on, JPEG keeps colour at full resolution (4:4:4)
 READ_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jfif", ".jpe", ".avif") + HEIF_SUFFIXES
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -83,13 +84,37 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
         associated = any(int(e) == 1 for e in (page.extrasamples or ()))  # ASSOCALPHA: premultiplied colour
     if arr.ndim == 3 and arr.shape[0] in (2, 3, 4) and arr.shape[-1] not in (2, 3, 4):  # planar: samples first
         arr = np.moveaxis(arr, 0, -1)
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{arr.dtype} samples are not read here")
-    peak, depth = (65535.0, 16) if arr.dtype == np.uint16 else (255.0, 8)
-    arr = (arr.astype(np.float32) / peak).reshape(*arr.shape[:2], -1)
+    if arr.dtype.kind == "f":
+        arr, depth = _display_floats(arr, path), 16
+    elif arr.dtype in (np.uint8, np.uint16):
+        peak, depth = (65535.0, 16) if arr.dtype == np.uint16 else (255.0, 8)
+        arr = arr.astype(np.float32) / peak
+    else:
+        raise UnsupportedImage(f"{path.name}: {arr.dtype} samples are not supported; save it with 8 or 16 bits per "
+                               f"channel")
+    arr = arr.reshape(*arr.shape[:2], -1)
     if associated and arr.shape[-1] in (2, 4):
         return _unpremultiply(arr), depth
     return arr, depth
+
+
+class UnsupportedImage(ValueError):
+    """A readable file whose kind of pixels this tool does not take (its message says what to do)."""
+
+
+def _display_floats(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Floating-point samples (a 32-bit TIFF) taken as display values in [0, 1], as
+    Photoshop's and GIMP's 32-bit exports of an ordinary photograph hold them; HDR values
+    beyond that have no place in an 8- or 16-bit result and are refused, not clipped."""
+    arr = np.asarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise UnsupportedImage(f"{path.name}: floating-point samples with NaN or infinite values")
+    low, high = float(arr.min()), float(arr.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise UnsupportedImage(f"{path.name}: a floating-point (HDR) image with values from {low:.3g} to {high:.3g}, "
+                               f"beyond the 0-1 of a displayable photograph: tone-map it, or export it with 16 bits "
+                               f"per channel, first")
+    return np.clip(arr, 0.0, 1.0)
 
 
 def _unpremultiply(arr: np.ndarray) -> np.ndarray:
@@ -152,6 +177,15 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
+def _is_heif(path: Path) -> bool:
+    """Whether the file holds HEIF data (an ISO box `ftyp` first), whatever its name says."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(12)[4:8] == b"ftyp"
+    except OSError:
+        return True  # let the reader report it
+
+
 def _register_heif(path: Path) -> None:
     """HEIC/HEIF (iPhone photos) through pillow-heif, which Pillow lacks: registered once
     it is installed, else the error says what to install."""
@@ -165,13 +199,15 @@ def _register_heif(path: Path) -> None:
 
 def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == "TIFF" else 1  # tags: read at open
-    deep = _is_colour_tiff16(im)
+    deep = _is_colour_tiff16(im) or (im.format == "TIFF" and im.mode == "F")  # float gray: tifffile checks its range
     # tifffile for 16-bit colour, and for a gray or colour TIFF to be turned (Pillow 13 leaves a
     # gray one with orientation 5-8 as stored)
     if deep or (orientation != 1 and im.tag_v2.get(262) in (1, 2)):
         try:
             arr, depth = _read_tiff(path)
             return _orient(arr, orientation), depth
+        except UnsupportedImage:
+            raise
         except (ImportError, ValueError) as e:  # a compression tifffile reads only with imagecodecs (LZW, JPEG)
             if deep:
                 warnings.warn(f"{path.name} is read with 8 bits per channel, not its 16 ({e}); pip install "
@@ -187,16 +223,19 @@ def _read_unidentified_tiff(path: Path, error: Exception) -> tuple[np.ndarray, i
     if tiff:
         try:
             return _read_tiff(path)
+        except UnsupportedImage:
+            raise
         except Exception:  # not one tifffile reads either: Pillow's error says more
             pass
-    raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file ({error})") from error
+    detail = "" if isinstance(error, UnidentifiedImageError) else f" ({error})"  # Pillow's only repeats the path
+    raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file{detail}") from error
 
 
 def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     """(1, C, H, W) float32 in [0, 1] with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
     (RGBA), and the source bit depth (8 or 16). The format is decided by content, not by the file name."""
     path = Path(path)
-    if path.suffix.lower() in HEIF_SUFFIXES:
+    if path.suffix.lower() in HEIF_SUFFIXES and _is_heif(path):  # a JPEG under a .heic name needs no pillow-heif
         _register_heif(path)
     try:
         if _png_bit_depth(path) == 16:  # pypng, as Pillow truncates; the orientation from the chunks
@@ -204,7 +243,7 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
         else:
             with Image.open(path) as im:
                 arr, depth = _read_opened(im, path)
-    except FileNotFoundError:
+    except (FileNotFoundError, UnsupportedImage):
         raise
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path.name}: image is too large to open safely ({e})") from e
@@ -446,6 +485,10 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
         im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
         if fmt in ("JPEG", "WEBP"):
             extra["quality"] = quality
+        if fmt == "JPEG":  # full-resolution colour at high quality, as editors export it
+            extra["subsampling"] = "4:4:4" if quality >= JPEG_FULL_CHROMA_QUALITY else "4:2:0"
+        if fmt == "TIFF" and not extra.get("exif"):  # Pillow's compressing writer (libtiff) drops an EXIF block
+            extra["compression"] = "tiff_adobe_deflate"  # lossless, as the 16-bit TIFFs (zlib)
         if fmt == "JPEG":  # no alpha in JPEG
             im = im.convert("L" if c <= 2 else "RGB")
         elif c == 2 and fmt not in ("PNG", "TIFF"):
@@ -456,11 +499,13 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
 
 def list_images(paths: list[str | os.PathLike]) -> list[Path]:
     """Files as given, and image files (by suffix, `READ_SUFFIXES`) found recursively in
-    folders, sorted."""
+    folders, sorted. Hidden files and folders found there (a name starting with a dot:
+    macOS's ._IMG_0001.jpg on exFAT and network drives, .thumbnails/) are left out."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in READ_SUFFIXES))
+            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in READ_SUFFIXES
+                                and not any(part.startswith(".") for part in q.relative_to(p).parts)))
         elif p.is_file():
             found.append(p)
         else:

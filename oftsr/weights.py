@@ -70,6 +70,18 @@ def bundled_model_path(name: str, role: str) -> Path:
     return path
 
 
+def shipped_model_names() -> list[str]:
+    """The bundled pairs this installation has both files of."""
+    return [name for name, model in BUNDLED_MODELS.items() if all(model.path(r).is_file() for r in BUNDLED_ROLES)]
+
+
+def model_name_help() -> str:
+    """The bundled names for a --model help: those shipped, and those this version lacks."""
+    shipped = shipped_model_names()
+    missing = [name for name in BUNDLED_MODELS if name not in shipped]
+    return ", ".join(shipped) + (f"; {', '.join(missing)}: not bundled in this version" if missing else "")
+
+
 def default_model_path(role: str) -> Path:
     """The bundled default model's `role` file (the x4 pair)."""
     return bundled_model_path(DEFAULT_MODEL, role)

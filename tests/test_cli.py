@@ -315,7 +315,7 @@ save_image(torch.rand(3, 64, 64), sys.argv[1], bit_depth=int(sys.argv[2]))
 """
 
 
-@pytest.mark.parametrize("name, depth", [("out.png", 16), ("out.tif", 8)])  # the pypng and the Pillow writer
+@pytest.mark.parametrize("name, depth", [("out.png", 16), ("out.jpg", 8)])  # the pypng and the Pillow writer
 def test_killed_save_leaves_no_truncated_file(tmp_path, name, depth):
     dst = tmp_path / name
     res = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(dst), str(depth)], capture_output=True,
@@ -431,6 +431,48 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
     assert code == 2 and _one_error(err) == "error: --tile: tile must be at least 32 px (or 0 for no tiling), got 16"
     code, out, _ = _run_cli(["info", "x4-teacher"], capsys)  # bundled models by name, as --model takes them
     assert code == 0 and json.loads(out)["role"] == "teacher"
+    # an original and its edited export side by side: the message says how to keep both
+    Image.new("RGB", (8, 8)).save(tmp_path / "cam.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "cam.tif")
+    code, _, err = _run_cli(["upscale", str(tmp_path / "cam.jpg"), str(tmp_path / "cam.tif"), "-o",
+                             str(tmp_path / "o"), "--model", student], capsys)
+    assert code == 2 and _one_error(err).endswith("; --format same keeps each one's own type")
+
+
+def test_cli_help_names_only_bundled_models_and_times_read_as_clocks(capsys):
+    import oftsr.cli as cli
+
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    shipped = oftsr.weights.shipped_model_names()
+    assert f"a bundled model's name ({', '.join(shipped)}" in text
+    if "x4-real" not in shipped:
+        assert "x4-real: not bundled in this version" in text
+    assert [cli._clock(s) for s in (5, 65, 3599, 3600, 35231)] == ["0:05", "1:05", "59:59", "1:00:00", "9:47:11"]
+
+
+def test_warnings_name_their_file_once_and_an_error_names_it_once(tmp_path, model_files, capsys, monkeypatch):
+    import warnings
+
+    import oftsr.cli as cli
+
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    real = cli.load_image
+
+    def load(path):
+        for _ in range(2):
+            warnings.warn("Corrupt EXIF data", UserWarning)  # Pillow repeats its own
+        return real(path)
+
+    monkeypatch.setattr(cli, "load_image", load)
+    code, _, err = _run_cli(["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "o"),
+                             "--model", str(model_files[0]), "-q"], capsys)
+    assert code == 1
+    assert err.count(f"warning: {tmp_path / 'a.png'}: Corrupt EXIF data") == 1
+    skipped = next(line for line in err.splitlines() if line.startswith("skipped"))
+    assert skipped.startswith(f"skipped {tmp_path / 'b.png'}: cannot read") and skipped.count("b.png") == 1
 
 
 def test_a_save_that_fails_for_its_metadata_is_written_without_it(tmp_path, model_files, capsys, monkeypatch):

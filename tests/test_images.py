@@ -81,6 +81,13 @@ def test_list_images(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in list_images([tmp_path])] == ["a.jpg", "b.png", "sub/c.webp"]
     with pytest.raises(FileNotFoundError):
         list_images([tmp_path / "missing"])
+    # macOS's AppleDouble files and hidden folders are not photographs; a hidden file named is taken
+    (tmp_path / ".thumbs").mkdir()
+    for name in ["._a.jpg", ".thumbs/t.png", "sub/._c.webp"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images([tmp_path])] == ["a.jpg", "b.png", "sub/c.webp"]
+    assert list_images([tmp_path / "._a.jpg"]) == [tmp_path / "._a.jpg"]
+    assert len(list_images([tmp_path / ".thumbs"])) == 1  # a hidden folder given by name is searched
 
 
 def test_gray_alpha_stays_gray_alpha(tmp_path):
@@ -314,6 +321,53 @@ def test_cmyk_goes_through_its_embedded_profile(tmp_path, monkeypatch):
     converted, _ = load_image(tmp_path / "profiled.jpg")
     assert seen == [("CMYK", b"\x00\x00\x02\x00", "RGB")]
     assert torch.allclose(converted, 1 - plain, atol=2 / 255)  # the profile's conversion was used
+
+
+def test_float_tiffs_are_read_as_display_values_and_hdr_is_refused(tmp_path):
+    """32-bit and 16-bit float TIFFs (Photoshop's, GIMP's) of an ordinary photograph: read at
+    full precision (bit depth 16, so a same-format result keeps it). HDR values past 1 are
+    refused with what to do, never clipped."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    rgb = rng.random((6, 10, 3), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "rgb32.tif", rgb)
+    tifffile.imwrite(tmp_path / "rgb16f.tif", rgb.astype(np.float16))
+    for name, tol in (("rgb32.tif", 1e-7), ("rgb16f.tif", 1e-3)):
+        image, depth = load_image(tmp_path / name)
+        assert image.shape == (1, 3, 6, 10) and depth == 16
+        assert torch.allclose(image[0], torch.from_numpy(rgb).permute(2, 0, 1), atol=tol)
+    tifffile.imwrite(tmp_path / "gray.tif", rgb[..., 0])
+    image, depth = load_image(tmp_path / "gray.tif")
+    assert image.shape == (1, 1, 6, 10) and depth == 16
+    for name, arr in (("hdr.tif", rgb * 4), ("hdr_gray.tif", rgb[..., 0] * 4)):
+        tifffile.imwrite(tmp_path / name, arr)
+        with pytest.raises(ValueError, match=rf"{name}: a floating-point \(HDR\) image with values from .* to 3\.\d+, .*"
+                                             r"tone-map it, or export it with 16 bits"):
+            load_image(tmp_path / name)
+
+
+def test_jpeg_keeps_full_colour_resolution_at_high_quality_and_tiff_is_compressed(tmp_path):
+    """4:4:4 chroma from quality 90 on (4:2:0 below, as the size matters more there); 8-bit
+    TIFFs are written with lossless deflate, as the 16-bit ones (uncompressed where an EXIF
+    block must be kept: Pillow's compressing writer cannot write one)."""
+    from PIL import JpegImagePlugin
+
+    image = torch.rand(1, 3, 32, 32)
+    for quality, sampling in ((95, 0), (90, 0), (80, 2)):
+        save_image(image, tmp_path / f"q{quality}.jpg", quality=quality)
+        with Image.open(tmp_path / f"q{quality}.jpg") as im:
+            assert JpegImagePlugin.get_sampling(im) == sampling, quality
+    save_image(image, tmp_path / "x.tif")
+    with Image.open(tmp_path / "x.tif") as im:
+        assert im.info["compression"] == "tiff_adobe_deflate"
+        assert np.array_equal(np.asarray(im), (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def test_a_jpeg_named_heic_is_read_without_pillow_heif(tmp_path):
+    Image.fromarray(np.full((4, 6, 3), 200, dtype=np.uint8)).save(tmp_path / "IMG_0002.heic", format="JPEG")
+    image, depth = load_image(tmp_path / "IMG_0002.heic")  # decided by content, as the README says
+    assert image.shape == (1, 3, 4, 6) and depth == 8
 
 
 def test_heic_without_pillow_heif_says_what_to_install_and_folders_list_it(tmp_path):
