@@ -366,7 +366,7 @@ def _write_sheets(sheets: list[tuple[Path, list[Path]]], ts: list[float], qualit
             if fit < 1:
                 image = resize(image, (max(1, int(h * fit)), max(1, int(w * fit))))
             cells.append(image[0])
-        save_image(labelled_grid(torch.stack(cells)[None], t_labels(ts)), sheet, quality=quality)
+        save_image(labelled_grid(torch.stack(cells)[None], t_labels(ts), MAX_GRID_SIDE), sheet, quality=quality)
     return 1 if failed else 0
 
 

@@ -11,6 +11,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 # Browsers and WebP stop at 16383 px a side; a sheet for looking at stays within that.
 MAX_GRID_SIDE = 16383
+# Cells narrower than their label at the smallest font (10 px, about 6 px a character, and
+# a margin) are enlarged by a whole factor (nearest neighbour: each pixel a square), so that
+# a sweep of a small image has readable labels that do not run into each other.
+MIN_CELL_PX_PER_CHAR = 8
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -57,13 +61,19 @@ def _band_height(font_size: int) -> int:
 def labelled_grid(images: torch.Tensor, labels: Sequence[str], max_side: int = MAX_GRID_SIDE) -> torch.Tensor:
     """Images (rows, cols, C, H, W) in [0, 1] as one (C, H', W') sheet: a row per input,
     a column per label, the labels in a white band on top, thin white lines between cells.
-    A sheet longer than `max_side` is scaled down as a whole (antialiased) to fit."""
+    A sheet longer than `max_side` is scaled down as a whole (antialiased) to fit; cells
+    too narrow for their labels are enlarged by a whole factor, each pixel a square."""
     if images.dim() != 5:
         raise ValueError(f"expected images of shape (rows, cols, C, H, W), got {tuple(images.shape)}")
     rows, cols, c, h, w = images.shape
     if len(labels) != cols:
         raise ValueError(f"{len(labels)} labels for {cols} columns")
     longest = max(len(label) for label in labels)
+    up = -(-MIN_CELL_PX_PER_CHAR * longest // w)
+    while up > 1 and max(_layout(rows, cols, h * up, w * up, longest)[2:]) > max_side:  # never past the limit
+        up -= 1
+    if up > 1:
+        images, h, w = images.repeat_interleave(up, dim=-2).repeat_interleave(up, dim=-1), h * up, w * up
     scale, cell_h, cell_w = 1.0, h, w
     for _ in range(32):  # one scale for both sides; gaps and the band shrink less than cells, so a few rounds
         gap, font_size, width, height = _layout(rows, cols, cell_h, cell_w, longest)

@@ -692,7 +692,8 @@ def test_grid_puts_each_images_results_side_by_side(tmp_path, model_files, input
     sheet = load_image(out / "rgb_grid.png")[0][0]
     assert sheet.shape == expected.shape and (sheet - expected).abs().max() <= 0.5 / 255 + 1e-6
     gray = load_image(out / "sub" / "gray_grid.png")[0]
-    assert gray.shape[1] == 3 and gray.shape[-1] == 2 * 32 + 2  # gray results, as RGB cells, a gap between
+    # gray results as RGB cells, a gap between; 32 px cells are doubled to hold "t = 0" (5 characters x 8 px)
+    assert gray.shape[1] == 3 and gray.shape[-1] == 2 * 64 + 2
     # with --skip-existing the results are not recomputed, and the sheets are made again
     (out / "rgb_grid.png").unlink()
     capsys.readouterr()

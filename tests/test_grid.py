@@ -75,3 +75,22 @@ def test_an_extreme_sheet_keeps_its_aspect_and_many_labels_do_not_collide():
     for k in range(15):  # the white between two columns stays white: no label runs into its neighbour
         right_edge = k * (120 + gap) + 120
         assert band[:, right_edge - 1:right_edge + gap + 1].min() > 0.5, k
+
+
+def test_cells_of_a_tiny_image_are_enlarged_until_their_labels_fit():
+    """A sweep of a 7x5 photo (28x20 results): each pixel becomes a square of a whole
+    factor, so that "t = 0.25" fits over its column and no label runs into the next."""
+    images = cells(1, 5, 20, 28)
+    labels = ["t = 0", "t = 0.25", "t = 0.5", "t = 0.75", "t = 1"]
+    sheet = labelled_grid(images, labels)
+    up = 3  # 8 characters x 8 px = 64 px: 28 x 3 = 84
+    gap = _layout(1, 5, 20 * up, 28 * up, 8)[0]
+    assert sheet.shape[2] == 5 * 28 * up + 4 * gap
+    big = images[0, 1].repeat_interleave(up, -2).repeat_interleave(up, -1)
+    assert torch.equal(sheet[:, -20 * up:, 28 * up + gap:2 * 28 * up + gap], big)
+    band = sheet[0, :sheet.shape[1] - 20 * up]
+    for k in range(4):
+        right_edge = k * (28 * up + gap) + 28 * up
+        assert band[:, right_edge - 1:right_edge + gap + 1].min() > 0.5, k
+    one_pixel = labelled_grid(cells(1, 2, 4, 4), ["t = 0", "t = 1"])  # a 1x1 input at x4
+    assert one_pixel.shape[2] == 2 * 40 + _layout(1, 2, 40, 40, 5)[0]
