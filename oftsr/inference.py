@@ -45,16 +45,20 @@ _T_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 def parse_t_values(text: str, name: str = "t_values") -> list[float]:
     """Comma- (or newline-) separated numbers in [0, 1], e.g. "0, 0.25, 0.5, 0.75, 1"
     (the t-Sweep node's `t_values`, the command line's `--t`). Strict: every entry must be
-    a plain decimal number, none empty, none twice; errors name the entry and `name`."""
+    a plain decimal number, none empty (a comma at the end is allowed), none twice; errors
+    name the entry and `name`."""
     if not isinstance(text, str):
         raise ValueError(f"{name} must be text such as {T_VALUES_EXAMPLE!r}, got {type(text).__name__}")
     if not text.strip():
         raise ValueError(f"{name} is empty: give comma-separated numbers in [0, 1], e.g. {T_VALUES_EXAMPLE!r}")
     values: list[float] = []
-    for pos, raw in enumerate(_T_SEPARATOR.split(text.strip()), 1):
+    entries = _T_SEPARATOR.split(text.strip())
+    if len(entries) > 1 and not entries[-1].strip():  # "0, 1," as typed: the last comma ends the list
+        entries.pop()
+    for pos, raw in enumerate(entries, 1):
         entry = raw.strip()
         if not entry:
-            raise ValueError(f"{name} entry {pos} is empty (two commas in a row, or a trailing comma) in {text!r}")
+            raise ValueError(f"{name} entry {pos} is empty (two commas in a row) in {text!r}")
         if not _T_NUMBER.fullmatch(entry):
             raise ValueError(f"{name} entry {pos} ({entry!r}) is not a number; write e.g. {T_VALUES_EXAMPLE!r}")
         value = float(entry)

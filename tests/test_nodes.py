@@ -670,8 +670,9 @@ def test_t_sweep_parsing(pack):
     assert parse("0, 0.25, 0.5, 0.75, 1") == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert parse(" 0.5 ") == [0.5]
     assert parse("1e-1,.5,\n1.\n0") == [0.1, 0.5, 1.0, 0.0]
+    assert parse("0, 1 ,") == parse("0, 1,\n") == [0.0, 1.0]  # a comma at the end, as typed
     bad = {
-        "": "empty", "   ": "empty", "0,,1": "entry 2 is empty", "0, 1,": "entry 3 is empty",
+        "": "empty", "   ": "empty", "0,,1": "entry 2 is empty", "0, 1,,": "entry 3 is empty", ",": "entry 1 is empty",
         "0, abc": r"entry 2 \('abc'\) is not a number", "0.5 1": r"entry 1 \('0.5 1'\) is not a number",
         "nan": "not a number", "inf": "not a number", "1_0": "not a number", "0x1": "not a number",
         "0, 1.5": r"entry 2 \(1.5\) is outside \[0, 1\]", "-0.1": "outside",
