@@ -374,7 +374,8 @@ def test_accelerate_launch_two_processes(train_dir, tmp_path):
     res = _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", teacher_dir, "--preset",
                 "tiny", *COMMON, "--max_train_steps", "6", "--checkpointing_steps", "2", "--lr_warmup_steps", "4",
                 "--resume_from_checkpoint", "latest", "--max_train_minutes", "0"], launcher, status=None)
-    assert "stopped at step 3 of 6 (--max_train_minutes 0)" in res.stderr
+    assert res.stderr.count("stopped at step 3 of 6 (--max_train_minutes 0)") == 1  # said once, not per process
+    assert res.stderr.count("***** training the teacher *****") == 1
     ckpt = teacher_dir / "checkpoint-3"
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
     assert json.loads((ckpt / "oftsr.json").read_text())["step"] == 3
@@ -531,9 +532,10 @@ def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_pa
     checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))  # nothing there: a new run starts
 
 
-def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path):
+def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path, monkeypatch):
     """A checkpoint whose files were cut short (a full disk, a copy that stopped) is not a
     traceback: the message names the empty files and says how to go on from the one before."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
     import checkpoints
     import train_teacher
     from safetensors.torch import load_file
@@ -560,7 +562,8 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path)
         checkpoints.resume(Accelerator(), args, info)
 
 
-def test_diffusers_flag_names_and_the_run_summary(caplog):
+def test_diffusers_flag_names_and_the_run_summary(caplog, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
     import common
     import train_teacher
 
@@ -575,6 +578,28 @@ def test_diffusers_flag_names_and_the_run_summary(caplog):
     assert "training images: 241 in d (482 crops per epoch)" in caplog.text
     assert "batch per process: 4; processes: 2; gradient accumulation: 2 -> 16 crops per optimizer step" in caplog.text
     assert "optimizer steps: 100, about 3.3 epochs" in caplog.text
+
+
+def test_validation_images_reach_tensorboard_and_wandb(monkeypatch):
+    import types
+
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+
+    logged = {}
+    wandb = types.ModuleType("wandb")
+    wandb.Image = lambda array: ("image", array.shape, array.dtype.name, int(array.max()))
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    board = types.SimpleNamespace(name="tensorboard", writer=types.SimpleNamespace(
+        add_images=lambda name, images, step: logged.__setitem__("tensorboard", (name, images, step))))
+    run = types.SimpleNamespace(name="wandb", log=lambda values, step: logged.__setitem__("wandb", (values, step)))
+    images = torch.linspace(-1, 1, 2 * 3 * 4 * 6).reshape(2, 3, 4, 6)
+    common.log_images(types.SimpleNamespace(trackers=[board, run]), "val/lr_sample_hr", images, 7)
+    name, shown, step = logged["tensorboard"]
+    assert (name, step) == ("val/lr_sample_hr", 7) and torch.equal(shown, (images + 1) / 2)
+    values, step = logged["wandb"]
+    pictures = values["val/lr_sample_hr"]
+    assert step == 7 and [p[:3] for p in pictures] == [("image", (4, 6, 3), "uint8")] * 2 and pictures[1][3] == 255
 
 
 def test_ema_resume_keeps_this_runs_decay():

@@ -205,6 +205,8 @@ def make_accelerator(args: argparse.Namespace, project: str):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # 8 lines per save; ours says "saved ..."
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not accelerator.is_main_process:  # one copy of each message, not one per process; errors from all
+        logging.getLogger("oftsr").setLevel(logging.ERROR)
     if accelerator.device.type == "cpu" and args.mixed_precision == "fp16":  # Accelerate ignores it there, silently
         logger.warning("--mixed_precision fp16 needs a GPU: this run trains in float32 (bf16 runs on CPUs)")
     set_seed(args.seed, device_specific=True)
@@ -439,9 +441,16 @@ def trim_metrics(output_dir: str, step: int) -> None:
 
 
 def log_images(accelerator, name: str, images: torch.Tensor, step: int) -> None:
+    """Validation images (B, 3, H, W) in [-1, 1] to the trackers that show images."""
+    pictures = ((images.clamp(-1, 1) + 1) / 2).float().cpu()
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
-            tracker.writer.add_images(name, ((images.clamp(-1, 1) + 1) / 2).float().cpu(), step)
+            tracker.writer.add_images(name, pictures, step)
+        elif tracker.name == "wandb":
+            import wandb
+
+            levels = (pictures * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            tracker.log({name: [wandb.Image(picture) for picture in levels]}, step=step)
 
 
 # What a teacher file records about the LR it learnt from, by the flag that sets it.
