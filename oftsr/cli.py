@@ -120,6 +120,9 @@ def _check_args(args: argparse.Namespace) -> None:
             check_tiling(args.tile or None, overlap)
         except ValueError as e:  # the library's "0/None": on the command line, 0
             raise ValueError(f"{option}: {str(e).replace('0/None', '0')}") from None
+    if args.tile and args.overlap == 0:
+        print("warning: --overlap 0: neighbouring tiles are not blended, and their edges can show as seams in "
+              "large images (the default blends 64 px)", file=sys.stderr)
     if args.tile_batch < 1:
         raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
     if getattr(args, "steps", 1) < 1:

@@ -439,6 +439,15 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
     assert code == 2 and _one_error(err).endswith("; --format same keeps each one's own type")
 
 
+def test_overlap_0_is_taken_with_a_warning_about_seams(tmp_path, model_files, inputs, capsys):
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "a.png"), "--tile", "32",
+                             "--overlap", "0", "--model", str(model_files[0]), "-q"], capsys)
+    assert code == 0 and "warning: --overlap 0: neighbouring tiles are not blended" in err
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "b.png"), "--tile", "0",
+                             "--overlap", "0", "--model", str(model_files[0]), "-q"], capsys)
+    assert code == 0 and "overlap" not in err  # no tiles, nothing to blend
+
+
 def test_cli_help_names_only_bundled_models_and_times_read_as_clocks(capsys):
     import oftsr.cli as cli
 
