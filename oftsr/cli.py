@@ -471,8 +471,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=512, help="tile size in output pixels; 0 = whole image (default 512)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default min(64, tile/4))")
     p.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (default 1)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto = bf16/fp16 on CUDA, fp32 elsewhere")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=DTYPE_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, faster on many images)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                    help="torch.compile mode, implies --compile: reduce-overhead replays CUDA graphs for the fixed tile shape")
@@ -484,6 +484,10 @@ def _add_override_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma-p", dest="sigma_p", type=float, help="override the checkpoint's sigma_p")
     p.add_argument("--role", choices=ROLES, help="override the checkpoint's role")
     p.add_argument("--scale", type=int, help="override the checkpoint's scale")
+
+
+DEVICE_HELP = "auto (CUDA, then MPS, else CPU), or cpu, cuda, cuda:1, mps, xpu (default auto)"
+DTYPE_HELP = "auto = bf16/fp16 on CUDA, fp32 elsewhere"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -519,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = add_command("info", help="print a checkpoint's metadata as JSON")
-    p.add_argument("path")
+    p.add_argument("path", help="a bundled model's name (x4, x4-teacher) or a checkpoint file")
     _add_override_args(p)
     p.set_defaults(func=cmd_info)
 
@@ -538,28 +542,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=None, help="check that the models have this scale")
     p.add_argument("--t", nargs="+", default=["0,0.25,0.5,0.75,1"], metavar="T",
                    help="student t values, separated by spaces or commas (default 0 0.25 0.5 0.75 1)")
-    p.add_argument("--steps", type=int, default=16, help="teacher solver steps")
-    p.add_argument("--solver", choices=SOLVERS, default="midpoint")
+    p.add_argument("--steps", type=int, default=16, help="teacher solver steps (default 16)")
+    p.add_argument("--solver", choices=SOLVERS, default="midpoint", help="teacher ODE solver (default midpoint)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the made LR images' random degradation (with each image's name) and of the "
                         "models' start noise")
     p.add_argument("--tile", type=int, default=0, help="tile size in output pixels; 0 = whole image (default)")
     p.add_argument("--out", default="eval",
                    help="folder for results.md, results.csv, per_image.csv, run.json (how the run was made) and "
-                        "curve.png; images under it are not read as data")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
-    p.add_argument("-q", "--quiet", action="store_true")
+                        "curve.png; images under it are not read as data (default eval)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=DTYPE_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
-    p = add_command("create", help="write a randomly initialised (untrained) model, for trials and training")
-    p.add_argument("dst")
-    p.add_argument("--preset", choices=list(PRESETS), default="small")
-    p.add_argument("--role", choices=ROLES, default="student")
-    p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--sigma-p", dest="sigma_p", type=float, default=0.2)
-    p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic")
-    p.add_argument("--seed", type=int, default=0)
+    p = add_command("create", help="write a randomly initialised (untrained) model, for tests and benchmarks")
+    p.add_argument("dst", help="the .safetensors file to write")
+    p.add_argument("--preset", choices=list(PRESETS), default="small", help="network size (default small)")
+    p.add_argument("--role", choices=ROLES, default="student", help="default student")
+    p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
+    p.add_argument("--sigma-p", dest="sigma_p", type=float, default=0.2, help="start-point noise (default 0.2)")
+    p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic", help="default bicubic")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.set_defaults(func=cmd_create)
     return parser
 

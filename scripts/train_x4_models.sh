@@ -61,7 +61,7 @@ WORKERS=${WORKERS:-14}
 TEACHER_LR=${TEACHER_LR:-2e-4}
 TEACHER_WARMUP=${TEACHER_WARMUP:-1000}
 TEACHER_EMA=${TEACHER_EMA:-0.9999}
-# METHOD.md's 0.1: 50,000 steps of batch 32 pass over the 241 photographs about 6,600
+# The paper's 0.1: 50,000 steps of batch 32 pass over the 241 photographs about 6,600
 # times. A short fine-tune underfits rather than overfits: TEACHER_DROPOUT=0 there.
 TEACHER_DROPOUT=${TEACHER_DROPOUT:-0.1}
 STUDENT_LR=${STUDENT_LR:-2e-4}
