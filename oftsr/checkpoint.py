@@ -437,13 +437,13 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         raise CheckpointError(folder_message(path))
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if (path.parent / TRAINING_CHECKPOINT_INFO).is_file():
-        raise CheckpointError(f"{path} is a file inside the training checkpoint {path.parent}, not a model file: "
-                              f"{_export_advice(path.parent)}")
     kind = _file_kind(path)
     info: dict[str, object] = {}
     if kind == "safetensors":
         shapes_by_name, meta = _read_safetensors(path, header_only=True)
+        if meta.get("format") != FORMAT_NAME and (path.parent / TRAINING_CHECKPOINT_INFO).is_file():
+            raise CheckpointError(f"{path} is the raw state of the training checkpoint {path.parent}, not a model "
+                                  f"file: {_export_advice(path.parent)}")
         if meta.get("format") == FORMAT_NAME:
             info = _parse_ours(meta, path)
         else:

@@ -122,7 +122,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{option}: {str(e).replace('0/None', '0')}") from None
     if args.tile and args.overlap == 0:
         print("warning: --overlap 0: neighbouring tiles are not blended, and their edges can show as seams in "
-              "large images (the default blends 64 px)", file=sys.stderr)
+              "large images (the default overlap blends them)", file=sys.stderr)
     if args.tile_batch < 1:
         raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
     if getattr(args, "steps", 1) < 1:
@@ -168,15 +168,16 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = 
         same = f.suffix.lower() if f.suffix.lower() in IMAGE_SUFFIXES else ".png"
         targets.append(out / rel.with_suffix(same if fmt == "same" else f".{fmt}"))
     seen: dict[Path, Path] = {}
-    clashes = []
+    clashes, types_differ = [], False
     for f, t in zip(files, targets, strict=True):
         if t in seen:
             clashes.append(f"{seen[t]} and {f} would both write {t}")
+            types_differ |= seen[t].suffix.lower() != f.suffix.lower()
         seen[t] = f
     if clashes:
         raise ValueError("; ".join(clashes[:10]) + (f"; and {len(clashes) - 10} more" if len(clashes) > 10 else "")
                          + ": give them distinct names (or give each once)"
-                         + ("; --format same keeps each one's own type" if fmt != "same" else ""))
+                         + ("; --format same keeps each one's own type" if fmt != "same" and types_differ else ""))
     return targets
 
 

@@ -199,10 +199,11 @@ def _register_heif(path: Path) -> None:
 
 def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == "TIFF" else 1  # tags: read at open
-    deep = _is_colour_tiff16(im) or (im.format == "TIFF" and im.mode == "F")  # float gray: tifffile checks its range
+    floats = im.format == "TIFF" and im.mode == "F"  # a gray float TIFF: values checked by _display_floats
+    deep = _is_colour_tiff16(im)
     # tifffile for 16-bit colour, and for a gray or colour TIFF to be turned (Pillow 13 leaves a
     # gray one with orientation 5-8 as stored)
-    if deep or (orientation != 1 and im.tag_v2.get(262) in (1, 2)):
+    if deep or floats or (orientation != 1 and im.tag_v2.get(262) in (1, 2)):
         try:
             arr, depth = _read_tiff(path)
             return _orient(arr, orientation), depth
@@ -210,9 +211,11 @@ def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
             raise
         except (ImportError, ValueError) as e:  # a compression tifffile reads only with imagecodecs (LZW, JPEG)
             if deep:
-                warnings.warn(f"{path.name} is read with 8 bits per channel, not its 16 ({e}); pip install "
+                warnings.warn(f"{path.name}: read with 8 bits per channel, not its 16 ({e}); pip install "
                               f"imagecodecs to read all 16", stacklevel=3)
     im.load()
+    if floats:  # Pillow reads it at full precision: the same range check as tifffile's path
+        return _display_floats(_pil_to_array(im), path), 16
     return _pil_to_array(im), 16 if im.mode.startswith("I;16") or im.mode == "I" else 8
 
 
@@ -225,8 +228,10 @@ def _read_unidentified_tiff(path: Path, error: Exception) -> tuple[np.ndarray, i
             return _read_tiff(path)
         except UnsupportedImage:
             raise
-        except Exception:  # not one tifffile reads either: Pillow's error says more
-            pass
+        except Exception as e:  # not one tifffile reads either: Pillow's error says more, but for a codec
+            if "imagecodecs" in str(e) or isinstance(e, ImportError):
+                raise UnsupportedImage(f"{path.name}: this TIFF's compression needs the imagecodecs package "
+                                       f"(pip install imagecodecs), or save it uncompressed or with zip") from e
     detail = "" if isinstance(error, UnidentifiedImageError) else f" ({error})"  # Pillow's only repeats the path
     raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file{detail}") from error
 
@@ -497,6 +502,12 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     return 8
 
 
+def hidden_below(path: Path, folder: Path) -> bool:
+    """Whether `path`, found in `folder`, is a hidden file or lies in a hidden folder there
+    (a name starting with a dot); the dots of `folder`'s own path do not count."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def list_images(paths: list[str | os.PathLike]) -> list[Path]:
     """Files as given, and image files (by suffix, `READ_SUFFIXES`) found recursively in
     folders, sorted. Hidden files and folders found there (a name starting with a dot:
@@ -505,7 +516,7 @@ def list_images(paths: list[str | os.PathLike]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in READ_SUFFIXES
-                                and not any(part.startswith(".") for part in q.relative_to(p).parts)))
+                                and not hidden_below(q, p)))
         elif p.is_file():
             found.append(p)
         else:

@@ -58,7 +58,8 @@ def parse_t_values(text: str, name: str = "t_values") -> list[float]:
     for pos, raw in enumerate(entries, 1):
         entry = raw.strip()
         if not entry:
-            raise ValueError(f"{name} entry {pos} is empty (two commas in a row) in {text!r}")
+            raise ValueError(f"{name} entry {pos} is empty ({'a comma first' if pos == 1 else 'two commas in a row'}) "
+                             f"in {text!r}")
         if not _T_NUMBER.fullmatch(entry):
             raise ValueError(f"{name} entry {pos} ({entry!r}) is not a number; write e.g. {T_VALUES_EXAMPLE!r}")
         value = float(entry)

@@ -123,8 +123,15 @@ def test_a_training_folder_given_as_a_model_says_to_export_it(tmp_path, student)
         with pytest.raises(CheckpointError, match=rf"{path} is a training folder, not a model file: export its EMA "
                                                   rf"weights .* `python trainer/export.py {path} model.safetensors`"):
             oftsr.load_model(path)
-    with pytest.raises(CheckpointError, match="is a file inside the training checkpoint .* `python trainer/export.py"):
-        oftsr.load_model(ckpt / "model.safetensors")
+    raw = ckpt / "model.safetensors"
+    raw.write_bytes(b"")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in student.unet.state_dict().items()}, raw)  # Accelerate's: no metadata
+    with pytest.raises(CheckpointError, match="is the raw state of the training checkpoint .* `python trainer/export.py"):
+        oftsr.load_model(raw)
+    oftsr.save_model(student, ckpt / "student.safetensors")  # an exported model kept beside it loads
+    assert oftsr.load_model(ckpt / "student.safetensors").role == "student"
     with pytest.raises(CheckpointError, match=r"is a folder, not a model file \(.safetensors"):
         oftsr.load_model(tmp_path)
 

@@ -331,8 +331,8 @@ def test_float_tiffs_are_read_as_display_values_and_hdr_is_refused(tmp_path):
 
     rng = np.random.default_rng(0)
     rgb = rng.random((6, 10, 3), dtype=np.float32)
-    tifffile.imwrite(tmp_path / "rgb32.tif", rgb)
-    tifffile.imwrite(tmp_path / "rgb16f.tif", rgb.astype(np.float16))
+    tifffile.imwrite(tmp_path / "rgb32.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "rgb16f.tif", rgb.astype(np.float16), photometric="rgb")
     for name, tol in (("rgb32.tif", 1e-7), ("rgb16f.tif", 1e-3)):
         image, depth = load_image(tmp_path / name)
         assert image.shape == (1, 3, 6, 10) and depth == 16
@@ -341,10 +341,37 @@ def test_float_tiffs_are_read_as_display_values_and_hdr_is_refused(tmp_path):
     image, depth = load_image(tmp_path / "gray.tif")
     assert image.shape == (1, 1, 6, 10) and depth == 16
     for name, arr in (("hdr.tif", rgb * 4), ("hdr_gray.tif", rgb[..., 0] * 4)):
-        tifffile.imwrite(tmp_path / name, arr)
+        tifffile.imwrite(tmp_path / name, arr, photometric="rgb" if arr.ndim == 3 else "minisblack")
         with pytest.raises(ValueError, match=rf"{name}: a floating-point \(HDR\) image with values from .* to 3\.\d+, .*"
                                              r"tone-map it, or export it with 16 bits"):
             load_image(tmp_path / name)
+
+
+def test_float_tiffs_tifffile_cannot_decode(tmp_path, monkeypatch):
+    """Where tifffile lacks a codec (LZW without imagecodecs): a gray float TIFF goes through
+    Pillow at full precision with the same range check; an RGB one, which Pillow cannot
+    read, says to install imagecodecs instead of "truncated"."""
+    import tifffile
+
+    gray = np.linspace(0, 1, 60, dtype=np.float32).reshape(6, 10)
+    Image.fromarray(gray).save(tmp_path / "g.tif", compression="tiff_lzw")
+    Image.fromarray(gray * 3 - 1).save(tmp_path / "g_hdr.tif", compression="tiff_lzw")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([gray] * 3, -1), photometric="rgb")
+
+    def no_codec(*a, **k):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # full precision: no "8 bits" warning
+        image, depth = load_image(tmp_path / "g.tif")
+    assert depth == 16 and torch.allclose(image[0, 0], torch.from_numpy(gray), atol=1e-7)
+    with pytest.raises(ValueError, match=r"g_hdr.tif: a floating-point \(HDR\) image with values from -1 to 2"):
+        load_image(tmp_path / "g_hdr.tif")
+    with pytest.raises(ValueError, match=r"rgb.tif: this TIFF's compression needs the imagecodecs package"):
+        load_image(tmp_path / "rgb.tif")
 
 
 def test_jpeg_keeps_full_colour_resolution_at_high_quality_and_tiff_is_compressed(tmp_path):
@@ -408,7 +435,7 @@ def test_tiffs_pillow_cannot_read_at_16_bits(tmp_path, monkeypatch):
         raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
 
     monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
-    with pytest.warns(UserWarning, match=r"lzw.tif is read with 8 bits per channel, not its 16 .*pip install imagecodecs"):
+    with pytest.warns(UserWarning, match=r"lzw.tif: read with 8 bits per channel, not its 16 .*pip install imagecodecs"):
         img, depth = images.load_image(tmp_path / "lzw.tif")
     assert depth == 8 and img.shape == (1, 3, 4, 6)
     assert np.abs(img[0].permute(1, 2, 0).numpy() * 255 - rgb / 257).max() <= 1  # the high bytes

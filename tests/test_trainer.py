@@ -153,6 +153,14 @@ def test_dataset_repeats_draws_more_crops_per_image(train_dir):
         SRDataset(train_dir, resolution=32, repeats=0)
 
 
+def test_training_folders_leave_out_hidden_files(tmp_path):
+    Image.new("RGB", (40, 40), (90, 20, 20)).save(tmp_path / "a.png")
+    (tmp_path / ".thumbnails").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / ".thumbnails" / "t.png")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # not an image: would be reported
+    assert scan_images(tmp_path) == [tmp_path / "a.png"]
+
+
 def test_dataset_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         SRDataset(tmp_path / "missing")
@@ -554,9 +562,17 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
     args = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", str(run),
                                      "--resume_from_checkpoint", "latest"])
     with pytest.raises(ValueError, match=r"could not load the checkpoint .*checkpoint-4 \(SafetensorError: .*these "
-                                         r"files are empty: model.safetensors; move checkpoint-4 out of .* to go on "
-                                         r"from checkpoint-2"):
+                                         r"files are empty: model.safetensors; move checkpoint-4 out of .* run again "
+                                         r"with --resume_from_checkpoint latest to go on from checkpoint-2"):
         checkpoints.resume(Accelerator(), args, info)
+
+    class Mismatch:  # not damage: a model that changed; its own error, unchanged
+        def load_state(self, path):
+            raise RuntimeError("Error(s) in loading state_dict for UNet: size mismatch for input_blocks.0.0.weight")
+
+    (run / "checkpoint-4" / "model.safetensors").write_bytes(b"x" * 64)
+    with pytest.raises(RuntimeError, match="^Error\\(s\\) in loading state_dict"):
+        checkpoints.resume(Mismatch(), args, info)
     (run / "checkpoint-4" / checkpoints.MODEL_INFO).write_text("{")  # cut short too
     with pytest.raises(ValueError, match="oftsr.json is unreadable .* move checkpoint-4 out of"):
         checkpoints.resume(Accelerator(), args, info)
@@ -578,6 +594,29 @@ def test_diffusers_flag_names_and_the_run_summary(caplog, monkeypatch):
     assert "training images: 241 in d (482 crops per epoch)" in caplog.text
     assert "batch per process: 4; processes: 2; gradient accumulation: 2 -> 16 crops per optimizer step" in caplog.text
     assert "optimizer steps: 100, about 3.3 epochs" in caplog.text
+
+
+def test_a_resume_takes_this_runs_adam_flags(monkeypatch, caplog):
+    """Loading the optimizer's state brings back the old run's betas, eps and weight decay:
+    this run's flags are put back, and said."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import train_teacher
+
+    net = torch.nn.Linear(2, 2)
+    old = torch.optim.Adam(net.parameters(), lr=1e-3)
+    args = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", "o", "--adam_epsilon", "1e-6",
+                                     "--adam_beta2", "0.99"])
+    new = common.make_optimizer(args, net.parameters())
+    new.load_state_dict(old.state_dict())
+    assert new.param_groups[0]["eps"] == 1e-8  # what load_state_dict does
+    with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
+        common.restore_optimizer_flags(new, args)
+    group = new.param_groups[0]
+    assert group["eps"] == 1e-6 and tuple(group["betas"]) == (0.9, 0.99) and group["weight_decay"] == 0.0
+    assert "--adam_epsilon 1e-06: the checkpoint's run had 1e-08" in caplog.text
+    assert "--adam_beta1/--adam_beta2 (0.9, 0.99): the checkpoint's run had (0.9, 0.999)" in caplog.text
+    assert "weight_decay" not in caplog.text
 
 
 def test_validation_images_reach_tensorboard_and_wandb(monkeypatch):

@@ -102,8 +102,9 @@ def _sync_to_disk(folder: Path, files: bool = True) -> None:
             os.close(fd)
 
 
-# What reading a cut-short or empty state file raises (safetensors, pickle, torch.load).
-DAMAGED_FILE_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, KeyError)
+# What reading a cut-short or empty state file raises (safetensors, pickle, torch.load's zip
+# reader); other errors (a size mismatch, out of memory) are not damage and keep their own words.
+DAMAGED_FILE_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, OSError)
 
 
 def _load_state(accelerator, path: Path, output_dir: str) -> None:
@@ -113,13 +114,17 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
         accelerator.load_state(str(path))
     except DAMAGED_FILE_ERRORS as e:
         empty = sorted(p.name for p in path.iterdir() if p.is_file() and p.stat().st_size == 0)
+        damaged = empty or isinstance(e, (SafetensorError, pickle.UnpicklingError, EOFError)) or \
+            "zip archive" in str(e) or "central directory" in str(e)  # torch.load of a cut-short file
+        if not damaged:
+            raise
         m = CHECKPOINT.match(path.name)
         earlier = [p.name for p in list_checkpoints(output_dir)
                    if m and int(CHECKPOINT.match(p.name).group(1)) < int(m.group(1))]
-        hint = (f"move {path.name} out of {output_dir} and run again to go on from {earlier[-1]}" if earlier
-                else "start the run again in a new --output_dir")
-        raise ValueError(f"could not load the checkpoint {path} ({type(e).__name__}: {str(e).strip()[:200]}); "
-                         + (f"these files are empty: {', '.join(empty)}; " if empty else "it is damaged: ")
+        hint = (f"move {path.name} out of {output_dir} and run again with --resume_from_checkpoint latest to go on "
+                f"from {earlier[-1]}" if earlier else "start the run again in a new --output_dir")
+        raise ValueError(f"could not load the checkpoint {path} ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
+                         + (f"these files are empty: {', '.join(empty)}; " if empty else "a file in it is damaged: ")
                          + hint) from e
 
 

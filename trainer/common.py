@@ -177,6 +177,12 @@ _loop_started = False  # set by run_training: from then on an error is a bug to 
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive")  # each its own package
 
 
+def _own_messages(record: logging.LogRecord) -> bool:
+    """What a process other than the main one logs: errors, and what only it can see (the
+    training images its loader could not read); the rest the main process says once."""
+    return record.levelno >= logging.ERROR or record.name.startswith("oftsr.training")
+
+
 def make_accelerator(args: argparse.Namespace, project: str):
     try:
         from accelerate import Accelerator
@@ -205,8 +211,9 @@ def make_accelerator(args: argparse.Namespace, project: str):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # 8 lines per save; ours says "saved ..."
         logging.getLogger(name).setLevel(logging.WARNING)
-    if not accelerator.is_main_process:  # one copy of each message, not one per process; errors from all
-        logging.getLogger("oftsr").setLevel(logging.ERROR)
+    if not accelerator.is_main_process:  # one copy of each message, not one per process
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_own_messages)
     if accelerator.device.type == "cpu" and args.mixed_precision == "fp16":  # Accelerate ignores it there, silently
         logger.warning("--mixed_precision fp16 needs a GPU: this run trains in float32 (bf16 runs on CPUs)")
     set_seed(args.seed, device_specific=True)
@@ -265,6 +272,24 @@ def lr_schedule(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, 
         return 1.0 - progress if name == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def restore_optimizer_flags(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> None:
+    """After a resume: this run's --adam_* flags, which loading the optimizer's state had
+    replaced with the checkpoint's run's (said where they differ, e.g. a larger
+    --adam_epsilon to steady a half-precision run)."""
+    want = {"betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
+            "weight_decay": args.adam_weight_decay}
+    flags = {"betas": "--adam_beta1/--adam_beta2", "eps": "--adam_epsilon", "weight_decay": "--adam_weight_decay"}
+    changed = {}
+    for group in optimizer.param_groups:
+        for key, value in want.items():
+            old = tuple(group[key]) if key == "betas" else group[key]
+            if old != value:
+                changed[key] = (old, value)
+                group[key] = value
+    for key, (old, value) in changed.items():
+        logger.warning("%s %s: the checkpoint's run had %s; the new value applies from here on", flags[key], value, old)
 
 
 def restore_schedule(scheduler, optimizer, learning_rate: float, step: int, num_processes: int) -> None:
@@ -534,6 +559,7 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata), data)
     if state.step:
         restore_schedule(scheduler, optimizer, args.learning_rate, state.step, accelerator.num_processes)
+        restore_optimizer_flags(optimizer, args)
     if accelerator.is_main_process:
         log_run_summary(args, desc, train_items, len(dataset), accelerator.num_processes, state.step)
     if accelerator.is_main_process:

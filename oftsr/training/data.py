@@ -13,7 +13,7 @@ from PIL import Image
 from ..color import split_alpha
 from .degradations import make_lr
 from .realesrgan import RealESRGANConfig
-from ..images import IMAGE_SUFFIXES, load_image
+from ..images import IMAGE_SUFFIXES, hidden_below, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,13 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
     """Image files under `root` (recursive), each decoded once here; the format comes from
     the content, so JPEG data under a .png name is fine. Files that cannot be decoded
     (not images, truncated, corrupt) are reported once, here, and left out: a loader
-    worker, restarted every epoch, never meets them."""
+    worker, restarted every epoch, never meets them. Hidden files and folders are not searched."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder {root} does not exist")
     good, bad = [], []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                       and not hidden_below(p, root)):  # macOS's ._ files, .thumbnails/
         try:
             _decodes(path)
             good.append(path)
