@@ -251,7 +251,11 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     except (FileNotFoundError, UnsupportedImage):
         raise
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{path.name}: image is too large to open safely ({e})") from e
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f" ({int(pixels.group(1)) / 1e6:,.1f} MP)" if pixels else ""
+        raise ValueError(f"{path.name}: the image{size} is beyond the {2 * Image.MAX_IMAGE_PIXELS / 1e6:,.1f} MP that "
+                         f"Pillow opens (its guard against decompression bombs); upscale a crop or a smaller copy: "
+                         f"at x4 its result alone would be 16 times that") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         arr, depth = _read_unidentified_tiff(path, e)
     arr = np.ascontiguousarray(arr)

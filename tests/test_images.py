@@ -578,3 +578,11 @@ def test_exif_too_long_for_jpeg_is_left_out_with_a_warning_and_the_rest_kept(tmp
     save_image(torch.rand(3, 8, 16), tmp_path / "out.png", metadata=meta)  # PNG holds it
     with Image.open(tmp_path / "out.png") as out:
         assert out.getexif()[0x010F] == "Canon"
+
+
+def test_an_image_past_pillows_bomb_guard_says_its_size_and_what_to_do(tmp_path, monkeypatch):
+    Image.new("L", (1500, 1000)).save(tmp_path / "pano.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)  # Pillow refuses twice this: 1.0 MP
+    with pytest.raises(ValueError, match=r"pano.png: the image \(1.5 MP\) is beyond the 1.0 MP that Pillow opens .*"
+                                         r"upscale a crop or a smaller copy"):
+        load_image(tmp_path / "pano.png")
