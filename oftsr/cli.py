@@ -430,7 +430,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         meta = {**model_metadata(model), "format": "authors" if Path(args.path).suffix != ".safetensors"
                 else "safetensors (no OFTSR metadata)"}
         del meta["format_version"]
-    out = {k: json.loads(v) if k == "architecture" else v for k, v in sorted(meta.items())}  # a stable order
+    out = {k: json.loads(v) if k in ("architecture", "training") else v for k, v in sorted(meta.items())}  # stable
     print(json.dumps(out, indent=2))
     return 0
 

@@ -288,6 +288,11 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     _run(["trainer/export.py", cut / "checkpoint-4", tmp_path / "exported.safetensors"])
     exported = oftsr.load_model(tmp_path / "exported.safetensors")
     assert exported.step == 4 and exported.sigma_p == 0.2
+    # how it was trained travels with the file (shown by `oftsr info`), the data folder by its name only
+    for path in (tmp_path / "exported.safetensors", cut / "teacher.safetensors"):
+        record = json.loads(oftsr.read_metadata(path)["training"])
+        assert record["step"] == 4 and record["train_data"] == Path(train_dir).name and record["oftsr_version"]
+        assert record["learning_rate"] > 0 and record["train_batch_size"] == 2 and str(tmp_path) not in json.dumps(record)
     assert all(torch.equal(pa, pb) for pa, pb in zip(exported.parameters(), tb.parameters()))
     _run(["trainer/export.py", cut, tmp_path / "raw.safetensors", "--raw"])  # newest checkpoint, raw weights
     res = _run(["trainer/export.py", cut, tmp_path / "raw.pth"], status=1)  # safetensors under a .pth name: no

@@ -57,8 +57,21 @@ def data_settings(args: argparse.Namespace, num_processes: int, train_items: int
             **{k: getattr(args, k) for k in SCHEDULE_SETTINGS}}
 
 
+def training_record(args: argparse.Namespace, data: dict) -> dict:
+    """How a model was trained, for its exported file (the `training` entry, which `oftsr
+    info` shows): the data settings, with the data folder by its name only (a file that is
+    shared should not carry its maker's paths), the optimiser's and EMA's settings, the
+    precision and this package's version. Recorded, never compared on resume."""
+    return {**{k: v for k, v in data.items() if k != "train_data_dir"},
+            "train_data": Path(args.train_data_dir).name, "learning_rate": args.learning_rate,
+            "adam": [args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.adam_weight_decay],
+            "max_grad_norm": args.max_grad_norm, "ema_decay": args.ema_decay,
+            "mixed_precision": args.mixed_precision or "no", "oftsr_version": oftsr.__version__}
+
+
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None,
-                    model: oftsr.OFTSRModel, metadata: dict[str, str] | None = None, data: dict | None = None) -> Path:
+                    model: oftsr.OFTSRModel, metadata: dict[str, str] | None = None, data: dict | None = None,
+                    training: dict | None = None) -> Path:
     """`accelerator.save_state` into a temporary folder, renamed when complete; then the
     oldest checkpoints beyond `total_limit` are removed. `oftsr.json` beside the state
     says what the model is, so `trainer/export.py` can turn any checkpoint into a model file."""
@@ -72,7 +85,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / MODEL_INFO).write_text(json.dumps({**model_info(model, step, metadata), "data": data or {}}, indent=1))
+        (tmp / MODEL_INFO).write_text(json.dumps({**model_info(model, step, metadata), "data": data or {},
+                                                  "training": training or {}}, indent=1))
         _sync_to_disk(tmp)  # a machine that goes down after the rename finds whole files, not empty ones
         if final.exists():
             shutil.rmtree(final)
@@ -235,5 +249,6 @@ def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Pat
     with torch.no_grad():
         for p, s in zip(params, shadow_params, strict=True):
             p.copy_(s)
-    oftsr.save_model(export, path, **info.get("metadata", {}))
+    record = {"training": json.dumps({**info["training"], "step": info["step"]})} if info.get("training") else {}
+    oftsr.save_model(export, path, **info.get("metadata", {}), **record)
     return path

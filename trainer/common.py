@@ -30,7 +30,7 @@ from oftsr.model import DEGRADATIONS  # noqa: E402
 from oftsr.unet import PRESETS  # noqa: E402
 
 from checkpoints import (check_training_metadata, data_settings, export_ema, model_info, resume,  # noqa: E402
-                         save_checkpoint, training_metadata)
+                         save_checkpoint, training_metadata, training_record)
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -556,6 +556,7 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     dataset = dataloader.dataset
     train_items = len(dataset.files) if hasattr(dataset, "files") else len(dataset)
     data = data_settings(args, accelerator.num_processes, train_items)
+    training = training_record(args, data)
     resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata), data)
     if state.step:
         restore_schedule(scheduler, optimizer, args.learning_rate, state.step, accelerator.num_processes)
@@ -608,15 +609,15 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
             stopped = state.step < args.max_train_steps and stop.due(accelerator)
             if stopped or state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
                 save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
-                                accelerator.unwrap_model(model), metadata, data)
+                                accelerator.unwrap_model(model), metadata, data, training)
     bar.close()
     if stopped:
         logger.warning("stopped at step %d of %d (%s): %s holds its checkpoint; run the same command with "
                        "--resume_from_checkpoint latest to go on", state.step, args.max_train_steps, stop.reason,
                        args.output_dir)
     elif accelerator.is_main_process:
-        path = export_ema(model_info(accelerator.unwrap_model(model), state.step, metadata), ema.shadow_params,
-                          Path(args.output_dir) / export_name)
+        path = export_ema({**model_info(accelerator.unwrap_model(model), state.step, metadata), "training": training},
+                          ema.shadow_params, Path(args.output_dir) / export_name)
         logger.info("exported EMA weights to %s\n  next: %s", path, next_step(accelerator.unwrap_model(model).role, path))
     accelerator.end_training()
     return EXIT_RESUMABLE if stopped else 0
