@@ -624,6 +624,22 @@ def test_a_resume_takes_this_runs_adam_flags(monkeypatch, caplog):
     assert "weight_decay" not in caplog.text
 
 
+def test_report_to_takes_several_trackers_and_leaves_out_missing_ones(monkeypatch, caplog):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
+        assert common.trackers("tensorboard, wandb") == ["tensorboard"]
+    assert "wandb is not installed: scalars are not logged to it (pip install wandb)" in caplog.text
+    assert common.trackers("wandb") is None and common.trackers("none") is None and common.trackers("all") == "all"
+    with pytest.raises(ValueError, match="--report_to tensorbord: unknown tracker tensorbord; choose from tensorboard"):
+        common.trackers("tensorbord")
+
+
 def test_validation_images_reach_tensorboard_and_wandb(monkeypatch):
     import types
 
@@ -905,7 +921,7 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
     res = _run([*base, "--resolution", "32", "--train_batch_size", "2", "--dataloader_num_workers", "0",
                 "--max_train_steps", "1", "--mixed_precision", "fp16", "--report_to", "wandb"])
     assert "--mixed_precision fp16 needs a GPU: this run trains in float32" in res.stderr
-    assert "wandb is not installed: scalars are not logged (pip install wandb)" in res.stderr
+    assert "wandb is not installed: scalars are not logged to it (pip install wandb)" in res.stderr
     help_text = _run(["trainer/train_teacher.py", "--help"]).stdout
     assert "default: 100000" in help_text and "default: 5000" in help_text  # flags without help show defaults too
     assert "--seed SEED           default: 0" in help_text  # a default of 0 is a default

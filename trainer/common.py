@@ -96,7 +96,8 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                         f"and exit with status {EXIT_RESUMABLE} (a job's time limit: allow a step and a save after "
                         "it); SIGTERM and Ctrl-C do the same at once")
     p.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest"')
-    p.add_argument("--report_to", default="tensorboard", help='tensorboard, wandb, all, or "none"')
+    p.add_argument("--report_to", default="tensorboard",
+                   help='tensorboard, wandb (or several, separated by commas), all, or "none"')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validation_steps", type=positive_int, default=1000)
     p.add_argument("--num_validation_images", type=positive_int, default=4)
@@ -177,6 +178,26 @@ _loop_started = False  # set by run_training: from then on an error is a bug to 
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive")  # each its own package
 
 
+def trackers(report_to: str) -> list[str] | str | None:
+    """--report_to as Accelerate's `log_with`: "all", None for "none", or the named
+    trackers (commas between several) whose package is installed; a missing one is said and
+    left out, as Accelerate would only warn and log nothing."""
+    if report_to in ("all", "none"):
+        return None if report_to == "none" else report_to
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown:
+        raise ValueError(f"--report_to {report_to}: unknown tracker {', '.join(unknown)}; choose from "
+                         f"{', '.join(TRACKERS)}, all or none")
+    present = []
+    for name in dict.fromkeys(names):
+        if importlib.util.find_spec(name) is None:
+            logger.warning("%s is not installed: scalars are not logged to it (pip install %s)", name, name)
+        else:
+            present.append(name)
+    return present or None
+
+
 def _own_messages(record: logging.LogRecord) -> bool:
     """What a process other than the main one logs: errors, and what only it can see (the
     training images its loader could not read); the rest the main process says once."""
@@ -191,10 +212,7 @@ def make_accelerator(args: argparse.Namespace, project: str):
         raise ImportError(f"{e.name or 'accelerate'} is missing: the trainer needs the training extra, "
                           f"pip install -e \".[train]\"") from e
 
-    report_to = None if args.report_to == "none" else args.report_to
-    if report_to in TRACKERS and importlib.util.find_spec(report_to) is None:
-        logger.warning("%s is not installed: scalars are not logged (pip install %s)", report_to, report_to)
-        report_to = None
+    report_to = trackers(args.report_to)
     # Several processes and no GPU: data-parallel on the CPU (gloo). Accelerate only detects
     # this when told, and its `--cpu` launch flag starts a single process.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
