@@ -55,11 +55,15 @@ def t_input(name: str = "t", default: float = 0.5, tooltip: str | None = None) -
 
 
 def seed_input() -> io.Input:
+    # "fixed" by default, so that an upscale stays cached from one Queue to the next, where
+    # ComfyUI lets a node choose (io.ControlAfterGenerate, 2026 on); True leaves the
+    # frontend's default, randomize, to older versions.
+    control = getattr(io, "ControlAfterGenerate", None)
     return io.Int.Input(
-        "seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+        "seed", default=0, min=0, max=SEED_MAX, control_after_generate=control.fixed if control else True,
         tooltip="Seed of the start-point noise. The noise depends on the seed, the image's place in the batch "
                 "and the pixel, not on the tiling (the result changes a little with the tile size, as each tile "
-                "sees only its own surroundings). Set 'control after generate' to fixed to keep a result cached: "
+                "sees only its own surroundings). Keep 'control after generate' at fixed to keep a result cached: "
                 "with randomize, every Queue upscales again.",
     )
 

@@ -176,7 +176,7 @@ def test_sampling_node_schemas(pack):
         assert list(inputs) == names, node_id
         assert inputs["model"].io_type == "OFTSR_MODEL" and inputs["image"].io_type == "IMAGE"
         seed = inputs["seed"]
-        assert seed.io_type == "INT" and seed.control_after_generate is True
+        assert seed.io_type == "INT" and seed.control_after_generate is True  # this ComfyUI: no choice of default
         assert (seed.default, seed.min, seed.max) == (0, 0, 2**64 - 1)
         assert (inputs["tile"].default, inputs["tile"].min, inputs["overlap"].default) == (512, 0, 64)
         assert inputs["color_fix"].io_type == "COMBO"
@@ -346,6 +346,23 @@ def test_image_errors_speak_in_comfyuis_layout(comfy, pack, student):
         run(pack, "OFTSRUpscale", image=image()[:0], **common)
     with pytest.raises(ValueError, match="got \\(1, 8, 8\\) \\(a MASK.*Convert Mask to Image"):
         run(pack, "OFTSRUpscale", image=torch.ones(1, 8, 8), **common)
+
+
+def test_seed_defaults_to_fixed_where_comfyui_lets_a_node_choose(comfy, load_pack):
+    """ComfyUI from 2026 on has io.ControlAfterGenerate: a fresh node's seed is then fixed,
+    so its upscale stays cached from one Queue to the next (randomize recomputed it)."""
+    from enum import Enum
+
+    class ControlAfterGenerate(str, Enum):
+        fixed = "fixed"
+        increment = "increment"
+        decrement = "decrement"
+        randomize = "randomize"
+
+    comfy.io.ControlAfterGenerate = ControlAfterGenerate
+    pack = load_pack()
+    for node_id in ("OFTSRUpscale", "OFTSRTSweep", "OFTSRTeacherSampler", "OFTSRRegionalTradeoff"):
+        assert inputs_of(pack, node_id)["seed"].control_after_generate is ControlAfterGenerate.fixed, node_id
 
 
 def test_loader_tooltip_names_only_the_bundled_models_there_are(comfy, pack):
