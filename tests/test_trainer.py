@@ -912,6 +912,16 @@ def test_distillation_resumes_only_with_its_teacher(train_dir, tmp_path):
           "latest"])
 
 
+def test_logging_dir_and_tracker_project_name(train_dir, tmp_path):
+    """diffusers' flags: tensorboard's events go to --output_dir/--logging_dir/<project>."""
+    out = tmp_path / "run"
+    _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--preset", "tiny",
+          "--resolution", "32", "--train_batch_size", "2", "--dataloader_num_workers", "0", "--max_train_steps", "1",
+          "--report_to", "tensorboard", "--logging_dir", "tb", "--tracker_project_name", "my-sr"])
+    assert list((out / "tb" / "my-sr").glob("events.out.tfevents.*")), sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert not (out / "logs").exists()
+
+
 def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
     base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "o", "--preset", "tiny"]
     for flag in ("--checkpointing_steps", "--validation_steps", "--checkpoints_total_limit",

@@ -98,6 +98,10 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest"')
     p.add_argument("--report_to", default="tensorboard",
                    help='tensorboard, wandb (or several, separated by commas), all, or "none"')
+    p.add_argument("--logging_dir", default="logs",
+                   help="the trackers' folder (tensorboard's events), under --output_dir unless absolute (default logs)")
+    p.add_argument("--tracker_project_name", default=None,
+                   help="the project the trackers log to (a wandb project; default oftsr-teacher or oftsr-distill)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validation_steps", type=positive_int, default=1000)
     p.add_argument("--num_validation_images", type=positive_int, default=4)
@@ -221,7 +225,8 @@ def make_accelerator(args: argparse.Namespace, project: str):
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     if args.allow_tf32:
@@ -238,7 +243,7 @@ def make_accelerator(args: argparse.Namespace, project: str):
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         if report_to:
-            accelerator.init_trackers(project, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+            accelerator.init_trackers(args.tracker_project_name or project, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
     return accelerator
 
 
