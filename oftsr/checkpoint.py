@@ -260,13 +260,15 @@ def _file_kind(path: Path) -> str:
         head = f.read(16)
     if len(head) < 8:
         raise CheckpointError(f"{path.name}: file is empty or truncated ({path.stat().st_size} bytes)")
+    # safetensors first: its header length is any 8 bytes, and one whose low byte is 0x80 is
+    # no pickle (a legacy torch.save file has no "{" at byte 8)
+    header_len = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and 0 < header_len < 100_000_000:
+        return "safetensors"
     if head[:4] == b"PK\x03\x04":
         return "torch"
     if head[:1] == b"\x80":
         return "torch"  # legacy (non-zip) torch.save
-    header_len = int.from_bytes(head[:8], "little")
-    if head[8:9] == b"{" and 0 < header_len < 100_000_000:
-        return "safetensors"
     raise CheckpointError(
         f"{path.name}: not a checkpoint: expected a .safetensors file or a torch .pth/.pt file, "
         f"found {head[:8]!r}..."
