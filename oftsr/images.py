@@ -494,12 +494,11 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
         im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
         if fmt in ("JPEG", "WEBP"):
             extra["quality"] = quality
-        if fmt == "JPEG":  # full-resolution colour at high quality, as editors export it
-            extra["subsampling"] = "4:4:4" if quality >= JPEG_FULL_CHROMA_QUALITY else "4:2:0"
         if fmt == "TIFF" and not extra.get("exif"):  # Pillow's compressing writer (libtiff) drops an EXIF block
             extra["compression"] = "tiff_adobe_deflate"  # lossless, as the 16-bit TIFFs (zlib)
-        if fmt == "JPEG":  # no alpha in JPEG
+        if fmt == "JPEG":  # no alpha in JPEG; full-resolution colour at high quality, as editors export it
             im = im.convert("L" if c <= 2 else "RGB")
+            extra["subsampling"] = "4:4:4" if quality >= JPEG_FULL_CHROMA_QUALITY else "4:2:0"
         elif c == 2 and fmt not in ("PNG", "TIFF"):
             im = im.convert("RGBA")
         im.save(tmp, format=fmt, **extra)

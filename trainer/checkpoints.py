@@ -57,18 +57,6 @@ def data_settings(args: argparse.Namespace, num_processes: int, train_items: int
             **{k: getattr(args, k) for k in SCHEDULE_SETTINGS}}
 
 
-def training_record(args: argparse.Namespace, data: dict) -> dict:
-    """How a model was trained, for its exported file (the `training` entry, which `oftsr
-    info` shows): the data settings, with the data folder by its name only (a file that is
-    shared should not carry its maker's paths), the optimiser's and EMA's settings, the
-    precision and this package's version. Recorded, never compared on resume."""
-    return {**{k: v for k, v in data.items() if k != "train_data_dir"},
-            "train_data": Path(args.train_data_dir).name, "learning_rate": args.learning_rate,
-            "adam": [args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.adam_weight_decay],
-            "max_grad_norm": args.max_grad_norm, "ema_decay": args.ema_decay,
-            "mixed_precision": args.mixed_precision or "no", "oftsr_version": oftsr.__version__}
-
-
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None,
                     model: oftsr.OFTSRModel, metadata: dict[str, str] | None = None, data: dict | None = None,
                     training: dict | None = None) -> Path:
@@ -116,21 +104,18 @@ def _sync_to_disk(folder: Path, files: bool = True) -> None:
             os.close(fd)
 
 
-# What reading a cut-short or empty state file raises (safetensors, pickle, torch.load's zip
-# reader); other errors (a size mismatch, out of memory) are not damage and keep their own words.
-DAMAGED_FILE_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, OSError)
-
-
 def _load_state(accelerator, path: Path, output_dir: str) -> None:
     """`accelerator.load_state`, with what to do when the checkpoint is damaged (a disk that
     filled up, a copy cut short): name its empty files and the checkpoint before it."""
     try:
         accelerator.load_state(str(path))
-    except DAMAGED_FILE_ERRORS as e:
+    except Exception as e:
+        # Damage: an empty file, or what reading a cut-short one raises (safetensors, pickle,
+        # torch.load's zip reader). Anything else (a size mismatch, out of memory) keeps its words.
         empty = sorted(p.name for p in path.iterdir() if p.is_file() and p.stat().st_size == 0)
-        damaged = empty or isinstance(e, (SafetensorError, pickle.UnpicklingError, EOFError)) or \
-            "zip archive" in str(e) or "central directory" in str(e)  # torch.load of a cut-short file
-        if not damaged:
+        cut_short = isinstance(e, (SafetensorError, pickle.UnpicklingError, EOFError)) or \
+            "zip archive" in str(e) or "central directory" in str(e)
+        if not (empty or cut_short):
             raise
         m = CHECKPOINT.match(path.name)
         earlier = [p.name for p in list_checkpoints(output_dir)

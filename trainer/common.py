@@ -30,7 +30,7 @@ from oftsr.model import DEGRADATIONS  # noqa: E402
 from oftsr.unet import PRESETS  # noqa: E402
 
 from checkpoints import (check_training_metadata, data_settings, export_ema, model_info, resume,  # noqa: E402
-                         save_checkpoint, training_metadata, training_record)
+                         save_checkpoint, training_metadata)
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -126,10 +126,26 @@ def check_data_dirs(args: argparse.Namespace) -> None:
                                                                else "does not exist"))
 
 
+def adam_settings(args: argparse.Namespace) -> dict:
+    """Adam's settings from the --adam_* flags, by the optimizer's own names."""
+    return {"betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
+            "weight_decay": args.adam_weight_decay}
+
+
 def make_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
     """Adam with the --adam_* flags (the paper's optimizer)."""
-    return torch.optim.Adam(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                            eps=args.adam_epsilon, weight_decay=args.adam_weight_decay)
+    return torch.optim.Adam(params, lr=args.learning_rate, **adam_settings(args))
+
+
+def training_record(args: argparse.Namespace, data: dict) -> dict:
+    """How a model was trained, for its exported file (the `training` entry, which `oftsr
+    info` shows): the data settings, with the data folder by its name only (a file that is
+    shared should not carry its maker's paths), the optimiser's and EMA's settings, the
+    precision and this package's version. Recorded, never compared on resume."""
+    return {**{k: v for k, v in data.items() if k != "train_data_dir"},
+            "train_data": Path(args.train_data_dir).name, "learning_rate": args.learning_rate,
+            "adam": adam_settings(args), "max_grad_norm": args.max_grad_norm, "ema_decay": args.ema_decay,
+            "mixed_precision": args.mixed_precision or "no", "oftsr_version": oftsr.__version__}
 
 
 def enable_tf32() -> None:
@@ -301,8 +317,7 @@ def restore_optimizer_flags(optimizer: torch.optim.Optimizer, args: argparse.Nam
     """After a resume: this run's --adam_* flags, which loading the optimizer's state had
     replaced with the checkpoint's run's (said where they differ, e.g. a larger
     --adam_epsilon to steady a half-precision run)."""
-    want = {"betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
-            "weight_decay": args.adam_weight_decay}
+    want = adam_settings(args)
     flags = {"betas": "--adam_beta1/--adam_beta2", "eps": "--adam_epsilon", "weight_decay": "--adam_weight_decay"}
     changed = {}
     for group in optimizer.param_groups:
