@@ -9,8 +9,10 @@ from .regional import OFTSRRegionalTradeoff
 from .sweep import OFTSRTSweep
 from .teacher import OFTSRTeacherSampler
 from .upscale import OFTSRUpscale
+from .upscale_model import OFTSRAsUpscaleModel
 
-NODES: list[type[io.ComfyNode]] = [LoadOFTSRModel, OFTSRUpscale, OFTSRTeacherSampler, OFTSRTSweep, OFTSRRegionalTradeoff]
+NODES: list[type[io.ComfyNode]] = [LoadOFTSRModel, OFTSRUpscale, OFTSRTeacherSampler, OFTSRTSweep, OFTSRRegionalTradeoff,
+                                   OFTSRAsUpscaleModel]
 
 
 class OFTSRExtension(ComfyExtension):

@@ -159,6 +159,11 @@ class Mask(ComfyTypeIO):
     pass
 
 
+@comfytype("UPSCALE_MODEL")
+class UpscaleModel(ComfyTypeIO):
+    pass
+
+
 @dataclasses.dataclass
 class Schema:
     node_id: str
@@ -230,7 +235,7 @@ class ComfyExtension(ABC):
 def _io_module() -> types.ModuleType:
     io = types.ModuleType("comfy_api.latest.io")
     for obj in (NumberDisplay, Input, WidgetInput, Output, ComfyTypeIO, comfytype, Custom, Boolean, Int, Float, String,
-                Combo, Image, Mask, Schema, ComfyNode, NodeOutput):
+                Combo, Image, Mask, UpscaleModel, Schema, ComfyNode, NodeOutput):
         setattr(io, obj.__name__, obj)
     return io
 

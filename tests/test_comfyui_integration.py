@@ -44,7 +44,8 @@ WORKFLOWS = next((ROOT / f for f in TEMPLATE_FOLDERS if (ROOT / f / WORKFLOW_FIL
 # that folder's registration.
 MODEL_FILES = {"student": "random-x4-student.safetensors", "teacher": "random-x4-teacher.safetensors"}
 BUNDLED = ["x4 student", "x4 teacher"]  # the bundled models this version ships, by name
-NODE_IDS = ["OFTSRModelLoader", "OFTSRUpscale", "OFTSRTeacherSampler", "OFTSRTSweep", "OFTSRRegionalTradeoff"]
+NODE_IDS = ["OFTSRModelLoader", "OFTSRUpscale", "OFTSRTeacherSampler", "OFTSRTSweep", "OFTSRRegionalTradeoff",
+            "OFTSRAsUpscaleModel"]
 INPUT_W, INPUT_H, SCALE = 48, 40, 4
 # What the input folder of a fresh ComfyUI holds (its repository ships input/example.png).
 FRESH_INPUTS = ["example.png"]
@@ -155,6 +156,7 @@ def test_object_info_has_the_nodes_with_their_inputs(comfy):
         "OFTSRTSweep": ["model", "image", "t_values", "seed", "tile", "overlap", "color_fix"],
         "OFTSRRegionalTradeoff": ["model", "image", "mask", "t_inside", "t_outside", "seed", "tile", "overlap",
                                   "color_fix"],
+        "OFTSRAsUpscaleModel": ["model", "t", "seed", "tile", "overlap"],
     }
     for node_id, names in expected_order.items():
         node = info[node_id]
@@ -162,12 +164,15 @@ def test_object_info_has_the_nodes_with_their_inputs(comfy):
         assert node["input_order"]["required"] == names, node_id
         assert list(node["input"]["required"]) == names, node_id
         assert node["output"] == (["OFTSR_MODEL"] if node_id == "OFTSRModelLoader"
-                                  else ["IMAGE", "IMAGE"] if node_id == "OFTSRTSweep" else ["IMAGE"]), node_id
+                                  else ["IMAGE", "IMAGE"] if node_id == "OFTSRTSweep"
+                                  else ["UPSCALE_MODEL"] if node_id == "OFTSRAsUpscaleModel" else ["IMAGE"]), node_id
         required = node["input"]["required"]
         if "seed" in required:
             assert required["seed"][0] == "INT" and required["seed"][1]["control_after_generate"] is True
         if "model" in required:
-            assert required["model"][0] == "OFTSR_MODEL" and required["image"][0] == "IMAGE"
+            assert required["model"][0] == "OFTSR_MODEL"
+        if "image" in required:
+            assert required["image"][0] == "IMAGE"
 
     for node_id, name, default in [("OFTSRUpscale", "t", 0.5), ("OFTSRRegionalTradeoff", "t_inside", 1.0),
                                    ("OFTSRRegionalTradeoff", "t_outside", 0.0)]:
@@ -381,6 +386,34 @@ def test_regional_workflow_mask_is_made_in_the_graph(comfy):
     lo, hi = np.minimum(fidelity[ramp], realism[ramp]), np.maximum(fidelity[ramp], realism[ramp])
     assert ((regional[ramp] >= lo - 1 / 255) & (regional[ramp] <= hi + 1 / 255)).all()
     assert np.abs(regional[ramp] - fidelity[ramp]).mean() > 0.1 * np.abs(realism[ramp] - fidelity[ramp]).mean()
+
+
+def test_student_as_upscale_model_in_core_upscale_image(comfy):
+    """OFTSR as Upscale Model feeds core Upscale Image (using Model): the same pixels as
+    OFTSR Upscale at that t and seed (the input is smaller than the core node's 512 px
+    tile, so it is one call), and t reaches the model through it."""
+    def graph(t: float) -> dict:
+        return {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+            "2": {"class_type": "OFTSRModelLoader", "inputs": {"model_name": MODEL_FILES["student"], "dtype": "fp32",
+                                                               "sigma_p": 0.0, "role": "from file", "scale": 0}},
+            "3": {"class_type": "OFTSRAsUpscaleModel", "inputs": {"model": ["2", 0], "t": t, "seed": 7, "tile": 0,
+                                                                  "overlap": 64}},
+            "4": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["3", 0], "image": ["1", 0]}},
+            "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": f"OFTSR/core_{t}"}},
+            "6": {"class_type": "OFTSRUpscale", "inputs": {"model": ["2", 0], "image": ["1", 0], "t": t, "seed": 7,
+                                                           "tile": 0, "overlap": 64, "color_fix": "none"}},
+            "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": f"OFTSR/ours_{t}"}},
+        }
+
+    results = {}
+    for t in (0.2, 1.0):
+        entry = run_prompt(comfy, graph(t))
+        core, ours = (read_output(comfy, entry["outputs"][k]["images"][0]) for k in ("5", "7"))
+        np.testing.assert_allclose(core, ours, atol=1.5 / 255)
+        assert core.std() > 0.02
+        results[t] = core
+    assert np.abs(results[0.2] - results[1.0]).mean() > 1e-3
 
 
 def test_workflows_are_served_as_templates(comfy):

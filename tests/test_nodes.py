@@ -28,7 +28,8 @@ from oftsr.grid import labelled_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK = "oftsr_comfy_pack_under_test"
-NODE_IDS = ["OFTSRModelLoader", "OFTSRUpscale", "OFTSRTeacherSampler", "OFTSRTSweep", "OFTSRRegionalTradeoff"]
+NODE_IDS = ["OFTSRModelLoader", "OFTSRUpscale", "OFTSRTeacherSampler", "OFTSRTSweep", "OFTSRRegionalTradeoff",
+            "OFTSRAsUpscaleModel"]
 AUTHORS_NAME = "sr_bicubic-sf4-guided_unet-sigma0.2-bs128-DIV2K-checkpoint_4.pth"
 
 
@@ -156,6 +157,7 @@ def test_entrypoint_registers_every_node(pack):
         assert schema.category == "image/upscaling/OFTSR" and schema.display_name and schema.description
         assert [o.io_type for o in schema.outputs] == (["OFTSR_MODEL"] if cls is pack.nodes["OFTSRModelLoader"]
                                                            else ["IMAGE", "IMAGE"] if cls is pack.nodes["OFTSRTSweep"]
+                                                           else ["UPSCALE_MODEL"] if cls is pack.nodes["OFTSRAsUpscaleModel"]
                                                            else ["IMAGE"])
         assert all(o.tooltip for o in schema.outputs)  # every output says what it is
 
@@ -390,7 +392,7 @@ def test_loader_refuses_overrides_that_contradict_the_file(comfy, pack, saved):
 
 
 def test_validate_inputs_refuse_bad_values_before_the_run(pack):
-    for node_id in ["OFTSRUpscale", "OFTSRRegionalTradeoff", "OFTSRTeacherSampler"]:
+    for node_id in ["OFTSRUpscale", "OFTSRRegionalTradeoff", "OFTSRTeacherSampler", "OFTSRAsUpscaleModel"]:
         check = pack.nodes[node_id].validate_inputs
         for tile in (0, 32, 512, 8192, None):
             assert check(tile=tile) is True
@@ -399,7 +401,7 @@ def test_validate_inputs_refuse_bad_values_before_the_run(pack):
     # ComfyUI files a validate_inputs error under every input the method takes: one each
     takes = {node_id: list(inspect.signature(node.validate_inputs).parameters) for node_id, node in pack.nodes.items()}
     assert takes == {"OFTSRModelLoader": ["model_name"], "OFTSRUpscale": ["tile"], "OFTSRTSweep": ["t_values"],
-                     "OFTSRRegionalTradeoff": ["tile"], "OFTSRTeacherSampler": ["tile"]}
+                     "OFTSRRegionalTradeoff": ["tile"], "OFTSRTeacherSampler": ["tile"], "OFTSRAsUpscaleModel": ["tile"]}
 
 
 def test_combo_values_are_checked_before_anything_runs(comfy, pack, student, teacher):
@@ -462,6 +464,75 @@ def test_tiling_matches_the_library(comfy, pack, student):
     # overlap above half the tile is capped rather than refused
     capped = run(pack, "OFTSRUpscale", model=student, image=img, t=0.7, seed=1, tile=32, overlap=64, color_fix="none")
     assert torch.equal(capped, pack.lib.upscale(student, img.movedim(-1, 1), t=0.7, seed=1, tile=32, overlap=16).movedim(1, -1))
+
+
+# --------------------------------------------------------------------------- OFTSR as Upscale Model
+
+
+def upscale_with_model(comfy, upscale_model, img: torch.Tensor, tile: int) -> torch.Tensor:
+    """What core Upscale Image (using Model) does with an UPSCALE_MODEL: move it, call it on
+    (B, C, H, W) tiles of `tile` input pixels (no overlap here), stitch, clamp, move it back."""
+    upscale_model.to(comfy.model_management.get_torch_device())
+    x, s = img.movedim(-1, 1), upscale_model.scale
+    out = torch.zeros(x.shape[0], 3, x.shape[2] * s, x.shape[3] * s)
+    for y in range(0, x.shape[2], tile):
+        for x0 in range(0, x.shape[3], tile):
+            part = upscale_model(x[:, :, y:y + tile, x0:x0 + tile])
+            out[:, :, y * s:y * s + part.shape[2], x0 * s:x0 * s + part.shape[3]] = part
+    upscale_model.to("cpu")
+    return out.clamp(0, 1).movedim(1, -1)
+
+
+def test_as_upscale_model_schema(pack):
+    inputs = inputs_of(pack, "OFTSRAsUpscaleModel")
+    assert list(inputs) == ["model", "t", "seed", "tile", "overlap"]
+    assert inputs["model"].io_type == "OFTSR_MODEL" and inputs["t"].display_mode is comfy_stubs.NumberDisplay.slider
+    assert (inputs["t"].default, inputs["tile"].default, inputs["overlap"].default) == (0.5, 512, 64)
+
+
+def test_as_upscale_model_runs_the_student_where_upscale_image_calls_it(comfy, pack, student):
+    node = pack.nodes["OFTSRAsUpscaleModel"]
+    wrapped = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.7, seed=5, tile=0, overlap=64)
+    assert (wrapped.scale, wrapped.model, wrapped.input_channels, wrapped.output_channels) == (4, student, 3, 3)
+    assert comfy.model_management.module_size(wrapped.model) == comfy.model_management.module_size(student)
+
+    img = image(b=2, h=8, w=12)
+    out = upscale_with_model(comfy, wrapped, img, tile=64)  # one consumer tile: the whole image
+    expected = run(pack, "OFTSRUpscale", model=student, image=img, t=0.7, seed=5, tile=0, overlap=64, color_fix="none")
+    assert out.shape == (2, 32, 48, 3) and torch.allclose(out, expected, atol=1e-6)
+    assert (out - run(pack, "OFTSRUpscale", model=student, image=img, t=0.0, seed=5, tile=0, overlap=64,
+                      color_fix="none")).abs().mean() > 1e-3  # its t is the one it was made with
+
+    # the consumer's own tiles: each is one library call (the noise restarts per tile)
+    tiles = upscale_with_model(comfy, wrapped, img, tile=4)
+    assert tiles.shape == out.shape and (tiles - out).abs().mean() > 1e-3
+    assert torch.allclose(tiles[:, :16, :16], upscale_with_model(comfy, wrapped, img[:, :4, :4], tile=4), atol=1e-6)
+
+    # the channels and dtypes consumers pass
+    x = img[:1].movedim(-1, 1)
+    rgb = wrapped(x)
+    assert rgb.shape == (1, 3, 32, 48) and rgb.dtype == torch.float32
+    alpha = torch.full_like(x[:, :1], 0.5)
+    assert torch.allclose(wrapped(torch.cat([x, alpha], 1)), rgb, atol=1e-6)  # RGBA: its RGB, 3 channels back
+    gray = wrapped(x[:, :1])
+    assert gray.shape == (1, 3, 32, 48) and torch.equal(gray[:, 0], gray[:, 2])
+    half = wrapped(x.half())
+    assert half.dtype == torch.float16 and (half.float() - rgb).abs().max() < 2e-3
+
+    # what it refuses, before anything runs
+    with pytest.raises(ValueError, match="needs a one-step student model, but this model is a teacher"):
+        node.execute(model=load(pack, "tiny-teacher.safetensors"), t=0.5, seed=0, tile=512, overlap=64)
+    with pytest.raises(ValueError, match="t must be"):
+        node.execute(model=student, t=1.5, seed=0, tile=512, overlap=64)
+    with pytest.raises(ValueError, match="tile must be 0"):
+        node.execute(model=student, t=0.5, seed=0, tile=16, overlap=64)
+
+
+def test_as_upscale_model_stops_on_cancel(comfy, pack, student):
+    wrapped = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.5, seed=0, tile=32, overlap=8)
+    comfy.model_management.interrupt_processing = True
+    with pytest.raises(comfy_stubs.InterruptProcessingException):
+        wrapped(image(h=16, w=16).movedim(-1, 1))
 
 
 def test_rgba_keeps_alpha(comfy, pack, student):

@@ -1,0 +1,99 @@
+"""OFTSR as Upscale Model: a student at a fixed t as ComfyUI's UPSCALE_MODEL, for
+Upscale Image (using Model) and the nodes built on it (e.g. Ultimate SD Upscale)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from comfy_api.latest import io
+
+from ..oftsr import upscale
+from ..oftsr.inference import check_t
+from ..oftsr.tiling import DEFAULT_OVERLAP
+from .common import (CATEGORY, DEFAULT_TILE, check_interrupt, check_tile, model_input, require_role, seed_input,
+                     t_input, tiling_inputs)
+from .upscale import warn_if_ignores_t
+
+NAME = "OFTSR as Upscale Model"
+log = logging.getLogger(__name__)
+
+
+class StudentUpscaleModel:
+    """The part of spandrel's ImageModelDescriptor that UPSCALE_MODEL consumers use:
+    `model` (its size sets the memory ComfyUI frees), `scale`, `to(device)`, and a call on
+    (B, C, H, W) in [0, 1] that returns (B, 3, scale*H, scale*W) in the input's dtype.
+
+    The consumer cuts the image into its own tiles (512 px of input in Upscale Image);
+    each call is tiled again here, in `tile` output pixels, so memory stays bounded
+    whatever the consumer's tile. The start noise restarts at each of the consumer's tiles
+    (it is drawn per pixel of what one call sees)."""
+
+    input_channels = 3
+    output_channels = 3
+
+    def __init__(self, model: torch.nn.Module, t: float, seed: int, tile: int, overlap: int) -> None:
+        self.model, self.t, self.seed = model, float(t), int(seed)
+        self.tile, self.overlap = (int(tile) or None), int(overlap)
+        self.warned_alpha = False
+
+    @property
+    def scale(self) -> int:
+        return self.model.scale
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def to(self, device: torch.device | str) -> "StudentUpscaleModel":
+        self.model.to(device)
+        return self
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        check_interrupt()
+        if image.shape[1] == 4:  # Upscale Image's result holds three channels; OFTSR Upscale keeps alpha
+            if not self.warned_alpha:
+                self.warned_alpha = True
+                log.warning("%s: the alpha channel is dropped (Upscale Image (using Model) returns RGB); use OFTSR "
+                            "Upscale to keep it", NAME)
+            image = image[:, :3]
+        elif image.shape[1] == 1:
+            image = image.expand(-1, 3, -1, -1)
+        out = upscale(self.model, image.float(), t=self.t, seed=self.seed, tile=self.tile,
+                      overlap=self.overlap, callback=check_interrupt)
+        return out.to(image.dtype)
+
+
+class OFTSRAsUpscaleModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OFTSRAsUpscaleModel",
+            display_name=NAME,
+            category=CATEGORY,
+            description="An OFTSR student at a fixed t as an UPSCALE_MODEL, for core Upscale Image (using Model) and "
+                        "other nodes that take one (tiled upscalers such as Ultimate SD Upscale). Such nodes cut the "
+                        "image into their own tiles and keep only RGB; OFTSR Upscale is the node with seamless "
+                        "per-pixel noise, alpha and colour fix.",
+            inputs=[model_input(), t_input(), seed_input(), *tiling_inputs()],
+            outputs=[io.UpscaleModel.Output(display_name="upscale_model",
+                                            tooltip="The student at this t and seed, for any UPSCALE_MODEL input.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, tile=None) -> bool | str:
+        return check_tile(tile)
+
+    @classmethod
+    def execute(cls, model, t: float = 0.5, seed: int = 0, tile: int = DEFAULT_TILE,
+                overlap: int = DEFAULT_OVERLAP) -> io.NodeOutput:
+        require_role(model, "student", NAME)
+        warn_if_ignores_t(model)
+        if (problem := check_tile(tile)) is not True:
+            raise ValueError(problem)
+        return io.NodeOutput(StudentUpscaleModel(model, check_t(t), seed, tile, overlap))
