@@ -14,6 +14,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..oftsr.inference import is_out_of_memory
+from ..oftsr.sampling import Callback
 from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, num_tiles
 from ..oftsr.color import COLOR_FIX_MODES, color_fix
 
@@ -218,7 +219,7 @@ class Progress:
         """`sample()`'s preview arguments, none where the user turned previews off."""
         return {} if self.preview_size is None else {"preview": self.preview, "preview_size": self.preview_size}
 
-    def callback(self) -> Callable[[int, int], None]:
+    def callback(self) -> Callback:
         """The `callback(i, n)` for the next library call (call once per call)."""
         mm.throw_exception_if_processing_interrupted()
         base, units = self.started * self.units, self.units

@@ -11,7 +11,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_cou
 from .color import COLOR_FIX_MODES, color_fix
 from .inference import OUTPUT_DTYPES, is_out_of_memory, parse_t_values, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
-from .sampling import SOLVERS
+from .sampling import SOLVERS, Callback
 from .resample import resize
 from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
@@ -253,7 +252,7 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
-def _progress(bar) -> Callable[[int, int], None]:
+def _progress(bar) -> Callback:
     """The progress callback of one image: tiles (or a teacher's tile evaluations) done of
     all, and the time left for this image (a 12 MP photograph at x4 is about a thousand tiles)."""
     start = time.perf_counter()

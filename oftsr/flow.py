@@ -15,13 +15,14 @@ def noise_augment(x_lr: torch.Tensor, sigma_p: float, noise: torch.Tensor) -> to
     return (1.0 - sigma_p**2) ** 0.5 * x_lr + sigma_p * noise
 
 
-def _bcast(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+def per_sample(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+    """A (B,) time tensor shaped to broadcast over x's other dims; a float as it is."""
     return t.reshape(-1, *([1] * (x.ndim - 1))) if isinstance(t, torch.Tensor) else t
 
 
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
     """x_t = t * x1 + (1 - t) * x0; t a float or (B,)."""
-    t = _bcast(t, x0)
+    t = per_sample(t, x0)
     return t * x1 + (1 - t) * x0
 
 
@@ -30,9 +31,15 @@ def velocity_target(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return x1 - x0
 
 
+def endpoint_estimate(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """The HR image reached from x at time t in a straight line: x + (1 - t) v (FlowSR's
+    consistency function f; the teacher's step previews)."""
+    return x + (1 - per_sample(t, x)) * v
+
+
 def student_step(x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One-step student: x1 = x0 + (1 - T_EPS) * v_phi(x0, t)."""
-    return x0 + (1.0 - T_EPS) * v
+    """One-step student: x1 = x0 + (1 - T_EPS) * v_phi(x0, t), the endpoint from the start."""
+    return endpoint_estimate(x0, v, T_EPS)
 
 
 def time_grid(steps: int, eps: float = T_EPS) -> torch.Tensor:

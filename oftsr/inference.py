@@ -16,16 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from .color import split_alpha
-from .flow import T_EPS, noise_augment, student_step, time_grid
+from .flow import T_EPS, endpoint_estimate, noise_augment, student_step, time_grid
 from .model import OFTSRModel
 from .noise import region_noise
 from .resample import upsample_lr_region
-from .sampling import CountNFE, get_sampler
-from .tiling import Box, blend_tiles, blend_tiles_into_tensor, crop_tiles, tiled_apply
+from .sampling import Callback, CountNFE, get_sampler
+from .tiling import Box, blend_tiles, blend_tiles_into_tensor, crop_tiles
 
-__all__ = ["upscale", "sample", "velocity_field", "OUTPUT_DTYPES"]
+__all__ = ["upscale", "sample", "OUTPUT_DTYPES"]
 
-Callback = Callable[[int, int], None]
 _WRITE_ROWS = 256  # rows of the teacher's final state converted at a time
 
 
@@ -169,13 +168,6 @@ def _start(model: OFTSRModel, lr: torch.Tensor, seed: int, boxes: list[Box], hei
     return noise_augment(x_lr, model.sigma_p, noise), x_lr
 
 
-def velocity_field(model: OFTSRModel, x: torch.Tensor, x_lr: torch.Tensor, t: float, *, tile: int | None = None,
-                   overlap: int | None = None, tile_batch: int = 1, callback: Callback | None = None) -> torch.Tensor:
-    """The model's velocity over a whole image, tile by tile when `tile` is set."""
-    return tiled_apply(lambda xs, cs: model.velocity(xs, cs, t), x, x_lr, tile=tile, overlap=overlap,
-                       tile_batch=tile_batch, callback=callback)
-
-
 def _require_role(model: OFTSRModel, role: str, use: str) -> None:
     if model.role != role:
         other = "sample() / the teacher sampler" if model.role == "teacher" else "upscale() / the one-step upscaler"
@@ -245,14 +237,14 @@ def _check_sample_memory(model: OFTSRModel, batch: int, height: int, width: int)
 
 
 def _straight_estimate(x: torch.Tensor, v: torch.Tensor, t: float, size: int, neutral: torch.Tensor) -> torch.Tensor:
-    """x + (1 - t) v in [0, 1], at most `size` px a side (neutral images neutral, as their
+    """The endpoint estimate x + (1 - t) v in [0, 1], at most `size` px a side (neutral images neutral, as their
     result is). Area reduction is linear, so the two terms are reduced apart: no
     whole-image buffer beyond x and v."""
     h, w = x.shape[-2:]
     scale = min(1.0, size / max(h, w))
     small = (max(1, round(h * scale)), max(1, round(w * scale)))
     x, v = (F.interpolate(a.float(), size=small, mode="area") for a in (x, v)) if scale < 1 else (x.float(), v.float())
-    return _neutralise(((x + (1.0 - t) * v).clamp(-1, 1) + 1) / 2, neutral, gray=False)
+    return _neutralise((endpoint_estimate(x, v, t).clamp(-1, 1) + 1) / 2, neutral, gray=False)
 
 
 @torch.inference_mode()

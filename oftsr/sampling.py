@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
-Callback = Callable[[int, int], None]
+Callback = Callable[[int, int], None]  # progress: callback(done, total)
 
 
 class CountNFE:

@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from .sampling import Callback
+
 DEFAULT_OVERLAP = 64
 MIN_TILE = 32
 
@@ -60,7 +62,7 @@ def crop_tiles(image: torch.Tensor, boxes: list[Box], height: int, width: int) -
 
 def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable[[int, torch.Tensor], None], *,
                 tile: int | None, overlap: int | None = None, tile_batch: int = 1,
-                callback: Callable[[int, int], None] | None = None) -> None:
+                callback: Callback | None = None) -> None:
     """Cover a (height, width) image with overlapping tiles, compute each with
     `fn(boxes, tile_h, tile_w) -> (len(boxes) * batch, C, tile_h, tile_w)` and hand the
     feathered blend to `write(top, rows)` band by band, top to bottom (`rows` is
@@ -108,7 +110,7 @@ def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable
 
 def blend_tiles_into_tensor(fn: TileFn, batch: int, height: int, width: int, *, tile: int | None,
                             overlap: int | None = None, tile_batch: int = 1,
-                            callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                            callback: Callback | None = None) -> torch.Tensor:
     """`blend_tiles` with its bands gathered into one whole-image tensor (for a caller that
     needs the whole result, such as an ODE solver's state)."""
     out: torch.Tensor | None = None
@@ -124,15 +126,6 @@ def blend_tiles_into_tensor(fn: TileFn, batch: int, height: int, width: int, *, 
 
     blend_tiles(fn, batch, height, width, write, tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
     return out
-
-
-def tiled_apply(fn: Callable[..., torch.Tensor], *images: torch.Tensor, tile: int | None, overlap: int | None = None,
-                tile_batch: int = 1, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """`fn(*crops) -> out crop` over tiles of `images` (all (B, C_i, H, W)), blended into
-    one whole-image tensor."""
-    b, _, h, w = images[0].shape
-    return blend_tiles_into_tensor(lambda boxes, th, tw: fn(*(crop_tiles(im, boxes, th, tw) for im in images)), b, h, w,
-                                   tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
 
 
 def num_tiles(h: int, w: int, tile: int | None, overlap: int | None = None) -> int:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import oftsr
-from oftsr.flow import T_EPS, noise_augment, time_grid
+from oftsr.flow import T_EPS, endpoint_estimate, noise_augment, time_grid
 from oftsr.sampling import sample_midpoint
 from oftsr.training.data import SRDataset
-from oftsr.training.objectives import (PatchDiscriminator, attention_diversity, capture_attention, consistency_fn,
+from oftsr.training.objectives import (PatchDiscriminator, attention_diversity, capture_attention,
                                        discriminator_hinge_loss, ema_update_, fast_slow_times, flowsr_loss,
                                        fluxsr_loss, generator_hinge_loss, one_step, tv_lpips, tv_map)
 from oftsr.training.pairs import PairDataset, make_pairs, pair_inputs, write_manifest
@@ -26,10 +26,10 @@ def const(value):
 
 # ----------------------------------------------------------------------------- FlowSR
 
-def test_consistency_fn_hand_value_and_boundary():
+def test_endpoint_estimate_hand_value_and_boundary():
     x, v = torch.full((2, 1, 1, 1), 0.5), torch.full((2, 1, 1, 1), 2.0)
     t = torch.tensor([0.25, 1.0])
-    assert consistency_fn(x, v, t).flatten().tolist() == pytest.approx([0.5 + 0.75 * 2, 0.5])  # f(x, 1) = x
+    assert endpoint_estimate(x, v, t).flatten().tolist() == pytest.approx([0.5 + 0.75 * 2, 0.5])  # f(x, 1) = x
 
 
 def test_fast_slow_times_are_adjacent_grid_points():

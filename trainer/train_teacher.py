@@ -20,7 +20,6 @@ from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, l
 import oftsr
 from oftsr.training.ema import EMA
 from oftsr.flow import time_grid
-from oftsr.inference import velocity_field
 from oftsr.training.losses import sample_flow_time, teacher_loss
 from oftsr.sampling import get_sampler
 
@@ -59,7 +58,7 @@ def validate(accelerator, model, ema, batch, args, step, lpips) -> dict[str, flo
     """Teacher samples (midpoint, stated NFE) with the EMA weights on the validation crops."""
     net = ema_copy(model, ema, accelerator.device)
     x0 = validation_start(net, batch, args.seed)
-    fn = lambda x, t: velocity_field(net, x, batch["lr"], t)  # noqa: E731
+    fn = lambda x, t: net.velocity(x, batch["lr"], t)  # noqa: E731
     x1 = get_sampler("midpoint")(fn, x0, time_grid(args.validation_nfe_steps))
     nfe = 2 * args.validation_nfe_steps - 1
     logs = {**validation_scores("lr_upsampled", batch["lr"], batch, args.scale, lpips),

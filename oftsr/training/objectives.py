@@ -28,25 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..flow import T_EPS, interpolate, student_step
+from ..flow import T_EPS, endpoint_estimate, interpolate, per_sample, student_step
 from ..unet import AttentionBlock
 from .ema import ema_step_
-from .losses import TEACHER_STEPS, VelocityFn
+from .losses import TEACHER_STEPS, ConditionalVelocityFn
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DISTANCES: dict[str, Distance] = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
-def _col(t: torch.Tensor) -> torch.Tensor:
-    return t.view(-1, 1, 1, 1)
-
-
 # ----------------------------------------------------------------------------- FlowSR
-
-def consistency_fn(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """f(x, t) = x + (1 - t) v(x, t): the HR estimate reached from x at time t."""
-    return x + (1 - _col(t)) * v
-
 
 def fast_slow_times(batch: int, *, fast_steps: int = 4, slow_steps: int = 1000, p_fast: float = 0.5,
                     device: torch.device | str = "cpu",
@@ -65,13 +56,13 @@ def fast_slow_times(batch: int, *, fast_steps: int = 4, slow_steps: int = 1000, 
     return t_a.float().to(device), t_b.float().to(device)
 
 
-def flowsr_loss(student: VelocityFn, target: VelocityFn, teacher: VelocityFn, x0: torch.Tensor, x1: torch.Tensor,
+def flowsr_loss(student: ConditionalVelocityFn, target: ConditionalVelocityFn, teacher: ConditionalVelocityFn, x0: torch.Tensor, x1: torch.Tensor,
                 x_lr: torch.Tensor, t_a: torch.Tensor, t_b: torch.Tensor, *, teacher_solver: str = "midpoint",
                 lambda_hr: float = 1.0, distance: str = "mse") -> dict[str, torch.Tensor]:
     """Consistency distillation with HR regularisation.
 
         x_a = (1 - t_a) x0 + t_a x1,  x_b = x_a + (t_b - t_a) v_teacher   (one teacher step)
-        consistency = d( f_phi(x_a, t_a),  SG f_target(x_b, t_b) )
+        consistency = d( f_phi(x_a, t_a),  SG f_target(x_b, t_b) ),  f(x, t) = x + (1 - t) v(x, t)
         hr          = d( f_phi(x_b, t_b),  x1 )
         total       = consistency + lambda_hr * hr
 
@@ -86,12 +77,12 @@ def flowsr_loss(student: VelocityFn, target: VelocityFn, teacher: VelocityFn, x0
     x_a = interpolate(x0, x1, t_a)
     with torch.no_grad():
         step = t_b - t_a
-        x_b = x_a + _col(step) * TEACHER_STEPS[teacher_solver](teacher, x_a, x_lr, t_a, step)
-        f_target = consistency_fn(x_b, target(x_b, x_lr, t_b), t_b)
+        x_b = x_a + per_sample(step, x_a) * TEACHER_STEPS[teacher_solver](teacher, x_a, x_lr, t_a, step)
+        f_target = endpoint_estimate(x_b, target(x_b, x_lr, t_b), t_b)
     v_a, v_b = student(torch.cat([x_a, x_b]), x_lr.repeat(2, 1, 1, 1), torch.cat([t_a, t_b])).split(b)
-    f_a = consistency_fn(x_a, v_a, t_a)
+    f_a = endpoint_estimate(x_a, v_a, t_a)
     consistency = d(f_a, f_target)
-    hr = d(consistency_fn(x_b, v_b, t_b), x1)
+    hr = d(endpoint_estimate(x_b, v_b, t_b), x1)
     return {"total": consistency + lambda_hr * hr, "consistency": consistency, "hr": hr, "estimate": f_a}
 
 
@@ -134,7 +125,7 @@ def generator_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- FluxSR
 
-def one_step(student: VelocityFn, x0: torch.Tensor, x_lr: torch.Tensor) -> torch.Tensor:
+def one_step(student: ConditionalVelocityFn, x0: torch.Tensor, x_lr: torch.Tensor) -> torch.Tensor:
     """A fixed-point student's output: x0 + (1 - T_EPS) v(x0, T_EPS)."""
     t = torch.full((x0.shape[0],), T_EPS, device=x0.device)
     return student_step(x0, student(x0, x_lr, t))
@@ -185,7 +176,7 @@ def capture_attention(module: nn.Module) -> Iterator[list[torch.Tensor]]:
             h.remove()
 
 
-def fluxsr_loss(student: VelocityFn, x0: torch.Tensor, x_lr: torch.Tensor, teacher_end: torch.Tensor,
+def fluxsr_loss(student: ConditionalVelocityFn, x0: torch.Tensor, x_lr: torch.Tensor, teacher_end: torch.Tensor,
                 lpips_fn: Distance | None, *, network: nn.Module | None = None, lambda_lpips: float = 1.0,
                 gamma: float = 1.0, lambda_adl: float = 0.0) -> dict[str, torch.Tensor]:
     """Flow trajectory distillation on teacher-made pairs: the one-step output from x0 is
