@@ -270,11 +270,12 @@ def _first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:
     return tile, max(0, min(overlap, tile // 2))
 
 
-def _smaller_tiling(tile: int | None, overlap: int, out_h: int, out_w: int) -> tuple[int, int]:
-    """Halve the tile actually in use (an image smaller than the tile is one tile)."""
+def _smaller_tiling(tile: int | None, overlap: int, out_h: int, out_w: int) -> tuple[int, int, int]:
+    """The tile actually in use (an image smaller than the tile is one tile), then half of
+    it and its overlap."""
     current = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
     tile = current // 2
-    return tile, min(overlap, tile // 4)
+    return current, tile, min(overlap, tile // 4)
 
 
 Job = Callable[[object, torch.Tensor, "int | None", int, Progress], torch.Tensor]
@@ -312,8 +313,7 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             # outside the except block the exception's frames and their tensors are released
             mm.soft_empty_cache()
-            failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
-            tile, overlap = _smaller_tiling(tile, overlap, out_h, out_w)
+            failed, tile, overlap = _smaller_tiling(tile, overlap, out_h, out_w)
             if tile < MIN_OOM_TILE and failed > MIN_OOM_TILE:  # the smallest tile is tried before giving up
                 tile, overlap = MIN_OOM_TILE, min(overlap, MIN_OOM_TILE // 4)
             if tile < MIN_OOM_TILE:

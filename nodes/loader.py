@@ -135,22 +135,19 @@ class LoadOFTSRModel(io.ComfyNode):
                 scale: int = 0) -> io.NodeOutput:
         check_options(dtype=(dtype, ["auto", *DTYPES]), role=(role, ROLE_OPTIONS))
         path = model_path(model_name)
+        # 0 and "from file" keep what the file says
+        overrides = {"sigma_p": float(sigma_p) if sigma_p > 0 else None, "scale": int(scale) if scale > 0 else None,
+                     "role": None if role == FROM_FILE else role}
         try:
             # A value the file records wins over these widgets, which are for files that do not say.
-            conflicts = contradicted_metadata(path, sigma_p=sigma_p or None, scale=scale or None,
-                                              role=None if role == FROM_FILE else role)
-            for key, (recorded, value) in conflicts.items():
+            for key, (recorded, value) in contradicted_metadata(path, **overrides).items():
                 keep = f"set {key} to 'from file'" if key == "role" else f"set {key} to 0"
                 shown = value if isinstance(value, str) else f"{value:g}"
                 raise ValueError(f"{model_name} records {key} {recorded}, and running it with {key} {shown} "
                                  f"would give a wrong image: {keep} on Load OFTSR Model to use the file's "
                                  f"value (other values are for files that do not record it)")
-            model = load_model(
-                path, device=mm.unet_offload_device(), dtype=resolve_dtype(dtype, mm.get_torch_device()),
-                sigma_p=float(sigma_p) if sigma_p > 0 else None,
-                role=None if role == FROM_FILE else role,
-                scale=int(scale) if scale > 0 else None,
-            )
+            model = load_model(path, device=mm.unet_offload_device(),
+                               dtype=resolve_dtype(dtype, mm.get_torch_device()), **overrides)
         except MissingInfoError as e:
             raise ValueError(f"{model_name}: the file does not say its {', '.join(e.missing)}; set them on this "
                              f"Load OFTSR Model node (0 / 'from file' keep the file's values).") from e

@@ -35,8 +35,8 @@ def prepare_mask(mask: torch.Tensor, batch: int, size: tuple[int, int]) -> torch
     m = m[:, None]
     (mh, mw), (h, w) = m.shape[-2:], size
     if abs(mw / mh - w / h) > 0.01 * (w / h):
-        log.warning("OFTSR Regional Trade-off: the mask (%dx%d) has another aspect ratio than the output (%dx%d); "
-                    "it is stretched to fit", mw, mh, w, h)
+        log.warning("%s: the mask (%dx%d) has another aspect ratio than the output (%dx%d); it is stretched to fit",
+                    NAME, mw, mh, w, h)
     if tuple(m.shape[-2:]) != tuple(size):
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False, antialias=True)
     return m.clamp(0, 1).expand(batch, 1, *size)
@@ -78,8 +78,7 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
         def job(model, x, tile, overlap, progress):
             inside = upscale(model, x, t=t_inside, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
             outside = upscale(model, x, t=t_outside, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
-            w = m.to(inside.device)
-            return w * inside + (1 - w) * outside
+            return torch.lerp(outside, inside, m.to(inside.device))
 
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=2)
         return io.NodeOutput(finish(out, x, color_fix))

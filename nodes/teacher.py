@@ -7,6 +7,7 @@ import logging
 from comfy_api.latest import io
 
 from ..oftsr import sample
+from ..oftsr.inference import SAMPLE_BUFFERS
 from ..oftsr.sampling import SOLVERS
 from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, check_interrupt, check_options, check_tile,
                      color_fix_input, color_fix_option, finish, image_input, model_input, require_role, run_on_device,
@@ -58,6 +59,6 @@ class OFTSRTeacherSampler(io.ComfyNode):
 
         units = ADAPTIVE_NFE_GUESS if solver == "adaptive" else int(steps)
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, units=lambda t, o: units,
-                            states=14 if solver == "adaptive" else 6)  # x0's start and the solver's stages
+                            states=SAMPLE_BUFFERS[solver])
         log.info("%s: %s network evaluations", NAME, info.get("nfe"))
         return io.NodeOutput(finish(out, x, color_fix))

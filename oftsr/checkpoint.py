@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -339,7 +340,15 @@ def contradicted_metadata(path: str | os.PathLike, **given: object) -> dict[str,
     """The `given` values (sigma_p, scale, role, degradation; None = not given) that differ
     from what our file at `path` records, as {name: (recorded, given)}. A file that records
     nothing (an authors' .pth) contradicts nothing: `load_model`'s overrides are what it has."""
-    recorded = read_metadata(path)
+    return _contradictions(read_metadata(path), given)
+
+
+class OverrideWarning(UserWarning):
+    """A `load_model` override that contradicts what our file records: most likely a mistake
+    (a x4 network run at x2, a teacher's weights run in one step)."""
+
+
+def _contradictions(recorded: dict, given: dict[str, object]) -> dict[str, tuple[str, object]]:
     found = {}
     for key, value in given.items():
         if value is None or key not in recorded:
@@ -431,10 +440,10 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
             raise ValueError(f"dtype must be a torch dtype or one of {', '.join(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
     if isinstance(path, str):  # a bundled model's name ("x4" = its student, "x4-teacher") or a path, as everywhere
-        from .weights import resolve_model
+        from .weights import existing_model_path
 
-        path = resolve_model(path, role or "student")
-    path = Path(path)
+        path = existing_model_path(path, role or "student", option="load_model:")
+    path = Path(path).expanduser()
     if path.is_dir():
         raise CheckpointError(folder_message(path))
     if not path.is_file():
@@ -448,6 +457,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                                   f"file: {_export_advice(path.parent)}")
         if meta.get("format") == FORMAT_NAME:
             info = _parse_ours(meta, path)
+            given = {"sigma_p": sigma_p, "role": role, "scale": scale, "degradation": degradation}
+            for key, (recorded, value) in _contradictions(meta, given).items():
+                warnings.warn(f"{path.name} records {key} {recorded}; {key}={value!r} overrides it, which most likely "
+                              f"gives a wrong image (the overrides are for files that do not say)", OverrideWarning,
+                              stacklevel=2)
         else:
             info = parse_authors_filename(path.name)
         found: dict | list = canonical_state_dict(shapes_by_name, path.name)
@@ -471,7 +485,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     _check_shapes(found, config, path)  # before the network takes real memory
     if kind == "safetensors":
         weights = canonical_state_dict(_read_safetensors(path)[0], path.name)
-    unet = UNet(config)
+    with torch.random.fork_rng(devices=[]):  # the random init, replaced below, leaves the caller's RNG alone
+        unet = UNet(config)
     if isinstance(weights, dict):
         unet.load_state_dict(weights)
     else:

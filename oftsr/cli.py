@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (DTYPES, CheckpointError, contradicted_metadata, load_model, model_metadata, read_metadata,
-                         save_model)
+from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
+                         read_metadata, save_model)
 from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_count, list_images, load_image,
                      read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
@@ -576,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     # tifffile logs its parser's complaints ("<tifffile.TiffPages @17210> invalid offset"); a
     # file that cannot be read is reported once, by name, with what to do.
     logging.getLogger("tifffile").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=OverrideWarning)  # said in the CLI's words, by flag (_warn_overrides)
     start = time.perf_counter()
     try:
         code = args.func(args)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from .inference import OUTPUT_DTYPES
+
 # Browsers and WebP stop at 16383 px a side; a sheet for looking at stays within that.
 MAX_GRID_SIDE = 16383
 # Cells narrower than their label at the smallest font (10 px, about 6 px a character, and
@@ -62,9 +64,17 @@ def labelled_grid(images: torch.Tensor, labels: Sequence[str], max_side: int = M
     """Images (rows, cols, C, H, W) in [0, 1] as one (C, H', W') sheet: a row per input,
     a column per label, the labels in a white band on top, thin white lines between cells.
     A sheet longer than `max_side` is scaled down as a whole (antialiased) to fit; cells
-    too narrow for their labels are enlarged by a whole factor, each pixel a square."""
-    if images.dim() != 5:
-        raise ValueError(f"expected images of shape (rows, cols, C, H, W), got {tuple(images.shape)}")
+    too narrow for their labels are enlarged by a whole factor, each pixel a square.
+    uint8 / uint16 levels (`upscale(out_dtype=...)`) give a sheet of the same levels."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 5:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"expected a tensor of images (rows, cols, C, H, W), got {got}: one row of (C, H, W) "
+                         f"images is torch.stack(images)[None]")
+    dtype = images.dtype
+    if not dtype.is_floating_point and dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"images must be floats in [0, 1] or uint8 / uint16 levels, got {dtype}")
+    peak = OUTPUT_DTYPES.get(dtype, 1.0)
+    images = images.float() / peak if peak != 1.0 else images
     rows, cols, c, h, w = images.shape
     if len(labels) != cols:
         raise ValueError(f"{len(labels)} labels for {cols} columns")
@@ -93,4 +103,4 @@ def labelled_grid(images: torch.Tensor, labels: Sequence[str], max_side: int = M
         r, k = divmod(i, cols)
         y, x = top + r * (cell_h + gap), k * (cell_w + gap)
         sheet[:, y:y + cell_h, x:x + cell_w] = cell
-    return sheet.to(images.dtype)
+    return (sheet * peak).round_().to(dtype) if peak != 1.0 else sheet.to(dtype)

@@ -417,6 +417,32 @@ def check_output_size(path: str | os.PathLike, width: int, height: int) -> None:
                          f"{width}x{height}; name the output .png or .tif")
 
 
+def _check_savable(image: object, bit_depth: int) -> torch.Tensor:
+    """The (C, H, W) image `save_image` writes, or a ValueError that says what to change:
+    a silent clamp would write 0-255 floats as a white image."""
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+    if not isinstance(image, torch.Tensor):
+        hint = " (a numpy (H, W, C) array: torch.from_numpy(a).permute(2, 0, 1))" if isinstance(image, np.ndarray) else ""
+        raise ValueError(f"save_image takes a (C, H, W) tensor, got {type(image).__name__}{hint}")
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"save_image writes one image, got a batch of {image.shape[0]}")
+        image = image[0]
+    if image.ndim != 3 or image.shape[0] not in (1, 2, 3, 4):
+        hint = ": channels come first, image.permute(2, 0, 1)" if image.ndim == 3 and image.shape[-1] in (1, 3, 4) else ""
+        raise ValueError(f"save_image takes a (C, H, W) tensor with 1 to 4 channels, got {tuple(image.shape)}{hint}")
+    if image.is_floating_point():
+        if not torch.isfinite(image).all():
+            raise ValueError("the image to save contains NaN or infinite values")
+        if image.numel() and image.amax() > 2:  # a little over 1 is resampling overshoot, clamped
+            raise ValueError(f"save_image takes values in [0, 1], but the maximum is {image.amax().item():g}: divide "
+                             f"0-255 values by 255 first")
+    elif image.dtype not in (torch.uint8, torch.uint16):
+        raise ValueError(f"save_image takes floats in [0, 1] or uint8 / uint16 levels, got {image.dtype}")
+    return image
+
+
 def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8,
                metadata: dict[str, object] | None = None, quality: int = 95) -> int:
     """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1], or of uint8 / uint16 levels
@@ -432,10 +458,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
         raise ValueError(f"{path.name}: cannot write {suffix or 'a file without suffix'!r} images; use one of "
                          f"{', '.join(IMAGE_SUFFIXES)}")
     fmt = Image.registered_extensions()[suffix]
-    if image.ndim == 4:
-        if image.shape[0] != 1:
-            raise ValueError(f"save_image writes one image, got a batch of {image.shape[0]}")
-        image = image[0]
+    image = _check_savable(image, bit_depth)
     c, h, w = image.shape
     with atomic_write(path) as tmp:
         if bit_depth == 16 and fmt == "PNG":

@@ -9,7 +9,9 @@ saved as RGB) comes back with three equal channels: no colour noise.
 from __future__ import annotations
 
 import math
+import operator
 import re
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -29,7 +31,12 @@ _WRITE_ROWS = 256  # rows of the teacher's final state converted at a time
 
 
 def check_t(t: float) -> float:
-    t = float(t)
+    if isinstance(t, torch.Tensor) and t.numel() > 1:
+        raise ValueError(f"t must be one number in [0, 1], got a tensor of {t.numel()}: call once per t")
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        raise ValueError(f"t must be a number in [0, 1] (0 = fidelity, 1 = realism), got {t!r}") from None
     if not math.isfinite(t) or not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1] (0 = fidelity, 1 = realism), got {t}")
     return t
@@ -72,6 +79,27 @@ def parse_t_values(text: str, name: str = "t_values") -> list[float]:
     return values
 
 
+def check_count(value: object, name: str) -> int:
+    """An integer argument (steps, a seed, a tile size): a float or None is refused, not truncated."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+Seed = int | Sequence[int]
+
+
+def check_seed(seed: Seed, batch: int) -> Seed:
+    """One seed for the batch (image i's noise then depends on i as well), or one per image
+    (each image then gets the result it has alone with its seed)."""
+    if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        if len(seed) != batch:
+            raise ValueError(f"seed: {len(seed)} seeds for a batch of {batch} images (give one, or one per image)")
+        return [check_count(s, "seed") for s in seed]
+    return check_count(seed, "seed")
+
+
 def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor]:
     """(RGB the network sees, alpha or None, whether the result has one colour channel, which
     images are neutral) of a 1-4 channel image. Neutral: gray, or RGB with three equal
@@ -79,7 +107,8 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
     their result is made neutral too, the mean of the network's channels, as for gray."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image must be a (B, C, H, W) tensor in [0, 1], got {shape}")
+        hint = ": add the batch axis, image[None]" if isinstance(image, torch.Tensor) and image.ndim == 3 else ""
+        raise ValueError(f"image must be a (B, C, H, W) tensor in [0, 1], got {shape}{hint}")
     b, c, h, w = image.shape
     if b == 0 or h == 0 or w == 0:
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
@@ -94,6 +123,9 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
     if image.amax() > 2:  # a little over 1 is resampling overshoot; more is another range
         raise ValueError(f"image must be in [0, 1], but its maximum is {image.amax().item():g}: divide 0-255 values by "
                          f"255 first")
+    if image.amin() < -0.5:  # a little under 0 is resampling undershoot; more is [-1, 1]
+        raise ValueError(f"image must be in [0, 1], but its minimum is {image.amin().item():g}: map [-1, 1] values "
+                         f"to [0, 1] with (x + 1) / 2 first")
     colour, alpha = split_alpha(image.clamp(0, 1))
     if c <= 2:
         neutral = torch.ones(b, dtype=torch.bool, device=image.device)
@@ -159,7 +191,7 @@ def _condition(model: OFTSRModel, lr: torch.Tensor, boxes: list[Box], height: in
     return torch.cat([upsample_lr_region(lr, model.scale, model.degradation, y, x, height, width) for y, x in boxes])
 
 
-def _start(model: OFTSRModel, lr: torch.Tensor, seed: int, boxes: list[Box], height: int,
+def _start(model: OFTSRModel, lr: torch.Tensor, seed: Seed, boxes: list[Box], height: int,
            width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x0 and x_lr of tiles. The noise is a function of the seed and the output pixel
     (`region_noise`), so it is the same whatever the tiling and the device."""
@@ -174,8 +206,10 @@ def _require_role(model: OFTSRModel, role: str, use: str) -> None:
         raise ValueError(f"{use} needs a {role} model, but this model is a {model.role}; use {other} for it")
 
 
-@torch.inference_mode()
-def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: int = 0, tile: int | None = None,
+# no_grad, not inference_mode: the result is an ordinary tensor, which callers may change
+# in place or use in autograd (inference tensors allow neither).
+@torch.no_grad()
+def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: Seed = 0, tile: int | None = None,
             overlap: int | None = None, tile_batch: int = 1, callback: Callback | None = None,
             out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One-step super-resolution with the student: x1 = x0 + (1 - 0.001) v(x0, x_lr, t).
@@ -183,6 +217,10 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: int
     is the balanced middle, as in the command line and the nodes. `tile` and
     `overlap` are in output pixels. Returns (B, C, scale*H, scale*W) on the image's
     device: in [0, 1] for float32, 0..255 / 0..65535 for `out_dtype` uint8 / uint16.
+
+    `seed` sets the start noise: one seed for the batch, where image i's noise depends on
+    i too (a batch of copies gives different results), or a list with one per image, each
+    image then getting the result it has alone with that seed.
 
     Each tile computes its own noise, condition and result, and finished rows go
     straight into the result, so beyond it memory is bounded by the tile (times the
@@ -192,6 +230,7 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: int
     if model.ignores_t:  # FlowSR/FluxSR: x1 = f(x0, T_EPS), the start of the flow, whatever t is asked
         t = T_EPS
     rgb, alpha, gray, neutral = _split_channels(image)
+    seed = check_seed(seed, rgb.shape[0])
     result = _Output(image, None if alpha is None else alpha.to(model.device), gray, neutral, model.scale, out_dtype)
     lr = rgb.to(model.device) * 2 - 1
     b, _, h, w = result.out.shape
@@ -204,8 +243,11 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: int
     return result.out
 
 
-# Whole-image float32 buffers any solver keeps at the least (the state, a velocity, the
-# blend sums); the midpoint method measured about five (docs/performance.md).
+# Whole-image float32 buffers `sample` holds at its peak, by solver: the state, the stage
+# velocities and the tile blend's sums (midpoint measured about five, docs/performance.md;
+# dopri5 keeps seven stages and its error estimate). What to free ahead of a run.
+SAMPLE_BUFFERS = {"euler": 6, "midpoint": 6, "heun": 6, "adaptive": 14}
+# The least any solver keeps (the state, a velocity, the blend sums): below it, refuse at once.
 _SAMPLE_MIN_BUFFERS = 3
 
 
@@ -247,8 +289,8 @@ def _straight_estimate(x: torch.Tensor, v: torch.Tensor, t: float, size: int, ne
     return _neutralise((endpoint_estimate(x, v, t).clamp(-1, 1) + 1) / 2, neutral, gray=False)
 
 
-@torch.inference_mode()
-def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: str = "midpoint", seed: int = 0,
+@torch.no_grad()
+def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: str = "midpoint", seed: Seed = 0,
            tile: int | None = None, overlap: int | None = None, tile_batch: int = 1,
            callback: Callback | None = None, tile_callback: Callback | None = None, info: dict | None = None,
            out_dtype: torch.dtype = torch.float32, preview: Callable[[torch.Tensor], None] | None = None,
@@ -256,7 +298,8 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     """Multi-step super-resolution with the teacher, integrating the flow from t = 0.001
     to 1 on the grid t_i = i/N (1 - 0.001) + 0.001. `solver`: euler (NFE N), midpoint or
     heun (NFE 2N - 1), adaptive (dopri5, rtol = atol = 1e-3; `steps` ignored).
-    The callback gets (step, steps); `tile_callback` gets (tiles done, tiles) within each
+    `seed` as for `upscale`. The callback gets (step, steps), and (evaluations so far, 0)
+    from the adaptive solver, whose length is not known ahead; `tile_callback` gets (tiles done, tiles) within each
     network evaluation, so a caller can stop a long step between its tiles by raising;
     `info["nfe"]` receives the evaluation count. `out_dtype` as for `upscale`.
     `preview(estimate)` is called after each network evaluation with the result as the
@@ -268,9 +311,11 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     computed per tile and not stored."""
     _require_role(model, "teacher", "sample()")
     sampler = get_sampler(solver)
-    if int(steps) < 1:
+    steps = check_count(steps, "steps")
+    if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     rgb, alpha, gray, neutral = _split_channels(image)
+    seed = check_seed(seed, rgb.shape[0])
     _check_sample_memory(model, rgb.shape[0], rgb.shape[-2] * model.scale, rgb.shape[-1] * model.scale)
     result = _Output(image, None if alpha is None else alpha.to(model.device), gray, neutral, model.scale, out_dtype)
     lr = rgb.to(model.device) * 2 - 1
@@ -288,7 +333,7 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
         return v
 
     fn = CountNFE(velocity)
-    x1 = sampler(fn, x0, time_grid(int(steps), T_EPS), callback=callback)
+    x1 = sampler(fn, x0, time_grid(steps, T_EPS), callback=callback)
     if info is not None:
         info["nfe"] = fn.nfe
     for top in range(0, h, _WRITE_ROWS):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 
 import torch
 
@@ -25,20 +26,25 @@ def block_seed(seed: int, item: int, block_row: int, block_col: int) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-def region_noise(seed: int, batch: int, top: int, left: int, height: int, width: int,
+def region_noise(seed: int | Sequence[int], batch: int, top: int, left: int, height: int, width: int,
                  channels: int = 3) -> torch.Tensor:
     """Standard normal noise (batch, channels, height, width), float32 on the CPU, for the
-    output rows top..top+height and columns left..left+width of images 0..batch-1."""
+    output rows top..top+height and columns left..left+width of images 0..batch-1.
+    One `seed` for the batch draws image i's noise from (seed, i); a seed per image draws
+    each from (seed[i], 0), the noise that image has alone with that seed."""
     if min(top, left) < 0 or min(height, width) < 1:
         raise ValueError(f"bad noise region: top {top}, left {left}, height {height}, width {width}")
+    keys = [(s, 0) for s in seed] if isinstance(seed, Sequence) else [(seed, item) for item in range(batch)]
+    if len(keys) != batch:
+        raise ValueError(f"{len(keys)} seeds for {batch} images")
     n = NOISE_BLOCK
     out = torch.empty(batch, channels, height, width)
-    for item in range(batch):
+    for item, (image_seed, key) in enumerate(keys):
         for row in range(top // n, (top + height - 1) // n + 1):
             y0, y1 = max(top, row * n), min(top + height, (row + 1) * n)
             for col in range(left // n, (left + width - 1) // n + 1):
                 x0, x1 = max(left, col * n), min(left + width, (col + 1) * n)
-                block = torch.randn(channels, n, n, generator=torch.Generator().manual_seed(block_seed(seed, item, row, col)))
+                block = torch.randn(channels, n, n, generator=torch.Generator().manual_seed(block_seed(image_seed, key, row, col)))
                 out[item, :, y0 - top:y1 - top, x0 - left:x1 - left] = block[:, y0 - row * n:y1 - row * n,
                                                                               x0 - col * n:x1 - col * n]
     return out

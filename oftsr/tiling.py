@@ -5,6 +5,7 @@ is streamed in bands of rows, so memory is bounded by the tile, not the image.""
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable
 
 import torch
@@ -41,6 +42,10 @@ def feather(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torc
 
 
 def check_tiling(tile: int | None, overlap: int | None) -> tuple[int | None, int]:
+    try:  # a float would reach slicing as a float
+        tile, overlap = (None if v is None else operator.index(v) for v in (tile, overlap))
+    except TypeError:
+        raise ValueError(f"tile and overlap must be whole numbers of pixels, got {tile!r} and {overlap!r}") from None
     if tile is None or tile == 0:
         return None, 0
     if tile < MIN_TILE:

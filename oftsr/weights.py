@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def resolve_model(spec: str | Path | None, role: str) -> Path:
         return default_model_path(role)
     named = split_model_name(str(spec)) if not isinstance(spec, Path) else None
     if named is None:
-        return Path(spec)
+        return Path(spec).expanduser()
     name, explicit_role = named
     return bundled_model_path(name, explicit_role or role)
 
@@ -121,6 +122,9 @@ def existing_model_path(spec: str | Path | None, role: str, option: str = "--mod
 
         raise CheckpointError(f"{option} {folder_message(path)}")
     if not path.exists():
+        names = [*BUNDLED_MODELS, *(f"{n}-{r}" for n in BUNDLED_MODELS for r in BUNDLED_ROLES)]
+        close = difflib.get_close_matches(str(spec).lower(), names, n=1, cutoff=0.75) if spec else []
+        hint = f"; did you mean {close[0]}?" if close else ""
         raise FileNotFoundError(f"{option} {spec or path}: no such file, and not a bundled model's name "
-                                f"({', '.join(BUNDLED_MODELS)}; with a role: {DEFAULT_MODEL}-{role})")
+                                f"({', '.join(BUNDLED_MODELS)}; with a role: {DEFAULT_MODEL}-{role}){hint}")
     return path

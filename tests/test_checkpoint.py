@@ -1,13 +1,14 @@
 import json
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import oftsr
-from oftsr.checkpoint import CheckpointError, infer_config, param_shapes, parse_authors_filename
+from oftsr.checkpoint import CheckpointError, OverrideWarning, infer_config, param_shapes, parse_authors_filename
 
 from conftest import make_model
 
@@ -58,8 +59,38 @@ def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path, student):
 
 def test_overrides_win_over_metadata(tmp_path, student):
     oftsr.save_model(student, tmp_path / "m.safetensors")
-    m = oftsr.load_model(tmp_path / "m.safetensors", sigma_p=0.5, role="teacher", scale=2)
+    with pytest.warns(OverrideWarning) as caught:  # ... and say that they contradict the file
+        m = oftsr.load_model(tmp_path / "m.safetensors", sigma_p=0.5, role="teacher", scale=2)
     assert (m.sigma_p, m.role, m.scale) == (0.5, "teacher", 2)
+    assert sorted(str(w.message).split(" records ")[1].split(";")[0] for w in caught) == [
+        "role student", "scale 4", f"sigma_p {student.sigma_p:g}"]
+    assert all(w.filename == __file__ for w in caught)  # pointed at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # values the file records are no override
+        oftsr.load_model(tmp_path / "m.safetensors", sigma_p=student.sigma_p, role="student", scale=4)
+
+
+def test_loading_leaves_the_callers_random_state_alone(tmp_path, student):
+    oftsr.save_model(student, tmp_path / "m.safetensors")
+    torch.manual_seed(123)
+    expected = torch.randn(4)
+    torch.manual_seed(123)
+    oftsr.load_model(tmp_path / "m.safetensors")
+    assert torch.equal(torch.randn(4), expected)
+
+
+def test_a_mistyped_model_name_gets_the_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for typed, meant in [("X4", "x4"), ("x4-studnet", "x4-student"), ("x4real", "x4-real")]:
+        with pytest.raises(FileNotFoundError, match=f"{typed}: no such file, and not a bundled model's name "
+                                                    f".*did you mean {meant}\\?$"):
+            oftsr.load_model(typed)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(FileNotFoundError, match=f"no such file"):
+        oftsr.load_model("~/m.safetensors")
+    oftsr.save_model(oftsr.create_model("tiny", role="student"), tmp_path / "home" / "m.safetensors")
+    assert oftsr.load_model("~/m.safetensors").role == "student"  # ~ is the home folder
 
 
 def test_authors_ema_shadow_list(tmp_path, random_unet_weights):
@@ -278,8 +309,9 @@ def test_network_digest_names_the_network_not_the_file(tmp_path):
     assert network_digest(oftsr.load_model(tmp_path / "a.safetensors")) == digest
     assert network_digest(oftsr.load_model(tmp_path / "b.safetensors")) == digest
     assert network_digest(oftsr.create_model("tiny", role="teacher", seed=1)) != digest
-    assert network_digest(oftsr.load_model(tmp_path / "a.safetensors", sigma_p=0.1)) != digest
-    assert network_digest(oftsr.load_model(tmp_path / "a.safetensors", role="student")) != digest
+    with pytest.warns(OverrideWarning):
+        assert network_digest(oftsr.load_model(tmp_path / "a.safetensors", sigma_p=0.1)) != digest
+        assert network_digest(oftsr.load_model(tmp_path / "a.safetensors", role="student")) != digest
     with torch.no_grad():
         next(model.unet.parameters()).view(-1)[0] += 0.01  # one weight, visibly changed
     assert network_digest(model) != digest

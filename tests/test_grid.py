@@ -57,9 +57,27 @@ def test_keeps_dtype_and_channels():
     assert torch.all(sheet[3, :10] == 1)  # the label band is opaque
 
 
+def test_levels_give_a_sheet_of_the_same_levels():
+    """uint8 / uint16 images, as upscale(out_dtype=...) returns them: white band and gaps at
+    the top level, the same sheet as from floats."""
+    images = cells(1, 2, 40, 60)
+    as_float = labelled_grid(images, ["t = 0", "t = 1"])
+    for dtype, peak in [(torch.uint8, 255), (torch.uint16, 65535)]:
+        levels = (images * peak).round().to(dtype)
+        sheet = labelled_grid(levels, ["t = 0", "t = 1"])
+        assert sheet.dtype == dtype and sheet.shape == as_float.shape
+        assert sheet[:, 0, 0].tolist() == [peak] * 3  # the label band is white
+        assert (sheet.float() / peak - as_float).abs().max() <= 0.5 / peak + 1e-6
+        assert sheet[:, :10].float().std() > 0  # the labels are drawn (dark text on white)
+
+
 def test_bad_arguments_are_explained():
     with pytest.raises(ValueError, match=r"\(rows, cols, C, H, W\)"):
         labelled_grid(torch.rand(2, 3, 8, 8), ["a", "b"])
+    with pytest.raises(ValueError, match=r"got list: one row of \(C, H, W\) images is torch.stack\(images\)\[None\]"):
+        labelled_grid([torch.rand(3, 8, 8)], ["a"])
+    with pytest.raises(ValueError, match="floats in .0, 1. or uint8 / uint16 levels, got torch.int64"):
+        labelled_grid(torch.zeros(1, 1, 3, 8, 8, dtype=torch.int64), ["a"])
     with pytest.raises(ValueError, match="2 labels for 3 columns"):
         labelled_grid(cells(1, 3, 8, 8), ["a", "b"])
 

@@ -586,3 +586,25 @@ def test_an_image_past_pillows_bomb_guard_says_its_size_and_what_to_do(tmp_path,
     with pytest.raises(ValueError, match=r"pano.png: the image \(1.5 MP\) is beyond the 1.0 MP that Pillow opens .*"
                                          r"upscale a crop or a smaller copy"):
         load_image(tmp_path / "pano.png")
+
+
+def test_save_image_refuses_what_it_would_write_wrong(tmp_path):
+    """A silent clamp would write 0-255 floats as a white image; each mistake is named
+    with its fix, and nothing is written."""
+    target = tmp_path / "a.png"
+    cases = [
+        (torch.full((3, 4, 5), 128.0), {}, "maximum is 128: divide 0-255 values by 255"),
+        (torch.full((3, 4, 5), 128), {}, "floats in .0, 1. or uint8 / uint16 levels, got torch.int64"),
+        (torch.full((3, 4, 5), float("nan")), {}, "NaN or infinite"),
+        (np.zeros((4, 5, 3)), {}, r"got ndarray \(a numpy \(H, W, C\) array: torch.from_numpy\(a\).permute\(2, 0, 1\)\)"),
+        (torch.rand(6, 5, 3), {}, r"got \(6, 5, 3\): channels come first, image.permute\(2, 0, 1\)"),
+        (torch.rand(4, 5), {}, r"a \(C, H, W\) tensor with 1 to 4 channels, got \(4, 5\)"),
+        (torch.rand(2, 3, 4, 5), {}, "one image, got a batch of 2"),
+        (torch.rand(3, 4, 5), {"bit_depth": 12}, "bit_depth must be 8 or 16, got 12"),
+    ]
+    for image, kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            save_image(image, target, **kw)
+    assert list(tmp_path.iterdir()) == []
+    assert save_image(torch.full((1, 3, 4, 5), 1.01), target) == 8  # resampling overshoot is clamped
+    assert np.asarray(Image.open(target)).min() == 255

@@ -72,6 +72,49 @@ def test_batch_matches_single_images(student):
     assert batch.shape == (2, 3, 64, 64)
 
 
+def test_a_seed_per_image_gives_each_the_result_it_has_alone(strong_student, teacher):
+    a, b = smooth_image(16, 16, seed=1), smooth_image(16, 16, seed=2)
+    alone = [oftsr.upscale(strong_student, a, t=0.7, seed=3), oftsr.upscale(strong_student, b, t=0.7, seed=5)]
+    batch = oftsr.upscale(strong_student, torch.cat([a, b]), t=0.7, seed=[3, 5])
+    assert (batch - torch.cat(alone)).abs().max() < 1e-5
+    one_seed = oftsr.upscale(strong_student, torch.cat([a, b]), t=0.7, seed=5)
+    assert (one_seed[1] - alone[1][0]).abs().mean() > 1e-3  # one seed: image 1's noise depends on its place
+    copies = oftsr.upscale(strong_student, torch.cat([a, a]), t=0.7, seed=[3, 3])
+    assert (copies[0] - copies[1]).abs().max() < 1e-5
+    sampled = oftsr.sample(teacher, torch.cat([a, b]), steps=2, seed=[3, 5])
+    assert (sampled[1] - oftsr.sample(teacher, b, steps=2, seed=5)[0]).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="seed: 1 seeds for a batch of 2 images"):
+        oftsr.upscale(strong_student, torch.cat([a, b]), seed=[3])
+
+
+def test_results_are_ordinary_tensors(student, teacher):
+    """Not inference tensors: a caller may change them in place or use them in autograd."""
+    img = smooth_image(8, 8)
+    for out in (oftsr.upscale(student, img), oftsr.sample(teacher, img, steps=1)):
+        assert not out.is_inference() and not out.requires_grad
+        out.clamp_(0, 0.5)[..., 0, 0] = 0.25
+        assert out.max() == 0.5 and out[0, 0, 0, 0] == 0.25
+        weight = torch.ones(1, 3, 1, 1, requires_grad=True)
+        F.conv2d(out, weight).sum().backward()
+        assert torch.allclose(weight.grad[0, 0, 0, 0], out[:, 0].sum())
+
+
+def test_argument_mistakes_are_named(student, teacher):
+    img = smooth_image(8, 8)
+    for kw, message in [({"seed": None}, "seed must be an integer, got None"),
+                        ({"seed": 0.7}, "seed must be an integer, got 0.7"),
+                        ({"t": None}, r"t must be a number in \[0, 1\].*got None"),
+                        ({"t": torch.tensor([0.0, 1.0])}, "t must be one number in .0, 1., got a tensor of 2"),
+                        ({"tile": 64.5}, "tile and overlap must be whole numbers of pixels, got 64.5")]:
+        with pytest.raises(ValueError, match=message):
+            oftsr.upscale(student, img, **kw)
+    with pytest.raises(ValueError, match="steps must be an integer, got 2.7"):
+        oftsr.sample(teacher, img, steps=2.7)
+    # numbers of other integer and 0-d tensor types are fine
+    same = oftsr.upscale(student, img, t=torch.tensor(0.25), seed=torch.tensor(4), tile=torch.tensor(32))
+    assert torch.equal(same, oftsr.upscale(student, img, t=0.25, seed=4, tile=32))
+
+
 def test_grayscale_stays_grayscale(student):
     gray = smooth_image(16, 24, channels=1)
     out = oftsr.upscale(student, gray)
@@ -137,7 +180,7 @@ def test_bad_images(student):
         oftsr.upscale(student, torch.zeros(1, 3, 0, 8))
     with pytest.raises(ValueError, match="channels"):
         oftsr.upscale(student, torch.zeros(1, 5, 8, 8))
-    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) tensor in \[0, 1\], got \(3, 8, 8\): add the batch axis"):
         oftsr.upscale(student, torch.zeros(3, 8, 8))
 
 
@@ -425,6 +468,10 @@ def test_integer_or_0_255_input_is_refused():
     with pytest.raises(ValueError, match="maximum is 255: divide 0-255 values by 255"):
         oftsr.upscale(model, torch.full((1, 3, 8, 8), 255.0))
     assert oftsr.upscale(model, torch.full((1, 3, 8, 8), 1.02)).shape == (1, 3, 32, 32)  # overshoot is clamped
+    signed = smooth_image(8, 8) * 2 - 1  # the [-1, 1] of ML code would lose its darker half to the clamp
+    with pytest.raises(ValueError, match=r"minimum is -0.\d+: map \[-1, 1\] values to \[0, 1\] with \(x \+ 1\) / 2"):
+        oftsr.upscale(model, signed)
+    assert oftsr.upscale(model, torch.full((1, 3, 8, 8), -0.05)).shape == (1, 3, 32, 32)  # undershoot is clamped
 
 
 @pytest.mark.parametrize("mode", ["wavelet", "adain"])
@@ -493,3 +540,11 @@ def test_black_and_white_saved_as_rgb_comes_back_without_colour(student, teacher
     hq = oftsr.sample(teacher, batch, steps=2, solver="euler", preview=seen.append)
     assert torch.equal(hq[0, 0], hq[0, 1]) and torch.equal(hq[0, 1], hq[0, 2]) and (hq[1, 0] - hq[1, 1]).abs().max() > 1e-2
     assert len(seen) == 2 and all(torch.equal(p[0, 0], p[0, 2]) and not torch.equal(p[1, 0], p[1, 2]) for p in seen)
+
+
+def test_every_solver_has_its_memory_need():
+    from oftsr.inference import _SAMPLE_MIN_BUFFERS, SAMPLE_BUFFERS
+    from oftsr.sampling import SOLVERS
+
+    assert set(SAMPLE_BUFFERS) == set(SOLVERS)
+    assert min(SAMPLE_BUFFERS.values()) > _SAMPLE_MIN_BUFFERS and SAMPLE_BUFFERS["adaptive"] > SAMPLE_BUFFERS["midpoint"]

@@ -60,7 +60,7 @@ def test_distill_linear_teacher_known_answer(solver):
     assert out["distill"].item() == pytest.approx(distill.item(), rel=1e-5)
     assert out["align"].item() == pytest.approx(align.item(), rel=1e-5)
     assert out["boundary"].item() == pytest.approx(boundary, rel=1e-5)
-    assert out["total"].item() == pytest.approx((distill + 0.01 * align + 0.1 * boundary).item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx((distill + 0.01 * align + 0.1 * boundary).item(), rel=1e-5)
 
 
 def test_distill_gradient_paths():

@@ -63,7 +63,7 @@ def test_flowsr_constant_teacher_known_answer(solver):
     hr = ((t_b * c + (1 - t_b) * a - c) ** 2).mean()
     assert out["consistency"].item() == pytest.approx(consistency.item(), rel=1e-5)
     assert out["hr"].item() == pytest.approx(hr.item(), rel=1e-5)
-    assert out["total"].item() == pytest.approx((consistency + 0.5 * hr).item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx((consistency + 0.5 * hr).item(), rel=1e-5)
     l1 = flowsr_loss(const(a), const(a_target), const(c), x0, x1, x0, t_a, t_b, distance="l1")
     assert l1["hr"].item() == pytest.approx((t_b * c + (1 - t_b) * a - c).abs().mean().item(), rel=1e-5)
 
@@ -95,7 +95,7 @@ def test_flowsr_gradient_paths():
     teacher = lambda x, c, t: teacher_w.expand_as(x)  # noqa: E731
     x0, x1 = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
     out = flowsr_loss(student, target, teacher, x0, x1, x0, t_a, t_b)
-    assert out["total"].grad_fn is not None
+    assert out["loss"].grad_fn is not None
     g_c = torch.autograd.grad(out["consistency"], [w, target_w, teacher_w], retain_graph=True, allow_unused=True)
     g_h = torch.autograd.grad(out["hr"], [w, target_w, teacher_w], allow_unused=True)
     assert g_c[0][0] != 0 and g_c[0][1] == 0 and g_c[1] is None and g_c[2] is None
@@ -182,7 +182,7 @@ def test_fluxsr_loss_hand_value_and_gradients(random_unet_weights):
     end = torch.full((2, 3, 8, 8), 0.5)
     out = fluxsr_loss(const(0.25), x0, lr, end, None, lambda_lpips=0.0)
     assert out["mse"].item() == pytest.approx((0.5 - 0.999 * 0.25) ** 2)  # one step at T_EPS
-    assert out["total"].item() == out["mse"].item() and out["adl"].item() == 0
+    assert out["loss"].item() == out["mse"].item() and out["adl"].item() == 0
 
     model = make_model(random_unet_weights).requires_grad_(True)
     judge = torch.nn.Conv2d(3, 1, 1)  # a stand-in LPIPS network, frozen as the real one is
@@ -191,9 +191,9 @@ def test_fluxsr_loss_hand_value_and_gradients(random_unet_weights):
     x0 = torch.randn(2, 3, 16, 16)
     out = fluxsr_loss(model, x0, x0, torch.randn(2, 3, 16, 16), lp, network=model.unet, lambda_lpips=1.0,
                       gamma=0.5, lambda_adl=0.1)
-    assert out["total"].item() == pytest.approx((out["mse"] + out["tv_lpips"] + 0.1 * out["adl"]).item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx((out["mse"] + out["tv_lpips"] + 0.1 * out["adl"]).item(), rel=1e-6)
     assert 0 < out["adl"].item() <= 1 and out["tv_lpips"].item() > 0
-    out["total"].backward()
+    out["loss"].backward()
     assert model.unet.out[2].weight.grad.abs().sum() > 0 and judge.weight.grad is None
     with pytest.raises(ValueError, match="needs the network"):
         fluxsr_loss(model, x0, x0, x0, None, lambda_lpips=0.0, lambda_adl=0.1)
@@ -274,10 +274,10 @@ def test_flowsr_overfit_reduces_the_loss(random_unet_weights):
     for _ in range(25):
         out = flowsr_loss(student, target, teacher, x0, x1, x_lr, t_a, t_b)
         opt.zero_grad()
-        out["total"].backward()
+        out["loss"].backward()
         opt.step()
         ema_update_(target, student, 0.5)
-        losses.append(out["total"].item())
+        losses.append(out["loss"].item())
     assert losses[-1] < 0.6 * losses[0], losses[::5]
 
 
@@ -293,9 +293,9 @@ def test_fluxsr_overfit_reduces_the_loss(random_unet_weights):
     for _ in range(25):
         out = fluxsr_loss(student, x0, lr, end, lp, network=student.unet, lambda_adl=0.01)
         opt.zero_grad()
-        out["total"].backward()
+        out["loss"].backward()
         opt.step()
-        losses.append(out["total"].item())
+        losses.append(out["loss"].item())
     assert losses[-1] < 0.6 * losses[0], losses[::5]
     with torch.no_grad():
         assert ((one_step(student, x0, lr) - end) ** 2).mean() < out["mse"] * 1.5

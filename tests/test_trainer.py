@@ -222,7 +222,7 @@ def test_tiny_distillation_beats_the_untrained_student(overfit_teacher):
     for _ in range(40):
         out = distill_loss(student, teacher, x0, lr, torch.rand(2, generator=g) * 0.98 + 0.01)
         opt.zero_grad()
-        out["total"].backward()
+        out["loss"].backward()
         opt.step()
     after = one_step()
     with torch.no_grad():
@@ -295,8 +295,8 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
         assert record["learning_rate"] > 0 and record["train_batch_size"] == 2 and str(tmp_path) not in json.dumps(record)
     assert all(torch.equal(pa, pb) for pa, pb in zip(exported.parameters(), tb.parameters()))
     _run(["trainer/export.py", cut, tmp_path / "raw.safetensors", "--raw"])  # newest checkpoint, raw weights
-    res = _run(["trainer/export.py", cut, tmp_path / "raw.pth"], status=1)  # safetensors under a .pth name: no
-    assert "name it .safetensors" in res.stderr and not (tmp_path / "raw.pth").exists()
+    res = _run(["trainer/export.py", cut, tmp_path / "raw.pth"], status=2)  # safetensors under a .pth name: no
+    assert "error: " in res.stderr and "name it .safetensors" in res.stderr and not (tmp_path / "raw.pth").exists()
     assert oftsr.load_model(tmp_path / "raw.safetensors").config == oftsr.PRESETS["tiny"]
 
 

@@ -27,7 +27,7 @@ from oftsr.flow import noise_augment  # noqa: E402
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
 from oftsr.model import DEGRADATIONS  # noqa: E402
-from oftsr.unet import PRESETS  # noqa: E402
+from oftsr.files import atomic_write  # noqa: E402
 
 from checkpoints import (check_training_metadata, data_settings, export_ema, model_info, resume,  # noqa: E402
                          save_checkpoint, training_metadata)
@@ -497,9 +497,8 @@ def trim_metrics(output_dir: str, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue
     if len(kept) != len(lines):
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in kept))
         logger.info("metrics.jsonl: dropped %d row(s) logged after step %d", len(lines) - len(kept), step)
 
 
@@ -569,10 +568,6 @@ def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int,
                 args.max_train_steps * per_step / max(1, crops), args.checkpointing_steps, args.output_dir)
 
 
-def preset_choices() -> list[str]:
-    return list(PRESETS)
-
-
 def run_training(accelerator, args: argparse.Namespace, model, optimizer, scheduler, dataloader, ema, *, desc: str,
                  step_losses, validate, export_name: str, extra_state: tuple = (), after_step=None,
                  provenance: dict[str, str] | None = None) -> int:
@@ -601,7 +596,6 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
         restore_optimizer_flags(optimizer, args)
     if accelerator.is_main_process:
         log_run_summary(args, desc, train_items, len(dataset), accelerator.num_processes, state.step)
-    if accelerator.is_main_process:
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
     lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 with accelerator.autocast():
                     adv = generator_hinge_loss(d(estimate, x_lr))
                 d.train().requires_grad_(True)
-                out["total"] = out["total"] + args.lambda_adv * adv
+                out["loss"] = out["loss"] + args.lambda_adv * adv
                 out.update(adv=adv, disc=d_loss.detach())
             return out
 
@@ -213,13 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
         step_losses = fluxsr_losses
 
-    def losses_with_total(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        losses = step_losses(batch)
-        losses["loss"] = losses.pop("total")
-        return losses
-
     return run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema,
-                        desc=f"distill {args.objective}", step_losses=losses_with_total,
+                        desc=f"distill {args.objective}", step_losses=step_losses,
                         export_name="student.safetensors", extra_state=extra_state, after_step=after_step,
                         provenance={"teacher_digest": network_digest(teacher)},
                         validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step,

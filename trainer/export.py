@@ -27,7 +27,7 @@ def find_checkpoint(path: str) -> Path:
         return p
     found = list_checkpoints(str(p))
     if not found:
-        raise SystemExit(f"error: {p} is neither a checkpoint folder nor a run folder with checkpoint-N inside")
+        raise FileNotFoundError(f"{p} is neither a checkpoint folder nor a run folder with checkpoint-N inside")
     return found[-1]
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     if Path(args.output).suffix.lower() != ".safetensors":
-        raise SystemExit(f"error: {args.output}: the model file is written as safetensors; name it .safetensors")
+        raise ValueError(f"{args.output}: the model file is written as safetensors; name it .safetensors")
     ckpt = find_checkpoint(args.checkpoint)
     info = json.loads((ckpt / MODEL_INFO).read_text())
     if args.raw:

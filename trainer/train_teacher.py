@@ -14,7 +14,7 @@ import logging
 import torch
 
 from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, log_images, lr_schedule,
-                    make_accelerator, make_dataloader, make_optimizer, positive_int, preset_choices, run_script,
+                    make_accelerator, make_dataloader, make_optimizer, positive_int, run_script,
                     run_training, validation_scores, validation_start)
 
 import oftsr
@@ -22,6 +22,7 @@ from oftsr.training.ema import EMA
 from oftsr.flow import time_grid
 from oftsr.training.losses import sample_flow_time, teacher_loss
 from oftsr.sampling import get_sampler
+from oftsr.unet import PRESETS
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -29,7 +30,7 @@ logger = logging.getLogger("oftsr.trainer")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, lr=1e-4, batch=32, steps=100_000)
-    p.add_argument("--preset", choices=preset_choices(), default="div2k")
+    p.add_argument("--preset", choices=list(PRESETS), default="div2k")
     p.add_argument("--init_from", default=None, help="start from these weights (our .safetensors or an authors' .pth)")
     p.add_argument("--sigma_p", type=float, default=0.2, help="start-point noise (0.1 FFHQ, 0.2 DIV2K/ImageNet)")
     p.add_argument("--sigma_y", type=float, default=0.05, help="measurement noise of noisy_avgpool")

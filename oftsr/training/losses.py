@@ -55,8 +55,8 @@ def distill_loss(student: ConditionalVelocityFn, teacher: ConditionalVelocityFn,
         distill  = || v_phi(x0, s) - SG[v_t + (dt/s)(v_T - v_t)] ||^2   (gradient through s)
         align    = (1 - t)^2 || v_t - v_T ||^2                          (gradient through v_t)
         boundary = || v_phi(x0, 0.01) - v_theta(x0, 0.01) ||^2
-    Returns the three terms and `total`. The three student evaluations run as one
-    batched forward pass; the teacher is evaluated without gradients."""
+    Returns the three terms and `loss`, their weighted sum. The three student evaluations
+    run as one batched forward pass; the teacher is evaluated without gradients."""
     if teacher_solver not in TEACHER_STEPS:
         raise ValueError(f"teacher_solver must be one of {list(TEACHER_STEPS)}, got {teacher_solver!r}")
     b = x0.shape[0]
@@ -75,7 +75,7 @@ def distill_loss(student: ConditionalVelocityFn, teacher: ConditionalVelocityFn,
     align = (per_sample(1 - t, v_t) ** 2 * (v_t - v_T) ** 2).mean()
     boundary = F.mse_loss(v_bc, v_bc_teacher)
     total = distill + lambda_align * align + lambda_bc * boundary
-    return {"total": total, "distill": distill, "align": align, "boundary": boundary}
+    return {"loss": total, "distill": distill, "align": align, "boundary": boundary}
 
 
 def sample_distill_time(batch: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:

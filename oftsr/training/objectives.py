@@ -64,10 +64,10 @@ def flowsr_loss(student: ConditionalVelocityFn, target: ConditionalVelocityFn, t
         x_a = (1 - t_a) x0 + t_a x1,  x_b = x_a + (t_b - t_a) v_teacher   (one teacher step)
         consistency = d( f_phi(x_a, t_a),  SG f_target(x_b, t_b) ),  f(x, t) = x + (1 - t) v(x, t)
         hr          = d( f_phi(x_b, t_b),  x1 )
-        total       = consistency + lambda_hr * hr
+        loss        = consistency + lambda_hr * hr
 
     `target` is the EMA copy of the student (evaluated without gradients). Returns the
-    terms, `total`, and `estimate` = f_phi(x_a, t_a) (for an adversarial loss)."""
+    terms, `loss`, and `estimate` = f_phi(x_a, t_a) (for an adversarial loss)."""
     if teacher_solver not in TEACHER_STEPS:
         raise ValueError(f"teacher_solver must be one of {list(TEACHER_STEPS)}, got {teacher_solver!r}")
     if distance not in DISTANCES:
@@ -83,7 +83,7 @@ def flowsr_loss(student: ConditionalVelocityFn, target: ConditionalVelocityFn, t
     f_a = endpoint_estimate(x_a, v_a, t_a)
     consistency = d(f_a, f_target)
     hr = d(endpoint_estimate(x_b, v_b, t_b), x1)
-    return {"total": consistency + lambda_hr * hr, "consistency": consistency, "hr": hr, "estimate": f_a}
+    return {"loss": consistency + lambda_hr * hr, "consistency": consistency, "hr": hr, "estimate": f_a}
 
 
 @torch.no_grad()
@@ -182,7 +182,7 @@ def fluxsr_loss(student: ConditionalVelocityFn, x0: torch.Tensor, x_lr: torch.Te
     """Flow trajectory distillation on teacher-made pairs: the one-step output from x0 is
     pulled to the teacher's end point.
 
-        total = MSE + lambda_lpips * TV-LPIPS + lambda_adl * ADL
+        loss = MSE + lambda_lpips * TV-LPIPS + lambda_adl * ADL
 
     `network` is the module whose attention blocks ADL reads (the student's UNet);
     `lpips_fn` may be None when lambda_lpips is 0."""
@@ -197,7 +197,7 @@ def fluxsr_loss(student: ConditionalVelocityFn, x0: torch.Tensor, x_lr: torch.Te
     perceptual = tv_lpips(lpips_fn, pred, teacher_end, gamma) if lambda_lpips else zero
     adl = attention_diversity(attention) if lambda_adl else zero
     total = mse + lambda_lpips * perceptual + lambda_adl * adl
-    return {"total": total, "mse": mse, "tv_lpips": perceptual, "adl": adl}
+    return {"loss": total, "mse": mse, "tv_lpips": perceptual, "adl": adl}
 
 
 def make_training_lpips(device: torch.device | str) -> tuple[Distance, str]:
