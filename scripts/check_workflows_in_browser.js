@@ -14,7 +14,7 @@ const [BASE, WF_DIR, OUT] = process.argv.slice(2);
 if (!BASE || !WF_DIR || !OUT) { console.error('usage: node check_workflows_in_browser.js BASE_URL WORKFLOW_DIR OUT_DIR'); process.exit(2); }
 fs.mkdirSync(OUT, { recursive: true });
 const SHOT = path.join(OUT, 'comfyui_basic_upscale.png');
-const FILES = ['oftsr_basic_upscale.json', 'oftsr_t_sweep.json', 'oftsr_teacher_vs_student.json', 'oftsr_regional_tradeoff.json'];
+const FILES = ['oftsr_basic_upscale.json', 'oftsr_t_sweep.json', 'oftsr_teacher_vs_student.json', 'oftsr_regional_tradeoff.json', 'oftsr_upscale_model.json'];
 
 async function fitView(page) {
   await page.evaluate(() => {

@@ -43,6 +43,8 @@ def outputs_of(entry: dict, prompt: dict, output_dir: Path) -> list[tuple[str, I
             labels = [f"student, t = {inputs['t']:g}"]
         elif kind == "OFTSRTeacherSampler":
             labels = [f"teacher, {inputs['steps']} {inputs['solver']} steps"]
+        elif kind == "ImageUpscaleWithModel":  # fed by OFTSR as Upscale Model
+            labels = [f"Upscale Image (using Model), t = {prompt[inputs['upscale_model'][0]]['inputs']['t']:g}"]
         elif kind == "OFTSRRegionalTradeoff":
             labels = [f"t = {inputs['t_outside']:g} top, {inputs['t_inside']:g} bottom"]
         else:

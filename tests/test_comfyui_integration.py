@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ComfyUI serves the first of these folders that a pack has as its templates (same URL for all).
 TEMPLATE_FOLDERS = ["example_workflows", "example", "examples", "workflow", "workflows"]
 WORKFLOW_FILES = ["oftsr_basic_upscale.json", "oftsr_t_sweep.json", "oftsr_teacher_vs_student.json",
-                  "oftsr_regional_tradeoff.json"]
+                  "oftsr_regional_tradeoff.json", "oftsr_upscale_model.json"]
 WORKFLOWS = next((ROOT / f for f in TEMPLATE_FOLDERS if (ROOT / f / WORKFLOW_FILES[0]).is_file()), ROOT / "workflows")
 # The workflows use the bundled models; these random ones in an extra model folder check
 # that folder's registration.
