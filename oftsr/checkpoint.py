@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .files import atomic_write
-from .model import DEGRADATIONS, OBJECTIVES, ROLES, OFTSRModel
+from .model import DEGRADATIONS, OBJECTIVES, ROLES, SETTINGS, OFTSRModel
 from .unet import UNet, UNetConfig
 
 FORMAT_NAME = "oftsr"
@@ -53,12 +53,7 @@ def model_metadata(model: OFTSRModel, **extra: str) -> dict[str, str]:
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "architecture": json.dumps(model.config.to_dict()),
-        "role": model.role,
-        "scale": str(model.scale),
-        "sigma_p": repr(model.sigma_p),
-        "degradation": model.degradation,
-        "step": str(model.step),
-        "objective": model.objective,
+        **{k: str(v) for k, v in model.settings().items()},
     }
     meta.update({k: str(v) for k, v in extra.items()})
     return meta
@@ -80,7 +75,7 @@ def network_digest(model: OFTSRModel) -> str:
     bytes differ (safetensors writes the metadata in no fixed order)."""
     digest = hashlib.sha256()
     meta = model_metadata(model)
-    for key in ("architecture", "role", "scale", "sigma_p", "degradation", "objective"):
+    for key in ("architecture", *(k for k in SETTINGS if k != "step")):
         digest.update(f"{key}={meta[key]}\n".encode())
     for name, tensor in sorted(model.unet.state_dict().items()):
         half = tensor.detach().to("cpu", torch.float16).contiguous()
@@ -290,19 +285,13 @@ def _read_safetensors(path: Path, *, header_only: bool = False) -> tuple[dict[st
     return tensors, meta
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
 
 def _check_shapes(found: dict[str, tuple[int, ...]] | list[tuple[int, ...]], config: UNetConfig, path: Path) -> None:
     """The file's tensor shapes (by name, or in parameter order) against the architecture,
     built on the meta device: a file whose metadata claims a bigger network than its
     tensors hold is rejected before any real memory is allocated for it."""
     shapes = list(found.values()) if isinstance(found, dict) else found
-    in_file = f"the file holds {len(shapes)} tensors ({sum(map(_numel, shapes)):,} parameters)"
+    in_file = f"the file holds {len(shapes)} tensors ({sum(map(math.prod, shapes)):,} parameters)"
     # Every ResBlock has at least 10 tensors and there are levels * (2 r + 3) of them: bound
     # the network by the file before even building it on the meta device.
     at_least = 10 * len(config.channel_mult) * (2 * config.num_res_blocks + 3)
@@ -321,7 +310,7 @@ def _check_shapes(found: dict[str, tuple[int, ...]] | list[tuple[int, ...]], con
             detail = f"; missing {missing}, unexpected {extra}, other shape {wrong}"
         raise CheckpointError(
             f"{path.name}: the tensors do not match the architecture {config}: {in_file}, the architecture needs "
-            f"{len(expected)} ({sum(_numel(s) for _, s in expected):,} parameters){detail}")
+            f"{len(expected)} ({sum(math.prod(s) for _, s in expected):,} parameters){detail}")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -329,11 +318,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if _file_kind(path) != "safetensors":
         return {}
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except SafetensorError as e:
-        raise CheckpointError(f"{path.name}: cannot read safetensors header; it is truncated or corrupt ({e})") from e
+    return _read_safetensors(path, header_only=True)[1]
 
 
 def contradicted_metadata(path: str | os.PathLike, **given: object) -> dict[str, tuple[str, object]]:
@@ -389,10 +374,13 @@ def parse_authors_filename(name: str) -> dict[str, object]:
 
 
 def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
+    version = meta.get("format_version", "0")
+    if not version.isdigit():
+        raise CheckpointError(f"{path.name}: OFTSR metadata is malformed (format_version {version!r})")
+    if int(version) > FORMAT_VERSION:
+        raise CheckpointError(f"{path.name}: format version {version} is newer than this oftsr ({FORMAT_VERSION}); "
+                              f"upgrade oftsr")
     try:
-        version = int(meta.get("format_version", "0"))
-        if version > FORMAT_VERSION:
-            raise CheckpointError(f"{path.name}: format version {version} is newer than this oftsr ({FORMAT_VERSION}); upgrade oftsr")
         return {
             "config": UNetConfig.from_dict(json.loads(meta["architecture"])),
             "role": meta["role"],
@@ -403,8 +391,6 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
             "objective": meta.get("objective", "oftsr"),  # files from before objectives existed: OFTSR
         }
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
-        if isinstance(e, CheckpointError):
-            raise
         raise CheckpointError(f"{path.name}: OFTSR metadata is incomplete or malformed ({type(e).__name__}: {e})") from e
 
 

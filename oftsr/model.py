@@ -39,6 +39,10 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
 
 
+# What a model is beyond its network (`OFTSRModel.settings()`), in the order files record it.
+SETTINGS = ("role", "scale", "sigma_p", "degradation", "step", "objective")
+
+
 class OFTSRModel(nn.Module):
     """A teacher (conditional rectified flow) or a one-step student.
 
@@ -148,5 +152,10 @@ class OFTSRModel(nn.Module):
 
     forward = velocity
 
+    def settings(self) -> dict[str, object]:
+        """What the model is beyond its network: the constructor's keywords (and the
+        metadata a file records), so `OFTSRModel(UNet(m.config), **m.settings())` is its twin."""
+        return {key: getattr(self, key) for key in SETTINGS}
+
     def extra_repr(self) -> str:
-        return f"role={self.role}, scale={self.scale}, sigma_p={self.sigma_p}, degradation={self.degradation}, step={self.step}, objective={self.objective}"
+        return ", ".join(f"{k}={v}" for k, v in self.settings().items())

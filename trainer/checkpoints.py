@@ -24,11 +24,10 @@ logger = logging.getLogger("oftsr.trainer")
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 MODEL_INFO = oftsr.checkpoint.TRAINING_CHECKPOINT_INFO
+SETTINGS = oftsr.model.SETTINGS
 def model_info(model: oftsr.OFTSRModel, step: int, metadata: dict[str, str] | None = None) -> dict:
     """What a checkpoint's model is, and `metadata` for its exported file (`training_metadata`)."""
-    return {"architecture": model.config.to_dict(), "role": model.role, "scale": model.scale,
-            "sigma_p": model.sigma_p, "degradation": model.degradation, "step": step, "objective": model.objective,
-            "metadata": metadata or {}}
+    return {"architecture": model.config.to_dict(), **model.settings(), "step": step, "metadata": metadata or {}}
 
 
 def list_checkpoints(output_dir: str) -> list[Path]:
@@ -225,9 +224,8 @@ def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[
 def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Path:
     """Write EMA weights as our `.safetensors` (full metadata, plus the info's training
     `metadata`; loads in the CLI and nodes)."""
-    export = oftsr.OFTSRModel(oftsr.UNet(oftsr.UNetConfig.from_dict(info["architecture"])), sigma_p=info["sigma_p"],
-                              role=info["role"], scale=info["scale"], degradation=info["degradation"], step=info["step"],
-                              objective=info.get("objective", "oftsr"))
+    settings = {k: info[k] for k in SETTINGS if k in info}  # checkpoints from before `objective` lack it
+    export = oftsr.OFTSRModel(oftsr.UNet(oftsr.UNetConfig.from_dict(info["architecture"])), **settings)
     params = list(export.unet.parameters())
     if len(params) != len(shadow_params):
         raise ValueError(f"{len(shadow_params)} EMA tensors for a network of {len(params)} parameters")

@@ -444,8 +444,7 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
 
 def ema_copy(model: oftsr.OFTSRModel, ema, device: torch.device) -> oftsr.OFTSRModel:
     """A separate eval-mode model holding the EMA weights (the training model is untouched)."""
-    net = oftsr.OFTSRModel(oftsr.UNet(model.config), sigma_p=model.sigma_p, role=model.role, scale=model.scale,
-                           degradation=model.degradation, objective=model.objective).to(device).eval()
+    net = oftsr.OFTSRModel(oftsr.UNet(model.config), **model.settings()).to(device).eval()
     ema.copy_to(net.unet)
     return net
 
