@@ -87,7 +87,7 @@ def test_a_mistyped_model_name_gets_the_names(tmp_path, monkeypatch):
             oftsr.load_model(typed)
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(FileNotFoundError, match=f"no such file"):
+    with pytest.raises(FileNotFoundError, match="no such file"):
         oftsr.load_model("~/m.safetensors")
     oftsr.save_model(oftsr.create_model("tiny", role="student"), tmp_path / "home" / "m.safetensors")
     assert oftsr.load_model("~/m.safetensors").role == "student"  # ~ is the home folder
