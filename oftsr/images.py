@@ -459,73 +459,94 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
                          f"{', '.join(IMAGE_SUFFIXES)}")
     fmt = Image.registered_extensions()[suffix]
     image = _check_savable(image, bit_depth)
-    c, h, w = image.shape
+    metadata = metadata or {}
     with atomic_write(path) as tmp:
         if bit_depth == 16 and fmt == "PNG":
-            import png
-
-            data = _levels(image, 16).reshape(h, w * c)
-            dpi = (metadata or {}).get("dpi")
-            resolution = {} if not dpi else {"x_pixels_per_unit": round(dpi[0] / 0.0254),
-                                             "y_pixels_per_unit": round(dpi[1] / 0.0254), "unit_is_meter": True}
-            with open(tmp, "wb") as f:
-                png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, **resolution).write(f, data)
-            icc = (metadata or {}).get("icc_profile")
-            _png_add_chunks(tmp, icc if icc and _keeps_profile(icc, colour=c >= 3) else None,
-                            (metadata or {}).get("xmp"), (metadata or {}).get("exif"))
+            _write_png16(image, tmp, metadata)
             return 16
-        extra = {k: v for k, v in (metadata or {}).items() if fmt != "BMP" or k == "dpi"}  # BMP: a resolution only
+        extra = {k: v for k, v in metadata.items() if fmt != "BMP" or k == "dpi"}  # BMP: a resolution only
         # The profile must fit the pixels written (WebP writes gray as RGB).
-        if "icc_profile" in extra and not _keeps_profile(extra["icc_profile"], colour=c >= 3 or fmt == "WEBP"):
+        colour = image.shape[0] >= 3 or fmt == "WEBP"
+        if "icc_profile" in extra and not _keeps_profile(extra["icc_profile"], colour=colour):
             del extra["icc_profile"]
         if bit_depth == 16 and fmt == "TIFF":  # Pillow writes 16-bit TIFF for grayscale only
-            import tifffile
-
-            dpi = extra.get("dpi")
-            levels = _levels(image, 16)
-            tifffile.imwrite(tmp, levels[..., 0] if c == 1 else levels, photometric="minisblack" if c <= 2 else "rgb",
-                             planarconfig=None if c == 1 else "contig",
-                             extrasamples=("unassalpha",) if c in (2, 4) else None, compression="zlib",
-                             metadata=None, software=False,  # no JSON shape description, no tifffile.py
-                             iccprofile=extra.get("icc_profile"),
-                             extratags=[(700, 1, len(extra["xmp"]), extra["xmp"], True)] if extra.get("xmp") else None,
-                             resolution=None if not dpi else (dpi[0], dpi[1]), resolutionunit=2 if dpi else None)
+            _write_tiff16(image, tmp, extra)
             return 16
-        if fmt == "JPEG" and c in (2, 4):  # no transparency in JPEG: flattened onto white, as editors do
-            alpha = image[c - 1:].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
-            colour = image[:c - 1].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
-            image, c = colour * alpha + (1 - alpha), c - 1
-        xmp = extra.pop("xmp", None)
-        if xmp and fmt == "PNG":
-            from PIL import PngImagePlugin
-
-            extra["pnginfo"] = PngImagePlugin.PngInfo()
-            extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
-        elif xmp and fmt == "TIFF":
-            extra["tiffinfo"] = {700: xmp}
-        elif xmp and fmt == "JPEG" and len(xmp) > JPEG_MAX_XMP:
-            warnings.warn(f"{path.name}: the source's XMP ({len(xmp):,} bytes) is more than JPEG holds "
-                          f"({JPEG_MAX_XMP:,}): written without it; a .png or .tif output keeps it", stacklevel=2)
-        elif xmp and fmt in ("JPEG", "WEBP"):
-            extra["xmp"] = xmp
-        if fmt == "JPEG" and len(extra.get("exif") or b"") > JPEG_MAX_EXIF:
-            warnings.warn(f"{path.name}: the source's EXIF ({len(extra['exif']):,} bytes, maker notes most likely) "
-                          f"is more than JPEG holds ({JPEG_MAX_EXIF:,}): written without it; a .png or .tif output "
-                          f"keeps it", stacklevel=2)
-            del extra["exif"]
-        data = _levels(image, 8)
-        im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
-        if fmt in ("JPEG", "WEBP"):
-            extra["quality"] = quality
-        if fmt == "TIFF" and not extra.get("exif"):  # Pillow's compressing writer (libtiff) drops an EXIF block
-            extra["compression"] = "tiff_adobe_deflate"  # lossless, as the 16-bit TIFFs (zlib)
-        if fmt == "JPEG":  # no alpha in JPEG; full-resolution colour at high quality, as editors export it
-            im = im.convert("L" if c <= 2 else "RGB")
-            extra["subsampling"] = "4:4:4" if quality >= JPEG_FULL_CHROMA_QUALITY else "4:2:0"
-        elif c == 2 and fmt not in ("PNG", "TIFF"):
-            im = im.convert("RGBA")
-        im.save(tmp, format=fmt, **extra)
+        _write_pillow8(image, tmp, fmt, extra, quality, path.name)
     return 8
+
+
+def _write_png16(image: torch.Tensor, tmp: Path, metadata: dict[str, object]) -> None:
+    """16-bit PNG with pypng (Pillow truncates to 8 bits), then the profile, XMP and EXIF chunks."""
+    import png
+
+    c, h, w = image.shape
+    data = _levels(image, 16).reshape(h, w * c)
+    dpi = metadata.get("dpi")
+    resolution = {} if not dpi else {"x_pixels_per_unit": round(dpi[0] / 0.0254),
+                                     "y_pixels_per_unit": round(dpi[1] / 0.0254), "unit_is_meter": True}
+    with open(tmp, "wb") as f:
+        png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, **resolution).write(f, data)
+    icc = metadata.get("icc_profile")
+    _png_add_chunks(tmp, icc if icc and _keeps_profile(icc, colour=c >= 3) else None, metadata.get("xmp"),
+                    metadata.get("exif"))
+
+
+def _write_tiff16(image: torch.Tensor, tmp: Path, extra: dict[str, object]) -> None:
+    """16-bit TIFF with tifffile (Pillow writes 16 bits for grayscale only), deflate-compressed;
+    it keeps the profile, XMP and DPI, not the EXIF."""
+    import tifffile
+
+    c = image.shape[0]
+    dpi = extra.get("dpi")
+    levels = _levels(image, 16)
+    tifffile.imwrite(tmp, levels[..., 0] if c == 1 else levels, photometric="minisblack" if c <= 2 else "rgb",
+                     planarconfig=None if c == 1 else "contig",
+                     extrasamples=("unassalpha",) if c in (2, 4) else None, compression="zlib",
+                     metadata=None, software=False,  # no JSON shape description, no tifffile.py
+                     iccprofile=extra.get("icc_profile"),
+                     extratags=[(700, 1, len(extra["xmp"]), extra["xmp"], True)] if extra.get("xmp") else None,
+                     resolution=None if not dpi else (dpi[0], dpi[1]), resolutionunit=2 if dpi else None)
+
+
+def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, object], quality: int,
+                   name: str) -> None:
+    """8 bits a channel through Pillow, with each format's way of holding XMP and EXIF."""
+    c = image.shape[0]
+    if fmt == "JPEG" and c in (2, 4):  # no transparency in JPEG: flattened onto white, as editors do
+        alpha = image[c - 1:].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
+        colour = image[:c - 1].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
+        image, c = colour * alpha + (1 - alpha), c - 1
+    xmp = extra.pop("xmp", None)
+    if xmp and fmt == "PNG":
+        from PIL import PngImagePlugin
+
+        extra["pnginfo"] = PngImagePlugin.PngInfo()
+        extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+    elif xmp and fmt == "TIFF":
+        extra["tiffinfo"] = {700: xmp}
+    elif xmp and fmt == "JPEG" and len(xmp) > JPEG_MAX_XMP:
+        warnings.warn(f"{name}: the source's XMP ({len(xmp):,} bytes) is more than JPEG holds "
+                      f"({JPEG_MAX_XMP:,}): written without it; a .png or .tif output keeps it", stacklevel=3)
+    elif xmp and fmt in ("JPEG", "WEBP"):
+        extra["xmp"] = xmp
+    if fmt == "JPEG" and len(extra.get("exif") or b"") > JPEG_MAX_EXIF:
+        warnings.warn(f"{name}: the source's EXIF ({len(extra['exif']):,} bytes, maker notes most likely) "
+                      f"is more than JPEG holds ({JPEG_MAX_EXIF:,}): written without it; a .png or .tif output "
+                      f"keeps it", stacklevel=3)
+        del extra["exif"]
+    data = _levels(image, 8)
+    im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
+    if fmt in ("JPEG", "WEBP"):
+        extra["quality"] = quality
+    if fmt == "TIFF" and not extra.get("exif"):  # Pillow's compressing writer (libtiff) drops an EXIF block
+        extra["compression"] = "tiff_adobe_deflate"  # lossless, as the 16-bit TIFFs (zlib)
+    if fmt == "JPEG":  # no alpha in JPEG; full-resolution colour at high quality, as editors export it
+        im = im.convert("L" if c <= 2 else "RGB")
+        extra["subsampling"] = "4:4:4" if quality >= JPEG_FULL_CHROMA_QUALITY else "4:2:0"
+    elif c == 2 and fmt not in ("PNG", "TIFF"):
+        im = im.convert("RGBA")
+    im.save(tmp, format=fmt, **extra)
 
 
 def hidden_below(path: Path, folder: Path) -> bool:
