@@ -55,25 +55,26 @@ def t_input(name: str = "t", default: float = 0.5, tooltip: str | None = None) -
     )
 
 
-def seed_input() -> io.Input:
+KEEP_CACHED = ("Keep 'control after generate' at fixed to keep a result cached: with randomize, every Queue "
+               "upscales again.")
+
+
+def seed_input(tooltip: str = "Seed of the start-point noise. The noise depends on the seed, the image's place in "
+                              "the batch and the pixel, not on the tiling (the result changes a little with the tile "
+                              "size, as each tile sees only its own surroundings).") -> io.Input:
     # "fixed" by default, so that an upscale stays cached from one Queue to the next, where
     # ComfyUI lets a node choose (io.ControlAfterGenerate, 2026 on); True leaves the
     # frontend's default, randomize, to older versions.
     control = getattr(io, "ControlAfterGenerate", None)
-    return io.Int.Input(
-        "seed", default=0, min=0, max=SEED_MAX, control_after_generate=control.fixed if control else True,
-        tooltip="Seed of the start-point noise. The noise depends on the seed, the image's place in the batch "
-                "and the pixel, not on the tiling (the result changes a little with the tile size, as each tile "
-                "sees only its own surroundings). Keep 'control after generate' at fixed to keep a result cached: "
-                "with randomize, every Queue upscales again.",
-    )
+    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=control.fixed if control else True,
+                        tooltip=f"{tooltip} {KEEP_CACHED}")
 
 
-def tiling_inputs() -> list[io.Input]:
+def tiling_inputs(tile_tooltip: str = f"Tile size in output pixels, {MIN_TILE} or more (0 = the whole image at once). "
+                                      f"Bounds GPU memory; halved automatically down to {MIN_OOM_TILE} when memory "
+                                      f"runs out.") -> list[io.Input]:
     return [
-        io.Int.Input("tile", default=DEFAULT_TILE, min=0, max=MAX_TILE, step=8,
-                     tooltip=f"Tile size in output pixels, {MIN_TILE} or more (0 = the whole image at once). Bounds "
-                             f"GPU memory; halved automatically down to {MIN_OOM_TILE} when memory runs out."),
+        io.Int.Input("tile", default=DEFAULT_TILE, min=0, max=MAX_TILE, step=8, tooltip=tile_tooltip),
         io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=1024, step=8,
                      tooltip="Overlap of neighbouring tiles in output pixels, blended with linear feathering (no seams). "
                              "At most half the tile. Near t = 1 a blended band is a little smoother than the rest (two "
@@ -263,7 +264,8 @@ def is_oom(e: BaseException) -> bool:
     return is_out_of_memory(e)  # MPS, other back-ends and the CPU allocator raise a plain RuntimeError
 
 
-def _first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:
+def first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:
+    """The widgets' tile (0: none) and overlap, capped at half the tile as the library needs."""
     tile, overlap = int(tile), int(overlap)
     if tile <= 0:
         return None, 0
@@ -297,7 +299,7 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
     out_h, out_w = x.shape[-2] * model.scale, x.shape[-1] * model.scale
     if units is None:
         units = lambda t, o: num_tiles(out_h, out_w, t, o)  # noqa: E731
-    tile, overlap = _first_tiling(tile, overlap)
+    tile, overlap = first_tiling(tile, overlap)
     mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
     model.to(device)  # the model takes this device's faster layout as it moves (OFTSRModel._apply)
     try:

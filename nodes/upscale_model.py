@@ -12,11 +12,16 @@ from comfy_api.latest import io
 from ..oftsr import upscale
 from ..oftsr.inference import check_t
 from ..oftsr.tiling import DEFAULT_OVERLAP
-from .common import (CATEGORY, DEFAULT_TILE, check_interrupt, check_tile, model_input, require_role, seed_input,
-                     t_input, tiling_inputs)
+from .common import (CATEGORY, DEFAULT_TILE, MIN_OOM_TILE, check_interrupt, check_tile, first_tiling, is_oom,
+                     model_input, require_role, seed_input, t_input, tiling_inputs)
 from .upscale import warn_if_ignores_t
 
 NAME = "OFTSR as Upscale Model"
+SEED_TOOLTIP = ("Seed of the start-point noise. The consuming node calls the model once per image and per tile of its "
+                "own, and the noise starts again in each call: the images of a batch get the same noise.")
+TILE_TOOLTIP = (f"Tile size in output pixels within each call of the consuming node (0 = what it hands over, at "
+                f"once; Upscale Image hands over 512 px of input, 2048 px of output at x4). Bounds memory; halved "
+                f"down to {MIN_OOM_TILE} when memory runs out, as the consuming node retries.")
 log = logging.getLogger(__name__)
 
 
@@ -25,17 +30,18 @@ class StudentUpscaleModel:
     `model` (its size sets the memory ComfyUI frees), `scale`, `to(device)`, and a call on
     (B, C, H, W) in [0, 1] that returns (B, 3, scale*H, scale*W) in the input's dtype.
 
-    The consumer cuts the image into its own tiles (512 px of input in Upscale Image);
-    each call is tiled again here, in `tile` output pixels, so memory stays bounded
-    whatever the consumer's tile. The start noise restarts at each of the consumer's tiles
-    (it is drawn per pixel of what one call sees)."""
+    The consumer calls it once per image and per tile of its own (512 px of input in
+    Upscale Image); each call is tiled again here, in `tile` output pixels, so memory stays
+    bounded whatever the consumer's tile. The start noise is drawn per pixel of what one
+    call sees, so it restarts in each call. On out-of-memory the inner tile is halved
+    (down to 128 px) before the error goes on, so the consumer's retry runs smaller."""
 
     input_channels = 3
     output_channels = 3
 
     def __init__(self, model: torch.nn.Module, t: float, seed: int, tile: int, overlap: int) -> None:
         self.model, self.t, self.seed = model, float(t), int(seed)
-        self.tile, self.overlap = (int(tile) or None), int(overlap)
+        self.tile, self.overlap = first_tiling(tile, overlap)
         self.warned_alpha = False
 
     @property
@@ -62,11 +68,22 @@ class StudentUpscaleModel:
                 log.warning("%s: the alpha channel is dropped (Upscale Image (using Model) returns RGB); use OFTSR "
                             "Upscale to keep it", NAME)
             image = image[:, :3]
-        elif image.shape[1] == 1:
-            image = image.expand(-1, 3, -1, -1)
-        out = upscale(self.model, image.float(), t=self.t, seed=self.seed, tile=self.tile,
-                      overlap=self.overlap, callback=check_interrupt)
+        elif image.shape[1] in (1, 2):  # gray (+ alpha): three equal channels, as an IMAGE holds gray
+            image = image[:, :1].expand(-1, 3, -1, -1)
+        try:
+            out = upscale(self.model, image.float(), t=self.t, seed=self.seed, tile=self.tile,
+                          overlap=self.overlap, callback=check_interrupt)
+        except Exception as e:
+            if is_oom(e):
+                self._smaller_tile(image.shape[-2] * self.scale, image.shape[-1] * self.scale)
+            raise
         return out.to(image.dtype)
+
+    def _smaller_tile(self, out_h: int, out_w: int) -> None:
+        current = min(self.tile or max(out_h, out_w), max(out_h, out_w))
+        if current > MIN_OOM_TILE:
+            self.tile, self.overlap = first_tiling(max(MIN_OOM_TILE, current // 2), self.overlap)
+            log.warning("%s: out of memory; tiles of %d px from now on", NAME, self.tile)
 
 
 class OFTSRAsUpscaleModel(io.ComfyNode):
@@ -80,7 +97,7 @@ class OFTSRAsUpscaleModel(io.ComfyNode):
                         "other nodes that take one (tiled upscalers such as Ultimate SD Upscale). Such nodes cut the "
                         "image into their own tiles and keep only RGB; OFTSR Upscale is the node with seamless "
                         "per-pixel noise, alpha and colour fix.",
-            inputs=[model_input(), t_input(), seed_input(), *tiling_inputs()],
+            inputs=[model_input(), t_input(), seed_input(SEED_TOOLTIP), *tiling_inputs(TILE_TOOLTIP)],
             outputs=[io.UpscaleModel.Output(display_name="upscale_model",
                                             tooltip="The student at this t and seed, for any UPSCALE_MODEL input.")],
         )

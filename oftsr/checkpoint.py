@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .files import atomic_write
-from .model import DEGRADATIONS, OBJECTIVES, ROLES, SETTINGS, OFTSRModel
+from .model import DEGRADATIONS, OBJECTIVES, ROLES, OFTSRModel
 from .unet import UNet, UNetConfig
 
 FORMAT_NAME = "oftsr"
@@ -68,6 +68,11 @@ def save_model(model: OFTSRModel, path: str | os.PathLike, *, dtype: torch.dtype
         save_file(tensors, tmp, metadata=model_metadata(model, **extra))
 
 
+# What the network digest covers, spelled out: files record their teacher's digest, so a new
+# setting must not change the digest of existing networks.
+DIGEST_KEYS = ("architecture", "role", "scale", "sigma_p", "degradation", "objective")
+
+
 def network_digest(model: OFTSRModel) -> str:
     """The sha256 of what makes a network: its architecture, role, scale, sigma_p,
     degradation and objective, and its weights rounded to half precision. The same network
@@ -75,7 +80,7 @@ def network_digest(model: OFTSRModel) -> str:
     bytes differ (safetensors writes the metadata in no fixed order)."""
     digest = hashlib.sha256()
     meta = model_metadata(model)
-    for key in ("architecture", *(k for k in SETTINGS if k != "step")):
+    for key in DIGEST_KEYS:
         digest.update(f"{key}={meta[key]}\n".encode())
     for name, tensor in sorted(model.unet.state_dict().items()):
         half = tensor.detach().to("cpu", torch.float16).contiguous()
@@ -374,10 +379,12 @@ def parse_authors_filename(name: str) -> dict[str, object]:
 
 
 def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
-    version = meta.get("format_version", "0")
-    if not version.isdigit():
-        raise CheckpointError(f"{path.name}: OFTSR metadata is malformed (format_version {version!r})")
-    if int(version) > FORMAT_VERSION:
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        raise CheckpointError(f"{path.name}: OFTSR metadata is malformed (format_version "
+                              f"{meta.get('format_version')!r})") from None
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path.name}: format version {version} is newer than this oftsr ({FORMAT_VERSION}); "
                               f"upgrade oftsr")
     try:

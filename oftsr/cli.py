@@ -576,10 +576,11 @@ def main(argv: list[str] | None = None) -> int:
     # tifffile logs its parser's complaints ("<tifffile.TiffPages @17210> invalid offset"); a
     # file that cannot be read is reported once, by name, with what to do.
     logging.getLogger("tifffile").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=OverrideWarning)  # said in the CLI's words, by flag (_warn_overrides)
     start = time.perf_counter()
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():  # the library's OverrideWarning is said in the CLI's words (_warn_overrides)
+            warnings.filterwarnings("ignore", category=OverrideWarning)
+            code = args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so every file there is complete
         print("interrupted: the images written so far are complete (--skip-existing goes on from there)",
               file=sys.stderr)

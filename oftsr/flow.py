@@ -16,8 +16,9 @@ def noise_augment(x_lr: torch.Tensor, sigma_p: float, noise: torch.Tensor) -> to
 
 
 def per_sample(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
-    """A (B,) time tensor shaped to broadcast over x's other dims; a float as it is."""
-    return t.reshape(-1, *([1] * (x.ndim - 1))) if isinstance(t, torch.Tensor) else t
+    """A (B,) time tensor shaped to broadcast over x's other dims; a float or a 0-d tensor
+    (which may stay on the CPU beside a CUDA x) as it is."""
+    return t.reshape(-1, *([1] * (x.ndim - 1))) if isinstance(t, torch.Tensor) and t.ndim else t
 
 
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:

@@ -93,6 +93,8 @@ Seed = int | Sequence[int]
 def check_seed(seed: Seed, batch: int) -> Seed:
     """One seed for the batch (image i's noise then depends on i as well), or one per image
     (each image then gets the result it has alone with its seed)."""
+    if getattr(seed, "ndim", 0) == 1:  # a tensor or numpy array of seeds
+        seed = seed.tolist()
     if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
         if len(seed) != batch:
             raise ValueError(f"seed: {len(seed)} seeds for a batch of {batch} images (give one, or one per image)")

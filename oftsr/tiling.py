@@ -75,7 +75,11 @@ def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable
     bounded by the tile height times the width; no tiling is one tile. `tile_batch`
     tiles of a row go through `fn` at once."""
     tile, overlap = check_tiling(tile, overlap)
-    if int(tile_batch) < 1:
+    try:
+        tile_batch = operator.index(tile_batch)
+    except TypeError:
+        raise ValueError(f"tile_batch must be a whole number, got {tile_batch!r}") from None
+    if tile_batch < 1:
         raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
     if tile is None or (height <= tile and width <= tile):
         write(0, fn([(0, 0)], height, width).float())

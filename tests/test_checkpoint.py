@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 import oftsr
-from oftsr.checkpoint import CheckpointError, OverrideWarning, infer_config, param_shapes, parse_authors_filename
+from oftsr.checkpoint import (CheckpointError, OverrideWarning, infer_config, network_digest, param_shapes,
+                              parse_authors_filename)
 
 from conftest import make_model
 
@@ -299,7 +300,6 @@ def test_header_shapes_are_checked_before_the_tensors_are_read(tmp_path, student
 def test_network_digest_names_the_network_not_the_file(tmp_path):
     """The same weights and settings give the same digest however they are stored (a
     re-export, the fp16 copy); other weights, another sigma_p or role do not."""
-    from oftsr.checkpoint import network_digest
 
     model = oftsr.create_model("tiny", role="teacher", seed=0)
     digest = network_digest(model)
@@ -331,3 +331,13 @@ def test_a_safetensors_header_whose_length_ends_in_0x80_is_not_taken_for_a_pickl
     torch.save(student.unet.state_dict(), legacy, _use_new_zipfile_serialization=False)
     assert legacy.read_bytes()[:1] == b"\x80"
     assert oftsr.load_model(legacy, sigma_p=0.2, role="student", scale=4).role == "student"  # still read as torch
+
+
+def test_the_network_digest_of_a_network_never_changes():
+    """Files record their teacher's digest and a resumed run compares them: the digest of a
+    fixed network is pinned."""
+    model = oftsr.create_model("tiny", role="student", sigma_p=0.2, scale=4)
+    with torch.no_grad():
+        for i, p in enumerate(model.unet.parameters()):
+            p.copy_(torch.sin(torch.arange(p.numel(), dtype=torch.float64) * 0.37 + i).view_as(p).float())
+    assert network_digest(model) == "18d781606c87f1082dbf58fdf34fcef967719e3d62cdb26a9ecc92df1d9a79f4"

@@ -470,15 +470,17 @@ def test_tiling_matches_the_library(comfy, pack, student):
 
 
 def upscale_with_model(comfy, upscale_model, img: torch.Tensor, tile: int) -> torch.Tensor:
-    """What core Upscale Image (using Model) does with an UPSCALE_MODEL: move it, call it on
-    (B, C, H, W) tiles of `tile` input pixels (no overlap here), stitch, clamp, move it back."""
+    """What core Upscale Image (using Model) does with an UPSCALE_MODEL: move it, call it
+    image by image on (1, C, h, w) tiles of `tile` input pixels (no overlap here), stitch
+    into three channels, clamp, move it back."""
     upscale_model.to(comfy.model_management.get_torch_device())
     x, s = img.movedim(-1, 1), upscale_model.scale
     out = torch.zeros(x.shape[0], 3, x.shape[2] * s, x.shape[3] * s)
-    for y in range(0, x.shape[2], tile):
-        for x0 in range(0, x.shape[3], tile):
-            part = upscale_model(x[:, :, y:y + tile, x0:x0 + tile])
-            out[:, :, y * s:y * s + part.shape[2], x0 * s:x0 * s + part.shape[3]] = part
+    for b in range(x.shape[0]):
+        for y in range(0, x.shape[2], tile):
+            for x0 in range(0, x.shape[3], tile):
+                part = upscale_model(x[b:b + 1, :, y:y + tile, x0:x0 + tile])
+                out[b:b + 1, :, y * s:y * s + part.shape[2], x0 * s:x0 * s + part.shape[3]] = part
     upscale_model.to("cpu")
     return out.clamp(0, 1).movedim(1, -1)
 
@@ -498,7 +500,8 @@ def test_as_upscale_model_runs_the_student_where_upscale_image_calls_it(comfy, p
 
     img = image(b=2, h=8, w=12)
     out = upscale_with_model(comfy, wrapped, img, tile=64)  # one consumer tile: the whole image
-    expected = run(pack, "OFTSRUpscale", model=student, image=img, t=0.7, seed=5, tile=0, overlap=64, color_fix="none")
+    expected = torch.cat([run(pack, "OFTSRUpscale", model=student, image=img[i:i + 1], t=0.7, seed=5, tile=0,
+                              overlap=64, color_fix="none") for i in range(2)])  # image by image: the same noise
     assert out.shape == (2, 32, 48, 3) and torch.allclose(out, expected, atol=1e-6)
     assert (out - run(pack, "OFTSRUpscale", model=student, image=img, t=0.0, seed=5, tile=0, overlap=64,
                       color_fix="none")).abs().mean() > 1e-3  # its t is the one it was made with
@@ -516,6 +519,7 @@ def test_as_upscale_model_runs_the_student_where_upscale_image_calls_it(comfy, p
     assert torch.allclose(wrapped(torch.cat([x, alpha], 1)), rgb, atol=1e-6)  # RGBA: its RGB, 3 channels back
     gray = wrapped(x[:, :1])
     assert gray.shape == (1, 3, 32, 48) and torch.equal(gray[:, 0], gray[:, 2])
+    assert torch.equal(wrapped(torch.cat([x[:, :1], alpha], 1)), gray)  # gray + alpha: its gray, 3 channels back
     half = wrapped(x.half())
     assert half.dtype == torch.float16 and (half.float() - rgb).abs().max() < 2e-3
 
@@ -526,6 +530,33 @@ def test_as_upscale_model_runs_the_student_where_upscale_image_calls_it(comfy, p
         node.execute(model=student, t=1.5, seed=0, tile=512, overlap=64)
     with pytest.raises(ValueError, match="tile must be 0"):
         node.execute(model=student, t=0.5, seed=0, tile=16, overlap=64)
+    # an overlap above half the tile is capped, as in the other nodes, not refused inside the consumer
+    capped = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.7, seed=5, tile=32, overlap=64)
+    assert (capped.tile, capped.overlap) == (32, 16)
+    assert torch.equal(capped(x), pack.lib.upscale(student, x, t=0.7, seed=5, tile=32, overlap=16))
+
+
+def test_as_upscale_model_halves_its_tile_when_memory_runs_out(comfy, pack, student, monkeypatch):
+    """The consumer retries a smaller tile of its own on out-of-memory; the inner tile
+    halves too (down to 128 px), or the retry would need as much memory as before."""
+    wrapped = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.5, seed=0, tile=512, overlap=64)
+    module = sys.modules[f"{PACK}.nodes.upscale_model"]
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(module, "upscale", out_of_memory)
+    x = image(h=256, w=256).movedim(-1, 1)  # 1024 px of output
+    tiles = []
+    for _ in range(4):
+        with pytest.raises(RuntimeError, match="out of memory"):
+            wrapped(x)
+        tiles.append((wrapped.tile, wrapped.overlap))
+    assert tiles == [(256, 64), (128, 64), (128, 64), (128, 64)]
+    monkeypatch.setattr(module, "upscale", lambda *a, **k: (_ for _ in ()).throw(ValueError("not memory")))
+    with pytest.raises(ValueError, match="not memory"):
+        wrapped(x)
+    assert wrapped.tile == 128
 
 
 def test_as_upscale_model_stops_on_cancel(comfy, pack, student):

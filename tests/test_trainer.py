@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -737,6 +738,31 @@ def test_gray_alpha_training_image_gives_gray_rgb_crops(tmp_path):
     Image.fromarray(np.stack([gray, np.full_like(gray, 128)], axis=-1)).save(tmp_path / "la.png")
     hr = SRDataset(tmp_path, resolution=32, scale=4)[0]["hr"]
     assert hr.shape == (3, 32, 32) and torch.equal(hr[0], hr[1]) and torch.equal(hr[1], hr[2])
+
+
+def test_init_weights_keep_what_their_file_records(tmp_path, monkeypatch):
+    """--init_from / --init_student take only the weights: the run's flags fill in what a
+    file does not say, and contradict nothing (no OverrideWarning about flags never given)."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    from common import load_init_weights
+    from safetensors.torch import save_file
+
+    teacher = oftsr.create_model("tiny", role="teacher", sigma_p=0.1, seed=0)
+    oftsr.save_model(teacher, tmp_path / "teacher.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        init = load_init_weights(str(tmp_path / "teacher.safetensors"), "teacher", "--init_from", sigma_p=0.2,
+                                 role="teacher", scale=4)
+        assert (init.sigma_p, init.role) == (0.1, "teacher")
+        student_file = tmp_path / "student.safetensors"
+        oftsr.save_model(oftsr.create_model("tiny", role="student", seed=1), student_file)
+        assert load_init_weights(str(student_file), "teacher", "--init_from", sigma_p=0.2, role="teacher",
+                                 scale=4).role == "student"
+    bare = tmp_path / "bare.safetensors"  # weights only, as a file of another tool: the flags are what it has
+    save_file({k: v.contiguous() for k, v in teacher.unet.state_dict().items()}, bare)
+    init = load_init_weights(str(bare), "teacher", "--init_from", sigma_p=0.2, role="teacher", scale=4)
+    assert (init.sigma_p, init.role, init.scale) == (0.2, "teacher", 4)
+    assert torch.equal(next(init.unet.parameters()), next(teacher.unet.parameters()))
 
 
 def test_distill_init_student_starts_from_the_given_weights(tmp_path, monkeypatch):

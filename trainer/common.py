@@ -518,6 +518,16 @@ def log_images(accelerator, name: str, images: torch.Tensor, step: int) -> None:
 TEACHER_SETTINGS = ("scale", "sigma_p", "degradation")
 
 
+def load_init_weights(spec: str, name_role: str, option: str, **fallback: object) -> oftsr.OFTSRModel:
+    """The model whose weights start a run (`--init_from`, `--init_student`; a bundled name
+    means its `name_role` file): only its weights are taken, so what its file records
+    stands, and `fallback` fills in only what a file without metadata (an authors' .pth)
+    does not say."""
+    path = oftsr.existing_model_path(spec, name_role, option)
+    recorded = oftsr.read_metadata(path)
+    return oftsr.load_model(path, **{k: v for k, v in fallback.items() if k not in recorded})
+
+
 def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -> oftsr.OFTSRModel:
     """The teacher of `distill.py` and `make_pairs.py`. What its file records (`--scale`,
     `--sigma_p`, `--degradation`, and a realesrgan teacher's `--realesrgan_config`) is what

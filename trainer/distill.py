@@ -21,10 +21,10 @@ import logging
 
 import torch
 
-from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_teacher, log_images,
-                    lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float, positive_int,
-                    run_script, run_training, training_loader, training_metadata, unit_interval, validation_scores,
-                    validation_start)
+from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, load_teacher,
+                    log_images, lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float,
+                    positive_int, run_script, run_training, training_loader, training_metadata, unit_interval,
+                    validation_scores, validation_start)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -86,8 +86,8 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
                                objective=args.objective)
     init = teacher
     if args.init_student:
-        init = oftsr.load_model(oftsr.existing_model_path(args.init_student, "student", "--init_student"), sigma_p=teacher.sigma_p,
-                                scale=teacher.scale)
+        init = load_init_weights(args.init_student, "student", "--init_student", sigma_p=teacher.sigma_p,
+                                 scale=teacher.scale)
         if init.config != teacher.config:
             raise ValueError(f"--init_student has architecture {init.config}, but the teacher is {teacher.config}")
     student.unet.load_state_dict(init.unet.state_dict())

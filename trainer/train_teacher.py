@@ -13,8 +13,8 @@ import logging
 
 import torch
 
-from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, log_images, lr_schedule,
-                    make_accelerator, make_dataloader, make_optimizer, positive_int, run_script,
+from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, log_images,
+                    lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_int, run_script,
                     run_training, validation_scores, validation_start)
 
 import oftsr
@@ -43,8 +43,8 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
     model = oftsr.create_model(args.preset, role="teacher", scale=args.scale, sigma_p=args.sigma_p,
                                degradation=args.degradation, dropout=args.dropout)
     if args.init_from:
-        init = oftsr.load_model(oftsr.existing_model_path(args.init_from, "teacher", "--init_from"), sigma_p=args.sigma_p,
-                                role="teacher", scale=args.scale)
+        init = load_init_weights(args.init_from, "teacher", "--init_from", sigma_p=args.sigma_p, role="teacher",
+                                 scale=args.scale)
         if init.config != model.config:
             preset = next((name for name, config in oftsr.PRESETS.items() if config == init.config), None)
             raise ValueError(f"--init_from {args.init_from} is " + (f"the {preset} preset: pass --preset {preset}"
