@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,8 @@ def test_a_seed_per_image_gives_each_the_result_it_has_alone(strong_student, tea
     assert (sampled[1] - oftsr.sample(teacher, b, steps=2, seed=5)[0]).abs().max() < 1e-5
     with pytest.raises(ValueError, match="seed: 1 seeds for a batch of 2 images"):
         oftsr.upscale(strong_student, torch.cat([a, b]), seed=[3])
+    for seeds in (torch.tensor([3, 5]), np.array([3, 5]), (3, 5)):  # any 1-D run of integers
+        assert torch.equal(oftsr.upscale(strong_student, torch.cat([a, b]), t=0.7, seed=seeds), batch)
 
 
 def test_results_are_ordinary_tensors(student, teacher):
@@ -105,7 +108,8 @@ def test_argument_mistakes_are_named(student, teacher):
                         ({"seed": 0.7}, "seed must be an integer, got 0.7"),
                         ({"t": None}, r"t must be a number in \[0, 1\].*got None"),
                         ({"t": torch.tensor([0.0, 1.0])}, "t must be one number in .0, 1., got a tensor of 2"),
-                        ({"tile": 64.5}, "tile and overlap must be whole numbers of pixels, got 64.5")]:
+                        ({"tile": 64.5}, "tile and overlap must be whole numbers of pixels, got 64.5"),
+                        ({"tile_batch": 1.5}, "tile_batch must be a whole number, got 1.5")]:
         with pytest.raises(ValueError, match=message):
             oftsr.upscale(student, img, **kw)
     with pytest.raises(ValueError, match="steps must be an integer, got 2.7"):
