@@ -7,18 +7,20 @@ import logging
 
 import torch
 
+import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..oftsr import upscale
 from ..oftsr.inference import check_t
 from ..oftsr.tiling import DEFAULT_OVERLAP
-from .common import (CATEGORY, DEFAULT_TILE, MIN_OOM_TILE, check_interrupt, check_tile, first_tiling, is_oom,
-                     model_input, require_role, seed_input, t_input, tiling_inputs)
+from .common import (CATEGORY, DEFAULT_TILE, MIN_OOM_TILE, SEED_MAX, check_interrupt, check_tile, first_tiling,
+                     is_oom, model_input, require_role, t_input, tiling_inputs)
 from .upscale import warn_if_ignores_t
 
 NAME = "OFTSR as Upscale Model"
 SEED_TOOLTIP = ("Seed of the start-point noise. The consuming node calls the model once per image and per tile of its "
-                "own, and the noise starts again in each call: the images of a batch get the same noise.")
+                "own, and the noise starts again in each call: the images of a batch get the same noise, and where "
+                "the consuming node blends two of its tiles the detail is a little softer near t = 1.")
 TILE_TOOLTIP = (f"Tile size in output pixels within each call of the consuming node (0 = what it hands over, at "
                 f"once; Upscale Image hands over 512 px of input, 2048 px of output at x4). Bounds memory; halved "
                 f"down to {MIN_OOM_TILE} when memory runs out, as the consuming node retries.")
@@ -27,17 +29,20 @@ log = logging.getLogger(__name__)
 
 class StudentUpscaleModel:
     """The part of spandrel's ImageModelDescriptor that UPSCALE_MODEL consumers use:
-    `model` (its size sets the memory ComfyUI frees), `scale`, `to(device)`, and a call on
-    (B, C, H, W) in [0, 1] that returns (B, 3, scale*H, scale*W) in the input's dtype.
+    `model` (its size sets the memory ComfyUI frees), `scale`, `to(device)`, `half()` /
+    `bfloat16()` / `float()`, and a call on (B, C, H, W) in [0, 1] that returns
+    (B, 3, scale*H, scale*W) in the input's dtype.
 
     The consumer calls it once per image and per tile of its own (512 px of input in
     Upscale Image); each call is tiled again here, in `tile` output pixels, so memory stays
     bounded whatever the consumer's tile. The start noise is drawn per pixel of what one
-    call sees, so it restarts in each call. On out-of-memory the inner tile is halved
-    (down to 128 px) before the error goes on, so the consumer's retry runs smaller."""
+    call sees, so it restarts in each call. On out-of-memory the inner tile is halved and
+    the call retried, down to 128 px, as OFTSR Upscale does; the smaller tile is kept."""
 
     input_channels = 3
     output_channels = 3
+    supports_half = True
+    supports_bfloat16 = True
 
     def __init__(self, model: torch.nn.Module, t: float, seed: int, tile: int, overlap: int) -> None:
         self.model, self.t, self.seed = model, float(t), int(seed)
@@ -56,9 +61,18 @@ class StudentUpscaleModel:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def to(self, device: torch.device | str) -> "StudentUpscaleModel":
-        self.model.to(device)
+    def to(self, *args, **kwargs) -> "StudentUpscaleModel":
+        self.model.to(*args, **kwargs)
         return self
+
+    def half(self) -> "StudentUpscaleModel":
+        return self.to(torch.float16)
+
+    def bfloat16(self) -> "StudentUpscaleModel":
+        return self.to(torch.bfloat16)
+
+    def float(self) -> "StudentUpscaleModel":
+        return self.to(torch.float32)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         check_interrupt()
@@ -70,20 +84,20 @@ class StudentUpscaleModel:
             image = image[:, :3]
         elif image.shape[1] in (1, 2):  # gray (+ alpha): three equal channels, as an IMAGE holds gray
             image = image[:, :1].expand(-1, 3, -1, -1)
-        try:
-            out = upscale(self.model, image.float(), t=self.t, seed=self.seed, tile=self.tile,
-                          overlap=self.overlap, callback=check_interrupt)
-        except Exception as e:
-            if is_oom(e):
-                self._smaller_tile(image.shape[-2] * self.scale, image.shape[-1] * self.scale)
-            raise
-        return out.to(image.dtype)
-
-    def _smaller_tile(self, out_h: int, out_w: int) -> None:
-        current = min(self.tile or max(out_h, out_w), max(out_h, out_w))
-        if current > MIN_OOM_TILE:
+        out_side = max(image.shape[-2:]) * self.scale
+        while True:
+            try:
+                out = upscale(self.model, image.float(), t=self.t, seed=self.seed, tile=self.tile,
+                              overlap=self.overlap, callback=check_interrupt)
+                return out.to(image.dtype)
+            except Exception as e:
+                current = min(self.tile or out_side, out_side)
+                if not is_oom(e) or current <= MIN_OOM_TILE:
+                    raise
+            # outside the except block the exception's frames and their tensors are released
+            mm.soft_empty_cache()
             self.tile, self.overlap = first_tiling(max(MIN_OOM_TILE, current // 2), self.overlap)
-            log.warning("%s: out of memory; tiles of %d px from now on", NAME, self.tile)
+            log.warning("%s: out of memory with %d-pixel tiles; retrying with %d", NAME, current, self.tile)
 
 
 class OFTSRAsUpscaleModel(io.ComfyNode):
@@ -97,7 +111,11 @@ class OFTSRAsUpscaleModel(io.ComfyNode):
                         "other nodes that take one (tiled upscalers such as Ultimate SD Upscale). Such nodes cut the "
                         "image into their own tiles and keep only RGB; OFTSR Upscale is the node with seamless "
                         "per-pixel noise, alpha and colour fix.",
-            inputs=[model_input(), t_input(), seed_input(SEED_TOOLTIP), *tiling_inputs(TILE_TOOLTIP)],
+            inputs=[model_input(), t_input(),
+                    # no control after generate: a new seed each Queue would redo everything downstream
+                    io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=False,
+                                 tooltip=SEED_TOOLTIP),
+                    *tiling_inputs(TILE_TOOLTIP)],
             outputs=[io.UpscaleModel.Output(display_name="upscale_model",
                                             tooltip="The student at this t and seed, for any UPSCALE_MODEL input.")],
         )

@@ -251,11 +251,10 @@ def is_widget(spec) -> bool:
 
 
 def extra_values_after(name: str, spec) -> int:
-    """Values the frontend stores after this widget's own (control_after_generate's "fixed")."""
+    """Values the frontend stores after this widget's own (control_after_generate's "fixed").
+    An INT named seed or noise_seed has the control unless its spec says false."""
     options = spec_options(spec)
-    if options.get("control_after_generate") or (spec[0] == "INT" and name in SEED_NAMES):
-        return 1
-    return 0
+    return int(bool(options.get("control_after_generate", spec[0] == "INT" and name in SEED_NAMES)))
 
 
 def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:

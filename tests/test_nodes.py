@@ -488,6 +488,7 @@ def upscale_with_model(comfy, upscale_model, img: torch.Tensor, tile: int) -> to
 def test_as_upscale_model_schema(pack):
     inputs = inputs_of(pack, "OFTSRAsUpscaleModel")
     assert list(inputs) == ["model", "t", "seed", "tile", "overlap"]
+    assert inputs["seed"].control_after_generate is False  # a model node that re-rolled would redo all downstream
     assert inputs["model"].io_type == "OFTSR_MODEL" and inputs["t"].display_mode is comfy_stubs.NumberDisplay.slider
     assert (inputs["t"].default, inputs["tile"].default, inputs["overlap"].default) == (0.5, 512, 64)
 
@@ -522,6 +523,11 @@ def test_as_upscale_model_runs_the_student_where_upscale_image_calls_it(comfy, p
     assert torch.equal(wrapped(torch.cat([x[:, :1], alpha], 1)), gray)  # gray + alpha: its gray, 3 channels back
     half = wrapped(x.half())
     assert half.dtype == torch.float16 and (half.float() - rgb).abs().max() < 2e-3
+    # what other UPSCALE_MODEL nodes call: half() / float() set the network's precision
+    assert wrapped.supports_half and wrapped.half() is wrapped and wrapped.dtype == torch.float16
+    assert (wrapped(x) - rgb).abs().max() < 0.02
+    assert wrapped.float() is wrapped and wrapped.dtype == torch.float32  # (the weights keep their fp16 rounding)
+    assert (wrapped(x) - rgb).abs().max() < 0.02
 
     # what it refuses, before anything runs
     with pytest.raises(ValueError, match="needs a one-step student model, but this model is a teacher"):
@@ -537,26 +543,38 @@ def test_as_upscale_model_runs_the_student_where_upscale_image_calls_it(comfy, p
 
 
 def test_as_upscale_model_halves_its_tile_when_memory_runs_out(comfy, pack, student, monkeypatch):
-    """The consumer retries a smaller tile of its own on out-of-memory; the inner tile
-    halves too (down to 128 px), or the retry would need as much memory as before."""
+    """On out-of-memory the call is retried with the inner tile halved, down to 128 px, as
+    OFTSR Upscale does (the consumer's own retry only shrinks its tile); the smaller tile
+    is kept for the next calls."""
     wrapped = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.5, seed=0, tile=512, overlap=64)
     module = sys.modules[f"{PACK}.nodes.upscale_model"]
+    library_upscale, tried = module.upscale, []
 
-    def out_of_memory(*args, **kwargs):
+    def fits_256(model, image, *, tile, **kwargs):
+        tried.append(tile)
+        if tile > 256:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return library_upscale(model, image, tile=tile, **kwargs)
+
+    monkeypatch.setattr(module, "upscale", fits_256)
+    x = image(h=256, w=256).movedim(-1, 1)  # 1024 px of output
+    out = wrapped(x)
+    assert tried == [512, 256] and (wrapped.tile, wrapped.overlap) == (256, 64)
+    assert torch.equal(out, library_upscale(student, x, t=0.5, seed=0, tile=256, overlap=64))
+    assert comfy.model_management.empty_cache_calls >= 1
+
+    def never_fits(model, image, *, tile, **kwargs):
+        tried.append(tile)
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(module, "upscale", out_of_memory)
-    x = image(h=256, w=256).movedim(-1, 1)  # 1024 px of output
-    tiles = []
-    for _ in range(4):
-        with pytest.raises(RuntimeError, match="out of memory"):
-            wrapped(x)
-        tiles.append((wrapped.tile, wrapped.overlap))
-    assert tiles == [(256, 64), (128, 64), (128, 64), (128, 64)]
+    tried.clear()
+    monkeypatch.setattr(module, "upscale", never_fits)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        wrapped(x)
+    assert tried == [256, 128] and wrapped.tile == 128
     monkeypatch.setattr(module, "upscale", lambda *a, **k: (_ for _ in ()).throw(ValueError("not memory")))
     with pytest.raises(ValueError, match="not memory"):
         wrapped(x)
-    assert wrapped.tile == 128
 
 
 def test_as_upscale_model_stops_on_cancel(comfy, pack, student):
