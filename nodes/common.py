@@ -132,7 +132,7 @@ def require_role(model, role: str, node: str) -> None:
         )
     raise ValueError(
         f"{node} needs a teacher model, but this model is a one-step student. Use OFTSR Upscale (or OFTSR t-Sweep, "
-        f"OFTSR Regional Trade-off) for a student (or, for a file that does not record its role, such as an authors' "
+        f"OFTSR Regional Trade-off, OFTSR as Upscale Model) for a student (or, for a file that does not record its role, such as an authors' "
         f".pth, set role = teacher in Load OFTSR Model)."
     )
 

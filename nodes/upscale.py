@@ -13,14 +13,15 @@ from .common import (CATEGORY, check_options, check_tile, color_fix_input, color
 
 NAME = "OFTSR Upscale"
 log = logging.getLogger(__name__)
-_warned_fixed_point: "weakref.WeakSet" = weakref.WeakSet()  # models already warned about, once each
+# the nodes that have warned about each loaded model
+_warned_fixed_point: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def warn_if_ignores_t(model) -> None:
-    """A FlowSR/FluxSR student has no trade-off slider: say so once per loaded model."""
-    if getattr(model, "ignores_t", False) and model not in _warned_fixed_point:
-        _warned_fixed_point.add(model)
-        log.warning("%s: %s", NAME, model.ignores_t_note())
+def warn_if_ignores_t(model, node: str = NAME) -> None:
+    """A FlowSR/FluxSR student has no trade-off slider: say so once per loaded model and node."""
+    if getattr(model, "ignores_t", False) and node not in _warned_fixed_point.setdefault(model, set()):
+        _warned_fixed_point[model].add(node)
+        log.warning("%s: %s", node, model.ignores_t_note())
 
 
 class OFTSRUpscale(io.ComfyNode):

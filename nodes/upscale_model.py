@@ -22,8 +22,9 @@ SEED_TOOLTIP = ("Seed of the start-point noise. The consuming node calls the mod
                 "own, and the noise starts again in each call: the images of a batch get the same noise, and where "
                 "the consuming node blends two of its tiles the detail is a little softer near t = 1.")
 TILE_TOOLTIP = (f"Tile size in output pixels within each call of the consuming node (0 = what it hands over, at "
-                f"once; Upscale Image hands over 512 px of input, 2048 px of output at x4). Bounds memory; halved "
-                f"down to {MIN_OOM_TILE} when memory runs out, as the consuming node retries.")
+                f"once; Upscale Image hands over 512 px of input, 2048 px of output at x4). Bounds memory; when memory "
+                f"runs out it is halved and the call retried inside, down to {MIN_OOM_TILE} px (the smaller tile is "
+                f"kept).")
 log = logging.getLogger(__name__)
 
 
@@ -128,7 +129,7 @@ class OFTSRAsUpscaleModel(io.ComfyNode):
     def execute(cls, model, t: float = 0.5, seed: int = 0, tile: int = DEFAULT_TILE,
                 overlap: int = DEFAULT_OVERLAP) -> io.NodeOutput:
         require_role(model, "student", NAME)
-        warn_if_ignores_t(model)
+        warn_if_ignores_t(model, NAME)
         if (problem := check_tile(tile)) is not True:
             raise ValueError(problem)
         return io.NodeOutput(StudentUpscaleModel(model, check_t(t), seed, tile, overlap))

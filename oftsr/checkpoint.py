@@ -422,7 +422,10 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                sigma_p: float | None = None, role: str | None = None, scale: int | None = None,
                degradation: str | None = None, compile: bool | str = False) -> OFTSRModel:
     """Load our `.safetensors` or an authors' `.pth` (never unpickles arbitrary objects).
-    Keyword overrides win over what the file says. Returns the model in eval mode on the
+    Keyword overrides win over what the file says; one that contradicts what our file
+    records warns (`OverrideWarning`: they are for files that do not say, such as an
+    authors' `.pth`). A name that is neither a file nor a bundled model raises
+    FileNotFoundError naming the closest bundled name. Returns the model in eval mode on the
     inference fast path for its device (`OFTSRModel.optimize()`: channels_last on CPUs,
     NCHW on CUDA, again after a move to another device); `compile=True` (or a mode name, see `OFTSRModel.optimize`) adds `torch.compile`.
     A `path` given as a string may be a bundled model's name ("x4" is its student,

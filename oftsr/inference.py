@@ -221,8 +221,9 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     device: in [0, 1] for float32, 0..255 / 0..65535 for `out_dtype` uint8 / uint16.
 
     `seed` sets the start noise: one seed for the batch, where image i's noise depends on
-    i too (a batch of copies gives different results), or a list with one per image, each
-    image then getting the result it has alone with that seed.
+    i too (a batch of copies gives different results), or one per image (a list, tuple,
+    tensor or array), each image then getting the result it has alone with that seed (to
+    float rounding).
 
     Each tile computes its own noise, condition and result, and finished rows go
     straight into the result, so beyond it memory is bounded by the tile (times the

@@ -5,7 +5,8 @@ each block from its own generator seeded by a hash of (seed, image index, block 
 block column). Any region -- a tile, a band of rows, the whole image -- therefore draws
 exactly its own pixels without holding the whole image's noise, and a pixel's noise
 does not depend on the tiling or on the image size. It is drawn on the CPU, so every
-device gets the same numbers.
+device gets the same numbers. With one seed per image, image i draws from (seed[i], 0):
+the noise it has alone.
 """
 
 from __future__ import annotations

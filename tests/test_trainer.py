@@ -740,6 +740,19 @@ def test_gray_alpha_training_image_gives_gray_rgb_crops(tmp_path):
     assert hr.shape == (3, 32, 32) and torch.equal(hr[0], hr[1]) and torch.equal(hr[1], hr[2])
 
 
+def test_a_student_given_as_the_teacher_is_refused(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import distill
+    from common import load_teacher
+
+    oftsr.save_model(oftsr.create_model("tiny", role="student"), tmp_path / "student.safetensors")
+    args = distill.parse_args(["--teacher", str(tmp_path / "student.safetensors"), "--train_data_dir", str(tmp_path),
+                               "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="--teacher student.safetensors is a one-step student; the student learns "
+                                         "from a teacher"):
+        load_teacher(args)
+
+
 def test_init_weights_keep_what_their_file_records(tmp_path, monkeypatch):
     """--init_from / --init_student take only the weights: the run's flags fill in what a
     file does not say, and contradict nothing (no OverrideWarning about flags never given)."""

@@ -536,6 +536,9 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
     authors' `.pth`) take the flags."""
     # absolute: "./x4", once a string, would read as the bundled name "x4"
     args.teacher = str(oftsr.existing_model_path(args.teacher, "teacher", "--teacher").absolute())
+    if oftsr.read_metadata(args.teacher).get("role") == "student":
+        raise ValueError(f"--teacher {Path(args.teacher).name} is a one-step student; the student learns from a "
+                         f"teacher (what train_teacher.py exports, or a bundled name such as x4-teacher)")
     flags = {key: getattr(args, key) for key in TEACHER_SETTINGS}
     for key, (recorded, value) in contradicted_metadata(args.teacher, **flags).items():
         raise ValueError(f"the teacher was trained with --{key} {recorded}, but this run has --{key} {value}: leave "
