@@ -165,7 +165,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
         try:
             check_t(t)
         except ValueError as e:
-            raise ValueError(f"--t: {e}") from None
+            raise ValueError(f"ts: {e}") from None  # the CLI has checked its --t before
     scale = models[0].scale if models else scale
     degradation = models[0].degradation if models else "bicubic"
     if any(m.scale != scale or m.degradation != degradation for m in models):
