@@ -132,8 +132,8 @@ def require_role(model, role: str, node: str) -> None:
         )
     raise ValueError(
         f"{node} needs a teacher model, but this model is a one-step student. Use OFTSR Upscale (or OFTSR t-Sweep, "
-        f"OFTSR Regional Trade-off, OFTSR as Upscale Model) for a student (or, for a file that does not record its role, such as an authors' "
-        f".pth, set role = teacher in Load OFTSR Model)."
+        f"OFTSR Regional Trade-off, OFTSR as Upscale Model) for a student (or, for a file that does not record its "
+        f"role, such as an authors' .pth, set role = teacher in Load OFTSR Model)."
     )
 
 
@@ -272,12 +272,12 @@ def first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:
     return tile, max(0, min(overlap, tile // 2))
 
 
-def _smaller_tiling(tile: int | None, overlap: int, out_h: int, out_w: int) -> tuple[int, int, int]:
-    """The tile actually in use (an image smaller than the tile is one tile), then half of
-    it and its overlap."""
-    current = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
-    tile = current // 2
-    return current, tile, min(overlap, tile // 4)
+def smaller_tile(tile: int | None, out_h: int, out_w: int) -> tuple[int, int | None]:
+    """After an out-of-memory: the tile that failed (an image smaller than the tile is one
+    tile), and the next to try, half of it but at least MIN_OOM_TILE, or None when the
+    failed tile was already that small."""
+    failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
+    return failed, (max(MIN_OOM_TILE, failed // 2) if failed > MIN_OOM_TILE else None)
 
 
 Job = Callable[[object, torch.Tensor, "int | None", int, Progress], torch.Tensor]
@@ -315,10 +315,8 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             # outside the except block the exception's frames and their tensors are released
             mm.soft_empty_cache()
-            failed, tile, overlap = _smaller_tiling(tile, overlap, out_h, out_w)
-            if tile < MIN_OOM_TILE and failed > MIN_OOM_TILE:  # the smallest tile is tried before giving up
-                tile, overlap = MIN_OOM_TILE, min(overlap, MIN_OOM_TILE // 4)
-            if tile < MIN_OOM_TILE:
+            failed, tile = smaller_tile(tile, out_h, out_w)
+            if tile is None:
                 cpu = "" if device.type == "cpu" else ", or run on the CPU with --cpu"
                 raise ValueError(
                     f"{node}: out of memory on {device} even with {failed}-pixel tiles ({reason}). Upscale fewer "
@@ -326,6 +324,7 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
                     f"free memory held by other models and programs (start ComfyUI with --lowvram to unload models "
                     f"sooner){cpu}."
                 )
+            overlap = min(overlap, tile // 4)
             log.warning("%s: out of memory with %d-pixel tiles on %s; retrying with %d", node, failed, device, tile)
             mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
     finally:

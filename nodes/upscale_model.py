@@ -14,7 +14,7 @@ from ..oftsr import upscale
 from ..oftsr.inference import check_t
 from ..oftsr.tiling import DEFAULT_OVERLAP
 from .common import (CATEGORY, DEFAULT_TILE, MIN_OOM_TILE, SEED_MAX, check_interrupt, check_tile, first_tiling,
-                     is_oom, model_input, require_role, t_input, tiling_inputs)
+                     is_oom, model_input, require_role, smaller_tile, t_input, tiling_inputs)
 from .upscale import warn_if_ignores_t
 
 NAME = "OFTSR as Upscale Model"
@@ -85,20 +85,20 @@ class StudentUpscaleModel:
             image = image[:, :3]
         elif image.shape[1] in (1, 2):  # gray (+ alpha): three equal channels, as an IMAGE holds gray
             image = image[:, :1].expand(-1, 3, -1, -1)
-        out_side = max(image.shape[-2:]) * self.scale
+        out_h, out_w = image.shape[-2] * self.scale, image.shape[-1] * self.scale
         while True:
             try:
                 out = upscale(self.model, image.float(), t=self.t, seed=self.seed, tile=self.tile,
                               overlap=self.overlap, callback=check_interrupt)
                 return out.to(image.dtype)
             except Exception as e:
-                current = min(self.tile or out_side, out_side)
-                if not is_oom(e) or current <= MIN_OOM_TILE:
+                failed, smaller = smaller_tile(self.tile, out_h, out_w)
+                if not is_oom(e) or smaller is None:
                     raise
             # outside the except block the exception's frames and their tensors are released
             mm.soft_empty_cache()
-            self.tile, self.overlap = first_tiling(max(MIN_OOM_TILE, current // 2), self.overlap)
-            log.warning("%s: out of memory with %d-pixel tiles; retrying with %d", NAME, current, self.tile)
+            self.tile, self.overlap = first_tiling(smaller, self.overlap)
+            log.warning("%s: out of memory with %d-pixel tiles; retrying with %d", NAME, failed, self.tile)
 
 
 class OFTSRAsUpscaleModel(io.ComfyNode):

@@ -290,7 +290,6 @@ def _read_safetensors(path: Path, *, header_only: bool = False) -> tuple[dict[st
     return tensors, meta
 
 
-
 def _check_shapes(found: dict[str, tuple[int, ...]] | list[tuple[int, ...]], config: UNetConfig, path: Path) -> None:
     """The file's tensor shapes (by name, or in parameter order) against the architecture,
     built on the meta device: a file whose metadata claims a bigger network than its

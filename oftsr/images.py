@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .files import atomic_write
-from .inference import OUTPUT_DTYPES
+from .inference import OUTPUT_DTYPES, check_unit_range
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # What a folder is searched for: the formats written, and read-only ones (a GIF's first frame;
@@ -433,11 +433,7 @@ def _check_savable(image: object, bit_depth: int) -> torch.Tensor:
         hint = ": channels come first, image.permute(2, 0, 1)" if image.ndim == 3 and image.shape[-1] in (1, 3, 4) else ""
         raise ValueError(f"save_image takes a (C, H, W) tensor with 1 to 4 channels, got {tuple(image.shape)}{hint}")
     if image.is_floating_point():
-        if not torch.isfinite(image).all():
-            raise ValueError("the image to save contains NaN or infinite values")
-        if image.numel() and image.amax() > 2:  # a little over 1 is resampling overshoot, clamped
-            raise ValueError(f"save_image takes values in [0, 1], but the maximum is {image.amax().item():g}: divide "
-                             f"0-255 values by 255 first")
+        check_unit_range(image, "the image to save")
     elif image.dtype not in (torch.uint8, torch.uint16):
         raise ValueError(f"save_image takes floats in [0, 1] or uint8 / uint16 levels, got {image.dtype}")
     return image

@@ -102,6 +102,16 @@ def check_seed(seed: Seed, batch: int) -> Seed:
     return check_count(seed, "seed")
 
 
+def check_unit_range(image: torch.Tensor, what: str) -> None:
+    """A float image meant for [0, 1]: NaN, infinities and 0-255 values are refused, not
+    clamped (a little over 1 is resampling overshoot, which the clamp takes)."""
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+    if image.numel() and image.amax() > 2:
+        raise ValueError(f"{what} must be in [0, 1], but its maximum is {image.amax().item():g}: divide 0-255 values "
+                         f"by 255 first")
+
+
 def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor]:
     """(RGB the network sees, alpha or None, whether the result has one colour channel, which
     images are neutral) of a 1-4 channel image. Neutral: gray, or RGB with three equal
@@ -120,11 +130,7 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
         raise ValueError(f"image must be a floating-point tensor in [0, 1], got {image.dtype}: divide 8-bit levels by "
                          f"255 (16-bit by 65535) first")
     image = image.float()
-    if not torch.isfinite(image).all():
-        raise ValueError("image contains NaN or infinite values")
-    if image.amax() > 2:  # a little over 1 is resampling overshoot; more is another range
-        raise ValueError(f"image must be in [0, 1], but its maximum is {image.amax().item():g}: divide 0-255 values by "
-                         f"255 first")
+    check_unit_range(image, "image")
     if image.amin() < -0.5:  # a little under 0 is resampling undershoot; more is [-1, 1]
         raise ValueError(f"image must be in [0, 1], but its minimum is {image.amin().item():g}: map [-1, 1] values "
                          f"to [0, 1] with (x + 1) / 2 first")
