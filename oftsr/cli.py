@@ -410,8 +410,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return code
 
 
+def _check_new_model_file(dst: str, overwrite: bool) -> None:
+    """A model file is replaced only when asked: it may be the only copy of a trained run."""
+    if Path(dst).exists() and not overwrite:
+        raise ValueError(f"{dst} exists; choose another name, or pass --overwrite to replace it")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     args.src = existing_model_path(args.src, "student", "SRC")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
+    _check_new_model_file(args.dst, args.overwrite)
     _warn_overrides(args.src, sigma_p=args.sigma_p, scale=args.scale, role=args.role, degradation=args.degradation)
     model = load_model(args.src, sigma_p=args.sigma_p, role=args.role, scale=args.scale, degradation=args.degradation)
     # Keep what the source records beyond the model's own fields (how it was trained).
@@ -435,6 +442,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    _check_new_model_file(args.dst, args.overwrite)
     model = create_model(args.preset, role=args.role, scale=args.scale, sigma_p=args.sigma_p,
                          degradation=args.degradation, seed=args.seed)
     save_model(model, args.dst, note="randomly initialised, untrained")
@@ -520,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_override_args(p)
     p.add_argument("--degradation", choices=DEGRADATIONS, help="override the degradation (default: from the file)")
     p.add_argument("--dtype", choices=list(DTYPES), help="store weights in this dtype (default: as loaded)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (SRC itself included)")
     p.set_defaults(func=cmd_convert)
 
     p = add_command("info", help="print a checkpoint's metadata as JSON")
@@ -564,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma-p", dest="sigma_p", type=float, default=0.2, help="start-point noise (default 0.2)")
     p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic", help="default bicubic")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=cmd_create)
     return parser
 

@@ -158,7 +158,7 @@ run_stage "${STUDENT_MINUTES:-}" "$WORK/student" "$WORK/student/student.safetens
 # Stage 3: the shipped files, EMA weights in fp16 (more mantissa than bf16; weights are far
 # inside its range). The loader casts them back to float32 (or the dtype asked for).
 for role in teacher student; do
-  "$PYTHON" -m oftsr convert "$WORK/$role/$role.safetensors" "$WEIGHTS_DIR/$NAME-$role.safetensors" --dtype fp16
+  "$PYTHON" -m oftsr convert "$WORK/$role/$role.safetensors" "$WEIGHTS_DIR/$NAME-$role.safetensors" --dtype fp16 --overwrite
   size=$(stat -c %s "$WEIGHTS_DIR/$NAME-$role.safetensors")
   if [ "$size" -gt $((40 * 1000 * 1000)) ]; then
     echo "error: $NAME-$role.safetensors is $size bytes, over the 40 MB a bundled file may take" >&2; exit 1

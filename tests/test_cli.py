@@ -173,6 +173,22 @@ def test_create_then_upscale(tmp_path, inputs):
     assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o.png"), "--model", str(dst), "-q"]) == 0
 
 
+def test_convert_and_create_keep_an_existing_file_unless_overwrite(tmp_path, capsys):
+    dst = tmp_path / "model.safetensors"
+    assert main(["create", str(dst), "--preset", "tiny", "--seed", "1"]) == 0
+    before = dst.read_bytes()
+    for argv in (["create", str(dst), "--preset", "tiny", "--seed", "2"], ["convert", "x4", str(dst)]):
+        code, _, err = _run_cli(argv, capsys)
+        assert code == 2 and _one_error(err) == f"error: {dst} exists; choose another name, or pass --overwrite to " \
+                                                "replace it"
+        assert dst.read_bytes() == before
+    # in place: the same weights, stored in half precision
+    assert main(["convert", str(dst), str(dst), "--dtype", "fp16", "--overwrite"]) == 0
+    assert len(dst.read_bytes()) < 0.6 * len(before)
+    assert main(["create", str(dst), "--preset", "tiny", "--seed", "2", "--overwrite"]) == 0
+    assert len(dst.read_bytes()) == len(before) and dst.read_bytes() != before
+
+
 def test_python_m_entry_point():
     res = subprocess.run([sys.executable, "-m", "oftsr", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0

@@ -299,6 +299,14 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     res = _run(["trainer/export.py", cut, tmp_path / "raw.pth"], status=2)  # safetensors under a .pth name: no
     assert "error: " in res.stderr and "name it .safetensors" in res.stderr and not (tmp_path / "raw.pth").exists()
     assert oftsr.load_model(tmp_path / "raw.safetensors").config == oftsr.PRESETS["tiny"]
+    # an existing file (maybe another run's model) is kept unless --overwrite
+    before = (tmp_path / "raw.safetensors").read_bytes()
+    res = _run(["trainer/export.py", cut, tmp_path / "raw.safetensors"], status=2)
+    assert "raw.safetensors exists" in res.stderr and "--overwrite" in res.stderr
+    assert (tmp_path / "raw.safetensors").read_bytes() == before
+    _run(["trainer/export.py", cut, tmp_path / "raw.safetensors", "--overwrite"])  # EMA weights now
+    assert all(torch.equal(pa, pb) for pa, pb in
+               zip(oftsr.load_model(tmp_path / "raw.safetensors").parameters(), tb.parameters()))
 
 
 def test_set_up_errors_are_one_line_and_bundled_models_go_by_name(train_dir, tmp_path):

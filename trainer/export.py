@@ -4,6 +4,9 @@
 
     python trainer/export.py runs/teacher/checkpoint-5000 teacher.safetensors
     python trainer/export.py runs/teacher teacher.safetensors   # its newest complete checkpoint
+
+An existing output file is replaced only with --overwrite; the file is written whole or
+not at all.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("checkpoint", help="a checkpoint-N folder, or a run's --output_dir (its newest checkpoint)")
     p.add_argument("output", help="the .safetensors file to write")
     p.add_argument("--raw", action="store_true", help="export the raw (non-EMA) weights")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     args = p.parse_args(argv)
 
     if Path(args.output).suffix.lower() != ".safetensors":
         raise ValueError(f"{args.output}: the model file is written as safetensors; name it .safetensors")
+    if Path(args.output).exists() and not args.overwrite:  # it may be another run's model: keep it
+        raise ValueError(f"{args.output} exists; choose another name, or pass --overwrite to replace it")
     ckpt = find_checkpoint(args.checkpoint)
     info = json.loads((ckpt / MODEL_INFO).read_text())
     if args.raw:
