@@ -82,6 +82,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
         page = tif.pages[0]
         arr = page.asarray()
         associated = any(int(e) == 1 for e in (page.extrasamples or ()))  # ASSOCALPHA: premultiplied colour
+        min_is_white = int(page.photometric) == 0
     if arr.ndim == 3 and arr.shape[0] in (2, 3, 4) and arr.shape[-1] not in (2, 3, 4):  # planar: samples first
         arr = np.moveaxis(arr, 0, -1)
     if arr.dtype.kind == "f":
@@ -90,9 +91,11 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
         peak, depth = (65535.0, 16) if arr.dtype == np.uint16 else (255.0, 8)
         arr = arr.astype(np.float32) / peak
     else:
-        raise UnsupportedImage(f"{path.name}: {arr.dtype} samples are not supported; save it with 8 or 16 bits per "
-                               f"channel")
+        raise UnsupportedImage(f"{path.name}: {arr.dtype} samples are not supported; save it with unsigned 8 or 16 "
+                               f"bits per channel")
     arr = arr.reshape(*arr.shape[:2], -1)
+    if min_is_white:  # gray stored as ink: 0 is white
+        arr[..., :1] = 1.0 - arr[..., :1]
     if associated and arr.shape[-1] in (2, 4):
         return _unpremultiply(arr), depth
     return arr, depth
@@ -125,12 +128,17 @@ def _unpremultiply(arr: np.ndarray) -> np.ndarray:
     return np.concatenate([np.clip(colour, 0.0, 1.0), alpha], axis=-1)
 
 
-def _is_colour_tiff16(im: Image.Image) -> bool:
-    """A 16-bit-per-sample RGB(A) TIFF, which Pillow opens as 8-bit RGB(A)."""
-    if im.format != "TIFF" or im.tag_v2.get(262) != 2:  # PhotometricInterpretation RGB (not CMYK, Lab, ...)
+def _tiff_tag(im: Image.Image, tag: int, default: int) -> tuple:
+    value = im.tag_v2.get(tag, default)
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _tiff_for_tifffile(im: Image.Image) -> bool:
+    """A gray or RGB(A) TIFF that Pillow reads at 8 bits (16-bit colour) or scales wrongly
+    (signed or 32-bit integers, taken as 16-bit; 16-bit min-is-white gray, not inverted)."""
+    if im.format != "TIFF" or _tiff_tag(im, 262, 1)[0] not in (0, 1, 2):  # MinIsWhite, MinIsBlack, RGB
         return False
-    bits = im.tag_v2.get(258)  # BitsPerSample
-    return 16 in (bits if isinstance(bits, tuple) else (bits,))
+    return max(_tiff_tag(im, 258, 1)) > 8 or 2 in _tiff_tag(im, 339, 1)  # BitsPerSample, SampleFormat signed
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -200,9 +208,9 @@ def _register_heif(path: Path) -> None:
 def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == "TIFF" else 1  # tags: read at open
     floats = im.format == "TIFF" and im.mode == "F"  # a gray float TIFF: values checked by _display_floats
-    deep = _is_colour_tiff16(im)
-    # tifffile for 16-bit colour, and for a gray or colour TIFF to be turned (Pillow 13 leaves a
-    # gray one with orientation 5-8 as stored)
+    deep = _tiff_for_tifffile(im)
+    # tifffile for what Pillow reads wrongly or at 8 bits, and for a gray or colour TIFF to be
+    # turned (Pillow 13 leaves a gray one with orientation 5-8 as stored)
     if deep or floats or (orientation != 1 and im.tag_v2.get(262) in (1, 2)):
         try:
             arr, depth = _read_tiff(path)
@@ -210,9 +218,16 @@ def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
         except UnsupportedImage:
             raise
         except (ImportError, ValueError) as e:  # a compression tifffile reads only with imagecodecs (LZW, JPEG)
-            if deep:
+            pillow_exact = im.mode in ("F", "I;16", "I;16B", "I;16L") and im.tag_v2.get(262) == 1
+            if deep and not pillow_exact and im.mode not in ("RGB", "RGBA"):
+                raise UnsupportedImage(f"{path.name}: this TIFF's samples are read only through tifffile, and its "
+                                       f"compression needs the imagecodecs package (pip install imagecodecs); or "
+                                       f"save it uncompressed or with zip") from e
+            if deep and im.mode in ("RGB", "RGBA"):
                 warnings.warn(f"{path.name}: read with 8 bits per channel, not its 16 ({e}); pip install "
                               f"imagecodecs to read all 16", stacklevel=3)
+    if im.mode == "CMYK" and im.format == "TIFF" and max(_tiff_tag(im, 258, 8)) > 8:
+        warnings.warn(f"{path.name}: a 16-bit CMYK image is converted to RGB with 8 bits per channel", stacklevel=3)
     im.load()
     if floats:  # Pillow reads it at full precision: the same range check as tifffile's path
         return _display_floats(_pil_to_array(im), path), 16

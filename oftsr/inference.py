@@ -103,13 +103,35 @@ def check_seed(seed: Seed, batch: int) -> Seed:
 
 
 def check_unit_range(image: torch.Tensor, what: str) -> None:
-    """A float image meant for [0, 1]: NaN, infinities and 0-255 values are refused, not
-    clamped (a little over 1 is resampling overshoot, which the clamp takes)."""
+    """A float image meant for [0, 1]: NaN, infinities, 0-255 and [-1, 1] values are refused,
+    not clamped (a little beyond 0 or 1 is resampling overshoot, which the clamp takes)."""
     if not torch.isfinite(image).all():
         raise ValueError(f"{what} contains NaN or infinite values")
     if image.numel() and image.amax() > 2:
         raise ValueError(f"{what} must be in [0, 1], but its maximum is {image.amax().item():g}: divide 0-255 values "
                          f"by 255 first")
+    if image.numel() and image.amin() < -0.5:  # a little under 0 is resampling undershoot; more is [-1, 1]
+        raise ValueError(f"{what} must be in [0, 1], but its minimum is {image.amin().item():g}: map [-1, 1] values "
+                         f"to [0, 1] with (x + 1) / 2 first")
+
+
+def _image_hint(image: object) -> str:
+    """What to change when `image` is not a (B, C, H, W) tensor: the usual mix-ups."""
+    if isinstance(image, tuple):
+        return ": load_image returns (image, bit_depth); unpack it, image, _ = load_image(path)"
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3 and image.shape[0] in (1, 2, 3, 4):
+            return ": add the batch axis, image[None]"
+        if image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4):
+            return ": channels come first, image.permute(2, 0, 1)[None]"
+        if image.ndim == 4 and image.shape[-1] in (1, 2, 3, 4):  # ComfyUI's IMAGE layout
+            return ": channels come second, image.permute(0, 3, 1, 2)"
+        return ""
+    if type(image).__module__.startswith("numpy"):
+        return " (a numpy (H, W, C) array of 8-bit levels: torch.from_numpy(a).permute(2, 0, 1)[None] / 255)"
+    if type(image).__module__.startswith("PIL"):
+        return " (a Pillow image: read the file with oftsr.images.load_image(path), which returns (image, bit_depth))"
+    return ""
 
 
 def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor]:
@@ -119,21 +141,18 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
     their result is made neutral too, the mean of the network's channels, as for gray."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        hint = ": add the batch axis, image[None]" if isinstance(image, torch.Tensor) and image.ndim == 3 else ""
-        raise ValueError(f"image must be a (B, C, H, W) tensor in [0, 1], got {shape}{hint}")
+        raise ValueError(f"image must be a (B, C, H, W) tensor in [0, 1], got {shape}{_image_hint(image)}")
     b, c, h, w = image.shape
     if b == 0 or h == 0 or w == 0:
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
     if c not in (1, 2, 3, 4):
-        raise ValueError(f"image must have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels, got {c}")
+        raise ValueError(f"image must have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels, got {c}"
+                         f"{_image_hint(image)}")
     if not image.is_floating_point():  # 8-bit levels would all clamp to white
         raise ValueError(f"image must be a floating-point tensor in [0, 1], got {image.dtype}: divide 8-bit levels by "
                          f"255 (16-bit by 65535) first")
     image = image.float()
     check_unit_range(image, "image")
-    if image.amin() < -0.5:  # a little under 0 is resampling undershoot; more is [-1, 1]
-        raise ValueError(f"image must be in [0, 1], but its minimum is {image.amin().item():g}: map [-1, 1] values "
-                         f"to [0, 1] with (x + 1) / 2 first")
     colour, alpha = split_alpha(image.clamp(0, 1))
     if c <= 2:
         neutral = torch.ones(b, dtype=torch.bool, device=image.device)

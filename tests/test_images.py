@@ -426,7 +426,9 @@ def test_tiffs_pillow_cannot_read_at_16_bits(tmp_path, monkeypatch):
     assert depth == 16 and back.shape == (1, 2, 5, 12) and (back[0] - la).abs().max() <= 0.51 / 65535
     # 16-bit CMYK is Pillow's to convert, not read as RGBA
     tifffile.imwrite(tmp_path / "cmyk16.tif", np.full((4, 6, 4), 30000, dtype=np.uint16), photometric="separated")
-    assert load_image(tmp_path / "cmyk16.tif")[0].shape == (1, 3, 4, 6)
+    with pytest.warns(UserWarning, match="cmyk16.tif: a 16-bit CMYK image is converted to RGB with 8 bits per channel"):
+        img, depth = load_image(tmp_path / "cmyk16.tif")
+    assert img.shape == (1, 3, 4, 6) and depth == 8
     # a compression tifffile reads only with imagecodecs (LZW from Photoshop): 8 bits, said
     rgb = np.random.default_rng(0).integers(0, 65536, (4, 6, 3), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "lzw.tif", rgb, photometric="rgb")
@@ -439,6 +441,37 @@ def test_tiffs_pillow_cannot_read_at_16_bits(tmp_path, monkeypatch):
         img, depth = images.load_image(tmp_path / "lzw.tif")
     assert depth == 8 and img.shape == (1, 3, 4, 6)
     assert np.abs(img[0].permute(1, 2, 0).numpy() * 255 - rgb / 257).max() <= 1  # the high bytes
+
+
+def test_gray_tiffs_pillow_would_scale_wrongly(tmp_path, monkeypatch):
+    import tifffile
+
+    gray = np.random.default_rng(1).integers(0, 256, (5, 7)).astype(np.uint16)
+    # Pillow opens signed and 32-bit gray as "I" and would divide it by 65535: refused by name
+    for name, arr in [("i16.tif", gray.astype(np.int16) * 128), ("u32.tif", gray.astype(np.uint32) * 16843009),
+                      ("i32.tif", gray.astype(np.int32)), ("i8.tif", (gray // 2).astype(np.int8))]:
+        tifffile.imwrite(tmp_path / name, arr)
+        with pytest.raises(ValueError, match=rf"{name}: {arr.dtype} samples are not supported; save it with unsigned "
+                                             rf"8 or 16 bits per channel"):
+            load_image(tmp_path / name)
+    # min-is-white gray (0 = white) reads alike at 8 and 16 bits: inverted
+    tifffile.imwrite(tmp_path / "mw8.tif", gray.astype(np.uint8), photometric="miniswhite")
+    tifffile.imwrite(tmp_path / "mw16.tif", gray * 257, photometric="miniswhite")
+    (a, da), (b, db) = load_image(tmp_path / "mw8.tif"), load_image(tmp_path / "mw16.tif")
+    assert (da, db) == (8, 16) and a.shape == b.shape == (1, 1, 5, 7)
+    assert torch.allclose(b[0, 0], torch.from_numpy(1 - gray / 255).float(), atol=1e-6)
+    assert torch.allclose(a, b, atol=1e-6)
+    # when tifffile lacks the codec, such a file is refused, not read wrongly by Pillow
+    tifffile.imwrite(tmp_path / "i16b.tif", gray.astype(np.int16))
+
+    def no_codec(*a, **k):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
+    for name in ("i16b.tif", "mw16.tif"):
+        with pytest.raises(ValueError, match=rf"{name}: .* needs the imagecodecs package"):
+            load_image(tmp_path / name)
+    assert load_image(tmp_path / "mw8.tif")[1] == 8  # Pillow reads 8-bit min-is-white itself
 
 
 def test_xmp_too_long_for_jpeg_is_left_out_with_a_warning_and_the_rest_kept(tmp_path):
@@ -596,6 +629,7 @@ def test_save_image_refuses_what_it_would_write_wrong(tmp_path):
         (torch.full((3, 4, 5), 128.0), {}, "maximum is 128: divide 0-255 values by 255"),
         (torch.full((3, 4, 5), 128), {}, "floats in .0, 1. or uint8 / uint16 levels, got torch.int64"),
         (torch.full((3, 4, 5), float("nan")), {}, "NaN or infinite"),
+        (torch.linspace(-1, 1, 60).reshape(3, 4, 5), {}, r"minimum is -1: map \[-1, 1\] values to \[0, 1\]"),
         (np.zeros((4, 5, 3)), {}, r"got ndarray \(a numpy \(H, W, C\) array: torch.from_numpy\(a\).permute\(2, 0, 1\)\)"),
         (torch.rand(6, 5, 3), {}, r"got \(6, 5, 3\): channels come first, image.permute\(2, 0, 1\)"),
         (torch.rand(4, 5), {}, r"a \(C, H, W\) tensor with 1 to 4 channels, got \(4, 5\)"),
@@ -608,3 +642,5 @@ def test_save_image_refuses_what_it_would_write_wrong(tmp_path):
     assert list(tmp_path.iterdir()) == []
     assert save_image(torch.full((1, 3, 4, 5), 1.01), target) == 8  # resampling overshoot is clamped
     assert np.asarray(Image.open(target)).min() == 255
+    assert save_image(torch.full((3, 4, 5), -0.05), target) == 8  # and undershoot
+    assert np.asarray(Image.open(target)).max() == 0

@@ -188,6 +188,23 @@ def test_bad_images(student):
         oftsr.upscale(student, torch.zeros(3, 8, 8))
 
 
+def test_the_usual_image_mix_ups_are_named_with_their_fix(student, tmp_path):
+    from PIL import Image
+
+    from oftsr.images import load_image
+
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    for image, message in [
+            (torch.zeros(8, 6, 3), r"got \(8, 6, 3\): channels come first, image.permute\(2, 0, 1\)\[None\]"),
+            (torch.zeros(1, 8, 6, 3), r"channels, got 8: channels come second, image.permute\(0, 3, 1, 2\)"),
+            (np.zeros((8, 6, 3), np.uint8), r"got ndarray \(a numpy \(H, W, C\) array of 8-bit levels: "
+                                             r"torch.from_numpy\(a\).permute\(2, 0, 1\)\[None\] / 255\)"),
+            (Image.open(tmp_path / "a.png"), r"got PngImageFile \(a Pillow image: read the file with oftsr.images.load_image"),
+            (load_image(tmp_path / "a.png"), r"got tuple: load_image returns \(image, bit_depth\); unpack it")]:
+        with pytest.raises(ValueError, match=message):
+            oftsr.upscale(student, image)
+
+
 def test_tiny_images(student):
     for h, w in [(1, 1), (1, 7), (2, 3)]:
         out = oftsr.upscale(student, smooth_image(h, w) if min(h, w) > 1 else torch.rand(1, 3, h, w))
