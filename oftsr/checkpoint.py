@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .devices import resolve_device
 from .files import atomic_write
 from .model import DEGRADATIONS, OBJECTIVES, ROLES, OFTSRModel
 from .unet import UNet, UNetConfig
@@ -400,8 +401,11 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
         raise CheckpointError(f"{path.name}: OFTSR metadata is incomplete or malformed ({type(e).__name__}: {e})") from e
 
 
-# Weight precisions by the short names the CLI and the nodes offer (load_model takes them too).
+# Weight precisions by the short names the CLI and the nodes offer (load_model takes them too,
+# and torch's names of them).
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {**DTYPES, "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
+               "half": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _export_advice(checkpoint: Path) -> str:
@@ -429,11 +433,14 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     NCHW on CUDA, again after a move to another device); `compile=True` (or a mode name, see `OFTSRModel.optimize`) adds `torch.compile`.
     A `path` given as a string may be a bundled model's name ("x4" is its student,
     "x4-teacher"; a name wins over a file of that name, as in `resolve_model`: ./x4 for
-    the file), and `dtype` a short name ("bf16")."""
+    the file), `dtype` a short name ("bf16", or torch's "bfloat16"), and `device` "auto"
+    (CUDA, then MPS, else CPU)."""
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be a torch dtype or one of {', '.join(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
+        if dtype.removeprefix("torch.") not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be a torch dtype or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+        dtype = DTYPE_NAMES[dtype.removeprefix("torch.")]
+    if device is not None:  # a device the machine lacks, said now and with the ones it has
+        device = resolve_device(device, "load_model: device")
     if isinstance(path, str):  # a bundled model's name ("x4" = its student, "x4-teacher") or a path, as everywhere
         from .weights import existing_model_path
 

@@ -20,6 +20,7 @@ from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_
 from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_count, list_images, load_image,
                      read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
+from .devices import resolve_device
 from .inference import OUTPUT_DTYPES, is_out_of_memory, parse_t_values, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS, Callback
@@ -27,42 +28,6 @@ from .resample import resize
 from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
 from .weights import DEFAULT_MODEL, create_model, existing_model_path, model_name_help
-
-
-def available_devices() -> list[str]:
-    """The devices this machine has, by name, CPU first."""
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        names.append("mps")
-    xpu = getattr(torch, "xpu", None)
-    if xpu is not None and xpu.is_available():
-        names += [f"xpu:{i}" for i in range(xpu.device_count())]
-    return names
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA, then MPS, else CPU) or a device this machine has: anything else is a
-    ValueError that lists the devices there are."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:  # not a device type torch knows
-            device = None
-        if device is not None and device.type in ("cuda", "xpu"):
-            present = f"{device.type}:{device.index or 0}"
-        else:
-            present = device.type if device is not None else ""
-        if present not in available_devices():
-            raise ValueError(f"--device {name}: this machine has no such device; available: "
-                             f"{', '.join(available_devices())} (or auto)")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -224,10 +224,28 @@ def test_unavailable_device_lists_the_available_ones(tmp_path, model_files, inpu
 
 
 def test_device_names_that_exist_are_accepted():
-    from oftsr.cli import available_devices, resolve_device
+    from oftsr.devices import available_devices, resolve_device
 
     assert available_devices()[0] == "cpu"
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device("auto").type in ("cpu", "cuda", "mps", "xpu")
+    assert resolve_device(torch.device("privateuseone", 0)).type == "privateuseone"  # another backend's: passed on
+
+
+def test_load_model_names_a_missing_device_and_takes_torch_dtype_names(monkeypatch):
+    import oftsr.devices
+
+    monkeypatch.setattr(oftsr.devices, "available_devices", lambda: ["cpu"])
+    for device in ("cuda", torch.device("cuda", 1), "mps", "gpu"):
+        with pytest.raises(ValueError, match=rf"load_model: device {device}: this machine has no such device; "
+                                             rf"available: cpu \(or auto\)"):
+            oftsr.load_model("x4", device=device)
+    model = oftsr.load_model("x4", device="auto", dtype="bfloat16")
+    assert next(model.parameters()).device.type == oftsr.devices.resolve_device("auto").type
+    assert next(model.parameters()).dtype == torch.bfloat16
+    for name, dtype in [("half", torch.float16), ("float32", torch.float32), ("torch.float16", torch.float16)]:
+        assert oftsr.load_model("x4", dtype=name).unet.input_blocks[0][0].weight.dtype == dtype
+    with pytest.raises(ValueError, match="dtype must be a torch dtype or one of fp32, fp16, bf16, float32"):
+        oftsr.load_model("x4", dtype="int8")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,0 +1,45 @@
+"""Devices by name: which this machine has, and `auto`, for the CLI and `load_model`."""
+
+from __future__ import annotations
+
+import torch
+
+
+def available_devices() -> list[str]:
+    """The devices this machine has, by name, CPU first."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        names += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return names
+
+
+def resolve_device(name: str | torch.device, what: str = "--device") -> torch.device:
+    """`auto` (CUDA, then MPS, else CPU) or a device this machine has. A CPU, CUDA, MPS or
+    XPU device it lacks, or a name torch does not know, is a ValueError that lists the
+    devices there are (instead of torch's "Found no NVIDIA driver" at the first tensor);
+    other backends' devices (DirectML's privateuseone) are passed on as they are."""
+    if str(name) != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:  # not a device type torch knows
+            device = None
+        if device is not None and device.type not in ("cpu", "cuda", "mps", "xpu"):
+            return device
+        if device is not None and device.type in ("cuda", "xpu"):
+            present = f"{device.type}:{device.index or 0}"
+        else:
+            present = device.type if device is not None else ""
+        if present not in available_devices():
+            raise ValueError(f"{what} {name}: this machine has no such device; available: "
+                             f"{', '.join(available_devices())} (or auto)")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
