@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
 from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
 from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_count, list_images, load_image,
@@ -70,6 +71,10 @@ def _check_args(args: argparse.Namespace) -> None:
     """Argument errors of `upscale` / `sample`, before any file is read: one message each,
     naming the option. The rules are the library's own (parse_t_values, check_tiling)."""
     resolve_device(args.device)
+    role = "student" if args.command == "upscale" else "teacher"
+    if args.role not in (None, role):
+        raise ValueError(f"--role {args.role}: `oftsr {args.command}` runs a {role}; --role is for files that do not "
+                         f"record theirs (use `oftsr {COMMAND_FOR_ROLE[args.role]}` for a {args.role})")
     if hasattr(args, "t"):  # one value, or several separated by commas ("0,0.5,1")
         tags = [_t_tag(t) for t in parse_t_values(args.t, "--t")]
         if len(set(tags)) < len(tags):
@@ -87,6 +92,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.tile and args.overlap == 0:
         print("warning: --overlap 0: neighbouring tiles are not blended, and their edges can show as seams in "
               "large images (the default overlap blends them)", file=sys.stderr)
+    if not args.tile and args.overlap:
+        print(f"warning: --overlap {args.overlap} does nothing with --tile 0 (whole images, no tiles)", file=sys.stderr)
     if args.tile_batch < 1:
         raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
     if getattr(args, "steps", 1) < 1:
@@ -94,13 +101,19 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = False,
-             fmt: str = "png", tags: list[str] | None = None) -> list[Path]:
+             fmt: str | None = None, tags: list[str] | None = None) -> list[Path]:
     """One output path per input file and tag (file-major): `out` itself for a single file
     with an image suffix, else files under the folder `out` (sub-folders of input folders
-    kept), named with the suffix of `fmt` ("same": the input's, where it can be written,
-    else .png), each tag before the suffix. A source image is replaced only by its own
+    kept), named with the suffix of `fmt` (default png; "same": the input's, where it can be
+    written, else .png), each tag before the suffix. A source image is replaced only by its own
     result and only with `overwrite`; never by another image's."""
     single = len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
+    if fmt is None:
+        fmt = "png"
+    elif single and out.suffix.lower() in IMAGE_SUFFIXES and fmt not in ("same", out.suffix.lower().lstrip(".")) \
+            and (fmt, out.suffix.lower()) not in (("jpg", ".jpeg"), ("tif", ".tiff")):
+        raise ValueError(f"--format {fmt} is for an output folder; -o {out.name} names the file, and its suffix "
+                         f"sets its type: name it {out.with_suffix('.' + fmt).name}, or leave out --format")
     if out.suffix.lower() in UNWRITABLE_SUFFIXES and not out.is_dir():  # an image name, not a folder
         raise ValueError(f"-o {out}: cannot write {out.suffix!r} images; use one of {', '.join(IMAGE_SUFFIXES)}")
     if out.suffix.lower() in IMAGE_SUFFIXES and not single and not out.is_dir():
@@ -200,6 +213,10 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
             print(f"skipping {len(files) - len(todo)} of {len(files)} images whose output exists (--skip-existing)",
                   file=sys.stderr)
         files, targets, variants = [files[i] for i in todo], [targets[i] for i in todo], [variants[i] for i in todo]
+    eight = next((t for t in targets if t.suffix.lower() not in (".png", ".tif", ".tiff")), None)
+    if args.bit_depth == 16 and eight is not None:
+        raise ValueError(f"--bit-depth 16: {eight.name} would hold 8 bits ({eight.suffix} has no more); write PNG or "
+                         f"TIFF (-o name.png, or --format png / tif for a folder)")
     _check_writable(targets + [path for path, _ in sheets])
     return files, targets, variants, sheets
 
@@ -247,6 +264,7 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
     size = _output_size(image, model.scale, args.outscale)
     check_output_size(dst, size[1], size[0])
     progress = _progress(bar)
+    source_depth, depth = depth, args.bit_depth or depth
     # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
     levels = torch.uint16 if depth == 16 else torch.uint8
     resized = size != (image.shape[-2] * model.scale, image.shape[-1] * model.scale)
@@ -259,9 +277,11 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
         if resized:
             result = resize(result, size)
         result = (result * OUTPUT_DTYPES[levels]).round().to(levels)  # both clamp to [0, 1]
+    single = dst == Path(args.output)  # named by -o: its suffix sets the type; in a folder, --format does
+    to_png = "name the output .png" if single else "write PNG (--format png)"
     if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
-        tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto white; name the "
-                   f"output .png to keep its alpha", file=sys.stderr)
+        tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto white; {to_png} "
+                   f"to keep its alpha", file=sys.stderr)
     try:
         written = save_image(result, dst, bit_depth=depth, metadata=metadata, quality=args.quality)
     except (ValueError, OSError) as e:  # the result is not lost for its metadata
@@ -269,9 +289,10 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
             raise
         written = save_image(result, dst, bit_depth=depth, quality=args.quality)
         tqdm.write(f"warning: {dst.name} written without the metadata of {src.name}: {e}", file=sys.stderr)
-    if written < depth:
-        tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {depth} ({dst.suffix} holds "
-                   f"8); name the output .png or .tif to keep {depth} bits", file=sys.stderr)
+    if written < depth:  # --bit-depth 16 into JPEG or WebP is refused before: the source's 16 bits
+        tqdm.write(f"warning: {dst.name} has {written} bits per channel, {src.name} had {source_depth} ({dst.suffix} "
+                   f"holds 8); {'name the output .png or .tif' if single else 'write PNG or TIFF (--format png or tif)'} "
+                   f"to keep {depth} bits", file=sys.stderr)
 
 
 def _without_name(message: str, src: Path) -> str:
@@ -396,6 +417,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     args.path = existing_model_path(args.path, "student", "PATH")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
     meta = read_metadata(args.path)
+    given = [f"--{k.replace('_', '-')}" for k in ("sigma_p", "role", "scale") if getattr(args, k) is not None]
+    if meta.get("format") == "oftsr" and given:
+        print(f"warning: {', '.join(given)} left out: info shows what {Path(args.path).name} records (the overrides "
+              f"are for files that do not record it)", file=sys.stderr)
     if meta.get("format") != "oftsr":  # not ours: describe what loading would infer
         model = load_model(args.path, sigma_p=args.sigma_p, role=args.role, scale=args.scale)
         meta = {**model_metadata(model), "format": "authors" if Path(args.path).suffix != ".safetensors"
@@ -433,8 +458,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                                    "checkpoint (.safetensors or authors' .pth)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the noise added to the upsampled input, the flow's starting point (default 0)")
-    p.add_argument("--format", choices=["png", "jpg", "webp", "tif", "same"], default="png",
-                   help="file type of the results in an output folder; same = the input's (default png)")
+    p.add_argument("--format", choices=["png", "jpg", "webp", "tif", "same"], default=None,
+                   help="file type of the results in an output folder; same = the input's (default png). A file "
+                        "named by -o takes the type of its suffix")
+    p.add_argument("--bit-depth", dest="bit_depth", type=int, choices=[8, 16], default=None,
+                   help="bits per channel of the results: 16 keeps the network's gradations for editing (PNG or "
+                        "TIFF); default: the input's (16 for a 16-bit PNG or TIFF, else 8)")
     p.add_argument("--quality", type=int, default=95, help="JPEG and WebP quality, 1-100 (default 95)")
     p.add_argument("--outscale", type=float, default=None,
                    help="final size as a factor of the input, e.g. 2: the model's result resized (antialiased "
@@ -465,6 +494,7 @@ DTYPE_HELP = "auto = bf16/fp16 on CUDA, fp32 elsewhere"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oftsr", description="One-step flow super-resolution with a tunable fidelity-realism trade-off.")
+    parser.add_argument("--version", action="version", version=f"oftsr {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_command = functools.partial(subparsers.add_parser, allow_abbrev=False)  # `sample --t` is not `--tile`
     parser.commands = subparsers.choices  # name -> its parser, for errors in the subcommand's words

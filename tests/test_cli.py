@@ -755,3 +755,61 @@ def test_grid_of_big_results_is_reduced_as_they_are_read(tmp_path, model_files, 
                  "--model", str(model_files[0]), "--tile", "0", "-q"]) == 0
     sheet = load_image(tmp_path / "x_grid.png")[0]
     assert sheet.shape[-1] <= 60 and sheet.shape[-1] >= 50  # two reduced cells and their gap
+
+
+def test_bit_depth_chooses_the_results_bits(tmp_path, model_files, inputs, capsys):
+    rgb = inputs / "rgb.png"  # 8-bit
+    assert main(["upscale", str(rgb), "-o", str(tmp_path / "deep.png"), "--bit-depth", "16", "--model",
+                 str(model_files[0]), "-q"]) == 0
+    deep, depth = load_image(tmp_path / "deep.png")
+    assert depth == 16 and deep.shape == (1, 3, 48, 40) and (deep * 65535 % 257).abs().max() > 1  # more than 8 bits
+    assert main(["upscale", str(rgb), "-o", str(tmp_path / "flat.png"), "--model", str(model_files[0]), "-q"]) == 0
+    flat, depth = load_image(tmp_path / "flat.png")
+    assert depth == 8 and (flat - deep).abs().max() <= 0.5 / 255 + 1e-6  # the same result, rounded to 8 bits
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--format", "jpg", "--bit-depth", "16",
+                             "--model", str(model_files[0])], capsys)
+    assert code == 2 and "--bit-depth 16: " in _one_error(err) and "write PNG or TIFF" in err
+    assert not (tmp_path / "o").exists()
+    # a 16-bit source written at 8 bits when asked, without the "had 16 bits" warning
+    with open(tmp_path / "g16.png", "wb") as f:
+        png.Writer(4, 4, greyscale=True, bitdepth=16).write(f, np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
+    code, _, err = _run_cli(["upscale", str(tmp_path / "g16.png"), "-o", str(tmp_path / "g8.png"), "--bit-depth", "8",
+                             "--model", str(model_files[0]), "-q"], capsys)
+    assert code == 0 and load_image(tmp_path / "g8.png")[1] == 8 and "warning" not in err
+
+
+def test_options_that_would_do_nothing_are_said(tmp_path, model_files, inputs, capsys):
+    rgb, student = str(inputs / "rgb.png"), str(model_files[0])
+    code, _, err = _run_cli(["upscale", rgb, "-o", str(tmp_path / "x.jpg"), "--format", "webp", "--model", student],
+                            capsys)
+    assert code == 2 and _one_error(err) == ("error: --format webp is for an output folder; -o x.jpg names the file, "
+                                             "and its suffix sets its type: name it x.webp, or leave out --format")
+    for fmt in ("jpg", "same"):  # agreeing with the name, or the input's: fine
+        assert main(["upscale", rgb, "-o", str(tmp_path / "x.jpg"), "--format", fmt, "--model", student, "-q"]) == 0
+    code, _, err = _run_cli(["upscale", rgb, "-o", str(tmp_path / "y.png"), "--tile", "0", "--overlap", "16",
+                             "--model", student, "-q"], capsys)
+    assert code == 0 and "warning: --overlap 16 does nothing with --tile 0" in err
+    code, _, err = _run_cli(["info", "x4", "--sigma-p", "0.9"], capsys)
+    assert code == 0 and "warning: --sigma-p left out: info shows what x4-student.safetensors records" in err
+    assert '"sigma_p": "0.2"' in _run_cli(["info", "x4", "--sigma-p", "0.9"], capsys)[1]
+    # --role naming the other command's model: said first, not as "this is a teacher model"
+    code, _, err = _run_cli(["upscale", rgb, "-o", str(tmp_path / "z.png"), "--role", "teacher", "--model", student],
+                            capsys)
+    assert code == 2 and _one_error(err) == ("error: --role teacher: `oftsr upscale` runs a student; --role is for "
+                                             "files that do not record theirs (use `oftsr sample` for a teacher)")
+
+
+def test_version():
+    res = subprocess.run([sys.executable, "-m", "oftsr", "--version"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == f"oftsr {oftsr.__version__}"
+
+
+def test_warnings_name_the_option_that_keeps_what_was_lost(tmp_path, model_files, inputs, capsys):
+    # a folder written as JPEG: the advice is --format, not a file name
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--format", "jpg", "--model",
+                             str(model_files[0]), "-q"], capsys)
+    assert code == 0 and "rgba.jpg: JPEG has no transparency, so rgba.png is flattened onto white; write PNG " \
+                         "(--format png) to keep its alpha" in err
+    code, _, err = _run_cli(["upscale", str(inputs / "rgba.png"), "-o", str(tmp_path / "one.jpg"), "--model",
+                             str(model_files[0]), "-q"], capsys)
+    assert code == 0 and "name the output .png to keep its alpha" in err
