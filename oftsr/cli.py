@@ -26,7 +26,7 @@ from .inference import OUTPUT_DTYPES, is_out_of_memory, parse_t_values, sample, 
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS, Callback
 from .resample import resize
-from .tiling import check_tiling
+from .tiling import check_tiling_options
 from .unet import PRESETS, count_parameters
 from .weights import DEFAULT_MODEL, create_model, existing_model_path, model_name_help
 
@@ -84,11 +84,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--outscale must be more than 0, got {args.outscale:g}")
     if not 1 <= args.quality <= 100:
         raise ValueError(f"--quality must be 1 to 100, got {args.quality}")
-    for option, overlap in (("--tile", None), ("--overlap", args.overlap)):
-        try:
-            check_tiling(args.tile or None, overlap)
-        except ValueError as e:  # the library's "0/None": on the command line, 0
-            raise ValueError(f"{option}: {str(e).replace('0/None', '0')}") from None
+    check_tiling_options(args.tile, args.overlap)
     if args.tile and args.overlap == 0:
         print("warning: --overlap 0: neighbouring tiles are not blended, and their edges can show as seams in "
               "large images (the default overlap blends them)", file=sys.stderr)

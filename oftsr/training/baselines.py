@@ -14,9 +14,11 @@ and nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -127,13 +129,24 @@ def load_baseline(name: str, device: torch.device | str = "cpu") -> Callable[[to
     except ImportError as e:
         raise BaselineUnavailable(f"--baseline {name} needs spandrel to build the network; install it with: "
                                   f"{INSTALL[name]}") from e
-    descriptor = spandrel.ModelLoader().load_from_state_dict(state)
+    with _quiet_meshgrid():
+        descriptor = spandrel.ModelLoader().load_from_state_dict(state)
     if descriptor.scale != BASELINE_SCALE:
         raise ValueError(f"{BASELINES[name]}: expected an x{BASELINE_SCALE} network, got x{descriptor.scale}")
     descriptor.to(torch.device(device)).eval()
 
     @torch.inference_mode()
     def run(lr: torch.Tensor) -> torch.Tensor:
-        return descriptor(lr.to(descriptor.device, torch.float32)).clamp(0, 1).float().cpu()
+        with _quiet_meshgrid():
+            return descriptor(lr.to(descriptor.device, torch.float32)).clamp(0, 1).float().cpu()
 
     return run
+
+
+@contextlib.contextmanager
+def _quiet_meshgrid() -> Iterator[None]:
+    """spandrel's DAT calls torch.meshgrid without `indexing`, and torch warns about it:
+    not the user's to act on, so not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
+        yield
