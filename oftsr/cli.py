@@ -333,7 +333,7 @@ def _write_sheets(sheets: list[tuple[Path, list[Path]]], ts: list[float], qualit
     """Each image's results at every t as one labelled sheet (oftsr.grid), read back one
     at a time and reduced to the sheet's cell as they are read, so that memory holds one
     result and the small cells. An image with a missing result gets no sheet."""
-    from .grid import MAX_GRID_SIDE, labelled_grid, t_labels
+    from .grid import MAX_GRID_SIDE, labelled_grid, on_checkerboard, t_labels
 
     failed = 0
     for sheet, results in sheets:
@@ -345,7 +345,7 @@ def _write_sheets(sheets: list[tuple[Path, list[Path]]], ts: list[float], qualit
         cells = []
         for result in results:
             image = load_image(result)[0]  # written upright: (1, C, H, W) in [0, 1]
-            image = image[:, :1].expand(-1, 3, -1, -1) if image.shape[1] <= 2 else image[:, :3]  # no alpha on a sheet
+            image = on_checkerboard(image)  # a sheet has no alpha: transparency shown as editors show it
             h, w = image.shape[-2:]
             fit = min(1.0, (MAX_GRID_SIDE - 4 * len(results)) / (len(results) * w), MAX_GRID_SIDE * 0.9 / h)
             if fit < 1:

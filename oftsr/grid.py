@@ -26,6 +26,21 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def on_checkerboard(image: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """(B, 3, H, W) of a 1-4 channel image in [0, 1]: gray as three channels, and an image
+    with alpha laid over a light checkerboard as editors show transparency (the colour
+    under transparent pixels is filler, not meant to be seen)."""
+    alpha = image[:, -1:] if image.shape[1] in (2, 4) else None
+    colour = image[:, :1].expand(-1, 3, -1, -1) if image.shape[1] <= 2 else image[:, :3]
+    if alpha is None:
+        return colour
+    h, w = image.shape[-2:]
+    ys = torch.arange(h, device=image.device) // cell
+    xs = torch.arange(w, device=image.device) // cell
+    board = torch.where((ys[:, None] + xs[None, :]) % 2 == 0, 1.0, 0.8).to(image.dtype)
+    return colour * alpha + board * (1 - alpha)
+
+
 def t_labels(ts: Sequence[float]) -> list[str]:
     """The column labels of a t sweep: "t = 0.25"."""
     return [f"t = {t:g}" for t in ts]

@@ -112,3 +112,21 @@ def test_cells_of_a_tiny_image_are_enlarged_until_their_labels_fit():
         assert band[:, right_edge - 1:right_edge + gap + 1].min() > 0.5, k
     one_pixel = labelled_grid(cells(1, 2, 4, 4), ["t = 0", "t = 1"])  # a 1x1 input at x4
     assert one_pixel.shape[2] == 2 * 40 + _layout(1, 2, 40, 40, 5)[0]
+
+
+def test_transparency_is_shown_over_a_checkerboard():
+    from oftsr.grid import on_checkerboard
+
+    rgba = torch.zeros(1, 4, 16, 16)
+    rgba[:, 0] = 1.0  # red colour everywhere, but only the left half visible
+    rgba[:, 3, :, :8] = 1.0
+    out = on_checkerboard(rgba, cell=4)
+    assert out.shape == (1, 3, 16, 16)
+    assert torch.equal(out[0, :, :, :8], torch.tensor([1.0, 0, 0])[:, None, None].expand(3, 16, 8))
+    right = out[0, :, :, 8:]  # the filler colour hidden: light and dark gray cells of 4 px
+    assert torch.equal(right[0], right[1]) and torch.allclose(right.unique(), torch.tensor([0.8, 1.0]))
+    assert right[0, 0, 0] != right[0, 0, 4] and right[0, 0, 0] == right[0, 4, 4]
+    half = on_checkerboard(torch.tensor([0.2, 0.5]).view(1, 2, 1, 1))  # gray + alpha: blended, three channels
+    assert torch.allclose(half, torch.full((1, 3, 1, 1), 0.2 * 0.5 + 1.0 * 0.5))
+    gray = torch.rand(2, 1, 5, 6)
+    assert torch.equal(on_checkerboard(gray), gray.expand(-1, 3, -1, -1))
