@@ -404,6 +404,39 @@ def test_accelerate_launch_two_processes(train_dir, tmp_path):
     assert oftsr.load_model(teacher_dir / "teacher.safetensors").step == 2  # the finished run's export, untouched
 
 
+PARTITION_PROBE = """
+import argparse, json, sys
+import torch
+sys.path.insert(0, "trainer")
+from common import make_accelerator, training_loader
+
+args = argparse.Namespace(report_to="none", gradient_accumulation_steps=1, mixed_precision="no", output_dir=sys.argv[1],
+                          logging_dir="logs", allow_tf32=False, seed=3, tracker_project_name=None,
+                          train_batch_size=2, dataloader_num_workers=0)
+accelerator = make_accelerator(args, "probe")
+loader = accelerator.prepare(training_loader(args, torch.utils.data.TensorDataset(torch.arange(12))))
+seen = []
+for epoch in range(2):
+    loader.set_epoch(epoch)
+    seen.append([int(i) for (batch,) in loader for i in batch])
+print("SEEN", accelerator.process_index, json.dumps(seen))
+"""
+
+
+def test_two_processes_split_each_epoch_between_them(tmp_path):
+    """Each epoch's permutation is shared out: no crop drawn twice, none left out."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PARTITION_PROBE)
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    res = _run([probe, tmp_path / "out"], launcher)
+    seen = dict(line.split(" ", 2)[1:] for line in res.stdout.splitlines() if line.startswith("SEEN "))
+    a, b = json.loads(seen["0"]), json.loads(seen["1"])
+    for epoch in range(2):
+        assert len(a[epoch]) == len(b[epoch]) == 6 and sorted(a[epoch] + b[epoch]) == list(range(12))
+    assert a[0] != a[1]  # a new permutation each epoch
+
+
 def test_bf16_and_gradient_accumulation(train_dir, tmp_path):
     out = tmp_path / "acc"
     _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--preset", "tiny", *COMMON,

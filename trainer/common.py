@@ -243,7 +243,10 @@ def make_accelerator(args: argparse.Namespace, project: str):
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir,
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # One shuffle seed for every process, so that they split one permutation between them;
+        # without it the sampler takes torch's seed, which set_seed below makes differ by rank,
+        # and the processes would draw overlapping crops and leave others out.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     if args.allow_tf32:
         enable_tf32()
