@@ -315,6 +315,9 @@ def test_two_process_runs_of_flowsr_and_fluxsr(train_dir, tmp_path, random_unet_
     _run(["trainer/make_pairs.py", "--teacher", teacher, "--train_data_dir", train_dir, "--output_dir", pairs,
           "--num_pairs", "8", "--shard_size", "2", "--resolution", "32", "--steps", "2"], launcher)
     assert len(PairDataset(pairs)) == 8  # the two processes wrote two shards each
+    from oftsr.checkpoint import network_digest
+
+    assert PairDataset(pairs).manifest["teacher_digest"] == network_digest(oftsr.load_model(teacher))
     runs = {"flowsr": ["--train_data_dir", train_dir, "--lambda_adv", "0.1", "--disc_width", "8"],
             "fluxsr": ["--train_data_dir", pairs, "--lambda_adl", "0.1"]}
     for objective, extra in runs.items():

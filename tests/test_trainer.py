@@ -172,6 +172,29 @@ def test_dataset_errors(tmp_path):
         SRDataset(tmp_path, resolution=30, scale=4)
 
 
+def test_training_folders_read_what_the_cli_reads_and_name_the_rest(tmp_path, caplog, monkeypatch):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("a.CR2", "b.cr2", "a.xmp"):
+        (raw / name).write_bytes(b"not for us")
+    with pytest.raises(ValueError, match=r"no readable images \(png, jpg, .*jfif.*\) found under .*raw; it holds "
+                                         r"\.cr2 \(2\), \.xmp \(1\): convert camera raw files to TIFF or PNG first"):
+        scan_images(raw)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.new("RGB", (40, 40), (90, 20, 20)).save(mixed / "a.jfif", format="JPEG")
+    Image.new("RGB", (40, 30), (20, 90, 20)).save(mixed / "b.gif")
+    (mixed / "notes.txt").write_text("x")
+    (mixed / "c.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    monkeypatch.setitem(__import__("sys").modules, "pillow_heif", None)  # as where it is not installed
+    with caplog.at_level("INFO"):
+        assert scan_images(mixed) == [mixed / "a.jfif", mixed / "b.gif"]
+    assert "skipping 1 HEIC/HEIF file(s) in" in caplog.text and "need the pillow-heif package" in caplog.text
+    assert "left out 1 file(s) of other types in" in caplog.text and ".txt (1)" in caplog.text
+    item = SRDataset(mixed, resolution=24, scale=4)[1]  # the GIF, read like any other image: green
+    assert item["hr"].shape == (3, 24, 24) and item["hr"][1].mean() > item["hr"][0].mean() + 0.5
+
+
 def _fixed_batch():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -305,6 +328,12 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     assert "raw.safetensors exists" in res.stderr and "--overwrite" in res.stderr
     assert (tmp_path / "raw.safetensors").read_bytes() == before
     _run(["trainer/export.py", cut, tmp_path / "raw.safetensors", "--overwrite"])  # EMA weights now
+    damaged = tmp_path / "damaged"
+    shutil.copytree(cut / "checkpoint-4", damaged)
+    (damaged / "custom_checkpoint_0.pkl").write_bytes(b"")
+    res = _run(["trainer/export.py", damaged, tmp_path / "d.safetensors"], status=2)
+    assert "custom_checkpoint_0.pkl is empty; export another checkpoint of the run, or this one's raw weights " \
+           "with --raw" in res.stderr and "Traceback" not in res.stderr
     assert all(torch.equal(pa, pb) for pa, pb in
                zip(oftsr.load_model(tmp_path / "raw.safetensors").parameters(), tb.parameters()))
 
@@ -537,6 +566,56 @@ def test_fluxsr_pairs_must_come_from_the_teachers_degradation_ranges(tmp_path, m
         else:  # the check passes; an empty folder then stops at the loader
             with pytest.raises(ValueError, match="num_samples"):
                 distill.make_pair_dataloader(args, teacher)
+            assert args.resolution == 32  # the pairs' crop size: recorded and validated at it
+
+
+def test_fluxsr_pairs_must_come_from_this_teacher_and_set_the_resolution(tmp_path, monkeypatch, caplog):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import distill
+    from oftsr.checkpoint import network_digest
+    from oftsr.training.pairs import write_manifest
+
+    a, b = _save_teacher(tmp_path / "a.safetensors"), tmp_path / "b.safetensors"
+    oftsr.save_model(oftsr.create_model("tiny", role="teacher", seed=1), b)  # the same settings, other weights
+    made = {"teacher": "a.safetensors", "teacher_step": 0, "teacher_digest": network_digest(oftsr.load_model(a)),
+            "sigma_p": 0.2, "scale": 4, "degradation": "bicubic", "resolution": 32, "solver": "midpoint", "steps": 2,
+            "num_pairs": 0, "shard_size": 2}
+    write_manifest(tmp_path / "pairs", made)
+    for teacher, extra, error in [(b, [], "were made by another teacher \\(a.safetensors, step 0, digest"),
+                                  (a, ["--resolution", "64"], "num_samples")]:
+        args = distill.parse_args(["--teacher", str(teacher), "--objective", "fluxsr", "--output_dir", "o",
+                                   "--train_data_dir", str(tmp_path / "pairs"), *extra])
+        with pytest.raises(ValueError, match=error):
+            distill.make_pair_dataloader(args, distill.build_models(args)[0])
+    assert args.resolution == 32 and "--resolution 64 left out: the pairs are 32 px crops" in caplog.text
+    assert distill.parse_args(["--teacher", "x4", "--train_data_dir", "d", "--output_dir", "o"]).resolution == 256
+
+
+def test_a_noisy_avgpool_teachers_measurement_noise_goes_on_to_its_student(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import checkpoints
+    import common
+    import distill
+    import make_pairs
+
+    noisy = tmp_path / "noisy.safetensors"
+    oftsr.save_model(oftsr.create_model("tiny", role="teacher", degradation="noisy_avgpool"), noisy, sigma_y="0.1")
+    argv = ["--teacher", str(noisy), "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+    for parse in (distill.parse_args, make_pairs.parse_args):
+        args = parse(argv)
+        teacher = common.load_teacher(args)
+        assert args.sigma_y == 0.1
+        with pytest.raises(ValueError, match="the teacher was trained with --sigma_y 0.1, but this run has 0.05: pass "
+                                             "--sigma_y 0.1"):
+            common.load_teacher(parse(argv + ["--sigma_y", "0.05"]))
+    assert checkpoints.training_metadata(args, teacher) == {"sigma_y": "0.1"}  # and the student records it
+    old = _save_teacher(tmp_path / "old.safetensors", degradation="noisy_avgpool")  # recorded before sigma_y was
+    args = distill.parse_args(["--teacher", str(old), "--train_data_dir", "d", "--output_dir", "o"])
+    common.load_teacher(args)
+    assert args.sigma_y == 0.05
+    teacher_args = __import__("train_teacher").parse_args(["--train_data_dir", "d", "--output_dir", "o",
+                                                            "--sigma_y", "0.02"])
+    assert teacher_args.sigma_y == 0.02 and distill.parse_args(argv).sigma_y is None  # None: the teacher's
 
 
 def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_path, monkeypatch, caplog):
@@ -1009,15 +1088,26 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
         res = _run([*base, flag, "0"], status=2)
         assert f"argument {flag}: must be 1 or more, got 0" in res.stderr
     res = _run([*base, "--resolution", "32", "--train_batch_size", "2", "--dataloader_num_workers", "0",
-                "--max_train_steps", "1", "--mixed_precision", "fp16", "--report_to", "wandb"])
+                "--max_train_steps", "1", "--mixed_precision", "fp16", "--report_to", "wandb", "--max_grad_norm", "0",
+                "--validation_data_dir", train_dir, "--num_validation_images", "1"])
     assert "--mixed_precision fp16 needs a GPU: this run trains in float32" in res.stderr
     assert "wandb is not installed: scalars are not logged to it (pip install wandb)" in res.stderr
+    assert "--lr_warmup_steps 1000 is longer than the run (--max_train_steps 1): the learning rate ends at 0% of" \
+           in res.stderr
+    row = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 1 and any(k.startswith("val/") for k in row)  # validated at the last step
+    assert oftsr.load_model(tmp_path / "o" / "teacher.safetensors").step == 1  # --max_grad_norm 0: no clipping
+    res = _run([*base, "--resolution", "32", "--train_batch_size", "2", "--dataloader_num_workers", "0",
+                "--max_train_steps", "1", "--report_to", "none", "--resume_from_checkpoint", "latest"])
+    assert "the checkpoint is at step 1, not before --max_train_steps 1: nothing to train" in res.stderr
     help_text = _run(["trainer/train_teacher.py", "--help"]).stdout
     assert "default: 100000" in help_text and "default: 5000" in help_text  # flags without help show defaults too
     assert "--seed SEED           default: 0" in help_text  # a default of 0 is a default
     assert "runs/teacher \\\n" in help_text  # the usage example's line break is kept
     res = _run([*base, "--init_from", "x4", *COMMON], status=2)
     assert "error: --init_from x4 is the compact preset: pass --preset compact" in res.stderr
+    res = _run([*base, "--init_from", "x4-student", "--preset", "compact", *COMMON], status=2)
+    assert "error: --init_from x4-student is a one-step student; a teacher starts from a teacher's weights" in res.stderr
 
 
 def test_a_teacher_file_named_like_a_bundled_model_is_that_file(tmp_path, monkeypatch):

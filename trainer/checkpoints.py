@@ -205,8 +205,13 @@ def _short(value) -> str:
 
 def training_metadata(args: argparse.Namespace, model: oftsr.OFTSRModel) -> dict[str, str]:
     """What the exported file records of its training beyond the model's own metadata: the
-    ranges of a realesrgan degradation, which the next stage must repeat."""
-    return {"realesrgan_config": args.realesrgan_config} if model.degradation == "realesrgan" else {}
+    ranges of a realesrgan degradation, or the noise of a noisy_avgpool one, which the next
+    stage must repeat."""
+    if model.degradation == "realesrgan":
+        return {"realesrgan_config": args.realesrgan_config}
+    if model.degradation == "noisy_avgpool":
+        return {"sigma_y": f"{args.sigma_y:g}"}
+    return {}
 
 
 def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[str, str], hint: str = "") -> None:

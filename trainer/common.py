@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import oftsr  # noqa: E402
 from oftsr.checkpoint import MissingInfoError, contradicted_metadata  # noqa: E402
 from oftsr.training.data import SRDataset, warn_small_images  # noqa: E402
+from oftsr.training.degradations import SIGMA_Y  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
@@ -65,8 +66,11 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     """The diffusers-style flags both scripts share (defaults: the paper's, scaled to one GPU)."""
     p.add_argument("--train_data_dir", required=True, help="folder of HR images (recursive)")
     p.add_argument("--validation_data_dir", default=None, help="folder of HR images for validation")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--resolution", type=positive_int, default=256, help="HR crop size")
+    p.add_argument("--output_dir", required=True,
+                   help="folder of the run: checkpoints, metrics.jsonl, the trackers' logs and the exported model")
+    p.add_argument("--resolution", type=positive_int, default=256,
+                   help="HR crop size in pixels, a multiple of --scale (default 256; distill.py --objective fluxsr: "
+                        "the pairs')")
     p.add_argument("--train_batch_size", type=positive_int, default=batch, help="per device")
     p.add_argument("--max_train_steps", type=positive_int, default=steps)
     p.add_argument("--learning_rate", type=positive_float, default=lr)
@@ -79,8 +83,11 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.999)
     p.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
-    p.add_argument("--adam_weight_decay", type=float, default=0.0)
-    p.add_argument("--max_grad_norm", type=float, default=1.0)
+    p.add_argument("--adam_weight_decay", type=float, default=0.0,
+                   help="torch.optim.Adam's weight_decay, an L2 term added to the gradient (the paper's Adam has none); "
+                        "not AdamW's decoupled decay of diffusers' scripts")
+    p.add_argument("--max_grad_norm", type=non_negative_float, default=1.0,
+                   help="clip the gradient to this norm; 0 = no clipping (default 1, the paper's)")
     p.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                    help="default: what `accelerate config` says under `accelerate launch`; none with plain python")
@@ -90,7 +97,8 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    help="recompute each UNet block in the backward pass instead of keeping its activations: a "
                         "bigger --train_batch_size or --resolution fits in memory, for about a third more compute")
     p.add_argument("--checkpointing_steps", type=positive_int, default=5000)
-    p.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
+    p.add_argument("--checkpoints_total_limit", type=positive_int, default=None,
+                   help="keep only the newest N checkpoints (default: all)")
     p.add_argument("--max_train_minutes", type=non_negative_float, default=None,
                    help="stop at the first step after this many minutes from the script's start, save a checkpoint "
                         f"and exit with status {EXIT_RESUMABLE} (a job's time limit: allow a step and a save after "
@@ -103,7 +111,8 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--tracker_project_name", default=None,
                    help="the project the trackers log to (a wandb project; default oftsr-teacher or oftsr-distill)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--validation_steps", type=positive_int, default=1000)
+    p.add_argument("--validation_steps", type=positive_int, default=1000,
+                   help="validate on --validation_data_dir every N steps, and at the last step")
     p.add_argument("--num_validation_images", type=positive_int, default=4)
     p.add_argument("--dataloader_num_workers", type=non_negative_int, default=2)
     p.add_argument("--repeats", type=positive_int, default=1, help="random crops of each training image per epoch")
@@ -114,6 +123,8 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    help="ranges of the realesrgan degradation: full (the published second-order chain) or camera "
                         "(one stage, full blur range, mild noise and JPEG: photographs from a camera); "
                         "distill.py: default the teacher's")
+    p.add_argument("--sigma_y", type=float, default=SIGMA_Y,
+                   help="measurement noise of the noisy_avgpool degradation; distill.py: default the teacher's")
     p.add_argument("--ema_decay", type=unit_interval, default=0.9999)
 
 
@@ -266,9 +277,9 @@ def make_accelerator(args: argparse.Namespace, project: str):
     return accelerator
 
 
-def make_dataloader(args: argparse.Namespace, root: str, *, sigma_y: float = 0.05) -> torch.utils.data.DataLoader:
+def make_dataloader(args: argparse.Namespace, root: str) -> torch.utils.data.DataLoader:
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
-                        sigma_y=sigma_y, seed=args.seed, repeats=args.repeats,
+                        sigma_y=args.sigma_y, seed=args.seed, repeats=args.repeats,
                         realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     warn_small_images(dataset.files, args.resolution)
     return training_loader(args, dataset)
@@ -440,7 +451,7 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
         return None
     ds = SRDataset(args.validation_data_dir, resolution=args.resolution, scale=args.scale,
                    degradation=args.degradation, random_flip=False, center_crop=True, seed=args.seed,
-                   realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
+                   sigma_y=args.sigma_y, realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     items = [ds[i] for i in range(min(args.num_validation_images, len(ds)))]
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
 
@@ -533,7 +544,8 @@ def load_init_weights(spec: str, name_role: str, option: str, **fallback: object
 
 def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -> oftsr.OFTSRModel:
     """The teacher of `distill.py` and `make_pairs.py`. What its file records (`--scale`,
-    `--sigma_p`, `--degradation`, and a realesrgan teacher's `--realesrgan_config`) is what
+    `--sigma_p`, `--degradation`, a realesrgan teacher's `--realesrgan_config` and a
+    noisy_avgpool teacher's `--sigma_y`) is what
     the student must learn from: a flag left out takes the file's value (written back into
     `args`), a flag that says otherwise is refused. Files that record none of it (an
     authors' `.pth`) take the flags."""
@@ -556,6 +568,8 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
     recorded = oftsr.read_metadata(args.teacher)
     if args.realesrgan_config is None:
         args.realesrgan_config = recorded.get("realesrgan_config", "full")
+    if args.sigma_y is None:  # files from before it was recorded had the default
+        args.sigma_y = float(recorded.get("sigma_y", SIGMA_Y))
     ours = training_metadata(args, teacher)
     check_training_metadata("the teacher", {k: v for k, v in recorded.items() if k in ours}, ours)
     return teacher
@@ -571,7 +585,15 @@ def next_step(role: str, path: Path) -> str:
 
 
 def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int, processes: int, step: int) -> None:
-    """What the run will do, before its first step, as diffusers' scripts say it."""
+    """What the run will do, before its first step, as diffusers' scripts say it, and what
+    in its flags would make the run other than meant."""
+    if step >= args.max_train_steps:
+        logger.warning("the checkpoint is at step %d, not before --max_train_steps %d: nothing to train; its weights "
+                       "are exported as they are (give a larger --max_train_steps to go on)", step, args.max_train_steps)
+    elif args.lr_warmup_steps > args.max_train_steps:
+        logger.warning("--lr_warmup_steps %d is longer than the run (--max_train_steps %d): the learning rate ends at "
+                       "%.0f%% of --learning_rate", args.lr_warmup_steps, args.max_train_steps,
+                       100 * args.max_train_steps / args.lr_warmup_steps)
     per_step = args.train_batch_size * processes * args.gradient_accumulation_steps
     logger.info("***** training the %s *****\n"
                 "  training images: %d in %s (%d crops per epoch)\n"
@@ -626,7 +648,7 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
             with accelerator.accumulate(model):
                 losses = step_losses(batch)
                 accelerator.backward(losses["loss"] * weight)
-                if accelerator.sync_gradients:
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
                 optimizer.step()
@@ -645,7 +667,8 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
             summed, micro = {}, 0
             logs["lr"] = lr
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            if val_batch is not None and state.step % args.validation_steps == 0 and accelerator.is_main_process:
+            due = state.step % args.validation_steps == 0 or state.step == args.max_train_steps
+            if val_batch is not None and due and accelerator.is_main_process:
                 # Validation draws its own noise and builds a network: on a forked RNG, so that
                 # validating never changes the t and noise that training draws next.
                 cuda = [accelerator.device] if accelerator.device.type == "cuda" else []

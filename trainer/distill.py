@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+from pathlib import Path
 
 import torch
 
@@ -27,6 +28,7 @@ from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, l
                     validation_scores, validation_start)
 
 import oftsr
+from oftsr.training.degradations import SIGMA_Y
 from oftsr.training.ema import EMA
 from oftsr.flow import T_EPS, noise_augment, student_step
 from oftsr.model import OBJECTIVES
@@ -46,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, lr=2e-5, batch=32, steps=20_000)
     # The student learns from the teacher's LR: by default the degradation its file records.
-    p.set_defaults(degradation=None, scale=None, realesrgan_config=None)
+    p.set_defaults(degradation=None, scale=None, realesrgan_config=None, sigma_y=None, resolution=None)
     p.add_argument("--teacher", required=True,
                    help="teacher: a bundled model's name (x4), our .safetensors or an authors' .pth")
     p.add_argument("--objective", choices=OBJECTIVES, default="oftsr", help="distillation objective (default oftsr)")
@@ -74,7 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--lambda_lpips", type=float, default=1.0, help="weight of TV-LPIPS")
     g.add_argument("--tv_gamma", type=float, default=1.0, help="weight of the TV term inside TV-LPIPS")
     g.add_argument("--lambda_adl", type=float, default=0.01, help="weight of the attention diversification loss")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.resolution is None and args.objective != "fluxsr":  # fluxsr: the pairs' crop size
+        args.resolution = 256
+    return args
 
 
 def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTSRModel]:
@@ -113,14 +118,24 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
     """The teacher-made pairs of `--train_data_dir` (fluxsr), checked against the teacher."""
     dataset = PairDataset(args.train_data_dir)
     made = dataset.manifest
-    # Folders made before --realesrgan_config record it only when it is not "full".
+    # Folders made before --realesrgan_config record it only when it is not "full", and those
+    # made before --sigma_y had the default.
     ours = {"sigma_p": teacher.sigma_p, "scale": teacher.scale, "degradation": teacher.degradation,
             **training_metadata(args, teacher)}
     for key, value in ours.items():
-        recorded = made.get(key, "full" if key == "realesrgan_config" else None)
+        recorded = made.get(key, {"realesrgan_config": "full", "sigma_y": f"{SIGMA_Y:g}"}.get(key))
         if recorded != value:
             raise ValueError(f"the pairs in {args.train_data_dir} were made with {key} = {recorded}, "
                              f"the teacher has {value}")
+    digest = made.get("teacher_digest")  # folders made before it was recorded name the teacher only
+    if digest is not None and digest != network_digest(teacher):
+        raise ValueError(f"the pairs in {args.train_data_dir} were made by another teacher ({made['teacher']}, step "
+                         f"{made['teacher_step']}, digest {digest[:12]}), not this --teacher {Path(args.teacher).name} "
+                         f"(digest {network_digest(teacher)[:12]}): pass the teacher that made them")
+    if args.resolution not in (None, made["resolution"]):
+        logger.warning("--resolution %d left out: the pairs are %d px crops, and the run trains and validates on "
+                       "those", args.resolution, made["resolution"])
+    args.resolution = made["resolution"]
     logger.info("fluxsr pairs: %d of %d px from %s (%s x %d steps)", len(dataset), made["resolution"], made["teacher"],
                 made["solver"], made["steps"])
     return training_loader(args, dataset)

@@ -48,14 +48,20 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"{args.output} exists; choose another name, or pass --overwrite to replace it")
     ckpt = find_checkpoint(args.checkpoint)
     info = json.loads((ckpt / MODEL_INFO).read_text())
-    if args.raw:
-        state = load_file(ckpt / "model.safetensors")
-        params = list(canonical_state_dict(state).values())
-    else:
-        # The EMA is the first object registered for checkpointing; its state holds only
-        # numbers and tensors, so the weights-only loader reads it.
-        ema = torch.load(ckpt / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)
-        params = ema["shadow_params"]
+    source = ckpt / ("model.safetensors" if args.raw else "custom_checkpoint_0.pkl")
+    try:
+        if args.raw:
+            params = list(canonical_state_dict(load_file(source)).values())
+        else:
+            # The EMA is the first object registered for checkpointing; its state holds only
+            # numbers and tensors, so the weights-only loader reads it.
+            params = torch.load(source, map_location="cpu", weights_only=True)["shadow_params"]
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # empty or cut short (a full disk, a copy cut short): say which, not a traceback
+        damage = "is empty" if source.stat().st_size == 0 else f"is damaged ({type(e).__name__}: {e})"
+        raise ValueError(f"{source} {damage}; export another checkpoint of the run"
+                         + ("" if args.raw else ", or this one's raw weights with --raw")) from e
     out = export_ema(info, params, Path(args.output))
     print(f"wrote {out} ({info['role']}, step {info['step']}, {'raw' if args.raw else 'EMA'} weights)")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common import HelpFormatter, load_teacher, logger, positive_int, run_script  # also puts the checkout on sys.path
 
+from oftsr.checkpoint import network_digest
 from oftsr.model import DEGRADATIONS
 from oftsr.sampling import SOLVERS
 from oftsr.training.data import SRDataset, warn_small_images
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
     p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default=None,
                    help="ranges of a realesrgan teacher's degradation (full or camera); default: the teacher's")
+    p.add_argument("--sigma_y", type=float, default=None,
+                   help="measurement noise of a noisy_avgpool teacher's degradation; default: the teacher's")
     return p.parse_args(argv)
 
 
@@ -52,16 +55,19 @@ def main(argv: list[str] | None = None) -> None:
     state = PartialState()
     teacher = load_teacher(args, state.device)
     data = SRDataset(args.train_data_dir, resolution=args.resolution, scale=teacher.scale,
-                     degradation=teacher.degradation, seed=args.seed,
+                     degradation=teacher.degradation, seed=args.seed, sigma_y=args.sigma_y,
                      realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     warn_small_images(data.files, args.resolution)
-    settings = {"teacher": Path(args.teacher).name, "teacher_step": teacher.step, "sigma_p": teacher.sigma_p,
+    settings = {"teacher": Path(args.teacher).name, "teacher_step": teacher.step,
+                "teacher_digest": network_digest(teacher), "sigma_p": teacher.sigma_p,
                 "scale": teacher.scale, "degradation": teacher.degradation, "resolution": args.resolution,
                 "steps": args.steps, "solver": args.solver, "seed": args.seed, "num_pairs": args.num_pairs,
                 "shard_size": args.shard_size, "source_images": len(data.files)}
     # Only when not "full": folders made before the option keep resuming.
     if teacher.degradation == "realesrgan" and args.realesrgan_config != "full":
         settings["realesrgan_config"] = args.realesrgan_config
+    if teacher.degradation == "noisy_avgpool":
+        settings["sigma_y"] = f"{args.sigma_y:g}"
     out = Path(args.output_dir)
     if state.is_main_process:
         write_manifest(out, settings)

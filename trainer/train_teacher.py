@@ -33,7 +33,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", choices=list(PRESETS), default="div2k")
     p.add_argument("--init_from", default=None, help="start from these weights (our .safetensors or an authors' .pth)")
     p.add_argument("--sigma_p", type=float, default=0.2, help="start-point noise (0.1 FFHQ, 0.2 DIV2K/ImageNet)")
-    p.add_argument("--sigma_y", type=float, default=0.05, help="measurement noise of noisy_avgpool")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--validation_nfe_steps", type=positive_int, default=8, help="midpoint steps for validation (NFE 2N-1)")
     return p.parse_args(argv)
@@ -45,6 +44,9 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
     if args.init_from:
         init = load_init_weights(args.init_from, "teacher", "--init_from", sigma_p=args.sigma_p, role="teacher",
                                  scale=args.scale)
+        if init.role != "teacher":  # its weights map to one step, not to the flow's velocity
+            raise ValueError(f"--init_from {args.init_from} is a one-step student; a teacher starts from a teacher's "
+                             f"weights (a bundled name such as x4-teacher, or what train_teacher.py exports)")
         if init.config != model.config:
             preset = next((name for name, config in oftsr.PRESETS.items() if config == init.config), None)
             raise ValueError(f"--init_from {args.init_from} is " + (f"the {preset} preset: pass --preset {preset}"
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = make_optimizer(args, model.parameters())
     scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
                             accelerator.num_processes)
-    dataloader = make_dataloader(args, args.train_data_dir, sigma_y=args.sigma_y)
+    dataloader = make_dataloader(args, args.train_data_dir)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     ema.to(accelerator.device)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -11,9 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..color import split_alpha
-from .degradations import make_lr
+from .degradations import SIGMA_Y, make_lr
 from .realesrgan import RealESRGANConfig
-from ..images import IMAGE_SUFFIXES, hidden_below, load_image
+from ..images import HEIF_SUFFIXES, READ_SUFFIXES, hidden_below, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +29,24 @@ def _decodes(path: Path) -> None:
 
 
 def scan_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under `root` (recursive), each decoded once here; the format comes from
-    the content, so JPEG data under a .png name is fine. Files that cannot be decoded
-    (not images, truncated, corrupt) are reported once, here, and left out: a loader
-    worker, restarted every epoch, never meets them. Hidden files and folders are not searched."""
+    """Image files under `root` (recursive; the suffixes the CLI reads), each decoded once
+    here; the format comes from the content, so JPEG data under a .png name is fine. Files
+    that cannot be decoded (not images, truncated, corrupt) are reported once, here, and
+    left out: a loader worker, restarted every epoch, never meets them. Files of other
+    types (camera raw, sidecars) are counted by suffix, so that a folder of them is not a
+    riddle. Hidden files and folders are not searched."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder {root} does not exist")
-    good, bad = [], []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                       and not hidden_below(p, root)):  # macOS's ._ files, .thumbnails/
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not hidden_below(p, root))  # macOS's ._ files
+    others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in READ_SUFFIXES)
+    other_types = ", ".join(f"{suffix} ({n})" for suffix, n in others.most_common())
+    heif_reader = _heif_reader() if any(p.suffix.lower() in HEIF_SUFFIXES for p in files) else True
+    good, bad, heif = [], [], []
+    for path in (p for p in files if p.suffix.lower() in READ_SUFFIXES):
+        if path.suffix.lower() in HEIF_SUFFIXES and not heif_reader:
+            heif.append(path.name)
+            continue
         try:
             _decodes(path)
             good.append(path)
@@ -45,9 +54,31 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
             bad.append(f"{path.name} ({type(e).__name__})")
     if bad:
         logger.warning("skipping %d unreadable file(s) in %s: %s", len(bad), root, ", ".join(bad))
+    if heif:
+        logger.warning("skipping %d HEIC/HEIF file(s) in %s, which need the pillow-heif package (pip install "
+                       "pillow-heif): %s", len(heif), root, ", ".join(heif[:5]) + (", ..." if len(heif) > 5 else ""))
+    if others and good:
+        logger.info("left out %d file(s) of other types in %s: %s", sum(others.values()), root, other_types)
     if not good:
-        raise ValueError(f"no readable images (png/jpg/webp/...) found under {root}")
+        found = f"; it holds {other_types}" if others else ""
+        raise ValueError(f"no readable images ({', '.join(s.lstrip('.') for s in READ_SUFFIXES)}) found under "
+                         f"{root}{found}" + (": convert camera raw files to TIFF or PNG first" if others.keys() &
+                                             RAW_SUFFIXES else ""))
     return good
+
+
+# Camera raw files, which a training folder of photographs may hold beside (or instead of) JPEGs.
+RAW_SUFFIXES = {".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".pef", ".srw", ".raw"}
+
+
+def _heif_reader() -> bool:
+    """Whether HEIC/HEIF files can be read here: pillow-heif, registered with Pillow."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
 
 
 def warn_small_images(files: list[Path], resolution: int) -> None:
@@ -78,7 +109,7 @@ class SRDataset(torch.utils.data.Dataset):
     epoch restarts the loader's workers."""
 
     def __init__(self, root: str | os.PathLike, *, resolution: int = 256, scale: int = 4, degradation: str = "bicubic",
-                 sigma_y: float = 0.05, random_flip: bool = True, center_crop: bool = False, seed: int = 0,
+                 sigma_y: float = SIGMA_Y, random_flip: bool = True, center_crop: bool = False, seed: int = 0,
                  repeats: int = 1, realesrgan_config: RealESRGANConfig | None = None) -> None:
         if resolution % scale:
             raise ValueError(f"resolution {resolution} must be a multiple of the scale {scale}")

@@ -10,6 +10,8 @@ from ..model import DEGRADATIONS
 from ..resample import bicubic_resize, upsample_lr
 from .realesrgan import RealESRGANConfig, degrade_realesrgan
 
+SIGMA_Y = 0.05  # the noisy FFHQ task's measurement noise, on the [-1, 1] scale
+
 
 def bicubic_downsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     h, w = x.shape[-2:]
@@ -25,7 +27,7 @@ def noisy_avgpool_downsample(x: torch.Tensor, scale: int, sigma_y: float, noise:
 
 
 def degrade(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.Generator | None = None,
-            sigma_y: float = 0.05, realesrgan_config: RealESRGANConfig | None = None) -> torch.Tensor:
+            sigma_y: float = SIGMA_Y, realesrgan_config: RealESRGANConfig | None = None) -> torch.Tensor:
     """The LR image (LR size, [-1, 1]) of an HR batch (B, 3, H, W) in [-1, 1], degraded the
     way `degradation` defines (random parts seeded through `generator`). `realesrgan_config`
     sets the ranges of the Real-ESRGAN pipeline (default: the published ones)."""
@@ -44,7 +46,7 @@ def degrade(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.
 
 
 def make_lr(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.Generator | None = None,
-            sigma_y: float = 0.05, realesrgan_config: RealESRGANConfig | None = None) -> torch.Tensor:
+            sigma_y: float = SIGMA_Y, realesrgan_config: RealESRGANConfig | None = None) -> torch.Tensor:
     """The model's condition x_lr: the degraded image brought back to HR size, [-1, 1]."""
     lr = degrade(hr, scale, degradation, generator=generator, sigma_y=sigma_y, realesrgan_config=realesrgan_config)
     return upsample_lr(lr, scale, degradation)
