@@ -18,6 +18,7 @@ import torch
 from . import __version__
 from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
+from .files import check_new_file
 from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_count, list_images, load_image,
                      read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
@@ -26,7 +27,7 @@ from .inference import OUTPUT_DTYPES, is_out_of_memory, parse_t_values, sample, 
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS, Callback
 from .resample import resize
-from .tiling import check_tiling_options
+from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
 from .weights import DEFAULT_MODEL, create_model, existing_model_path, model_name_help
 
@@ -84,7 +85,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--outscale must be more than 0, got {args.outscale:g}")
     if not 1 <= args.quality <= 100:
         raise ValueError(f"--quality must be 1 to 100, got {args.quality}")
-    check_tiling_options(args.tile, args.overlap)
+    _check_tiling_options(args.tile, args.overlap)
     if args.tile and args.overlap == 0:
         print("warning: --overlap 0: neighbouring tiles are not blended, and their edges can show as seams in "
               "large images (the default overlap blends them)", file=sys.stderr)
@@ -92,8 +93,28 @@ def _check_args(args: argparse.Namespace) -> None:
         print(f"warning: --overlap {args.overlap} does nothing with --tile 0 (whole images, no tiles)", file=sys.stderr)
     if args.tile_batch < 1:
         raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
+    _check_steps(args)
+
+
+def _check_tiling_options(tile: int, overlap: int | None) -> None:
+    """`check_tiling` in the command line's words: the error names --tile or --overlap,
+    and 0 (not None) is no tiling."""
+    for option, value in (("--tile", None), ("--overlap", overlap)):
+        try:
+            check_tiling(tile or None, value)
+        except ValueError as e:
+            raise ValueError(f"{option}: {str(e).replace('0/None', '0')}") from None
+
+
+def _check_steps(args: argparse.Namespace) -> None:
     if getattr(args, "steps", 1) < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
+
+
+def _names_a_file(out: Path) -> bool:
+    """Whether `-o` names the output file (one input, photo_t0.5.png for each t) rather
+    than a folder."""
+    return out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
 
 
 def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = False,
@@ -106,16 +127,16 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
     single = len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
     if fmt is None:
         fmt = "png"
-    elif single and out.suffix.lower() in IMAGE_SUFFIXES and fmt not in ("same", out.suffix.lower().lstrip(".")) \
+    elif single and _names_a_file(out) and fmt not in ("same", out.suffix.lower().lstrip(".")) \
             and (fmt, out.suffix.lower()) not in (("jpg", ".jpeg"), ("tif", ".tiff")):
         raise ValueError(f"--format {fmt} is for an output folder; -o {out.name} names the file, and its suffix "
                          f"sets its type: name it {out.with_suffix('.' + fmt).name}, or leave out --format")
     if out.suffix.lower() in UNWRITABLE_SUFFIXES and not out.is_dir():  # an image name, not a folder
         raise ValueError(f"-o {out}: cannot write {out.suffix!r} images; use one of {', '.join(IMAGE_SUFFIXES)}")
-    if out.suffix.lower() in IMAGE_SUFFIXES and not single and not out.is_dir():
+    if _names_a_file(out) and not single:
         raise ValueError(f"-o {out} names one file, but the input is {len(files)} image(s) from "
                          f"{'a folder' if any(Path(i).is_dir() for i in inputs) else 'several files'}; give a folder for -o")
-    targets = [out] if single and out.suffix.lower() in IMAGE_SUFFIXES else _folder_outputs(inputs, files, out, fmt)
+    targets = [out] if single and _names_a_file(out) else _folder_outputs(inputs, files, out, fmt)
     tags = tags or [""]
     targets = [_tagged(t, tag) for t in targets for tag in tags]
     keys = [f.resolve() for f in files]
@@ -273,7 +294,7 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
         if resized:
             result = resize(result, size)
         result = (result * OUTPUT_DTYPES[levels]).round().to(levels)  # both clamp to [0, 1]
-    single = dst == Path(args.output)  # named by -o: its suffix sets the type; in a folder, --format does
+    single = _names_a_file(Path(args.output))  # its suffix sets the type; in a folder, --format does
     to_png = "name the output .png" if single else "write PNG (--format png)"
     if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
         tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto white; {to_png} "
@@ -392,15 +413,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return code
 
 
-def _check_new_model_file(dst: str, overwrite: bool) -> None:
-    """A model file is replaced only when asked: it may be the only copy of a trained run."""
-    if Path(dst).exists() and not overwrite:
-        raise ValueError(f"{dst} exists; choose another name, or pass --overwrite to replace it")
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
     args.src = existing_model_path(args.src, "student", "SRC")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
-    _check_new_model_file(args.dst, args.overwrite)
+    check_new_file(args.dst, args.overwrite)
     _warn_overrides(args.src, sigma_p=args.sigma_p, scale=args.scale, role=args.role, degradation=args.degradation)
     model = load_model(args.src, sigma_p=args.sigma_p, role=args.role, scale=args.scale, degradation=args.degradation)
     # Keep what the source records beyond the model's own fields (how it was trained).
@@ -428,7 +443,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    _check_new_model_file(args.dst, args.overwrite)
+    check_new_file(args.dst, args.overwrite)
     model = create_model(args.preset, role=args.role, scale=args.scale, sigma_p=args.sigma_p,
                          degradation=args.degradation, seed=args.seed)
     save_model(model, args.dst, note="randomly initialised, untrained")
@@ -437,6 +452,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _check_tiling_options(args.tile, None)  # the options' own names, before any model is loaded
+    _check_steps(args)
     from .training.evaluate import run_eval  # evaluation code (and its packages) only when asked for
 
     device = resolve_device(args.device)

@@ -1,5 +1,5 @@
 """Files: written atomically (a crash or kill -9 never leaves a truncated file under the
-final name), and identified by their sha256."""
+final name), replaced only when asked, and identified by their sha256."""
 
 from __future__ import annotations
 
@@ -45,3 +45,10 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_new_file(path: str | os.PathLike, overwrite: bool) -> None:
+    """A model file is replaced only when asked (`--overwrite`): it may be the only copy of a
+    trained run."""
+    if Path(path).exists() and not overwrite:
+        raise ValueError(f"{path} exists; choose another name, or pass --overwrite to replace it")

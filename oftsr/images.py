@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .files import atomic_write
-from .inference import OUTPUT_DTYPES, check_unit_range
+from .inference import OUTPUT_DTYPES, check_unit_range, image_hint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # What a folder is searched for: the formats written, and read-only ones (a GIF's first frame;
@@ -91,8 +91,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
         peak, depth = (65535.0, 16) if arr.dtype == np.uint16 else (255.0, 8)
         arr = arr.astype(np.float32) / peak
     else:
-        raise UnsupportedImage(f"{path.name}: {arr.dtype} samples are not supported; save it with unsigned 8 or 16 "
-                               f"bits per channel")
+        raise _unsupported_samples(path, str(arr.dtype))
     arr = arr.reshape(*arr.shape[:2], -1)
     if min_is_white:  # gray stored as ink: 0 is white
         arr[..., :1] = 1.0 - arr[..., :1]
@@ -103,6 +102,11 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
 
 class UnsupportedImage(ValueError):
     """A readable file whose kind of pixels this tool does not take (its message says what to do)."""
+
+
+def _unsupported_samples(path: Path, sample_type: str) -> UnsupportedImage:
+    return UnsupportedImage(f"{path.name}: {sample_type} samples are not supported; save it with unsigned 8 or 16 "
+                            f"bits per channel")
 
 
 def _display_floats(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -131,6 +135,12 @@ def _unpremultiply(arr: np.ndarray) -> np.ndarray:
 def _tiff_tag(im: Image.Image, tag: int, default: int) -> tuple:
     value = im.tag_v2.get(tag, default)
     return value if isinstance(value, tuple) else (value,)
+
+
+def _tiff_sample_type(im: Image.Image) -> str:
+    """The sample type a TIFF's tags declare, as numpy names it ("uint16", "int16", "float32")."""
+    kind = {2: "int", 3: "float"}.get(max(_tiff_tag(im, 339, 1)), "uint")  # SampleFormat
+    return f"{kind}{max(_tiff_tag(im, 258, 1))}"
 
 
 def _tiff_for_tifffile(im: Image.Image) -> bool:
@@ -209,6 +219,8 @@ def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == "TIFF" else 1  # tags: read at open
     floats = im.format == "TIFF" and im.mode == "F"  # a gray float TIFF: values checked by _display_floats
     deep = _tiff_for_tifffile(im)
+    if deep and _tiff_sample_type(im) not in ("uint8", "uint16", "float16", "float32", "float64"):  # by its tags,
+        raise _unsupported_samples(path, _tiff_sample_type(im))  # before any codec is needed to decode it
     # tifffile for what Pillow reads wrongly or at 8 bits, and for a gray or colour TIFF to be
     # turned (Pillow 13 leaves a gray one with orientation 5-8 as stored)
     if deep or floats or (orientation != 1 and im.tag_v2.get(262) in (1, 2)):
@@ -438,15 +450,14 @@ def _check_savable(image: object, bit_depth: int) -> torch.Tensor:
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
     if not isinstance(image, torch.Tensor):
-        hint = " (a numpy (H, W, C) array: torch.from_numpy(a).permute(2, 0, 1))" if isinstance(image, np.ndarray) else ""
-        raise ValueError(f"save_image takes a (C, H, W) tensor, got {type(image).__name__}{hint}")
+        raise ValueError(f"save_image takes a (C, H, W) tensor, got {type(image).__name__}{image_hint(image, batch=False)}")
     if image.ndim == 4:
         if image.shape[0] != 1:
             raise ValueError(f"save_image writes one image, got a batch of {image.shape[0]}")
         image = image[0]
     if image.ndim != 3 or image.shape[0] not in (1, 2, 3, 4):
-        hint = ": channels come first, image.permute(2, 0, 1)" if image.ndim == 3 and image.shape[-1] in (1, 3, 4) else ""
-        raise ValueError(f"save_image takes a (C, H, W) tensor with 1 to 4 channels, got {tuple(image.shape)}{hint}")
+        raise ValueError(f"save_image takes a (C, H, W) tensor with 1 to 4 channels, got {tuple(image.shape)}"
+                         f"{image_hint(image, batch=False)}")
     if image.is_floating_point():
         check_unit_range(image, "the image to save")
     elif image.dtype not in (torch.uint8, torch.uint16):

@@ -115,20 +115,24 @@ def check_unit_range(image: torch.Tensor, what: str) -> None:
                          f"to [0, 1] with (x + 1) / 2 first")
 
 
-def _image_hint(image: object) -> str:
-    """What to change when `image` is not a (B, C, H, W) tensor: the usual mix-ups."""
+def image_hint(image: object, batch: bool = True) -> str:
+    """What to change when `image` is not the tensor wanted, (B, C, H, W) with `batch`, else
+    (C, H, W): the usual mix-ups, named with their fix ("" when none applies)."""
+    add = "[None]" if batch else ""
     if isinstance(image, tuple):
         return ": load_image returns (image, bit_depth); unpack it, image, _ = load_image(path)"
     if isinstance(image, torch.Tensor):
-        if image.ndim == 3 and image.shape[0] in (1, 2, 3, 4):
+        if batch and image.ndim == 3 and image.shape[0] in (1, 2, 3, 4):
             return ": add the batch axis, image[None]"
         if image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4):
-            return ": channels come first, image.permute(2, 0, 1)[None]"
-        if image.ndim == 4 and image.shape[-1] in (1, 2, 3, 4):  # ComfyUI's IMAGE layout
+            return f": channels come first, image.permute(2, 0, 1){add}"
+        if batch and image.ndim == 4 and image.shape[-1] in (1, 2, 3, 4):  # ComfyUI's IMAGE layout
             return ": channels come second, image.permute(0, 3, 1, 2)"
         return ""
     if type(image).__module__.startswith("numpy"):
-        return " (a numpy (H, W, C) array of 8-bit levels: torch.from_numpy(a).permute(2, 0, 1)[None] / 255)"
+        levels = " / 255" if batch else ""  # save_image takes uint8 levels as they are
+        return f" (a numpy (H, W, C) array{' of 8-bit levels' if batch else ''}: " \
+               f"torch.from_numpy(a).permute(2, 0, 1){add}{levels})"
     if type(image).__module__.startswith("PIL"):
         return " (a Pillow image: read the file with oftsr.images.load_image(path), which returns (image, bit_depth))"
     return ""
@@ -141,13 +145,13 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
     their result is made neutral too, the mean of the network's channels, as for gray."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image must be a (B, C, H, W) tensor in [0, 1], got {shape}{_image_hint(image)}")
+        raise ValueError(f"image must be a (B, C, H, W) tensor in [0, 1], got {shape}{image_hint(image)}")
     b, c, h, w = image.shape
     if b == 0 or h == 0 or w == 0:
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
     if c not in (1, 2, 3, 4):
         raise ValueError(f"image must have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels, got {c}"
-                         f"{_image_hint(image)}")
+                         f"{image_hint(image)}")
     if not image.is_floating_point():  # 8-bit levels would all clamp to white
         raise ValueError(f"image must be a floating-point tensor in [0, 1], got {image.dtype}: divide 8-bit levels by "
                          f"255 (16-bit by 65535) first")

@@ -56,16 +56,6 @@ def check_tiling(tile: int | None, overlap: int | None) -> tuple[int | None, int
     return tile, overlap
 
 
-def check_tiling_options(tile: int, overlap: int | None) -> None:
-    """`check_tiling` in the command line's words: the error names --tile or --overlap,
-    and 0 (not None) is no tiling."""
-    for option, value in (("--tile", None), ("--overlap", overlap)):
-        try:
-            check_tiling(tile or None, value)
-        except ValueError as e:
-            raise ValueError(f"{option}: {str(e).replace('0/None', '0')}") from None
-
-
 Box = tuple[int, int]  # (top, left) of a tile, in pixels
 TileFn = Callable[[list[Box], int, int], torch.Tensor]
 

@@ -810,6 +810,7 @@ def test_warnings_name_the_option_that_keeps_what_was_lost(tmp_path, model_files
                              str(model_files[0]), "-q"], capsys)
     assert code == 0 and "rgba.jpg: JPEG has no transparency, so rgba.png is flattened onto white; write PNG " \
                          "(--format png) to keep its alpha" in err
-    code, _, err = _run_cli(["upscale", str(inputs / "rgba.png"), "-o", str(tmp_path / "one.jpg"), "--model",
-                             str(model_files[0]), "-q"], capsys)
-    assert code == 0 and "name the output .png to keep its alpha" in err
+    for extra in ([], ["--t", "0,1"]):  # one file named by -o, also when it is written once per t
+        code, _, err = _run_cli(["upscale", str(inputs / "rgba.png"), "-o", str(tmp_path / "one.jpg"), "--model",
+                                 str(model_files[0]), "-q", *extra], capsys)
+        assert code == 0 and "name the output .png to keep its alpha" in err and "--format" not in err

@@ -569,7 +569,7 @@ def test_fluxsr_pairs_must_come_from_the_teachers_degradation_ranges(tmp_path, m
             assert args.resolution == 32  # the pairs' crop size: recorded and validated at it
 
 
-def test_fluxsr_pairs_must_come_from_this_teacher_and_set_the_resolution(tmp_path, monkeypatch, caplog):
+def test_fluxsr_pairs_must_come_from_this_teacher_and_set_the_resolution(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
     import distill
     from oftsr.checkpoint import network_digest
@@ -581,14 +581,26 @@ def test_fluxsr_pairs_must_come_from_this_teacher_and_set_the_resolution(tmp_pat
             "sigma_p": 0.2, "scale": 4, "degradation": "bicubic", "resolution": 32, "solver": "midpoint", "steps": 2,
             "num_pairs": 0, "shard_size": 2}
     write_manifest(tmp_path / "pairs", made)
-    for teacher, extra, error in [(b, [], "were made by another teacher \\(a.safetensors, step 0, digest"),
-                                  (a, ["--resolution", "64"], "num_samples")]:
+    for teacher, error in [(b, "were made by another teacher \\(a.safetensors, step 0, digest"), (a, "num_samples")]:
         args = distill.parse_args(["--teacher", str(teacher), "--objective", "fluxsr", "--output_dir", "o",
-                                   "--train_data_dir", str(tmp_path / "pairs"), *extra])
+                                   "--train_data_dir", str(tmp_path / "pairs")])
         with pytest.raises(ValueError, match=error):
             distill.make_pair_dataloader(args, distill.build_models(args)[0])
-    assert args.resolution == 32 and "--resolution 64 left out: the pairs are 32 px crops" in caplog.text
+    assert args.resolution == 32  # the pairs' crop size: trained, validated and recorded at it
+    with pytest.raises(SystemExit):
+        distill.parse_args(["--teacher", str(a), "--objective", "fluxsr", "--output_dir", "o", "--train_data_dir",
+                            str(tmp_path / "pairs"), "--resolution", "64"])
+    assert "--resolution 64: the pairs in" in capsys.readouterr().err
     assert distill.parse_args(["--teacher", "x4", "--train_data_dir", "d", "--output_dir", "o"]).resolution == 256
+    # a folder made before the digest and sigma_y were recorded still resumes with make_pairs
+    old = {k: v for k, v in made.items() if k != "teacher_digest"}
+    write_manifest(tmp_path / "old", old)
+    write_manifest(tmp_path / "old", {**old, "teacher_digest": "abc"})
+    noisy = {**old, "degradation": "noisy_avgpool"}
+    write_manifest(tmp_path / "old_noisy", noisy)
+    write_manifest(tmp_path / "old_noisy", {**noisy, "teacher_digest": "abc", "sigma_y": "0.05"})  # the default it had
+    with pytest.raises(ValueError, match="other settings {'sigma_y': \\('0.05', '0.1'\\)}"):
+        write_manifest(tmp_path / "old_noisy", {**noisy, "sigma_y": "0.1"})
 
 
 def test_a_noisy_avgpool_teachers_measurement_noise_goes_on_to_its_student(tmp_path, monkeypatch):
@@ -1092,11 +1104,13 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
                 "--validation_data_dir", train_dir, "--num_validation_images", "1"])
     assert "--mixed_precision fp16 needs a GPU: this run trains in float32" in res.stderr
     assert "wandb is not installed: scalars are not logged to it (pip install wandb)" in res.stderr
-    assert "--lr_warmup_steps 1000 is longer than the run (--max_train_steps 1): the learning rate ends at 0% of" \
+    assert "--lr_warmup_steps 1000 is longer than the run (--max_train_steps 1): the learning rate ends at 0.1% of" \
            in res.stderr
     row = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["step"] == 1 and any(k.startswith("val/") for k in row)  # validated at the last step
-    assert oftsr.load_model(tmp_path / "o" / "teacher.safetensors").step == 1  # --max_grad_norm 0: no clipping
+    # --max_grad_norm 0: no clipping (a clip to norm 0 zeroed every gradient, and Adam's first moment with it)
+    opt = torch.load(tmp_path / "o" / "checkpoint-1" / "optimizer.bin", weights_only=True)
+    assert any(state["exp_avg"].abs().max() > 0 for state in opt["state"].values())
     res = _run([*base, "--resolution", "32", "--train_batch_size", "2", "--dataloader_num_workers", "0",
                 "--max_train_steps", "1", "--report_to", "none", "--resume_from_checkpoint", "latest"])
     assert "the checkpoint is at step 1, not before --max_train_steps 1: nothing to train" in res.stderr

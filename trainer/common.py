@@ -592,7 +592,7 @@ def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int,
                        "are exported as they are (give a larger --max_train_steps to go on)", step, args.max_train_steps)
     elif args.lr_warmup_steps > args.max_train_steps:
         logger.warning("--lr_warmup_steps %d is longer than the run (--max_train_steps %d): the learning rate ends at "
-                       "%.0f%% of --learning_rate", args.lr_warmup_steps, args.max_train_steps,
+                       "%.2g%% of --learning_rate", args.lr_warmup_steps, args.max_train_steps,
                        100 * args.max_train_steps / args.lr_warmup_steps)
     per_step = args.train_batch_size * processes * args.gradient_accumulation_steps
     logger.info("***** training the %s *****\n"

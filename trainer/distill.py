@@ -28,7 +28,6 @@ from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, l
                     validation_scores, validation_start)
 
 import oftsr
-from oftsr.training.degradations import SIGMA_Y
 from oftsr.training.ema import EMA
 from oftsr.flow import T_EPS, noise_augment, student_step
 from oftsr.model import OBJECTIVES
@@ -37,7 +36,7 @@ from oftsr.training.objectives import (DISTANCES, PatchDiscriminator, discrimina
                                        fast_slow_times, flowsr_loss, fluxsr_loss, generator_hinge_loss,
                                        make_training_lpips)
 from oftsr.checkpoint import network_digest
-from oftsr.training.pairs import PairDataset
+from oftsr.training.pairs import RECORDED_LATER, PairDataset, pairs_resolution
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -77,7 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--tv_gamma", type=float, default=1.0, help="weight of the TV term inside TV-LPIPS")
     g.add_argument("--lambda_adl", type=float, default=0.01, help="weight of the attention diversification loss")
     args = p.parse_args(argv)
-    if args.resolution is None and args.objective != "fluxsr":  # fluxsr: the pairs' crop size
+    if args.objective == "fluxsr":  # the pairs' crop size: the run trains, validates and records at it
+        made = pairs_resolution(args.train_data_dir)
+        if made is not None and args.resolution not in (None, made):
+            p.error(f"--resolution {args.resolution}: the pairs in {args.train_data_dir} are {made} px crops; leave "
+                    f"--resolution out")
+        args.resolution = made or args.resolution
+    if args.resolution is None:
         args.resolution = 256
     return args
 
@@ -123,7 +128,7 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
     ours = {"sigma_p": teacher.sigma_p, "scale": teacher.scale, "degradation": teacher.degradation,
             **training_metadata(args, teacher)}
     for key, value in ours.items():
-        recorded = made.get(key, {"realesrgan_config": "full", "sigma_y": f"{SIGMA_Y:g}"}.get(key))
+        recorded = made.get(key, {"realesrgan_config": "full", **RECORDED_LATER}.get(key))
         if recorded != value:
             raise ValueError(f"the pairs in {args.train_data_dir} were made with {key} = {recorded}, "
                              f"the teacher has {value}")
@@ -132,10 +137,6 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
         raise ValueError(f"the pairs in {args.train_data_dir} were made by another teacher ({made['teacher']}, step "
                          f"{made['teacher_step']}, digest {digest[:12]}), not this --teacher {Path(args.teacher).name} "
                          f"(digest {network_digest(teacher)[:12]}): pass the teacher that made them")
-    if args.resolution not in (None, made["resolution"]):
-        logger.warning("--resolution %d left out: the pairs are %d px crops, and the run trains and validates on "
-                       "those", args.resolution, made["resolution"])
-    args.resolution = made["resolution"]
     logger.info("fluxsr pairs: %d of %d px from %s (%s x %d steps)", len(dataset), made["resolution"], made["teacher"],
                 made["solver"], made["steps"])
     return training_loader(args, dataset)

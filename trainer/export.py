@@ -22,6 +22,7 @@ from checkpoints import MODEL_INFO, export_ema, list_checkpoints
 from common import HelpFormatter, run_script
 
 from oftsr.checkpoint import canonical_state_dict
+from oftsr.files import check_new_file
 
 
 def find_checkpoint(path: str) -> Path:
@@ -44,8 +45,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if Path(args.output).suffix.lower() != ".safetensors":
         raise ValueError(f"{args.output}: the model file is written as safetensors; name it .safetensors")
-    if Path(args.output).exists() and not args.overwrite:  # it may be another run's model: keep it
-        raise ValueError(f"{args.output} exists; choose another name, or pass --overwrite to replace it")
+    check_new_file(args.output, args.overwrite)
     ckpt = find_checkpoint(args.checkpoint)
     info = json.loads((ckpt / MODEL_INFO).read_text())
     source = ckpt / ("model.safetensors" if args.raw else "custom_checkpoint_0.pkl")

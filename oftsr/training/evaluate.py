@@ -27,7 +27,6 @@ from ..images import list_images, load_image
 from ..inference import check_t, parse_t_values, sample, upscale
 from .metrics import LPIPS, LPIPSUnavailable, quality
 from ..model import OFTSRModel
-from ..tiling import check_tiling_options
 from ..weights import BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, existing_model_path, split_model_name
 
 COLUMNS = ["method", "t", "NFE", "PSNR RGB", "PSNR Y", "SSIM Y", "LPIPS", "realism SWD", "s/img"]
@@ -342,9 +341,6 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     unknown = [b for b in args.baseline or [] if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown --baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
-    if args.steps < 1:  # the options' own names, before any model is loaded
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    check_tiling_options(args.tile, None)
     paths = eval_model_paths(args.model)
     models = [load_model(m, device=device, dtype=dtype) for m in paths]
     if args.scale is not None and any(m.scale != args.scale for m in models):

@@ -25,6 +25,7 @@ from ..flow import noise_augment, time_grid
 from ..model import OFTSRModel
 from ..sampling import get_sampler
 from .data import SRDataset
+from .degradations import SIGMA_Y
 
 MANIFEST = "pairs.json"
 FORMAT = "oftsr-pairs"
@@ -62,6 +63,10 @@ def _write_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
 
 
+# Settings that pairs.json records since a later version, and what a folder made before had.
+RECORDED_LATER = {"teacher_digest": None, "sigma_y": f"{SIGMA_Y:g}"}
+
+
 def write_manifest(out_dir: Path, settings: dict) -> None:
     """Create `pairs.json`, or check that the one there was made with the same settings
     (a resumed run must not mix pairs of two configurations)."""
@@ -70,6 +75,12 @@ def write_manifest(out_dir: Path, settings: dict) -> None:
     settings = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings}
     if path.is_file():
         old = json.loads(path.read_text())
+        # Folders made before a setting was recorded: they had the default, or (the teacher's
+        # digest) nothing to compare, and still resume.
+        for key, before in RECORDED_LATER.items():
+            if key not in old and key in settings:
+                settings = {k: v for k, v in settings.items() if k != key} if before is None else settings
+                old = old if before is None else {**old, key: before}
         if old != settings:
             diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
             raise ValueError(f"{out_dir} holds pairs made with other settings {diff} (old, new): "
@@ -114,6 +125,12 @@ def make_pairs(teacher: OFTSRModel, data: SRDataset, out_dir: str | os.PathLike,
             written += 1
             log(f"wrote {shard_name(i)} ({i + 1}/{total})")
     return written
+
+
+def pairs_resolution(root: str | os.PathLike) -> int | None:
+    """The crop size of the pairs in `root`, or None where it holds no manifest."""
+    path = Path(root) / MANIFEST
+    return int(json.loads(path.read_text())["resolution"]) if path.is_file() else None
 
 
 class PairDataset(torch.utils.data.Dataset):
