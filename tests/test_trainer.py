@@ -322,6 +322,8 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     res = _run(["trainer/export.py", cut, tmp_path / "raw.pth"], status=2)  # safetensors under a .pth name: no
     assert "error: " in res.stderr and "name it .safetensors" in res.stderr and not (tmp_path / "raw.pth").exists()
     assert oftsr.load_model(tmp_path / "raw.safetensors").config == oftsr.PRESETS["tiny"]
+    assert oftsr.read_metadata(tmp_path / "raw.safetensors")["weights"] == "raw (not EMA)"
+    assert "weights" not in oftsr.read_metadata(tmp_path / "exported.safetensors")
     # an existing file (maybe another run's model) is kept unless --overwrite
     before = (tmp_path / "raw.safetensors").read_bytes()
     res = _run(["trainer/export.py", cut, tmp_path / "raw.safetensors"], status=2)
@@ -728,10 +730,14 @@ def test_diffusers_flag_names_and_the_run_summary(caplog, monkeypatch):
     optimizer = common.make_optimizer(args, torch.nn.Linear(2, 2).parameters())
     assert optimizer.defaults["eps"] == 1e-6 and optimizer.defaults["betas"] == (0.9, 0.999)
     with caplog.at_level(logging.INFO, logger="oftsr.trainer"):
-        common.log_run_summary(args, "teacher", 241, 482, 2, 0)
+        common.log_run_summary(args, "teacher", 241, 482, 2, 0, steps_per_epoch=30)  # 60 full batches a process
     assert "training images: 241 in d (482 crops per epoch)" in caplog.text
     assert "batch per process: 4; processes: 2; gradient accumulation: 2 -> 16 crops per optimizer step" in caplog.text
     assert "optimizer steps: 100, about 3.3 epochs" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="oftsr.trainer"):  # 7 crops, batch 4: one full batch an epoch
+        common.log_run_summary(args, "teacher", 7, 7, 1, 0, steps_per_epoch=1)
+    assert "optimizer steps: 100, about 100.0 epochs" in caplog.text
 
 
 def test_a_resume_takes_this_runs_adam_flags(monkeypatch, caplog):

@@ -584,7 +584,8 @@ def next_step(role: str, path: Path) -> str:
             f"pick it in Load OFTSR Model")
 
 
-def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int, processes: int, step: int) -> None:
+def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int, processes: int, step: int,
+                    steps_per_epoch: int) -> None:
     """What the run will do, before its first step, as diffusers' scripts say it, and what
     in its flags would make the run other than meant."""
     if step >= args.max_train_steps:
@@ -602,7 +603,7 @@ def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int,
                 "  checkpoints: every %d steps in %s", desc, items, args.train_data_dir, crops,
                 args.train_batch_size, processes, args.gradient_accumulation_steps, per_step,
                 args.max_train_steps, f" (resuming at {step})" if step else "",
-                args.max_train_steps * per_step / max(1, crops), args.checkpointing_steps, args.output_dir)
+                args.max_train_steps / max(1, steps_per_epoch), args.checkpointing_steps, args.output_dir)
 
 
 def run_training(accelerator, args: argparse.Namespace, model, optimizer, scheduler, dataloader, ema, *, desc: str,
@@ -632,7 +633,8 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
         restore_schedule(scheduler, optimizer, args.learning_rate, state.step, accelerator.num_processes)
         restore_optimizer_flags(optimizer, args)
     if accelerator.is_main_process:
-        log_run_summary(args, desc, train_items, len(dataset), accelerator.num_processes, state.step)
+        steps_per_epoch = -(-len(dataloader) // args.gradient_accumulation_steps)  # full batches only (drop_last)
+        log_run_summary(args, desc, train_items, len(dataset), accelerator.num_processes, state.step, steps_per_epoch)
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
     lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         damage = "is empty" if source.stat().st_size == 0 else f"is damaged ({type(e).__name__}: {e})"
         raise ValueError(f"{source} {damage}; export another checkpoint of the run"
                          + ("" if args.raw else ", or this one's raw weights with --raw")) from e
+    if args.raw:  # `oftsr info` tells the two exports apart
+        info = {**info, "metadata": {**info.get("metadata", {}), "weights": "raw (not EMA)"}}
     out = export_ema(info, params, Path(args.output))
     print(f"wrote {out} ({info['role']}, step {info['step']}, {'raw' if args.raw else 'EMA'} weights)")
 
