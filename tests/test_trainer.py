@@ -1225,3 +1225,32 @@ def test_cosine_schedule_in_a_run_and_on_resume(train_dir, tmp_path):
     assert "another learning-rate schedule" not in res.stderr and "other data settings" not in res.stderr
     res = _run([*base[:-2], "--lr_warmup_steps", "6", "--output_dir", tmp_path / "w"], status=2)
     assert "error: --lr_scheduler cosine decays after the warm-up, but --lr_warmup_steps 6 is not shorter" in res.stderr
+
+
+def test_num_train_epochs_counts_optimizer_steps_as_the_loader_draws_them(train_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import distill
+    import train_teacher
+
+    class Loader:  # 50 full batches, as len() of a drop_last loader counts them
+        def __len__(self):
+            return 50
+
+    base = ["--train_data_dir", "d", "--output_dir", "o"]
+    for argv, processes, steps in [([], 1, 100_000), (["--num_train_epochs", "3"], 1, 150),
+                                   (["--num_train_epochs", "3", "--gradient_accumulation_steps", "4"], 1, 39),
+                                   (["--num_train_epochs", "2"], 3, 32),  # 16 batches each: the 50th is left
+                                   (["--num_train_epochs", "2", "--max_train_steps", "7"], 1, 7)]:
+        args = train_teacher.parse_args(base + argv)
+        common.resolve_train_steps(args, Loader(), processes)
+        assert args.max_train_steps == steps, argv
+    assert "--max_train_steps 7 and --num_train_epochs 2: training for 7 steps" in caplog.text
+    args = distill.parse_args(["--teacher", "x4"] + base)
+    common.resolve_train_steps(args, Loader(), 1)
+    assert args.max_train_steps == 20_000  # distill.py's own default
+    # a real run: six images at batch 2 are three steps an epoch
+    out = tmp_path / "epochs"
+    _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--preset", "tiny", *COMMON,
+          "--num_train_epochs", "2", "--checkpointing_steps", "100"])
+    assert sorted(_losses(out)) == [1, 2, 3, 4, 5, 6] and oftsr.load_model(out / "teacher.safetensors").step == 6

@@ -72,7 +72,12 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    help="HR crop size in pixels, a multiple of --scale (default 256; distill.py --objective fluxsr: "
                         "the pairs')")
     p.add_argument("--train_batch_size", type=positive_int, default=batch, help="per device")
-    p.add_argument("--max_train_steps", type=positive_int, default=steps)
+    p.add_argument("--max_train_steps", type=positive_int, default=None,
+                   help=f"optimizer steps to train (default: {steps}, or what --num_train_epochs makes)")
+    p.add_argument("--num_train_epochs", type=positive_int, default=None,
+                   help="passes over the training data, counted in optimizer steps when the data is read; "
+                        "--max_train_steps wins when both are given")
+    p.set_defaults(default_train_steps=steps)
     p.add_argument("--learning_rate", type=positive_float, default=lr)
     p.add_argument("--lr_warmup_steps", type=non_negative_int, default=1000,
                    help="linear warm-up, in optimizer steps (distill.py: at most a tenth of --max_train_steps)")
@@ -283,6 +288,24 @@ def make_dataloader(args: argparse.Namespace, root: str) -> torch.utils.data.Dat
                         realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     warn_small_images(dataset.files, args.resolution)
     return training_loader(args, dataset)
+
+
+def resolve_train_steps(args: argparse.Namespace, dataloader: torch.utils.data.DataLoader, num_processes: int) -> None:
+    """`--max_train_steps` where only `--num_train_epochs` was given (diffusers' rule), in
+    optimizer steps as the prepared loader counts them: full batches, shared out between the
+    processes, one step per `--gradient_accumulation_steps` batches (a short last one too).
+    Called with the unprepared loader, before the learning-rate schedule is made."""
+    if args.max_train_steps is not None:
+        if args.num_train_epochs is not None:
+            logger.warning("--max_train_steps %d and --num_train_epochs %d: training for %d steps",
+                           args.max_train_steps, args.num_train_epochs, args.max_train_steps)
+        return
+    if args.num_train_epochs is None:
+        args.max_train_steps = args.default_train_steps
+        return
+    per_process = len(dataloader) // num_processes
+    args.max_train_steps = args.num_train_epochs * max(1, -(-per_process // args.gradient_accumulation_steps))
+    logger.info("--num_train_epochs %d: %d optimizer steps", args.num_train_epochs, args.max_train_steps)
 
 
 def training_loader(args: argparse.Namespace, dataset: torch.utils.data.Dataset) -> torch.utils.data.DataLoader:

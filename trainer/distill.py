@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, load_teacher,
-                    log_images, lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float,
+                    log_images, lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float, resolve_train_steps,
                     positive_int, run_script, run_training, training_loader, training_metadata, unit_interval,
                     validation_scores, validation_start)
 
@@ -145,24 +145,25 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_data_dirs(args)
-    # The student starts from the teacher's weights: a warm-up longer than a tenth of the
-    # run would spend much of a short fine-tune at a tiny rate.
-    requested_warmup, args.lr_warmup_steps = args.lr_warmup_steps, min(args.lr_warmup_steps,
-                                                                        max(1, args.max_train_steps // 10))
     teacher, student = build_models(args)  # first: the trackers log the settings taken from the teacher
     accelerator = make_accelerator(args, "oftsr-distill")
-    if args.lr_warmup_steps < requested_warmup:
-        logger.info("--lr_warmup_steps %d is more than a tenth of --max_train_steps: warming up over %d steps",
-                    requested_warmup, args.lr_warmup_steps)
     teacher.to(accelerator.device)
     ema = EMA(student, args.ema_decay)
     optimizer = make_optimizer(args, student.parameters())
-    scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
-                            accelerator.num_processes)
     if args.objective == "fluxsr":
         dataloader = make_pair_dataloader(args, teacher)
     else:
         dataloader = make_dataloader(args, args.train_data_dir)
+    resolve_train_steps(args, dataloader, accelerator.num_processes)
+    # The student starts from the teacher's weights: a warm-up longer than a tenth of the
+    # run would spend much of a short fine-tune at a tiny rate.
+    requested_warmup, args.lr_warmup_steps = args.lr_warmup_steps, min(args.lr_warmup_steps,
+                                                                        max(1, args.max_train_steps // 10))
+    if args.lr_warmup_steps < requested_warmup:
+        logger.info("--lr_warmup_steps %d is more than a tenth of --max_train_steps: warming up over %d steps",
+                    requested_warmup, args.lr_warmup_steps)
+    scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
+                            accelerator.num_processes)
     student, optimizer, dataloader, scheduler = accelerator.prepare(student, optimizer, dataloader, scheduler)
     ema.to(accelerator.device)
     extra_state, after_step = (), None

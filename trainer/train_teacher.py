@@ -14,7 +14,7 @@ import logging
 import torch
 
 from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, log_images,
-                    lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_int, run_script,
+                    lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_int, resolve_train_steps, run_script,
                     run_training, validation_scores, validation_start)
 
 import oftsr
@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(args)
     ema = EMA(model, args.ema_decay)
     optimizer = make_optimizer(args, model.parameters())
+    dataloader = make_dataloader(args, args.train_data_dir)
+    resolve_train_steps(args, dataloader, accelerator.num_processes)
     scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
                             accelerator.num_processes)
-    dataloader = make_dataloader(args, args.train_data_dir)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     ema.to(accelerator.device)
 
