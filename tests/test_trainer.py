@@ -1254,3 +1254,21 @@ def test_num_train_epochs_counts_optimizer_steps_as_the_loader_draws_them(train_
     _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--preset", "tiny", *COMMON,
           "--num_train_epochs", "2", "--checkpointing_steps", "100"])
     assert sorted(_losses(out)) == [1, 2, 3, 4, 5, 6] and oftsr.load_model(out / "teacher.safetensors").step == 6
+
+
+def test_random_flip_is_on_and_can_be_turned_off(train_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import checkpoints
+    import common
+    import train_teacher
+
+    base = ["--train_data_dir", str(train_dir), "--output_dir", "o", "--resolution", "32", "--train_batch_size", "2",
+            "--dataloader_num_workers", "0"]
+    for extra, flip in [([], True), (["--random_flip"], True), (["--no_random_flip"], False)]:
+        args = train_teacher.parse_args(base + extra)
+        assert args.random_flip is flip and common.make_dataloader(args, train_dir).dataset.random_flip is flip
+        assert checkpoints.data_settings(args, 1)["random_flip"] is flip  # a resume that changes it is warned
+    unflipped = common.make_dataloader(train_teacher.parse_args(base + ["--no_random_flip"]), train_dir).dataset
+    flipped = common.make_dataloader(train_teacher.parse_args(base), train_dir).dataset
+    same = [torch.equal(unflipped[i]["hr"], flipped[i]["hr"]) for i in range(len(flipped))]
+    assert any(same) and not all(same)  # the same crops, some of them mirrored

@@ -121,6 +121,12 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--num_validation_images", type=positive_int, default=4)
     p.add_argument("--dataloader_num_workers", type=non_negative_int, default=2)
     p.add_argument("--repeats", type=positive_int, default=1, help="random crops of each training image per epoch")
+    flip = p.add_mutually_exclusive_group()
+    flip.add_argument("--random_flip", dest="random_flip", action="store_true", default=True,
+                      help="flip each crop left-right with probability 1/2: the default here (diffusers' scripts "
+                           "need this flag for it)")
+    flip.add_argument("--no_random_flip", dest="random_flip", action="store_false",
+                      help="no flips, for images whose handedness matters, such as text (default: flips)")
     p.add_argument("--scale", type=positive_int, default=4, help="upscaling factor (distill.py: default the teacher's)")
     p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic",
                    help="how training LR images are made (distill.py: default the teacher's)")
@@ -284,7 +290,7 @@ def make_accelerator(args: argparse.Namespace, project: str):
 
 def make_dataloader(args: argparse.Namespace, root: str) -> torch.utils.data.DataLoader:
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
-                        sigma_y=args.sigma_y, seed=args.seed, repeats=args.repeats,
+                        sigma_y=args.sigma_y, seed=args.seed, repeats=args.repeats, random_flip=args.random_flip,
                         realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     warn_small_images(dataset.files, args.resolution)
     return training_loader(args, dataset)

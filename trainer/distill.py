@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     requested_warmup, args.lr_warmup_steps = args.lr_warmup_steps, min(args.lr_warmup_steps,
                                                                         max(1, args.max_train_steps // 10))
     if args.lr_warmup_steps < requested_warmup:
-        logger.info("--lr_warmup_steps %d is more than a tenth of --max_train_steps: warming up over %d steps",
-                    requested_warmup, args.lr_warmup_steps)
+        logger.info("warming up over %d steps, a tenth of the run (the student starts from trained weights; "
+                    "--lr_warmup_steps is %d)", args.lr_warmup_steps, requested_warmup)
     scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
                             accelerator.num_processes)
     student, optimizer, dataloader, scheduler = accelerator.prepare(student, optimizer, dataloader, scheduler)
