@@ -133,7 +133,7 @@ def image_hint(image: object, batch: bool = True) -> str:
         levels = " / 255" if batch else ""  # save_image takes uint8 levels as they are
         return f" (a numpy (H, W, C) array{' of 8-bit levels' if batch else ''}: " \
                f"torch.from_numpy(a).permute(2, 0, 1){add}{levels})"
-    if type(image).__module__.startswith("PIL"):
+    if batch and type(image).__module__.startswith("PIL"):
         return " (a Pillow image: read the file with oftsr.images.load_image(path), which returns (image, bit_depth))"
     return ""
 
