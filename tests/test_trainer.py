@@ -1272,3 +1272,27 @@ def test_random_flip_is_on_and_can_be_turned_off(train_dir, monkeypatch):
     flipped = common.make_dataloader(train_teacher.parse_args(base), train_dir).dataset
     same = [torch.equal(unflipped[i]["hr"], flipped[i]["hr"]) for i in range(len(flipped))]
     assert any(same) and not all(same)  # the same crops, some of them mirrored
+
+
+def test_max_train_samples_and_scale_lr(train_dir, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import distill
+    import train_teacher
+
+    base = ["--train_data_dir", str(train_dir), "--output_dir", str(tmp_path / "o"), "--resolution", "32",
+            "--train_batch_size", "2", "--dataloader_num_workers", "0", "--report_to", "none"]
+    every = common.make_dataloader(train_teacher.parse_args(base), train_dir).dataset.files
+    some = [common.make_dataloader(train_teacher.parse_args(base + ["--max_train_samples", "3"]), train_dir).dataset.files
+            for _ in range(2)]
+    assert len(every) == 6 and len(some[0]) == 3 and some[0] == some[1] and set(some[0]) < set(every)
+    other = common.make_dataloader(train_teacher.parse_args(base + ["--max_train_samples", "3", "--seed", "1"]),
+                                   train_dir).dataset.files
+    assert other != some[0]  # drawn with --seed, not the first names
+    args = train_teacher.parse_args(base + ["--scale_lr", "--gradient_accumulation_steps", "3"])
+    common.make_accelerator(args, "probe")
+    assert args.learning_rate == pytest.approx(1e-4 * 2 * 3)  # one process: batch 2 x accumulation 3
+    assert common.make_optimizer(args, torch.nn.Linear(2, 2).parameters()).defaults["lr"] == pytest.approx(6e-4)
+    args = distill.parse_args(["--teacher", "x4", "--objective", "fluxsr", "--max_train_samples", "3", *base])
+    with pytest.raises(ValueError, match="--max_train_samples is for a folder of images; make fewer pairs"):
+        distill.make_pair_dataloader(args, None)

@@ -121,6 +121,11 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--num_validation_images", type=positive_int, default=4)
     p.add_argument("--dataloader_num_workers", type=non_negative_int, default=2)
     p.add_argument("--repeats", type=positive_int, default=1, help="random crops of each training image per epoch")
+    p.add_argument("--max_train_samples", type=positive_int, default=None,
+                   help="train on this many of the folder's images, drawn with --seed (a quick trial)")
+    p.add_argument("--scale_lr", action="store_true",
+                   help="multiply --learning_rate by the crops per optimizer step (batch x processes x accumulation), "
+                        "as diffusers' scripts do")
     flip = p.add_mutually_exclusive_group()
     flip.add_argument("--random_flip", dest="random_flip", action="store_true", default=True,
                       help="flip each crop left-right with probability 1/2: the default here (diffusers' scripts "
@@ -281,6 +286,10 @@ def make_accelerator(args: argparse.Namespace, project: str):
     if accelerator.device.type == "cpu" and args.mixed_precision == "fp16":  # Accelerate ignores it there, silently
         logger.warning("--mixed_precision fp16 needs a GPU: this run trains in float32 (bf16 runs on CPUs)")
     set_seed(args.seed, device_specific=True)
+    if args.scale_lr:  # before the optimizer is made
+        crops = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+        args.learning_rate *= crops
+        logger.info("--scale_lr: learning rate %g (x %d crops per optimizer step)", args.learning_rate, crops)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         if report_to:
@@ -292,6 +301,10 @@ def make_dataloader(args: argparse.Namespace, root: str) -> torch.utils.data.Dat
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
                         sigma_y=args.sigma_y, seed=args.seed, repeats=args.repeats, random_flip=args.random_flip,
                         realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
+    if args.max_train_samples is not None and args.max_train_samples < len(dataset.files):
+        keep = torch.randperm(len(dataset.files), generator=torch.Generator().manual_seed(args.seed))
+        dataset.files = [dataset.files[i] for i in sorted(keep[:args.max_train_samples].tolist())]
+        logger.info("--max_train_samples %d: training on %d of the images", args.max_train_samples, len(dataset.files))
     warn_small_images(dataset.files, args.resolution)
     return training_loader(args, dataset)
 

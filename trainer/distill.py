@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, load_teacher,
-                    log_images, lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float, resolve_train_steps,
-                    positive_int, run_script, run_training, training_loader, training_metadata, unit_interval,
-                    validation_scores, validation_start)
+                    log_images, lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float,
+                    positive_int, resolve_train_steps, run_script, run_training, training_loader, training_metadata,
+                    unit_interval, validation_scores, validation_start)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -121,6 +121,9 @@ def validate(accelerator, student, ema, batch, args, step, lpips) -> dict[str, f
 
 def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) -> torch.utils.data.DataLoader:
     """The teacher-made pairs of `--train_data_dir` (fluxsr), checked against the teacher."""
+    if args.max_train_samples is not None:
+        raise ValueError("--max_train_samples is for a folder of images; make fewer pairs with make_pairs.py "
+                         "--num_pairs")
     dataset = PairDataset(args.train_data_dir)
     made = dataset.manifest
     # Folders made before --realesrgan_config record it only when it is not "full", and those

@@ -14,8 +14,8 @@ import logging
 import torch
 
 from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, log_images,
-                    lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_int, resolve_train_steps, run_script,
-                    run_training, validation_scores, validation_start)
+                    lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_int, resolve_train_steps,
+                    run_script, run_training, validation_scores, validation_start)
 
 import oftsr
 from oftsr.training.ema import EMA
