@@ -1254,6 +1254,37 @@ def test_num_train_epochs_counts_optimizer_steps_as_the_loader_draws_them(train_
     _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--preset", "tiny", *COMMON,
           "--num_train_epochs", "2", "--checkpointing_steps", "100"])
     assert sorted(_losses(out)) == [1, 2, 3, 4, 5, 6] and oftsr.load_model(out / "teacher.safetensors").step == 6
+    res = _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--preset", "tiny",
+                *COMMON, "--num_train_epochs", "3", "--checkpointing_steps", "100", "--resume_from_checkpoint",
+                "latest"])
+    assert "--num_train_epochs 3 makes 9 steps here (processes, data and batch as now), where the run was to end at " \
+           "step 6; pass --max_train_steps 6 to end it as started" in res.stderr
+    assert oftsr.load_model(out / "teacher.safetensors").step == 9
+
+
+def test_the_trackers_get_the_values_the_run_uses(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import distill
+
+    class Accelerator:
+        is_main_process, log_with, oftsr_project = True, ["tensorboard"], "oftsr-distill"
+
+        def init_trackers(self, project, config):
+            self.project, self.config = project, config
+
+    args = distill.parse_args(["--teacher", "x4", "--train_data_dir", "d", "--output_dir", "o", "--num_train_epochs",
+                               "2"])
+
+    class Loader:
+        def __len__(self):
+            return 40
+
+    common.resolve_train_steps(args, Loader(), 1)
+    accelerator = Accelerator()
+    common.start_trackers(accelerator, args)
+    assert accelerator.project == "oftsr-distill" and accelerator.config["max_train_steps"] == 80
+    assert accelerator.config["num_train_epochs"] == 2 and "default_train_steps" not in accelerator.config
 
 
 def test_random_flip_is_on_and_can_be_turned_off(train_dir, monkeypatch):
@@ -1274,7 +1305,7 @@ def test_random_flip_is_on_and_can_be_turned_off(train_dir, monkeypatch):
     assert any(same) and not all(same)  # the same crops, some of them mirrored
 
 
-def test_max_train_samples_and_scale_lr(train_dir, tmp_path, monkeypatch):
+def test_max_train_samples_and_scale_lr(train_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
     import common
     import distill
@@ -1293,6 +1324,13 @@ def test_max_train_samples_and_scale_lr(train_dir, tmp_path, monkeypatch):
     common.make_accelerator(args, "probe")
     assert args.learning_rate == pytest.approx(1e-4 * 2 * 3)  # one process: batch 2 x accumulation 3
     assert common.make_optimizer(args, torch.nn.Linear(2, 2).parameters()).defaults["lr"] == pytest.approx(6e-4)
-    args = distill.parse_args(["--teacher", "x4", "--objective", "fluxsr", "--max_train_samples", "3", *base])
-    with pytest.raises(ValueError, match="--max_train_samples is for a folder of images; make fewer pairs"):
-        distill.make_pair_dataloader(args, None)
+    found = common.make_dataloader(train_teacher.parse_args(base + ["--max_train_samples", "3"]), train_dir).dataset
+    assert found.found == 6 and len(found.files) == 3  # a checkpoint records the folder's 6 and the 3 drawn from them
+    assert common.data_settings(train_teacher.parse_args(base + ["--max_train_samples", "3"]), 1, 6)[
+        "max_train_samples"] == 3
+    for flag, message in [("--max_train_samples", "--max_train_samples is for a folder of images; make fewer pairs"),
+                          ("--no_random_flip", "--no_random_flip does not reach teacher-made pairs")]:
+        with pytest.raises(SystemExit):
+            distill.parse_args(["--teacher", "x4", "--objective", "fluxsr", flag, *(["3"] if flag.startswith(
+                "--max") else []), *base])
+        assert message in capsys.readouterr().err

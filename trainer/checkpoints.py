@@ -50,9 +50,11 @@ def data_settings(args: argparse.Namespace, num_processes: int, train_items: int
     `train_items`: the images (or pairs) found in the training folder, so that a folder
     with files added or removed since is noticed."""
     items = {} if train_items is None else {"train_items": train_items}
+    if getattr(args, "max_train_samples", None) is not None:  # a subset drawn with the seed from train_items
+        items["max_train_samples"] = args.max_train_samples
     return {"train_data_dir": str(Path(args.train_data_dir).resolve()), **items, "resolution": args.resolution,
             "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "repeats": args.repeats, "random_flip": args.random_flip, "seed": args.seed, "num_processes": num_processes,
+            "repeats": args.repeats, "random_flip": getattr(args, "random_flip", True), "seed": args.seed, "num_processes": num_processes,
             **{k: getattr(args, k) for k in SCHEDULE_SETTINGS}}
 
 
@@ -180,6 +182,11 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
         if getattr(args, "objective", None) == "fluxsr":  # runs before 0.6.1 recorded --resolution, not the pairs'
             changed.pop("resolution", None)
         schedule = {k: changed.pop(k) for k in SCHEDULE_SETTINGS if k in changed}
+        if "max_train_steps" in schedule and getattr(args, "steps_from_epochs", False):
+            before, now = schedule["max_train_steps"]
+            logger.warning("resuming %s: --num_train_epochs %d makes %d steps here (processes, data and batch as "
+                           "now), where the run was to end at step %d; pass --max_train_steps %d to end it as started",
+                           path, args.num_train_epochs, now, before, before)
         decays = {recorded.get("data", {}).get("lr_scheduler"), (data or {}).get("lr_scheduler")} - {"constant", None}
         if schedule and decays:  # a constant rate after the warm-up is the same rate whatever the step count
             logger.warning("resuming %s with another learning-rate schedule (%s): the rate follows this run's from "

@@ -122,7 +122,8 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--dataloader_num_workers", type=non_negative_int, default=2)
     p.add_argument("--repeats", type=positive_int, default=1, help="random crops of each training image per epoch")
     p.add_argument("--max_train_samples", type=positive_int, default=None,
-                   help="train on this many of the folder's images, drawn with --seed (a quick trial)")
+                   help="train on this many of the folder's images, drawn with --seed (a quick trial; the whole "
+                        "folder is still scanned once)")
     p.add_argument("--scale_lr", action="store_true",
                    help="multiply --learning_rate by the crops per optimizer step (batch x processes x accumulation), "
                         "as diffusers' scripts do")
@@ -286,21 +287,31 @@ def make_accelerator(args: argparse.Namespace, project: str):
     if accelerator.device.type == "cpu" and args.mixed_precision == "fp16":  # Accelerate ignores it there, silently
         logger.warning("--mixed_precision fp16 needs a GPU: this run trains in float32 (bf16 runs on CPUs)")
     set_seed(args.seed, device_specific=True)
-    if args.scale_lr:  # before the optimizer is made
+    if getattr(args, "scale_lr", False):  # before the optimizer is made
         crops = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
         args.learning_rate *= crops
         logger.info("--scale_lr: learning rate %g (x %d crops per optimizer step)", args.learning_rate, crops)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
-        if report_to:
-            accelerator.init_trackers(args.tracker_project_name or project, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    # The trackers start in run_training, once the run's length and warm-up are settled.
+    accelerator.oftsr_project = args.tracker_project_name or project
     return accelerator
+
+
+def start_trackers(accelerator, args: argparse.Namespace) -> None:
+    """The trackers (--report_to), with the run's flags as their config: the values it runs
+    with (the length --num_train_epochs makes, distill's capped warm-up)."""
+    if accelerator.is_main_process and accelerator.log_with:
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))
+                  and k not in ("default_train_steps", "steps_from_epochs")}
+        accelerator.init_trackers(accelerator.oftsr_project, config=config)
 
 
 def make_dataloader(args: argparse.Namespace, root: str) -> torch.utils.data.DataLoader:
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
                         sigma_y=args.sigma_y, seed=args.seed, repeats=args.repeats, random_flip=args.random_flip,
                         realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
+    dataset.found = len(dataset.files)  # the folder's images, recorded with a checkpoint
     if args.max_train_samples is not None and args.max_train_samples < len(dataset.files):
         keep = torch.randperm(len(dataset.files), generator=torch.Generator().manual_seed(args.seed))
         dataset.files = [dataset.files[i] for i in sorted(keep[:args.max_train_samples].tolist())]
@@ -324,6 +335,7 @@ def resolve_train_steps(args: argparse.Namespace, dataloader: torch.utils.data.D
         return
     per_process = len(dataloader) // num_processes
     args.max_train_steps = args.num_train_epochs * max(1, -(-per_process // args.gradient_accumulation_steps))
+    args.steps_from_epochs = True  # a resume whose count differs (other processes, data) says so
     logger.info("--num_train_epochs %d: %d optimizer steps", args.num_train_epochs, args.max_train_steps)
 
 
@@ -663,11 +675,12 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     with a checkpoint of the last step and no export."""
     from tqdm.auto import tqdm
 
+    start_trackers(accelerator, args)
     state = TrainState()
     metadata = {**training_metadata(args, accelerator.unwrap_model(model)), **(provenance or {})}
     accelerator.register_for_checkpointing(ema, state, *extra_state)  # the EMA first: export.py reads it by number
     dataset = dataloader.dataset
-    train_items = len(dataset.files) if hasattr(dataset, "files") else len(dataset)
+    train_items = getattr(dataset, "found", len(dataset.files)) if hasattr(dataset, "files") else len(dataset)
     data = data_settings(args, accelerator.num_processes, train_items)
     training = training_record(args, data)
     resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata), data)

@@ -77,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--lambda_adl", type=float, default=0.01, help="weight of the attention diversification loss")
     args = p.parse_args(argv)
     if args.objective == "fluxsr":  # the pairs' crop size: the run trains, validates and records at it
+        if args.max_train_samples is not None:
+            p.error("--max_train_samples is for a folder of images; make fewer pairs with make_pairs.py --num_pairs")
+        if not args.random_flip:  # the pairs hold the crops as make_pairs drew them
+            p.error("--no_random_flip does not reach teacher-made pairs, whose crops are drawn (and flipped) by "
+                    "make_pairs.py")
         made = pairs_resolution(args.train_data_dir)
         if made is not None and args.resolution not in (None, made):
             p.error(f"--resolution {args.resolution}: the pairs in {args.train_data_dir} are {made} px crops; leave "
@@ -121,9 +126,6 @@ def validate(accelerator, student, ema, batch, args, step, lpips) -> dict[str, f
 
 def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) -> torch.utils.data.DataLoader:
     """The teacher-made pairs of `--train_data_dir` (fluxsr), checked against the teacher."""
-    if args.max_train_samples is not None:
-        raise ValueError("--max_train_samples is for a folder of images; make fewer pairs with make_pairs.py "
-                         "--num_pairs")
     dataset = PairDataset(args.train_data_dir)
     made = dataset.manifest
     # Folders made before --realesrgan_config record it only when it is not "full", and those

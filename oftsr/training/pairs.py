@@ -130,7 +130,21 @@ def make_pairs(teacher: OFTSRModel, data: SRDataset, out_dir: str | os.PathLike,
 def pairs_resolution(root: str | os.PathLike) -> int | None:
     """The crop size of the pairs in `root`, or None where it holds no manifest."""
     path = Path(root) / MANIFEST
-    return int(json.loads(path.read_text())["resolution"]) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return int(read_manifest(path)["resolution"])
+
+
+def read_manifest(path: Path) -> dict:
+    """A `pairs.json` this version reads, or a ValueError that names it."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); make the pairs again with trainer/make_pairs.py") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
+            manifest.get("format_version", 0) > FORMAT_VERSION or "resolution" not in manifest:
+        raise ValueError(f"{path} is not a pairs manifest this version reads")
+    return manifest
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -142,9 +156,7 @@ class PairDataset(torch.utils.data.Dataset):
         path = root / MANIFEST
         if not path.is_file():
             raise FileNotFoundError(f"{root} is not a pairs folder (no {MANIFEST}); make one with trainer/make_pairs.py")
-        self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path} is not a pairs manifest this version reads")
+        self.manifest = read_manifest(path)
         n, size = int(self.manifest["num_pairs"]), int(self.manifest["shard_size"])
         self.paths = [root / shard_name(i) for i in range(-(-n // size))]
         missing = [p.name for p in self.paths if not p.is_file()]
