@@ -70,6 +70,10 @@ def test_images_smaller_than_the_crop_are_named_once(train_dir, caplog):
     warn_small_images(files, 32)
     assert "1 of 6 training images are smaller than the 32 px crop" in caplog.text
     assert "(smallest: small.png, 20 px)" in caplog.text
+    fits = max(min(Image.open(f).size) for f in files)
+    with pytest.raises(ValueError, match=rf"all 6 training images are smaller than the 1024 px crop \(the largest fits "
+                                         rf"{fits} px\); .* use a --resolution of at most {fits}"):
+        warn_small_images(files, 1024)
 
 
 def test_dataset_realesrgan_config_reaches_the_degradation(train_dir):

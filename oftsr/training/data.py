@@ -84,13 +84,18 @@ def _heif_reader() -> bool:
 def warn_small_images(files: list[Path], resolution: int) -> None:
     """For a training set: images smaller than the crop are scaled up to it
     (`SRDataset._crop`), so their "HR" is an interpolation, which teaches the model to make
-    blur. Say so, once (not for a validation set, which teaches nothing)."""
+    blur. Say so, once (not for a validation set, which teaches nothing); when every image
+    is smaller, the crop size is a mistake: refuse it."""
     small = []
     for path in files:
         with Image.open(path) as im:  # the header only
             if min(im.size) < resolution:
                 small.append((min(im.size), path))
     small.sort()
+    if small and len(small) == len(files):  # a flag mistake, not a few odd images: stop before training on blur
+        fits = small[-1][0]
+        raise ValueError(f"all {len(files)} training images are smaller than the {resolution} px crop (the largest "
+                         f"fits {fits} px); scaled up, they would teach blur: use a --resolution of at most {fits}")
     if small:
         side, path = small[0]
         logger.warning("%d of %d training images are smaller than the %d px crop and are scaled up to it, which "
