@@ -117,7 +117,8 @@ class LoadOFTSRModel(io.ComfyNode):
                              tooltip="Upscaling factor; 0 = use the file's value (a value other than the one our "
                                      "files record is refused)."),
             ],
-            outputs=[OFTSR_MODEL.Output(display_name="model", tooltip="The loaded teacher or student, for the OFTSR sampling nodes.")],
+            outputs=[OFTSR_MODEL.Output(display_name="model",
+                                        tooltip="The loaded teacher or student, for the OFTSR sampling nodes.")],
         )
 
     @classmethod

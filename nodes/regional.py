@@ -60,7 +60,8 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
                 t_input("t_outside", 0.0, "t where the mask is 0 (default 0: fidelity, smooth and faithful)."),
                 seed_input(), *tiling_inputs(), color_fix_input(),
             ],
-            outputs=[io.Image.Output(display_name="image", tooltip="The upscaled image(s): t_inside where the mask is 1, t_outside where it is 0, blended between.")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The upscaled image(s): t_inside where the mask is 1, "
+                                                                   "t_outside where it is 0, blended between.")],
         )
 
     @classmethod

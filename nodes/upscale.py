@@ -34,7 +34,8 @@ class OFTSRUpscale(io.ComfyNode):
             description="One-step super-resolution with an OFTSR student. t slides from fidelity (0: smooth, faithful) "
                         "to realism (1: sharp detail) at the cost of a single network evaluation.",
             inputs=[model_input(), image_input(), t_input(), seed_input(), *tiling_inputs(), color_fix_input()],
-            outputs=[io.Image.Output(display_name="image", tooltip="The upscaled image(s), scale x the input size, RGBA kept.")],
+            outputs=[io.Image.Output(display_name="image",
+                                     tooltip="The upscaled image(s), scale x the input size, RGBA kept.")],
         )
 
     @classmethod

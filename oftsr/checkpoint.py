@@ -175,7 +175,8 @@ def infer_config(shapes: list[tuple[int, ...]]) -> UNetConfig:
             return cand
     raise CheckpointError(
         f"the {len(shapes)} tensors do not form an ADM UNet with scale-shift norm and ResBlock up/down-sampling "
-        f"(model_channels {mc}, {sum(b[0] == 'res' for b in blocks)} ResBlocks, {sum(b[0] == 'attn' for b in blocks)} attention blocks)"
+        f"(model_channels {mc}, {sum(b[0] == 'res' for b in blocks)} ResBlocks, "
+        f"{sum(b[0] == 'attn' for b in blocks)} attention blocks)"
     )
 
 
@@ -430,7 +431,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     authors' `.pth`). A name that is neither a file nor a bundled model raises
     FileNotFoundError naming the closest bundled name. Returns the model in eval mode on the
     inference fast path for its device (`OFTSRModel.optimize()`: channels_last on CPUs,
-    NCHW on CUDA, again after a move to another device); `compile=True` (or a mode name, see `OFTSRModel.optimize`) adds `torch.compile`.
+    NCHW on CUDA, again after a move to another device); `compile=True` (or a mode name,
+    see `OFTSRModel.optimize`) adds `torch.compile`.
     A `path` given as a string may be a bundled model's name ("x4" is its student,
     "x4-teacher"; a name wins over a file of that name, as in `resolve_model`: ./x4 for
     the file), `dtype` a short name ("bf16", or torch's "bfloat16"), and `device` "auto"

@@ -426,7 +426,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    args.path = existing_model_path(args.path, "student", "PATH")  # a bundled name ("x4-teacher"; "x4" = its student), or a path
+    # a bundled name ("x4-teacher"; "x4" = its student), or a path
+    args.path = existing_model_path(args.path, "student", "PATH")
     meta = read_metadata(args.path)
     given = [f"--{k.replace('_', '-')}" for k in ("sigma_p", "role", "scale") if getattr(args, k) is not None]
     if meta.get("format") == "oftsr" and given:
@@ -506,7 +507,8 @@ DTYPE_HELP = "auto = bf16/fp16 on CUDA, fp32 elsewhere"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oftsr", description="One-step flow super-resolution with a tunable fidelity-realism trade-off.")
+    parser = argparse.ArgumentParser(prog="oftsr", description="One-step flow super-resolution with a tunable "
+                                                               "fidelity-realism trade-off.")
     parser.add_argument("--version", action="version", version=f"oftsr {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_command = functools.partial(subparsers.add_parser, allow_abbrev=False)  # `sample --t` is not `--tile`

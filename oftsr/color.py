@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 COLOR_FIX_MODES = ("none", "wavelet", "adain")
 
-__all__ = ["COLOR_FIX_MODES", "adain_color_fix", "bleed_colour", "split_alpha", "wavelet_color_fix", "wavelet_lowpass", "color_fix"]
+__all__ = ["COLOR_FIX_MODES", "adain_color_fix", "bleed_colour", "split_alpha", "wavelet_color_fix", "wavelet_lowpass",
+           "color_fix"]
 
 
 def _reference_like(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ def region_noise(seed: int | Sequence[int], batch: int, top: int, left: int, hei
             y0, y1 = max(top, row * n), min(top + height, (row + 1) * n)
             for col in range(left // n, (left + width - 1) // n + 1):
                 x0, x1 = max(left, col * n), min(left + width, (col + 1) * n)
-                block = torch.randn(channels, n, n, generator=torch.Generator().manual_seed(block_seed(image_seed, key, row, col)))
+                g = torch.Generator().manual_seed(block_seed(image_seed, key, row, col))
+                block = torch.randn(channels, n, n, generator=g)
                 out[item, :, y0 - top:y1 - top, x0 - left:x1 - left] = block[:, y0 - row * n:y1 - row * n,
                                                                               x0 - col * n:x1 - col * n]
     return out

@@ -54,7 +54,8 @@ def data_settings(args: argparse.Namespace, num_processes: int, train_items: int
         items["max_train_samples"] = args.max_train_samples
     return {"train_data_dir": str(Path(args.train_data_dir).resolve()), **items, "resolution": args.resolution,
             "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "repeats": args.repeats, "random_flip": getattr(args, "random_flip", True), "seed": args.seed, "num_processes": num_processes,
+            "repeats": args.repeats, "random_flip": getattr(args, "random_flip", True), "seed": args.seed,
+            "num_processes": num_processes,
             **{k: getattr(args, k) for k in SCHEDULE_SETTINGS}}
 
 

@@ -40,7 +40,8 @@ class Row:
     method: str
     t: float | None = None
     nfe: int | None = None
-    scores: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("psnr", "psnr_y", "ssim", "lpips", "swd", "sec")})
+    scores: dict[str, list[float]] = field(
+        default_factory=lambda: {k: [] for k in ("psnr", "psnr_y", "ssim", "lpips", "swd", "sec")})
 
     def mean(self, key: str) -> float:
         v = self.scores[key]

@@ -46,8 +46,8 @@ def teacher_step_midpoint(teacher: ConditionalVelocityFn, x_t: torch.Tensor, x_l
 TEACHER_STEPS = {"euler": teacher_step_euler, "midpoint": teacher_step_midpoint}
 
 
-def distill_loss(student: ConditionalVelocityFn, teacher: ConditionalVelocityFn, x0: torch.Tensor, x_lr: torch.Tensor, t: torch.Tensor,
-                 *, dt: float = 0.05, teacher_solver: str = "midpoint", lambda_align: float = 0.01,
+def distill_loss(student: ConditionalVelocityFn, teacher: ConditionalVelocityFn, x0: torch.Tensor, x_lr: torch.Tensor,
+                 t: torch.Tensor, *, dt: float = 0.05, teacher_solver: str = "midpoint", lambda_align: float = 0.01,
                  lambda_bc: float = 0.1) -> dict[str, torch.Tensor]:
     """Same-trajectory distillation. The student sees x0 and t; its implied state is
     x_t = x0 + t v_phi(x0, t). One teacher step from there to s = min(t + dt, 0.99) gives

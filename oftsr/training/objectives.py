@@ -56,9 +56,10 @@ def fast_slow_times(batch: int, *, fast_steps: int = 4, slow_steps: int = 1000, 
     return t_a.float().to(device), t_b.float().to(device)
 
 
-def flowsr_loss(student: ConditionalVelocityFn, target: ConditionalVelocityFn, teacher: ConditionalVelocityFn, x0: torch.Tensor, x1: torch.Tensor,
-                x_lr: torch.Tensor, t_a: torch.Tensor, t_b: torch.Tensor, *, teacher_solver: str = "midpoint",
-                lambda_hr: float = 1.0, distance: str = "mse") -> dict[str, torch.Tensor]:
+def flowsr_loss(student: ConditionalVelocityFn, target: ConditionalVelocityFn, teacher: ConditionalVelocityFn,
+                x0: torch.Tensor, x1: torch.Tensor, x_lr: torch.Tensor, t_a: torch.Tensor, t_b: torch.Tensor, *,
+                teacher_solver: str = "midpoint", lambda_hr: float = 1.0,
+                distance: str = "mse") -> dict[str, torch.Tensor]:
     """Consistency distillation with HR regularisation.
 
         x_a = (1 - t_a) x0 + t_a x1,  x_b = x_a + (t_b - t_a) v_teacher   (one teacher step)
