@@ -598,6 +598,11 @@ def test_fluxsr_pairs_must_come_from_this_teacher_and_set_the_resolution(tmp_pat
                             str(tmp_path / "pairs"), "--resolution", "64"])
     assert "--resolution 64: the pairs in" in capsys.readouterr().err
     assert distill.parse_args(["--teacher", "x4", "--train_data_dir", "d", "--output_dir", "o"]).resolution == 256
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "pairs.json").write_text('{"format": "oftsr-pairs", "resol')  # cut short
+    with pytest.raises(ValueError, match=r"broken/pairs.json is unreadable .*make the pairs again"):
+        distill.parse_args(["--teacher", "x4", "--objective", "fluxsr", "--train_data_dir", str(tmp_path / "broken"),
+                            "--output_dir", "o"])
     # a folder made before the digest and sigma_y were recorded still resumes with make_pairs
     old = {k: v for k, v in made.items() if k != "teacher_digest"}
     write_manifest(tmp_path / "old", old)

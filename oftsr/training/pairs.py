@@ -130,9 +130,8 @@ def make_pairs(teacher: OFTSRModel, data: SRDataset, out_dir: str | os.PathLike,
 def pairs_resolution(root: str | os.PathLike) -> int | None:
     """The crop size of the pairs in `root`, or None where it holds no manifest."""
     path = Path(root) / MANIFEST
-    if not path.is_file():
-        return None
-    return int(read_manifest(path)["resolution"])
+    resolution = read_manifest(path).get("resolution") if path.is_file() else None
+    return None if resolution is None else int(resolution)
 
 
 def read_manifest(path: Path) -> dict:
@@ -142,7 +141,7 @@ def read_manifest(path: Path) -> dict:
     except (ValueError, OSError) as e:
         raise ValueError(f"{path} is unreadable ({e}); make the pairs again with trainer/make_pairs.py") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
-            manifest.get("format_version", 0) > FORMAT_VERSION or "resolution" not in manifest:
+            manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} is not a pairs manifest this version reads")
     return manifest
 
