@@ -115,7 +115,7 @@ run_stage() {
     exit 75
   elif [ "$status" = 75 ] && [ -n "$minutes" ]; then
     local exported=0
-    "$PYTHON" "$REPO/trainer/export.py" "$run_dir" "$file" || exported=$?
+    "$PYTHON" "$REPO/trainer/export.py" "$run_dir" "$file" --overwrite || exported=$?  # the stage's newest weights
     if [ "$STOPPED" = 1 ]; then exit 75; fi
     if [ "$exported" != 0 ]; then exit "$exported"; fi
   elif [ "$status" != 0 ]; then
