@@ -180,7 +180,7 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
                                  f"({CHECKED_MODEL_FIELDS[key]}), or use another --output_dir")
         check_training_metadata(str(path), recorded.get("metadata", {}), info["metadata"], ", or another --output_dir")
         changed = {k: (v, data[k]) for k, v in recorded.get("data", {}).items() if data and k in data and data[k] != v}
-        if getattr(args, "objective", None) == "fluxsr":  # runs before 0.6.1 recorded --resolution, not the pairs'
+        if getattr(args, "objective", None) == "fluxsr":  # runs before 0.7.0 recorded --resolution, not the pairs'
             changed.pop("resolution", None)
         schedule = {k: changed.pop(k) for k in SCHEDULE_SETTINGS if k in changed}
         if "max_train_steps" in schedule and getattr(args, "steps_from_epochs", False):
