@@ -440,7 +440,7 @@ def test_accelerate_launch_two_processes(train_dir, tmp_path):
 
 
 PARTITION_PROBE = """
-import argparse, json, sys
+import argparse, json, os, sys
 import torch
 sys.path.insert(0, "trainer")
 from common import make_accelerator, training_loader
@@ -454,7 +454,10 @@ seen = []
 for epoch in range(2):
     loader.set_epoch(epoch)
     seen.append([int(i) for (batch,) in loader for i in batch])
-print("SEEN", accelerator.process_index, json.dumps(seen))
+# a file per process: two processes printing to one pipe can interleave their lines
+os.makedirs(sys.argv[1], exist_ok=True)
+with open(f"{sys.argv[1]}/seen{accelerator.process_index}.json", "w") as f:
+    json.dump(seen, f)
 """
 
 
@@ -464,9 +467,8 @@ def test_two_processes_split_each_epoch_between_them(tmp_path):
     probe.write_text(PARTITION_PROBE)
     launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
-    res = _run([probe, tmp_path / "out"], launcher)
-    seen = dict(line.split(" ", 2)[1:] for line in res.stdout.splitlines() if line.startswith("SEEN "))
-    a, b = json.loads(seen["0"]), json.loads(seen["1"])
+    _run([probe, tmp_path / "out"], launcher)
+    a, b = (json.loads((tmp_path / "out" / f"seen{rank}.json").read_text()) for rank in (0, 1))
     for epoch in range(2):
         assert len(a[epoch]) == len(b[epoch]) == 6 and sorted(a[epoch] + b[epoch]) == list(range(12))
     assert a[0] != a[1]  # a new permutation each epoch
