@@ -105,14 +105,16 @@ def check_seed(seed: Seed, batch: int) -> Seed:
 def check_unit_range(image: torch.Tensor, what: str) -> None:
     """A float image meant for [0, 1]: NaN, infinities, 0-255 and [-1, 1] values are refused,
     not clamped (a little beyond 0 or 1 is resampling overshoot, which the clamp takes)."""
-    if not torch.isfinite(image).all():
+    if not image.numel():
+        return
+    low, high = (float(v) for v in torch.aminmax(image))  # one pass; NaN propagates into both
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{what} contains NaN or infinite values")
-    if image.numel() and image.amax() > 2:
-        raise ValueError(f"{what} must be in [0, 1], but its maximum is {image.amax().item():g}: divide 0-255 values "
-                         f"by 255 first")
-    if image.numel() and image.amin() < -0.5:  # a little under 0 is resampling undershoot; more is [-1, 1]
-        raise ValueError(f"{what} must be in [0, 1], but its minimum is {image.amin().item():g}: map [-1, 1] values "
-                         f"to [0, 1] with (x + 1) / 2 first")
+    if high > 2:
+        raise ValueError(f"{what} must be in [0, 1], but its maximum is {high:g}: divide 0-255 values by 255 first")
+    if low < -0.5:  # a little under 0 is resampling undershoot; more is [-1, 1]
+        raise ValueError(f"{what} must be in [0, 1], but its minimum is {low:g}: map [-1, 1] values to [0, 1] with "
+                         f"(x + 1) / 2 first")
 
 
 def image_hint(image: object, batch: bool = True) -> str:

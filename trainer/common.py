@@ -605,13 +605,14 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
     authors' `.pth`) take the flags."""
     # absolute: "./x4", once a string, would read as the bundled name "x4"
     args.teacher = str(oftsr.existing_model_path(args.teacher, "teacher", "--teacher").absolute())
-    if oftsr.read_metadata(args.teacher).get("role") == "student":
+    recorded = oftsr.read_metadata(args.teacher)
+    if recorded.get("role") == "student":
         raise ValueError(f"--teacher {Path(args.teacher).name} is a one-step student; the student learns from a "
                          f"teacher (what train_teacher.py exports, or a bundled name such as x4-teacher)")
     flags = {key: getattr(args, key) for key in TEACHER_SETTINGS}
-    for key, (recorded, value) in contradicted_metadata(args.teacher, **flags).items():
-        raise ValueError(f"the teacher was trained with --{key} {recorded}, but this run has --{key} {value}: leave "
-                         f"the flag out, or pass --{key} {recorded}")
+    for key, (in_file, value) in contradicted_metadata(args.teacher, **flags).items():
+        raise ValueError(f"the teacher was trained with --{key} {in_file}, but this run has --{key} {value}: leave "
+                         f"the flag out, or pass --{key} {in_file}")
     try:  # flags the file agrees with change nothing; the others are what a file without metadata needs
         teacher = oftsr.load_model(args.teacher, device=device, role="teacher", **flags)
     except MissingInfoError as e:  # the library's message names the CLI's flags
@@ -619,7 +620,6 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
                          f"{' '.join(f'--{k} ...' for k in e.missing)}") from e
     for key in TEACHER_SETTINGS:
         setattr(args, key, getattr(teacher, key))
-    recorded = oftsr.read_metadata(args.teacher)
     if args.realesrgan_config is None:
         args.realesrgan_config = recorded.get("realesrgan_config", "full")
     if args.sigma_y is None:  # files from before it was recorded had the default

@@ -137,11 +137,11 @@ def make_pair_dataloader(args: argparse.Namespace, teacher: oftsr.OFTSRModel) ->
         if recorded != value:
             raise ValueError(f"the pairs in {args.train_data_dir} were made with {key} = {recorded}, "
                              f"the teacher has {value}")
-    digest = made.get("teacher_digest")  # folders made before it was recorded name the teacher only
-    if digest is not None and digest != network_digest(teacher):
+    digest, ours = made.get("teacher_digest"), network_digest(teacher)  # older folders name the teacher only
+    if digest is not None and digest != ours:
         raise ValueError(f"the pairs in {args.train_data_dir} were made by another teacher ({made['teacher']}, step "
                          f"{made['teacher_step']}, digest {digest[:12]}), not this --teacher {Path(args.teacher).name} "
-                         f"(digest {network_digest(teacher)[:12]}): pass the teacher that made them")
+                         f"(digest {ours[:12]}): pass the teacher that made them")
     logger.info("fluxsr pairs: %d of %d px from %s (%s x %d steps)", len(dataset), made["resolution"], made["teacher"],
                 made["solver"], made["steps"])
     return training_loader(args, dataset)
