@@ -150,6 +150,12 @@ def reference_ops() -> Iterator[None]:
         _REFERENCE_OPS.reset(token)
 
 
+def _reference_ops_on() -> bool:
+    # torch.compile never traces reference ops; and before torch 2.14 reading a context
+    # variable broke its graph at every block (recompiled per resolution, then left eager).
+    return not torch.compiler.is_compiling() and _REFERENCE_OPS.get()
+
+
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`conv3x3(nearest_upsample_2x(x))` (padding 1) without the up-sampled tensor.
 
@@ -220,7 +226,7 @@ class ResBlock(nn.Module):
         return F.silu(h, inplace=not torch.is_grad_enabled())
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if _REFERENCE_OPS.get():
+        if _reference_ops_on():
             return self._reference_forward(x, emb)
         inplace = not torch.is_grad_enabled()  # autograd may need the tensors that in-place ops would overwrite
         norm = self.in_layers[0]  # in_layers = norm, SiLU, conv
@@ -274,7 +280,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        if _REFERENCE_OPS.get():
+        if _reference_ops_on():
             flat = x.reshape(b, c, h * w)
             a = legacy_qkv_attention(self.qkv(self.norm(flat)), self.num_heads)
             return (flat + self.proj_out(a)).reshape(b, c, h, w)
@@ -369,7 +375,7 @@ class UNet(nn.Module):
         h = self._block(self.middle_block, h, emb)
         for block in self.output_blocks:
             h = self._block(block, h, emb, skips.pop())
-        if _REFERENCE_OPS.get():
+        if _reference_ops_on():
             return self.out(h)
         norm = self.out[0]  # out = norm, SiLU, conv
         return self.out[2](norm.normalize(h, norm.weight, norm.bias, silu=True))
