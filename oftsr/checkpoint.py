@@ -430,8 +430,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     records warns (`OverrideWarning`: they are for files that do not say, such as an
     authors' `.pth`). A name that is neither a file nor a bundled model raises
     FileNotFoundError naming the closest bundled name. Returns the model in eval mode on the
-    inference fast path for its device (`OFTSRModel.optimize()`: channels_last on CPUs,
-    NCHW on CUDA, again after a move to another device); `compile=True` (or a mode name,
+    inference fast path for its device (`OFTSRModel.optimize()`: the layout of
+    `fastest_layout_is_channels_last`, again after a move to another device); `compile=True` (or a mode name,
     see `OFTSRModel.optimize`) adds `torch.compile`.
     A `path` given as a string may be a bundled model's name ("x4" is its student,
     "x4-teacher"; a name wins over a file of that name, as in `resolve_model`: ./x4 for

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import triton_groupnorm
 from .unet import UNet, UNetConfig
 
 ROLES = ("teacher", "student")
@@ -40,6 +41,15 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 
 # What a model is beyond its network (`OFTSRModel.settings()`), in the order files record it.
+def fastest_layout_is_channels_last(device: torch.device) -> bool:
+    """The memory layout of the faster inference forward on `device` (bench/bench.py, the
+    fast-path table): channels_last on CPUs (oneDNN convolutions; the attention's
+    token-major view is free) and on GPUs the channels_last Triton GroupNorm serves (an H100,
+    div2k at 512 px, batch 8: 1.39x in bf16, 1.44x in float32); NCHW on other GPUs, where
+    PyTorch's GroupNorm copies channels_last input to NCHW and back (0.70x there)."""
+    return device.type != "cuda" or triton_groupnorm.serves(device)
+
+
 SETTINGS = ("role", "scale", "sigma_p", "degradation", "step", "objective")
 
 
@@ -88,12 +98,10 @@ class OFTSRModel(nn.Module):
         embedding's scale-shift and SiLU run as one channels_last kernel
         (`oftsr/triton_groupnorm.py`) instead of PyTorch's NCHW-only one.
 
-        `channels_last=None` picks channels_last on CPUs (oneDNN convolutions, and the
-        attention's token-major view is free) and NCHW on CUDA, where the GroupNorm kernel
-        copies channels_last input to NCHW and back, which made an H100 forward 1.4x slower
-        (bench/bench.py); the choice is made again whenever the model moves to another device."""
+        `channels_last=None` picks `fastest_layout_is_channels_last(device)`, and picks
+        again whenever the model moves to another device."""
         self.layout_follows_device = channels_last is None
-        self._set_layout(self.device.type != "cuda" if channels_last is None else channels_last)
+        self._set_layout(fastest_layout_is_channels_last(self.device) if channels_last is None else channels_last)
         self.autocast_dtype = autocast
         if isinstance(compile, str) and compile not in COMPILE_MODES:
             raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
@@ -109,7 +117,7 @@ class OFTSRModel(nn.Module):
         # Every .to(), .cuda(), .float() ends here: a model whose layout was chosen for its
         # device takes the new device's layout (a CPU-loaded model moved to CUDA goes NCHW).
         super()._apply(fn, recurse)
-        if self.layout_follows_device and (self.device.type != "cuda") != self.channels_last:
+        if self.layout_follows_device and fastest_layout_is_channels_last(self.device) != self.channels_last:
             self._set_layout(not self.channels_last)
         return self
 

@@ -2,7 +2,7 @@
 
 PyTorch's CUDA group_norm kernel works on NCHW: given channels_last activations it copies
 them to NCHW and back, so a channels_last network pays two layout transposes per norm,
-which is why the CUDA fast path otherwise stays NCHW. These two kernels read and write
+which is why the CUDA fast path stays NCHW where these kernels do not run. These two kernels read and write
 (N, H, W, C) memory directly:
 
 1. `_stats`: per image, per channel, float32 sum and sum of squares over a chunk of pixels
@@ -90,13 +90,28 @@ def installed() -> bool:
     return _kernels() is not None
 
 
+@functools.lru_cache(maxsize=None)
+def _capable(index: int) -> bool:
+    # Measured on Hopper; Triton's bf16 support and these kernels are on safe ground from
+    # Ampere (compute capability 8.0) on. Older GPUs keep PyTorch's kernel.
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def serves(device: torch.device) -> bool:
+    """Whether the kernels run on `device`: a CUDA GPU of compute capability 8.0 or newer
+    (Ampere on), with Triton installed."""
+    if device.type != "cuda" or not installed():
+        return False
+    return _capable(torch.cuda.current_device() if device.index is None else device.index)
+
+
 def available(x: torch.Tensor) -> bool:
-    """Whether `group_norm_nhwc` serves this tensor: CUDA, channels_last, float, Triton
-    installed, no autograd (the kernels have no backward), and not inside torch.compile,
-    whose own generated kernels fuse the norm in any layout."""
-    return (x.is_cuda and x.ndim == 4 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-            and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and installed())
+    """Whether `group_norm_nhwc` serves this tensor: not inside torch.compile (whose own
+    generated kernels fuse the norm in any layout), no autograd (the kernels have no
+    backward), channels_last, float, on a GPU that `serves`."""
+    return (not torch.compiler.is_compiling() and x.is_cuda and not torch.is_grad_enabled() and x.ndim == 4
+            and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and x.is_contiguous(memory_format=torch.channels_last) and serves(x.device))
 
 
 def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
