@@ -18,6 +18,13 @@ SET5_STUDENT_T1_Y, SET5_STUDENT_T1_SWD = 28.06, 7.17
 SET5_TEACHER_Y, SET5_TEACHER_SWD = 27.54, 8.93  # 16 midpoint steps (NFE 31): 2 minutes, too slow for every run
 
 
+# RealSR-Canon's first five pairs (the real camera LR as given), the x4-real student, seed 0,
+# scored as the README's table is (its rows are the mean over all 25 pairs).
+CANON5_BICUBIC_Y, CANON5_BICUBIC_SWD = 25.73, 29.97
+CANON5_REAL_T0_Y = 26.59
+CANON5_REAL_T1_Y, CANON5_REAL_T1_SWD = 25.77, 14.58
+
+
 @pytest.fixture(scope="module")
 def bundled() -> dict[str, oftsr.OFTSRModel]:
     return {role: oftsr.load_model(oftsr.default_model_path(role)) for role in ("student", "teacher")}
@@ -31,6 +38,35 @@ def test_bundled_files_are_small_and_described(bundled):
         assert (model.scale, model.sigma_p, model.degradation) == (4, 0.2, "bicubic")
         assert model.config == oftsr.PRESETS["compact"]
         assert model.step > 0
+
+
+def test_real_world_pair_is_small_and_described():
+    for role in ("student", "teacher"):
+        path = oftsr.bundled_model_path("x4-real", role)
+        assert path.stat().st_size <= 20 * 2**20, f"{path.name} is {path.stat().st_size / 2**20:.1f} MiB"
+        model = oftsr.load_model(path)
+        assert (model.role, model.scale, model.sigma_p, model.degradation) == (role, 4, 0.2, "realesrgan")
+        assert model.config == oftsr.PRESETS["compact"] and model.step > 0
+
+
+def test_real_world_student_on_camera_photographs(tmp_path):
+    canon = need(DATA / "val" / "RealSR-Canon")
+    for folder in ("HR", "LR"):
+        (tmp_path / folder).mkdir()
+        for i in range(1, 6):
+            (tmp_path / folder / f"Canon_00{i}.png").symlink_to(canon / folder / f"Canon_00{i}.png")
+    real = evaluate([oftsr.load_model("x4-real")], tmp_path, ts=[0.0, 1.0], log=lambda s: None)
+    bicubic, t0, t1 = (r.mean("psnr_y") for r in real)
+    assert (bicubic, real[0].mean("swd")) == (pytest.approx(CANON5_BICUBIC_Y, abs=0.01),
+                                               pytest.approx(CANON5_BICUBIC_SWD, abs=0.02))
+    assert t0 == pytest.approx(CANON5_REAL_T0_Y, abs=0.02)
+    assert (t1, real[2].mean("swd")) == (pytest.approx(CANON5_REAL_T1_Y, abs=0.02),
+                                         pytest.approx(CANON5_REAL_T1_SWD, abs=0.02))
+    assert t1 < t0 and real[2].mean("swd") < real[1].mean("swd") < real[0].mean("swd")  # the trade-off
+    # On camera photographs it beats the bicubic pair at both ends: more faithful at t = 0,
+    # more realistic at t = 1.
+    clean = evaluate([oftsr.load_model("x4")], tmp_path, ts=[0.0, 1.0], log=lambda s: None)
+    assert t0 > clean[1].mean("psnr_y") + 0.2 and real[2].mean("swd") < 0.9 * clean[2].mean("swd")
 
 
 def test_bundled_student_on_set5(bundled):

@@ -326,7 +326,7 @@ def test_loader_accepts_old_bundled_names_and_refuses_unknown_ones(comfy):
     entry = comfy.server.wait(comfy.server.queue(prompt), timeout=600)
     assert entry.get("status", {}).get("status_str") == "success", comfy.server.log_tail()
     assert any(o.get("images") for o in entry["outputs"].values())
-    prompt[loader]["inputs"]["model_name"] = "x4-real student"  # not bundled in this version
+    prompt[loader]["inputs"]["model_name"] = "x2 student"  # no such model
     with pytest.raises(HTTPError) as refused:
         comfy.server.post("/prompt", {"prompt": prompt, "client_id": "oftsr-integration-test"})
     assert refused.value.status == 400 and "not available" in refused.value.body

@@ -201,7 +201,7 @@ def test_sampling_node_schemas(pack):
     assert inputs_of(pack, "OFTSRRegionalTradeoff")["mask"].io_type == "MASK"
 
 
-BUNDLED = ["x4 student", "x4 teacher"]  # the bundled models this version ships (x4-real is not among them)
+BUNDLED = ["x4 student", "x4 teacher", "x4-real student", "x4-real teacher"]  # the bundled models, x4 first
 
 
 def test_loader_schema_lists_the_model_folder(comfy, pack, saved):
@@ -251,10 +251,12 @@ def test_loader_loads_ours(comfy, pack, saved):
 
 
 def test_loader_loads_the_bundled_models(comfy, pack, monkeypatch, tmp_path):
-    student, teacher = (load(pack, name) for name in BUNDLED)
-    assert (student.role, teacher.role) == ("student", "teacher")
-    assert student.config == teacher.config == pack.lib.PRESETS["compact"]
-    assert (student.scale, student.sigma_p) == (teacher.scale, teacher.sigma_p) == (4, 0.2)
+    for name, degradation in (("x4", "bicubic"), ("x4-real", "realesrgan")):
+        student, teacher = load(pack, f"{name} student"), load(pack, f"{name} teacher")
+        assert (student.role, teacher.role) == ("student", "teacher")
+        assert student.config == teacher.config == pack.lib.PRESETS["compact"]
+        assert (student.scale, student.sigma_p) == (teacher.scale, teacher.sigma_p) == (4, 0.2)
+        assert student.degradation == teacher.degradation == degradation
     # An installation without the bundled files lists only the model folder.
     monkeypatch.setattr(sys.modules[f"{PACK}.oftsr.weights"], "WEIGHTS_DIR", tmp_path)
     assert inputs_of(pack, "OFTSRModelLoader")["model_name"].options == []
@@ -286,7 +288,7 @@ def test_loader_accepts_the_names_of_older_workflows(comfy, pack, saved):
     for name in [*BUNDLED, "tiny-student.safetensors"]:
         assert loader.validate_inputs(model_name=name) is True
     # With ComfyUI's own list check off for model_name, the node makes it.
-    for absent in ("x4-real student", "absent.safetensors", "(bundled) oftsr-x2-student"):
+    for absent in ("x2 student", "absent.safetensors", "(bundled) oftsr-x2-student"):
         message = loader.validate_inputs(model_name=absent)
         assert isinstance(message, str) and repr(absent) in message and "not available" in message
     assert loader.validate_inputs(model_name=None) is True  # a linked value is checked when the node runs
