@@ -6,12 +6,19 @@
 #   DATA=/path/to/data bash scripts/train_x4_models.sh x4-real  [work_dir]   # Real-ESRGAN degradation: camera photos
 #
 # Device: one NVIDIA H100 80GB (any CUDA GPU with bf16 works; smaller ones need a smaller
-# BATCH). Expected time per pair, estimated from the measured rate of the bundled compact
-# student on an H100 (3.5 steps/s, batch 64 of 128 px) scaled by network FLOPs (the small
-# preset costs about 4x the compact one per pixel): teacher 50,000 steps at about 2 steps/s
-# in bf16, 7 hours; student 5,000 steps at about 1 step/s, 1.5 hours; evaluation on the
-# GPU, minutes. Both pairs: about 17 hours. Every stage resumes where it stopped when the
-# script is run again (checkpoints every 1,000 steps, --resume_from_checkpoint latest), so
+# BATCH). Measured on an H100 in bf16 with 14 loader workers, compact preset: the teacher
+# 7.25 steps/s (batch 32 of 256 px), the distillation 4.0 steps/s (batch 64 of 128 px).
+# The small preset costs about 4x the compact one per pixel: expect about 1.8 and 1 steps/s,
+# so 50,000 teacher steps take about 8 hours and 5,000 student steps 1.5 hours per pair.
+#
+# The shipped x4-real pair is a fixed-time fine-tune of the shipped x4 pair (about 8 minutes
+# on one H100; docs/models.md has its scores), with DATA/train holding the 241 photographs
+# (as JPEG quality 92, 4:4:4 copies):
+#   PRESET=compact TEACHER_MINUTES=5 STUDENT_MINUTES=2.5 TEACHER_DROPOUT=0 TEACHER_WARMUP=100 \
+#   TEACHER_EMA=0.999 INIT_TEACHER=x4 INIT_STUDENT=x4 REALESRGAN_CONFIG=camera EVAL=0 \
+#   DATA=... bash scripts/train_x4_models.sh x4-real
+#
+# Every stage resumes where it stopped when the script is run again (checkpoints every 1,000 steps, --resume_from_checkpoint latest), so
 # it can run as a sequence of shorter runs: MAX_MINUTES=N stops the running stage after N
 # minutes with a checkpoint (--max_train_minutes), and the script exits with status 75.
 # A fixed time instead of fixed steps: TEACHER_MINUTES=N and STUDENT_MINUTES=M end each
