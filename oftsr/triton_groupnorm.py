@@ -93,12 +93,13 @@ def installed() -> bool:
 @functools.lru_cache(maxsize=None)
 def _capable(index: int) -> bool:
     # Measured on Hopper; Triton's bf16 support and these kernels are on safe ground from
-    # Ampere (compute capability 8.0) on. Older GPUs keep PyTorch's kernel.
-    return torch.cuda.get_device_capability(index) >= (8, 0)
+    # Ampere (compute capability 8.0) on. Older GPUs, and AMD's (ROCm reports its GPUs as
+    # "cuda"; not measured), keep PyTorch's kernel.
+    return torch.version.hip is None and torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def serves(device: torch.device) -> bool:
-    """Whether the kernels run on `device`: a CUDA GPU of compute capability 8.0 or newer
+    """Whether the kernels run on `device`: an NVIDIA GPU of compute capability 8.0 or newer
     (Ampere on), with Triton installed."""
     if device.type != "cuda" or not installed():
         return False

@@ -492,9 +492,13 @@ def test_cuda_layout_is_channels_last_where_the_triton_group_norm_runs(monkeypat
     from oftsr import triton_groupnorm
     monkeypatch.setattr(triton_groupnorm, "installed", lambda: triton_installed)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
     triton_groupnorm._capable.cache_clear()
     try:
         assert oftsr.model.fastest_layout_is_channels_last(torch.device("cuda", 0)) is expected
+        monkeypatch.setattr(torch.version, "hip", "6.2")  # AMD GPUs (not measured) keep NCHW
+        triton_groupnorm._capable.cache_clear()
+        assert oftsr.model.fastest_layout_is_channels_last(torch.device("cuda", 0)) is False
     finally:
         triton_groupnorm._capable.cache_clear()
     assert oftsr.model.fastest_layout_is_channels_last(torch.device("cpu")) is True
