@@ -28,6 +28,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import oftsr
@@ -43,7 +44,7 @@ WORKFLOWS = next((ROOT / f for f in TEMPLATE_FOLDERS if (ROOT / f / WORKFLOW_FIL
 # The workflows use the bundled models; these random ones in an extra model folder check
 # that folder's registration.
 MODEL_FILES = {"student": "random-x4-student.safetensors", "teacher": "random-x4-teacher.safetensors"}
-BUNDLED = ["x4 student", "x4 teacher"]  # the bundled models this version ships, by name
+BUNDLED = ["x4 student", "x4 teacher", "x4-real student", "x4-real teacher"]  # the bundled models, by name
 NODE_IDS = ["OFTSRModelLoader", "OFTSRUpscale", "OFTSRTeacherSampler", "OFTSRTSweep", "OFTSRRegionalTradeoff",
             "OFTSRAsUpscaleModel"]
 INPUT_W, INPUT_H, SCALE = 48, 40, 4
@@ -185,7 +186,7 @@ def test_object_info_has_the_nodes_with_their_inputs(comfy):
     # the models folder registered through --extra-model-paths-config under "oftsr:"
     model_name = info["OFTSRModelLoader"]["input"]["required"]["model_name"]
     options = model_name[1].get("options", model_name[0]) if model_name[0] == "COMBO" else model_name[0]
-    assert options[:2] == BUNDLED and sorted(options[2:]) == sorted(MODEL_FILES.values())
+    assert options[:len(BUNDLED)] == BUNDLED and sorted(options[len(BUNDLED):]) == sorted(MODEL_FILES.values())
 
 
 # --------------------------------------------------------------------------- the shipped workflows
@@ -415,6 +416,25 @@ def test_student_as_upscale_model_in_core_upscale_image(comfy):
         assert core.std() > 0.02
         results[t] = core
     assert np.abs(results[0.2] - results[1.0]).mean() > 1e-3
+
+
+def test_real_world_model_by_name_gives_the_librarys_image(comfy):
+    """The bundled x4-real student, picked by name in Load OFTSR Model, upscales as
+    `oftsr.upscale` does with the same file, t and seed."""
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "OFTSRModelLoader", "inputs": {"model_name": "x4-real student", "dtype": "fp32",
+                                                           "sigma_p": 0.0, "role": "from file", "scale": 0}},
+        "3": {"class_type": "OFTSRUpscale", "inputs": {"model": ["2", 0], "image": ["1", 0], "t": 0.3, "seed": 7,
+                                                       "tile": 0, "overlap": 64, "color_fix": "none"}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "OFTSR/x4_real"}},
+    }
+    ours = read_output(comfy, run_prompt(comfy, graph)["outputs"]["4"]["images"][0])
+    image = torch.from_numpy(np.asarray(Image.open(comfy.input_dir / "example.png"), dtype=np.float32) / 255)
+    with torch.inference_mode():
+        expected = oftsr.upscale(oftsr.load_model("x4-real"), image.permute(2, 0, 1)[None], t=0.3, seed=7)
+    assert ours.shape == (INPUT_H * 4, INPUT_W * 4, 3)
+    np.testing.assert_allclose(ours, expected[0].permute(1, 2, 0).numpy(), atol=1.5 / 255)  # 8-bit saving
 
 
 def test_workflows_are_served_as_templates(comfy):
