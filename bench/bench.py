@@ -314,8 +314,10 @@ def bench_fastpath(args, device) -> None:
                 variants["fast ops, channels_last"] = variant(channels_last=True)
             if half is not None:
                 variants["default" + amp] = variant(autocast=half)
-            if device.type == "cuda" and triton_groupnorm.installed():
-                # channels_last convolutions with no layout copies around the norms
+            if device.type == "cuda" and triton_groupnorm.serves(device):
+                # the default there (channels_last convolutions, no layout copies around the
+                # norms), against the NCHW path with PyTorch's GroupNorm that it replaced
+                variants["NCHW, PyTorch GroupNorm" + amp] = variant(channels_last=False, autocast=half)
                 variants["channels_last + Triton GroupNorm" + amp] = variant(channels_last=True, autocast=half)
             with torch.inference_mode():
                 model.optimize(channels_last=False)
@@ -391,7 +393,9 @@ def bench_images(args, device) -> None:
     if half is not None:
         variants["authors' network" + amp] = (lambda: model.optimize(channels_last=False, autocast=half), run(True))
         variants["ours" + amp] = (lambda: model.optimize(autocast=half), run(False))
-        if device.type == "cuda" and triton_groupnorm.installed():
+        if device.type == "cuda" and triton_groupnorm.serves(device):
+            variants["ours, NCHW, PyTorch GroupNorm" + amp] = (
+                lambda: model.optimize(channels_last=False, autocast=half), run(False))
             variants["ours, channels_last + Triton GroupNorm" + amp] = (
                 lambda: model.optimize(channels_last=True, autocast=half), run(False))
     if args.compile:

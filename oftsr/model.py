@@ -40,16 +40,18 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
 
 
-# What a model is beyond its network (`OFTSRModel.settings()`), in the order files record it.
 def fastest_layout_is_channels_last(device: torch.device) -> bool:
     """The memory layout of the faster inference forward on `device` (bench/bench.py, the
     fast-path table): channels_last on CPUs (oneDNN convolutions; the attention's
-    token-major view is free) and on GPUs the channels_last Triton GroupNorm serves (an H100,
-    div2k at 512 px, batch 8: 1.39x in bf16, 1.44x in float32); NCHW on other GPUs, where
-    PyTorch's GroupNorm copies channels_last input to NCHW and back (0.70x there)."""
+    token-major view is free) and other non-CUDA devices, and on the CUDA GPUs the
+    channels_last Triton GroupNorm serves (an H100, div2k at 512 px, batch 8: 1.39x under
+    bf16 autocast, 1.44x in float32); NCHW on other CUDA devices (older NVIDIA GPUs, ROCm,
+    no Triton), where PyTorch's GroupNorm copies channels_last input to NCHW and back
+    (0.70x there)."""
     return device.type != "cuda" or triton_groupnorm.serves(device)
 
 
+# What a model is beyond its network (`OFTSRModel.settings()`), in the order files record it.
 SETTINGS = ("role", "scale", "sigma_p", "degradation", "step", "objective")
 
 
@@ -94,9 +96,10 @@ class OFTSRModel(nn.Module):
         upscaling). `load_model` returns models already through `optimize()`; `create_model`
         and the constructor give the plain NCHW model.
 
-        With `channels_last=True` on CUDA and Triton installed, GroupNorm, the time
-        embedding's scale-shift and SiLU run as one channels_last kernel
-        (`oftsr/triton_groupnorm.py`) instead of PyTorch's NCHW-only one.
+        With `channels_last=True` on a GPU that `triton_groupnorm.serves` (NVIDIA, Ampere on,
+        Triton installed and working), GroupNorm, the time embedding's scale-shift and SiLU
+        run as one channels_last kernel (`oftsr/triton_groupnorm.py`) instead of PyTorch's
+        NCHW-only one.
 
         `channels_last=None` picks `fastest_layout_is_channels_last(device)`, and picks
         again whenever the model moves to another device."""
@@ -115,7 +118,7 @@ class OFTSRModel(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         # Every .to(), .cuda(), .float() ends here: a model whose layout was chosen for its
-        # device takes the new device's layout (a CPU-loaded model moved to CUDA goes NCHW).
+        # device takes the new device's layout (`fastest_layout_is_channels_last`).
         super()._apply(fn, recurse)
         if self.layout_follows_device and fastest_layout_is_channels_last(self.device) != self.channels_last:
             self._set_layout(not self.channels_last)

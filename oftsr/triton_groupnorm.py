@@ -23,8 +23,10 @@ kernels on CPU tensors (slowly), which is how the tests check them without a GPU
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
+import torch.nn.functional as F
 
 # Pixels per program of the statistics pass: enough chunks to fill a GPU at 512 px
 # (262,144 pixels, 256 chunks per image), few enough that the chunk reduction is cheap.
@@ -35,11 +37,12 @@ _BLOCK_CHANNELS = 64
 
 @functools.lru_cache(maxsize=1)
 def _kernels():
-    """The compiled kernels, or None when Triton is not installed."""
+    """The compiled kernels, or None when Triton is not installed (or its install is broken:
+    a failed import must not stop a model from loading; PyTorch's kernel takes over)."""
     try:
         import triton
         import triton.language as tl
-    except ImportError:
+    except Exception:
         return None
 
     @triton.jit
@@ -90,18 +93,39 @@ def installed() -> bool:
     return _kernels() is not None
 
 
+def kernels_work(device: torch.device) -> bool:
+    """Run the kernels once on `device` against `F.group_norm`: False, with a warning, when
+    they fail (a Triton that cannot build its launcher, say) or disagree, so that a broken
+    install costs speed, never an image."""
+    x = (torch.randn(2, 64, 9, 7, device=device) * 2 + 1).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(64, device=device), torch.randn(64, device=device)
+    try:
+        with torch.no_grad():
+            error = (group_norm_nhwc(x, 32, weight, bias) - F.group_norm(x, 32, weight, bias)).abs().max().item()
+    except Exception as e:  # whatever Triton raises while building or launching
+        warnings.warn(f"the Triton GroupNorm does not run on {device} ({type(e).__name__}: {e}); "
+                      f"using PyTorch's GroupNorm there", RuntimeWarning, stacklevel=2)
+        return False
+    if not error < 1e-3:
+        warnings.warn(f"the Triton GroupNorm is off on {device} by {error:.2g}; using PyTorch's GroupNorm there",
+                      RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def _capable(index: int) -> bool:
     # Measured on Hopper; Triton's bf16 support and these kernels are on safe ground from
     # Ampere (compute capability 8.0) on. Older GPUs, and AMD's (ROCm reports its GPUs as
     # "cuda"; not measured), keep PyTorch's kernel.
-    return torch.version.hip is None and torch.cuda.get_device_capability(index) >= (8, 0)
+    return (torch.version.hip is None and torch.cuda.get_device_capability(index) >= (8, 0)
+            and kernels_work(torch.device("cuda", index)))
 
 
 def serves(device: torch.device) -> bool:
     """Whether the kernels run on `device`: an NVIDIA GPU of compute capability 8.0 or newer
-    (Ampere on), with Triton installed."""
-    if device.type != "cuda" or not installed():
+    (Ampere on), with Triton installed and its kernels checked once on that GPU."""
+    if device.type != "cuda" or not installed() or not torch.cuda.is_available():
         return False
     return _capable(torch.cuda.current_device() if device.index is None else device.index)
 

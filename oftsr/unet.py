@@ -142,7 +142,8 @@ def reference_ops() -> Iterator[None]:
     channel-major einsum attention, nearest up-sampling before the 3x3 conv, and norm,
     scale, shift, SiLU and residual add as separate out-of-place ops. Same weights and
     maths as the default ops, which reorder them for speed; for parity checks and as the
-    baseline of bench/bench.py."""
+    baseline of bench/bench.py. Eager only: code compiled by torch.compile keeps the
+    default ops."""
     token = _REFERENCE_OPS.set(True)
     try:
         yield

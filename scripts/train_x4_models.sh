@@ -12,7 +12,7 @@
 # so 50,000 teacher steps take about 8 hours and 5,000 student steps 1.5 hours per pair.
 #
 # The shipped x4-real pair is a fixed-time fine-tune of the shipped x4 pair (about 8 minutes
-# on one H100; docs/models.md has its scores), with DATA/train holding the 241 photographs
+# on one H100; the README's Bundled models has its scores), with DATA/train holding the 241 photographs
 # (as JPEG quality 92, 4:4:4 copies):
 #   PRESET=compact TEACHER_MINUTES=5 STUDENT_MINUTES=2.5 TEACHER_DROPOUT=0 TEACHER_WARMUP=100 \
 #   TEACHER_EMA=0.999 INIT_TEACHER=x4 INIT_STUDENT=x4 REALESRGAN_CONFIG=camera EVAL=0 \

@@ -478,7 +478,9 @@ def test_layout_choice_follows_the_device_on_moves(random_unet_weights):
     assert not pinned.channels_last and not pinned.layout_follows_device
     if torch.cuda.is_available():
         model.cuda()
-        expected = oftsr.model.fastest_layout_is_channels_last(model.device)
+        from oftsr import triton_groupnorm
+        expected = (triton_groupnorm.installed() and torch.version.hip is None
+                    and torch.cuda.get_device_capability() >= (8, 0))  # and the kernels work there
         assert model.channels_last is expected and model.unet.out[2].weight.is_contiguous(
             memory_format=torch.channels_last if expected else torch.contiguous_format)
 
@@ -492,6 +494,8 @@ def test_cuda_layout_is_channels_last_where_the_triton_group_norm_runs(monkeypat
     from oftsr import triton_groupnorm
     monkeypatch.setattr(triton_groupnorm, "installed", lambda: triton_installed)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(triton_groupnorm, "kernels_work", lambda device: True)  # checked on the GPU itself
     monkeypatch.setattr(torch.version, "hip", None)
     triton_groupnorm._capable.cache_clear()
     try:
@@ -499,8 +503,31 @@ def test_cuda_layout_is_channels_last_where_the_triton_group_norm_runs(monkeypat
         monkeypatch.setattr(torch.version, "hip", "6.2")  # AMD GPUs (not measured) keep NCHW
         triton_groupnorm._capable.cache_clear()
         assert oftsr.model.fastest_layout_is_channels_last(torch.device("cuda", 0)) is False
+        monkeypatch.setattr(torch.version, "hip", None)
+        monkeypatch.setattr(triton_groupnorm, "kernels_work", lambda device: False)  # a broken Triton: NCHW
+        triton_groupnorm._capable.cache_clear()
+        assert oftsr.model.fastest_layout_is_channels_last(torch.device("cuda", 0)) is False
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no driver: no error, NCHW
+        assert oftsr.model.fastest_layout_is_channels_last(torch.device("cuda")) is False
     finally:
         triton_groupnorm._capable.cache_clear()
+
+
+def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
+    from oftsr import triton_groupnorm
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("failed to build the launcher")
+
+    for kernel, works, warning in [(lambda x, g, w, b: F.group_norm(x, g, w, b), True, None),
+                                   (broken, False, "does not run on cpu .*failed to build the launcher"),
+                                   (lambda x, g, w, b: F.group_norm(x, g, w, b) + 0.01, False, "is off on cpu by 0.01")]:
+        monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc", kernel)
+        if warning is None:
+            assert triton_groupnorm.kernels_work(torch.device("cpu")) is works
+        else:
+            with pytest.warns(RuntimeWarning, match=warning):
+                assert triton_groupnorm.kernels_work(torch.device("cpu")) is works
     assert oftsr.model.fastest_layout_is_channels_last(torch.device("cpu")) is True
 
 

@@ -105,7 +105,9 @@ def test_archive_holds_the_pack_and_nothing_else(archive):
     assert {f"nodes/{p.name}" for p in (ROOT / "nodes").glob("*.py")} <= set(archive)
     assert {"oftsr/__init__.py", "oftsr/inference.py"} <= set(archive)
     weights = [f for f in archive if f.startswith("oftsr/weights/") and f.endswith(".safetensors")]
-    assert len(weights) >= 2 and all((ROOT / f).stat().st_size > 1_000_000 for f in weights)  # the bundled models
+    assert sorted(weights) == sorted(f"oftsr/weights/{name}-{role}.safetensors" for name in ("x4", "x4-real")
+                                     for role in ("student", "teacher"))  # the bundled models
+    assert all((ROOT / f).stat().st_size > 1_000_000 for f in weights)
     assert {p.relative_to(ROOT).as_posix() for p in (ROOT / "workflows").glob("*.json")} <= set(archive)
     left_out = ("trainer/", "bench/", "tests/", "scripts/", "docs/", "assets/", "oftsr/training/", ".ci/",
                 "oftsr/cli.py", "oftsr/__main__.py", "oftsr/images.py")  # the CLI comes with pip install

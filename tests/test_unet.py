@@ -192,13 +192,22 @@ def test_torch_compile_matches_eager(random_unet_weights):
     assert (fast - plain).abs().max().item() < 1e-5  # tolerance: float32 kernel fusion only
 
 
-def test_the_whole_unet_traces_as_one_graph():
+def test_the_whole_unet_traces_as_one_graph(monkeypatch):
     # A graph break inside every block (torch < 2.14 could not trace the reference-ops
-    # switch) made torch.compile recompile per resolution, then run those blocks eagerly.
+    # switch, a context variable) made torch.compile recompile per resolution, then run
+    # those blocks eagerly. The switch is made to break the graph the way old torch did,
+    # so that this fails on any torch if compiled code reads it.
+    class BreaksTheGraph:
+        def get(self) -> bool:
+            torch._dynamo.graph_break()
+            return False
+
+    monkeypatch.setattr(oftsr.unet, "_REFERENCE_OPS", BreaksTheGraph())
     unet = UNet(oftsr.PRESETS["tiny"]).eval()
     with torch.no_grad():
         explained = torch._dynamo.explain(unet)(torch.randn(1, 6, 64, 64), torch.full((1,), 500.0))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()
 
 
 def test_half_precision_group_norm_keeps_float32_statistics():
