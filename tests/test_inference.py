@@ -523,11 +523,13 @@ def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
                                    (broken, False, "does not run on cpu .*failed to build the launcher"),
                                    (lambda x, g, w, b: F.group_norm(x, g, w, b) + 0.01, False, "is off on cpu by 0.01")]:
         monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc", kernel)
+        state = torch.get_rng_state()
         if warning is None:
             assert triton_groupnorm.kernels_work(torch.device("cpu")) is works
         else:
             with pytest.warns(RuntimeWarning, match=warning):
                 assert triton_groupnorm.kernels_work(torch.device("cpu")) is works
+        assert torch.equal(torch.get_rng_state(), state)  # the check draws no random numbers
     assert oftsr.model.fastest_layout_is_channels_last(torch.device("cpu")) is True
 
 

@@ -72,6 +72,7 @@ def test_eval_model_names(tmp_path):
                                                 "bundled model's name"):  # before any image is read
         eval_model_paths(["x4", "absent.safetensors"])
 
+
 def test_eval_names_a_model_that_is_not_bundled(without_x4_real):
     with pytest.raises(FileNotFoundError, match="x4-real student .* not bundled"):
         eval_model_paths(["x4-real"])
