@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -270,22 +271,18 @@ def _cpu_has_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def compiled_variant(model: oftsr.OFTSRModel, args, autocast: torch.dtype | None, first_call) -> tuple:
-    """Compiles the model's network once (`--compile_mode`), timing the first call, and returns
-    (setup, first-call seconds): the setup of an `interleaved` variant that puts the compiled
-    network back after the other variants' `optimize()` calls have dropped it."""
+def compiled_variant(model: oftsr.OFTSRModel, args, autocast: torch.dtype | None, call) -> tuple:
+    """Compiles a copy of the model's network (`--compile_mode`), timing its first call, and
+    returns (fn, first-call seconds), where fn runs `call(copy)`. A copy, because the other
+    variants' `optimize()` calls move the shared weights between layouts: CUDA graphs
+    (reduce-overhead) hold the weights' addresses and would re-record after every move."""
+    model.optimize()  # drops any compiled network, so the copy starts without one
+    twin = copy.deepcopy(model)
     start = time.perf_counter()
-    model.optimize(compile=args.compile_mode or True, autocast=autocast)
+    twin.optimize(compile=args.compile_mode or True, autocast=autocast)
     with torch.inference_mode():
-        first_call()
-    first = time.perf_counter() - start
-    compiled = model.__dict__["_compiled"]
-
-    def setup() -> None:
-        model.optimize(autocast=autocast)
-        model.__dict__["_compiled"] = compiled
-
-    return setup, first
+        call(twin)
+    return (lambda: call(twin)), time.perf_counter() - start
 
 
 def bench_fastpath(args, device) -> None:
@@ -325,10 +322,10 @@ def bench_fastpath(args, device) -> None:
                 secs = interleaved(variants, device, args.repeat)
                 if args.compile:  # on the device's default layout, as `oftsr --compile` runs it
                     amp_dtype = half if device.type == "cuda" else None
-                    use_compiled, first = compiled_variant(model, args, amp_dtype, lambda: model.velocity(x, x, 0.5))
+                    compiled, first = compiled_variant(model, args, amp_dtype, lambda m: m.velocity(x, x, 0.5))
                     mode = f" {args.compile_mode}" if args.compile_mode else ""
                     name = f"default{amp if amp_dtype else ''} + torch.compile{mode} (first call {first:.0f} s)"
-                    variants[name] = (use_compiled, variants["default (load_model)"][1])
+                    variants[name] = (lambda: None, compiled)
                     authors = "authors' network (NCHW fp32, ADM ops)"
                     secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device, args.repeat)[name]
                 for name, (setup, fn) in variants.items():
@@ -356,16 +353,20 @@ def bench_baselines(args, device) -> None:
     others = {"ESRGAN x4 (RRDBNet)": ESRGAN(num_filters=64, num_blocks=23, scale=4),
               "Real-ESRGAN SRVGGNetCompact x4": Compact(num_feat=64, num_conv=32, upscale=4)}
     others = {name: net.to(device).eval() for name, net in others.items()}
+    ours = {"OFTSR compact student, one step": student}
+    if device.type == "cuda":  # what `oftsr upscale` and Load OFTSR Model run there by default (dtype auto)
+        ours[f"OFTSR compact student, one step, {str(fastest_dtype(device)).removeprefix('torch.')} weights"] = (
+            random_model("compact", "student", device, fastest_dtype(device)).optimize())
     rows = []
     for size in args.sizes:
         lr = torch.rand(1, 3, size // 4, size // 4, device=device)
-        variants = {"OFTSR compact student, one step": (lambda: None, lambda: oftsr.upscale(student, lr))}
+        variants = {name: (lambda: None, lambda net=net: oftsr.upscale(net, lr)) for name, net in ours.items()}
         variants |= {name: (lambda: None, lambda net=net: net(lr)) for name, net in others.items()}
         with torch.inference_mode():
             secs = interleaved(variants, device, args.repeat)
-        ours = secs["OFTSR compact student, one step"]
-        nets = {"OFTSR compact student, one step": student, **others}
-        rows += [[name, f"{count_parameters(nets[name]) / 1e6:.1f} M", f"{size}", f"{sec * 1e3:.0f}", f"{sec / ours:.2f}"]
+        base = secs["OFTSR compact student, one step"]
+        nets = {**ours, **others}
+        rows += [[name, f"{count_parameters(nets[name]) / 1e6:.1f} M", f"{size}", f"{sec * 1e3:.0f}", f"{sec / base:.2f}"]
                  for name, sec in secs.items()]
     table(f"x4 networks ComfyUI users run instead, same output size (batch 1, median of {args.repeat} interleaved "
           f"runs), {device_name(device)}", ["network", "parameters", "output px", "ms / image", "x our time"], rows)
@@ -399,8 +400,8 @@ def bench_images(args, device) -> None:
             variants["ours, channels_last + Triton GroupNorm" + amp] = (
                 lambda: model.optimize(channels_last=True, autocast=half), run(False))
     if args.compile:
-        use_compiled, _ = compiled_variant(model, args, half, run(False))
-        variants[f"ours{amp} + torch.compile {args.compile_mode or ''}".rstrip()] = (use_compiled, run(False))
+        compiled, _ = compiled_variant(model, args, half, lambda m: oftsr.upscale(m, lr, tile=0))
+        variants[f"ours{amp} + torch.compile {args.compile_mode or ''}".rstrip()] = (lambda: None, compiled)
     with torch.inference_mode():
         secs = interleaved(variants, device, args.repeat)
     base = secs["authors' network (NCHW fp32, ADM ops)"]

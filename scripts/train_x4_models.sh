@@ -11,12 +11,17 @@
 # The small preset costs about 4x the compact one per pixel: expect about 1.8 and 1 steps/s,
 # so 50,000 teacher steps take about 8 hours and 5,000 student steps 1.5 hours per pair.
 #
-# The shipped x4-real pair is a fixed-time fine-tune of the shipped x4 pair (about 8 minutes
-# on one H100; the README's Bundled models has its scores), with DATA/train holding the 241 photographs
-# (as JPEG quality 92, 4:4:4 copies):
+# The shipped x4-real pair is the shipped x4 pair fine-tuned in two fixed-time runs on one
+# H100 (about 15 minutes in all; the README's Bundled models has its scores), with
+# DATA/train holding the 241 photographs (as JPEG quality 92, 4:4:4 copies); run 1 with
+# version 0.8.0 of this script and package (its camera chain), run 2 with this version,
+# from the files run 1 wrote into oftsr/weights:
 #   PRESET=compact TEACHER_MINUTES=5 STUDENT_MINUTES=2.5 TEACHER_DROPOUT=0 TEACHER_WARMUP=100 \
 #   TEACHER_EMA=0.999 INIT_TEACHER=x4 INIT_STUDENT=x4 REALESRGAN_CONFIG=camera EVAL=0 \
-#   DATA=... bash scripts/train_x4_models.sh x4-real
+#   DATA=... bash scripts/train_x4_models.sh x4-real runs/x4-real
+#   PRESET=compact TEACHER_MINUTES=4.5 STUDENT_MINUTES=2 TEACHER_DROPOUT=0 TEACHER_WARMUP=100 \
+#   TEACHER_EMA=0.999 INIT_TEACHER=x4-real INIT_STUDENT=x4-real REALESRGAN_CONFIG=camera EVAL=0 \
+#   DATA=... bash scripts/train_x4_models.sh x4-real runs/x4-real-2
 #
 # Every stage resumes where it stopped when the script is run again (checkpoints every 1,000 steps, --resume_from_checkpoint latest), so
 # it can run as a sequence of shorter runs: MAX_MINUTES=N stops the running stage after N

@@ -61,3 +61,43 @@ def test_bench_train_memory_rows_with_and_without_gradient_checkpointing():
     assert rows[0][2] == "1.00" and rows[0][4] == "1.00"
     assert int(rows[0][1].replace(",", "")) > 0
     assert float(rows[1][2]) < 0.9  # the child really checkpoints: about 0.7 of the step memory measured here
+
+
+def test_compiled_variant_runs_a_copy_that_other_variants_leave_alone(monkeypatch):
+    # CUDA graphs hold the weights' addresses: the compiled variant keeps weights of its own,
+    # which the other variants' optimize() calls (moving the shared model between layouts)
+    # leave where they are.
+    import importlib.util
+    from types import SimpleNamespace
+
+    import torch
+
+    import oftsr
+
+    spec = importlib.util.spec_from_file_location("bench_module", ROOT / "bench" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    compiled_with = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: compiled_with.append(kw) or net)  # no inductor run here
+    model = oftsr.create_model("tiny", role="student").eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    called_on = []
+
+    def call(m):
+        called_on.append(m)
+        return m.velocity(x, x, 0.5)
+
+    fn, first = bench.compiled_variant(model, SimpleNamespace(compile_mode="reduce-overhead"), None, call)
+    twin = called_on[0]
+    assert compiled_with == [{"dynamic": False, "mode": "reduce-overhead"}] and first >= 0
+    assert twin is not model and twin.__dict__["_compiled"] is not None and model.__dict__["_compiled"] is None
+    addresses = [p.data_ptr() for p in twin.parameters()]
+    with torch.inference_mode():
+        before = fn()
+        for layout in (False, True, False):  # what the interleaved variants' set-ups do
+            model.optimize(channels_last=layout)
+            after = fn()
+        expected = model.velocity(x, x, 0.5)
+    assert [p.data_ptr() for p in twin.parameters()] == addresses and set(addresses).isdisjoint(
+        p.data_ptr() for p in model.parameters())
+    assert called_on[1:] == [twin] * 4 and torch.equal(after, before) and torch.allclose(after, expected, atol=1e-5)

@@ -138,7 +138,7 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    help="how training LR images are made (distill.py: default the teacher's)")
     p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default="full",
                    help="ranges of the realesrgan degradation: full (the published second-order chain) or camera "
-                        "(one stage, full blur range, mild noise and JPEG: photographs from a camera); "
+                        "(one stage, a lens's blur, mild noise and JPEG: photographs from a camera); "
                         "distill.py: default the teacher's")
     p.add_argument("--sigma_y", type=float, default=SIGMA_Y,
                    help="measurement noise of the noisy_avgpool degradation; distill.py: default the teacher's")

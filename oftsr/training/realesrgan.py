@@ -104,14 +104,15 @@ class RealESRGANConfig:
 
 
 def _camera_config() -> RealESRGANConfig:
-    # Photographs from a decent camera: optics blur them as much as Real-ESRGAN's first
-    # stage does (full blur range), but at ordinary ISO and JPEG settings they carry far
-    # less noise and compression than its web-image chain, and they are not re-uploaded
-    # (no second stage). Its harshest draws are also the ones a small training crop cannot
-    # hold: a resize to 0.15x turns a 64 px crop into 10 px.
-    stage1 = DegradationStage(resize_range=(0.5, 1.5), noise_range=(1.0, 10.0), poisson_scale_range=(0.05, 1.0),
-                              jpeg_range=(60, 95))
-    return RealESRGANConfig(stage1=stage1, second_stage_prob=0.0, final_sinc_prob=0.5, final_jpeg_range=(60, 95))
+    # Photographs from a decent camera. Their blur is the lens and sensor's own: a sharp,
+    # in-focus capture has a point spread of about 0.3 to 0.7 of its pixels (Gaussian
+    # sigma), which is 1.2 to 2.8 HR pixels at x4, and no resampling before it reaches us
+    # (no random resize, rarely a sinc). At ordinary ISO and JPEG settings they carry far
+    # less noise and compression than Real-ESRGAN's web-image chain, and they are not
+    # re-uploaded (no second stage).
+    stage1 = DegradationStage(blur_sigma=(1.2, 2.8), resize_probs=(0.0, 0.0, 1.0), noise_range=(1.0, 10.0),
+                              poisson_scale_range=(0.05, 1.0), jpeg_range=(60, 95))
+    return RealESRGANConfig(stage1=stage1, second_stage_prob=0.0, final_sinc_prob=0.1, final_jpeg_range=(60, 95))
 
 
 # The named settings the trainer offers (--realesrgan_config): "full" is the published
