@@ -111,7 +111,12 @@ def test_cli_names_a_model_that_is_not_bundled(tmp_path, capsys, without_x4_real
 def test_half_precision_files_load_as_float32(tmp_path, capsys):
     """The recipe ships fp16 files (oftsr convert --dtype fp16): half the size, the same
     metadata, and the loader casts the weights back to float32."""
-    source = oftsr.bundled_model_path("x4", "student")
+    model = oftsr.create_model("tiny", role="student", seed=0)
+    with torch.no_grad():  # weights that fp16 rounds (ADM zero-inits some layers)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    source = tmp_path / "full.safetensors"
+    oftsr.save_model(model, source)
     assert main(["convert", str(source), str(tmp_path / "half.safetensors"), "--dtype", "fp16"]) == 0
     assert (tmp_path / "half.safetensors").stat().st_size < 0.51 * source.stat().st_size
     full, half = oftsr.load_model(source), oftsr.load_model(tmp_path / "half.safetensors")
@@ -120,6 +125,9 @@ def test_half_precision_files_load_as_float32(tmp_path, capsys):
         full.role, full.scale, full.sigma_p, full.degradation, full.step)
     for p, q in zip(full.parameters(), half.parameters()):
         assert torch.equal(q, p.half().float())
+    assert any(not torch.equal(q, p) for p, q in zip(full.parameters(), half.parameters()))
+    for name in ("x4", "x4-real"):  # the bundled files are such files
+        assert oftsr.load_model(name).dtype == torch.float32
 
 
 def test_load_model_takes_bundled_names_and_short_dtype_names(tmp_path, monkeypatch):
