@@ -968,6 +968,8 @@ def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, 
     student = oftsr.load_model(tmp_path / "weights" / "x4-real-student.safetensors")
     assert teacher.step == 1  # the first step came after its time: saved, exported, and the chain went on
     assert student.step == 2 and student.degradation == "realesrgan" and student.role == "student"
+    record = json.loads(oftsr.read_metadata(tmp_path / "weights" / "x4-real-teacher.safetensors")["training"])
+    assert record["max_train_minutes"] == 0.001 and record["step"] == 1  # why it stopped short of 1000 steps
     from safetensors import safe_open
     with safe_open(tmp_path / "weights" / "x4-real-student.safetensors", "pt") as f:  # shipped in half precision
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
@@ -1345,3 +1347,23 @@ def test_max_train_samples_and_scale_lr(train_dir, tmp_path, monkeypatch, capsys
             distill.parse_args(["--teacher", "x4", "--objective", "fluxsr", flag, *(["3"] if flag.startswith(
                 "--max") else []), *base])
         assert message in capsys.readouterr().err
+
+
+def test_training_record_names_the_start_weights_and_the_time_limit(monkeypatch, tmp_path):
+    # A fine-tune's file says what it started from (no paths) and that a time limit ended it.
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import distill
+    import train_teacher
+
+    base = ["--train_data_dir", str(tmp_path / "photos"), "--output_dir", str(tmp_path / "run")]
+    args = train_teacher.parse_args([*base, "--init_from", str(tmp_path / "runs" / "teacher.safetensors"),
+                                     "--max_train_minutes", "4.5"])
+    record = common.training_record(args, {"train_data_dir": str(tmp_path / "photos"), "seed": 0})
+    assert (record["init_from"], record["max_train_minutes"], record["train_data"]) == ("teacher.safetensors", 4.5, "photos")
+    assert "init_student" not in record and str(tmp_path) not in json.dumps(record)
+    args = distill.parse_args([*base, "--teacher", "x4-real-teacher", "--init_student", "x4-real"])
+    record = common.training_record(args, {})
+    assert record["init_student"] == "x4-real" and "init_from" not in record and "max_train_minutes" not in record
+    plain = common.training_record(train_teacher.parse_args(base), {})
+    assert not {"init_from", "init_student", "max_train_minutes"} & plain.keys()

@@ -169,11 +169,17 @@ def training_record(args: argparse.Namespace, data: dict) -> dict:
     """How a model was trained, for its exported file (the `training` entry, which `oftsr
     info` shows): the data settings, with the data folder by its name only (a file that is
     shared should not carry its maker's paths), the optimiser's and EMA's settings, the
-    precision and this package's version. Recorded, never compared on resume."""
+    precision and this package's version; the weights it started from (`--init_from`,
+    `--init_student`: a bundled name as given, a file by its name) and a time limit
+    (`--max_train_minutes`), which say why a fine-tune's `step` is short of `max_train_steps`.
+    Recorded, never compared on resume."""
+    started = {flag: Path(getattr(args, flag)).name for flag in ("init_from", "init_student") if getattr(args, flag, None)}
+    if getattr(args, "max_train_minutes", None) is not None:
+        started["max_train_minutes"] = args.max_train_minutes
     return {**{k: v for k, v in data.items() if k != "train_data_dir"},
             "train_data": Path(args.train_data_dir).name, "learning_rate": args.learning_rate,
             "adam": adam_settings(args), "max_grad_norm": args.max_grad_norm, "ema_decay": args.ema_decay,
-            "mixed_precision": args.mixed_precision or "no", "oftsr_version": oftsr.__version__}
+            "mixed_precision": args.mixed_precision or "no", **started, "oftsr_version": oftsr.__version__}
 
 
 def enable_tf32() -> None:
