@@ -271,18 +271,23 @@ def _cpu_has_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def compiled_variant(model: oftsr.OFTSRModel, args, autocast: torch.dtype | None, call) -> tuple:
-    """Compiles a copy of the model's network (`--compile_mode`), timing its first call, and
+def compiled_variant(model: oftsr.OFTSRModel, mode: str | None, autocast: torch.dtype | None, call) -> tuple:
+    """Compiles a copy of the model's network (in `mode`, None: torch's default), timing its first call, and
     returns (fn, first-call seconds), where fn runs `call(copy)`. A copy, because the other
     variants' `optimize()` calls move the shared weights between layouts: CUDA graphs
     (reduce-overhead) hold the weights' addresses and would re-record after every move."""
     model.optimize()  # drops any compiled network, so the copy starts without one
     twin = copy.deepcopy(model)
     start = time.perf_counter()
-    twin.optimize(compile=args.compile_mode or True, autocast=autocast)
+    twin.optimize(compile=mode or True, autocast=autocast)
     with torch.inference_mode():
         call(twin)
     return (lambda: call(twin)), time.perf_counter() - start
+
+
+def compile_modes(args) -> list[str | None]:
+    """The torch.compile modes that --compile asks for (None: torch's default), or none."""
+    return (args.compile_mode or [None]) if args.compile else []
 
 
 def bench_fastpath(args, device) -> None:
@@ -320,11 +325,10 @@ def bench_fastpath(args, device) -> None:
                 model.optimize(channels_last=False)
                 reference = reference_forward()
                 secs = interleaved(variants, device, args.repeat)
-                if args.compile:  # on the device's default layout, as `oftsr --compile` runs it
+                for mode in compile_modes(args):  # on the device's default layout, as `oftsr --compile` runs it
                     amp_dtype = half if device.type == "cuda" else None
-                    compiled, first = compiled_variant(model, args, amp_dtype, lambda m: m.velocity(x, x, 0.5))
-                    mode = f" {args.compile_mode}" if args.compile_mode else ""
-                    name = f"default{amp if amp_dtype else ''} + torch.compile{mode} (first call {first:.0f} s)"
+                    compiled, first = compiled_variant(model, mode, amp_dtype, lambda m: m.velocity(x, x, 0.5))
+                    name = f"default{amp if amp_dtype else ''} + torch.compile {mode or 'default'} (first call {first:.0f} s)"
                     variants[name] = (lambda: None, compiled)
                     authors = "authors' network (NCHW fp32, ADM ops)"
                     secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device, args.repeat)[name]
@@ -399,9 +403,9 @@ def bench_images(args, device) -> None:
                 lambda: model.optimize(channels_last=False, autocast=half), run(False))
             variants["ours, channels_last + Triton GroupNorm" + amp] = (
                 lambda: model.optimize(channels_last=True, autocast=half), run(False))
-    if args.compile:
-        compiled, _ = compiled_variant(model, args, half, lambda m: oftsr.upscale(m, lr, tile=0))
-        variants[f"ours{amp} + torch.compile {args.compile_mode or ''}".rstrip()] = (lambda: None, compiled)
+    for mode in compile_modes(args):
+        compiled, _ = compiled_variant(model, mode, half, lambda m: oftsr.upscale(m, lr, tile=0))
+        variants[f"ours{amp} + torch.compile {mode or 'default'}"] = (lambda: None, compiled)
     with torch.inference_mode():
         secs = interleaved(variants, device, args.repeat)
     base = secs["authors' network (NCHW fp32, ADM ops)"]
@@ -509,8 +513,9 @@ def main() -> None:
     p.add_argument("--memory_commands", nargs="+", choices=["upscale", "sample"], default=["upscale", "sample"],
                    help="what the memory table runs: the student's one step, the teacher's solver, or both")
     p.add_argument("--compile", action="store_true", help="include torch.compile in the fast-path table")
-    p.add_argument("--compile_mode", choices=oftsr.model.COMPILE_MODES, default=None,
-                   help="torch.compile mode for --compile, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--compile_mode", nargs="+", choices=oftsr.model.COMPILE_MODES, default=None,
+                   help="torch.compile modes for --compile, a row each, e.g. default reduce-overhead (CUDA graphs); "
+                        "default: torch's default mode")
     p.add_argument("--images_size", type=int, default=None, help="output px of the images section (1024 on CUDA, 256 on CPU)")
     p.add_argument("--images_batch", type=int, default=8, help="images per call in the images section")
     p.add_argument("--train_batch", type=int, default=4, help="crops per step in the train_memory section")

@@ -68,7 +68,6 @@ def test_compiled_variant_runs_a_copy_that_other_variants_leave_alone(monkeypatc
     # which the other variants' optimize() calls (moving the shared model between layouts)
     # leave where they are.
     import importlib.util
-    from types import SimpleNamespace
 
     import torch
 
@@ -87,7 +86,7 @@ def test_compiled_variant_runs_a_copy_that_other_variants_leave_alone(monkeypatc
         called_on.append(m)
         return m.velocity(x, x, 0.5)
 
-    fn, first = bench.compiled_variant(model, SimpleNamespace(compile_mode="reduce-overhead"), None, call)
+    fn, first = bench.compiled_variant(model, "reduce-overhead", None, call)
     twin = called_on[0]
     assert compiled_with == [{"dynamic": False, "mode": "reduce-overhead"}] and first >= 0
     assert twin is not model and twin.__dict__["_compiled"] is not None and model.__dict__["_compiled"] is None
