@@ -245,3 +245,36 @@ def test_plot_script_keeps_two_students_apart_and_checks_its_inputs(tmp_path, mo
     assert [r.method for r in drawn["rows"]] == ["bicubic", "student 1", "student 2"]
     with pytest.raises(SystemExit, match="no row of .* matches 'teacher'"):
         script.main([str(tmp_path / "old" / "results.csv") + ":teacher", "-o", str(tmp_path / "c.png")])
+
+
+def test_flat_region_grain_script_finds_the_flat_window_and_the_added_grain(tmp_path):
+    # scripts/flat_region_grain.py as users run it: an "upscale" that adds noise scores above
+    # the HR in the flattest window; one equal to the HR scores the same.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    hr = np.full((128, 192, 3), 120, np.uint8)
+    hr[:, :64] = rng.integers(0, 256, (128, 64, 3))  # texture on the left, flat paint on the right
+    (tmp_path / "HR").mkdir()
+    (tmp_path / "same").mkdir()
+    (tmp_path / "grainy").mkdir()
+    Image.fromarray(hr).save(tmp_path / "HR" / "p.png")
+    Image.fromarray(hr).save(tmp_path / "same" / "p_t1.png")
+    noisy = np.clip(hr.astype(np.float64) + rng.normal(0, 4, hr.shape), 0, 255).round().astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "grainy" / "p_t1.png")
+    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "flat_region_grain.py"), "--hr",
+              str(tmp_path / "HR"), "--sr", str(tmp_path / "same" / "{stem}_t1.png"), "--sr",
+              str(tmp_path / "grainy" / "{stem}_t1.png"), "--save", str(tmp_path / "crops.png")]
+    out = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    values = [float(line.split("mean ")[1].split(",")[0]) for line in out.stdout.splitlines() if "mean " in line]
+    assert values[0] == values[1] == 0.0 and values[2] > 4.0, out.stdout  # the flat half found; grain ~ 4 * sqrt(20)
+    assert Image.open(tmp_path / "crops.png").size == (3 * 192, 192)
+    (tmp_path / "grainy" / "p_t1.png").unlink()
+    out = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "p_t1.png is missing" in out.stderr

@@ -14,6 +14,7 @@ from oftsr.training.realesrgan import (
     REALESRGAN_CONFIGS,
     RealESRGANConfig,
     degrade_realesrgan,
+    fit_gaussian_blur,
     gaussian_kernel,
     generalized_gaussian_kernel,
     plateau_kernel,
@@ -269,22 +270,14 @@ def test_camera_config_is_one_stage_with_mild_noise_and_a_lens_blur():
 
 
 def _fitted_blur(hr: torch.Tensor, lr: torch.Tensor) -> float:
-    """The Gaussian sigma (HR pixels) that, before an antialiased bicubic x4 reduction, makes
-    the HR closest to this LR: the blur an LR carries, whatever made it."""
-    best = (-1.0, math.inf)
-    for sigma in np.arange(0.25, 4.01, 0.25):
-        kernel = gaussian_kernel(21, float(sigma)).float().expand(3, 1, 21, 21)
-        blurred = F.conv2d(F.pad(hr[None], (10,) * 4, mode="reflect"), kernel, groups=3)
-        down = F.interpolate(blurred, size=lr.shape[-2:], mode="bicubic", antialias=True).clamp(0, 1)[0]
-        err = (down - lr)[:, 4:-4, 4:-4].square().mean().item()
-        best = min(best, (float(sigma), err), key=lambda b: b[1])
-    return best[0]
+    fits = fit_gaussian_blur(hr, lr)
+    return max(fits, key=fits.get)
 
 
 def test_camera_config_blurs_as_a_camera_does():
     # Fitted on the LR it makes (noise and JPEG off, which a fit would read as sharpness), the
     # camera chain's blur mostly sits in a lens's range: 1.0 to 3.0 HR pixels (real Canon LR
-    # fit 1.5 to 2.5). The full chain's, with its random resizes, spreads wider; so did the
+    # fit 1.75 to 2.75). The full chain's, with its random resizes, spreads wider; so did the
     # earlier camera chain (full blur range and resizes: 59% of these 32 draws in range).
     # Draws outside are the non-antialiased reductions, whose aliasing reads as sharpness.
     hr = _photo_crop(128)
@@ -348,3 +341,44 @@ def test_upsample_helper_is_bicubic_without_antialias():
     assert (up - antialiased).abs().max().item() > 1e-3  # the two kernels really differ
     assert torch.equal(upsample_realesrgan_lr(lr[0], 4), up[0])
     assert torch.allclose(upsample_realesrgan_lr(torch.full((3, 4, 4), 0.3), 2), torch.full((3, 8, 8), 0.3), atol=1e-6)
+
+
+def test_fit_gaussian_blur_finds_the_blur_that_made_an_lr():
+    hr = _photo_crop(128)
+    for sigma in (0.0, 1.5, 2.5):
+        blurred = hr if sigma == 0 else F.conv2d(F.pad(hr[None], (10,) * 4, mode="reflect"),
+                                                 gaussian_kernel(21, sigma).float().expand(3, 1, 21, 21), groups=3)[0]
+        lr = F.interpolate(blurred[None], scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)[0]
+        fits = fit_gaussian_blur(hr, lr)
+        assert max(fits, key=fits.get) == sigma and fits[sigma] > 60, fits  # exact up to float rounding
+        assert min(fits.values()) < fits[sigma] - 10
+    with pytest.raises(ValueError, match="same channels"):
+        fit_gaussian_blur(hr, hr[:1])
+
+
+def test_fit_lr_blur_script_on_pairs_and_on_a_chain(tmp_path):
+    # scripts/fit_lr_blur.py as users run it: pairs made with a known blur give that blur back
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    hr = _photo_crop(128)
+    blurred = F.conv2d(F.pad(hr[None], (10,) * 4, mode="reflect"), gaussian_kernel(21, 2.0).float().expand(3, 1, 21, 21),
+                       groups=3)
+    lr = F.interpolate(blurred, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)[0]
+    for sub, image in (("HR", hr), ("LR", lr)):
+        (tmp_path / "pairs" / sub).mkdir(parents=True)
+        for name in ("a.png", "b.png"):
+            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / "pairs" / sub / name)
+    script = [sys.executable, str(root / "scripts" / "fit_lr_blur.py")]
+    out = subprocess.run([*script, "--pairs", str(tmp_path / "pairs"), "--verbose"], capture_output=True, text=True,
+                         timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert "a.png: 2\n" in out.stdout and "percentile 2 / 2 / 2, 100% between 1 and 3" in out.stdout, out.stdout
+    (tmp_path / "pairs" / "LR" / "b.png").unlink()
+    out = subprocess.run([*script, "--pairs", str(tmp_path / "pairs")], capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 1 and "error: no LR for b.png" in out.stderr
+    out = subprocess.run([*script, "--hr", str(tmp_path / "pairs" / "HR"), "--draws", "2"], capture_output=True,
+                         text=True, timeout=300, cwd=root)
+    assert out.returncode == 0 and out.stdout.startswith("4 LR images: "), out.stdout + out.stderr

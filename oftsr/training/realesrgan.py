@@ -40,6 +40,7 @@ __all__ = [
     "sinc_kernel",
     "random_kernel",
     "degrade_realesrgan",
+    "fit_gaussian_blur",
     "REALESRGAN_CONFIGS",
 ]
 
@@ -365,3 +366,24 @@ def degrade_realesrgan(
     out = torch.stack([_degrade_one(img, scale, gen, config) for img in batch])
     out = out[0] if hr.ndim == 3 else out
     return out.to(device=hr.device, dtype=hr.dtype)
+
+
+def fit_gaussian_blur(hr: torch.Tensor, lr: torch.Tensor, sigmas: tuple[float, ...] = tuple(np.arange(0, 4.01, 0.25)),
+                      border: int = 4) -> dict[float, float]:
+    """How well each Gaussian blur explains an LR: for each sigma (HR pixels; 0 = none),
+    the PSNR (dB, LR space, `border` LR pixels left out) between the LR and the HR blurred
+    by it and reduced by an antialiased bicubic resize. The best sigma is the blur the LR
+    carries, whatever made it: a lens, or a degradation chain. hr (3, H, W) and lr
+    (3, h, w) in [0, 1]; noise and JPEG read as sharpness, so compare like with like."""
+    if hr.ndim != 3 or lr.ndim != 3 or hr.shape[0] != lr.shape[0]:
+        raise ValueError(f"hr and lr must be (C, H, W) with the same channels, got {tuple(hr.shape)}, {tuple(lr.shape)}")
+    fits = {}
+    for sigma in sigmas:
+        x = hr[None].float()
+        if sigma > 0:
+            kernel = gaussian_kernel(21, float(sigma)).float().expand(x.shape[1], 1, 21, 21)
+            x = F.conv2d(F.pad(x, (10,) * 4, mode="reflect"), kernel, groups=x.shape[1])
+        down = F.interpolate(x, size=lr.shape[-2:], mode="bicubic", antialias=True).clamp(0, 1)[0]
+        err = (down - lr.float())[:, border:-border or None, border:-border or None].square().mean().item()
+        fits[float(sigma)] = 10 * math.log10(1 / max(err, 1e-12))
+    return fits
