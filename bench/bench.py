@@ -286,8 +286,8 @@ def compiled_variant(model: oftsr.OFTSRModel, mode: str | None, autocast: torch.
 
 
 def compile_modes(args) -> list[str | None]:
-    """The torch.compile modes that --compile asks for (None: torch's default), or none."""
-    return (args.compile_mode or [None]) if args.compile else []
+    """The torch.compile modes asked for, each once (--compile alone: torch's default, None)."""
+    return list(dict.fromkeys(args.compile_mode or [None])) if args.compile or args.compile_mode else []
 
 
 def bench_fastpath(args, device) -> None:
@@ -514,8 +514,8 @@ def main() -> None:
                    help="what the memory table runs: the student's one step, the teacher's solver, or both")
     p.add_argument("--compile", action="store_true", help="include torch.compile in the fast-path table")
     p.add_argument("--compile_mode", nargs="+", choices=oftsr.model.COMPILE_MODES, default=None,
-                   help="torch.compile modes for --compile, a row each, e.g. default reduce-overhead (CUDA graphs); "
-                        "default: torch's default mode")
+                   help="torch.compile modes, a row each (implies --compile), e.g. default reduce-overhead "
+                        "(CUDA graphs); --compile alone: torch's default mode")
     p.add_argument("--images_size", type=int, default=None, help="output px of the images section (1024 on CUDA, 256 on CPU)")
     p.add_argument("--images_batch", type=int, default=8, help="images per call in the images section")
     p.add_argument("--train_batch", type=int, default=4, help="crops per step in the train_memory section")

@@ -126,7 +126,11 @@ def test_half_precision_files_load_as_float32(tmp_path, capsys):
     for p, q in zip(full.parameters(), half.parameters()):
         assert torch.equal(q, p.half().float())
     assert any(not torch.equal(q, p) for p, q in zip(full.parameters(), half.parameters()))
+    from safetensors import safe_open
     for name in ("x4", "x4-real"):  # the bundled files are such files
+        for role in ("student", "teacher"):
+            with safe_open(oftsr.bundled_model_path(name, role), "pt") as f:
+                assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, (name, role)
         assert oftsr.load_model(name).dtype == torch.float32
 
 

@@ -289,7 +289,7 @@ def test_camera_config_blurs_as_a_camera_does():
         return float(((fits >= 1.0) & (fits <= 3.0)).mean())
 
     camera, full = in_range(REALESRGAN_CONFIGS["camera"]), in_range(DEFAULT)
-    assert camera >= 0.75 and full < 0.5, (camera, full)
+    assert camera >= 0.7 and full < 0.55, (camera, full)  # measured 0.81 and 0.44 (the earlier camera chain 0.59)
 
 
 def test_camera_config_keeps_more_of_a_photo_than_the_full_chain():

@@ -170,8 +170,9 @@ def training_record(args: argparse.Namespace, data: dict) -> dict:
     info` shows): the data settings, with the data folder by its name only (a file that is
     shared should not carry its maker's paths), the optimiser's and EMA's settings, the
     precision and this package's version; the weights it started from (`--init_from`,
-    `--init_student`: a bundled name as given, a file by its name) and a time limit
-    (`--max_train_minutes`), which say why a fine-tune's `step` is short of `max_train_steps`.
+    `--init_student`: a bundled name as given, a file by its name) and the time limit its
+    last run was given (`--max_train_minutes`; after a resume, what was left of it), which
+    say why a fine-tune's `step` can be short of `max_train_steps`.
     Recorded, never compared on resume."""
     started = {flag: Path(getattr(args, flag)).name for flag in ("init_from", "init_student") if getattr(args, flag, None)}
     if getattr(args, "max_train_minutes", None) is not None:
