@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from oftsr.images import load_image
+from oftsr.images import list_images, load_image
+from oftsr.training.evaluate import image_pairs
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS, degrade_realesrgan, fit_gaussian_blur
-
-SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def rgb(path: Path):
@@ -31,20 +30,13 @@ def rgb(path: Path):
     return image[0, :3]
 
 
-def images(folder: Path) -> list[Path]:
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
-    if not found:
-        raise SystemExit(f"error: no images in {folder}")
-    return found
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--pairs", type=Path, help="a folder with HR/ and LR/ images paired by name")
     what.add_argument("--hr", type=Path, help="a folder of HR photographs to degrade")
     p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default="camera")
-    p.add_argument("--scale", type=int, default=4, help="of the degradation (--hr)")
+    p.add_argument("--scale", type=int, default=4, help="of the pairs, or of the degradation (--hr)")
     p.add_argument("--every", type=int, default=1, help="use every Nth photograph (--hr)")
     p.add_argument("--draws", type=int, default=1, help="degradations per photograph (--hr), from one seeded generator")
     p.add_argument("--seed", type=int, default=0)
@@ -53,20 +45,21 @@ def main() -> None:
 
     fits = []  # one {sigma: PSNR} per LR
     if args.pairs:
-        for hr_path in images(args.pairs / "HR"):
-            lr_path = next((args.pairs / "LR" / (hr_path.stem + s) for s in SUFFIXES
-                            if (args.pairs / "LR" / (hr_path.stem + s)).is_file()), None)
-            if lr_path is None:
-                raise SystemExit(f"error: no LR for {hr_path.name} in {args.pairs / 'LR'}")
-            fits.append((hr_path.name, fit_gaussian_blur(rgb(hr_path), rgb(lr_path))))
+        try:  # matched by name, as `oftsr eval` pairs them
+            pairs = image_pairs(args.pairs / "HR", args.pairs / "LR", args.scale)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        fits = [(name, fit_gaussian_blur(hr[0, :3], lr[0, :3])) for name, lr, hr in pairs]
     else:
         rng = np.random.default_rng(args.seed)
         config = REALESRGAN_CONFIGS[args.realesrgan_config]
-        for path in images(args.hr)[::args.every]:
+        for path in list_images([args.hr])[::args.every]:
             hr = rgb(path)
             hr = hr[:, : hr.shape[1] // args.scale * args.scale, : hr.shape[2] // args.scale * args.scale]
             for draw in range(args.draws):
                 fits.append((f"{path.name} #{draw}", fit_gaussian_blur(hr, degrade_realesrgan(hr, args.scale, rng, config))))
+        if not fits:
+            raise SystemExit(f"error: no images in {args.hr}")
 
     best = np.array([max(f, key=f.get) for _, f in fits])
     if args.verbose:

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from oftsr.images import list_images
+
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
-SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def luma(path: Path) -> torch.Tensor:
@@ -51,7 +52,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=64, help="window side in HR pixels")
     p.add_argument("--save", type=Path, help="write the windows side by side to this image")
     args = p.parse_args()
-    hrs = sorted(q for q in args.hr.iterdir() if q.suffix.lower() in SUFFIXES)
+    hrs = list_images([args.hr])
     if not hrs:
         raise SystemExit(f"error: no images in {args.hr}")
     rows, crops = [], []

@@ -378,7 +378,8 @@ def test_fit_lr_blur_script_on_pairs_and_on_a_chain(tmp_path):
     assert "a.png: 2\n" in out.stdout and "percentile 2 / 2 / 2, 100% between 1 and 3" in out.stdout, out.stdout
     (tmp_path / "pairs" / "LR" / "b.png").unlink()
     out = subprocess.run([*script, "--pairs", str(tmp_path / "pairs")], capture_output=True, text=True, timeout=300, cwd=root)
-    assert out.returncode == 1 and "error: no LR for b.png" in out.stderr
+    assert out.returncode == 1 and "error: 1 image(s) without a partner of the same name" in out.stderr
+    assert "b.png (HR)" in out.stderr  # matched as `oftsr eval` matches pairs
     out = subprocess.run([*script, "--hr", str(tmp_path / "pairs" / "HR"), "--draws", "2"], capture_output=True,
                          text=True, timeout=300, cwd=root)
     assert out.returncode == 0 and out.stdout.startswith("4 LR images: "), out.stdout + out.stderr

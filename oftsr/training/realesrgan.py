@@ -379,11 +379,8 @@ def fit_gaussian_blur(hr: torch.Tensor, lr: torch.Tensor, sigmas: tuple[float, .
         raise ValueError(f"hr and lr must be (C, H, W) with the same channels, got {tuple(hr.shape)}, {tuple(lr.shape)}")
     fits = {}
     for sigma in sigmas:
-        x = hr[None].float()
-        if sigma > 0:
-            kernel = gaussian_kernel(21, float(sigma)).float().expand(x.shape[1], 1, 21, 21)
-            x = F.conv2d(F.pad(x, (10,) * 4, mode="reflect"), kernel, groups=x.shape[1])
-        down = F.interpolate(x, size=lr.shape[-2:], mode="bicubic", antialias=True).clamp(0, 1)[0]
+        x = hr.float() if sigma == 0 else _blur(hr.float(), gaussian_kernel(21, float(sigma)).float())
+        down = F.interpolate(x[None], size=lr.shape[-2:], mode="bicubic", antialias=True).clamp(0, 1)[0]
         err = (down - lr.float())[:, border:-border or None, border:-border or None].square().mean().item()
         fits[float(sigma)] = 10 * math.log10(1 / max(err, 1e-12))
     return fits
