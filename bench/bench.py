@@ -6,7 +6,8 @@
 
 Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops,
 baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole images per second),
-train_memory (one training step with and without --gradient_checkpointing).
+train_memory (one training step with and without --gradient_checkpointing), profile (where a
+forward's time goes, by part of the network).
 Weights are random (the speed of a network does not depend on its values); every
 comparison uses identical weights and inputs. The memory section runs `oftsr upscale`
 and `oftsr sample` with the bundled models, and with a stand-in network for photographs
@@ -21,6 +22,7 @@ import copy
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -473,6 +475,72 @@ def bench_train_memory(args, device) -> None:
                                      "s / step", "x off"], rows)
 
 
+# Kernel or op names to the part of the network they serve, first match wins. CUDA kernel
+# names come from cuDNN, cuBLAS, CUTLASS and our Triton norm; CPU names are aten ops.
+PROFILE_CATEGORIES = [
+    ("attention", r"flash|fmha|attention|softmax|bmm"),
+    ("GroupNorm", r"group_?norm"),
+    ("layout and dtype copies", r"nchwtonhwc|nhwctonchw|transpose|permute|copy|contiguous|clone|_to_copy|\bcat\b|catarray"),
+    ("convolution", r"conv|implicit_?gemm|xmma_fprop|fprop|winograd|cudnn|mkldnn"),
+    ("matmul (linear)", r"gemm|matmul|addmm|linear|cublas|cutlass"),
+    ("elementwise (SiLU, adds, scale-shift)", r"elementwise|vectorized|silu|add|mul|sigmoid|where|fill|triton"),
+]
+
+
+def profile_category(name: str) -> str:
+    low = name.lower()
+    for category, pattern in PROFILE_CATEGORIES:
+        if re.search(pattern, low):
+            return category
+    return "other"
+
+
+def bench_profile(args, device) -> None:
+    """Where a forward's time goes on the default path (what `load_model` returns, with bf16
+    autocast on a GPU): torch.profiler's self time per kernel (GPU) or per aten op (CPU),
+    summed by part of the network, and the kernels' busy share of the wall time (on a GPU,
+    the rest is launch overhead that CUDA graphs remove)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    half = fastest_dtype(device) if device.type == "cuda" else None
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for preset in args.presets:
+        model = random_model(preset, "student", device).optimize(autocast=half)
+        for size in args.sizes:
+            x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
+            with torch.inference_mode():
+                wall = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat)
+                with profile(activities=activities) as prof:
+                    for _ in range(args.repeat):
+                        model.velocity(x, x, 0.5)
+                    sync(device)
+            kernels = {}
+            for evt in prof.key_averages():
+                on_gpu = getattr(evt, "device_type", None) == torch.autograd.DeviceType.CUDA
+                if device.type == "cuda" and not on_gpu:
+                    continue
+                if device.type != "cuda" and not evt.key.startswith("aten::"):
+                    continue
+                us = (getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+                      if device.type == "cuda" else evt.self_cpu_time_total)
+                if us > 0:
+                    kernels[evt.key] = kernels.get(evt.key, 0.0) + us / 1e3 / args.repeat
+            busy = sum(kernels.values())
+            parts: dict[str, float] = {}
+            for name, ms in kernels.items():
+                parts[profile_category(name)] = parts.get(profile_category(name), 0.0) + ms
+            unit = "GPU kernel" if device.type == "cuda" else "CPU op (self)"
+            rows = [[c, f"{ms:.2f}", f"{100 * ms / busy:.1f}"] for c, ms in sorted(parts.items(), key=lambda kv: -kv[1])]
+            rows.append([f"all ({unit} time; wall {wall * 1e3:.2f} ms, busy {100 * busy / (wall * 1e3):.0f}%)",
+                         f"{busy:.2f}", "100.0"])
+            amp = f", autocast {str(half).removeprefix('torch.')}" if half else ""
+            table(f"Where the time goes: {preset} at {size} px, batch {args.batch}, default path{amp}, "
+                  f"{device_name(device)}", ["part", "ms / forward", "%"], rows)
+            top = sorted(kernels.items(), key=lambda kv: -kv[1])[:args.profile_top]
+            table(f"Top {len(top)} {unit}s: {preset} at {size} px", ["name", "part", "ms / forward", "%"],
+                  [[n[:90].replace("|", "/"), profile_category(n), f"{ms:.2f}", f"{100 * ms / busy:.1f}"] for n, ms in top])
+
+
 def bench_flops(args, device) -> None:
     rows = []
     for preset in dict.fromkeys(["tiny", *args.presets, "div2k", "imagenet"]):
@@ -486,7 +554,7 @@ def bench_flops(args, device) -> None:
 
 SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_vs_teacher, "tiling": bench_tiling,
             "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops, "baselines": bench_baselines,
-            "images": bench_images, "train_memory": bench_train_memory}
+            "images": bench_images, "train_memory": bench_train_memory, "profile": bench_profile}
 
 
 def main() -> None:
@@ -498,7 +566,8 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=[s for s in SECTIONS if s != "profile"],
+                   help="sections to run (all but profile by default)")
     p.add_argument("--full", action="store_true", help="every preset and size (slow on a CPU)")
     p.add_argument("--presets", nargs="+", default=None)
     p.add_argument("--sizes", nargs="+", type=int, default=None)
@@ -519,6 +588,7 @@ def main() -> None:
     p.add_argument("--images_size", type=int, default=None, help="output px of the images section (1024 on CUDA, 256 on CPU)")
     p.add_argument("--images_batch", type=int, default=8, help="images per call in the images section")
     p.add_argument("--train_batch", type=int, default=4, help="crops per step in the train_memory section")
+    p.add_argument("--profile_top", type=int, default=15, help="kernels (ops on a CPU) listed in the profile section")
     p.add_argument("--fastpath_layouts", action="store_true", help="fast-path rows for each layout, not only the default")
     args = p.parse_args()
     device = torch.device(args.device)

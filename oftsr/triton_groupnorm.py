@@ -2,15 +2,20 @@
 
 PyTorch's CUDA group_norm kernel works on NCHW: given channels_last activations it copies
 them to NCHW and back, so a channels_last network pays two layout transposes per norm,
-which is why the CUDA fast path stays NCHW where these kernels do not run. These two kernels read and write
+which is why the CUDA fast path stays NCHW where these kernels do not run. These kernels read and write
 (N, H, W, C) memory directly:
 
-1. `_stats`: per image, per channel, float32 sum and sum of squares over a chunk of pixels
-   (one program per (chunk, channel block, image)); a few (N, C)-sized torch ops reduce the
-   chunks and the group's channels to mean and 1/std.
-2. `_apply`: y = x * a[n, c] + b[n, c], then SiLU if asked, where a and b fold the
+1. `_groupnorm_stats`: per image, per channel, float32 sum and sum of squares over a chunk of pixels
+   (one program per (chunk, channel block, image)).
+2. `_groupnorm_finalize`: per image and group, the chunks' sums to mean and 1/std, folded
+   with the affine parameters into a per-channel gain and offset (one small launch).
+3. `_groupnorm_apply`: y = x * a[n, c] + b[n, c], then SiLU if asked, where a and b fold the
    statistics, the norm's affine parameters and ADM's time-embedding scale-shift, so the
    activations are read twice and written once.
+
+The bias of the convolution before a norm rides in its statistics (`x_bias`), and a ResBlock's
+two output biases in its residual add (`residual_add_`): cuDNN adds a convolution's bias in
+a broadcast pass of its own, which took a sixth of a bf16 div2k forward on an H200.
 
 Sum and sum of squares (not Welford), as TensorRT's GroupNorm plugin does: exact enough
 while |mean| / std of a group stays below about 100, far beyond UNet activations.
@@ -33,6 +38,8 @@ import torch.nn.functional as F
 _PIXELS_PER_CHUNK = 1024
 _BLOCK_PIXELS = 32
 _BLOCK_CHANNELS = 64
+_BLOCK_CHUNKS = 64  # chunks summed per step of the finalize pass
+_BLOCK_RESIDUAL = 2048  # elements per program of the residual add
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,28 +53,71 @@ def _kernels():
         return None
 
     @triton.jit
-    def _stats(x_ptr, partial_ptr, hw, channels, chunks,
-               PIXELS_PER_CHUNK: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+    def _groupnorm_stats(x_ptr, partial_ptr, hw, channels, chunks,
+                         PIXELS_PER_CHUNK: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
         chunk = tl.program_id(0)  # the large count on axis 0: axes 1 and 2 stop at 65,535
         cblock = tl.program_id(1)
         n = tl.program_id(2)
         c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
         c_ok = c < channels
-        total = tl.zeros((BLOCK_CHANNELS,), dtype=tl.float32)
-        total_sq = tl.zeros((BLOCK_CHANNELS,), dtype=tl.float32)
+        # Element-wise accumulators, reduced across pixels once at the end: a reduction per
+        # loaded block would serialise the loop on cross-thread shuffles.
+        total = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
+        total_sq = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
         base = x_ptr + n.to(tl.int64) * hw * channels
         for start in range(0, PIXELS_PER_CHUNK, BLOCK_PIXELS):
             p = chunk * PIXELS_PER_CHUNK + start + tl.arange(0, BLOCK_PIXELS)
             mask = (p < hw)[:, None] & c_ok[None, :]
             v = tl.load(base + p[:, None].to(tl.int64) * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
-            total += tl.sum(v, axis=0)
-            total_sq += tl.sum(v * v, axis=0)
+            total += v
+            total_sq += v * v
         out = partial_ptr + ((n * chunks + chunk) * 2) * channels + c
-        tl.store(out, total, mask=c_ok)
-        tl.store(out + channels, total_sq, mask=c_ok)
+        tl.store(out, tl.sum(total, axis=0), mask=c_ok)
+        tl.store(out + channels, tl.sum(total_sq, axis=0), mask=c_ok)
 
     @triton.jit
-    def _apply(x_ptr, y_ptr, a_ptr, b_ptr, hw, channels,
+    def _groupnorm_finalize(partial_ptr, weight_ptr, bias_ptr, x_bias_ptr, gain_ptr, offset_ptr, chunks, channels,
+                            per_group, hw, count, eps, weight_stride, bias_stride,
+                            HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_X_BIAS: tl.constexpr,
+                            BLOCK_CHUNKS: tl.constexpr, BLOCK_GROUP: tl.constexpr):
+        # One program per (group, image): the chunks' sums to the group's mean and 1/std,
+        # folded with the affine parameters into the per-channel gain and offset that
+        # `_groupnorm_apply` uses (one launch where a dozen small torch ops would be).
+        group = tl.program_id(0)
+        n = tl.program_id(1)
+        c = group * per_group + tl.arange(0, BLOCK_GROUP)
+        c_ok = tl.arange(0, BLOCK_GROUP) < per_group
+        total = tl.zeros((BLOCK_CHUNKS, BLOCK_GROUP), dtype=tl.float32)
+        total_sq = tl.zeros((BLOCK_CHUNKS, BLOCK_GROUP), dtype=tl.float32)
+        for start in range(0, chunks, BLOCK_CHUNKS):
+            k = start + tl.arange(0, BLOCK_CHUNKS)
+            mask = (k < chunks)[:, None] & c_ok[None, :]
+            rows = partial_ptr + ((n * chunks + k[:, None]).to(tl.int64) * 2) * channels + c[None, :]
+            total += tl.load(rows, mask=mask, other=0.0)
+            total_sq += tl.load(rows + channels, mask=mask, other=0.0)
+        s1 = tl.sum(total, axis=0)  # per channel
+        s2 = tl.sum(total_sq, axis=0)
+        xb = tl.zeros((BLOCK_GROUP,), dtype=tl.float32)
+        if HAS_X_BIAS:
+            xb = tl.load(x_bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        # the statistics of x + b from those of x: sum (x + b)^2 = sum x^2 + 2b sum x + hw b^2
+        s2 += 2.0 * xb * s1 + hw * xb * xb
+        s1 += hw * xb
+        mean = tl.sum(s1, axis=0) / count
+        var = tl.maximum(tl.sum(s2, axis=0) / count - mean * mean, 0.0)
+        rstd = 1.0 / tl.sqrt(var + eps)
+        gain = tl.zeros((BLOCK_GROUP,), dtype=tl.float32) + rstd
+        if HAS_WEIGHT:
+            gain = gain * tl.load(weight_ptr + n * weight_stride + c, mask=c_ok, other=0.0).to(tl.float32)
+        offset = -mean * gain
+        if HAS_BIAS:
+            offset = offset + tl.load(bias_ptr + n * bias_stride + c, mask=c_ok, other=0.0).to(tl.float32)
+        offset = offset + xb * gain  # (x + b) * gain + offset = x * gain + (offset + b * gain)
+        tl.store(gain_ptr + n * channels + c, gain, mask=c_ok)
+        tl.store(offset_ptr + n * channels + c, offset, mask=c_ok)
+
+    @triton.jit
+    def _groupnorm_apply(x_ptr, y_ptr, a_ptr, b_ptr, hw, channels,
                SILU: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
         pblock = tl.program_id(0)
         cblock = tl.program_id(1)
@@ -85,7 +135,17 @@ def _kernels():
             y = y * tl.sigmoid(y)
         tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
-    return triton, _stats, _apply
+    @triton.jit
+    def _residual_add(h_ptr, skip_ptr, bias_ptr, numel, channels, BLOCK: tl.constexpr):
+        # h += skip + bias[c] over channels_last memory, where the channel is the fastest index
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < numel
+        h = tl.load(h_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        skip = tl.load(skip_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        b = tl.load(bias_ptr + i % channels, mask=ok, other=0.0)
+        tl.store(h_ptr + i, (h + skip + b).to(h_ptr.dtype.element_ty), mask=ok)
+
+    return triton, _groupnorm_stats, _groupnorm_finalize, _groupnorm_apply, _residual_add
 
 
 def installed() -> bool:
@@ -142,16 +202,29 @@ def available(x: torch.Tensor) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last) and installed() and _capable(x.device.index))
 
 
+def _per_image(p: torch.Tensor | None, n: int, channels: int) -> tuple[torch.Tensor | None, int]:
+    """A (C,), (1, C) or (N, C) affine parameter as contiguous float32 and its row stride
+    (0: shared by every image)."""
+    if p is None:
+        return None, 0
+    if p.shape not in ((channels,), (1, channels), (n, channels)):
+        raise ValueError(f"weight and bias must be ({channels},) or ({n}, {channels}), got {tuple(p.shape)}")
+    return p.float().contiguous(), channels if p.ndim == 2 and p.shape[0] == n and n > 1 else 0
+
+
 def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
-                    bias: torch.Tensor | None = None, eps: float = 1e-5, silu: bool = False) -> torch.Tensor:
+                    bias: torch.Tensor | None = None, eps: float = 1e-5, silu: bool = False,
+                    x_bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.group_norm(x, num_groups, weight, bias, eps)`, then SiLU if `silu`, for a
     channels_last (N, C, H, W) tensor; statistics in float32, the result in x's dtype and
     layout. `weight` and `bias` may be (C,) or per image (N, C), which is how a time-embedding
-    scale-shift rides along: weight * (1 + scale), bias * (1 + scale) + shift."""
+    scale-shift rides along: weight * (1 + scale), bias * (1 + scale) + shift. `x_bias` (C,)
+    normalises x + x_bias without forming it: the bias of the convolution before the norm,
+    which cuDNN would otherwise add in a pass of its own."""
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
-    triton, stats_kernel, apply_kernel = kernels
+    triton, stats_kernel, finalize_kernel, apply_kernel, _ = kernels
     n, channels, h, w = x.shape
     if channels % num_groups:
         raise ValueError(f"{channels} channels do not split into {num_groups} groups")
@@ -163,20 +236,38 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
     cblocks = triton.cdiv(channels, _BLOCK_CHANNELS)
     stats_kernel[(chunks, cblocks, n)](x, partial, hw, channels, chunks, PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK,
                                        BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
-    sums = partial.sum(1).view(n, 2, num_groups, channels // num_groups).sum(-1)  # (N, 2, G)
-    count = hw * (channels // num_groups)
-    mean = sums[:, 0] / count
-    var = (sums[:, 1] / count - mean * mean).clamp_min_(0.0)
-    rstd = torch.rsqrt(var + eps)
-    per_channel = channels // num_groups
-    mean_c = mean.repeat_interleave(per_channel, dim=1)  # (N, C)
-    rstd_c = rstd.repeat_interleave(per_channel, dim=1)
-    gain = rstd_c if weight is None else rstd_c * weight.float().expand(n, channels)
-    offset = -mean_c * gain
-    if bias is not None:
-        offset = offset + bias.float().expand(n, channels)
+    per_group = channels // num_groups
+    weight, weight_stride = _per_image(weight, n, channels)
+    bias, bias_stride = _per_image(bias, n, channels)
+    gain = torch.empty((n, channels), dtype=torch.float32, device=x.device)
+    offset = torch.empty_like(gain)
+    if x_bias is not None:
+        x_bias = x_bias.float().contiguous()
+    finalize_kernel[(num_groups, n)](  # an absent weight or bias: any pointer, never read
+        partial, gain if weight is None else weight, gain if bias is None else bias,
+        gain if x_bias is None else x_bias, gain, offset,
+        chunks, channels, per_group, hw, hw * per_group, eps, weight_stride, bias_stride,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_X_BIAS=x_bias is not None,
+        BLOCK_CHUNKS=_BLOCK_CHUNKS, BLOCK_GROUP=triton.next_power_of_2(per_group))
     y = torch.empty_like(x, memory_format=torch.channels_last)
     apply_kernel[(triton.cdiv(hw, _BLOCK_PIXELS), cblocks, n)](
-        x, y, gain.contiguous(), offset.contiguous(), hw, channels, SILU=silu,
+        x, y, gain, offset, hw, channels, SILU=silu,
         BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     return y
+
+
+def residual_add_(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h += skip + bias[None, :, None, None], in place and in one pass, for channels_last h
+    and skip of one shape: a residual add that also carries the biases of the convolutions
+    that made h and skip (cuDNN adds a bias in a broadcast pass of its own)."""
+    kernels = _kernels()
+    if kernels is None:
+        raise RuntimeError("residual_add_ needs the `triton` package")
+    triton, *_, add_kernel = kernels
+    if h.shape != skip.shape or not (h.is_contiguous(memory_format=torch.channels_last)
+                                     and skip.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"residual_add_ needs two channels_last tensors of one shape, got {tuple(h.shape)} "
+                         f"and {tuple(skip.shape)}")
+    bias = bias.float().contiguous()
+    add_kernel[(triton.cdiv(h.numel(), _BLOCK_RESIDUAL),)](h, skip, bias, h.numel(), h.shape[1], BLOCK=_BLOCK_RESIDUAL)
+    return h

@@ -102,12 +102,16 @@ class GroupNorm32(nn.GroupNorm):
         return self.normalize(x, self.weight, self.bias)
 
     def normalize(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                  silu: bool = False) -> torch.Tensor:
+                  silu: bool = False, x_bias: torch.Tensor | None = None) -> torch.Tensor:
         """The norm with other affine parameters (None: none), so that a per-image
         scale-shift can ride in the same pass over the activations, then SiLU if `silu`.
-        `weight` and `bias` are (C,), or (N, C) per image where `triton_groupnorm.available(x)`."""
+        `weight` and `bias` are (C,), or (N, C) per image where `triton_groupnorm.available(x)`.
+        `x_bias` (C,): normalise x + x_bias (a convolution's bias not yet added)."""
         if triton_groupnorm.available(x):
-            return triton_groupnorm.group_norm_nhwc(x, self.num_groups, weight, bias, self.eps, silu=silu)
+            return triton_groupnorm.group_norm_nhwc(x, self.num_groups, weight, bias, self.eps, silu=silu,
+                                                    x_bias=x_bias)
+        if x_bias is not None:
+            x = x + x_bias.to(x.dtype)[:, None, None]
         y = self._group_norm(x, weight, bias)
         return F.silu(y, inplace=not torch.is_grad_enabled()) if silu else y
 
@@ -186,6 +190,11 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+def _conv(conv: nn.Conv2d, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """`conv(x)`, without its bias when `bias` is False."""
+    return conv._conv_forward(x, conv.weight, conv.bias if bias else None)
+
+
 def _zero(module: nn.Module) -> nn.Module:
     # ADM zero-initialises the last conv of each residual branch and the output conv.
     for p in module.parameters():
@@ -211,13 +220,16 @@ class ResBlock(nn.Module):
             return F.interpolate(x, scale_factor=2, mode="nearest")
         return F.avg_pool2d(x, 2)
 
-    def _scale_shift_norm(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """SiLU of ADM's `norm(h) * (1 + scale) + shift`, with scale and shift from the time embedding."""
+    def _scale_shift_norm(self, h: torch.Tensor, emb: torch.Tensor, h_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """SiLU of ADM's `norm(h + h_bias) * (1 + scale) + shift`, with scale and shift from the
+        time embedding (`h_bias`: the bias of the conv that made h, when it left it out)."""
         norm = self.out_layers[0]
         scale, shift = self.emb_layers(emb).float().chunk(2, dim=1)  # (B, C) each
         gain, offset = norm.weight * (1 + scale), norm.bias * (1 + scale) + shift
         if triton_groupnorm.available(h):
-            return norm.normalize(h, gain, offset, silu=True)  # per-image affine, one fused kernel
+            return norm.normalize(h, gain, offset, silu=True, x_bias=h_bias)  # per-image affine, one fused kernel
+        if h_bias is not None:
+            h = h + h_bias.to(h.dtype)[:, None, None]
         if h.shape[0] == 1:
             # One image: the scale-shift folds into the norm's affine parameters (two fewer
             # passes over the activations, 1.1x for the whole CPU forward).
@@ -230,20 +242,33 @@ class ResBlock(nn.Module):
         if _reference_ops_on():
             return self._reference_forward(x, emb)
         inplace = not torch.is_grad_enabled()  # autograd may need the tensors that in-place ops would overwrite
+        # Where the Triton kernels serve, the convolutions leave out their biases: cuDNN adds a
+        # bias in a broadcast pass of its own, while the norm after the first conv and the
+        # residual add after the last one take them at no cost.
+        fused = triton_groupnorm.available(x)
         norm = self.in_layers[0]  # in_layers = norm, SiLU, conv
         h = norm.normalize(x, norm.weight, norm.bias, silu=True)
         conv = self.in_layers[2]
         if self.up and not h.is_cuda:
             # 0.44x the FLOPs of this conv (measured on CPUs; CUDA keeps ADM's order below).
-            h, x = upsample_conv3x3(h, conv.weight, conv.bias), self._resample(x)
+            h, x = upsample_conv3x3(h, conv.weight, None if fused else conv.bias), self._resample(x)
         elif self.up or self.down:
             # ADM resamples after norm+SiLU and before the conv, on both branches.
-            h, x = conv(self._resample(h)), self._resample(x)
+            h, x = _conv(conv, self._resample(h), not fused), self._resample(x)
         else:
-            h = conv(h)
-        h = self._scale_shift_norm(h, emb)  # out_layers = norm, SiLU, dropout, conv
-        h = self.out_layers[3](self.out_layers[2](h))
-        skip = self.skip_connection(x)
+            h = _conv(conv, h, not fused)
+        h = self._scale_shift_norm(h, emb, conv.bias if fused else None)  # out_layers = norm, SiLU, dropout, conv
+        out_conv = self.out_layers[3]
+        h = _conv(out_conv, self.out_layers[2](h), not fused)
+        skip_conv = None if isinstance(self.skip_connection, nn.Identity) else self.skip_connection
+        skip = x if skip_conv is None else _conv(skip_conv, x, not fused)
+        if fused and h.shape == skip.shape and triton_groupnorm.available(h) and triton_groupnorm.available(skip):
+            bias = out_conv.bias if skip_conv is None else out_conv.bias + skip_conv.bias
+            return triton_groupnorm.residual_add_(h, skip, bias)
+        if fused:  # not both channels_last after all: the biases the convs left out, as ADM adds them
+            h = h + out_conv.bias.to(h.dtype)[:, None, None]
+            if skip_conv is not None:
+                skip = skip + skip_conv.bias.to(skip.dtype)[:, None, None]
         return h.add_(skip) if inplace else h + skip
 
     def _reference_forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -100,3 +102,41 @@ def test_compiled_variant_runs_a_copy_that_other_variants_leave_alone(monkeypatc
     assert [p.data_ptr() for p in twin.parameters()] == addresses and set(addresses).isdisjoint(
         p.data_ptr() for p in model.parameters())
     assert called_on[1:] == [twin] * 4 and torch.equal(after, before) and torch.allclose(after, expected, atol=1e-5)
+
+
+def test_bench_profile_sums_the_parts_of_a_forward():
+    # the parts add up to the whole, every part is a known one, and on a CPU the
+    # convolutions (most of a UNet's FLOPs) take the largest share
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--device", "cpu", "--only", "profile",
+                          "--presets", "tiny", "--sizes", "64", "--repeat", "1", "--profile_top", "5"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    parts = re.findall(r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \|$", text, flags=re.M)
+    total = [p for p in parts if p[0].startswith("all (")]
+    parts = [p for p in parts if not p[0].startswith("all (")]
+    assert len(total) == 1 and total[0][2] == "100.0"
+    assert sum(float(ms) for _, ms, _ in parts) == pytest.approx(float(total[0][1]), abs=0.01 * len(parts))
+    assert sum(float(pc) for *_, pc in parts) == pytest.approx(100, abs=0.1 * len(parts))
+    assert {name for name, *_ in parts} <= {"attention", "GroupNorm", "layout and dtype copies", "convolution",
+                                            "matmul (linear)", "elementwise (SiLU, adds, scale-shift)", "other"}
+    assert parts[0][0] == "convolution" and float(parts[0][2]) > 30
+    top = re.findall(r"^\| (aten::\w+) \| ([^|]+) \| ([\d.]+) \| ([\d.]+) \|$", text, flags=re.M)
+    assert len(top) == 5 and top[0][0] == "aten::mkldnn_convolution"
+
+
+def test_profile_categories_of_gpu_kernel_names():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_module", ROOT / "bench" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    names = {"sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "convolution",
+             "_groupnorm_apply": "GroupNorm", "_groupnorm_stats": "GroupNorm",
+             "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "layout and dtype copies",
+             "void at::native::elementwise_kernel<128, 4, direct_copy_kernel_cuda>": "layout and dtype copies",
+             "pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>": "attention",
+             "void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add<c10::BFloat16>>":
+                 "elementwise (SiLU, adds, scale-shift)",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize64x64x64": "matmul (linear)",
+             "aten::upsample_nearest2d": "other"}
+    assert {n: bench.profile_category(n) for n in names} == names

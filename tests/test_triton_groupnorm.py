@@ -11,9 +11,12 @@ import textwrap
 import pytest
 import torch
 
+import oftsr
 from oftsr import triton_groupnorm
+from oftsr.unet import ResBlock
 
 triton = pytest.importorskip("triton", reason="the Triton GroupNorm needs the `triton` package")
+TINY = oftsr.create_model("tiny", role="teacher", seed=0)
 
 
 def _interpret(code: str) -> dict:
@@ -57,6 +60,53 @@ def test_kernel_matches_group_norm_with_affine_scale_shift_and_silu():
         assert err <= bound, (key, err)
 
 
+
+def test_kernel_on_a_large_image_against_float64():
+    # 260x258 pixels: 66 chunks of the statistics pass, more than the finalize pass sums in
+    # one step (64); a (1, C) scale-shift; a mean 4 std from 0. Against float64, since
+    # PyTorch's own float32 CPU GroupNorm is off by 5.5e-4 here: ten times closer.
+    result = _interpret("""
+        import json, torch, torch.nn.functional as F
+        from oftsr.triton_groupnorm import group_norm_nhwc
+        torch.manual_seed(0)
+        x = (torch.randn(1, 64, 260, 258) * 0.5 - 2).contiguous(memory_format=torch.channels_last)
+        gain, offset = torch.randn(1, 64), torch.randn(1, 64)
+        y = group_norm_nhwc(x, 32, gain, offset)
+        ref = F.group_norm(x.double(), 32) * gain.double()[..., None, None] + offset.double()[..., None, None]
+        print(json.dumps({"error": (y.double() - ref).abs().max().item(), "scale": ref.abs().max().item()}))
+    """)
+    assert result["error"] < 5.5e-5 and result["scale"] > 5
+
+
+def test_conv_biases_ride_in_the_norm_and_the_residual_add():
+    # x_bias: the norm of x + b without forming it (the statistics shift with b); the
+    # residual add: h += skip + b in one pass, bf16 h with a float32 skip, in place
+    result = _interpret("""
+        import json, torch, torch.nn.functional as F
+        from oftsr.triton_groupnorm import group_norm_nhwc, residual_add_
+        torch.manual_seed(0)
+        x = torch.randn(2, 96, 9, 11).contiguous(memory_format=torch.channels_last)
+        b = torch.randn(96) * 3
+        gain, offset = torch.randn(2, 96), torch.randn(2, 96)
+        y = group_norm_nhwc(x, 32, gain, offset, silu=True, x_bias=b)
+        ref = F.silu(F.group_norm(x + b[:, None, None], 32) * gain[..., None, None] + offset[..., None, None])
+        errors = {"norm": (y - ref).abs().max().item(), "norm scale": ref.abs().max().item()}
+        h = torch.randn(2, 96, 9, 11).bfloat16().contiguous(memory_format=torch.channels_last)
+        skip = torch.randn(2, 96, 9, 11).contiguous(memory_format=torch.channels_last)
+        ref = h.float() + skip + b[:, None, None]
+        out = residual_add_(h, skip, b)
+        errors["add rel"] = ((h.float() - ref).abs() / (ref.abs() + 1)).max().item()
+        errors["add in place"] = float(out.data_ptr() != h.data_ptr() or h.dtype != torch.bfloat16)
+        try:
+            residual_add_(h, skip.contiguous(), b)
+            errors["nchw refused"] = 1.0
+        except ValueError:
+            errors["nchw refused"] = 0.0
+        print(json.dumps(errors))
+    """)
+    assert result["norm"] < 2e-5 and result["norm scale"] > 1
+    assert result["add rel"] <= 2 ** -7 and result["add in place"] == 0 and result["nchw refused"] == 0
+
 def test_unet_with_fused_norms_matches_default_path():
     # The whole network with every GroupNorm(+scale-shift+SiLU) through the kernels (forced
     # on, as the interpreter's tensors are on the CPU), against the default CPU path.
@@ -79,11 +129,15 @@ def test_unet_with_fused_norms_matches_default_path():
                 calls.append(1)
                 return x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
             triton_groupnorm.available = forced
+            adds = []
+            residual_add_ = triton_groupnorm.residual_add_
+            triton_groupnorm.residual_add_ = lambda *a: adds.append(1) or residual_add_(*a)
             fused = model.velocity(x, x.flip(-1), t)
         print(json.dumps({"diff": (fused - ref).abs().max().item(), "scale": ref.abs().max().item(),
-                          "calls": len(calls)}))
+                          "calls": len(calls), "adds": len(adds)}))
     """)
-    assert result["calls"] > 10
+    # every ResBlock's biases rode in its norm and residual add (the tiny preset has 11)
+    assert result["calls"] > 10 and result["adds"] == sum(isinstance(m, ResBlock) for m in TINY.modules())
     assert result["scale"] > 0.1
     assert result["diff"] < 1e-4 * result["scale"] + 1e-5
 
