@@ -14,8 +14,9 @@ which is why the CUDA fast path stays NCHW where these kernels do not run. These
    activations are read twice and written once.
 
 The bias of the convolution before a norm rides in its statistics (`x_bias`), and a ResBlock's
-two output biases in its residual add (`residual_add_`): cuDNN adds a convolution's bias in
-a broadcast pass of its own, which took a sixth of a bf16 div2k forward on an H200.
+two output biases in its residual add (`residual_add_`): PyTorch adds a convolution's bias
+after cuDNN's kernel, in a broadcast pass of its own, which took a sixth of a bf16 div2k
+forward on an H200.
 
 Sum and sum of squares (not Welford), as TensorRT's GroupNorm plugin does: exact enough
 while |mean| / std of a group stays below about 100, far beyond UNet activations.
@@ -39,7 +40,6 @@ _PIXELS_PER_CHUNK = 1024
 _BLOCK_PIXELS = 32
 _BLOCK_CHANNELS = 64
 _BLOCK_CHUNKS = 64  # chunks summed per step of the finalize pass
-_BLOCK_RESIDUAL = 2048  # elements per program of the residual add
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,14 +136,19 @@ def _kernels():
         tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _residual_add(h_ptr, skip_ptr, bias_ptr, numel, channels, BLOCK: tl.constexpr):
-        # h += skip + bias[c] over channels_last memory, where the channel is the fastest index
-        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        ok = i < numel
-        h = tl.load(h_ptr + i, mask=ok, other=0.0).to(tl.float32)
-        skip = tl.load(skip_ptr + i, mask=ok, other=0.0).to(tl.float32)
-        b = tl.load(bias_ptr + i % channels, mask=ok, other=0.0)
-        tl.store(h_ptr + i, (h + skip + b).to(h_ptr.dtype.element_ty), mask=ok)
+    def _residual_add(h_ptr, skip_ptr, bias_ptr, rows, channels,
+                      BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+        # h += skip + bias[c] over channels_last memory seen as (pixels, channels): a 2D block,
+        # so the channel of an element is its column, not a 64-bit remainder per element
+        p = tl.program_id(0) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+        c = tl.program_id(1) * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
+        c_ok = c < channels
+        mask = (p < rows)[:, None] & c_ok[None, :]
+        offsets = p[:, None].to(tl.int64) * channels + c[None, :]
+        h = tl.load(h_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        skip = tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
+        tl.store(h_ptr + offsets, (h + skip + b[None, :]).to(h_ptr.dtype.element_ty), mask=mask)
 
     return triton, _groupnorm_stats, _groupnorm_finalize, _groupnorm_apply, _residual_add
 
@@ -161,9 +166,17 @@ def kernels_work(device: torch.device) -> bool:
     x = torch.arange(2 * 64 * 9 * 7, device=device).mul(0.7).sin().mul(2).add(1).reshape(2, 64, 9, 7)  # mean 1, std 1.4
     x = x.contiguous(memory_format=torch.channels_last)
     weight, bias = torch.linspace(0.5, 1.5, 64, device=device), torch.linspace(-1, 1, 64, device=device)
+    per_image = torch.stack([weight, weight.flip(0)])  # (N, C): a time-embedding scale-shift
     try:
         with torch.no_grad():
             error = (group_norm_nhwc(x, 32, weight, bias) - F.group_norm(x, 32, weight, bias)).abs().max().item()
+            # the variants the network runs: per-image affine with a conv bias folded in, SiLU,
+            # and the residual add that carries the output biases
+            ref = F.silu(F.group_norm(x + bias[:, None, None], 32) * per_image[..., None, None] + bias[:, None, None])
+            error = max(error, (group_norm_nhwc(x, 32, per_image, bias.expand(2, 64), silu=True, x_bias=bias)
+                                - ref).abs().max().item())
+            h = x.mul(0.5)
+            error = max(error, (residual_add_(h, x, bias) - (x * 1.5 + bias[:, None, None])).abs().max().item())
     except Exception as e:  # whatever Triton raises while building or launching
         warnings.warn(f"the Triton GroupNorm does not run on {device} ({type(e).__name__}: {e}); "
                       f"using PyTorch's GroupNorm there", RuntimeWarning, stacklevel=2)
@@ -220,7 +233,7 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
     layout. `weight` and `bias` may be (C,) or per image (N, C), which is how a time-embedding
     scale-shift rides along: weight * (1 + scale), bias * (1 + scale) + shift. `x_bias` (C,)
     normalises x + x_bias without forming it: the bias of the convolution before the norm,
-    which cuDNN would otherwise add in a pass of its own."""
+    which PyTorch would otherwise add after cuDNN's convolution, in a pass of its own."""
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
@@ -259,7 +272,7 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
 def residual_add_(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """h += skip + bias[None, :, None, None], in place and in one pass, for channels_last h
     and skip of one shape: a residual add that also carries the biases of the convolutions
-    that made h and skip (cuDNN adds a bias in a broadcast pass of its own)."""
+    that made h and skip (PyTorch adds a bias after cuDNN's convolution, in a broadcast pass of its own)."""
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("residual_add_ needs the `triton` package")
@@ -269,5 +282,7 @@ def residual_add_(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor) -> to
         raise ValueError(f"residual_add_ needs two channels_last tensors of one shape, got {tuple(h.shape)} "
                          f"and {tuple(skip.shape)}")
     bias = bias.float().contiguous()
-    add_kernel[(triton.cdiv(h.numel(), _BLOCK_RESIDUAL),)](h, skip, bias, h.numel(), h.shape[1], BLOCK=_BLOCK_RESIDUAL)
+    rows, channels = h.numel() // h.shape[1], h.shape[1]
+    add_kernel[(triton.cdiv(rows, _BLOCK_PIXELS), triton.cdiv(channels, _BLOCK_CHANNELS))](
+        h, skip, bias, rows, channels, BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     return h

@@ -168,8 +168,9 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     Along one axis, output pixel 2i sees input pixels (i - 1, i) with taps (w0, w1 + w2),
     and 2i + 1 sees (i, i + 1) with taps (w0 + w1, w2). A stride-2 transposed conv with
     padding 1 gives output 2i + a from input i with tap 1 + a and from input i -/+ 1 with
-    tap 3 - a (a = 0, 1), so its taps are (w2, w1 + w2, w0 + w1, w0). On a CPU, 1.2x to 1.5x
-    faster than four phase convs with a scatter of their outputs."""
+    tap 3 - a (a = 0, 1), so its taps are (w2, w1 + w2, w0 + w1, w0): one op in place of
+    four phase convs and a scatter of their outputs, 0.9x to 1.7x their speed on a 2-core
+    CPU in channels_last, by shape."""
     def along_last(w: torch.Tensor) -> torch.Tensor:
         return torch.stack([w[..., 2], w[..., 1] + w[..., 2], w[..., 0] + w[..., 1], w[..., 0]], dim=-1)
 
@@ -185,7 +186,7 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
     """`conv(x)`, without its bias when `bias` is False."""
-    return conv._conv_forward(x, conv.weight, conv.bias if bias else None)
+    return conv(x) if bias else conv._conv_forward(x, conv.weight, None)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -235,9 +236,9 @@ class ResBlock(nn.Module):
         if _reference_ops_on():
             return self._reference_forward(x, emb)
         inplace = not torch.is_grad_enabled()  # autograd may need the tensors that in-place ops would overwrite
-        # Where the Triton kernels serve, the convolutions leave out their biases: cuDNN adds a
-        # bias in a broadcast pass of its own, while the norm after the first conv and the
-        # residual add after the last one take them at no cost.
+        # Where the Triton kernels serve, the convolutions leave out their biases: PyTorch adds
+        # a bias after cuDNN's kernel in a broadcast pass of its own, while the norm after the
+        # first conv and the residual add after the last one take them at no cost.
         fused = triton_groupnorm.available(x)
         norm = self.in_layers[0]  # in_layers = norm, SiLU, conv
         h = norm.normalize(x, norm.weight, norm.bias, silu=True)
@@ -256,7 +257,7 @@ class ResBlock(nn.Module):
         skip_conv = None if isinstance(self.skip_connection, nn.Identity) else self.skip_connection
         skip = x if skip_conv is None else _conv(skip_conv, x, not fused)
         if fused and h.shape == skip.shape and triton_groupnorm.available(h) and triton_groupnorm.available(skip):
-            bias = out_conv.bias if skip_conv is None else out_conv.bias + skip_conv.bias
+            bias = out_conv.bias.float() if skip_conv is None else out_conv.bias.float() + skip_conv.bias.float()
             return triton_groupnorm.residual_add_(h, skip, bias)
         if fused:  # not both channels_last after all: the biases the convs left out, as ADM adds them
             h = h + out_conv.bias.to(h.dtype)[:, None, None]

@@ -516,13 +516,28 @@ def test_cuda_layout_is_channels_last_where_the_triton_group_norm_runs(monkeypat
 def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
     from oftsr import triton_groupnorm
 
+    def reference(x, groups, weight=None, bias=None, eps=1e-5, silu=False, x_bias=None):
+        # what the kernels compute, in PyTorch's ops: (C,) or per-image (N, C) affine
+        x = x if x_bias is None else x + x_bias[:, None, None]
+        y = F.group_norm(x, groups, eps=eps)
+        y = y if weight is None else y * weight.reshape(-1, x.shape[1], 1, 1)
+        y = y if bias is None else y + bias.reshape(-1, x.shape[1], 1, 1)
+        return F.silu(y) if silu else y
+
+    def add(h, skip, bias):
+        return h.add_(skip + bias[:, None, None])
+
     def broken(*args, **kwargs):
         raise RuntimeError("failed to build the launcher")
 
-    for kernel, works, warning in [(lambda x, g, w, b: F.group_norm(x, g, w, b), True, None),
-                                   (broken, False, "does not run on cpu .*failed to build the launcher"),
-                                   (lambda x, g, w, b: F.group_norm(x, g, w, b) + 0.01, False, "is off on cpu by 0.01")]:
-        monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc", kernel)
+    for norm, residual, works, warning in [
+            (reference, add, True, None),
+            (broken, add, False, "does not run on cpu .*failed to build the launcher"),
+            (lambda *a, **k: reference(*a, **k) + 0.01, add, False, "is off on cpu by 0.01"),
+            (reference, broken, False, "does not run on cpu .*failed to build the launcher"),  # every kernel is checked
+            (reference, lambda h, s, b: add(h, s, b).add_(0.5), False, "is off on cpu by 0.5")]:
+        monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc", norm)
+        monkeypatch.setattr(triton_groupnorm, "residual_add_", residual)
         state = torch.get_rng_state()
         if warning is None:
             assert triton_groupnorm.kernels_work(torch.device("cpu")) is works

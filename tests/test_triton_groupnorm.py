@@ -107,6 +107,36 @@ def test_conv_biases_ride_in_the_norm_and_the_residual_add():
     assert result["norm"] < 2e-5 and result["norm scale"] > 1
     assert result["add rel"] <= 2 ** -7 and result["add in place"] == 0 and result["nchw refused"] == 0
 
+
+def test_resblock_adds_the_biases_it_left_out_where_a_later_op_falls_back():
+    # The block input passes the kernels' test, so its convs leave out their biases; no
+    # later tensor does, so the norm after the first conv and the residual add fall back
+    # to PyTorch's ops and must add those biases themselves (identity and conv skips).
+    result = _interpret("""
+        import json, torch
+        from oftsr import triton_groupnorm
+        from oftsr.unet import ResBlock
+        torch.manual_seed(0)
+        errors = {}
+        for cin, cout in [(64, 64), (64, 96)]:
+            block = ResBlock(cin, 128, cout).eval()
+            with torch.no_grad():
+                for p in block.parameters():
+                    p.copy_(torch.randn(p.shape) * 0.3)
+            x = torch.randn(2, cin, 8, 8).contiguous(memory_format=torch.channels_last)
+            emb = torch.randn(2, 128)
+            with torch.inference_mode():
+                ref = block(x, emb)
+                triton_groupnorm.available = lambda t: t is x
+                out = block(x, emb)
+                triton_groupnorm.available = lambda t: False
+            errors[f"{cin}->{cout}"] = (out - ref).abs().max().item()
+            errors[f"{cin}->{cout} scale"] = ref.abs().max().item()
+        print(json.dumps(errors))
+    """)
+    for key in ("64->64", "64->96"):
+        assert result[key] < 1e-4 and result[key + " scale"] > 1, result
+
 def test_unet_with_fused_norms_matches_default_path():
     # The whole network with every GroupNorm(+scale-shift+SiLU) through the kernels (forced
     # on, as the interpreter's tensors are on the CPU), against the default CPU path.

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import oftsr
-from oftsr.unet import UNet, count_parameters, reference_ops, upsample_conv3x3
+from oftsr.unet import GroupNorm32, UNet, count_parameters, reference_ops, upsample_conv3x3
 
 
 @pytest.mark.parametrize("preset,count", [("ffhq", 93_567_366), ("div2k", 93_567_366), ("imagenet", 552_820_998),
@@ -258,3 +258,15 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_frees_activations(m
     net.eval()(x, t)  # evaluation (validation, EMA copies): the plain path
     with torch.no_grad():
         net.train()(x, t)
+
+
+def test_group_norm_of_x_plus_a_bias_left_out():
+    # `x_bias`: the norm of x + b, for a conv that left its bias out (PyTorch's ops here)
+    torch.manual_seed(0)
+    norm = GroupNorm32(32, 64)
+    x, b = torch.randn(2, 64, 5, 6), torch.randn(64) * 3
+    w, shift = torch.randn(64), torch.randn(64)
+    with torch.no_grad():
+        out = norm.normalize(x, w, shift, silu=True, x_bias=b)
+        ref = F.silu(F.group_norm(x + b[:, None, None], 32, w, shift))
+    assert (out - ref).abs().max() < 1e-5 and ref.abs().max() > 1
