@@ -531,7 +531,8 @@ def bench_profile(args, device) -> None:
                 continue
             parts: dict[str, float] = {}
             for name, ms in kernels.items():
-                parts[profile_category(name)] = parts.get(profile_category(name), 0.0) + ms
+                category = profile_category(name)
+                parts[category] = parts.get(category, 0.0) + ms
             unit = "GPU kernel" if device.type == "cuda" else "CPU op (self)"
             rows = [[c, f"{ms:.2f}", f"{100 * ms / busy:.1f}"] for c, ms in sorted(parts.items(), key=lambda kv: -kv[1])]
             rows.append([f"all ({unit} time; wall {wall * 1e3:.2f} ms, busy {100 * busy / (wall * 1e3):.0f}%)",

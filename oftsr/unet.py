@@ -222,13 +222,11 @@ class ResBlock(nn.Module):
         gain, offset = norm.weight * (1 + scale), norm.bias * (1 + scale) + shift
         if triton_groupnorm.available(h):
             return norm.normalize(h, gain, offset, silu=True, x_bias=h_bias)  # per-image affine, one fused kernel
-        if h_bias is not None:
-            h = h + h_bias.to(h.dtype)[:, None, None]
         if h.shape[0] == 1:
             # One image: the scale-shift folds into the norm's affine parameters (two fewer
             # passes over the activations, 1.1x for the whole CPU forward).
-            return norm.normalize(h, gain[0], offset[0], silu=True)
-        h = norm.normalize(h, None, None)
+            return norm.normalize(h, gain[0], offset[0], silu=True, x_bias=h_bias)
+        h = norm.normalize(h, None, None, x_bias=h_bias)
         h = torch.addcmul(offset.to(h.dtype)[..., None, None], h, gain.to(h.dtype)[..., None, None])
         return F.silu(h, inplace=not torch.is_grad_enabled())
 
@@ -256,7 +254,7 @@ class ResBlock(nn.Module):
         h = _conv(out_conv, self.out_layers[2](h), not fused)
         skip_conv = None if isinstance(self.skip_connection, nn.Identity) else self.skip_connection
         skip = x if skip_conv is None else _conv(skip_conv, x, not fused)
-        if fused and h.shape == skip.shape and triton_groupnorm.available(h) and triton_groupnorm.available(skip):
+        if fused and triton_groupnorm.available(h) and triton_groupnorm.available(skip):
             bias = out_conv.bias.float() if skip_conv is None else out_conv.bias.float() + skip_conv.bias.float()
             return triton_groupnorm.residual_add_(h, skip, bias)
         if fused:  # not both channels_last after all: the biases the convs left out, as ADM adds them
