@@ -389,9 +389,13 @@ def test_sigterm_saves_the_step_it_stopped_at(train_dir, tmp_path):
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         metrics = tmp_path / "metrics.jsonl"
-        for _ in range(1200):  # until a step has been logged (at most 2 minutes)
-            if metrics.is_file() and metrics.read_text().count("\n") >= 2:
-                break
+        # Until a step has been logged: the handler is installed by then. On a loaded machine
+        # start-up alone can take minutes, so wait by the clock, not a count of polls.
+        deadline = time.monotonic() + 600
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"no step logged (exit status {proc.wait()}): {proc.communicate()[1][-3000:]}")
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=300)
