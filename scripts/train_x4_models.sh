@@ -14,8 +14,9 @@
 # The shipped x4-real pair is the shipped x4 pair fine-tuned in two fixed-time runs on one
 # H100 (about 15 minutes in all; the README's Bundled models has its scores), with
 # DATA/train holding the 241 photographs (as JPEG quality 92, 4:4:4 copies); run 1 with
-# version 0.8.0 of this script and package (its camera chain), run 2 with this version,
-# from the files run 1 wrote into oftsr/weights:
+# version 0.8.0 of this script and package (its camera chain), run 2 with version 0.10.0
+# (whose camera chain reduced by area, bilinear or bicubic), from the files run 1 wrote
+# into oftsr/weights:
 #   PRESET=compact TEACHER_MINUTES=5 STUDENT_MINUTES=2.5 TEACHER_DROPOUT=0 TEACHER_WARMUP=100 \
 #   TEACHER_EMA=0.999 INIT_TEACHER=x4 INIT_STUDENT=x4 REALESRGAN_CONFIG=camera EVAL=0 \
 #   DATA=... bash scripts/train_x4_models.sh x4-real runs/x4-real
@@ -42,7 +43,8 @@
 # TEACHER_MINUTES, STUDENT_MINUTES, PYTHON); with tiny values the same commands run on a
 # CPU in a minute, as a check of the recipe (docs/models.md; a test runs it). INIT_TEACHER and INIT_STUDENT start the two stages from
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
-# pair into x4-real.
+# pair into x4-real. TEACHER (a bundled name or a file) skips stage 1 and distils from that
+# teacher: TEACHER=x4 INIT_STUDENT=x4 STUDENT_MINUTES=8 distils the shipped student further.
 #
 # A fine-tune of the x4 pair on a CPU does not make a usable x4-real, with either chain
 # (docs/models.md: measured on RealSR-Canon, no better than bicubic at t = 0);
@@ -79,11 +81,19 @@ TEACHER_DROPOUT=${TEACHER_DROPOUT:-0.1}
 STUDENT_LR=${STUDENT_LR:-2e-4}
 # x4-real only: the ranges of its degradation, full (Real-ESRGAN's published chain) or
 # camera (one stage, mild noise and JPEG); both stages must use the same.
+# A TEACHER given records its own: then only a REALESRGAN_CONFIG set here is passed on (and checked).
+STUDENT_CONFIG_ARGS=(--realesrgan_config "${REALESRGAN_CONFIG:-full}")
+[ -n "${TEACHER:-}" ] && [ -z "${REALESRGAN_CONFIG:-}" ] && STUDENT_CONFIG_ARGS=()
 REALESRGAN_CONFIG=${REALESRGAN_CONFIG:-full}
 INIT_TEACHER_ARGS=()
 [ -n "${INIT_TEACHER:-}" ] && INIT_TEACHER_ARGS=(--init_from "$INIT_TEACHER")
 INIT_STUDENT_ARGS=()
 [ -n "${INIT_STUDENT:-}" ] && INIT_STUDENT_ARGS=(--init_student "$INIT_STUDENT")
+if [ -n "${TEACHER:-}" ] && [ -n "${INIT_TEACHER:-}${TEACHER_MINUTES:-}" ]; then
+  echo "error: TEACHER (distil from an existing teacher) skips the teacher's training: INIT_TEACHER and" \
+    "TEACHER_MINUTES do not apply with it" >&2
+  exit 2
+fi
 if [ -n "${MAX_MINUTES:-}" ] && [ -n "${TEACHER_MINUTES:-}${STUDENT_MINUTES:-}" ]; then
   echo "error: MAX_MINUTES (stop and resume later) and TEACHER_MINUTES/STUDENT_MINUTES (a stage's fixed time) exclude each other" >&2
   exit 2
@@ -140,17 +150,25 @@ REPEATS=${REPEATS:-16}
 mkdir -p "$WORK" "$WEIGHTS_DIR"
 
 # Stage 1: the teacher flow (L1 velocity loss, t ~ U[0.001, 1], EMA 0.9999). Validation
-# on Set5 every 5,000 steps with 4 midpoint steps (NFE 7), a cheap check that the run is learning.
-run_stage "${TEACHER_MINUTES:-}" "$WORK/teacher" "$WORK/teacher/teacher.safetensors" \
-  "$PYTHON" "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
-  --output_dir "$WORK/teacher" --preset "$PRESET" --scale 4 --degradation "$DEGRADATION" --sigma_p 0.2 \
-  --realesrgan_config "$REALESRGAN_CONFIG" \
-  --resolution "$RESOLUTION" --train_batch_size "$BATCH" --repeats "$REPEATS" --max_train_steps "$TEACHER_STEPS" \
-  --learning_rate "$TEACHER_LR" --lr_warmup_steps "$TEACHER_WARMUP" --ema_decay "$TEACHER_EMA" --dropout "$TEACHER_DROPOUT" \
-  --mixed_precision "$MIXED_PRECISION" "${INIT_TEACHER_ARGS[@]}" \
-  --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 2 --validation_steps 5000 \
-  --validation_nfe_steps 4 --report_to none --dataloader_num_workers "$WORKERS" --seed 0 \
-  --resume_from_checkpoint latest
+# on Set5 every 5,000 steps with 4 midpoint steps (NFE 7), a cheap check that the run is
+# learning. Skipped for a TEACHER given, which is looked up now: a wrong name stops here.
+if [ -n "${TEACHER:-}" ]; then
+  TEACHER_FILE=$("$PYTHON" -c 'import sys, oftsr; print(oftsr.existing_model_path(sys.argv[1], "teacher", "TEACHER").absolute())' "$TEACHER" 2>&1) \
+    || { echo "error: ${TEACHER_FILE##*Error: }" >&2; exit 2; }
+  echo "distilling from $TEACHER_FILE (TEACHER): no teacher training"
+else
+  TEACHER_FILE=$WORK/teacher/teacher.safetensors
+  run_stage "${TEACHER_MINUTES:-}" "$WORK/teacher" "$TEACHER_FILE" \
+    "$PYTHON" "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
+    --output_dir "$WORK/teacher" --preset "$PRESET" --scale 4 --degradation "$DEGRADATION" --sigma_p 0.2 \
+    --realesrgan_config "$REALESRGAN_CONFIG" \
+    --resolution "$RESOLUTION" --train_batch_size "$BATCH" --repeats "$REPEATS" --max_train_steps "$TEACHER_STEPS" \
+    --learning_rate "$TEACHER_LR" --lr_warmup_steps "$TEACHER_WARMUP" --ema_decay "$TEACHER_EMA" --dropout "$TEACHER_DROPOUT" \
+    --mixed_precision "$MIXED_PRECISION" "${INIT_TEACHER_ARGS[@]}" \
+    --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 2 --validation_steps 5000 \
+    --validation_nfe_steps 4 --report_to none --dataloader_num_workers "$WORKERS" --seed 0 \
+    --resume_from_checkpoint latest
+fi
 
 # Stage 2: the one-step student (distill + 0.01 align + 0.1 boundary, midpoint teacher
 # step), started from the teacher's EMA weights. --degradation and --realesrgan_config
@@ -158,9 +176,9 @@ run_stage "${TEACHER_MINUTES:-}" "$WORK/teacher" "$WORK/teacher/teacher.safetens
 # LR, and the degradation is written into the student. Batch 64 of 128 px crops and
 # EMA 0.999 kept the compact student's t = 1 end steady (README, Bundled models).
 run_stage "${STUDENT_MINUTES:-}" "$WORK/student" "$WORK/student/student.safetensors" \
-  "$PYTHON" "$REPO/trainer/distill.py" --teacher "$WORK/teacher/teacher.safetensors" \
+  "$PYTHON" "$REPO/trainer/distill.py" --teacher "$TEACHER_FILE" \
   --train_data_dir "$DATA/train" --output_dir "$WORK/student" --degradation "$DEGRADATION" \
-  --realesrgan_config "$REALESRGAN_CONFIG" \
+  "${STUDENT_CONFIG_ARGS[@]}" \
   --dt 0.05 --teacher_solver midpoint --lambda_align 0.01 --lambda_bc 0.1 \
   --resolution "$STUDENT_RESOLUTION" --train_batch_size $((BATCH * 2)) --repeats "$REPEATS" \
   --max_train_steps "$STUDENT_STEPS" --learning_rate "$STUDENT_LR" --lr_warmup_steps 200 --ema_decay 0.999 "${INIT_STUDENT_ARGS[@]}" \
@@ -170,7 +188,12 @@ run_stage "${STUDENT_MINUTES:-}" "$WORK/student" "$WORK/student/student.safetens
 # Stage 3: the shipped files, EMA weights in fp16 (more mantissa than bf16; weights are far
 # inside its range). The loader casts them back to float32 (or the dtype asked for).
 for role in teacher student; do
-  "$PYTHON" -m oftsr convert "$WORK/$role/$role.safetensors" "$WEIGHTS_DIR/$NAME-$role.safetensors" --dtype fp16 --overwrite
+  source=$WORK/$role/$role.safetensors
+  [ "$role" = teacher ] && source=$TEACHER_FILE
+  if [ "$(realpath -m "$source")" = "$(realpath -m "$WEIGHTS_DIR/$NAME-$role.safetensors")" ]; then
+    continue  # a TEACHER that is already the shipped file
+  fi
+  "$PYTHON" -m oftsr convert "$source" "$WEIGHTS_DIR/$NAME-$role.safetensors" --dtype fp16 --overwrite
   size=$(stat -c %s "$WEIGHTS_DIR/$NAME-$role.safetensors")
   if [ "$size" -gt $((40 * 1000 * 1000)) ]; then
     echo "error: $NAME-$role.safetensors is $size bytes, over the 40 MB a bundled file may take" >&2; exit 1

@@ -1005,6 +1005,31 @@ def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, 
     res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(env, MAX_MINUTES="5"))
     assert res.returncode == 2 and "exclude each other" in res.stderr
 
+    # TEACHER: distil from an existing teacher, with no teacher stage. Given the shipped file
+    # itself, that file stays as it is and only the student is written; the student's
+    # degradation settings come from the teacher's record.
+    shipped = tmp_path / "weights" / "x4-real-teacher.safetensors"
+    before = shipped.read_bytes()
+    env = {k: v for k, v in env.items() if k != "TEACHER_MINUTES"}
+    env.update(TEACHER=str(shipped), INIT_STUDENT=str(tmp_path / "weights" / "x4-real-student.safetensors"),
+               STUDENT_STEPS="1")
+    script[-1] = str(tmp_path / "run2")
+    res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"distilling from {shipped} (TEACHER): no teacher training" in res.stdout
+    assert "teacher: " not in res.stderr and not (tmp_path / "run2" / "teacher").exists()
+    assert shipped.read_bytes() == before
+    student = oftsr.load_model(tmp_path / "weights" / "x4-real-student.safetensors")
+    assert student.step == 1 and student.degradation == "realesrgan"
+    record = json.loads(oftsr.read_metadata(tmp_path / "weights" / "x4-real-student.safetensors")["training"])
+    assert record["init_student"].endswith("x4-real-student.safetensors")
+    # a teacher's own training settings do not apply, and a wrong name stops before any work
+    res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(env, TEACHER_MINUTES="1"))
+    assert res.returncode == 2 and "INIT_TEACHER and TEACHER_MINUTES do not apply with it" in res.stderr
+    res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=dict(env, TEACHER=str(tmp_path / "missing.safetensors")))
+    assert res.returncode == 2 and res.stderr.startswith(f"error: TEACHER {tmp_path / 'missing.safetensors'}: no such file")
+
 
 def test_resume_from_an_earlier_checkpoint_by_name_and_with_a_new_learning_rate(train_dir, tmp_path):
     base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,

@@ -105,15 +105,17 @@ class RealESRGANConfig:
 
 
 def _camera_config() -> RealESRGANConfig:
-    # Photographs from a decent camera. Their blur is the lens and sensor's own: a sharp,
-    # in-focus capture has a point spread of about 0.3 to 0.7 of its pixels (Gaussian
-    # sigma), which is 1.2 to 2.8 HR pixels at x4, and no resampling before it reaches us
-    # (no random resize, rarely a sinc). At ordinary ISO and JPEG settings they carry far
-    # less noise and compression than Real-ESRGAN's web-image chain, and they are not
-    # re-uploaded (no second stage).
-    stage1 = DegradationStage(blur_sigma=(1.2, 2.8), resize_probs=(0.0, 0.0, 1.0), noise_range=(1.0, 10.0),
+    # Photographs from a decent camera. Their blur is the lens's and the sensor's own, with
+    # no resampling before it reaches us (no random resize, rarely a sinc): the optics'
+    # point spread, 0.25 to 0.65 LR pixels (Gaussian sigma; 1.0 to 2.6 HR pixels at x4),
+    # then each pixel integrating the light over its area (an `area` reduction, which does
+    # not alias as a non-antialiased bilinear or bicubic reduction does). At ordinary ISO
+    # and JPEG settings they carry far less noise and compression than Real-ESRGAN's
+    # web-image chain, and they are not re-uploaded (no second stage).
+    stage1 = DegradationStage(blur_sigma=(1.0, 2.6), resize_probs=(0.0, 0.0, 1.0), noise_range=(1.0, 10.0),
                               poisson_scale_range=(0.05, 1.0), jpeg_range=(60, 95))
-    return RealESRGANConfig(stage1=stage1, second_stage_prob=0.0, final_sinc_prob=0.1, final_jpeg_range=(60, 95))
+    return RealESRGANConfig(stage1=stage1, second_stage_prob=0.0, resize_modes=("area",), final_sinc_prob=0.1,
+                            final_jpeg_range=(60, 95))
 
 
 # The named settings the trainer offers (--realesrgan_config): "full" is the published
