@@ -11,7 +11,10 @@ which is why the CUDA fast path stays NCHW where these kernels do not run. These
    with the affine parameters into a per-channel gain and offset (one small launch).
 3. `_groupnorm_apply`: y = x * a[n, c] + b[n, c], then SiLU if asked, where a and b fold the
    statistics, the norm's affine parameters and ADM's time-embedding scale-shift, so the
-   activations are read twice and written once.
+   activations are read twice and written once; in ADM's up and down blocks it writes y
+   nearest up-sampled or 2x2 average-pooled, as those blocks resample right after.
+4. `_residual_add`: h += skip + bias, the skip read up-sampled or pooled in those blocks, so
+   neither resampled tensor is ever written out.
 
 The bias of the convolution before a norm rides in its statistics (`x_bias`), and a ResBlock's
 two output biases in its residual add (`residual_add_`): PyTorch adds a convolution's bias
@@ -117,36 +120,75 @@ def _kernels():
         tl.store(offset_ptr + n * channels + c, offset, mask=c_ok)
 
     @triton.jit
-    def _groupnorm_apply(x_ptr, y_ptr, a_ptr, b_ptr, hw, channels,
-               SILU: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+    def _groupnorm_apply(x_ptr, y_ptr, a_ptr, b_ptr, hw_out, w_out, hw_in, w_in, channels, SILU: tl.constexpr,
+                         RESAMPLE: tl.constexpr, TAPS: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
+                         BLOCK_CHANNELS: tl.constexpr):
+        # One program per block of output pixels and channels of an image. With RESAMPLE the
+        # output is the normalised input nearest up-sampled 2x (1) or 2x2 average-pooled (2):
+        # ADM's up and down blocks resample right after this norm and SiLU, and writing the
+        # resampled result saves a pass over the activations at the larger size.
         pblock = tl.program_id(0)
         cblock = tl.program_id(1)
         n = tl.program_id(2)
         p = pblock * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
         c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
         c_ok = c < channels
-        mask = (p < hw)[:, None] & c_ok[None, :]
-        offsets = n.to(tl.int64) * hw * channels + p[:, None].to(tl.int64) * channels + c[None, :]
-        v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        a = tl.load(a_ptr + n * channels + c, mask=c_ok, other=0.0)
-        b = tl.load(b_ptr + n * channels + c, mask=c_ok, other=0.0)
-        y = v * a[None, :] + b[None, :]
-        if SILU:
-            y = y * tl.sigmoid(y)
-        tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+        mask = (p < hw_out)[:, None] & c_ok[None, :]
+        a = tl.load(a_ptr + n * channels + c, mask=c_ok, other=0.0)[None, :]
+        b = tl.load(b_ptr + n * channels + c, mask=c_ok, other=0.0)[None, :]
+        source = x_ptr + n.to(tl.int64) * hw_in * channels + c[None, :]
+        q = p  # the input pixel an output pixel reads (the top-left of its window when pooling)
+        if RESAMPLE != 0:
+            oy = p // w_out
+            ox = p - oy * w_out
+            if RESAMPLE == 1:
+                q = (oy // 2) * w_in + ox // 2
+            else:
+                q = (2 * oy) * w_in + 2 * ox
+        q = q[:, None].to(tl.int64) * channels
+        y = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
+        for tap in tl.static_range(TAPS):  # a pooling window's four pixels, else the one
+            v = tl.load(source + q + ((tap // 2) * w_in + tap % 2) * channels, mask=mask, other=0.0).to(tl.float32)
+            v = v * a + b
+            if SILU:
+                v = v * tl.sigmoid(v)
+            y += v
+        if RESAMPLE == 2:
+            y = y * 0.25
+        out = y_ptr + n.to(tl.int64) * hw_out * channels + p[:, None].to(tl.int64) * channels + c[None, :]
+        tl.store(out, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _residual_add(h_ptr, skip_ptr, bias_ptr, rows, channels,
-                      BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+    def _residual_add(h_ptr, skip_ptr, bias_ptr, rows, channels, hw, w, hw_skip, w_skip,
+                      SKIP_RESAMPLE: tl.constexpr, TAPS: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
+                      BLOCK_CHANNELS: tl.constexpr):
         # h += skip + bias[c] over channels_last memory seen as (pixels, channels): a 2D block,
-        # so the channel of an element is its column, not a 64-bit remainder per element
+        # so the channel of an element is its column, not a 64-bit remainder per element.
+        # With SKIP_RESAMPLE the skip is read at its own size, nearest up-sampled (1) or 2x2
+        # average-pooled (2) on the way, as ADM's up and down blocks resample it.
         p = tl.program_id(0) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
         c = tl.program_id(1) * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
         c_ok = c < channels
         mask = (p < rows)[:, None] & c_ok[None, :]
         offsets = p[:, None].to(tl.int64) * channels + c[None, :]
         h = tl.load(h_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        skip = tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        if SKIP_RESAMPLE == 0:
+            skip = tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        else:
+            n = p // hw
+            oy = (p - n * hw) // w
+            ox = p - n * hw - oy * w
+            if SKIP_RESAMPLE == 1:
+                q = (oy // 2) * w_skip + ox // 2
+            else:
+                q = (2 * oy) * w_skip + 2 * ox
+            q = n.to(tl.int64) * hw_skip + q
+            source = skip_ptr + q[:, None] * channels + c[None, :]
+            skip = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
+            for tap in tl.static_range(TAPS):
+                skip += tl.load(source + ((tap // 2) * w_skip + tap % 2) * channels, mask=mask, other=0.0).to(tl.float32)
+            if SKIP_RESAMPLE == 2:
+                skip = skip * 0.25
         b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
         tl.store(h_ptr + offsets, (h + skip + b[None, :]).to(h_ptr.dtype.element_ty), mask=mask)
 
@@ -177,6 +219,18 @@ def kernels_work(device: torch.device) -> bool:
                                 - ref).abs().max().item())
             h = x.mul(0.5)
             error = max(error, (residual_add_(h, x, bias) - (x * 1.5 + bias[:, None, None])).abs().max().item())
+            # the up and down blocks' variants: the norm written resampled, the skip read resampled
+            big = x[..., :8, :6].contiguous(memory_format=torch.channels_last)
+            small = F.avg_pool2d(big, 2).contiguous(memory_format=torch.channels_last)
+            ref = F.silu(F.group_norm(big, 32, weight, bias))
+            error = max(error, (group_norm_nhwc(big, 32, weight, bias, silu=True, resample="down")
+                                - F.avg_pool2d(ref, 2)).abs().max().item())
+            error = max(error, (group_norm_nhwc(big, 32, weight, bias, silu=True, resample="up")
+                                - F.interpolate(ref, scale_factor=2.0, mode="nearest")).abs().max().item())
+            ref = big * 0.5 + F.interpolate(small, scale_factor=2.0, mode="nearest") + bias[:, None, None]
+            error = max(error, (residual_add_(big.mul(0.5), small, bias, "up") - ref).abs().max().item())
+            ref = small * 0.5 + F.avg_pool2d(big, 2) + bias[:, None, None]
+            error = max(error, (residual_add_(small.mul(0.5), big, bias, "down") - ref).abs().max().item())
     except Exception as e:  # whatever Triton raises while building or launching
         warnings.warn(f"the Triton GroupNorm does not run on {device} ({type(e).__name__}: {e}); "
                       f"using PyTorch's GroupNorm there", RuntimeWarning, stacklevel=2)
@@ -225,15 +279,29 @@ def _per_image(p: torch.Tensor | None, n: int, channels: int) -> tuple[torch.Ten
     return p.float().contiguous(), channels if p.ndim == 2 and p.shape[0] == n and n > 1 else 0
 
 
+# What a `resample` argument names, as the kernels number it: ADM's up and down blocks.
+_RESAMPLE = {None: 0, "up": 1, "down": 2}
+
+
+def _resampled_size(h: int, w: int, resample: str | None) -> tuple[int, int]:
+    if resample not in _RESAMPLE:
+        raise ValueError(f"resample must be None, 'up' or 'down', got {resample!r}")
+    if resample == "down" and (h % 2 or w % 2):
+        raise ValueError(f"2x2 pooling needs an even height and width, got {h}x{w}")
+    return (2 * h, 2 * w) if resample == "up" else (h // 2, w // 2) if resample == "down" else (h, w)
+
+
 def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
                     bias: torch.Tensor | None = None, eps: float = 1e-5, silu: bool = False,
-                    x_bias: torch.Tensor | None = None) -> torch.Tensor:
+                    x_bias: torch.Tensor | None = None, resample: str | None = None) -> torch.Tensor:
     """`F.group_norm(x, num_groups, weight, bias, eps)`, then SiLU if `silu`, for a
     channels_last (N, C, H, W) tensor; statistics in float32, the result in x's dtype and
     layout. `weight` and `bias` may be (C,) or per image (N, C), which is how a time-embedding
     scale-shift rides along: weight * (1 + scale), bias * (1 + scale) + shift. `x_bias` (C,)
     normalises x + x_bias without forming it: the bias of the convolution before the norm,
-    which PyTorch would otherwise add after cuDNN's convolution, in a pass of its own."""
+    which PyTorch would otherwise add after cuDNN's convolution, in a pass of its own.
+    `resample` "up" or "down": the result nearest up-sampled 2x or 2x2 average-pooled
+    (H and W even), written at that size in the same pass."""
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
@@ -243,6 +311,7 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
         raise ValueError(f"{channels} channels do not split into {num_groups} groups")
     if not x.is_contiguous(memory_format=torch.channels_last):
         raise ValueError("group_norm_nhwc needs a channels_last tensor")
+    out_h, out_w = _resampled_size(h, w, resample)
     hw = h * w
     chunks = triton.cdiv(hw, _PIXELS_PER_CHUNK)
     partial = torch.empty((n, chunks, 2, channels), dtype=torch.float32, device=x.device)
@@ -262,27 +331,36 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
         chunks, channels, per_group, hw, hw * per_group, eps, weight_stride, bias_stride,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_X_BIAS=x_bias is not None,
         BLOCK_CHUNKS=_BLOCK_CHUNKS, BLOCK_GROUP=triton.next_power_of_2(per_group))
-    y = torch.empty_like(x, memory_format=torch.channels_last)
-    apply_kernel[(triton.cdiv(hw, _BLOCK_PIXELS), cblocks, n)](
-        x, y, gain, offset, hw, channels, SILU=silu,
-        BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
+    y = torch.empty((n, channels, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    apply_kernel[(triton.cdiv(out_h * out_w, _BLOCK_PIXELS), cblocks, n)](
+        x, y, gain, offset, out_h * out_w, out_w, hw, w, channels, SILU=silu, RESAMPLE=_RESAMPLE[resample],
+        TAPS=4 if resample == "down" else 1, BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     return y
 
 
-def residual_add_(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def residual_add_(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
+                  skip_resample: str | None = None) -> torch.Tensor:
     """h += skip + bias[None, :, None, None], in place and in one pass, for channels_last h
-    and skip of one shape: a residual add that also carries the biases of the convolutions
-    that made h and skip (PyTorch adds a bias after cuDNN's convolution, in a broadcast pass of its own)."""
+    and skip: a residual add that also carries the biases of the convolutions that made h
+    and skip (PyTorch adds a bias after cuDNN's convolution, in a broadcast pass of its own).
+    `skip_resample` "up" or "down": skip has half or twice h's height and width and is read
+    nearest up-sampled or 2x2 average-pooled, so the resampled skip is never written."""
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("residual_add_ needs the `triton` package")
     triton, *_, add_kernel = kernels
-    if h.shape != skip.shape or not (h.is_contiguous(memory_format=torch.channels_last)
-                                     and skip.is_contiguous(memory_format=torch.channels_last)):
-        raise ValueError(f"residual_add_ needs two channels_last tensors of one shape, got {tuple(h.shape)} "
-                         f"and {tuple(skip.shape)}")
+    n, channels, height, width = h.shape
+    # the skip's size is h's with the resampling undone ("up": h's height and width must be even)
+    undone = {"up": "down", "down": "up"}.get(skip_resample, skip_resample)
+    expected = (n, channels, *_resampled_size(height, width, undone))
+    if tuple(skip.shape) != expected or not (h.is_contiguous(memory_format=torch.channels_last)
+                                             and skip.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"residual_add_ with skip_resample {skip_resample} needs channels_last h and skip of "
+                         f"shape {expected}, got {tuple(h.shape)} and {tuple(skip.shape)}")
     bias = bias.float().contiguous()
-    rows, channels = h.numel() // h.shape[1], h.shape[1]
+    rows = n * height * width
     add_kernel[(triton.cdiv(rows, _BLOCK_PIXELS), triton.cdiv(channels, _BLOCK_CHANNELS))](
-        h, skip, bias, rows, channels, BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
+        h, skip, bias, rows, channels, height * width, width, skip.shape[2] * skip.shape[3], skip.shape[3],
+        SKIP_RESAMPLE=_RESAMPLE[skip_resample], TAPS=4 if skip_resample == "down" else 1,
+        BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     return h

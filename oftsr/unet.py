@@ -102,18 +102,20 @@ class GroupNorm32(nn.GroupNorm):
         return self.normalize(x, self.weight, self.bias)
 
     def normalize(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                  silu: bool = False, x_bias: torch.Tensor | None = None) -> torch.Tensor:
+                  silu: bool = False, x_bias: torch.Tensor | None = None, resample: str | None = None) -> torch.Tensor:
         """The norm with other affine parameters (None: none), so that a per-image
         scale-shift can ride in the same pass over the activations, then SiLU if `silu`.
         `weight` and `bias` are (C,), or (N, C) per image where `triton_groupnorm.available(x)`.
-        `x_bias` (C,): normalise x + x_bias (a convolution's bias not yet added)."""
+        `x_bias` (C,): normalise x + x_bias (a convolution's bias not yet added). `resample`
+        "up" or "down": the result resampled as ADM's up and down blocks do (`resample`)."""
         if triton_groupnorm.available(x):
             return triton_groupnorm.group_norm_nhwc(x, self.num_groups, weight, bias, self.eps, silu=silu,
-                                                    x_bias=x_bias)
+                                                    x_bias=x_bias, resample=resample)
         if x_bias is not None:
             x = x + x_bias.to(x.dtype)[:, None, None]
         y = self._group_norm(x, weight, bias)
-        return F.silu(y, inplace=not torch.is_grad_enabled()) if silu else y
+        y = F.silu(y, inplace=not torch.is_grad_enabled()) if silu else y
+        return y if resample is None else _resample_2x(y, resample)
 
     def _group_norm(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         if (x.dtype in (torch.float16, torch.bfloat16) and x.device.type in ("cuda", "cpu")
@@ -126,6 +128,15 @@ class GroupNorm32(nn.GroupNorm):
                 return F.group_norm(x, self.num_groups, _cast(weight, x.dtype), _cast(bias, x.dtype), self.eps)
         return F.group_norm(x.float(), self.num_groups, _cast(weight, torch.float32), _cast(bias, torch.float32),
                             self.eps).to(x.dtype)
+
+
+def _resample_2x(x: torch.Tensor, resample: str) -> torch.Tensor:
+    """ADM's resampling in its up and down blocks: nearest 2x up-sampling, or 2x2 average pooling."""
+    if resample == "up":
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    if resample == "down":
+        return F.avg_pool2d(x, 2)
+    raise ValueError(f"resample must be 'up' or 'down', got {resample!r}")
 
 
 def _cast(p: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -209,10 +220,9 @@ class ResBlock(nn.Module):
         )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
-    def _resample(self, x: torch.Tensor) -> torch.Tensor:
-        if self.up:
-            return F.interpolate(x, scale_factor=2, mode="nearest")
-        return F.avg_pool2d(x, 2)
+    @property
+    def resample(self) -> str | None:
+        return "up" if self.up else "down" if self.down else None
 
     def _scale_shift_norm(self, h: torch.Tensor, emb: torch.Tensor, h_bias: torch.Tensor | None = None) -> torch.Tensor:
         """SiLU of ADM's `norm(h + h_bias) * (1 + scale) + shift`, with scale and shift from the
@@ -238,25 +248,31 @@ class ResBlock(nn.Module):
         # a bias after cuDNN's kernel in a broadcast pass of its own, while the norm after the
         # first conv and the residual add after the last one take them at no cost.
         fused = triton_groupnorm.available(x)
-        norm = self.in_layers[0]  # in_layers = norm, SiLU, conv
-        h = norm.normalize(x, norm.weight, norm.bias, silu=True)
-        conv = self.in_layers[2]
-        if self.up and not h.is_cuda:
+        norm, conv = self.in_layers[0], self.in_layers[2]  # in_layers = norm, SiLU, conv
+        skip_conv = None if isinstance(self.skip_connection, nn.Identity) else self.skip_connection
+        resample = self.resample
+        skip_resample = None  # the skip branch's resampling, when the residual add does it as it reads x
+        if self.up and not fused and not x.is_cuda:
             # 0.44x the FLOPs of this conv (measured on CPUs; CUDA keeps ADM's order below).
-            h, x = upsample_conv3x3(h, conv.weight, None if fused else conv.bias), self._resample(x)
-        elif self.up or self.down:
-            # ADM resamples after norm+SiLU and before the conv, on both branches.
-            h, x = _conv(conv, self._resample(h), not fused), self._resample(x)
+            h = upsample_conv3x3(norm.normalize(x, norm.weight, norm.bias, silu=True), conv.weight, conv.bias)
+            x = _resample_2x(x, resample)
         else:
-            h = _conv(conv, h, not fused)
+            # ADM resamples after norm+SiLU and before the conv, on both branches; the Triton
+            # norm writes h resampled, and the residual add reads an identity skip resampled.
+            h = _conv(conv, norm.normalize(x, norm.weight, norm.bias, silu=True, resample=resample), not fused)
+            if resample and fused and skip_conv is None:
+                skip_resample = resample
+            elif resample:
+                x = _resample_2x(x, resample)
         h = self._scale_shift_norm(h, emb, conv.bias if fused else None)  # out_layers = norm, SiLU, dropout, conv
         out_conv = self.out_layers[3]
         h = _conv(out_conv, self.out_layers[2](h), not fused)
-        skip_conv = None if isinstance(self.skip_connection, nn.Identity) else self.skip_connection
         skip = x if skip_conv is None else _conv(skip_conv, x, not fused)
         if fused and triton_groupnorm.available(h) and triton_groupnorm.available(skip):
             bias = out_conv.bias.float() if skip_conv is None else out_conv.bias.float() + skip_conv.bias.float()
-            return triton_groupnorm.residual_add_(h, skip, bias)
+            return triton_groupnorm.residual_add_(h, skip, bias, skip_resample)
+        if skip_resample:
+            skip = _resample_2x(skip, skip_resample)
         if fused:  # not both channels_last after all: the biases the convs left out, as ADM adds them
             h = h + out_conv.bias.to(h.dtype)[:, None, None]
             if skip_conv is not None:
@@ -265,8 +281,8 @@ class ResBlock(nn.Module):
 
     def _reference_forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.up or self.down:
-            h = self._resample(self.in_layers[:-1](x))
-            x = self._resample(x)
+            h = _resample_2x(self.in_layers[:-1](x), self.resample)
+            x = _resample_2x(x, self.resample)
             h = self.in_layers[-1](h)
         else:
             h = self.in_layers(x)

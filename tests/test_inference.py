@@ -1,3 +1,4 @@
+import functools
 import math
 import os
 import subprocess
@@ -516,15 +517,19 @@ def test_cuda_layout_is_channels_last_where_the_triton_group_norm_runs(monkeypat
 def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
     from oftsr import triton_groupnorm
 
-    def reference(x, groups, weight=None, bias=None, eps=1e-5, silu=False, x_bias=None):
+    def reference(x, groups, weight=None, bias=None, eps=1e-5, silu=False, x_bias=None, resample=None,
+                  pool=F.avg_pool2d):
         # what the kernels compute, in PyTorch's ops: (C,) or per-image (N, C) affine
         x = x if x_bias is None else x + x_bias[:, None, None]
         y = F.group_norm(x, groups, eps=eps)
         y = y if weight is None else y * weight.reshape(-1, x.shape[1], 1, 1)
         y = y if bias is None else y + bias.reshape(-1, x.shape[1], 1, 1)
-        return F.silu(y) if silu else y
+        y = F.silu(y) if silu else y
+        return pool(y, 2) if resample == "down" else F.interpolate(y, scale_factor=2.0) if resample == "up" else y
 
-    def add(h, skip, bias):
+    def add(h, skip, bias, skip_resample=None):
+        if skip_resample:
+            skip = F.avg_pool2d(skip, 2) if skip_resample == "down" else F.interpolate(skip, scale_factor=2.0)
         return h.add_(skip + bias[:, None, None])
 
     def broken(*args, **kwargs):
@@ -535,7 +540,10 @@ def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
             (broken, add, False, "does not run on cpu .*failed to build the launcher"),
             (lambda *a, **k: reference(*a, **k) + 0.01, add, False, "is off on cpu by 0.01"),
             (reference, broken, False, "does not run on cpu .*failed to build the launcher"),  # every kernel is checked
-            (reference, lambda h, s, b: add(h, s, b).add_(0.5), False, "is off on cpu by 0.5")]:
+            (reference, lambda h, s, b, r=None: add(h, s, b, r).add_(0.5), False, "is off on cpu by 0.5"),
+            # the up and down blocks' variants are checked too
+            (functools.partial(reference, pool=F.max_pool2d), add, False, "is off on cpu by"),
+            (reference, lambda h, s, b, r=None: add(h, s, b, r and "up"), False, "does not run on cpu")]:
         monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc", norm)
         monkeypatch.setattr(triton_groupnorm, "residual_add_", residual)
         state = torch.get_rng_state()

@@ -118,8 +118,9 @@ def test_resblock_adds_the_biases_it_left_out_where_a_later_op_falls_back():
         from oftsr.unet import ResBlock
         torch.manual_seed(0)
         errors = {}
-        for cin, cout in [(64, 64), (64, 96)]:
-            block = ResBlock(cin, 128, cout).eval()
+        for cin, cout, up, down in [(64, 64, False, False), (64, 96, False, False), (64, 64, True, False),
+                                    (64, 64, False, True)]:
+            block = ResBlock(cin, 128, cout, up=up, down=down).eval()
             with torch.no_grad():
                 for p in block.parameters():
                     p.copy_(torch.randn(p.shape) * 0.3)
@@ -130,11 +131,13 @@ def test_resblock_adds_the_biases_it_left_out_where_a_later_op_falls_back():
                 triton_groupnorm.available = lambda t: t is x
                 out = block(x, emb)
                 triton_groupnorm.available = lambda t: False
-            errors[f"{cin}->{cout}"] = (out - ref).abs().max().item()
-            errors[f"{cin}->{cout} scale"] = ref.abs().max().item()
+            key = f"{cin}->{cout}" + (" up" if up else " down" if down else "")
+            errors[key] = (out - ref).abs().max().item()
+            errors[key + " scale"] = ref.abs().max().item()
         print(json.dumps(errors))
     """)
-    for key in ("64->64", "64->96"):
+    # the up and down blocks: their norm wrote h resampled, and the skip is resampled by PyTorch
+    for key in ("64->64", "64->96", "64->64 up", "64->64 down"):
         assert result[key] < 1e-4 and result[key + " scale"] > 1, result
 
 def test_unet_with_fused_norms_matches_default_path():
@@ -161,15 +164,67 @@ def test_unet_with_fused_norms_matches_default_path():
             triton_groupnorm.available = forced
             adds = []
             residual_add_ = triton_groupnorm.residual_add_
-            triton_groupnorm.residual_add_ = lambda *a: adds.append(1) or residual_add_(*a)
+            triton_groupnorm.residual_add_ = lambda *a: adds.append(a[3]) or residual_add_(*a)
             fused = model.velocity(x, x.flip(-1), t)
         print(json.dumps({"diff": (fused - ref).abs().max().item(), "scale": ref.abs().max().item(),
-                          "calls": len(calls), "adds": len(adds)}))
+                          "calls": len(calls), "adds": adds}))
     """)
-    # every ResBlock's biases rode in its norm and residual add (the tiny preset has 11)
-    assert result["calls"] > 10 and result["adds"] == sum(isinstance(m, ResBlock) for m in TINY.modules())
+    # every ResBlock's biases rode in its norm and residual add (the tiny preset has 11), and
+    # the up and down blocks' skips were resampled there
+    blocks = [m for m in TINY.modules() if isinstance(m, ResBlock)]
+    assert result["calls"] > 10 and len(result["adds"]) == len(blocks)
+    assert sorted(map(str, result["adds"])) == sorted(str(b.resample) for b in blocks)
+    assert {"up", "down"} <= set(result["adds"])
     assert result["scale"] > 0.1
     assert result["diff"] < 1e-4 * result["scale"] + 1e-5
+
+
+def test_norm_and_residual_add_resample_as_the_up_and_down_blocks_do():
+    # The norm written nearest up-sampled or 2x2 pooled (with a folded conv bias, per-image
+    # affine and SiLU), and the residual add reading its skip at half or twice h's size;
+    # odd sizes and channel counts that fill no block exactly
+    result = _interpret("""
+        import json, torch, torch.nn.functional as F
+        from oftsr.triton_groupnorm import group_norm_nhwc, residual_add_
+        torch.manual_seed(0)
+        up = lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")
+        errors = {}
+        for n, c, h, w in [(2, 96, 6, 10), (1, 70, 34, 40)]:
+            key, groups = f"{n}x{c}x{h}x{w}", 2 if c == 70 else 32
+            cl = lambda *shape: torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+            x = cl(n, c, h, w) * 2 + 1
+            gain, offset, b = torch.randn(n, c), torch.randn(n, c), torch.randn(c)
+            ref = F.silu(F.group_norm(x + b[:, None, None], groups) * gain[..., None, None] + offset[..., None, None])
+            for mode, resample in [("down", lambda t: F.avg_pool2d(t, 2)), ("up", up)]:
+                y = group_norm_nhwc(x, groups, gain, offset, silu=True, x_bias=b, resample=mode)
+                errors[f"{key} norm {mode}"] = (y - resample(ref)).abs().max().item()
+                errors[f"{key} norm {mode} layout"] = float(not y.is_contiguous(memory_format=torch.channels_last))
+            small, hb = cl(n, c, h // 2, w // 2), cl(n, c, h, w).bfloat16()
+            expected = hb.float() + up(small) + b[:, None, None]
+            residual_add_(hb, small, b, "up")
+            errors[f"{key} add up rel"] = ((hb.float() - expected) / (expected.abs() + 1)).abs().max().item()
+            hs = cl(n, c, h // 2, w // 2)
+            expected = hs + F.avg_pool2d(x, 2) + b[:, None, None]
+            residual_add_(hs, x, b, "down")
+            errors[f"{key} add down"] = (hs - expected).abs().max().item()
+        refused = 0
+        x = torch.randn(1, 32, 5, 6).contiguous(memory_format=torch.channels_last)
+        for call in [lambda: group_norm_nhwc(x, 32, resample="down"),  # odd height: no 2x2 windows
+                     lambda: group_norm_nhwc(x, 32, resample="left"),
+                     lambda: residual_add_(x, x, torch.zeros(32), "up"),  # the skip must be half h's size
+                     lambda: residual_add_(torch.randn(1, 32, 4, 6).contiguous(memory_format=torch.channels_last),
+                                           x, torch.zeros(32), "down")]:
+            try:
+                call()
+            except ValueError:
+                refused += 1
+        errors["refused"] = refused
+        print(json.dumps(errors))
+    """)
+    assert result.pop("refused") == 4
+    for key, err in result.items():
+        bound = 2 ** -7 if key.endswith("rel") else 0.0 if key.endswith("layout") else 1e-5
+        assert err <= bound, (key, err)
 
 
 def test_kernel_path_is_off_on_cpu_and_refuses_nchw():
