@@ -7,7 +7,7 @@
 Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops,
 baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole images per second),
 train_memory (one training step with and without --gradient_checkpointing), profile (where a
-forward's time goes, by part of the network).
+forward's time goes, by part of the network; with --compile_mode, the compiled forward's too).
 Weights are random (the speed of a network does not depend on its values); every
 comparison uses identical weights and inputs. The memory section runs `oftsr upscale`
 and `oftsr sample` with the bundled models, and with a stand-in network for photographs
@@ -478,6 +478,10 @@ def bench_train_memory(args, device) -> None:
 # Kernel or op names to the part of the network they serve, first match wins. CUDA kernel
 # names come from cuDNN, cuBLAS, CUTLASS and our Triton norm; CPU names are aten ops.
 PROFILE_CATEGORIES = [
+    # torch.compile's generated kernels fuse several ops (their names list them): reductions
+    # (a norm's statistics, with what inductor fused into them) and pointwise kernels
+    ("compiled: reductions (norm statistics and what is fused in)", r"^triton_(red|per)_"),
+    ("compiled: pointwise (norm apply, SiLU, adds, copies)", r"^triton_poi_"),
     ("attention", r"flash|fmha|attention|softmax|bmm"),
     ("GroupNorm", r"group_?norm|rowwisemoments|computefusedparams"),  # ours, and PyTorch's CUDA kernels
     ("layout and dtype copies", r"nchwtonhwc|nhwctonchw|transpose|permute|copy|contiguous|clone|_to_copy|\bcat\b|catarray"),
@@ -497,52 +501,61 @@ def profile_category(name: str) -> str:
 
 def bench_profile(args, device) -> None:
     """Where a forward's time goes on the default path (what `load_model` returns, with bf16
-    autocast on a GPU): torch.profiler's self time per kernel (GPU) or per aten op (CPU),
-    summed by part of the network, and the kernels' busy share of the wall time (on a GPU,
-    the rest is launch overhead that CUDA graphs remove)."""
-    from torch.profiler import ProfilerActivity, profile
-
+    autocast on a GPU), and compiled with each --compile_mode: torch.profiler's self time
+    per kernel (GPU) or per op (CPU), summed by part of the network, and the kernels' busy
+    share of the wall time (on a GPU, the rest is launch overhead that CUDA graphs remove)."""
     half = fastest_dtype(device) if device.type == "cuda" else None
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    amp = f", autocast {str(half).removeprefix('torch.')}" if half else ""
     for preset in args.presets:
         model = random_model(preset, "student", device).optimize(autocast=half)
         for size in args.sizes:
             x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
-            with torch.inference_mode():
-                wall = timed(lambda: model.velocity(x, x, 0.5), device, args.repeat)
-                with profile(activities=activities) as prof:
-                    for _ in range(args.repeat):
-                        model.velocity(x, x, 0.5)
-                    sync(device)
-            kernels = {}
-            for evt in prof.key_averages():
-                on_gpu = getattr(evt, "device_type", None) == torch.autograd.DeviceType.CUDA
-                if device.type == "cuda" and not on_gpu:
-                    continue
-                if device.type != "cuda" and not evt.key.startswith("aten::"):
-                    continue
-                us = (getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
-                      if device.type == "cuda" else evt.self_cpu_time_total)
-                if us > 0:
-                    kernels[evt.key] = kernels.get(evt.key, 0.0) + us / 1e3 / args.repeat
-            busy = sum(kernels.values())
-            if not busy:
-                print(f"\n(profile of {preset} at {size} px: the profiler recorded no kernel time)")
-                continue
-            parts: dict[str, float] = {}
-            for name, ms in kernels.items():
-                category = profile_category(name)
-                parts[category] = parts.get(category, 0.0) + ms
-            unit = "GPU kernel" if device.type == "cuda" else "CPU op (self)"
-            rows = [[c, f"{ms:.2f}", f"{100 * ms / busy:.1f}"] for c, ms in sorted(parts.items(), key=lambda kv: -kv[1])]
-            rows.append([f"all ({unit} time; wall {wall * 1e3:.2f} ms, busy {100 * busy / (wall * 1e3):.0f}%)",
-                         f"{busy:.2f}", "100.0"])
-            amp = f", autocast {str(half).removeprefix('torch.')}" if half else ""
-            table(f"Where the time goes: {preset} at {size} px, batch {args.batch}, default path{amp}, "
-                  f"{device_name(device)}", ["part", "ms / forward", "%"], rows)
-            top = sorted(kernels.items(), key=lambda kv: -kv[1])[:args.profile_top]
-            table(f"Top {len(top)} {unit}s: {preset} at {size} px", ["name", "part", "ms / forward", "%"],
-                  [[n[:90].replace("|", "/"), profile_category(n), f"{ms:.2f}", f"{100 * ms / busy:.1f}"] for n, ms in top])
+            paths = [("default path", lambda: model.velocity(x, x, 0.5))]
+            for mode in compile_modes(args):
+                compiled, _ = compiled_variant(model, mode, half, lambda m: m.velocity(x, x, 0.5))
+                paths.append((f"torch.compile {mode or 'default'}", compiled))
+            for label, fn in paths:
+                profile_forward(args, device, fn, f"{preset} at {size} px, batch {args.batch}, {label}{amp}")
+
+
+def profile_forward(args, device, fn, title: str) -> None:
+    """Profiles `fn` (one forward) --repeat times and prints its parts and top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode():
+        wall = timed(fn, device, args.repeat)
+        with profile(activities=activities) as prof:
+            for _ in range(args.repeat):
+                fn()
+            sync(device)
+    kernels = {}
+    for evt in prof.key_averages():
+        on_gpu = getattr(evt, "device_type", None) == torch.autograd.DeviceType.CUDA
+        if device.type == "cuda" and not on_gpu:
+            continue
+        if device.type != "cuda" and not evt.key.startswith("aten::"):  # (compiled CPU kernels: the busy gap)
+            continue
+        us = (getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+              if device.type == "cuda" else evt.self_cpu_time_total)
+        if us > 0:
+            kernels[evt.key] = kernels.get(evt.key, 0.0) + us / 1e3 / args.repeat
+    busy = sum(kernels.values())
+    if not busy:
+        print(f"\n(profile of {title}: the profiler recorded no kernel time)")
+        return
+    parts: dict[str, float] = {}
+    for name, ms in kernels.items():
+        category = profile_category(name)
+        parts[category] = parts.get(category, 0.0) + ms
+    unit = "GPU kernel" if device.type == "cuda" else "CPU op (self)"
+    rows = [[c, f"{ms:.2f}", f"{100 * ms / busy:.1f}"] for c, ms in sorted(parts.items(), key=lambda kv: -kv[1])]
+    rows.append([f"all ({unit} time; wall {wall * 1e3:.2f} ms, busy {100 * busy / (wall * 1e3):.0f}%)",
+                 f"{busy:.2f}", "100.0"])
+    table(f"Where the time goes: {title}, {device_name(device)}", ["part", "ms / forward", "%"], rows)
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:args.profile_top]
+    table(f"Top {len(top)} {unit}s: {title}", ["name", "part", "ms / forward", "%"],
+          [[n[:90].replace("|", "/"), profile_category(n), f"{ms:.2f}", f"{100 * ms / busy:.1f}"] for n, ms in top])
 
 
 def bench_flops(args, device) -> None:

@@ -139,5 +139,9 @@ def test_profile_categories_of_gpu_kernel_names():
                  "elementwise (SiLU, adds, scale-shift)",
              "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize64x64x64": "matmul (linear)",
              "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<float>": "GroupNorm",
-             "aten::upsample_nearest2d": "other"}
+             "aten::upsample_nearest2d": "other",
+             # torch.compile's kernels: named by what they fuse, counted as compiled work
+             "triton_red_fused_convolution_native_group_norm_0": "compiled: reductions (norm statistics and what "
+                                                                  "is fused in)",
+             "triton_poi_fused_add_convolution_silu_3": "compiled: pointwise (norm apply, SiLU, adds, copies)"}
     assert {n: bench.profile_category(n) for n in names} == names
