@@ -507,15 +507,15 @@ def bench_profile(args, device) -> None:
     half = fastest_dtype(device) if device.type == "cuda" else None
     amp = f", autocast {str(half).removeprefix('torch.')}" if half else ""
     for preset in args.presets:
-        model = random_model(preset, "student", device).optimize(autocast=half)
+        model = random_model(preset, "student", device)
         for size in args.sizes:
             x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
-            paths = [("default path", lambda: model.velocity(x, x, 0.5))]
+            title = f"{preset} at {size} px, batch {args.batch}"
+            model.optimize(autocast=half)  # again: compiling a copy resets the model's own settings
+            profile_forward(args, device, lambda: model.velocity(x, x, 0.5), f"{title}, default path{amp}")
             for mode in compile_modes(args):
                 compiled, _ = compiled_variant(model, mode, half, lambda m: m.velocity(x, x, 0.5))
-                paths.append((f"torch.compile {mode or 'default'}", compiled))
-            for label, fn in paths:
-                profile_forward(args, device, fn, f"{preset} at {size} px, batch {args.batch}, {label}{amp}")
+                profile_forward(args, device, compiled, f"{title}, torch.compile {mode or 'default'}{amp}")
 
 
 def profile_forward(args, device, fn, title: str) -> None:

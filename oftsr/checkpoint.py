@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file
 
 from .devices import resolve_device
 from .files import atomic_write
@@ -65,24 +65,29 @@ def save_model(model: OFTSRModel, path: str | os.PathLike, *, dtype: torch.dtype
     so a crash never leaves a half-written checkpoint under the final name."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.unet.state_dict().items()}
-    data = _sorted_metadata(safetensors_bytes(tensors, metadata=model_metadata(model, **extra)))
     with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
+        save_file(tensors, tmp, metadata=model_metadata(model, **extra))
+        _sort_metadata(tmp)
 
 
-def _sorted_metadata(data: bytes) -> bytes:
-    """A serialized `.safetensors` file with its metadata in key order. safetensors writes
-    the metadata in the random order of a Rust hash map, so the same model saved twice
-    would give two files (safetensors issue 584); in key order the bytes are a function of
-    the model alone. The header stays padded to 8 bytes, as safetensors pads it, and the
-    tensor offsets, counted from the end of the header, are unchanged."""
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + size])
-    if "__metadata__" in header:
+def _sort_metadata(path: Path) -> None:
+    """Rewrites a `.safetensors` file's header with its metadata in key order, in place.
+    safetensors writes the metadata in the random order of a Rust hash map, so the same
+    model saved twice would give two files (safetensors issue 584); in key order the bytes
+    are a function of the model alone. Only the order changes, so the header keeps its
+    length (spaces pad it, as safetensors pads it to 8 bytes) and the tensors stay where
+    they are."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" not in header:
+            return
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + data[8 + size:]
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # escaped otherwise than safetensors escaped it: left in its order
+            return
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))
 
 
 # What the network digest covers, spelled out: files record their teacher's digest, so a new

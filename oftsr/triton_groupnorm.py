@@ -200,44 +200,50 @@ def installed() -> bool:
     return _kernels() is not None
 
 
-def kernels_work(device: torch.device) -> bool:
-    """Run the kernels once on `device` against `F.group_norm`: False, with a warning, when
-    they fail (a Triton that cannot build its launcher, say) or disagree, so that a broken
-    install costs speed, never an image."""
+def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Run every kernel variant the network uses once on `device`, on `dtype` activations,
+    against PyTorch's ops: False, with a warning, when they fail (a Triton that cannot build
+    its launcher, say) or disagree, so that a broken install costs speed, never an image.
+    Each dtype is compiled apart, so each is checked apart."""
     # A fixed pattern, not random draws: checking must leave the caller's RNG where it was.
     x = torch.arange(2 * 64 * 9 * 7, device=device).mul(0.7).sin().mul(2).add(1).reshape(2, 64, 9, 7)  # mean 1, std 1.4
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.linspace(0.5, 1.5, 64, device=device), torch.linspace(-1, 1, 64, device=device)
     per_image = torch.stack([weight, weight.flip(0)])  # (N, C): a time-embedding scale-shift
+    big = x[..., :8, :6].contiguous(memory_format=torch.channels_last)  # even: the down blocks' pooling
+    small = F.avg_pool2d(big, 2).contiguous(memory_format=torch.channels_last)
+
+    def off(out: torch.Tensor, ref: torch.Tensor) -> float:
+        return (out.float() - ref).abs().max().item()
+
     try:
         with torch.no_grad():
-            error = (group_norm_nhwc(x, 32, weight, bias) - F.group_norm(x, 32, weight, bias)).abs().max().item()
+            xf, bigf, smallf = x.float(), big.float(), small.float()  # the references, in float32
+            error = off(group_norm_nhwc(x, 32, weight, bias), F.group_norm(xf, 32, weight, bias))
             # the variants the network runs: per-image affine with a conv bias folded in, SiLU,
             # and the residual add that carries the output biases
-            ref = F.silu(F.group_norm(x + bias[:, None, None], 32) * per_image[..., None, None] + bias[:, None, None])
-            error = max(error, (group_norm_nhwc(x, 32, per_image, bias.expand(2, 64), silu=True, x_bias=bias)
-                                - ref).abs().max().item())
-            h = x.mul(0.5)
-            error = max(error, (residual_add_(h, x, bias) - (x * 1.5 + bias[:, None, None])).abs().max().item())
+            ref = F.silu(F.group_norm(xf + bias[:, None, None], 32) * per_image[..., None, None] + bias[:, None, None])
+            error = max(error, off(group_norm_nhwc(x, 32, per_image, bias.expand(2, 64), silu=True, x_bias=bias), ref))
+            error = max(error, off(residual_add_(x.mul(0.5), x, bias), xf.mul(0.5).to(dtype).float() + xf
+                                   + bias[:, None, None]))
             # the up and down blocks' variants: the norm written resampled, the skip read resampled
-            big = x[..., :8, :6].contiguous(memory_format=torch.channels_last)
-            small = F.avg_pool2d(big, 2).contiguous(memory_format=torch.channels_last)
-            ref = F.silu(F.group_norm(big, 32, weight, bias))
-            error = max(error, (group_norm_nhwc(big, 32, weight, bias, silu=True, resample="down")
-                                - F.avg_pool2d(ref, 2)).abs().max().item())
-            error = max(error, (group_norm_nhwc(big, 32, weight, bias, silu=True, resample="up")
-                                - F.interpolate(ref, scale_factor=2.0, mode="nearest")).abs().max().item())
-            ref = big * 0.5 + F.interpolate(small, scale_factor=2.0, mode="nearest") + bias[:, None, None]
-            error = max(error, (residual_add_(big.mul(0.5), small, bias, "up") - ref).abs().max().item())
-            ref = small * 0.5 + F.avg_pool2d(big, 2) + bias[:, None, None]
-            error = max(error, (residual_add_(small.mul(0.5), big, bias, "down") - ref).abs().max().item())
+            ref = F.silu(F.group_norm(bigf, 32, weight, bias))
+            error = max(error, off(group_norm_nhwc(big, 32, weight, bias, silu=True, resample="down"),
+                                   F.avg_pool2d(ref, 2)))
+            error = max(error, off(group_norm_nhwc(big, 32, weight, bias, silu=True, resample="up"),
+                                   F.interpolate(ref, scale_factor=2.0, mode="nearest")))
+            ref = bigf * 0.5 + F.interpolate(smallf, scale_factor=2.0, mode="nearest") + bias[:, None, None]
+            error = max(error, off(residual_add_(big.mul(0.5), small, bias, "up"), ref))
+            ref = smallf * 0.5 + F.avg_pool2d(bigf, 2) + bias[:, None, None]
+            error = max(error, off(residual_add_(small.mul(0.5), big, bias, "down"), ref))
     except Exception as e:  # whatever Triton raises while building or launching
-        warnings.warn(f"the Triton GroupNorm does not run on {device} ({type(e).__name__}: {e}); "
+        warnings.warn(f"the Triton GroupNorm does not run on {device} in {dtype} ({type(e).__name__}: {e}); "
                       f"using PyTorch's GroupNorm there", RuntimeWarning, stacklevel=2)
         return False
-    if not error < 1e-3:
-        warnings.warn(f"the Triton GroupNorm is off on {device} by {error:.2g}; using PyTorch's GroupNorm there",
-                      RuntimeWarning, stacklevel=2)
+    # float32 to its rounding; half precision to its own (outputs up to about 5: 2^-7 of that)
+    if not error < (1e-3 if dtype == torch.float32 else 0.05):
+        warnings.warn(f"the Triton GroupNorm is off on {device} by {error:.2g} in {dtype}; using PyTorch's GroupNorm "
+                      f"there", RuntimeWarning, stacklevel=2)
         return False
     return True
 
@@ -259,6 +265,12 @@ def serves(device: torch.device) -> bool:
     return _capable(torch.cuda.current_device() if device.index is None else device.index)
 
 
+@functools.lru_cache(maxsize=None)
+def _works_in(index: int, dtype: torch.dtype) -> bool:
+    # float32 is checked with the device (`_capable`); the half types when first used
+    return dtype == torch.float32 or kernels_work(torch.device("cuda", index), dtype)
+
+
 def available(x: torch.Tensor) -> bool:
     """Whether `group_norm_nhwc` serves this tensor: not inside torch.compile (whose own
     generated kernels fuse the norm in any layout), no autograd (the kernels have no
@@ -266,7 +278,8 @@ def available(x: torch.Tensor) -> bool:
     # `serves` without its driver check: a CUDA tensor has its device index (called per norm)
     return (not torch.compiler.is_compiling() and x.is_cuda and not torch.is_grad_enabled() and x.ndim == 4
             and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-            and x.is_contiguous(memory_format=torch.channels_last) and installed() and _capable(x.device.index))
+            and x.is_contiguous(memory_format=torch.channels_last) and installed() and _capable(x.device.index)
+            and _works_in(x.device.index, x.dtype))
 
 
 def _per_image(p: torch.Tensor | None, n: int, channels: int) -> tuple[torch.Tensor | None, int]:

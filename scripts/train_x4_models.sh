@@ -14,9 +14,9 @@
 # The shipped x4-real pair is the shipped x4 pair fine-tuned in two fixed-time runs on one
 # H100 (about 15 minutes in all; the README's Bundled models has its scores), with
 # DATA/train holding the 241 photographs (as JPEG quality 92, 4:4:4 copies); run 1 with
-# version 0.8.0 of this script and package (its camera chain), run 2 with version 0.10.0
-# (whose camera chain reduced by area, bilinear or bicubic), from the files run 1 wrote
-# into oftsr/weights:
+# version 0.8.0 of this script and package (its camera chain), run 2 with version 0.9.0
+# (whose camera chain, as 0.10's, reduced by area, bilinear or bicubic), from the files
+# run 1 wrote into oftsr/weights:
 #   PRESET=compact TEACHER_MINUTES=5 STUDENT_MINUTES=2.5 TEACHER_DROPOUT=0 TEACHER_WARMUP=100 \
 #   TEACHER_EMA=0.999 INIT_TEACHER=x4 INIT_STUDENT=x4 REALESRGAN_CONFIG=camera EVAL=0 \
 #   DATA=... bash scripts/train_x4_models.sh x4-real runs/x4-real
@@ -153,8 +153,13 @@ mkdir -p "$WORK" "$WEIGHTS_DIR"
 # on Set5 every 5,000 steps with 4 midpoint steps (NFE 7), a cheap check that the run is
 # learning. Skipped for a TEACHER given, which is looked up now: a wrong name stops here.
 if [ -n "${TEACHER:-}" ]; then
-  TEACHER_FILE=$("$PYTHON" -c 'import sys, oftsr; print(oftsr.existing_model_path(sys.argv[1], "teacher", "TEACHER").absolute())' "$TEACHER" 2>&1) \
-    || { echo "error: ${TEACHER_FILE##*Error: }" >&2; exit 2; }
+  # stdout is the path alone; the reason a lookup fails goes to stderr
+  TEACHER_FILE=$("$PYTHON" -c '
+import sys, oftsr
+try:
+    print(oftsr.existing_model_path(sys.argv[1], "teacher", "TEACHER").absolute())
+except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")' "$TEACHER") || exit 2
   echo "distilling from $TEACHER_FILE (TEACHER): no teacher training"
 else
   TEACHER_FILE=$WORK/teacher/teacher.safetensors

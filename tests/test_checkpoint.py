@@ -58,10 +58,13 @@ def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path, student):
     assert path.stat().st_mode & 0o777 == 0o644  # readable like any file, not private like a temp file
 
 
+SOURCE = 'fotó "1"\n\t\x00 🙂.safetensors'  # JSON escapes, and characters beyond ASCII
+
+
 def test_the_same_model_saved_twice_gives_the_same_bytes(tmp_path, student):
     # safetensors alone writes the metadata in a random order per save; ours is in key order.
     for i in range(6):
-        oftsr.save_model(student, tmp_path / f"{i}.safetensors", dtype=torch.float16, source="fotó 1.safetensors")
+        oftsr.save_model(student, tmp_path / f"{i}.safetensors", dtype=torch.float16, source=SOURCE)
     data = [(tmp_path / f"{i}.safetensors").read_bytes() for i in range(6)]
     assert all(d == data[0] for d in data[1:])
     size = int.from_bytes(data[0][:8], "little")
@@ -69,7 +72,7 @@ def test_the_same_model_saved_twice_gives_the_same_bytes(tmp_path, student):
     header = json.loads(data[0][8:8 + size])
     assert list(header["__metadata__"]) == sorted(header["__metadata__"]) and header["__metadata__"]["step"] == "0"
     loaded = oftsr.load_model(tmp_path / "0.safetensors")
-    assert oftsr.read_metadata(tmp_path / "0.safetensors")["source"] == "fotó 1.safetensors"
+    assert oftsr.read_metadata(tmp_path / "0.safetensors")["source"] == SOURCE
     half = {k: v.half() for k, v in student.unet.state_dict().items()}
     assert all(torch.equal(v.half(), half[k]) for k, v in loaded.unet.state_dict().items())
 

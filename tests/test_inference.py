@@ -518,18 +518,20 @@ def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
     from oftsr import triton_groupnorm
 
     def reference(x, groups, weight=None, bias=None, eps=1e-5, silu=False, x_bias=None, resample=None,
-                  pool=F.avg_pool2d):
+                  pool=F.avg_pool2d, up="nearest"):
         # what the kernels compute, in PyTorch's ops: (C,) or per-image (N, C) affine
+        dtype, x = x.dtype, x.float()
         x = x if x_bias is None else x + x_bias[:, None, None]
         y = F.group_norm(x, groups, eps=eps)
         y = y if weight is None else y * weight.reshape(-1, x.shape[1], 1, 1)
         y = y if bias is None else y + bias.reshape(-1, x.shape[1], 1, 1)
         y = F.silu(y) if silu else y
-        return pool(y, 2) if resample == "down" else F.interpolate(y, scale_factor=2.0) if resample == "up" else y
+        y = pool(y, 2) if resample == "down" else F.interpolate(y, scale_factor=2.0, mode=up) if resample == "up" else y
+        return y.to(dtype)
 
-    def add(h, skip, bias, skip_resample=None):
+    def add(h, skip, bias, skip_resample=None, up="nearest"):
         if skip_resample:
-            skip = F.avg_pool2d(skip, 2) if skip_resample == "down" else F.interpolate(skip, scale_factor=2.0)
+            skip = F.avg_pool2d(skip, 2) if skip_resample == "down" else F.interpolate(skip, scale_factor=2.0, mode=up)
         return h.add_(skip + bias[:, None, None])
 
     def broken(*args, **kwargs):
@@ -541,8 +543,10 @@ def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
             (lambda *a, **k: reference(*a, **k) + 0.01, add, False, "is off on cpu by 0.01"),
             (reference, broken, False, "does not run on cpu .*failed to build the launcher"),  # every kernel is checked
             (reference, lambda h, s, b, r=None: add(h, s, b, r).add_(0.5), False, "is off on cpu by 0.5"),
-            # the up and down blocks' variants are checked too
+            # the up and down blocks' variants are checked too, each on its own
             (functools.partial(reference, pool=F.max_pool2d), add, False, "is off on cpu by"),
+            (functools.partial(reference, up="bilinear"), add, False, "is off on cpu by"),
+            (reference, functools.partial(add, up="bilinear"), False, "is off on cpu by"),
             (reference, lambda h, s, b, r=None: add(h, s, b, r and "up"), False, "does not run on cpu")]:
         monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc", norm)
         monkeypatch.setattr(triton_groupnorm, "residual_add_", residual)
@@ -554,6 +558,27 @@ def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
                 assert triton_groupnorm.kernels_work(torch.device("cpu")) is works
         assert torch.equal(torch.get_rng_state(), state)  # the check draws no random numbers
     assert oftsr.model.fastest_layout_is_channels_last(torch.device("cpu")) is True
+
+    # Each activation dtype is compiled apart, so checked apart: bf16 within its rounding,
+    # and a kernel wrong only in bf16 is caught there.
+    monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc", reference)
+    monkeypatch.setattr(triton_groupnorm, "residual_add_", add)
+    assert triton_groupnorm.kernels_work(torch.device("cpu"), torch.bfloat16) is True
+    monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc",
+                        lambda x, *a, **k: reference(x, *a, **k) + (0.1 if x.dtype == torch.bfloat16 else 0))
+    assert triton_groupnorm.kernels_work(torch.device("cpu")) is True
+    with pytest.warns(RuntimeWarning, match=r"is off on cpu by 0.1\d* in torch.bfloat16"):
+        assert triton_groupnorm.kernels_work(torch.device("cpu"), torch.bfloat16) is False
+    # on a GPU: float32 is checked with the device, each half type when a tensor first has it
+    checked = []
+    monkeypatch.setattr(triton_groupnorm, "kernels_work", lambda device, dtype: checked.append(dtype) or dtype != torch.float16)
+    triton_groupnorm._works_in.cache_clear()
+    try:
+        assert triton_groupnorm._works_in(0, torch.float32) and triton_groupnorm._works_in(0, torch.bfloat16)
+        assert not triton_groupnorm._works_in(0, torch.float16) and not triton_groupnorm._works_in(0, torch.float16)
+        assert checked == [torch.bfloat16, torch.float16]  # once each
+    finally:
+        triton_groupnorm._works_in.cache_clear()
 
 
 def test_integer_or_0_255_input_is_refused():

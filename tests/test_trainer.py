@@ -394,7 +394,10 @@ def test_sigterm_saves_the_step_it_stopped_at(train_dir, tmp_path):
         deadline = time.monotonic() + 600
         while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the run and its loader worker
+                except ProcessLookupError:  # all gone already
+                    pass
                 pytest.fail(f"no step logged (exit status {proc.wait()}): {proc.communicate()[1][-3000:]}")
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGTERM)

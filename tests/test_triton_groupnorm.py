@@ -227,6 +227,20 @@ def test_norm_and_residual_add_resample_as_the_up_and_down_blocks_do():
         assert err <= bound, (key, err)
 
 
+def test_the_one_time_check_passes_the_real_kernels_in_every_dtype():
+    # kernels_work runs every variant against PyTorch's ops; the real kernels pass it in
+    # float32 and in both half types (each compiled apart), without a warning
+    result = _interpret("""
+        import json, warnings, torch
+        from oftsr.triton_groupnorm import kernels_work
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            print(json.dumps({str(d): kernels_work(torch.device("cpu"), d)
+                              for d in (torch.float32, torch.bfloat16, torch.float16)}))
+    """)
+    assert result == {"torch.float32": True, "torch.bfloat16": True, "torch.float16": True}
+
+
 def test_kernel_path_is_off_on_cpu_and_refuses_nchw():
     x = torch.randn(1, 32, 4, 4).contiguous(memory_format=torch.channels_last)
     assert not triton_groupnorm.available(x)  # CPU tensor: PyTorch's kernel
