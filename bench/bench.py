@@ -307,8 +307,13 @@ def bench_fastpath(args, device) -> None:
                 with reference_ops():
                     return model.velocity(x, x, 0.5)
 
-            def variant(**opts):
-                return (lambda: model.optimize(**opts), lambda: model.velocity(x, x, 0.5))
+            transposed = oftsr.unet.UPSAMPLE_CONV_TRANSPOSED.get(device.type, False)
+
+            def variant(upsample_transposed: bool = transposed, **opts):
+                def setup():
+                    oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = upsample_transposed
+                    model.optimize(**opts)
+                return (setup, lambda: model.velocity(x, x, 0.5))
 
             variants = {"authors' network (NCHW fp32, ADM ops)": (lambda: model.optimize(channels_last=False),
                                                                     reference_forward),
@@ -318,6 +323,11 @@ def bench_fastpath(args, device) -> None:
                 variants["fast ops, channels_last"] = variant(channels_last=True)
             if half is not None:
                 variants["default" + amp] = variant(autocast=half)
+            # the up-sampling blocks the other way (ADM's up-sampling then conv, or one transposed
+            # conv), in the precision the CLI and nodes run on the device (bf16 on a GPU)
+            other = "ADM's up-sampling then conv" if transposed else "up-sampling conv as one transposed conv"
+            gpu_half = half if device.type == "cuda" else None
+            variants[f"default{amp if gpu_half else ''}, {other}"] = variant(not transposed, autocast=gpu_half)
             if device.type == "cuda" and triton_groupnorm.serves(device):
                 # the default there (channels_last convolutions, no layout copies around the
                 # norms), against the NCHW path with PyTorch's GroupNorm that it replaced
@@ -326,12 +336,15 @@ def bench_fastpath(args, device) -> None:
             with torch.inference_mode():
                 model.optimize(channels_last=False)
                 reference = reference_forward()
-                secs = interleaved(variants, device, args.repeat)
+                try:
+                    secs = interleaved(variants, device, args.repeat)
+                finally:
+                    oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = transposed
                 for mode in compile_modes(args):  # on the device's default layout, as `oftsr --compile` runs it
                     amp_dtype = half if device.type == "cuda" else None
                     compiled, first = compiled_variant(model, mode, amp_dtype, lambda m: m.velocity(x, x, 0.5))
                     name = f"default{amp if amp_dtype else ''} + torch.compile {mode or 'default'} (first call {first:.0f} s)"
-                    variants[name] = (lambda: None, compiled)
+                    variants[name] = (variant()[0], compiled)  # the default settings, as it was compiled with
                     authors = "authors' network (NCHW fp32, ADM ops)"
                     secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device, args.repeat)[name]
                 for name, (setup, fn) in variants.items():
@@ -339,6 +352,7 @@ def bench_fastpath(args, device) -> None:
                     diff = (fn() - reference).abs().max().item()
                     base = secs["authors' network (NCHW fp32, ADM ops)"]
                     rows.append([preset, f"{size}", name, f"{secs[name] * 1e3:.1f}", f"{base / secs[name]:.2f}", f"{diff:.1e}"])
+                oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = transposed
     table(f"Fast path against the authors' network, identical weights and inputs (batch {args.batch}, median of "
           f"{args.repeat} interleaved runs), {device_name(device)}",
           ["preset", "px", "path", "ms / forward", "speed-up", "max |diff|"], rows)

@@ -172,6 +172,13 @@ def _reference_ops_on() -> bool:
     return not torch.compiler.is_compiling() and _REFERENCE_OPS.get()
 
 
+# Device types whose up-sampling blocks run their conv as one transposed conv
+# (`upsample_conv3x3`) instead of ADM's up-sampling then conv: measured on CPUs (that
+# layer 0.9x to 1.7x by shape, the whole forward within the noise, 0.44x the FLOPs); on
+# CUDA not measured yet (`bench.py --only fastpath` times both there).
+UPSAMPLE_CONV_TRANSPOSED = {"cpu": True, "cuda": False}
+
+
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`conv3x3(nearest_upsample_2x(x))` (padding 1) without the up-sampled tensor: one
     stride-2 transposed conv with 4x4 taps, 16 per input pixel instead of 36.
@@ -251,19 +258,15 @@ class ResBlock(nn.Module):
         norm, conv = self.in_layers[0], self.in_layers[2]  # in_layers = norm, SiLU, conv
         skip_conv = None if isinstance(self.skip_connection, nn.Identity) else self.skip_connection
         resample = self.resample
-        skip_resample = None  # the skip branch's resampling, when the residual add does it as it reads x
-        if self.up and not fused and not x.is_cuda:
-            # 0.44x the FLOPs of this conv (measured on CPUs; CUDA keeps ADM's order below).
-            h = upsample_conv3x3(norm.normalize(x, norm.weight, norm.bias, silu=True), conv.weight, conv.bias)
+        # ADM resamples after norm+SiLU and before the conv, on both branches. The Triton norm
+        # writes h resampled, or an up-sampling conv takes h as it is (`upsample_conv3x3`);
+        # the residual add reads an identity skip resampled.
+        transposed = self.up and UPSAMPLE_CONV_TRANSPOSED.get(x.device.type, False)
+        h = norm.normalize(x, norm.weight, norm.bias, silu=True, resample=None if transposed else resample)
+        h = upsample_conv3x3(h, conv.weight, None if fused else conv.bias) if transposed else _conv(conv, h, not fused)
+        skip_resample = resample if fused and skip_conv is None else None
+        if resample and not skip_resample:
             x = _resample_2x(x, resample)
-        else:
-            # ADM resamples after norm+SiLU and before the conv, on both branches; the Triton
-            # norm writes h resampled, and the residual add reads an identity skip resampled.
-            h = _conv(conv, norm.normalize(x, norm.weight, norm.bias, silu=True, resample=resample), not fused)
-            if resample and fused and skip_conv is None:
-                skip_resample = resample
-            elif resample:
-                x = _resample_2x(x, resample)
         h = self._scale_shift_norm(h, emb, conv.bias if fused else None)  # out_layers = norm, SiLU, dropout, conv
         out_conv = self.out_layers[3]
         h = _conv(out_conv, self.out_layers[2](h), not fused)

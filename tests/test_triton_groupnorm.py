@@ -114,12 +114,14 @@ def test_resblock_adds_the_biases_it_left_out_where_a_later_op_falls_back():
     # to PyTorch's ops and must add those biases themselves (identity and conv skips).
     result = _interpret("""
         import json, torch
-        from oftsr import triton_groupnorm
+        from oftsr import triton_groupnorm, unet
         from oftsr.unet import ResBlock
         torch.manual_seed(0)
         errors = {}
-        for cin, cout, up, down in [(64, 64, False, False), (64, 96, False, False), (64, 64, True, False),
-                                    (64, 64, False, True)]:
+        for cin, cout, up, down, transposed in [(64, 64, False, False, True), (64, 96, False, False, True),
+                                                (64, 64, True, False, True), (64, 64, True, False, False),
+                                                (64, 64, False, True, True)]:
+            unet.UPSAMPLE_CONV_TRANSPOSED["cpu"] = transposed
             block = ResBlock(cin, 128, cout, up=up, down=down).eval()
             with torch.no_grad():
                 for p in block.parameters():
@@ -131,22 +133,25 @@ def test_resblock_adds_the_biases_it_left_out_where_a_later_op_falls_back():
                 triton_groupnorm.available = lambda t: t is x
                 out = block(x, emb)
                 triton_groupnorm.available = lambda t: False
-            key = f"{cin}->{cout}" + (" up" if up else " down" if down else "")
+            key = f"{cin}->{cout}" + (" up" if up else " down" if down else "") + ("" if transposed else " adm")
             errors[key] = (out - ref).abs().max().item()
             errors[key + " scale"] = ref.abs().max().item()
         print(json.dumps(errors))
     """)
     # the up and down blocks: their norm wrote h resampled, and the skip is resampled by PyTorch
-    for key in ("64->64", "64->96", "64->64 up", "64->64 down"):
+    for key in ("64->64", "64->96", "64->64 up", "64->64 up adm", "64->64 down"):
         assert result[key] < 1e-4 and result[key + " scale"] > 1, result
 
-def test_unet_with_fused_norms_matches_default_path():
+@pytest.mark.parametrize("transposed", [True, False], ids=["transposed up-sampling conv", "norm writes up-sampled"])
+def test_unet_with_fused_norms_matches_default_path(transposed):
     # The whole network with every GroupNorm(+scale-shift+SiLU) through the kernels (forced
-    # on, as the interpreter's tensors are on the CPU), against the default CPU path.
-    result = _interpret("""
+    # on, as the interpreter's tensors are on the CPU), against the default CPU path; the
+    # up-sampling blocks either way (the norm writes h up-sampled, or the conv is transposed).
+    result = _interpret(f"""
         import json, torch
         import oftsr
-        from oftsr import triton_groupnorm
+        from oftsr import triton_groupnorm, unet
+        unet.UPSAMPLE_CONV_TRANSPOSED["cpu"] = {transposed}
         model = oftsr.create_model("tiny", role="teacher", seed=0).eval()
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -166,8 +171,8 @@ def test_unet_with_fused_norms_matches_default_path():
             residual_add_ = triton_groupnorm.residual_add_
             triton_groupnorm.residual_add_ = lambda *a: adds.append(a[3]) or residual_add_(*a)
             fused = model.velocity(x, x.flip(-1), t)
-        print(json.dumps({"diff": (fused - ref).abs().max().item(), "scale": ref.abs().max().item(),
-                          "calls": len(calls), "adds": adds}))
+        print(json.dumps({{"diff": (fused - ref).abs().max().item(), "scale": ref.abs().max().item(),
+                          "calls": len(calls), "adds": adds}}))
     """)
     # every ResBlock's biases rode in its norm and residual add (the tiny preset has 11), and
     # the up and down blocks' skips were resampled there
