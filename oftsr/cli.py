@@ -503,7 +503,8 @@ def _add_override_args(p: argparse.ArgumentParser) -> None:
 
 
 DEVICE_HELP = "auto (CUDA, then MPS, else CPU), or cpu, cuda, cuda:1, mps, xpu (default auto)"
-DTYPE_HELP = "auto = bf16/fp16 on CUDA, fp32 elsewhere"
+DTYPE_HELP = ("auto = bf16/fp16 on CUDA, fp32 elsewhere; on a CPU with AVX512-bf16 or AMX, bf16 is about 1.8x "
+              "faster, its output about 60 dB PSNR from fp32's")
 
 
 def build_parser() -> argparse.ArgumentParser:
