@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import oftsr  # noqa: E402
 from oftsr import triton_groupnorm  # noqa: E402
+from oftsr.devices import cpu_has_native_bf16  # noqa: E402
 from oftsr.unet import count_parameters, reference_ops  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) for the model-FLOP-utilisation column.
@@ -268,11 +269,6 @@ def bench_memory(args, device) -> None:
           ["input", "output", "command", "network", "peak RSS (MiB)", "CUDA max allocated (MiB)", "s"], rows)
 
 
-def _cpu_has_bf16() -> bool:
-    # AVX512-bf16 or AMX: without them oneDNN emulates bf16 and autocast halves the speed.
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def compiled_variant(model: oftsr.OFTSRModel, mode: str | None, autocast: torch.dtype | None, call) -> tuple:
     """Compiles a copy of the model's network (in `mode`, None: torch's default), timing its first call, and
     returns (fn, first-call seconds), where fn runs `call(copy)`. A copy, because the other
@@ -295,7 +291,7 @@ def compile_modes(args) -> list[str | None]:
 def bench_fastpath(args, device) -> None:
     """The default path (what `load_model` returns) against the authors' network on the same
     weights: NCHW float32 with ADM's op-by-op ResBlocks and einsum attention."""
-    half = fastest_dtype(device) if device.type == "cuda" else torch.bfloat16 if _cpu_has_bf16() else None
+    half = fastest_dtype(device) if device.type == "cuda" else torch.bfloat16 if cpu_has_native_bf16() else None
     amp = "" if half is None else f" + autocast {str(half).removeprefix('torch.')}"
     rows = []
     for preset in args.presets:

@@ -43,3 +43,12 @@ def resolve_device(name: str | torch.device, what: str = "--device") -> torch.de
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-bf16 or AMX, as oneDNN reports it).
+    Without them oneDNN emulates bf16, at about half float32's speed."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 import oftsr
+import oftsr.cli
 from oftsr.cli import main
 from oftsr.images import load_image, save_image
 
-from conftest import make_model
+from conftest import make_model, smooth_image
 
 
 @pytest.fixture
@@ -813,3 +814,24 @@ def test_warnings_name_the_option_that_keeps_what_was_lost(tmp_path, model_files
         code, _, err = _run_cli(["upscale", str(inputs / "rgba.png"), "-o", str(tmp_path / "one.jpg"), "--model",
                                  str(model_files[0]), "-q", *extra], capsys)
         assert code == 0 and "name the output .png to keep its alpha" in err and "--format" not in err
+
+
+def test_auto_dtype_is_bf16_on_cpus_with_native_bf16_but_not_for_evaluation(tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    assert oftsr.cli.resolve_dtype("auto", cpu) == torch.float32  # (the suite's default: no native bf16)
+    monkeypatch.setattr(oftsr.cli, "cpu_has_native_bf16", lambda: True)
+    assert oftsr.cli.resolve_dtype("auto", cpu) == torch.bfloat16
+    assert oftsr.cli.resolve_dtype("auto", cpu, cpu_bf16=False) == torch.float32  # evaluation figures
+    assert oftsr.cli.resolve_dtype("fp32", cpu) == torch.float32  # asked for: as asked
+    assert oftsr.cli.resolve_dtype("auto", torch.device("mps")) == torch.float32
+    # End to end: the bundled student in bf16 writes an image a few levels at most from float32's.
+    rgb = (smooth_image(24, 20) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    Image.fromarray(rgb).save(tmp_path / "in.png")
+    outs = {}
+    for dtype in ("auto", "fp32"):
+        assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / f"{dtype}.png"), "--dtype", dtype,
+                     "--t", "0.5", "-q"]) == 0
+        outs[dtype] = np.asarray(Image.open(tmp_path / f"{dtype}.png")).astype(float)
+    difference = np.abs(outs["auto"] - outs["fp32"])
+    assert outs["auto"].shape == (96, 80, 3) and 0 < difference.max() <= 4, difference.max()
+    assert 10 * np.log10(255 ** 2 / np.mean(difference ** 2)) > 50
