@@ -110,9 +110,10 @@ def _unsupported_samples(path: Path, sample_type: str) -> UnsupportedImage:
 
 
 def _display_floats(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Floating-point samples (a 32-bit TIFF) taken as display values in [0, 1], as
-    Photoshop's and GIMP's 32-bit exports of an ordinary photograph hold them; HDR values
-    beyond that have no place in an 8- or 16-bit result and are refused, not clipped."""
+    """Floating-point samples (a 32-bit TIFF) taken as display values in [0, 1], as GIMP's
+    perceptual float precision holds them (Photoshop's 32-bit mode and GIMP's linear one
+    hold linear light, which this reads too dark: the README says so); HDR values beyond
+    that have no place in an 8- or 16-bit result and are refused, not clipped."""
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise UnsupportedImage(f"{path.name}: floating-point samples with NaN or infinite values")
