@@ -160,11 +160,11 @@ def _kernels():
 
     @triton.jit
     def _residual_add(h_ptr, skip_ptr, bias_ptr, rows, channels, hw, w, hw_skip, w_skip,
-                      SKIP_RESAMPLE: tl.constexpr, TAPS: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
+                      RESAMPLE: tl.constexpr, TAPS: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
                       BLOCK_CHANNELS: tl.constexpr):
         # h += skip + bias[c] over channels_last memory seen as (pixels, channels): a 2D block,
         # so the channel of an element is its column, not a 64-bit remainder per element.
-        # With SKIP_RESAMPLE the skip is read at its own size, nearest up-sampled (1) or 2x2
+        # With RESAMPLE the skip is read at its own size, nearest up-sampled (1) or 2x2
         # average-pooled (2) on the way, as ADM's up and down blocks resample it.
         p = tl.program_id(0) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
         c = tl.program_id(1) * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
@@ -172,13 +172,13 @@ def _kernels():
         mask = (p < rows)[:, None] & c_ok[None, :]
         offsets = p[:, None].to(tl.int64) * channels + c[None, :]
         h = tl.load(h_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        if SKIP_RESAMPLE == 0:
+        if RESAMPLE == 0:
             skip = tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         else:
             n = p // hw
             oy = (p - n * hw) // w
             ox = p - n * hw - oy * w
-            if SKIP_RESAMPLE == 1:
+            if RESAMPLE == 1:
                 q = (oy // 2) * w_skip + ox // 2
             else:
                 q = (2 * oy) * w_skip + 2 * ox
@@ -187,7 +187,7 @@ def _kernels():
             skip = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
             for tap in tl.static_range(TAPS):
                 skip += tl.load(source + ((tap // 2) * w_skip + tap % 2) * channels, mask=mask, other=0.0).to(tl.float32)
-            if SKIP_RESAMPLE == 2:
+            if RESAMPLE == 2:
                 skip = skip * 0.25
         b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
         tl.store(h_ptr + offsets, (h + skip + b[None, :]).to(h_ptr.dtype.element_ty), mask=mask)
@@ -292,8 +292,9 @@ def _per_image(p: torch.Tensor | None, n: int, channels: int) -> tuple[torch.Ten
     return p.float().contiguous(), channels if p.ndim == 2 and p.shape[0] == n and n > 1 else 0
 
 
-# What a `resample` argument names, as the kernels number it: ADM's up and down blocks.
-_RESAMPLE = {None: 0, "up": 1, "down": 2}
+# What a `resample` argument names, as the kernels take it (their RESAMPLE code, and TAPS:
+# the input pixels read per output pixel): ADM's up and down blocks.
+_RESAMPLE = {None: dict(RESAMPLE=0, TAPS=1), "up": dict(RESAMPLE=1, TAPS=1), "down": dict(RESAMPLE=2, TAPS=4)}
 
 
 def _resampled_size(h: int, w: int, resample: str | None) -> tuple[int, int]:
@@ -346,8 +347,8 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
         BLOCK_CHUNKS=_BLOCK_CHUNKS, BLOCK_GROUP=triton.next_power_of_2(per_group))
     y = torch.empty((n, channels, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     apply_kernel[(triton.cdiv(out_h * out_w, _BLOCK_PIXELS), cblocks, n)](
-        x, y, gain, offset, out_h * out_w, out_w, hw, w, channels, SILU=silu, RESAMPLE=_RESAMPLE[resample],
-        TAPS=4 if resample == "down" else 1, BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
+        x, y, gain, offset, out_h * out_w, out_w, hw, w, channels, SILU=silu, **_RESAMPLE[resample],
+        BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     return y
 
 
@@ -374,6 +375,5 @@ def residual_add_(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
     rows = n * height * width
     add_kernel[(triton.cdiv(rows, _BLOCK_PIXELS), triton.cdiv(channels, _BLOCK_CHANNELS))](
         h, skip, bias, rows, channels, height * width, width, skip.shape[2] * skip.shape[3], skip.shape[3],
-        SKIP_RESAMPLE=_RESAMPLE[skip_resample], TAPS=4 if skip_resample == "down" else 1,
-        BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
+        **_RESAMPLE[skip_resample], BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     return h

@@ -193,12 +193,12 @@ run_stage "${STUDENT_MINUTES:-}" "$WORK/student" "$WORK/student/student.safetens
 # Stage 3: the shipped files, EMA weights in fp16 (more mantissa than bf16; weights are far
 # inside its range). The loader casts them back to float32 (or the dtype asked for).
 for role in teacher student; do
-  source=$WORK/$role/$role.safetensors
-  [ "$role" = teacher ] && source=$TEACHER_FILE
-  if [ "$(realpath -m "$source")" = "$(realpath -m "$WEIGHTS_DIR/$NAME-$role.safetensors")" ]; then
+  src=$WORK/$role/$role.safetensors
+  [ "$role" = teacher ] && src=$TEACHER_FILE
+  if [ "$(realpath -m "$src")" = "$(realpath -m "$WEIGHTS_DIR/$NAME-$role.safetensors")" ]; then
     continue  # a TEACHER that is already the shipped file
   fi
-  "$PYTHON" -m oftsr convert "$source" "$WEIGHTS_DIR/$NAME-$role.safetensors" --dtype fp16 --overwrite
+  "$PYTHON" -m oftsr convert "$src" "$WEIGHTS_DIR/$NAME-$role.safetensors" --dtype fp16 --overwrite
   size=$(stat -c %s "$WEIGHTS_DIR/$NAME-$role.safetensors")
   if [ "$size" -gt $((40 * 1000 * 1000)) ]; then
     echo "error: $NAME-$role.safetensors is $size bytes, over the 40 MB a bundled file may take" >&2; exit 1
