@@ -1,5 +1,6 @@
 """Colour correction: keep the low-frequency colour of a reference (the bicubic upsample
-of the input) under the detail of a super-resolved image.
+of the input) under the detail of a super-resolved image. Also the sRGB transfer curve,
+for pixels that hold linear light.
 
 Pure torch. Images are (B, C, H, W)
 floats in [0, 1]; `reference` may have any size (it is resized bicubically to the
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 COLOR_FIX_MODES = ("none", "wavelet", "adain")
 
 __all__ = ["COLOR_FIX_MODES", "adain_color_fix", "bleed_colour", "split_alpha", "wavelet_color_fix", "wavelet_lowpass",
-           "color_fix"]
+           "color_fix", "srgb_encode", "srgb_decode"]
 
 
 def _reference_like(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -110,3 +111,22 @@ def bleed_colour(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         coarse = F.interpolate(filled, size=c.shape[-2:], mode="bilinear", align_corners=False)
         filled = torch.where(k > 0, c / k.clamp_min(1e-12), coarse)
     return torch.where(known > 0, colour, filled).to(dtype)
+
+
+def _on_colour(image: torch.Tensor, curve) -> torch.Tensor:
+    k = 1 if image.shape[1] <= 2 else 3  # gray (+ alpha) or RGB (+ alpha): alpha is a coverage, not light
+    colour = curve(image[:, :k].float().clamp(0, 1)).to(image.dtype)
+    return torch.cat([colour, image[:, k:]], dim=1) if image.shape[1] > k else colour
+
+
+def srgb_encode(image: torch.Tensor) -> torch.Tensor:
+    """Linear light in [0, 1] to sRGB-encoded values (IEC 61966-2-1), on the colour channels
+    of a (B, C, H, W) image. The network learned gamma-encoded photographs: linear pixels
+    would put most of their tones in its shadows."""
+    return _on_colour(image, lambda x: torch.where(x <= 0.0031308, 12.92 * x,
+                                                   1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055))
+
+
+def srgb_decode(image: torch.Tensor) -> torch.Tensor:
+    """The inverse of `srgb_encode`: sRGB-encoded values back to linear light."""
+    return _on_colour(image, lambda x: torch.where(x <= 0.04045, x / 12.92, ((x.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4))

@@ -110,10 +110,9 @@ def _unsupported_samples(path: Path, sample_type: str) -> UnsupportedImage:
 
 
 def _display_floats(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Floating-point samples (a 32-bit TIFF) taken as display values in [0, 1], as GIMP's
-    perceptual float precision holds them (Photoshop's 32-bit mode and GIMP's linear one
-    hold linear light, which this reads too dark: the README says so); HDR values beyond
-    that have no place in an 8- or 16-bit result and are refused, not clipped."""
+    """Floating-point samples (a 32-bit TIFF) as values in [0, 1]: display values, or linear
+    light under a gamma-1 profile, which the CLI encodes for the network (`oftsr.icc`); HDR
+    values beyond 1 have no place in an 8- or 16-bit result and are refused, not clipped."""
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise UnsupportedImage(f"{path.name}: floating-point samples with NaN or infinite values")
@@ -339,7 +338,8 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     pixel size left out, its XMP likewise, and its DPI. Only the keys the file has; reads
     the header, not the pixels. From a TIFF, whose first IFD mostly describes its own layout,
     the EXIF keeps the camera and GPS blocks and the descriptive tags (make, model, date,
-    artist, copyright). Metadata that cannot be parsed is left out: it must never cost the image."""
+    artist, copyright); from a TIFF only tifffile reads (float colour), the profile, XMP and
+    DPI. Metadata that cannot be parsed is left out: it must never cost the image."""
     found: dict[str, object] = {}
     try:
         with Image.open(path) as im:
@@ -361,7 +361,33 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
             for tag in _EXIF_PIXEL_SIZE:
                 sub.pop(tag, None)
             found["exif"] = exif.tobytes()
+    except UnidentifiedImageError:  # a TIFF Pillow does not open (float colour, 16-bit gray + alpha)
+        return _tifffile_metadata(path)
     except Exception:  # any decoder or parser error: keep what was read so far
+        pass
+    return found
+
+
+def _tifffile_metadata(path: str | os.PathLike) -> dict[str, object]:
+    """The ICC profile, XMP and DPI of a TIFF that only tifffile reads (its EXIF is left out:
+    a 16-bit TIFF result holds none). Empty for a file that is not such a TIFF."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            tags = {tag.code: tag.value for tag in tif.pages[0].tags}
+    except Exception:
+        return {}
+    found: dict[str, object] = {}
+    if isinstance(tags.get(34675), bytes) and len(tags[34675]) >= 20:  # InterColorProfile
+        found["icc_profile"] = tags[34675]
+    if tags.get(700):  # XMP
+        found["xmp"] = _upright_xmp(bytes(tags[700]))
+    per_inch = {2: 1.0, 3: 2.54}.get(int(tags.get(296, 2)))  # ResolutionUnit: inch or centimetre
+    try:
+        if per_inch and 282 in tags and 283 in tags:
+            found["dpi"] = tuple(float(n) / float(d) * per_inch for n, d in (tags[282], tags[283]))
+    except (TypeError, ValueError, ZeroDivisionError):
         pass
     return found
 

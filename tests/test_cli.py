@@ -444,6 +444,37 @@ def test_upscale_keeps_the_colour_profile_exif_and_dpi(tmp_path, model_files):
         assert out.getexif()[0x0112] == 1  # already upright: a viewer must not turn it again
 
 
+def test_linear_light_is_upscaled_as_its_srgb_encoding_and_written_back_linear(tmp_path, model_files):
+    """A float TIFF under a gamma-1 profile (Photoshop's 32-bit mode) holds linear light: the
+    network gets the same values as from the photograph's sRGB encoding, and the result is
+    decoded again, so the kept profile still describes it."""
+    import tifffile
+    from test_icc import LINEAR, _rgb
+
+    from oftsr.color import srgb_decode, srgb_encode
+
+    photo = smooth_image(10, 12, seed=3)  # display values
+    linear_icc = _rgb(LINEAR["gamma 1.0"])
+    tifffile.imwrite(tmp_path / "linear.tif", srgb_decode(photo)[0].permute(1, 2, 0).numpy(), photometric="rgb",
+                     iccprofile=linear_icc)
+    tifffile.imwrite(tmp_path / "display.tif", photo[0].permute(1, 2, 0).numpy(), photometric="rgb")
+    for name in ("linear", "display"):
+        assert main(["upscale", str(tmp_path / f"{name}.tif"), "-o", str(tmp_path / f"{name}_x4.tif"), "--model",
+                     str(model_files[0]), "--t", "0.5", "-q"]) == 0
+    linear, depth = load_image(tmp_path / "linear_x4.tif")
+    display, _ = load_image(tmp_path / "display_x4.tif")
+    with Image.open(tmp_path / "linear_x4.tif") as out:
+        assert out.info["icc_profile"] == linear_icc and depth == 16
+    # 16 bits of linear light: a level is up to 12.92 / 65535 once encoded
+    assert (srgb_encode(linear) - display).abs().max() < 5e-4
+    assert (linear - display).abs().max() > 0.1  # not the display values under a linear profile
+    # and without the profile the same linear pixels are taken as display values, as they must be then
+    tifffile.imwrite(tmp_path / "bare.tif", srgb_decode(photo)[0].permute(1, 2, 0).numpy(), photometric="rgb")
+    assert main(["upscale", str(tmp_path / "bare.tif"), "-o", str(tmp_path / "bare_x4.tif"), "--model",
+                 str(model_files[0]), "--t", "0.5", "-q"]) == 0
+    assert (load_image(tmp_path / "bare_x4.tif")[0] - linear).abs().max() > 0.01
+
+
 def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
     student = str(model_files[0])
     cases = [

@@ -206,6 +206,31 @@ def test_metadata_fits_what_is_written(tmp_path):
             assert (out.info.get("icc_profile") == profile) is kept_profile, (profile[16:20], suffix)
 
 
+def test_metadata_of_tiffs_pillow_cannot_open_is_read_with_tifffile(tmp_path):
+    """Float colour and 16-bit gray + alpha TIFFs (Photoshop's 32-bit mode, GIMP's float
+    exports) keep their profile, XMP and DPI too."""
+    import tifffile
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    xmp = b'<x:xmpmeta><rdf:Description tiff:Orientation="6" tiff:ImageWidth="8" xmp:Rating="4"/></x:xmpmeta>'
+    rgb = np.random.default_rng(0).random((4, 8, 3), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", rgb, photometric="rgb", iccprofile=srgb, resolution=(300, 300),
+                     resolutionunit=2, extratags=[(700, 1, len(xmp), xmp, True)])
+    tifffile.imwrite(tmp_path / "ga.tif", np.zeros((4, 8, 2), np.uint16), photometric="minisblack",
+                     extrasamples=("unassalpha",), resolution=(100, 100), resolutionunit=3)  # per centimetre
+    meta = read_image_metadata(tmp_path / "f.tif")
+    assert sorted(meta) == ["dpi", "icc_profile", "xmp"] and meta["icc_profile"] == srgb
+    assert meta["dpi"] == pytest.approx((300, 300)) and b'tiff:Orientation="1"' in meta["xmp"]
+    assert b"ImageWidth" not in meta["xmp"] and b'xmp:Rating="4"' in meta["xmp"]
+    assert read_image_metadata(tmp_path / "ga.tif") == {"dpi": pytest.approx((254, 254))}
+    save_image(load_image(tmp_path / "f.tif")[0], tmp_path / "out.tif", bit_depth=16, metadata=meta)
+    with Image.open(tmp_path / "out.tif") as out:
+        assert out.info["icc_profile"] == srgb and out.info["dpi"] == pytest.approx((300, 300))
+    (tmp_path / "junk.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    assert read_image_metadata(tmp_path / "junk.tif") == {}
+
+
 def test_a_float_tiff_loads_without_a_warning(tmp_path):
     import warnings
 
