@@ -19,10 +19,9 @@ from . import __version__
 from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
 from .files import check_new_file
-from .icc import has_linear_tone_curve
 from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_count, list_images, load_image,
                      read_image_metadata, save_image)
-from .color import COLOR_FIX_MODES, color_fix, srgb_decode, srgb_encode
+from .color import COLOR_FIX_MODES, color_fix
 from .devices import cpu_has_native_bf16, resolve_device
 from .inference import OUTPUT_DTYPES, is_out_of_memory, parse_t_values, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
@@ -282,11 +281,6 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
 
     image, depth = load_image(src)
     metadata = read_image_metadata(src)
-    # Linear light (a profile with gamma-1 curves) is sRGB-encoded for the network, which learned
-    # gamma-encoded photographs, and the result decoded, so the kept profile still describes it.
-    linear = has_linear_tone_curve(metadata.get("icc_profile"))
-    if linear:
-        image = srgb_encode(image)
     frames = frame_count(src)
     if frames > 1:
         tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
@@ -298,14 +292,12 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
     # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
     levels = torch.uint16 if depth == 16 else torch.uint8
     resized = size != (image.shape[-2] * model.scale, image.shape[-1] * model.scale)
-    if args.color_fix == "none" and not resized and not linear:
+    if args.color_fix == "none" and not resized:
         result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
-    else:  # correction, decoding and resizing need the float result: 4 bytes a value, not 1 or 2
+    else:  # correction and resizing need the float result: 4 bytes a value, not 1 or 2
         result = run(model, image, progress, torch.float32)
         if args.color_fix != "none":
             result = color_fix(result, image, args.color_fix)
-        if linear:
-            result = srgb_decode(result)
         if resized:
             result = resize(result, size)
         result = (result * OUTPUT_DTYPES[levels]).round().to(levels)  # both clamp to [0, 1]
@@ -381,8 +373,6 @@ def _write_sheets(sheets: list[tuple[Path, list[Path]]], ts: list[float], qualit
         cells = []
         for result in results:
             image = load_image(result)[0]  # written upright: (1, C, H, W) in [0, 1]
-            if has_linear_tone_curve(read_image_metadata(result).get("icc_profile")):
-                image = srgb_encode(image)  # the sheet has no profile: sRGB values
             image = on_checkerboard(image)  # a sheet has no alpha: transparency shown as editors show it
             h, w = image.shape[-2:]
             fit = min(1.0, (MAX_GRID_SIDE - 4 * len(results)) / (len(results) * w), MAX_GRID_SIDE * 0.9 / h)

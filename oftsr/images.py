@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .color import srgb_decode, srgb_encode
 from .files import atomic_write
+from .icc import has_linear_tone_curve
 from .inference import OUTPUT_DTYPES, check_unit_range, image_hint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -265,7 +267,10 @@ def _read_unidentified_tiff(path: Path, error: Exception) -> tuple[np.ndarray, i
 
 def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     """(1, C, H, W) float32 in [0, 1] with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
-    (RGBA), and the source bit depth (8 or 16). The format is decided by content, not by the file name."""
+    (RGBA), and the source bit depth (8 or 16). The format is decided by content, not by the file name.
+    Values are display (gamma-encoded) values, as the network learned them: a file whose ICC
+    profile has linear tone curves (Photoshop's 32-bit mode, a raw converter's linear export)
+    is sRGB-encoded here, and `save_image` decodes it again when it writes that profile."""
     path = Path(path)
     if path.suffix.lower() in HEIF_SUFFIXES and _is_heif(path):  # a JPEG under a .heic name needs no pillow-heif
         _register_heif(path)
@@ -288,7 +293,20 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:  # some decoders hand out read-only buffers, which torch warns about
         arr = arr.copy()
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].clamp(0, 1), depth
+    image = torch.from_numpy(arr).permute(2, 0, 1)[None].clamp(0, 1)
+    if has_linear_tone_curve(_icc_profile(path)):  # the network learned gamma-encoded photographs
+        image = srgb_encode(image)
+    return image, depth
+
+
+def _icc_profile(path: Path) -> bytes | None:
+    try:
+        with Image.open(path) as im:
+            return im.info.get("icc_profile")
+    except UnidentifiedImageError:  # a TIFF only tifffile opens
+        return _tifffile_metadata(path).get("icc_profile")
+    except Exception:
+        return None
 
 
 # XMP properties that describe the old pixels: the orientation (already applied) and the size.
@@ -499,8 +517,10 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     written: `bit_depth=16` gives 16 as PNG or TIFF, and 8 otherwise (JPEG, WebP and BMP
     have 8 bits) -- the caller can say so. `metadata` (from `read_image_metadata`) is
     written where the format holds it: ICC profile, EXIF, XMP and DPI (a 16-bit TIFF
-    keeps the profile, XMP and DPI, not the EXIF; BMP the DPI only). JPEG and WebP are written at `quality`;
-    JPEG has no alpha, so an image with alpha is flattened onto white."""
+    keeps the profile, XMP and DPI, not the EXIF; BMP the DPI only). The image holds display
+    values, as `load_image` returns them: under a written profile with linear tone curves
+    they are decoded to linear light. JPEG and WebP are written at `quality`; JPEG has no
+    alpha, so an image with alpha is flattened onto white."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -508,16 +528,17 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
                          f"{', '.join(IMAGE_SUFFIXES)}")
     fmt = Image.registered_extensions()[suffix]
     image = _check_savable(image, bit_depth)
-    metadata = metadata or {}
+    extra = {k: v for k, v in (metadata or {}).items() if fmt != "BMP" or k == "dpi"}  # BMP: a resolution only
+    # The profile must fit the pixels written (WebP writes gray as RGB).
+    colour = image.shape[0] >= 3 or fmt == "WEBP"
+    if "icc_profile" in extra and not _keeps_profile(extra["icc_profile"], colour=colour):
+        del extra["icc_profile"]
+    if has_linear_tone_curve(extra.get("icc_profile")):  # `load_image` encoded it: linear light again
+        image = srgb_decode(image[None].float() / OUTPUT_DTYPES.get(image.dtype, 1.0))[0]
     with atomic_write(path) as tmp:
         if bit_depth == 16 and fmt == "PNG":
-            _write_png16(image, tmp, metadata)
+            _write_png16(image, tmp, extra)
             return 16
-        extra = {k: v for k, v in metadata.items() if fmt != "BMP" or k == "dpi"}  # BMP: a resolution only
-        # The profile must fit the pixels written (WebP writes gray as RGB).
-        colour = image.shape[0] >= 3 or fmt == "WEBP"
-        if "icc_profile" in extra and not _keeps_profile(extra["icc_profile"], colour=colour):
-            del extra["icc_profile"]
         if bit_depth == 16 and fmt == "TIFF":  # Pillow writes 16-bit TIFF for grayscale only
             _write_tiff16(image, tmp, extra)
             return 16
@@ -536,9 +557,7 @@ def _write_png16(image: torch.Tensor, tmp: Path, metadata: dict[str, object]) ->
                                      "y_pixels_per_unit": round(dpi[1] / 0.0254), "unit_is_meter": True}
     with open(tmp, "wb") as f:
         png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, **resolution).write(f, data)
-    icc = metadata.get("icc_profile")
-    _png_add_chunks(tmp, icc if icc and _keeps_profile(icc, colour=c >= 3) else None, metadata.get("xmp"),
-                    metadata.get("exif"))
+    _png_add_chunks(tmp, metadata.get("icc_profile"), metadata.get("xmp"), metadata.get("exif"))
 
 
 def _write_tiff16(image: torch.Tensor, tmp: Path, extra: dict[str, object]) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from oftsr.images import _upright_xmp, list_images, load_image, read_image_metadata, save_image
+from oftsr.images import _png_add_chunks, _upright_xmp, list_images, load_image, read_image_metadata, save_image
 
 
 def test_rgb8(tmp_path):
@@ -229,6 +229,51 @@ def test_metadata_of_tiffs_pillow_cannot_open_is_read_with_tifffile(tmp_path):
         assert out.info["icc_profile"] == srgb and out.info["dpi"] == pytest.approx((300, 300))
     (tmp_path / "junk.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
     assert read_image_metadata(tmp_path / "junk.tif") == {}
+
+
+def test_linear_light_is_read_as_display_values_and_written_back_linear(tmp_path):
+    """Under a profile with gamma-1 curves the file holds linear light: `load_image` returns
+    its sRGB encoding (what the network learned) from every reader, and `save_image`
+    decodes again where it writes that profile, so a file goes round unchanged."""
+    import png
+    import tifffile
+    from test_icc import LINEAR, _profile, _rgb
+
+    from oftsr.color import srgb_encode
+
+    rgb_icc, gray_icc = _rgb(LINEAR["gamma 1.0"]), _profile(b"GRAY", {b"kTRC": LINEAR["identity curv"]})
+    rng = np.random.default_rng(0)
+    levels8 = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    levels16 = rng.integers(0, 65536, (6, 10, 3), dtype=np.uint16)
+    floats = rng.random((6, 10, 3), dtype=np.float32)
+    Image.fromarray(levels8).save(tmp_path / "8.png", icc_profile=rgb_icc)
+    Image.fromarray(levels8[..., 0]).save(tmp_path / "gray.png", icc_profile=gray_icc)
+    with open(tmp_path / "16.png", "wb") as f:
+        png.Writer(10, 6, greyscale=False, bitdepth=16).write(f, levels16.reshape(6, 30))
+    _png_add_chunks(tmp_path / "16.png", rgb_icc, None, None)
+    tifffile.imwrite(tmp_path / "f.tif", floats, photometric="rgb", iccprofile=rgb_icc)
+    for name, values, tol in (("8.png", levels8 / 255, 1e-6), ("gray.png", levels8[..., :1] / 255, 1e-6),
+                              ("16.png", levels16 / 65535, 1e-6), ("f.tif", floats, 1e-6)):
+        image, _ = load_image(tmp_path / name)
+        linear = torch.from_numpy(np.asarray(values, dtype=np.float32)).permute(2, 0, 1)[None]
+        assert torch.allclose(image, srgb_encode(linear), atol=tol), name
+        meta = read_image_metadata(tmp_path / name)
+        for suffix, depth in ((".png", 16), (".tif", 16), (".png", 8)):
+            save_image(image, tmp_path / f"again{suffix}", bit_depth=depth, metadata=meta)
+            again, _ = load_image(tmp_path / f"again{suffix}")
+            # 8 bits of linear light are coarse in the shadows: half a level is 12.92 / 510 once encoded
+            assert (again - image).abs().max() < (1e-3 if depth == 16 else 0.026), (name, suffix, depth)
+            with Image.open(tmp_path / f"again{suffix}") as out:
+                assert out.info["icc_profile"] == meta["icc_profile"]
+    # Where the profile is not written, neither is linear light: the display values as they are.
+    image, _ = load_image(tmp_path / "8.png")
+    save_image(image, tmp_path / "plain.bmp", metadata=read_image_metadata(tmp_path / "8.png"))
+    save_image(image[:, :1], tmp_path / "gray_out.png", metadata=read_image_metadata(tmp_path / "8.png"))
+    assert torch.allclose(load_image(tmp_path / "plain.bmp")[0], image, atol=0.5 / 255)
+    assert torch.allclose(load_image(tmp_path / "gray_out.png")[0], image[:, :1], atol=0.5 / 255)
+    levels = (image[0] * 65535).round().to(torch.uint16)  # tiles' levels, as the CLI hands them over
+    save_image(levels, tmp_path / "levels.tif", bit_depth=16, metadata=read_image_metadata(tmp_path / "8.png"))
+    assert torch.allclose(load_image(tmp_path / "levels.tif")[0], image, atol=1e-3)
 
 
 def test_a_float_tiff_loads_without_a_warning(tmp_path):
