@@ -617,21 +617,27 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
     im.save(tmp, format=fmt, **extra)
 
 
-def hidden_below(path: Path, folder: Path) -> bool:
-    """Whether `path`, found in `folder`, is a hidden file or lies in a hidden folder there
-    (a name starting with a dot); the dots of `folder`'s own path do not count."""
-    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+def files_below(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted. Hidden files and folders (a name starting with a
+    dot: macOS's ._IMG_0001.jpg on exFAT and network drives, .thumbnails/) are left out;
+    linked folders (photographs linked in from another disk) are followed, except a link to
+    a folder it lies in, which would loop."""
+    found = []
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        here = os.path.realpath(top)
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and not (here + os.sep).startswith(os.path.realpath(os.path.join(top, d)) + os.sep)]
+        found.extend(q for q in (Path(top) / n for n in names if not n.startswith(".")) if q.is_file())
+    return sorted(found)
 
 
 def list_images(paths: list[str | os.PathLike]) -> list[Path]:
     """Files as given, and image files (by suffix, `READ_SUFFIXES`) found recursively in
-    folders, sorted. Hidden files and folders found there (a name starting with a dot:
-    macOS's ._IMG_0001.jpg on exFAT and network drives, .thumbnails/) are left out."""
+    folders (`files_below`: hidden ones left out, linked folders followed), sorted."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in READ_SUFFIXES
-                                and not hidden_below(q, p)))
+            found.extend(q for q in files_below(p) if q.suffix.lower() in READ_SUFFIXES)
         elif p.is_file():
             found.append(p)
         else:

@@ -88,6 +88,14 @@ def test_list_images(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in list_images([tmp_path])] == ["a.jpg", "b.png", "sub/c.webp"]
     assert list_images([tmp_path / "._a.jpg"]) == [tmp_path / "._a.jpg"]
     assert len(list_images([tmp_path / ".thumbs"])) == 1  # a hidden folder given by name is searched
+    # A linked folder (photographs on another disk) is searched; a link to a folder above is not, which would loop.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "d.tif").write_bytes(b"x")
+    (tmp_path / "sub" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "sub" / "self").symlink_to(tmp_path / "sub", target_is_directory=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images([tmp_path / "sub"])] == [
+        "sub/c.webp", "sub/linked/d.tif"]
 
 
 def test_gray_alpha_stays_gray_alpha(tmp_path):

@@ -442,3 +442,8 @@ def test_flowsr_resume_matches_an_uninterrupted_run(train_dir, tmp_path, random_
     assert _losses(cut, "disc")[2] == pytest.approx(_losses(full, "disc")[2], rel=1e-5)
     sa, sb = oftsr.load_model(full / "student.safetensors"), oftsr.load_model(cut / "student.safetensors")
     assert all(torch.allclose(pa, pb, atol=1e-6) for pa, pb in zip(sa.parameters(), sb.parameters()))
+    # with accumulation the discriminator steps with the student, once per step (as documented)
+    _run([*base, "--output_dir", tmp_path / "acc", "--max_train_steps", "1", "--gradient_accumulation_steps", "2"])
+    for name in ("optimizer.bin", "optimizer_1.bin"):  # the student's, the discriminator's
+        state = torch.load(tmp_path / "acc" / "checkpoint-1" / name, weights_only=True)["state"]
+        assert {int(s["step"]) for s in state.values()} == {1}, name

@@ -199,6 +199,23 @@ def test_training_folders_read_what_the_cli_reads_and_name_the_rest(tmp_path, ca
     assert item["hr"].shape == (3, 24, 24) and item["hr"][1].mean() > item["hr"][0].mean() + 0.5
 
 
+def test_the_scan_decodes_as_the_loader_does(tmp_path, caplog):
+    """A float colour TIFF, which only tifffile opens, is trained on as the CLI reads it; an HDR
+    float TIFF, which Pillow opens but the loader refuses, is left out at the scan, not served
+    as another photograph at every epoch."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "float.tif", rng.random((20, 30, 3), dtype=np.float32), photometric="rgb")
+    tifffile.imwrite(tmp_path / "hdr.tif", rng.random((40, 40), dtype=np.float32) * 2)
+    with caplog.at_level("INFO"):
+        assert scan_images(tmp_path) == [tmp_path / "a.png", tmp_path / "float.tif"]
+        warn_small_images(scan_images(tmp_path), 24)
+    assert "skipping 1 unreadable file(s)" in caplog.text and "hdr.tif (UnsupportedImage)" in caplog.text
+    assert "1 of 2 training images are smaller than the 24 px crop" in caplog.text and "float.tif, 20 px" in caplog.text
+
+
 def _fixed_batch():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -302,6 +319,7 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     a, b = _losses(full), _losses(cut)
     steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # one row per step: the killed run's step 3 was dropped on resume
+    assert not list(cut.glob(".tmp-*"))  # and its half-written save removed by the next complete one
     assert b[3] == pytest.approx(a[3], rel=1e-6) and b[4] == pytest.approx(a[4], rel=1e-6)
     opt_a = torch.load(full / "checkpoint-4" / "optimizer.bin", weights_only=True)
     opt_b = torch.load(cut / "checkpoint-4" / "optimizer.bin", weights_only=True)
@@ -481,11 +499,15 @@ def test_two_processes_split_each_epoch_between_them(tmp_path):
     assert a[0] != a[1]  # a new permutation each epoch
 
 
-def test_bf16_and_gradient_accumulation(train_dir, tmp_path):
+def test_bf16_and_gradient_accumulation(train_dir, tmp_path, monkeypatch):
     out = tmp_path / "acc"
+    # bf16 as `accelerate launch --mixed_precision bf16` asks for it, without the script's flag:
+    # the file records the precision that ran, not the flag's default
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--preset", "tiny", *COMMON,
-          "--max_train_steps", "2", "--checkpointing_steps", "2", "--mixed_precision", "bf16",
+          "--max_train_steps", "2", "--checkpointing_steps", "2",
           "--gradient_accumulation_steps", "2", "--allow_tf32"])
+    assert json.loads(oftsr.checkpoint.read_metadata(out / "teacher.safetensors")["training"])["mixed_precision"] == "bf16"
     assert sorted(_losses(out)) == [1, 2]  # optimizer steps, each over two batches
     opt = torch.load(out / "checkpoint-2" / "optimizer.bin", weights_only=True)
     assert opt["state"][0]["step"] == 2
@@ -719,10 +741,21 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
 
     args = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", str(run),
                                      "--resume_from_checkpoint", "latest"])
-    with pytest.raises(ValueError, match=r"could not load the checkpoint .*checkpoint-4 \(SafetensorError: .*these "
+    with pytest.raises(ValueError, match=r"could not load the checkpoint .*checkpoint-4 \(empty files\); these "
                                          r"files are empty: model.safetensors; move checkpoint-4 out of .* run again "
                                          r"with --resume_from_checkpoint latest to go on from checkpoint-2"):
         checkpoints.resume(Accelerator(), args, info)
+
+    class LostRandomStates:  # Accelerate goes on without them, saying so only at INFO, which the trainer hides
+        def load_state(self, path):
+            logging.getLogger("accelerate.checkpointing").info("Could not load random states")
+
+    (run / "checkpoint-4" / "model.safetensors").write_bytes(b"x" * 64)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)
+    with pytest.raises(ValueError, match=r"checkpoint-4 \(its random states \(random_states_\*.pkl\) could not be "
+                                         r"read\); a file in it is damaged: move checkpoint-4 out of .* from checkpoint-2"):
+        checkpoints.resume(LostRandomStates(), args, info)
+    assert logging.getLogger("accelerate.checkpointing").level == logging.WARNING  # its quiet level is restored
 
     class Mismatch:  # not damage: a model that changed; its own error, unchanged
         def load_state(self, path):
@@ -1154,6 +1187,8 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
                 "--max_train_steps", "1", "--mixed_precision", "fp16", "--report_to", "wandb", "--max_grad_norm", "0",
                 "--validation_data_dir", train_dir, "--num_validation_images", "1"])
     assert "--mixed_precision fp16 needs a GPU: this run trains in float32" in res.stderr
+    record = json.loads(oftsr.checkpoint.read_metadata(tmp_path / "o" / "teacher.safetensors")["training"])
+    assert record["mixed_precision"] == "no"  # what ran
     assert "wandb is not installed: scalars are not logged to it (pip install wandb)" in res.stderr
     assert "--lr_warmup_steps 1000 is longer than the run (--max_train_steps 1): the learning rate ends at 0.1% of" \
            in res.stderr
@@ -1399,3 +1434,21 @@ def test_training_record_names_the_start_weights_and_the_time_limit(monkeypatch,
     assert record["init_student"] == "x4-real" and "init_from" not in record and "max_train_minutes" not in record
     plain = common.training_record(train_teacher.parse_args(base), {})
     assert not {"init_from", "init_student", "max_train_minutes"} & plain.keys()
+
+
+def test_building_the_validation_lpips_leaves_the_restored_rng_alone(monkeypatch):
+    """A resumed run restores the RNG, then builds the validation LPIPS: its initialisation
+    must not move the generator, or the run draws other t and noise than an uninterrupted one."""
+    import functools
+
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+
+    from oftsr.training.metrics import LPIPS
+
+    monkeypatch.setattr(common, "LPIPS", functools.partial(LPIPS, random_backbone=True))  # no weights here
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    assert common.make_validation_lpips() is not None
+    assert torch.equal(torch.rand(4), expected)

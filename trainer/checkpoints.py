@@ -85,6 +85,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
+        for cut_off in Path(output_dir).glob(".tmp-checkpoint-*"):  # saves a killed run left half-written
+            shutil.rmtree(cut_off, ignore_errors=True)
         logger.info("saved %s", final)
     accelerator.wait_for_everyone()
     return final
@@ -106,16 +108,36 @@ def _sync_to_disk(folder: Path, files: bool = True) -> None:
             os.close(fd)
 
 
+class _Damaged(Exception):
+    """A checkpoint that Accelerate would load in part, or fail on without saying why."""
+
+
 def _load_state(accelerator, path: Path, output_dir: str) -> None:
     """`accelerator.load_state`, with what to do when the checkpoint is damaged (a disk that
-    filled up, a copy cut short): name its empty files and the checkpoint before it."""
+    filled up, a copy cut short): name its empty files and the checkpoint before it.
+    Accelerate only logs, at INFO, that it could not load the random states, and would go on
+    with other t and noise than the run had: that is damage too."""
+    said: list[str] = []
+
+    def hear(record: logging.LogRecord) -> bool:  # INFO is off for this logger: see it, show only warnings
+        said.append(record.getMessage())
+        return record.levelno >= logging.WARNING
+
+    checkpointing = logging.getLogger("accelerate.checkpointing")
+    level = checkpointing.level
+    checkpointing.setLevel(logging.INFO)
+    checkpointing.addFilter(hear)
     try:
+        if any(p.is_file() and p.stat().st_size == 0 for p in path.iterdir()):  # every process sees these
+            raise _Damaged("empty files")
         accelerator.load_state(str(path))
+        if any("Could not load random states" in m for m in said):
+            raise _Damaged("its random states (random_states_*.pkl) could not be read")
     except Exception as e:
         # Damage: an empty file, or what reading a cut-short one raises (safetensors, pickle,
         # torch.load's zip reader). Anything else (a size mismatch, out of memory) keeps its words.
         empty = sorted(p.name for p in path.iterdir() if p.is_file() and p.stat().st_size == 0)
-        cut_short = isinstance(e, (SafetensorError, pickle.UnpicklingError, EOFError)) or \
+        cut_short = isinstance(e, (_Damaged, SafetensorError, pickle.UnpicklingError, EOFError)) or \
             "zip archive" in str(e) or "central directory" in str(e)
         if not (empty or cut_short):
             raise
@@ -124,9 +146,13 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
                    if m and int(CHECKPOINT.match(p.name).group(1)) < int(m.group(1))]
         hint = (f"move {path.name} out of {output_dir} and run again with --resume_from_checkpoint latest to go on "
                 f"from {earlier[-1]}" if earlier else "start the run again in a new --output_dir")
-        raise ValueError(f"could not load the checkpoint {path} ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
+        why = str(e) if isinstance(e, _Damaged) else f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
+        raise ValueError(f"could not load the checkpoint {path} ({why}); "
                          + (f"these files are empty: {', '.join(empty)}; " if empty else "a file in it is damaged: ")
                          + hint) from e
+    finally:
+        checkpointing.removeFilter(hear)
+        checkpointing.setLevel(level)
 
 
 def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None = None) -> None:

@@ -291,8 +291,13 @@ def make_accelerator(args: argparse.Namespace, project: str):
     if not accelerator.is_main_process:  # one copy of each message, not one per process
         for handler in logging.getLogger().handlers:
             handler.addFilter(_own_messages)
-    if accelerator.device.type == "cpu" and args.mixed_precision == "fp16":  # Accelerate ignores it there, silently
+    # The precision that runs: the flag's, or `accelerate launch --mixed_precision`'s, which the
+    # flag's default leaves to Accelerate; fp16 on a CPU Accelerate ignores, silently.
+    precision = accelerator.mixed_precision
+    if accelerator.device.type == "cpu" and precision == "fp16":
         logger.warning("--mixed_precision fp16 needs a GPU: this run trains in float32 (bf16 runs on CPUs)")
+        precision = "no"
+    args.mixed_precision = precision  # what the model file records
     set_seed(args.seed, device_specific=True)
     if getattr(args, "scale_lr", False):  # before the optimizer is made
         crops = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -538,9 +543,12 @@ def validation_scores(name: str, out: torch.Tensor, batch: dict[str, torch.Tenso
 
 
 def make_validation_lpips():
-    """LPIPS when its weights are present here (never downloaded), else None with a log line."""
+    """LPIPS when its weights are present here (never downloaded), else None with a log line.
+    Built on a forked RNG: its layers' initialisation would otherwise move the global
+    generator, which a resumed run has just restored, and change the t and noise it draws."""
     try:
-        return LPIPS("cpu")
+        with torch.random.fork_rng(devices=[]):
+            return LPIPS("cpu")
     except LPIPSUnavailable as e:
         logger.info("validation LPIPS %s", e)
         return None

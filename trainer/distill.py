@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             estimate = out.pop("estimate")
             if disc is not None:
                 # Discriminator step on the detached estimate, then the generator loss through
-                # the updated discriminator (its own weights get no gradient from it). The
-                # discriminator steps on every micro-batch: with --gradient_accumulation_steps N,
-                # N times per student step.
+                # the updated discriminator (its own weights get no gradient from it). Its optimizer
+                # is Accelerate's, so with --gradient_accumulation_steps N it steps once per student
+                # step, on the gradient of all N micro-batches, as one batch N times larger would.
                 with accelerator.autocast():  # real and fake in one forward pass
                     logits = disc(torch.cat([x1, estimate.detach()]), x_lr.repeat(2, 1, 1, 1))
                     d_loss = discriminator_hinge_loss(*logits.chunk(2))

@@ -9,23 +9,39 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..color import split_alpha
 from .degradations import SIGMA_Y, make_lr
 from .realesrgan import RealESRGANConfig
-from ..images import HEIF_SUFFIXES, READ_SUFFIXES, hidden_below, load_image
+from ..images import HEIF_SUFFIXES, READ_SUFFIXES, files_below, load_image
 
 logger = logging.getLogger(__name__)
 
 
 def _decodes(path: Path) -> None:
-    """Raise if the image does not decode to the end. JPEGs are decoded at 1/8 scale
-    (`draft`): every byte of the data is still read, at a fraction of the cost."""
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-        im.load()
+    """Raise if the image does not decode to the end as the loader reads it (`load_image`:
+    float and 16-bit TIFFs through tifffile, HDR values refused). JPEGs are decoded at 1/8
+    scale (`draft`): every byte of the data is still read, at a fraction of the cost."""
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+                return
+    except UnidentifiedImageError:  # a TIFF only tifffile reads; else load_image says what it is
+        pass
+    load_image(path)
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header, or by decoding a file Pillow does not open."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except UnidentifiedImageError:
+        h, w = load_image(path)[0].shape[-2:]
+        return w, h
 
 
 def scan_images(root: str | os.PathLike) -> list[Path]:
@@ -34,11 +50,11 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
     that cannot be decoded (not images, truncated, corrupt) are reported once, here, and
     left out: a loader worker, restarted every epoch, never meets them. Files of other
     types (camera raw, sidecars) are counted by suffix, so that a folder of them is not a
-    riddle. Hidden files and folders are not searched."""
+    riddle. Hidden files and folders are not searched; linked folders are."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not hidden_below(p, root))  # macOS's ._ files
+    files = files_below(root)  # not hidden ones (macOS's ._ files); linked folders followed
     others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in READ_SUFFIXES)
     other_types = ", ".join(f"{suffix} ({n})" for suffix, n in others.most_common())
     heif_reader = _heif_reader() if any(p.suffix.lower() in HEIF_SUFFIXES for p in files) else True
@@ -88,9 +104,9 @@ def warn_small_images(files: list[Path], resolution: int) -> None:
     is smaller, the crop size is a mistake: refuse it."""
     small = []
     for path in files:
-        with Image.open(path) as im:  # the header only
-            if min(im.size) < resolution:
-                small.append((min(im.size), path))
+        side = min(_size(path))
+        if side < resolution:
+            small.append((side, path))
     small.sort()
     if small and len(small) == len(files):  # a flag mistake, not a few odd images: stop before training on blur
         fits = small[-1][0]
