@@ -591,6 +591,11 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
 
         extra["pnginfo"] = PngImagePlugin.PngInfo()
         extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+    elif xmp and fmt == "TIFF" and extra.get("exif"):  # Pillow writes `tiffinfo` instead of `exif`: one block
+        merged = Image.Exif()
+        merged.load(extra["exif"])
+        merged[700] = xmp
+        extra["exif"] = merged
     elif xmp and fmt == "TIFF":
         extra["tiffinfo"] = {700: xmp}
     elif xmp and fmt == "JPEG" and len(xmp) > JPEG_MAX_XMP:

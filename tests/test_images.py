@@ -371,13 +371,18 @@ XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.o
 @pytest.mark.parametrize("name,bits", [("o.jpg", 8), ("o.png", 8), ("o.webp", 8), ("o.tif", 8), ("o16.png", 16),
                                        ("o16.tif", 16)])
 def test_xmp_is_kept_upright_and_without_the_old_size(tmp_path, name, bits):
-    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "src.jpg", xmp=XMP)
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"  # Make: a source with both blocks (Lightroom's exports, phones) keeps both
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "src.jpg", xmp=XMP, exif=exif)
     xmp = read_image_metadata(tmp_path / "src.jpg")["xmp"]
     assert b'tiff:Orientation="1"' in xmp and b'xmp:Rating="5"' in xmp and b"A. Photographer" in xmp
     assert b"PixelXDimension" not in xmp and b"ImageWidth" not in xmp
     assert save_image(torch.rand(3, 8, 8), tmp_path / name, bit_depth=bits,
                       metadata=read_image_metadata(tmp_path / "src.jpg")) == bits
     assert read_image_metadata(tmp_path / name)["xmp"] == xmp
+    if name != "o16.tif":  # the 16-bit TIFF writer holds no EXIF (documented)
+        with Image.open(tmp_path / name) as out:
+            assert out.getexif().get(0x010F) == "Canon", name
 
 
 def test_cmyk_goes_through_its_embedded_profile(tmp_path, monkeypatch):
