@@ -140,10 +140,14 @@ def image_hint(image: object, batch: bool = True) -> str:
     return ""
 
 
+NEUTRAL_TOLERANCE = 1.5 / 255  # channel spread of a neutral pixel: one 8-bit level, and rounding
+
+
 def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor]:
     """(RGB the network sees, alpha or None, whether the result has one colour channel, which
-    images are neutral) of a 1-4 channel image. Neutral: gray, or RGB with three equal
-    channels (a black-and-white photo saved as RGB, or ComfyUI's LoadImage of a gray file);
+    images are neutral) of a 1-4 channel image. Neutral: gray, or RGB whose visible pixels
+    have three channels within a level of each other (a black-and-white photo saved as RGB,
+    perhaps through a colour profile, or ComfyUI's LoadImage of a gray file);
     their result is made neutral too, the mean of the network's channels, as for gray."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -162,8 +166,12 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
     colour, alpha = split_alpha(image.clamp(0, 1))
     if c <= 2:
         neutral = torch.ones(b, dtype=torch.bool, device=image.device)
-    else:
-        neutral = ((image[:, 0] == image[:, 1]) & (image[:, 1] == image[:, 2])).flatten(1).all(dim=1)
+    else:  # within a level: a gray photo through a colour-managed round trip is off by one here and there
+        spread = image[:, :3].amax(dim=1) - image[:, :3].amin(dim=1)
+        off = spread > NEUTRAL_TOLERANCE
+        if c == 4:  # what lies under full transparency is not seen (and often not gray)
+            off &= image[:, 3] > 0.5 / 255
+        neutral = ~off.flatten(1).any(dim=1)
     return colour, alpha, c <= 2, neutral
 
 

@@ -663,6 +663,28 @@ def test_black_and_white_saved_as_rgb_comes_back_without_colour(student, teacher
     assert len(seen) == 2 and all(torch.equal(p[0, 0], p[0, 2]) and not torch.equal(p[1, 0], p[1, 2]) for p in seen)
 
 
+def test_gray_within_a_level_and_gray_under_coloured_transparency_stay_neutral(student):
+    """A gray photo through a colour-managed round trip (channels a level apart here and
+    there), and gray content over coloured fully transparent pixels, are still black and
+    white: no colour noise. Two levels apart somewhere is colour."""
+    gray = (smooth_image(16, 24, channels=1, seed=3) * 255).round() / 255
+    g = torch.Generator().manual_seed(0)
+    jitter = torch.randint(-1, 2, (1, 1, 16, 24), generator=g) * (torch.rand(1, 1, 16, 24, generator=g) < 0.25)
+    near = gray.expand(1, 3, 16, 24).clone()
+    near[:, :1] = (near[:, :1] + jitter / 255).clamp(0, 1)  # red a level off here and there
+    assert (near[:, 0] != near[:, 2]).any()
+    out = oftsr.upscale(student, near, t=1.0, seed=5)
+    assert torch.equal(out[0, 0], out[0, 1]) and torch.equal(out[0, 1], out[0, 2])
+    hidden = torch.cat([gray.expand(1, 3, 16, 24).clone(), torch.ones(1, 1, 16, 24)], 1)
+    hidden[:, :3, :, :6] = torch.tensor([0.9, 0.1, 0.2]).view(1, 3, 1, 1)  # red under transparency
+    hidden[:, 3, :, :6] = 0
+    out = oftsr.upscale(student, hidden, t=1.0, seed=5)
+    assert torch.equal(out[0, 0], out[0, 1]) and torch.equal(out[0, 1], out[0, 2])
+    tinted = near.clone()
+    tinted[0, 0, 5, 5] = (tinted[0, 1, 5, 5] + 2 / 255).clamp(max=1) if tinted[0, 1, 5, 5] < 0.99 else 0.0
+    assert not torch.equal(*oftsr.upscale(student, tinted, t=1.0, seed=5)[0, :2])
+
+
 def test_every_solver_has_its_memory_need():
     from oftsr.inference import _SAMPLE_MIN_BUFFERS, SAMPLE_BUFFERS
     from oftsr.sampling import SOLVERS
