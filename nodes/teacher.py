@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..oftsr import sample
 from ..oftsr.inference import SAMPLE_BUFFERS
 from ..oftsr.sampling import SOLVERS
-from .common import (ADAPTIVE_NFE_GUESS, CATEGORY, check_interrupt, check_options, check_tile,
+from .common import (ADAPTIVE_PROGRESS_UNITS, CATEGORY, check_interrupt, check_options, check_tile,
                      color_fix_input, color_fix_option, finish, image_input, model_input, require_role, run_on_device,
                      seed_input, tiling_inputs, to_bchw)
 
@@ -57,7 +57,7 @@ class OFTSRTeacherSampler(io.ComfyNode):
                           callback=progress.callback(), tile_callback=check_interrupt, info=info,
                           **progress.previews())
 
-        units = ADAPTIVE_NFE_GUESS if solver == "adaptive" else int(steps)
+        units = ADAPTIVE_PROGRESS_UNITS if solver == "adaptive" else int(steps)
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, units=lambda t, o: units,
                             states=SAMPLE_BUFFERS[solver])
         log.info("%s: %s network evaluations", NAME, info.get("nfe"))

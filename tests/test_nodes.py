@@ -747,8 +747,23 @@ def test_teacher_sampler(comfy, pack, teacher):
         overlap=0, color_fix="none")
     bar = bars(comfy)[-1]
     values = [v for v, _ in bar.updates]
-    assert bar.total == 32 and values == sorted(values) and bar.updates[-1] == (32, 32)
+    assert bar.total == 100 and values == sorted(values) and bar.updates[-1] == (100, 100)
     assert len(values) == len(calls) + 1  # one tick per evaluation, then the end
+
+
+def test_the_adaptive_solvers_bar_keeps_moving(comfy, pack):
+    """Its length is unknown: the bar rises with every evaluation of a long run (70 here),
+    never reaching the end before the run does."""
+    common = pack.common
+    progress = common.Progress(1, common.ADAPTIVE_PROGRESS_UNITS)
+    tick = progress.callback()
+    for i in range(1, 71):
+        tick(i, 0)
+    values = [v for v, _ in bars(comfy)[-1].updates]
+    assert values[29] < values[44] < values[59] < 100 and values[59] >= 85  # after 30, 45 and 60 evaluations
+    assert max(values) == values[-1] < 100
+    progress.finish()
+    assert bars(comfy)[-1].updates[-1] == (100, 100)
 
 
 def test_teacher_sampler_shows_a_preview_at_each_step(comfy, pack, teacher):
