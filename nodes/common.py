@@ -14,7 +14,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from ..oftsr.inference import is_out_of_memory
+from ..oftsr.inference import SEED_MAX, is_out_of_memory
 from ..oftsr.sampling import Callback
 from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, num_tiles
 from ..oftsr.color import COLOR_FIX_MODES, color_fix
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 CATEGORY = "image/upscaling/OFTSR"
 OFTSR_MODEL = io.Custom("OFTSR_MODEL")
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
 DEFAULT_TILE = 512
 MAX_TILE = 8192
 MIN_OOM_TILE = 128  # the out-of-memory retry halves the tile down to this

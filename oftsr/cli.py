@@ -23,7 +23,7 @@ from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_cou
                      read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import cpu_has_native_bf16, resolve_device
-from .inference import OUTPUT_DTYPES, is_out_of_memory, parse_t_values, sample, upscale
+from .inference import OUTPUT_DTYPES, check_seed_value, is_out_of_memory, parse_t_values, sample, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS, Callback
 from .resample import resize
@@ -100,7 +100,7 @@ def _check_args(args: argparse.Namespace) -> None:
         print(f"warning: --overlap {args.overlap} does nothing with --tile 0 (whole images, no tiles)", file=sys.stderr)
     if args.tile_batch < 1:
         raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
-    _check_steps(args)
+    _check_steps_and_seed(args)
 
 
 def _check_tiling_options(tile: int, overlap: int | None) -> None:
@@ -113,9 +113,14 @@ def _check_tiling_options(tile: int, overlap: int | None) -> None:
             raise ValueError(f"{option}: {str(e).replace('0/None', '0')}") from None
 
 
-def _check_steps(args: argparse.Namespace) -> None:
+def _check_steps_and_seed(args: argparse.Namespace) -> None:
+    """--steps and --seed, which `upscale`, `sample` and `eval` share."""
     if getattr(args, "steps", 1) < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    try:
+        check_seed_value(args.seed)
+    except ValueError as e:
+        raise ValueError(f"--seed: {e}") from None
 
 
 def _names_a_file(out: Path) -> bool:
@@ -461,7 +466,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _check_tiling_options(args.tile, None)  # the options' own names, before any model is loaded
-    _check_steps(args)
+    _check_steps_and_seed(args)
     from .training.evaluate import run_eval  # evaluation code (and its packages) only when asked for
 
     device = resolve_device(args.device)
@@ -478,7 +483,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help=f"a bundled model's name ({model_name_help()}; default {DEFAULT_MODEL}) or a "
                                    "checkpoint (.safetensors or authors' .pth)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the noise added to the upsampled input, the flow's starting point (default 0)")
+                   help="seed of the noise added to the upsampled input, the flow's starting point, 0 to 2**64 - 1 "
+                        "(default 0)")
     p.add_argument("--format", choices=["png", "jpg", "webp", "tif", "same"], default=None,
                    help="file type of the results in an output folder; same = the input's (default png). A file "
                         "named by -o takes the type of its suffix")

@@ -98,8 +98,19 @@ def check_seed(seed: Seed, batch: int) -> Seed:
     if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
         if len(seed) != batch:
             raise ValueError(f"seed: {len(seed)} seeds for a batch of {batch} images (give one, or one per image)")
-        return [check_count(s, "seed") for s in seed]
-    return check_count(seed, "seed")
+        return [check_seed_value(s) for s in seed]
+    return check_seed_value(seed)
+
+
+SEED_MAX = 2 ** 64 - 1  # the noise is drawn from a 64-bit seed (ComfyUI's seed widget has this range too)
+
+
+def check_seed_value(seed: object) -> int:
+    # out of range, a seed would wrap onto another (-1 onto 2**64 - 1): refused, so one seed is one image
+    seed = check_count(seed, "seed")
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"seed must be from 0 to 2**64 - 1 ({SEED_MAX}), got {seed}")
+    return seed
 
 
 def check_unit_range(image: torch.Tensor, what: str) -> None:

@@ -258,6 +258,8 @@ def test_load_model_names_a_missing_device_and_takes_torch_dtype_names(monkeypat
     (["--tile", "-5"], "--tile: tile must be at least 32 px"),
     (["--tile", "128", "--overlap", "100"], "--overlap: overlap must be between 0 and half the tile (64)"),
     (["--overlap", "-1"], "--overlap: overlap must be between 0 and half the tile"),
+    (["--seed", "-1"], "--seed: seed must be from 0 to 2**64 - 1 (18446744073709551615), got -1"),
+    (["--seed", str(2 ** 64)], "--seed: seed must be from 0 to 2**64 - 1"),
 ])
 def test_bad_arguments_fail_before_loading_anything(tmp_path, inputs, capsys, argv, message):
     # the model path does not exist: an argument error must be reported before the model is looked at

@@ -47,6 +47,11 @@ def test_upscale_shape_range_and_seed(student):
     assert torch.equal(out, oftsr.upscale(student, img, t=0.5, seed=3))
     assert not torch.equal(out, oftsr.upscale(student, img, t=0.5, seed=4))
     assert not torch.equal(out, oftsr.upscale(student, img, t=0.0, seed=3))
+    edge = oftsr.upscale(student, img, t=0.5, seed=2 ** 64 - 1)  # the largest seed, ComfyUI's widget's too
+    assert not torch.equal(edge, out)
+    for bad in (-1, 2 ** 64, [3, -2]):  # would wrap onto another seed's image
+        with pytest.raises(ValueError, match=r"seed must be from 0 to 2\*\*64 - 1 \(18446744073709551615\), got -?\d+"):
+            oftsr.upscale(student, torch.cat([img, img]), t=0.5, seed=bad)
 
 
 def test_t_default_is_the_middle_of_the_trade_off_as_in_the_cli(strong_student):
