@@ -288,8 +288,8 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
     metadata = read_image_metadata(src)
     frames = frame_count(src)
     if frames > 1:
-        tqdm.write(f"warning: {src.name} is animated ({frames} frames): only its first frame is upscaled",
-                   file=sys.stderr)
+        many = f"has {frames} pages" if src.suffix.lower() in (".tif", ".tiff") else f"is animated ({frames} frames)"
+        tqdm.write(f"warning: {src.name} {many}: only its first is upscaled", file=sys.stderr)
     size = _output_size(image, model.scale, args.outscale)
     check_output_size(dst, size[1], size[0])
     progress = _progress(bar)
@@ -308,8 +308,9 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
         result = (result * OUTPUT_DTYPES[levels]).round().to(levels)  # both clamp to [0, 1]
     single = _names_a_file(Path(args.output))  # its suffix sets the type; in a folder, --format does
     to_png = "name the output .png" if single else "write PNG (--format png)"
-    if result.shape[1] in (2, 4) and dst.suffix.lower() in (".jpg", ".jpeg"):
-        tqdm.write(f"warning: {dst.name}: JPEG has no transparency, so {src.name} is flattened onto white; {to_png} "
+    flat = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}.get(dst.suffix.lower())
+    if result.shape[1] in (2, 4) and flat:
+        tqdm.write(f"warning: {dst.name}: {flat} has no transparency, so {src.name} is flattened onto white; {to_png} "
                    f"to keep its alpha", file=sys.stderr)
     try:
         written = save_image(result, dst, bit_depth=depth, metadata=metadata, quality=args.quality)

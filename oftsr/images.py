@@ -520,7 +520,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     keeps the profile, XMP and DPI, not the EXIF; BMP the DPI only). The image holds display
     values, as `load_image` returns them: under a written profile with linear tone curves
     they are decoded to linear light. JPEG and WebP are written at `quality`; JPEG has no
-    alpha, so an image with alpha is flattened onto white."""
+    alpha, nor has BMP as viewers read it, so an image with alpha is flattened onto white."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -581,7 +581,8 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
                    name: str) -> None:
     """8 bits a channel through Pillow, with each format's way of holding XMP and EXIF."""
     c = image.shape[0]
-    if fmt == "JPEG" and c in (2, 4):  # no transparency in JPEG: flattened onto white, as editors do
+    # No transparency in JPEG, nor in a BMP as viewers read it: flattened onto white, as editors do.
+    if fmt in ("JPEG", "BMP") and c in (2, 4):
         alpha = image[c - 1:].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
         colour = image[:c - 1].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
         image, c = colour * alpha + (1 - alpha), c - 1

@@ -101,7 +101,7 @@ def test_a_folder_is_searched_for_gif_too(tmp_path, model_files, capsys):
     (folder / "notes.txt").write_text("not an image")
     assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(model_files[0]), "-q"]) == 0
     assert load_image(tmp_path / "out" / "anim.png")[0].shape == (1, 3, 24, 32)
-    assert "anim.gif is animated (2 frames): only its first frame is upscaled" in capsys.readouterr().err
+    assert "anim.gif is animated (2 frames): only its first is upscaled" in capsys.readouterr().err
 
 
 def test_convert_and_info_take_bundled_names_and_say_which_there_are(tmp_path, capsys):
@@ -581,7 +581,16 @@ def test_warnings_for_dropped_alpha_and_overridden_metadata(tmp_path, model_file
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     code, _, err = _run_cli(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "anim.png"), "--model",
                              str(model_files[0]), "-q"], capsys)
-    assert code == 0 and "anim.gif is animated (3 frames): only its first frame is upscaled" in err
+    assert code == 0 and "anim.gif is animated (3 frames): only its first is upscaled" in err
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:2])
+    code, _, err = _run_cli(["upscale", str(tmp_path / "pages.tif"), "-o", str(tmp_path / "pages.png"), "--model",
+                             str(model_files[0]), "-q"], capsys)
+    assert code == 0 and "pages.tif has 2 pages: only its first is upscaled" in err
+    code, _, err = _run_cli(["upscale", str(inputs / "rgba.png"), "-o", str(tmp_path / "out.bmp"), "--model",
+                             str(model_files[0]), "-q"], capsys)
+    assert "out.bmp: BMP has no transparency, so rgba.png is flattened onto white" in err
+    with Image.open(tmp_path / "out.bmp") as bmp:
+        assert bmp.mode == "RGB" and bmp.size == (24, 32)
     code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o2.png"), "--model",
                              str(model_files[0]), "-q", "--sigma-p", "0.2", "--scale", "4"], capsys)
     assert code == 0 and "warning" not in err  # values that agree with the file say nothing
