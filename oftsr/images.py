@@ -31,6 +31,7 @@ HEIF_SUFFIXES = (".heic", ".heif")
 JPEG_FULL_CHROMA_QUALITY = 90  # from this --quality on, JPEG keeps colour at full resolution (4:4:4)
 READ_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jfif", ".jpe", ".avif") + HEIF_SUFFIXES
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword Adobe's tools read XMP from
 
 __all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "frame_count", "check_output_size",
            "IMAGE_SUFFIXES", "READ_SUFFIXES"]
@@ -357,7 +358,8 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     the header, not the pixels. From a TIFF, whose first IFD mostly describes its own layout,
     the EXIF keeps the camera and GPS blocks and the descriptive tags (make, model, date,
     artist, copyright); from a TIFF only tifffile reads (float colour), the profile, XMP and
-    DPI. Metadata that cannot be parsed is left out: it must never cost the image."""
+    DPI; from a PNG its text chunks (`png_text`: an AI image's generation settings), which a
+    PNG result keeps. Metadata that cannot be parsed is left out: it must never cost the image."""
     found: dict[str, object] = {}
     try:
         with Image.open(path) as im:
@@ -370,6 +372,8 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
             xmp = im.info.get("xmp")
             if xmp:
                 found["xmp"] = _upright_xmp(xmp)
+            if im.format == "PNG" and (text := _png_text(im)):
+                found["png_text"] = text
             with warnings.catch_warnings():  # a corrupt EXIF block is left out, not reported
                 warnings.simplefilter("ignore")
                 exif = _read_exif(im)
@@ -384,6 +388,16 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     except Exception:  # any decoder or parser error: keep what was read so far
         pass
     return found
+
+
+def _png_text(im: Image.Image) -> dict[str, str]:
+    """A PNG's text chunks but the XMP: how an AI image was made (A1111's `parameters`,
+    ComfyUI's `prompt` and `workflow`), a title, an author. Pillow decodes the pixels to
+    find the chunks after them; a file that fails to decode gives none here."""
+    try:
+        return {k: str(v) for k, v in im.text.items() if k != _PNG_XMP_KEY}
+    except Exception:
+        return {}
 
 
 def _tifffile_metadata(path: str | os.PathLike) -> dict[str, object]:
@@ -443,10 +457,11 @@ def _keeps_profile(icc: bytes, colour: bool) -> bool:
     return icc[16:20] == (b"RGB " if colour else b"GRAY")
 
 
-def _png_add_chunks(path: Path, icc_profile: bytes | None, xmp: bytes | None, exif: bytes | None) -> None:
-    """Insert an iCCP chunk after IHDR, XMP as the iTXt chunk Adobe's tools read, and an
-    eXIf chunk into a PNG written by pypng (which has no option for these)."""
-    if not icc_profile and not xmp and not exif:
+def _png_add_chunks(path: Path, icc_profile: bytes | None, xmp: bytes | None, exif: bytes | None,
+                    text: dict[str, str] | None = None) -> None:
+    """Insert an iCCP chunk after IHDR, XMP as the iTXt chunk Adobe's tools read, an eXIf
+    chunk and text chunks into a PNG written by pypng (which has no option for these)."""
+    if not icc_profile and not xmp and not exif and not text:
         return
     import zlib
 
@@ -455,8 +470,13 @@ def _png_add_chunks(path: Path, icc_profile: bytes | None, xmp: bytes | None, ex
     chunks = list(png.Reader(filename=str(path)).chunks())
     if exif:  # the TIFF structure itself, without the "Exif\0\0" that JPEG puts before it
         chunks.insert(1, (b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    for key, value in reversed(list((text or {}).items())):
+        try:
+            chunks.insert(1, (b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1")))
+        except UnicodeEncodeError:
+            chunks.insert(1, (b"iTXt", key.encode("latin-1", "replace") + b"\x00\x00\x00\x00\x00" + value.encode()))
     if xmp:
-        chunks.insert(1, (b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp))
+        chunks.insert(1, (b"iTXt", _PNG_XMP_KEY.encode() + b"\x00\x00\x00\x00\x00" + xmp))
     if icc_profile:
         chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
     with open(path, "wb") as f:
@@ -557,7 +577,8 @@ def _write_png16(image: torch.Tensor, tmp: Path, metadata: dict[str, object]) ->
                                      "y_pixels_per_unit": round(dpi[1] / 0.0254), "unit_is_meter": True}
     with open(tmp, "wb") as f:
         png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, **resolution).write(f, data)
-    _png_add_chunks(tmp, metadata.get("icc_profile"), metadata.get("xmp"), metadata.get("exif"))
+    _png_add_chunks(tmp, metadata.get("icc_profile"), metadata.get("xmp"), metadata.get("exif"),
+                    metadata.get("png_text"))
 
 
 def _write_tiff16(image: torch.Tensor, tmp: Path, extra: dict[str, object]) -> None:
@@ -586,12 +607,15 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
         alpha = image[c - 1:].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
         colour = image[:c - 1].float() / OUTPUT_DTYPES.get(image.dtype, 1.0)
         image, c = colour * alpha + (1 - alpha), c - 1
-    xmp = extra.pop("xmp", None)
-    if xmp and fmt == "PNG":
+    xmp, text = extra.pop("xmp", None), extra.pop("png_text", None)
+    if fmt == "PNG" and (xmp or text):
         from PIL import PngImagePlugin
 
         extra["pnginfo"] = PngImagePlugin.PngInfo()
-        extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+        for key, value in (text or {}).items():
+            extra["pnginfo"].add_text(key, value)  # tEXt, or iTXt where it is not Latin-1
+        if xmp:
+            extra["pnginfo"].add_itxt(_PNG_XMP_KEY, xmp.decode("utf-8", "replace"))
     elif xmp and fmt == "TIFF" and extra.get("exif"):  # Pillow writes `tiffinfo` instead of `exif`: one block
         merged = Image.Exif()
         merged.load(extra["exif"])

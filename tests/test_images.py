@@ -385,6 +385,29 @@ def test_xmp_is_kept_upright_and_without_the_old_size(tmp_path, name, bits):
             assert out.getexif().get(0x010F) == "Canon", name
 
 
+def test_png_text_chunks_of_ai_images_are_kept_in_png_results(tmp_path):
+    """A1111's `parameters` and ComfyUI's `prompt` / `workflow` travel with a PNG result (8 or
+    16 bits), in Latin-1 tEXt or UTF-8 iTXt; other formats are written without them."""
+    from PIL import PngImagePlugin
+
+    text = {"parameters": "a cat, Steps: 20, Sampler: Euler a", "workflow": '{"nodes": [{"title": "猫"}]}',
+            "Title": "Ça va"}
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    info.add_itxt("XML:com.adobe.xmp", XMP.decode())
+    Image.new("RGB", (4, 4)).save(tmp_path / "ai.png", pnginfo=info)
+    meta = read_image_metadata(tmp_path / "ai.png")
+    assert meta["png_text"] == text and b"A. Photographer" in meta["xmp"]  # the XMP once, as XMP
+    for bits in (8, 16):
+        save_image(torch.rand(3, 8, 8), tmp_path / f"o{bits}.png", bit_depth=bits, metadata=meta)
+        with Image.open(tmp_path / f"o{bits}.png") as out:
+            assert {k: v for k, v in out.text.items() if k in text} == text, bits
+            assert read_image_metadata(tmp_path / f"o{bits}.png") == meta
+    save_image(torch.rand(3, 8, 8), tmp_path / "o.jpg", metadata=meta)
+    assert "png_text" not in read_image_metadata(tmp_path / "o.jpg")
+
+
 def test_cmyk_goes_through_its_embedded_profile(tmp_path, monkeypatch):
     from PIL import ImageCms
 
