@@ -279,6 +279,10 @@ def _torch_load_error(path: Path, error: Exception) -> str:
     return f"{path.name}: cannot load as a torch checkpoint; it is truncated, corrupt, or not a checkpoint{detail}"
 
 
+# torch.save's legacy format begins with its magic number 0x1950a86a20f9469cfc6c, pickled (protocol 2)
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
 def _file_kind(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(16)
@@ -291,8 +295,12 @@ def _file_kind(path: Path) -> str:
         return "safetensors"
     if head[:4] == b"PK\x03\x04":
         return "torch"
-    if head[:1] == b"\x80":
+    if head[:14] == _LEGACY_TORCH_MAGIC:
         return "torch"  # legacy (non-zip) torch.save
+    if head[:1] == b"\x80":
+        raise CheckpointError(f"{path.name}: a plain Python pickle, not a checkpoint: torch.save writes a zip archive "
+                              f"(or, before PyTorch 1.6, a pickle that starts with its magic number); a pickle can run "
+                              f"arbitrary code, so oftsr never opens one")
     raise CheckpointError(
         f"{path.name}: not a checkpoint: expected a .safetensors file or a torch .pth/.pt file, "
         f"found {head[:8]!r}..."
@@ -492,7 +500,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         found: dict | list = canonical_state_dict(shapes_by_name, path.name)
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a file saved with another pickle protocol: torch's note is not ours
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # zip errors, EOF, refused globals: all mean "not a clean tensor file"
             raise CheckpointError(_torch_load_error(path, e)) from e
         weights, step = _weights_from_torch_object(obj, path)

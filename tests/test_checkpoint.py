@@ -226,7 +226,11 @@ def test_never_unpickles_arbitrary_objects(tmp_path):
     with pytest.raises(CheckpointError, match="objects other than tensors"):
         oftsr.load_model(path)
     path.write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="evil.pth: a plain Python pickle, not a checkpoint: .* never opens one"):
+        oftsr.load_model(path)
+    # torch's legacy (pre-1.6) format still loads, as tensors only
+    torch.save({"weight": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="'weight' is not part of an ADM UNet"):  # read, then judged
         oftsr.load_model(path)
 
 
