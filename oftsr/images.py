@@ -114,7 +114,7 @@ def _unsupported_samples(path: Path, sample_type: str) -> UnsupportedImage:
 
 def _display_floats(arr: np.ndarray, path: Path) -> np.ndarray:
     """Floating-point samples (a 32-bit TIFF) as values in [0, 1]: display values, or linear
-    light under a gamma-1 profile, which the CLI encodes for the network (`oftsr.icc`); HDR
+    light under a gamma-1 profile, which `load_image` encodes for the network (`oftsr.icc`); HDR
     values beyond 1 have no place in an 8- or 16-bit result and are refused, not clipped."""
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
@@ -355,7 +355,7 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     profile (without it a wide-gamut photo displays desaturated), its EXIF block with the
     orientation reset (`load_image` has already turned the pixels upright) and the old
     pixel size left out, its XMP likewise, and its DPI. Only the keys the file has; reads
-    the header, not the pixels. From a TIFF, whose first IFD mostly describes its own layout,
+    the header, not the pixels (but for a PNG's text chunks). From a TIFF, whose first IFD mostly describes its own layout,
     the EXIF keeps the camera and GPS blocks and the descriptive tags (make, model, date,
     artist, copyright); from a TIFF only tifffile reads (float colour), the profile, XMP and
     DPI; from a PNG its text chunks (`png_text`: an AI image's generation settings), which a
