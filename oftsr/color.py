@@ -72,13 +72,12 @@ def color_fix(image: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.
         raise ValueError(f"unknown colour correction {mode!r}; choose one of {', '.join(COLOR_FIX_MODES)}")
     if mode == "none":
         return image
-    k = 1 if image.shape[1] <= 2 else 3  # gray (+ alpha) or RGB (+ alpha)
+    k = _colour_channels(image)
     fix = adain_color_fix if mode == "adain" else wavelet_color_fix
     target = reference[:, :k]
     if reference.shape[1] in (2, 4):  # the colour under transparency (often black) is no colour to match
         target = bleed_colour(target.float(), reference[:, k:k + 1].float())
-    colour = fix(image[:, :k], target).clamp(0, 1).to(image.dtype)
-    return torch.cat([colour, image[:, k:]], dim=1) if image.shape[1] > k else colour
+    return _on_colour(image, lambda colour: fix(colour, target).clamp(0, 1))
 
 
 def split_alpha(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -113,9 +112,14 @@ def bleed_colour(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return torch.where(known > 0, colour, filled).to(dtype)
 
 
-def _on_colour(image: torch.Tensor, curve) -> torch.Tensor:
-    k = 1 if image.shape[1] <= 2 else 3  # gray (+ alpha) or RGB (+ alpha): alpha is a coverage, not light
-    colour = curve(image[:, :k].float().clamp(0, 1)).to(image.dtype)
+def _colour_channels(image: torch.Tensor) -> int:
+    return 1 if image.shape[1] <= 2 else 3  # gray (+ alpha) or RGB (+ alpha)
+
+
+def _on_colour(image: torch.Tensor, change) -> torch.Tensor:
+    """`change` applied to the colour channels (float32); alpha, a coverage, not light, kept."""
+    k = _colour_channels(image)
+    colour = change(image[:, :k].float()).to(image.dtype)
     return torch.cat([colour, image[:, k:]], dim=1) if image.shape[1] > k else colour
 
 
@@ -123,10 +127,11 @@ def srgb_encode(image: torch.Tensor) -> torch.Tensor:
     """Linear light in [0, 1] to sRGB-encoded values (IEC 61966-2-1), on the colour channels
     of a (B, C, H, W) image. The network learned gamma-encoded photographs: linear pixels
     would put most of their tones in its shadows."""
-    return _on_colour(image, lambda x: torch.where(x <= 0.0031308, 12.92 * x,
-                                                   1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055))
+    return _on_colour(image, lambda x: torch.where(x <= 0.0031308, 12.92 * x.clamp_min(0),
+                                                   1.055 * x.clamp(0.0031308, 1) ** (1 / 2.4) - 0.055))
 
 
 def srgb_decode(image: torch.Tensor) -> torch.Tensor:
     """The inverse of `srgb_encode`: sRGB-encoded values back to linear light."""
-    return _on_colour(image, lambda x: torch.where(x <= 0.04045, x / 12.92, ((x.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4))
+    return _on_colour(image, lambda x: torch.where(x <= 0.04045, x.clamp_min(0) / 12.92,
+                                                   ((x.clamp(0.04045, 1) + 0.055) / 1.055) ** 2.4))

@@ -62,18 +62,27 @@ def _read_png16(path: Path) -> np.ndarray:
     return arr.astype(np.float32) / float(2 ** info["bitdepth"] - 1)
 
 
-def _png_orientation(path: Path) -> int:
-    """The EXIF orientation of a PNG's eXIf chunk (1 without one), read without decoding the pixels."""
+def _png_orientation_and_profile(path: Path) -> tuple[int, bytes | None]:
+    """The EXIF orientation of a PNG's eXIf chunk (1 without one) and its ICC profile (iCCP),
+    read without decoding the pixels."""
+    import zlib
+
     import png
 
+    orientation, icc = 1, None
     for kind, data in png.Reader(filename=str(path)).chunks():
         if kind == b"eXIf":
             exif = Image.Exif()
             exif.load(data)
-            return int(exif.get(_EXIF_ORIENTATION, 1))
-        if kind == b"IEND":
+            orientation = int(exif.get(_EXIF_ORIENTATION, 1))
+        elif kind == b"iCCP":  # a name, its 0, the compression method (0: zlib), the profile
+            try:
+                icc = zlib.decompress(data.partition(b"\x00")[2][1:])
+            except zlib.error:  # a damaged profile is left out, as Pillow leaves it out
+                pass
+        elif kind == b"IEND":
             break
-    return 1
+    return orientation, icc
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
@@ -277,10 +286,12 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
         _register_heif(path)
     try:
         if _png_bit_depth(path) == 16:  # pypng, as Pillow truncates; the orientation from the chunks
-            arr, depth = _orient(_read_png16(path), _png_orientation(path)), 16
+            orientation, icc = _png_orientation_and_profile(path)
+            arr, depth = _orient(_read_png16(path), orientation), 16
         else:
             with Image.open(path) as im:
                 arr, depth = _read_opened(im, path)
+                icc = im.info.get("icc_profile")
     except (FileNotFoundError, UnsupportedImage):
         raise
     except Image.DecompressionBombError as e:
@@ -291,23 +302,14 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
                          f"at x4 its result alone would be 16 times that") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         arr, depth = _read_unidentified_tiff(path, e)
+        icc = _tifffile_metadata(path).get("icc_profile")
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:  # some decoders hand out read-only buffers, which torch warns about
         arr = arr.copy()
     image = torch.from_numpy(arr).permute(2, 0, 1)[None].clamp(0, 1)
-    if has_linear_tone_curve(_icc_profile(path)):  # the network learned gamma-encoded photographs
+    if has_linear_tone_curve(icc):  # the network learned gamma-encoded photographs
         image = srgb_encode(image)
     return image, depth
-
-
-def _icc_profile(path: Path) -> bytes | None:
-    try:
-        with Image.open(path) as im:
-            return im.info.get("icc_profile")
-    except UnidentifiedImageError:  # a TIFF only tifffile opens
-        return _tifffile_metadata(path).get("icc_profile")
-    except Exception:
-        return None
 
 
 # XMP properties that describe the old pixels: the orientation (already applied) and the size.

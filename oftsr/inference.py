@@ -106,7 +106,8 @@ SEED_MAX = 2 ** 64 - 1  # the noise is drawn from a 64-bit seed (ComfyUI's seed 
 
 
 def check_seed_value(seed: object) -> int:
-    # out of range, a seed would wrap onto another (-1 onto 2**64 - 1): refused, so one seed is one image
+    """One seed, an integer from 0 to SEED_MAX: out of range it would wrap onto another
+    (-1 onto 2**64 - 1), so it is refused and one seed stays one image."""
     seed = check_count(seed, "seed")
     if not 0 <= seed <= SEED_MAX:
         raise ValueError(f"seed must be from 0 to 2**64 - 1 ({SEED_MAX}), got {seed}")

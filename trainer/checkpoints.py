@@ -127,8 +127,9 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
     level = checkpointing.level
     checkpointing.setLevel(logging.INFO)
     checkpointing.addFilter(hear)
+    empty = sorted(p.name for p in path.iterdir() if p.is_file() and p.stat().st_size == 0)  # every process sees these
     try:
-        if any(p.is_file() and p.stat().st_size == 0 for p in path.iterdir()):  # every process sees these
+        if empty:
             raise _Damaged("empty files")
         accelerator.load_state(str(path))
         if any("Could not load random states" in m for m in said):
@@ -136,10 +137,9 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
     except Exception as e:
         # Damage: an empty file, or what reading a cut-short one raises (safetensors, pickle,
         # torch.load's zip reader). Anything else (a size mismatch, out of memory) keeps its words.
-        empty = sorted(p.name for p in path.iterdir() if p.is_file() and p.stat().st_size == 0)
         cut_short = isinstance(e, (_Damaged, SafetensorError, pickle.UnpicklingError, EOFError)) or \
             "zip archive" in str(e) or "central directory" in str(e)
-        if not (empty or cut_short):
+        if not cut_short:
             raise
         m = CHECKPOINT.match(path.name)
         earlier = [p.name for p in list_checkpoints(output_dir)
