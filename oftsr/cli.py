@@ -51,6 +51,10 @@ def resolve_dtype(name: str, device: torch.device, cpu_bf16: bool = True) -> tor
 UNWRITABLE_SUFFIXES = (".gif", ".jpe", ".jfif", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".ico", ".tga", ".ppm",
                        ".pgm", ".pbm", ".psd", ".exr", ".hdr", ".dng", ".raw")
 
+DEFAULT_QUALITY = 95
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")  # the formats --quality is for
+LOSSLESS_KINDS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}  # the others that are written
+
 # The command for each role, to name the right one when a model is given to the other.
 COMMAND_FOR_ROLE = {"student": "upscale", "teacher": "sample"}
 
@@ -90,7 +94,10 @@ def _check_args(args: argparse.Namespace) -> None:
                              f"({', '.join(tags)}); give values that differ sooner")
     if args.outscale is not None and not args.outscale > 0:
         raise ValueError(f"--outscale must be more than 0, got {args.outscale:g}")
-    if not 1 <= args.quality <= 100:
+    if args.outscale is not None and args.outscale < 1:
+        print(f"warning: --outscale {args.outscale:g} makes the results smaller than their inputs (it is a factor of "
+              f"the input's size, not of the model's result)", file=sys.stderr)
+    if args.quality is not None and not 1 <= args.quality <= 100:
         raise ValueError(f"--quality must be 1 to 100, got {args.quality}")
     _check_tiling_options(args.tile, args.overlap)
     if args.tile and args.overlap == 0:
@@ -247,13 +254,22 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
         raise ValueError(f"--bit-depth 16: {eight.name} would hold 8 bits ({eight.suffix} has no more); write PNG or "
                          f"TIFF (-o name.png, or --format png / tif for a folder)")
     _check_writable(targets + [path for path, _ in sheets])
+    if args.quality is not None and not any(n.suffix.lower() in LOSSY_SUFFIXES for n in names):
+        kinds = sorted({LOSSLESS_KINDS[n.suffix.lower()] for n in names})
+        print(f"warning: --quality {args.quality} does nothing here: it sets JPEG and WebP quality, and the results "
+              f"are {' and '.join(kinds)}, which {'is' if len(kinds) == 1 else 'are'} lossless", file=sys.stderr)
+    args.quality = DEFAULT_QUALITY if args.quality is None else args.quality
     return files, targets, variants, sheets
 
 
 def _output_size(image: torch.Tensor, scale: int, outscale: float | None) -> tuple[int, int]:
     """(height, width) of a result: the model's scale, or `--outscale` times the input."""
     factor = scale if outscale is None else outscale
-    return max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor))
+    h, w = round(image.shape[-2] * factor), round(image.shape[-1] * factor)
+    if not h or not w:
+        raise ValueError(f"--outscale {outscale:g} makes its {image.shape[-1]}x{image.shape[-2]} px less than one "
+                         f"pixel on a side; it needs more than {0.5 / min(image.shape[-2:]):.3g} for this image")
+    return h, w
 
 
 def _clock(seconds: float) -> str:
@@ -492,7 +508,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bit-depth", dest="bit_depth", type=int, choices=[8, 16], default=None,
                    help="bits per channel of the results: 16 keeps the network's gradations for editing (PNG or "
                         "TIFF); default: the input's (16 for a 16-bit PNG or TIFF, else 8)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG and WebP quality, 1-100 (default 95)")
+    p.add_argument("--quality", type=int, default=None,
+                   help=f"JPEG and WebP quality, 1-100 (default {DEFAULT_QUALITY}); PNG, TIFF and BMP are lossless")
     p.add_argument("--outscale", type=float, default=None,
                    help="final size as a factor of the input, e.g. 2: the model's result resized (antialiased "
                         "bicubic; default the model's scale)")

@@ -5,10 +5,11 @@ teacher evaluated once (slow) and a student evaluated later on the same images.
     python scripts/plot_eval_curves.py eval-old/results.csv:teacher eval-new/results.csv \\
         -o curve.png --title "Set14, x4 bicubic"
 
-`FILE.csv:PREFIX` keeps only the rows whose method starts with PREFIX (and bicubic);
+`FILE.csv:PREFIX` keeps only the rows whose method starts with PREFIX (and the interpolation
+row: bicubic, or nearest);
 `FILE.csv:PREFIX=LABEL` also names them LABEL (no colon in it) in the plot, e.g. `flowsr/results.csv:student=FlowSR`.
 
-Rows are drawn in the order given. The first file's bicubic row is kept, later ones
+Rows are drawn in the order given. The first file's interpolation row is kept, later ones
 are dropped (they are identical for the same data and seed; a warning says when they are
 not, as for another data set). Model numbers in labels ("student 1", from files of
 earlier versions) are removed, unless two models of one role share a file. A name that an earlier file already drew
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--title", default="", help="plot title")
     args = p.parse_args(argv)
 
-    rows, bicubic, drawn = [], None, set()
+    rows, interpolation, drawn = [], None, set()
     for spec in args.csv:
         path, sep, prefix = spec.rpartition(":")
         if not sep or not path.endswith(".csv"):  # no filter (or a ':' inside the path itself)
@@ -43,12 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         numbered = [re.match(r"^(student|teacher) \d+", r.method) for r in table]
         roles = [m.group(1) for m in dict((m.group(0), m) for m in numbered if m).values()]
         for row in table:
-            if row.method == "bicubic":
-                if bicubic is None:
-                    bicubic = row
+            if row.is_interpolation:
+                if interpolation is None:
+                    interpolation = row
                     rows.append(row)
-                elif abs(row.mean("psnr_y") - bicubic.mean("psnr_y")) > 1e-6:
-                    print(f"warning: {path}: its bicubic row differs from the first file's: other data, or "
+                elif abs(row.mean("psnr_y") - interpolation.mean("psnr_y")) > 1e-6:
+                    print(f"warning: {path}: its {row.method} row differs from the first file's: other data, or "
                           f"another seed?", file=sys.stderr)
                 continue
             if not row.method.startswith(prefix):  # an empty prefix keeps every row

@@ -652,6 +652,15 @@ def test_format_quality_and_color_fix_options(tmp_path, model_files, inputs, cap
     assert (tmp_path / "q30" / "photo.jpg").stat().st_size < (tmp_path / "q95" / "photo.jpg").stat().st_size
     code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "x"), "--quality", "0", *model], capsys)
     assert code == 2 and "--quality must be 1 to 100, got 0" in err
+    # --quality where nothing lossy is written: said, not silently ignored; the default says nothing
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "lossless"), "--format", "tif",
+                             "--quality", "80", *model], capsys)
+    assert code == 0 and "--quality 80 does nothing here" in err and "are TIFF, which is lossless" in err
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "lossy.webp"), "--quality",
+                             "80", *model], capsys)
+    assert code == 0 and "--quality" not in err
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "default.png"), *model], capsys)
+    assert code == 0 and "--quality" not in err
     # --color-fix: the correction of the library, on the float result, then rounded as files are
     assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "plain.png"), *model]) == 0
     assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "fixed.png"), "--color-fix", "wavelet",
@@ -714,6 +723,15 @@ def test_outscale_resizes_the_result_to_a_factor_of_the_input(tmp_path, model_fi
     assert load_image(tmp_path / "x1_5.png")[0].shape == (1, 4, 12, 9)  # alpha resized with the colour
     code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "x"), "--outscale", "0", *model], capsys)
     assert code == 2 and "--outscale must be more than 0, got 0" in err
+    # smaller than the input: said; less than a pixel (10 x 12 at 0.04: 0 x 0): that image refused, no 1 x 1 file
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "half.png"), "--outscale",
+                             "0.5", *model], capsys)
+    assert code == 0 and "--outscale 0.5 makes the results smaller than their inputs" in err
+    assert load_image(tmp_path / "half.png")[0].shape == (1, 3, 6, 5)
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "dot.png"), "--outscale",
+                             "0.04", *model], capsys)
+    assert code == 1 and "less than one pixel on a side; it needs more than 0.05 for this image" in err
+    assert not (tmp_path / "dot.png").exists()
 
 
 def test_several_t_write_each_image_once_per_t(tmp_path, model_files, inputs, capsys):

@@ -153,6 +153,9 @@ def test_eval_scores_8_bit_images_and_seeds_each_lr_by_its_name(tmp_path, random
     both = evaluate([model], tmp_path / "both", ts=[0.0], log=lambda s: None, per_image_csv=tmp_path / "both.csv")
     alone = evaluate([model], tmp_path / "alone", ts=[0.0], log=lambda s: None)
     assert both[0].scores["psnr_y"][1] == alone[0].scores["psnr_y"][0]  # b.png's LR is b.png's, whatever the folder
+    # the first row is named for what it is: average pooling's LR is brought back by block replication
+    assert [r.method for r in both] == ["nearest", "student"] and both[0].is_interpolation
+    assert not both[1].is_interpolation
     assert image_seed(0, "b.png") != image_seed(0, "a.png") and image_seed(1, "b.png") != image_seed(0, "b.png")
     x = torch.rand(1, 3, 8, 8)
     assert torch.equal(quantize(x) * 255, (quantize(x) * 255).round()) and (quantize(x) - x).abs().max() <= 0.5 / 255

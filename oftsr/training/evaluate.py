@@ -47,6 +47,16 @@ class Row:
         v = self.scores[key]
         return sum(v) / len(v) if v else math.nan
 
+    @property
+    def is_interpolation(self) -> bool:
+        """The first row: the LR brought to HR size, no network (it has no time)."""
+        return self.method in INTERPOLATION_ROWS.values()
+
+
+# The first row, named for what it is: the LR up-sampled as the models' degradation
+# defines it (`upsample_lr`), which is block replication for average pooling.
+INTERPOLATION_ROWS = {"bicubic": "bicubic", "noisy_avgpool": "nearest", "realesrgan": "bicubic"}
+
 
 def _rgb(path: Path) -> torch.Tensor:
     # with alpha: the colour under transparency filled, as the models see an input with alpha
@@ -139,7 +149,8 @@ def degrade_image(hr: torch.Tensor, scale: int, degradation: str = "bicubic",
 
 
 def baseline_upsample(lr: torch.Tensor, scale: int, degradation: str = "bicubic") -> torch.Tensor:
-    """The interpolation baseline (the "bicubic" row), in [0, 1]."""
+    """The interpolation baseline (the first row: "bicubic", or "nearest" for average
+    pooling), in [0, 1]."""
     return (upsample_lr(lr * 2 - 1, scale, degradation).clamp(-1, 1) + 1) / 2
 
 
@@ -148,7 +159,8 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
              log: Callable[[str], None] = print, baselines: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
              lr_dir: str | Path | None = None, scale: int | None = None,
              per_image_csv: str | Path | None = None, exclude: str | Path | None = None) -> list[Row]:
-    """One row for bicubic, one per teacher (at `steps`/`solver`), one per student and t
+    """One row for the interpolation baseline ("bicubic"; "nearest" for models trained on
+    average pooling), one per teacher (at `steps`/`solver`), one per student and t
     (one alone, without t, for a fixed-point student: "student (flowsr)"), and one per
     baseline (name -> function from LR to SR, both in [0, 1]).
 
@@ -171,7 +183,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     degradation = models[0].degradation if models else "bicubic"
     if any(m.scale != scale or m.degradation != degradation for m in models):
         raise ValueError("all models evaluated together must share scale and degradation")
-    rows = [Row("bicubic")]
+    rows = [Row(INTERPOLATION_ROWS[degradation])]
     runs: list[tuple[Row, Callable[[torch.Tensor], torch.Tensor]]] = []
     roles = [m.role for m in models]
     for i, m in enumerate(models):  # numbered only where two models share a role
@@ -242,15 +254,15 @@ def _cells(row: Row, lpips_note: str | None) -> list[str]:
     lp = lpips_note if lpips_note else f"{row.mean('lpips'):.4f}"
     return [row.method, "" if row.t is None else f"{row.t:g}", "" if row.nfe is None else str(row.nfe),
             f"{row.mean('psnr'):.2f}", f"{row.mean('psnr_y'):.2f}", f"{row.mean('ssim'):.4f}", lp,
-            f"{row.mean('swd'):.2f}", "" if row.method == "bicubic" else f"{row.mean('sec'):.3f}"]
+            f"{row.mean('swd'):.2f}", "" if row.is_interpolation else f"{row.mean('sec'):.3f}"]
 
 
 def _csv_score(row: Row, key: str, lpips_note: str | None) -> str:
     """A mean at full precision for results.csv; the note where LPIPS did not run, empty
-    where there is no score (bicubic's time)."""
+    where there is no score (the interpolation's time)."""
     if key == "lpips" and lpips_note:
         return lpips_note
-    if not row.scores[key] or (key == "sec" and row.method == "bicubic"):
+    if not row.scores[key] or (key == "sec" and row.is_interpolation):
         return ""
     return repr(row.mean(key))
 
@@ -307,7 +319,7 @@ def plot_curve(rows: list[Row], path: Path, title: str) -> Path:
         if r.t is not None:
             students.setdefault(r.method, []).append(r)
         else:
-            ax.scatter(r.mean("swd"), r.mean("psnr_y"), marker="s" if r.method == "bicubic" else "*", s=70, label=r.method)
+            ax.scatter(r.mean("swd"), r.mean("psnr_y"), marker="s" if r.is_interpolation else "*", s=70, label=r.method)
     for name, pts in students.items():
         xs, ys = [p.mean("swd") for p in pts], [p.mean("psnr_y") for p in pts]
         ax.plot(xs, ys, "o-", label=f"{name} (one step)")
