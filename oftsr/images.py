@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .color import srgb_decode, srgb_encode
+from .exif import EXIF_IFD, GPS_IFD, exif_bytes, with_user_comment
 from .files import atomic_write
 from .icc import has_linear_tone_curve
 from .inference import OUTPUT_DTYPES, check_unit_range, image_hint
@@ -36,9 +37,9 @@ _PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword Adobe's tools read XMP fr
 __all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "frame_count", "check_output_size",
            "IMAGE_SUFFIXES", "READ_SUFFIXES"]
 _EXIF_ORIENTATION = 0x0112
-_EXIF_IFD = 0x8769
 _EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the source's size
-_GPS_IFD = 0x8825
+_SETTINGS_TEXT = "parameters"  # A1111's generation settings: kept in JPEG and WebP as the EXIF UserComment
+_FORMAT_NAMES = {"WEBP": "WebP"}  # as messages name them
 # What of a TIFF's first IFD describes the photograph rather than the file's layout:
 # ImageDescription, Make, Model, Software, DateTime, Artist, Copyright.
 _TIFF_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
@@ -346,10 +347,10 @@ def _tiff_exif(im: Image.Image) -> Image.Exif | None:
     for tag in _TIFF_DESCRIPTIVE_TAGS:
         if tag in src and not _describes_layout(tag, src[tag]):
             exif[tag] = src[tag]
-    for ifd in (_EXIF_IFD, _GPS_IFD):
+    for ifd in (EXIF_IFD, GPS_IFD):
         if sub := src.get_ifd(ifd):
             exif.get_ifd(ifd).update(sub)
-    return exif if len(exif) or any(exif.get_ifd(ifd) for ifd in (_EXIF_IFD, _GPS_IFD)) else None
+    return exif if len(exif) or any(exif.get_ifd(ifd) for ifd in (EXIF_IFD, GPS_IFD)) else None
 
 
 def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
@@ -381,10 +382,10 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
                 exif = _read_exif(im)
         if exif is not None:
             exif[_EXIF_ORIENTATION] = 1
-            sub = exif.get_ifd(_EXIF_IFD)
+            sub = exif.get_ifd(EXIF_IFD)
             for tag in _EXIF_PIXEL_SIZE:
                 sub.pop(tag, None)
-            found["exif"] = exif.tobytes()
+            found["exif"] = exif_bytes(exif)
     except UnidentifiedImageError:  # a TIFF Pillow does not open (float colour, 16-bit gray + alpha)
         return _tifffile_metadata(path)
     except Exception:  # any decoder or parser error: keep what was read so far
@@ -630,6 +631,8 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
                       f"({JPEG_MAX_XMP:,}): written without it; a .png or .tif output keeps it", stacklevel=3)
     elif xmp and fmt in ("JPEG", "WEBP"):
         extra["xmp"] = xmp
+    if text and fmt != "PNG" and (exif := _exif_with_settings(extra.pop("exif", None), text, fmt, name)):
+        extra["exif"] = exif
     if fmt == "JPEG" and len(extra.get("exif") or b"") > JPEG_MAX_EXIF:
         warnings.warn(f"{name}: the source's EXIF ({len(extra['exif']):,} bytes, maker notes most likely) "
                       f"is more than JPEG holds ({JPEG_MAX_EXIF:,}): written without it; a .png or .tif output "
@@ -647,6 +650,18 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
     elif c == 2 and fmt not in ("PNG", "TIFF"):
         im = im.convert("RGBA")
     im.save(tmp, format=fmt, **extra)
+
+
+def _exif_with_settings(exif: bytes | None, text: dict[str, str], fmt: str, name: str) -> bytes | None:
+    """The EXIF of a JPEG or WebP result, with a PNG source's generation settings as its
+    UserComment (unless the source has a comment of its own). The other text chunks
+    (ComfyUI's workflow) have no place outside PNG: said, as other metadata given up is."""
+    kept = _SETTINGS_TEXT in text and fmt in ("JPEG", "WEBP")
+    lost = [k for k in text if not (kept and k == _SETTINGS_TEXT)]
+    if lost:
+        warnings.warn(f"{name}: the source's PNG text ({', '.join(lost)}) has no place in {_FORMAT_NAMES.get(fmt, fmt)}: written without "
+                      f"it; a .png output keeps it", stacklevel=4)
+    return with_user_comment(exif, text[_SETTINGS_TEXT]) if kept else exif
 
 
 def files_below(folder: Path) -> list[Path]:

@@ -404,8 +404,67 @@ def test_png_text_chunks_of_ai_images_are_kept_in_png_results(tmp_path):
         with Image.open(tmp_path / f"o{bits}.png") as out:
             assert {k: v for k, v in out.text.items() if k in text} == text, bits
             assert read_image_metadata(tmp_path / f"o{bits}.png") == meta
-    save_image(torch.rand(3, 8, 8), tmp_path / "o.jpg", metadata=meta)
+    with pytest.warns(UserWarning, match=r"o.jpg: the source's PNG text \(workflow, Title\) has no place in JPEG"):
+        save_image(torch.rand(3, 8, 8), tmp_path / "o.jpg", metadata=meta)
     assert "png_text" not in read_image_metadata(tmp_path / "o.jpg")
+
+
+def _exif_types(data: bytes) -> dict[int, tuple[int, bytes]]:
+    """{tag: (field type, value bytes)} of an EXIF block's Exif sub-directory, read by hand
+    (Pillow forgets the types it read)."""
+    import struct
+
+    tiff = data[6:] if data.startswith(b"Exif\0\0") else data
+    order = "<" if tiff[:2] == b"II" else ">"
+
+    def entries(offset):
+        n = struct.unpack_from(order + "H", tiff, offset)[0]
+        for i in range(n):
+            tag, kind, count, value = struct.unpack_from(order + "HHI4s", tiff, offset + 2 + 12 * i)
+            at = struct.unpack(order + "I", value)[0]
+            yield tag, kind, value, value[:count] if count <= 4 else tiff[at:at + count]  # bytes: 1 a value
+
+    ifd0 = {tag: field for tag, _, field, _ in entries(struct.unpack_from(order + "I", tiff, 4)[0])}
+    return {tag: (kind, value) for tag, kind, _, value in entries(struct.unpack(order + "I", ifd0[0x8769])[0])}
+
+
+def test_exif_undefined_fields_keep_their_type_and_ai_settings_go_into_the_user_comment(tmp_path):
+    """Pillow writes EXIF's UNDEFINED fields (MakerNote, UserComment) back as BYTE, which
+    type-strict readers (piexif: A1111's PNG Info) take for numbers. A result keeps them
+    UNDEFINED; a PNG's A1111 `parameters` become a JPEG or WebP result's UserComment,
+    UTF-16BE after "UNICODE" as A1111 writes it."""
+    from PIL import PngImagePlugin
+
+    from oftsr.exif import exif_bytes
+
+    camera = Image.Exif()
+    camera[0x010F] = "Canon"
+    camera[0x8769] = {0x927C: b"\x01\x02maker note", 0x9286: b"ASCII\0\0\0own comment", 0x9101: b"\x01\x02\x03\x00"}
+    assert {k: kind for k, (kind, _) in _exif_types(camera.tobytes()).items()} == {0x927C: 1, 0x9286: 1, 0x9101: 1}
+    Image.new("RGB", (8, 8)).save(tmp_path / "camera.jpg", exif=exif_bytes(camera))
+    for name in ("o.jpg", "o.webp", "o.png", "o16.png"):
+        save_image(torch.rand(3, 8, 8), tmp_path / name, bit_depth=16 if name == "o16.png" else 8,
+                   metadata=read_image_metadata(tmp_path / "camera.jpg"))
+        with Image.open(tmp_path / name) as out:
+            fields = _exif_types(out.info["exif"])
+        assert fields == {0x927C: (7, b"\x01\x02maker note"), 0x9286: (7, b"ASCII\0\0\0own comment"),
+                          0x9101: (7, b"\x01\x02\x03\x00")}, name
+    settings = "a cat, 写真\nSteps: 20, Sampler: Euler a"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", settings)
+    info.add_text("workflow", "{}")
+    for exif in (None, Image.Exif(), camera):  # no EXIF; EXIF without an Exif sub-directory; a comment of its own
+        if exif is not None:
+            exif[0x0110] = "EOS R5"
+        Image.new("RGB", (8, 8)).save(tmp_path / "ai.png", pnginfo=info, **({"exif": exif.tobytes()} if exif else {}))
+        for name in ("ai.jpg", "ai.webp"):
+            with pytest.warns(UserWarning, match=r"PNG text \(workflow\) has no place in (JPEG|WebP): written without"):
+                save_image(torch.rand(3, 8, 8), tmp_path / name, metadata=read_image_metadata(tmp_path / "ai.png"))
+            with Image.open(tmp_path / name) as out:
+                kind, comment = _exif_types(out.info["exif"])[0x9286]
+                assert out.getexif().get(0x0110) == (None if exif is None else "EOS R5")
+            expected = b"ASCII\0\0\0own comment" if exif is camera else b"UNICODE\0" + settings.encode("utf_16_be")
+            assert (kind, comment) == (7, expected), (name, exif)
 
 
 def test_cmyk_goes_through_its_embedded_profile(tmp_path, monkeypatch):
