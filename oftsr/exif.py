@@ -5,11 +5,15 @@ Pillow re-serialises an EXIF block with a type per tag taken from its own table,
 lacks most of EXIF's UNDEFINED tags: MakerNote, UserComment, ComponentsConfiguration and
 SceneType come out as BYTE. Readers that go by the type (piexif, so A1111's "PNG Info";
 some maker-note parsers) then see a list of numbers instead of the bytes. BYTE and
-UNDEFINED are both one byte a value, so the type field alone is mended, in place."""
+UNDEFINED are both one byte a value, so the type field alone is mended, in place (in a
+TIFF result, whose directories hold the EXIF, in the written file)."""
 
 from __future__ import annotations
 
+import io
+import os
 import struct
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -33,29 +37,50 @@ def with_undefined_types(data: bytes) -> bytes:
     """`data` (an EXIF block as Pillow writes it, with or without its "Exif" header) with
     the BYTE entries that EXIF defines as UNDEFINED typed so again. A block it cannot walk
     is returned as it is."""
-    start = len(_HEADER) if data.startswith(_HEADER) else 0
-    out = bytearray(data)
+    buffer = io.BytesIO(data)
+    _mend_types(buffer, len(_HEADER) if data.startswith(_HEADER) else 0)
+    return buffer.getvalue()
+
+
+def mend_tiff_types(path: str | os.PathLike) -> None:
+    """The same, in place, for a TIFF file that Pillow wrote with EXIF: its directories are
+    the file's own, and only the type fields of a few entries are rewritten."""
+    with open(path, "r+b") as f:
+        _mend_types(f, 0)
+
+
+def _mend_types(f: BinaryIO, start: int) -> None:
+    """Walk the TIFF structure at `start` of `f` (first directory, Exif, GPS and Interop
+    sub-directories) and type UNDEFINED the BYTE entries EXIF defines so. Stops, leaving
+    the rest as it is, where the structure is not a classic TIFF one."""
+    def read(at: int, size: int) -> bytes:
+        f.seek(start + at)
+        data = f.read(size)
+        if len(data) < size:
+            raise struct.error("past the end")
+        return data
+
     try:
-        order = {b"II": "<", b"MM": ">"}[bytes(out[start:start + 2])]
-        directories = [(None, struct.unpack_from(order + "I", out, start + 4)[0])]
-        seen = set()
+        order = {b"II": "<", b"MM": ">"}[read(0, 2)]
+        if struct.unpack(order + "H", read(2, 2))[0] != 42:
+            return
+        directories, seen = [(None, struct.unpack(order + "I", read(4, 4))[0])], set()
         while directories:
             group, offset = directories.pop()
             if offset in seen or not offset:
                 continue
             seen.add(offset)
-            base = start + offset
-            count = struct.unpack_from(order + "H", out, base)[0]
+            count = struct.unpack(order + "H", read(offset, 2))[0]
+            table = read(offset + 2, 12 * count)
             for i in range(count):
-                entry = base + 2 + 12 * i
-                tag, kind = struct.unpack_from(order + "HH", out, entry)
+                tag, kind, _, value = struct.unpack_from(order + "HHI4s", table, 12 * i)
                 if (group, tag) in _POINTERS:
-                    directories.append((tag, struct.unpack_from(order + "I", out, entry + 8)[0]))
+                    directories.append((tag, struct.unpack(order + "I", value)[0]))
                 elif kind == _BYTE and tag in _UNDEFINED_TAGS.get(group, ()):
-                    struct.pack_into(order + "H", out, entry + 2, _UNDEFINED)
+                    f.seek(start + offset + 2 + 12 * i + 2)
+                    f.write(struct.pack(order + "H", _UNDEFINED))
     except (KeyError, struct.error):
-        return data
-    return bytes(out)
+        return
 
 
 def exif_bytes(exif: Image.Exif) -> bytes:

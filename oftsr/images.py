@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .color import srgb_decode, srgb_encode
-from .exif import EXIF_IFD, GPS_IFD, exif_bytes, with_user_comment
+from .exif import EXIF_IFD, GPS_IFD, exif_bytes, mend_tiff_types, with_user_comment
 from .files import atomic_write
 from .icc import has_linear_tone_curve
 from .inference import OUTPUT_DTYPES, check_unit_range, image_hint
@@ -650,6 +650,8 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
     elif c == 2 and fmt not in ("PNG", "TIFF"):
         im = im.convert("RGBA")
     im.save(tmp, format=fmt, **extra)
+    if fmt == "TIFF" and extra.get("exif"):  # Pillow's TIFF writer types the EXIF fields itself
+        mend_tiff_types(tmp)
 
 
 def _exif_with_settings(exif: bytes | None, text: dict[str, str], fmt: str, name: str) -> bytes | None:

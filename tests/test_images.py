@@ -442,11 +442,13 @@ def test_exif_undefined_fields_keep_their_type_and_ai_settings_go_into_the_user_
     camera[0x8769] = {0x927C: b"\x01\x02maker note", 0x9286: b"ASCII\0\0\0own comment", 0x9101: b"\x01\x02\x03\x00"}
     assert {k: kind for k, (kind, _) in _exif_types(camera.tobytes()).items()} == {0x927C: 1, 0x9286: 1, 0x9101: 1}
     Image.new("RGB", (8, 8)).save(tmp_path / "camera.jpg", exif=exif_bytes(camera))
-    for name in ("o.jpg", "o.webp", "o.png", "o16.png"):
-        save_image(torch.rand(3, 8, 8), tmp_path / name, bit_depth=16 if name == "o16.png" else 8,
-                   metadata=read_image_metadata(tmp_path / "camera.jpg"))
-        with Image.open(tmp_path / name) as out:
-            fields = _exif_types(out.info["exif"])
+    for name in ("o.jpg", "o.webp", "o.png", "o16.png", "o.tif", "xmp.tif"):
+        meta = read_image_metadata(tmp_path / "camera.jpg")
+        if name == "xmp.tif":  # the EXIF merged with the XMP
+            meta["xmp"] = XMP
+        save_image(torch.rand(3, 8, 8), tmp_path / name, bit_depth=16 if name == "o16.png" else 8, metadata=meta)
+        with Image.open(tmp_path / name) as out:  # a TIFF's EXIF is in the file's own directories
+            fields = _exif_types(out.info["exif"] if out.format != "TIFF" else (tmp_path / name).read_bytes())
         assert fields == {0x927C: (7, b"\x01\x02maker note"), 0x9286: (7, b"ASCII\0\0\0own comment"),
                           0x9101: (7, b"\x01\x02\x03\x00")}, name
     settings = "a cat, 写真\nSteps: 20, Sampler: Euler a"
