@@ -458,8 +458,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     Keyword overrides win over what the file says; one that contradicts what our file
     records warns (`OverrideWarning`: they are for files that do not say, such as an
     authors' `.pth`). A name that is neither a file nor a bundled model raises
-    FileNotFoundError naming the closest bundled name. Returns the model in eval mode on the
-    inference fast path for its device (`OFTSRModel.optimize()`: the layout of
+    FileNotFoundError naming the closest bundled name. Returns the model frozen for
+    inference (eval mode, `requires_grad` off: `.requires_grad_(True).train()` to fine-tune)
+    on the inference fast path for its device (`OFTSRModel.optimize()`: the layout of
     `fastest_layout_is_channels_last`, again after a move to another device); `compile=True` (or a mode name,
     see `OFTSRModel.optimize`) adds `torch.compile`.
     A `path` given as a string may be a bundled model's name ("x4" is its student,
@@ -520,14 +521,13 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     _check_shapes(found, config, path)  # before the network takes real memory
     if kind == "safetensors":
         weights = canonical_state_dict(_read_safetensors(path)[0], path.name)
-    with torch.random.fork_rng(devices=[]):  # the random init, replaced below, leaves the caller's RNG alone
+    with torch.device("meta"):  # no random init to replace (nor a global random state to touch): the file's tensors
         unet = UNet(config)
-    if isinstance(weights, dict):
-        unet.load_state_dict(weights)
-    else:
-        with torch.no_grad():
-            for p, t in zip(unet.parameters(), weights, strict=True):
-                p.copy_(t)
+    if not isinstance(weights, dict):  # the authors' positional list: in the order of the parameters
+        weights = dict(zip((name for name, _ in unet.named_parameters()), weights, strict=True))
+    # Fresh float32 memory for each tensor (fp16/bf16 files up-cast): a file's tensors lie at any
+    # offset, and kernels on unaligned weights round differently.
+    unet.load_state_dict({k: torch.empty(v.shape).copy_(v) for k, v in weights.items()}, assign=True)
 
     overrides = {"sigma_p": sigma_p, "role": role, "scale": scale, "degradation": degradation}
     info.update({k: v for k, v in overrides.items() if v is not None})

@@ -211,7 +211,30 @@ def _zero(module: nn.Module) -> nn.Module:
     # ADM zero-initialises the last conv of each residual branch and the output conv.
     for p in module.parameters():
         nn.init.zeros_(p)
+    module.zero_init = True  # for `initialise`, which draws every layer's default first
     return module
+
+
+def initialise(unet: nn.Module, generator: torch.Generator) -> None:
+    """The weights `UNet(config)` is made with after `torch.manual_seed(s)`, drawn from a
+    `generator` seeded with s instead, so that torch's global random state (which other
+    threads draw from too) is not touched: each conv and linear layer's default init in
+    the order the layers were made, then ADM's zeros."""
+    with torch.no_grad():
+        for m in unet.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):  # their reset_parameters, with a generator
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    fan_in = nn.init._calculate_fan_in_and_fan_out(m.weight)[0]
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in unet.modules():
+            if getattr(m, "zero_init", False):
+                for p in m.parameters():
+                    nn.init.zeros_(p)
 
 
 class ResBlock(nn.Module):

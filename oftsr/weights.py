@@ -9,22 +9,24 @@ from pathlib import Path
 import torch
 
 from .model import OFTSRModel
-from .unet import PRESETS, UNet, UNetConfig
+from .unet import PRESETS, UNet, UNetConfig, initialise
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def create_model(preset: str | UNetConfig, *, role: str = "teacher", scale: int = 4, sigma_p: float = 0.2,
                  degradation: str = "bicubic", dropout: float = 0.0, seed: int | None = None) -> OFTSRModel:
-    """A freshly initialised model (ADM init: residual branches and output start at zero)."""
+    """A freshly initialised model (ADM init: residual branches and output start at zero).
+    With `seed`, the same weights for the same seed, whatever other threads draw meanwhile."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+    if seed is not None:  # the init torch.manual_seed(seed) would give, the global random state untouched
+        with torch.device("meta"):
             unet = UNet(preset, dropout=dropout)
+        unet = unet.to_empty(device="cpu")
+        initialise(unet, torch.Generator().manual_seed(seed))
     else:
         unet = UNet(preset, dropout=dropout)
     return OFTSRModel(unet, sigma_p=sigma_p, role=role, scale=scale, degradation=degradation)

@@ -364,3 +364,23 @@ def test_the_network_digest_of_a_network_never_changes():
         for i, p in enumerate(model.unet.parameters()):
             p.copy_(torch.sin(torch.arange(p.numel(), dtype=torch.float64) * 0.37 + i).view_as(p).float())
     assert network_digest(model) == "18d781606c87f1082dbf58fdf34fcef967719e3d62cdb26a9ecc92df1d9a79f4"
+
+
+def test_loading_and_seeded_creation_never_touch_the_global_random_state(tmp_path, student):
+    """Other threads draw from torch's global generator: saving and restoring it around a
+    random init (fork_rng) would hand them repeated numbers. load_model builds on the meta
+    device (no init at all) and create_model(seed=) draws from a generator of its own, the
+    same weights as torch.manual_seed(seed) before UNet(config)."""
+    oftsr.save_model(student, tmp_path / "m.safetensors")
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    oftsr.load_model(tmp_path / "m.safetensors")
+    oftsr.load_model("x4")
+    seeded = {name: oftsr.create_model(name, seed=5) for name in ("tiny", "compact")}
+    assert torch.equal(torch.get_rng_state(), state)
+    for name, model in seeded.items():
+        torch.manual_seed(5)
+        reference = oftsr.UNet(oftsr.PRESETS[name])
+        pairs = list(zip(reference.state_dict().items(), model.unet.state_dict().items(), strict=True))
+        assert all(k == j and torch.equal(a, b) for (k, a), (j, b) in pairs), name
+        assert sum(int(b.abs().sum() == 0) for _, (_, b) in pairs) >= 10  # ADM's zero-initialised layers too
