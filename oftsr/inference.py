@@ -31,6 +31,10 @@ _WRITE_ROWS = 256  # rows of the teacher's final state converted at a time
 
 
 def check_t(t: float) -> float:
+    """`t` as a float in [0, 1]: a number, or a tensor of one. Text and booleans are refused,
+    not converted ("0.5" is for `parse_t_values`; True is no trade-off point)."""
+    if isinstance(t, (str, bytes, bool)):
+        raise ValueError(f"t must be a number in [0, 1] (0 = fidelity, 1 = realism), got {t!r}")
     if isinstance(t, torch.Tensor) and t.numel() > 1:
         raise ValueError(f"t must be one number in [0, 1], got a tensor of {t.numel()}: call once per t")
     try:
@@ -80,7 +84,10 @@ def parse_t_values(text: str, name: str = "t_values") -> list[float]:
 
 
 def check_count(value: object, name: str) -> int:
-    """An integer argument (steps, a seed, a tile size): a float or None is refused, not truncated."""
+    """An integer argument (steps, a seed, a tile size): a float, a boolean or None is
+    refused, not truncated or taken for 0 / 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
     try:
         return operator.index(value)
     except TypeError:

@@ -52,6 +52,8 @@ def test_pairs_are_matched_by_name_and_the_lr_is_used_as_given(pairs):
         (16, 12, 64, 48), (8, 8, 32, 32), (8, 8, 32, 32)]  # the 34 px HR is cropped to 4x its LR
     with pytest.raises(ValueError, match=r"^ts: t must be in \[0, 1\]"):  # the library's name, not the CLI's
         evaluate([], pairs, ts=[1.5], scale=4, baselines={"upsample": upsample}, log=lambda s: None)
+    with pytest.raises(ValueError, match=r"^ts: t must be a number in \[0, 1\].*got '0.5'"):  # not after an image
+        evaluate([], pairs, ts=["0.5"], scale=4, baselines={"upsample": upsample}, log=lambda s: None)
     rows = evaluate([], pairs, ts=[], scale=4, baselines={"upsample": upsample}, log=lambda s: None)
     assert [r.method for r in rows] == ["bicubic", "upsample"]
     given = [psnr_y(quantize(upsample(lr)), hr, border=4) for _, lr, hr in triples]  # scored as 8-bit files

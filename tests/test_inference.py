@@ -112,7 +112,10 @@ def test_argument_mistakes_are_named(student, teacher):
     img = smooth_image(8, 8)
     for kw, message in [({"seed": None}, "seed must be an integer, got None"),
                         ({"seed": 0.7}, "seed must be an integer, got 0.7"),
+                        ({"seed": True}, "seed must be an integer, got True"),
                         ({"t": None}, r"t must be a number in \[0, 1\].*got None"),
+                        ({"t": "0.5"}, r"t must be a number in \[0, 1\].*got '0.5'"),
+                        ({"t": True}, r"t must be a number in \[0, 1\].*got True"),
                         ({"t": torch.tensor([0.0, 1.0])}, "t must be one number in .0, 1., got a tensor of 2"),
                         ({"tile": 64.5}, "tile and overlap must be whole numbers of pixels, got 64.5"),
                         ({"tile_batch": 1.5}, "tile_batch must be a whole number, got 1.5")]:

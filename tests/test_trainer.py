@@ -176,6 +176,26 @@ def test_dataset_errors(tmp_path):
         SRDataset(tmp_path, resolution=30, scale=4)
 
 
+def test_a_training_file_that_changes_after_the_scan_is_skipped_and_reported_once(tmp_path, caplog):
+    for i, colour in enumerate(((200, 0, 0), (0, 200, 0), (0, 0, 200))):
+        Image.new("RGB", (40, 40), colour).save(tmp_path / f"{i}.png")
+    ds = SRDataset(tmp_path, resolution=32, scale=4)
+    (tmp_path / "0.png").unlink()  # moved away mid-run (or a network share gone): OSError
+    (tmp_path / "1.png").write_bytes(b"junk")  # overwritten: ValueError
+    with caplog.at_level("WARNING", logger="oftsr.training.data"):
+        for _ in range(2):
+            hr = ds[0]["hr"]  # the next readable file instead: the blue one
+            assert hr[2].mean() > hr[0].mean() + 0.5 and hr[2].mean() > hr[1].mean() + 0.5
+    assert caplog.text.count("skipping unreadable training image") == 2 and "No such file" in caplog.text
+    with pytest.raises(ValueError, match="unknown degradation 'bogus'; choose one of bicubic, noisy_avgpool"):
+        SRDataset(tmp_path, resolution=32, degradation="bogus")  # at once, not in a DataLoader worker
+    with pytest.raises(ValueError, match="scale must be a positive integer, got 4.0"):
+        SRDataset(tmp_path, resolution=32, scale=4.0)
+    for degradation in ("bicubic", "noisy_avgpool", "realesrgan"):  # none drops a remainder
+        with pytest.raises(ValueError, match="HR size 30x30 is not divisible by the scale 4; crop it first"):
+            make_lr(torch.zeros(1, 3, 30, 30), 4, degradation)
+
+
 def test_training_folders_read_what_the_cli_reads_and_name_the_rest(tmp_path, caplog, monkeypatch):
     raw = tmp_path / "raw"
     raw.mkdir()

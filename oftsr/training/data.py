@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..color import split_alpha
+from ..model import DEGRADATIONS
 from .degradations import SIGMA_Y, make_lr
 from .realesrgan import RealESRGANConfig
 from ..images import HEIF_SUFFIXES, READ_SUFFIXES, files_below, load_image
@@ -132,6 +133,11 @@ class SRDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, *, resolution: int = 256, scale: int = 4, degradation: str = "bicubic",
                  sigma_y: float = SIGMA_Y, random_flip: bool = True, center_crop: bool = False, seed: int = 0,
                  repeats: int = 1, realesrgan_config: RealESRGANConfig | None = None) -> None:
+        # Checked here, in the main process, not at the first item in a DataLoader worker.
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        if degradation not in DEGRADATIONS:
+            raise ValueError(f"unknown degradation {degradation!r}; choose one of {', '.join(DEGRADATIONS)}")
         if resolution % scale:
             raise ValueError(f"resolution {resolution} must be a multiple of the scale {scale}")
         if repeats < 1:
@@ -158,7 +164,7 @@ class SRDataset(torch.utils.data.Dataset):
             try:
                 image, _ = load_image(path)
                 return image[0]
-            except ValueError as e:
+            except (ValueError, OSError) as e:  # OSError: moved, deleted, a network share gone
                 if path not in self._reported:
                     self._reported.add(path)
                     logger.warning("skipping unreadable training image: %s", e)

@@ -13,11 +13,17 @@ from .realesrgan import RealESRGANConfig, degrade_realesrgan
 SIGMA_Y = 0.05  # the noisy FFHQ task's measurement noise, on the [-1, 1] scale
 
 
-def bicubic_downsample(x: torch.Tensor, scale: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
+def check_divisible(hr: torch.Tensor, scale: int) -> None:
+    """An HR image must be `scale` times its LR: a remainder would make a pair whose sides
+    disagree, which fails later somewhere else."""
+    h, w = hr.shape[-2:]
     if h % scale or w % scale:
         raise ValueError(f"HR size {h}x{w} is not divisible by the scale {scale}; crop it first")
-    return bicubic_resize(x, (h // scale, w // scale))
+
+
+def bicubic_downsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    check_divisible(x, scale)
+    return bicubic_resize(x, (x.shape[-2] // scale, x.shape[-1] // scale))
 
 
 def noisy_avgpool_downsample(x: torch.Tensor, scale: int, sigma_y: float, noise: torch.Tensor) -> torch.Tensor:
@@ -31,6 +37,7 @@ def degrade(hr: torch.Tensor, scale: int, degradation: str, *, generator: torch.
     """The LR image (LR size, [-1, 1]) of an HR batch (B, 3, H, W) in [-1, 1], degraded the
     way `degradation` defines (random parts seeded through `generator`). `realesrgan_config`
     sets the ranges of the Real-ESRGAN pipeline (default: the published ones)."""
+    check_divisible(hr, scale)  # every degradation: average pooling would drop the remainder
     if degradation == "bicubic":
         return bicubic_downsample(hr, scale)
     if degradation == "noisy_avgpool":

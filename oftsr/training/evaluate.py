@@ -173,12 +173,10 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     stopped run leaves its results and a failed one never replaces a complete file)."""
     if not models and scale is None:
         raise ValueError("evaluate needs models, or the scale of the baselines")
-    ts = list(dict.fromkeys(ts))  # a t given twice is one row
-    for t in ts:  # before any image, not after a slow teacher
-        try:
-            check_t(t)
-        except ValueError as e:
-            raise ValueError(f"ts: {e}") from None  # the CLI has checked its --t before
+    try:  # before any image, not after a slow teacher; as floats, which the rows are labelled with
+        ts = list(dict.fromkeys(check_t(t) for t in ts))  # a t given twice is one row
+    except ValueError as e:
+        raise ValueError(f"ts: {e}") from None  # the CLI has checked its --t before
     scale = models[0].scale if models else scale
     degradation = models[0].degradation if models else "bicubic"
     if any(m.scale != scale or m.degradation != degradation for m in models):
