@@ -56,13 +56,20 @@ def model_metadata(model: OFTSRModel, **extra: str) -> dict[str, str]:
         "architecture": json.dumps(model.config.to_dict()),
         **{k: str(v) for k, v in model.settings().items()},
     }
+    clashes = {k: v for k, v in extra.items() if k in meta and str(v) != meta[k]}
+    if clashes:  # the file would say it is another model than it holds
+        raise ValueError(f"metadata {', '.join(f'{k}={v!r}' for k, v in clashes.items())} would contradict the "
+                         f"model's own ({', '.join(f'{k}={meta[k]!r}' for k in clashes)}); set them on the model "
+                         f"(OFTSRModel attributes) or record them under other names")
     meta.update({k: str(v) for k, v in extra.items()})
     return meta
 
 
 def save_model(model: OFTSRModel, path: str | os.PathLike, *, dtype: torch.dtype | None = None, **extra: str) -> None:
     """Write `model` as one `.safetensors` file, atomically (temporary name, then rename),
-    so a crash never leaves a half-written checkpoint under the final name."""
+    so a crash never leaves a half-written checkpoint under the final name. `extra` adds
+    text metadata (how it was trained); a key that would contradict what the file says
+    of the model itself (role, scale, format, ...) is refused."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.unet.state_dict().items()}
     with atomic_write(path) as tmp:

@@ -50,6 +50,12 @@ def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path, student):
     assert (loaded.role, loaded.scale, loaded.sigma_p, loaded.step, loaded.config) == ("student", 4, 0.2, 1234, student.config)
     assert torch.equal(_outputs(loaded), _outputs(student))
     assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed away
+    for clash in ({"role": "teacher"}, {"format": "other"}, {"scale": 2}):  # the file would lie about the model
+        with pytest.raises(ValueError, match=f"metadata {next(iter(clash))}=.* would contradict the model's own"):
+            oftsr.save_model(student, tmp_path / "bad.safetensors", **clash)
+    assert not (tmp_path / "bad.safetensors").exists()
+    oftsr.save_model(student, tmp_path / "same.safetensors", role="student", note="kept")  # agreeing keys are fine
+    assert oftsr.read_metadata(tmp_path / "same.safetensors")["note"] == "kept"
     old = os.umask(0o022)
     try:
         oftsr.save_model(student, path)
