@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import oftsr
 from oftsr.cli import main
-from oftsr.training.metrics import LPIPS, LPIPSUnavailable, psnr, psnr_y, realism_swd, rgb_to_y, ssim_y
+from oftsr.training.metrics import LPIPS, LPIPSUnavailable, psnr, psnr_y, realism_swd, rgb_to_y, ssim, ssim_y
 
 from conftest import DATA, make_model, smooth_image
 
@@ -18,6 +18,19 @@ def test_psnr_hand_values():
     x = torch.zeros(1, 3, 4, 4)
     assert psnr(x + 0.1, x) == pytest.approx(20.0, abs=1e-4)  # mse 0.01
     assert psnr(x + 0.01, x) == pytest.approx(40.0, abs=1e-3)
+
+
+def test_measures_refuse_what_they_would_score_wrongly():
+    x = torch.rand(1, 3, 32, 32)
+    for a, b, message in [(x[0], x[0], r"x must be a floating-point \(B, C, H, W\) image .* got torch.float32 of "
+                                       r"shape \(3, 32, 32\) \(one image: image\[None\]"),
+                          ((x * 255).byte(), x, r"x must be a floating-point .* got torch.uint8 .* levels / 255"),
+                          (x, x[..., :16], r"x and y must have one shape, got \(1, 3, 32, 32\) and \(1, 3, 32, 16\)")]:
+        for measure in (psnr, psnr_y, ssim, ssim_y, realism_swd):
+            with pytest.raises(ValueError, match=message):
+                measure(a, b)
+    with pytest.raises(ValueError, match="a border of 16 px leaves nothing of a 32x32 image to score"):
+        psnr_y(x, x, border=16)
 
 
 def test_luma_and_border():

@@ -25,8 +25,21 @@ from ..files import sha256_file
 __all__ = ["psnr", "psnr_y", "ssim", "ssim_y", "rgb_to_y", "realism_swd", "quality", "LPIPS", "LPIPSUnavailable"]
 
 
+def check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Both images floating-point (B, C, H, W) of one shape: without the batch axis PSNR
+    would be a mean over channels, and uint8 levels would be scored as if in [0, 1]."""
+    for name, z in (("x", x), ("y", y)):
+        if not isinstance(z, torch.Tensor) or z.ndim != 4 or not z.is_floating_point():
+            got = f"{z.dtype} of shape {tuple(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"{name} must be a floating-point (B, C, H, W) image in [0, 1], got {got} (one image: "
+                             f"image[None]; 8-bit levels: levels / 255)")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean over the batch of per-image PSNR (dB), data range 1."""
+    check_pair(x, y)
     mse = ((x.float() - y.float()) ** 2).flatten(1).mean(1).clamp_min(1e-12)
     return (10 * torch.log10(1.0 / mse)).mean().item()
 
@@ -38,10 +51,13 @@ def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
 
 
 def _crop(x: torch.Tensor, border: int) -> torch.Tensor:
+    if 2 * border >= min(x.shape[-2:]):
+        raise ValueError(f"a border of {border} px leaves nothing of a {x.shape[-1]}x{x.shape[-2]} image to score")
     return x[..., border:-border, border:-border] if border > 0 else x
 
 
 def psnr_y(x: torch.Tensor, y: torch.Tensor, border: int = 0) -> float:
+    check_pair(x, y)
     return psnr(_crop(rgb_to_y(x), border), _crop(rgb_to_y(y), border))
 
 
@@ -49,6 +65,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float = 1
     """Mean over the batch of SSIM (data range 1) of (B, C, H, W) images, as Wang et al.'s
     reference: Gaussian-weighted local statistics, averaged over the "valid" positions
     (the window inside the image; padded borders would count made-up pixels)."""
+    check_pair(x, y)
     x, y = x.double(), y.double()
     if min(x.shape[-2:]) < window:
         raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the {window} px SSIM window")
@@ -64,6 +81,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float = 1
 
 
 def ssim_y(x: torch.Tensor, y: torch.Tensor, border: int = 0) -> float:
+    check_pair(x, y)
     return ssim(_crop(rgb_to_y(x.double()), border), _crop(rgb_to_y(y.double()), border))
 
 
@@ -100,6 +118,7 @@ class LPIPS:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        check_pair(x, y)
         d = self.net(x.to(self.device).float() * 2 - 1, y.to(self.device).float() * 2 - 1)
         return d.mean().item()
 
@@ -157,6 +176,7 @@ def realism_swd(x: torch.Tensor, y: torch.Tensor, *, levels: int = 3, patch: int
     is more realistic. The estimate has a floor: the ground truth against itself moved by
     a few pixels does not score 0. 4096 patches per image put that floor well under the
     scores of realistic outputs; 256 did not."""
+    check_pair(x, y)
     g = torch.Generator().manual_seed(seed)
     px, py = laplacian_pyramid(x.float().cpu(), levels), laplacian_pyramid(y.float().cpu(), levels)
     scores = []
