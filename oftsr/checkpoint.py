@@ -356,7 +356,12 @@ def _check_shapes(found: dict[str, tuple[int, ...]] | list[tuple[int, ...]], con
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata of one of our checkpoints (empty for files without it), tensors not loaded."""
+    """The metadata of one of our checkpoints (empty for files without it), tensors not loaded.
+    A string may name a bundled model ("x4" is its student, "x4-teacher"), as for `load_model`."""
+    if isinstance(path, str):
+        from .weights import existing_model_path
+
+        path = existing_model_path(path, "student", option="read_metadata:")
     path = Path(path)
     if _file_kind(path) != "safetensors":
         return {}
@@ -556,4 +561,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                        degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
                        objective=str(info.get("objective", "oftsr")))
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if model.dtype == torch.float16 and model.device.type == "cpu":
+        warnings.warn("float16 on a CPU is emulated: about 10x slower than float32 (bfloat16 is fast on CPUs with "
+                      "AVX512-bf16 or AMX); float16 is for GPUs", stacklevel=2)
     return model.optimize(compile=compile)  # the faster memory layout for its device

@@ -221,6 +221,9 @@ def is_out_of_memory(e: BaseException) -> bool:
 OUTPUT_DTYPES = {torch.float32: 1.0, torch.uint8: 255.0, torch.uint16: 65535.0}
 
 
+ALPHA_SNAP = 1e-6  # an up-sampled alpha this close to 0 or 1 is that: float rounding, 1/65 of a 16-bit level
+
+
 class _Output:
     """The result buffer, filled band by band from x1 (in [-1, 1], unclamped): clamp to
     [0, 1], grayscale or alpha as the input had it, and rounding for integer dtypes. The
@@ -240,7 +243,9 @@ class _Output:
         rows = _neutralise(rows, self.neutral, self.gray)
         if self.alpha is not None:
             a = upsample_lr_region(self.alpha, self.scale, "bicubic", top, 0, rows.shape[-2], rows.shape[-1])
-            rows = torch.cat([rows, a.clamp(0, 1)], dim=1)
+            # opaque stays exactly 1 and transparent 0 (bicubic's weights sum to 1 only up to rounding)
+            a = torch.where(a >= 1 - ALPHA_SNAP, 1.0, torch.where(a <= ALPHA_SNAP, 0.0, a))
+            rows = torch.cat([rows, a], dim=1)
         if self.peak != 1.0:
             rows = rows.mul_(self.peak).round_()
         self.out[:, :, top:top + rows.shape[-2]] = rows.to(self.out.device, self.out.dtype)

@@ -145,6 +145,8 @@ def test_rgba_keeps_alpha(student):
     assert torch.equal(out[:, :3], oftsr.upscale(student, bleed_colour(img, alpha)))
     assert out[0, 3, 24:40, 24:40].min() == 1.0 and out[0, 3, :8, :8].max() == 0.0
     assert out[:, 3].min() >= 0 and out[:, 3].max() <= 1
+    opaque = oftsr.upscale(student, torch.cat([img, torch.ones(1, 1, 16, 16)], 1))[:, 3]
+    assert torch.equal(opaque, torch.ones_like(opaque))  # exactly 1, not 1 - 2e-7: `alpha == 1` holds
 
 
 def test_the_colour_under_full_transparency_leaves_no_trace(student):

@@ -221,6 +221,8 @@ def test_eval_table_round_trip(tmp_path):
         assert b.mean("psnr_y") == a.mean("psnr_y") and b.mean("swd") == a.mean("swd")  # full precision
         assert math.isnan(b.mean("lpips"))  # the note is not a number
     assert math.isnan(back[0].mean("sec"))  # bicubic has no time
+    md, _ = write_tables(rows, tmp_path / "no_lpips", None, "test")  # evaluate(..., lpips=None) from the library
+    assert "nan" not in md.read_text() and "| student | 0 | 1 | 21.67 | 21.67 | 21.6667 |  | 21.67 |" in md.read_text()
     assert plot_curve(back, tmp_path / "curve.png", "test").stat().st_size > 1000
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not an `oftsr eval` results.csv"):

@@ -249,7 +249,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
 
 
 def _cells(row: Row, lpips_note: str | None) -> list[str]:
-    lp = lpips_note if lpips_note else f"{row.mean('lpips'):.4f}"
+    lp = lpips_note or (f"{row.mean('lpips'):.4f}" if row.scores["lpips"] else "")  # as results.csv: empty, not nan
     return [row.method, "" if row.t is None else f"{row.t:g}", "" if row.nfe is None else str(row.nfe),
             f"{row.mean('psnr'):.2f}", f"{row.mean('psnr_y'):.2f}", f"{row.mean('ssim'):.4f}", lp,
             f"{row.mean('swd'):.2f}", "" if row.is_interpolation else f"{row.mean('sec'):.3f}"]
