@@ -524,7 +524,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                    help="torch.compile mode, implies --compile: reduce-overhead replays CUDA graphs for the fixed tile shape")
     _add_override_args(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary lines (the time taken; sample: the network evaluations used)")
 
 
 def _add_override_args(p: argparse.ArgumentParser) -> None:

@@ -648,8 +648,8 @@ def next_step(role: str, path: Path) -> str:
     """What to do with an exported model file, said at the end of a run."""
     if role == "teacher":
         return (f"distil its one-step student with `accelerate launch trainer/distill.py --teacher {path} "
-                f"--train_data_dir ... --output_dir ...`, or sample with it: `oftsr sample --model {path} photo.png`")
-    return (f"upscale with it: `oftsr upscale --model {path} photo.png`; in ComfyUI, put it in models/oftsr and "
+                f"--train_data_dir ... --output_dir ...`, or sample with it: `oftsr sample --model {path} photo.png -o out/`")
+    return (f"upscale with it: `oftsr upscale --model {path} photo.png -o out/`; in ComfyUI, put it in models/oftsr and "
             f"pick it in Load OFTSR Model")
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Make the teacher's (start noise, end point, LR) pairs that `distill.py --objective fluxsr`
+r"""Make the teacher's (start noise, end point, LR) pairs that `distill.py --objective fluxsr`
 trains on: LR crops of the HR photographs, each integrated by the teacher's multi-step
 sampler. Deterministic per --seed; resumable (complete shards are kept, an interrupted
 shard is redone); several processes split the shards.
