@@ -95,11 +95,14 @@ def user_comment(text: str) -> bytes:
 
 def with_user_comment(data: bytes | None, text: str) -> bytes | None:
     """`data` (or a new block) with `text` as its UserComment, unless it has a comment of
-    its own, which is kept."""
+    its own, which is kept (as is a block Pillow cannot parse)."""
     exif = Image.Exif()
-    if data:
-        exif.load(data)
-    sub = exif.get_ifd(EXIF_IFD)
+    try:
+        if data:
+            exif.load(data)
+        sub = exif.get_ifd(EXIF_IFD)
+    except Exception:  # Pillow's parser raises many kinds; the block is the source's, kept as it is
+        return data
     if USER_COMMENT in sub:
         return data
     sub[USER_COMMENT] = user_comment(text)

@@ -661,8 +661,8 @@ def _exif_with_settings(exif: bytes | None, text: dict[str, str], fmt: str, name
     kept = _SETTINGS_TEXT in text and fmt in ("JPEG", "WEBP")
     lost = [k for k in text if not (kept and k == _SETTINGS_TEXT)]
     if lost:
-        warnings.warn(f"{name}: the source's PNG text ({', '.join(lost)}) has no place in {_FORMAT_NAMES.get(fmt, fmt)}: written without "
-                      f"it; a .png output keeps it", stacklevel=4)
+        warnings.warn(f"{name}: the source's PNG text ({', '.join(lost)}) has no place in "
+                      f"{_FORMAT_NAMES.get(fmt, fmt)}: written without it; a .png output keeps it", stacklevel=4)
     return with_user_comment(exif, text[_SETTINGS_TEXT]) if kept else exif
 
 
