@@ -268,12 +268,32 @@ def _weights_from_torch_object(obj: object, path: Path) -> tuple[list[torch.Tens
     )
 
 
+# torch.save stores its zip entries uncompressed; weights compress poorly in any case. An
+# entry that claims far more than the file holds is a zip bomb.
+MAX_ZIP_INFLATION = 16
+
+
+def _check_zip_sizes(path: Path) -> None:
+    """Refuse a zip checkpoint whose entries would inflate to more than MAX_ZIP_INFLATION
+    times the file, before torch inflates any of them."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            declared = sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # not a zip (torch's legacy format), or a broken one: torch says
+        return
+    if declared > MAX_ZIP_INFLATION * max(path.stat().st_size, 1):
+        raise CheckpointError(f"{path.name}: its entries would inflate to {declared:,} bytes from a file of "
+                              f"{path.stat().st_size:,}: not a checkpoint torch.save wrote (a zip bomb?); refused")
+
+
 def _torch_load_error(path: Path, error: Exception) -> str:
     """Our message for a torch file that `torch.load(weights_only=True)` refused. torch's own
     text is not passed on when it mentions weights_only: it offers turning the check off,
     which would let the file run code."""
     text = str(error)
-    if "WeightsUnpickler" in text or "Unsupported global" in text:
+    if "weightsunpickler" in text.lower() or "unsupported global" in text.lower():  # torch words it two ways
         refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
         named = f" ({', '.join(refused)})" if refused else ""
         return (f"{path.name}: refused: the file holds Python objects other than tensors{named}, and loading those "
@@ -439,8 +459,9 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
             "step": int(meta.get("step", "0")),
             "objective": meta.get("objective", "oftsr"),  # files from before objectives existed: OFTSR
         }
-    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path.name}: OFTSR metadata is incomplete or malformed ({type(e).__name__}: {e})") from e
+    except (KeyError, ValueError, TypeError, RecursionError) as e:  # RecursionError: JSON nested past Python's stack
+        raise CheckpointError(f"{path.name}: OFTSR metadata is incomplete or malformed ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from e
 
 
 # Weight precisions by the short names the CLI and the nodes offer (load_model takes them too,
@@ -512,6 +533,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
             info = parse_authors_filename(path.name)
         found: dict | list = canonical_state_dict(shapes_by_name, path.name)
     else:
+        _check_zip_sizes(path)
         try:
             with warnings.catch_warnings():  # a file saved with another pickle protocol: torch's note is not ours
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -524,7 +546,10 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         found = {k: tuple(v.shape) for k, v in weights.items()} if isinstance(weights, dict) else \
             [tuple(t.shape) for t in weights]
 
-    config = info.get("config") or infer_config(list(found.values()) if isinstance(found, dict) else found)
+    try:
+        config = info.get("config") or infer_config(list(found.values()) if isinstance(found, dict) else found)
+    except CheckpointError as e:  # infer_config knows the shapes, not the file: named here
+        raise CheckpointError(f"{path.name}: {e}") from None
     if config.in_channels != 6 or config.out_channels < 3:
         raise CheckpointError(
             f"{path.name}: expected an OFTSR network with 6 input channels (state + LR condition) and at least 3 "

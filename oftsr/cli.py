@@ -330,7 +330,7 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
                    f"to keep its alpha", file=sys.stderr)
     try:
         written = save_image(result, dst, bit_depth=depth, metadata=metadata, quality=args.quality)
-    except (ValueError, OSError) as e:  # the result is not lost for its metadata
+    except Exception as e:  # the result is not lost for its metadata (writers fail in many ways on bad tags)
         if not metadata:
             raise
         written = save_image(result, dst, bit_depth=depth, quality=args.quality)

@@ -67,9 +67,9 @@ def _mend_types(f: BinaryIO, start: int) -> None:
         directories, seen = [(None, struct.unpack(order + "I", read(4, 4))[0])], set()
         while directories:
             group, offset = directories.pop()
-            if offset in seen or not offset:
+            if group in seen or not offset:  # one directory of each kind: loops and forged pointers end here
                 continue
-            seen.add(offset)
+            seen.add(group)
             count = struct.unpack(order + "H", read(offset, 2))[0]
             table = read(offset + 2, 12 * count)
             for i in range(count):
@@ -107,4 +107,7 @@ def with_user_comment(data: bytes | None, text: str) -> bytes | None:
         return data
     sub[USER_COMMENT] = user_comment(text)
     exif[EXIF_IFD] = sub  # written even where the block had no Exif sub-directory
-    return exif_bytes(exif)
+    try:
+        return exif_bytes(exif)
+    except Exception:  # a tag Pillow read but cannot write back
+        return data

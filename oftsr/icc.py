@@ -72,7 +72,8 @@ def has_linear_tone_curve(icc: bytes | None) -> bool:
         return False
     try:
         tags = _tag_table(icc)
-        curves = [_curve(tags[name]) if name in tags else None for name in _TRC_TAGS.get(icc[16:20], ())]
+        with np.errstate(all="ignore"):  # a forged gamma (negative, huge) gives inf or nan: not linear, no warning
+            curves = [_curve(tags[name]) if name in tags else None for name in _TRC_TAGS.get(icc[16:20], ())]
     except (struct.error, ValueError):
         return False
     return bool(curves) and all(c is not None and np.abs(c - _SAMPLES).max() <= _LINEAR_TOLERANCE for c in curves)

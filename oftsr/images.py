@@ -53,14 +53,31 @@ def _png_bit_depth(path: Path) -> int | None:
     return None
 
 
+def _check_pixel_count(width: int, height: int) -> None:
+    """Pillow's guard against decompression bombs, for the files read without Pillow (a
+    16-bit PNG: a few hundred KB can declare gigapixels): an error beyond twice
+    `Image.MAX_IMAGE_PIXELS`, Pillow's warning beyond it."""
+    limit, pixels = Image.MAX_IMAGE_PIXELS, width * height
+    if limit and pixels > 2 * limit:
+        raise Image.DecompressionBombError(f"Image size ({pixels} pixels) exceeds limit of {2 * limit} pixels")
+    if limit and pixels > limit:
+        warnings.warn(f"Image size ({pixels} pixels) exceeds limit of {limit} pixels", Image.DecompressionBombWarning)
+
+
 def _read_png16(path: Path) -> np.ndarray:
     import png  # pypng
 
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-    planes = info["planes"]
-    arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, planes)
+    with open(path, "rb") as f:  # closed however reading ends
+        reader = png.Reader(file=f)
+        reader.preamble()
+        _check_pixel_count(reader.width, reader.height)  # before any pixel is decoded
+        width, height, rows, info = reader.asDirect()
+        planes = info["planes"]
+        arr = np.empty((height, width * planes), dtype=np.uint16)  # filled row by row: no second copy
+        for i, row in enumerate(rows):
+            arr[i] = row
     # asDirect() gives the significant bits only (a 12-bit source in a 16-bit file: 0..4095)
-    return arr.astype(np.float32) / float(2 ** info["bitdepth"] - 1)
+    return arr.reshape(height, width, planes).astype(np.float32) / float(2 ** info["bitdepth"] - 1)
 
 
 def _png_orientation_and_profile(path: Path) -> tuple[int, bytes | None]:
@@ -71,31 +88,86 @@ def _png_orientation_and_profile(path: Path) -> tuple[int, bytes | None]:
     import png
 
     orientation, icc = 1, None
-    for kind, data in png.Reader(filename=str(path)).chunks():
-        if kind == b"eXIf":
-            exif = Image.Exif()
-            exif.load(data)
-            orientation = int(exif.get(_EXIF_ORIENTATION, 1))
-        elif kind == b"iCCP":  # a name, its 0, the compression method (0: zlib), the profile
-            try:
-                icc = zlib.decompress(data.partition(b"\x00")[2][1:])
-            except zlib.error:  # a damaged profile is left out, as Pillow leaves it out
-                pass
-        elif kind == b"IEND":
-            break
+    with open(path, "rb") as f:  # closed however reading ends
+        for kind, data in png.Reader(file=f).chunks():
+            if kind == b"eXIf":
+                try:
+                    exif = Image.Exif()
+                    exif.load(data)
+                    orientation = _valid_orientation(exif.get(_EXIF_ORIENTATION, 1))
+                except Exception:  # unreadable metadata never costs the image: taken as upright
+                    orientation = 1
+            elif kind == b"iCCP":  # a name, its 0, the compression method (0: zlib), the profile
+                try:  # inflated no further than Pillow inflates one (a small chunk can hold gigabytes)
+                    inflate = zlib.decompressobj()
+                    profile = inflate.decompress(data.partition(b"\x00")[2][1:], _max_text_chunk())
+                    icc = None if inflate.unconsumed_tail else profile
+                except zlib.error:  # a damaged profile is left out, as Pillow leaves it out
+                    pass
+            elif kind == b"IEND":
+                break
     return orientation, icc
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
-    """(H, W, C) in [0, 1] and the bit depth, through tifffile: the TIFFs Pillow reads at 8
-    bits only (16-bit colour) or not at all (16-bit gray + alpha)."""
+def _read_png16_upright(path: Path) -> tuple[np.ndarray, bytes | None]:
+    """A 16-bit PNG's pixels, turned upright, and its ICC profile; pypng's errors (a bad
+    chunk checksum, a truncated stream) as the ValueError any unreadable image gives."""
+    import zlib
+
+    import png
+
+    try:
+        orientation, icc = _png_orientation_and_profile(path)
+        return _orient(_read_png16(path), orientation), icc
+    except (png.Error, zlib.error, EOFError, TypeError) as e:  # TypeError: pypng's own message for a bad sBIT
+        raise ValueError(f"{type(e).__name__}: {e}") from e
+
+
+def _max_text_chunk() -> int:
+    from PIL.PngImagePlugin import MAX_TEXT_CHUNK
+
+    return MAX_TEXT_CHUNK
+
+
+def _png_pixels_only(path: Path) -> io.BytesIO | None:
+    """The PNG at `path` with only the chunks its pixels need (header, palette,
+    transparency, data, end), or None where it is not a PNG whose chunks can be walked."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    out, at = [_PNG_SIGNATURE], len(_PNG_SIGNATURE)
+    while at + 12 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        kind = data[at + 4:at + 8]
+        if kind in (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"):
+            out.append(data[at:at + 12 + length])
+        if kind == b"IEND":
+            return io.BytesIO(b"".join(out))
+        at += 12 + length
+    return None
+
+
+def _valid_orientation(value: object) -> int:
+    """An EXIF orientation as the eight it can be; anything else (text, a float, 0) is 1."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 8 else 1
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, int, int]:
+    """(H, W, C) in [0, 1], the bit depth and the orientation tag, through tifffile: the TIFFs
+    Pillow reads at 8 bits only (16-bit colour) or not at all (16-bit gray + alpha)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        arr = page.asarray()
+        try:
+            arr = page.asarray()
+        except (TypeError, KeyError, IndexError) as e:  # tags tifffile cannot make sense of
+            raise ValueError(f"{path.name}: a damaged TIFF ({type(e).__name__}: {e})") from e
         associated = any(int(e) == 1 for e in (page.extrasamples or ()))  # ASSOCALPHA: premultiplied colour
         min_is_white = int(page.photometric) == 0
+        tag = page.tags.get(_EXIF_ORIENTATION)
+        orientation = _valid_orientation(tag.value if tag is not None else 1)
     if arr.ndim == 3 and arr.shape[0] in (2, 3, 4) and arr.shape[-1] not in (2, 3, 4):  # planar: samples first
         arr = np.moveaxis(arr, 0, -1)
     if arr.dtype.kind == "f":
@@ -109,8 +181,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int]:
     if min_is_white:  # gray stored as ink: 0 is white
         arr[..., :1] = 1.0 - arr[..., :1]
     if associated and arr.shape[-1] in (2, 4):
-        return _unpremultiply(arr), depth
-    return arr, depth
+        arr = _unpremultiply(arr)
+    return arr, depth, orientation
 
 
 class UnsupportedImage(ValueError):
@@ -189,8 +261,26 @@ def _cmyk_to_srgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # by EXIF orientation, as ImageOps.exif_transpose turns an image
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """`ImageOps.exif_transpose`, which re-writes the EXIF and fails on a damaged tag: then
+    the orientation alone is read, and an unreadable one is taken as upright."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:
+        try:
+            orientation = _valid_orientation(im.getexif().get(_EXIF_ORIENTATION, 1))
+        except Exception:
+            orientation = 1
+        return im.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else im
+
+
 def _pil_to_array(im: Image.Image) -> np.ndarray:
-    im = ImageOps.exif_transpose(im)
+    im = _upright(im)
     if im.mode == "CMYK":
         im = _cmyk_to_srgb(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray (Pillow opens 16-bit PGM and some TIFFs as "I")
@@ -238,7 +328,7 @@ def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     # turned (Pillow 13 leaves a gray one with orientation 5-8 as stored)
     if deep or floats or (orientation != 1 and im.tag_v2.get(262) in (1, 2)):
         try:
-            arr, depth = _read_tiff(path)
+            arr, depth, _ = _read_tiff(path)  # turned by the orientation Pillow read
             return _orient(arr, orientation), depth
         except UnsupportedImage:
             raise
@@ -265,7 +355,8 @@ def _read_unidentified_tiff(path: Path, error: Exception) -> tuple[np.ndarray, i
         tiff = f.read(4) in (b"II*\x00", b"MM\x00*")
     if tiff:
         try:
-            return _read_tiff(path)
+            arr, depth, orientation = _read_tiff(path)
+            return _orient(arr, orientation), depth
         except UnsupportedImage:
             raise
         except Exception as e:  # not one tifffile reads either: Pillow's error says more, but for a codec
@@ -287,12 +378,21 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
         _register_heif(path)
     try:
         if _png_bit_depth(path) == 16:  # pypng, as Pillow truncates; the orientation from the chunks
-            orientation, icc = _png_orientation_and_profile(path)
-            arr, depth = _orient(_read_png16(path), orientation), 16
+            arr, icc = _read_png16_upright(path)
+            depth = 16
         else:
-            with Image.open(path) as im:
-                arr, depth = _read_opened(im, path)
-                icc = im.info.get("icc_profile")
+            try:
+                with Image.open(path) as im:
+                    arr, depth = _read_opened(im, path)
+                    icc = im.info.get("icc_profile")
+            except ValueError as e:  # a text or profile chunk beyond Pillow's limit: the pixels without them
+                if "MAX_TEXT_CHUNK" not in str(e) or not (stripped := _png_pixels_only(path)):
+                    raise
+                warnings.warn(f"{path.name}: a metadata chunk inflates beyond {_max_text_chunk() // 2**20} MB: read "
+                              f"without its metadata", stacklevel=2)
+                with Image.open(stripped) as im:
+                    arr, depth = _read_opened(im, path)
+                icc = None
     except (FileNotFoundError, UnsupportedImage):
         raise
     except Image.DecompressionBombError as e:
@@ -390,7 +490,7 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
         return _tifffile_metadata(path)
     except Exception:  # any decoder or parser error: keep what was read so far
         pass
-    return found
+    return _valid_dpi(found)
 
 
 def _png_text(im: Image.Image) -> dict[str, str]:
@@ -405,7 +505,14 @@ def _png_text(im: Image.Image) -> dict[str, str]:
 
 def _tifffile_metadata(path: str | os.PathLike) -> dict[str, object]:
     """The ICC profile, XMP and DPI of a TIFF that only tifffile reads (its EXIF is left out:
-    a 16-bit TIFF result holds none). Empty for a file that is not such a TIFF."""
+    a 16-bit TIFF result holds none). Empty for a file that is not such a TIFF; never raises."""
+    try:
+        return _tifffile_tags_metadata(path)
+    except Exception:  # tags of unexpected types: metadata must never cost the image
+        return {}
+
+
+def _tifffile_tags_metadata(path: str | os.PathLike) -> dict[str, object]:
     try:
         import tifffile
 
@@ -416,15 +523,29 @@ def _tifffile_metadata(path: str | os.PathLike) -> dict[str, object]:
     found: dict[str, object] = {}
     if isinstance(tags.get(34675), bytes) and len(tags[34675]) >= 20:  # InterColorProfile
         found["icc_profile"] = tags[34675]
-    if tags.get(700):  # XMP
+    if isinstance(tags.get(700), (bytes, bytearray)) and tags[700]:  # XMP, where it is bytes (not a number's count)
         found["xmp"] = _upright_xmp(bytes(tags[700]))
-    per_inch = {2: 1.0, 3: 2.54}.get(int(tags.get(296, 2)))  # ResolutionUnit: inch or centimetre
+    unit = tags.get(296, 2)
+    per_inch = {2: 1.0, 3: 2.54}.get(unit if isinstance(unit, int) else 2)  # ResolutionUnit: inch or centimetre
     try:
         if per_inch and 282 in tags and 283 in tags:
             found["dpi"] = tuple(float(n) / float(d) * per_inch for n, d in (tags[282], tags[283]))
     except (TypeError, ValueError, ZeroDivisionError):
         pass
-    return found
+    return _valid_dpi(found)
+
+
+MAX_DPI = 1e6  # beyond any scanner's; a resolution outside (0, MAX_DPI] is a damaged tag
+
+
+def _valid_dpi(metadata: dict[str, object]) -> dict[str, object]:
+    """`metadata` without a DPI that is not two finite numbers in (0, MAX_DPI] (a TIFF's
+    72/0 reads as NaN; writers overflow on others)."""
+    dpi = metadata.get("dpi")
+    if dpi is not None and not (isinstance(dpi, tuple) and len(dpi) == 2
+                                and all(isinstance(d, (int, float)) and 0 < d <= MAX_DPI for d in dpi)):
+        metadata = {k: v for k, v in metadata.items() if k != "dpi"}
+    return metadata
 
 
 def _read_exif(im: Image.Image) -> Image.Exif | None:
@@ -552,6 +673,9 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     fmt = Image.registered_extensions()[suffix]
     image = _check_savable(image, bit_depth)
     extra = {k: v for k, v in (metadata or {}).items() if fmt != "BMP" or k == "dpi"}  # BMP: a resolution only
+    if len(_valid_dpi(extra)) < len(extra):  # writers overflow or fail on it, after the image is computed
+        warnings.warn(f"{path.name}: DPI {extra['dpi']!r} is not a resolution: written without it", stacklevel=2)
+        extra = _valid_dpi(extra)
     # The profile must fit the pixels written (WebP writes gray as RGB).
     colour = image.shape[0] >= 3 or fmt == "WEBP"
     if "icc_profile" in extra and not _keeps_profile(extra["icc_profile"], colour=colour):

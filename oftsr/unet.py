@@ -26,6 +26,11 @@ from . import triton_groupnorm
 __all__ = ["UNetConfig", "UNet", "PRESETS", "timestep_embedding", "count_parameters", "reference_ops"]
 
 
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Architecture of the UNet. Everything here changes parameter shapes except
@@ -40,13 +45,24 @@ class UNetConfig:
     num_head_channels: int = 64
 
     def __post_init__(self) -> None:
+        # A file's metadata builds this: every field is checked, with bounds far beyond the
+        # paper's ImageNet network, so a forged one fails here with its name, not in torch.
+        for name, high in (("model_channels", 4096), ("num_res_blocks", 64), ("in_channels", 64),
+                           ("out_channels", 64), ("num_head_channels", 4096)):
+            _check_int(name, getattr(self, name), 1, high)
+        for name, high in (("channel_mult", 64), ("attention_ds", 2**12)):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or len(values) > 12:
+                raise ValueError(f"{name} must be a list of at most 12 integers, got {values!r}")
+            for v in values:
+                _check_int(f"{name} entries", v, 1, high)
         # Accept lists (from JSON) but store tuples so configs hash and compare.
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "attention_ds", tuple(sorted(int(d) for d in self.attention_ds)))
-        if self.model_channels % 32 or self.model_channels <= 0:
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        object.__setattr__(self, "attention_ds", tuple(sorted(self.attention_ds)))
+        if self.model_channels % 32:
             raise ValueError(f"model_channels must be a positive multiple of 32 (GroupNorm(32)), got {self.model_channels}")
-        if not self.channel_mult or self.num_res_blocks < 1:
-            raise ValueError(f"need at least one level and one res block, got {self}")
+        if not self.channel_mult:
+            raise ValueError(f"need at least one level, got {self}")
 
     @property
     def size_multiple(self) -> int:

@@ -1,11 +1,12 @@
 import json
 import os
 import pickle
+import re
 import warnings
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import oftsr
 from oftsr.checkpoint import (CheckpointError, OverrideWarning, infer_config, network_digest, param_shapes,
@@ -226,10 +227,18 @@ class Evil:
         return (print, ("unpickled!",))
 
 
+class Shell:
+    def __reduce__(self):
+        return (os.system, ("echo unpickled",))
+
+
 def test_never_unpickles_arbitrary_objects(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"ema": Evil()}, path)
     with pytest.raises(CheckpointError, match="objects other than tensors"):
+        oftsr.load_model(path)
+    torch.save({"ema": Shell()}, path)  # torch words a blocked module otherwise: "unsupported GLOBAL os.system"
+    with pytest.raises(CheckpointError, match=r"evil.pth: refused: .*objects other than tensors \((posix|nt|os).system\)"):
         oftsr.load_model(path)
     path.write_bytes(pickle.dumps(Evil()))
     with pytest.raises(CheckpointError, match="evil.pth: a plain Python pickle, not a checkpoint: .* never opens one"):
@@ -308,7 +317,7 @@ def test_small_file_claiming_a_huge_architecture_fails_before_allocating(tmp_pat
         return real_unet(config)
 
     monkeypatch.setattr(oftsr.checkpoint, "UNet", spy)
-    with pytest.raises(CheckpointError, match=r"huge.safetensors: .*(2 tensors|parameters)"):
+    with pytest.raises(CheckpointError, match=r"huge.safetensors: .*(2 tensors|parameters|num_res_blocks must be)"):
         oftsr.load_model(path)
     assert len(built) <= 1
 
@@ -319,7 +328,6 @@ def test_header_shapes_are_checked_before_the_tensors_are_read(tmp_path, student
     meta = oftsr.read_metadata(path)
     arch = json.loads(meta["architecture"])
     arch["model_channels"] = 64  # claims twice the width of the stored tensors
-    from safetensors.torch import load_file
 
     save_file(load_file(path), path, metadata={**meta, "architecture": json.dumps(arch)})
     with pytest.raises(CheckpointError, match=r"m.safetensors: the tensors do not match the architecture .*parameters"):
@@ -390,3 +398,35 @@ def test_loading_and_seeded_creation_never_touch_the_global_random_state(tmp_pat
         pairs = list(zip(reference.state_dict().items(), model.unet.state_dict().items(), strict=True))
         assert all(k == j and torch.equal(a, b) for (k, a), (j, b) in pairs), name
         assert sum(int(b.abs().sum() == 0) for _, (_, b) in pairs) >= 10  # ADM's zero-initialised layers too
+
+
+def test_forged_architecture_and_zip_bombs_are_refused_before_any_work(tmp_path, student):
+    """A file's metadata builds the network: each field is checked (a 0 head width divided
+    by zero, a negative level made a negative dimension), and JSON nested past Python's
+    stack is malformed metadata. A .pth zip that would inflate far beyond its size is
+    refused before torch inflates it."""
+    import zipfile
+
+    oftsr.save_model(student, tmp_path / "m.safetensors")
+    tensors, meta = load_file(tmp_path / "m.safetensors"), oftsr.read_metadata(tmp_path / "m.safetensors")
+    arch = json.loads(meta["architecture"])
+    for forged, message in [({"num_head_channels": 0}, "num_head_channels must be an integer from 1 to 4096, got 0"),
+                            ({"channel_mult": [-1]}, "channel_mult entries must be an integer from 1 to 64, got -1"),
+                            ({"model_channels": 32.0}, "model_channels must be an integer from 1 to 4096, got 32.0"),
+                            ({"num_res_blocks": True}, "num_res_blocks must be an integer from 1 to 64, got True")]:
+        save_file(tensors, tmp_path / "f.safetensors", metadata={**meta, "architecture": json.dumps({**arch, **forged})})
+        with pytest.raises(CheckpointError, match=rf"f.safetensors: OFTSR metadata is incomplete or malformed "
+                                                  rf"\(ValueError: {re.escape(message)}\)"):
+            oftsr.load_model(tmp_path / "f.safetensors")
+    save_file(tensors, tmp_path / "f.safetensors", metadata={**meta, "architecture": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(CheckpointError, match=r"OFTSR metadata is incomplete or malformed \(RecursionError"):
+        oftsr.load_model(tmp_path / "f.safetensors")
+    torch.save({"model": {"time_embed.0.weight": torch.zeros(1 << 22)}}, tmp_path / "plain.pth")
+    with zipfile.ZipFile(tmp_path / "plain.pth") as z, zipfile.ZipFile(tmp_path / "bomb.pth", "w") as bomb:
+        for entry in z.infolist():
+            bomb.writestr(entry.filename, z.read(entry.filename), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match=r"bomb.pth: its entries would inflate to 16,777,\d+ bytes from a file "
+                                              r"of [\d,]+: not a checkpoint torch.save wrote \(a zip bomb\?\); refused"):
+        oftsr.load_model(tmp_path / "bomb.pth", sigma_p=0.2, role="student", scale=4)
+    with pytest.raises(CheckpointError, match="plain.pth: expected an ADM UNet"):  # the same, stored: read, then judged
+        oftsr.load_model(tmp_path / "plain.pth", sigma_p=0.2, role="student", scale=4)

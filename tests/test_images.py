@@ -812,3 +812,102 @@ def test_save_image_refuses_what_it_would_write_wrong(tmp_path):
     assert np.asarray(Image.open(target)).min() == 255
     assert save_image(torch.full((3, 4, 5), -0.05), target) == 8  # and undershoot
     assert np.asarray(Image.open(target)).max() == 0
+
+
+def _chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) if crc is None else crc)
+
+
+def _png16(extra: bytes = b"", w: int = 8, h: int = 6, declared: tuple[int, int] | None = None) -> bytes:
+    """A 16-bit RGB PNG with `extra` chunks before its data (and, with `declared`, a header
+    that claims another size)."""
+    import struct
+    import zlib
+
+    raw = b"".join(b"\0" + b"\x12\x34" * 3 * w for _ in range(h))
+    dw, dh = declared or (w, h)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", dw, dh, 16, 2, 0, 0, 0)) + extra
+            + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+
+
+def _tiff_block(entries) -> bytes:
+    """A little-endian TIFF/EXIF block of one directory: (tag, type, count, 4-byte value)."""
+    import struct
+
+    return b"II*\0" + struct.pack("<IH", 8, len(entries)) + b"".join(
+        struct.pack("<HHI", t, k, c) + v for t, k, c, v in entries) + b"\0" * 4
+
+
+def test_damaged_metadata_never_costs_the_image(tmp_path):
+    import struct
+    import zlib
+
+    import tifffile
+
+    # a JPEG whose EXIF Pillow cannot write back (a mistyped tag) beside its orientation: turned, not lost
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(tmp_path / "bad_exif.jpg", exif=b"Exif\0\0" + _tiff_block(
+        [(0x00FE, 1, 1, b"abcd"), (0x0112, 3, 1, struct.pack("<H", 6))]))
+    assert load_image(tmp_path / "bad_exif.jpg")[0].shape == (1, 3, 8, 6)
+    # a 16-bit PNG whose orientation is NaN, or whose eXIf is junk: upright as stored
+    nan = _tiff_block([(0x0112, 12, 1, struct.pack("<I", 26))]) + struct.pack("<d", float("nan"))
+    for name, chunk in (("nan.png", _chunk(b"eXIf", nan)), ("junk.png", _chunk(b"eXIf", b"hello world"))):
+        (tmp_path / name).write_bytes(_png16(chunk))
+        image, depth = load_image(tmp_path / name)
+        assert image.shape == (1, 3, 6, 8) and depth == 16 and abs(image.max().item() - 0x1234 / 65535) < 1e-6
+    # an ICC chunk of 10 KB that inflates to 64 MB: the image, without the profile, and no 64 MB
+    inflate = zlib.compressobj(9)
+    bomb = inflate.compress(b"\0" * (64 << 20)) + inflate.flush()
+    (tmp_path / "iccp.png").write_bytes(_png16(_chunk(b"iCCP", b"x\0\0" + bomb)))
+    assert load_image(tmp_path / "iccp.png")[0].shape == (1, 3, 6, 8)
+    # an 8-bit PNG whose text chunk inflates past Pillow's limit: the pixels, with a warning
+    Image.new("RGB", (8, 6), (10, 200, 10)).save(tmp_path / "ztxt.png")
+    data = (tmp_path / "ztxt.png").read_bytes()
+    ztxt = _chunk(b"zTXt", b"comment\0\0" + bomb)
+    (tmp_path / "ztxt.png").write_bytes(data[:33] + ztxt + data[33:])  # after the 33-byte signature and header
+    with pytest.warns(UserWarning, match="ztxt.png: a metadata chunk inflates beyond 1 MB: read without its metadata"):
+        image = load_image(tmp_path / "ztxt.png")[0]
+    assert image.shape == (1, 3, 6, 8) and image[0, 1].min() > 0.75
+    assert read_image_metadata(tmp_path / "ztxt.png") == {}
+    # a TIFF only tifffile reads (float RGB) whose XMP tag claims 2 GB as a number: no XMP, no 2 GB
+    tifffile.imwrite(tmp_path / "xmp.tif", np.full((6, 8, 3), 0.5, np.float32), photometric="rgb", metadata=None,
+                     extratags=[(700, 4, 1, 0x7FFFFFFF, True)])
+    assert "xmp" not in read_image_metadata(tmp_path / "xmp.tif")
+    assert load_image(tmp_path / "xmp.tif")[0].shape == (1, 3, 6, 8)
+    # a resolution of 72/0 (NaN): left out when read; a DPI no writer takes: left out when written, said
+    Image.new("RGB", (8, 6)).save(tmp_path / "dpi.tif", dpi=(72, 72))
+    (tmp_path / "dpi.tif").write_bytes((tmp_path / "dpi.tif").read_bytes().replace(struct.pack("<II", 72, 1),
+                                                                                   struct.pack("<II", 72, 0)))
+    assert "dpi" not in read_image_metadata(tmp_path / "dpi.tif")
+    for name in ("inf.png", "inf.jpg", "inf.tif", "inf.bmp"):
+        with pytest.warns(UserWarning, match=rf"{name}: DPI \(inf, inf\) is not a resolution: written without it"):
+            save_image(torch.rand(3, 6, 8), tmp_path / name, metadata={"dpi": (float("inf"), float("inf"))})
+        assert load_image(tmp_path / name)[0].shape == (1, 3, 6, 8)
+
+
+def test_a_16_bit_png_is_guarded_like_pillow_guards_the_others(tmp_path, monkeypatch):
+    (tmp_path / "crc.png").write_bytes(_png16(_chunk(b"tEXt", b"k\0v", crc=1234)))  # pypng's errors, as any image's
+    with pytest.raises(ValueError, match=r"crc.png: cannot read as an image; .*ChunkError: Checksum error in tEXt"):
+        load_image(tmp_path / "crc.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 100x100 image is then a decompression bomb
+    (tmp_path / "big.png").write_bytes(_png16(w=100, h=100))
+    with pytest.raises(ValueError, match=r"big.png: the image \(0.0 MP\) is beyond the 0.0 MP that Pillow opens"):
+        load_image(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # between one and two limits: Pillow's warning
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert load_image(tmp_path / "big.png")[0].shape == (1, 3, 100, 100)
+
+
+def test_a_tiff_only_tifffile_reads_is_turned_by_its_orientation(tmp_path):
+    import tifffile
+
+    gray_alpha = np.zeros((6, 8, 2), np.uint16)
+    gray_alpha[0, :, 0] = 65535  # the top row white
+    gray_alpha[..., 1] = 65535
+    tifffile.imwrite(tmp_path / "la.tif", gray_alpha, photometric="minisblack", planarconfig="contig",
+                     extrasamples=("unassalpha",), metadata=None, extratags=[(274, 3, 1, 6, True)])  # 90 degrees
+    image, depth = load_image(tmp_path / "la.tif")
+    assert image.shape == (1, 2, 8, 6) and depth == 16
+    assert torch.equal(image[0, 0, :, -1], torch.ones(8)) and image[0, 0, :, :-1].max() == 0  # the top row: right
