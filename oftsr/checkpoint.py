@@ -586,7 +586,4 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                        degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
                        objective=str(info.get("objective", "oftsr")))
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    if model.dtype == torch.float16 and model.device.type == "cpu":
-        warnings.warn("float16 on a CPU is emulated: about 10x slower than float32 (bfloat16 is fast on CPUs with "
-                      "AVX512-bf16 or AMX); float16 is for GPUs", stacklevel=2)
     return model.optimize(compile=compile)  # the faster memory layout for its device

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Callable
 
@@ -265,10 +266,15 @@ def _start(model: OFTSRModel, lr: torch.Tensor, seed: Seed, boxes: list[Box], he
     return noise_augment(x_lr, model.sigma_p, noise), x_lr
 
 
-def _require_role(model: OFTSRModel, role: str, use: str) -> None:
+def _check_model(model: OFTSRModel, role: str, use: str) -> None:
+    """The role `use` needs; and a word where the model runs in float16 on a CPU, which is
+    emulated there (said when it runs, not when it loads: ComfyUI loads onto the CPU to move later)."""
     if model.role != role:
         other = "sample() / the teacher sampler" if model.role == "teacher" else "upscale() / the one-step upscaler"
         raise ValueError(f"{use} needs a {role} model, but this model is a {model.role}; use {other} for it")
+    if model.dtype == torch.float16 and model.device.type == "cpu":
+        warnings.warn("float16 on a CPU is emulated: about 10x slower than float32 (bfloat16 is fast on CPUs with "
+                      "AVX512-bf16 or AMX); float16 is for GPUs", stacklevel=3)
 
 
 # no_grad, not inference_mode: the result is an ordinary tensor, which callers may change
@@ -291,7 +297,7 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     Each tile computes its own noise, condition and result, and finished rows go
     straight into the result, so beyond it memory is bounded by the tile (times the
     image width), whatever the image size."""
-    _require_role(model, "student", "upscale()")
+    _check_model(model, "student", "upscale()")
     t = check_t(t)
     if model.ignores_t:  # FlowSR/FluxSR: x1 = f(x0, T_EPS), the start of the flow, whatever t is asked
         t = T_EPS
@@ -375,7 +381,7 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     The solver needs the whole state x_t between steps: it is kept in float32 (the
     steps add small increments) with the solver's few stage buffers; the condition is
     computed per tile and not stored."""
-    _require_role(model, "teacher", "sample()")
+    _check_model(model, "teacher", "sample()")
     sampler = get_sampler(solver)
     steps = check_count(steps, "steps")
     if steps < 1:

@@ -247,8 +247,9 @@ def test_load_model_names_a_missing_device_and_takes_torch_dtype_names(monkeypat
     for name, dtype in [("half", torch.float16), ("float32", torch.float32), ("torch.float16", torch.float16)]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert oftsr.load_model("x4", dtype=name, device="cpu").unet.input_blocks[0][0].weight.dtype == dtype
-        # float16 on a CPU: loaded as asked, and said to be slow
+            model = oftsr.load_model("x4", dtype=name, device="cpu")  # as ComfyUI loads, to move it later: no word
+            assert model.unet.input_blocks[0][0].weight.dtype == dtype and not caught
+            oftsr.upscale(model, torch.rand(1, 3, 8, 8))  # float16 run on a CPU: said to be slow
         assert [str(w.message)[:40] for w in caught] == (["float16 on a CPU is emulated: about 10x "]
                                                          if dtype == torch.float16 else [])
     with pytest.raises(ValueError, match="dtype must be a torch dtype or one of fp32, fp16, bf16, float32"):
