@@ -274,7 +274,7 @@ def _check_model(model: OFTSRModel, role: str, use: str) -> None:
         raise ValueError(f"{use} needs a {role} model, but this model is a {model.role}; use {other} for it")
     if model.dtype == torch.float16 and model.device.type == "cpu":
         warnings.warn("float16 on a CPU is emulated: about 10x slower than float32 (bfloat16 is fast on CPUs with "
-                      "AVX512-bf16 or AMX); float16 is for GPUs", stacklevel=3)
+                      "AVX512-bf16 or AMX); float16 is for GPUs", stacklevel=4)  # past torch.no_grad
 
 
 # no_grad, not inference_mode: the result is an ordinary tensor, which callers may change

@@ -495,6 +495,7 @@ def test_as_upscale_model_schema(pack):
     assert (inputs["t"].default, inputs["tile"].default, inputs["overlap"].default) == (0.5, 512, 64)
 
 
+@pytest.mark.filterwarnings("ignore:float16 on a CPU is emulated")  # half(), as other nodes call it
 def test_as_upscale_model_runs_the_student_where_upscale_image_calls_it(comfy, pack, student):
     node = pack.nodes["OFTSRAsUpscaleModel"]
     wrapped = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.7, seed=5, tile=0, overlap=64)
