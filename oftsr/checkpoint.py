@@ -198,7 +198,11 @@ def infer_config(shapes: list[tuple[int, ...]]) -> UNetConfig:
     if used + 4 != len(shapes) - 6:
         raise CheckpointError(f"could not parse the network body: {len(shapes) - 6 - used} trailing tensors")
     for cand in _candidates(blocks, mc):
-        cand = UNetConfig(cand.model_channels, cand.channel_mult, cand.num_res_blocks, cand.attention_ds, in_ch, out_ch)
+        try:
+            cand = UNetConfig(cand.model_channels, cand.channel_mult, cand.num_res_blocks, cand.attention_ds, in_ch,
+                              out_ch)
+        except ValueError as e:  # sizes beyond any ADM network's
+            raise CheckpointError(f"not an ADM UNet of a size this loads: {e}") from None
         if [s for _, s in param_shapes(cand)] == shapes:
             return cand
     raise CheckpointError(
@@ -375,13 +379,14 @@ def _check_shapes(found: dict[str, tuple[int, ...]] | list[tuple[int, ...]], con
             f"{len(expected)} ({sum(math.prod(s) for _, s in expected):,} parameters){detail}")
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+def read_metadata(path: str | os.PathLike, role: str | None = None) -> dict[str, str]:
     """The metadata of one of our checkpoints (empty for files without it), tensors not loaded.
-    A string may name a bundled model ("x4" is its student, "x4-teacher"), as for `load_model`."""
+    A string may name a bundled model, as for `load_model`: "x4" is its `role` file (default
+    the student), "x4-teacher" its teacher."""
     if isinstance(path, str):
         from .weights import existing_model_path
 
-        path = existing_model_path(path, "student", option="read_metadata:")
+        path = existing_model_path(path, role or "student", option="read_metadata:")
     path = Path(path)
     if _file_kind(path) != "safetensors":
         return {}
@@ -392,7 +397,7 @@ def contradicted_metadata(path: str | os.PathLike, **given: object) -> dict[str,
     """The `given` values (sigma_p, scale, role, degradation; None = not given) that differ
     from what our file at `path` records, as {name: (recorded, given)}. A file that records
     nothing (an authors' .pth) contradicts nothing: `load_model`'s overrides are what it has."""
-    return _contradictions(read_metadata(path), given)
+    return _contradictions(read_metadata(path, given.get("role")), given)
 
 
 class OverrideWarning(UserWarning):

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .color import srgb_decode, srgb_encode
-from .exif import EXIF_IFD, GPS_IFD, exif_bytes, mend_tiff_types, with_user_comment
+from .exif import EXIF_IFD, GPS_IFD, exif_bytes, has_user_comment, mend_tiff_types, with_user_comment
 from .files import atomic_write
 from .icc import has_linear_tone_curve
 from .inference import OUTPUT_DTYPES, check_unit_range, image_hint
@@ -74,8 +74,11 @@ def _read_png16(path: Path) -> np.ndarray:
         width, height, rows, info = reader.asDirect()
         planes = info["planes"]
         arr = np.empty((height, width * planes), dtype=np.uint16)  # filled row by row: no second copy
-        for i, row in enumerate(rows):
-            arr[i] = row
+        done = 0
+        for done, row in enumerate(rows, 1):
+            arr[done - 1] = row
+        if done != height:  # a header that claims more rows than the data holds: never uninitialised memory
+            raise ValueError(f"the header declares {height} rows, the data holds {done}")
     # asDirect() gives the significant bits only (a 12-bit source in a 16-bit file: 0..4095)
     return arr.reshape(height, width, planes).astype(np.float32) / float(2 ** info["bitdepth"] - 1)
 
@@ -131,7 +134,8 @@ def _max_text_chunk() -> int:
 
 def _png_pixels_only(path: Path) -> io.BytesIO | None:
     """The PNG at `path` with only the chunks its pixels need (header, palette,
-    transparency, data, end), or None where it is not a PNG whose chunks can be walked."""
+    transparency, orientation, data, end), or None where it is not a PNG whose chunks can
+    be walked."""
     with open(path, "rb") as f:
         data = f.read()
     if not data.startswith(_PNG_SIGNATURE):
@@ -140,7 +144,7 @@ def _png_pixels_only(path: Path) -> io.BytesIO | None:
     while at + 12 <= len(data):
         length = int.from_bytes(data[at:at + 4], "big")
         kind = data[at + 4:at + 8]
-        if kind in (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"):
+        if kind in (b"IHDR", b"PLTE", b"tRNS", b"eXIf", b"IDAT", b"IEND"):  # eXIf: its orientation
             out.append(data[at:at + 12 + length])
         if kind == b"IEND":
             return io.BytesIO(b"".join(out))
@@ -386,10 +390,11 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
                     arr, depth = _read_opened(im, path)
                     icc = im.info.get("icc_profile")
             except ValueError as e:  # a text or profile chunk beyond Pillow's limit: the pixels without them
-                if "MAX_TEXT_CHUNK" not in str(e) or not (stripped := _png_pixels_only(path)):
+                text_limit = "MAX_TEXT_CHUNK" in str(e) or "MAX_TEXT_MEMORY" in str(e)  # one chunk, or all
+                if not text_limit or not (stripped := _png_pixels_only(path)):
                     raise
-                warnings.warn(f"{path.name}: a metadata chunk inflates beyond {_max_text_chunk() // 2**20} MB: read "
-                              f"without its metadata", stacklevel=2)
+                warnings.warn(f"{path.name}: its metadata chunks inflate beyond what Pillow reads ({e}): read "
+                              f"without them", stacklevel=2)
                 with Image.open(stripped) as im:
                     arr, depth = _read_opened(im, path)
                 icc = None
@@ -591,7 +596,8 @@ def _png_add_chunks(path: Path, icc_profile: bytes | None, xmp: bytes | None, ex
 
     import png
 
-    chunks = list(png.Reader(filename=str(path)).chunks())
+    with open(path, "rb") as f:
+        chunks = list(png.Reader(file=f).chunks())
     if exif:  # the TIFF structure itself, without the "Exif\0\0" that JPEG puts before it
         chunks.insert(1, (b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
     for key, value in reversed(list((text or {}).items())):
@@ -687,6 +693,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             _write_png16(image, tmp, extra)
             return 16
         if bit_depth == 16 and fmt == "TIFF":  # Pillow writes 16-bit TIFF for grayscale only
+            _warn_text_left_out(list(extra.get("png_text") or ()), fmt, path.name, stacklevel=3)
             _write_tiff16(image, tmp, extra)
             return 16
         _write_pillow8(image, tmp, fmt, extra, quality, path.name)
@@ -780,14 +787,23 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
 
 def _exif_with_settings(exif: bytes | None, text: dict[str, str], fmt: str, name: str) -> bytes | None:
     """The EXIF of a JPEG or WebP result, with a PNG source's generation settings as its
-    UserComment (unless the source has a comment of its own). The other text chunks
-    (ComfyUI's workflow) have no place outside PNG: said, as other metadata given up is."""
-    kept = _SETTINGS_TEXT in text and fmt in ("JPEG", "WEBP")
-    lost = [k for k in text if not (kept and k == _SETTINGS_TEXT)]
-    if lost:
-        warnings.warn(f"{name}: the source's PNG text ({', '.join(lost)}) has no place in "
-                      f"{_FORMAT_NAMES.get(fmt, fmt)}: written without it; a .png output keeps it", stacklevel=4)
-    return with_user_comment(exif, text[_SETTINGS_TEXT]) if kept else exif
+    UserComment where it has room: not over a comment of the source's own, nor past what
+    a JPEG holds (the source's EXIF is kept then). The other text chunks (ComfyUI's
+    workflow) have no place outside PNG. What is left out is said, as other metadata is."""
+    merged = exif
+    if _SETTINGS_TEXT in text and fmt in ("JPEG", "WEBP") and not has_user_comment(exif):
+        merged = with_user_comment(exif, text[_SETTINGS_TEXT])
+        if fmt == "JPEG" and len(merged or b"") > JPEG_MAX_EXIF:
+            merged = exif
+    _warn_text_left_out([k for k in text if k != _SETTINGS_TEXT or merged is exif], fmt, name, stacklevel=5)
+    return merged
+
+
+def _warn_text_left_out(keys: list[str], fmt: str, name: str, stacklevel: int) -> None:
+    if keys:
+        warnings.warn(f"{name}: the source's PNG text ({', '.join(keys)}) has no place in "
+                      f"{_FORMAT_NAMES.get(fmt, fmt)} here: written without it; a .png output keeps it",
+                      stacklevel=stacklevel)
 
 
 def files_below(folder: Path) -> list[Path]:

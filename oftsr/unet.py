@@ -47,8 +47,8 @@ class UNetConfig:
     def __post_init__(self) -> None:
         # A file's metadata builds this: every field is checked, with bounds far beyond the
         # paper's ImageNet network, so a forged one fails here with its name, not in torch.
-        for name, high in (("model_channels", 4096), ("num_res_blocks", 64), ("in_channels", 64),
-                           ("out_channels", 64), ("num_head_channels", 4096)):
+        for name, high in (("model_channels", 4096), ("num_res_blocks", 64), ("in_channels", 4096),
+                           ("out_channels", 4096), ("num_head_channels", 4096)):
             _check_int(name, getattr(self, name), 1, high)
         for name, high in (("channel_mult", 64), ("attention_ds", 2**12)):
             values = getattr(self, name)

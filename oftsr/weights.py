@@ -22,6 +22,8 @@ def create_model(preset: str | UNetConfig, *, role: str = "teacher", scale: int 
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
+    if isinstance(seed, bool) or not (seed is None or isinstance(seed, int)):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
     if seed is not None:  # the init torch.manual_seed(seed) would give, the global random state untouched
         with torch.device("meta"):
             unet = UNet(preset, dropout=dropout)

@@ -430,3 +430,16 @@ def test_forged_architecture_and_zip_bombs_are_refused_before_any_work(tmp_path,
         oftsr.load_model(tmp_path / "bomb.pth", sigma_p=0.2, role="student", scale=4)
     with pytest.raises(CheckpointError, match="plain.pth: expected an ADM UNet"):  # the same, stored: read, then judged
         oftsr.load_model(tmp_path / "plain.pth", sigma_p=0.2, role="student", scale=4)
+
+
+def test_a_wider_adm_network_and_bundled_names_by_role(tmp_path):
+    """A network with 128 input channels is another model, said as such (its size is within
+    what loads); a bundled name reads the file of the role asked, as load_model does."""
+    config = oftsr.UNetConfig(32, (1, 2), 1, (), in_channels=128, out_channels=6)
+    save_file(oftsr.UNet(config).state_dict(), tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="other.safetensors: expected an OFTSR network with 6 input channels"):
+        oftsr.load_model(tmp_path / "other.safetensors", sigma_p=0.2, role="student", scale=4)
+    assert oftsr.read_metadata("x4")["role"] == "student" and oftsr.read_metadata("x4", role="teacher")["role"] == "teacher"
+    assert oftsr.checkpoint.contradicted_metadata("x4", role="teacher") == {}
+    with pytest.raises(ValueError, match="seed must be an integer or None, got True"):
+        oftsr.create_model("tiny", seed=True)

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import png
 import pytest
@@ -460,7 +462,8 @@ def test_exif_undefined_fields_keep_their_type_and_ai_settings_go_into_the_user_
             exif[0x0110] = "EOS R5"
         Image.new("RGB", (8, 8)).save(tmp_path / "ai.png", pnginfo=info, **({"exif": exif.tobytes()} if exif else {}))
         for name in ("ai.jpg", "ai.webp"):
-            with pytest.warns(UserWarning, match=r"PNG text \(workflow\) has no place in (JPEG|WebP): written without"):
+            left_out = "parameters, workflow" if exif is camera else "workflow"  # the camera's comment is kept
+            with pytest.warns(UserWarning, match=rf"PNG text \({left_out}\) has no place in (JPEG|WebP) here: written"):
                 save_image(torch.rand(3, 8, 8), tmp_path / name, metadata=read_image_metadata(tmp_path / "ai.png"))
             with Image.open(tmp_path / name) as out:
                 kind, comment = _exif_types(out.info["exif"])[0x9286]
@@ -867,7 +870,7 @@ def test_damaged_metadata_never_costs_the_image(tmp_path):
     data = (tmp_path / "ztxt.png").read_bytes()
     ztxt = _chunk(b"zTXt", b"comment\0\0" + bomb)
     (tmp_path / "ztxt.png").write_bytes(data[:33] + ztxt + data[33:])  # after the 33-byte signature and header
-    with pytest.warns(UserWarning, match="ztxt.png: a metadata chunk inflates beyond 1 MB: read without its metadata"):
+    with pytest.warns(UserWarning, match=r"ztxt.png: its metadata chunks inflate beyond what Pillow reads \(.*MAX_TEXT_CHUNK\)"):
         image = load_image(tmp_path / "ztxt.png")[0]
     assert image.shape == (1, 3, 6, 8) and image[0, 1].min() > 0.75
     assert read_image_metadata(tmp_path / "ztxt.png") == {}
@@ -911,3 +914,58 @@ def test_a_tiff_only_tifffile_reads_is_turned_by_its_orientation(tmp_path):
     image, depth = load_image(tmp_path / "la.tif")
     assert image.shape == (1, 2, 8, 6) and depth == 16
     assert torch.equal(image[0, 0, :, -1], torch.ones(8)) and image[0, 0, :, :-1].max() == 0  # the top row: right
+
+
+def test_the_settings_comment_never_costs_the_source_exif_and_is_said_when_left_out(tmp_path):
+    """A camera's blank UserComment is no comment (the settings go in); one with text is kept
+    and the settings are named as left out; settings that would push a JPEG's EXIF past what
+    it holds are left out, not the camera's EXIF. A 16-bit TIFF names the text it drops too."""
+    from PIL import PngImagePlugin
+
+    def source(name, comment, settings):
+        exif = Image.Exif()
+        exif[0x010F] = "Canon"
+        if comment is not None:
+            exif[0x8769] = {0x9286: comment}
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", settings)
+        Image.new("RGB", (8, 6)).save(tmp_path / name, pnginfo=info, exif=exif.tobytes())
+        return read_image_metadata(tmp_path / name)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left out here
+        save_image(torch.rand(3, 6, 8), tmp_path / "blank.jpg", metadata=source("blank.png", b"\0" * 8 + b" " * 40, "cat"))
+    with Image.open(tmp_path / "blank.jpg") as out:
+        assert _exif_types(out.info["exif"])[0x9286][1] == b"UNICODE\0" + "cat".encode("utf_16_be")
+    for name, comment, settings in (("own.png", b"ASCII\0\0\0taken at dawn", "cat"),
+                                    ("long.png", None, "a cat, " * 6000)):  # 84,000 bytes in UTF-16
+        with pytest.warns(UserWarning, match=r"the source's PNG text \(parameters\) has no place in JPEG here"):
+            save_image(torch.rand(3, 6, 8), tmp_path / "o.jpg", metadata=source(name, comment, settings))
+        with Image.open(tmp_path / "o.jpg") as out:
+            assert out.getexif().get(0x010F) == "Canon", name  # the camera's EXIF kept
+            assert _exif_types(out.info["exif"]).get(0x9286, (7, comment))[1] == comment, name
+    with pytest.warns(UserWarning, match=r"o16.tif: the source's PNG text \(parameters\) has no place in TIFF here"):
+        save_image(torch.rand(3, 6, 8), tmp_path / "o16.tif", bit_depth=16, metadata=source("t.png", None, "cat"))
+
+
+def test_a_png_whose_header_claims_more_rows_than_its_data_is_refused(tmp_path):
+    (tmp_path / "tall.png").write_bytes(_png16(w=11, h=13, declared=(11, 40)))
+    with pytest.raises(ValueError, match=r"tall.png: cannot read as an image; .*declares 40 rows, the data holds 13"):
+        load_image(tmp_path / "tall.png")
+
+
+def test_many_text_chunks_past_pillows_total_limit_and_the_orientation_kept(tmp_path, monkeypatch):
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    monkeypatch.setattr(PngImagePlugin, "MAX_TEXT_MEMORY", 4 << 20)  # Pillow's 64 MB total, made small
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90 degrees
+    Image.new("RGB", (4, 6), (10, 200, 10)).save(tmp_path / "many.png", exif=exif.tobytes())
+    data = (tmp_path / "many.png").read_bytes()
+    text = b"".join(_chunk(b"zTXt", b"k%d\0\0" % i + zlib.compress(b"\0" * (900 << 10))) for i in range(6))
+    (tmp_path / "many.png").write_bytes(data[:33] + text + data[33:])
+    with pytest.warns(UserWarning, match=r"many.png: its metadata chunks inflate beyond what Pillow reads .*MAX_TEXT_MEMORY"):
+        image = load_image(tmp_path / "many.png")[0]
+    assert image.shape == (1, 3, 4, 6)  # upright, as the 6 x 4 stored image is shown

@@ -524,7 +524,9 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
 
 def ema_copy(model: oftsr.OFTSRModel, ema, device: torch.device) -> oftsr.OFTSRModel:
     """A separate eval-mode model holding the EMA weights (the training model is untouched)."""
-    net = oftsr.OFTSRModel(oftsr.UNet(model.config), **model.settings()).to(device).eval()
+    with torch.device("meta"):  # no random init (the EMA weights replace it): training's random stream untouched
+        unet = oftsr.UNet(model.config)
+    net = oftsr.OFTSRModel(unet.to_empty(device=device), **model.settings()).eval()
     ema.copy_to(net.unet)
     return net
 
