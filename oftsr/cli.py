@@ -363,13 +363,16 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: 
                 except (ValueError, OSError) as e:
                     failed += 1
                     tqdm.write(f"skipped {src}: {_without_name(str(e), src)}", file=sys.stderr)
-                except RuntimeError as e:  # out of memory on one image: the others may still fit
-                    if not is_out_of_memory(e):
-                        raise
+                except Exception as e:  # out of memory on one image, or a file no check foresaw: the others go on
                     failed += 1
-                    advice = f"a smaller --tile (now {args.tile})" if args.tile else "--tile 512 (now none: the whole image)"
-                    tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); use {advice}",
-                               file=sys.stderr)
+                    if is_out_of_memory(e):
+                        advice = (f"a smaller --tile (now {args.tile})" if args.tile
+                                  else "--tile 512 (now none: the whole image)")
+                        tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); use {advice}",
+                                   file=sys.stderr)
+                    else:
+                        tqdm.write(f"skipped {src}: unexpected {type(e).__name__}: {str(e)[:300]} (a file this tool "
+                                   f"should refuse more clearly: please report it)", file=sys.stderr)
             for w in dict.fromkeys(str(w.message) for w in caught):  # each once, naming the file
                 named = w.startswith(f"{dst.name}: ") and dst.name != src.name  # the result's: names it
                 tqdm.write(f"warning: {w}" if named else f"warning: {src}: {_without_name(w, src)}", file=sys.stderr)

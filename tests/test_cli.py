@@ -621,6 +621,17 @@ def test_out_of_memory_on_one_image_skips_it_and_the_others_are_written(tmp_path
     assert "use a smaller --tile (now 512)" in err and "1 of 3 images failed" in err
     assert (tmp_path / "out" / "rgba.png").is_file() and (tmp_path / "out" / "sub" / "gray.png").is_file()
 
+    def upscale(model, image, **kw):  # an error no check foresaw (a decoder's own exception type)
+        if image.shape[-1] == 10:
+            raise KeyError(262)
+        return real(model, image, **kw)
+
+    monkeypatch.setattr(cli, "upscale", upscale)
+    code = main(["upscale", str(inputs), "-o", str(tmp_path / "out2"), "--model", str(model_files[0]), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"skipped {inputs / 'rgb.png'}: unexpected KeyError: 262 (a file this tool should" in err
+    assert "1 of 3 images failed" in err and (tmp_path / "out2" / "rgba.png").is_file()
+
 
 def test_an_output_too_big_for_its_format_is_refused_before_it_is_computed(tmp_path, model_files, capsys,
                                                                              monkeypatch):
