@@ -164,7 +164,7 @@ class SRDataset(torch.utils.data.Dataset):
             try:
                 image, _ = load_image(path)
                 return image[0]
-            except (ValueError, OSError) as e:  # OSError: moved, deleted, a network share gone
+            except Exception as e:  # unreadable now, moved, deleted, a network share gone: never the run
                 if path not in self._reported:
                     self._reported.add(path)
                     logger.warning("skipping unreadable training image: %s", e)
