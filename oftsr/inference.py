@@ -213,7 +213,8 @@ OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
 
 
 def is_out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, RuntimeError) and any(s in str(e).lower() for s in OOM_MESSAGES)
+    """torch's out-of-memory errors (CPU allocator, CUDA, MPS), and Python's own (numpy)."""
+    return isinstance(e, MemoryError) or isinstance(e, RuntimeError) and any(s in str(e).lower() for s in OOM_MESSAGES)
 
 
 # What `upscale` and `sample` can return. uint8/uint16 hold exactly what an 8/16-bit file
