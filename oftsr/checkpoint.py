@@ -473,7 +473,7 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
 # and torch's names of them).
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {**DTYPES, "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
-               "half": torch.float16, "bfloat16": torch.bfloat16}
+               "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64, "double": torch.float64}
 
 
 def _export_advice(checkpoint: Path) -> str:

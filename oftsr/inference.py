@@ -38,6 +38,11 @@ def check_t(t: float) -> float:
         raise ValueError(f"t must be a number in [0, 1] (0 = fidelity, 1 = realism), got {t!r}")
     if isinstance(t, torch.Tensor) and t.numel() > 1:
         raise ValueError(f"t must be one number in [0, 1], got a tensor of {t.numel()}: call once per t")
+    if not isinstance(t, torch.Tensor) and getattr(t, "ndim", 0) > 0:  # a numpy array: of one value, as a tensor
+        flat = t.reshape(-1)
+        if len(flat) != 1:
+            raise ValueError(f"t must be one number in [0, 1], got an array of {len(flat)}: call once per t")
+        t = flat[0]
     try:
         t = float(t)
     except (TypeError, ValueError):

@@ -244,7 +244,8 @@ def test_load_model_names_a_missing_device_and_takes_torch_dtype_names(monkeypat
     model = oftsr.load_model("x4", device="auto", dtype="bfloat16")
     assert next(model.parameters()).device.type == oftsr.devices.resolve_device("auto").type
     assert next(model.parameters()).dtype == torch.bfloat16
-    for name, dtype in [("half", torch.float16), ("float32", torch.float32), ("torch.float16", torch.float16)]:
+    for name, dtype in [("half", torch.float16), ("float32", torch.float32), ("torch.float16", torch.float16),
+                        ("float64", torch.float64)]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = oftsr.load_model("x4", dtype=name, device="cpu")  # as ComfyUI loads, to move it later: no word

@@ -126,6 +126,9 @@ def test_argument_mistakes_are_named(student, teacher):
     # numbers of other integer and 0-d tensor types are fine
     same = oftsr.upscale(student, img, t=torch.tensor(0.25), seed=torch.tensor(4), tile=torch.tensor(32))
     assert torch.equal(same, oftsr.upscale(student, img, t=0.25, seed=4, tile=32))
+    assert torch.equal(same, oftsr.upscale(student, img, t=np.array([0.25]), seed=4, tile=32))  # one value, as a tensor
+    with pytest.raises(ValueError, match="t must be one number in .0, 1., got an array of 2"):
+        oftsr.upscale(student, img, t=np.array([0.0, 1.0]))
 
 
 def test_grayscale_stays_grayscale(student):
