@@ -19,8 +19,8 @@ from . import __version__
 from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
 from .files import check_new_file
-from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, frame_count, list_images, load_image,
-                     read_image_metadata, save_image)
+from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, file_format, frame_count, list_images,
+                     load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import cpu_has_native_bf16, resolve_device
 from .inference import OUTPUT_DTYPES, check_seed_value, is_out_of_memory, parse_t_values, sample, upscale
@@ -52,8 +52,7 @@ UNWRITABLE_SUFFIXES = (".gif", ".jpe", ".jfif", ".avif", ".heic", ".heif", ".jxl
                        ".pgm", ".pbm", ".psd", ".exr", ".hdr", ".dng", ".raw")
 
 DEFAULT_QUALITY = 95
-LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")  # the formats --quality is for
-LOSSLESS_KINDS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}  # the others that are written
+LOSSY_FORMATS = {"JPEG", "WEBP"}  # the formats --quality is for
 
 # The command for each role, to name the right one when a model is given to the other.
 COMMAND_FOR_ROLE = {"student": "upscale", "teacher": "sample"}
@@ -254,8 +253,9 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
         raise ValueError(f"--bit-depth 16: {eight.name} would hold 8 bits ({eight.suffix} has no more); write PNG or "
                          f"TIFF (-o name.png, or --format png / tif for a folder)")
     _check_writable(targets + [path for path, _ in sheets])
-    if args.quality is not None and not any(n.suffix.lower() in LOSSY_SUFFIXES for n in names):
-        kinds = sorted({LOSSLESS_KINDS[n.suffix.lower()] for n in names})
+    formats = {file_format(n) for n in names}
+    if args.quality is not None and not formats & LOSSY_FORMATS:
+        kinds = sorted(formats)
         print(f"warning: --quality {args.quality} does nothing here: it sets JPEG and WebP quality, and the results "
               f"are {' and '.join(kinds)}, which {'is' if len(kinds) == 1 else 'are'} lossless", file=sys.stderr)
     args.quality = DEFAULT_QUALITY if args.quality is None else args.quality
@@ -324,8 +324,8 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
         result = (result * OUTPUT_DTYPES[levels]).round().to(levels)  # both clamp to [0, 1]
     single = _names_a_file(Path(args.output))  # its suffix sets the type; in a folder, --format does
     to_png = "name the output .png" if single else "write PNG (--format png)"
-    flat = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}.get(dst.suffix.lower())
-    if result.shape[1] in (2, 4) and flat:
+    flat = file_format(dst)
+    if result.shape[1] in (2, 4) and flat in ("JPEG", "BMP"):
         tqdm.write(f"warning: {dst.name}: {flat} has no transparency, so {src.name} is flattened onto white; {to_png} "
                    f"to keep its alpha", file=sys.stderr)
     try:

@@ -93,25 +93,18 @@ def user_comment(text: str) -> bytes:
     return _UNICODE_CODE + text.encode("utf_16_be")
 
 
-def has_user_comment(data: bytes | None) -> bool:
-    """Whether an EXIF block holds a UserComment with something in it (cameras write blank
-    ones: the 8-byte code, then NULs or spaces)."""
-    if not data:
-        return False
-    try:
-        exif = Image.Exif()
-        exif.load(data)
-        comment = exif.get_ifd(EXIF_IFD).get(USER_COMMENT)
-    except Exception:
-        return False
+def _says_something(comment: object) -> bool:
+    """Whether a UserComment value holds text (cameras write blank ones: the 8-byte code,
+    then NULs or spaces)."""
     if isinstance(comment, str):  # Pillow decodes some codes itself
         return bool(comment.strip("\0 "))
     return isinstance(comment, bytes) and bool(comment[8:].strip(b"\0 "))
 
 
 def with_user_comment(data: bytes | None, text: str) -> bytes | None:
-    """`data` (or a new block) with `text` as its UserComment, unless it has a comment of
-    its own (`has_user_comment`), which is kept (as is a block Pillow cannot parse)."""
+    """`data` (or a new block) with `text` as its UserComment. Returns `data` itself where
+    the block has a comment of its own, which is kept, or where Pillow cannot parse or
+    write it back."""
     exif = Image.Exif()
     try:
         if data:
@@ -119,7 +112,7 @@ def with_user_comment(data: bytes | None, text: str) -> bytes | None:
         sub = exif.get_ifd(EXIF_IFD)
     except Exception:  # Pillow's parser raises many kinds; the block is the source's, kept as it is
         return data
-    if has_user_comment(data):
+    if _says_something(sub.get(USER_COMMENT)):
         return data
     sub[USER_COMMENT] = user_comment(text)
     exif[EXIF_IFD] = sub  # written even where the block had no Exif sub-directory

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .color import srgb_decode, srgb_encode
-from .exif import EXIF_IFD, GPS_IFD, exif_bytes, has_user_comment, mend_tiff_types, with_user_comment
+from .exif import EXIF_IFD, GPS_IFD, exif_bytes, mend_tiff_types, with_user_comment
 from .files import atomic_write
 from .icc import has_linear_tone_curve
 from .inference import OUTPUT_DTYPES, check_unit_range, image_hint
@@ -103,7 +103,7 @@ def _png_orientation_and_profile(path: Path) -> tuple[int, bytes | None]:
             elif kind == b"iCCP":  # a name, its 0, the compression method (0: zlib), the profile
                 try:  # inflated no further than Pillow inflates one (a small chunk can hold gigabytes)
                     inflate = zlib.decompressobj()
-                    profile = inflate.decompress(data.partition(b"\x00")[2][1:], _max_text_chunk())
+                    profile = inflate.decompress(data.partition(b"\x00")[2][1:], PngImagePlugin.MAX_TEXT_CHUNK)
                     icc = None if inflate.unconsumed_tail else profile
                 except zlib.error:  # a damaged profile is left out, as Pillow leaves it out
                     pass
@@ -124,12 +124,6 @@ def _read_png16_upright(path: Path) -> tuple[np.ndarray, bytes | None]:
         return _orient(_read_png16(path), orientation), icc
     except (png.Error, zlib.error, EOFError, TypeError) as e:  # TypeError: pypng's own message for a bad sBIT
         raise ValueError(f"{type(e).__name__}: {e}") from e
-
-
-def _max_text_chunk() -> int:
-    from PIL.PngImagePlugin import MAX_TEXT_CHUNK
-
-    return MAX_TEXT_CHUNK
 
 
 def _png_pixels_only(path: Path) -> io.BytesIO | None:
@@ -660,6 +654,12 @@ def _check_savable(image: object, bit_depth: int) -> torch.Tensor:
     return image
 
 
+def file_format(path: str | os.PathLike) -> str:
+    """The format a written file's suffix names, as Pillow names it ("PNG", "JPEG", "WEBP",
+    "TIFF", "BMP"); for a suffix in IMAGE_SUFFIXES."""
+    return Image.registered_extensions()[Path(path).suffix.lower()]
+
+
 def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8,
                metadata: dict[str, object] | None = None, quality: int = 95) -> int:
     """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1], or of uint8 / uint16 levels
@@ -676,12 +676,13 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     if suffix not in IMAGE_SUFFIXES:
         raise ValueError(f"{path.name}: cannot write {suffix or 'a file without suffix'!r} images; use one of "
                          f"{', '.join(IMAGE_SUFFIXES)}")
-    fmt = Image.registered_extensions()[suffix]
+    fmt = file_format(path)
     image = _check_savable(image, bit_depth)
     extra = {k: v for k, v in (metadata or {}).items() if fmt != "BMP" or k == "dpi"}  # BMP: a resolution only
-    if len(_valid_dpi(extra)) < len(extra):  # writers overflow or fail on it, after the image is computed
+    checked = _valid_dpi(extra)
+    if len(checked) < len(extra):  # writers overflow or fail on it, after the image is computed
         warnings.warn(f"{path.name}: DPI {extra['dpi']!r} is not a resolution: written without it", stacklevel=2)
-        extra = _valid_dpi(extra)
+    extra = checked
     # The profile must fit the pixels written (WebP writes gray as RGB).
     colour = image.shape[0] >= 3 or fmt == "WEBP"
     if "icc_profile" in extra and not _keeps_profile(extra["icc_profile"], colour=colour):
@@ -743,8 +744,6 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
         image, c = colour * alpha + (1 - alpha), c - 1
     xmp, text = extra.pop("xmp", None), extra.pop("png_text", None)
     if fmt == "PNG" and (xmp or text):
-        from PIL import PngImagePlugin
-
         extra["pnginfo"] = PngImagePlugin.PngInfo()
         for key, value in (text or {}).items():
             extra["pnginfo"].add_text(key, value)  # tEXt, or iTXt where it is not Latin-1
@@ -791,8 +790,8 @@ def _exif_with_settings(exif: bytes | None, text: dict[str, str], fmt: str, name
     a JPEG holds (the source's EXIF is kept then). The other text chunks (ComfyUI's
     workflow) have no place outside PNG. What is left out is said, as other metadata is."""
     merged = exif
-    if _SETTINGS_TEXT in text and fmt in ("JPEG", "WEBP") and not has_user_comment(exif):
-        merged = with_user_comment(exif, text[_SETTINGS_TEXT])
+    if _SETTINGS_TEXT in text and fmt in ("JPEG", "WEBP"):
+        merged = with_user_comment(exif, text[_SETTINGS_TEXT])  # `exif` itself where the comment has no room
         if fmt == "JPEG" and len(merged or b"") > JPEG_MAX_EXIF:
             merged = exif
     _warn_text_left_out([k for k in text if k != _SETTINGS_TEXT or merged is exif], fmt, name, stacklevel=5)
