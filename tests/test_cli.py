@@ -430,7 +430,8 @@ def test_16_bit_input_keeps_16_bits_in_tif_or_says_what_happens(tmp_path, model_
 def test_quick_start_offers_cpu_wheels_and_ignores_its_output():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
-    quick_start = readme[readme.index("## Quick start"):readme.index("## Command line")]
+    start = readme.index("## Quick start")
+    quick_start = readme[start:readme.index("\n## ", start)]
     cpu = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
     assert cpu in quick_start and quick_start.index(cpu) < quick_start.rindex("pip install .")  # CPU torch first
     assert "-o out/" in quick_start and "minutes on 2 CPU cores" in quick_start  # how long the tests take
