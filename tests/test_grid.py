@@ -130,3 +130,31 @@ def test_transparency_is_shown_over_a_checkerboard():
     assert torch.allclose(half, torch.full((1, 3, 1, 1), 0.2 * 0.5 + 1.0 * 0.5))
     gray = torch.rand(2, 1, 5, 6)
     assert torch.equal(on_checkerboard(gray), gray.expand(-1, 3, -1, -1))
+
+
+def test_readme_figure_script_shows_bicubic_and_the_student_at_each_t(tmp_path):
+    # scripts/make_readme_figure.py as it is run: each cell is that result's crop, unscaled
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import oftsr
+    from oftsr.images import load_image
+    from oftsr.resample import resize
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "fig.png"
+    subprocess.run([sys.executable, str(root / "scripts" / "make_readme_figure.py"), "--box", "8", "4", "40", "28",
+                    "--t", "0", "1", "-o", str(out)], check=True, capture_output=True, cwd=tmp_path)
+    sheet = load_image(out)[0][0]
+    gap, _, width, height = _layout(1, 3, 96, 128, len("bicubic"))
+    assert sheet.shape == (3, height, width)
+    image = load_image(root / "assets" / "barn.png")[0][:, :3]
+    model = oftsr.load_model("x4")
+    expected = [resize(image, (384, 512)), oftsr.upscale(model, image, t=0), oftsr.upscale(model, image, t=1)]
+    band = height - 96
+    for k, result in enumerate(expected):
+        cell = sheet[:, band:, k * (128 + gap):k * (128 + gap) + 128]
+        assert (cell - result[0, :, 16:112, 32:160]).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit rounding only
+    t0, t1 = (sheet[:, band:, k * (128 + gap):k * (128 + gap) + 128] for k in (1, 2))
+    assert (t0 - t1).abs().mean() > 2 / 255  # the slider changes the picture
