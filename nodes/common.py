@@ -73,11 +73,13 @@ def seed_input(tooltip: str = "Seed of the start-point noise. The noise depends 
                         tooltip=f"{tooltip} {KEEP_CACHED}")
 
 
-def tiling_inputs(tile_tooltip: str = f"Tile size in output pixels, {MIN_TILE} or more (0 = the whole image at once). "
-                                      f"Bounds GPU memory; halved automatically down to {MIN_OOM_TILE} when memory "
+def tiling_inputs(tile_tooltip: str = f"Tile size in output pixels, {MIN_TILE} or more, or 0 for the whole image at "
+                                      f"once (then Cancel waits for a whole network evaluation of it). Bounds GPU "
+                                      f"memory; halved automatically down to {MIN_OOM_TILE} when memory "
                                       f"runs out.") -> list[io.Input]:
+    # steps of MIN_TILE: every size the widget offers from 0 runs (8, 16 and 24 would be refused)
     return [
-        io.Int.Input("tile", default=DEFAULT_TILE, min=0, max=MAX_TILE, step=8, tooltip=tile_tooltip),
+        io.Int.Input("tile", default=DEFAULT_TILE, min=0, max=MAX_TILE, step=MIN_TILE, tooltip=tile_tooltip),
         io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=1024, step=8,
                      tooltip="Overlap of neighbouring tiles in output pixels, blended with linear feathering (no seams). "
                              "At most half the tile. Near t = 1 a blended band is a little smoother than the rest (two "
@@ -200,9 +202,10 @@ def preview_size() -> int | None:
 
 
 class Progress:
-    """One ComfyUI progress bar over `passes` library calls of `units` ticks each (tiles
-    or steps). Every tick first checks Cancel, so an interrupt stops within a tile/step,
-    and carries the newest `preview` image, if one came since the last tick."""
+    """One ComfyUI progress bar over `passes` library calls of `units` ticks each (tiles,
+    or a teacher's tiles of every network evaluation). Every tick first checks Cancel, so
+    an interrupt stops within a tile, and carries the newest `preview` image, if one came
+    since the last tick."""
 
     def __init__(self, passes: int, units: int) -> None:
         self.units = max(1, int(units))
@@ -236,18 +239,22 @@ class Progress:
             else:  # the adaptive solver's count of evaluations, of an unknown total
                 done = min(units - 1, round(units * (1 - math.exp(-i / ADAPTIVE_NFE_SCALE))))
             self.value = min(self.total, base + min(done, units))
-            preview, self.pending = self.pending, None
-            if preview is not None:
-                pixels = (preview.movedim(0, -1).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-                preview = ("JPEG", Image.fromarray(pixels), self.preview_size)
-            self.bar.update_absolute(self.value, self.total, preview)
+            self._update()
 
         return tick
 
+    def _update(self) -> None:
+        preview, self.pending = self.pending, None
+        if preview is not None:
+            pixels = (preview.movedim(0, -1).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            preview = ("JPEG", Image.fromarray(pixels), self.preview_size)
+        self.bar.update_absolute(self.value, self.total, preview)
+
     def finish(self) -> None:
-        if self.value < self.total:  # e.g. the adaptive solver, whose length was a guess
+        # the adaptive solver's length was a guess; the last preview (the result's) comes after the last tile
+        if self.value < self.total or self.pending is not None:
             self.value = self.total
-            self.bar.update_absolute(self.total, self.total)
+            self._update()
 
 
 # --------------------------------------------------------------------------- devices, memory, OOM
@@ -290,21 +297,24 @@ Job = Callable[[object, torch.Tensor, "int | None", int, Progress], torch.Tensor
 
 
 def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, node: str, passes: int = 1,
-                  units: Callable[[int | None, int], int] | None = None, states: int = 0) -> torch.Tensor:
+                  evaluations: int | None = 1, states: int = 0) -> torch.Tensor:
     """Run `job(model, x, tile, overlap, progress)` with the model on ComfyUI's torch
     device, then put the model back on the offload device.
 
     Memory is freed for the estimated need first (other models are unloaded), as
     ComfyUI's ImageUpscaleWithModel does. On out-of-memory the tile is halved and the
     whole job retried, down to MIN_OOM_TILE; below that a ValueError says what to do.
-    `units(tile, overlap)` is the number of progress ticks per library call (default:
-    tiles of the output). `x` is (B, C, H, W); the result is what `job` returns. (A gray
+    The progress bar ticks at every tile of each of a library call's `evaluations`
+    network evaluations (None: a count not known ahead, the adaptive solver's, shown on
+    ADAPTIVE_PROGRESS_UNITS ticks). `x` is (B, C, H, W); the result is what `job` returns. (A gray
     photograph, which LoadImage makes three equal channels, comes back with three equal
     channels: the library keeps neutral images neutral.)"""
     device = mm.get_torch_device()
     out_h, out_w = x.shape[-2] * model.scale, x.shape[-1] * model.scale
-    if units is None:
-        units = lambda t, o: num_tiles(out_h, out_w, t, o)  # noqa: E731
+
+    def units(tile: int | None, overlap: int) -> int:
+        return ADAPTIVE_PROGRESS_UNITS if evaluations is None else evaluations * num_tiles(out_h, out_w, tile, overlap)
+
     tile, overlap = first_tiling(tile, overlap)
     mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
     model.to(device)  # the model takes this device's faster layout as it moves (OFTSRModel._apply)

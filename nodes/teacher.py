@@ -7,11 +7,10 @@ import logging
 from comfy_api.latest import io
 
 from ..oftsr import sample
-from ..oftsr.inference import SAMPLE_BUFFERS
-from ..oftsr.sampling import SOLVERS
-from .common import (ADAPTIVE_PROGRESS_UNITS, CATEGORY, check_interrupt, check_options, check_tile,
-                     color_fix_input, color_fix_option, finish, image_input, model_input, require_role, run_on_device,
-                     seed_input, tiling_inputs, to_bchw)
+from ..oftsr.inference import SAMPLE_BUFFERS, tile_evaluation_progress
+from ..oftsr.sampling import SOLVERS, evaluations
+from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
+                     model_input, require_role, run_on_device, seed_input, tiling_inputs, to_bchw)
 
 log = logging.getLogger(__name__)
 NAME = "OFTSR Teacher Sampler"
@@ -53,12 +52,11 @@ class OFTSRTeacherSampler(io.ComfyNode):
         info: dict = {}
 
         def job(model, x, tile, overlap, progress):
+            ticks = tile_evaluation_progress(progress.callback(), solver, steps)  # a step of a big image is many tiles
             return sample(model, x, steps=steps, solver=solver, seed=seed, tile=tile, overlap=overlap,
-                          callback=progress.callback(), tile_callback=check_interrupt, info=info,
-                          **progress.previews())
+                          tile_callback=ticks, info=info, **progress.previews())
 
-        units = ADAPTIVE_PROGRESS_UNITS if solver == "adaptive" else int(steps)
-        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, units=lambda t, o: units,
-                            states=SAMPLE_BUFFERS[solver])
+        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME,
+                            evaluations=evaluations(solver, steps), states=SAMPLE_BUFFERS[solver])
         log.info("%s: %s network evaluations", NAME, info.get("nfe"))
         return io.NodeOutput(finish(out, x, color_fix))

@@ -23,7 +23,8 @@ from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, file_form
                      load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import cpu_has_native_bf16, resolve_device
-from .inference import OUTPUT_DTYPES, check_seed_value, is_out_of_memory, parse_t_values, sample, upscale
+from .inference import (OUTPUT_DTYPES, check_seed_value, is_out_of_memory, parse_t_values, sample,
+                        tile_evaluation_progress, upscale)
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS, Callback
 from .resample import resize
@@ -438,7 +439,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     nfe: dict = {}
     run = lambda m, im, cb, dt: sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed,  # noqa: E731
                                        tile=args.tile or None, overlap=args.overlap, tile_batch=args.tile_batch,
-                                       callback=cb, info=nfe, out_dtype=dt)
+                                       tile_callback=tile_evaluation_progress(cb, args.solver, args.steps), info=nfe,
+                                       out_dtype=dt)
     code = _run_images(args, model, [run] * len(files), files, targets)
     if "nfe" in nfe and not args.quiet:
         print(f"network evaluations per image: {nfe['nfe']}")

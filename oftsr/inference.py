@@ -23,7 +23,7 @@ from .flow import T_EPS, endpoint_estimate, noise_augment, student_step, time_gr
 from .model import OFTSRModel
 from .noise import region_noise
 from .resample import upsample_lr_region
-from .sampling import Callback, CountNFE, get_sampler
+from .sampling import Callback, CountNFE, evaluations, get_sampler
 from .tiling import Box, blend_tiles, blend_tiles_into_tensor, crop_tiles
 
 __all__ = ["upscale", "sample", "OUTPUT_DTYPES"]
@@ -365,6 +365,29 @@ def _straight_estimate(x: torch.Tensor, v: torch.Tensor, t: float, size: int, ne
     small = (max(1, round(h * scale)), max(1, round(w * scale)))
     x, v = (F.interpolate(a.float(), size=small, mode="area") for a in (x, v)) if scale < 1 else (x.float(), v.float())
     return _neutralise((endpoint_estimate(x, v, t).clamp(-1, 1) + 1) / 2, neutral, gray=False)
+
+
+def tile_evaluation_progress(callback: Callback, solver: str, steps: int) -> Callback:
+    """A `tile_callback` for `sample` that reports the progress of the whole run tile by
+    tile, where its `callback` reports steps: `callback(tiles done, tiles in all)` over
+    every tile of every network evaluation, or, from the adaptive solver, whose length is
+    not known ahead, `callback(evaluations finished, 0)` at every tile. A teacher step on a
+    big image is many tiles: a progress bar (and a Cancel checked with it) should not wait
+    for a whole step."""
+    total = evaluations(solver, steps)
+    finished = 0
+
+    def on_tile(done: int, tiles: int) -> None:
+        nonlocal finished
+        ticks = finished * tiles + done
+        if done >= tiles:
+            finished += 1
+        if total is None:
+            callback(finished, 0)
+        else:
+            callback(ticks, total * tiles)
+
+    return on_tile
 
 
 @torch.no_grad()

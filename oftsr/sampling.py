@@ -96,3 +96,10 @@ def get_sampler(solver: str) -> Callable[..., torch.Tensor]:
     if solver not in SAMPLERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     return SAMPLERS[solver]
+
+
+def evaluations(solver: str, steps: int) -> int | None:
+    """The network evaluations `solver` makes over `steps` steps (NFE); None for the
+    adaptive solver, whose count depends on the image."""
+    get_sampler(solver)
+    return None if solver == "adaptive" else steps if solver == "euler" else 2 * steps - 1

@@ -362,6 +362,35 @@ def test_tiled_teacher_and_progress(teacher):
     assert calls == [1, 2] and (out - whole).abs().mean() < 0.01
 
 
+def test_teacher_progress_tile_by_tile(teacher):
+    from oftsr.inference import tile_evaluation_progress
+    from oftsr.sampling import evaluations
+
+    assert [evaluations(s, 4) for s in ("euler", "midpoint", "heun", "adaptive")] == [4, 7, 7, None]
+    img = smooth_image(40, 40)  # 160 px out, 64 px tiles overlapping 16: 3 x 3 tiles
+    for solver, steps in (("euler", 2), ("midpoint", 2)):
+        seen = []
+        oftsr.sample(teacher, img, steps=steps, solver=solver, tile=64, overlap=16,
+                     tile_callback=tile_evaluation_progress(lambda i, n: seen.append((i, n)), solver, steps))
+        total = evaluations(solver, steps) * 9
+        assert seen == [(i, total) for i in range(1, total + 1)]
+    seen, info = [], {}
+    oftsr.sample(teacher, img, solver="adaptive", tile=64, overlap=16, info=info,
+                 tile_callback=tile_evaluation_progress(lambda i, n: seen.append((i, n)), "adaptive", 16))
+    assert len(seen) == 9 * info["nfe"] and {n for _, n in seen} == {0}  # every tile; the total is not known
+    assert [i for i, _ in seen] == sorted(i for i, _ in seen) and seen[-1][0] == info["nfe"]
+    assert [i for i, _ in seen[:9]] == [0] * 8 + [1]  # evaluations finished
+
+
+def test_inference_builds_no_autograd_graph(teacher, student):
+    # the fixtures' parameters require grad, as a model being trained does
+    assert all(p.requires_grad for p in teacher.parameters())
+    img = smooth_image(8, 8)
+    for out in (oftsr.sample(teacher, img, steps=2, solver="euler"), oftsr.sample(teacher, img, solver="adaptive"),
+                oftsr.upscale(student, img)):
+        assert not out.requires_grad and out.grad_fn is None
+
+
 def test_tile_progress_callback(student):
     seen = []
     oftsr.upscale(student, smooth_image(40, 40), tile=64, overlap=16, callback=lambda i, n: seen.append((i, n)))

@@ -180,7 +180,11 @@ def test_sampling_node_schemas(pack):
         seed = inputs["seed"]
         assert seed.io_type == "INT" and seed.control_after_generate is True  # this ComfyUI: no choice of default
         assert (seed.default, seed.min, seed.max) == (0, 0, 2**64 - 1)
-        assert (inputs["tile"].default, inputs["tile"].min, inputs["overlap"].default) == (512, 0, 64)
+        tile = inputs["tile"]
+        assert (tile.default, tile.min, inputs["overlap"].default) == (512, 0, 64)
+        # every size the widget steps to from 0 runs: none of 1 to 31, which are refused
+        assert all(pack.common.check_tile(v) is True for v in range(tile.min, tile.max + 1, tile.step))
+        assert tile.default % tile.step == 0 and tile.max % tile.step == 0
         assert inputs["color_fix"].io_type == "COMBO"
         assert (inputs["color_fix"].options, inputs["color_fix"].default) == (["none", "wavelet", "adain"], "none")
 
@@ -737,7 +741,8 @@ def test_teacher_sampler(comfy, pack, teacher):
     expected = pack.lib.sample(teacher, img.movedim(-1, 1), steps=3, solver="euler", seed=5)
     assert torch.equal(out, expected.movedim(1, -1))
     (bar,) = bars(comfy)
-    assert bar.updates == [(1, 3), (2, 3), (3, 3)]  # one tick per step
+    assert bar.updates == [(1, 3), (2, 3), (3, 3), (3, 3)]  # a tick per evaluation (one tile), then the last preview
+    assert bar.previews[-1] is not None
     one_step = pack.lib.upscale(pack.lib.OFTSRModel(teacher.unet, sigma_p=0.2, role="student", scale=4), img.movedim(-1, 1),
                                 t=0.0, seed=5).movedim(1, -1)
     assert (out - one_step).abs().mean() > 1e-3  # three steps are not one
@@ -750,6 +755,16 @@ def test_teacher_sampler(comfy, pack, teacher):
     values = [v for v, _ in bar.updates]
     assert bar.total == 100 and values == sorted(values) and bar.updates[-1] == (100, 100)
     assert len(values) == len(calls) + 1  # one tick per evaluation, then the end
+
+
+def test_teacher_progress_moves_tile_by_tile(comfy, pack, teacher):
+    """A step of a big image is many tiles: the bar moves at every tile of every network
+    evaluation (midpoint, 2 steps: 3 evaluations of 2 x 2 tiles), not once per step."""
+    run(pack, "OFTSRTeacherSampler", model=teacher, image=image(h=12, w=12), steps=2, solver="midpoint", seed=0,
+        tile=32, overlap=8, color_fix="none")
+    (bar,) = bars(comfy)
+    assert bar.total == 12 and bar.updates[:12] == [(i, 12) for i in range(1, 13)]
+    assert set(bar.updates[12:]) <= {(12, 12)}  # at most the last preview after them
 
 
 def test_the_adaptive_solvers_bar_keeps_moving(comfy, pack):
@@ -771,15 +786,16 @@ def test_teacher_sampler_shows_a_preview_at_each_step(comfy, pack, teacher):
     img = image(b=2, h=8, w=12)
     out = run(pack, "OFTSRTeacherSampler", model=teacher, image=img, steps=3, solver="midpoint", seed=2, tile=32,
               overlap=8, color_fix="none")
-    (bar,) = bars(comfy)
-    assert len(bar.previews) == 3 and all(p is not None for p in bar.previews)  # one with every step's tick
+    (bar,) = bars(comfy)  # 5 evaluations of 2 tiles; each evaluation's preview comes with the next tick
+    with_preview = [k for k, p in enumerate(bar.previews) if p is not None]
+    assert len(bar.previews) == 11 and with_preview == [2, 4, 6, 8, 10]  # the last, the result's, when the run ends
     kind, picture, size = bar.previews[-1]
     assert kind == "JPEG" and size == 512 and picture.size == (48, 32) and picture.mode == "RGB"
     # the last evaluation's straight-line estimate is the result (the last step is Euler), of the first image
     shown = torch.from_numpy(np.array(picture)).float() / 255
     assert (shown - out[0]).abs().max() <= 0.5 / 255 + 1e-6
-    first = torch.from_numpy(np.array(bar.previews[0][1])).float() / 255
-    assert (first - out[0]).abs().mean() > 1e-3  # the first step's estimate is not yet the result
+    first = torch.from_numpy(np.array(bar.previews[with_preview[0]][1])).float() / 255
+    assert (first - out[0]).abs().mean() > 1e-3  # the first evaluation's estimate is not yet the result
 
 
 def test_teacher_previews_follow_comfyuis_preview_settings(comfy, pack, teacher):
