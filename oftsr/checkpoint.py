@@ -332,10 +332,24 @@ def _file_kind(path: Path) -> str:
         raise CheckpointError(f"{path.name}: a plain Python pickle, not a checkpoint: torch.save writes a zip archive "
                               f"(or, before PyTorch 1.6, a pickle that starts with its magic number); a pickle can run "
                               f"arbitrary code, so oftsr never opens one")
-    raise CheckpointError(
-        f"{path.name}: not a checkpoint: expected a .safetensors file or a torch .pth/.pt file, "
-        f"found {head[:8]!r}..."
-    )
+    raise CheckpointError(f"{path.name}: not a checkpoint: expected a .safetensors file or a torch .pth/.pt file; "
+                          f"{_what_it_starts_with(path)}")
+
+
+def _what_it_starts_with(path: Path) -> str:
+    """What the first bytes of a file that is no checkpoint say, for the error: the text
+    of a Git LFS pointer or a web page (what a failed clone or download leaves) by name."""
+    with open(path, "rb") as f:
+        head = f.read(200)
+    text = head.decode("utf-8", "replace").strip()
+    if text.startswith("version ") and "git-lfs" in text.split("\n", 1)[0]:
+        return "it is a Git LFS pointer, not the file: fetch it with `git lfs pull` (or download the file itself)"
+    if text.lower().startswith(("<!doctype html", "<html")):
+        return "it is a web page: a download saved the page instead of the file; download the file itself"
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        first = text.splitlines()[0][:60]
+        return f"it is text, beginning {first!r}"
+    return "its first bytes match neither format: it is damaged or another kind of file"
 
 
 def _read_safetensors(path: Path, *, header_only: bool = False) -> tuple[dict[str, object], dict[str, str]]:

@@ -215,9 +215,20 @@ def test_empty_and_garbage_files(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty or truncated"):
         oftsr.load_model(tmp_path / "empty.pth")
-    (tmp_path / "notes.safetensors").write_text("hello, this is not a model at all")
-    with pytest.raises(CheckpointError, match="not a checkpoint"):
+    (tmp_path / "notes.safetensors").write_text("hello, this is not a model at all\nsecond line")
+    with pytest.raises(CheckpointError, match="not a checkpoint: .*; it is text, beginning 'hello, this is not a model "
+                                              "at all'$"):
         oftsr.load_model(tmp_path / "notes.safetensors")
+    # what a clone without Git LFS, or a download that saved a web page, leaves under a model's name
+    (tmp_path / "lfs.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 7404\n")
+    with pytest.raises(CheckpointError, match=r"lfs.safetensors: .*a Git LFS pointer, not the file: fetch it with `git lfs"):
+        oftsr.load_model(tmp_path / "lfs.safetensors")
+    (tmp_path / "page.pth").write_text("<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>")
+    with pytest.raises(CheckpointError, match="page.pth: .*it is a web page: a download saved the page instead"):
+        oftsr.load_model(tmp_path / "page.pth")
+    (tmp_path / "noise.pth").write_bytes(bytes(range(7, 200)))
+    with pytest.raises(CheckpointError, match="noise.pth: .*its first bytes match neither format"):
+        oftsr.load_model(tmp_path / "noise.pth")
     with pytest.raises(FileNotFoundError):
         oftsr.load_model(tmp_path / "absent.safetensors")
 
