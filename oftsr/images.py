@@ -808,15 +808,30 @@ def _warn_text_left_out(keys: list[str], fmt: str, name: str, stacklevel: int) -
 def files_below(folder: Path) -> list[Path]:
     """Every file under `folder`, sorted. Hidden files and folders (a name starting with a
     dot: macOS's ._IMG_0001.jpg on exFAT and network drives, .thumbnails/) are left out;
-    linked folders (photographs linked in from another disk) are followed, except a link to
-    a folder it lies in, which would loop."""
+    linked folders (photographs linked in from another disk) are followed, each real folder
+    once. Not followed: a link to a folder it lies in (which would loop) or to one of the
+    tree's own folders (listed under its own path)."""
+    inside = {os.path.realpath(top) for top, _, _ in os.walk(folder)}  # links not followed
+    seen: set[str] = set()
     found = []
     for top, dirs, names in os.walk(folder, followlinks=True):
-        here = os.path.realpath(top)
-        dirs[:] = [d for d in dirs if not d.startswith(".")
-                   and not (here + os.sep).startswith(os.path.realpath(os.path.join(top, d)) + os.sep)]
+        real = os.path.realpath(top)
+        if real in seen:  # reached again through another link (two links to one folder, a loop outside)
+            dirs[:] = []
+            continue
+        seen.add(real)
+        # sorted: which of two links to one folder lists it does not depend on the file system's order
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _loops_back(os.path.join(top, d), real, inside))
         found.extend(q for q in (Path(top) / n for n in names if not n.startswith(".")) if q.is_file())
     return sorted(found)
+
+
+def _loops_back(path: str, real_parent: str, inside: set[str]) -> bool:
+    """Whether `path` is a link to a folder it lies in or to a folder of `inside`."""
+    if not os.path.islink(path):
+        return False
+    target = os.path.realpath(path)
+    return target in inside or (real_parent + os.sep).startswith(target + os.sep)
 
 
 def list_images(paths: list[str | os.PathLike]) -> list[Path]:

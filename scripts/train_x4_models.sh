@@ -123,7 +123,9 @@ run_stage() {
       exit 2
     fi
     limit=$(awk -v m="$minutes" -v u="$used" 'BEGIN { l = m - u / 60; printf "%.3f", (l > 0 ? l : 0) }')
-    if [ "$used" != 0 ]; then echo "the stage has used $((used / 60)) of its $minutes minutes: $limit left"; fi
+    if [ "$used" != 0 ]; then
+      echo "the stage has used $(awk -v u="$used" 'BEGIN { printf "%.1f", u / 60 }') of its $minutes minutes: $limit left"
+    fi
   fi
   if [ -n "$minutes" ] && [ "$limit" = 0.000 ]; then
     status=75  # its time was spent before an export: export now
@@ -173,6 +175,25 @@ else
     --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 2 --validation_steps 5000 \
     --validation_nfe_steps 4 --report_to none --dataloader_num_workers "$WORKERS" --seed 0 \
     --resume_from_checkpoint latest
+fi
+
+# A student distilled from an earlier state of the teacher (a teacher trained further, its file
+# remade) would ship beside a teacher it does not match, or stop at the resume's check: say so.
+if [ -d "$WORK/student" ]; then
+  "$PYTHON" - "$WORK/student" "$TEACHER_FILE" <<'EOF' || exit 2
+import json, sys
+from pathlib import Path
+import oftsr
+from oftsr.checkpoint import network_digest
+run, teacher = Path(sys.argv[1]), sys.argv[2]
+recorded = [json.loads(p.read_text()).get("metadata", {}).get("teacher_digest") for p in run.glob("checkpoint-*/oftsr.json")]
+if (run / "student.safetensors").is_file():
+    recorded.append(oftsr.read_metadata(run / "student.safetensors").get("teacher_digest"))
+digest = network_digest(oftsr.load_model(teacher))
+if any(d is not None and d != digest for d in recorded):
+    sys.exit(f"error: {run} holds a student distilled from another state of the teacher than {teacher} (the teacher "
+             f"was trained further since?): delete {run} to distil a student from this teacher")
+EOF
 fi
 
 # Stage 2: the one-step student (distill + 0.01 align + 0.1 boundary, midpoint teacher

@@ -98,6 +98,21 @@ def test_list_images(tmp_path):
     (tmp_path / "sub" / "self").symlink_to(tmp_path / "sub", target_is_directory=True)
     assert [p.relative_to(tmp_path).as_posix() for p in list_images([tmp_path / "sub"])] == [
         "sub/c.webp", "sub/linked/d.tif"]
+    # Folders that link to each other: each file once, under its own path (it listed 123 names for 3 files);
+    # two links to one folder outside: its files once
+    loop = tmp_path / "loop"
+    for name in ["a/1.png", "a/2.png", "b/3.png", "far/4.png"]:
+        (loop / name).parent.mkdir(parents=True, exist_ok=True)
+        (loop / name).write_bytes(b"x")
+    (loop / "a" / "link_b").symlink_to("../b", target_is_directory=True)
+    (loop / "b" / "link_a").symlink_to("../a", target_is_directory=True)
+    outside = tmp_path / "outside"
+    (loop / "far").rename(outside)
+    (loop / "a" / "far1").symlink_to(outside, target_is_directory=True)
+    (loop / "b" / "far2").symlink_to(outside, target_is_directory=True)
+    (outside / "back").symlink_to(loop, target_is_directory=True)
+    assert [p.relative_to(loop).as_posix() for p in list_images([loop])] == [
+        "a/1.png", "a/2.png", "a/far1/4.png", "b/3.png"]
 
 
 def test_gray_alpha_stays_gray_alpha(tmp_path):

@@ -3,6 +3,7 @@ generator, tiny overfit runs."""
 
 import json
 import math
+import re
 import sys
 
 import pytest
@@ -312,9 +313,12 @@ def test_two_process_runs_of_flowsr_and_fluxsr(train_dir, tmp_path, random_unet_
     teacher = tmp_path / "teacher.safetensors"
     oftsr.save_model(make_model(random_unet_weights, role="teacher"), teacher)
     pairs = tmp_path / "pairs"
-    _run(["trainer/make_pairs.py", "--teacher", teacher, "--train_data_dir", train_dir, "--output_dir", pairs,
-          "--num_pairs", "8", "--shard_size", "2", "--resolution", "32", "--steps", "2"], launcher)
-    assert len(PairDataset(pairs)) == 8  # the two processes wrote two shards each
+    res = _run(["trainer/make_pairs.py", "--teacher", teacher, "--train_data_dir", train_dir, "--output_dir", pairs,
+                "--num_pairs", "8", "--shard_size", "2", "--resolution", "32", "--steps", "2"], launcher)
+    assert len(PairDataset(pairs)) == 8
+    log = res.stdout + res.stderr  # the two processes wrote two shards each, each shard once
+    written = sorted(re.findall(r"process (\d): wrote (shard-\d+)", log))
+    assert [p for p, _ in written] == ["0", "0", "1", "1"] and len({s for _, s in written}) == 4, log[-3000:]
     from oftsr.checkpoint import network_digest
 
     assert PairDataset(pairs).manifest["teacher_digest"] == network_digest(oftsr.load_model(teacher))

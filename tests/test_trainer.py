@@ -449,6 +449,67 @@ def test_sigterm_saves_the_step_it_stopped_at(train_dir, tmp_path):
     assert not (tmp_path / "teacher.safetensors").exists()
 
 
+# train_teacher.py with its loss replaced at the step given: "raise" fails, "nan" diverges
+FAILING_TEACHER = """
+import math, sys
+sys.path.insert(0, "trainer")
+import train_teacher
+from common import run_script
+
+at, how = int(sys.argv[1]), sys.argv[2]
+real_loss, calls = train_teacher.teacher_loss, [0]
+
+def loss(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == at and how == "raise":
+        raise RuntimeError("a failure injected at step %d" % at)
+    value = real_loss(*args, **kwargs)
+    return value * math.nan if calls[0] >= at else value
+
+train_teacher.teacher_loss = loss
+sys.argv = ["train_teacher.py", *sys.argv[3:]]
+run_script(train_teacher.main)
+"""
+
+
+def test_a_failing_run_with_loader_workers_exits(train_dir, tmp_path):
+    # The workers ignore SIGTERM (a scheduler's stop is the main process's to handle); left
+    # to the interpreter's exit, which stops them with SIGTERM and waits, they hung the run.
+    args = ["--train_data_dir", train_dir, "--preset", "tiny", *COMMON, "--output_dir", tmp_path,
+            "--max_train_steps", "100", "--checkpointing_steps", "1000", "--dataloader_num_workers", "1"]
+    res = _run(["-c", FAILING_TEACHER, 3, "raise", *args], timeout=300, status=1)
+    assert "RuntimeError: a failure injected at step 3" in res.stderr
+
+
+def test_a_diverging_run_stops_before_saving_nan(train_dir, tmp_path):
+    args = ["--train_data_dir", train_dir, "--preset", "tiny", *COMMON, "--output_dir", tmp_path,
+            "--max_train_steps", "100", "--checkpointing_steps", "2", "--checkpoints_total_limit", "1"]
+    res = _run(["-c", FAILING_TEACHER, 5, "nan", *args], timeout=300, status=1)
+    assert ("error: training diverged: the loss is nan at step 5. Lower --learning_rate (it is 0.001)" in res.stderr
+            and "checkpoint-4, the newest checkpoint, was saved before it: resume from it" in res.stderr), res.stderr
+    assert "Traceback" not in res.stderr
+    assert _checkpoints(tmp_path) == ["checkpoint-4"] and not (tmp_path / "teacher.safetensors").exists()
+    assert max(_losses(tmp_path)) == 4  # the diverged step is not logged either
+
+
+def test_weights_that_overflowed_are_not_checkpointed(tmp_path, monkeypatch):
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    from common import TrainingDiverged, check_finite_weights
+
+    from oftsr.training.ema import EMA
+
+    model = oftsr.create_model("tiny", role="teacher", seed=0)
+    ema = EMA(model, decay=0.9)
+    args = argparse.Namespace(output_dir=str(tmp_path), learning_rate=1e-3)
+    check_finite_weights(args, model, ema, 7)  # finite: nothing to say
+    with torch.no_grad():
+        next(model.parameters())[0] = math.inf
+    with pytest.raises(TrainingDiverged, match="the weights hold NaN or infinity after step 7.*no checkpoint was saved"):
+        check_finite_weights(args, model, ema, 7)
+
+
 def test_accelerate_launch_two_processes(train_dir, tmp_path):
     # On a machine without a GPU, `--multi_gpu` gives two gloo CPU processes (MULTI_CPU); the
     # `--cpu` flag of current accelerate launches a single process whatever --num_processes says.
@@ -1047,11 +1108,23 @@ def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, 
     trained = sorted(p.name for p in (tmp_path / "run" / "teacher").iterdir())
     res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "the stage has used 2 of its 0.001 minutes: 0.000 left" in res.stdout
+    assert "the stage has used 2.0 of its 0.001 minutes: 0.000 left" in res.stdout
     assert sorted(p.name for p in (tmp_path / "run" / "teacher").iterdir()) == trained + ["teacher.safetensors"]
     assert "teacher: " not in res.stderr and "distill oftsr: " in res.stderr  # only the student's progress bar
     assert oftsr.load_model(tmp_path / "run" / "teacher" / "teacher.safetensors").step == 1
     assert ledger.read_text().strip() == "120"  # nothing ran, nothing added
+    # A teacher trained further since its student was distilled: said, not shipped beside the old student
+    teacher_file = tmp_path / "run" / "teacher" / "teacher.safetensors"
+    trained_teacher = teacher_file.read_bytes()
+    further = oftsr.load_model(teacher_file)
+    with torch.no_grad():
+        next(further.parameters()).add_(0.01)
+    oftsr.save_model(further, teacher_file)
+    shipped_student = (tmp_path / "weights" / "x4-real-student.safetensors").read_bytes()
+    res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 2 and "holds a student distilled from another state of the teacher" in res.stderr
+    assert (tmp_path / "weights" / "x4-real-student.safetensors").read_bytes() == shipped_student  # nothing replaced
+    teacher_file.write_bytes(trained_teacher)
     ledger.write_text("12.5\n")  # not what the script writes: said, not guessed at
     (tmp_path / "run" / "teacher" / "teacher.safetensors").unlink()
     res = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)

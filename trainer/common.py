@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
 from oftsr.model import DEGRADATIONS  # noqa: E402
 from oftsr.files import atomic_write  # noqa: E402
 
-from checkpoints import (check_training_metadata, data_settings, export_ema, model_info, resume,  # noqa: E402
+from checkpoints import (check_training_metadata, data_settings, export_ema, list_checkpoints, model_info, resume,  # noqa: E402
                          save_checkpoint, training_metadata)
 
 logger = logging.getLogger("oftsr.trainer")
@@ -219,11 +220,18 @@ def run_script(main) -> None:
     instead of a traceback; once the first step has run, errors keep their traceback."""
     try:
         sys.exit(main())
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except (ValueError, FileNotFoundError, ImportError) as e:
         if _loop_started:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights stopped being finite numbers: a run to stop before it saves them."""
 
 
 _loop_started = False  # set by run_training: from then on an error is a bug to trace, not a set-up mistake
@@ -268,11 +276,8 @@ def make_accelerator(args: argparse.Namespace, project: str):
                           f"pip install -e \".[train]\"") from e
 
     report_to = trackers(args.report_to)
-    # Several processes and no GPU: data-parallel on the CPU (gloo). Accelerate only detects
-    # this when told, and its `--cpu` launch flag starts a single process.
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
-        cpu=multi_cpu,
+        cpu=multi_cpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=report_to,
@@ -308,6 +313,13 @@ def make_accelerator(args: argparse.Namespace, project: str):
     # The trackers start in run_training, once the run's length and warm-up are settled.
     accelerator.oftsr_project = args.tracker_project_name or project
     return accelerator
+
+
+def multi_cpu() -> bool:
+    """Several processes and no GPU: data-parallel on the CPU (gloo). Accelerate only
+    detects this when told (`Accelerator(cpu=True)`, `PartialState(cpu=True)`), and its
+    `--cpu` launch flag starts a single process."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def start_trackers(accelerator, args: argparse.Namespace) -> None:
@@ -480,6 +492,23 @@ class StopRequest:
             if stop and self.reason is None:
                 self.reason = "a stop on another process"
         return stop
+
+
+def diverged_message(args: argparse.Namespace, what: str) -> str:
+    kept = list_checkpoints(args.output_dir)
+    resume = (f"{kept[-1].name}, the newest checkpoint, was saved before it: resume from it with a lower rate"
+              if kept else "no checkpoint was saved before it")
+    return (f"training diverged: {what}. Lower --learning_rate (it is {args.learning_rate:g}), keep gradient "
+            f"clipping on (--max_grad_norm 1) or give a longer --lr_warmup_steps; nothing of this step was saved, "
+            f"and {resume}")
+
+
+def check_finite_weights(args: argparse.Namespace, model, ema, step: int) -> None:
+    """Refuse to checkpoint weights that are no longer finite numbers (a finite loss can
+    still end in an overflowing step), so the newest checkpoint is one to go on from."""
+    for name, params in (("the weights", model.parameters()), ("the EMA weights", ema.shadow_params)):
+        if not all(torch.isfinite(p).all() for p in params):
+            raise TrainingDiverged(diverged_message(args, f"{name} hold NaN or infinity after step {step}"))
 
 
 def train_batches(accelerator, dataloader, start_step: int, grad_accum: int):
@@ -716,7 +745,9 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     stopped = False
     global _loop_started
     _loop_started = True
-    with StopRequest(args.max_train_minutes) as stop:
+    # Whatever ends the loop, the loader's workers are shut down now: they ignore SIGTERM
+    # (`ignore_stop_signals`), so left to the interpreter's exit they would wait forever.
+    with closing(batches), StopRequest(args.max_train_minutes) as stop:
         while state.step < args.max_train_steps and not stopped:
             batch, weight = next(batches)
             with accelerator.accumulate(model):
@@ -739,6 +770,8 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
             bar.update(1)
             logs = {k: accelerator.gather(v / micro).mean().item() for k, v in summed.items()}
             summed, micro = {}, 0
+            if not math.isfinite(logs["loss"]):  # the same gathered value on every process: all stop
+                raise TrainingDiverged(diverged_message(args, f"the loss is {logs['loss']} at step {state.step}"))
             logs["lr"] = lr
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             due = state.step % args.validation_steps == 0 or state.step == args.max_train_steps
@@ -752,6 +785,7 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
             log_metrics(accelerator, args.output_dir, logs, state.step)
             stopped = state.step < args.max_train_steps and stop.due(accelerator)
             if stopped or state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
+                check_finite_weights(args, accelerator.unwrap_model(model), ema, state.step)
                 save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,
                                 accelerator.unwrap_model(model), metadata, data, training)
     bar.close()

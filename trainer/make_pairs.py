@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from common import HelpFormatter, load_teacher, logger, positive_int, run_script  # also puts the checkout on sys.path
+from common import HelpFormatter, load_teacher, logger, multi_cpu, positive_int, run_script  # also puts the checkout on sys.path
 
 from oftsr.checkpoint import network_digest
 from oftsr.model import DEGRADATIONS
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    state = PartialState()
+    state = PartialState(cpu=multi_cpu())  # else each CPU process would make every shard
     teacher = load_teacher(args, state.device)
     data = SRDataset(args.train_data_dir, resolution=args.resolution, scale=teacher.scale,
                      degradation=teacher.degradation, seed=args.seed, sigma_y=args.sigma_y,
