@@ -583,7 +583,14 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         weights = dict(zip((name for name, _ in unet.named_parameters()), weights, strict=True))
     # Fresh float32 memory for each tensor (fp16/bf16 files up-cast): a file's tensors lie at any
     # offset, and kernels on unaligned weights round differently.
-    unet.load_state_dict({k: torch.empty(v.shape).copy_(v) for k, v in weights.items()}, assign=True)
+    tensors = {k: torch.empty(v.shape).copy_(v) for k, v in weights.items()}
+    # a sum is NaN or infinite where a value is (weights never sum past float32's range): one fast pass
+    broken = [k for k, v in tensors.items() if not math.isfinite(v.sum().item())]
+    if broken:  # it would make black or noise images without a word
+        raise CheckpointError(f"{path.name}: {len(broken)} of its {len(tensors)} tensors hold NaN or infinity (first: "
+                              f"{broken[0]}): the training run that wrote it diverged, or the file is damaged; use "
+                              f"an earlier checkpoint")
+    unet.load_state_dict(tensors, assign=True)
 
     overrides = {"sigma_p": sigma_p, "role": role, "scale": scale, "degradation": degradation}
     info.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import pickle
 import re
@@ -209,6 +210,20 @@ def test_truncated_pth(tmp_path, random_unet_weights):
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="truncated, corrupt"):
         oftsr.load_model(path)
+
+
+def test_weights_with_nan_are_refused(tmp_path, random_unet_weights):
+    # what a diverged training run exports: every image it makes is black or noise
+    model = make_model(random_unet_weights, role="teacher")
+    with torch.no_grad():
+        model.unet.out[2].bias[1] = math.nan
+    oftsr.save_model(model, tmp_path / "diverged.safetensors")
+    with pytest.raises(CheckpointError, match=r"diverged.safetensors: 1 of its \d+ tensors hold NaN or infinity "
+                                              r"\(first: out.2.bias\): the training run that wrote it diverged"):
+        oftsr.load_model(tmp_path / "diverged.safetensors")
+    torch.save({k: v.clone() for k, v in model.unet.state_dict().items()}, tmp_path / TEACHER_NAME)
+    with pytest.raises(CheckpointError, match="hold NaN or infinity"):
+        oftsr.load_model(tmp_path / TEACHER_NAME)
 
 
 def test_empty_and_garbage_files(tmp_path):
