@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 import oftsr
+from oftsr.sampling import evaluations
 from comfyui_driver import ComfyServer, HTTPError, extra_values_after, is_widget, spec_options, workflow_to_prompt
 from registry_archive import NotAGitCheckout, copy_archive
 
@@ -280,12 +281,13 @@ def test_workflow_runs(comfy, workflow_name):
     assert status.get("status_str") == "success" and status.get("completed"), (
         f"{workflow_name} failed: {json.dumps(status.get('messages'), indent=1)[-4000:]}\n{comfy.server.log_tail()}")
 
-    # The teacher's step previews reach the browser (the server runs with --preview-method auto):
-    # one JPEG per step, the image the flow heads for, at the output's aspect (ComfyUI fits each
-    # preview to --preview-size, 512 px, enlarging a small one).
-    steps = sum(e["inputs"]["steps"] for e in prompt.values() if e["class_type"] == "OFTSRTeacherSampler")
+    # The teacher's previews reach the browser (the server runs with --preview-method auto): one
+    # JPEG per network evaluation, the image the flow heads for, at the output's aspect (ComfyUI
+    # fits each preview to --preview-size, 512 px, enlarging a small one).
+    nfe = sum(evaluations(e["inputs"]["solver"], e["inputs"]["steps"]) for e in prompt.values()
+              if e["class_type"] == "OFTSRTeacherSampler")
     previews = [payload for event, payload in binary if event == 1]
-    assert len(previews) == steps, (workflow_name, steps, [(e, len(p)) for e, p in binary])
+    assert len(previews) == nfe, (workflow_name, nfe, [(e, len(p)) for e, p in binary])
     for payload in previews:
         assert struct.unpack(">I", payload[:4])[0] == 1  # JPEG
         with Image.open(io.BytesIO(payload[4:])) as shown:
