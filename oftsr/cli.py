@@ -641,8 +641,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=OverrideWarning)
             code = args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so every file there is complete
-        print("interrupted: the images written so far are complete (--skip-existing goes on from there)",
-              file=sys.stderr)
+        if args.command == "eval":
+            print(f"interrupted: the scores so far are in {Path(args.out) / 'per_image.csv.partial'} (the next "
+                  f"evaluation there keeps them as per_image.stopped.csv)", file=sys.stderr)
+        else:
+            print("interrupted: the images written so far are complete (--skip-existing goes on from there)",
+                  file=sys.stderr)
         return 130
     except BrokenPipeError:  # `oftsr info x4 | head`: the reader has gone, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no second error at exit

@@ -13,7 +13,8 @@ Rows are drawn in the order given. The first file's interpolation row is kept, l
 are dropped (they are identical for the same data and seed; a warning says when they are
 not, as for another data set). Model numbers in labels ("student 1", from files of
 earlier versions) are removed, unless two models of one role share a file. A name that an earlier file already drew
-gets its folder's name added, so two students' t points are never joined into one curve.
+gets its folder's name added (its path, where an earlier file's folder had that name too: the
+default `eval/`), so two students' t points are never joined into one curve.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not path.endswith(".csv"):  # no filter (or a ':' inside the path itself)
             path, prefix = spec, ""
         prefix, _, label = prefix.partition("=")
-        kept, names = 0, set()
+        kept, labels = 0, {}
         table = read_table(path)
         numbered = [re.match(r"^(student|teacher) \d+", r.method) for r in table]
         roles = [m.group(1) for m in dict((m.group(0), m) for m in numbered if m).values()]
@@ -59,13 +60,15 @@ def main(argv: list[str] | None = None) -> None:
                 name = label
             elif (m := re.match(r"^(student|teacher) \d+", name)) and roles.count(m.group(1)) == 1:
                 name = m.group(1) + name[m.end():]  # the only model of its role in the file: no number
-            row.method = f"{name} ({Path(path).parent.name})" if name in drawn else name
-            names.add(name)
+            if name not in labels:  # a name an earlier file drew: its folder's, else its path, added
+                candidates = (name, f"{name} ({Path(path).parent.name})", f"{name} ({path})")
+                labels[name] = next(c for c in candidates if c not in drawn)
+            row.method = labels[name]
             rows.append(row)
             kept += 1
         if not kept:
             raise SystemExit(f"error: no row of {path} matches {prefix!r}")
-        drawn |= names
+        drawn |= set(labels.values())
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     print(f"wrote {plot_curve(rows, Path(args.output), args.title)}")
 

@@ -152,6 +152,16 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     # an --out that holds the data leaves nothing out
     assert main(["eval", "--model", str(student), "--data", str(data), "--t", "0", "--out", str(tmp_path), "-q"]) == 0
     assert {r["image"] for r in csv.DictReader(open(tmp_path / "per_image.csv"))} >= {"0.png", "1.png"}
+    # --out the data folder itself: its curve.png would be scored by the next run; refused before any image
+    code = main(["eval", "--model", str(student), "--data", str(data), "--t", "0", "--out", str(data), "-q"])
+    assert code == 2 and "the output folder is the data folder" in capsys.readouterr().err
+    assert not (data / "curve.png").exists()
+    # a stopped run's scores are kept by the next run there; a tiled run says so in its title
+    stopped = "image,method,t\n0.png,bicubic,\n"
+    (inner / "per_image.csv.partial").write_text(stopped)
+    assert main([*args, "--tile", "32"]) == 0
+    assert (inner / "per_image.stopped.csv").read_text() == stopped and not (inner / "per_image.csv.partial").exists()
+    assert (inner / "results.md").read_text().startswith("### hr, x4 bicubic, cpu, models in 32 px tiles")
 
 
 def test_eval_scores_8_bit_images_and_seeds_each_lr_by_its_name(tmp_path, random_unet_weights):
@@ -252,6 +262,17 @@ def test_plot_script_keeps_two_students_apart_and_checks_its_inputs(tmp_path, mo
     assert [(r.method, r.t) for r in drawn["rows"]] == [
         ("bicubic", None), ("student", 0.0), ("student", 1.0), ("student (new)", 0.0), ("student (new)", 1.0)]
     assert "its bicubic row differs from the first file's" in capsys.readouterr().err
+    # three runs whose folders share the default name (a/eval, b/eval, c/eval): three curves
+    for run in "abc":
+        rows = [Row("bicubic"), Row("student", t=0.0, nfe=1)]
+        for row in rows:
+            for key in ("psnr", "psnr_y", "ssim", "swd", "sec"):
+                row.scores[key] = [28.0]
+        write_tables(rows, tmp_path / run / "eval", None, run)
+    drawn.clear()
+    paths = [str(tmp_path / run / "eval" / "results.csv") for run in "abc"]
+    script.main([*paths, "-o", str(tmp_path / "c3.png")])
+    assert [r.method for r in drawn["rows"]] == ["bicubic", "student", "student (eval)", f"student ({paths[2]})"]
     # two students of one file ("student 1", "student 2") stay two curves too
     rows = [Row("bicubic"), Row("student 1", t=0.0, nfe=1), Row("student 2", t=0.0, nfe=1)]
     for row in rows:

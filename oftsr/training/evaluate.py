@@ -79,6 +79,9 @@ def _images(folder: str | Path, exclude: Path | None) -> list[Path]:
     it lies inside `folder` (an output folder above the data holds it: nothing is left out)."""
     found = list_images([folder])
     exclude = None if exclude is None else Path(exclude).resolve()
+    if exclude is not None and Path(folder).resolve() == exclude:  # its curve.png would be scored next time
+        raise ValueError(f"the output folder is the data folder {folder}: what an evaluation writes there (curve.png) "
+                         f"would be read as an image by the next; write elsewhere, e.g. {Path(folder) / 'eval'}")
     if exclude is not None and Path(folder).resolve() in exclude.parents:
         found = [p for p in found if exclude not in p.resolve().parents]
     return found
@@ -219,6 +222,10 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     partial = None if per_image_csv is None else Path(f"{per_image_csv}.partial")
     if partial is not None:
         partial.parent.mkdir(parents=True, exist_ok=True)
+        if partial.is_file():  # a stopped run's scores: kept, not overwritten by this run's
+            kept = partial.with_name(f"{Path(per_image_csv).stem}.stopped.csv")
+            os.replace(partial, kept)
+            log(f"{partial.name}, a stopped evaluation's scores, kept as {kept}")
         with open(partial, "w", newline="") as f:
             csv.writer(f).writerow(["image", "method", "t", *SCORE_COLUMNS])
     for name, lr, hr in triples:
@@ -365,7 +372,8 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
                     tile=args.tile or None, lpips=lpips, log=log, baselines=baselines, lr_dir=args.lr_dir,
                     per_image_csv=out / "per_image.csv", exclude=out)
     lr_source = "LR as given" if paired else models[0].degradation
-    title = f"{Path(args.data).name}, x{models[0].scale} {lr_source}, {device.type}"
+    tiled = f", models in {args.tile} px tiles" if args.tile else ""  # tiles change the scores a little
+    title = f"{Path(args.data).name}, x{models[0].scale} {lr_source}, {device.type}{tiled}"
     md, csv_path = write_tables(rows, out, note, title)
     run = out / "run.json"
     run.write_text(json.dumps(eval_record(args, ts, paths, models, device, paired), indent=1) + "\n")
