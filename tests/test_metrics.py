@@ -2,10 +2,13 @@ import csv
 import hashlib
 import json
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import oftsr
 from oftsr.cli import main
@@ -162,6 +165,21 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     assert main([*args, "--tile", "32"]) == 0
     assert (inner / "per_image.stopped.csv").read_text() == stopped and not (inner / "per_image.csv.partial").exists()
     assert (inner / "results.md").read_text().startswith("### hr, x4 bicubic, cpu, models in 32 px tiles")
+
+
+def test_eval_says_when_a_ground_truth_has_transparency(tmp_path):
+    from oftsr.training.evaluate import _rgb
+
+    rgba = np.full((40, 40, 4), 200, np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _rgb(tmp_path / "opaque.png").shape == (1, 3, 40, 40)  # opaque alpha: nothing to say
+    rgba[:, :10, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "cut.png")
+    with pytest.warns(UserWarning, match="cut.png has transparent pixels: scored on its colour with them filled"):
+        _rgb(tmp_path / "cut.png")
 
 
 def test_eval_scores_8_bit_images_and_seeds_each_lr_by_its_name(tmp_path, random_unet_weights):

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -60,7 +61,11 @@ INTERPOLATION_ROWS = {"bicubic": "bicubic", "noisy_avgpool": "nearest", "realesr
 
 def _rgb(path: Path) -> torch.Tensor:
     # with alpha: the colour under transparency filled, as the models see an input with alpha
-    return split_alpha(load_image(path)[0])[0]
+    image = load_image(path)[0]
+    if image.shape[1] in (2, 4) and image[:, -1].min() < 1:  # what is scored is not the file's own colour there
+        warnings.warn(f"{path.name} has transparent pixels: scored on its colour with them filled from the visible "
+                      f"ones (as the models see it); flatten it or leave it out for numbers to quote", stacklevel=2)
+    return split_alpha(image)[0]
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
