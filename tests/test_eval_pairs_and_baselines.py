@@ -4,6 +4,7 @@ networks (`--baseline dat-light`, `--baseline realesrgan`)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import importlib.util
 import struct
@@ -85,7 +86,12 @@ def test_cli_eval_on_pairs(pairs, tmp_path, capsys):
     given = [psnr_y(quantize(upsample(lr)), hr, border=4) for _, lr, hr in image_pairs(pairs / "HR", pairs / "LR", 4)]
     assert bicubic.mean("psnr_y") == pytest.approx(sum(given) / 3, abs=0.006)  # the table rounds to 0.01
     assert (student.method, student.t) == ("student", 0.0)
-    assert "LR as given" in (tmp_path / "ev" / "results.md").read_text()
+    assert (tmp_path / "ev" / "results.md").read_text().startswith(f"### {pairs.name}, x4 LR as given, cpu")
+    assert json.loads((tmp_path / "ev" / "run.json").read_text())["images"] == ["img0.png", "img1.png", "img2.png"]
+    # --data HR --lr-dir LR: named for the set, not "HR"
+    assert main(["eval", "--model", "x4-student", "--data", str(pairs / "HR"), "--lr-dir", str(pairs / "LR"), "--t",
+                 "0", "--out", str(tmp_path / "ev_lr_dir"), "-q"]) == 0
+    assert (tmp_path / "ev_lr_dir" / "results.md").read_text().startswith(f"### {pairs.name}, x4 LR as given")
     # every image's scores, written as each image is done (a stopped run keeps them)
     with open(tmp_path / "ev" / "per_image.csv", newline="") as f:
         records = list(csv.DictReader(f))

@@ -378,10 +378,15 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
                     per_image_csv=out / "per_image.csv", exclude=out)
     lr_source = "LR as given" if paired else models[0].degradation
     tiled = f", models in {args.tile} px tiles" if args.tile else ""  # tiles change the scores a little
-    title = f"{Path(args.data).name}, x{models[0].scale} {lr_source}, {device.type}{tiled}"
+    data = Path(args.data).resolve()
+    set_name = data.parent.name if args.lr_dir and data.name.upper() == "HR" else data.name  # Set/HR, Set/LR: "Set"
+    title = f"{set_name}, x{models[0].scale} {lr_source}, {device.type}{tiled}"
     md, csv_path = write_tables(rows, out, note, title)
+    with open(out / "per_image.csv", newline="") as f:  # the images scored, in order: what the means are over
+        images = list(dict.fromkeys(r["image"] for r in csv.DictReader(f)))
     run = out / "run.json"
-    run.write_text(json.dumps(eval_record(args, ts, paths, models, device, paired), indent=1) + "\n")
+    run.write_text(json.dumps({**eval_record(args, ts, paths, models, device, paired), "images": images}, indent=1)
+                   + "\n")
     written = [md, csv_path, out / "per_image.csv", run]
     try:
         written.append(plot_curve(rows, out / "curve.png", title))
