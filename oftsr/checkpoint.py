@@ -316,7 +316,7 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10
 
 def _file_kind(path: Path) -> str:
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(200)  # the magic numbers; for a file that is no checkpoint, what it is instead
     if len(head) < 8:
         raise CheckpointError(f"{path.name}: file is empty or truncated ({path.stat().st_size} bytes)")
     # safetensors first: its header length is any 8 bytes, and one whose low byte is 0x80 is
@@ -333,14 +333,12 @@ def _file_kind(path: Path) -> str:
                               f"(or, before PyTorch 1.6, a pickle that starts with its magic number); a pickle can run "
                               f"arbitrary code, so oftsr never opens one")
     raise CheckpointError(f"{path.name}: not a checkpoint: expected a .safetensors file or a torch .pth/.pt file; "
-                          f"{_what_it_starts_with(path)}")
+                          f"{_what_it_starts_with(head)}")
 
 
-def _what_it_starts_with(path: Path) -> str:
+def _what_it_starts_with(head: bytes) -> str:
     """What the first bytes of a file that is no checkpoint say, for the error: the text
     of a Git LFS pointer or a web page (what a failed clone or download leaves) by name."""
-    with open(path, "rb") as f:
-        head = f.read(200)
     text = head.decode("utf-8", "replace").strip()
     if text.startswith("version ") and "git-lfs" in text.split("\n", 1)[0]:
         return "it is a Git LFS pointer, not the file: fetch it with `git lfs pull` (or download the file itself)"
