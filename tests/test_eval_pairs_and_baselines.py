@@ -127,6 +127,9 @@ def test_cli_eval_on_pairs(pairs, tmp_path, capsys):
     assert [(r["image"], r["method"], r["t"]) for r in records] == [
         (f"img{k}.png", method, t) for k in range(3) for method, t in (("bicubic", ""), ("student", "0"))]
     assert [float(r["PSNR Y"]) for r in records if r["method"] == "bicubic"] == pytest.approx(given, abs=1e-4)
+    # bicubic runs no network and is not timed: its s/img is empty in both files, as in the table
+    assert [r["s/img"] == "" for r in records] == [m == "bicubic" for _ in range(3) for m in ("bicubic", "student")]
+    assert [r["s/img"] == "" for r in csv.DictReader(open(tmp_path / "ev" / "results.csv"))] == [True, False]
     assert sum(float(r["PSNR Y"]) for r in records if r["method"] == "student") / 3 == pytest.approx(
         student.mean("psnr_y"), abs=0.006)
     capsys.readouterr()

@@ -243,7 +243,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
         with open(partial, "w", newline="") as f:
             csv.writer(f).writerow(["image", "method", "t", *SCORE_COLUMNS])
     for name, lr, hr in triples:
-        outputs = [(rows[0], quantize(baseline_upsample(lr, scale, degradation)), 0.0)]
+        outputs = [(rows[0], quantize(baseline_upsample(lr, scale, degradation)), None)]  # untimed: no network
         for row, run in runs:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -255,7 +255,8 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
         for row, out, sec in outputs:
             for key, value in quality(out, hr, scale, lpips).items():
                 row.scores[key].append(value)
-            row.scores["sec"].append(sec)
+            if sec is not None:
+                row.scores["sec"].append(sec)
         log(f"{name}: " + ", ".join(f"{r.method}{'' if r.t is None else f' t={r.t:g}'} {r.scores['psnr_y'][-1]:.2f} dB"
                                    for r, _, _ in outputs))
         if partial is not None:
@@ -273,7 +274,7 @@ def _cells(row: Row, lpips_note: str | None) -> list[str]:
     lp = lpips_note or (f"{row.mean('lpips'):.4f}" if row.scores["lpips"] else "")  # as results.csv: empty, not nan
     return [row.method, "" if row.t is None else f"{row.t:g}", "" if row.nfe is None else str(row.nfe),
             f"{row.mean('psnr'):.2f}", f"{row.mean('psnr_y'):.2f}", f"{row.mean('ssim'):.4f}", lp,
-            f"{row.mean('swd'):.2f}", "" if row.is_interpolation else f"{row.mean('sec'):.3f}"]
+            f"{row.mean('swd'):.2f}", f"{row.mean('sec'):.3f}" if row.scores["sec"] else ""]
 
 
 def _csv_score(row: Row, key: str, lpips_note: str | None) -> str:
@@ -281,7 +282,7 @@ def _csv_score(row: Row, key: str, lpips_note: str | None) -> str:
     where there is no score (the interpolation's time)."""
     if key == "lpips" and lpips_note:
         return lpips_note
-    if not row.scores[key] or (key == "sec" and row.is_interpolation):
+    if not row.scores[key]:
         return ""
     return repr(row.mean(key))
 
