@@ -11,7 +11,9 @@ row: bicubic, or nearest);
 
 Rows are drawn in the order given. The first file's interpolation row is kept, later ones
 are dropped (they are identical for the same data and seed; a warning says when they are
-not, as for another data set). Model numbers in labels ("student 1", from files of
+not, as for another data set). Where the files have their `run.json` beside them, a warning
+also says when the runs differ in data, seed or LR (a student's scores move with its seed
+even where the bicubic rows agree). Model numbers in labels ("student 1", from files of
 earlier versions) are removed, unless two models of one role share a file. A name that an earlier file already drew
 gets its folder's name added (its path, where an earlier file's folder had that name too: the
 default `eval/`), so two students' t points are never joined into one curve.
@@ -20,11 +22,24 @@ default `eval/`), so two students' t points are never joined into one curve.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 
 from oftsr.training.evaluate import plot_curve, read_table
+
+
+# What two runs drawn together must share (run.json), or their points do not compare.
+SAME_RUN = ("data_sha256", "lr_sha256", "lr", "seed")
+
+
+def run_record(results_csv: str) -> dict | None:
+    """The run.json beside a results.csv (None where there is none, or it is unreadable)."""
+    try:
+        return json.loads((Path(results_csv).parent / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,11 +49,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--title", default="", help="plot title")
     args = p.parse_args(argv)
 
-    rows, interpolation, drawn = [], None, set()
+    rows, interpolation, drawn, first_run = [], None, set(), None
     for spec in args.csv:
         path, sep, prefix = spec.rpartition(":")
         if not sep or not path.endswith(".csv"):  # no filter (or a ':' inside the path itself)
             path, prefix = spec, ""
+        run = run_record(path)
+        if run is not None and first_run is None:
+            first_run = run
+        elif run is not None:
+            differ = [k for k in SAME_RUN if k in run and k in first_run and run[k] != first_run[k]]
+            if differ:
+                print(f"warning: {path}: its run differs from the first file's in {', '.join(differ)} (run.json): "
+                      f"its points do not compare with the first's", file=sys.stderr)
         prefix, _, label = prefix.partition("=")
         kept, labels = 0, {}
         table = read_table(path)

@@ -302,6 +302,17 @@ def test_plot_script_keeps_two_students_apart_and_checks_its_inputs(tmp_path, mo
     drawn.clear()
     script.main([str(tmp_path / "two" / "results.csv"), "-o", str(tmp_path / "c2.png")])
     assert [r.method for r in drawn["rows"]] == ["bicubic", "student 1", "student 2"]
+    # runs of other seeds agree on bicubic but not on the students: said from their run.json
+    import json
+
+    for run, seed in zip("abc", (0, 0, 7)):
+        (tmp_path / run / "eval" / "run.json").write_text(json.dumps({"seed": seed, "data_sha256": "d", "lr": "given"}))
+    capsys.readouterr()
+    script.main([*paths[:2], "-o", str(tmp_path / "c4.png")])
+    assert "warning" not in capsys.readouterr().err
+    (tmp_path / "b" / "eval" / "run.json").write_text("{not json")  # unreadable: nothing to compare
+    script.main([*paths, "-o", str(tmp_path / "c5.png")])
+    assert f"warning: {paths[2]}: its run differs from the first file's in seed (run.json)" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no row of .* matches 'teacher'"):
         script.main([str(tmp_path / "old" / "results.csv") + ":teacher", "-o", str(tmp_path / "c.png")])
 
