@@ -1,5 +1,6 @@
 """What the OFTSR nodes share: ComfyUI's IMAGE layout, common inputs, role checks,
-devices and memory, progress and Cancel, and the one out-of-memory retry loop."""
+devices and memory, progress and Cancel, and the out-of-memory retry (the smaller tiles
+it tries are `retry_tiling`'s, in every node)."""
 
 from __future__ import annotations
 
@@ -278,19 +279,26 @@ def is_oom(e: BaseException) -> bool:
 
 
 def first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:
-    """The widgets' tile (0: none) and overlap, capped at half the tile as the library needs."""
-    tile, overlap = int(tile), int(overlap)
-    if tile <= 0:
-        return None, 0
-    return tile, max(0, min(overlap, tile // 2))
+    """The widgets' tile (0: none) and overlap for the library, the overlap capped at half
+    the tile: the two widgets are set apart, so a cap rather than an error, as ComfyUI's
+    own tiled nodes do. A tile out of range is an error here too: a linked value passes
+    `validate_inputs` unchecked."""
+    if (problem := check_tile(int(tile))) is not True:
+        raise ValueError(problem)
+    tile, overlap = int(tile), max(0, int(overlap))
+    return (None, overlap) if tile <= 0 else (tile, min(overlap, tile // 2))
 
 
-def smaller_tile(tile: int | None, out_h: int, out_w: int) -> tuple[int, int | None]:
-    """After an out-of-memory: the tile that failed (an image smaller than the tile is one
-    tile), and the next to try, half of it but at least MIN_OOM_TILE, or None when the
-    failed tile was already that small."""
+def retry_tiling(tile: int | None, overlap: int, out_h: int, out_w: int) -> tuple[int, int | None, int]:
+    """After an out-of-memory with `tile` (None: no tiling): the tile that failed (an image
+    smaller than the tile is one tile); the next to try, half of it but at least
+    MIN_OOM_TILE, or None when the failed tile was already that small; and its overlap,
+    the widget's `overlap` at most a quarter of the new tile (never none: seams)."""
     failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
-    return failed, (max(MIN_OOM_TILE, failed // 2) if failed > MIN_OOM_TILE else None)
+    if failed <= MIN_OOM_TILE:
+        return failed, None, overlap
+    smaller = max(MIN_OOM_TILE, failed // 2)
+    return failed, smaller, min(overlap, smaller // 4)
 
 
 Job = Callable[[object, torch.Tensor, "int | None", int, Progress], torch.Tensor]
@@ -315,6 +323,7 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
     def units(tile: int | None, overlap: int) -> int:
         return ADAPTIVE_PROGRESS_UNITS if evaluations is None else evaluations * num_tiles(out_h, out_w, tile, overlap)
 
+    widget_overlap = max(0, int(overlap))
     tile, overlap = first_tiling(tile, overlap)
     mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
     model.to(device)  # the model takes this device's faster layout as it moves (OFTSRModel._apply)
@@ -331,7 +340,7 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             # outside the except block the exception's frames and their tensors are released
             mm.soft_empty_cache()
-            failed, tile = smaller_tile(tile, out_h, out_w)
+            failed, tile, overlap = retry_tiling(tile, widget_overlap, out_h, out_w)
             if tile is None:
                 cpu = "" if device.type == "cpu" else ", or run on the CPU with --cpu"
                 raise ValueError(
@@ -340,7 +349,6 @@ def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, 
                     f"free memory held by other models and programs (start ComfyUI with --lowvram to unload models "
                     f"sooner){cpu}."
                 )
-            overlap = min(overlap, tile // 4)
             log.warning("%s: out of memory with %d-pixel tiles on %s; retrying with %d", node, failed, device, tile)
             mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
     finally:

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..oftsr import upscale
 from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid, t_labels
 from ..oftsr.inference import T_VALUES_EXAMPLE, parse_t_values
-from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
+from .common import (CATEGORY, check_options, color_fix_input, color_fix_option, finish, image_input,
                      model_input, require_t_slider, run_on_device, seed_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR t-Sweep"
@@ -56,8 +56,6 @@ class OFTSRTSweep(io.ComfyNode):
     def execute(cls, model, image, t_values: str = DEFAULT_T_VALUES, seed: int = 0, tile: int = 512, overlap: int = 64,
                 color_fix: str = "none") -> io.NodeOutput:
         check_options(**color_fix_option(color_fix))
-        if (problem := check_tile(tile)) is not True:
-            raise ValueError(problem)
         require_t_slider(model, NAME)
         ts = parse_t_values(t_values)
         x = to_bchw(image)

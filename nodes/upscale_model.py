@@ -14,7 +14,7 @@ from ..oftsr import upscale
 from ..oftsr.inference import check_t
 from ..oftsr.tiling import DEFAULT_OVERLAP
 from .common import (CATEGORY, DEFAULT_TILE, MIN_OOM_TILE, SEED_MAX, check_interrupt, check_tile, first_tiling,
-                     is_oom, model_input, require_role, smaller_tile, t_input, tiling_inputs)
+                     is_oom, model_input, require_role, retry_tiling, t_input, tiling_inputs)
 from .upscale import warn_if_ignores_t
 
 NAME = "OFTSR as Upscale Model"
@@ -48,6 +48,7 @@ class StudentUpscaleModel:
     def __init__(self, model: torch.nn.Module, t: float, seed: int, tile: int, overlap: int) -> None:
         self.model, self.t, self.seed = model, float(t), int(seed)
         self.tile, self.overlap = first_tiling(tile, overlap)
+        self.widget_overlap = max(0, int(overlap))  # what a retry's smaller tile starts from
         self.warned_alpha = False
 
     @property
@@ -92,12 +93,12 @@ class StudentUpscaleModel:
                               overlap=self.overlap, callback=check_interrupt)
                 return out.to(image.dtype)
             except Exception as e:
-                failed, smaller = smaller_tile(self.tile, out_h, out_w)
+                failed, smaller, overlap = retry_tiling(self.tile, self.widget_overlap, out_h, out_w)
                 if not is_oom(e) or smaller is None:
-                    raise
+                    raise  # the consumer's own retry (Upscale Image's) halves its tile next
             # outside the except block the exception's frames and their tensors are released
             mm.soft_empty_cache()
-            self.tile, self.overlap = first_tiling(smaller, self.overlap)
+            self.tile, self.overlap = smaller, overlap
             log.warning("%s: out of memory with %d-pixel tiles; retrying with %d", NAME, failed, self.tile)
 
 
@@ -130,6 +131,4 @@ class OFTSRAsUpscaleModel(io.ComfyNode):
                 overlap: int = DEFAULT_OVERLAP) -> io.NodeOutput:
         require_role(model, "student", NAME)
         warn_if_ignores_t(model, NAME)
-        if (problem := check_tile(tile)) is not True:
-            raise ValueError(problem)
         return io.NodeOutput(StudentUpscaleModel(model, check_t(t), seed, tile, overlap))

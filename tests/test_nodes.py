@@ -559,7 +559,7 @@ def test_as_upscale_model_halves_its_tile_when_memory_runs_out(comfy, pack, stud
 
     def fits_256(model, image, *, tile, **kwargs):
         tried.append(tile)
-        if tile > 256:
+        if tile is None or tile > 256:  # None: the whole image at once
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return library_upscale(model, image, tile=tile, **kwargs)
 
@@ -578,7 +578,15 @@ def test_as_upscale_model_halves_its_tile_when_memory_runs_out(comfy, pack, stud
     monkeypatch.setattr(module, "upscale", never_fits)
     with pytest.raises(RuntimeError, match="out of memory"):
         wrapped(x)
-    assert tried == [256, 128] and wrapped.tile == 128
+    assert tried == [256, 128] and (wrapped.tile, wrapped.overlap) == (128, 32)
+    # from no tiling: the widget's overlap, not none (seams)
+    tried.clear()
+    monkeypatch.setattr(module, "upscale", fits_256)
+    whole = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.5, seed=0, tile=0, overlap=48)
+    out = whole(image(h=128, w=128).movedim(-1, 1))  # 512 px: once whole, then 256 px tiles
+    assert tried == [None, 256] and (whole.tile, whole.overlap) == (256, 48)
+    assert torch.equal(out, library_upscale(student, image(h=128, w=128).movedim(-1, 1), t=0.5, seed=0, tile=256,
+                                            overlap=48))
     monkeypatch.setattr(module, "upscale", lambda *a, **k: (_ for _ in ()).throw(ValueError("not memory")))
     with pytest.raises(ValueError, match="not memory"):
         wrapped(x)
@@ -660,8 +668,10 @@ def test_oom_halves_the_tile_and_retries(comfy, pack, student):
     assert student.device.type == "cpu"
 
     calls.clear()
-    run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64, color_fix="none")
-    assert calls[0] == (256, 256) and set(calls[1:]) == {(128, 128)}  # no tiling: whole image, then 2 x 2 tiles of 128
+    out = run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64, color_fix="none")
+    # no tiling: the whole image, then tile 128 with the widget's overlap (a quarter of the tile), not none: no seams
+    assert calls[0] == (256, 256) and set(calls[1:]) == {(112, 112)}
+    assert torch.equal(out, expected)
 
 
 @pytest.mark.parametrize("message", [
@@ -672,10 +682,12 @@ def test_oom_halves_the_tile_and_retries(comfy, pack, student):
 def test_the_cpu_allocators_out_of_memory_is_retried_too(comfy, pack, student, message):
     calls = []
     fail_above(student, 128, calls, RuntimeError(message))
-    out = run(pack, "OFTSRUpscale", model=student, image=image(h=64, w=64), t=0.5, seed=2, tile=0, overlap=64,
+    out = run(pack, "OFTSRUpscale", model=student, image=image(h=64, w=64), t=0.5, seed=2, tile=0, overlap=16,
               color_fix="none")
     assert out.shape == (1, 256, 256, 3)
-    assert calls[0] == (256, 256) and set(calls[1:]) == {(128, 128)}  # whole image, then 2 x 2 tiles of 128
+    assert calls[0] == (256, 256) and set(calls[1:]) == {(96, 96)}  # whole image, then tile 128: 3 x 3 of 96
+    expected = pack.lib.upscale(student, image(h=64, w=64).movedim(-1, 1), t=0.5, seed=2, tile=128, overlap=16)
+    assert torch.equal(out, expected.movedim(1, -1))  # the widget's overlap kept
 
 
 def test_oom_below_the_minimum_tile_is_a_clear_error(comfy, pack, student):
@@ -698,6 +710,19 @@ def test_oom_tries_the_smallest_tile_before_giving_up(comfy, pack, student):
               color_fix="none")
     assert out.shape == (1, 400, 400, 3)
     assert calls[0] == (400, 400) and calls[1] == (168, 168) and max(max(c) for c in calls[2:]) <= 128
+
+
+def test_a_linked_tile_out_of_range_is_refused_by_every_node(comfy, pack, student, teacher):
+    """A tile from a link is not in `validate_inputs`' hands (it arrives as None there):
+    each node refuses it when it runs, with the widget's message, before any evaluation."""
+    img, mask = image(), torch.ones(8, 8)
+    for node_id, model, extra in [("OFTSRUpscale", student, {"t": 0.5}), ("OFTSRTSweep", student, {"t_values": "0, 1"}),
+                                  ("OFTSRTeacherSampler", teacher, {"steps": 2, "solver": "euler"}),
+                                  ("OFTSRRegionalTradeoff", student, {"mask": mask, "t_inside": 1.0, "t_outside": 0.0})]:
+        for tile in (16, 9000):
+            with pytest.raises(ValueError, match=f"tile must be 0 .* or 32 to 8192 pixels, got {tile}"):
+                run(pack, node_id, model=model, image=img, seed=0, tile=tile, overlap=8, color_fix="none", **extra)
+    assert bars(comfy) == []
 
 
 def test_other_errors_are_not_retried(comfy, pack, student):
