@@ -451,3 +451,42 @@ def test_flowsr_resume_matches_an_uninterrupted_run(train_dir, tmp_path, random_
     for name in ("optimizer.bin", "optimizer_1.bin"):  # the student's, the discriminator's
         state = torch.load(tmp_path / "acc" / "checkpoint-1" / name, weights_only=True)["state"]
         assert {int(s["step"]) for s in state.values()} == {1}, name
+
+
+def test_the_discriminator_steps_on_every_micro_batch_of_an_accumulated_step(monkeypatch):
+    """With --gradient_accumulation_steps 2 the discriminator's one step follows the mean
+    gradient of both micro-batches (zeroing before the backward kept only the last's)."""
+    import copy
+    from pathlib import Path
+
+    from accelerate import Accelerator
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "trainer"))
+    from distill import discriminator_step
+
+    class Critic(torch.nn.Module):  # (image, LR condition) -> logits, as PatchDiscriminator; no spectral norm state
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(6, 1, 3, padding=1)
+
+        def forward(self, x, cond):
+            return self.conv(torch.cat([x, cond], 1))
+
+    torch.manual_seed(0)
+    disc = Critic()
+    reference = copy.deepcopy(disc)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    student = torch.nn.Linear(1, 1)
+    student, disc, opt = accelerator.prepare(student, disc, torch.optim.SGD(disc.parameters(), lr=1.0))
+    batches = [tuple(torch.rand(2, 3, 8, 8) for _ in range(3)) for _ in range(2)]
+    for hr, estimate, x_lr in batches:
+        with accelerator.accumulate(student):
+            loss = discriminator_step(accelerator, disc, opt, hr, estimate, x_lr)
+    assert loss.requires_grad is False
+    mean = sum(discriminator_hinge_loss(*reference(torch.cat([hr, est]), x_lr.repeat(2, 1, 1, 1)).chunk(2))
+               for hr, est, x_lr in batches) / 2
+    mean.backward()
+    assert reference.conv.weight.grad.abs().max() > 1e-3
+    for moved, start in zip(accelerator.unwrap_model(disc).parameters(), reference.parameters()):
+        assert torch.allclose(moved, start - start.grad, atol=1e-6)  # SGD at lr 1: one step down the mean gradient
+        assert moved.grad is None  # zeroed after its step

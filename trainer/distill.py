@@ -204,21 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             estimate = out.pop("estimate")
             if disc is not None:
                 # Discriminator step on the detached estimate, then the generator loss through
-                # the updated discriminator (its own weights get no gradient from it). Its optimizer
-                # is Accelerate's, so with --gradient_accumulation_steps N it steps once per student
-                # step, on the gradient of all N micro-batches, as one batch N times larger would.
-                with accelerator.autocast():  # real and fake in one forward pass
-                    logits = disc(torch.cat([x1, estimate.detach()]), x_lr.repeat(2, 1, 1, 1))
-                    d_loss = discriminator_hinge_loss(*logits.chunk(2))
-                disc_opt.zero_grad(set_to_none=True)
-                accelerator.backward(d_loss)
-                disc_opt.step()
+                # the updated discriminator (its own weights get no gradient from it).
+                d_loss = discriminator_step(accelerator, disc, disc_opt, x1, estimate, x_lr)
                 d = accelerator.unwrap_model(disc).eval().requires_grad_(False)
                 with accelerator.autocast():
                     adv = generator_hinge_loss(d(estimate, x_lr))
                 d.train().requires_grad_(True)
                 out["loss"] = out["loss"] + args.lambda_adv * adv
-                out.update(adv=adv, disc=d_loss.detach())
+                out.update(adv=adv, disc=d_loss)
             return out
 
         step_losses = flowsr_losses
@@ -241,6 +234,22 @@ def main(argv: list[str] | None = None) -> int:
                         provenance={"teacher_digest": network_digest(teacher)},
                         validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step,
                                                                           lpips))
+
+
+def discriminator_step(accelerator, disc: torch.nn.Module, disc_opt: torch.optim.Optimizer, hr: torch.Tensor,
+                       estimate: torch.Tensor, x_lr: torch.Tensor) -> torch.Tensor:
+    """One hinge-loss step of the discriminator, real HR against the detached estimate; its
+    loss. Step, then zero: the optimizer is Accelerate's, which with
+    --gradient_accumulation_steps N steps and zeroes only at the Nth micro-batch, so it
+    steps on the gradient of all N, as one batch N times larger would (zeroing first
+    would drop all but the last)."""
+    with accelerator.autocast():  # real and fake in one forward pass
+        logits = disc(torch.cat([hr, estimate.detach()]), x_lr.repeat(2, 1, 1, 1))
+        d_loss = discriminator_hinge_loss(*logits.chunk(2))
+    accelerator.backward(d_loss)
+    disc_opt.step()
+    disc_opt.zero_grad(set_to_none=True)
+    return d_loss.detach()
 
 
 if __name__ == "__main__":
