@@ -269,3 +269,42 @@ def test_a_fixed_point_student_is_one_row_and_one_labelled_point(pairs, tmp_path
     assert ax.get_legend_handles_labels()[1] == ["bicubic", "student (flowsr)"]
     assert [text.get_text() for text in ax.texts] == []  # no "t=..." annotation
     plt.close(figures[0])
+
+
+def test_made_lr_follows_the_degradation_settings_the_models_record(tmp_path, capsys):
+    """x4-real records the camera chain: its LR is made with that chain, not the full
+    Real-ESRGAN one, and the title and run.json say so; models of two chains are refused."""
+    import oftsr
+    from oftsr.training.evaluate import image_seed
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    save_image(smooth_image(64, 64, 3), hr / "a.png")
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "x4-real-student", "--data", str(hr), "--t", "0", "--out", str(out), "-q"]) == 0
+    image = load_image(hr / "a.png")[0]
+
+    def made(config: str) -> torch.Tensor:
+        lr = degrade_image(image, 4, "realesrgan", generator=torch.Generator().manual_seed(image_seed(0, "a.png")),
+                           settings={"realesrgan_config": config})
+        return quantize(lr)
+
+    camera, full = made("camera"), made("full")
+    assert (camera - full).abs().max() > 0.05  # the two chains make other LR
+    bicubic = read_table(out / "results.csv")[0].mean("psnr_y")
+
+    def score(lr: torch.Tensor) -> float:
+        return psnr_y(quantize(baseline_upsample(lr, 4, "realesrgan")), image, border=4)
+
+    assert bicubic == pytest.approx(score(camera), abs=1e-9) and abs(bicubic - score(full)) > 0.5
+    assert (out / "results.md").read_text().startswith("### hr, x4 realesrgan camera chain, cpu")
+    assert json.loads((out / "run.json").read_text())["lr"] == "made (realesrgan camera chain)"
+    # a student of the full chain beside it: refused before any image, naming both
+    other = tmp_path / "full.safetensors"
+    oftsr.save_model(oftsr.load_model("x4-real-student"), other, realesrgan_config="full")
+    code = main(["eval", "--model", "x4-real-student", str(other), "--data", str(hr), "--t", "0", "--out",
+                 str(tmp_path / "mixed"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "trained on different settings of their degradation" in err
+    assert "full.safetensors: realesrgan full chain" in err and "realesrgan camera chain" in err
+    assert not (tmp_path / "mixed").exists()

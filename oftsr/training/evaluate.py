@@ -20,8 +20,9 @@ from typing import Callable
 import torch
 
 from ..resample import upsample_lr
-from .degradations import degrade
-from ..checkpoint import load_model
+from .degradations import SIGMA_Y, degrade
+from .realesrgan import REALESRGAN_CONFIGS
+from ..checkpoint import load_model, read_metadata
 from ..color import split_alpha
 from ..files import sha256_file
 from ..images import list_images, load_image
@@ -160,9 +161,33 @@ def image_pairs(hr_dir: str | Path, lr_dir: str | Path, scale: int,
 
 
 def degrade_image(hr: torch.Tensor, scale: int, degradation: str = "bicubic",
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """The LR image of an HR image, both in [0, 1], as the models were trained to see it."""
-    return ((degrade(hr * 2 - 1, scale, degradation, generator=generator) + 1) / 2).clamp(0, 1)
+                  generator: torch.Generator | None = None, settings: dict | None = None) -> torch.Tensor:
+    """The LR image of an HR image, both in [0, 1], as the models were trained to see it
+    (`settings`: what their files record of the degradation, `recorded_degradation`)."""
+    settings = settings or {}
+    config = REALESRGAN_CONFIGS[settings.get("realesrgan_config", "full")]
+    return ((degrade(hr * 2 - 1, scale, degradation, generator=generator, sigma_y=settings.get("sigma_y", SIGMA_Y),
+                     realesrgan_config=config) + 1) / 2).clamp(0, 1)
+
+
+def recorded_degradation(path: str | Path, degradation: str) -> dict:
+    """What a model's file records of its degradation's own settings, as its trainer used
+    them: the Real-ESRGAN chain ("full" where not recorded) or the average pooling's noise."""
+    meta = read_metadata(path)
+    if degradation == "realesrgan":
+        return {"realesrgan_config": meta.get("realesrgan_config", "full")}
+    if degradation == "noisy_avgpool":
+        return {"sigma_y": float(meta.get("sigma_y", SIGMA_Y))}
+    return {}
+
+
+def describe_degradation(degradation: str, settings: dict) -> str:
+    """e.g. "realesrgan camera chain", for titles and run.json."""
+    if "realesrgan_config" in settings:
+        return f"{degradation} {settings['realesrgan_config']} chain"
+    if "sigma_y" in settings:
+        return f"{degradation} sigma_y {settings['sigma_y']:g}"
+    return degradation
 
 
 def baseline_upsample(lr: torch.Tensor, scale: int, degradation: str = "bicubic") -> torch.Tensor:
@@ -174,7 +199,7 @@ def baseline_upsample(lr: torch.Tensor, scale: int, degradation: str = "bicubic"
 def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], steps: int = 16, solver: str = "midpoint",
              seed: int = 0, tile: int | None = None, lpips: LPIPS | None = None,
              log: Callable[[str], None] = print, baselines: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-             lr_dir: str | Path | None = None, scale: int | None = None,
+             lr_dir: str | Path | None = None, scale: int | None = None, degradation_settings: dict | None = None,
              per_image_csv: str | Path | None = None, exclude: str | Path | None = None) -> list[Row]:
     """One row for the interpolation baseline ("bicubic"; "nearest" for models trained on
     average pooling), one per teacher (at `steps`/`solver`), one per student and t
@@ -183,6 +208,8 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
 
     The HR images of `data` are degraded with the models' degradation, unless the LR is
     given: `lr_dir`, or `data` holding HR/ and LR/ subfolders (real pairs, used as they are).
+    `degradation_settings` are the models' own (`recorded_degradation`; default the
+    trainer's defaults).
     Images under `exclude` (the output folder) are left out. Made LR images and every
     output are scored as 8-bit files hold them (`quantize`). `scale` is needed only when
     there are no models (baselines alone). `per_image_csv` receives every image's scores as
@@ -225,7 +252,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     if lr_dir is not None:
         triples = image_pairs(data, lr_dir, scale, exclude)
     else:  # LR made from each HR image with a seed of its own, saved as an 8-bit file would be
-        triples = [(name, quantize(degrade_image(hr, scale, degradation,
+        triples = [(name, quantize(degrade_image(hr, scale, degradation, settings=degradation_settings,
                                                  generator=torch.Generator().manual_seed(image_seed(seed, name)))), hr)
                    for name, hr in _hr_images(data, scale, exclude)]
     small = [f"{name} ({hr.shape[-1]}x{hr.shape[-2]})" for name, _, hr in triples if min(hr.shape[-2:]) < MIN_SIDE]
@@ -379,14 +406,21 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     if args.scale is not None and any(m.scale != args.scale for m in models):
         raise ValueError(f"--scale {args.scale} does not match the model scale x{models[0].scale}")
     baselines = eval_baselines(args.baseline or [], models[0].scale, device)
+    settings = [recorded_degradation(p, m.degradation) for p, m in zip(paths, models, strict=True)]
+    if any(s != settings[0] for s in settings):  # each was trained on its own LR: evaluate them apart
+        raise ValueError("the models were trained on different settings of their degradation ("
+                         + ", ".join(f"{Path(p).name}: {describe_degradation(m.degradation, s)}"
+                                     for p, m, s in zip(paths, models, settings)) + "); evaluate them apart")
     paired = args.lr_dir is not None or paired_folders(args.data) is not None
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))  # noqa: E731
     lpips, note = make_lpips(device, log)
     out = Path(args.out)
     rows = evaluate(models, args.data, ts=ts, steps=args.steps, solver=args.solver, seed=args.seed,
                     tile=args.tile or None, lpips=lpips, log=log, baselines=baselines, lr_dir=args.lr_dir,
+                    degradation_settings=settings[0],
                     per_image_csv=out / "per_image.csv", exclude=out)
-    lr_source = "LR as given" if paired else models[0].degradation
+    made = describe_degradation(models[0].degradation, settings[0])
+    lr_source = "LR as given" if paired else made
     tiled = f", models in {args.tile} px tiles" if args.tile else ""  # tiles change the scores a little
     data = Path(args.data).resolve()
     set_name = data.parent.name if args.lr_dir and data.name.upper() == "HR" else data.name  # Set/HR, Set/LR: "Set"
@@ -395,7 +429,8 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     with open(out / "per_image.csv", newline="") as f:  # the images scored, in order: what the means are over
         images = list(dict.fromkeys(r["image"] for r in csv.DictReader(f)))
     run = out / "run.json"
-    run.write_text(json.dumps({**eval_record(args, ts, paths, models, device, paired), "images": images}, indent=1)
+    run.write_text(json.dumps({**eval_record(args, ts, paths, models, device, None if paired else made),
+                               "images": images}, indent=1)
                    + "\n")
     written = [md, csv_path, out / "per_image.csv", run]
     try:
@@ -408,7 +443,7 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
 
 
 def eval_record(args: argparse.Namespace, ts: list[float], paths: list[Path], models: list[OFTSRModel],
-                device: torch.device, paired: bool) -> dict:
+                device: torch.device, made: str | None) -> dict:
     """How an evaluation was made (run.json), so that its numbers can be reproduced and compared."""
     from .. import __version__
 
@@ -418,10 +453,11 @@ def eval_record(args: argparse.Namespace, ts: list[float], paths: list[Path], mo
 
     from .baselines import baseline_record
 
+    paired = made is None
     hr_dir, lr_dir = paired_folders(args.data) if args.lr_dir is None and paired else (args.data, args.lr_dir)
     out = Path(args.out)
     return {"oftsr": __version__, "torch": torch.__version__, "device": str(device),
-            "data": str(Path(args.data).resolve()), "lr": "given" if paired else f"made ({models[0].degradation})",
+            "data": str(Path(args.data).resolve()), "lr": "given" if made is None else f"made ({made})",
             "lr_dir": None if args.lr_dir is None else str(Path(args.lr_dir).resolve()),
             "data_sha256": images_sha256(hr_dir, out), "lr_sha256": None if lr_dir is None else images_sha256(lr_dir, out),
             "models": [file_record(p, m) for p, m in zip(paths, models, strict=True)],
