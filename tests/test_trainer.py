@@ -1303,6 +1303,24 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
     assert "error: --init_from x4-student is a one-step student; a teacher starts from a teacher's weights" in res.stderr
 
 
+def test_init_from_an_authors_student_file_is_refused_as_a_student(tmp_path, monkeypatch):
+    """An authors' .pth records nothing inside, but its name says "distil": a student, not
+    the teacher the flag's fallback would have made it (its weights map to one step)."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    from common import load_init_weights
+
+    student = tmp_path / "sr_bicubic-sf4-guided_unet-sigma0.2-distil-v_boot-DIV2K_DIS-checkpoint_5.pth"
+    torch.save(oftsr.create_model("tiny", role="student").unet.state_dict(), student)
+    fallback = dict(sigma_p=0.2, role="teacher", scale=4)
+    assert load_init_weights(str(student), "teacher", "--init_from", **fallback).role == "student"
+    teacher = tmp_path / "sr_bicubic-sf4-guided_unet-sigma0.2-DIV2K-checkpoint_4.pth"
+    torch.save(oftsr.create_model("tiny", role="teacher").unet.state_dict(), teacher)
+    assert load_init_weights(str(teacher), "teacher", "--init_from", **fallback).role == "teacher"
+    plain = tmp_path / "weights.pth"  # a name that says nothing: the flag's fallback stands
+    torch.save(oftsr.create_model("tiny", role="teacher").unet.state_dict(), plain)
+    assert load_init_weights(str(plain), "teacher", "--init_from", **fallback).role == "teacher"
+
+
 def test_a_teacher_file_named_like_a_bundled_model_is_that_file(tmp_path, monkeypatch):
     # "./x4" must stay the user's file on its way through load_teacher (as a string it read "x4": the bundled one)
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))

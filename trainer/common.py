@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import oftsr  # noqa: E402
-from oftsr.checkpoint import MissingInfoError, contradicted_metadata  # noqa: E402
+from oftsr.checkpoint import MissingInfoError, contradicted_metadata, parse_authors_filename  # noqa: E402
 from oftsr.training.data import SRDataset, warn_small_images  # noqa: E402
 from oftsr.training.degradations import SIGMA_Y  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
@@ -636,9 +636,10 @@ def load_init_weights(spec: str, name_role: str, option: str, **fallback: object
     """The model whose weights start a run (`--init_from`, `--init_student`; a bundled name
     means its `name_role` file): only its weights are taken, so what its file records
     stands, and `fallback` fills in only what a file without metadata (an authors' .pth)
-    does not say."""
+    does not say, in its metadata or its name (the authors' naming: `...-distil-...` is a
+    student)."""
     path = oftsr.existing_model_path(spec, name_role, option)
-    recorded = oftsr.read_metadata(path)
+    recorded = oftsr.read_metadata(path) or parse_authors_filename(path.name)  # as load_model reads them
     return oftsr.load_model(path, **{k: v for k, v in fallback.items() if k not in recorded})
 
 
