@@ -9,6 +9,7 @@ and scale come from their file-name pattern or from the caller.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -581,6 +582,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         weights = dict(zip((name for name, _ in unet.named_parameters()), weights, strict=True))
     # Fresh float32 memory for each tensor (fp16/bf16 files up-cast): a file's tensors lie at any
     # offset, and kernels on unaligned weights round differently.
+    stored = collections.Counter(v.dtype for v in weights.values() if v.is_floating_point()).most_common(1)
     tensors = {k: torch.empty(v.shape).copy_(v) for k, v in weights.items()}
     # a sum is NaN or infinite where a value is (weights never sum past float32's range): one fast pass
     broken = [k for k, v in tensors.items() if not math.isfinite(v.sum().item())]
@@ -609,5 +611,6 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     model = OFTSRModel(unet, sigma_p=float(info["sigma_p"]), role=str(info["role"]), scale=int(info["scale"]),
                        degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
                        objective=str(info.get("objective", "oftsr")))
+    model.stored_dtype = stored[0][0] if stored else torch.float32
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return model.optimize(compile=compile)  # the faster memory layout for its device

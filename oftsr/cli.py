@@ -454,7 +454,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     model = load_model(args.src, sigma_p=args.sigma_p, role=args.role, scale=args.scale, degradation=args.degradation)
     # Keep what the source records beyond the model's own fields (how it was trained).
     kept = {k: v for k, v in read_metadata(args.src).items() if k not in model_metadata(model)}
-    save_model(model, args.dst, dtype=DTYPES[args.dtype] if args.dtype else None, **{**kept, "source": Path(args.src).name})
+    dtype = DTYPES[args.dtype] if args.dtype else model.stored_dtype  # fp16 stays fp16: not twice the size
+    save_model(model, args.dst, dtype=dtype, **{**kept, "source": Path(args.src).name})
     print(f"wrote {args.dst}: {model.role}, x{model.scale}, sigma_p {model.sigma_p}, {count_parameters(model):,} parameters")
     return 0
 
@@ -576,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     _add_override_args(p)
     p.add_argument("--degradation", choices=DEGRADATIONS, help="override the degradation (default: from the file)")
-    p.add_argument("--dtype", choices=list(DTYPES), help="store weights in this dtype (default: as loaded)")
+    p.add_argument("--dtype", choices=list(DTYPES), help="store weights in this dtype (default: the dtype SRC stores them in)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (SRC itself included)")
     p.set_defaults(func=cmd_convert)
 

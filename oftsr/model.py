@@ -82,6 +82,7 @@ class OFTSRModel(nn.Module):
         self.degradation = degradation
         self.step = int(step)
         self.objective = objective
+        self.stored_dtype = torch.float32  # the weights' dtype in the file it was loaded from (`oftsr convert` keeps it)
         self.channels_last = False
         self.layout_follows_device = False  # set by optimize(channels_last=None)
         self.autocast_dtype: torch.dtype | None = None

@@ -165,6 +165,15 @@ def test_convert_keeps_the_training_record(tmp_path, capsys):
     assert meta["realesrgan_config"] == "camera" and meta["source"] == "real.safetensors"
     assert meta["degradation"] == "realesrgan"
     assert oftsr.load_model(dst).unet.input_blocks[0][0].weight.dtype == torch.float32  # the loader casts back
+    assert oftsr.load_model(dst).stored_dtype == torch.float16
+    # without --dtype the weights keep the dtype the source stores them in (fp16 is not doubled to fp32)
+    again = tmp_path / "again.safetensors"
+    assert main(["convert", str(dst), str(again), "--role", "student"]) == 0
+    assert again.stat().st_size == pytest.approx(dst.stat().st_size, rel=0.01)
+    assert oftsr.load_model(again).stored_dtype == torch.float16
+    assert main(["convert", str(dst), str(tmp_path / "f32.safetensors"), "--dtype", "fp32"]) == 0
+    assert oftsr.load_model(tmp_path / "f32.safetensors").stored_dtype == torch.float32
+    assert (tmp_path / "f32.safetensors").stat().st_size > 1.9 * dst.stat().st_size
 
 
 def test_create_then_upscale(tmp_path, inputs):
