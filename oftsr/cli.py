@@ -436,14 +436,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not files:  # every output exists (--skip-existing)
         return 0
     model = _load(args, "teacher")
-    nfe: dict = {}
-    run = lambda m, im, cb, dt: sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed,  # noqa: E731
-                                       tile=args.tile or None, overlap=args.overlap, tile_batch=args.tile_batch,
-                                       tile_callback=tile_evaluation_progress(cb, args.solver, args.steps), info=nfe,
-                                       out_dtype=dt)
+    counts: list[int] = []  # network evaluations of each image (the adaptive solver's vary)
+
+    def run(m, im, cb, dt):
+        info: dict = {}
+        out = sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed, tile=args.tile or None,
+                     overlap=args.overlap, tile_batch=args.tile_batch,
+                     tile_callback=tile_evaluation_progress(cb, args.solver, args.steps), info=info, out_dtype=dt)
+        counts.append(info["nfe"])
+        return out
+
     code = _run_images(args, model, [run] * len(files), files, targets)
-    if "nfe" in nfe and not args.quiet:
-        print(f"network evaluations per image: {nfe['nfe']}")
+    if counts and not args.quiet:
+        low, high = min(counts), max(counts)
+        spread = f"{low}" if low == high else f"{low} to {high} (mean {sum(counts) / len(counts):.1f})"
+        print(f"network evaluations per image: {spread}")
     return code
 
 

@@ -138,6 +138,34 @@ def test_sample_reports_nfe(tmp_path, model_files, inputs, capsys):
     assert load_image(tmp_path / "t.png")[0].shape == (1, 3, 48, 40)
 
 
+def test_sample_and_eval_report_every_images_nfe_not_the_last(tmp_path, model_files, inputs, capsys, monkeypatch):
+    """The adaptive solver's evaluations vary by image: the summary gives their range and
+    mean, eval's NFE column their mean (it held the last image's)."""
+    import oftsr.training.evaluate as evaluate_module
+
+    real_sample, counts = oftsr.cli.sample, iter([30, 44, 37, 30, 44])
+
+    def varying(*args, info=None, **kwargs):
+        out = real_sample(*args, **{**kwargs, "solver": "euler", "steps": 1}, info=info)
+        info["nfe"] = next(counts)
+        return out
+
+    monkeypatch.setattr(oftsr.cli, "sample", varying)
+    assert main(["sample", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_files[1]), "--solver",
+                 "adaptive"]) == 0
+    assert "network evaluations per image: 30 to 44 (mean 37.0)" in capsys.readouterr().out
+    monkeypatch.setattr(evaluate_module, "sample", varying)
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for k in range(2):
+        save_image(smooth_image(32, 32, k), hr / f"{k}.png")
+    assert main(["eval", "--model", str(model_files[1]), "--data", str(hr), "--solver", "adaptive", "--out",
+                 str(tmp_path / "ev"), "-q"]) == 0
+    teacher = evaluate_module.read_table(tmp_path / "ev" / "results.csv")[1]
+    assert teacher.method == "teacher (adaptive)" and teacher.nfe == 37.0  # (30 + 44) / 2
+    assert "| teacher (adaptive) |  | 37 |" in (tmp_path / "ev" / "results.md").read_text()
+
+
 def test_missing_model_message(tmp_path, inputs, capsys):
     code = main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "none.safetensors")])
     err = capsys.readouterr().err

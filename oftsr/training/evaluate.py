@@ -41,7 +41,7 @@ SCORE_COLUMNS = {"PSNR RGB": "psnr", "PSNR Y": "psnr_y", "SSIM Y": "ssim", "LPIP
 class Row:
     method: str
     t: float | None = None
-    nfe: int | None = None
+    nfe: float | None = None  # network evaluations per image (a mean where they vary: the adaptive solver)
     scores: dict[str, list[float]] = field(
         default_factory=lambda: {k: [] for k in ("psnr", "psnr_y", "ssim", "lpips", "swd", "sec")})
 
@@ -231,11 +231,13 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     for i, m in enumerate(models):  # numbered only where two models share a role
         name = m.role if roles.count(m.role) == 1 else f"{m.role} {roles[:i + 1].count(m.role)}"
         if m.role == "teacher":
-            row = Row(f"{name} ({solver})")  # its NFE is filled in by the first run
-            info: dict = {}
-            def run(lr, m=m, row=row, info=info):
+            row = Row(f"{name} ({solver})")  # its NFE is filled in as it runs: the adaptive solver's, a mean
+            counts: list[int] = []
+            def run(lr, m=m, row=row, counts=counts):
+                info: dict = {}
                 out = sample(m, lr, steps=steps, solver=solver, seed=seed, tile=tile, info=info)
-                row.nfe = info["nfe"]
+                counts.append(info["nfe"])
+                row.nfe = counts[0] if len(set(counts)) == 1 else round(sum(counts) / len(counts), 1)
                 return out
             runs.append((row, run))
         elif m.ignores_t:  # FlowSR/FluxSR: the same image at every t, so one row named by its objective
@@ -299,7 +301,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
 
 def _cells(row: Row, lpips_note: str | None) -> list[str]:
     lp = lpips_note or (f"{row.mean('lpips'):.4f}" if row.scores["lpips"] else "")  # as results.csv: empty, not nan
-    return [row.method, "" if row.t is None else f"{row.t:g}", "" if row.nfe is None else str(row.nfe),
+    return [row.method, "" if row.t is None else f"{row.t:g}", "" if row.nfe is None else f"{row.nfe:g}",
             f"{row.mean('psnr'):.2f}", f"{row.mean('psnr_y'):.2f}", f"{row.mean('ssim'):.4f}", lp,
             f"{row.mean('swd'):.2f}", f"{row.mean('sec'):.3f}" if row.scores["sec"] else ""]
 
@@ -341,7 +343,7 @@ def read_table(csv_path: str | Path) -> list[Row]:
         if reader.fieldnames != COLUMNS:
             raise ValueError(f"{csv_path} is not an `oftsr eval` results.csv (columns {reader.fieldnames})")
         for rec in reader:
-            row = Row(rec["method"], t=float(rec["t"]) if rec["t"] else None, nfe=int(rec["NFE"]) if rec["NFE"] else None)
+            row = Row(rec["method"], t=float(rec["t"]) if rec["t"] else None, nfe=float(rec["NFE"]) if rec["NFE"] else None)
             for column, key in SCORE_COLUMNS.items():
                 try:
                     row.scores[key] = [float(rec[column])]
