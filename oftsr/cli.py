@@ -397,15 +397,19 @@ def _write_sheets(sheets: list[tuple[Path, list[Path]]], ts: list[float], qualit
             failed += 1
             continue
         cells = []
-        for result in results:
-            image = load_image(result)[0]  # written upright: (1, C, H, W) in [0, 1]
-            image = on_checkerboard(image)  # a sheet has no alpha: transparency shown as editors show it
-            h, w = image.shape[-2:]
-            fit = min(1.0, (MAX_GRID_SIDE - 4 * len(results)) / (len(results) * w), MAX_GRID_SIDE * 0.9 / h)
-            if fit < 1:
-                image = resize(image, (max(1, int(h * fit)), max(1, int(w * fit))))
-            cells.append(image[0])
-        save_image(labelled_grid(torch.stack(cells)[None], t_labels(ts), MAX_GRID_SIDE), sheet, quality=quality)
+        try:  # a result that cannot be read back (changed meanwhile) costs its sheet, not the others
+            for result in results:
+                image = load_image(result)[0]  # written upright: (1, C, H, W) in [0, 1]
+                image = on_checkerboard(image)  # a sheet has no alpha: transparency shown as editors show it
+                h, w = image.shape[-2:]
+                fit = min(1.0, (MAX_GRID_SIDE - 4 * len(results)) / (len(results) * w), MAX_GRID_SIDE * 0.9 / h)
+                if fit < 1:
+                    image = resize(image, (max(1, int(h * fit)), max(1, int(w * fit))))
+                cells.append(image[0])
+            save_image(labelled_grid(torch.stack(cells)[None], t_labels(ts), MAX_GRID_SIDE), sheet, quality=quality)
+        except (ValueError, OSError) as e:
+            print(f"no {sheet.name}: {e}", file=sys.stderr)
+            failed += 1
     return 1 if failed else 0
 
 

@@ -870,6 +870,14 @@ def test_grid_puts_each_images_results_side_by_side(tmp_path, model_files, input
     assert main(["upscale", str(inputs), "-o", str(out), "--t", "0,1", "--grid", "--skip-existing", *common]) == 0
     assert "skipping 6 of 6 images whose output exists" in capsys.readouterr().err
     assert (out / "rgb_grid.png").is_file()
+    # a result that no longer reads (damaged meanwhile) costs its own sheet only
+    (out / "rgb_t1.png").write_bytes(b"\x89PNG\r\n\x1a\ndamaged")
+    for sheet in out.rglob("*_grid.png"):
+        sheet.unlink()
+    assert main(["upscale", str(inputs), "-o", str(out), "--t", "0,1", "--grid", "--skip-existing", *common]) == 1
+    assert "no rgb_grid.png: " in capsys.readouterr().err
+    assert (out / "rgba_grid.png").is_file() and (out / "sub" / "gray_grid.png").is_file()
+    assert not (out / "rgb_grid.png").exists()
     code, _, err = _run_cli(["upscale", str(inputs), "-o", str(out), "--grid", *common], capsys)
     assert code == 2 and "--grid puts several t side by side" in _one_error(err)
 
