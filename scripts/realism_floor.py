@@ -3,7 +3,7 @@
 against itself moved by a few pixels (a perfect output, up to the shift) and the bicubic
 x4 upsampling of its LR, over several patch seeds, for each patch count.
 
-    python scripts/realism_floor.py ../shared/data/val/Set5 --patches 256 4096 --seeds 0 1 2
+    python scripts/realism_floor.py data/val/Set5 --patches 256 4096 --seeds 0 1 2
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ def test_eval_names_images_by_their_path_under_the_data_folder(tmp_path, random_
 
 
 def test_eval_bicubic_row_matches_published_anchor(tmp_path):
-    # Bicubic x4 Y-PSNR on Set5 is 28.42 dB in the literature (METHOD.md): our degradation,
+    # Bicubic x4 Y-PSNR on Set5 is 28.42 dB in the literature (e.g. the RCAN paper's table): our degradation,
     # luma and border crop reproduce it.
     set5 = DATA / "val" / "Set5"
     if not set5.is_dir():

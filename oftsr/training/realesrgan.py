@@ -95,7 +95,7 @@ class RealESRGANConfig:
 
     stage1: DegradationStage = field(default_factory=DegradationStage)
     stage2: DegradationStage = field(default_factory=_stage2_defaults)
-    second_stage_prob: float = 0.5  # as in METHOD.md (Real-ESRGAN itself always runs it)
+    second_stage_prob: float = 0.5  # the OFTSR paper's real-world setting (Real-ESRGAN itself always runs it)
     resize_modes: tuple[str, ...] = RESIZE_MODES
     final_sinc_prob: float = 0.8
     final_sinc_sizes: tuple[int, ...] = ODD_SIZES_7_21
