@@ -15,7 +15,8 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from ..oftsr.inference import SEED_MAX, is_out_of_memory
+from ..oftsr.checks import SEED_MAX
+from ..oftsr.inference import is_out_of_memory
 from ..oftsr.sampling import Callback
 from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, num_tiles
 from ..oftsr.color import COLOR_FIX_MODES, color_fix

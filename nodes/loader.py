@@ -76,10 +76,10 @@ def model_path(model_name: str) -> str:
     return folder_paths.get_full_path_or_raise(FOLDER_KEY, model_name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def comfy_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The widget's dtype (checked by `check_options` before); auto is what ComfyUI would
+    run its own models in on `device`."""
     if name != "auto":
-        if name not in DTYPES:
-            raise ValueError(f"dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
         return DTYPES[name]
     if mm.should_use_bf16(device):
         return torch.bfloat16
@@ -148,7 +148,7 @@ class LoadOFTSRModel(io.ComfyNode):
                                  f"would give a wrong image: {keep} on Load OFTSR Model to use the file's "
                                  f"value (other values are for files that do not record it)")
             model = load_model(path, device=mm.unet_offload_device(),
-                               dtype=resolve_dtype(dtype, mm.get_torch_device()), **overrides)
+                               dtype=comfy_dtype(dtype, mm.get_torch_device()), **overrides)
         except MissingInfoError as e:
             raise ValueError(f"{model_name}: the file does not say its {', '.join(e.missing)}; set them on this "
                              f"Load OFTSR Model node (0 / 'from file' keep the file's values).") from e

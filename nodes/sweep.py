@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..oftsr import upscale
 from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid, t_labels
-from ..oftsr.inference import T_VALUES_EXAMPLE, parse_t_values
+from ..oftsr.checks import T_VALUES_EXAMPLE, parse_t_values
 from .common import (CATEGORY, check_options, color_fix_input, color_fix_option, finish, image_input,
                      model_input, require_t_slider, run_on_device, seed_input, tiling_inputs, to_bchw)
 

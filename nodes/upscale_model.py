@@ -11,7 +11,7 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from ..oftsr.inference import check_t
+from ..oftsr.checks import check_t
 from ..oftsr.tiling import DEFAULT_OVERLAP
 from .common import (CATEGORY, DEFAULT_TILE, MIN_OOM_TILE, SEED_MAX, check_interrupt, check_tile, first_tiling,
                      is_oom, model_input, require_role, retry_tiling, t_input, tiling_inputs)

@@ -23,8 +23,8 @@ from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, file_form
                      load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import cpu_has_native_bf16, resolve_device
-from .inference import (OUTPUT_DTYPES, check_seed_value, is_out_of_memory, parse_t_values, sample,
-                        tile_evaluation_progress, upscale)
+from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
+from .inference import is_out_of_memory, sample, tile_evaluation_progress, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS, Callback
 from .resample import resize

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .inference import OUTPUT_DTYPES
+from .checks import OUTPUT_DTYPES
 
 # Browsers and WebP stop at 16383 px a side; a sheet for looking at stays within that.
 MAX_GRID_SIDE = 16383

@@ -23,7 +23,7 @@ from .color import srgb_decode, srgb_encode
 from .exif import EXIF_IFD, GPS_IFD, exif_bytes, mend_tiff_types, with_user_comment
 from .files import atomic_write
 from .icc import has_linear_tone_curve
-from .inference import OUTPUT_DTYPES, check_unit_range, image_hint
+from .checks import OUTPUT_DTYPES, check_unit_range, image_hint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # What a folder is searched for: the formats written, and read-only ones (a GIF's first frame;

@@ -5,11 +5,11 @@ is streamed in bands of rows, so memory is bounded by the tile, not the image.""
 from __future__ import annotations
 
 import math
-import operator
 from typing import Callable
 
 import torch
 
+from .checks import check_count
 from .sampling import Callback
 
 DEFAULT_OVERLAP = 64
@@ -42,10 +42,8 @@ def feather(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torc
 
 
 def check_tiling(tile: int | None, overlap: int | None) -> tuple[int | None, int]:
-    try:  # a float would reach slicing as a float
-        tile, overlap = (None if v is None else operator.index(v) for v in (tile, overlap))
-    except TypeError:
-        raise ValueError(f"tile and overlap must be whole numbers of pixels, got {tile!r} and {overlap!r}") from None
+    # a float would reach slicing as a float, a boolean would be a tile of 1
+    tile, overlap = (None if v is None else check_count(v, name) for v, name in ((tile, "tile"), (overlap, "overlap")))
     if tile is None or tile == 0:
         return None, 0
     if tile < MIN_TILE:
@@ -75,10 +73,7 @@ def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable
     bounded by the tile height times the width; no tiling is one tile. `tile_batch`
     tiles of a row go through `fn` at once."""
     tile, overlap = check_tiling(tile, overlap)
-    try:
-        tile_batch = operator.index(tile_batch)
-    except TypeError:
-        raise ValueError(f"tile_batch must be a whole number, got {tile_batch!r}") from None
+    tile_batch = check_count(tile_batch, "tile_batch")
     if tile_batch < 1:
         raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
     if tile is None or (height <= tile and width <= tile):

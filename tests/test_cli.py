@@ -417,7 +417,7 @@ def test_killed_save_leaves_no_truncated_file(tmp_path, name, depth):
 def test_t_default_is_the_middle_of_the_trade_off_and_help_is_plain(capsys):
     from oftsr.cli import build_parser
 
-    from oftsr.inference import parse_t_values
+    from oftsr.checks import parse_t_values
 
     assert parse_t_values(build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).t) == [0.5]
     with pytest.raises(SystemExit):

@@ -117,8 +117,10 @@ def test_argument_mistakes_are_named(student, teacher):
                         ({"t": "0.5"}, r"t must be a number in \[0, 1\].*got '0.5'"),
                         ({"t": True}, r"t must be a number in \[0, 1\].*got True"),
                         ({"t": torch.tensor([0.0, 1.0])}, "t must be one number in .0, 1., got a tensor of 2"),
-                        ({"tile": 64.5}, "tile and overlap must be whole numbers of pixels, got 64.5"),
-                        ({"tile_batch": 1.5}, "tile_batch must be a whole number, got 1.5")]:
+                        ({"tile": 64.5}, "tile must be an integer, got 64.5"),
+                        ({"overlap": True}, "overlap must be an integer, got True"),
+                        ({"tile_batch": 1.5}, "tile_batch must be an integer, got 1.5"),
+                        ({"tile_batch": True}, "tile_batch must be an integer, got True")]:
         with pytest.raises(ValueError, match=message):
             oftsr.upscale(student, img, **kw)
     with pytest.raises(ValueError, match="steps must be an integer, got 2.7"):

@@ -26,7 +26,8 @@ from ..checkpoint import load_model, read_metadata
 from ..color import split_alpha
 from ..files import sha256_file
 from ..images import list_images, load_image
-from ..inference import check_t, parse_t_values, sample, upscale
+from ..checks import check_t, parse_t_values
+from ..inference import sample, upscale
 from .metrics import LPIPS, LPIPSUnavailable, quality
 from ..model import OFTSRModel
 from ..weights import BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, existing_model_path, split_model_name
