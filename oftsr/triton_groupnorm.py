@@ -52,7 +52,11 @@ def _kernels():
     try:
         import triton
         import triton.language as tl
-    except Exception:
+    except ImportError:  # not installed (CPU-only PyTorch, macOS): PyTorch's kernel, as expected
+        return None
+    except Exception as e:  # installed but broken: said once, since it costs speed on a GPU
+        warnings.warn(f"Triton is installed but does not import ({type(e).__name__}: {e}); using PyTorch's "
+                      f"GroupNorm", stacklevel=2)
         return None
 
     @triton.jit

@@ -251,3 +251,30 @@ def test_kernel_path_is_off_on_cpu_and_refuses_nchw():
     assert not triton_groupnorm.available(x)  # CPU tensor: PyTorch's kernel
     with pytest.raises(ValueError, match="channels_last"):
         triton_groupnorm.group_norm_nhwc(torch.randn(1, 32, 4, 4), 32)
+
+
+@pytest.mark.parametrize("error, warned", [(ImportError("No module named 'triton'"), False),
+                                           (RuntimeError("libcuda.so cannot be found"), True)])
+def test_a_broken_triton_is_said_once_and_a_missing_one_is_not(monkeypatch, error, warned):
+    import builtins
+    import warnings
+
+    real_import = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name.startswith("triton"):
+            raise error
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    triton_groupnorm._kernels.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert triton_groupnorm._kernels() is None and triton_groupnorm._kernels() is None
+    finally:
+        monkeypatch.undo()
+        triton_groupnorm._kernels.cache_clear()
+    said = [str(w.message) for w in caught if "Triton" in str(w.message)]
+    assert said == (["Triton is installed but does not import (RuntimeError: libcuda.so cannot be found); using "
+                     "PyTorch's GroupNorm"] if warned else [])
