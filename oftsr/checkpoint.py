@@ -522,6 +522,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         if dtype.removeprefix("torch.") not in DTYPE_NAMES:
             raise ValueError(f"dtype must be a torch dtype or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
         dtype = DTYPE_NAMES[dtype.removeprefix("torch.")]
+    if dtype is not None and dtype not in DTYPE_NAMES.values():  # float8 or an integer type: fails at the first image
+        raise ValueError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
     if device is not None:  # a device the machine lacks, said now and with the ones it has
         device = resolve_device(device, "load_model: device")
     if isinstance(path, str):  # a bundled model's name ("x4" = its student, "x4-teacher") or a path, as everywhere
@@ -581,9 +583,10 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     if not isinstance(weights, dict):  # the authors' positional list: in the order of the parameters
         weights = dict(zip((name for name, _ in unet.named_parameters()), weights, strict=True))
     # Fresh float32 memory for each tensor (fp16/bf16 files up-cast): a file's tensors lie at any
-    # offset, and kernels on unaligned weights round differently.
+    # offset, and kernels on unaligned weights round differently. float32 whatever
+    # torch.set_default_dtype says: `dtype` is the one way to ask for another.
     stored = collections.Counter(v.dtype for v in weights.values() if v.is_floating_point()).most_common(1)
-    tensors = {k: torch.empty(v.shape).copy_(v) for k, v in weights.items()}
+    tensors = {k: torch.empty(v.shape, dtype=torch.float32).copy_(v) for k, v in weights.items()}
     # a sum is NaN or infinite where a value is (weights never sum past float32's range): one fast pass
     broken = [k for k, v in tensors.items() if not math.isfinite(v.sum().item())]
     if broken:  # it would make black or noise images without a word

@@ -122,7 +122,8 @@ def check_unit_range(image: torch.Tensor, what: str) -> None:
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{what} contains NaN or infinite values")
     if high > 2:
-        raise ValueError(f"{what} must be in [0, 1], but its maximum is {high:g}: divide 0-255 values by 255 first")
+        levels = "16-bit levels (0-65535) by 65535" if high > 255.5 else "0-255 values by 255"
+        raise ValueError(f"{what} must be in [0, 1], but its maximum is {high:g}: divide {levels} first")
     if low < -0.5:  # a little under 0 is resampling undershoot; more is [-1, 1]
         raise ValueError(f"{what} must be in [0, 1], but its minimum is {low:g}: map [-1, 1] values to [0, 1] with "
                          f"(x + 1) / 2 first")
@@ -143,9 +144,14 @@ def image_hint(image: object, batch: bool = True) -> str:
             return ": channels come second, image.permute(0, 3, 1, 2)"
         return ""
     if type(image).__module__.startswith("numpy"):
-        levels = " / 255" if batch else ""  # save_image takes uint8 levels as they are
-        return f" (a numpy (H, W, C) array{' of 8-bit levels' if batch else ''}: " \
-               f"torch.from_numpy(a).permute(2, 0, 1){add}{levels})"
+        ndim, shape = getattr(image, "ndim", 0), getattr(image, "shape", ())
+        integer = getattr(getattr(image, "dtype", None), "kind", "") in "ui"
+        levels = " / 255" if batch and integer else ""  # save_image takes uint8 levels as they are
+        if ndim == 4 and shape[1] in (1, 2, 3, 4):  # already (B, C, H, W)
+            return f" (a numpy (B, C, H, W) array: torch.from_numpy(a){levels})"
+        if ndim == 4 and shape[-1] in (1, 2, 3, 4):
+            return f" (a numpy (B, H, W, C) array: torch.from_numpy(a).permute(0, 3, 1, 2){levels})"
+        return f" (a numpy (H, W, C) array: torch.from_numpy(a).permute(2, 0, 1){add}{levels})"
     if batch and type(image).__module__.startswith("PIL"):
         return " (a Pillow image: read the file with oftsr.images.load_image(path), which returns (image, bit_depth))"
     return ""

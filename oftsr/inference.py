@@ -136,9 +136,19 @@ def _check_model(model: OFTSRModel, role: str, use: str) -> None:
     if model.role != role:
         other = "sample() / the teacher sampler" if model.role == "teacher" else "upscale() / the one-step upscaler"
         raise ValueError(f"{use} needs a {role} model, but this model is a {model.role}; use {other} for it")
-    if model.dtype == torch.float16 and model.device.type == "cpu":
+    if torch.float16 in (model.dtype, model.autocast_dtype) and model.device.type == "cpu":
         warnings.warn("float16 on a CPU is emulated: about 10x slower than float32 (bfloat16 is fast on CPUs with "
                       "AVX512-bf16 or AMX); float16 is for GPUs", stacklevel=4)  # past torch.no_grad
+    if hasattr(model, "_orig_mod"):  # torch.compile(model): compiles forward, and velocity is what runs
+        warnings.warn("torch.compile(model) compiles forward, which upscale and sample do not call: the network runs "
+                      "uncompiled. Use oftsr.load_model(..., compile=True) or model.optimize(compile=True)",
+                      stacklevel=4)
+
+
+def _check_callables(**functions: object) -> None:
+    for name, fn in functions.items():
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} must be a function or None, got {fn!r}")
 
 
 # no_grad, not inference_mode: the result is an ordinary tensor, which callers may change
@@ -162,6 +172,7 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     straight into the result, so beyond it memory is bounded by the tile (times the
     image width), whatever the image size."""
     _check_model(model, "student", "upscale()")
+    _check_callables(callback=callback)
     t = check_t(t)
     if model.ignores_t:  # FlowSR/FluxSR: x1 = f(x0, T_EPS), the start of the flow, whatever t is asked
         t = T_EPS
@@ -273,6 +284,12 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     steps = check_count(steps, "steps")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    # before any evaluation: these are used only after one, or after the whole run
+    _check_callables(callback=callback, tile_callback=tile_callback, preview=preview)
+    if info is not None and not isinstance(info, dict):
+        raise ValueError(f"info must be a dict (it receives info['nfe']) or None, got {type(info).__name__}")
+    if preview is not None and check_count(preview_size, "preview_size") < 1:
+        raise ValueError(f"preview_size must be at least 1 px, got {preview_size}")
     rgb, alpha, gray, neutral = _split_channels(image)
     seed = check_seed(seed, rgb.shape[0])
     _check_sample_memory(model, rgb.shape[0], rgb.shape[-2] * model.scale, rgb.shape[-1] * model.scale)

@@ -19,6 +19,11 @@ FIXED_POINT_OBJECTIVES = ("flowsr", "fluxsr")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+# What `optimize(autocast=...)` takes: half-precision types, also by their short names.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                   "half": torch.float16}
+
+
 def as_time_tensor(t: float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
     """t as a (B,) float32 tensor; a float is broadcast over the batch."""
     t = torch.as_tensor(t, dtype=torch.float32, device=device)
@@ -88,14 +93,21 @@ class OFTSRModel(nn.Module):
         self.autocast_dtype: torch.dtype | None = None
         self.__dict__["_compiled"] = None  # kept out of the module tree, so state dicts stay clean
 
-    def optimize(self, *, channels_last: bool | None = None, autocast: torch.dtype | None = None,
+    def optimize(self, *, channels_last: bool | None = None, autocast: torch.dtype | str | None = None,
                  compile: bool | str = False) -> "OFTSRModel":
         """The inference fast path: the memory layout that is faster on the model's device,
         autocast of float32 weights to bf16/fp16 (GroupNorm statistics stay float32), and,
         opt-in, `torch.compile` of the UNet (`True`, or one of its modes by name:
         "reduce-overhead" replays CUDA graphs, which suits the fixed tile shape of tiled
         upscaling). `load_model` returns models already through `optimize()`; `create_model`
-        and the constructor give the plain NCHW model.
+        and the constructor give the plain NCHW model. Each call sets all three: a setting
+        left out takes its default (compile off), so give every one wanted in one call.
+
+        The compiled network is specialised to the first input size it sees; the second
+        and third sizes (a new width, a new height) compile it once more into a graph for
+        any size, so a service with varied image sizes pays three compilations, not one per
+        size. `torch.compile(model)` instead compiles `forward`, which `upscale` and
+        `sample` do not call: they say so.
 
         With `channels_last=True` on a GPU that `triton_groupnorm.serves` (NVIDIA, Ampere on,
         Triton installed and working), GroupNorm, the time embedding's scale-shift and SiLU
@@ -106,11 +118,17 @@ class OFTSRModel(nn.Module):
         again whenever the model moves to another device."""
         self.layout_follows_device = channels_last is None
         self._set_layout(fastest_layout_is_channels_last(self.device) if channels_last is None else channels_last)
-        self.autocast_dtype = autocast
+        dtype = AUTOCAST_DTYPES.get(autocast, autocast) if isinstance(autocast, str) else autocast
+        if dtype is not None and dtype not in (torch.bfloat16, torch.float16):  # else it fails in the first forward
+            raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16 (or 'bf16', 'fp16'), got "
+                             f"{autocast!r}")
+        self.autocast_dtype = dtype
         if isinstance(compile, str) and compile not in COMPILE_MODES:
             raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
         mode = compile if isinstance(compile, str) else None
-        self.__dict__["_compiled"] = torch.compile(self.unet, dynamic=False, mode=mode) if compile else None
+        # dynamic=None: static for the first size, shape-generic from the next (recompiling per size
+        # would stall every new image size and stop at dynamo's recompile limit)
+        self.__dict__["_compiled"] = torch.compile(self.unet, dynamic=None, mode=mode) if compile else None
         return self
 
     def _set_layout(self, channels_last: bool) -> None:

@@ -39,14 +39,15 @@ def region_noise(seed: int | Sequence[int], batch: int, top: int, left: int, hei
     if len(keys) != batch:
         raise ValueError(f"{len(keys)} seeds for {batch} images")
     n = NOISE_BLOCK
-    out = torch.empty(batch, channels, height, width)
+    # float32 whatever torch.set_default_dtype says: a seed's noise is the same in any program
+    out = torch.empty(batch, channels, height, width, dtype=torch.float32)
     for item, (image_seed, key) in enumerate(keys):
         for row in range(top // n, (top + height - 1) // n + 1):
             y0, y1 = max(top, row * n), min(top + height, (row + 1) * n)
             for col in range(left // n, (left + width - 1) // n + 1):
                 x0, x1 = max(left, col * n), min(left + width, (col + 1) * n)
                 g = torch.Generator().manual_seed(block_seed(image_seed, key, row, col))
-                block = torch.randn(channels, n, n, generator=g)
+                block = torch.randn(channels, n, n, generator=g, dtype=torch.float32)
                 out[item, :, y0 - top:y1 - top, x0 - left:x1 - left] = block[:, y0 - row * n:y1 - row * n,
                                                                               x0 - col * n:x1 - col * n]
     return out

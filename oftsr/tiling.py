@@ -30,7 +30,7 @@ def tile_layout(size: int, tile: int, overlap: int, multiple: int = 8) -> tuple[
 
 def feather(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
     """1-D blending weights: linear ramps (never zero) over `overlap` at inner edges."""
-    w = torch.ones(length)
+    w = torch.ones(length, dtype=torch.float32)
     if overlap > 0:
         ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
         n = min(overlap, length)
@@ -85,7 +85,7 @@ def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable
     row_w = [feather(th, overlap, y > 0, y + th < height) for y in ys]
     col_w = [feather(tw, overlap, x > 0, x + tw < width) for x in xs]
     # The weights are products wy * wx, so their sum over all tiles is separable.
-    norm_y, norm_x = torch.zeros(height), torch.zeros(width)
+    norm_y, norm_x = torch.zeros(height, dtype=torch.float32), torch.zeros(width, dtype=torch.float32)
     for y, w in zip(ys, row_w, strict=True):
         norm_y[y:y + th] += w
     for x, w in zip(xs, col_w, strict=True):
@@ -98,7 +98,7 @@ def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable
             results = fn([(y, xs[j]) for j in cols], th, tw).float().split(batch)
             for j, res in zip(cols, results, strict=True):
                 if band is None:
-                    band = torch.zeros(batch, res.shape[1], th, width, device=res.device)
+                    band = torch.zeros(batch, res.shape[1], th, width, dtype=torch.float32, device=res.device)
                 weight = (row_w[i][:, None] * col_w[j][None, :]).to(res.device)
                 band[..., xs[j]:xs[j] + tw] += res * weight
             done += len(cols)

@@ -1,3 +1,4 @@
+import copy
 import functools
 import math
 import os
@@ -213,8 +214,12 @@ def test_the_usual_image_mix_ups_are_named_with_their_fix(student, tmp_path):
     for image, message in [
             (torch.zeros(8, 6, 3), r"got \(8, 6, 3\): channels come first, image.permute\(2, 0, 1\)\[None\]"),
             (torch.zeros(1, 8, 6, 3), r"channels, got 8: channels come second, image.permute\(0, 3, 1, 2\)"),
-            (np.zeros((8, 6, 3), np.uint8), r"got ndarray \(a numpy \(H, W, C\) array of 8-bit levels: "
+            (np.zeros((8, 6, 3), np.uint8), r"got ndarray \(a numpy \(H, W, C\) array: "
                                              r"torch.from_numpy\(a\).permute\(2, 0, 1\)\[None\] / 255\)"),
+            (np.zeros((1, 3, 8, 6), np.float32), r"got ndarray \(a numpy \(B, C, H, W\) array: torch.from_numpy\(a\)\)"),
+            (np.zeros((1, 8, 6, 3), np.uint8), r"got ndarray \(a numpy \(B, H, W, C\) array: "
+                                                r"torch.from_numpy\(a\).permute\(0, 3, 1, 2\) / 255\)"),
+            (torch.full((1, 3, 8, 6), 65535.0), r"maximum is 65535: divide 16-bit levels \(0-65535\) by 65535"),
             (Image.open(tmp_path / "a.png"), r"got PngImageFile \(a Pillow image: read the file with oftsr.images.load_image"),
             (load_image(tmp_path / "a.png"), r"got tuple: load_image returns \(image, bit_depth\); unpack it")]:
         with pytest.raises(ValueError, match=message):
@@ -744,3 +749,60 @@ def test_the_noise_of_a_seed_never_changes():
     assert noise[0, 0, 0].tolist() == pytest.approx([0.9001875, 0.3092400, -0.1619946, -0.1696593], abs=1e-6)
     assert noise[1, 2, 4].tolist() == pytest.approx([-1.5987842, -0.2323405, 0.4922798, -1.1594714], abs=1e-6)
     assert torch.equal(region_noise([7], 1, 60, 3, 5, 4), noise[:1])  # a seed per image: item 0's draw
+
+
+def test_library_settings_that_would_fail_late_or_silently_are_said_at_once(student, teacher, monkeypatch):
+    img = smooth_image(8, 8)
+    evaluations = []
+    real_velocity = teacher.velocity
+    monkeypatch.setattr(teacher, "velocity", lambda *a: evaluations.append(1) or real_velocity(*a))
+    for kw, message in [({"info": []}, "info must be a dict .* got list"),
+                        ({"preview": "yes"}, "preview must be a function or None, got 'yes'"),
+                        ({"preview": print, "preview_size": 0}, "preview_size must be at least 1 px, got 0"),
+                        ({"preview": print, "preview_size": "256"}, "preview_size must be an integer, got '256'"),
+                        ({"tile_callback": 3}, "tile_callback must be a function or None, got 3")]:
+        with pytest.raises(ValueError, match=message):
+            oftsr.sample(teacher, img, steps=2, **kw)
+    assert evaluations == []  # refused before any network evaluation
+    with pytest.raises(ValueError, match="callback must be a function or None"):
+        oftsr.upscale(student, img, callback="no")
+    # optimize(autocast=...) takes half types, by name too; anything else now, not at the first forward
+    model = copy.deepcopy(student)
+    assert model.optimize(autocast="bf16").autocast_dtype == torch.bfloat16
+    for wrong in (torch.float32, "fp8", torch.float8_e4m3fn):
+        with pytest.raises(ValueError, match="autocast must be None, torch.bfloat16 or torch.float16"):
+            model.optimize(autocast=wrong)
+    with pytest.raises(ValueError, match="dtype must be float32, float16, bfloat16 or float64, got torch.float8_e4m3fn"):
+        oftsr.load_model("x4", dtype=torch.float8_e4m3fn)
+    # float16 autocast on a CPU is emulated, as float16 weights are: said when it runs
+    with pytest.warns(UserWarning, match="float16 on a CPU is emulated"):
+        oftsr.upscale(model.optimize(autocast=torch.float16), img)
+    # torch.compile(model) compiles forward, which upscale does not call: said, and the result is the model's
+    compiled = torch.compile(student)
+    with pytest.warns(UserWarning, match=r"torch.compile\(model\) compiles forward, which upscale and sample do not"):
+        out = oftsr.upscale(compiled, img, seed=3)
+    assert torch.equal(out, oftsr.upscale(student, img, seed=3))
+
+
+def test_compile_is_static_for_the_first_size_then_shape_generic(student, monkeypatch):
+    """dynamic=None: one graph per size would stall every new image size and stop compiling
+    at dynamo's recompile limit (8 sizes)."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: seen.append(kw) or net)
+    model = copy.deepcopy(student).optimize(compile=True)
+    assert seen == [{"dynamic": None, "mode": None}] and model.__dict__["_compiled"] is not None
+    assert model.optimize(autocast=torch.bfloat16).__dict__["_compiled"] is None  # each call sets all: as documented
+
+
+def test_torchs_default_dtype_changes_neither_the_noise_nor_the_loaded_model(student):
+    img = smooth_image(16, 16)
+    expected = oftsr.upscale(student, img, seed=5, tile=32, overlap=8)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = oftsr.upscale(student, img, seed=5, tile=32, overlap=8)
+        loaded = oftsr.load_model("x4")
+    finally:
+        torch.set_default_dtype(previous)
+    assert loaded.dtype == torch.float32
+    assert got.dtype == torch.float32 and (got - expected).abs().max() < 1e-5  # it moved by a whole seed's change
