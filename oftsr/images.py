@@ -370,8 +370,9 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     (RGBA), and the source bit depth (8 or 16). The format is decided by content, not by the file name.
     Values are display (gamma-encoded) values, as the network learned them: a file whose ICC
     profile has linear tone curves (Photoshop's 32-bit mode, a raw converter's linear export)
-    is sRGB-encoded here, and `save_image` decodes it again when it writes that profile."""
-    path = Path(path)
+    is sRGB-encoded here, and `save_image` decodes it again when it writes that profile.
+    `path` is a file's path (`~` expanded); an upload held in memory is written to a file first."""
+    path = Path(path).expanduser()
     if path.suffix.lower() in HEIF_SUFFIXES and _is_heif(path):  # a JPEG under a .heic name needs no pillow-heif
         _register_heif(path)
     try:
@@ -463,6 +464,8 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     DPI; from a PNG its text chunks (`png_text`: an AI image's generation settings), which a
     PNG result keeps. Metadata that cannot be parsed is left out: it must never cost the image."""
     found: dict[str, object] = {}
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path).expanduser()
     try:
         with Image.open(path) as im:
             icc = im.info.get("icc_profile")
@@ -670,8 +673,9 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
     keeps the profile, XMP and DPI, not the EXIF; BMP the DPI only). The image holds display
     values, as `load_image` returns them: under a written profile with linear tone curves
     they are decoded to linear light. JPEG and WebP are written at `quality`; JPEG has no
-    alpha, nor has BMP as viewers read it, so an image with alpha is flattened onto white."""
-    path = Path(path)
+    alpha, nor has BMP as viewers read it, so an image with alpha is flattened onto white.
+    The folder is created if it does not exist; `~` is expanded."""
+    path = Path(path).expanduser()
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise ValueError(f"{path.name}: cannot write {suffix or 'a file without suffix'!r} images; use one of "

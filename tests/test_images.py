@@ -984,3 +984,13 @@ def test_many_text_chunks_past_pillows_total_limit_and_the_orientation_kept(tmp_
     with pytest.warns(UserWarning, match=r"many.png: its metadata chunks inflate beyond what Pillow reads .*MAX_TEXT_MEMORY"):
         image = load_image(tmp_path / "many.png")[0]
     assert image.shape == (1, 3, 4, 6)  # upright, as the 6 x 4 stored image is shown
+
+
+def test_image_paths_expand_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    image = torch.rand(3, 8, 8)
+    save_image(image, "~/new/a.png")  # the folder is made
+    assert (tmp_path / "new" / "a.png").is_file()
+    loaded, depth = load_image("~/new/a.png")
+    assert depth == 8 and (loaded[0] - image).abs().max() <= 0.5 / 255 + 1e-6
+    assert read_image_metadata("~/new/a.png") == read_image_metadata(tmp_path / "new" / "a.png")
