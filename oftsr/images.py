@@ -83,33 +83,74 @@ def _read_png16(path: Path) -> np.ndarray:
     return arr.reshape(height, width, planes).astype(np.float32) / float(2 ** info["bitdepth"] - 1)
 
 
+_RAW_PROFILE_EXIF = "Raw profile type exif"  # ImageMagick's and exiv2's EXIF in a PNG: a text chunk of hex
+
+
+def _raw_profile_bytes(text: str | bytes) -> bytes | None:
+    """The bytes of an ImageMagick raw profile ("\\nexif\\n    1234\\n4578 6966..."), as
+    Pillow reads it; None where it is not one."""
+    text = text.decode("latin-1") if isinstance(text, bytes) else text
+    try:
+        return bytes.fromhex("".join(text.split("\n")[3:]))
+    except ValueError:
+        return None
+
+
+def _png_orientation(exif: bytes | None, raw_profile: bytes | None, xmp: bytes | None) -> int:
+    """A PNG's orientation as Pillow reads it (so every bit depth turns the same way): its
+    eXIf chunk, else its raw EXIF profile, else its XMP's tiff:Orientation."""
+    orientation = None
+    data = exif if exif is not None else (_raw_profile_bytes(raw_profile) if raw_profile is not None else None)
+    if data:
+        try:
+            tags = Image.Exif()
+            tags.load(data)
+            orientation = tags.get(_EXIF_ORIENTATION)
+        except Exception:  # unreadable metadata never costs the image: taken as upright
+            return 1
+    if orientation is None and xmp and (match := re.search(rb'tiff:Orientation(="|>)([0-9])', xmp)):
+        orientation = int(match[2])
+    return _valid_orientation(orientation)
+
+
 def _png_orientation_and_profile(path: Path) -> tuple[int, bytes | None]:
-    """The EXIF orientation of a PNG's eXIf chunk (1 without one) and its ICC profile (iCCP),
-    read without decoding the pixels."""
+    """A PNG's orientation (`_png_orientation`) and its ICC profile (iCCP), read from its
+    chunks without decoding the pixels."""
     import zlib
 
     import png
 
-    orientation, icc = 1, None
+    def inflate(data: bytes) -> bytes | None:  # no further than Pillow inflates (a small chunk can hold gigabytes)
+        try:
+            d = zlib.decompressobj()
+            out = d.decompress(data, PngImagePlugin.MAX_TEXT_CHUNK)
+            return None if d.unconsumed_tail else out
+        except zlib.error:  # damaged: left out, as Pillow leaves it out
+            return None
+
+    exif = raw_profile = xmp = icc = None
     with open(path, "rb") as f:  # closed however reading ends
         for kind, data in png.Reader(file=f).chunks():
+            key, _, rest = data.partition(b"\x00")
             if kind == b"eXIf":
-                try:
-                    exif = Image.Exif()
-                    exif.load(data)
-                    orientation = _valid_orientation(exif.get(_EXIF_ORIENTATION, 1))
-                except Exception:  # unreadable metadata never costs the image: taken as upright
-                    orientation = 1
+                exif = data
             elif kind == b"iCCP":  # a name, its 0, the compression method (0: zlib), the profile
-                try:  # inflated no further than Pillow inflates one (a small chunk can hold gigabytes)
-                    inflate = zlib.decompressobj()
-                    profile = inflate.decompress(data.partition(b"\x00")[2][1:], PngImagePlugin.MAX_TEXT_CHUNK)
-                    icc = None if inflate.unconsumed_tail else profile
-                except zlib.error:  # a damaged profile is left out, as Pillow leaves it out
-                    pass
+                icc = inflate(rest[1:])
+            elif kind in (b"tEXt", b"zTXt", b"iTXt") and key in (_RAW_PROFILE_EXIF.encode(), _PNG_XMP_KEY.encode()):
+                if kind == b"tEXt":
+                    text = rest
+                elif kind == b"zTXt":  # the compression method, then the text
+                    text = inflate(rest[1:])
+                else:  # iTXt: its flag, method, language 0, translated keyword 0, then the text
+                    text = rest[2:].split(b"\x00", 2)[-1]
+                    text = inflate(text) if rest[:1] == b"\x01" else text
+                if key == _PNG_XMP_KEY.encode():
+                    xmp = text
+                else:
+                    raw_profile = text
             elif kind == b"IEND":
                 break
-    return orientation, icc
+    return _png_orientation(exif, raw_profile, xmp), icc
 
 
 def _read_png16_upright(path: Path) -> tuple[np.ndarray, bytes | None]:
@@ -477,11 +518,16 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
             xmp = im.info.get("xmp")
             if xmp:
                 found["xmp"] = _upright_xmp(xmp)
+            raw_profile = None
             if im.format == "PNG" and (text := _png_text(im)):
-                found["png_text"] = text
+                # EXIF as a text chunk (ImageMagick, exiv2): kept as EXIF, orientation reset, not
+                # copied as it is (its stale orientation would turn the upright result again)
+                raw_profile = text.pop(_RAW_PROFILE_EXIF, None)
+                if text:
+                    found["png_text"] = text
             with warnings.catch_warnings():  # a corrupt EXIF block is left out, not reported
                 warnings.simplefilter("ignore")
-                exif = _read_exif(im)
+                exif = _read_exif(im, None if raw_profile is None else _raw_profile_bytes(raw_profile))
         if exif is not None:
             exif[_EXIF_ORIENTATION] = 1
             sub = exif.get_ifd(EXIF_IFD)
@@ -550,13 +596,14 @@ def _valid_dpi(metadata: dict[str, object]) -> dict[str, object]:
     return metadata
 
 
-def _read_exif(im: Image.Image) -> Image.Exif | None:
-    """The EXIF of an open image, or None: a JPEG's, PNG's or WebP's block, a TIFF's
-    camera tags (`_tiff_exif`); one that cannot be parsed is None."""
+def _read_exif(im: Image.Image, png_raw_profile: bytes | None = None) -> Image.Exif | None:
+    """The EXIF of an open image, or None: the block a JPEG, PNG (its eXIf chunk, else
+    `png_raw_profile`), WebP, AVIF or HEIF holds, a TIFF's camera tags (`_tiff_exif`); one
+    that cannot be parsed is None."""
     try:
         if im.format == "TIFF":
             return _tiff_exif(im)
-        raw = im.info.get("exif") if im.format in ("JPEG", "PNG", "WEBP") else None
+        raw = im.info.get("exif") or png_raw_profile
         if not raw:
             return None
         exif = Image.Exif()

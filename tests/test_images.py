@@ -994,3 +994,76 @@ def test_image_paths_expand_the_home_folder(tmp_path, monkeypatch):
     loaded, depth = load_image("~/new/a.png")
     assert depth == 8 and (loaded[0] - image).abs().max() <= 0.5 / 255 + 1e-6
     assert read_image_metadata("~/new/a.png") == read_image_metadata(tmp_path / "new" / "a.png")
+
+
+def _raw_exif_profile(exif: bytes) -> str:
+    """EXIF as ImageMagick and exiv2 put it in a PNG: a text chunk of hex."""
+    hexed = exif.hex()
+    return "\nexif\n" + f"{len(exif):8d}\n" + "\n".join(hexed[i:i + 72] for i in range(0, len(hexed), 72)) + "\n"
+
+
+def test_png_orientation_in_a_raw_profile_or_xmp_turns_every_bit_depth_once(tmp_path):
+    """ImageMagick writes a PNG's EXIF as a "Raw profile type exif" text chunk; Adobe's tools
+    may say the orientation in XMP only. Pillow turns 8-bit files by either; 16-bit files
+    (read by pypng) turn the same way, and the result says upright, in its EXIF (the camera
+    tags kept), not the stale chunk copied."""
+    from PIL import ImageOps
+    from PIL.PngImagePlugin import PngInfo
+
+    rng = np.random.default_rng(3)
+    stored = rng.integers(0, 65536, (6, 4, 3), dtype=np.uint16)  # 4 wide, 6 high as stored
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Canon"
+    raw = _raw_exif_profile(exif.tobytes())
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">' \
+          b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    info = PngInfo()
+    info.add_text("Raw profile type exif", raw, zip=True)
+    Image.fromarray((stored >> 8).astype(np.uint8)).save(tmp_path / "raw8.png", pnginfo=info)
+    upright8 = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "raw8.png")))
+    assert upright8.shape == (4, 6, 3)  # Pillow's own reading, which the 8-bit path follows
+    for name, text, packet in [("raw16.png", {"Raw profile type exif": raw}, None), ("xmp16.png", None, xmp)]:
+        with open(tmp_path / name, "wb") as f:
+            png.Writer(4, 6, greyscale=False, bitdepth=16).write(f, stored.reshape(6, 12))
+        _png_add_chunks(tmp_path / name, None, packet, None, text)
+    Image.fromarray((stored >> 8).astype(np.uint8)).save(tmp_path / "xmp8.png", pnginfo=_xmp_info(xmp))
+    for name in ("raw8.png", "raw16.png", "xmp8.png", "xmp16.png"):
+        image, depth = load_image(tmp_path / name)
+        peak = 65535 if name.endswith("16.png") else 255
+        assert depth == (16 if peak == 65535 else 8) and image.shape == (1, 3, 4, 6), name
+        levels = np.round(image[0].permute(1, 2, 0).numpy() * peak).astype(np.int64)
+        assert np.array_equal(levels >> (8 if peak == 65535 else 0), upright8), name  # turned the same way
+    for name in ("raw8.png", "raw16.png"):
+        meta = read_image_metadata(tmp_path / name)
+        assert "Raw profile type exif" not in meta.get("png_text", {})  # not copied with its stale orientation
+        kept = Image.Exif()
+        kept.load(meta["exif"])
+        assert (kept[0x0112], kept[0x010F]) == (1, "Canon")
+        image, depth = load_image(tmp_path / name)
+        save_image(image, tmp_path / f"out_{name}", bit_depth=depth, metadata=meta)
+        save_image(image, tmp_path / f"out_{name}.jpg", metadata=meta)
+        for out in (f"out_{name}", f"out_{name}.jpg"):
+            with Image.open(tmp_path / out) as im:
+                assert im.getexif()[0x0112] == 1 and im.getexif()[0x010F] == "Canon", out
+                assert ImageOps.exif_transpose(im).size == (6, 4)  # upright as written: not turned again
+
+
+def _xmp_info(xmp: bytes):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    return info
+
+
+def test_avif_exif_is_kept(tmp_path):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF")
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Apple", 6
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(tmp_path / "a.avif", exif=exif.tobytes())
+    kept = Image.Exif()
+    kept.load(read_image_metadata(tmp_path / "a.avif")["exif"])
+    assert (kept[0x010F], kept[0x0112]) == ("Apple", 1)
