@@ -19,8 +19,8 @@ from . import __version__
 from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
 from .files import check_new_file
-from .images import (IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size, file_format, frame_count, list_images,
-                     load_image, read_image_metadata, save_image)
+from .images import (CAMERA_RAW_ADVICE, CAMERA_RAW_SUFFIXES, IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size,
+                     file_format, files_below, frame_count, list_images, load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import cpu_has_native_bf16, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
@@ -233,6 +233,12 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
     if inside:  # earlier results in a folder inside a searched input folder: not inputs (named files still are)
         print(f"leaving out {len(inside)} image(s) under the output folder {args.output}", file=sys.stderr)
         files = [f for f in files if f not in inside]
+    raws = [q for i in args.inputs if Path(i).is_dir() for q in files_below(Path(i))
+            if q.suffix.lower() in CAMERA_RAW_SUFFIXES]
+    if raws:  # not images to this tool: said, so that a card's folder of raws is not a silent nothing
+        kinds = ", ".join(sorted({q.suffix[1:].upper() for q in raws}))
+        print(f"leaving out {len(raws)} camera raw file(s) ({kinds}): "
+              f"{CAMERA_RAW_ADVICE.replace('develop it', 'develop them')}", file=sys.stderr)
     if not files:
         raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(READ_SUFFIXES)})")
     tags = tags or [""]

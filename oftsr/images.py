@@ -31,6 +31,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 HEIF_SUFFIXES = (".heic", ".heif")
 JPEG_FULL_CHROMA_QUALITY = 90  # from this --quality on, JPEG keeps colour at full resolution (4:4:4)
 READ_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jfif", ".jpe", ".avif") + HEIF_SUFFIXES
+# Camera raw files: sensor data to develop (demosaic, white balance, tone), which this does
+# not do. Many are TIFF inside and would open as their small embedded preview.
+CAMERA_RAW_SUFFIXES = (".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
+                       ".rwl", ".pef", ".srw", ".x3f", ".3fr", ".fff", ".iiq", ".erf", ".kdc", ".dcr", ".mrw", ".mos",
+                       ".raw")
+CAMERA_RAW_ADVICE = "develop it in a raw converter and export a 16-bit TIFF (or a JPEG) to upscale"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword Adobe's tools read XMP from
 
@@ -412,8 +418,11 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     Values are display (gamma-encoded) values, as the network learned them: a file whose ICC
     profile has linear tone curves (Photoshop's 32-bit mode, a raw converter's linear export)
     is sRGB-encoded here, and `save_image` decodes it again when it writes that profile.
-    `path` is a file's path (`~` expanded); an upload held in memory is written to a file first."""
+    `path` is a file's path (`~` expanded); an upload held in memory is written to a file first.
+    A camera raw file is refused (`CAMERA_RAW_SUFFIXES`)."""
     path = Path(path).expanduser()
+    if path.suffix.lower() in CAMERA_RAW_SUFFIXES:  # else a TIFF-based raw reads as its thumbnail, without a word
+        raise ValueError(f"{path.name} is a camera raw file, whose sensor data needs developing: {CAMERA_RAW_ADVICE}")
     if path.suffix.lower() in HEIF_SUFFIXES and _is_heif(path):  # a JPEG under a .heic name needs no pillow-heif
         _register_heif(path)
     try:

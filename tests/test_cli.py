@@ -970,3 +970,22 @@ def test_auto_dtype_is_bf16_on_cpus_with_native_bf16_but_not_for_evaluation(tmp_
     difference = np.abs(outs["auto"] - outs["fp32"])
     assert outs["auto"].shape == (96, 80, 3) and 0 < difference.max() <= 4, difference.max()
     assert 10 * np.log10(255 ** 2 / np.mean(difference ** 2)) > 50
+
+
+def test_camera_raw_files_are_refused_not_read_as_their_thumbnail(tmp_path, model_files, capsys):
+    """A NEF or DNG is a TIFF whose first image is a small preview: Pillow opens that. Named,
+    it is refused with what to do; in a folder, it is left out and said."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    for name in ("DSC_0001.NEF", "IMG_0002.dng"):
+        Image.new("RGB", (24, 16), (90, 120, 60)).save(folder / name, format="TIFF")  # the preview a raw holds first
+    code = main(["upscale", str(folder / "DSC_0001.NEF"), "-o", str(tmp_path / "o.png"), "--model",
+                 str(model_files[0]), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "DSC_0001.NEF is a camera raw file, whose sensor data needs developing: develop it in a " \
+                         "raw converter and export a 16-bit TIFF" in err
+    assert not (tmp_path / "o.png").exists()
+    Image.new("RGB", (8, 8)).save(folder / "developed.jpg")
+    assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(model_files[0]), "-q"]) == 0
+    assert "leaving out 2 camera raw file(s) (DNG, NEF): develop them in a raw converter" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["developed.png"]
