@@ -386,12 +386,39 @@ def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
             if deep and im.mode in ("RGB", "RGBA"):
                 warnings.warn(f"{path.name}: read with 8 bits per channel, not its 16 ({e}); pip install "
                               f"imagecodecs to read all 16", stacklevel=3)
+    if orientation in (5, 6, 7, 8) and im.tag_v2.get(262) in (3, 5):  # a palette or CMYK TIFF turned sideways:
+        turned = _tiff_turned_by_tifffile(im, path, orientation)  # Pillow 13 decodes it scrambled
+        if turned is not None:
+            return _pil_to_array(turned), 8
     if im.mode == "CMYK" and im.format == "TIFF" and max(_tiff_tag(im, 258, 8)) > 8:
         warnings.warn(f"{path.name}: a 16-bit CMYK image is converted to RGB with 8 bits per channel", stacklevel=3)
     im.load()
     if floats:  # Pillow reads it at full precision: the same range check as tifffile's path
         return _display_floats(_pil_to_array(im), path), 16
     return _pil_to_array(im), 16 if im.mode.startswith("I;16") or im.mode == "I" else 8
+
+
+def _tiff_turned_by_tifffile(im: Image.Image, path: Path, orientation: int) -> Image.Image | None:
+    """An 8-bit palette or CMYK TIFF read by tifffile and turned upright, as a Pillow image
+    of its mode (its profile and transparency kept) for the usual conversion; None where
+    tifffile cannot read it (a compression that needs imagecodecs): Pillow's reading stands."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            arr, colormap = page.asarray(), page.colormap
+    except Exception:
+        return None
+    if arr.dtype != np.uint8 or arr.ndim != (2 if im.mode == "P" else 3):
+        return None
+    turned = Image.fromarray(np.ascontiguousarray(_orient(arr, orientation)), im.mode)
+    if im.mode == "P":
+        if colormap is None:
+            return None
+        turned.putpalette((colormap.T >> 8).astype(np.uint8).tobytes())
+    turned.info.update({k: v for k, v in im.info.items() if k in ("icc_profile", "transparency")})
+    return turned
 
 
 def _read_unidentified_tiff(path: Path, error: Exception) -> tuple[np.ndarray, int]:

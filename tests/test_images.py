@@ -1067,3 +1067,20 @@ def test_avif_exif_is_kept(tmp_path):
     kept = Image.Exif()
     kept.load(read_image_metadata(tmp_path / "a.avif")["exif"])
     assert (kept[0x010F], kept[0x0112]) == ("Apple", 1)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P"])
+def test_a_palette_or_cmyk_tiff_turned_sideways_reads_upright(tmp_path, mode):
+    """Pillow 13 decodes an uncompressed palette or CMYK TIFF with orientation 5-8 scrambled
+    (its size turns at load, its rows do not): such files are read by tifffile and turned."""
+    stored = (np.arange(6 * 4 * 3).reshape(6, 4, 3) * 3 % 256).astype(np.uint8)
+    Image.fromarray(stored).convert(mode).save(tmp_path / "plain.tif")
+    upright = load_image(tmp_path / "plain.tif")[0][0].permute(1, 2, 0).numpy()
+    for orientation, turn in [(6, lambda a: np.rot90(a, -1)), (8, np.rot90), (5, lambda a: a.swapaxes(0, 1)),
+                              (7, lambda a: a.swapaxes(0, 1)[::-1, ::-1])]:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(stored).convert(mode).save(tmp_path / "turned.tif", exif=exif)
+        image, depth = load_image(tmp_path / "turned.tif")
+        assert depth == 8 and image.shape == (1, 3, 4, 6), orientation
+        assert np.abs(image[0].permute(1, 2, 0).numpy() - turn(upright)).max() < 1e-6, orientation
