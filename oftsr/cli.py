@@ -188,8 +188,12 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = 
             types_differ |= seen[t].suffix.lower() != f.suffix.lower()
         seen[t] = f
     if clashes:
+        folders = [Path(i) for i in inputs if Path(i).is_dir()]
+        common = Path(os.path.commonpath([f.resolve() for f in folders])) if len(folders) > 1 else None
+        mirror = (f"; or give the folder that holds them, {common}, whose sub-folders the output mirrors"
+                  if common is not None and common not in {f.resolve() for f in folders} else "")
         raise ValueError("; ".join(clashes[:10]) + (f"; and {len(clashes) - 10} more" if len(clashes) > 10 else "")
-                         + ": give them distinct names (or give each once)"
+                         + ": give them distinct names (or give each once)" + mirror
                          + ("; --format same keeps each one's own type" if fmt != "same" and types_differ else ""))
     return targets
 
@@ -203,7 +207,9 @@ def _check_writable(targets: list[Path]) -> None:
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as e:
-            raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
+            blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or e
+            raise ValueError(f"cannot write to {folder}: {why}") from None
 
 
 def _t_tag(t: float) -> str:

@@ -553,6 +553,19 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
     code, _, err = _run_cli(["upscale", str(tmp_path / "cam.jpg"), str(tmp_path / "cam.tif"), "-o",
                              str(tmp_path / "o"), "--model", student], capsys)
     assert code == 2 and _one_error(err).endswith("; --format same keeps each one's own type")
+    # two card folders of one camera, numbering restarted: the folder holding them mirrors both
+    for card in ("100CANON", "101CANON"):
+        (tmp_path / "DCIM" / card).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "DCIM" / card / "IMG_0001.jpg")
+    code, _, err = _run_cli(["upscale", str(tmp_path / "DCIM" / "100CANON"), str(tmp_path / "DCIM" / "101CANON"),
+                             "-o", str(tmp_path / "o"), "--model", student], capsys)
+    assert code == 2 and _one_error(err).endswith(f"; or give the folder that holds them, {tmp_path / 'DCIM'}, whose "
+                                                  f"sub-folders the output mirrors")
+    # -o naming a file that exists, for a folder of inputs: said as such
+    (tmp_path / "afile").write_text("")
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "afile"), "--model", student], capsys)
+    assert code == 2 and _one_error(err) == f"error: cannot write to {tmp_path / 'afile'}: {tmp_path / 'afile'} is a " \
+                                            f"file, not a folder"
 
 
 def test_overlap_0_is_taken_with_a_warning_about_seams(tmp_path, model_files, inputs, capsys):
