@@ -119,7 +119,7 @@ def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monk
     assert checkpoints.training_metadata(args, oftsr.create_model("tiny", role="teacher")) == {}  # bicubic: nothing to record
     info = checkpoints.model_info(teacher, step=7, metadata=checkpoints.training_metadata(args, teacher))
     assert json.loads(json.dumps(info))["metadata"] == {"realesrgan_config": "camera"}  # as a checkpoint's oftsr.json
-    path = checkpoints.export_ema(info, [p.detach() for p in teacher.unet.parameters()], tmp_path / "teacher.safetensors")
+    path = checkpoints.export_model(info, [p.detach() for p in teacher.unet.parameters()], tmp_path / "teacher.safetensors")
     assert oftsr.read_metadata(path)["realesrgan_config"] == "camera"
 
     argv = ["--teacher", str(path), "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]

@@ -262,17 +262,18 @@ def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[
                              f"{metadata.get(key, 'another setting')}: pass --{key} {value}{hint}")
 
 
-def export_ema(info: dict, shadow_params: list[torch.Tensor], path: Path) -> Path:
-    """Write EMA weights as our `.safetensors` (full metadata, plus the info's training
+def export_model(info: dict, params: list[torch.Tensor], path: Path) -> Path:
+    """Write a run's weights, its EMA's (or the raw ones, `export.py --raw`), in the order of
+    the network's parameters, as our `.safetensors` (full metadata, plus the info's training
     `metadata`; loads in the CLI and nodes)."""
     settings = {k: info[k] for k in SETTINGS if k in info}  # checkpoints from before `objective` lack it
-    export = oftsr.OFTSRModel(oftsr.UNet(oftsr.UNetConfig.from_dict(info["architecture"])), **settings)
-    params = list(export.unet.parameters())
-    if len(params) != len(shadow_params):
-        raise ValueError(f"{len(shadow_params)} EMA tensors for a network of {len(params)} parameters")
-    with torch.no_grad():
-        for p, s in zip(params, shadow_params, strict=True):
-            p.copy_(s)
+    with torch.device("meta"):  # no random initialisation to overwrite
+        unet = oftsr.UNet(oftsr.UNetConfig.from_dict(info["architecture"]))
+    names = [name for name, _ in unet.named_parameters()]
+    if len(names) != len(params):
+        raise ValueError(f"{len(params)} tensors for a network of {len(names)} parameters")
+    unet.load_state_dict(dict(zip(names, (p.detach().to("cpu", torch.float32) for p in params))), assign=True)
+    export = oftsr.OFTSRModel(unet, **settings)
     record = {"training": json.dumps({**info["training"], "step": info["step"]})} if info.get("training") else {}
     oftsr.save_model(export, path, **info.get("metadata", {}), **record)
     return path

@@ -31,7 +31,7 @@ from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
 from oftsr.model import DEGRADATIONS  # noqa: E402
 from oftsr.files import atomic_write  # noqa: E402
 
-from checkpoints import (check_training_metadata, data_settings, export_ema, list_checkpoints, model_info, resume,  # noqa: E402
+from checkpoints import (check_training_metadata, data_settings, export_model, list_checkpoints, model_info, resume,  # noqa: E402
                          save_checkpoint, training_metadata)
 
 logger = logging.getLogger("oftsr.trainer")
@@ -795,7 +795,7 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
                        "--resume_from_checkpoint latest to go on", state.step, args.max_train_steps, stop.reason,
                        args.output_dir)
     elif accelerator.is_main_process:
-        path = export_ema({**model_info(accelerator.unwrap_model(model), state.step, metadata), "training": training},
+        path = export_model({**model_info(accelerator.unwrap_model(model), state.step, metadata), "training": training},
                           ema.shadow_params, Path(args.output_dir) / export_name)
         logger.info("exported EMA weights to %s\n  next: %s", path, next_step(accelerator.unwrap_model(model).role, path))
     accelerator.end_training()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from checkpoints import MODEL_INFO, export_ema, list_checkpoints
+from checkpoints import MODEL_INFO, export_model, list_checkpoints
 from common import HelpFormatter, run_script
 
 from oftsr.checkpoint import canonical_state_dict
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                          + ("" if args.raw else ", or this one's raw weights with --raw")) from e
     if args.raw:  # `oftsr info` tells the two exports apart
         info = {**info, "metadata": {**info.get("metadata", {}), "weights": "raw (not EMA)"}}
-    out = export_ema(info, params, Path(args.output))
+    out = export_model(info, params, Path(args.output))
     print(f"wrote {out} ({info['role']}, step {info['step']}, {'raw' if args.raw else 'EMA'} weights)")
 
 
