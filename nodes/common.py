@@ -17,6 +17,7 @@ from comfy_api.latest import io
 
 from ..oftsr.checks import SEED_MAX
 from ..oftsr.inference import is_out_of_memory
+from ..oftsr.model import OFTSRModel
 from ..oftsr.sampling import Callback
 from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, num_tiles
 from ..oftsr.color import COLOR_FIX_MODES, color_fix
@@ -123,7 +124,7 @@ def color_fix_option(value: object) -> dict[str, tuple[object, list[str]]]:
     return {"color_fix": (value, list(COLOR_FIX_MODES))}
 
 
-def require_role(model, role: str, node: str) -> None:
+def require_role(model: OFTSRModel, role: str, node: str) -> None:
     """A clear error when a node gets the wrong kind of model (the library's message
     names library functions; this one names nodes)."""
     actual = getattr(model, "role", None)
@@ -144,7 +145,7 @@ def require_role(model, role: str, node: str) -> None:
     )
 
 
-def require_t_slider(model, node: str) -> None:
+def require_t_slider(model: OFTSRModel, node: str) -> None:
     """A clear error when a node that compares values of t gets a fixed-point student
     (FlowSR, FluxSR): every t gives it the same image."""
     require_role(model, "student", node)
@@ -261,7 +262,7 @@ class Progress:
 
 # --------------------------------------------------------------------------- devices, memory, OOM
 
-def estimate_memory(model, batch: int, out_h: int, out_w: int, tile: int | None, states: int = 0) -> int:
+def estimate_memory(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile: int | None, states: int = 0) -> int:
     """Bytes a run needs on the device: weights, one tile's activations, the band of tile
     rows being blended (tile height x image width; the result goes to the image's device)
     and `states` whole-image float32 buffers (the teacher's solver; the upscaler has none)."""
@@ -305,7 +306,7 @@ def retry_tiling(tile: int | None, overlap: int, out_h: int, out_w: int) -> tupl
 Job = Callable[[object, torch.Tensor, "int | None", int, Progress], torch.Tensor]
 
 
-def run_on_device(model, x: torch.Tensor, job: Job, *, tile: int, overlap: int, node: str, passes: int = 1,
+def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, overlap: int, node: str, passes: int = 1,
                   evaluations: int | None = 1, states: int = 0) -> torch.Tensor:
     """Run `job(model, x, tile, overlap, progress)` with the model on ComfyUI's torch
     device, then put the model back on the offload device.

@@ -14,10 +14,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # imported where a run starts: --help and argument errors stay fast
+    from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -25,6 +30,7 @@ import oftsr  # noqa: E402
 from oftsr.checkpoint import MissingInfoError, contradicted_metadata, parse_authors_filename  # noqa: E402
 from oftsr.training.data import SRDataset, warn_small_images  # noqa: E402
 from oftsr.training.degradations import SIGMA_Y  # noqa: E402
+from oftsr.training.ema import EMA  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
@@ -267,7 +273,7 @@ def _own_messages(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR or record.name.startswith("oftsr.training")
 
 
-def make_accelerator(args: argparse.Namespace, project: str):
+def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
     try:
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -503,7 +509,7 @@ def diverged_message(args: argparse.Namespace, what: str) -> str:
             f"and {resume}")
 
 
-def check_finite_weights(args: argparse.Namespace, model, ema, step: int) -> None:
+def check_finite_weights(args: argparse.Namespace, model: torch.nn.Module, ema: EMA, step: int) -> None:
     """Refuse to checkpoint weights that are no longer finite numbers (a finite loss can
     still end in an overflowing step), so the newest checkpoint is one to go on from."""
     for name, params in (("the weights", model.parameters()), ("the EMA weights", ema.shadow_params)):
@@ -511,7 +517,8 @@ def check_finite_weights(args: argparse.Namespace, model, ema, step: int) -> Non
             raise TrainingDiverged(diverged_message(args, f"{name} hold NaN or infinity after step {step}"))
 
 
-def train_batches(accelerator, dataloader, start_step: int, grad_accum: int):
+def train_batches(accelerator: "Accelerator", dataloader: Iterable, start_step: int,
+                  grad_accum: int) -> Iterator[tuple[object, float]]:
     """Endless (batch, loss weight) pairs from the (prepared) loader, positioned at
     `start_step` optimizer steps: earlier epochs are skipped by number and the current one
     by batch count, so a resumed run continues with the batch it would have seen.

@@ -3,12 +3,14 @@ decay_n = min(decay, (1 + n) / (10 + n))."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
 
 @torch.no_grad()
-def ema_step_(averages: list[torch.Tensor], params, decay: float) -> None:
+def ema_step_(averages: list[torch.Tensor], params: Iterable[torch.Tensor], decay: float) -> None:
     """averages <- decay * averages + (1 - decay) * params, in the averages' dtype (float32
     shadows of bf16 weights stay float32)."""
     params = [p.detach().to(a.dtype) for a, p in zip(averages, params, strict=True)]
