@@ -161,7 +161,9 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     t = 0 favours fidelity (smooth, high PSNR), t = 1 realism (detail); the default 0.5
     is the balanced middle, as in the command line and the nodes. `tile` and
     `overlap` are in output pixels. Returns (B, C, scale*H, scale*W) on the image's
-    device: in [0, 1] for float32, 0..255 / 0..65535 for `out_dtype` uint8 / uint16.
+    device: in [0, 1] for float32, 0..255 / 0..65535 for `out_dtype` uint8 / uint16 (what
+    `images.save_image` writes as they are; torch has few operations on uint16, so convert
+    with `.numpy()` or `.to(torch.int32)` to compute on it).
 
     `seed` sets the start noise: one seed for the batch, where image i's noise depends on
     i too (a batch of copies gives different results), or one per image (a list, tuple,
