@@ -215,7 +215,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int, int]:
         orientation = _valid_orientation(tag.value if tag is not None else 1)
     if arr.ndim == 3 and arr.shape[0] in (2, 3, 4) and arr.shape[-1] not in (2, 3, 4):  # planar: samples first
         arr = np.moveaxis(arr, 0, -1)
-    if arr.dtype.kind == "f":
+    if arr.dtype == np.bool_:  # a 1-bit (bilevel) scan: black and white
+        arr, depth = arr.astype(np.float32), 8
+    elif arr.dtype.kind == "f":
         arr, depth = _display_floats(arr, path), 16
     elif arr.dtype in (np.uint8, np.uint16):
         peak, depth = (65535.0, 16) if arr.dtype == np.uint16 else (255.0, 8)
@@ -407,10 +409,12 @@ def _tiff_turned_by_tifffile(im: Image.Image, path: Path, orientation: int) -> I
 
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            arr, colormap = page.asarray(), page.colormap
+            arr, colormap, planar = page.asarray(), page.colormap, int(page.planarconfig) == 2
     except Exception:
         return None
-    if arr.dtype != np.uint8 or arr.ndim != (2 if im.mode == "P" else 3):
+    if planar and arr.ndim == 3:  # samples first: (4, H, W)
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.dtype != np.uint8 or arr.shape[2:] != (() if im.mode == "P" else (4,)):
         return None
     turned = Image.fromarray(np.ascontiguousarray(_orient(arr, orientation)), im.mode)
     if im.mode == "P":

@@ -1084,3 +1084,21 @@ def test_a_palette_or_cmyk_tiff_turned_sideways_reads_upright(tmp_path, mode):
         image, depth = load_image(tmp_path / "turned.tif")
         assert depth == 8 and image.shape == (1, 3, 4, 6), orientation
         assert np.abs(image[0].permute(1, 2, 0).numpy() - turn(upright)).max() < 1e-6, orientation
+    if mode == "CMYK":  # planar: the samples stored plane by plane, as tifffile reads them (4, H, W)
+        import tifffile
+
+        cmyk = np.asarray(Image.fromarray(stored).convert("CMYK"))
+        tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(cmyk, -1, 0), photometric="separated",
+                         planarconfig="separate", extratags=[(274, "H", 1, 6, True)])
+        image, _ = load_image(tmp_path / "planar.tif")
+        assert np.abs(image[0].permute(1, 2, 0).numpy() - np.rot90(upright, -1)).max() < 1e-6
+
+
+def test_a_bilevel_tiff_turned_sideways_reads_upright(tmp_path):
+    stored = np.arange(6 * 4).reshape(6, 4) % 3 == 0
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.tif", exif=exif)  # refused as "bool samples" before
+    image, depth = load_image(tmp_path / "turned.tif")
+    assert depth == 8 and image.shape == (1, 1, 4, 6)
+    assert np.array_equal(image[0, 0].numpy(), np.rot90(stored, -1).astype(np.float32))
