@@ -32,8 +32,8 @@ TRAINING_CHECKPOINT_INFO = "oftsr.json"  # what the trainer writes into each che
 EXPORT_COMMAND = "python trainer/export.py"
 FORMAT_VERSION = 1
 
-__all__ = ["load_model", "save_model", "read_metadata", "infer_config", "parse_authors_filename", "network_digest",
-           "CheckpointError", "MissingInfoError"]
+__all__ = ["load_model", "save_model", "read_metadata", "infer_config", "parse_authors_filename", "recorded_settings",
+           "network_digest", "CheckpointError", "MissingInfoError"]
 
 
 class CheckpointError(ValueError):
@@ -404,6 +404,13 @@ def read_metadata(path: str | os.PathLike, role: str | None = None) -> dict[str,
     if _file_kind(path) != "safetensors":
         return {}
     return _read_safetensors(path, header_only=True)[1]
+
+
+def recorded_settings(path: str | os.PathLike) -> dict[str, object]:
+    """What a model file says of itself, as `load_model` reads it: its metadata where it is
+    one of ours, else what its name says in the authors' naming (`parse_authors_filename`)."""
+    meta = read_metadata(path)
+    return dict(meta) if meta.get("format") == FORMAT_NAME else parse_authors_filename(Path(path).name)
 
 
 def contradicted_metadata(path: str | os.PathLike, **given: object) -> dict[str, tuple[str, object]]:

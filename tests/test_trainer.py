@@ -1319,6 +1319,21 @@ def test_init_from_an_authors_student_file_is_refused_as_a_student(tmp_path, mon
     plain = tmp_path / "weights.pth"  # a name that says nothing: the flag's fallback stands
     torch.save(oftsr.create_model("tiny", role="teacher").unet.state_dict(), plain)
     assert load_init_weights(str(plain), "teacher", "--init_from", **fallback).role == "teacher"
+    # a safetensors file that is not ours (metadata of its own) is read by its name too, as load_model reads it
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "sr_bicubic-sf4-guided_unet-sigma0.2-distil-v_boot-DIV2K_DIS-checkpoint_6.safetensors"
+    save_file(oftsr.create_model("tiny", role="student").unet.state_dict(), foreign, metadata={"format": "pt"})
+    assert load_init_weights(str(foreign), "teacher", "--init_from", **fallback).role == "student"
+    # --teacher such a student is refused, as a student file of ours is
+    import argparse
+
+    from common import load_teacher
+
+    args = argparse.Namespace(teacher=str(student), scale=None, sigma_p=None, degradation=None, realesrgan_config=None,
+                              sigma_y=None)
+    with pytest.raises(ValueError, match="is a one-step student; the student learns from a teacher"):
+        load_teacher(args)
 
 
 def test_a_teacher_file_named_like_a_bundled_model_is_that_file(tmp_path, monkeypatch):

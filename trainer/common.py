@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # imported where a run starts: --help and argument errors sta
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import oftsr  # noqa: E402
-from oftsr.checkpoint import MissingInfoError, contradicted_metadata, parse_authors_filename  # noqa: E402
+from oftsr.checkpoint import MissingInfoError, contradicted_metadata, recorded_settings  # noqa: E402
 from oftsr.training.data import SRDataset, warn_small_images  # noqa: E402
 from oftsr.training.degradations import SIGMA_Y  # noqa: E402
 from oftsr.training.ema import EMA  # noqa: E402
@@ -646,7 +646,7 @@ def load_init_weights(spec: str, name_role: str, option: str, **fallback: object
     does not say, in its metadata or its name (the authors' naming: `...-distil-...` is a
     student)."""
     path = oftsr.existing_model_path(spec, name_role, option)
-    recorded = oftsr.read_metadata(path) or parse_authors_filename(path.name)  # as load_model reads them
+    recorded = recorded_settings(path)
     return oftsr.load_model(path, **{k: v for k, v in fallback.items() if k not in recorded})
 
 
@@ -660,7 +660,7 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
     # absolute: "./x4", once a string, would read as the bundled name "x4"
     args.teacher = str(oftsr.existing_model_path(args.teacher, "teacher", "--teacher").absolute())
     recorded = oftsr.read_metadata(args.teacher)
-    if recorded.get("role") == "student":
+    if recorded_settings(args.teacher).get("role") == "student":  # an authors' file says it in its name
         raise ValueError(f"--teacher {Path(args.teacher).name} is a one-step student; the student learns from a "
                          f"teacher (what train_teacher.py exports, or a bundled name such as x4-teacher)")
     flags = {key: getattr(args, key) for key in TEACHER_SETTINGS}
