@@ -174,26 +174,31 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
 
 
 def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = "png") -> list[Path]:
-    targets = []
+    targets, roots = [], []
     for f in files:
         root = next((Path(i) for i in inputs if Path(i).is_dir() and Path(i) in f.parents), None)
         rel = f.relative_to(root) if root is not None else Path(f.name)
         same = f.suffix.lower() if f.suffix.lower() in IMAGE_SUFFIXES else ".png"
         targets.append(out / rel.with_suffix(same if fmt == "same" else f".{fmt}"))
-    seen: dict[Path, Path] = {}
-    clashes, types_differ = [], False
-    for f, t in zip(files, targets, strict=True):
+        roots.append(root)
+    seen: dict[Path, tuple[Path, Path | None]] = {}
+    clashes, types_differ, holders = [], False, set()
+    for f, t, root in zip(files, targets, roots, strict=True):
         if t in seen:
-            clashes.append(f"{seen[t]} and {f} would both write {t}")
-            types_differ |= seen[t].suffix.lower() != f.suffix.lower()
-        seen[t] = f
+            other, other_root = seen[t]
+            clashes.append(f"{other} and {f} would both write {t}")
+            types_differ |= other.suffix.lower() != f.suffix.lower()
+            # two sibling input folders (a card's 100CANON and 101CANON): their parent keeps them apart
+            sibling = root is not None and other_root is not None and root.resolve() != other_root.resolve() \
+                and root.resolve().parent == other_root.resolve().parent
+            holders.add(root.resolve().parent if sibling else None)
+        seen[t] = (f, root)
     if clashes:
-        folders = [Path(i) for i in inputs if Path(i).is_dir()]
-        common = Path(os.path.commonpath([f.resolve() for f in folders])) if len(folders) > 1 else None
-        mirror = (f"; or give the folder that holds them, {common}, whose sub-folders the output mirrors"
-                  if common is not None and common not in {f.resolve() for f in folders} else "")
+        (holder,) = holders if len(holders) == 1 else (None,)
         raise ValueError("; ".join(clashes[:10]) + (f"; and {len(clashes) - 10} more" if len(clashes) > 10 else "")
-                         + ": give them distinct names (or give each once)" + mirror
+                         + ": give them distinct names (or give each once)"
+                         + (f"; or give the folder that holds them, {holder}, whose sub-folders the output mirrors"
+                            if holder is not None else "")
                          + ("; --format same keeps each one's own type" if fmt != "same" and types_differ else ""))
     return targets
 

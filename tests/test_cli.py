@@ -561,6 +561,15 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
                              "-o", str(tmp_path / "o"), "--model", student], capsys)
     assert code == 2 and _one_error(err).endswith(f"; or give the folder that holds them, {tmp_path / 'DCIM'}, whose "
                                                   f"sub-folders the output mirrors")
+    # not offered where it would not help: folders far apart, or a clash inside one folder
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere" / "deep" / "IMG_0001.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "DCIM" / "100CANON" / "IMG_0001.png")
+    for folders in ([tmp_path / "DCIM" / "100CANON", tmp_path / "elsewhere" / "deep"],
+                    [tmp_path / "DCIM" / "100CANON", tmp_path / "elsewhere"]):
+        code, _, err = _run_cli(["upscale", *map(str, folders), "-o", str(tmp_path / "o"), "--model", student], capsys)
+        assert code == 2 and "would both write" in err and "the folder that holds them" not in err
+    (tmp_path / "DCIM" / "100CANON" / "IMG_0001.png").unlink()
     # -o naming a file that exists, for a folder of inputs: said as such
     (tmp_path / "afile").write_text("")
     code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "afile"), "--model", student], capsys)
