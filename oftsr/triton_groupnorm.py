@@ -52,9 +52,10 @@ def _kernels():
     try:
         import triton
         import triton.language as tl
-    except ImportError:  # not installed (CPU-only PyTorch, macOS): PyTorch's kernel, as expected
-        return None
-    except Exception as e:  # installed but broken: said once, since it costs speed on a GPU
+    except Exception as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == "triton":  # not installed (CPU-only PyTorch, macOS)
+            return None
+        # installed but broken (a missing libcuda is an ImportError too): said once, as it costs speed
         warnings.warn(f"Triton is installed but does not import ({type(e).__name__}: {e}); using PyTorch's "
                       f"GroupNorm", stacklevel=2)
         return None

@@ -253,7 +253,8 @@ def test_kernel_path_is_off_on_cpu_and_refuses_nchw():
         triton_groupnorm.group_norm_nhwc(torch.randn(1, 32, 4, 4), 32)
 
 
-@pytest.mark.parametrize("error, warned", [(ImportError("No module named 'triton'"), False),
+@pytest.mark.parametrize("error, warned", [(ModuleNotFoundError("No module named 'triton'", name="triton"), False),
+                                           (ImportError("libcuda.so cannot be found"), True),
                                            (RuntimeError("libcuda.so cannot be found"), True)])
 def test_a_broken_triton_is_said_once_and_a_missing_one_is_not(monkeypatch, error, warned):
     import builtins
@@ -276,5 +277,5 @@ def test_a_broken_triton_is_said_once_and_a_missing_one_is_not(monkeypatch, erro
         monkeypatch.undo()
         triton_groupnorm._kernels.cache_clear()
     said = [str(w.message) for w in caught if "Triton" in str(w.message)]
-    assert said == (["Triton is installed but does not import (RuntimeError: libcuda.so cannot be found); using "
-                     "PyTorch's GroupNorm"] if warned else [])
+    assert said == ([f"Triton is installed but does not import ({type(error).__name__}: libcuda.so cannot be found); "
+                     f"using PyTorch's GroupNorm"] if warned else [])
