@@ -151,7 +151,13 @@ def image_hint(image: object, batch: bool = True) -> str:
             return f" (a numpy (B, C, H, W) array: torch.from_numpy(a){levels})"
         if ndim == 4 and shape[-1] in (1, 2, 3, 4):
             return f" (a numpy (B, H, W, C) array: torch.from_numpy(a).permute(0, 3, 1, 2){levels})"
-        return f" (a numpy (H, W, C) array: torch.from_numpy(a).permute(2, 0, 1){add}{levels})"
+        if ndim == 3 and shape[-1] in (1, 2, 3, 4):
+            return f" (a numpy (H, W, C) array: torch.from_numpy(a).permute(2, 0, 1){add}{levels})"
+        if ndim == 3 and shape[0] in (1, 2, 3, 4):
+            return f" (a numpy (C, H, W) array: torch.from_numpy(a){add}{levels})"
+        if ndim == 2:
+            return f" (a numpy (H, W) gray array: torch.from_numpy(a)[None]{add}{levels})"
+        return " (a numpy array: torch.from_numpy(a), with channels second)"
     if batch and type(image).__module__.startswith("PIL"):
         return " (a Pillow image: read the file with oftsr.images.load_image(path), which returns (image, bit_depth))"
     return ""

@@ -220,6 +220,8 @@ def test_the_usual_image_mix_ups_are_named_with_their_fix(student, tmp_path):
             (np.zeros((1, 8, 6, 3), np.uint8), r"got ndarray \(a numpy \(B, H, W, C\) array: "
                                                 r"torch.from_numpy\(a\).permute\(0, 3, 1, 2\) / 255\)"),
             (torch.full((1, 3, 8, 6), 65535.0), r"maximum is 65535: divide 16-bit levels \(0-65535\) by 65535"),
+            (np.zeros((3, 8, 6), np.float32), r"\(a numpy \(C, H, W\) array: torch.from_numpy\(a\)\[None\]\)"),
+            (np.zeros((8, 6), np.uint8), r"\(a numpy \(H, W\) gray array: torch.from_numpy\(a\)\[None\]\[None\] / 255\)"),
             (Image.open(tmp_path / "a.png"), r"got PngImageFile \(a Pillow image: read the file with oftsr.images.load_image"),
             (load_image(tmp_path / "a.png"), r"got tuple: load_image returns \(image, bit_depth\); unpack it")]:
         with pytest.raises(ValueError, match=message):
