@@ -34,12 +34,19 @@ from oftsr.training.evaluate import plot_curve, read_table
 SAME_RUN = ("data_sha256", "lr_sha256", "lr", "seed")
 
 
+# How version 0.14 wrote "lr" for made LR, before it named the chain (it used these settings).
+OLD_LR = {"made (realesrgan)": "made (realesrgan full chain)", "made (noisy_avgpool)": "made (noisy_avgpool sigma_y 0.05)"}
+
+
 def run_record(results_csv: str) -> dict | None:
     """The run.json beside a results.csv (None where there is none, or it is unreadable)."""
     try:
-        return json.loads((Path(results_csv).parent / "run.json").read_text())
+        run = json.loads((Path(results_csv).parent / "run.json").read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(run, dict):
+        return None
+    return {**run, "lr": OLD_LR.get(run.get("lr"), run.get("lr"))} if "lr" in run else run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,14 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     rows, interpolation, drawn, first_run = [], None, set(), None
-    for spec in args.csv:
+    for n, spec in enumerate(args.csv):
         path, sep, prefix = spec.rpartition(":")
         if not sep or not path.endswith(".csv"):  # no filter (or a ':' inside the path itself)
             path, prefix = spec, ""
         run = run_record(path)
-        if run is not None and first_run is None:
-            first_run = run
-        elif run is not None:
+        if n == 0:
+            first_run = run  # the one the others are compared with, as its bicubic row is
+        elif run is not None and first_run is not None:
             differ = [k for k in SAME_RUN if k in run and k in first_run and run[k] != first_run[k]]
             if differ:
                 print(f"warning: {path}: its run differs from the first file's in {', '.join(differ)} (run.json): "

@@ -313,6 +313,14 @@ def test_plot_script_keeps_two_students_apart_and_checks_its_inputs(tmp_path, mo
     (tmp_path / "b" / "eval" / "run.json").write_text("{not json")  # unreadable: nothing to compare
     script.main([*paths, "-o", str(tmp_path / "c5.png")])
     assert f"warning: {paths[2]}: its run differs from the first file's in seed (run.json)" in capsys.readouterr().err
+    # version 0.14 wrote "made (realesrgan)" for what is now "made (realesrgan full chain)": the same LR
+    (tmp_path / "a" / "eval" / "run.json").write_text(json.dumps({"seed": 0, "lr": "made (realesrgan)"}))
+    (tmp_path / "b" / "eval" / "run.json").write_text(json.dumps({"seed": 0, "lr": "made (realesrgan full chain)"}))
+    script.main([*paths[:2], "-o", str(tmp_path / "c6.png")])
+    assert "warning" not in capsys.readouterr().err
+    (tmp_path / "a" / "eval" / "run.json").unlink()  # the first file has none: nothing to compare with
+    script.main([*paths, "-o", str(tmp_path / "c7.png")])
+    assert "run.json" not in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no row of .* matches 'teacher'"):
         script.main([str(tmp_path / "old" / "results.csv") + ":teacher", "-o", str(tmp_path / "c.png")])
 
