@@ -2,7 +2,7 @@
 """OFTSR benchmarks: prints tables (Markdown) of speed, memory and accuracy of the fast path.
 
     python bench/bench.py                      # CPU-sized defaults
-    python bench/bench.py --device cuda --full # every preset and size, on a GPU
+    python bench/bench.py --device cuda --full # small, div2k, imagenet at 256-1024 px (implied on CUDA)
 
 Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops,
 baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole images per second),
@@ -595,7 +595,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=[s for s in SECTIONS if s != "profile"],
                    help="sections to run (all but profile by default)")
-    p.add_argument("--full", action="store_true", help="every preset and size (slow on a CPU)")
+    p.add_argument("--full", action="store_true", help="the small, div2k and imagenet presets at 256, 512 and 1024 px (implied on CUDA; give --presets compact for the bundled network); slow on a CPU")
     p.add_argument("--presets", nargs="+", default=None)
     p.add_argument("--sizes", nargs="+", type=int, default=None)
     p.add_argument("--batch", type=int, default=1)

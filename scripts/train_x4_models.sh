@@ -11,7 +11,7 @@
 # The small preset costs about 4x the compact one per pixel: expect about 1.8 and 1 steps/s,
 # so 50,000 teacher steps take about 8 hours and 5,000 student steps 1.5 hours per pair.
 #
-# The shipped x4-real pair is the shipped x4 pair fine-tuned in two fixed-time runs on one
+# The shipped x4-real pair is version 0.9's x4 pair fine-tuned in two fixed-time runs on one
 # H100 (about 15 minutes in all; the README's Bundled models has its scores), with
 # DATA/train holding the 241 photographs (as JPEG quality 92, 4:4:4 copies); run 1 with
 # version 0.8.0 of this script and package (its camera chain), run 2 with version 0.9.0
