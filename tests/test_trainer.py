@@ -1578,3 +1578,28 @@ def test_building_the_validation_lpips_leaves_the_restored_rng_alone(monkeypatch
     torch.manual_seed(3)
     assert common.make_validation_lpips() is not None
     assert torch.equal(torch.rand(4), expected)
+
+
+class _RunsCode:  # a pickle payload: loading it would create the marker file
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_resume_refuses_a_checkpoint_file_that_would_run_code(train_dir, tmp_path):
+    """Accelerate reads the registered states (EMA, step) with weights_only=False: a
+    checkpoint-N/custom_checkpoint_*.pkl swapped for a pickle that names code is refused
+    before that, and the code does not run."""
+    out, marker = tmp_path / "run", tmp_path / "ran"
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--checkpointing_steps", "1", "--output_dir", out]
+    _run([*base, "--max_train_steps", "1"])
+    state = out / "checkpoint-1" / "custom_checkpoint_1.pkl"
+    assert torch.load(state, weights_only=True) == {"step": 1}  # what the trainer itself writes: plain values
+    torch.save({"step": 1, "payload": _RunsCode(marker)}, state)
+    res = _run([*base, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"], status=2)
+    assert "custom_checkpoint_1.pkl holds more than tensors and numbers, and loading it could run code: the resume " \
+           "is refused" in res.stderr
+    assert not marker.exists() and "Traceback" not in res.stderr

@@ -112,6 +112,26 @@ class _Damaged(Exception):
     """A checkpoint that Accelerate would load in part, or fail on without saying why."""
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file that holds more than tensors and plain values: loading it could run code."""
+
+
+def _check_custom_states(path: Path) -> None:
+    """Accelerate reads the objects registered for checkpointing (the EMA, the step, FlowSR's
+    consistency target) with `torch.load(weights_only=False)`, which runs whatever code a
+    pickle names. Each is read here first with `weights_only=True`: a file that holds more
+    than tensors and plain values (never one this trainer wrote) is refused before that."""
+    for f in sorted(path.glob("custom_checkpoint_*.pkl")):
+        try:
+            torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" not in str(e):  # cut short: the damage messages below say what to do
+                raise
+            raise UnsafeCheckpoint(f"{f} holds more than tensors and numbers, and loading it could run code: the "
+                                   f"resume is refused (this trainer never writes such a file; resume from a "
+                                   f"checkpoint you trust)") from None
+
+
 def _load_state(accelerator, path: Path, output_dir: str) -> None:
     """`accelerator.load_state`, with what to do when the checkpoint is damaged (a disk that
     filled up, a copy cut short): name its empty files and the checkpoint before it.
@@ -131,6 +151,7 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
     try:
         if empty:
             raise _Damaged("empty files")
+        _check_custom_states(path)
         accelerator.load_state(str(path))
         if any("Could not load random states" in m for m in said):
             raise _Damaged("its random states (random_states_*.pkl) could not be read")
