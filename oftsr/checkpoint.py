@@ -278,6 +278,21 @@ def _weights_from_torch_object(obj: object, path: Path) -> tuple[list[torch.Tens
 MAX_ZIP_INFLATION = 16
 
 
+def _check_tensors(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights a file really holds, before any is copied: floating point (bool, integer or
+    complex weights would make a black image, or a cast warning), and no more values than
+    their storage holds (a tensor expanded with stride 0 declares gigabytes in a few bytes
+    of file: copying it would allocate them)."""
+    for name, t in weights.items():
+        if not t.is_floating_point():
+            raise CheckpointError(f"{path.name}: tensor {name} is stored as {str(t.dtype).removeprefix('torch.')}; "
+                                  f"network weights are floating point (a file of another kind of model?)")
+        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            raise CheckpointError(f"{path.name}: tensor {name} declares {t.numel():,} values but its file holds "
+                                  f"{t.untyped_storage().nbytes() // t.element_size():,}: not a saved network "
+                                  f"(a crafted file?)")
+
+
 def _check_zip_sizes(path: Path) -> None:
     """Refuse a zip checkpoint whose entries would inflate to more than MAX_ZIP_INFLATION
     times the file, before torch inflates any of them."""
@@ -564,7 +579,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         try:
             with warnings.catch_warnings():  # a file saved with another pickle protocol: torch's note is not ours
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+                with open(path, "rb") as f:  # by content: torch takes a .safetensors name for that format
+                    obj = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # zip errors, EOF, refused globals: all mean "not a clean tensor file"
             raise CheckpointError(_torch_load_error(path, e)) from e
         weights, step = _weights_from_torch_object(obj, path)
@@ -589,6 +605,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         unet = UNet(config)
     if not isinstance(weights, dict):  # the authors' positional list: in the order of the parameters
         weights = dict(zip((name for name, _ in unet.named_parameters()), weights, strict=True))
+    _check_tensors(weights, path)
     # Fresh float32 memory for each tensor (fp16/bf16 files up-cast): a file's tensors lie at any
     # offset, and kernels on unaligned weights round differently. float32 whatever
     # torch.set_default_dtype says: `dtype` is the one way to ask for another.

@@ -226,6 +226,30 @@ def test_weights_with_nan_are_refused(tmp_path, random_unet_weights):
         oftsr.load_model(tmp_path / TEACHER_NAME)
 
 
+def test_crafted_tensors_are_refused_before_any_copy(tmp_path, random_unet_weights):
+    """A few bytes of .pth can declare gigabytes (a tensor expanded with stride 0): refused
+    before the loader copies it. Weights that are not floating point (a black image) too."""
+    model = make_model(random_unet_weights, role="teacher")
+    state = model.unet.state_dict()
+    expanded = {k: torch.zeros(1).expand(*v.shape) for k, v in state.items()}
+    torch.save(expanded, tmp_path / TEACHER_NAME)
+    assert (tmp_path / TEACHER_NAME).stat().st_size < 200_000
+    with pytest.raises(CheckpointError, match=r"declares [\d,]+ values but its file holds 1: not a saved network"):
+        oftsr.load_model(tmp_path / TEACHER_NAME)
+    for dtype in (torch.bool, torch.int64, torch.complex64):
+        odd = dict(state)
+        odd["out.2.bias"] = state["out.2.bias"].to(dtype)
+        save_file(odd, tmp_path / "odd.safetensors", metadata={k: v for k, v in
+                                                               oftsr.checkpoint.model_metadata(model).items()})
+        with pytest.raises(CheckpointError, match=f"tensor out.2.bias is stored as {str(dtype)[6:]}; network weights "
+                                                  f"are floating point"):
+            oftsr.load_model(tmp_path / "odd.safetensors")
+    # a torch file named .safetensors is read by its content
+    torch.save(state, tmp_path / "really_torch.safetensors")
+    loaded = oftsr.load_model(tmp_path / "really_torch.safetensors", role="teacher", sigma_p=0.2, scale=4)
+    assert torch.equal(loaded.unet.out[2].bias, model.unet.out[2].bias)
+
+
 def test_empty_and_garbage_files(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty or truncated"):
