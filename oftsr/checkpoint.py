@@ -635,9 +635,12 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     if info.get("objective", "oftsr") not in OBJECTIVES:
         raise CheckpointError(f"{path.name}: objective must be one of {OBJECTIVES}, got {info['objective']!r} "
                               f"(a file from a newer oftsr?)")
-    model = OFTSRModel(unet, sigma_p=float(info["sigma_p"]), role=str(info["role"]), scale=int(info["scale"]),
-                       degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
-                       objective=str(info.get("objective", "oftsr")))
+    try:
+        model = OFTSRModel(unet, sigma_p=float(info["sigma_p"]), role=str(info["role"]), scale=int(info["scale"]),
+                           degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
+                           objective=str(info.get("objective", "oftsr")))
+    except ValueError as e:  # a value out of range, from the file or an override
+        raise CheckpointError(f"{path.name}: {e}") from None
     model.stored_dtype = stored[0][0] if stored else torch.float32
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return model.optimize(compile=compile)  # the faster memory layout for its device

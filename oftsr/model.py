@@ -19,6 +19,8 @@ FIXED_POINT_OBJECTIVES = ("flowsr", "fluxsr")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+MAX_SCALE = 16  # as the loader node's scale widget
+
 # What `optimize(autocast=...)` takes: half-precision types, also by their short names.
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
                    "half": torch.float16}
@@ -76,8 +78,8 @@ class OFTSRModel(nn.Module):
             raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
         if not 0.0 <= float(sigma_p) <= 1.0:
             raise ValueError(f"sigma_p must be in [0, 1], got {sigma_p}")
-        if int(scale) < 1:
-            raise ValueError(f"scale must be a positive integer, got {scale}")
+        if not 1 <= int(scale) <= MAX_SCALE:  # beyond it a file's scale is damage: the result would not fit memory
+            raise ValueError(f"scale must be an integer from 1 to {MAX_SCALE}, got {scale}")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.unet = unet

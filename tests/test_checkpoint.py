@@ -493,3 +493,11 @@ def test_a_wider_adm_network_and_bundled_names_by_role(tmp_path):
     assert oftsr.checkpoint.contradicted_metadata("x4", role="teacher") == {}
     with pytest.raises(ValueError, match="seed must be an integer or None, got True"):
         oftsr.create_model("tiny", seed=True)
+
+
+def test_an_absurd_recorded_scale_is_refused_at_load(tmp_path, random_unet_weights):
+    model = make_model(random_unet_weights, role="student")
+    metadata = {**oftsr.checkpoint.model_metadata(model), "scale": "100000"}
+    save_file(model.unet.state_dict(), tmp_path / "huge.safetensors", metadata=metadata)
+    with pytest.raises(CheckpointError, match="huge.safetensors: scale must be an integer from 1 to 16, got 100000"):
+        oftsr.load_model(tmp_path / "huge.safetensors")  # not an out-of-memory at the first image
