@@ -331,6 +331,8 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10
 
 
 def _file_kind(path: Path) -> str:
+    if path.exists() and not path.is_file():  # a pipe or a device: reading it may never end
+        raise CheckpointError(_not_regular(path))
     with open(path, "rb") as f:
         head = f.read(200)  # the magic numbers; for a file that is no checkpoint, what it is instead
     if len(head) < 8:
@@ -350,6 +352,10 @@ def _file_kind(path: Path) -> str:
                               f"arbitrary code, so oftsr never opens one")
     raise CheckpointError(f"{path.name}: not a checkpoint: expected a .safetensors file or a torch .pth/.pt file; "
                           f"{_what_it_starts_with(head)}")
+
+
+def _not_regular(path: Path) -> str:
+    return f"{path.name}: not a regular file (a pipe or a device?); a model is a .safetensors or .pth file"
 
 
 def _what_it_starts_with(head: bytes) -> str:
@@ -555,6 +561,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     path = Path(path).expanduser()
     if path.is_dir():
         raise CheckpointError(folder_message(path))
+    if path.exists() and not path.is_file():
+        raise CheckpointError(_not_regular(path))
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     kind = _file_kind(path)

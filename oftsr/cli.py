@@ -19,8 +19,9 @@ from . import __version__
 from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
 from .files import check_new_file
-from .images import (CAMERA_RAW_ADVICE, CAMERA_RAW_SUFFIXES, IMAGE_SUFFIXES, READ_SUFFIXES, check_output_size,
-                     file_format, files_below, frame_count, list_images, load_image, read_image_metadata, save_image)
+from .images import (CAMERA_RAW_ADVICE, CAMERA_RAW_SUFFIXES, IMAGE_SUFFIXES, MAX_FRAMES_COUNTED, READ_SUFFIXES,
+                     check_output_size, file_format, files_below, frame_count, list_images, load_image,
+                     read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import cpu_has_native_bf16, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
@@ -322,7 +323,8 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
     metadata = read_image_metadata(src)
     frames = frame_count(src)
     if frames > 1:
-        many = f"has {frames} pages" if src.suffix.lower() in (".tif", ".tiff") else f"is animated ({frames} frames)"
+        count = f"more than {MAX_FRAMES_COUNTED}" if frames > MAX_FRAMES_COUNTED else str(frames)
+        many = f"has {count} pages" if src.suffix.lower() in (".tif", ".tiff") else f"is animated ({count} frames)"
         tqdm.write(f"warning: {src.name} {many}: only its first is upscaled", file=sys.stderr)
     size = _output_size(image, model.scale, args.outscale)
     check_output_size(dst, size[1], size[0])

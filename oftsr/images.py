@@ -452,6 +452,8 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     `path` is a file's path (`~` expanded); an upload held in memory is written to a file first.
     A camera raw file is refused (`CAMERA_RAW_SUFFIXES`)."""
     path = Path(path).expanduser()
+    if path.exists() and not path.is_file():  # a pipe or a device: reading it may never end
+        raise ValueError(f"{path.name}: not a regular file (a pipe or a device?)")
     if path.suffix.lower() in CAMERA_RAW_SUFFIXES:  # else a TIFF-based raw reads as its thumbnail, without a word
         raise ValueError(f"{path.name} is a camera raw file, whose sensor data needs developing: {CAMERA_RAW_ADVICE}")
     if path.suffix.lower() in HEIF_SUFFIXES and _is_heif(path):  # a JPEG under a .heic name needs no pillow-heif
@@ -547,6 +549,8 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     found: dict[str, object] = {}
     if isinstance(path, (str, os.PathLike)):
         path = Path(path).expanduser()
+        if path.exists() and not path.is_file():  # a pipe or a device: reading it may never end
+            return found
     try:
         with Image.open(path) as im:
             icc = im.info.get("icc_profile")
@@ -653,12 +657,28 @@ def _read_exif(im: Image.Image, png_raw_profile: bytes | None = None) -> Image.E
         return None
 
 
+MAX_FRAMES_COUNTED = 100  # counting every page of a TIFF walks them all: 100,000 pages took 42 s
+
+
 def frame_count(path: str | os.PathLike) -> int:
-    """How many frames the file holds (an animated GIF or WebP: more than one; `load_image`
-    reads the first). 1 when it cannot tell."""
+    """How many frames the file holds (an animated GIF or WebP, a multi-page TIFF: more than
+    one; `load_image` reads the first), counted up to MAX_FRAMES_COUNTED + 1 (that is, "more
+    than MAX_FRAMES_COUNTED"). 1 when it cannot tell."""
+    path = Path(path)
+    if not path.is_file():  # a pipe or a device: opening it may never end
+        return 1
     try:
         with Image.open(path) as im:  # a phone's MPO JPEG holds a preview as its second frame: one picture
-            return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1))
+            if im.format == "MPO" or not getattr(im, "is_animated", False):
+                return 1
+            count = 1
+            while count <= MAX_FRAMES_COUNTED:
+                try:
+                    im.seek(count)
+                except EOFError:
+                    break
+                count += 1
+            return count
     except Exception:
         return 1
 

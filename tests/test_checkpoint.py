@@ -501,3 +501,10 @@ def test_an_absurd_recorded_scale_is_refused_at_load(tmp_path, random_unet_weigh
     save_file(model.unet.state_dict(), tmp_path / "huge.safetensors", metadata=metadata)
     with pytest.raises(CheckpointError, match="huge.safetensors: scale must be an integer from 1 to 16, got 100000"):
         oftsr.load_model(tmp_path / "huge.safetensors")  # not an out-of-memory at the first image
+
+
+def test_a_pipe_as_a_model_is_refused_not_waited_on(tmp_path):
+    os.mkfifo(tmp_path / "model.safetensors")
+    for load in (oftsr.load_model, oftsr.read_metadata):
+        with pytest.raises(CheckpointError, match="model.safetensors: not a regular file"):
+            load(tmp_path / "model.safetensors")

@@ -1102,3 +1102,24 @@ def test_a_bilevel_tiff_turned_sideways_reads_upright(tmp_path):
     image, depth = load_image(tmp_path / "turned.tif")
     assert depth == 8 and image.shape == (1, 1, 4, 6)
     assert np.array_equal(image[0, 0].numpy(), np.rot90(stored, -1).astype(np.float32))
+
+
+def test_pipes_are_refused_not_waited_on_and_pages_are_counted_to_a_cap(tmp_path):
+    import os
+
+    import tifffile
+
+    from oftsr.images import MAX_FRAMES_COUNTED, frame_count
+
+    os.mkfifo(tmp_path / "pipe.png")  # reading one blocks until a writer comes: never, here
+    with pytest.raises(ValueError, match="pipe.png: not a regular file"):
+        load_image(tmp_path / "pipe.png")
+    assert read_image_metadata(tmp_path / "pipe.png") == {} and frame_count(tmp_path / "pipe.png") == 1
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for _ in range(MAX_FRAMES_COUNTED + 20):
+            tif.write(np.zeros((1, 1), np.uint8))
+    assert frame_count(tmp_path / "pages.tif") == MAX_FRAMES_COUNTED + 1  # "more than 100"
+    with tifffile.TiffWriter(tmp_path / "three.tif") as tif:
+        for _ in range(3):
+            tif.write(np.zeros((1, 1), np.uint8))
+    assert frame_count(tmp_path / "three.tif") == 3
