@@ -70,6 +70,14 @@ def _check_pixel_count(width: int, height: int) -> None:
         warnings.warn(f"Image size ({pixels} pixels) exceeds limit of {limit} pixels", Image.DecompressionBombWarning)
 
 
+def _bomb_message(path: Path, error: Exception) -> str:
+    pixels = re.search(r"\((\d+) pixels\)", str(error))
+    size = f" ({int(pixels.group(1)) / 1e6:,.1f} MP)" if pixels else ""
+    return (f"{path.name}: the image{size} is beyond the {2 * Image.MAX_IMAGE_PIXELS / 1e6:,.1f} MP that Pillow opens "
+            f"(its guard against decompression bombs); upscale a crop or a smaller copy: at x4 its result alone "
+            f"would be 16 times that")
+
+
 def _read_png16(path: Path) -> np.ndarray:
     import png  # pypng
 
@@ -205,6 +213,10 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int, int]:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
+        try:
+            _check_pixel_count(int(page.imagewidth), int(page.imagelength))  # before any pixel is decoded
+        except Image.DecompressionBombError as e:
+            raise UnsupportedImage(_bomb_message(path, e)) from e
         try:
             arr = page.asarray()
         except (TypeError, KeyError, IndexError) as e:  # tags tifffile cannot make sense of
@@ -479,11 +491,7 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     except (FileNotFoundError, UnsupportedImage):
         raise
     except Image.DecompressionBombError as e:
-        pixels = re.search(r"\((\d+) pixels\)", str(e))
-        size = f" ({int(pixels.group(1)) / 1e6:,.1f} MP)" if pixels else ""
-        raise ValueError(f"{path.name}: the image{size} is beyond the {2 * Image.MAX_IMAGE_PIXELS / 1e6:,.1f} MP that "
-                         f"Pillow opens (its guard against decompression bombs); upscale a crop or a smaller copy: "
-                         f"at x4 its result alone would be 16 times that") from e
+        raise ValueError(_bomb_message(path, e)) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         arr, depth = _read_unidentified_tiff(path, e)
         icc = _tifffile_metadata(path).get("icc_profile")

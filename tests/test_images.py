@@ -1123,3 +1123,16 @@ def test_pipes_are_refused_not_waited_on_and_pages_are_counted_to_a_cap(tmp_path
         for _ in range(3):
             tif.write(np.zeros((1, 1), np.uint8))
     assert frame_count(tmp_path / "three.tif") == 3
+
+
+def test_a_tiff_only_tifffile_reads_is_guarded_against_decompression_bombs(tmp_path):
+    import tifffile
+
+    path = tmp_path / "la16.tif"  # 16-bit gray + alpha: Pillow cannot open it, tifffile reads it
+    tifffile.imwrite(path, np.zeros((4, 4, 2), np.uint16), photometric="minisblack", extrasamples=("unassalpha",))
+    assert load_image(path)[0].shape == (1, 2, 4, 4)
+    with tifffile.TiffFile(path, mode="r+b") as tif:  # the header now declares 225 MP
+        tif.pages[0].tags["ImageWidth"].overwrite(15000)
+        tif.pages[0].tags["ImageLength"].overwrite(15000)
+    with pytest.raises(ValueError, match=r"la16.tif: the image \(225.0 MP\) is beyond the 179.0 MP that Pillow opens"):
+        load_image(path)
