@@ -490,6 +490,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_or_text(value: str) -> object:
+    """A metadata value that holds JSON, decoded; one that does not decode (damaged, or nested
+    past the parser's depth) as the text it is: `info` shows a file, it does not judge it."""
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return value
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     # a bundled name ("x4-teacher"; "x4" = its student), or a path
     args.path = existing_model_path(args.path, "student", "PATH")
@@ -503,7 +512,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         meta = {**model_metadata(model), "format": "authors" if Path(args.path).suffix != ".safetensors"
                 else "safetensors (no OFTSR metadata)"}
         del meta["format_version"]
-    out = {k: json.loads(v) if k in ("architecture", "training") else v for k, v in sorted(meta.items())}  # stable
+    out = {k: _json_or_text(v) if k in ("architecture", "training") else v for k, v in sorted(meta.items())}  # stable
     print(json.dumps(out, indent=2))
     return 0
 

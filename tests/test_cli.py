@@ -121,6 +121,15 @@ def test_convert_and_info_take_bundled_names_and_say_which_there_are(tmp_path, c
     assert keys == sorted(keys)  # the same order every time
     code, out, err = _run_cli(["convert", "x4", str(tmp_path / "x2.safetensors"), "--scale", "2"], capsys)
     assert code == 0 and "warning: --scale 2 overrides the 4 that x4-student.safetensors records" in err
+    # a damaged training record (not JSON, or nested past the parser's depth) is shown as text, not a traceback
+    from safetensors.torch import save_file
+
+    model = oftsr.load_model("x4")
+    for record in ("{not json", "[" * 200_000 + "]" * 200_000):
+        save_file({k: v.contiguous() for k, v in model.unet.state_dict().items()}, tmp_path / "odd.safetensors",
+                  metadata={**oftsr.checkpoint.model_metadata(model), "training": record})
+        code, out, _ = _run_cli(["info", str(tmp_path / "odd.safetensors")], capsys)
+        assert code == 0 and json.loads(out)["training"] == record and json.loads(out)["role"] == "student"
 
 
 def test_unreadable_file_is_reported_and_others_written(tmp_path, model_files, inputs, capsys):
