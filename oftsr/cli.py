@@ -18,7 +18,7 @@ import torch
 from . import __version__
 from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
-from .files import check_new_file
+from .files import ATOMIC_NAME_EXTRA, check_new_file
 from .images import (CAMERA_RAW_ADVICE, CAMERA_RAW_SUFFIXES, IMAGE_SUFFIXES, MAX_FRAMES_COUNTED, READ_SUFFIXES,
                      check_output_size, file_format, files_below, frame_count, list_images, load_image,
                      read_image_metadata, save_image)
@@ -212,6 +212,15 @@ def _check_writable(targets: list[Path]) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
                 pass
+            try:
+                name_max = os.pathconf(folder, "PC_NAME_MAX")
+            except (OSError, ValueError, AttributeError):  # not on every system
+                name_max = 255
+            for t in targets:  # written under a temporary name 14 bytes longer (atomic_write)
+                if t.parent == folder and len(t.name.encode()) + ATOMIC_NAME_EXTRA > name_max:
+                    raise ValueError(f"{t.name}: the name is too long to write in {folder} ({len(t.name.encode())} "
+                                     f"bytes; at most {name_max - ATOMIC_NAME_EXTRA}): rename the input, or name a "
+                                     f"shorter output with -o")
         except OSError as e:
             blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
             why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or e

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Iterator
 
 
+ATOMIC_NAME_EXTRA = len(".") + 2 * 4 + len("..tmp")  # what `atomic_write`'s temporary name adds: 14 bytes
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the folder of `path`; once the block has written it, it
@@ -19,7 +22,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"  # ATOMIC_NAME_EXTRA bytes more
         try:
             # Created with 0o666, so the kernel applies the umask and the mode it gives is the
             # usual one for a new file (reading the umask would mean setting it, which races

@@ -1020,3 +1020,14 @@ def test_camera_raw_files_are_refused_not_read_as_their_thumbnail(tmp_path, mode
     assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(model_files[0]), "-q"]) == 0
     assert "leaving out 2 camera raw file(s) (DNG, NEF): develop them in a raw converter" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["developed.png"]
+
+
+def test_a_name_too_long_to_write_is_refused_before_any_work(tmp_path, model_files, capsys):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    long = "a" * 247 + ".png"  # 251 bytes: a valid name, but its temporary name would be 265
+    Image.new("RGB", (8, 8)).save(folder / long)
+    code, _, err = _run_cli(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(model_files[0])],
+                            capsys)
+    assert code == 2 and f"{long}: the name is too long to write in {tmp_path / 'out'} (251 bytes; at most 241)" in err
+    assert list((tmp_path / "out").iterdir()) == []
