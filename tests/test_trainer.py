@@ -1603,3 +1603,17 @@ def test_a_resume_refuses_a_checkpoint_file_that_would_run_code(train_dir, tmp_p
     assert "custom_checkpoint_1.pkl holds more than tensors and numbers, and loading it could run code: the resume " \
            "is refused" in res.stderr
     assert not marker.exists() and "Traceback" not in res.stderr
+
+
+def test_the_scan_keeps_a_png_whose_text_chunks_pillow_refuses(tmp_path):
+    """A PNG with a text chunk past Pillow's limit: load_image (and upscale) read it without
+    the chunk, so the trainer's scan keeps it too (it dropped it as unreadable)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "big_text.png", pnginfo=info)
+    Image.new("RGB", (40, 40)).save(tmp_path / "plain.png")
+    with pytest.raises(ValueError):
+        Image.open(tmp_path / "big_text.png")  # Pillow's own refusal
+    assert [p.name for p in scan_images(tmp_path)] == ["big_text.png", "plain.png"]

@@ -30,8 +30,8 @@ def _decodes(path: Path) -> None:
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
                 return
-    except UnidentifiedImageError:  # a TIFF only tifffile reads; else load_image says what it is
-        pass
+    except (UnidentifiedImageError, ValueError, OSError):  # a TIFF only tifffile reads, a PNG whose text chunks
+        pass  # Pillow refuses (load_image reads it without them); else load_image says what it is
     load_image(path)
 
 
@@ -40,7 +40,7 @@ def _size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ValueError, OSError):  # as in _decodes
         h, w = load_image(path)[0].shape[-2:]
         return w, h
 
