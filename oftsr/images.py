@@ -134,13 +134,19 @@ def _png_orientation_and_profile(path: Path) -> tuple[int, bytes | None]:
 
     import png
 
-    def inflate(data: bytes) -> bytes | None:  # no further than Pillow inflates (a small chunk can hold gigabytes)
+    inflated = 0
+
+    def inflate(data: bytes) -> bytes | None:  # no further than Pillow inflates (a small chunk can hold gigabytes),
+        nonlocal inflated  # per chunk and over the file (thousands of chunks)
+        if inflated >= PngImagePlugin.MAX_TEXT_MEMORY:
+            return None
         try:
             d = zlib.decompressobj()
             out = d.decompress(data, PngImagePlugin.MAX_TEXT_CHUNK)
-            return None if d.unconsumed_tail else out
         except zlib.error:  # damaged: left out, as Pillow leaves it out
             return None
+        inflated += len(out)
+        return None if d.unconsumed_tail else out
 
     exif = raw_profile = xmp = icc = None
     with open(path, "rb") as f:  # closed however reading ends

@@ -1136,3 +1136,23 @@ def test_a_tiff_only_tifffile_reads_is_guarded_against_decompression_bombs(tmp_p
         tif.pages[0].tags["ImageLength"].overwrite(15000)
     with pytest.raises(ValueError, match=r"la16.tif: the image \(225.0 MP\) is beyond the 179.0 MP that Pillow opens"):
         load_image(path)
+
+
+def test_a_16_bit_pngs_text_is_inflated_within_pillows_budget(tmp_path, monkeypatch):
+    """The 16-bit reader inflates metadata chunks no further than Pillow would over the whole
+    file (MAX_TEXT_MEMORY): past it, a compressed XMP is left out, as Pillow leaves it out."""
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    with open(tmp_path / "a.png", "wb") as f:
+        png.Writer(4, 6, greyscale=True, bitdepth=16).write(f, np.zeros((6, 4), np.uint16))
+    with open(tmp_path / "a.png", "rb") as f:
+        chunks = list(png.Reader(file=f).chunks())
+    chunks.insert(1, (b"iTXt", b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + zlib.compress(xmp)))
+    with open(tmp_path / "a.png", "wb") as f:
+        png.write_chunks(f, chunks)
+    assert load_image(tmp_path / "a.png")[0].shape == (1, 1, 4, 6)  # turned by the compressed XMP
+    monkeypatch.setattr(PngImagePlugin, "MAX_TEXT_MEMORY", 0)
+    assert load_image(tmp_path / "a.png")[0].shape == (1, 1, 6, 4)  # the budget spent: left as stored
