@@ -25,7 +25,7 @@ from .images import (CAMERA_RAW_ADVICE, CAMERA_RAW_SUFFIXES, IMAGE_SUFFIXES, MAX
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import cpu_has_native_bf16, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
-from .inference import is_out_of_memory, sample, tile_evaluation_progress, upscale
+from .inference import available_memory, is_out_of_memory, sample, tile_evaluation_progress, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS, Callback
 from .resample import resize
@@ -323,6 +323,17 @@ def _progress(bar) -> Callback:
     return show
 
 
+def _check_result_memory(src: Path, size: tuple[int, int], channels: int, itemsize: int) -> None:
+    """The model's whole result is held before it is written: where it alone exceeds the
+    free memory, say so now, with its size, rather than fail in an allocation that a smaller
+    --tile would not avoid."""
+    need, free = size[0] * size[1] * channels * itemsize, available_memory(torch.device("cpu"))
+    if free is not None and need > free:
+        raise ValueError(f"its result, {size[1]}x{size[0]}, needs {need / 2**30:.1f} GiB on its own, more than the "
+                         f"{free / 2**30:.1f} GiB of memory free: upscale a crop or a smaller copy of it (--outscale "
+                         f"resizes after the model's full result)")
+
+
 def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst: Path, bar) -> None:
     """Read `src`, run the model on it and write `dst`, saying what was given up on the way.
     An error leaves the other images to go on."""
@@ -341,7 +352,9 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
     source_depth, depth = depth, args.bit_depth or depth
     # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
     levels = torch.uint16 if depth == 16 else torch.uint8
-    resized = size != (image.shape[-2] * model.scale, image.shape[-1] * model.scale)
+    full = (image.shape[-2] * model.scale, image.shape[-1] * model.scale)
+    resized = size != full
+    _check_result_memory(src, full, image.shape[1], 4 if args.color_fix != "none" or resized else levels.itemsize)
     if args.color_fix == "none" and not resized:
         result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
     else:  # correction and resizing need the float result: 4 bytes a value, not 1 or 2

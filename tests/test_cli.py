@@ -1031,3 +1031,17 @@ def test_a_name_too_long_to_write_is_refused_before_any_work(tmp_path, model_fil
                             capsys)
     assert code == 2 and f"{long}: the name is too long to write in {tmp_path / 'out'} (251 bytes; at most 241)" in err
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_result_larger_than_the_free_memory_is_said_with_its_size(tmp_path, model_files, inputs, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setattr(oftsr.cli, "available_memory", lambda device: 1000)  # bytes
+    code = main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o.png"), "--model", str(model_files[0]),
+                 "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "rgb.png: its result, 40x48, needs 0.0 GiB on its own, more than the 0.0 GiB of memory " \
+                         "free: upscale a crop or a smaller copy" in err
+    assert not (tmp_path / "o.png").exists()
+    monkeypatch.setattr(oftsr.cli, "available_memory", lambda device: 40 * 48 * 3)  # exactly the uint8 result
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o.png"), "--model", str(model_files[0]),
+                 "-q"]) == 0
