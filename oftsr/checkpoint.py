@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .devices import resolve_device
+from .devices import auto_dtype, resolve_device
 from .files import atomic_write
 from .model import DEGRADATIONS, OBJECTIVES, ROLES, OFTSRModel
 from .unet import UNet, UNetConfig
@@ -544,16 +544,19 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     see `OFTSRModel.optimize`) adds `torch.compile`.
     A `path` given as a string may be a bundled model's name ("x4" is its student,
     "x4-teacher"; a name wins over a file of that name, as in `resolve_model`: ./x4 for
-    the file), `dtype` a short name ("bf16", or torch's "bfloat16"), and `device` "auto"
-    (CUDA, then MPS, else CPU)."""
-    if isinstance(dtype, str):
+    the file), `dtype` a short name ("bf16", or torch's "bfloat16") or "auto" (half precision
+    where it is fast: CUDA, CPUs with native bf16; `devices.auto_dtype`, as the command
+    line's), and `device` "auto" (CUDA, then MPS, else CPU)."""
+    if isinstance(dtype, str) and dtype != "auto":
         if dtype.removeprefix("torch.") not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be a torch dtype or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+            raise ValueError(f"dtype must be a torch dtype, auto or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
         dtype = DTYPE_NAMES[dtype.removeprefix("torch.")]
-    if dtype is not None and dtype not in DTYPE_NAMES.values():  # float8 or an integer type: fails at the first image
+    if dtype is not None and dtype != "auto" and dtype not in DTYPE_NAMES.values():  # float8, integers: fail late
         raise ValueError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
     if device is not None:  # a device the machine lacks, said now and with the ones it has
         device = resolve_device(device, "load_model: device")
+    if dtype == "auto":  # as the command line's --dtype auto
+        dtype = auto_dtype(device if device is not None else torch.device("cpu"))
     if isinstance(path, str):  # a bundled model's name ("x4" = its student, "x4-teacher") or a path, as everywhere
         from .weights import existing_model_path
 

@@ -23,7 +23,7 @@ from .images import (CAMERA_RAW_ADVICE, CAMERA_RAW_SUFFIXES, IMAGE_SUFFIXES, MAX
                      check_output_size, file_format, files_below, frame_count, list_images, load_image,
                      read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
-from .devices import cpu_has_native_bf16, resolve_device
+from .devices import auto_dtype, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
 from .inference import available_memory, is_out_of_memory, sample, tile_evaluation_progress, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
@@ -35,18 +35,8 @@ from .weights import DEFAULT_MODEL, create_model, existing_model_path, model_nam
 
 
 def resolve_dtype(name: str, device: torch.device, cpu_bf16: bool = True) -> torch.dtype:
-    """The weights' dtype for `--dtype`. `auto`: half precision where it is fast and its
-    output indistinguishable (CUDA; CPUs with native bf16 unless `cpu_bf16` is False, as
-    for evaluation figures that must not depend on the CPU), else float32."""
-    if name != "auto":
-        return DTYPES[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_bf16 and cpu_has_native_bf16():
-        # Measured on an AMD EPYC with AVX512-bf16: the bundled student 1.8x faster, its
-        # output 60.5 dB PSNR from float32's; Set5 Y-PSNR within 0.01 dB at every t.
-        return torch.bfloat16
-    return torch.float32  # emulated bf16 and fp16 are slower on CPUs, and MPS lacks some bf16 kernels
+    """The weights' dtype for `--dtype`: as named, or `devices.auto_dtype` for "auto"."""
+    return auto_dtype(device, cpu_bf16) if name == "auto" else DTYPES[name]
 
 
 # Image names `-o` cannot write (anything else without a writable suffix is a folder).

@@ -52,3 +52,16 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
         return False
+
+
+def auto_dtype(device: torch.device, cpu_bf16: bool = True) -> torch.dtype:
+    """The weights' dtype for "auto": half precision where it is fast and its output
+    indistinguishable (CUDA; CPUs with native bf16 unless `cpu_bf16` is False, as for
+    evaluation figures that must not depend on the CPU), else float32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_bf16 and cpu_has_native_bf16():
+        # Measured on an AMD EPYC with AVX512-bf16: the bundled student 1.8x faster, its
+        # output 60.5 dB PSNR from float32's; Set5 Y-PSNR within 0.01 dB at every t.
+        return torch.bfloat16
+    return torch.float32  # emulated bf16 and fp16 are slower on CPUs, and MPS lacks some bf16 kernels

@@ -7,6 +7,7 @@ import torch
 
 import oftsr
 import oftsr.cli
+import oftsr.devices
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = SHARED / "fixtures" / "official-unet-tiny"
@@ -18,7 +19,7 @@ def float32_auto_on_cpus(monkeypatch):
     """`--dtype auto` picks bf16 on CPUs with native bf16: the tests that compare the command
     line's output with the library's exactly run it in float32 on every CPU (the bf16 choice
     has tests of its own, which patch this back)."""
-    monkeypatch.setattr(oftsr.cli, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(oftsr.devices, "cpu_has_native_bf16", lambda: False)
 
 
 def need(path: Path) -> Path:

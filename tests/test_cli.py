@@ -299,7 +299,7 @@ def test_load_model_names_a_missing_device_and_takes_torch_dtype_names(monkeypat
             oftsr.upscale(model, torch.rand(1, 3, 8, 8))  # float16 run on a CPU: said to be slow
         assert [str(w.message)[:40] for w in caught] == (["float16 on a CPU is emulated: about 10x "]
                                                          if dtype == torch.float16 else [])
-    with pytest.raises(ValueError, match="dtype must be a torch dtype or one of fp32, fp16, bf16, float32"):
+    with pytest.raises(ValueError, match="dtype must be a torch dtype, auto or one of fp32, fp16, bf16, float32"):
         oftsr.load_model("x4", dtype="int8")
 
 
@@ -985,7 +985,8 @@ def test_warnings_name_the_option_that_keeps_what_was_lost(tmp_path, model_files
 def test_auto_dtype_is_bf16_on_cpus_with_native_bf16_but_not_for_evaluation(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     assert oftsr.cli.resolve_dtype("auto", cpu) == torch.float32  # (the suite's default: no native bf16)
-    monkeypatch.setattr(oftsr.cli, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(oftsr.devices, "cpu_has_native_bf16", lambda: True)
+    assert oftsr.load_model("x4", dtype="auto").dtype == torch.bfloat16  # the library's "auto" is the same choice
     assert oftsr.cli.resolve_dtype("auto", cpu) == torch.bfloat16
     assert oftsr.cli.resolve_dtype("auto", cpu, cpu_bf16=False) == torch.float32  # evaluation figures
     assert oftsr.cli.resolve_dtype("fp32", cpu) == torch.float32  # asked for: as asked

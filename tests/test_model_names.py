@@ -138,7 +138,7 @@ def test_load_model_takes_bundled_names_and_short_dtype_names(tmp_path, monkeypa
     student = oftsr.load_model("x4", dtype="bf16")
     assert student.role == "student" and student.dtype == torch.bfloat16
     assert oftsr.load_model("x4-teacher").role == "teacher"
-    with pytest.raises(ValueError, match="dtype must be a torch dtype or one of fp32, fp16, bf16, .*got 'fp8'"):
+    with pytest.raises(ValueError, match="dtype must be a torch dtype, auto or one of fp32, fp16, bf16, .*got 'fp8'"):
         oftsr.load_model("x4", dtype="fp8")
     assert oftsr.load_model("x4-real").degradation == "realesrgan"
     monkeypatch.chdir(tmp_path)  # a name wins over a file of that name, as on the command line
