@@ -12,8 +12,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -461,14 +463,21 @@ def _read_unidentified_tiff(path: Path, error: Exception) -> tuple[np.ndarray, i
     raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file{detail}") from error
 
 
-def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+def load_image(path: str | os.PathLike | bytes | BinaryIO) -> tuple[torch.Tensor, int]:
     """(1, C, H, W) float32 in [0, 1] with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
     (RGBA), and the source bit depth (8 or 16). The format is decided by content, not by the file name.
     Values are display (gamma-encoded) values, as the network learned them: a file whose ICC
     profile has linear tone curves (Photoshop's 32-bit mode, a raw converter's linear export)
     is sRGB-encoded here, and `save_image` decodes it again when it writes that profile.
-    `path` is a file's path (`~` expanded); an upload held in memory is written to a file first.
-    A camera raw file is refused (`CAMERA_RAW_SUFFIXES`)."""
+    `path` is a file's path (`~` expanded), or a file's bytes or an open binary file (an
+    upload held in memory: read through a temporary file, as the readers of some formats
+    need a path). A camera raw file is refused (`CAMERA_RAW_SUFFIXES`)."""
+    if isinstance(path, (bytes, bytearray, memoryview)) or hasattr(path, "read"):
+        data = bytes(path.read() if hasattr(path, "read") else path)
+        with tempfile.TemporaryDirectory() as folder:
+            upload = Path(folder) / "upload"  # named in messages
+            upload.write_bytes(data)
+            return load_image(upload)
     path = Path(path).expanduser()
     if path.exists() and not path.is_file():  # a pipe or a device: reading it may never end
         raise ValueError(f"{path.name}: not a regular file (a pipe or a device?)")

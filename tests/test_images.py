@@ -1156,3 +1156,20 @@ def test_a_16_bit_pngs_text_is_inflated_within_pillows_budget(tmp_path, monkeypa
     assert load_image(tmp_path / "a.png")[0].shape == (1, 1, 4, 6)  # turned by the compressed XMP
     monkeypatch.setattr(PngImagePlugin, "MAX_TEXT_MEMORY", 0)
     assert load_image(tmp_path / "a.png")[0].shape == (1, 1, 6, 4)  # the budget spent: left as stored
+
+
+def test_an_upload_in_memory_loads_as_its_file_does(tmp_path):
+    import io
+
+    rng = np.random.default_rng(5)
+    with open(tmp_path / "deep.png", "wb") as f:  # 16-bit: read by pypng, which needs a file
+        png.Writer(5, 4, greyscale=False, bitdepth=16).write(f, rng.integers(0, 65536, (4, 15), dtype=np.uint16))
+    Image.fromarray(rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)).save(tmp_path / "a.jpg", quality=90)
+    for name in ("deep.png", "a.jpg"):
+        data = (tmp_path / name).read_bytes()
+        expected, depth = load_image(tmp_path / name)
+        for upload in (data, io.BytesIO(data), bytearray(data)):
+            got, got_depth = load_image(upload)
+            assert got_depth == depth and torch.equal(got, expected), (name, type(upload))
+    with pytest.raises(ValueError, match="upload: cannot read as an image"):
+        load_image(b"not an image at all")
