@@ -332,7 +332,8 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10
 
 def _file_kind(path: Path) -> str:
     if path.exists() and not path.is_file():  # a pipe or a device: reading it may never end
-        raise CheckpointError(_not_regular(path))
+        raise CheckpointError(f"{path.name}: not a regular file (a pipe or a device?); a model is a .safetensors "
+                              f"or .pth file")
     with open(path, "rb") as f:
         head = f.read(200)  # the magic numbers; for a file that is no checkpoint, what it is instead
     if len(head) < 8:
@@ -352,10 +353,6 @@ def _file_kind(path: Path) -> str:
                               f"arbitrary code, so oftsr never opens one")
     raise CheckpointError(f"{path.name}: not a checkpoint: expected a .safetensors file or a torch .pth/.pt file; "
                           f"{_what_it_starts_with(head)}")
-
-
-def _not_regular(path: Path) -> str:
-    return f"{path.name}: not a regular file (a pipe or a device?); a model is a .safetensors or .pth file"
 
 
 def _what_it_starts_with(head: bytes) -> str:
@@ -564,11 +561,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     path = Path(path).expanduser()
     if path.is_dir():
         raise CheckpointError(folder_message(path))
-    if path.exists() and not path.is_file():
-        raise CheckpointError(_not_regular(path))
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    kind = _file_kind(path)
+    kind = _file_kind(path)  # a pipe or a device refused
     info: dict[str, object] = {}
     if kind == "safetensors":
         shapes_by_name, meta = _read_safetensors(path, header_only=True)
@@ -620,7 +615,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     # Fresh float32 memory for each tensor (fp16/bf16 files up-cast): a file's tensors lie at any
     # offset, and kernels on unaligned weights round differently. float32 whatever
     # torch.set_default_dtype says: `dtype` is the one way to ask for another.
-    stored = collections.Counter(v.dtype for v in weights.values() if v.is_floating_point()).most_common(1)
+    stored = collections.Counter(v.dtype for v in weights.values()).most_common(1)[0][0]  # the file's dtype
     tensors = {k: torch.empty(v.shape, dtype=torch.float32).copy_(v) for k, v in weights.items()}
     # a sum is NaN or infinite where a value is (weights never sum past float32's range): one fast pass
     broken = [k for k, v in tensors.items() if not math.isfinite(v.sum().item())]
@@ -652,6 +647,6 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                            objective=str(info.get("objective", "oftsr")))
     except ValueError as e:  # a value out of range, from the file or an override
         raise CheckpointError(f"{path.name}: {e}") from None
-    model.stored_dtype = stored[0][0] if stored else torch.float32
+    model.stored_dtype = stored
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return model.optimize(compile=compile)  # the faster memory layout for its device

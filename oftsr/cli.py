@@ -19,9 +19,8 @@ from . import __version__
 from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
 from .files import ATOMIC_NAME_EXTRA, check_new_file
-from .images import (CAMERA_RAW_ADVICE, CAMERA_RAW_SUFFIXES, IMAGE_SUFFIXES, MAX_FRAMES_COUNTED, READ_SUFFIXES,
-                     check_output_size, file_format, files_below, frame_count, list_images, load_image,
-                     read_image_metadata, save_image)
+from .images import (CAMERA_RAW_ADVICE, IMAGE_SUFFIXES, MAX_FRAMES_COUNTED, READ_SUFFIXES, check_output_size,
+                     file_format, find_images, frame_count, load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import auto_dtype, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
@@ -197,7 +196,10 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = 
 def _check_writable(targets: list[Path]) -> None:
     """Create the output folders and write a scratch file in each, so an output that cannot
     be written is reported before any image is computed."""
-    for folder in dict.fromkeys(t.parent for t in targets):
+    by_folder: dict[Path, list[Path]] = {}
+    for t in targets:
+        by_folder.setdefault(t.parent, []).append(t)
+    for folder, named in by_folder.items():
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
@@ -206,8 +208,8 @@ def _check_writable(targets: list[Path]) -> None:
                 name_max = os.pathconf(folder, "PC_NAME_MAX")
             except (OSError, ValueError, AttributeError):  # not on every system
                 name_max = 255
-            for t in targets:  # written under a temporary name 14 bytes longer (atomic_write)
-                if t.parent == folder and len(t.name.encode()) + ATOMIC_NAME_EXTRA > name_max:
+            for t in named:  # written under a temporary name 14 bytes longer (atomic_write)
+                if len(t.name.encode()) + ATOMIC_NAME_EXTRA > name_max:
                     raise ValueError(f"{t.name}: the name is too long to write in {folder} ({len(t.name.encode())} "
                                      f"bytes; at most {name_max - ATOMIC_NAME_EXTRA}): rename the input, or name a "
                                      f"shorter output with -o")
@@ -236,7 +238,7 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
     before its suffix; `variants[i]` is the index of job i's tag. With `sheet`, `sheets`
     pairs each image's `_grid` name with its tagged targets (checked like them)."""
     _check_args(args)
-    files = list_images(args.inputs)
+    files, raws = find_images(args.inputs)
     out = Path(args.output).resolve()
     holders = [Path(i).resolve() for i in args.inputs if Path(i).is_dir() and Path(i).resolve() in out.parents]
     named = {Path(i).resolve() for i in args.inputs if Path(i).is_file()}
@@ -244,8 +246,6 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
     if inside:  # earlier results in a folder inside a searched input folder: not inputs (named files still are)
         print(f"leaving out {len(inside)} image(s) under the output folder {args.output}", file=sys.stderr)
         files = [f for f in files if f not in inside]
-    raws = [q for i in args.inputs if Path(i).is_dir() for q in files_below(Path(i))
-            if q.suffix.lower() in CAMERA_RAW_SUFFIXES]
     if raws:  # not images to this tool: said, so that a card's folder of raws is not a silent nothing
         kinds = ", ".join(sorted({q.suffix[1:].upper() for q in raws}))
         print(f"leaving out {len(raws)} camera raw file(s) ({kinds}): "
@@ -313,7 +313,7 @@ def _progress(bar) -> Callback:
     return show
 
 
-def _check_result_memory(src: Path, size: tuple[int, int], channels: int, itemsize: int) -> None:
+def _check_result_memory(size: tuple[int, int], channels: int, itemsize: int) -> None:
     """The model's whole result is held before it is written: where it alone exceeds the
     free memory, say so now, with its size, rather than fail in an allocation that a smaller
     --tile would not avoid."""
@@ -344,7 +344,7 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
     levels = torch.uint16 if depth == 16 else torch.uint8
     full = (image.shape[-2] * model.scale, image.shape[-1] * model.scale)
     resized = size != full
-    _check_result_memory(src, full, image.shape[1], 4 if args.color_fix != "none" or resized else levels.itemsize)
+    _check_result_memory(full, image.shape[1], 4 if args.color_fix != "none" or resized else levels.itemsize)
     if args.color_fix == "none" and not resized:
         result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
     else:  # correction and resizing need the float result: 4 bytes a value, not 1 or 2

@@ -150,26 +150,27 @@ def _png_orientation_and_profile(path: Path) -> tuple[int, bytes | None]:
         inflated += len(out)
         return None if d.unconsumed_tail else out
 
+    def text_of(kind: bytes, rest: bytes) -> bytes | None:  # a text chunk's text, after its keyword and 0
+        if kind == b"tEXt":
+            return rest
+        if kind == b"zTXt":  # the compression method, then the text
+            return inflate(rest[1:])
+        text = rest[2:].split(b"\x00", 2)[-1]  # iTXt: its flag, method, language 0, translated keyword 0
+        return inflate(text) if rest[:1] == b"\x01" else text
+
     exif = raw_profile = xmp = icc = None
     with open(path, "rb") as f:  # closed however reading ends
         for kind, data in png.Reader(file=f).chunks():
-            key, _, rest = data.partition(b"\x00")
             if kind == b"eXIf":
                 exif = data
             elif kind == b"iCCP":  # a name, its 0, the compression method (0: zlib), the profile
-                icc = inflate(rest[1:])
-            elif kind in (b"tEXt", b"zTXt", b"iTXt") and key in (_RAW_PROFILE_EXIF.encode(), _PNG_XMP_KEY.encode()):
-                if kind == b"tEXt":
-                    text = rest
-                elif kind == b"zTXt":  # the compression method, then the text
-                    text = inflate(rest[1:])
-                else:  # iTXt: its flag, method, language 0, translated keyword 0, then the text
-                    text = rest[2:].split(b"\x00", 2)[-1]
-                    text = inflate(text) if rest[:1] == b"\x01" else text
+                icc = inflate(data.partition(b"\x00")[2][1:])
+            elif kind in (b"tEXt", b"zTXt", b"iTXt"):  # split here only: the pixels' chunks are not copied
+                key, _, rest = data.partition(b"\x00")
                 if key == _PNG_XMP_KEY.encode():
-                    xmp = text
-                else:
-                    raw_profile = text
+                    xmp = text_of(kind, rest)
+                elif key == _RAW_PROFILE_EXIF.encode():
+                    raw_profile = text_of(kind, rest)
             elif kind == b"IEND":
                 break
     return _png_orientation(exif, raw_profile, xmp), icc
@@ -971,12 +972,21 @@ def _loops_back(path: str, real_parent: str, inside: set[str]) -> bool:
 def list_images(paths: list[str | os.PathLike]) -> list[Path]:
     """Files as given, and image files (by suffix, `READ_SUFFIXES`) found recursively in
     folders (`files_below`: hidden ones left out, linked folders followed), sorted."""
+    return find_images(paths)[0]
+
+
+def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """`list_images`'s files, and the camera raw files (`CAMERA_RAW_SUFFIXES`) its folders
+    hold, which it leaves out: one walk of each folder for both."""
     found: list[Path] = []
+    raws: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(q for q in files_below(p) if q.suffix.lower() in READ_SUFFIXES)
+            below = files_below(p)
+            found.extend(q for q in below if q.suffix.lower() in READ_SUFFIXES)
+            raws.extend(q for q in below if q.suffix.lower() in CAMERA_RAW_SUFFIXES)
         elif p.is_file():
             found.append(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
-    return found
+    return found, raws
