@@ -16,7 +16,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..oftsr.checks import SEED_MAX
-from ..oftsr.inference import is_out_of_memory
+from ..oftsr.devices import is_out_of_memory
 from ..oftsr.model import OFTSRModel
 from ..oftsr.sampling import Callback
 from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, num_tiles
@@ -296,6 +296,7 @@ def retry_tiling(tile: int | None, overlap: int, out_h: int, out_w: int) -> tupl
     smaller than the tile is one tile); the next to try, half of it but at least
     MIN_OOM_TILE, or None when the failed tile was already that small; and its overlap,
     the widget's `overlap` at most a quarter of the new tile (never none: seams)."""
+    overlap = max(0, int(overlap))
     failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
     if failed <= MIN_OOM_TILE:
         return failed, None, overlap
@@ -325,7 +326,7 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
     def units(tile: int | None, overlap: int) -> int:
         return ADAPTIVE_PROGRESS_UNITS if evaluations is None else evaluations * num_tiles(out_h, out_w, tile, overlap)
 
-    widget_overlap = max(0, int(overlap))
+    widget_overlap = overlap  # what a retry's smaller tile starts from
     tile, overlap = first_tiling(tile, overlap)
     mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
     model.to(device)  # the model takes this device's faster layout as it moves (OFTSRModel._apply)

@@ -48,7 +48,7 @@ class StudentUpscaleModel:
     def __init__(self, model: torch.nn.Module, t: float, seed: int, tile: int, overlap: int) -> None:
         self.model, self.t, self.seed = model, float(t), int(seed)
         self.tile, self.overlap = first_tiling(tile, overlap)
-        self.widget_overlap = max(0, int(overlap))  # what a retry's smaller tile starts from
+        self.widget_overlap = overlap  # what a retry's smaller tile starts from
         self.warned_alpha = False
 
     @property

@@ -22,9 +22,9 @@ from .files import ATOMIC_NAME_EXTRA, check_new_file
 from .images import (CAMERA_RAW_ADVICE, IMAGE_SUFFIXES, MAX_FRAMES_COUNTED, READ_SUFFIXES, check_output_size,
                      file_format, find_images, frame_count, load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
-from .devices import auto_dtype, resolve_device
+from .devices import auto_dtype, available_memory, is_out_of_memory, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
-from .inference import available_memory, is_out_of_memory, sample, tile_evaluation_progress, upscale
+from .inference import sample, tile_evaluation_progress, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
 from .sampling import SOLVERS, Callback
 from .resample import resize

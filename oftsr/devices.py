@@ -1,4 +1,5 @@
-"""Devices by name: which this machine has, and `auto`, for the CLI and `load_model`."""
+"""Devices by name (which this machine has, and `auto`, for the CLI and `load_model`) and
+their memory: how much is free, and whether an error is running out of it."""
 
 from __future__ import annotations
 
@@ -65,3 +66,30 @@ def auto_dtype(device: torch.device, cpu_bf16: bool = True) -> torch.dtype:
         # output 60.5 dB PSNR from float32's; Set5 Y-PSNR within 0.01 dB at every t.
         return torch.bfloat16
     return torch.float32  # emulated bf16 and fp16 are slower on CPUs, and MPS lacks some bf16 kernels
+
+
+# "CUDA out of memory", "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."
+# (Linux, macOS), "... not enough memory: ..." (Windows): out of memory, which every back-end
+# raises as a RuntimeError.
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's out-of-memory errors (CPU allocator, CUDA, MPS), and Python's own (numpy)."""
+    return isinstance(e, MemoryError) or isinstance(e, RuntimeError) and any(s in str(e).lower() for s in OOM_MESSAGES)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that new tensors on `device` can still take, or None where it cannot be told."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:  # Linux; elsewhere the check is skipped
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .checks import (OUTPUT_DTYPES, Seed, check_count, check_seed, check_t, check_unit_range,
                      image_hint)
 from .color import split_alpha
+from .devices import available_memory
 from .flow import T_EPS, endpoint_estimate, noise_augment, student_step, time_grid
 from .model import OFTSRModel
 from .noise import region_noise
@@ -73,17 +74,6 @@ def _neutralise(rgb: torch.Tensor, neutral: torch.Tensor, gray: bool) -> torch.T
         return rgb
     mean = rgb.mean(dim=1, keepdim=True).expand_as(rgb)
     return torch.where(neutral.to(rgb.device).view(-1, 1, 1, 1), mean, rgb)
-
-
-# "CUDA out of memory", "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."
-# (Linux, macOS), "... not enough memory: ..." (Windows): out of memory, which every back-end
-# raises as a RuntimeError.
-OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """torch's out-of-memory errors (CPU allocator, CUDA, MPS), and Python's own (numpy)."""
-    return isinstance(e, MemoryError) or isinstance(e, RuntimeError) and any(s in str(e).lower() for s in OOM_MESSAGES)
 
 
 ALPHA_SNAP = 1e-6  # an up-sampled alpha this close to 0 or 1 is that: float rounding, 1/65 of a 16-bit level
@@ -198,22 +188,6 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
 SAMPLE_BUFFERS = {"euler": 6, "midpoint": 6, "heun": 6, "adaptive": 14}
 # The least any solver keeps (the state, a velocity, the blend sums): below it, refuse at once.
 _SAMPLE_MIN_BUFFERS = 3
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes that new tensors on `device` can still take, or None where it cannot be told."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:  # Linux; elsewhere the check is skipped
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return None
 
 
 def _check_sample_memory(model: OFTSRModel, batch: int, height: int, width: int) -> None:

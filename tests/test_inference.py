@@ -250,7 +250,7 @@ def test_teacher_sample_solvers(teacher, solver, steps, nfe):
 
 
 def test_teacher_sample_refuses_an_output_that_cannot_fit(teacher, monkeypatch):
-    free = oftsr.inference.available_memory(torch.device("cpu"))
+    free = oftsr.devices.available_memory(torch.device("cpu"))
     if sys.platform.startswith("linux"):
         assert free is not None and free > 2**20  # read from /proc/meminfo
     calls = []
