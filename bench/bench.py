@@ -183,7 +183,7 @@ def bench_tiling(args, device) -> None:
 def _peak_rss() -> int:
     """This process's resident-set high-water mark in bytes. VmHWM belongs to the address
     space made at exec, unlike ru_maxrss, which Linux carries over from the parent."""
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024

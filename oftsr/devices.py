@@ -86,7 +86,7 @@ def available_memory(device: torch.device) -> int | None:
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
         try:
-            with open("/proc/meminfo") as f:  # Linux; elsewhere the check is skipped
+            with open("/proc/meminfo", encoding="ascii") as f:  # Linux; elsewhere the check is skipped
                 for line in f:
                     if line.startswith("MemAvailable:"):
                         return int(line.split()[1]) * 1024

@@ -110,7 +110,7 @@ def main() -> None:
                 for path in sorted(WORKFLOWS.glob("*.json")):
                     if args.only and path.stem not in args.only:
                         continue
-                    prompt = workflow_to_prompt(json.loads(path.read_text()), info)
+                    prompt = workflow_to_prompt(json.loads(path.read_text(encoding="utf-8")), info)
                     entry = server.wait(server.queue(prompt), timeout=3600)
                     if entry.get("status", {}).get("status_str") != "success":
                         raise SystemExit(f"{path.name} failed: {entry.get('status')}")

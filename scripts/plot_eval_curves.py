@@ -41,7 +41,7 @@ OLD_LR = {"made (realesrgan)": "made (realesrgan full chain)", "made (noisy_avgp
 def run_record(results_csv: str) -> dict | None:
     """The run.json beside a results.csv (None where there is none, or it is unreadable)."""
     try:
-        run = json.loads((Path(results_csv).parent / "run.json").read_text())
+        run = json.loads((Path(results_csv).parent / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(run, dict):

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -968,6 +969,16 @@ def test_options_that_would_do_nothing_are_said(tmp_path, model_files, inputs, c
 def test_version():
     res = subprocess.run([sys.executable, "-m", "oftsr", "--version"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == f"oftsr {oftsr.__version__}"
+
+
+def test_a_name_the_console_cannot_encode_is_escaped_not_an_error(tmp_path, model_files):
+    # Windows' cp1252 console (or a redirect there): the file was written, then printing its name failed
+    dst = tmp_path / "模型.safetensors"
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    res = subprocess.run([sys.executable, "-m", "oftsr", "convert", str(model_files[0]), str(dst)], capture_output=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr.decode("cp1252", "replace")
+    assert dst.is_file() and "\\u6a21\\u578b.safetensors: student, x4" in res.stdout.decode("cp1252")
 
 
 def test_warnings_name_the_option_that_keeps_what_was_lost(tmp_path, model_files, inputs, capsys):

@@ -76,7 +76,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / MODEL_INFO).write_text(json.dumps({**model_info(model, step, metadata), "data": data or {},
-                                                  "training": training or {}}, indent=1))
+                                                  "training": training or {}}, indent=1),
+                                       encoding="utf-8")
         _sync_to_disk(tmp)  # a machine that goes down after the rename finds whole files, not empty ones
         if final.exists():
             shutil.rmtree(final)
@@ -204,7 +205,7 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
             raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
     info_file = path / MODEL_INFO
     try:
-        recorded = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        recorded = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
     except (OSError, ValueError) as e:
         raise ValueError(f"{info_file} is unreadable ({e}): the checkpoint is damaged; move {path.name} out of "
                          f"{args.output_dir} to go on from the one before it") from e

@@ -597,7 +597,7 @@ def log_metrics(accelerator, output_dir: str, logs: dict[str, float], step: int)
     (a plain record that survives without any tracker installed)."""
     accelerator.log(logs, step=step)
     if accelerator.is_main_process:
-        with open(os.path.join(output_dir, "metrics.jsonl"), "a") as f:
+        with open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **logs}) + "\n")
 
 
@@ -608,7 +608,7 @@ def trim_metrics(output_dir: str, step: int) -> None:
     path = Path(output_dir) / "metrics.jsonl"
     if not path.is_file():
         return
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     kept = []
     for line in lines:
         try:
@@ -618,7 +618,7 @@ def trim_metrics(output_dir: str, step: int) -> None:
             continue
     if len(kept) != len(lines):
         with atomic_write(path) as tmp:
-            tmp.write_text("".join(f"{line}\n" for line in kept))
+            tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
         logger.info("metrics.jsonl: dropped %d row(s) logged after step %d", len(lines) - len(kept), step)
 
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"{args.output}: the model file is written as safetensors; name it .safetensors")
     check_new_file(args.output, args.overwrite)
     ckpt = find_checkpoint(args.checkpoint)
-    info = json.loads((ckpt / MODEL_INFO).read_text())
+    info = json.loads((ckpt / MODEL_INFO).read_text(encoding="utf-8"))
     source = ckpt / ("model.safetensors" if args.raw else "custom_checkpoint_0.pkl")
     try:
         if args.raw:

@@ -93,7 +93,7 @@ def dat_light_state_dict() -> dict[str, torch.Tensor]:
 def _ncnn_convolutions(param_path: Path) -> list[tuple[int, int, bool]]:
     """(output channels, weight count, has bias) of each Convolution layer, in file order."""
     convs = []
-    for line in param_path.read_text().splitlines():
+    for line in param_path.read_text(encoding="utf-8").splitlines():
         fields = line.split()
         if fields and fields[0] == "Convolution":
             opts = dict(f.split("=", 1) for f in fields[6:] if "=" in f and not f.startswith("-"))

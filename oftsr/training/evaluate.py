@@ -270,7 +270,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
             kept = partial.with_name(f"{Path(per_image_csv).stem}.stopped.csv")
             os.replace(partial, kept)
             log(f"{partial.name}, a stopped evaluation's scores, kept as {kept}")
-        with open(partial, "w", newline="") as f:
+        with open(partial, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerow(["image", "method", "t", *SCORE_COLUMNS])
     for name, lr, hr in triples:
         outputs = [(rows[0], quantize(baseline_upsample(lr, scale, degradation)), None)]  # untimed: no network
@@ -290,7 +290,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
         log(f"{name}: " + ", ".join(f"{r.method}{'' if r.t is None else f' t={r.t:g}'} {r.scores['psnr_y'][-1]:.2f} dB"
                                    for r, _, _ in outputs))
         if partial is not None:
-            with open(partial, "a", newline="") as f:
+            with open(partial, "a", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerows(
                     [name, r.method, "" if r.t is None else f"{r.t:g}",
                      *(repr(r.scores[k][-1]) if r.scores[k] else "" for k in SCORE_COLUMNS.values())]
@@ -325,8 +325,8 @@ def write_tables(rows: list[Row], out_dir: Path, lpips_note: str | None, title: 
     lines += ["", "Outputs (and made LR) scored as 8-bit images. PSNR RGB: whole image; PSNR Y and SSIM Y: BT.601 "
               "luma with a border crop equal to the scale, SSIM over the valid window positions; realism SWD: sliced "
               "Wasserstein distance of 4096 Laplacian-pyramid patches per image (lower = more realistic)."]
-    md.write_text("\n".join(lines) + "\n")
-    with open(csv_path, "w", newline="") as f:  # full precision: the means, not their display
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:  # full precision: the means, not their display
         w = csv.writer(f)
         w.writerow(COLUMNS)
         w.writerows(_cells(r, lpips_note)[:3] + [_csv_score(r, k, lpips_note) for k in SCORE_COLUMNS.values()]
@@ -339,7 +339,7 @@ def read_table(csv_path: str | Path) -> list[Row]:
     runs made separately (a slow teacher once, students per checkpoint) can be plotted
     together with `plot_curve`."""
     rows = []
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames != COLUMNS:
             raise ValueError(f"{csv_path} is not an `oftsr eval` results.csv (columns {reader.fieldnames})")
@@ -429,18 +429,18 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     set_name = data.parent.name if args.lr_dir and data.name.upper() == "HR" else data.name  # Set/HR, Set/LR: "Set"
     title = f"{set_name}, x{models[0].scale} {lr_source}, {device.type}{tiled}"
     md, csv_path = write_tables(rows, out, note, title)
-    with open(out / "per_image.csv", newline="") as f:  # the images scored, in order: what the means are over
+    with open(out / "per_image.csv", newline="", encoding="utf-8") as f:  # the images scored, in order: what the means are over
         images = list(dict.fromkeys(r["image"] for r in csv.DictReader(f)))
     run = out / "run.json"
     run.write_text(json.dumps({**eval_record(args, ts, paths, models, device, None if paired else made),
                                "images": images}, indent=1)
-                   + "\n")
+                   + "\n", encoding="utf-8")
     written = [md, csv_path, out / "per_image.csv", run]
     try:
         written.append(plot_curve(rows, out / "curve.png", title))
     except ImportError:
         print("warning: curve.png not drawn: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
-    print(md.read_text())
+    print(md.read_text(encoding="utf-8"))
     print(f"wrote {', '.join(map(str, written))}")
     return 0
 

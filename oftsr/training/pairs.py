@@ -74,7 +74,7 @@ def write_manifest(out_dir: Path, settings: dict) -> None:
     path = out_dir / MANIFEST
     settings = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings}
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = json.loads(path.read_text(encoding="utf-8"))
         # Folders made before a setting was recorded: they had the default, or (the teacher's
         # digest) nothing to compare, and still resume.
         for key, before in RECORDED_LATER.items():
@@ -87,7 +87,7 @@ def write_manifest(out_dir: Path, settings: dict) -> None:
                              f"use another output folder or the same settings")
         return
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(settings, indent=1))
+        tmp.write_text(json.dumps(settings, indent=1), encoding="utf-8")
 
 
 def make_shard(teacher: OFTSRModel, data: SRDataset, out_dir: Path, shard: int, *, num_pairs: int, shard_size: int,
@@ -137,7 +137,7 @@ def pairs_resolution(root: str | os.PathLike) -> int | None:
 def read_manifest(path: Path) -> dict:
     """A `pairs.json` this version reads, or a ValueError that names it."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as e:
         raise ValueError(f"{path} is unreadable ({e}); make the pairs again with trainer/make_pairs.py") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
