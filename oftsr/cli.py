@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import time
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -149,19 +150,35 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
     targets = [out] if single and _names_a_file(out) else _folder_outputs(inputs, files, out, fmt)
     tags = tags or [""]
     targets = [_tagged(t, tag) for t in targets for tag in tags]
-    keys = [f.resolve() for f in files]
-    inputs_at = dict(zip(keys, files))
-    resolved = [t.resolve() for t in targets]
-    for src, key, t, r in zip((f for f in files for _ in tags), (k for k in keys for _ in tags), targets, resolved):
-        if r in inputs_at and r != key:  # read later as an input: lost, or an upscale's upscale
+    # By the file system's own identity: "A.PNG" for "a.png" on macOS or Windows is the same file.
+    inputs_at = {_file_id(f): f for f in files}
+    replaced = [inputs_at.get(_file_id(t)) for t in targets]
+    for src, t, victim in zip((f for f in files for _ in tags), targets, replaced):
+        if victim is not None and victim != src:  # read later as an input: lost, or an upscale's upscale
             raise ValueError(f"-o {out}: {t.name}, the result of {src.name}, would replace the input image "
-                             f"{inputs_at[r].name}; choose another output folder")
+                             f"{victim.name}; choose another output folder")
     if not overwrite:
-        clash = next((t for t, r in zip(targets, resolved) if r in inputs_at), None)
-        if clash is not None or out.resolve() in {Path(i).resolve() for i in inputs if Path(i).is_dir()}:
+        clash = next((t for t, victim in zip(targets, replaced) if victim is not None), None)
+        out_id = _file_id(out)
+        if clash is not None or out_id is not None and out_id in {_file_id(Path(i)) for i in inputs if Path(i).is_dir()}:
             why = "it is an input folder" if clash is None else f"{clash.name} would replace the input image itself"
             raise ValueError(f"-o {out}: {why}; choose another output, or pass --overwrite to replace the source images")
     return targets
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """What the file system knows a file by (device, inode), or None where there is none yet."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _name_key(path: Path) -> str:
+    """A path as macOS and Windows file systems compare names: without case, and accents
+    however encoded (NFC, NFD), so that results named apart on Linux stay apart there too."""
+    return unicodedata.normalize("NFC", str(path)).casefold()
 
 
 def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = "png") -> list[Path]:
@@ -172,18 +189,19 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = 
         same = f.suffix.lower() if f.suffix.lower() in IMAGE_SUFFIXES else ".png"
         targets.append(out / rel.with_suffix(same if fmt == "same" else f".{fmt}"))
         roots.append(root)
-    seen: dict[Path, tuple[Path, Path | None]] = {}
+    seen: dict[str, tuple[Path, Path | None, Path]] = {}
     clashes, types_differ, holders = [], False, set()
     for f, t, root in zip(files, targets, roots, strict=True):
-        if t in seen:
-            other, other_root = seen[t]
-            clashes.append(f"{other} and {f} would both write {t}")
+        if (key := _name_key(t)) in seen:
+            other, other_root, other_t = seen[key]
+            both = t if t == other_t else f"{other_t} and {t.name} (one file on macOS and Windows)"
+            clashes.append(f"{other} and {f} would both write {both}")
             types_differ |= other.suffix.lower() != f.suffix.lower()
             # two sibling input folders (a card's 100CANON and 101CANON): their parent keeps them apart
             sibling = root is not None and other_root is not None and root.resolve() != other_root.resolve() \
                 and root.resolve().parent == other_root.resolve().parent
             holders.add(root.resolve().parent if sibling else None)
-        seen[t] = (f, root)
+        seen[key] = (f, root, t)
     if clashes:
         (holder,) = holders if len(holders) == 1 else (None,)
         raise ValueError("; ".join(clashes[:10]) + (f"; and {len(clashes) - 10} more" if len(clashes) > 10 else "")

@@ -3,6 +3,8 @@ and the velocity call in the method's conventions."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,6 +47,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         return x, (h, w)
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def _is_compile_failure(e: BaseException) -> bool:
+    """torch.compile's backend failing to build the graph (no C++ compiler, no Triton), not
+    an error of the network it runs."""
+    dynamo = getattr(torch, "_dynamo", None)
+    failed = getattr(getattr(dynamo, "exc", None), "BackendCompilerFailed", None)
+    return failed is not None and isinstance(e, failed)
 
 
 def fastest_layout_is_channels_last(device: torch.device) -> bool:
@@ -108,8 +118,9 @@ class OFTSRModel(nn.Module):
         The compiled network is specialised to the first input size it sees; the second
         and third sizes (a new width, a new height) compile it once more into a graph for
         any size, so a service with varied image sizes pays three compilations, not one per
-        size. `torch.compile(model)` instead compiles `forward`, which `upscale` and
-        `sample` do not call: they say so.
+        size. Where compiling cannot work (no C++ compiler for the CPU, no Triton for the
+        GPU) the first forward warns once and the model runs uncompiled. `torch.compile(model)`
+        instead compiles `forward`, which `upscale` and `sample` do not call: they say so.
 
         With `channels_last=True` on a GPU that `triton_groupnorm.serves` (NVIDIA, Ampere on,
         Triton installed and working), GroupNorm, the time embedding's scale-shift and SiLU
@@ -173,14 +184,30 @@ class OFTSRModel(nn.Module):
         t = as_time_tensor(t, x_t.shape[0], x_t.device)
         x, (h, w) = pad_to_multiple(torch.cat([x_t, x_lr], dim=1), self.config.size_multiple)
         x = x.to(self.dtype, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        net = self.unet if self.__dict__["_compiled"] is None else self.__dict__["_compiled"]
-        if self.autocast_dtype is None:
-            out = net(x, t * 999)
+        compiled = self.__dict__["_compiled"]
+        if compiled is None:
+            out = self._run(self.unet, x, t)
         else:
-            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                out = net(x, t * 999)
+            try:
+                out = self._run(compiled, x, t)
+            except Exception as e:
+                if not _is_compile_failure(e):
+                    raise
+                # No C++ compiler for the CPU (Windows without MSVC), no Triton for the GPU: the
+                # network is the same uncompiled, only slower; failing every image would not help.
+                reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+                warnings.warn(f"torch.compile does not work here ({reason[:200]}): running uncompiled. It needs a "
+                              f"C++ compiler on the CPU and Triton on NVIDIA GPUs", stacklevel=2)
+                self.__dict__["_compiled"] = None
+                out = self._run(self.unet, x, t)
         # A copy, always: CUDA-graph replays ("reduce-overhead") reuse the output's memory.
         return out[:, :3, :h, :w].to(torch.float32, copy=True)
+
+    def _run(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return net(x, t * 999)
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            return net(x, t * 999)
 
     forward = velocity
 

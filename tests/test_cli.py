@@ -881,6 +881,38 @@ def test_a_tagged_result_never_replaces_another_input(tmp_path, model_files):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_results_one_name_apart_on_macos_and_windows_are_refused(tmp_path, model_files, capsys):
+    """a.png and A.PNG (or an accent in NFC and in NFD) are two files on Linux but one on
+    APFS and NTFS: their results would overwrite each other there, so they are refused
+    everywhere. A result that is an input under another name (what "A.png" is to "a.png"
+    on those systems; a hard link here) is found by the file's identity, not its name."""
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for name in ("a.png", "A.PNG", "caf\u00e9.png", "cafe\u0301.jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
+    code, _, err = _run_cli(["upscale", str(folder), "-o", str(tmp_path / "o"), "--model", str(model_files[0])],
+                            capsys)
+    assert code == 2 and _one_error(err).count("(one file on macOS and Windows)") == 2
+    assert not (tmp_path / "o").exists()
+    code, _, err = _run_cli(["upscale", str(folder / "a.png"), str(folder / "A.PNG"), "-o", str(tmp_path / "o"),
+                             "--model", str(model_files[0])], capsys)
+    assert code == 2 and _one_error(err) == (
+        f"error: {folder / 'a.png'} and {folder / 'A.PNG'} would both write {tmp_path / 'o' / 'a.png'} and A.png "
+        f"(one file on macOS and Windows): give them distinct names (or give each once)")
+    # the result of b.jpg, o/b.png, is the input x.png under another name
+    (tmp_path / "in").mkdir()
+    (tmp_path / "o").mkdir()
+    for name in ("b.jpg", "x.png"):
+        Image.fromarray(np.full((8, 8, 3), 40, np.uint8)).save(tmp_path / "in" / name)
+    os.link(tmp_path / "in" / "x.png", tmp_path / "o" / "b.png")
+    before = (tmp_path / "in" / "x.png").read_bytes()
+    code, _, err = _run_cli(["upscale", str(tmp_path / "in" / "b.jpg"), str(tmp_path / "in" / "x.png"), "-o",
+                             str(tmp_path / "o"), "--model", str(model_files[0]), "--overwrite"], capsys)
+    assert code == 2 and _one_error(err) == (f"error: -o {tmp_path / 'o'}: b.png, the result of b.jpg, would replace "
+                                             f"the input image x.png; choose another output folder")
+    assert (tmp_path / "in" / "x.png").read_bytes() == before
+
+
 def test_grid_puts_each_images_results_side_by_side(tmp_path, model_files, inputs, capsys):
     from oftsr.grid import labelled_grid
 

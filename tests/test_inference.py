@@ -786,6 +786,25 @@ def test_library_settings_that_would_fail_late_or_silently_are_said_at_once(stud
     assert torch.equal(out, oftsr.upscale(student, img, seed=3))
 
 
+def test_a_compile_that_cannot_build_falls_back_to_eager_once(student, monkeypatch):
+    """Windows without MSVC, a GPU without Triton: torch.compile fails in the first forward.
+    The model says so once and runs uncompiled (the CLI used to skip every image)."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "/nonexistent/cl"))
+    torch._dynamo.reset()
+    model = copy.deepcopy(student).optimize(compile=True)
+    img = smooth_image(8, 8, seed=2)
+    with pytest.warns(UserWarning, match=r"^torch.compile does not work here \(.*C\+\+ compiler.*\): running "
+                                         r"uncompiled\. It needs a C\+\+ compiler on the CPU and Triton") as caught:
+        first = oftsr.upscale(model, img, t=0.5, seed=1)
+        second = oftsr.upscale(model, img, t=0.5, seed=1)
+    assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1 and model.__dict__["_compiled"] is None
+    eager = oftsr.upscale(copy.deepcopy(student).optimize(), img, t=0.5, seed=1)  # the same layout
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    torch._dynamo.reset()
+
+
 def test_compile_is_static_for_the_first_size_then_shape_generic(student, monkeypatch):
     """dynamic=None: one graph per size would stall every new image size and stop compiling
     at dynamo's recompile limit (8 sizes)."""
