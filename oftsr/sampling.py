@@ -85,7 +85,14 @@ def sample_adaptive(fn: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback:
         return fn(y, float(t))
 
     span = torch.tensor([float(ts[0]), float(ts[-1])], dtype=torch.float64)
-    return odeint(rhs, x, span.to(x.dtype), rtol=rtol, atol=atol, method="dopri5")[-1]
+    return odeint(rhs, x, span.to(x.dtype), rtol=rtol, atol=atol, method="dopri5",
+                  options=adaptive_options(x.device))[-1]
+
+
+def adaptive_options(device: torch.device) -> dict:
+    """dopri5's step-size control runs in float64 (torchdiffeq's default), on the state's
+    device; MPS has no float64, so there it runs in float32."""
+    return {"dtype": torch.float32} if device.type == "mps" else {}
 
 
 SAMPLERS = {"euler": sample_euler, "midpoint": sample_midpoint, "heun": sample_heun, "adaptive": sample_adaptive}

@@ -97,6 +97,23 @@ def test_adaptive_solver_accuracy_and_nfe():
     assert torch.allclose(sample_adaptive(straight, torch.zeros(3), time_grid(1)), torch.full((3,), 1 - T_EPS))
 
 
+def test_adaptive_solver_on_mps_controls_its_steps_in_float32(monkeypatch):
+    """MPS has no float64, in which torchdiffeq controls dopri5's step size by default: there
+    the control runs in float32 (simulated on the CPU: no float64 tensor on the state's device)."""
+    import oftsr.sampling
+
+    assert oftsr.sampling.adaptive_options(torch.device("mps")) == {"dtype": torch.float32}
+    assert oftsr.sampling.adaptive_options(torch.device("cpu")) == {}
+    monkeypatch.setattr(oftsr.sampling, "adaptive_options", lambda device: {"dtype": torch.float32})
+    made, as_tensor = [], torch.as_tensor
+    monkeypatch.setattr(torch, "as_tensor", lambda data, *a, **kw: made.append(kw.get("dtype")) or as_tensor(data, *a, **kw))
+    fn = CountNFE(lambda x, t: x * math.cos(t))
+    out = sample_adaptive(fn, torch.tensor([1.0]), time_grid(1))
+    exact = math.exp(math.sin(1.0) - math.sin(T_EPS))
+    assert abs(out.item() - exact) < 3 * (1e-3 + 1e-3 * exact) and 6 <= fn.nfe < 100
+    assert torch.float32 in made and torch.float64 not in made
+
+
 def test_unknown_solver():
     with pytest.raises(ValueError, match="choose one of euler, midpoint, heun, adaptive"):
         get_sampler("rk4")
