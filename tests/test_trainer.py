@@ -870,6 +870,16 @@ def test_diffusers_flag_names_and_the_run_summary(caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="oftsr.trainer"):  # 7 crops, batch 4: one full batch an epoch
         common.log_run_summary(args, "teacher", 7, 7, 1, 0, steps_per_epoch=1)
     assert "optimizer steps: 100, about 100.0 epochs" in caplog.text
+    assert "restarts" not in caplog.text  # no loader workers
+    # Windows and macOS start workers as new interpreters, at every epoch: a short epoch is said
+    args.dataloader_num_workers = 2
+    for method, said in (("spawn", True), ("fork", False)):
+        monkeypatch.setattr(common.multiprocessing, "get_start_method", lambda allow_none=False: method)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="oftsr.trainer"):
+            common.log_run_summary(args, "teacher", 7, 7, 1, 0, steps_per_epoch=3)
+        assert ("an epoch is 3 optimizer step(s), and each restarts the 2 loader workers, which the 'spawn' start "
+                "method makes slow: --repeats 17 draws more crops per image and epoch" in caplog.text) == said
 
 
 def test_a_resume_takes_this_runs_adam_flags(monkeypatch, caplog):
@@ -1617,3 +1627,21 @@ def test_the_scan_keeps_a_png_whose_text_chunks_pillow_refuses(tmp_path):
     with pytest.raises(ValueError):
         Image.open(tmp_path / "big_text.png")  # Pillow's own refusal
     assert [p.name for p in scan_images(tmp_path)] == ["big_text.png", "plain.png"]
+
+
+def test_checkpoint_files_are_flushed_through_a_handle_windows_accepts(tmp_path, monkeypatch):
+    """fsync of a read-only handle fails on Windows (and was silently skipped there): files
+    are opened for writing on Windows, read-only elsewhere; folders are flushed where they can be."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import checkpoints
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "model.safetensors").write_bytes(b"x")
+    real_open = os.open
+    for windows, file_flags in ((True, os.O_RDWR), (False, os.O_RDONLY)):
+        opened, synced = [], []
+        monkeypatch.setattr(checkpoints, "FLUSH_NEEDS_WRITE", windows)
+        monkeypatch.setattr(checkpoints.os, "open", lambda p, flags: opened.append((Path(p).name, flags)) or real_open(p, flags))
+        monkeypatch.setattr(checkpoints.os, "fsync", synced.append)
+        checkpoints._sync_to_disk(tmp_path)
+        assert opened == [("model.safetensors", file_flags), (tmp_path.name, os.O_RDONLY)] and len(synced) == 2

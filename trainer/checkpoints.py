@@ -93,13 +93,16 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     return final
 
 
+FLUSH_NEEDS_WRITE = os.name == "nt"  # Windows flushes only a handle opened for writing (and cannot open folders)
+
+
 def _sync_to_disk(folder: Path, files: bool = True) -> None:
     """fsync the files in `folder` (recursively) and the folder itself, where the system allows."""
     paths = [p for p in folder.rglob("*") if p.is_file()] if files else []
     for path in [*paths, folder]:
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:  # e.g. folders cannot be opened on Windows
+            fd = os.open(path, os.O_RDWR if path.is_file() and FLUSH_NEEDS_WRITE else os.O_RDONLY)
+        except OSError:
             continue
         try:
             os.fsync(fd)

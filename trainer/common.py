@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -692,6 +693,9 @@ def next_step(role: str, path: Path) -> str:
             f"pick it in Load OFTSR Model")
 
 
+SHORT_EPOCH_STEPS = 50  # shorter epochs, with workers started as new interpreters, are said
+
+
 def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int, processes: int, step: int,
                     steps_per_epoch: int) -> None:
     """What the run will do, before its first step, as diffusers' scripts say it, and what
@@ -703,6 +707,14 @@ def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int,
         logger.warning("--lr_warmup_steps %d is longer than the run (--max_train_steps %d): the learning rate ends at "
                        "%.2g%% of --learning_rate", args.lr_warmup_steps, args.max_train_steps,
                        100 * args.max_train_steps / args.lr_warmup_steps)
+    spawned = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method()
+    if args.dataloader_num_workers and spawned != "fork" and steps_per_epoch < SHORT_EPOCH_STEPS:
+        # The workers restart every epoch (each epoch's crops are drawn anew in them); started
+        # as fresh interpreters (Windows, macOS), that takes seconds each time.
+        logger.warning("an epoch is %d optimizer step(s), and each restarts the %d loader workers, which the '%s' "
+                       "start method makes slow: --repeats %d draws more crops per image and epoch",
+                       steps_per_epoch, args.dataloader_num_workers, spawned,
+                       args.repeats * -(-SHORT_EPOCH_STEPS // max(1, steps_per_epoch)))
     per_step = args.train_batch_size * processes * args.gradient_accumulation_steps
     logger.info("***** training the %s *****\n"
                 "  training images: %d in %s (%d crops per epoch)\n"
