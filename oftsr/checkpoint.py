@@ -260,7 +260,8 @@ def _weights_from_torch_object(obj: object, path: Path) -> tuple[list[torch.Tens
             params = list(ema["shadow_params"])
             if params and all(isinstance(p, torch.Tensor) for p in params):
                 return params, step
-        for key in ("model", "state_dict", "model_state_dict"):
+        # ... and BasicSR's "params_ema" / "params" (Real-ESRGAN, SwinIR): named as another model's below
+        for key in ("model", "state_dict", "model_state_dict", "params_ema", "params"):
             if _is_tensor_dict(obj.get(key)):
                 return canonical_state_dict(obj[key], path.name), step
         if _is_tensor_dict(obj):

@@ -73,7 +73,12 @@ def sample_adaptive(fn: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback:
                     rtol: float = 1e-3, atol: float = 1e-3) -> torch.Tensor:
     """Dormand-Prince RK45 with step-size control (torchdiffeq), from ts[0] to ts[-1];
     only the end points of `ts` matter. The callback gets (nfe, 0): the total is unknown."""
-    from torchdiffeq import odeint
+    try:
+        from torchdiffeq import odeint
+    except ImportError as e:  # installed without its requirements (a ComfyUI pack copied by hand)
+        raise ImportError("the adaptive solver needs torchdiffeq, which is not installed: pip install torchdiffeq "
+                          "(in ComfyUI's Python: pip install -r custom_nodes/oftsr/requirements.txt), or choose the "
+                          "euler, midpoint or heun solver") from e
 
     calls = 0
 

@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -112,6 +113,14 @@ def test_adaptive_solver_on_mps_controls_its_steps_in_float32(monkeypatch):
     exact = math.exp(math.sin(1.0) - math.sin(T_EPS))
     assert abs(out.item() - exact) < 3 * (1e-3 + 1e-3 * exact) and 6 <= fn.nfe < 100
     assert torch.float32 in made and torch.float64 not in made
+
+
+def test_adaptive_solver_without_torchdiffeq_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchdiffeq", None)  # what an install without requirements.txt has
+    with pytest.raises(ImportError, match=r"^the adaptive solver needs torchdiffeq, which is not installed: pip install "
+                                          r"torchdiffeq \(in ComfyUI's Python: pip install -r custom_nodes/oftsr/"
+                                          r"requirements.txt\), or choose the euler, midpoint or heun solver$"):
+        sample_adaptive(lambda x, t: x, torch.zeros(2), time_grid(1))
 
 
 def test_unknown_solver():

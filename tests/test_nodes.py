@@ -346,6 +346,13 @@ def test_loader_errors(comfy, pack, model_dir, random_unet_weights):
         assert type(e.value) is ValueError
     with pytest.raises(ValueError, match="an ESRGAN-type upscaler loads with ComfyUI's Load Upscale Model"):
         load(pack, "sdlike.safetensors")
+    # Real-ESRGAN's own .pth files wrap their state dict in BasicSR's "params_ema" / "params"
+    for key in ("params_ema", "params"):
+        torch.save({key: {"conv_first.weight": torch.zeros(64, 3, 3, 3)}}, model_dir / f"RealESRGAN_{key}.pth")
+        with pytest.raises(ValueError, match=rf"^RealESRGAN_{key}.pth: not an OFTSR checkpoint: parameter "
+                                             r"'conv_first.weight' .*; an ESRGAN-type upscaler loads with ComfyUI's "
+                                             r"Load Upscale Model, from models/upscale_models$"):
+            load(pack, f"RealESRGAN_{key}.pth")
 
 
 def test_image_errors_speak_in_comfyuis_layout(comfy, pack, student):
