@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -35,10 +36,28 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         mode = tmp.stat().st_mode & 0o777
         yield tmp
         os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a private one
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# On Windows a file open in another program (a viewer, a virus scanner or indexer for a
+# moment) cannot be replaced: waited for briefly, in seconds, before it is an error.
+REPLACE_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8) if os.name == "nt" else ()
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    for wait in REPLACE_WAITS:
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            time.sleep(wait)
+    try:
+        os.replace(tmp, path)
+    except PermissionError as e:  # named by the file the user asked for, not the temporary one
+        raise PermissionError(e.errno, f"{e.strerror} (is it open in another program?)", str(path)) from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -422,6 +422,37 @@ def test_killed_save_leaves_no_truncated_file(tmp_path, name, depth):
     assert res.returncode == -9 and dst.read_bytes() == old
 
 
+def test_a_result_open_in_another_program_is_waited_for_then_named(tmp_path, monkeypatch):
+    """Windows refuses to replace a file that a viewer or a virus scanner holds open: the
+    write waits briefly and tries again; if it is still held, the error names the file
+    asked for (not the temporary one) and no temporary file is left."""
+    import oftsr.files as files
+
+    dst = tmp_path / "out.png"
+    dst.write_bytes(b"old")
+    real_replace, tries = os.replace, []
+
+    def held(src, target, times):
+        tries.append(Path(target).name)
+        if len(tries) <= times:
+            raise PermissionError(13, "Access is denied", str(src))
+        real_replace(src, target)
+
+    monkeypatch.setattr(files.time, "sleep", lambda s: None)
+    monkeypatch.setattr(files, "REPLACE_WAITS", (0.05, 0.1, 0.2))
+    monkeypatch.setattr(files.os, "replace", lambda a, b: held(a, b, 2))  # released after two tries
+    with files.atomic_write(dst) as tmp:
+        tmp.write_bytes(b"new")
+    assert dst.read_bytes() == b"new" and tries == ["out.png"] * 3
+    tries.clear()
+    monkeypatch.setattr(files.os, "replace", lambda a, b: held(a, b, 99))  # held throughout
+    with pytest.raises(PermissionError) as e:
+        with files.atomic_write(dst) as tmp:
+            tmp.write_bytes(b"newer")
+    assert e.value.filename == str(dst) and e.value.strerror == "Access is denied (is it open in another program?)"
+    assert len(tries) == 4 and dst.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
 # --------------------------------------------------------------------------- defaults and channel/bit-depth round trips
 
 def test_t_default_is_the_middle_of_the_trade_off_and_help_is_plain(capsys):
