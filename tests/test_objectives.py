@@ -319,6 +319,7 @@ def test_two_process_runs_of_flowsr_and_fluxsr(train_dir, tmp_path, random_unet_
     log = res.stdout + res.stderr  # the two processes wrote two shards each, each shard once
     written = sorted(re.findall(r"process (\d): wrote (shard-\d+)", log))
     assert [p for p, _ in written] == ["0", "0", "1", "1"] and len({s for _, s in written}) == 4, log[-3000:]
+    assert "4 shard(s) written now" in log  # counted over both processes
     from oftsr.checkpoint import network_digest
 
     assert PairDataset(pairs).manifest["teacher_digest"] == network_digest(oftsr.load_model(teacher))

@@ -1,3 +1,4 @@
+import argparse
 import json
 import logging
 import math
@@ -392,7 +393,10 @@ def test_set_up_errors_are_one_line_and_bundled_models_go_by_name(train_dir, tmp
               tmp_path / "b"], "error: --teacher x4-techer: no such file, and not a bundled model's name (x4"),
             (["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "c", "--preset",
               "tiny", *COMMON, "--train_batch_size", "64"],
-             "error: the training set is smaller than one batch: raise --repeats")]:
+             "error: the training set is smaller than one batch: an epoch has 6 crops and a step takes 64; raise "
+             "--repeats"),
+            (["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", train_dir / "img0.png" / "run"],
+             f"error: --output_dir {train_dir / 'img0.png' / 'run'}: {train_dir / 'img0.png'} is a file, not a folder")]:
         res = _run(args, status=2)
         assert res.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in res.stderr, res.stderr
     # a bundled teacher by name: one distillation step from the shipped x4 teacher
@@ -409,7 +413,10 @@ def test_time_limit_stops_with_a_checkpoint_and_the_run_goes_on(train_dir, tmp_p
     assert "stopped at step 1 of 4 (--max_train_minutes 0)" in res.stderr
     assert _checkpoints(tmp_path) == ["checkpoint-1"]  # saved though 1 % 100 != 0
     assert not (tmp_path / "teacher.safetensors").exists()  # the export is the finished model only
-    _run([*base, "--resume_from_checkpoint", "latest"])
+    # a longer warm-up on resume restarts it (the rate drops), which is said with its numbers
+    res = _run([*base, "--resume_from_checkpoint", "latest", "--lr_warmup_steps", "8"])
+    assert (f"resuming {tmp_path / 'checkpoint-1'} at step 1 with --lr_warmup_steps 8 where the run had 2: the rate "
+            f"goes from 1 to 0.25 of --learning_rate, and is full from step 8") in res.stderr
     assert sorted(_losses(tmp_path)) == [1, 2, 3, 4]
     assert _checkpoints(tmp_path) == ["checkpoint-1", "checkpoint-4"]
     assert oftsr.load_model(tmp_path / "teacher.safetensors").step == 4
@@ -481,6 +488,37 @@ def test_a_failing_run_with_loader_workers_exits(train_dir, tmp_path):
     assert "RuntimeError: a failure injected at step 3" in res.stderr
 
 
+def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, caplog, tmp_path):
+    """torchrun's workers outlive a launcher killed with SIGKILL (they are re-parented) and
+    went on training unseen, into the folder a resume then shared with them: they stop as at
+    a SIGTERM. Without torchrun (a plain `python`, whose shell may go) this is not looked at.
+    And the output folder's lock refuses a second holder, naming the first."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+
+    single = argparse.Namespace(num_processes=1)
+    parents = iter([100, 100, 1])
+    monkeypatch.setattr(common.os, "getppid", lambda: next(parents))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    stop = common.StopRequest(None)
+    with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
+        assert stop.due(single) is False  # the launcher is there
+        assert stop.due(single) is True and stop.reason == "the launcher has gone"
+    assert "the launcher (process 100) has gone: stopping after this step with a checkpoint" in caplog.text
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.setattr(common.os, "getppid", lambda: 1)
+    assert common.StopRequest(None).launcher is None and common.StopRequest(None).due(single) is False
+
+    held = common.lock_output_dir(str(tmp_path))
+    try:
+        with pytest.raises(common.RunningElsewhere, match=rf"^another run is writing to {tmp_path} \(process "
+                                                          rf"{os.getpid()} on .+\): wait for it to end or stop it"):
+            common.lock_output_dir(str(tmp_path))
+    finally:
+        held.close()
+    common.lock_output_dir(str(tmp_path)).close()  # released with its file: the next run takes it
+
+
 def test_a_diverging_run_stops_before_saving_nan(train_dir, tmp_path):
     args = ["--train_data_dir", train_dir, "--preset", "tiny", *COMMON, "--output_dir", tmp_path,
             "--max_train_steps", "100", "--checkpointing_steps", "2", "--checkpoints_total_limit", "1"]
@@ -543,6 +581,33 @@ def test_accelerate_launch_two_processes(train_dir, tmp_path):
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
     assert json.loads((ckpt / "oftsr.json").read_text())["step"] == 3
     assert oftsr.load_model(teacher_dir / "teacher.safetensors").step == 2  # the finished run's export, untouched
+
+    # Damage to another process's random states is refused like the main one's: Accelerate
+    # says it could not read them on the main process only, and rank 1 went on with other noise
+    with open(ckpt / "random_states_1.pkl", "r+b") as f:
+        f.truncate(100)
+    res = _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", teacher_dir, "--preset",
+                "tiny", *COMMON, "--max_train_steps", "6", "--checkpointing_steps", "2", "--lr_warmup_steps", "4",
+                "--resume_from_checkpoint", "latest"], launcher, status=None)
+    assert f"could not load the checkpoint {ckpt} (its random states (random_states_*.pkl) could not be read)" \
+        in res.stderr
+    assert _checkpoints(teacher_dir) == ["checkpoint-2", "checkpoint-3"]  # nothing written
+
+    # A second run into a folder that a run is writing to (here this test holds its lock) is refused by
+    # every process, before any step, and the folder is left as it was
+    sys.path.insert(0, str(ROOT / "trainer"))
+    from common import lock_output_dir
+
+    held = lock_output_dir(teacher_dir)
+    try:
+        res = _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", teacher_dir,
+                    "--preset", "tiny", *COMMON, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"],
+                   launcher, status=None)
+    finally:
+        held.close()
+    assert f"error: another run is writing to {teacher_dir} (process {os.getpid()} on " in res.stderr
+    assert "***** training the teacher *****" not in res.stderr
+    assert _checkpoints(teacher_dir) == ["checkpoint-2", "checkpoint-3"]
 
 
 PARTITION_PROBE = """
@@ -1268,6 +1333,12 @@ def test_distillation_resumes_only_with_its_teacher(train_dir, tmp_path):
     oftsr.save_model(oftsr.load_model(teacher), tmp_path / "again.safetensors", dtype=torch.float16)
     _run([*base, "--teacher", tmp_path / "again.safetensors", "--max_train_steps", "2", "--resume_from_checkpoint",
           "latest"])
+    # Made longer, the run keeps its warm-up (a tenth of 2 steps: 1) over: the tenth of the
+    # new length (4 steps) would have dropped the rate to 3/4 at step 3 and warmed up again
+    res = _run([*base, "--teacher", teacher, "--max_train_steps", "40", "--lr_warmup_steps", "10",
+                "--max_train_minutes", "0", "--resume_from_checkpoint", "latest"], status=EXIT_RESUMABLE)
+    assert _losses(tmp_path / "s", "lr")[3] == pytest.approx(1e-3)
+    assert "keeping the resumed run's warm-up of 1 steps, which is over" in res.stderr
 
 
 def test_logging_dir_and_tracker_project_name(train_dir, tmp_path):

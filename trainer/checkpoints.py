@@ -136,6 +136,24 @@ def _check_custom_states(path: Path) -> None:
                                    f"checkpoint you trust)") from None
 
 
+def _own_random_states_read(accelerator, path: Path) -> bool:
+    """Whether every process can read its own `random_states_<rank>.pkl` as Accelerate will
+    (which says it could not only on the main process, and goes on with other t and noise on
+    the others). A missing file is no damage: a run resumed with more processes than it had."""
+    from accelerate.utils.other import load
+
+    own = path / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        if own.is_file():
+            load(own)
+        read = True
+    except Exception:  # cut short, or not a pickle of states
+        read = False
+    if accelerator.num_processes > 1:
+        read = bool(accelerator.gather(torch.tensor([float(read)], device=accelerator.device)).min().item())
+    return read
+
+
 def _load_state(accelerator, path: Path, output_dir: str) -> None:
     """`accelerator.load_state`, with what to do when the checkpoint is damaged (a disk that
     filled up, a copy cut short): name its empty files and the checkpoint before it.
@@ -156,6 +174,8 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
         if empty:
             raise _Damaged("empty files")
         _check_custom_states(path)
+        if not _own_random_states_read(accelerator, path):
+            raise _Damaged("its random states (random_states_*.pkl) could not be read")
         accelerator.load_state(str(path))
         if any("Could not load random states" in m for m in said):
             raise _Damaged("its random states (random_states_*.pkl) could not be read")
@@ -180,6 +200,32 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
         checkpointing.setLevel(level)
 
 
+def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint` names (a path, a name in `--output_dir`, or
+    "latest": the newest complete one there, None where there is none yet)."""
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = list_checkpoints(args.output_dir)
+        return found[-1] if found else None
+    path = Path(args.resume_from_checkpoint)
+    if not path.is_dir() and not path.is_absolute() and (Path(args.output_dir) / path).is_dir():
+        path = Path(args.output_dir) / path  # "checkpoint-500": a name in --output_dir, as in diffusers
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
+    return path
+
+
+def checkpoint_record(path: Path, output_dir: str) -> dict:
+    """What a checkpoint's `oftsr.json` records ({} for one without it)."""
+    info_file = path / MODEL_INFO
+    try:
+        return json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{info_file} is unreadable ({e}): the checkpoint is damaged; move {path.name} out of "
+                         f"{output_dir} to go on from the one before it") from e
+
+
 def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None = None) -> None:
     """Load `--resume_from_checkpoint` (a path, or "latest" = newest complete one in
     `--output_dir`). Restores models, EMA, optimizer, scheduler, RNG and step. A checkpoint
@@ -194,24 +240,11 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
             raise ValueError(f"{args.output_dir} already holds {found[-1].name} of an earlier run: pass "
                              f"--resume_from_checkpoint latest to go on with it, or use another --output_dir")
         return
-    if args.resume_from_checkpoint == "latest":
-        found = list_checkpoints(args.output_dir)
-        if not found:
-            logger.info("no checkpoint in %s: starting a new run", args.output_dir)
-            return
-        path = found[-1]
-    else:
-        path = Path(args.resume_from_checkpoint)
-        if not path.is_dir() and not path.is_absolute() and (Path(args.output_dir) / path).is_dir():
-            path = Path(args.output_dir) / path  # "checkpoint-500": a name in --output_dir, as in diffusers
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
-    info_file = path / MODEL_INFO
-    try:
-        recorded = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{info_file} is unreadable ({e}): the checkpoint is damaged; move {path.name} out of "
-                         f"{args.output_dir} to go on from the one before it") from e
+    path = checkpoint_to_resume(args)
+    if path is None:
+        logger.info("no checkpoint in %s: starting a new run", args.output_dir)
+        return
+    recorded = checkpoint_record(path, args.output_dir)
     step = recorded.get("step", int(m.group(1)) if (m := CHECKPOINT.match(path.name)) else None)
     later = [p.name for p in list_checkpoints(args.output_dir) if step is not None
              and int(CHECKPOINT.match(p.name).group(1)) > step and p.resolve() != path.resolve()]
@@ -240,6 +273,11 @@ def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None 
                            "now), where the run was to end at step %d; pass --max_train_steps %d to end it as started",
                            path, args.num_train_epochs, now, before, before)
         decays = {recorded.get("data", {}).get("lr_scheduler"), (data or {}).get("lr_scheduler")} - {"constant", None}
+        if "lr_warmup_steps" in schedule and step is not None and step + 1 < max(schedule["lr_warmup_steps"]):
+            before, now = schedule["lr_warmup_steps"]
+            logger.warning("resuming %s at step %d with --lr_warmup_steps %d where the run had %d: the rate goes from "
+                           "%.3g to %.3g of --learning_rate, and is full from step %d", path, step, now, before,
+                           min(1.0, (step + 1) / max(1, before)), min(1.0, (step + 1) / max(1, now)), now)
         if schedule and decays:  # a constant rate after the warm-up is the same rate whatever the step count
             logger.warning("resuming %s with another learning-rate schedule (%s): the rate follows this run's from "
                            "here on", path, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in schedule.items()))

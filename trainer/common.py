@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import oftsr  # noqa: E402
 from oftsr.checkpoint import MissingInfoError, contradicted_metadata, recorded_settings  # noqa: E402
-from oftsr.training.data import SRDataset, warn_small_images  # noqa: E402
+from oftsr.training.data import SRDataset, load_logger, warn_small_images  # noqa: E402
 from oftsr.training.degradations import SIGMA_Y  # noqa: E402
 from oftsr.training.ema import EMA  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
@@ -160,6 +161,11 @@ def check_data_dirs(args: argparse.Namespace) -> None:
         if folder and not Path(folder).is_dir():
             raise FileNotFoundError(f"--{flag} {folder} " + ("is not a folder" if Path(folder).exists()
                                                                else "does not exist"))
+    output = getattr(args, "output_dir", None)
+    blocking = next((p for p in (Path(output), *Path(output).parents) if p.exists() and not p.is_dir()),
+                    None) if output else None
+    if blocking is not None:
+        raise ValueError(f"--output_dir {output}: {blocking} is a file, not a folder")
 
 
 def adam_settings(args: argparse.Namespace) -> dict:
@@ -271,7 +277,7 @@ def trackers(report_to: str) -> list[str] | str | None:
 def _own_messages(record: logging.LogRecord) -> bool:
     """What a process other than the main one logs: errors, and what only it can see (the
     training images its loader could not read); the rest the main process says once."""
-    return record.levelno >= logging.ERROR or record.name.startswith("oftsr.training")
+    return record.levelno >= logging.ERROR or record.name.startswith(load_logger.name)
 
 
 def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
@@ -282,6 +288,10 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
         raise ImportError(f"{e.name or 'accelerate'} is missing: the trainer needs the training extra, "
                           f"pip install -e \".[train]\"") from e
 
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if int(os.environ.get("RANK", "0")) != 0:  # one copy of each message, not one per process
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_own_messages)
     report_to = trackers(args.report_to)
     accelerator = Accelerator(
         cpu=multi_cpu(),
@@ -297,12 +307,8 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
     )
     if args.allow_tf32:
         enable_tf32()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for name in ("accelerate.accelerator", "accelerate.checkpointing"):  # 8 lines per save; ours says "saved ..."
         logging.getLogger(name).setLevel(logging.WARNING)
-    if not accelerator.is_main_process:  # one copy of each message, not one per process
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_own_messages)
     # The precision that runs: the flag's, or `accelerate launch --mixed_precision`'s, which the
     # flag's default leaves to Accelerate; fp16 on a CPU Accelerate ignores, silently.
     precision = accelerator.mixed_precision
@@ -315,11 +321,69 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
         crops = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
         args.learning_rate *= crops
         logger.info("--scale_lr: learning rate %g (x %d crops per optimizer step)", args.learning_rate, crops)
+    held_elsewhere = ""
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
+        try:  # kept open (and locked) until the process ends
+            accelerator.oftsr_lock = lock_output_dir(args.output_dir)
+        except RunningElsewhere as e:
+            held_elsewhere = str(e)
+    if accelerator.num_processes > 1:  # every process stops, not only the one that knows
+        refused = accelerator.gather(torch.tensor([float(bool(held_elsewhere))], device=accelerator.device))
+        if refused.max().item() and not held_elsewhere:
+            raise RunningElsewhere(f"another run is writing to {args.output_dir} (the main process says which)")
+    if held_elsewhere:
+        raise RunningElsewhere(held_elsewhere)
     # The trackers start in run_training, once the run's length and warm-up are settled.
     accelerator.oftsr_project = args.tracker_project_name or project
     return accelerator
+
+
+class RunningElsewhere(ValueError):
+    """Another process holds the output folder's lock."""
+
+
+LOCK_NAME = ".lock"
+
+
+def lock_output_dir(output_dir: str):
+    """An exclusive lock on `output_dir/.lock`, for as long as the returned file stays open
+    (the main process keeps it until it ends). Two runs in one folder would interleave their
+    checkpoints and rotate away each other's; and the workers of a killed `accelerate launch`
+    go on training. Returns None, with a warning, where the file system has no locks (some
+    network shares)."""
+    f = open(Path(output_dir) / LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        held = os.name == "nt" or isinstance(e, BlockingIOError)
+        if not held:  # ENOLCK, EOPNOTSUPP: nothing to hold
+            f.close()
+            logger.warning("%s cannot be locked (%s): make sure no other run writes there", output_dir, e.strerror)
+            return None
+        try:
+            f.seek(0)
+            holder = f.read().strip()
+        except OSError:  # Windows: the locked byte cannot be read either
+            holder = ""
+        f.close()
+        raise RunningElsewhere(
+            f"another run is writing to {output_dir}{f' ({holder})' if holder else ''}: wait for it to end or stop "
+            f"it, or use another --output_dir. A killed `accelerate launch` can leave its workers training: stop "
+            f"them too (e.g. pkill -f trainer/)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
 
 
 def multi_cpu() -> bool:
@@ -472,6 +536,9 @@ class StopRequest:
         self.deadline = None if minutes is None else SCRIPT_START + 60 * minutes
         self.reason: str | None = None
         self._previous: dict[int, object] = {}
+        # Workers of torchrun (what `accelerate launch` runs several processes with) outlive a
+        # launcher killed with SIGKILL, training on unseen: they stop as at a SIGTERM.
+        self.launcher = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -493,6 +560,10 @@ class StopRequest:
     def due(self, accelerator) -> bool:
         if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
             self.reason = f"--max_train_minutes {self.minutes:g}"
+        if self.reason is None and self.launcher is not None and os.getppid() != self.launcher:
+            self.reason = "the launcher has gone"
+            logger.warning("the launcher (process %d) has gone: stopping after this step with a checkpoint",
+                           self.launcher)
         stop = self.reason is not None
         if accelerator.num_processes > 1:  # one process's signal or clock stops them all
             stop = bool(accelerator.gather(torch.tensor([float(stop)], device=accelerator.device)).max().item())
@@ -529,8 +600,11 @@ def train_batches(accelerator: "Accelerator", dataloader: Iterable, start_step: 
     step's gradient is a mean like the others'."""
     per_epoch = len(dataloader)
     if per_epoch == 0:  # checked now, not at the first batch: a generator would raise only then
-        raise ValueError("the training set is smaller than one batch: raise --repeats, lower --train_batch_size or "
-                         "add images")
+        n, crops = accelerator.num_processes, len(dataloader.dataset)
+        batch = dataloader.total_batch_size if hasattr(dataloader, "total_batch_size") else dataloader.batch_size
+        each = f" for each of the {n} processes" if n > 1 else ""
+        raise ValueError(f"the training set is smaller than one batch{each}: an epoch has {crops} crops and a step "
+                         f"takes {batch}; raise --repeats, lower --train_batch_size or add images")
     epoch, steps_in = divmod(start_step, -(-per_epoch // grad_accum))
     return _endless_batches(accelerator, dataloader, epoch, steps_in * grad_accum, grad_accum)
 
@@ -794,7 +868,9 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
                 raise TrainingDiverged(diverged_message(args, f"the loss is {logs['loss']} at step {state.step}"))
             logs["lr"] = lr
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            due = state.step % args.validation_steps == 0 or state.step == args.max_train_steps
+            # A stop is decided first: its checkpoint may have seconds left (a launcher's grace), not a validation.
+            stopped = state.step < args.max_train_steps and stop.due(accelerator)
+            due = (state.step % args.validation_steps == 0 or state.step == args.max_train_steps) and not stopped
             if val_batch is not None and due and accelerator.is_main_process:
                 # Validation draws its own noise and builds a network: on a forked RNG, so that
                 # validating never changes the t and noise that training draws next.
@@ -803,7 +879,6 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
                     logs.update(validate(accelerator.unwrap_model(model), val_batch, state.step, lpips))
                 logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
             log_metrics(accelerator, args.output_dir, logs, state.step)
-            stopped = state.step < args.max_train_steps and stop.due(accelerator)
             if stopped or state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:
                 check_finite_weights(args, accelerator.unwrap_model(model), ema, state.step)
                 save_checkpoint(accelerator, args.output_dir, state.step, args.checkpoints_total_limit,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from checkpoints import checkpoint_record, checkpoint_to_resume
 from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, load_teacher,
                     log_images, lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float,
                     positive_int, resolve_train_steps, run_script, run_training, training_loader, training_metadata,
@@ -164,7 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     # run would spend much of a short fine-tune at a tiny rate.
     requested_warmup, args.lr_warmup_steps = args.lr_warmup_steps, min(args.lr_warmup_steps,
                                                                         max(1, args.max_train_steps // 10))
-    if args.lr_warmup_steps < requested_warmup:
+    # A resumed run past its warm-up keeps it over, whatever tenth a new --max_train_steps makes.
+    resumed = checkpoint_to_resume(args)
+    record = checkpoint_record(resumed, args.output_dir) if resumed is not None else {}
+    done = record.get("data", {}).get("lr_warmup_steps")
+    if isinstance(done, int) and record.get("step", 0) + 1 >= done and args.lr_warmup_steps > done:
+        args.lr_warmup_steps = done
+        logger.info("keeping the resumed run's warm-up of %d steps, which is over", done)
+    elif args.lr_warmup_steps < requested_warmup:
         logger.info("warming up over %d steps, a tenth of the run (the student starts from trained weights; "
                     "--lr_warmup_steps is %d)", args.lr_warmup_steps, requested_warmup)
     scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,

@@ -14,6 +14,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
+
 from common import HelpFormatter, load_teacher, logger, multi_cpu, positive_int, run_script  # also puts the checkout on sys.path
 
 from oftsr.checkpoint import network_digest
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
                    steps=args.steps, solver=args.solver, batch_size=args.batch_size,
                    shards=lambda i: i % state.num_processes == state.process_index,
                    log=lambda s: logger.info("process %d: %s", state.process_index, s))
+    if state.num_processes > 1:  # each process counts its own shards
+        from accelerate.utils import gather
+
+        n = int(gather(torch.tensor([n], device=state.device)).sum().item())
     state.wait_for_everyone()
     if state.is_main_process:
         logger.info("%s: %d pairs of %d px (%s teacher, %s x %d steps); %d shard(s) written now",

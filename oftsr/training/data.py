@@ -18,6 +18,9 @@ from .realesrgan import RealESRGANConfig
 from ..images import HEIF_SUFFIXES, READ_SUFFIXES, files_below, load_image
 
 logger = logging.getLogger(__name__)
+# What reading an item meets (a file that stopped decoding): only the process that read it
+# knows, so the trainer lets every process say it; the scan's messages are said once.
+load_logger = logging.getLogger(f"{__name__}.load")
 
 
 def _decodes(path: Path) -> None:
@@ -167,7 +170,7 @@ class SRDataset(torch.utils.data.Dataset):
             except Exception as e:  # unreadable now, moved, deleted, a network share gone: never the run
                 if path not in self._reported:
                     self._reported.add(path)
-                    logger.warning("skipping unreadable training image: %s", e)
+                    load_logger.warning("skipping unreadable training image: %s", e)
         raise RuntimeError("no training image could be decoded")
 
     def _crop(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
