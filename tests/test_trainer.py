@@ -138,6 +138,8 @@ def test_realesrgan_config_is_recorded_and_checked_by_the_student(tmp_path, monk
     (ckpt / checkpoints.MODEL_INFO).write_text(json.dumps(info))
 
     class NoLoad:
+        process_index, num_processes = 0, 1  # one process
+
         def load_state(self, _path):
             raise AssertionError("must not load")
 
@@ -629,6 +631,7 @@ for epoch in range(2):
 os.makedirs(sys.argv[1], exist_ok=True)
 with open(f"{sys.argv[1]}/seen{accelerator.process_index}.json", "w") as f:
     json.dump(seen, f)
+accelerator.end_training()  # leaves the process group, as a training script does
 """
 
 
@@ -829,6 +832,8 @@ def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_pa
     (tmp_path / "run" / "checkpoint-3" / checkpoints.MODEL_INFO).write_text(json.dumps(info))
 
     class NoLoad:
+        process_index, num_processes = 0, 1  # one process
+
         def load_state(self, _path):
             raise AssertionError("must not load")
 
@@ -882,6 +887,8 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
     (run / "checkpoint-4" / "model.safetensors").write_bytes(b"")
 
     class Accelerator:  # loads the model file as Accelerate does
+        process_index, num_processes = 0, 1  # one process
+
         def load_state(self, path):
             load_file(Path(path) / "model.safetensors")
 
@@ -893,6 +900,8 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
         checkpoints.resume(Accelerator(), args, info)
 
     class LostRandomStates:  # Accelerate goes on without them, saying so only at INFO, which the trainer hides
+        process_index, num_processes = 0, 1  # one process
+
         def load_state(self, path):
             logging.getLogger("accelerate.checkpointing").info("Could not load random states")
 
@@ -904,6 +913,8 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
     assert logging.getLogger("accelerate.checkpointing").level == logging.WARNING  # its quiet level is restored
 
     class Mismatch:  # not damage: a model that changed; its own error, unchanged
+        process_index, num_processes = 0, 1  # one process
+
         def load_state(self, path):
             raise RuntimeError("Error(s) in loading state_dict for UNet: size mismatch for input_blocks.0.0.weight")
 

@@ -240,6 +240,10 @@ def run_script(main) -> None:
         if _loop_started:
             raise
         print(f"error: {e}", file=sys.stderr)
+        # Left to the interpreter's exit, a process group that has run a collective can abort
+        # ("terminate called") when another process leaves first: a crash report, not this error.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
         sys.exit(2)
 
 
