@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import oftsr
-from oftsr.training.data import SRDataset, scan_images, warn_small_images
+from oftsr.training.data import SRDataset, scan_images, warn_image_sizes
 from oftsr.training.degradations import make_lr
 from oftsr.flow import noise_augment, student_step, time_grid
 from oftsr.training.losses import distill_loss, teacher_loss
@@ -66,15 +66,58 @@ def test_dataset_items(train_dir, caplog):
 def test_images_smaller_than_the_crop_are_named_once(train_dir, caplog):
     files = SRDataset(train_dir, resolution=32, scale=4).files
     assert "smaller than" not in caplog.text  # a dataset alone (validation) says nothing
-    warn_small_images(files, 20)
+    warn_image_sizes(files, 20)
     assert "smaller than" not in caplog.text  # small.png is 24x20: it fits a 20 px crop
-    warn_small_images(files, 32)
+    warn_image_sizes(files, 32)
     assert "1 of 6 training images are smaller than the 32 px crop" in caplog.text
     assert "(smallest: small.png, 20 px)" in caplog.text
     fits = max(min(Image.open(f).size) for f in files)
     with pytest.raises(ValueError, match=rf"all 6 training images are smaller than the 1024 px crop \(the largest fits "
                                          rf"{fits} px\); .* use a --resolution of at most {fits}"):
-        warn_small_images(files, 1024)
+        warn_image_sizes(files, 1024)
+
+
+def test_images_far_larger_than_the_crop_are_said_with_the_tiles_that_load_faster(tmp_path, caplog):
+    for i in range(2):
+        Image.new("RGB", (256, 256), (40 * i, 90, 20)).save(tmp_path / f"{i}.png")
+    files = sorted(tmp_path.glob("*.png"))
+    for resolution, said in ((32, "64 times a 32 px crop"), (64, "16 times a 64 px crop"), (128, None)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="oftsr.training.data"):
+            warn_image_sizes(files, resolution)
+        if said is None:
+            assert "tiles" not in caplog.text
+        else:
+            assert f"the training images average 0.1 MP, {said}, and each crop decodes its whole image" in caplog.text
+            assert "python trainer/make_tiles.py --input_dir ... --output_dir ..." in caplog.text
+
+
+def test_a_training_folder_that_vanishes_stops_the_run_after_a_wait_in_one_message(tmp_path, caplog, monkeypatch):
+    """A network share gone mid-run: not ten thousand "skipping" lines and a bare error, but
+    a few lines, a wait for it to come back, and one message saying what to do."""
+    import oftsr.training.data as data
+
+    folder = tmp_path / "share"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (40, 40), (20 * i, 90, 20)).save(folder / f"{i:02d}.png")
+    ds = SRDataset(folder, resolution=32, scale=4)
+    waits = []
+    monkeypatch.setattr(data.time, "sleep", waits.append)
+    folder.rename(tmp_path / "away")
+    with caplog.at_level("WARNING", logger="oftsr.training.data"):
+        with pytest.raises(RuntimeError, match=rf"^10 training images in a row are gone \(the last: .*09.png\): is "
+                                               rf"{folder} still there \(a network share, a removed disk\)\? The run "
+                                               rf"stops; its newest checkpoint is kept"):
+            ds[0]
+    assert caplog.text.count("skipping unreadable training image") == 3 and waits == list(data.SHARE_WAITS)
+    # back within the wait: the files are read again, and nothing is lost
+    (tmp_path / "away").rename(folder)
+    fresh = SRDataset(folder, resolution=32, scale=4)
+    folder.rename(tmp_path / "away")
+    monkeypatch.setattr(data.time, "sleep", lambda s: (tmp_path / "away").rename(folder))
+    assert torch.equal(fresh[0]["hr"], SRDataset(folder, resolution=32, scale=4)[0]["hr"])
+    assert not fresh._unreadable.any()
 
 
 def test_dataset_realesrgan_config_reaches_the_degradation(train_dir):
@@ -234,8 +277,8 @@ def test_the_scan_decodes_as_the_loader_does(tmp_path, caplog):
     tifffile.imwrite(tmp_path / "hdr.tif", rng.random((40, 40), dtype=np.float32) * 2)
     with caplog.at_level("INFO"):
         assert scan_images(tmp_path) == [tmp_path / "a.png", tmp_path / "float.tif"]
-        warn_small_images(scan_images(tmp_path), 24)
-    assert "skipping 1 unreadable file(s)" in caplog.text and "hdr.tif (UnsupportedImage)" in caplog.text
+        warn_image_sizes(scan_images(tmp_path), 24)
+    assert "skipping 1 unreadable file(s)" in caplog.text and "hdr.tif (UnsupportedImage: " in caplog.text
     assert "1 of 2 training images are smaller than the 24 px crop" in caplog.text and "float.tif, 20 px" in caplog.text
 
 
@@ -1049,8 +1092,9 @@ def test_allow_tf32_sets_float32_matmul_precision(monkeypatch):
 
 
 def test_undecodable_image_is_reported_once_in_total(tmp_path, caplog):
-    """A JPEG cut short passes the header check but fails to decode: reported once when the
-    folder is scanned, not again in every epoch by every loader worker."""
+    """A JPEG cut short passes the scan, which reads headers (decoding every photograph would
+    take hours on a large folder), and fails in the loader: reported once by the worker that
+    met it, then skipped by every worker in every epoch without a new attempt (shared flags)."""
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"good{i}.png")
@@ -1065,15 +1109,17 @@ def test_undecodable_image_is_reported_once_in_total(tmp_path, caplog):
     logger.addHandler(handler)
     try:
         ds = SRDataset(tmp_path, resolution=32, scale=4)
-        assert [p.name for p in ds.files] == ["good0.png", "good1.png"]
+        assert [p.name for p in ds.files] == ["cut.jpg", "good0.png", "good1.png"]
         loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, persistent_workers=False)
         for epoch in range(2):
             ds.set_epoch(epoch)
-            assert sum(len(batch["hr"]) for batch in loader) == 2
+            batches = [batch["hr"] for batch in loader]
+            assert len(batches) == 3  # the cut file's items are crops of the next image
     finally:
         logger.removeHandler(handler)
         handler.close()
     assert log_file.read_text().count("cut.jpg") == 1
+    assert ds._unreadable.tolist() == [True, False, False]  # what the workers found, in the main process too
 
 
 def test_the_colour_under_transparency_of_a_training_image_is_not_learnt(tmp_path):
@@ -1727,3 +1773,42 @@ def test_checkpoint_files_are_flushed_through_a_handle_windows_accepts(tmp_path,
         monkeypatch.setattr(checkpoints.os, "fsync", synced.append)
         checkpoints._sync_to_disk(tmp_path)
         assert opened == [("model.safetensors", file_flags), (tmp_path.name, os.O_RDONLY)] and len(synced) == 2
+
+
+def test_tiles_cover_every_pixel_and_read_back_as_the_photograph(tmp_path):
+    """make_tiles.py: tiles `step` apart, the last flush with the edge; each tile is the
+    photograph's region as the loader reads it (upright, 16 bits kept); a rerun keeps what
+    is there; an unreadable photograph is said and the others are cut."""
+    from oftsr.images import load_image, save_image
+    from oftsr.training.tiles import tile_starts
+
+    assert tile_starts(1000, 480, 240) == [0, 240, 480, 520] and tile_starts(480, 480, 240) == [0]
+    assert tile_starts(100, 480, 240) == [0] and tile_starts(961, 480, 480) == [0, 480, 481]
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    save_image(torch.from_numpy(rng.integers(0, 65536, (3, 70, 90), dtype=np.uint16).astype(np.float32) / 65535),
+               photos / "sub" / "deep.png", bit_depth=16)
+    turned = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise: 40 wide, 60 high
+    turned.save(photos / "turned.png", exif=exif)
+    (photos / "cut.png").write_bytes((photos / "turned.png").read_bytes()[:200])
+    out = tmp_path / "tiles"
+    res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", out, "--tile_size", "32", "--step",
+                "24", "--workers", "1"], status=1)
+    assert "could not be read and have no tiles: cut.png" in res.stderr
+    deep, depth = load_image(photos / "sub" / "deep.png")
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert len(names) == 3 * 4 + 3 * 2 and "sub/deep_y38_x58.png" in names and "turned_y28_x0.png" in names
+    tile, tile_depth = load_image(out / "sub" / "deep_y38_x58.png")
+    assert tile_depth == depth == 16 and torch.equal(tile, deep[..., 38:70, 58:90])
+    upright = load_image(photos / "turned.png")[0]
+    assert upright.shape[-2:] == (60, 40) and torch.equal(load_image(out / "turned_y28_x0.png")[0], upright[..., 28:60, 0:32])
+    before = (out / "turned_y28_x0.png").stat().st_mtime_ns
+    (out / "turned_y0_x0.png").unlink()  # a run cut short: what is there is kept, the rest made
+    res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", out, "--tile_size", "32", "--step",
+                "24", "--workers", "2"], status=1)
+    assert "(1 written now" in res.stderr and (out / "turned_y0_x0.png").is_file()
+    assert (out / "turned_y28_x0.png").stat().st_mtime_ns == before
+    res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", photos / "tiles"], status=2)
+    assert "is inside --input_dir: the tiles would be read as photographs next time" in res.stderr

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import oftsr  # noqa: E402
 from oftsr.checkpoint import MissingInfoError, contradicted_metadata, recorded_settings  # noqa: E402
-from oftsr.training.data import SRDataset, load_logger, warn_small_images  # noqa: E402
+from oftsr.training.data import SRDataset, load_logger, scan_images, warn_image_sizes  # noqa: E402
 from oftsr.training.degradations import SIGMA_Y  # noqa: E402
 from oftsr.training.ema import EMA  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
@@ -406,16 +406,35 @@ def start_trackers(accelerator, args: argparse.Namespace) -> None:
         accelerator.init_trackers(accelerator.oftsr_project, config=config)
 
 
+def scan_once(root: str) -> list[Path]:
+    """The training images, found by the main process's scan and shared with the others:
+    one scan, not one per process, and every process trains on the same files (a file still
+    being copied could pass one process's scan and fail another's)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    try:
+        found = [scan_images(root) if state.is_main_process else None]
+    except (ValueError, FileNotFoundError) as e:  # said by every process, not waited for by the others
+        found = [e]
+    if state.num_processes > 1:
+        broadcast_object_list(found)
+    if isinstance(found[0], Exception):
+        raise found[0]
+    return found[0]
+
+
 def make_dataloader(args: argparse.Namespace, root: str) -> torch.utils.data.DataLoader:
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
                         sigma_y=args.sigma_y, seed=args.seed, repeats=args.repeats, random_flip=args.random_flip,
-                        realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
+                        realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config], files=scan_once(root))
     dataset.found = len(dataset.files)  # the folder's images, recorded with a checkpoint
     if args.max_train_samples is not None and args.max_train_samples < len(dataset.files):
         keep = torch.randperm(len(dataset.files), generator=torch.Generator().manual_seed(args.seed))
         dataset.files = [dataset.files[i] for i in sorted(keep[:args.max_train_samples].tolist())]
         logger.info("--max_train_samples %d: training on %d of the images", args.max_train_samples, len(dataset.files))
-    warn_small_images(dataset.files, args.resolution)
+    warn_image_sizes(dataset.files, args.resolution)  # every process: a refusal stops them all
     return training_loader(args, dataset)
 
 

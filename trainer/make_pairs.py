@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from common import HelpFormatter, load_teacher, logger, multi_cpu, positive_int, run_script  # also puts the checkout on sys.path
+from common import HelpFormatter, load_teacher, logger, multi_cpu, positive_int, run_script, scan_once  # also puts the checkout on sys.path
 
 from oftsr.checkpoint import network_digest
 from oftsr.model import DEGRADATIONS
 from oftsr.sampling import SOLVERS
-from oftsr.training.data import SRDataset, warn_small_images
+from oftsr.training.data import SRDataset, warn_image_sizes
 from oftsr.training.pairs import make_pairs, write_manifest
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS
 
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     teacher = load_teacher(args, state.device)
     data = SRDataset(args.train_data_dir, resolution=args.resolution, scale=teacher.scale,
                      degradation=teacher.degradation, seed=args.seed, sigma_y=args.sigma_y,
-                     realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
-    warn_small_images(data.files, args.resolution)
+                     realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config], files=scan_once(args.train_data_dir))
+    warn_image_sizes(data.files, args.resolution, tiles_hint=False)  # each image gives few pairs
     settings = {"teacher": Path(args.teacher).name, "teacher_step": teacher.step,
                 "teacher_digest": network_digest(teacher), "sigma_p": teacher.sigma_p,
                 "scale": teacher.scale, "degradation": teacher.degradation, "resolution": args.resolution,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -23,38 +24,45 @@ logger = logging.getLogger(__name__)
 load_logger = logging.getLogger(f"{__name__}.load")
 
 
-def _decodes(path: Path) -> None:
-    """Raise if the image does not decode to the end as the loader reads it (`load_image`:
-    float and 16-bit TIFFs through tifffile, HDR values refused). JPEGs are decoded at 1/8
-    scale (`draft`): every byte of the data is still read, at a fraction of the cost."""
+# Pillow modes whose values may lie outside [0, 1] (float TIFFs): only a decode can tell
+# whether the loader takes them (it refuses HDR values).
+_FLOAT_MODES = {"F", "I"}
+SCAN_PROGRESS_SECONDS = 10.0  # a scan of a large folder says how far it is this often
+
+
+def _checked_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image the loader reads, or an exception saying why it cannot.
+    From the header where Pillow opens the file as levels (8 or 16 bits): decoding every
+    photograph in full would take minutes to hours at each start (85 ms for a 2K PNG), and
+    a body damaged anyway is met, once, by the loader, which then takes the next image.
+    Decoded in full where only the loader's own readers open it (float and 16-bit colour
+    TIFFs) or the values may be HDR."""
     try:
         with Image.open(path) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-                im.load()
-                return
+            if im.mode not in _FLOAT_MODES:
+                return im.size
     except (UnidentifiedImageError, ValueError, OSError):  # a TIFF only tifffile reads, a PNG whose text chunks
         pass  # Pillow refuses (load_image reads it without them); else load_image says what it is
-    load_image(path)
+    h, w = load_image(path)[0].shape[-2:]
+    return w, h
 
 
-def _size(path: Path) -> tuple[int, int]:
-    """(width, height) from the header, or by decoding a file Pillow does not open."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, ValueError, OSError):  # as in _decodes
-        h, w = load_image(path)[0].shape[-2:]
-        return w, h
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:120]}" if text else type(e).__name__
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    return "; ".join(names[:most]) + (f"; and {len(names) - most} more" if len(names) > most else "")
 
 
 def scan_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under `root` (recursive; the suffixes the CLI reads), each decoded once
-    here; the format comes from the content, so JPEG data under a .png name is fine. Files
-    that cannot be decoded (not images, truncated, corrupt) are reported once, here, and
-    left out: a loader worker, restarted every epoch, never meets them. Files of other
-    types (camera raw, sidecars) are counted by suffix, so that a folder of them is not a
-    riddle. Hidden files and folders are not searched; linked folders are."""
+    """Image files under `root` (recursive; the suffixes the CLI reads), each checked here
+    from its header (`_checked_size`); the format comes from the content, so JPEG data under
+    a .png name is fine. Files that are not images the loader reads are reported once, with
+    why, and left out. Files of other types (camera raw, sidecars) are counted by suffix, so
+    that a folder of them is not a riddle; links that lead nowhere are counted. Hidden files
+    and folders are not searched; linked folders are. A long scan says how far it is."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder {root} does not exist")
@@ -62,21 +70,30 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
     others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in READ_SUFFIXES)
     other_types = ", ".join(f"{suffix} ({n})" for suffix, n in others.most_common())
     heif_reader = _heif_reader() if any(p.suffix.lower() in HEIF_SUFFIXES for p in files) else True
+    candidates = [p for p in files if p.suffix.lower() in READ_SUFFIXES]
     good, bad, heif = [], [], []
-    for path in (p for p in files if p.suffix.lower() in READ_SUFFIXES):
+    said = time.monotonic()
+    for i, path in enumerate(candidates):
+        if time.monotonic() - said > SCAN_PROGRESS_SECONDS:
+            said = time.monotonic()
+            logger.info("checked %d of %d images in %s", i, len(candidates), root)
         if path.suffix.lower() in HEIF_SUFFIXES and not heif_reader:
             heif.append(path.name)
             continue
         try:
-            _decodes(path)
+            _checked_size(path)
             good.append(path)
         except Exception as e:  # any decoder error means "skip this file"
-            bad.append(f"{path.name} ({type(e).__name__})")
+            bad.append(f"{path.relative_to(root)} ({_reason(e)})")
     if bad:
-        logger.warning("skipping %d unreadable file(s) in %s: %s", len(bad), root, ", ".join(bad))
+        logger.warning("skipping %d unreadable file(s) in %s: %s", len(bad), root, _listed(bad))
     if heif:
         logger.warning("skipping %d HEIC/HEIF file(s) in %s, which need the pillow-heif package (pip install "
                        "pillow-heif): %s", len(heif), root, ", ".join(heif[:5]) + (", ..." if len(heif) > 5 else ""))
+    dangling = dangling_links(root)
+    if dangling:
+        logger.warning("%d link(s) in %s lead nowhere: %s", len(dangling), root,
+                       _listed([str(p.relative_to(root)) for p in dangling]))
     if others and good:
         logger.info("left out %d file(s) of other types in %s: %s", sum(others.values()), root, other_types)
     if not good:
@@ -85,6 +102,16 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
                          f"{root}{found}" + (": convert camera raw files to TIFF or PNG first" if others.keys() &
                                              RAW_SUFFIXES else ""))
     return good
+
+
+def dangling_links(root: Path) -> list[Path]:
+    """Links under `root` (outside hidden folders) whose target does not exist."""
+    found = []
+    for top, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(top) / n for n in names + dirs if not n.startswith(".")
+                  and os.path.islink(os.path.join(top, n)) and not os.path.exists(os.path.join(top, n))]
+    return sorted(found)
 
 
 # Camera raw files, which a training folder of photographs may hold beside (or instead of) JPEGs.
@@ -101,18 +128,25 @@ def _heif_reader() -> bool:
     return True
 
 
-def warn_small_images(files: list[Path], resolution: int) -> None:
+# Images this many times a crop's area are decoded whole for each crop: loading, not the
+# GPU, then sets the pace (a 2K PNG takes some 85 ms for one 256 px crop).
+LARGE_IMAGE_CROPS = 16
+
+
+def warn_image_sizes(files: list[Path], resolution: int, tiles_hint: bool = True) -> None:
     """For a training set: images smaller than the crop are scaled up to it
     (`SRDataset._crop`), so their "HR" is an interpolation, which teaches the model to make
     blur. Say so, once (not for a validation set, which teaches nothing); when every image
-    is smaller, the crop size is a mistake: refuse it."""
-    small = []
+    is smaller, the crop size is a mistake: refuse it. Images far larger than the crop
+    (LARGE_IMAGE_CROPS) are said with the way to load them faster: tiles cut once."""
+    sizes = []
     for path in files:
-        side = min(_size(path))
-        if side < resolution:
-            small.append((side, path))
-    small.sort()
-    if small and len(small) == len(files):  # a flag mistake, not a few odd images: stop before training on blur
+        try:
+            sizes.append((_checked_size(path), path))
+        except Exception:  # changed since the scan: the loader skips it
+            continue
+    small = sorted((min(size), path) for size, path in sizes if min(size) < resolution)
+    if small and len(small) == len(sizes):  # a flag mistake, not a few odd images: stop before training on blur
         fits = small[-1][0]
         raise ValueError(f"all {len(files)} training images are smaller than the {resolution} px crop (the largest "
                          f"fits {fits} px); scaled up, they would teach blur: use a --resolution of at most {fits}")
@@ -121,6 +155,17 @@ def warn_small_images(files: list[Path], resolution: int) -> None:
         logger.warning("%d of %d training images are smaller than the %d px crop and are scaled up to it, which "
                        "teaches blur (smallest: %s, %d px); use a smaller --resolution or leave them out",
                        len(small), len(files), resolution, path.name, side)
+    mean = sum(w * h for (w, h), _ in sizes) / max(1, len(sizes))
+    if tiles_hint and mean >= LARGE_IMAGE_CROPS * resolution ** 2:
+        logger.warning("the training images average %.1f MP, %d times a %d px crop, and each crop decodes its whole "
+                       "image: loading may not keep up with a GPU. Cut them once into tiles (python "
+                       "trainer/make_tiles.py --input_dir ... --output_dir ...; about 10x faster loading) and train "
+                       "on those", mean / 1e6, mean / resolution ** 2, resolution)
+
+
+REPORTED_FAILURES = 3  # unreadable files said by one item's search for a readable one
+GONE_AFTER_FAILURES = 10  # that many vanished files in a row: the folder is gone, not a few files
+SHARE_WAITS = (5.0, 15.0, 40.0)  # seconds waited for a vanished folder to come back before the run stops
 
 
 class SRDataset(torch.utils.data.Dataset):
@@ -135,7 +180,10 @@ class SRDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, *, resolution: int = 256, scale: int = 4, degradation: str = "bicubic",
                  sigma_y: float = SIGMA_Y, random_flip: bool = True, center_crop: bool = False, seed: int = 0,
-                 repeats: int = 1, realesrgan_config: RealESRGANConfig | None = None) -> None:
+                 repeats: int = 1, realesrgan_config: RealESRGANConfig | None = None,
+                 files: list[Path] | None = None) -> None:
+        """`files`: what `scan_images(root)` found, where it is known already (one process
+        scans, and the others of a run take its list, so that all train on the same files)."""
         # Checked here, in the main process, not at the first item in a DataLoader worker.
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale!r}")
@@ -145,13 +193,24 @@ class SRDataset(torch.utils.data.Dataset):
             raise ValueError(f"resolution {resolution} must be a multiple of the scale {scale}")
         if repeats < 1:
             raise ValueError(f"repeats must be 1 or more, not {repeats}")
-        self.files = scan_images(root)
+        self.root = Path(root)
+        self.files = scan_images(root) if files is None else list(files)
         self.repeats = repeats
         self.resolution, self.scale, self.degradation, self.sigma_y = resolution, scale, degradation, sigma_y
         self.random_flip, self.center_crop = random_flip, center_crop
         self.realesrgan_config = realesrgan_config
         self.seed, self.epoch = seed, 0
-        self._reported: set[Path] = set()
+
+    @property
+    def files(self) -> list[Path]:
+        return self._files
+
+    @files.setter
+    def files(self, files: list[Path]) -> None:
+        self._files = files
+        # Which files stopped reading since the scan, in shared memory: every loader worker (and
+        # the workers of later epochs) skips them without trying, and each is said once per run.
+        self._unreadable = torch.zeros(len(files), dtype=torch.bool).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -159,19 +218,41 @@ class SRDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files) * self.repeats
 
-    def _load(self, index: int) -> torch.Tensor:
-        # A file that decoded in the scan can still fail now (changed on disk since): report
-        # it (once per process) and use the next one, so a bad file never stops a run.
+    def _load(self, index: int, waited: bool = False) -> torch.Tensor:
+        # A file that passed the scan can still fail now (a damaged body, changed on disk
+        # since): say it and use the next one, so that a bad file never stops a run.
+        failed: list[int] = []
         for k in range(len(self.files)):
-            path = self.files[(index + k) % len(self.files)]
+            i = (index + k) % len(self.files)
+            if self._unreadable[i]:
+                continue
             try:
-                image, _ = load_image(path)
+                image, _ = load_image(self.files[i])
                 return image[0]
-            except Exception as e:  # unreadable now, moved, deleted, a network share gone: never the run
-                if path not in self._reported:
-                    self._reported.add(path)
+            except Exception as e:
+                self._unreadable[i] = True
+                failed.append(i)
+                if len(failed) <= REPORTED_FAILURES:
                     load_logger.warning("skipping unreadable training image: %s", e)
-        raise RuntimeError("no training image could be decoded")
+                gone = all(not self.files[j].exists() for j in failed)
+                if len(failed) == GONE_AFTER_FAILURES and gone:  # the folder itself, not a few files
+                    if not waited and self._comes_back(self.files[failed[0]]):
+                        self._unreadable[failed] = False
+                        return self._load(index, waited=True)
+                    raise RuntimeError(
+                        f"{len(failed)} training images in a row are gone (the last: {self.files[i]}): is "
+                        f"{self.root} still there (a network share, a removed disk)? The run stops; its newest "
+                        f"checkpoint is kept: go on with --resume_from_checkpoint latest once the images are back") from e
+        raise RuntimeError(f"none of the {len(self.files)} training images in {self.root} can be read any more")
+
+    @staticmethod
+    def _comes_back(path: Path) -> bool:
+        """Whether a vanished file is back within a minute (a network share reconnecting)."""
+        for wait in SHARE_WAITS:
+            time.sleep(wait)
+            if path.exists():
+                return True
+        return False
 
     def _crop(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         image = split_alpha(image[None])[0][0]  # gray as RGB; under transparency filled, as at inference
