@@ -151,10 +151,11 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
     tags = tags or [""]
     targets = [_tagged(t, tag) for t in targets for tag in tags]
     # By the file system's own identity: "A.PNG" for "a.png" on macOS or Windows is the same file.
-    inputs_at = {_file_id(f): f for f in files}
-    replaced = [inputs_at.get(_file_id(t)) for t in targets]
+    inputs_at = {key: f for f in files if (key := _file_id(f)) is not None}
+    replaced = [inputs_at.get(key) if (key := _file_id(t)) is not None else None for t in targets]
     for src, t, victim in zip((f for f in files for _ in tags), targets, replaced):
-        if victim is not None and victim != src:  # read later as an input: lost, or an upscale's upscale
+        # read later as an input: lost, or an upscale's upscale (its own source, under any of its names, is not)
+        if victim is not None and _file_id(victim) != _file_id(src):
             raise ValueError(f"-o {out}: {t.name}, the result of {src.name}, would replace the input image "
                              f"{victim.name}; choose another output folder")
     if not overwrite:
@@ -176,9 +177,10 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 
 def _name_key(path: Path) -> str:
-    """A path as macOS and Windows file systems compare names: without case, and accents
-    however encoded (NFC, NFD), so that results named apart on Linux stay apart there too."""
-    return unicodedata.normalize("NFC", str(path)).casefold()
+    """A path as macOS compares names (Windows too, but for the accents): without case
+    (`lower`, as they fold it: "ß" stays apart from "ss"), and accents however encoded (NFC,
+    NFD), so that results named apart on Linux stay apart there too."""
+    return unicodedata.normalize("NFC", str(path)).lower()
 
 
 def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = "png") -> list[Path]:
@@ -194,7 +196,8 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = 
     for f, t, root in zip(files, targets, roots, strict=True):
         if (key := _name_key(t)) in seen:
             other, other_root, other_t = seen[key]
-            both = t if t == other_t else f"{other_t} and {t.name} (one file on macOS and Windows)"
+            where = "macOS and Windows" if str(t).lower() == str(other_t).lower() else "macOS"
+            both = t if t == other_t else f"{other_t} and {t.name} (one file on {where})"
             clashes.append(f"{other} and {f} would both write {both}")
             types_differ |= other.suffix.lower() != f.suffix.lower()
             # two sibling input folders (a card's 100CANON and 101CANON): their parent keeps them apart

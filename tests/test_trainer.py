@@ -106,13 +106,28 @@ def test_a_training_folder_that_vanishes_stops_the_run_after_a_wait_in_one_messa
     monkeypatch.setattr(data.time, "sleep", waits.append)
     folder.rename(tmp_path / "away")
     with caplog.at_level("WARNING", logger="oftsr.training.data"):
-        with pytest.raises(RuntimeError, match=rf"^10 training images in a row are gone \(the last: .*09.png\): is "
-                                               rf"{folder} still there \(a network share, a removed disk\)\? The run "
-                                               rf"stops; its newest checkpoint is kept"):
+        with pytest.raises(RuntimeError, match=rf"^training images are gone \(such as .*00.png\): is {folder} still "
+                                               rf"there \(a network share, a removed disk\)\? The run stops; its "
+                                               rf"newest checkpoint is kept"):
             ds[0]
     assert caplog.text.count("skipping unreadable training image") == 3 and waits == list(data.SHARE_WAITS)
-    # back within the wait: the files are read again, and nothing is lost
+    assert int(ds._unreadable.sum()) == 10  # ten tried in a row, then the wait: not every file of the folder
+    # an item whose files another worker already flagged waits as well, rather than failing at once
+    waits.clear()
+    with pytest.raises(RuntimeError, match="training images are gone"):
+        ds[0]
+    assert waits == list(data.SHARE_WAITS)
+    # files that are there but no longer images: nothing to wait for
     (tmp_path / "away").rename(folder)
+    for f in folder.iterdir():
+        f.write_bytes(b"junk")
+    waits.clear()
+    with pytest.raises(RuntimeError, match=rf"^none of the 12 training images in {folder} can be read any more$"):
+        SRDataset(folder, resolution=32, scale=4, files=ds.files)[0]
+    assert waits == []
+    for i in range(12):
+        Image.new("RGB", (40, 40), (20 * i, 90, 20)).save(folder / f"{i:02d}.png")
+    # back within the wait: the files are read again, and nothing is lost
     fresh = SRDataset(folder, resolution=32, scale=4)
     folder.rename(tmp_path / "away")
     monkeypatch.setattr(data.time, "sleep", lambda s: (tmp_path / "away").rename(folder))
@@ -1793,22 +1808,23 @@ def test_tiles_cover_every_pixel_and_read_back_as_the_photograph(tmp_path):
     exif[0x0112] = 6  # shown turned a quarter clockwise: 40 wide, 60 high
     turned.save(photos / "turned.png", exif=exif)
     (photos / "cut.png").write_bytes((photos / "turned.png").read_bytes()[:200])
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(photos / "sub" / "deep.jpg")  # beside deep.png: its own tiles
     out = tmp_path / "tiles"
     res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", out, "--tile_size", "32", "--step",
                 "24", "--workers", "1"], status=1)
     assert "could not be read and have no tiles: cut.png" in res.stderr
     deep, depth = load_image(photos / "sub" / "deep.png")
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert len(names) == 3 * 4 + 3 * 2 and "sub/deep_y38_x58.png" in names and "turned_y28_x0.png" in names
-    tile, tile_depth = load_image(out / "sub" / "deep_y38_x58.png")
+    assert len(names) == 3 * 4 + 3 * 2 + 1 and "sub/deep.jpg_y0_x0.png" in names and "sub/deep.png_y38_x58.png" in names and "turned.png_y28_x0.png" in names
+    tile, tile_depth = load_image(out / "sub" / "deep.png_y38_x58.png")
     assert tile_depth == depth == 16 and torch.equal(tile, deep[..., 38:70, 58:90])
     upright = load_image(photos / "turned.png")[0]
-    assert upright.shape[-2:] == (60, 40) and torch.equal(load_image(out / "turned_y28_x0.png")[0], upright[..., 28:60, 0:32])
-    before = (out / "turned_y28_x0.png").stat().st_mtime_ns
-    (out / "turned_y0_x0.png").unlink()  # a run cut short: what is there is kept, the rest made
+    assert upright.shape[-2:] == (60, 40) and torch.equal(load_image(out / "turned.png_y28_x0.png")[0], upright[..., 28:60, 0:32])
+    before = (out / "turned.png_y28_x0.png").stat().st_mtime_ns
+    (out / "turned.png_y0_x0.png").unlink()  # a run cut short: what is there is kept, the rest made
     res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", out, "--tile_size", "32", "--step",
                 "24", "--workers", "2"], status=1)
-    assert "(1 written now" in res.stderr and (out / "turned_y0_x0.png").is_file()
-    assert (out / "turned_y28_x0.png").stat().st_mtime_ns == before
+    assert "(1 written now" in res.stderr and (out / "turned.png_y0_x0.png").is_file()
+    assert (out / "turned.png_y28_x0.png").stat().st_mtime_ns == before
     res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", photos / "tiles"], status=2)
     assert "is inside --input_dir: the tiles would be read as photographs next time" in res.stderr

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import oftsr  # noqa: E402
 from oftsr.checkpoint import MissingInfoError, contradicted_metadata, recorded_settings  # noqa: E402
-from oftsr.training.data import SRDataset, load_logger, scan_images, warn_image_sizes  # noqa: E402
+from oftsr.training.data import SRDataset, load_logger, scan_image_sizes, warn_image_sizes  # noqa: E402
 from oftsr.training.degradations import SIGMA_Y  # noqa: E402
 from oftsr.training.ema import EMA  # noqa: E402
 from oftsr.flow import noise_augment  # noqa: E402
@@ -278,6 +278,15 @@ def trackers(report_to: str) -> list[str] | str | None:
     return present or None
 
 
+def setup_logging() -> None:
+    """The scripts' log format, and one copy of each message, not one per process (set
+    before anything is said: the process index is the launcher's RANK)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if int(os.environ.get("RANK", "0")) != 0:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_own_messages)
+
+
 def _own_messages(record: logging.LogRecord) -> bool:
     """What a process other than the main one logs: errors, and what only it can see (the
     training images its loader could not read); the rest the main process says once."""
@@ -292,10 +301,7 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
         raise ImportError(f"{e.name or 'accelerate'} is missing: the trainer needs the training extra, "
                           f"pip install -e \".[train]\"") from e
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if int(os.environ.get("RANK", "0")) != 0:  # one copy of each message, not one per process
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_own_messages)
+    setup_logging()
     report_to = trackers(args.report_to)
     accelerator = Accelerator(
         cpu=multi_cpu(),
@@ -406,16 +412,16 @@ def start_trackers(accelerator, args: argparse.Namespace) -> None:
         accelerator.init_trackers(accelerator.oftsr_project, config=config)
 
 
-def scan_once(root: str) -> list[Path]:
-    """The training images, found by the main process's scan and shared with the others:
-    one scan, not one per process, and every process trains on the same files (a file still
-    being copied could pass one process's scan and fail another's)."""
+def scan_once(root: str) -> dict[Path, tuple[int, int]]:
+    """The training images and their sizes, found by the main process's scan and shared with
+    the others: one scan, not one per process, and every process trains on the same files (a
+    file still being copied could pass one process's scan and fail another's)."""
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
     state = PartialState()
     try:
-        found = [scan_images(root) if state.is_main_process else None]
+        found = [scan_image_sizes(root) if state.is_main_process else None]
     except (ValueError, FileNotFoundError) as e:  # said by every process, not waited for by the others
         found = [e]
     if state.num_processes > 1:
@@ -426,15 +432,16 @@ def scan_once(root: str) -> list[Path]:
 
 
 def make_dataloader(args: argparse.Namespace, root: str) -> torch.utils.data.DataLoader:
+    sizes = scan_once(root)
     dataset = SRDataset(root, resolution=args.resolution, scale=args.scale, degradation=args.degradation,
                         sigma_y=args.sigma_y, seed=args.seed, repeats=args.repeats, random_flip=args.random_flip,
-                        realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config], files=scan_once(root))
+                        realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config], files=list(sizes))
     dataset.found = len(dataset.files)  # the folder's images, recorded with a checkpoint
     if args.max_train_samples is not None and args.max_train_samples < len(dataset.files):
         keep = torch.randperm(len(dataset.files), generator=torch.Generator().manual_seed(args.seed))
         dataset.files = [dataset.files[i] for i in sorted(keep[:args.max_train_samples].tolist())]
         logger.info("--max_train_samples %d: training on %d of the images", args.max_train_samples, len(dataset.files))
-    warn_image_sizes(dataset.files, args.resolution)  # every process: a refusal stops them all
+    warn_image_sizes(dataset.files, args.resolution, sizes=sizes)  # every process: a refusal stops them all
     return training_loader(args, dataset)
 
 
@@ -805,7 +812,8 @@ def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int,
                        "%.2g%% of --learning_rate", args.lr_warmup_steps, args.max_train_steps,
                        100 * args.max_train_steps / args.lr_warmup_steps)
     spawned = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method()
-    if args.dataloader_num_workers and spawned != "fork" and steps_per_epoch < SHORT_EPOCH_STEPS:
+    repeatable = getattr(args, "objective", None) != "fluxsr"  # teacher-made pairs take no --repeats
+    if args.dataloader_num_workers and spawned != "fork" and steps_per_epoch < SHORT_EPOCH_STEPS and repeatable:
         # The workers restart every epoch (each epoch's crops are drawn anew in them); started
         # as fresh interpreters (Windows, macOS), that takes seconds each time.
         logger.warning("an epoch is %d optimizer step(s), and each restarts the %d loader workers, which the '%s' "

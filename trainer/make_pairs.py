@@ -11,12 +11,11 @@ shard is redone); several processes split the shards.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import torch
 
-from common import HelpFormatter, load_teacher, logger, multi_cpu, positive_int, run_script, scan_once  # also puts the checkout on sys.path
+from common import HelpFormatter, load_teacher, logger, multi_cpu, positive_int, run_script, scan_once, setup_logging  # also puts the checkout on sys.path
 
 from oftsr.checkpoint import network_digest
 from oftsr.model import DEGRADATIONS
@@ -53,13 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import PartialState
 
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     state = PartialState(cpu=multi_cpu())  # else each CPU process would make every shard
     teacher = load_teacher(args, state.device)
+    sizes = scan_once(args.train_data_dir)
     data = SRDataset(args.train_data_dir, resolution=args.resolution, scale=teacher.scale,
                      degradation=teacher.degradation, seed=args.seed, sigma_y=args.sigma_y,
-                     realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config], files=scan_once(args.train_data_dir))
-    warn_image_sizes(data.files, args.resolution, tiles_hint=False)  # each image gives few pairs
+                     realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config],
+                     files=list(sizes))
+    warn_image_sizes(data.files, args.resolution, tiles_hint=False, sizes=sizes)  # each image gives few pairs
     settings = {"teacher": Path(args.teacher).name, "teacher_step": teacher.step,
                 "teacher_digest": network_digest(teacher), "sigma_p": teacher.sigma_p,
                 "scale": teacher.scale, "degradation": teacher.degradation, "resolution": args.resolution,

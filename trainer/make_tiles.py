@@ -16,13 +16,12 @@ kept. Resumable: tiles already written are kept.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from common import HelpFormatter, logger, positive_int, run_script  # also puts the checkout on sys.path
+from common import HelpFormatter, logger, positive_int, run_script, setup_logging  # also puts the checkout on sys.path
 
 from oftsr.training.data import scan_images
 from oftsr.training.tiles import cut_tiles
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     root, out = Path(args.input_dir), Path(args.output_dir)
     files = scan_images(root)
     start = time.perf_counter()

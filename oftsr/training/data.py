@@ -57,7 +57,13 @@ def _listed(names: list[str], most: int = 10) -> str:
 
 
 def scan_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under `root` (recursive; the suffixes the CLI reads), each checked here
+    """The images under `root` that `scan_image_sizes` finds."""
+    return list(scan_image_sizes(root))
+
+
+def scan_image_sizes(root: str | os.PathLike) -> dict[Path, tuple[int, int]]:
+    """Image files under `root` (recursive; the suffixes the CLI reads), sorted, with their
+    (width, height), each checked here
     from its header (`_checked_size`); the format comes from the content, so JPEG data under
     a .png name is fine. Files that are not images the loader reads are reported once, with
     why, and left out. Files of other types (camera raw, sidecars) are counted by suffix, so
@@ -71,7 +77,8 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
     other_types = ", ".join(f"{suffix} ({n})" for suffix, n in others.most_common())
     heif_reader = _heif_reader() if any(p.suffix.lower() in HEIF_SUFFIXES for p in files) else True
     candidates = [p for p in files if p.suffix.lower() in READ_SUFFIXES]
-    good, bad, heif = [], [], []
+    good: dict[Path, tuple[int, int]] = {}
+    bad, heif = [], []
     said = time.monotonic()
     for i, path in enumerate(candidates):
         if time.monotonic() - said > SCAN_PROGRESS_SECONDS:
@@ -81,8 +88,7 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
             heif.append(path.name)
             continue
         try:
-            _checked_size(path)
-            good.append(path)
+            good[path] = _checked_size(path)
         except Exception as e:  # any decoder error means "skip this file"
             bad.append(f"{path.relative_to(root)} ({_reason(e)})")
     if bad:
@@ -133,16 +139,18 @@ def _heif_reader() -> bool:
 LARGE_IMAGE_CROPS = 16
 
 
-def warn_image_sizes(files: list[Path], resolution: int, tiles_hint: bool = True) -> None:
+def warn_image_sizes(files: list[Path], resolution: int, tiles_hint: bool = True,
+                     sizes: dict[Path, tuple[int, int]] | None = None) -> None:
     """For a training set: images smaller than the crop are scaled up to it
     (`SRDataset._crop`), so their "HR" is an interpolation, which teaches the model to make
     blur. Say so, once (not for a validation set, which teaches nothing); when every image
     is smaller, the crop size is a mistake: refuse it. Images far larger than the crop
-    (LARGE_IMAGE_CROPS) are said with the way to load them faster: tiles cut once."""
-    sizes = []
-    for path in files:
+    (LARGE_IMAGE_CROPS) are said with the way to load them faster: tiles cut once.
+    `sizes`: what `scan_image_sizes` found, so that no header is read twice."""
+    known, sizes = sizes or {}, []
+    for path in files:  # the scan's sizes where given, else from the headers
         try:
-            sizes.append((_checked_size(path), path))
+            sizes.append((known[path] if path in known else _checked_size(path), path))
         except Exception:  # changed since the scan: the loader skips it
             continue
     small = sorted((min(size), path) for size, path in sizes if min(size) < resolution)
@@ -234,25 +242,28 @@ class SRDataset(torch.utils.data.Dataset):
                 failed.append(i)
                 if len(failed) <= REPORTED_FAILURES:
                     load_logger.warning("skipping unreadable training image: %s", e)
-                gone = all(not self.files[j].exists() for j in failed)
-                if len(failed) == GONE_AFTER_FAILURES and gone:  # the folder itself, not a few files
-                    if not waited and self._comes_back(self.files[failed[0]]):
-                        self._unreadable[failed] = False
-                        return self._load(index, waited=True)
-                    raise RuntimeError(
-                        f"{len(failed)} training images in a row are gone (the last: {self.files[i]}): is "
-                        f"{self.root} still there (a network share, a removed disk)? The run stops; its newest "
-                        f"checkpoint is kept: go on with --resume_from_checkpoint latest once the images are back") from e
-        raise RuntimeError(f"none of the {len(self.files)} training images in {self.root} can be read any more")
+                if len(failed) == GONE_AFTER_FAILURES and all(not self.files[j].exists() for j in failed):
+                    break  # the folder itself, not a few files
+        # Every file failed, now or before: the folder has gone (wait for it), or none reads any more.
+        gone = self.files[failed[0] if failed else index % len(self.files)]
+        if gone.exists():
+            raise RuntimeError(f"none of the {len(self.files)} training images in {self.root} can be read any more")
+        if not waited and self._comes_back(gone):
+            self._unreadable[:] = False  # every file gets another try: a damaged one is found again
+            return self._load(index, waited=True)
+        raise RuntimeError(
+            f"training images are gone (such as {gone}): is {self.root} still there (a network share, a removed "
+            f"disk)? The run stops; its newest checkpoint is kept: go on with --resume_from_checkpoint latest once "
+            f"the images are back")
 
     @staticmethod
     def _comes_back(path: Path) -> bool:
         """Whether a vanished file is back within a minute (a network share reconnecting)."""
         for wait in SHARE_WAITS:
-            time.sleep(wait)
             if path.exists():
                 return True
-        return False
+            time.sleep(wait)
+        return path.exists()
 
     def _crop(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         image = split_alpha(image[None])[0][0]  # gray as RGB; under transparency filled, as at inference

@@ -22,9 +22,10 @@ def tile_starts(length: int, size: int, step: int) -> list[int]:
 
 def tile_names(path: Path, root: Path, height: int, width: int, size: int, step: int) -> list[tuple[Path, int, int]]:
     """(relative output path, top, left) of each tile of an image `path` under `root`: the
-    sub-folders kept, the name `<stem>_y<top>_x<left>.png`."""
+    sub-folders kept, the name `<name>_y<top>_x<left>.png` (the source's whole name: a.png
+    and a.jpg side by side have tiles of their own)."""
     rel = path.relative_to(root)
-    return [(rel.parent / f"{rel.stem}_y{top}_x{left}.png", top, left)
+    return [(rel.parent / f"{rel.name}_y{top}_x{left}.png", top, left)
             for top in tile_starts(height, size, step) for left in tile_starts(width, size, step)]
 
 
