@@ -262,14 +262,18 @@ class Progress:
 
 # --------------------------------------------------------------------------- devices, memory, OOM
 
-def estimate_memory(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile: int | None, states: int = 0) -> int:
+def estimate_memory(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile: int | None, states: int = 0,
+                    per_image: bool = False) -> int:
     """Bytes a run needs on the device: weights, one tile's activations, the band of tile
     rows being blended (tile height x image width; the result goes to the image's device)
-    and `states` whole-image float32 buffers (the teacher's solver; the upscaler has none)."""
+    and `states` whole-image float32 buffers (the teacher's solver; the upscaler has none).
+    `per_image`: the library computes the batch's images one after another (`upscale`), so
+    the tile and the band are one image's."""
     th, tw = (min(tile, out_h), min(tile, out_w)) if tile else (out_h, out_w)
     elem = torch.empty((), dtype=model.dtype).element_size()
-    activations = batch * th * tw * model.config.model_channels * (_ACT_BYTES_PER_ELEM * elem + _ACT_BYTES_FIXED)
-    band = batch * 4 * th * out_w * 4 * 4  # RGBA sums, their normalised copy and the conversion, float32
+    at_once = 1 if per_image else batch
+    activations = at_once * th * tw * model.config.model_channels * (_ACT_BYTES_PER_ELEM * elem + _ACT_BYTES_FIXED)
+    band = at_once * 4 * th * out_w * 4 * 4  # RGBA sums, their normalised copy and the conversion, float32
     images = batch * 3 * out_h * out_w * 4 * states
     return int(mm.module_size(model) + activations + band + images)
 
@@ -308,7 +312,7 @@ Job = Callable[[object, torch.Tensor, "int | None", int, Progress], torch.Tensor
 
 
 def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, overlap: int, node: str, passes: int = 1,
-                  evaluations: int | None = 1, states: int = 0) -> torch.Tensor:
+                  evaluations: int | None = 1, states: int = 0, per_image: bool = False) -> torch.Tensor:
     """Run `job(model, x, tile, overlap, progress)` with the model on ComfyUI's torch
     device, then put the model back on the offload device.
 
@@ -317,18 +321,24 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
     whole job retried, down to MIN_OOM_TILE; below that a ValueError says what to do.
     The progress bar ticks at every tile of each of a library call's `evaluations`
     network evaluations (None: a count not known ahead, the adaptive solver's, shown on
-    ADAPTIVE_PROGRESS_UNITS ticks). `x` is (B, C, H, W); the result is what `job` returns. (A gray
+    ADAPTIVE_PROGRESS_UNITS ticks); `per_image`: the library computes the images one after
+    another (`upscale`), its ticks counting every image's tiles, so Cancel stops within one
+    image's tile and memory holds one image's. `x` is (B, C, H, W); the result is what `job` returns. (A gray
     photograph, which LoadImage makes three equal channels, comes back with three equal
     channels: the library keeps neutral images neutral.)"""
     device = mm.get_torch_device()
     out_h, out_w = x.shape[-2] * model.scale, x.shape[-1] * model.scale
 
+    images = x.shape[0] if per_image else 1
+
     def units(tile: int | None, overlap: int) -> int:
-        return ADAPTIVE_PROGRESS_UNITS if evaluations is None else evaluations * num_tiles(out_h, out_w, tile, overlap)
+        if evaluations is None:
+            return ADAPTIVE_PROGRESS_UNITS
+        return evaluations * num_tiles(out_h, out_w, tile, overlap) * images
 
     widget_overlap = overlap  # what a retry's smaller tile starts from
     tile, overlap = first_tiling(tile, overlap)
-    mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
+    mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states, per_image), device)
     model.to(device)  # the model takes this device's faster layout as it moves (OFTSRModel._apply)
     try:
         while True:
@@ -353,6 +363,6 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
                     f"sooner){cpu}."
                 )
             log.warning("%s: out of memory with %d-pixel tiles on %s; retrying with %d", node, failed, device, tile)
-            mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states), device)
+            mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states, per_image), device)
     finally:
         model.to(mm.unet_offload_device())

@@ -81,5 +81,5 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
             outside = upscale(model, x, t=t_outside, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
             return torch.lerp(outside, inside, m.to(inside.device))
 
-        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=2)
+        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=2, per_image=True)
         return io.NodeOutput(finish(out, x, color_fix))

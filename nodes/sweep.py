@@ -65,7 +65,7 @@ class OFTSRTSweep(io.ComfyNode):
                     for t in ts]
             return torch.stack(outs, dim=1).flatten(0, 1)  # image-major: image 0 at every t, then image 1, ...
 
-        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=len(ts))
+        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=len(ts), per_image=True)
         images = finish(out, x.repeat_interleave(len(ts), dim=0), color_fix)
         return io.NodeOutput(images, t_grid(images, ts))
 

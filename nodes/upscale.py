@@ -53,5 +53,5 @@ class OFTSRUpscale(io.ComfyNode):
         def job(model, x, tile, overlap, progress):
             return upscale(model, x, t=t, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
 
-        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME)
+        out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, per_image=True)
         return io.NodeOutput(finish(out, x, color_fix))

@@ -3,12 +3,20 @@
 Pure PyTorch; no ComfyUI import. Images are float tensors (B, C, H, W) in [0, 1].
 """
 
-from .checkpoint import CheckpointError, load_model, read_metadata, save_model
-from .inference import sample, upscale
-from .model import OFTSRModel
-from .unet import PRESETS, UNet, UNetConfig
-from .weights import (BUNDLED_MODELS, bundled_model_path, create_model, default_model_path, existing_model_path,
-                      resolve_model)
+import torch as _torch
+
+# torch.uint16 and torch.compiler came in 2.3: an older torch (an old ComfyUI's, which
+# installing this pack leaves alone) would fail at import with an AttributeError
+if tuple(int(p) for p in _torch.__version__.split("+")[0].split(".")[:2] if p.isdigit()) < (2, 3):
+    raise ImportError(f"OFTSR needs torch 2.3 or newer; this Python has torch {_torch.__version__}: update it "
+                      f"(in ComfyUI, update ComfyUI and its requirements)")
+
+from .checkpoint import CheckpointError, load_model, read_metadata, save_model  # noqa: E402
+from .inference import sample, upscale  # noqa: E402
+from .model import OFTSRModel  # noqa: E402
+from .unet import PRESETS, UNet, UNetConfig  # noqa: E402
+from .weights import (BUNDLED_MODELS, bundled_model_path, create_model, default_model_path,  # noqa: E402
+                      existing_model_path, resolve_model)
 
 __version__ = "0.16.0"  # as in pyproject.toml, where the Comfy registry reads it; a test keeps them equal
 

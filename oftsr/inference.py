@@ -8,6 +8,7 @@ saved as RGB) comes back with three equal channels: no colour noise.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable
 
@@ -93,17 +94,19 @@ class _Output:
         channels = (1 if gray else 3) + (alpha is not None)
         self.out = torch.empty(b, channels, h * scale, w * scale, dtype=dtype, device=image.device)
 
-    def write(self, top: int, x1: torch.Tensor) -> None:
+    def write(self, top: int, x1: torch.Tensor, first: int = 0) -> None:
+        """Rows from `top` of the images first..first+len(x1)-1."""
+        images = slice(first, first + x1.shape[0])
         rows = x1.clamp(-1, 1).add_(1).div_(2)  # in place after the first copy: these are bands of the image width
-        rows = _neutralise(rows, self.neutral, self.gray)
+        rows = _neutralise(rows, self.neutral[images], self.gray)
         if self.alpha is not None:
-            a = upsample_lr_region(self.alpha, self.scale, "bicubic", top, 0, rows.shape[-2], rows.shape[-1])
+            a = upsample_lr_region(self.alpha[images], self.scale, "bicubic", top, 0, rows.shape[-2], rows.shape[-1])
             # opaque stays exactly 1 and transparent 0 (bicubic's weights sum to 1 only up to rounding)
             a = torch.where(a >= 1 - ALPHA_SNAP, 1.0, torch.where(a <= ALPHA_SNAP, 0.0, a))
             rows = torch.cat([rows, a], dim=1)
         if self.peak != 1.0:
             rows = rows.mul_(self.peak).round_()
-        self.out[:, :, top:top + rows.shape[-2]] = rows.to(self.out.device, self.out.dtype)
+        self.out[images, :, top:top + rows.shape[-2]] = rows.to(self.out.device, self.out.dtype)
 
 
 def _condition(model: OFTSRModel, lr: torch.Tensor, boxes: list[Box], height: int, width: int) -> torch.Tensor:
@@ -112,11 +115,13 @@ def _condition(model: OFTSRModel, lr: torch.Tensor, boxes: list[Box], height: in
 
 
 def _start(model: OFTSRModel, lr: torch.Tensor, seed: Seed, boxes: list[Box], height: int,
-           width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x0 and x_lr of tiles. The noise is a function of the seed and the output pixel
-    (`region_noise`), so it is the same whatever the tiling and the device."""
+           width: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 and x_lr of tiles of `lr`, images first.. of the batch. The noise is a function of
+    the seed, the image's place and the output pixel (`region_noise`), so it is the same
+    whatever the tiling, the device, and how the batch is split."""
     x_lr = _condition(model, lr, boxes, height, width)
-    noise = torch.cat([region_noise(seed, lr.shape[0], y, x, height, width) for y, x in boxes]).to(x_lr.device)
+    noise = torch.cat([region_noise(seed, lr.shape[0], y, x, height, width, first=first)
+                       for y, x in boxes]).to(x_lr.device)
     return noise_augment(x_lr, model.sigma_p, noise), x_lr
 
 
@@ -160,9 +165,11 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     tensor or array), each image then getting the result it has alone with that seed (to
     float rounding).
 
-    Each tile computes its own noise, condition and result, and finished rows go
-    straight into the result, so beyond it memory is bounded by the tile (times the
-    image width), whatever the image size."""
+    The images of a batch are computed one after another (the callback counts every
+    image's tiles: `(done, batch * tiles)`), each tile with its own noise, condition and
+    result, and finished rows go straight into the result, so beyond it memory is bounded
+    by one image's tile (times the image width), whatever the image size and the batch (a
+    video's frames)."""
     _check_model(model, "student", "upscale()")
     _check_callables(callback=callback)
     t = check_t(t)
@@ -174,11 +181,18 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     lr = rgb.to(model.device) * 2 - 1
     b, _, h, w = result.out.shape
 
-    def tile_fn(boxes: list[Box], height: int, width: int) -> torch.Tensor:
-        x0, x_lr = _start(model, lr, seed, boxes, height, width)
-        return student_step(x0, model.velocity(x0, x_lr, t))
+    for k in range(b):
+        image_seed = [seed[k]] if isinstance(seed, list) else seed
 
-    blend_tiles(tile_fn, b, h, w, result.write, tile=tile, overlap=overlap, tile_batch=tile_batch, callback=callback)
+        def tile_fn(boxes: list[Box], height: int, width: int, k: int = k, image_seed: Seed = image_seed) -> torch.Tensor:
+            x0, x_lr = _start(model, lr[k:k + 1], image_seed, boxes, height, width, first=k)
+            return student_step(x0, model.velocity(x0, x_lr, t))
+
+        def tick(done: int, total: int, k: int = k) -> None:
+            callback(k * total + done, b * total)
+
+        blend_tiles(tile_fn, 1, h, w, functools.partial(result.write, first=k), tile=tile, overlap=overlap,
+                    tile_batch=tile_batch, callback=None if callback is None else tick)
     return result.out
 
 

@@ -28,14 +28,15 @@ def block_seed(seed: int, item: int, block_row: int, block_col: int) -> int:
 
 
 def region_noise(seed: int | Sequence[int], batch: int, top: int, left: int, height: int, width: int,
-                 channels: int = 3) -> torch.Tensor:
+                 channels: int = 3, first: int = 0) -> torch.Tensor:
     """Standard normal noise (batch, channels, height, width), float32 on the CPU, for the
-    output rows top..top+height and columns left..left+width of images 0..batch-1.
-    One `seed` for the batch draws image i's noise from (seed, i); a seed per image draws
-    each from (seed[i], 0), the noise that image has alone with that seed."""
+    output rows top..top+height and columns left..left+width of images first..first+batch-1
+    of a batch. One `seed` for the batch draws image i's noise from (seed, i); a seed per
+    image (one for each of these images) draws each from (seed[i], 0), the noise that image
+    has alone with that seed."""
     if min(top, left) < 0 or min(height, width) < 1:
         raise ValueError(f"bad noise region: top {top}, left {left}, height {height}, width {width}")
-    keys = [(s, 0) for s in seed] if isinstance(seed, Sequence) else [(seed, item) for item in range(batch)]
+    keys = [(s, 0) for s in seed] if isinstance(seed, Sequence) else [(seed, first + i) for i in range(batch)]
     if len(keys) != batch:
         raise ValueError(f"{len(keys)} seeds for {batch} images")
     n = NOISE_BLOCK

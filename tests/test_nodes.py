@@ -627,6 +627,31 @@ def test_progress_counts_tiles(comfy, pack, student):
     assert comfy.model_management.interrupt_checks >= 4  # Cancel is checked at every tile
 
 
+def test_a_batch_of_frames_is_computed_frame_by_frame(comfy, pack, student):
+    """A video's frames: progress counts every frame's tiles, Cancel stops within the first
+    frame (the whole batch went through each tile at once, so Cancel came after all of
+    it), one frame's tile is in memory at a time, and the result is the batch's result."""
+    frames = image(b=4, h=12, w=12)
+    calls, velocity = [], student.velocity
+    student.velocity = lambda x, x_lr, t: (calls.append(x.shape[0]), velocity(x, x_lr, t))[1]
+    kw = dict(model=student, t=0.5, seed=7, tile=32, overlap=8, color_fix="none")
+    out = run(pack, "OFTSRUpscale", image=frames, **kw)
+    (bar,) = bars(comfy)  # 4 frames of 2 x 2 tiles
+    assert bar.total == 16 and bar.updates == [(i, 16) for i in range(1, 17)] and calls == [1] * 16
+    whole = pack.lib.upscale(student, frames.movedim(-1, 1), t=0.5, seed=7, tile=32, overlap=8).movedim(1, -1)
+    assert torch.equal(out, whole)
+    alone = pack.lib.upscale(student, frames[:1].movedim(-1, 1), t=0.5, seed=7, tile=32, overlap=8).movedim(1, -1)
+    assert torch.allclose(out[:1], alone, atol=1e-6)  # frame 0 is what it is alone; frame i draws (seed, i)
+    mm = comfy.model_management
+    comfy.utils.PROGRESS_BAR_HOOK = lambda value, total, preview: value == 2 and mm.interrupt_current_processing()
+    calls.clear()
+    with pytest.raises(comfy_stubs.InterruptProcessingException):
+        run(pack, "OFTSRUpscale", image=frames, **kw)
+    assert calls == [1, 1, 1]  # pressed at tile 2, seen at the next: within the first frame, not after all 16
+    common = sys.modules[f"{PACK}.nodes.common"]
+    assert common.estimate_memory(student, 4, 48, 48, 32, per_image=True) < common.estimate_memory(student, 4, 48, 48, 32)
+
+
 def test_interrupt_propagates_and_unloads(comfy, pack, student):
     mm = comfy.model_management
     comfy.utils.PROGRESS_BAR_HOOK = lambda value, total, preview: mm.interrupt_current_processing()  # Cancel pressed
@@ -908,7 +933,7 @@ def test_t_sweep_returns_one_image_per_t(comfy, pack, student):
     out = run(pack, "OFTSRTSweep", model=student, image=img, t_values="0.25,\n1", seed=7, tile=32, overlap=8,
               color_fix="none")
     assert out.shape == (4, 48, 48, 3) and out.dtype == torch.float32
-    assert bars(comfy)[0].total == 8 and bars(comfy)[0].updates[-1] == (8, 8)  # 2 passes x 4 tiles
+    assert bars(comfy)[0].total == 16 and bars(comfy)[0].updates[-1] == (16, 16)  # 2 passes x 2 images x 4 tiles
     for k, t in enumerate([0.25, 1.0]):
         single = pack.lib.upscale(student, img.movedim(-1, 1), t=t, seed=7, tile=32, overlap=8).movedim(1, -1)
         assert torch.equal(out[k], single[0]) and torch.equal(out[2 + k], single[1])  # image-major order

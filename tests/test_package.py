@@ -74,7 +74,7 @@ def test_registry_metadata():
     assert repository.startswith("https://github.com/")
 
     # the licence: the registry's {file = ...} form, and the file says MIT
-    assert pyproject["project"]["license"] == {"file": "LICENSE"}
+    assert pyproject["project"]["license"] == "MIT" and pyproject["project"]["license-files"] == ["LICENSE"]  # PEP 639
     license_text = (ROOT / "LICENSE").read_text()
     assert license_text.startswith("MIT License") and "OFTSR contributors" in license_text
 
