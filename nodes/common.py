@@ -19,7 +19,7 @@ from ..oftsr.checks import SEED_MAX
 from ..oftsr.devices import is_out_of_memory
 from ..oftsr.model import OFTSRModel
 from ..oftsr.sampling import Callback
-from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, num_tiles
+from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, batch_passes, images_per_pass, num_tiles
 from ..oftsr.color import COLOR_FIX_MODES, color_fix
 
 log = logging.getLogger(__name__)
@@ -267,11 +267,11 @@ def estimate_memory(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile:
     """Bytes a run needs on the device: weights, one tile's activations, the band of tile
     rows being blended (tile height x image width; the result goes to the image's device)
     and `states` whole-image float32 buffers (the teacher's solver; the upscaler has none).
-    `per_image`: the library computes the batch's images one after another (`upscale`), so
-    the tile and the band are one image's."""
+    `per_image`: the library computes a tiled batch a few images at a time (`upscale`,
+    `tiling.images_per_pass`), so the tile and the band are those images'."""
     th, tw = (min(tile, out_h), min(tile, out_w)) if tile else (out_h, out_w)
     elem = torch.empty((), dtype=model.dtype).element_size()
-    at_once = 1 if per_image else batch
+    at_once = images_per_pass(batch, out_h, out_w, tile or None) if per_image else batch
     activations = at_once * th * tw * model.config.model_channels * (_ACT_BYTES_PER_ELEM * elem + _ACT_BYTES_FIXED)
     band = at_once * 4 * th * out_w * 4 * 4  # RGBA sums, their normalised copy and the conversion, float32
     images = batch * 3 * out_h * out_w * 4 * states
@@ -321,20 +321,19 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
     whole job retried, down to MIN_OOM_TILE; below that a ValueError says what to do.
     The progress bar ticks at every tile of each of a library call's `evaluations`
     network evaluations (None: a count not known ahead, the adaptive solver's, shown on
-    ADAPTIVE_PROGRESS_UNITS ticks); `per_image`: the library computes the images one after
-    another (`upscale`), its ticks counting every image's tiles, so Cancel stops within one
-    image's tile and memory holds one image's. `x` is (B, C, H, W); the result is what `job` returns. (A gray
+    ADAPTIVE_PROGRESS_UNITS ticks); `per_image`: the library computes a tiled batch a few
+    images at a time (`upscale`), its ticks counting the tiles of every pass, so Cancel
+    stops within one tile and memory holds one tile. `x` is (B, C, H, W); the result is what `job` returns. (A gray
     photograph, which LoadImage makes three equal channels, comes back with three equal
     channels: the library keeps neutral images neutral.)"""
     device = mm.get_torch_device()
     out_h, out_w = x.shape[-2] * model.scale, x.shape[-1] * model.scale
 
-    images = x.shape[0] if per_image else 1
-
     def units(tile: int | None, overlap: int) -> int:
         if evaluations is None:
             return ADAPTIVE_PROGRESS_UNITS
-        return evaluations * num_tiles(out_h, out_w, tile, overlap) * images
+        passes = batch_passes(x.shape[0], out_h, out_w, tile) if per_image else 1
+        return evaluations * num_tiles(out_h, out_w, tile, overlap) * passes
 
     widget_overlap = overlap  # what a retry's smaller tile starts from
     tile, overlap = first_tiling(tile, overlap)

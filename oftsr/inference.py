@@ -24,7 +24,7 @@ from .model import OFTSRModel
 from .noise import region_noise
 from .resample import upsample_lr_region
 from .sampling import Callback, CountNFE, evaluations, get_sampler
-from .tiling import Box, blend_tiles, blend_tiles_into_tensor, crop_tiles
+from .tiling import Box, blend_tiles, blend_tiles_into_tensor, check_tiling, crop_tiles, images_per_pass
 
 __all__ = ["upscale", "sample"]
 
@@ -165,11 +165,11 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     tensor or array), each image then getting the result it has alone with that seed (to
     float rounding).
 
-    The images of a batch are computed one after another (the callback counts every
-    image's tiles: `(done, batch * tiles)`), each tile with its own noise, condition and
-    result, and finished rows go straight into the result, so beyond it memory is bounded
-    by one image's tile (times the image width), whatever the image size and the batch (a
-    video's frames)."""
+    A tiled batch (a video's frames) is computed a few images at a time, as many as one
+    tile's pixels hold (`tiling.images_per_pass`; the callback counts the tiles of every
+    pass), each tile with its own noise, condition and result, and finished rows go
+    straight into the result, so beyond it memory is bounded by one tile (times the image
+    width), whatever the image size and the batch. Without tiling the batch goes at once."""
     _check_model(model, "student", "upscale()")
     _check_callables(callback=callback)
     t = check_t(t)
@@ -181,17 +181,21 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     lr = rgb.to(model.device) * 2 - 1
     b, _, h, w = result.out.shape
 
-    for k in range(b):
-        image_seed = [seed[k]] if isinstance(seed, list) else seed
+    at_once = images_per_pass(b, h, w, check_tiling(tile, overlap)[0])
+    passes = -(-b // at_once)
+    for first in range(0, b, at_once):
+        n = min(at_once, b - first)
+        part_seed = seed[first:first + n] if isinstance(seed, list) else seed
 
-        def tile_fn(boxes: list[Box], height: int, width: int, k: int = k, image_seed: Seed = image_seed) -> torch.Tensor:
-            x0, x_lr = _start(model, lr[k:k + 1], image_seed, boxes, height, width, first=k)
+        def tile_fn(boxes: list[Box], height: int, width: int, first: int = first, n: int = n,
+                    part_seed: Seed = part_seed) -> torch.Tensor:
+            x0, x_lr = _start(model, lr[first:first + n], part_seed, boxes, height, width, first=first)
             return student_step(x0, model.velocity(x0, x_lr, t))
 
-        def tick(done: int, total: int, k: int = k) -> None:
-            callback(k * total + done, b * total)
+        def tick(done: int, total: int, k: int = first // at_once) -> None:
+            callback(k * total + done, passes * total)
 
-        blend_tiles(tile_fn, 1, h, w, functools.partial(result.write, first=k), tile=tile, overlap=overlap,
+        blend_tiles(tile_fn, n, h, w, functools.partial(result.write, first=first), tile=tile, overlap=overlap,
                     tile_batch=tile_batch, callback=None if callback is None else tick)
     return result.out
 

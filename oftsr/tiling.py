@@ -132,6 +132,21 @@ def blend_tiles_into_tensor(fn: TileFn, batch: int, height: int, width: int, *, 
     return out
 
 
+def images_per_pass(batch: int, height: int, width: int, tile: int | None) -> int:
+    """How many images of a batch `upscale` computes together: the whole batch without
+    tiling (asked for at once), else as many images as one tile's pixels hold (at least
+    one), so that memory and the wait for a Cancel stay those of one tile, while small
+    frames still share a network evaluation."""
+    if tile is None:
+        return batch
+    return max(1, min(batch, (tile * tile) // max(1, height * width)))
+
+
+def batch_passes(batch: int, height: int, width: int, tile: int | None) -> int:
+    """How many passes `upscale` makes over a batch (`images_per_pass` images each)."""
+    return -(-batch // images_per_pass(batch, height, width, tile))
+
+
 def num_tiles(h: int, w: int, tile: int | None, overlap: int | None = None) -> int:
     tile, overlap = check_tiling(tile, overlap)
     if tile is None or (h <= tile and w <= tile):

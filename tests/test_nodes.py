@@ -650,6 +650,14 @@ def test_a_batch_of_frames_is_computed_frame_by_frame(comfy, pack, student):
     assert calls == [1, 1, 1]  # pressed at tile 2, seen at the next: within the first frame, not after all 16
     common = sys.modules[f"{PACK}.nodes.common"]
     assert common.estimate_memory(student, 4, 48, 48, 32, per_image=True) < common.estimate_memory(student, 4, 48, 48, 32)
+    # small frames share a network evaluation, as many as one tile's pixels hold: 4 of 32 x 32 in a 64 px tile
+    comfy.utils.PROGRESS_BAR_HOOK = None
+    calls.clear()
+    small = image(b=8, h=8, w=8)
+    out = run(pack, "OFTSRUpscale", image=small, **{**kw, "tile": 64})
+    assert calls == [4, 4] and bars(comfy)[-1].updates == [(1, 2), (2, 2)]
+    whole = pack.lib.upscale(student, small.movedim(-1, 1), t=0.5, seed=7, tile=None).movedim(1, -1)  # all at once
+    assert torch.allclose(out, whole, atol=1e-5)
 
 
 def test_interrupt_propagates_and_unloads(comfy, pack, student):
