@@ -287,10 +287,14 @@ def setup_logging() -> None:
             handler.addFilter(_own_messages)
 
 
+# What each process says for itself (the pair shards it wrote), which the others cannot say for it.
+process_logger = logging.getLogger("oftsr.trainer.process")
+
+
 def _own_messages(record: logging.LogRecord) -> bool:
     """What a process other than the main one logs: errors, and what only it can see (the
-    training images its loader could not read); the rest the main process says once."""
-    return record.levelno >= logging.ERROR or record.name.startswith(load_logger.name)
+    training images its loader could not read, its own work); the rest the main process says once."""
+    return record.levelno >= logging.ERROR or record.name.startswith((load_logger.name, process_logger.name))
 
 
 def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from common import HelpFormatter, load_teacher, logger, multi_cpu, positive_int, run_script, scan_once, setup_logging  # also puts the checkout on sys.path
+# common also puts the checkout on sys.path
+from common import (HelpFormatter, load_teacher, logger, multi_cpu, positive_int, process_logger, run_script,
+                    scan_once, setup_logging)
 
 from oftsr.checkpoint import network_digest
 from oftsr.model import DEGRADATIONS
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     n = make_pairs(teacher, data, out, num_pairs=args.num_pairs, shard_size=args.shard_size, seed=args.seed,
                    steps=args.steps, solver=args.solver, batch_size=args.batch_size,
                    shards=lambda i: i % state.num_processes == state.process_index,
-                   log=lambda s: logger.info("process %d: %s", state.process_index, s))
+                   log=lambda s: process_logger.info("process %d: %s", state.process_index, s))
     if state.num_processes > 1:  # each process counts its own shards
         from accelerate.utils import gather
 
