@@ -7,7 +7,8 @@
 Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, fastpath, flops,
 baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole images per second),
 train_memory (one training step with and without --gradient_checkpointing), profile (where a
-forward's time goes, by part of the network; with --compile_mode, the compiled forward's too).
+forward's time goes, by part of the network; with --compile_mode, the compiled forward's too),
+loader (training crops per second of one loader worker, from photographs and from their tiles).
 Weights are random (the speed of a network does not depend on its values); every
 comparison uses identical weights and inputs. The memory section runs `oftsr upscale`
 and `oftsr sample` with the bundled models, and with a stand-in network for photographs
@@ -579,9 +580,62 @@ def bench_flops(args, device) -> None:
           ["preset", "parameters", *(f"{s} px" for s in args.sizes)], rows)
 
 
+def _synthetic_photographs(folder: Path, count: int, width: int, height: int) -> None:
+    """Photograph-like PNGs (smooth colour fields, edges and grain), as large as DIV2K's."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(count):
+        base = torch.rand(1, 3, height // 64, width // 64, generator=g)
+        img = torch.nn.functional.interpolate(base, size=(height, width), mode="bicubic", align_corners=False)[0]
+        img = (img + 0.04 * torch.randn(img.shape, generator=g)).clamp(0, 1)
+        Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / f"photo{i}.png")
+
+
+def bench_loader(args, device) -> None:
+    """Training crops per second of one loader worker (one thread), from the photographs
+    as they are and from their tiles (`trainer/make_tiles.py`), and the folder scan."""
+    from oftsr.training.data import SRDataset, scan_image_sizes
+    from oftsr.training.tiles import cut_tiles
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            photos = Path(args.loader_data) if args.loader_data else Path(work) / "photos"
+            if not args.loader_data:
+                photos.mkdir()
+                _synthetic_photographs(photos, 4, 2040, 1356)
+            start = time.perf_counter()
+            sizes = scan_image_sizes(photos)
+            scan_ms = (time.perf_counter() - start) * 1e3 / len(sizes)
+            tiles = Path(work) / "tiles"
+            for path in sizes:
+                cut_tiles(path, photos, tiles, args.loader_tile, args.loader_tile // 2)
+            rows = []
+            for source, folder in (("photographs", photos), (f"tiles of {args.loader_tile} px", tiles)):
+                files = scan_image_sizes(folder)
+                mp = sum(w * h for w, h in files.values()) / len(files) / 1e6
+                for degradation in ("bicubic", "realesrgan"):
+                    data = SRDataset(folder, resolution=args.loader_resolution, degradation=degradation,
+                                     files=list(files))
+                    n = max(4, args.repeat * 4)
+                    start = time.perf_counter()
+                    for i in range(n):
+                        data[i % len(data)]
+                    rows.append([source, f"{len(files)}", f"{mp:.2f}", degradation,
+                                 f"{n / (time.perf_counter() - start):.1f}"])
+    finally:
+        torch.set_num_threads(threads)
+    table(f"Training crops of {args.loader_resolution} px per second, one loader worker (one thread), "
+          f"{platform.machine()} CPU; the scan reads {scan_ms:.2f} ms per file",
+          ["source", "files", "MP each", "degradation", "crops / s"], rows)
+
+
 SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_vs_teacher, "tiling": bench_tiling,
             "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops, "baselines": bench_baselines,
-            "images": bench_images, "train_memory": bench_train_memory, "profile": bench_profile}
+            "images": bench_images, "train_memory": bench_train_memory, "profile": bench_profile,
+            "loader": bench_loader}
 
 
 def main() -> None:
@@ -617,6 +671,10 @@ def main() -> None:
     p.add_argument("--train_batch", type=int, default=4, help="crops per step in the train_memory section")
     p.add_argument("--profile_top", type=int, default=15, help="kernels (ops on a CPU) listed in the profile section")
     p.add_argument("--fastpath_layouts", action="store_true", help="fast-path rows for each layout, not only the default")
+    p.add_argument("--loader_data", default=None,
+                   help="folder of photographs for the loader section (default: four synthetic 2040x1356 PNGs)")
+    p.add_argument("--loader_resolution", type=int, default=256, help="crop size of the loader section")
+    p.add_argument("--loader_tile", type=int, default=480, help="tile size of the loader section's tiles")
     args = p.parse_args()
     device = torch.device(args.device)
     full = args.full or device.type == "cuda"

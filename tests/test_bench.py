@@ -145,3 +145,21 @@ def test_profile_categories_of_gpu_kernel_names():
                                                                   "is fused in)",
              "triton_poi_fused_add_convolution_silu_3": "compiled: pointwise (norm apply, SiLU, adds, copies)"}
     assert {n: bench.profile_category(n) for n in names} == names
+
+
+def test_bench_loader_rows_for_photographs_and_their_tiles(tmp_path):
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (128, 96), (60 * i, 90, 30)).save(tmp_path / f"p{i}.png")
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--device", "cpu", "--only", "loader",
+                          "--loader_data", str(tmp_path), "--loader_resolution", "32", "--loader_tile", "64",
+                          "--repeat", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"^\| (photographs|tiles of 64 px) \| (\d+) \| ([\d.]+) \| (bicubic|realesrgan) \| ([\d.]+) \|$",
+                      out.stdout, flags=re.M)
+    # 128 x 96 in 64 px tiles 32 apart: 3 x 2 tiles each
+    assert [(s, n, d) for s, n, _, d, _ in rows] == [("photographs", "2", "bicubic"), ("photographs", "2", "realesrgan"),
+                                                     ("tiles of 64 px", "12", "bicubic"),
+                                                     ("tiles of 64 px", "12", "realesrgan")], out.stdout
+    assert all(float(per_s) > 0 for *_, per_s in rows) and "the scan reads" in out.stdout
