@@ -295,13 +295,18 @@ def first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:
     return (None, overlap) if tile <= 0 else (tile, min(overlap, tile // 2))
 
 
-def retry_tiling(tile: int | None, overlap: int, out_h: int, out_w: int) -> tuple[int, int | None, int]:
+def retry_tiling(tile: int | None, overlap: int, out_h: int, out_w: int,
+                 frames_at_once: int = 1) -> tuple[int, int | None, int]:
     """After an out-of-memory with `tile` (None: no tiling): the tile that failed (an image
-    smaller than the tile is one tile); the next to try, half of it but at least
-    MIN_OOM_TILE, or None when the failed tile was already that small; and its overlap,
-    the widget's `overlap` at most a quarter of the new tile (never none: seams)."""
+    smaller than the tile is one tile, unless `frames_at_once` such images shared it: a
+    smaller tile then takes fewer frames at once); the next to try, half of it but at
+    least MIN_OOM_TILE, or None when the failed tile was already that small; and its
+    overlap, the widget's `overlap` at most a quarter of the new tile (never none: seams)."""
     overlap = max(0, int(overlap))
-    failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
+    if tile and frames_at_once > 1:
+        failed = tile
+    else:
+        failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
     if failed <= MIN_OOM_TILE:
         return failed, None, overlap
     smaller = max(MIN_OOM_TILE, failed // 2)
@@ -352,7 +357,8 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             # outside the except block the exception's frames and their tensors are released
             mm.soft_empty_cache()
-            failed, tile, overlap = retry_tiling(tile, widget_overlap, out_h, out_w)
+            at_once = images_per_pass(x.shape[0], out_h, out_w, tile) if per_image else 1
+            failed, tile, overlap = retry_tiling(tile, widget_overlap, out_h, out_w, at_once)
             if tile is None:
                 cpu = "" if device.type == "cpu" else ", or run on the CPU with --cpu"
                 raise ValueError(

@@ -752,6 +752,26 @@ def test_oom_tries_the_smallest_tile_before_giving_up(comfy, pack, student):
     assert calls[0] == (400, 400) and calls[1] == (168, 168) and max(max(c) for c in calls[2:]) <= 128
 
 
+def test_oom_with_frames_sharing_a_tile_takes_fewer_frames_at_once(comfy, pack, student):
+    """16 frames of 128 px output share one 512 px tile: out of memory there, the halved
+    tile takes 4 at a time (the frames alone, each smaller than the tile, gave up at once)."""
+    calls, velocity = [], student.velocity
+
+    def limited(x, x_lr, t):
+        calls.append(x.shape[0])
+        if x.shape[0] * x.shape[-2] * x.shape[-1] > 256 * 256:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return velocity(x, x_lr, t)
+
+    student.velocity = limited
+    frames = image(b=16, h=32, w=32)
+    out = run(pack, "OFTSRUpscale", model=student, image=frames, t=0.5, seed=2, tile=512, overlap=64,
+              color_fix="none")
+    assert calls == [16, 4, 4, 4, 4]
+    expected = pack.lib.upscale(student, frames.movedim(-1, 1), t=0.5, seed=2, tile=256, overlap=64).movedim(1, -1)
+    assert torch.equal(out, expected)
+
+
 def test_a_linked_tile_out_of_range_is_refused_by_every_node(comfy, pack, student, teacher):
     """A tile from a link is not in `validate_inputs`' hands (it arrives as None there):
     each node refuses it when it runs, with the widget's message, before any evaluation."""
