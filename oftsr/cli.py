@@ -230,15 +230,37 @@ def _check_writable(targets: list[Path]) -> None:
                 name_max = os.pathconf(folder, "PC_NAME_MAX")
             except (OSError, ValueError, AttributeError):  # not on every system
                 name_max = 255
+            path_max = windows_path_limit()
             for t in named:  # written under a temporary name 14 bytes longer (atomic_write)
                 if len(t.name.encode()) + ATOMIC_NAME_EXTRA > name_max:
                     raise ValueError(f"{t.name}: the name is too long to write in {folder} ({len(t.name.encode())} "
                                      f"bytes; at most {name_max - ATOMIC_NAME_EXTRA}): rename the input, or name a "
                                      f"shorter output with -o")
+                full = len(str(folder.resolve() / t.name)) + ATOMIC_NAME_EXTRA
+                if path_max is not None and full > path_max:
+                    raise ValueError(f"{folder.resolve() / t.name}: the path is longer than Windows opens ({path_max} "
+                                     f"characters with the temporary name's {ATOMIC_NAME_EXTRA}): choose a shorter -o "
+                                     f"folder, or enable long paths (LongPathsEnabled) in Windows")
         except OSError as e:
             blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
             why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or e
             raise ValueError(f"cannot write to {folder}: {why}") from None
+
+
+def windows_path_limit() -> int | None:
+    """The longest path Windows opens here: 259 characters unless long paths are enabled
+    (the LongPathsEnabled registry value); None on other systems."""
+    if os.name != "nt":
+        return None
+    try:
+        import winreg
+
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SYSTEM\CurrentControlSet\Control\FileSystem") as key:
+            if winreg.QueryValueEx(key, "LongPathsEnabled")[0] == 1:
+                return None
+    except OSError:
+        pass
+    return 259
 
 
 def _t_tag(t: float) -> str:

@@ -422,6 +422,26 @@ def test_killed_save_leaves_no_truncated_file(tmp_path, name, depth):
     assert res.returncode == -9 and dst.read_bytes() == old
 
 
+def test_a_result_path_longer_than_windows_opens_is_refused_before_any_work(tmp_path, model_files, inputs, capsys,
+                                                                           monkeypatch):
+    """Windows without long paths opens at most 259 characters: the result (with atomic_write's
+    temporary name) is checked before any image is computed, as the name's length is."""
+    deep = tmp_path / ("d" * 40) / ("e" * 40)
+    limit = len(str((deep / "rgb.png").resolve())) + oftsr.files.ATOMIC_NAME_EXTRA - 1
+    monkeypatch.setattr(oftsr.cli, "windows_path_limit", lambda: limit)
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(deep / "rgb.png"), "--model",
+                             str(model_files[0])], capsys)
+    assert code == 2 and _one_error(err) == (
+        f"error: {(deep / 'rgb.png').resolve()}: the path is longer than Windows opens ({limit} characters with the "
+        f"temporary name's 14): choose a shorter -o folder, or enable long paths (LongPathsEnabled) in Windows")
+    assert not (deep / "rgb.png").exists()
+    monkeypatch.setattr(oftsr.cli, "windows_path_limit", lambda: limit + 1)  # one more character: it fits
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(deep / "rgb.png"), "--model", str(model_files[0]),
+                 "-q"]) == 0
+    monkeypatch.undo()
+    assert oftsr.cli.windows_path_limit() is None  # not Windows: no limit of this kind
+
+
 def test_a_result_open_in_another_program_is_waited_for_then_named(tmp_path, monkeypatch):
     """Windows refuses to replace a file that a viewer or a virus scanner holds open: the
     write waits briefly and tries again; if it is still held, the error names the file
