@@ -20,7 +20,7 @@ import torch
 from . import __version__
 from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
-from .files import ATOMIC_NAME_EXTRA, check_new_file
+from .files import ATOMIC_NAME_EXTRA, check_new_file, file_in_the_way
 from .images import (CAMERA_RAW_ADVICE, IMAGE_SUFFIXES, MAX_FRAMES_COUNTED, READ_SUFFIXES, check_output_size,
                      file_format, find_images, frame_count, load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
@@ -151,11 +151,14 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
     tags = tags or [""]
     targets = [_tagged(t, tag) for t in targets for tag in tags]
     # By the file system's own identity: "A.PNG" for "a.png" on macOS or Windows is the same file.
-    inputs_at = {key: f for f in files if (key := _file_id(f)) is not None}
-    replaced = [inputs_at.get(key) if (key := _file_id(t)) is not None else None for t in targets]
-    for src, t, victim in zip((f for f in files for _ in tags), targets, replaced):
+    source_ids = [_file_id(f) for f in files]
+    target_ids = [_file_id(t) for t in targets]
+    inputs_at = {key: f for f, key in zip(files, source_ids) if key is not None}
+    replaced = [inputs_at.get(key) if key is not None else None for key in target_ids]
+    for src, src_id, t, t_id, victim in zip((f for f in files for _ in tags), (k for k in source_ids for _ in tags),
+                                            targets, target_ids, replaced):
         # read later as an input: lost, or an upscale's upscale (its own source, under any of its names, is not)
-        if victim is not None and _file_id(victim) != _file_id(src):
+        if victim is not None and t_id != src_id:
             raise ValueError(f"-o {out}: {t.name}, the result of {src.name}, would replace the input image "
                              f"{victim.name}; choose another output folder")
     if not overwrite:
@@ -230,19 +233,18 @@ def _check_writable(targets: list[Path]) -> None:
                 name_max = os.pathconf(folder, "PC_NAME_MAX")
             except (OSError, ValueError, AttributeError):  # not on every system
                 name_max = 255
-            path_max = windows_path_limit()
+            path_max, where = windows_path_limit(), folder.resolve()
             for t in named:  # written under a temporary name 14 bytes longer (atomic_write)
                 if len(t.name.encode()) + ATOMIC_NAME_EXTRA > name_max:
                     raise ValueError(f"{t.name}: the name is too long to write in {folder} ({len(t.name.encode())} "
                                      f"bytes; at most {name_max - ATOMIC_NAME_EXTRA}): rename the input, or name a "
                                      f"shorter output with -o")
-                full = len(str(folder.resolve() / t.name)) + ATOMIC_NAME_EXTRA
-                if path_max is not None and full > path_max:
-                    raise ValueError(f"{folder.resolve() / t.name}: the path is longer than Windows opens ({path_max} "
+                if path_max is not None and len(str(where / t.name)) + ATOMIC_NAME_EXTRA > path_max:
+                    raise ValueError(f"{where / t.name}: the path is longer than Windows opens ({path_max} "
                                      f"characters with the temporary name's {ATOMIC_NAME_EXTRA}): choose a shorter -o "
                                      f"folder, or enable long paths (LongPathsEnabled) in Windows")
         except OSError as e:
-            blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            blocking = file_in_the_way(folder)
             why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or e
             raise ValueError(f"cannot write to {folder}: {why}") from None
 

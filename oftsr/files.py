@@ -60,6 +60,13 @@ def _replace(tmp: Path, path: Path) -> None:
         raise PermissionError(e.errno, f"{e.strerror} (is it open in another program?)", str(path)) from None
 
 
+def file_in_the_way(folder: str | os.PathLike) -> Path | None:
+    """The file (not a folder) at `folder` or at one of its parents, which stops the folder
+    being made, or None."""
+    folder = Path(folder)
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The file's sha256, hex, read in 1 MiB blocks (model files are tens of MB)."""
     digest = hashlib.sha256()

@@ -24,7 +24,8 @@ from .model import OFTSRModel
 from .noise import region_noise
 from .resample import upsample_lr_region
 from .sampling import Callback, CountNFE, evaluations, get_sampler
-from .tiling import Box, blend_tiles, blend_tiles_into_tensor, check_tiling, crop_tiles, images_per_pass
+from .tiling import (Box, batch_passes, blend_tiles, blend_tiles_into_tensor, check_tiling, crop_tiles,
+                     images_per_pass)
 
 __all__ = ["upscale", "sample"]
 
@@ -181,8 +182,8 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     lr = rgb.to(model.device) * 2 - 1
     b, _, h, w = result.out.shape
 
-    at_once = images_per_pass(b, h, w, check_tiling(tile, overlap)[0])
-    passes = -(-b // at_once)
+    tiled = check_tiling(tile, overlap)[0]
+    at_once, passes = images_per_pass(b, h, w, tiled), batch_passes(b, h, w, tiled)
     for first in range(0, b, at_once):
         n = min(at_once, b - first)
         part_seed = seed[first:first + n] if isinstance(seed, list) else seed

@@ -136,6 +136,13 @@ def _check_custom_states(path: Path) -> None:
                                    f"checkpoint you trust)") from None
 
 
+def any_process(accelerator, flag: bool) -> bool:
+    """Whether `flag` holds on any of the run's processes (each process passes its own)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.gather(torch.tensor([float(flag)], device=accelerator.device)).max().item())
+
+
 def _own_random_states_read(accelerator, path: Path) -> bool:
     """Whether every process can read its own `random_states_<rank>.pkl` as Accelerate will
     (which says it could not only on the main process, and goes on with other t and noise on
@@ -149,9 +156,7 @@ def _own_random_states_read(accelerator, path: Path) -> bool:
         read = True
     except Exception:  # cut short, or not a pickle of states
         read = False
-    if accelerator.num_processes > 1:
-        read = bool(accelerator.gather(torch.tensor([float(read)], device=accelerator.device)).min().item())
-    return read
+    return not any_process(accelerator, not read)
 
 
 def _load_state(accelerator, path: Path, output_dir: str) -> None:

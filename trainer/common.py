@@ -37,10 +37,10 @@ from oftsr.flow import noise_augment  # noqa: E402
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality  # noqa: E402
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
 from oftsr.model import DEGRADATIONS  # noqa: E402
-from oftsr.files import atomic_write  # noqa: E402
+from oftsr.files import atomic_write, file_in_the_way  # noqa: E402
 
-from checkpoints import (check_training_metadata, data_settings, export_model, list_checkpoints, model_info, resume,  # noqa: E402
-                         save_checkpoint, training_metadata)
+from checkpoints import (any_process, check_training_metadata, data_settings, export_model,  # noqa: E402
+                         list_checkpoints, model_info, resume, save_checkpoint, training_metadata)
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -162,8 +162,7 @@ def check_data_dirs(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"--{flag} {folder} " + ("is not a folder" if Path(folder).exists()
                                                                else "does not exist"))
     output = getattr(args, "output_dir", None)
-    blocking = next((p for p in (Path(output), *Path(output).parents) if p.exists() and not p.is_dir()),
-                    None) if output else None
+    blocking = file_in_the_way(output) if output else None
     if blocking is not None:
         raise ValueError(f"--output_dir {output}: {blocking} is a file, not a folder")
 
@@ -342,12 +341,9 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
             accelerator.oftsr_lock = lock_output_dir(args.output_dir)
         except RunningElsewhere as e:
             held_elsewhere = str(e)
-    if accelerator.num_processes > 1:  # every process stops, not only the one that knows
-        refused = accelerator.gather(torch.tensor([float(bool(held_elsewhere))], device=accelerator.device))
-        if refused.max().item() and not held_elsewhere:
-            raise RunningElsewhere(f"another run is writing to {args.output_dir} (the main process says which)")
-    if held_elsewhere:
-        raise RunningElsewhere(held_elsewhere)
+    if any_process(accelerator, bool(held_elsewhere)):  # every process stops, not only the one that knows
+        raise RunningElsewhere(held_elsewhere or f"another run is writing to {args.output_dir} (the main process "
+                                                 f"says which)")
     # The trackers start in run_training, once the run's length and warm-up are settled.
     accelerator.oftsr_project = args.tracker_project_name or project
     return accelerator
@@ -598,11 +594,9 @@ class StopRequest:
             self.reason = "the launcher has gone"
             logger.warning("the launcher (process %d) has gone: stopping after this step with a checkpoint",
                            self.launcher)
-        stop = self.reason is not None
-        if accelerator.num_processes > 1:  # one process's signal or clock stops them all
-            stop = bool(accelerator.gather(torch.tensor([float(stop)], device=accelerator.device)).max().item())
-            if stop and self.reason is None:
-                self.reason = "a stop on another process"
+        stop = any_process(accelerator, self.reason is not None)  # one process's signal or clock stops them all
+        if stop and self.reason is None:
+            self.reason = "a stop on another process"
         return stop
 
 

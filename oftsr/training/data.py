@@ -147,14 +147,14 @@ def warn_image_sizes(files: list[Path], resolution: int, tiles_hint: bool = True
     is smaller, the crop size is a mistake: refuse it. Images far larger than the crop
     (LARGE_IMAGE_CROPS) are said with the way to load them faster: tiles cut once.
     `sizes`: what `scan_image_sizes` found, so that no header is read twice."""
-    known, sizes = sizes or {}, []
+    known, measured = sizes or {}, []
     for path in files:  # the scan's sizes where given, else from the headers
         try:
-            sizes.append((known[path] if path in known else _checked_size(path), path))
+            measured.append((known[path] if path in known else _checked_size(path), path))
         except Exception:  # changed since the scan: the loader skips it
             continue
-    small = sorted((min(size), path) for size, path in sizes if min(size) < resolution)
-    if small and len(small) == len(sizes):  # a flag mistake, not a few odd images: stop before training on blur
+    small = sorted((min(size), path) for size, path in measured if min(size) < resolution)
+    if small and len(small) == len(measured):  # a flag mistake, not a few odd images: stop before training on blur
         fits = small[-1][0]
         raise ValueError(f"all {len(files)} training images are smaller than the {resolution} px crop (the largest "
                          f"fits {fits} px); scaled up, they would teach blur: use a --resolution of at most {fits}")
@@ -163,7 +163,7 @@ def warn_image_sizes(files: list[Path], resolution: int, tiles_hint: bool = True
         logger.warning("%d of %d training images are smaller than the %d px crop and are scaled up to it, which "
                        "teaches blur (smallest: %s, %d px); use a smaller --resolution or leave them out",
                        len(small), len(files), resolution, path.name, side)
-    mean = sum(w * h for (w, h), _ in sizes) / max(1, len(sizes))
+    mean = sum(w * h for (w, h), _ in measured) / max(1, len(measured))
     if tiles_hint and mean >= LARGE_IMAGE_CROPS * resolution ** 2:
         logger.warning("the training images average %.1f MP, %d times a %d px crop, and each crop decodes its whole "
                        "image: loading may not keep up with a GPU. Cut them once into tiles (python "
