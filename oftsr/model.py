@@ -125,7 +125,8 @@ class OFTSRModel(nn.Module):
         With `channels_last=True` on a GPU that `triton_groupnorm.serves` (NVIDIA, Ampere on,
         Triton installed and working), GroupNorm, the time embedding's scale-shift and SiLU
         run as one channels_last kernel (`oftsr/triton_groupnorm.py`) instead of PyTorch's
-        NCHW-only one.
+        NCHW-only one, compiled or not (a compiled graph calls the kernels as custom
+        operators).
 
         `channels_last=None` picks `fastest_layout_is_channels_last(device)`, and picks
         again whenever the model moves to another device."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -276,15 +277,22 @@ def _works_in(index: int, dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or kernels_work(torch.device("cuda", index), dtype)
 
 
+@torch.compiler.assume_constant_result
+def _serves_dtype(index: int, dtype: torch.dtype) -> bool:
+    # Under torch.compile this runs once while the graph is traced, its answer baked into
+    # the graph, instead of being traced (it launches the one-time checks' kernels).
+    return installed() and _capable(index) and _works_in(index, dtype)
+
+
 def available(x: torch.Tensor) -> bool:
-    """Whether `group_norm_nhwc` serves this tensor: not inside torch.compile (whose own
-    generated kernels fuse the norm in any layout), no autograd (the kernels have no
-    backward), channels_last, float, on a GPU that `serves`."""
+    """Whether `group_norm_nhwc` serves this tensor: no autograd (the kernels have no
+    backward), channels_last, float, on a GPU that `serves`. Inside torch.compile too: the
+    kernels are custom operators there, which the compiled graph calls as they are (the
+    norm inductor generates instead took 1.4x the eager kernels' time: docs/performance.md)."""
     # `serves` without its driver check: a CUDA tensor has its device index (called per norm)
-    return (not torch.compiler.is_compiling() and x.is_cuda and not torch.is_grad_enabled() and x.ndim == 4
+    return (x.is_cuda and not torch.is_grad_enabled() and x.ndim == 4
             and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-            and x.is_contiguous(memory_format=torch.channels_last) and installed() and _capable(x.device.index)
-            and _works_in(x.device.index, x.dtype))
+            and x.is_contiguous(memory_format=torch.channels_last) and _serves_dtype(x.device.index, x.dtype))
 
 
 def _per_image(p: torch.Tensor | None, n: int, channels: int) -> tuple[torch.Tensor | None, int]:
@@ -321,6 +329,13 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
     which PyTorch would otherwise add after cuDNN's convolution, in a pass of its own.
     `resample` "up" or "down": the result nearest up-sampled 2x or 2x2 average-pooled
     (H and W even), written at that size in the same pass."""
+    if torch.compiler.is_compiling():
+        return torch.ops.oftsr.group_norm_nhwc(x, num_groups, weight, bias, eps, silu, x_bias, resample)
+    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample)
+
+
+def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                       eps: float, silu: bool, x_bias: torch.Tensor | None, resample: str | None) -> torch.Tensor:
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
@@ -364,6 +379,14 @@ def residual_add_(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
     and skip (PyTorch adds a bias after cuDNN's convolution, in a broadcast pass of its own).
     `skip_resample` "up" or "down": skip has half or twice h's height and width and is read
     nearest up-sampled or 2x2 average-pooled, so the resampled skip is never written."""
+    if torch.compiler.is_compiling():
+        torch.ops.oftsr.residual_add_(h, skip, bias, skip_resample)
+    else:
+        _residual_add_launch(h, skip, bias, skip_resample)
+    return h
+
+
+def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor, skip_resample: str | None) -> None:
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("residual_add_ needs the `triton` package")
@@ -381,4 +404,29 @@ def residual_add_(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
     add_kernel[(triton.cdiv(rows, _BLOCK_PIXELS), triton.cdiv(channels, _BLOCK_CHANNELS))](
         h, skip, bias, rows, channels, height * width, width, skip.shape[2] * skip.shape[3], skip.shape[3],
         **_RESAMPLE[skip_resample], BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
-    return h
+
+
+# The kernels as custom operators, which torch.compile keeps as calls in its graph (and CUDA
+# graphs capture): traced through, they would launch on fake tensors. Eager calls go to the
+# launchers directly, without the operator dispatch's cost per call.
+@torch.library.custom_op("oftsr::group_norm_nhwc", mutates_args=())
+def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                   eps: float, silu: bool, x_bias: Optional[torch.Tensor], resample: Optional[str]) -> torch.Tensor:
+    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample)
+
+
+@_group_norm_op.register_fake
+def _(x, num_groups, weight, bias, eps, silu, x_bias, resample):
+    n, channels, h, w = x.shape
+    return torch.empty((n, channels, *_resampled_size(h, w, resample)), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("oftsr::residual_add_", mutates_args=("h",))
+def _residual_add_op(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor, skip_resample: Optional[str]) -> None:
+    _residual_add_launch(h, skip, bias, skip_resample)
+
+
+@_residual_add_op.register_fake
+def _(h, skip, bias, skip_resample):
+    return None

@@ -184,6 +184,50 @@ def test_unet_with_fused_norms_matches_default_path(transposed):
     assert result["diff"] < 1e-4 * result["scale"] + 1e-5
 
 
+def test_compiled_network_keeps_the_kernels_as_operators():
+    # Under torch.compile the kernels are custom operators: the whole network traces into one
+    # graph (fullgraph: no break), the graph calls them rather than PyTorch's group_norm, and
+    # AOTAutograd's functionalisation of the in-place residual add gives the eager result.
+    result = _interpret("""
+        import json, torch
+        import oftsr
+        from oftsr import triton_groupnorm
+        model = oftsr.create_model("tiny", role="teacher", seed=0).eval()
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        model.optimize(channels_last=True)
+        triton_groupnorm.available = lambda x: (x.is_contiguous(memory_format=torch.channels_last)
+                                                and not torch.is_grad_enabled())
+        x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+        t = torch.tensor([0.3, 0.8])
+        targets = []
+        def recording(gm, inputs):
+            targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+            return torch._dynamo.lookup_backend("aot_eager")(gm, inputs)
+        with torch.inference_mode():
+            eager = model.velocity(x, x.flip(-1), t)
+            compiled = torch.compile(model.velocity, backend=recording, fullgraph=True)(x, x.flip(-1), t)
+        print(json.dumps({"diff": (compiled - eager).abs().max().item(), "scale": eager.abs().max().item(),
+                          "norms": sum("oftsr.group_norm_nhwc" in n for n in targets),
+                          "adds": sum("oftsr.residual_add_" in n for n in targets),
+                          "torch_norms": sum("group_norm" in n and "oftsr" not in n for n in targets)}))
+    """)
+    blocks = [m for m in TINY.modules() if isinstance(m, ResBlock)]
+    assert result["adds"] == len(blocks) and result["norms"] >= 2 * len(blocks), result
+    assert result["torch_norms"] == 0, result
+    assert result["scale"] > 0.1 and result["diff"] < 1e-5 * result["scale"], result
+
+
+def test_kernels_serve_inside_torch_compile_without_a_graph_break(monkeypatch):
+    # `available` traces: its one-time GPU checks run once, outside the graph, their answer
+    # a constant in it (on this CPU the answer is no, and PyTorch's norm is traced)
+    x = torch.randn(1, 32, 4, 4).contiguous(memory_format=torch.channels_last)
+    fn = torch.compile(lambda x: x * 2 if triton_groupnorm.available(x) else x + 1, backend="eager", fullgraph=True)
+    assert torch.equal(fn(x), x + 1)
+
+
 def test_norm_and_residual_add_resample_as_the_up_and_down_blocks_do():
     # The norm written nearest up-sampled or 2x2 pooled (with a folded conv bias, per-image
     # affine and SiLU), and the residual add reading its skip at half or twice h's size;
