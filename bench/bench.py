@@ -305,10 +305,15 @@ def bench_fastpath(args, device) -> None:
                     return model.velocity(x, x, 0.5)
 
             transposed = oftsr.unet.UPSAMPLE_CONV_TRANSPOSED.get(device.type, False)
+            multiple = oftsr.unet.CONV_CHANNEL_MULTIPLE.get(device.type)
 
-            def variant(upsample_transposed: bool = transposed, **opts):
+            def variant(upsample_transposed: bool = transposed, pad_channels: int | None = multiple,
+                        cudnn_benchmark: bool = False, join_without_copy: bool = True, **opts):
                 def setup():
                     oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = upsample_transposed
+                    oftsr.unet.CONV_CHANNEL_MULTIPLE[device.type] = pad_channels
+                    oftsr.unet.JOIN_WITHOUT_COPY = join_without_copy
+                    torch.backends.cudnn.benchmark = cudnn_benchmark
                     model.optimize(**opts)
                 return (setup, lambda: model.velocity(x, x, 0.5))
 
@@ -330,6 +335,16 @@ def bench_fastpath(args, device) -> None:
                 # norms), against the NCHW path with PyTorch's GroupNorm that it replaced
                 variants["NCHW, PyTorch GroupNorm" + amp] = variant(channels_last=False, autocast=half)
                 variants["channels_last + Triton GroupNorm" + amp] = variant(channels_last=True, autocast=half)
+            if device.type == "cuda":
+                # the first and last convs (6 channels) as they are, against padded to 8 (the default);
+                # and cuDNN timing its algorithms per shape (a process-wide setting, off by default)
+                other = "unpadded" if multiple else "padded to 8 channels"
+                variants[f"default{amp}, first and last convs {other}"] = variant(
+                    pad_channels=None if multiple else 8, autocast=half)
+                variants[f"default{amp}, cudnn.benchmark"] = variant(cudnn_benchmark=True, autocast=half)
+                # the decoder blocks' input joined with its skip in a copy, as before 0.17
+                variants[f"default{amp}, decoder inputs joined by a copy"] = variant(join_without_copy=False,
+                                                                                      autocast=half)
             with torch.inference_mode():
                 model.optimize(channels_last=False)
                 reference = reference_forward()
@@ -337,6 +352,9 @@ def bench_fastpath(args, device) -> None:
                     secs = interleaved(variants, device, args.repeat)
                 finally:
                     oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = transposed
+                    oftsr.unet.CONV_CHANNEL_MULTIPLE[device.type] = multiple
+                    oftsr.unet.JOIN_WITHOUT_COPY = True
+                    torch.backends.cudnn.benchmark = False
                 for mode in compile_modes(args):  # on the device's default layout, as `oftsr --compile` runs it
                     amp_dtype = half if device.type == "cuda" else None
                     compiled, first = compiled_variant(model, mode, amp_dtype, lambda m: m.velocity(x, x, 0.5))
@@ -344,15 +362,23 @@ def bench_fastpath(args, device) -> None:
                     variants[name] = (variant()[0], compiled)  # the default settings, as it was compiled with
                     authors = "authors' network (NCHW fp32, ADM ops)"
                     secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device, args.repeat)[name]
+                flops = flops_per_forward(model, size) * args.batch
+                peak = next((v for k, v in GPU_BF16_PEAK.items() if k in device_name(device)), None)
                 for name, (setup, fn) in variants.items():
                     setup()
                     diff = (fn() - reference).abs().max().item()
                     base = secs["authors' network (NCHW fp32, ADM ops)"]
-                    rows.append([preset, f"{size}", name, f"{secs[name] * 1e3:.1f}", f"{base / secs[name]:.2f}", f"{diff:.1e}"])
+                    # of the card's dense bf16 peak, for the rows that run in half precision
+                    util = f"{flops / secs[name] / 1e12 / peak * 100:.1f}%" if peak and amp and amp in name else ""
+                    rows.append([preset, f"{size}", name, f"{secs[name] * 1e3:.1f}", f"{base / secs[name]:.2f}", util,
+                                 f"{diff:.1e}"])
                 oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = transposed
+                oftsr.unet.CONV_CHANNEL_MULTIPLE[device.type] = multiple
+                oftsr.unet.JOIN_WITHOUT_COPY = True
+                torch.backends.cudnn.benchmark = False
     table(f"Fast path against the authors' network, identical weights and inputs (batch {args.batch}, median of "
           f"{args.repeat} interleaved runs), {device_name(device)}",
-          ["preset", "px", "path", "ms / forward", "speed-up", "max |diff|"], rows)
+          ["preset", "px", "path", "ms / forward", "speed-up", "MFU", "max |diff|"], rows)
 
 
 def bench_baselines(args, device) -> None:

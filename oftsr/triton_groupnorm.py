@@ -62,25 +62,27 @@ def _kernels():
         return None
 
     @triton.jit
-    def _groupnorm_stats(x_ptr, partial_ptr, hw, channels, chunks,
+    def _groupnorm_stats(x_ptr, partial_ptr, hw, x_channels, c_offset, channels, chunks,
                          PIXELS_PER_CHUNK: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+        # x holds the norm's channels c_offset .. c_offset + x_channels (all of them, or one of
+        # the two tensors a decoder block joins): its sums land at those channels of `partial`.
         chunk = tl.program_id(0)  # the large count on axis 0: axes 1 and 2 stop at 65,535
         cblock = tl.program_id(1)
         n = tl.program_id(2)
         c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
-        c_ok = c < channels
+        c_ok = c < x_channels
         # Element-wise accumulators, reduced across pixels once at the end: a reduction per
         # loaded block would serialise the loop on cross-thread shuffles.
         total = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
         total_sq = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
-        base = x_ptr + n.to(tl.int64) * hw * channels
+        base = x_ptr + n.to(tl.int64) * hw * x_channels
         for start in range(0, PIXELS_PER_CHUNK, BLOCK_PIXELS):
             p = chunk * PIXELS_PER_CHUNK + start + tl.arange(0, BLOCK_PIXELS)
             mask = (p < hw)[:, None] & c_ok[None, :]
-            v = tl.load(base + p[:, None].to(tl.int64) * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(base + p[:, None].to(tl.int64) * x_channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
             total += v
             total_sq += v * v
-        out = partial_ptr + ((n * chunks + chunk) * 2) * channels + c
+        out = partial_ptr + ((n * chunks + chunk) * 2) * channels + c_offset + c
         tl.store(out, tl.sum(total, axis=0), mask=c_ok)
         tl.store(out + channels, tl.sum(total_sq, axis=0), mask=c_ok)
 
@@ -126,23 +128,25 @@ def _kernels():
         tl.store(offset_ptr + n * channels + c, offset, mask=c_ok)
 
     @triton.jit
-    def _groupnorm_apply(x_ptr, y_ptr, a_ptr, b_ptr, hw_out, w_out, hw_in, w_in, channels, SILU: tl.constexpr,
+    def _groupnorm_apply(x_ptr, y_ptr, a_ptr, b_ptr, hw_out, w_out, hw_in, w_in, x_channels, c_offset, channels,
+                         SILU: tl.constexpr,
                          RESAMPLE: tl.constexpr, TAPS: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
                          BLOCK_CHANNELS: tl.constexpr):
         # One program per block of output pixels and channels of an image. With RESAMPLE the
         # output is the normalised input nearest up-sampled 2x (1) or 2x2 average-pooled (2):
         # ADM's up and down blocks resample right after this norm and SiLU, and writing the
-        # resampled result saves a pass over the activations at the larger size.
+        # resampled result saves a pass over the activations at the larger size. x holds the
+        # channels c_offset .. c_offset + x_channels of y (as in `_groupnorm_stats`).
         pblock = tl.program_id(0)
         cblock = tl.program_id(1)
         n = tl.program_id(2)
         p = pblock * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
         c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
-        c_ok = c < channels
+        c_ok = c < x_channels
         mask = (p < hw_out)[:, None] & c_ok[None, :]
-        a = tl.load(a_ptr + n * channels + c, mask=c_ok, other=0.0)[None, :]
-        b = tl.load(b_ptr + n * channels + c, mask=c_ok, other=0.0)[None, :]
-        source = x_ptr + n.to(tl.int64) * hw_in * channels + c[None, :]
+        a = tl.load(a_ptr + n * channels + c_offset + c, mask=c_ok, other=0.0)[None, :]
+        b = tl.load(b_ptr + n * channels + c_offset + c, mask=c_ok, other=0.0)[None, :]
+        source = x_ptr + n.to(tl.int64) * hw_in * x_channels + c[None, :]
         q = p  # the input pixel an output pixel reads (the top-left of its window when pooling)
         if RESAMPLE != 0:
             oy = p // w_out
@@ -151,17 +155,17 @@ def _kernels():
                 q = (oy // 2) * w_in + ox // 2
             else:
                 q = (2 * oy) * w_in + 2 * ox
-        q = q[:, None].to(tl.int64) * channels
+        q = q[:, None].to(tl.int64) * x_channels
         y = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
         for tap in tl.static_range(TAPS):  # a pooling window's four pixels, else the one
-            v = tl.load(source + q + ((tap // 2) * w_in + tap % 2) * channels, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(source + q + ((tap // 2) * w_in + tap % 2) * x_channels, mask=mask, other=0.0).to(tl.float32)
             v = v * a + b
             if SILU:
                 v = v * tl.sigmoid(v)
             y += v
         if RESAMPLE == 2:
             y = y * 0.25
-        out = y_ptr + n.to(tl.int64) * hw_out * channels + p[:, None].to(tl.int64) * channels + c[None, :]
+        out = y_ptr + n.to(tl.int64) * hw_out * channels + p[:, None].to(tl.int64) * channels + c_offset + c[None, :]
         tl.store(out, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -233,6 +237,10 @@ def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
             error = max(error, off(residual_add_(x.mul(0.5), x, bias), xf.mul(0.5).to(dtype).float() + xf
                                    + bias[:, None, None]))
             # the up and down blocks' variants: the norm written resampled, the skip read resampled
+            # a decoder block's joined input, in two tensors (a group straddling them)
+            first, second = (part.contiguous(memory_format=torch.channels_last) for part in (x[:, :25], x[:, 25:]))
+            error = max(error, off(group_norm_nhwc(first, 32, weight, bias, silu=True, x2=second),
+                                   F.silu(F.group_norm(xf, 32, weight, bias))))
             ref = F.silu(F.group_norm(bigf, 32, weight, bias))
             error = max(error, off(group_norm_nhwc(big, 32, weight, bias, silu=True, resample="down"),
                                    F.avg_pool2d(ref, 2)))
@@ -320,7 +328,8 @@ def _resampled_size(h: int, w: int, resample: str | None) -> tuple[int, int]:
 
 def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
                     bias: torch.Tensor | None = None, eps: float = 1e-5, silu: bool = False,
-                    x_bias: torch.Tensor | None = None, resample: str | None = None) -> torch.Tensor:
+                    x_bias: torch.Tensor | None = None, resample: str | None = None,
+                    x2: torch.Tensor | None = None) -> torch.Tensor:
     """`F.group_norm(x, num_groups, weight, bias, eps)`, then SiLU if `silu`, for a
     channels_last (N, C, H, W) tensor; statistics in float32, the result in x's dtype and
     layout. `weight` and `bias` may be (C,) or per image (N, C), which is how a time-embedding
@@ -328,30 +337,41 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
     normalises x + x_bias without forming it: the bias of the convolution before the norm,
     which PyTorch would otherwise add after cuDNN's convolution, in a pass of its own.
     `resample` "up" or "down": the result nearest up-sampled 2x or 2x2 average-pooled
-    (H and W even), written at that size in the same pass."""
+    (H and W even), written at that size in the same pass. `x2`: a second channels_last
+    tensor of x's batch, height and width, normalised as `torch.cat([x, x2], 1)` without
+    forming that copy (a decoder block's input joined with its encoder skip); C, weight,
+    bias and x_bias then count the channels of both."""
     if torch.compiler.is_compiling():
-        return torch.ops.oftsr.group_norm_nhwc(x, num_groups, weight, bias, eps, silu, x_bias, resample)
-    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample)
+        return torch.ops.oftsr.group_norm_nhwc(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2)
+    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2)
 
 
 def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                       eps: float, silu: bool, x_bias: torch.Tensor | None, resample: str | None) -> torch.Tensor:
+                       eps: float, silu: bool, x_bias: torch.Tensor | None, resample: str | None,
+                       x2: torch.Tensor | None = None) -> torch.Tensor:
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
     triton, stats_kernel, finalize_kernel, apply_kernel, _ = kernels
-    n, channels, h, w = x.shape
+    parts = [x] if x2 is None else [x, x2]
+    n, _, h, w = x.shape
+    if any(not part.is_contiguous(memory_format=torch.channels_last) for part in parts):
+        raise ValueError("group_norm_nhwc needs channels_last tensors")
+    if x2 is not None and (x2.ndim != 4 or (x2.shape[0], *x2.shape[2:]) != (n, h, w) or x2.dtype != x.dtype):
+        raise ValueError(f"x2 must match x's batch, height, width and dtype: got {tuple(x2.shape)} {x2.dtype} "
+                         f"for x {tuple(x.shape)} {x.dtype}")
+    channels = sum(part.shape[1] for part in parts)
     if channels % num_groups:
         raise ValueError(f"{channels} channels do not split into {num_groups} groups")
-    if not x.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError("group_norm_nhwc needs a channels_last tensor")
     out_h, out_w = _resampled_size(h, w, resample)
     hw = h * w
     chunks = triton.cdiv(hw, _PIXELS_PER_CHUNK)
     partial = torch.empty((n, chunks, 2, channels), dtype=torch.float32, device=x.device)
-    cblocks = triton.cdiv(channels, _BLOCK_CHANNELS)
-    stats_kernel[(chunks, cblocks, n)](x, partial, hw, channels, chunks, PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK,
-                                       BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
+    offsets = [0, x.shape[1]]  # where each part's channels start
+    for part, c_offset in zip(parts, offsets):
+        stats_kernel[(chunks, triton.cdiv(part.shape[1], _BLOCK_CHANNELS), n)](
+            part, partial, hw, part.shape[1], c_offset, channels, chunks, PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK,
+            BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     per_group = channels // num_groups
     weight, weight_stride = _per_image(weight, n, channels)
     bias, bias_stride = _per_image(bias, n, channels)
@@ -366,9 +386,10 @@ def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | 
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_X_BIAS=x_bias is not None,
         BLOCK_CHUNKS=_BLOCK_CHUNKS, BLOCK_GROUP=triton.next_power_of_2(per_group))
     y = torch.empty((n, channels, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    apply_kernel[(triton.cdiv(out_h * out_w, _BLOCK_PIXELS), cblocks, n)](
-        x, y, gain, offset, out_h * out_w, out_w, hw, w, channels, SILU=silu, **_RESAMPLE[resample],
-        BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
+    for part, c_offset in zip(parts, offsets):
+        apply_kernel[(triton.cdiv(out_h * out_w, _BLOCK_PIXELS), triton.cdiv(part.shape[1], _BLOCK_CHANNELS), n)](
+            part, y, gain, offset, out_h * out_w, out_w, hw, w, part.shape[1], c_offset, channels, SILU=silu,
+            **_RESAMPLE[resample], BLOCK_PIXELS=_BLOCK_PIXELS, BLOCK_CHANNELS=_BLOCK_CHANNELS)
     return y
 
 
@@ -411,13 +432,15 @@ def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor
 # launchers directly, without the operator dispatch's cost per call.
 @torch.library.custom_op("oftsr::group_norm_nhwc", mutates_args=())
 def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                   eps: float, silu: bool, x_bias: Optional[torch.Tensor], resample: Optional[str]) -> torch.Tensor:
-    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample)
+                   eps: float, silu: bool, x_bias: Optional[torch.Tensor], resample: Optional[str],
+                   x2: Optional[torch.Tensor]) -> torch.Tensor:
+    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2)
 
 
 @_group_norm_op.register_fake
-def _(x, num_groups, weight, bias, eps, silu, x_bias, resample):
+def _(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2):
     n, channels, h, w = x.shape
+    channels += 0 if x2 is None else x2.shape[1]
     return torch.empty((n, channels, *_resampled_size(h, w, resample)), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)
 

@@ -118,15 +118,19 @@ class GroupNorm32(nn.GroupNorm):
         return self.normalize(x, self.weight, self.bias)
 
     def normalize(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                  silu: bool = False, x_bias: torch.Tensor | None = None, resample: str | None = None) -> torch.Tensor:
+                  silu: bool = False, x_bias: torch.Tensor | None = None, resample: str | None = None,
+                  x2: torch.Tensor | None = None) -> torch.Tensor:
         """The norm with other affine parameters (None: none), so that a per-image
         scale-shift can ride in the same pass over the activations, then SiLU if `silu`.
         `weight` and `bias` are (C,), or (N, C) per image where `triton_groupnorm.available(x)`.
         `x_bias` (C,): normalise x + x_bias (a convolution's bias not yet added). `resample`
-        "up" or "down": the result resampled as ADM's up and down blocks do (`resample`)."""
-        if triton_groupnorm.available(x):
+        "up" or "down": the result resampled as ADM's up and down blocks do (`resample`).
+        `x2`: normalise `torch.cat([x, x2], 1)`, without forming it where the kernels serve."""
+        if triton_groupnorm.available(x) and (x2 is None or triton_groupnorm.available(x2)):
             return triton_groupnorm.group_norm_nhwc(x, self.num_groups, weight, bias, self.eps, silu=silu,
-                                                    x_bias=x_bias, resample=resample)
+                                                    x_bias=x_bias, resample=resample, x2=x2)
+        if x2 is not None:
+            x = torch.cat([x, x2], dim=1)
         if x_bias is not None:
             x = x + x_bias.to(x.dtype)[:, None, None]
         y = self._group_norm(x, weight, bias)
@@ -195,6 +199,38 @@ def _reference_ops_on() -> bool:
 UPSAMPLE_CONV_TRANSPOSED = {"cpu": True, "cuda": False}
 
 
+# Device types whose first and last convolutions (6 image channels in, 6 out) run with
+# their channels zero-padded to a multiple of this: cuDNN's tensor-core kernels want
+# multiples of 8, and on an H200 those two convs ran in a generic kernel at about 16
+# TFLOP/s (1.8 ms of a 40 ms bf16 div2k forward at 512 px, batch 8). Not timed yet with
+# the padding (`bench.py --only fastpath` times both); CPUs keep 6.
+CONV_CHANNEL_MULTIPLE = {"cuda": 8}
+
+
+def conv3x3_padded_channels(conv: nn.Conv2d, x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """`conv(x)` (3x3, padding 1) computed with input and output channels zero-padded to a
+    multiple of `multiple`, the result sliced back: the same sums, in a kernel that tensor
+    cores run. The result is a channels_last view when x is channels_last."""
+    pad_in, pad_out = -conv.in_channels % multiple, -conv.out_channels % multiple
+    weight = F.pad(conv.weight, (0, 0, 0, 0, 0, pad_in, 0, pad_out))
+    bias = None if conv.bias is None else F.pad(conv.bias, (0, pad_out))
+    if pad_in:
+        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        x = F.pad(x, (0, 0, 0, 0, 0, pad_in)).contiguous(memory_format=layout)
+        weight = weight.contiguous(memory_format=layout)
+    return F.conv2d(x, weight, bias, padding=1)[:, :conv.out_channels]
+
+
+def _outer_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The network's first or last convolution, channel-padded where `CONV_CHANNEL_MULTIPLE`
+    says (inference only: training keeps the plain conv)."""
+    multiple = CONV_CHANNEL_MULTIPLE.get(x.device.type)
+    if (multiple and not torch.is_grad_enabled() and not _reference_ops_on()
+            and (conv.in_channels % multiple or conv.out_channels % multiple)):
+        return conv3x3_padded_channels(conv, x, multiple)
+    return conv(x)
+
+
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`conv3x3(nearest_upsample_2x(x))` (padding 1) without the up-sampled tensor: one
     stride-2 transposed conv with 4x4 taps, 16 per input pixel instead of 36.
@@ -221,6 +257,24 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 def _conv(conv: nn.Conv2d, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
     """`conv(x)`, without its bias when `bias` is False."""
     return conv(x) if bias else conv._conv_forward(x, conv.weight, None)
+
+
+# Whether decoder blocks take their input and encoder skip as two tensors where the Triton
+# kernels serve (`ResBlock.forward`), instead of joining them in a copy first. Not timed on
+# a GPU yet (`bench.py --only fastpath` times both).
+JOIN_WITHOUT_COPY = True
+
+
+def conv1x1_joined(weight: torch.Tensor, x: torch.Tensor, joined: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv (no bias) of `torch.cat([x, joined], 1)` for channels_last x and joined,
+    without the joined copy: channels_last activations are (pixels, channels) matrices, so
+    it is x @ W1^T, then joined @ W2^T accumulated into that product in place. The result
+    is channels_last, in x's dtype."""
+    n, c1, height, width = x.shape
+    w = weight[:, :, 0, 0].to(x.dtype)  # (out, c1 + c2)
+    out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c1), w[:, :c1].t())
+    out.addmm_(joined.permute(0, 2, 3, 1).reshape(-1, joined.shape[1]).to(out.dtype), w[:, c1:].t().to(out.dtype))
+    return out.view(n, height, width, -1).permute(0, 3, 1, 2)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -286,7 +340,18 @@ class ResBlock(nn.Module):
         h = torch.addcmul(offset.to(h.dtype)[..., None, None], h, gain.to(h.dtype)[..., None, None])
         return F.silu(h, inplace=not torch.is_grad_enabled())
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, joined: torch.Tensor | None = None) -> torch.Tensor:
+        """The block on x, or on `torch.cat([x, joined], 1)` (a decoder block's input and its
+        encoder skip), which is not formed where the Triton kernels serve: the first norm
+        reads both tensors and the skip's 1x1 conv is two matrix products (the copy took a
+        tenth of a bf16 div2k forward on an H200)."""
+        skip_conv = None if isinstance(self.skip_connection, nn.Identity) else self.skip_connection
+        # float32 on a GPU keeps the copy: its matrix products would run without the TF32
+        # that cuDNN's convolutions use by default
+        if joined is not None and (not JOIN_WITHOUT_COPY or _reference_ops_on() or skip_conv is None
+                                   or self.resample is not None or (x.is_cuda and x.dtype == torch.float32)
+                                   or not triton_groupnorm.available(x) or not triton_groupnorm.available(joined)):
+            x, joined = torch.cat([x, joined], dim=1), None
         if _reference_ops_on():
             return self._reference_forward(x, emb)
         inplace = not torch.is_grad_enabled()  # autograd may need the tensors that in-place ops would overwrite
@@ -295,13 +360,12 @@ class ResBlock(nn.Module):
         # first conv and the residual add after the last one take them at no cost.
         fused = triton_groupnorm.available(x)
         norm, conv = self.in_layers[0], self.in_layers[2]  # in_layers = norm, SiLU, conv
-        skip_conv = None if isinstance(self.skip_connection, nn.Identity) else self.skip_connection
         resample = self.resample
         # ADM resamples after norm+SiLU and before the conv, on both branches. The Triton norm
         # writes h resampled, or an up-sampling conv takes h as it is (`upsample_conv3x3`);
         # the residual add reads an identity skip resampled.
         transposed = self.up and UPSAMPLE_CONV_TRANSPOSED.get(x.device.type, False)
-        h = norm.normalize(x, norm.weight, norm.bias, silu=True, resample=None if transposed else resample)
+        h = norm.normalize(x, norm.weight, norm.bias, silu=True, resample=None if transposed else resample, x2=joined)
         h = upsample_conv3x3(h, conv.weight, None if fused else conv.bias) if transposed else _conv(conv, h, not fused)
         skip_resample = resample if fused and skip_conv is None else None
         if resample and not skip_resample:
@@ -309,7 +373,10 @@ class ResBlock(nn.Module):
         h = self._scale_shift_norm(h, emb, conv.bias if fused else None)  # out_layers = norm, SiLU, dropout, conv
         out_conv = self.out_layers[3]
         h = _conv(out_conv, self.out_layers[2](h), not fused)
-        skip = x if skip_conv is None else _conv(skip_conv, x, not fused)
+        if joined is not None:
+            skip = conv1x1_joined(skip_conv.weight, x, joined)
+        else:
+            skip = x if skip_conv is None else _conv(skip_conv, x, not fused)
         if fused and triton_groupnorm.available(h) and triton_groupnorm.available(skip):
             bias = out_conv.bias.float() if skip_conv is None else out_conv.bias.float() + skip_conv.bias.float()
             return triton_groupnorm.residual_add_(h, skip, bias, skip_resample)
@@ -373,9 +440,16 @@ class AttentionBlock(nn.Module):
 
 
 class TimestepSequential(nn.Sequential):
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor,  # type: ignore[override]
+                joined: torch.Tensor | None = None) -> torch.Tensor:
+        """The layers on x, or on `torch.cat([x, joined], 1)` (a decoder block's input), which
+        a first ResBlock takes as the two tensors."""
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb, joined)
+            else:
+                x = layer(x if joined is None else torch.cat([x, joined], dim=1))
+            joined = None
         return x
 
 
@@ -432,7 +506,7 @@ class UNet(nn.Module):
         """One block, on `h` or on `h` joined with its `skip` (the join inside, so that
         checkpointing keeps no joined copy)."""
         def run(h: torch.Tensor, emb: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-            return block(h if skip is None else torch.cat([h, skip], dim=1), emb)
+            return block(h, emb, skip)
 
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # non-reentrant, with the RNG state kept: dropout draws the same masks again
@@ -444,8 +518,9 @@ class UNet(nn.Module):
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"UNet input H and W must be multiples of {m}, got {tuple(x.shape[-2:])}; pad first")
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(self.time_embed[0].weight.dtype))
-        h, skips = x, []
-        for block in self.input_blocks:
+        h = _outer_conv(self.input_blocks[0][0], x)  # input_blocks[0] is the one conv
+        skips = [h]
+        for block in self.input_blocks[1:]:
             h = self._block(block, h, emb)
             skips.append(h)
         h = self._block(self.middle_block, h, emb)
@@ -454,4 +529,4 @@ class UNet(nn.Module):
         if _reference_ops_on():
             return self.out(h)
         norm = self.out[0]  # out = norm, SiLU, conv
-        return self.out[2](norm.normalize(h, norm.weight, norm.bias, silu=True))
+        return _outer_conv(self.out[2], norm.normalize(h, norm.weight, norm.bias, silu=True))

@@ -568,9 +568,10 @@ def test_cuda_layout_is_channels_last_where_the_triton_group_norm_runs(monkeypat
 def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
     from oftsr import triton_groupnorm
 
-    def reference(x, groups, weight=None, bias=None, eps=1e-5, silu=False, x_bias=None, resample=None,
-                  pool=F.avg_pool2d, up="nearest"):
+    def reference(x, groups, weight=None, bias=None, eps=1e-5, silu=False, x_bias=None, resample=None, x2=None,
+                  pool=F.avg_pool2d, up="nearest", join=lambda a, b: torch.cat([a, b], 1)):
         # what the kernels compute, in PyTorch's ops: (C,) or per-image (N, C) affine
+        x = x if x2 is None else join(x, x2)
         dtype, x = x.dtype, x.float()
         x = x if x_bias is None else x + x_bias[:, None, None]
         y = F.group_norm(x, groups, eps=eps)
@@ -598,6 +599,8 @@ def test_a_triton_group_norm_that_fails_or_is_wrong_is_not_used(monkeypatch):
             (functools.partial(reference, pool=F.max_pool2d), add, False, "is off on cpu by"),
             (functools.partial(reference, up="bilinear"), add, False, "is off on cpu by"),
             (reference, functools.partial(add, up="bilinear"), False, "is off on cpu by"),
+            # and the decoder blocks' input given as two tensors
+            (functools.partial(reference, join=lambda a, b: torch.cat([b, a], 1)), add, False, "is off on cpu by"),
             (reference, lambda h, s, b, r=None: add(h, s, b, r and "up"), False, "does not run on cpu")]:
         monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc", norm)
         monkeypatch.setattr(triton_groupnorm, "residual_add_", residual)

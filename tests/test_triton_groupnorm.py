@@ -170,10 +170,20 @@ def test_unet_with_fused_norms_matches_default_path(transposed):
             adds = []
             residual_add_ = triton_groupnorm.residual_add_
             triton_groupnorm.residual_add_ = lambda *a: adds.append(a[3]) or residual_add_(*a)
+            joined = []
+            group_norm_nhwc = triton_groupnorm.group_norm_nhwc
+            triton_groupnorm.group_norm_nhwc = lambda *a, **k: joined.append(k.get("x2") is not None) or group_norm_nhwc(*a, **k)
+            cats = []
+            cat = torch.cat
+            torch.cat = lambda tensors, *a, **k: cats.append(tensors[0].ndim) or cat(tensors, *a, **k)
             fused = model.velocity(x, x.flip(-1), t)
+            torch.cat = cat
         print(json.dumps({{"diff": (fused - ref).abs().max().item(), "scale": ref.abs().max().item(),
-                          "calls": len(calls), "adds": adds}}))
+                          "calls": len(calls), "adds": adds, "joined": sum(joined), "cats": cats}}))
     """)
+    # every decoder block's input was normalised as two tensors, never joined into a copy
+    # (the only joins left: the model's input pair and the time embedding's halves)
+    assert result["joined"] == len(TINY.unet.output_blocks) and 4 not in result["cats"][1:], result
     # every ResBlock's biases rode in its norm and residual add (the tiny preset has 11), and
     # the up and down blocks' skips were resampled there
     blocks = [m for m in TINY.modules() if isinstance(m, ResBlock)]

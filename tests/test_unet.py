@@ -98,6 +98,38 @@ def test_upsample_conv3x3_equals_upsample_then_conv(memory_format):
     assert (out - expected).abs().max().item() < 3e-5
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_outer_convs_with_padded_channels_equal_the_plain_convs(monkeypatch, memory_format):
+    # The first and last convolutions (6 channels) zero-padded to 8 for tensor cores: the
+    # same sums, the result the conv's own channels (a channels_last view when x is)
+    from oftsr import unet as unet_module
+    g = torch.Generator().manual_seed(0)
+    for cin, cout in [(6, 32), (32, 6), (6, 6)]:
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
+        x = torch.randn(2, cin, 9, 7, generator=g).contiguous(memory_format=memory_format)
+        with torch.no_grad():
+            out = unet_module.conv3x3_padded_channels(conv, x, 8)
+            assert out.shape == (2, cout, 9, 7)
+            assert (out - conv(x)).abs().max().item() < 1e-5
+    # the whole network with the padding on the CPU: the plain network's output
+    model = oftsr.create_model("tiny", role="teacher", seed=0).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # no zero-initialised output conv
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.optimize(channels_last=memory_format == torch.channels_last)
+    x, t = torch.rand(2, 6, 32, 32, generator=g) * 2 - 1, torch.tensor([300.0, 800.0])
+    with torch.inference_mode():
+        plain = model.unet(x, t)
+        monkeypatch.setitem(unet_module.CONV_CHANNEL_MULTIPLE, "cpu", 8)
+        calls = []
+        padded_conv = unet_module.conv3x3_padded_channels
+        monkeypatch.setattr(unet_module, "conv3x3_padded_channels", lambda *a: calls.append(1) or padded_conv(*a))
+        padded = model.unet(x, t)
+    assert len(calls) == 2  # the first conv and the last
+    assert plain.shape == padded.shape == (2, 6, 32, 32) and plain.abs().max() > 0.1
+    assert (padded - plain).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (33, 17), (64, 96)])
 def test_velocity_any_size_pads_and_crops(student, h, w):
     x = torch.rand(2, 3, h, w) * 2 - 1
