@@ -343,7 +343,7 @@ def test_tiled_output_is_seam_free_and_close_to_untiled(strong_student, photo_lr
 # What docs/cli.md and the seed tooltip state for the bundled student (t = 0.5, seed 0): the
 # start noise is the same for any tiling, the result differs by the network's context.
 # Measured on a 144 px crop of Set5 "baby" upscaled to 576 px, as |diff| x 255:
-TILING_DIFF_BOUNDS = {128: (3.0, 80.0), 512: (0.9, 16.0)}  # measured mean 2.43 / max 61.8, mean 0.71 / max 9.2
+TILING_DIFF_BOUNDS = {128: (3.0, 80.0), 512: (0.9, 16.0)}  # measured mean 2.53 / max 68.8, mean 0.75 / max 11.9
 
 
 def test_bundled_student_tiled_against_whole_image_on_a_photo():

@@ -78,18 +78,25 @@ def test_images_smaller_than_the_crop_are_named_once(train_dir, caplog):
 
 
 def test_images_far_larger_than_the_crop_are_said_with_the_tiles_that_load_faster(tmp_path, caplog):
-    for i in range(2):
-        Image.new("RGB", (256, 256), (40 * i, 90, 20)).save(tmp_path / f"{i}.png")
-    files = sorted(tmp_path.glob("*.png"))
-    for resolution, said in ((32, "64 times a 32 px crop"), (64, "16 times a 64 px crop"), (128, None)):
+    for size in (1024, 256):
+        (tmp_path / f"{size}").mkdir()
+        for i in range(2):
+            Image.new("RGB", (size, size), (40 * i, 90, 20)).save(tmp_path / f"{size}" / f"{i}.png")
+    files = sorted((tmp_path / "1024").glob("*.png"))
+    for resolution, said in ((128, "64 times a 128 px crop"), (256, "16 times a 256 px crop"), (512, None)):
         caplog.clear()
         with caplog.at_level("WARNING", logger="oftsr.training.data"):
             warn_image_sizes(files, resolution)
         if said is None:
             assert "tiles" not in caplog.text
         else:
-            assert f"the training images average 0.1 MP, {said}, and each crop decodes its whole image" in caplog.text
+            assert f"the training images average 1.0 MP, {said}, and each crop decodes its whole image" in caplog.text
             assert "python trainer/make_tiles.py --input_dir ... --output_dir ..." in caplog.text
+    # small images decode fast whatever the crop: 0.07 MP is 64 times a 32 px crop, and not said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="oftsr.training.data"):
+        warn_image_sizes(sorted((tmp_path / "256").glob("*.png")), 32)
+    assert "tiles" not in caplog.text
 
 
 def test_a_training_folder_that_vanishes_stops_the_run_after_a_wait_in_one_message(tmp_path, caplog, monkeypatch):

@@ -896,7 +896,7 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
             if not math.isfinite(logs["loss"]):  # the same gathered value on every process: all stop
                 raise TrainingDiverged(diverged_message(args, f"the loss is {logs['loss']} at step {state.step}"))
             logs["lr"] = lr
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            bar.set_postfix(loss=f"{logs['loss']:.4g}")  # significant digits: a distillation loss is under 1e-4
             # A stop is decided first: its checkpoint may have seconds left (a launcher's grace), not a validation.
             stopped = state.step < args.max_train_steps and stop.due(accelerator)
             due = (state.step % args.validation_steps == 0 or state.step == args.max_train_steps) and not stopped
