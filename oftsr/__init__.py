@@ -5,10 +5,11 @@ Pure PyTorch; no ComfyUI import. Images are float tensors (B, C, H, W) in [0, 1]
 
 import torch as _torch
 
-# torch.uint16 and torch.compiler came in 2.3: an older torch (an old ComfyUI's, which
-# installing this pack leaves alone) would fail at import with an AttributeError
-if tuple(int(p) for p in _torch.__version__.split("+")[0].split(".")[:2] if p.isdigit()) < (2, 3):
-    raise ImportError(f"OFTSR needs torch 2.3 or newer; this Python has torch {_torch.__version__}: update it "
+# torch.uint16 and torch.compiler came in 2.3, torch.library.custom_op in 2.4: an older
+# torch (an old ComfyUI's, which installing this pack leaves alone) would fail at import
+# with an AttributeError
+if tuple(int(p) for p in _torch.__version__.split("+")[0].split(".")[:2] if p.isdigit()) < (2, 4):
+    raise ImportError(f"OFTSR needs torch 2.4 or newer; this Python has torch {_torch.__version__}: update it "
                       f"(in ComfyUI, update ComfyUI and its requirements)")
 
 from .checkpoint import CheckpointError, load_model, read_metadata, save_model  # noqa: E402

@@ -237,10 +237,6 @@ def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
             error = max(error, off(residual_add_(x.mul(0.5), x, bias), xf.mul(0.5).to(dtype).float() + xf
                                    + bias[:, None, None]))
             # the up and down blocks' variants: the norm written resampled, the skip read resampled
-            # a decoder block's joined input, in two tensors (a group straddling them)
-            first, second = (part.contiguous(memory_format=torch.channels_last) for part in (x[:, :25], x[:, 25:]))
-            error = max(error, off(group_norm_nhwc(first, 32, weight, bias, silu=True, x2=second),
-                                   F.silu(F.group_norm(xf, 32, weight, bias))))
             ref = F.silu(F.group_norm(bigf, 32, weight, bias))
             error = max(error, off(group_norm_nhwc(big, 32, weight, bias, silu=True, resample="down"),
                                    F.avg_pool2d(ref, 2)))
@@ -250,6 +246,10 @@ def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
             error = max(error, off(residual_add_(big.mul(0.5), small, bias, "up"), ref))
             ref = smallf * 0.5 + F.avg_pool2d(bigf, 2) + bias[:, None, None]
             error = max(error, off(residual_add_(small.mul(0.5), big, bias, "down"), ref))
+            # a decoder block's input and skip as two tensors (a group straddling them)
+            first, second = (part.contiguous(memory_format=torch.channels_last) for part in (x[:, :25], x[:, 25:]))
+            error = max(error, off(group_norm_nhwc(first, 32, weight, bias, silu=True, x2=second),
+                                   F.silu(F.group_norm(xf, 32, weight, bias))))
     except Exception as e:  # whatever Triton raises while building or launching
         warnings.warn(f"the Triton GroupNorm does not run on {device} in {dtype} ({type(e).__name__}: {e}); "
                       f"using PyTorch's GroupNorm there", RuntimeWarning, stacklevel=2)
@@ -429,8 +429,11 @@ def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor
 
 # The kernels as custom operators, which torch.compile keeps as calls in its graph (and CUDA
 # graphs capture): traced through, they would launch on fake tensors. Eager calls go to the
-# launchers directly, without the operator dispatch's cost per call.
-@torch.library.custom_op("oftsr::group_norm_nhwc", mutates_args=())
+# launchers directly, without the operator dispatch's cost per call. The schemas are given:
+# torch 2.4 cannot infer one from this module's postponed (string) annotations.
+@torch.library.custom_op("oftsr::group_norm_nhwc", mutates_args=(), schema=(
+    "(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, bool silu, Tensor? x_bias, str? resample, "
+    "Tensor? x2) -> Tensor"))
 def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float, silu: bool, x_bias: Optional[torch.Tensor], resample: Optional[str],
                    x2: Optional[torch.Tensor]) -> torch.Tensor:
@@ -445,7 +448,8 @@ def _(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2):
                        memory_format=torch.channels_last)
 
 
-@torch.library.custom_op("oftsr::residual_add_", mutates_args=("h",))
+@torch.library.custom_op("oftsr::residual_add_", mutates_args=("h",),
+                         schema="(Tensor(a!) h, Tensor skip, Tensor bias, str? skip_resample) -> ()")
 def _residual_add_op(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor, skip_resample: Optional[str]) -> None:
     _residual_add_launch(h, skip, bias, skip_resample)
 

@@ -1063,11 +1063,12 @@ def test_options_that_would_do_nothing_are_said(tmp_path, model_files, inputs, c
 
 def test_an_old_torch_is_named_at_import():
     # torch 2.1 (an old ComfyUI's) failed with "module 'torch' has no attribute 'uint16'"
-    code = "import torch; torch.__version__ = '2.1.2+cu121'; import oftsr"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 1 and res.stderr.strip().splitlines()[-1] == (
-        "ImportError: OFTSR needs torch 2.3 or newer; this Python has torch 2.1.2+cu121: update it (in ComfyUI, "
-        "update ComfyUI and its requirements)")
+    for version in ("2.1.2+cu121", "2.3.1"):  # 2.3 lacks torch.library.custom_op
+        code = f"import torch; torch.__version__ = '{version}'; import oftsr"
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1 and res.stderr.strip().splitlines()[-1] == (
+            f"ImportError: OFTSR needs torch 2.4 or newer; this Python has torch {version}: update it (in ComfyUI, "
+            f"update ComfyUI and its requirements)")
 
 
 def test_version():
