@@ -44,7 +44,8 @@
 # CPU in a minute, as a check of the recipe (docs/models.md; a test runs it). INIT_TEACHER and INIT_STUDENT start the two stages from
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
 # pair into x4-real. TEACHER (a bundled name or a file) skips stage 1 and distils from that
-# teacher: TEACHER=x4 INIT_STUDENT=x4 STUDENT_MINUTES=8 distils the shipped student further.
+# teacher: TEACHER=x4 INIT_STUDENT=x4 STUDENT_MINUTES=6 distils the shipped student further
+# (docs/models.md: how the shipped one was made, and how to give a finished stage more minutes).
 #
 # A fine-tune of the x4 pair on a CPU does not make a usable x4-real, with either chain
 # (docs/models.md: measured on RealSR-Canon, no better than bicubic at t = 0);
