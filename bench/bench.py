@@ -45,6 +45,11 @@ from oftsr.unet import count_parameters, reference_ops  # noqa: E402
 GPU_BF16_PEAK = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
 
 
+def bf16_peak(device: torch.device) -> float | None:
+    """The device's dense bf16 TFLOP/s (`GPU_BF16_PEAK`), or None when not listed (a CPU)."""
+    return next((v for k, v in GPU_BF16_PEAK.items() if k in device_name(device)), None)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -143,7 +148,7 @@ def bench_throughput(args, device) -> None:
                 mpix = args.batch * size * size / 1e6
                 flops = flops_per_forward(model, size) * args.batch
                 util = ""
-                peak = next((v for k, v in GPU_BF16_PEAK.items() if k in device_name(device)), None)
+                peak = bf16_peak(device)
                 if peak and dtype != torch.float32:
                     util = f"{flops / sec / 1e12 / peak * 100:.1f}%"
                 rows.append([preset, f"{size}", str(dtype).replace("torch.", ""), f"{sec * 1e3:.1f}",
@@ -308,7 +313,8 @@ def bench_fastpath(args, device) -> None:
             multiple = oftsr.unet.CONV_CHANNEL_MULTIPLE.get(device.type)
 
             def variant(upsample_transposed: bool = transposed, pad_channels: int | None = multiple,
-                        cudnn_benchmark: bool = False, join_without_copy: bool = True, **opts):
+                        cudnn_benchmark: bool = torch.backends.cudnn.benchmark,
+                        join_without_copy: bool = oftsr.unet.JOIN_WITHOUT_COPY, **opts):
                 def setup():
                     oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = upsample_transposed
                     oftsr.unet.CONV_CHANNEL_MULTIPLE[device.type] = pad_channels
@@ -317,6 +323,7 @@ def bench_fastpath(args, device) -> None:
                     model.optimize(**opts)
                 return (setup, lambda: model.velocity(x, x, 0.5))
 
+            restore = variant()[0]  # the settings found, on the default path
             variants = {"authors' network (NCHW fp32, ADM ops)": (lambda: model.optimize(channels_last=False),
                                                                     reference_forward),
                         "default (load_model)": variant()}
@@ -351,19 +358,16 @@ def bench_fastpath(args, device) -> None:
                 try:
                     secs = interleaved(variants, device, args.repeat)
                 finally:
-                    oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = transposed
-                    oftsr.unet.CONV_CHANNEL_MULTIPLE[device.type] = multiple
-                    oftsr.unet.JOIN_WITHOUT_COPY = True
-                    torch.backends.cudnn.benchmark = False
+                    restore()
                 for mode in compile_modes(args):  # on the device's default layout, as `oftsr --compile` runs it
                     amp_dtype = half if device.type == "cuda" else None
                     compiled, first = compiled_variant(model, mode, amp_dtype, lambda m: m.velocity(x, x, 0.5))
                     name = f"default{amp if amp_dtype else ''} + torch.compile {mode or 'default'} (first call {first:.0f} s)"
-                    variants[name] = (variant()[0], compiled)  # the default settings, as it was compiled with
+                    variants[name] = (restore, compiled)  # the default settings, as it was compiled with
                     authors = "authors' network (NCHW fp32, ADM ops)"
                     secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device, args.repeat)[name]
                 flops = flops_per_forward(model, size) * args.batch
-                peak = next((v for k, v in GPU_BF16_PEAK.items() if k in device_name(device)), None)
+                peak = bf16_peak(device)
                 for name, (setup, fn) in variants.items():
                     setup()
                     diff = (fn() - reference).abs().max().item()
@@ -372,10 +376,7 @@ def bench_fastpath(args, device) -> None:
                     util = f"{flops / secs[name] / 1e12 / peak * 100:.1f}%" if peak and amp and amp in name else ""
                     rows.append([preset, f"{size}", name, f"{secs[name] * 1e3:.1f}", f"{base / secs[name]:.2f}", util,
                                  f"{diff:.1e}"])
-                oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = transposed
-                oftsr.unet.CONV_CHANNEL_MULTIPLE[device.type] = multiple
-                oftsr.unet.JOIN_WITHOUT_COPY = True
-                torch.backends.cudnn.benchmark = False
+                restore()
     table(f"Fast path against the authors' network, identical weights and inputs (batch {args.batch}, median of "
           f"{args.repeat} interleaved runs), {device_name(device)}",
           ["preset", "px", "path", "ms / forward", "speed-up", "MFU", "max |diff|"], rows)

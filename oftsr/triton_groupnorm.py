@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -348,7 +347,7 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
 
 def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
                        eps: float, silu: bool, x_bias: torch.Tensor | None, resample: str | None,
-                       x2: torch.Tensor | None = None) -> torch.Tensor:
+                       x2: torch.Tensor | None) -> torch.Tensor:
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
@@ -434,9 +433,9 @@ def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor
 @torch.library.custom_op("oftsr::group_norm_nhwc", mutates_args=(), schema=(
     "(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, bool silu, Tensor? x_bias, str? resample, "
     "Tensor? x2) -> Tensor"))
-def _group_norm_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                   eps: float, silu: bool, x_bias: Optional[torch.Tensor], resample: Optional[str],
-                   x2: Optional[torch.Tensor]) -> torch.Tensor:
+def _group_norm_op(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   eps: float, silu: bool, x_bias: torch.Tensor | None, resample: str | None,
+                   x2: torch.Tensor | None) -> torch.Tensor:
     return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2)
 
 
@@ -450,7 +449,7 @@ def _(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2):
 
 @torch.library.custom_op("oftsr::residual_add_", mutates_args=("h",),
                          schema="(Tensor(a!) h, Tensor skip, Tensor bias, str? skip_resample) -> ()")
-def _residual_add_op(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor, skip_resample: Optional[str]) -> None:
+def _residual_add_op(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor, skip_resample: str | None) -> None:
     _residual_add_launch(h, skip, bias, skip_resample)
 
 

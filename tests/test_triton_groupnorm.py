@@ -231,11 +231,25 @@ def test_compiled_network_keeps_the_kernels_as_operators():
 
 
 def test_kernels_serve_inside_torch_compile_without_a_graph_break(monkeypatch):
-    # `available` traces: its one-time GPU checks run once, outside the graph, their answer
-    # a constant in it (on this CPU the answer is no, and PyTorch's norm is traced)
+    # `available` traces (on this CPU its answer is no, and PyTorch's norm is traced)
     x = torch.randn(1, 32, 4, 4).contiguous(memory_format=torch.channels_last)
     fn = torch.compile(lambda x: x * 2 if triton_groupnorm.available(x) else x + 1, backend="eager", fullgraph=True)
     assert torch.equal(fn(x), x + 1)
+
+
+def test_the_kernels_check_runs_once_outside_a_compiled_graph(monkeypatch):
+    # The one-time GPU checks behind `available` run while the graph is traced, their answer
+    # a constant in it: a compiled forward never repeats them (traced through, they would
+    # run again at every call)
+    calls = []
+    monkeypatch.setattr(triton_groupnorm, "installed", lambda: calls.append(1) or True)
+    monkeypatch.setattr(triton_groupnorm, "_capable", lambda index: True)
+    monkeypatch.setattr(triton_groupnorm, "_works_in", lambda index, dtype: True)
+    fn = torch.compile(lambda x: x * 2 if triton_groupnorm._serves_dtype(0, x.dtype) else x + 1, backend="eager",
+                       fullgraph=True)
+    x = torch.ones(3)
+    assert torch.equal(fn(x), x * 2) and torch.equal(fn(x), x * 2)
+    assert calls == [1]
 
 
 def test_norm_and_residual_add_resample_as_the_up_and_down_blocks_do():
