@@ -8,7 +8,8 @@ Sections (choose with --only): throughput, student_vs_teacher, tiling, memory, f
 baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole images per second),
 train_memory (one training step with and without --gradient_checkpointing), profile (where a
 forward's time goes, by part of the network; with --compile_mode, the compiled forward's too),
-loader (training crops per second of one loader worker, from photographs and from their tiles).
+loader (training crops per second of one loader worker, from photographs and from their tiles),
+kernels (launch settings of the Triton GroupNorm passes, on a GPU that runs them).
 Weights are random (the speed of a network does not depend on its values); every
 comparison uses identical weights and inputs. The memory section runs `oftsr upscale`
 and `oftsr sample` with the bundled models, and with a stand-in network for photographs
@@ -556,18 +557,17 @@ def bench_profile(args, device) -> None:
                 profile_forward(args, device, compiled, f"{title}, torch.compile {mode or 'default'}{amp}")
 
 
-def profile_forward(args, device, fn, title: str) -> None:
-    """Profiles `fn` (one forward) --repeat times and prints its parts and top kernels."""
+def kernel_times(fn, device, repeat: int) -> dict[str, float]:
+    """Milliseconds per call of `fn` by kernel (GPU: each kernel's own time, whatever the
+    launch gaps between them) or by op (CPU: self time), from torch.profiler over `repeat` calls."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch.inference_mode():
-        wall = timed(fn, device, args.repeat)
-        with profile(activities=activities) as prof:
-            for _ in range(args.repeat):
-                fn()
-            sync(device)
-    kernels = {}
+    with torch.inference_mode(), profile(activities=activities) as prof:
+        for _ in range(repeat):
+            fn()
+        sync(device)
+    kernels: dict[str, float] = {}
     for evt in prof.key_averages():
         on_gpu = getattr(evt, "device_type", None) == torch.autograd.DeviceType.CUDA
         if device.type == "cuda" and not on_gpu:
@@ -577,7 +577,15 @@ def profile_forward(args, device, fn, title: str) -> None:
         us = (getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
               if device.type == "cuda" else evt.self_cpu_time_total)
         if us > 0:
-            kernels[evt.key] = kernels.get(evt.key, 0.0) + us / 1e3 / args.repeat
+            kernels[evt.key] = kernels.get(evt.key, 0.0) + us / 1e3 / repeat
+    return kernels
+
+
+def profile_forward(args, device, fn, title: str) -> None:
+    """Profiles `fn` (one forward) --repeat times and prints its parts and top kernels."""
+    with torch.inference_mode():
+        wall = timed(fn, device, args.repeat)
+    kernels = kernel_times(fn, device, args.repeat)
     busy = sum(kernels.values())
     if not busy:
         print(f"\n(profile of {title}: the profiler recorded no kernel time)")
@@ -594,6 +602,122 @@ def profile_forward(args, device, fn, title: str) -> None:
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:args.profile_top]
     table(f"Top {len(top)} {unit}s: {title}", ["name", "part", "ms / forward", "%"],
           [[n[:90].replace("|", "/"), profile_category(n), f"{ms:.2f}", f"{100 * ms / busy:.1f}"] for n, ms in top])
+
+
+# What `--only kernels` tries for each Triton pass: blocks of pixels x channels, 4 or 8 warps,
+# and the statistics pass's chunk of pixels.
+LAUNCH_CANDIDATES = [dict(BLOCK_PIXELS=p, BLOCK_CHANNELS=c, num_warps=w)
+                     for p, c in [(32, 64), (64, 64), (128, 64), (32, 128), (64, 128)] for w in (4, 8)]
+CHUNK_CANDIDATES = [512, 1024, 2048, 4096]
+
+
+def bench_kernels(args, device) -> None:
+    """Launch settings of the Triton GroupNorm passes (`triton_groupnorm.LAUNCH_CONFIG`: block
+    of pixels x channels and warps of the statistics, apply and residual-add passes, and the
+    statistics' chunk of pixels), each run on every norm and residual add of one bf16
+    forward (the real calls, recorded: their shapes, resampling and two-tensor joins) and
+    timed by the GPU time of that pass's kernels (torch.profiler), so that launch overhead on
+    a slow host does not hide the differences; then the whole forward's GPU time with the
+    fastest of each against the settings in the package."""
+    if not triton_groupnorm.serves(device):
+        print(f"\n(kernels skipped: the Triton GroupNorm does not run on {device_name(device)})")
+        return
+    preset, size, half = args.presets[0], args.sizes[0], fastest_dtype(device)
+    model = random_model(preset, "student", device).optimize(autocast=half)
+    x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
+    calls: dict[str, list] = {"norm": [], "add": []}
+    launch_norm, launch_add = triton_groupnorm._group_norm_launch, triton_groupnorm._residual_add_launch
+
+    def record_norm(*a):
+        calls["norm"].append(a)
+        return launch_norm(*a)
+
+    def record_add(h, *a):
+        calls["add"].append((h.clone(), *a))  # h is overwritten: replays start from a copy
+        return launch_add(h, *a)
+
+    with torch.inference_mode(), contextlib.ExitStack() as undo:
+        for name, fn in (("_group_norm_launch", record_norm), ("_residual_add_launch", record_add)):
+            undo.callback(setattr, triton_groupnorm, name, getattr(triton_groupnorm, name))
+            setattr(triton_groupnorm, name, fn)
+        model.velocity(x, x, 0.5)
+    found = {k: dict(v) for k, v in triton_groupnorm.LAUNCH_CONFIG.items()}
+    found_chunk = triton_groupnorm._PIXELS_PER_CHUNK
+    # the kernels each setting changes, by name
+    timed_kernels = {"stats": ("_groupnorm_stats",), "apply": ("_groupnorm_apply",), "add": ("_residual_add",),
+                     "chunk": ("_groupnorm_stats", "_groupnorm_finalize")}
+
+    def settle(kind: str | None = None, option=None) -> None:
+        for k, v in found.items():
+            triton_groupnorm.LAUNCH_CONFIG[k] = dict(v)
+        triton_groupnorm._PIXELS_PER_CHUNK = option if kind == "chunk" else found_chunk
+        if kind in found:
+            triton_groupnorm.LAUNCH_CONFIG[kind] = dict(option)
+
+    def label(kind: str, option) -> str:
+        if kind == "chunk":
+            return f"{option} pixels"
+        return f"{option['BLOCK_PIXELS']}x{option['BLOCK_CHANNELS']}, {option['num_warps']} warps"
+
+    # (the adds accumulate into their recorded h: the same traffic each time)
+    replays = {"norm": lambda: [launch_norm(*a) for a in calls["norm"]],
+               "add": lambda: [launch_add(*a) for a in calls["add"]]}
+    rows, best = [], {}
+    try:
+        with torch.inference_mode():
+            for kind in ("stats", "apply", "add", "chunk"):
+                replay = replays["add" if kind == "add" else "norm"]
+                in_package = found_chunk if kind == "chunk" else found[kind]  # always among those timed
+                options = [in_package] + [o for o in (CHUNK_CANDIDATES if kind == "chunk" else LAUNCH_CANDIDATES)
+                                          if o != in_package]
+                if kind == "chunk":
+                    options = [c for c in options if c % found["stats"]["BLOCK_PIXELS"] == 0]
+                current = label(kind, in_package)
+                secs = {}
+                for option in options:
+                    try:
+                        settle(kind, option)
+                        replay()  # builds the kernels for these settings
+                    except Exception as e:  # a block too large for the card's registers, say
+                        rows.append([kind, label(kind, option), f"failed: {type(e).__name__}", ""])
+                        continue
+                    times = kernel_times(replay, device, args.repeat)
+                    secs[label(kind, option)] = (sum(ms for name, ms in times.items()
+                                                     if any(k in name for k in timed_kernels[kind])), option)
+                best[kind] = min(secs.values(), key=lambda v: v[0])[1]
+                for name, (ms, _) in secs.items():
+                    mark = " (in the package)" if name == current else ""
+                    ratio = f"{secs[current][0] / ms:.2f}" if current in secs and ms > 0 else ""
+                    rows.append([kind, name + mark, f"{ms:.2f}", ratio])
+            table(f"Triton GroupNorm launch settings: GPU time of each pass over every norm or residual add of one "
+                  f"{preset} forward at {size} px, batch {args.batch}, {str(half).removeprefix('torch.')} "
+                  f"(torch.profiler, {args.repeat} runs), {device_name(device)}",
+                  ["pass", "block (pixels x channels), warps", "GPU ms / forward", "x package's"], rows)
+
+            def fastest_of_each() -> None:
+                settle()
+                for kind in ("stats", "apply", "add"):
+                    triton_groupnorm.LAUNCH_CONFIG[kind] = dict(best[kind])
+                if best["chunk"] % best["stats"]["BLOCK_PIXELS"] == 0:
+                    triton_groupnorm._PIXELS_PER_CHUNK = best["chunk"]
+
+            forward = lambda: model.velocity(x, x, 0.5)  # noqa: E731
+            settle()
+            reference = forward()
+            package = sum(kernel_times(forward, device, args.repeat).values())
+            fastest_of_each()
+            forward()
+            fastest = sum(kernel_times(forward, device, args.repeat).values())
+            diff = (forward() - reference).abs().max().item()
+            chosen = ", ".join(f"{k} {best[k]['BLOCK_PIXELS']}x{best[k]['BLOCK_CHANNELS']}/{best[k]['num_warps']}"
+                               for k in ("stats", "apply", "add")) + f", chunk {triton_groupnorm._PIXELS_PER_CHUNK}"
+            table(f"Whole forward, GPU time of all its kernels ({preset}, {size} px, batch {args.batch}, "
+                  f"{str(half).removeprefix('torch.')}), {device_name(device)}",
+                  ["launch settings", "GPU ms / forward", "max |diff|"],
+                  [["in the package", f"{package:.2f}", "0"],
+                   [f"fastest of each: {chosen}", f"{fastest:.2f}", f"{diff:.1e}"]])
+    finally:
+        settle()
 
 
 def bench_flops(args, device) -> None:
@@ -662,7 +786,7 @@ def bench_loader(args, device) -> None:
 SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_vs_teacher, "tiling": bench_tiling,
             "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops, "baselines": bench_baselines,
             "images": bench_images, "train_memory": bench_train_memory, "profile": bench_profile,
-            "loader": bench_loader}
+            "loader": bench_loader, "kernels": bench_kernels}
 
 
 def main() -> None:
@@ -674,8 +798,8 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=[s for s in SECTIONS if s != "profile"],
-                   help="sections to run (all but profile by default)")
+    p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=[s for s in SECTIONS if s not in ("profile", "kernels")],
+                   help="sections to run (all but profile and kernels by default)")
     p.add_argument("--full", action="store_true", help="the small, div2k and imagenet presets at 256, 512 and 1024 px (implied on CUDA; give --presets compact for the bundled network); slow on a CPU")
     p.add_argument("--presets", nargs="+", default=None)
     p.add_argument("--sizes", nargs="+", type=int, default=None)

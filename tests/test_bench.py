@@ -1,6 +1,7 @@
 """bench/bench.py still runs: its cheap sections on the smallest sizes, in a subprocess as
 users run it, print their tables with a row per variant (no timing is asserted)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -164,3 +165,75 @@ def test_bench_loader_rows_for_photographs_and_their_tiles(tmp_path):
                                                      ("tiles of 64 px", "12", "bicubic"),
                                                      ("tiles of 64 px", "12", "realesrgan")], out.stdout
     assert all(float(per_s) > 0 for *_, per_s in rows) and "the scan reads" in out.stdout
+
+
+def test_bench_kernels_is_skipped_where_the_triton_kernels_do_not_run():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--device", "cpu", "--only", "kernels"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(kernels skipped: the Triton GroupNorm does not run on" in out.stdout
+
+
+def test_bench_kernels_times_each_launch_setting_and_restores_the_package_settings():
+    # The section's bookkeeping, on a CPU: the kernels' launchers replaced by PyTorch's ops
+    # (the kernels themselves are checked in test_triton_groupnorm.py) and the wall time
+    # standing in for the profiler's GPU time. A row per setting tried, the package's among
+    # them and marked, the whole forward with the fastest of each, the settings restored.
+    code = f"""
+import json, sys, time, torch
+import torch.nn.functional as F
+sys.argv = ["bench.py", "--device", "cpu", "--only", "kernels", "--presets", "tiny", "--sizes", "32", "--repeat", "1"]
+sys.path.insert(0, {str(ROOT / "bench")!r})
+import bench
+from oftsr import triton_groupnorm
+before = json.dumps([triton_groupnorm.LAUNCH_CONFIG, triton_groupnorm._PIXELS_PER_CHUNK])
+seen = set()
+def resampled(y, mode):
+    return y if mode is None else F.interpolate(y, scale_factor=2.0) if mode == "up" else F.avg_pool2d(y, 2)
+def norm(x, groups, weight, bias, eps, silu, x_bias, resample, x2):
+    seen.add(json.dumps([triton_groupnorm.LAUNCH_CONFIG, triton_groupnorm._PIXELS_PER_CHUNK]))
+    x = (x if x2 is None else torch.cat([x, x2], 1)).float()
+    x = x if x_bias is None else x + x_bias.float()[:, None, None]
+    y = F.group_norm(x, groups, eps=eps)
+    y = y if weight is None else y * weight.float().reshape(-1, x.shape[1])[..., None, None]
+    y = y if bias is None else y + bias.float().reshape(-1, x.shape[1])[..., None, None]
+    y = resampled(F.silu(y) if silu else y, resample)
+    return y.to(x2.dtype if x2 is not None else torch.bfloat16).contiguous(memory_format=torch.channels_last)
+def add(h, skip, bias, skip_resample):
+    h += resampled(skip.float(), skip_resample).to(h.dtype) + bias.to(h.dtype)[:, None, None]
+triton_groupnorm._group_norm_launch, triton_groupnorm._residual_add_launch = norm, add
+triton_groupnorm.serves = lambda device: True
+triton_groupnorm.available = lambda x: (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                                        and not torch.is_grad_enabled())
+bench.fastest_dtype = lambda device: torch.bfloat16
+bench.LAUNCH_CANDIDATES = [dict(BLOCK_PIXELS=32, BLOCK_CHANNELS=64, num_warps=4),
+                           dict(BLOCK_PIXELS=16, BLOCK_CHANNELS=32, num_warps=2)]
+bench.CHUNK_CANDIDATES = [1024, 96]  # 96: not a multiple of the statistics' block, never tried
+def wall_times(fn, device, repeat):
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    ms = (time.perf_counter() - start) * 1e3 / repeat
+    return {{"_groupnorm_stats _groupnorm_finalize _groupnorm_apply _residual_add": ms}}
+bench.kernel_times = wall_times
+bench.main()
+after = json.dumps([triton_groupnorm.LAUNCH_CONFIG, triton_groupnorm._PIXELS_PER_CHUNK])
+print(json.dumps({{"restored": before == after, "settings_seen": len(seen)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["restored"]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines if line.startswith("| ")]
+    passes = [r for r in rows if r[0] in ("stats", "apply", "add", "chunk")]
+    # each pass: the package's setting first, then the candidates that differ from it
+    assert [r[0] for r in passes] == ["stats"] * 3 + ["apply"] * 3 + ["add"] * 3 + ["chunk"] * 2, passes
+    package = [r for r in passes if r[1].endswith("(in the package)")]
+    assert [r[0] for r in package] == ["stats", "apply", "add", "chunk"] and all(r[3] == "1.00" for r in package)
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in passes)
+    assert "96 pixels" not in out.stdout
+    # the norm ran under each stats/apply setting and chunk tried (the adds' settings do not reach it)
+    assert result["settings_seen"] >= 3 + 2 + 1 + 1
+    whole = [r for r in rows if r[0] == "in the package" or r[0].startswith("fastest of each")]
+    assert len(whole) == 2 and float(whole[1][2]) < 1e-2  # max |diff| of the output, bf16
