@@ -614,38 +614,21 @@ CHUNK_CANDIDATES = [512, 1024, 2048, 4096]
 def bench_kernels(args, device) -> None:
     """Launch settings of the Triton GroupNorm passes (`triton_groupnorm.LAUNCH_CONFIG`: block
     of pixels x channels and warps of the statistics, apply and residual-add passes, and the
-    statistics' chunk of pixels), each run on every norm and residual add of one bf16
-    forward (the real calls, recorded: their shapes, resampling and two-tensor joins) and
-    timed by the GPU time of that pass's kernels (torch.profiler), so that launch overhead on
-    a slow host does not hide the differences; then the whole forward's GPU time with the
-    fastest of each against the settings in the package."""
+    chunk of pixels that the statistics and residual-add passes sum over), each tried on a
+    whole bf16 forward and timed by the GPU time of that pass's kernels (torch.profiler), so
+    that launch overhead on a slow host does not hide the differences; then the whole
+    forward's GPU time with the fastest of each against the settings in the package."""
     if not triton_groupnorm.serves(device):
         print(f"\n(kernels skipped: the Triton GroupNorm does not run on {device_name(device)})")
         return
     preset, size, half = args.presets[0], args.sizes[0], fastest_dtype(device)
     model = random_model(preset, "student", device).optimize(autocast=half)
     x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
-    calls: dict[str, list] = {"norm": [], "add": []}
-    launch_norm, launch_add = triton_groupnorm._group_norm_launch, triton_groupnorm._residual_add_launch
-
-    def record_norm(*a):
-        calls["norm"].append(a)
-        return launch_norm(*a)
-
-    def record_add(h, *a):
-        calls["add"].append((h.clone(), *a))  # h is overwritten: replays start from a copy
-        return launch_add(h, *a)
-
-    with torch.inference_mode(), contextlib.ExitStack() as undo:
-        for name, fn in (("_group_norm_launch", record_norm), ("_residual_add_launch", record_add)):
-            undo.callback(setattr, triton_groupnorm, name, getattr(triton_groupnorm, name))
-            setattr(triton_groupnorm, name, fn)
-        model.velocity(x, x, 0.5)
     found = {k: dict(v) for k, v in triton_groupnorm.LAUNCH_CONFIG.items()}
     found_chunk = triton_groupnorm._PIXELS_PER_CHUNK
     # the kernels each setting changes, by name
     timed_kernels = {"stats": ("_groupnorm_stats",), "apply": ("_groupnorm_apply",), "add": ("_residual_add",),
-                     "chunk": ("_groupnorm_stats", "_groupnorm_finalize")}
+                     "chunk": ("_groupnorm_stats", "_groupnorm_finalize", "_residual_add")}
 
     def settle(kind: str | None = None, option=None) -> None:
         for k, v in found.items():
@@ -659,29 +642,31 @@ def bench_kernels(args, device) -> None:
             return f"{option} pixels"
         return f"{option['BLOCK_PIXELS']}x{option['BLOCK_CHANNELS']}, {option['num_warps']} warps"
 
-    # (the adds accumulate into their recorded h: the same traffic each time)
-    replays = {"norm": lambda: [launch_norm(*a) for a in calls["norm"]],
-               "add": lambda: [launch_add(*a) for a in calls["add"]]}
+    def fits(chunk: int, *configs: dict) -> bool:  # a block must not cross into the next chunk
+        return all(chunk % config["BLOCK_PIXELS"] == 0 for config in configs)
+
+    forward = lambda: model.velocity(x, x, 0.5)  # noqa: E731
     rows, best = [], {}
     try:
         with torch.inference_mode():
             for kind in ("stats", "apply", "add", "chunk"):
-                replay = replays["add" if kind == "add" else "norm"]
                 in_package = found_chunk if kind == "chunk" else found[kind]  # always among those timed
                 options = [in_package] + [o for o in (CHUNK_CANDIDATES if kind == "chunk" else LAUNCH_CANDIDATES)
                                           if o != in_package]
                 if kind == "chunk":
-                    options = [c for c in options if c % found["stats"]["BLOCK_PIXELS"] == 0]
+                    options = [c for c in options if fits(c, found["stats"], found["add"])]
+                elif kind in ("stats", "add"):
+                    options = [o for o in options if fits(found_chunk, o)]
                 current = label(kind, in_package)
                 secs = {}
                 for option in options:
                     try:
                         settle(kind, option)
-                        replay()  # builds the kernels for these settings
+                        forward()  # builds the kernels for these settings
                     except Exception as e:  # a block too large for the card's registers, say
                         rows.append([kind, label(kind, option), f"failed: {type(e).__name__}", ""])
                         continue
-                    times = kernel_times(replay, device, args.repeat)
+                    times = kernel_times(forward, device, args.repeat)
                     secs[label(kind, option)] = (sum(ms for name, ms in times.items()
                                                      if any(k in name for k in timed_kernels[kind])), option)
                 best[kind] = min(secs.values(), key=lambda v: v[0])[1]
@@ -698,10 +683,9 @@ def bench_kernels(args, device) -> None:
                 settle()
                 for kind in ("stats", "apply", "add"):
                     triton_groupnorm.LAUNCH_CONFIG[kind] = dict(best[kind])
-                if best["chunk"] % best["stats"]["BLOCK_PIXELS"] == 0:
+                if fits(best["chunk"], best["stats"], best["add"]):
                     triton_groupnorm._PIXELS_PER_CHUNK = best["chunk"]
 
-            forward = lambda: model.velocity(x, x, 0.5)  # noqa: E731
             settle()
             reference = forward()
             package = sum(kernel_times(forward, device, args.repeat).values())

@@ -13,11 +13,13 @@ which is why the CUDA fast path stays NCHW where these kernels do not run. These
    statistics, the norm's affine parameters and ADM's time-embedding scale-shift, so the
    activations are read twice and written once; in ADM's up and down blocks it writes y
    nearest up-sampled or 2x2 average-pooled, as those blocks resample right after.
-4. `_residual_add`: h += skip + bias, the skip read up-sampled or pooled in those blocks, so
-   neither resampled tensor is ever written out.
+4. `_residual_add`: out = h + skip + bias, the skip read up-sampled or pooled in those blocks,
+   so neither resampled tensor is ever written out; it also sums out as the statistics pass
+   would, so the norm that reads out next (every ResBlock's output is normalised next) skips
+   that pass.
 
 The bias of the convolution before a norm rides in its statistics (`x_bias`), and a ResBlock's
-two output biases in its residual add (`residual_add_`): PyTorch adds a convolution's bias
+two output biases in its residual add (`residual_add`): PyTorch adds a convolution's bias
 after cuDNN's kernel, in a broadcast pass of its own, which took a sixth of a bf16 div2k
 forward on an H200.
 
@@ -69,50 +71,57 @@ def _kernels():
         return None
 
     @triton.jit
-    def _groupnorm_stats(x_ptr, partial_ptr, hw, x_channels, c_offset, channels, chunks,
+    def _groupnorm_stats(x_ptr, partial_ptr, hw, channels, chunks,
                          PIXELS_PER_CHUNK: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
-        # x holds the norm's channels c_offset .. c_offset + x_channels (all of them, or one of
-        # the two tensors a decoder block joins): its sums land at those channels of `partial`.
+        # partial[n, chunk, 0 | 1, c]: the chunk's sum and sum of squares of channel c
         chunk = tl.program_id(0)  # the large count on axis 0: axes 1 and 2 stop at 65,535
         cblock = tl.program_id(1)
         n = tl.program_id(2)
         c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
-        c_ok = c < x_channels
+        c_ok = c < channels
         # Element-wise accumulators, reduced across pixels once at the end: a reduction per
         # loaded block would serialise the loop on cross-thread shuffles.
         total = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
         total_sq = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
-        base = x_ptr + n.to(tl.int64) * hw * x_channels
+        base = x_ptr + n.to(tl.int64) * hw * channels
         for start in range(0, PIXELS_PER_CHUNK, BLOCK_PIXELS):
             p = chunk * PIXELS_PER_CHUNK + start + tl.arange(0, BLOCK_PIXELS)
             mask = (p < hw)[:, None] & c_ok[None, :]
-            v = tl.load(base + p[:, None].to(tl.int64) * x_channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(base + p[:, None].to(tl.int64) * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
             total += v
             total_sq += v * v
-        out = partial_ptr + ((n * chunks + chunk) * 2) * channels + c_offset + c
+        out = partial_ptr + ((n * chunks + chunk) * 2) * channels + c
         tl.store(out, tl.sum(total, axis=0), mask=c_ok)
         tl.store(out + channels, tl.sum(total_sq, axis=0), mask=c_ok)
 
     @triton.jit
-    def _groupnorm_finalize(partial_ptr, weight_ptr, bias_ptr, x_bias_ptr, gain_ptr, offset_ptr, chunks, channels,
-                            per_group, hw, count, eps, weight_stride, bias_stride,
+    def _groupnorm_finalize(partial_ptr, partial2_ptr, weight_ptr, bias_ptr, x_bias_ptr, gain_ptr, offset_ptr, chunks,
+                            channels, split, per_group, hw, count, eps, weight_stride, bias_stride,
                             HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_X_BIAS: tl.constexpr,
                             BLOCK_CHUNKS: tl.constexpr, BLOCK_GROUP: tl.constexpr):
         # One program per (group, image): the chunks' sums to the group's mean and 1/std,
         # folded with the affine parameters into the per-channel gain and offset that
-        # `_groupnorm_apply` uses (one launch where a dozen small torch ops would be).
+        # `_groupnorm_apply` uses (one launch where a dozen small torch ops would be). Channels
+        # below `split` are summed in `partial` (split channels wide), the rest in `partial2`
+        # (a decoder block's input and skip: a group may straddle the two).
         group = tl.program_id(0)
         n = tl.program_id(1)
         c = group * per_group + tl.arange(0, BLOCK_GROUP)
         c_ok = tl.arange(0, BLOCK_GROUP) < per_group
+        first = (c < split)[None, :]
+        wide2 = channels - split
         total = tl.zeros((BLOCK_CHUNKS, BLOCK_GROUP), dtype=tl.float32)
         total_sq = tl.zeros((BLOCK_CHUNKS, BLOCK_GROUP), dtype=tl.float32)
         for start in range(0, chunks, BLOCK_CHUNKS):
             k = start + tl.arange(0, BLOCK_CHUNKS)
             mask = (k < chunks)[:, None] & c_ok[None, :]
-            rows = partial_ptr + ((n * chunks + k[:, None]).to(tl.int64) * 2) * channels + c[None, :]
-            total += tl.load(rows, mask=mask, other=0.0)
-            total_sq += tl.load(rows + channels, mask=mask, other=0.0)
+            row = (n * chunks + k[:, None]).to(tl.int64) * 2
+            rows = partial_ptr + row * split + c[None, :]
+            rows2 = partial2_ptr + row * wide2 + (c[None, :] - split)
+            total += (tl.load(rows, mask=mask & first, other=0.0)
+                      + tl.load(rows2, mask=mask & ~first, other=0.0))
+            total_sq += (tl.load(rows + split, mask=mask & first, other=0.0)
+                         + tl.load(rows2 + wide2, mask=mask & ~first, other=0.0))
         s1 = tl.sum(total, axis=0)  # per channel
         s2 = tl.sum(total_sq, axis=0)
         xb = tl.zeros((BLOCK_GROUP,), dtype=tl.float32)
@@ -176,38 +185,53 @@ def _kernels():
         tl.store(out, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _residual_add(h_ptr, skip_ptr, bias_ptr, rows, channels, hw, w, hw_skip, w_skip,
-                      RESAMPLE: tl.constexpr, TAPS: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
-                      BLOCK_CHANNELS: tl.constexpr):
-        # h += skip + bias[c] over channels_last memory seen as (pixels, channels): a 2D block,
-        # so the channel of an element is its column, not a 64-bit remainder per element.
+    def _residual_add(h_ptr, skip_ptr, bias_ptr, out_ptr, partial_ptr, hw, w, hw_skip, w_skip, channels, chunks,
+                      RESAMPLE: tl.constexpr, TAPS: tl.constexpr, PIXELS_PER_CHUNK: tl.constexpr,
+                      BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+        # out = h + skip + bias[c] over channels_last memory, a chunk of an image's pixels per
+        # program (as `_groupnorm_stats`), whose sums and sums of squares of out it writes in
+        # that pass's layout: the next norm, which reads out, then skips its statistics pass.
         # With RESAMPLE the skip is read at its own size, nearest up-sampled (1) or 2x2
         # average-pooled (2) on the way, as ADM's up and down blocks resample it.
-        p = tl.program_id(0) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
-        c = tl.program_id(1) * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
+        chunk = tl.program_id(0)
+        cblock = tl.program_id(1)
+        n = tl.program_id(2)
+        c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
         c_ok = c < channels
-        mask = (p < rows)[:, None] & c_ok[None, :]
-        offsets = p[:, None].to(tl.int64) * channels + c[None, :]
-        h = tl.load(h_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        if RESAMPLE == 0:
-            skip = tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        else:
-            n = p // hw
-            oy = (p - n * hw) // w
-            ox = p - n * hw - oy * w
-            if RESAMPLE == 1:
-                q = (oy // 2) * w_skip + ox // 2
+        b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)[None, :]
+        image = n.to(tl.int64) * hw * channels
+        skip_image = skip_ptr + n.to(tl.int64) * hw_skip * channels + c[None, :]
+        total = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
+        total_sq = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
+        for start in range(0, PIXELS_PER_CHUNK, BLOCK_PIXELS):
+            p = chunk * PIXELS_PER_CHUNK + start + tl.arange(0, BLOCK_PIXELS)
+            mask = (p < hw)[:, None] & c_ok[None, :]
+            offsets = image + p[:, None].to(tl.int64) * channels + c[None, :]
+            h = tl.load(h_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            if RESAMPLE == 0:
+                skip = tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             else:
-                q = (2 * oy) * w_skip + 2 * ox
-            q = n.to(tl.int64) * hw_skip + q
-            source = skip_ptr + q[:, None] * channels + c[None, :]
-            skip = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
-            for tap in tl.static_range(TAPS):
-                skip += tl.load(source + ((tap // 2) * w_skip + tap % 2) * channels, mask=mask, other=0.0).to(tl.float32)
-            if RESAMPLE == 2:
-                skip = skip * 0.25
-        b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
-        tl.store(h_ptr + offsets, (h + skip + b[None, :]).to(h_ptr.dtype.element_ty), mask=mask)
+                oy = p // w
+                ox = p - oy * w
+                if RESAMPLE == 1:
+                    q = (oy // 2) * w_skip + ox // 2
+                else:
+                    q = (2 * oy) * w_skip + 2 * ox
+                source = skip_image + q[:, None].to(tl.int64) * channels
+                skip = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
+                for tap in tl.static_range(TAPS):
+                    skip += tl.load(source + ((tap // 2) * w_skip + tap % 2) * channels, mask=mask,
+                                    other=0.0).to(tl.float32)
+                if RESAMPLE == 2:
+                    skip = skip * 0.25
+            y = (h + skip + b).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + offsets, y, mask=mask)
+            v = tl.where(mask, y.to(tl.float32), 0.0)  # the stored values, as the norm would read them
+            total += v
+            total_sq += v * v
+        out = partial_ptr + ((n * chunks + chunk) * 2) * channels + c
+        tl.store(out, tl.sum(total, axis=0), mask=c_ok)
+        tl.store(out + channels, tl.sum(total_sq, axis=0), mask=c_ok)
 
     return triton, _groupnorm_stats, _groupnorm_finalize, _groupnorm_apply, _residual_add
 
@@ -241,8 +265,12 @@ def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
             # and the residual add that carries the output biases
             ref = F.silu(F.group_norm(xf + bias[:, None, None], 32) * per_image[..., None, None] + bias[:, None, None])
             error = max(error, off(group_norm_nhwc(x, 32, per_image, bias.expand(2, 64), silu=True, x_bias=bias), ref))
-            error = max(error, off(residual_add_(x.mul(0.5), x, bias), xf.mul(0.5).to(dtype).float() + xf
-                                   + bias[:, None, None]))
+            added, stats = residual_add(x.mul(0.5), x, bias)
+            ref = xf.mul(0.5).to(dtype).float() + xf + bias[:, None, None]
+            error = max(error, off(added, ref))
+            # the add's sums of its output stand in for the norm's statistics pass
+            error = max(error, off(group_norm_nhwc(added, 32, weight, bias, x_stats=stats),
+                                   F.group_norm(added.float(), 32, weight, bias)))
             # the up and down blocks' variants: the norm written resampled, the skip read resampled
             ref = F.silu(F.group_norm(bigf, 32, weight, bias))
             error = max(error, off(group_norm_nhwc(big, 32, weight, bias, silu=True, resample="down"),
@@ -250,13 +278,17 @@ def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
             error = max(error, off(group_norm_nhwc(big, 32, weight, bias, silu=True, resample="up"),
                                    F.interpolate(ref, scale_factor=2.0, mode="nearest")))
             ref = bigf * 0.5 + F.interpolate(smallf, scale_factor=2.0, mode="nearest") + bias[:, None, None]
-            error = max(error, off(residual_add_(big.mul(0.5), small, bias, "up"), ref))
+            error = max(error, off(residual_add(big.mul(0.5), small, bias, "up")[0], ref))
             ref = smallf * 0.5 + F.avg_pool2d(bigf, 2) + bias[:, None, None]
-            error = max(error, off(residual_add_(small.mul(0.5), big, bias, "down"), ref))
+            error = max(error, off(residual_add(small.mul(0.5), big, bias, "down")[0], ref))
             # a decoder block's input and skip as two tensors (a group straddling them)
             first, second = (part.contiguous(memory_format=torch.channels_last) for part in (x[:, :25], x[:, 25:]))
             error = max(error, off(group_norm_nhwc(first, 32, weight, bias, silu=True, x2=second),
                                    F.silu(F.group_norm(xf, 32, weight, bias))))
+            # ... with the second's sums from a residual add (a skip that a ResBlock wrote)
+            second, stats = residual_add(second, torch.zeros_like(second), torch.zeros(39, device=device))
+            error = max(error, off(group_norm_nhwc(first, 32, weight, bias, x2=second, x2_stats=stats),
+                                   F.group_norm(xf, 32, weight, bias)))
     except Exception as e:  # whatever Triton raises while building or launching
         warnings.warn(f"the Triton GroupNorm does not run on {device} in {dtype} ({type(e).__name__}: {e}); "
                       f"using PyTorch's GroupNorm there", RuntimeWarning, stacklevel=2)
@@ -336,7 +368,8 @@ def _resampled_size(h: int, w: int, resample: str | None) -> tuple[int, int]:
 def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
                     bias: torch.Tensor | None = None, eps: float = 1e-5, silu: bool = False,
                     x_bias: torch.Tensor | None = None, resample: str | None = None,
-                    x2: torch.Tensor | None = None) -> torch.Tensor:
+                    x2: torch.Tensor | None = None, x_stats: torch.Tensor | None = None,
+                    x2_stats: torch.Tensor | None = None) -> torch.Tensor:
     """`F.group_norm(x, num_groups, weight, bias, eps)`, then SiLU if `silu`, for a
     channels_last (N, C, H, W) tensor; statistics in float32, the result in x's dtype and
     layout. `weight` and `bias` may be (C,) or per image (N, C), which is how a time-embedding
@@ -347,15 +380,25 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
     (H and W even), written at that size in the same pass. `x2`: a second channels_last
     tensor of x's batch, height and width, normalised as `torch.cat([x, x2], 1)` without
     forming that copy (a decoder block's input joined with its encoder skip); C, weight,
-    bias and x_bias then count the channels of both."""
+    bias and x_bias then count the channels of both. `x_stats`, `x2_stats`: x's or x2's
+    partial sums as `residual_add` returns them with its output, in place of the
+    statistics pass over that tensor."""
     if torch.compiler.is_compiling():
-        return torch.ops.oftsr.group_norm_nhwc(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2)
-    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2)
+        return torch.ops.oftsr.group_norm_nhwc(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2,
+                                               x_stats, x2_stats)
+    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2, x_stats, x2_stats)
+
+
+def _stats_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """The shape of x's partial sums: (N, chunks of pixels, sum | sum of squares, C)."""
+    n, channels, h, w = x.shape
+    return n, -(-h * w // _PIXELS_PER_CHUNK), 2, channels
 
 
 def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
                        eps: float, silu: bool, x_bias: torch.Tensor | None, resample: str | None,
-                       x2: torch.Tensor | None) -> torch.Tensor:
+                       x2: torch.Tensor | None, x_stats: torch.Tensor | None = None,
+                       x2_stats: torch.Tensor | None = None) -> torch.Tensor:
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
@@ -371,17 +414,22 @@ def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | 
     if channels % num_groups:
         raise ValueError(f"{channels} channels do not split into {num_groups} groups")
     out_h, out_w = _resampled_size(h, w, resample)
+    config = LAUNCH_CONFIG["stats"]
+    if _PIXELS_PER_CHUNK % config["BLOCK_PIXELS"]:  # a block would cross into the next chunk's pixels
+        raise ValueError(f"the statistics' chunk ({_PIXELS_PER_CHUNK} pixels) must be a multiple of its block "
+                         f"({config['BLOCK_PIXELS']})")
     hw = h * w
-    chunks = triton.cdiv(hw, _PIXELS_PER_CHUNK)
-    partial = torch.empty((n, chunks, 2, channels), dtype=torch.float32, device=x.device)
-    offsets = [0, x.shape[1]]  # where each part's channels start
-    for part, c_offset in zip(parts, offsets):
-        config = LAUNCH_CONFIG["stats"]
-        if _PIXELS_PER_CHUNK % config["BLOCK_PIXELS"]:  # a block would cross into the next chunk's pixels
-            raise ValueError(f"the statistics' chunk ({_PIXELS_PER_CHUNK} pixels) must be a multiple of its block "
-                             f"({config['BLOCK_PIXELS']})")
-        stats_kernel[(chunks, triton.cdiv(part.shape[1], config["BLOCK_CHANNELS"]), n)](
-            part, partial, hw, part.shape[1], c_offset, channels, chunks, PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK, **config)
+    stats = []
+    for part, given in zip(parts, (x_stats, x2_stats)):
+        shape = _stats_shape(part)
+        if given is None:
+            given = torch.empty(shape, dtype=torch.float32, device=x.device)
+            stats_kernel[(shape[1], triton.cdiv(part.shape[1], config["BLOCK_CHANNELS"]), n)](
+                part, given, hw, part.shape[1], shape[1], PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK, **config)
+        elif given.shape != shape or given.dtype != torch.float32 or given.device != x.device or not given.is_contiguous():
+            raise ValueError(f"partial sums for a {tuple(part.shape)} tensor must be contiguous float32 {shape} on "
+                             f"{x.device}, got {given.dtype} {tuple(given.shape)} on {given.device}")
+        stats.append(given)
     per_group = channels // num_groups
     weight, weight_stride = _per_image(weight, n, channels)
     bias, bias_stride = _per_image(bias, n, channels)
@@ -389,15 +437,15 @@ def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | 
     offset = torch.empty_like(gain)
     if x_bias is not None:
         x_bias = x_bias.float().contiguous()
-    finalize_kernel[(num_groups, n)](  # an absent weight or bias: any pointer, never read
-        partial, gain if weight is None else weight, gain if bias is None else bias,
+    finalize_kernel[(num_groups, n)](  # an absent weight, bias or second part: any pointer, never read
+        stats[0], stats[-1], gain if weight is None else weight, gain if bias is None else bias,
         gain if x_bias is None else x_bias, gain, offset,
-        chunks, channels, per_group, hw, hw * per_group, eps, weight_stride, bias_stride,
+        stats[0].shape[1], channels, x.shape[1], per_group, hw, hw * per_group, eps, weight_stride, bias_stride,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_X_BIAS=x_bias is not None,
         BLOCK_CHUNKS=_BLOCK_CHUNKS, BLOCK_GROUP=triton.next_power_of_2(per_group))
     y = torch.empty((n, channels, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     config = LAUNCH_CONFIG["apply"]
-    for part, c_offset in zip(parts, offsets):
+    for part, c_offset in zip(parts, (0, x.shape[1])):  # where each part's channels start
         grid = (triton.cdiv(out_h * out_w, config["BLOCK_PIXELS"]), triton.cdiv(part.shape[1], config["BLOCK_CHANNELS"]),
                 n)
         apply_kernel[grid](part, y, gain, offset, out_h * out_w, out_w, hw, w, part.shape[1], c_offset, channels,
@@ -405,24 +453,27 @@ def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | 
     return y
 
 
-def residual_add_(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
-                  skip_resample: str | None = None) -> torch.Tensor:
-    """h += skip + bias[None, :, None, None], in place and in one pass, for channels_last h
-    and skip: a residual add that also carries the biases of the convolutions that made h
-    and skip (PyTorch adds a bias after cuDNN's convolution, in a broadcast pass of its own).
-    `skip_resample` "up" or "down": skip has half or twice h's height and width and is read
-    nearest up-sampled or 2x2 average-pooled, so the resampled skip is never written."""
+def residual_add(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
+                 skip_resample: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """h + skip + bias[None, :, None, None] in one pass, for channels_last h and skip, and
+    the partial sums of that output which `group_norm_nhwc` takes as `x_stats` (every
+    ResBlock's output is normalised next, by the next block or the decoder block it skips
+    to, which then need not read it once more for its statistics). A residual add that
+    also carries the biases of the convolutions that made h and skip (PyTorch adds a bias
+    after cuDNN's convolution, in a broadcast pass of its own). `skip_resample` "up" or
+    "down": skip has half or twice h's height and width and is read nearest up-sampled or
+    2x2 average-pooled, so the resampled skip is never written. Out of place, so that a
+    compiled graph has no input to copy before the kernel may write it."""
     if torch.compiler.is_compiling():
-        torch.ops.oftsr.residual_add_(h, skip, bias, skip_resample)
-    else:
-        _residual_add_launch(h, skip, bias, skip_resample)
-    return h
+        return torch.ops.oftsr.residual_add(h, skip, bias, skip_resample)
+    return _residual_add_launch(h, skip, bias, skip_resample)
 
 
-def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor, skip_resample: str | None) -> None:
+def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
+                         skip_resample: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     kernels = _kernels()
     if kernels is None:
-        raise RuntimeError("residual_add_ needs the `triton` package")
+        raise RuntimeError("residual_add needs the `triton` package")
     triton, *_, add_kernel = kernels
     n, channels, height, width = h.shape
     # the skip's size is h's with the resampling undone ("up": h's height and width must be even)
@@ -430,14 +481,19 @@ def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor
     expected = (n, channels, *_resampled_size(height, width, undone))
     if tuple(skip.shape) != expected or not (h.is_contiguous(memory_format=torch.channels_last)
                                              and skip.is_contiguous(memory_format=torch.channels_last)):
-        raise ValueError(f"residual_add_ with skip_resample {skip_resample} needs channels_last h and skip of "
+        raise ValueError(f"residual_add with skip_resample {skip_resample} needs channels_last h and skip of "
                          f"shape {expected}, got {tuple(h.shape)} and {tuple(skip.shape)}")
-    bias = bias.float().contiguous()
-    rows = n * height * width
     config = LAUNCH_CONFIG["add"]
-    add_kernel[(triton.cdiv(rows, config["BLOCK_PIXELS"]), triton.cdiv(channels, config["BLOCK_CHANNELS"]))](
-        h, skip, bias, rows, channels, height * width, width, skip.shape[2] * skip.shape[3], skip.shape[3],
-        **_RESAMPLE[skip_resample], **config)
+    if _PIXELS_PER_CHUNK % config["BLOCK_PIXELS"]:
+        raise ValueError(f"the residual add's chunk ({_PIXELS_PER_CHUNK} pixels) must be a multiple of its block "
+                         f"({config['BLOCK_PIXELS']})")
+    out = torch.empty_like(h, memory_format=torch.channels_last)
+    stats = torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device)
+    add_kernel[(stats.shape[1], triton.cdiv(channels, config["BLOCK_CHANNELS"]), n)](
+        h, skip, bias.float().contiguous(), out, stats, height * width, width, skip.shape[2] * skip.shape[3],
+        skip.shape[3], channels, stats.shape[1], PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK, **_RESAMPLE[skip_resample],
+        **config)
+    return out, stats
 
 
 # The kernels as custom operators, which torch.compile keeps as calls in its graph (and CUDA
@@ -446,27 +502,29 @@ def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor
 # torch 2.4 cannot infer one from this module's postponed (string) annotations.
 @torch.library.custom_op("oftsr::group_norm_nhwc", mutates_args=(), schema=(
     "(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, bool silu, Tensor? x_bias, str? resample, "
-    "Tensor? x2) -> Tensor"))
+    "Tensor? x2, Tensor? x_stats, Tensor? x2_stats) -> Tensor"))
 def _group_norm_op(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
                    eps: float, silu: bool, x_bias: torch.Tensor | None, resample: str | None,
-                   x2: torch.Tensor | None) -> torch.Tensor:
-    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2)
+                   x2: torch.Tensor | None, x_stats: torch.Tensor | None, x2_stats: torch.Tensor | None) -> torch.Tensor:
+    return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2, x_stats, x2_stats)
 
 
 @_group_norm_op.register_fake
-def _(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2):
+def _(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2, x_stats, x2_stats):
     n, channels, h, w = x.shape
     channels += 0 if x2 is None else x2.shape[1]
     return torch.empty((n, channels, *_resampled_size(h, w, resample)), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)
 
 
-@torch.library.custom_op("oftsr::residual_add_", mutates_args=("h",),
-                         schema="(Tensor(a!) h, Tensor skip, Tensor bias, str? skip_resample) -> ()")
-def _residual_add_op(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor, skip_resample: str | None) -> None:
-    _residual_add_launch(h, skip, bias, skip_resample)
+@torch.library.custom_op("oftsr::residual_add", mutates_args=(),
+                         schema="(Tensor h, Tensor skip, Tensor bias, str? skip_resample) -> (Tensor, Tensor)")
+def _residual_add_op(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
+                     skip_resample: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _residual_add_launch(h, skip, bias, skip_resample)
 
 
 @_residual_add_op.register_fake
 def _(h, skip, bias, skip_resample):
-    return None
+    return (torch.empty_like(h, memory_format=torch.channels_last),
+            torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device))

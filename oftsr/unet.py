@@ -119,16 +119,20 @@ class GroupNorm32(nn.GroupNorm):
 
     def normalize(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                   silu: bool = False, x_bias: torch.Tensor | None = None, resample: str | None = None,
-                  x2: torch.Tensor | None = None) -> torch.Tensor:
+                  x2: torch.Tensor | None = None, x_stats: torch.Tensor | None = None,
+                  x2_stats: torch.Tensor | None = None) -> torch.Tensor:
         """The norm with other affine parameters (None: none), so that a per-image
         scale-shift can ride in the same pass over the activations, then SiLU if `silu`.
         `weight` and `bias` are (C,), or (N, C) per image where `triton_groupnorm.available(x)`.
         `x_bias` (C,): normalise x + x_bias (a convolution's bias not yet added). `resample`
         "up" or "down": the result resampled as ADM's up and down blocks do (`resample`).
-        `x2`: normalise `torch.cat([x, x2], 1)`, without forming it where the kernels serve."""
+        `x2`: normalise `torch.cat([x, x2], 1)`, without forming it where the kernels serve.
+        `x_stats`, `x2_stats`: their partial sums from the residual add that made them, used
+        where the kernels serve (`triton_groupnorm.group_norm_nhwc`)."""
         if triton_groupnorm.available(x) and (x2 is None or triton_groupnorm.available(x2)):
             return triton_groupnorm.group_norm_nhwc(x, self.num_groups, weight, bias, self.eps, silu=silu,
-                                                    x_bias=x_bias, resample=resample, x2=x2)
+                                                    x_bias=x_bias, resample=resample, x2=x2, x_stats=x_stats,
+                                                    x2_stats=x2_stats)
         if x2 is not None:
             x = torch.cat([x, x2], dim=1)
         if x_bias is not None:
@@ -347,15 +351,23 @@ class ResBlock(nn.Module):
         encoder skip), which is not formed where the Triton kernels serve: the first norm
         reads both tensors and the skip's 1x1 conv is two matrix products (the copy took a
         tenth of a bf16 div2k forward on an H200)."""
+        return self.forward_with_stats(x, emb, joined)[0]
+
+    def forward_with_stats(self, x: torch.Tensor, emb: torch.Tensor, joined: torch.Tensor | None = None,
+                           x_stats: torch.Tensor | None = None, joined_stats: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward`, given the partial sums of x and joined where a Triton residual add made
+        them (None: the first norm sums them itself), and returning its output with the
+        output's partial sums where its own residual add ran in Triton (else None)."""
         skip_conv = None if isinstance(self.skip_connection, nn.Identity) else self.skip_connection
         # float32 on a GPU keeps the copy: its matrix products would run without the TF32
         # that cuDNN's convolutions use by default
         if joined is not None and (not JOIN_WITHOUT_COPY or _reference_ops_on() or skip_conv is None
                                    or self.resample is not None or (x.is_cuda and x.dtype == torch.float32)
                                    or not triton_groupnorm.available(x) or not triton_groupnorm.available(joined)):
-            x, joined = torch.cat([x, joined], dim=1), None
+            x, joined, x_stats, joined_stats = torch.cat([x, joined], dim=1), None, None, None
         if _reference_ops_on():
-            return self._reference_forward(x, emb)
+            return self._reference_forward(x, emb), None
         inplace = not torch.is_grad_enabled()  # autograd may need the tensors that in-place ops would overwrite
         # Where the Triton kernels serve, the convolutions leave out their biases: PyTorch adds
         # a bias after cuDNN's kernel in a broadcast pass of its own, while the norm after the
@@ -367,7 +379,8 @@ class ResBlock(nn.Module):
         # writes h resampled, or an up-sampling conv takes h as it is (`upsample_conv3x3`);
         # the residual add reads an identity skip resampled.
         transposed = self.up and UPSAMPLE_CONV_TRANSPOSED.get(x.device.type, False)
-        h = norm.normalize(x, norm.weight, norm.bias, silu=True, resample=None if transposed else resample, x2=joined)
+        h = norm.normalize(x, norm.weight, norm.bias, silu=True, resample=None if transposed else resample, x2=joined,
+                           x_stats=x_stats, x2_stats=joined_stats)
         h = upsample_conv3x3(h, conv.weight, None if fused else conv.bias) if transposed else _conv(conv, h, not fused)
         skip_resample = resample if fused and skip_conv is None else None
         if resample and not skip_resample:
@@ -381,14 +394,14 @@ class ResBlock(nn.Module):
             skip = x if skip_conv is None else _conv(skip_conv, x, not fused)
         if fused and triton_groupnorm.available(h) and triton_groupnorm.available(skip):
             bias = out_conv.bias.float() if skip_conv is None else out_conv.bias.float() + skip_conv.bias.float()
-            return triton_groupnorm.residual_add_(h, skip, bias, skip_resample)
+            return triton_groupnorm.residual_add(h, skip, bias, skip_resample)
         if skip_resample:
             skip = _resample_2x(skip, skip_resample)
         if fused:  # not both channels_last after all: the biases the convs left out, as ADM adds them
             h = h + out_conv.bias.to(h.dtype)[:, None, None]
             if skip_conv is not None:
                 skip = skip + skip_conv.bias.to(skip.dtype)[:, None, None]
-        return h.add_(skip) if inplace else h + skip
+        return (h.add_(skip) if inplace else h + skip), None
 
     def _reference_forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.up or self.down:
@@ -446,13 +459,20 @@ class TimestepSequential(nn.Sequential):
                 joined: torch.Tensor | None = None) -> torch.Tensor:
         """The layers on x, or on `torch.cat([x, joined], 1)` (a decoder block's input), which
         a first ResBlock takes as the two tensors."""
+        return self.forward_with_stats(x, emb, joined)[0]
+
+    def forward_with_stats(self, x: torch.Tensor, emb: torch.Tensor, joined: torch.Tensor | None = None,
+                           x_stats: torch.Tensor | None = None, joined_stats: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` with the inputs' and output's partial sums (`ResBlock.forward_with_stats`)."""
+        stats = x_stats
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb, joined)
+                x, stats = layer.forward_with_stats(x, emb, joined, stats, joined_stats)
             else:
-                x = layer(x if joined is None else torch.cat([x, joined], dim=1))
-            joined = None
-        return x
+                x, stats = layer(x if joined is None else torch.cat([x, joined], dim=1)), None
+            joined = joined_stats = None
+        return x, stats
 
 
 class UNet(nn.Module):
@@ -503,17 +523,17 @@ class UNet(nn.Module):
         # again in the backward pass (less memory for about a third more compute).
         self.gradient_checkpointing = False
 
-    def _block(self, block: TimestepSequential, h: torch.Tensor, emb: torch.Tensor,
-               skip: torch.Tensor | None = None) -> torch.Tensor:
+    def _block(self, block: TimestepSequential, h: torch.Tensor, emb: torch.Tensor, h_stats: torch.Tensor | None,
+               skip: torch.Tensor | None = None, skip_stats: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One block, on `h` or on `h` joined with its `skip` (the join inside, so that
-        checkpointing keeps no joined copy)."""
-        def run(h: torch.Tensor, emb: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-            return block(h, emb, skip)
-
+        checkpointing keeps no joined copy), with partial sums in and out where the Triton
+        residual add made them (`ResBlock.forward_with_stats`)."""
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            # non-reentrant, with the RNG state kept: dropout draws the same masks again
-            return torch.utils.checkpoint.checkpoint(run, h, emb, skip, use_reentrant=False)
-        return run(h, emb, skip)
+            # non-reentrant, with the RNG state kept: dropout draws the same masks again (and
+            # with autograd on the kernels do not run: there are no partial sums)
+            return torch.utils.checkpoint.checkpoint(block.forward_with_stats, h, emb, skip, use_reentrant=False)
+        return block.forward_with_stats(h, emb, skip, h_stats, skip_stats)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         m = self.config.size_multiple
@@ -521,14 +541,18 @@ class UNet(nn.Module):
             raise ValueError(f"UNet input H and W must be multiples of {m}, got {tuple(x.shape[-2:])}; pad first")
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(self.time_embed[0].weight.dtype))
         h = _outer_conv(self.input_blocks[0][0], x)  # input_blocks[0] is the one conv
-        skips = [h]
+        # Each activation travels with its partial sums where a Triton residual add made it
+        # (else None): the norms that read it, in the next block and in the decoder block it
+        # skips to, then skip their statistics pass.
+        stats = None
+        skips = [(h, stats)]
         for block in self.input_blocks[1:]:
-            h = self._block(block, h, emb)
-            skips.append(h)
-        h = self._block(self.middle_block, h, emb)
+            h, stats = self._block(block, h, emb, stats)
+            skips.append((h, stats))
+        h, stats = self._block(self.middle_block, h, emb, stats)
         for block in self.output_blocks:
-            h = self._block(block, h, emb, skips.pop())
+            h, stats = self._block(block, h, emb, stats, *skips.pop())
         if _reference_ops_on():
             return self.out(h)
         norm = self.out[0]  # out = norm, SiLU, conv
-        return _outer_conv(self.out[2], norm.normalize(h, norm.weight, norm.bias, silu=True))
+        return _outer_conv(self.out[2], norm.normalize(h, norm.weight, norm.bias, silu=True, x_stats=stats))

@@ -190,7 +190,7 @@ before = json.dumps([triton_groupnorm.LAUNCH_CONFIG, triton_groupnorm._PIXELS_PE
 seen = set()
 def resampled(y, mode):
     return y if mode is None else F.interpolate(y, scale_factor=2.0) if mode == "up" else F.avg_pool2d(y, 2)
-def norm(x, groups, weight, bias, eps, silu, x_bias, resample, x2):
+def norm(x, groups, weight, bias, eps, silu, x_bias, resample, x2, x_stats, x2_stats):
     seen.add(json.dumps([triton_groupnorm.LAUNCH_CONFIG, triton_groupnorm._PIXELS_PER_CHUNK]))
     x = (x if x2 is None else torch.cat([x, x2], 1)).float()
     x = x if x_bias is None else x + x_bias.float()[:, None, None]
@@ -200,7 +200,7 @@ def norm(x, groups, weight, bias, eps, silu, x_bias, resample, x2):
     y = resampled(F.silu(y) if silu else y, resample)
     return y.to(x2.dtype if x2 is not None else torch.bfloat16).contiguous(memory_format=torch.channels_last)
 def add(h, skip, bias, skip_resample):
-    h += resampled(skip.float(), skip_resample).to(h.dtype) + bias.to(h.dtype)[:, None, None]
+    return h + resampled(skip.float(), skip_resample).to(h.dtype) + bias.to(h.dtype)[:, None, None], None
 triton_groupnorm._group_norm_launch, triton_groupnorm._residual_add_launch = norm, add
 triton_groupnorm.serves = lambda device: True
 triton_groupnorm.available = lambda x: (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)

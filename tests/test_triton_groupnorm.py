@@ -80,10 +80,13 @@ def test_kernel_on_a_large_image_against_float64():
 
 def test_conv_biases_ride_in_the_norm_and_the_residual_add():
     # x_bias: the norm of x + b without forming it (the statistics shift with b); the
-    # residual add: h += skip + b in one pass, bf16 h with a float32 skip, in place
+    # residual add: h + skip + b in one pass, bf16 h with a float32 skip, into a new tensor,
+    # with its output's partial sums, which the next norm takes in place of its own pass
+    # (several chunks of pixels, a last one partly filled, channels that fill no block)
     result = _interpret("""
         import json, torch, torch.nn.functional as F
-        from oftsr.triton_groupnorm import group_norm_nhwc, residual_add_
+        from oftsr import triton_groupnorm
+        from oftsr.triton_groupnorm import group_norm_nhwc, residual_add
         torch.manual_seed(0)
         x = torch.randn(2, 96, 9, 11).contiguous(memory_format=torch.channels_last)
         b = torch.randn(96) * 3
@@ -94,18 +97,38 @@ def test_conv_biases_ride_in_the_norm_and_the_residual_add():
         h = torch.randn(2, 96, 9, 11).bfloat16().contiguous(memory_format=torch.channels_last)
         skip = torch.randn(2, 96, 9, 11).contiguous(memory_format=torch.channels_last)
         ref = h.float() + skip + b[:, None, None]
-        out = residual_add_(h, skip, b)
-        errors["add rel"] = ((h.float() - ref).abs() / (ref.abs() + 1)).max().item()
-        errors["add in place"] = float(out.data_ptr() != h.data_ptr() or h.dtype != torch.bfloat16)
-        try:
-            residual_add_(h, skip.contiguous(), b)
-            errors["nchw refused"] = 1.0
-        except ValueError:
-            errors["nchw refused"] = 0.0
+        before = h.clone()
+        out, stats = residual_add(h, skip, b)
+        errors["add rel"] = ((out.float() - ref).abs() / (ref.abs() + 1)).max().item()
+        errors["add layout"] = float(out.dtype != torch.bfloat16 or not out.is_contiguous(memory_format=torch.channels_last)
+                                     or out.data_ptr() == h.data_ptr() or not torch.equal(h, before))
+        # the partial sums: per image, chunk of pixels and channel, of the stored (bf16) output
+        triton_groupnorm._PIXELS_PER_CHUNK = 64  # 99 pixels: chunks of 64 and 35
+        h, skip = (torch.randn(2, 96, 9, 11) * 2 + 1).contiguous(memory_format=torch.channels_last), skip.float()
+        out, stats = residual_add(h, skip, b)
+        flat = out.double().permute(0, 2, 3, 1).reshape(2, 99, 96)
+        chunks = torch.nn.functional.pad(flat, (0, 0, 0, 128 - 99)).reshape(2, 2, 64, 96)
+        sums = torch.stack([chunks.sum(2), (chunks ** 2).sum(2)], dim=2)
+        errors["stats shape"] = float(tuple(stats.shape) != (2, 2, 2, 96) or stats.dtype != torch.float32)
+        errors["stats rel"] = ((stats.double() - sums).abs() / (sums.abs() + 1)).max().item()
+        gain, offset = torch.randn(96), torch.randn(96)
+        y = group_norm_nhwc(out, 32, gain, offset, silu=True, x_stats=stats)
+        errors["norm given sums"] = (y - group_norm_nhwc(out, 32, gain, offset, silu=True)).abs().max().item()
+        refused = 0
+        for call in [lambda: residual_add(h, skip.contiguous(), b),  # NCHW
+                     lambda: group_norm_nhwc(out, 32, x_stats=stats[:, :1].contiguous()),  # sums of another size
+                     lambda: group_norm_nhwc(out, 32, x_stats=stats.double())]:
+            try:
+                call()
+            except ValueError:
+                refused += 1
+        errors["refused"] = 3 - refused
         print(json.dumps(errors))
     """)
     assert result["norm"] < 2e-5 and result["norm scale"] > 1
-    assert result["add rel"] <= 2 ** -7 and result["add in place"] == 0 and result["nchw refused"] == 0
+    assert result["add rel"] <= 2 ** -7 and result["add layout"] == 0
+    assert result["stats shape"] == 0 and result["stats rel"] < 1e-5
+    assert result["norm given sums"] < 1e-5 and result["refused"] == 0
 
 
 def test_resblock_adds_the_biases_it_left_out_where_a_later_op_falls_back():
@@ -168,28 +191,38 @@ def test_unet_with_fused_norms_matches_default_path(transposed):
                 return x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
             triton_groupnorm.available = forced
             adds = []
-            residual_add_ = triton_groupnorm.residual_add_
-            triton_groupnorm.residual_add_ = lambda *a: adds.append(a[3]) or residual_add_(*a)
-            joined = []
+            residual_add = triton_groupnorm.residual_add
+            triton_groupnorm.residual_add = lambda *a: adds.append(a[3]) or residual_add(*a)
+            joined, given = [], []
             group_norm_nhwc = triton_groupnorm.group_norm_nhwc
-            triton_groupnorm.group_norm_nhwc = lambda *a, **k: joined.append(k.get("x2") is not None) or group_norm_nhwc(*a, **k)
+            def norm(*a, **k):
+                joined.append(k.get("x2") is not None)
+                given.append((k.get("x_stats") is not None) + (k.get("x2_stats") is not None))
+                return group_norm_nhwc(*a, **k)
+            triton_groupnorm.group_norm_nhwc = norm
             cats = []
             cat = torch.cat
             torch.cat = lambda tensors, *a, **k: cats.append(tensors[0].ndim) or cat(tensors, *a, **k)
             fused = model.velocity(x, x.flip(-1), t)
             torch.cat = cat
         print(json.dumps({{"diff": (fused - ref).abs().max().item(), "scale": ref.abs().max().item(),
-                          "calls": len(calls), "adds": adds, "joined": sum(joined), "cats": cats}}))
+                          "calls": len(calls), "adds": adds, "joined": sum(joined), "cats": cats,
+                          "given": sum(given)}}))
     """)
     # every decoder block's input was normalised as two tensors, never joined into a copy
     # (the only joins left: the model's input pair and the time embedding's halves)
     assert result["joined"] == len(TINY.unet.output_blocks) and 4 not in result["cats"][1:], result
-    # every ResBlock's biases rode in its norm and residual add (the tiny preset has 11), and
+    # every ResBlock's biases rode in its norm and residual add, and
     # the up and down blocks' skips were resampled there
     blocks = [m for m in TINY.modules() if isinstance(m, ResBlock)]
     assert result["calls"] > 10 and len(result["adds"]) == len(blocks)
     assert sorted(map(str, result["adds"])) == sorted(str(b.resample) for b in blocks)
     assert {"up", "down"} <= set(result["adds"])
+    # each ResBlock's output reached the norms that read it with its partial sums: of the
+    # tiny preset's 15 ResBlocks, 11 are followed by a ResBlock or the output norm (4 by an
+    # attention block, whose output the norm sums itself), and 4 encoder blocks' outputs are
+    # skips too (the input conv's and an attention block's are the other 2)
+    assert len(blocks) == 15 and result["given"] == 11 + 4, result
     assert result["scale"] > 0.1
     assert result["diff"] < 1e-4 * result["scale"] + 1e-5
 
@@ -197,7 +230,7 @@ def test_unet_with_fused_norms_matches_default_path(transposed):
 def test_compiled_network_keeps_the_kernels_as_operators():
     # Under torch.compile the kernels are custom operators: the whole network traces into one
     # graph (fullgraph: no break), the graph calls them rather than PyTorch's group_norm, and
-    # AOTAutograd's functionalisation of the in-place residual add gives the eager result.
+    # gives the eager result.
     result = _interpret("""
         import json, torch
         import oftsr
@@ -221,7 +254,7 @@ def test_compiled_network_keeps_the_kernels_as_operators():
             compiled = torch.compile(model.velocity, backend=recording, fullgraph=True)(x, x.flip(-1), t)
         print(json.dumps({"diff": (compiled - eager).abs().max().item(), "scale": eager.abs().max().item(),
                           "norms": sum("oftsr.group_norm_nhwc" in n for n in targets),
-                          "adds": sum("oftsr.residual_add_" in n for n in targets),
+                          "adds": sum("oftsr.residual_add" in n for n in targets),
                           "torch_norms": sum("group_norm" in n and "oftsr" not in n for n in targets)}))
     """)
     blocks = [m for m in TINY.modules() if isinstance(m, ResBlock)]
@@ -258,7 +291,7 @@ def test_norm_and_residual_add_resample_as_the_up_and_down_blocks_do():
     # odd sizes and channel counts that fill no block exactly
     result = _interpret("""
         import json, torch, torch.nn.functional as F
-        from oftsr.triton_groupnorm import group_norm_nhwc, residual_add_
+        from oftsr.triton_groupnorm import group_norm_nhwc, residual_add
         torch.manual_seed(0)
         up = lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")
         errors = {}
@@ -274,18 +307,19 @@ def test_norm_and_residual_add_resample_as_the_up_and_down_blocks_do():
                 errors[f"{key} norm {mode} layout"] = float(not y.is_contiguous(memory_format=torch.channels_last))
             small, hb = cl(n, c, h // 2, w // 2), cl(n, c, h, w).bfloat16()
             expected = hb.float() + up(small) + b[:, None, None]
-            residual_add_(hb, small, b, "up")
-            errors[f"{key} add up rel"] = ((hb.float() - expected) / (expected.abs() + 1)).abs().max().item()
+            out = residual_add(hb, small, b, "up")[0]
+            errors[f"{key} add up rel"] = ((out.float() - expected) / (expected.abs() + 1)).abs().max().item()
             hs = cl(n, c, h // 2, w // 2)
             expected = hs + F.avg_pool2d(x, 2) + b[:, None, None]
-            residual_add_(hs, x, b, "down")
-            errors[f"{key} add down"] = (hs - expected).abs().max().item()
+            out, stats = residual_add(hs, x, b, "down")
+            errors[f"{key} add down"] = (out - expected).abs().max().item()
+            errors[f"{key} add down sums"] = (stats[:, :, 0].sum(1) - expected.sum((2, 3))).abs().max().item() / hs.numel()
         refused = 0
         x = torch.randn(1, 32, 5, 6).contiguous(memory_format=torch.channels_last)
         for call in [lambda: group_norm_nhwc(x, 32, resample="down"),  # odd height: no 2x2 windows
                      lambda: group_norm_nhwc(x, 32, resample="left"),
-                     lambda: residual_add_(x, x, torch.zeros(32), "up"),  # the skip must be half h's size
-                     lambda: residual_add_(torch.randn(1, 32, 4, 6).contiguous(memory_format=torch.channels_last),
+                     lambda: residual_add(x, x, torch.zeros(32), "up"),  # the skip must be half h's size
+                     lambda: residual_add(torch.randn(1, 32, 4, 6).contiguous(memory_format=torch.channels_last),
                                            x, torch.zeros(32), "down")]:
             try:
                 call()
