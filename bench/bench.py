@@ -315,11 +315,13 @@ def bench_fastpath(args, device) -> None:
 
             def variant(upsample_transposed: bool = transposed, pad_channels: int | None = multiple,
                         cudnn_benchmark: bool = torch.backends.cudnn.benchmark,
-                        join_without_copy: bool = oftsr.unet.JOIN_WITHOUT_COPY, **opts):
+                        join_without_copy: bool = oftsr.unet.JOIN_WITHOUT_COPY,
+                        skip_in_triton: bool = oftsr.unet.SKIP_MATMUL_IN_TRITON.get(device.type, False), **opts):
                 def setup():
                     oftsr.unet.UPSAMPLE_CONV_TRANSPOSED[device.type] = upsample_transposed
                     oftsr.unet.CONV_CHANNEL_MULTIPLE[device.type] = pad_channels
                     oftsr.unet.JOIN_WITHOUT_COPY = join_without_copy
+                    oftsr.unet.SKIP_MATMUL_IN_TRITON[device.type] = skip_in_triton
                     torch.backends.cudnn.benchmark = cudnn_benchmark
                     model.optimize(**opts)
                 return (setup, lambda: model.velocity(x, x, 0.5))
@@ -353,6 +355,11 @@ def bench_fastpath(args, device) -> None:
                 # the decoder blocks' input joined with its skip in a copy, as before 0.17
                 variants[f"default{amp}, decoder inputs joined by a copy"] = variant(join_without_copy=False,
                                                                                       autocast=half)
+                # the 1x1 skip convolutions and their residual adds as one Triton kernel each, or
+                # as cuBLAS's products then the add
+                skip = oftsr.unet.SKIP_MATMUL_IN_TRITON.get(device.type, False)
+                variants[f"default{amp}, skip convs {'by cuBLAS' if skip else 'in the residual add (Triton)'}"] = \
+                    variant(skip_in_triton=not skip, autocast=half)
             with torch.inference_mode():
                 model.optimize(channels_last=False)
                 reference = reference_forward()
@@ -609,15 +616,20 @@ def profile_forward(args, device, fn, title: str) -> None:
 LAUNCH_CANDIDATES = [dict(BLOCK_PIXELS=p, BLOCK_CHANNELS=c, num_warps=w)
                      for p, c in [(32, 64), (64, 64), (128, 64), (32, 128), (64, 128)] for w in (4, 8)]
 CHUNK_CANDIDATES = [512, 1024, 2048, 4096]
+# ... and for the skip convolution's kernel, its products' K step too
+SKIP_CANDIDATES = [dict(BLOCK_PIXELS=p, BLOCK_CHANNELS=c, BLOCK_K=k, num_warps=w)
+                   for p, c, k, w in [(64, 128, 32, 4), (64, 128, 64, 4), (64, 128, 32, 8), (128, 128, 32, 8),
+                                      (64, 64, 32, 4), (128, 64, 32, 4), (32, 128, 32, 4)]]
 
 
 def bench_kernels(args, device) -> None:
     """Launch settings of the Triton GroupNorm passes (`triton_groupnorm.LAUNCH_CONFIG`: block
     of pixels x channels and warps of the statistics, apply and residual-add passes, and the
-    chunk of pixels that the statistics and residual-add passes sum over), each tried on a
-    whole bf16 forward and timed by the GPU time of that pass's kernels (torch.profiler), so
-    that launch overhead on a slow host does not hide the differences; then the whole
-    forward's GPU time with the fastest of each against the settings in the package."""
+    chunk of pixels that the statistics and residual-add passes sum over, and the skip
+    convolution's kernel, switched on for its own rows), each tried on a whole bf16 forward
+    and timed by the GPU time of that pass's kernels (torch.profiler), so that launch
+    overhead on a slow host does not hide the differences; then the whole forward's GPU
+    time with the fastest of each against the settings in the package."""
     if not triton_groupnorm.serves(device):
         print(f"\n(kernels skipped: the Triton GroupNorm does not run on {device_name(device)})")
         return
@@ -628,9 +640,12 @@ def bench_kernels(args, device) -> None:
     found_chunk = triton_groupnorm._PIXELS_PER_CHUNK
     # the kernels each setting changes, by name
     timed_kernels = {"stats": ("_groupnorm_stats",), "apply": ("_groupnorm_apply",), "add": ("_residual_add",),
-                     "chunk": ("_groupnorm_stats", "_groupnorm_finalize", "_residual_add")}
+                     "chunk": ("_groupnorm_stats", "_groupnorm_finalize", "_residual_add", "_skip_matmul_add"),
+                     "skip": ("_skip_matmul_add",)}
+    skip_found = oftsr.unet.SKIP_MATMUL_IN_TRITON.get(device.type, False)
 
     def settle(kind: str | None = None, option=None) -> None:
+        oftsr.unet.SKIP_MATMUL_IN_TRITON[device.type] = skip_found or kind == "skip"
         for k, v in found.items():
             triton_groupnorm.LAUNCH_CONFIG[k] = dict(v)
         triton_groupnorm._PIXELS_PER_CHUNK = option if kind == "chunk" else found_chunk
@@ -640,7 +655,8 @@ def bench_kernels(args, device) -> None:
     def label(kind: str, option) -> str:
         if kind == "chunk":
             return f"{option} pixels"
-        return f"{option['BLOCK_PIXELS']}x{option['BLOCK_CHANNELS']}, {option['num_warps']} warps"
+        k_step = f", K step {option['BLOCK_K']}" if "BLOCK_K" in option else ""
+        return f"{option['BLOCK_PIXELS']}x{option['BLOCK_CHANNELS']}{k_step}, {option['num_warps']} warps"
 
     def fits(chunk: int, *configs: dict) -> bool:  # a block must not cross into the next chunk
         return all(chunk % config["BLOCK_PIXELS"] == 0 for config in configs)
@@ -649,13 +665,13 @@ def bench_kernels(args, device) -> None:
     rows, best = [], {}
     try:
         with torch.inference_mode():
-            for kind in ("stats", "apply", "add", "chunk"):
+            for kind in ("stats", "apply", "add", "chunk", "skip"):
                 in_package = found_chunk if kind == "chunk" else found[kind]  # always among those timed
-                options = [in_package] + [o for o in (CHUNK_CANDIDATES if kind == "chunk" else LAUNCH_CANDIDATES)
-                                          if o != in_package]
+                candidates = {"chunk": CHUNK_CANDIDATES, "skip": SKIP_CANDIDATES}.get(kind, LAUNCH_CANDIDATES)
+                options = [in_package] + [o for o in candidates if o != in_package]
                 if kind == "chunk":
-                    options = [c for c in options if fits(c, found["stats"], found["add"])]
-                elif kind in ("stats", "add"):
+                    options = [c for c in options if fits(c, found["stats"], found["add"], found["skip"])]
+                elif kind in ("stats", "add", "skip"):
                     options = [o for o in options if fits(found_chunk, o)]
                 current = label(kind, in_package)
                 secs = {}
@@ -681,9 +697,9 @@ def bench_kernels(args, device) -> None:
 
             def fastest_of_each() -> None:
                 settle()
-                for kind in ("stats", "apply", "add"):
+                for kind in ("stats", "apply", "add", "skip"):
                     triton_groupnorm.LAUNCH_CONFIG[kind] = dict(best[kind])
-                if fits(best["chunk"], best["stats"], best["add"]):
+                if fits(best["chunk"], best["stats"], best["add"], best["skip"]):
                     triton_groupnorm._PIXELS_PER_CHUNK = best["chunk"]
 
             settle()
@@ -695,6 +711,8 @@ def bench_kernels(args, device) -> None:
             diff = (forward() - reference).abs().max().item()
             chosen = ", ".join(f"{k} {best[k]['BLOCK_PIXELS']}x{best[k]['BLOCK_CHANNELS']}/{best[k]['num_warps']}"
                                for k in ("stats", "apply", "add")) + f", chunk {triton_groupnorm._PIXELS_PER_CHUNK}"
+            if skip_found:
+                chosen += f", skip {label('skip', best['skip'])}"
             table(f"Whole forward, GPU time of all its kernels ({preset}, {size} px, batch {args.batch}, "
                   f"{str(half).removeprefix('torch.')}), {device_name(device)}",
                   ["launch settings", "GPU ms / forward", "max |diff|"],

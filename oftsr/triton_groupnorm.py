@@ -17,6 +17,9 @@ which is why the CUDA fast path stays NCHW where these kernels do not run. These
    so neither resampled tensor is ever written out; it also sums out as the statistics pass
    would, so the norm that reads out next (every ResBlock's output is normalised next) skips
    that pass.
+5. `_skip_matmul_add`: out = h + [x | x2] @ W^T + bias, a ResBlock's 1x1 skip convolution
+   (of a decoder block's input and encoder skip as two tensors) and its residual add in
+   one pass, with the same sums (`unet.SKIP_MATMUL_IN_TRITON` says where it runs).
 
 The bias of the convolution before a norm rides in its statistics (`x_bias`), and a ResBlock's
 two output biases in its residual add (`residual_add`): PyTorch adds a convolution's bias
@@ -26,8 +29,8 @@ forward on an H200.
 Sum and sum of squares (not Welford), as TensorRT's GroupNorm plugin does: exact enough
 while |mean| / std of a group stays below about 100, far beyond UNet activations.
 
-`triton` is imported lazily; without it (CPU-only installs, macOS) `available()` is False
-and callers keep PyTorch's kernel. Set TRITON_INTERPRET=1 before the import to run the
+The kernels are in `triton_kernels`, imported lazily: without `triton` (CPU-only installs,
+macOS) `available()` is False and callers keep PyTorch's kernel. Set TRITON_INTERPRET=1 before the import to run the
 kernels on CPU tensors (slowly), which is how the tests check them without a GPU.
 """
 
@@ -52,6 +55,8 @@ LAUNCH_CONFIG = {
     "stats": dict(BLOCK_PIXELS=64, BLOCK_CHANNELS=64, num_warps=4),
     "apply": dict(BLOCK_PIXELS=64, BLOCK_CHANNELS=128, num_warps=8),
     "add": dict(BLOCK_PIXELS=32, BLOCK_CHANNELS=128, num_warps=4),
+    # not yet timed on a GPU: a usual tensor-core tile for a product this thin
+    "skip": dict(BLOCK_PIXELS=64, BLOCK_CHANNELS=128, BLOCK_K=32, num_warps=4),
 }
 
 
@@ -60,8 +65,7 @@ def _kernels():
     """The compiled kernels, or None when Triton is not installed (or its install is broken:
     a failed import must not stop a model from loading; PyTorch's kernel takes over)."""
     try:
-        import triton
-        import triton.language as tl
+        from . import triton_kernels
     except Exception as e:
         if isinstance(e, ModuleNotFoundError) and e.name == "triton":  # not installed (CPU-only PyTorch, macOS)
             return None
@@ -69,171 +73,7 @@ def _kernels():
         warnings.warn(f"Triton is installed but does not import ({type(e).__name__}: {e}); using PyTorch's "
                       f"GroupNorm", stacklevel=2)
         return None
-
-    @triton.jit
-    def _groupnorm_stats(x_ptr, partial_ptr, hw, channels, chunks,
-                         PIXELS_PER_CHUNK: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
-        # partial[n, chunk, 0 | 1, c]: the chunk's sum and sum of squares of channel c
-        chunk = tl.program_id(0)  # the large count on axis 0: axes 1 and 2 stop at 65,535
-        cblock = tl.program_id(1)
-        n = tl.program_id(2)
-        c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
-        c_ok = c < channels
-        # Element-wise accumulators, reduced across pixels once at the end: a reduction per
-        # loaded block would serialise the loop on cross-thread shuffles.
-        total = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
-        total_sq = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
-        base = x_ptr + n.to(tl.int64) * hw * channels
-        for start in range(0, PIXELS_PER_CHUNK, BLOCK_PIXELS):
-            p = chunk * PIXELS_PER_CHUNK + start + tl.arange(0, BLOCK_PIXELS)
-            mask = (p < hw)[:, None] & c_ok[None, :]
-            v = tl.load(base + p[:, None].to(tl.int64) * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
-            total += v
-            total_sq += v * v
-        out = partial_ptr + ((n * chunks + chunk) * 2) * channels + c
-        tl.store(out, tl.sum(total, axis=0), mask=c_ok)
-        tl.store(out + channels, tl.sum(total_sq, axis=0), mask=c_ok)
-
-    @triton.jit
-    def _groupnorm_finalize(partial_ptr, partial2_ptr, weight_ptr, bias_ptr, x_bias_ptr, gain_ptr, offset_ptr, chunks,
-                            channels, split, per_group, hw, count, eps, weight_stride, bias_stride,
-                            HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_X_BIAS: tl.constexpr,
-                            BLOCK_CHUNKS: tl.constexpr, BLOCK_GROUP: tl.constexpr):
-        # One program per (group, image): the chunks' sums to the group's mean and 1/std,
-        # folded with the affine parameters into the per-channel gain and offset that
-        # `_groupnorm_apply` uses (one launch where a dozen small torch ops would be). Channels
-        # below `split` are summed in `partial` (split channels wide), the rest in `partial2`
-        # (a decoder block's input and skip: a group may straddle the two).
-        group = tl.program_id(0)
-        n = tl.program_id(1)
-        c = group * per_group + tl.arange(0, BLOCK_GROUP)
-        c_ok = tl.arange(0, BLOCK_GROUP) < per_group
-        first = (c < split)[None, :]
-        wide2 = channels - split
-        total = tl.zeros((BLOCK_CHUNKS, BLOCK_GROUP), dtype=tl.float32)
-        total_sq = tl.zeros((BLOCK_CHUNKS, BLOCK_GROUP), dtype=tl.float32)
-        for start in range(0, chunks, BLOCK_CHUNKS):
-            k = start + tl.arange(0, BLOCK_CHUNKS)
-            mask = (k < chunks)[:, None] & c_ok[None, :]
-            row = (n * chunks + k[:, None]).to(tl.int64) * 2
-            rows = partial_ptr + row * split + c[None, :]
-            rows2 = partial2_ptr + row * wide2 + (c[None, :] - split)
-            total += (tl.load(rows, mask=mask & first, other=0.0)
-                      + tl.load(rows2, mask=mask & ~first, other=0.0))
-            total_sq += (tl.load(rows + split, mask=mask & first, other=0.0)
-                         + tl.load(rows2 + wide2, mask=mask & ~first, other=0.0))
-        s1 = tl.sum(total, axis=0)  # per channel
-        s2 = tl.sum(total_sq, axis=0)
-        xb = tl.zeros((BLOCK_GROUP,), dtype=tl.float32)
-        if HAS_X_BIAS:
-            xb = tl.load(x_bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-        # the statistics of x + b from those of x: sum (x + b)^2 = sum x^2 + 2b sum x + hw b^2
-        s2 += 2.0 * xb * s1 + hw * xb * xb
-        s1 += hw * xb
-        mean = tl.sum(s1, axis=0) / count
-        var = tl.maximum(tl.sum(s2, axis=0) / count - mean * mean, 0.0)
-        rstd = 1.0 / tl.sqrt(var + eps)
-        gain = tl.zeros((BLOCK_GROUP,), dtype=tl.float32) + rstd
-        if HAS_WEIGHT:
-            gain = gain * tl.load(weight_ptr + n * weight_stride + c, mask=c_ok, other=0.0).to(tl.float32)
-        offset = -mean * gain
-        if HAS_BIAS:
-            offset = offset + tl.load(bias_ptr + n * bias_stride + c, mask=c_ok, other=0.0).to(tl.float32)
-        offset = offset + xb * gain  # (x + b) * gain + offset = x * gain + (offset + b * gain)
-        tl.store(gain_ptr + n * channels + c, gain, mask=c_ok)
-        tl.store(offset_ptr + n * channels + c, offset, mask=c_ok)
-
-    @triton.jit
-    def _groupnorm_apply(x_ptr, y_ptr, a_ptr, b_ptr, hw_out, w_out, hw_in, w_in, x_channels, c_offset, channels,
-                         SILU: tl.constexpr,
-                         RESAMPLE: tl.constexpr, TAPS: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
-                         BLOCK_CHANNELS: tl.constexpr):
-        # One program per block of output pixels and channels of an image. With RESAMPLE the
-        # output is the normalised input nearest up-sampled 2x (1) or 2x2 average-pooled (2):
-        # ADM's up and down blocks resample right after this norm and SiLU, and writing the
-        # resampled result saves a pass over the activations at the larger size. x holds the
-        # channels c_offset .. c_offset + x_channels of y (as in `_groupnorm_stats`).
-        pblock = tl.program_id(0)
-        cblock = tl.program_id(1)
-        n = tl.program_id(2)
-        p = pblock * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
-        c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
-        c_ok = c < x_channels
-        mask = (p < hw_out)[:, None] & c_ok[None, :]
-        a = tl.load(a_ptr + n * channels + c_offset + c, mask=c_ok, other=0.0)[None, :]
-        b = tl.load(b_ptr + n * channels + c_offset + c, mask=c_ok, other=0.0)[None, :]
-        source = x_ptr + n.to(tl.int64) * hw_in * x_channels + c[None, :]
-        q = p  # the input pixel an output pixel reads (the top-left of its window when pooling)
-        if RESAMPLE != 0:
-            oy = p // w_out
-            ox = p - oy * w_out
-            if RESAMPLE == 1:
-                q = (oy // 2) * w_in + ox // 2
-            else:
-                q = (2 * oy) * w_in + 2 * ox
-        q = q[:, None].to(tl.int64) * x_channels
-        y = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
-        for tap in tl.static_range(TAPS):  # a pooling window's four pixels, else the one
-            v = tl.load(source + q + ((tap // 2) * w_in + tap % 2) * x_channels, mask=mask, other=0.0).to(tl.float32)
-            v = v * a + b
-            if SILU:
-                v = v * tl.sigmoid(v)
-            y += v
-        if RESAMPLE == 2:
-            y = y * 0.25
-        out = y_ptr + n.to(tl.int64) * hw_out * channels + p[:, None].to(tl.int64) * channels + c_offset + c[None, :]
-        tl.store(out, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _residual_add(h_ptr, skip_ptr, bias_ptr, out_ptr, partial_ptr, hw, w, hw_skip, w_skip, channels, chunks,
-                      RESAMPLE: tl.constexpr, TAPS: tl.constexpr, PIXELS_PER_CHUNK: tl.constexpr,
-                      BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
-        # out = h + skip + bias[c] over channels_last memory, a chunk of an image's pixels per
-        # program (as `_groupnorm_stats`), whose sums and sums of squares of out it writes in
-        # that pass's layout: the next norm, which reads out, then skips its statistics pass.
-        # With RESAMPLE the skip is read at its own size, nearest up-sampled (1) or 2x2
-        # average-pooled (2) on the way, as ADM's up and down blocks resample it.
-        chunk = tl.program_id(0)
-        cblock = tl.program_id(1)
-        n = tl.program_id(2)
-        c = cblock * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
-        c_ok = c < channels
-        b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)[None, :]
-        image = n.to(tl.int64) * hw * channels
-        skip_image = skip_ptr + n.to(tl.int64) * hw_skip * channels + c[None, :]
-        total = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
-        total_sq = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
-        for start in range(0, PIXELS_PER_CHUNK, BLOCK_PIXELS):
-            p = chunk * PIXELS_PER_CHUNK + start + tl.arange(0, BLOCK_PIXELS)
-            mask = (p < hw)[:, None] & c_ok[None, :]
-            offsets = image + p[:, None].to(tl.int64) * channels + c[None, :]
-            h = tl.load(h_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            if RESAMPLE == 0:
-                skip = tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            else:
-                oy = p // w
-                ox = p - oy * w
-                if RESAMPLE == 1:
-                    q = (oy // 2) * w_skip + ox // 2
-                else:
-                    q = (2 * oy) * w_skip + 2 * ox
-                source = skip_image + q[:, None].to(tl.int64) * channels
-                skip = tl.zeros((BLOCK_PIXELS, BLOCK_CHANNELS), dtype=tl.float32)
-                for tap in tl.static_range(TAPS):
-                    skip += tl.load(source + ((tap // 2) * w_skip + tap % 2) * channels, mask=mask,
-                                    other=0.0).to(tl.float32)
-                if RESAMPLE == 2:
-                    skip = skip * 0.25
-            y = (h + skip + b).to(out_ptr.dtype.element_ty)
-            tl.store(out_ptr + offsets, y, mask=mask)
-            v = tl.where(mask, y.to(tl.float32), 0.0)  # the stored values, as the norm would read them
-            total += v
-            total_sq += v * v
-        out = partial_ptr + ((n * chunks + chunk) * 2) * channels + c
-        tl.store(out, tl.sum(total, axis=0), mask=c_ok)
-        tl.store(out + channels, tl.sum(total_sq, axis=0), mask=c_ok)
-
-    return triton, _groupnorm_stats, _groupnorm_finalize, _groupnorm_apply, _residual_add
+    return triton_kernels
 
 
 def installed() -> bool:
@@ -289,6 +129,7 @@ def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
             second, stats = residual_add(second, torch.zeros_like(second), torch.zeros(39, device=device))
             error = max(error, off(group_norm_nhwc(first, 32, weight, bias, x2=second, x2_stats=stats),
                                    F.group_norm(xf, 32, weight, bias)))
+
     except Exception as e:  # whatever Triton raises while building or launching
         warnings.warn(f"the Triton GroupNorm does not run on {device} in {dtype} ({type(e).__name__}: {e}); "
                       f"using PyTorch's GroupNorm there", RuntimeWarning, stacklevel=2)
@@ -296,6 +137,32 @@ def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
     # float32 to its rounding; half precision to its own (outputs up to about 5: 2^-7 of that)
     if not error < (1e-3 if dtype == torch.float32 else 0.05):
         warnings.warn(f"the Triton GroupNorm is off on {device} by {error:.2g} in {dtype}; using PyTorch's GroupNorm "
+                      f"there", RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def skip_kernel_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """`kernels_work` for `skip_matmul_add` (bf16 and float16 only), checked apart: a
+    failure costs that kernel (cuBLAS and the residual add take over), not the norms."""
+    x = torch.arange(2 * 64 * 9 * 7, device=device).mul(0.7).sin().mul(2).add(1).reshape(2, 64, 9, 7)
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    first, second = (part.contiguous(memory_format=torch.channels_last) for part in (x[:, :25], x[:, 25:]))
+    w = torch.linspace(-0.2, 0.2, 64 * 64, device=device).reshape(64, 64, 1, 1).to(dtype)
+    bias = torch.linspace(-1, 1, 64, device=device)
+    try:
+        with torch.no_grad():
+            ref = x.float() + F.conv2d(x.float(), w.float()) + bias[:, None, None]
+            added, stats = skip_matmul_add(x, first, w, bias, second)
+            error = (added.float() - ref).abs().max().item()
+            norm = group_norm_nhwc(added, 32, x_stats=stats)  # its sums stand in for the norm's own
+            error = max(error, (norm.float() - F.group_norm(added.float(), 32)).abs().max().item())
+    except Exception as e:
+        warnings.warn(f"the Triton skip convolution does not run on {device} in {dtype} ({type(e).__name__}: {e}); "
+                      f"using PyTorch's there", RuntimeWarning, stacklevel=2)
+        return False
+    if not error < 0.05:  # outputs up to about 5, in half precision
+        warnings.warn(f"the Triton skip convolution is off on {device} by {error:.2g} in {dtype}; using PyTorch's "
                       f"there", RuntimeWarning, stacklevel=2)
         return False
     return True
@@ -329,6 +196,24 @@ def _serves_dtype(index: int, dtype: torch.dtype) -> bool:
     # Under torch.compile this runs once while the graph is traced, its answer baked into
     # the graph, instead of being traced (it launches the one-time checks' kernels).
     return installed() and _capable(index) and _works_in(index, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _skip_works_in(index: int, dtype: torch.dtype) -> bool:
+    return skip_kernel_works(torch.device("cuda", index), dtype)
+
+
+@torch.compiler.assume_constant_result
+def _serves_skip(index: int, dtype: torch.dtype) -> bool:
+    return _serves_dtype(index, dtype) and _skip_works_in(index, dtype)
+
+
+def skip_available(h: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | None = None) -> bool:
+    """Whether `skip_matmul_add(h, x, ..., x2)` serves these tensors: each one that
+    `available` serves, all bf16 or all float16, and the kernel checked once on that GPU."""
+    tensors = [h, x] if x2 is None else [h, x, x2]
+    return (h.dtype in (torch.bfloat16, torch.float16) and all(t.dtype == h.dtype and available(t) for t in tensors)
+            and _serves_skip(h.device.index, h.dtype))
 
 
 def available(x: torch.Tensor) -> bool:
@@ -389,6 +274,16 @@ def group_norm_nhwc(x: torch.Tensor, num_groups: int, weight: torch.Tensor | Non
     return _group_norm_launch(x, num_groups, weight, bias, eps, silu, x_bias, resample, x2, x_stats, x2_stats)
 
 
+def _chunked_config(kind: str) -> dict:
+    """`LAUNCH_CONFIG[kind]` of a pass that sums chunks of `_PIXELS_PER_CHUNK` pixels, whose
+    block of pixels must not cross into the next chunk."""
+    config = LAUNCH_CONFIG[kind]
+    if _PIXELS_PER_CHUNK % config["BLOCK_PIXELS"]:
+        raise ValueError(f"the {kind} pass's chunk ({_PIXELS_PER_CHUNK} pixels) must be a multiple of its block "
+                         f"({config['BLOCK_PIXELS']} pixels)")
+    return config
+
+
 def _stats_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
     """The shape of x's partial sums: (N, chunks of pixels, sum | sum of squares, C)."""
     n, channels, h, w = x.shape
@@ -402,7 +297,7 @@ def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | 
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
-    triton, stats_kernel, finalize_kernel, apply_kernel, _ = kernels
+    triton = kernels.triton
     parts = [x] if x2 is None else [x, x2]
     n, _, h, w = x.shape
     if any(not part.is_contiguous(memory_format=torch.channels_last) for part in parts):
@@ -414,17 +309,14 @@ def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | 
     if channels % num_groups:
         raise ValueError(f"{channels} channels do not split into {num_groups} groups")
     out_h, out_w = _resampled_size(h, w, resample)
-    config = LAUNCH_CONFIG["stats"]
-    if _PIXELS_PER_CHUNK % config["BLOCK_PIXELS"]:  # a block would cross into the next chunk's pixels
-        raise ValueError(f"the statistics' chunk ({_PIXELS_PER_CHUNK} pixels) must be a multiple of its block "
-                         f"({config['BLOCK_PIXELS']})")
+    config = _chunked_config("stats")
     hw = h * w
     stats = []
     for part, given in zip(parts, (x_stats, x2_stats)):
         shape = _stats_shape(part)
         if given is None:
             given = torch.empty(shape, dtype=torch.float32, device=x.device)
-            stats_kernel[(shape[1], triton.cdiv(part.shape[1], config["BLOCK_CHANNELS"]), n)](
+            kernels._groupnorm_stats[(shape[1], triton.cdiv(part.shape[1], config["BLOCK_CHANNELS"]), n)](
                 part, given, hw, part.shape[1], shape[1], PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK, **config)
         elif given.shape != shape or given.dtype != torch.float32 or given.device != x.device or not given.is_contiguous():
             raise ValueError(f"partial sums for a {tuple(part.shape)} tensor must be contiguous float32 {shape} on "
@@ -437,7 +329,7 @@ def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | 
     offset = torch.empty_like(gain)
     if x_bias is not None:
         x_bias = x_bias.float().contiguous()
-    finalize_kernel[(num_groups, n)](  # an absent weight, bias or second part: any pointer, never read
+    kernels._groupnorm_finalize[(num_groups, n)](  # an absent weight, bias or second part: any pointer, never read
         stats[0], stats[-1], gain if weight is None else weight, gain if bias is None else bias,
         gain if x_bias is None else x_bias, gain, offset,
         stats[0].shape[1], channels, x.shape[1], per_group, hw, hw * per_group, eps, weight_stride, bias_stride,
@@ -448,7 +340,7 @@ def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | 
     for part, c_offset in zip(parts, (0, x.shape[1])):  # where each part's channels start
         grid = (triton.cdiv(out_h * out_w, config["BLOCK_PIXELS"]), triton.cdiv(part.shape[1], config["BLOCK_CHANNELS"]),
                 n)
-        apply_kernel[grid](part, y, gain, offset, out_h * out_w, out_w, hw, w, part.shape[1], c_offset, channels,
+        kernels._groupnorm_apply[grid](part, y, gain, offset, out_h * out_w, out_w, hw, w, part.shape[1], c_offset, channels,
                            SILU=silu, **_RESAMPLE[resample], **config)
     return y
 
@@ -474,7 +366,7 @@ def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor
     kernels = _kernels()
     if kernels is None:
         raise RuntimeError("residual_add needs the `triton` package")
-    triton, *_, add_kernel = kernels
+    triton = kernels.triton
     n, channels, height, width = h.shape
     # the skip's size is h's with the resampling undone ("up": h's height and width must be even)
     undone = {"up": "down", "down": "up"}.get(skip_resample, skip_resample)
@@ -483,16 +375,53 @@ def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor
                                              and skip.is_contiguous(memory_format=torch.channels_last)):
         raise ValueError(f"residual_add with skip_resample {skip_resample} needs channels_last h and skip of "
                          f"shape {expected}, got {tuple(h.shape)} and {tuple(skip.shape)}")
-    config = LAUNCH_CONFIG["add"]
-    if _PIXELS_PER_CHUNK % config["BLOCK_PIXELS"]:
-        raise ValueError(f"the residual add's chunk ({_PIXELS_PER_CHUNK} pixels) must be a multiple of its block "
-                         f"({config['BLOCK_PIXELS']})")
+    config = _chunked_config("add")
     out = torch.empty_like(h, memory_format=torch.channels_last)
     stats = torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device)
-    add_kernel[(stats.shape[1], triton.cdiv(channels, config["BLOCK_CHANNELS"]), n)](
+    kernels._residual_add[(stats.shape[1], triton.cdiv(channels, config["BLOCK_CHANNELS"]), n)](
         h, skip, bias.float().contiguous(), out, stats, height * width, width, skip.shape[2] * skip.shape[3],
         skip.shape[3], channels, stats.shape[1], PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK, **_RESAMPLE[skip_resample],
         **config)
+    return out, stats
+
+
+def skip_matmul_add(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                    x2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """h + conv1x1(torch.cat([x, x2], 1), weight) + bias in one pass, for channels_last bf16
+    or float16 tensors of one batch, height and width: a ResBlock's 1x1 skip convolution
+    (`weight` (C, C1 [+ C2], 1, 1), without its bias) and residual add, where cuBLAS or cuDNN
+    would write the skip's product and the residual add read it back; x2 (a decoder block's
+    encoder skip) is read where it lies, never joined to x in a copy. Returns the output and
+    its partial sums, as `residual_add` does."""
+    if torch.compiler.is_compiling():
+        return torch.ops.oftsr.skip_matmul_add(h, x, weight, bias, x2)
+    return _skip_matmul_add_launch(h, x, weight, bias, x2)
+
+
+def _skip_matmul_add_launch(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                            x2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    kernels = _kernels()
+    if kernels is None:
+        raise RuntimeError("skip_matmul_add needs the `triton` package")
+    triton = kernels.triton
+    n, channels, height, width = h.shape
+    parts = [h, x] if x2 is None else [h, x, x2]
+    c1, c2 = x.shape[1], 0 if x2 is None else x2.shape[1]
+    if (any(p.ndim != 4 or (p.shape[0], *p.shape[2:]) != (n, height, width) or p.dtype != h.dtype
+            or not p.is_contiguous(memory_format=torch.channels_last) for p in parts)
+            or h.dtype not in (torch.bfloat16, torch.float16)):
+        raise ValueError(f"skip_matmul_add needs channels_last bf16 or float16 h, x (and x2) of one batch, height and "
+                         f"width, got {[(tuple(p.shape), p.dtype) for p in parts]}")
+    if weight.numel() != channels * (c1 + c2) or weight.shape[0] != channels:
+        raise ValueError(f"a 1x1 convolution from {c1 + c2} to {channels} channels needs a ({channels}, {c1 + c2}, 1, 1) "
+                         f"weight, got {tuple(weight.shape)}")
+    config = _chunked_config("skip")
+    w = weight.reshape(channels, c1 + c2).to(h.dtype).contiguous()
+    out = torch.empty_like(h, memory_format=torch.channels_last)
+    stats = torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device)
+    kernels._skip_matmul_add[(stats.shape[1], triton.cdiv(channels, config["BLOCK_CHANNELS"]), n)](
+        h, x, x if x2 is None else x2, w, bias.float().contiguous(), out, stats, height * width, c1, c2, channels,
+        stats.shape[1], PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK, **config)
     return out, stats
 
 
@@ -526,5 +455,18 @@ def _residual_add_op(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
 
 @_residual_add_op.register_fake
 def _(h, skip, bias, skip_resample):
+    return (torch.empty_like(h, memory_format=torch.channels_last),
+            torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device))
+
+
+@torch.library.custom_op("oftsr::skip_matmul_add", mutates_args=(),
+                         schema="(Tensor h, Tensor x, Tensor weight, Tensor bias, Tensor? x2) -> (Tensor, Tensor)")
+def _skip_matmul_add_op(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                        x2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _skip_matmul_add_launch(h, x, weight, bias, x2)
+
+
+@_skip_matmul_add_op.register_fake
+def _(h, x, weight, bias, x2):
     return (torch.empty_like(h, memory_format=torch.channels_last),
             torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device))

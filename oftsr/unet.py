@@ -271,6 +271,14 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
 JOIN_WITHOUT_COPY = True
 
 
+# Device types where a ResBlock's 1x1 skip convolution and its residual add run as one Triton
+# kernel (`triton_groupnorm.skip_matmul_add`, bf16 and float16 only) instead of cuBLAS's
+# products, whose result the residual add reads back: 6.4 against 12.6 GB moved per bf16
+# div2k forward at 512 px, batch 8 (counted, not timed). Off until a GPU shows it beats
+# cuBLAS there (`bench.py --only fastpath` times it both ways).
+SKIP_MATMUL_IN_TRITON = {"cuda": False}
+
+
 def conv1x1_joined(weight: torch.Tensor, x: torch.Tensor, joined: torch.Tensor) -> torch.Tensor:
     """A 1x1 conv (no bias) of `torch.cat([x, joined], 1)` for channels_last x and joined,
     without the joined copy: channels_last activations are (pixels, channels) matrices, so
@@ -388,6 +396,10 @@ class ResBlock(nn.Module):
         h = self._scale_shift_norm(h, emb, conv.bias if fused else None)  # out_layers = norm, SiLU, dropout, conv
         out_conv = self.out_layers[3]
         h = _conv(out_conv, self.out_layers[2](h), not fused)
+        if (fused and skip_conv is not None and SKIP_MATMUL_IN_TRITON.get(x.device.type, False)
+                and triton_groupnorm.skip_available(h, x, joined)):
+            bias = out_conv.bias.float() + skip_conv.bias.float()
+            return triton_groupnorm.skip_matmul_add(h, x, skip_conv.weight, bias, joined)
         if joined is not None:
             skip = conv1x1_joined(skip_conv.weight, x, joined)
         else:

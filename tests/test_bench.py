@@ -186,7 +186,10 @@ sys.argv = ["bench.py", "--device", "cpu", "--only", "kernels", "--presets", "ti
 sys.path.insert(0, {str(ROOT / "bench")!r})
 import bench
 from oftsr import triton_groupnorm
-before = json.dumps([triton_groupnorm.LAUNCH_CONFIG, triton_groupnorm._PIXELS_PER_CHUNK])
+from oftsr import unet
+state = lambda: json.dumps([triton_groupnorm.LAUNCH_CONFIG, triton_groupnorm._PIXELS_PER_CHUNK,
+                            unet.SKIP_MATMUL_IN_TRITON.get("cpu", False)])
+before = state()
 seen = set()
 def resampled(y, mode):
     return y if mode is None else F.interpolate(y, scale_factor=2.0) if mode == "up" else F.avg_pool2d(y, 2)
@@ -201,7 +204,14 @@ def norm(x, groups, weight, bias, eps, silu, x_bias, resample, x2, x_stats, x2_s
     return y.to(x2.dtype if x2 is not None else torch.bfloat16).contiguous(memory_format=torch.channels_last)
 def add(h, skip, bias, skip_resample):
     return h + resampled(skip.float(), skip_resample).to(h.dtype) + bias.to(h.dtype)[:, None, None], None
+skips = []
+def skip_add(h, x, weight, bias, x2):
+    skips.append(json.dumps(triton_groupnorm.LAUNCH_CONFIG["skip"]))
+    joined = x if x2 is None else torch.cat([x, x2], 1)
+    return h + F.conv2d(joined, weight.to(h.dtype)) + bias.to(h.dtype)[:, None, None], None
 triton_groupnorm._group_norm_launch, triton_groupnorm._residual_add_launch = norm, add
+triton_groupnorm._skip_matmul_add_launch = skip_add
+triton_groupnorm._serves_skip = lambda index, dtype: True
 triton_groupnorm.serves = lambda device: True
 triton_groupnorm.available = lambda x: (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
                                         and not torch.is_grad_enabled())
@@ -209,16 +219,17 @@ bench.fastest_dtype = lambda device: torch.bfloat16
 bench.LAUNCH_CANDIDATES = [dict(BLOCK_PIXELS=32, BLOCK_CHANNELS=64, num_warps=4),
                            dict(BLOCK_PIXELS=16, BLOCK_CHANNELS=32, num_warps=2)]
 bench.CHUNK_CANDIDATES = [1024, 96]  # 96: not a multiple of the statistics' block, never tried
+bench.SKIP_CANDIDATES = [dict(BLOCK_PIXELS=32, BLOCK_CHANNELS=64, BLOCK_K=16, num_warps=4)]
 def wall_times(fn, device, repeat):
     start = time.perf_counter()
     for _ in range(repeat):
         fn()
     ms = (time.perf_counter() - start) * 1e3 / repeat
-    return {{"_groupnorm_stats _groupnorm_finalize _groupnorm_apply _residual_add": ms}}
+    return {{"_groupnorm_stats _groupnorm_finalize _groupnorm_apply _residual_add _skip_matmul_add": ms}}
 bench.kernel_times = wall_times
 bench.main()
-after = json.dumps([triton_groupnorm.LAUNCH_CONFIG, triton_groupnorm._PIXELS_PER_CHUNK])
-print(json.dumps({{"restored": before == after, "settings_seen": len(seen)}}))
+print(json.dumps({{"restored": before == state(), "settings_seen": len(seen), "skip_settings": len(set(skips)),
+                  "skip_calls": len(skips)}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -226,11 +237,13 @@ print(json.dumps({{"restored": before == after, "settings_seen": len(seen)}}))
     result = json.loads(lines[-1])
     assert result["restored"]
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines if line.startswith("| ")]
-    passes = [r for r in rows if r[0] in ("stats", "apply", "add", "chunk")]
+    passes = [r for r in rows if r[0] in ("stats", "apply", "add", "chunk", "skip")]
     # each pass: the package's setting first, then the candidates that differ from it
-    assert [r[0] for r in passes] == ["stats"] * 3 + ["apply"] * 3 + ["add"] * 3 + ["chunk"] * 2, passes
+    assert [r[0] for r in passes] == ["stats"] * 3 + ["apply"] * 3 + ["add"] * 3 + ["chunk"] * 2 + ["skip"] * 2, passes
     package = [r for r in passes if r[1].endswith("(in the package)")]
-    assert [r[0] for r in package] == ["stats", "apply", "add", "chunk"] and all(r[3] == "1.00" for r in package)
+    assert [r[0] for r in package] == ["stats", "apply", "add", "chunk", "skip"] and all(r[3] == "1.00" for r in package)
+    # the skip kernel (off in the package) ran for its own rows only, under both its settings
+    assert result["skip_settings"] == 2 and result["skip_calls"] > 0, result
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in passes)
     assert "96 pixels" not in out.stdout
     # the norm ran under each stats/apply setting and chunk tried (the adds' settings do not reach it)

@@ -19,6 +19,28 @@ triton = pytest.importorskip("triton", reason="the Triton GroupNorm needs the `t
 TINY = oftsr.create_model("tiny", role="teacher", seed=0)
 
 
+# The start of the whole-network checks: the tiny network with random weights (no
+# zero-initialised branches) in channels_last, and its inputs x and t.
+_TINY_NETWORK = """
+        import json, torch
+        import oftsr
+        from oftsr import triton_groupnorm, unet
+        model = oftsr.create_model("tiny", role="teacher", seed=0).eval()
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        model.optimize(channels_last=True)
+        x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+        t = torch.tensor([0.3, 0.8])
+"""
+# ... and the kernels forced on, as the interpreter's tensors are on the CPU
+_FORCED = """
+        triton_groupnorm.available = lambda x: (x.is_contiguous(memory_format=torch.channels_last)
+                                                and not torch.is_grad_enabled())
+"""
+
+
 def _interpret(code: str) -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
@@ -170,19 +192,8 @@ def test_unet_with_fused_norms_matches_default_path(transposed):
     # The whole network with every GroupNorm(+scale-shift+SiLU) through the kernels (forced
     # on, as the interpreter's tensors are on the CPU), against the default CPU path; the
     # up-sampling blocks either way (the norm writes h up-sampled, or the conv is transposed).
-    result = _interpret(f"""
-        import json, torch
-        import oftsr
-        from oftsr import triton_groupnorm, unet
+    result = _interpret(_TINY_NETWORK + f"""
         unet.UPSAMPLE_CONV_TRANSPOSED["cpu"] = {transposed}
-        model = oftsr.create_model("tiny", role="teacher", seed=0).eval()
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in model.parameters():  # no zero-initialised branches
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        model.optimize(channels_last=True)
-        x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
-        t = torch.tensor([0.3, 0.8])
         with torch.inference_mode():
             ref = model.velocity(x, x.flip(-1), t)
             calls = []
@@ -231,20 +242,7 @@ def test_compiled_network_keeps_the_kernels_as_operators():
     # Under torch.compile the kernels are custom operators: the whole network traces into one
     # graph (fullgraph: no break), the graph calls them rather than PyTorch's group_norm, and
     # gives the eager result.
-    result = _interpret("""
-        import json, torch
-        import oftsr
-        from oftsr import triton_groupnorm
-        model = oftsr.create_model("tiny", role="teacher", seed=0).eval()
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        model.optimize(channels_last=True)
-        triton_groupnorm.available = lambda x: (x.is_contiguous(memory_format=torch.channels_last)
-                                                and not torch.is_grad_enabled())
-        x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
-        t = torch.tensor([0.3, 0.8])
+    result = _interpret(_TINY_NETWORK + _FORCED + """
         targets = []
         def recording(gm, inputs):
             targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
@@ -339,13 +337,15 @@ def test_the_one_time_check_passes_the_real_kernels_in_every_dtype():
     # float32 and in both half types (each compiled apart), without a warning
     result = _interpret("""
         import json, warnings, torch
-        from oftsr.triton_groupnorm import kernels_work
+        from oftsr.triton_groupnorm import kernels_work, skip_kernel_works
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            print(json.dumps({str(d): kernels_work(torch.device("cpu"), d)
-                              for d in (torch.float32, torch.bfloat16, torch.float16)}))
+            result = {str(d): kernels_work(torch.device("cpu"), d) for d in (torch.float32, torch.bfloat16, torch.float16)}
+            # float16 only: the interpreter cannot run a bf16 dot (test_skip_convolution_and_residual_add_in_one_kernel)
+            result["skip float16"] = skip_kernel_works(torch.device("cpu"), torch.float16)
+            print(json.dumps(result))
     """)
-    assert result == {"torch.float32": True, "torch.bfloat16": True, "torch.float16": True}
+    assert result == {"torch.float32": True, "torch.bfloat16": True, "torch.float16": True, "skip float16": True}
 
 
 def test_kernel_path_is_off_on_cpu_and_refuses_nchw():
@@ -370,6 +370,9 @@ def test_a_broken_triton_is_said_once_and_a_missing_one_is_not(monkeypatch, erro
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", failing)
+    # the kernels' module imports triton when it is first imported: as if it never had been
+    monkeypatch.delitem(sys.modules, "oftsr.triton_kernels", raising=False)
+    monkeypatch.delattr(oftsr, "triton_kernels", raising=False)
     triton_groupnorm._kernels.cache_clear()
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -381,3 +384,152 @@ def test_a_broken_triton_is_said_once_and_a_missing_one_is_not(monkeypatch, erro
     said = [str(w.message) for w in caught if "Triton" in str(w.message)]
     assert said == ([f"Triton is installed but does not import ({type(error).__name__}: libcuda.so cannot be found); "
                      f"using PyTorch's GroupNorm"] if warned else [])
+
+
+def test_skip_convolution_and_residual_add_in_one_kernel():
+    # h + conv1x1([x | x2]) + b and its output's partial sums, against PyTorch's conv: with
+    # and without a second tensor, channel counts that fill no block (nor the products'
+    # K step), several chunks of pixels. float16: the interpreter's dot multiplies bf16's
+    # bit patterns as integers (a GPU runs bf16 for real; `skip_kernel_works` checks it there).
+    result = _interpret("""
+        import json, torch, torch.nn.functional as F
+        from oftsr import triton_groupnorm
+        from oftsr.triton_groupnorm import group_norm_nhwc, skip_matmul_add
+        torch.manual_seed(0)
+        triton_groupnorm._PIXELS_PER_CHUNK = 64
+        cl = lambda *shape: torch.randn(*shape).half().contiguous(memory_format=torch.channels_last)
+        errors = {}
+        for n, cout, c1, c2, h, w in [(2, 96, 40, 25, 9, 11), (1, 64, 64, 0, 8, 8), (2, 130, 70, 70, 5, 7)]:
+            key = f"{n}x{cout} from {c1}+{c2}"
+            hh, x, x2 = cl(n, cout, h, w), cl(n, c1, h, w), cl(n, c2, h, w) if c2 else None
+            weight, b = torch.randn(cout, c1 + c2, 1, 1) * 0.2, torch.randn(cout)
+            joined = x if x2 is None else torch.cat([x, x2], 1)
+            ref = hh.float() + F.conv2d(joined.float(), weight.half().float()) + b[:, None, None]
+            out, stats = skip_matmul_add(hh, x, weight, b, x2)
+            errors[key + " rel"] = ((out.float() - ref).abs() / (ref.abs() + 1)).max().item()
+            errors[key + " layout"] = float(out.dtype != torch.float16
+                                            or not out.is_contiguous(memory_format=torch.channels_last))
+            flat = out.double().permute(0, 2, 3, 1).reshape(n, h * w, cout)
+            chunks = -(-h * w // 64)
+            flat = F.pad(flat, (0, 0, 0, chunks * 64 - h * w)).reshape(n, chunks, 64, cout)
+            sums = torch.stack([flat.sum(2), (flat ** 2).sum(2)], dim=2)
+            errors[key + " sums rel"] = ((stats.double() - sums).abs() / (sums.abs() + 1)).max().item()
+            y = group_norm_nhwc(out, 2, x_stats=stats)
+            errors[key + " norm"] = (y.float() - F.group_norm(out.float(), 2)).abs().max().item()
+        refused = 0
+        hh, x = cl(1, 64, 8, 8), cl(1, 64, 8, 8)
+        for call in [lambda: skip_matmul_add(hh.float(), x.float(), torch.randn(64, 64, 1, 1), torch.zeros(64)),
+                     lambda: skip_matmul_add(hh, x[..., :4].contiguous(memory_format=torch.channels_last),
+                                             torch.randn(64, 64, 1, 1), torch.zeros(64)),
+                     lambda: skip_matmul_add(hh, x, torch.randn(64, 32, 1, 1), torch.zeros(64)),
+                     lambda: skip_matmul_add(hh, x.contiguous(), torch.randn(64, 64, 1, 1), torch.zeros(64))]:
+            try:
+                call()
+            except ValueError:
+                refused += 1
+        errors["refused"] = 4 - refused
+        print(json.dumps(errors))
+    """)
+    assert result.pop("refused") == 0
+    for key, err in result.items():
+        bound = {"rel": 2 ** -9, "layout": 0.0, "sums rel": 2e-4, "norm": 4e-3}[key.split(" ", 3)[-1]]
+        assert err <= bound, (key, err)
+
+
+def test_unet_with_the_skip_kernel_matches_the_products_it_replaces():
+    # A float16 network with the kernels forced on: every ResBlock with a 1x1 skip conv runs
+    # it and its residual add in the one kernel, and the output matches the same network
+    # with cuBLAS's products and the residual add
+    result = _interpret(_TINY_NETWORK + _FORCED + """
+        model = model.half()
+        model.optimize(channels_last=True)
+        x = x.half()
+        triton_groupnorm._serves_skip = lambda index, dtype: True
+        calls = []
+        skip_matmul_add = triton_groupnorm.skip_matmul_add
+        triton_groupnorm.skip_matmul_add = lambda *a: calls.append(a[4] is not None) or skip_matmul_add(*a)
+        with torch.inference_mode():
+            unet.SKIP_MATMUL_IN_TRITON["cpu"] = False
+            ref = model.velocity(x, x.flip(-1), t).float()
+            unet.SKIP_MATMUL_IN_TRITON["cpu"] = True
+            out = model.velocity(x, x.flip(-1), t).float()
+        print(json.dumps({"diff": (out - ref).abs().max().item(), "scale": ref.abs().max().item(),
+                          "joined": sum(calls), "alone": len(calls) - sum(calls)}))
+    """)
+    skips = [m for m in TINY.modules() if isinstance(m, ResBlock) and not isinstance(m.skip_connection, torch.nn.Identity)]
+    # the tiny preset: 6 decoder blocks join their skip, 2 encoder blocks widen the channels
+    assert len(skips) == 8 and (result["joined"], result["alone"]) == (6, 2), result
+    assert result["scale"] > 0.05 and result["diff"] < 2e-3 * result["scale"] + 1e-3, result
+
+
+def test_a_skip_kernel_that_fails_or_is_wrong_is_not_used(monkeypatch):
+    import torch.nn.functional as F
+
+    def reference(h, x, weight, bias, x2=None):
+        joined = x if x2 is None else torch.cat([x, x2], 1)
+        return (h.float() + F.conv2d(joined.float(), weight.float()) + bias[:, None, None]).to(h.dtype), None
+
+    def broken(*a):
+        raise RuntimeError("out of shared memory")
+
+    monkeypatch.setattr(triton_groupnorm, "group_norm_nhwc",
+                        lambda x, groups, x_stats=None: F.group_norm(x.float(), groups).to(x.dtype))
+    for kernel, works, warning in [(reference, True, None),
+                                   (broken, False, "does not run on cpu in torch.float16 .*out of shared memory"),
+                                   (lambda *a: (reference(*a)[0] + 0.1, None), False, "is off on cpu by 0.1")]:
+        monkeypatch.setattr(triton_groupnorm, "skip_matmul_add", kernel)
+        state = torch.get_rng_state()
+        if warning is None:
+            assert triton_groupnorm.skip_kernel_works(torch.device("cpu"), torch.float16) is works
+        else:
+            with pytest.warns(RuntimeWarning, match=warning):
+                assert triton_groupnorm.skip_kernel_works(torch.device("cpu"), torch.float16) is works
+        assert torch.equal(torch.get_rng_state(), state)
+    # the norms do not depend on it: a CPU tensor is served by neither
+    x = torch.randn(1, 32, 4, 4, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    assert not triton_groupnorm.skip_available(x, x)
+
+
+@pytest.mark.parametrize("arch", [90, 80], ids=["Hopper", "Ampere"])
+def test_every_kernel_variant_compiles_for_the_gpus_it_serves(arch):
+    # Triton's compiler needs no GPU: each kernel, in each variant the launchers use (dtype,
+    # resampling, SiLU, the package's launch settings), compiled down to a cubin here. The
+    # interpreter runs the kernels' arithmetic; this catches what only the compiler checks
+    # (types, block shapes of the products, shared memory).
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from oftsr import triton_kernels
+
+    activations = {"x_ptr", "y_ptr", "h_ptr", "skip_ptr", "out_ptr", "x2_ptr", "w_ptr"}
+
+    def compiled(kernel, dtype: str, config: dict, **constants):
+        config = dict(config)
+        num_warps = config.pop("num_warps", 4)
+        signature = {name: "constexpr" if name.isupper() else (f"*{dtype}" if name in activations else "*fp32")
+                     if name.endswith("_ptr") else "fp32" if name == "eps" else "i32"
+                     for name in inspect.signature(kernel.fn).parameters}
+        try:
+            source = ASTSource(fn=kernel, signature=signature, constexprs={**config, **constants})
+        except TypeError as e:  # an older Triton names its arguments otherwise
+            pytest.skip(f"this Triton's ASTSource differs: {e}")
+        return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+
+    config, chunk = triton_groupnorm.LAUNCH_CONFIG, triton_groupnorm._PIXELS_PER_CHUNK
+    built, skips = [], []
+    for dtype in ("bf16", "fp16", "fp32"):
+        built.append(compiled(triton_kernels._groupnorm_stats, dtype, config["stats"], PIXELS_PER_CHUNK=chunk))
+        built.append(compiled(triton_kernels._groupnorm_finalize, dtype, {}, HAS_WEIGHT=True, HAS_BIAS=True,
+                              HAS_X_BIAS=True, BLOCK_CHUNKS=triton_groupnorm._BLOCK_CHUNKS, BLOCK_GROUP=8))
+        for resample in triton_groupnorm._RESAMPLE.values():
+            for silu in (True, False):
+                built.append(compiled(triton_kernels._groupnorm_apply, dtype, config["apply"], SILU=silu, **resample))
+            built.append(compiled(triton_kernels._residual_add, dtype, config["add"], PIXELS_PER_CHUNK=chunk, **resample))
+        if dtype != "fp32":
+            skips.append(compiled(triton_kernels._skip_matmul_add, dtype, config["skip"], PIXELS_PER_CHUNK=chunk))
+    assert len(built) == 3 * 2 + 3 * 3 * 3 and len(skips) == 2
+    assert all(b.asm.get("cubin") and f"sm_{arch}" in b.asm["ptx"] for b in built + skips)
+    # the skip kernel's products stage their tiles in shared memory, within any such GPU's 100 KB
+    assert all(0 < b.metadata.shared <= 100 * 1024 for b in skips)
