@@ -62,8 +62,9 @@ LAUNCH_CONFIG = {
 
 @functools.lru_cache(maxsize=1)
 def _kernels():
-    """The compiled kernels, or None when Triton is not installed (or its install is broken:
-    a failed import must not stop a model from loading; PyTorch's kernel takes over)."""
+    """The kernels' module (`triton_kernels`), or None when Triton is not installed (or its
+    install is broken: a failed import must not stop a model from loading; PyTorch's kernel
+    takes over)."""
     try:
         from . import triton_kernels
     except Exception as e:
@@ -81,14 +82,20 @@ def installed() -> bool:
     return _kernels() is not None
 
 
+def _check_pattern(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The one-time checks' input, (2, 64, 9, 7) channels_last, mean 1 and std 1.4: a fixed
+    pattern, not random draws, as checking must leave the caller's RNG where it was."""
+    x = torch.arange(2 * 64 * 9 * 7, device=device).mul(0.7).sin().mul(2).add(1).reshape(2, 64, 9, 7)
+    return x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
 def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
     """Run every kernel variant the network uses once on `device`, on `dtype` activations,
     against PyTorch's ops: False, with a warning, when they fail (a Triton that cannot build
     its launcher, say) or disagree, so that a broken install costs speed, never an image.
-    Each dtype is compiled apart, so each is checked apart."""
-    # A fixed pattern, not random draws: checking must leave the caller's RNG where it was.
-    x = torch.arange(2 * 64 * 9 * 7, device=device).mul(0.7).sin().mul(2).add(1).reshape(2, 64, 9, 7)  # mean 1, std 1.4
-    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    Each dtype is compiled apart, so each is checked apart. (The skip convolution's kernel
+    is checked on its own: `skip_kernel_works`.)"""
+    x = _check_pattern(device, dtype)
     weight, bias = torch.linspace(0.5, 1.5, 64, device=device), torch.linspace(-1, 1, 64, device=device)
     per_image = torch.stack([weight, weight.flip(0)])  # (N, C): a time-embedding scale-shift
     big = x[..., :8, :6].contiguous(memory_format=torch.channels_last)  # even: the down blocks' pooling
@@ -145,8 +152,7 @@ def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
 def skip_kernel_works(device: torch.device, dtype: torch.dtype) -> bool:
     """`kernels_work` for `skip_matmul_add` (bf16 and float16 only), checked apart: a
     failure costs that kernel (cuBLAS and the residual add take over), not the norms."""
-    x = torch.arange(2 * 64 * 9 * 7, device=device).mul(0.7).sin().mul(2).add(1).reshape(2, 64, 9, 7)
-    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    x = _check_pattern(device, dtype)
     first, second = (part.contiguous(memory_format=torch.channels_last) for part in (x[:, :25], x[:, 25:]))
     w = torch.linspace(-0.2, 0.2, 64 * 64, device=device).reshape(64, 64, 1, 1).to(dtype)
     bias = torch.linspace(-1, 1, 64, device=device)
