@@ -709,10 +709,8 @@ def bench_kernels(args, device) -> None:
             forward()
             fastest = sum(kernel_times(forward, device, args.repeat).values())
             diff = (forward() - reference).abs().max().item()
-            chosen = ", ".join(f"{k} {best[k]['BLOCK_PIXELS']}x{best[k]['BLOCK_CHANNELS']}/{best[k]['num_warps']}"
-                               for k in ("stats", "apply", "add")) + f", chunk {triton_groupnorm._PIXELS_PER_CHUNK}"
-            if skip_found:
-                chosen += f", skip {label('skip', best['skip'])}"
+            chosen = "; ".join(f"{k} {label(k, best[k])}" for k in ("stats", "apply", "add") + ("skip",) * skip_found)
+            chosen += f"; chunk {triton_groupnorm._PIXELS_PER_CHUNK} pixels"
             table(f"Whole forward, GPU time of all its kernels ({preset}, {size} px, batch {args.batch}, "
                   f"{str(half).removeprefix('torch.')}), {device_name(device)}",
                   ["launch settings", "GPU ms / forward", "max |diff|"],

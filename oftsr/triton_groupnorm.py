@@ -296,6 +296,12 @@ def _stats_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
     return n, -(-h * w // _PIXELS_PER_CHUNK), 2, channels
 
 
+def _output_and_sums(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty tensors for a kernel that writes h's shape and that output's partial sums."""
+    return (torch.empty_like(h, memory_format=torch.channels_last),
+            torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device))
+
+
 def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
                        eps: float, silu: bool, x_bias: torch.Tensor | None, resample: str | None,
                        x2: torch.Tensor | None, x_stats: torch.Tensor | None = None,
@@ -382,8 +388,7 @@ def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor
         raise ValueError(f"residual_add with skip_resample {skip_resample} needs channels_last h and skip of "
                          f"shape {expected}, got {tuple(h.shape)} and {tuple(skip.shape)}")
     config = _chunked_config("add")
-    out = torch.empty_like(h, memory_format=torch.channels_last)
-    stats = torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device)
+    out, stats = _output_and_sums(h)
     kernels._residual_add[(stats.shape[1], triton.cdiv(channels, config["BLOCK_CHANNELS"]), n)](
         h, skip, bias.float().contiguous(), out, stats, height * width, width, skip.shape[2] * skip.shape[3],
         skip.shape[3], channels, stats.shape[1], PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK, **_RESAMPLE[skip_resample],
@@ -423,8 +428,7 @@ def _skip_matmul_add_launch(h: torch.Tensor, x: torch.Tensor, weight: torch.Tens
                          f"weight, got {tuple(weight.shape)}")
     config = _chunked_config("skip")
     w = weight.reshape(channels, c1 + c2).to(h.dtype).contiguous()
-    out = torch.empty_like(h, memory_format=torch.channels_last)
-    stats = torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device)
+    out, stats = _output_and_sums(h)
     kernels._skip_matmul_add[(stats.shape[1], triton.cdiv(channels, config["BLOCK_CHANNELS"]), n)](
         h, x, x if x2 is None else x2, w, bias.float().contiguous(), out, stats, height * width, c1, c2, channels,
         stats.shape[1], PIXELS_PER_CHUNK=_PIXELS_PER_CHUNK, **config)
@@ -461,8 +465,7 @@ def _residual_add_op(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
 
 @_residual_add_op.register_fake
 def _(h, skip, bias, skip_resample):
-    return (torch.empty_like(h, memory_format=torch.channels_last),
-            torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device))
+    return _output_and_sums(h)
 
 
 @torch.library.custom_op("oftsr::skip_matmul_add", mutates_args=(),
@@ -474,5 +477,4 @@ def _skip_matmul_add_op(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
 
 @_skip_matmul_add_op.register_fake
 def _(h, x, weight, bias, x2):
-    return (torch.empty_like(h, memory_format=torch.channels_last),
-            torch.empty(_stats_shape(h), dtype=torch.float32, device=h.device))
+    return _output_and_sums(h)

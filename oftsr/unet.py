@@ -396,16 +396,16 @@ class ResBlock(nn.Module):
         h = self._scale_shift_norm(h, emb, conv.bias if fused else None)  # out_layers = norm, SiLU, dropout, conv
         out_conv = self.out_layers[3]
         h = _conv(out_conv, self.out_layers[2](h), not fused)
+        if fused:  # the biases the convs left out, carried by whichever add comes next
+            bias = out_conv.bias.float() if skip_conv is None else out_conv.bias.float() + skip_conv.bias.float()
         if (fused and skip_conv is not None and SKIP_MATMUL_IN_TRITON.get(x.device.type, False)
                 and triton_groupnorm.skip_available(h, x, joined)):
-            bias = out_conv.bias.float() + skip_conv.bias.float()
             return triton_groupnorm.skip_matmul_add(h, x, skip_conv.weight, bias, joined)
         if joined is not None:
             skip = conv1x1_joined(skip_conv.weight, x, joined)
         else:
             skip = x if skip_conv is None else _conv(skip_conv, x, not fused)
         if fused and triton_groupnorm.available(h) and triton_groupnorm.available(skip):
-            bias = out_conv.bias.float() if skip_conv is None else out_conv.bias.float() + skip_conv.bias.float()
             return triton_groupnorm.residual_add(h, skip, bias, skip_resample)
         if skip_resample:
             skip = _resample_2x(skip, skip_resample)
