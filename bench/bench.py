@@ -9,6 +9,7 @@ baselines (needs spandrel: `pip install 'oftsr[bench]'`), images (batched whole 
 train_memory (one training step with and without --gradient_checkpointing), profile (where a
 forward's time goes, by part of the network; with --compile_mode, the compiled forward's too),
 loader (training crops per second of one loader worker, from photographs and from their tiles),
+files (reading and writing JPEG, PNG and TIFF, 8 and 16 bits, ms per megapixel),
 kernels (launch settings of the Triton GroupNorm passes, on a GPU that runs them).
 Weights are random (the speed of a network does not depend on its values); every
 comparison uses identical weights and inputs. The memory section runs `oftsr upscale`
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -246,7 +248,6 @@ def bench_memory(args, device) -> None:
     """Peak memory of `oftsr upscale` and `oftsr sample` (x4) on photographs of 1, 4 and 12
     MP, each in a fresh process: the bundled model up to --memory_real_mp, a stand-in
     network for all sizes."""
-    import numpy as np
     from PIL import Image
 
     rows = []
@@ -783,10 +784,79 @@ def bench_loader(args, device) -> None:
           ["source", "files", "MP each", "degradation", "crops / s"], rows)
 
 
+def _photograph_levels(width: int, height: int) -> np.ndarray:
+    """(H, W, 3) uint16 levels of a photograph-like image (smooth colour fields and grain), as a
+    raw converter's 16-bit export holds them."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 3, max(1, height // 64), max(1, width // 64), generator=g)
+    img = torch.nn.functional.interpolate(base, size=(height, width), mode="bicubic", align_corners=False)[0]
+    img = (img + 0.01 * torch.randn(img.shape, generator=g)).clamp(0, 1)
+    return (img.permute(1, 2, 0) * 65535).round().to(torch.int32).contiguous().numpy().astype(np.uint16)
+
+
+def bench_files(args, device) -> None:
+    """Reading and writing the files photographs come in, as `oftsr upscale` does
+    (`load_image`, `save_image`), in ms per megapixel; 16-bit PNGs as editors write them
+    (libpng's adaptive row filters), and pypng's pure-Python reading of the same file for
+    comparison (how they were read before version 0.19)."""
+    import imagecodecs
+    import png
+    import tifffile
+    from PIL import Image
+
+    from oftsr.images import load_image, save_image
+
+    width, height = args.files_size
+    levels = _photograph_levels(width, height)
+    image = torch.from_numpy(levels.astype(np.float32) / 65535).permute(2, 0, 1)
+    mp = width * height / 1e6
+
+    def per_mp(fn) -> float:
+        times = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times) * 1e3 / mp
+
+    def pypng_read(path: Path) -> None:
+        rows = png.Reader(filename=str(path)).asDirect()[2]
+        for _ in rows:
+            pass
+
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        folder = Path(work)
+        eight = (levels >> 8).astype(np.uint8)
+        files = {"JPEG, 8-bit": ("photo.jpg", lambda p: Image.fromarray(eight).save(p, quality=95), 8),
+                 "PNG, 8-bit": ("photo8.png", lambda p: Image.fromarray(eight).save(p), 8),
+                 "PNG, 16-bit (libpng-filtered, as editors write)": (
+                     "photo16.png", lambda p: p.write_bytes(imagecodecs.png_encode(levels)), 16),
+                 "TIFF, 16-bit, deflate": ("zip.tif", lambda p: tifffile.imwrite(p, levels, compression="zlib",
+                                                                                 predictor=True, photometric="rgb"), 16),
+                 "TIFF, 16-bit, LZW (Photoshop's choice)": (
+                     "lzw.tif", lambda p: tifffile.imwrite(p, levels, compression="lzw", predictor=True,
+                                                           photometric="rgb"), 16)}
+        for name, (file, write, depth) in files.items():
+            path = folder / file
+            write(path)
+            got, got_depth = load_image(path)
+            assert got.shape == (1, 3, height, width) and got_depth == depth, (name, got.shape, got_depth)
+            read = per_mp(lambda path=path: load_image(path))
+            out = folder / f"out_{file}"
+            written = per_mp(lambda out=out, depth=depth: save_image(image, out, bit_depth=depth))
+            rows.append([name, f"{path.stat().st_size / 1e6 / mp:.2f}", f"{read:.1f}", f"{written:.1f}"])
+            if file == "photo16.png":
+                rows.append(["PNG, 16-bit, read by pypng (before 0.19)", "", f"{per_mp(lambda: pypng_read(path)):.1f}",
+                             ""])
+    table(f"Image files, {width}x{height} ({mp:.1f} MP), ms per megapixel, {platform.machine()} CPU "
+          f"(best of {args.repeat})", ["file", "MB per MP", "read (load_image)", "write (save_image)"], rows)
+
+
 SECTIONS = {"throughput": bench_throughput, "student_vs_teacher": bench_student_vs_teacher, "tiling": bench_tiling,
             "memory": bench_memory, "fastpath": bench_fastpath, "flops": bench_flops, "baselines": bench_baselines,
             "images": bench_images, "train_memory": bench_train_memory, "profile": bench_profile,
-            "loader": bench_loader, "kernels": bench_kernels}
+            "loader": bench_loader, "kernels": bench_kernels, "files": bench_files}
 
 
 def main() -> None:
@@ -826,6 +896,8 @@ def main() -> None:
                    help="folder of photographs for the loader section (default: four synthetic 2040x1356 PNGs)")
     p.add_argument("--loader_resolution", type=int, default=256, help="crop size of the loader section")
     p.add_argument("--loader_tile", type=int, default=480, help="tile size of the loader section's tiles")
+    p.add_argument("--files_size", type=int, nargs=2, default=[2048, 1365], metavar=("WIDTH", "HEIGHT"),
+                   help="image size of the files section (default 2.8 MP)")
     args = p.parse_args()
     device = torch.device(args.device)
     full = args.full or device.type == "cuda"

@@ -80,16 +80,16 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes that new tensors on `device` can still take, or None where it cannot be told."""
+    """Bytes that new tensors on `device` can still take, or None where it cannot be told.
+    The CPU's from the system (psutil: Linux, Windows, macOS); Apple's MPS, whose memory the
+    CPU shares, by what Metal recommends this process keep to, less what it holds."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
-        try:
-            with open("/proc/meminfo", encoding="ascii") as f:  # Linux; elsewhere the check is skipped
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):  # torch 2.5+
+        return max(0, torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
     return None

@@ -162,6 +162,63 @@ def test_png16_with_fewer_significant_bits(tmp_path):
     assert depth == 16 and torch.allclose(image, expected, atol=1e-6)
 
 
+def _filtered_png16(levels: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG of (H, W, 3) `levels` whose rows use each of the five PNG filters in
+    turn (None, Sub, Up, Average, Paeth), as libpng's adaptive filtering mixes them in a
+    photo editor's file; written here from the PNG specification, not by a library."""
+    import struct
+    import zlib
+
+    h, w, _ = levels.shape
+    raw = levels.astype(">u2").view(np.uint8).reshape(h, w * 6).astype(np.int32)
+    bpp = 6  # bytes per pixel: the left neighbour is one pixel back
+    left, up, up_left = (np.zeros_like(raw) for _ in range(3))
+    left[:, bpp:], up[1:], up_left[1:, bpp:] = raw[:, :-bpp], raw[:-1], raw[:-1, :-bpp]
+    p = left + up - up_left
+    pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
+    predictors = [np.zeros_like(raw), left, up, (left + up) // 2, paeth]
+    kinds = np.arange(h) % 5
+    rows = [bytes([k]) + ((raw[y] - predictors[k][y]) % 256).astype(np.uint8).tobytes() for y, k in enumerate(kinds)]
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(b"".join(rows))) + _chunk(b"IEND", b""))
+
+
+def test_png16_as_photo_editors_write_it(tmp_path):
+    # every row filter, Adam7 interlacing, a transparent colour (tRNS): all 16 bits, exactly
+    levels = np.random.default_rng(1).integers(0, 65536, (11, 9, 3), dtype=np.uint16)
+    (tmp_path / "filtered.png").write_bytes(_filtered_png16(levels))
+    with open(tmp_path / "interlaced.png", "wb") as f:
+        png.Writer(9, 11, greyscale=False, bitdepth=16, interlace=True).write(f, levels.reshape(11, 27))
+    for name in ("filtered.png", "interlaced.png"):
+        image, depth = load_image(tmp_path / name)
+        assert depth == 16 and image.shape == (1, 3, 11, 9), name
+        assert np.abs(image[0].permute(1, 2, 0).numpy() * 65535 - levels).max() < 0.02, name
+    levels[2, 3] = (1000, 2000, 3000)
+    with open(tmp_path / "trns.png", "wb") as f:
+        png.Writer(9, 11, greyscale=False, bitdepth=16, transparent=(1000, 2000, 3000)).write(f, levels.reshape(11, 27))
+    image, depth = load_image(tmp_path / "trns.png")
+    assert depth == 16 and image.shape == (1, 4, 11, 9)
+    assert image[0, 3, 2, 3] == 0 and (image[0, 3] == 0).sum() == 1 and image[0, 3].sum() == 11 * 9 - 1
+    assert np.abs(image[0, :3].permute(1, 2, 0).numpy() * 65535 - levels).max() < 0.02
+    # cut inside its pixel data: refused, as a truncated 8-bit PNG is
+    (tmp_path / "cut.png").write_bytes(_filtered_png16(levels)[:-40])
+    with pytest.raises(ValueError, match=r"cut.png: cannot read as an image"):
+        load_image(tmp_path / "cut.png")
+
+
+def test_lzw_tiff16_keeps_all_bits(tmp_path):
+    # Photoshop's usual TIFF: 16 bits, LZW with the horizontal predictor (tifffile decodes it with imagecodecs)
+    import tifffile
+
+    levels = np.random.default_rng(2).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "lzw.tif", levels, photometric="rgb", compression="lzw", predictor=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "read with 8 bits" fallback
+        image, depth = load_image(tmp_path / "lzw.tif")
+    assert depth == 16 and np.abs(image[0].permute(1, 2, 0).numpy() * 65535 - levels).max() < 0.02
+
+
 def test_metadata_is_read_and_written(tmp_path):
     from PIL import ImageCms
 
@@ -965,7 +1022,7 @@ def test_the_settings_comment_never_costs_the_source_exif_and_is_said_when_left_
 
 def test_a_png_whose_header_claims_more_rows_than_its_data_is_refused(tmp_path):
     (tmp_path / "tall.png").write_bytes(_png16(w=11, h=13, declared=(11, 40)))
-    with pytest.raises(ValueError, match=r"tall.png: cannot read as an image; .*declares 40 rows, the data holds 13"):
+    with pytest.raises(ValueError, match=r"tall.png: cannot read as an image; it is truncated .*Not enough image data"):
         load_image(tmp_path / "tall.png")
 
 
