@@ -31,6 +31,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # What a folder is searched for: the formats written, and read-only ones (a GIF's first frame;
 # AVIF where Pillow has it; HEIC, a phone's format, with pillow-heif, else a clear error).
 HEIF_SUFFIXES = (".heic", ".heif")
+# zlib level of written PNGs (8 and 16 bits): ComfyUI's SaveImage level, 2.5 times faster than
+# zlib's default 6 on an upscaled photograph for files some 7% larger (a 64 MP result here: 6 s, not 15).
+PNG_COMPRESS_LEVEL = 4
 JPEG_FULL_CHROMA_QUALITY = 90  # from this --quality on, JPEG keeps colour at full resolution (4:4:4)
 READ_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jfif", ".jpe", ".avif") + HEIF_SUFFIXES
 # Camera raw files: sensor data to develop (demosaic, white balance, tone), which this does
@@ -850,7 +853,8 @@ def _write_png16(image: torch.Tensor, tmp: Path, metadata: dict[str, object]) ->
     resolution = {} if not dpi else {"x_pixels_per_unit": round(dpi[0] / 0.0254),
                                      "y_pixels_per_unit": round(dpi[1] / 0.0254), "unit_is_meter": True}
     with open(tmp, "wb") as f:
-        png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, **resolution).write(f, data)
+        png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, compression=PNG_COMPRESS_LEVEL,
+                   **resolution).write(f, data)
     _png_add_chunks(tmp, metadata.get("icc_profile"), metadata.get("xmp"), metadata.get("exif"),
                     metadata.get("png_text"))
 
@@ -911,6 +915,8 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
     im = Image.fromarray(data[..., 0] if c == 1 else data)  # L, LA, RGB or RGBA
     if fmt in ("JPEG", "WEBP"):
         extra["quality"] = quality
+    if fmt == "PNG":
+        extra["compress_level"] = PNG_COMPRESS_LEVEL
     if fmt == "TIFF" and not extra.get("exif"):  # Pillow's compressing writer (libtiff) drops an EXIF block
         extra["compression"] = "tiff_adobe_deflate"  # lossless, as the 16-bit TIFFs (zlib)
     if fmt == "JPEG":  # no alpha in JPEG; full-resolution colour at high quality, as editors export it

@@ -219,6 +219,20 @@ def test_lzw_tiff16_keeps_all_bits(tmp_path):
     assert depth == 16 and np.abs(image[0].permute(1, 2, 0).numpy() * 65535 - levels).max() < 0.02
 
 
+def test_pngs_are_written_at_comfyuis_compression_level(tmp_path):
+    # zlib's header says how hard its stream was packed (FLEVEL, 2 bits): 1 for levels 2-5, 2 for zlib's default 6
+    from oftsr.images import PNG_COMPRESS_LEVEL
+
+    assert PNG_COMPRESS_LEVEL == 4
+    image = torch.rand(3, 16, 24)
+    for depth in (8, 16):
+        save_image(image, tmp_path / f"o{depth}.png", bit_depth=depth)
+        data = (tmp_path / f"o{depth}.png").read_bytes()
+        at = data.index(b"IDAT") + 4
+        assert data[at] & 0x0F == 8 and data[at + 1] >> 6 == 1, depth  # deflate, FLEVEL 1
+        assert load_image(tmp_path / f"o{depth}.png")[1] == depth
+
+
 def test_metadata_is_read_and_written(tmp_path):
     from PIL import ImageCms
 
