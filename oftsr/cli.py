@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import math
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from .color import COLOR_FIX_MODES, color_fix
 from .devices import auto_dtype, available_memory, is_out_of_memory, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
 from .inference import sample, tile_evaluation_progress, upscale
-from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel
+from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel, RunWarning
 from .sampling import SOLVERS, Callback
 from .resample import resize
 from .tiling import check_tiling
@@ -84,8 +85,8 @@ def _check_args(args: argparse.Namespace) -> None:
         if len(set(tags)) < len(tags):
             raise ValueError(f"--t {args.t}: values that agree to 6 digits would write the same file names "
                              f"({', '.join(tags)}); give values that differ sooner")
-    if args.outscale is not None and not args.outscale > 0:
-        raise ValueError(f"--outscale must be more than 0, got {args.outscale:g}")
+    if args.outscale is not None and not 0 < args.outscale < math.inf:
+        raise ValueError(f"--outscale must be more than 0 and finite, got {args.outscale:g}")
     if args.outscale is not None and args.outscale < 1:
         print(f"warning: --outscale {args.outscale:g} makes the results smaller than their inputs (it is a factor of "
               f"the input's size, not of the model's result)", file=sys.stderr)
@@ -359,15 +360,19 @@ def _progress(bar) -> Callback:
     return show
 
 
-def _check_result_memory(size: tuple[int, int], channels: int, itemsize: int) -> None:
-    """The model's whole result is held before it is written: where it alone exceeds the
-    free memory, say so now, with its size, rather than fail in an allocation that a smaller
-    --tile would not avoid."""
-    need, free = size[0] * size[1] * channels * itemsize, available_memory(torch.device("cpu"))
+def _check_result_memory(full: tuple[int, int], size: tuple[int, int], channels: int, itemsize: int) -> None:
+    """The model's whole result (`full`, (height, width), `itemsize` bytes a value) is held
+    before it is written, and with --outscale its float32 resize to `size` beside it: where
+    they alone exceed the free memory, say so now, with their sizes, rather than fail in an
+    allocation that a smaller --tile would not avoid."""
+    need = full[0] * full[1] * channels * itemsize + (size[0] * size[1] * channels * 4 if size != full else 0)
+    free = available_memory(torch.device("cpu"))
     if free is not None and need > free:
-        raise ValueError(f"its result, {size[1]}x{size[0]}, needs {need / 2**30:.1f} GiB on its own, more than the "
-                         f"{free / 2**30:.1f} GiB of memory free: upscale a crop or a smaller copy of it (--outscale "
-                         f"resizes after the model's full result)")
+        resized = f" resized to {size[1]}x{size[0]} by --outscale" if size != full else ""
+        raise ValueError(f"its result, {full[1]}x{full[0]}{resized}, needs {need / 2**30:.1f} GiB on its own, more "
+                         f"than the {free / 2**30:.1f} GiB of memory free: upscale a crop or a smaller copy of it"
+                         + (" or give a smaller --outscale" if resized else " (--outscale resizes after the model's "
+                                                                              "full result)"))
 
 
 def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst: Path, bar) -> None:
@@ -390,7 +395,7 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
     levels = torch.uint16 if depth == 16 else torch.uint8
     full = (image.shape[-2] * model.scale, image.shape[-1] * model.scale)
     resized = size != full
-    _check_result_memory(full, image.shape[1], 4 if args.color_fix != "none" or resized else levels.itemsize)
+    _check_result_memory(full, size, image.shape[1], 4 if args.color_fix != "none" or resized else levels.itemsize)
     if args.color_fix == "none" and not resized:
         result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
     else:  # correction and resizing need the float result: 4 bytes a value, not 1 or 2
@@ -430,7 +435,7 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: 
     the progress bar names the source, or the target when one source has several."""
     from tqdm import tqdm
 
-    failed = 0
+    failed, said = 0, set()
     with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
         for src, dst, run in zip(files, targets, runs, strict=True):
             bar.set_description(dst.name if by_target else src.name)
@@ -451,8 +456,12 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: 
                     else:
                         tqdm.write(f"skipped {src}: unexpected {type(e).__name__}: {str(e)[:300]} (a file this tool "
                                    f"should refuse more clearly: please report it)", file=sys.stderr)
-            for w in dict.fromkeys(str(w.message) for w in caught):  # each once, naming the file
-                named = w.startswith(f"{dst.name}: ") and dst.name != src.name  # the result's: names it
+            for w in dict.fromkeys(str(w.message) for w in caught if w.category is RunWarning):  # once a run
+                if w not in said:
+                    said.add(w)
+                    tqdm.write(f"warning: {w}", file=sys.stderr)
+            for w in dict.fromkeys(str(w.message) for w in caught if w.category is not RunWarning):  # each once,
+                named = w.startswith(f"{dst.name}: ") and dst.name != src.name  # naming the file (the result's)
                 tqdm.write(f"warning: {w}" if named else f"warning: {src}: {_without_name(w, src)}", file=sys.stderr)
             bar.update(1)
     if failed:

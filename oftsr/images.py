@@ -235,8 +235,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int, int]:
             raise UnsupportedImage(_bomb_message(path, e)) from e
         try:
             arr = page.asarray()
-        except (TypeError, KeyError, IndexError) as e:  # tags tifffile cannot make sense of
-            raise ValueError(f"{path.name}: a damaged TIFF ({type(e).__name__}: {e})") from e
+        except (TypeError, KeyError, IndexError, RuntimeError) as e:  # tags it cannot make sense of; a codec's
+            raise ValueError(f"{path.name}: a damaged TIFF ({type(e).__name__}: {e})") from e  # error (imagecodecs')
         associated = any(int(e) == 1 for e in (page.extrasamples or ()))  # ASSOCALPHA: premultiplied colour
         min_is_white = int(page.photometric) == 0
         tag = page.tags.get(_EXIF_ORIENTATION)
@@ -397,6 +397,7 @@ def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == "TIFF" else 1  # tags: read at open
     floats = im.format == "TIFF" and im.mode == "F"  # a gray float TIFF: values checked by _display_floats
     deep = _tiff_for_tifffile(im)
+    eight_bits = ""  # why a 16-bit colour TIFF is read by Pillow, at 8 bits
     if deep and _tiff_sample_type(im) not in ("uint8", "uint16", "float16", "float32", "float64"):  # by its tags,
         raise _unsupported_samples(path, _tiff_sample_type(im))  # before any codec is needed to decode it
     # tifffile for what Pillow reads wrongly or at 8 bits, and for a gray or colour TIFF to be
@@ -407,15 +408,15 @@ def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
             return _orient(arr, orientation), depth
         except UnsupportedImage:
             raise
-        except (ImportError, ValueError) as e:  # a compression tifffile reads only with imagecodecs (LZW, JPEG)
+        except (ImportError, ValueError) as e:  # a compression tifffile reads only with imagecodecs (LZW, JPEG),
+            codec = isinstance(e, ImportError) or "imagecodecs" in str(e)  # or data it finds damaged
             pillow_exact = im.mode in ("F", "I;16", "I;16B", "I;16L") and im.tag_v2.get(262) == 1
-            if deep and not pillow_exact and im.mode not in ("RGB", "RGBA"):
+            if deep and codec and not pillow_exact and im.mode not in ("RGB", "RGBA"):
                 raise UnsupportedImage(f"{path.name}: this TIFF's samples are read only through tifffile, and its "
                                        f"compression needs the imagecodecs package (pip install imagecodecs); or "
                                        f"save it uncompressed or with zip") from e
-            if deep and im.mode in ("RGB", "RGBA"):
-                warnings.warn(f"{path.name}: read with 8 bits per channel, not its 16 ({e}); pip install "
-                              f"imagecodecs to read all 16", stacklevel=3)
+            if deep and im.mode in ("RGB", "RGBA"):  # Pillow's 8 bits, said once Pillow has read them
+                eight_bits = f"{e}); pip install imagecodecs to read all 16" if codec else f"tifffile: {e})"
     if orientation in (5, 6, 7, 8) and im.tag_v2.get(262) in (3, 5):  # a palette or CMYK TIFF turned sideways:
         turned = _tiff_turned_by_tifffile(im, path, orientation)  # Pillow 13 decodes it scrambled
         if turned is not None:
@@ -423,6 +424,8 @@ def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     if im.mode == "CMYK" and im.format == "TIFF" and max(_tiff_tag(im, 258, 8)) > 8:
         warnings.warn(f"{path.name}: a 16-bit CMYK image is converted to RGB with 8 bits per channel", stacklevel=3)
     im.load()
+    if eight_bits:
+        warnings.warn(f"{path.name}: read with 8 bits per channel, not its 16 ({eight_bits}", stacklevel=3)
     if floats:  # Pillow reads it at full precision: the same range check as tifffile's path
         return _display_floats(_pil_to_array(im), path), 16
     return _pil_to_array(im), 16 if im.mode.startswith("I;16") or im.mode == "I" else 8

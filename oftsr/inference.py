@@ -20,7 +20,7 @@ from .checks import (OUTPUT_DTYPES, Seed, check_count, check_seed, check_t, chec
 from .color import split_alpha
 from .devices import available_memory
 from .flow import T_EPS, endpoint_estimate, noise_augment, student_step, time_grid
-from .model import OFTSRModel
+from .model import OFTSRModel, RunWarning
 from .noise import region_noise
 from .resample import upsample_lr_region
 from .sampling import Callback, CountNFE, evaluations, get_sampler
@@ -134,11 +134,11 @@ def _check_model(model: OFTSRModel, role: str, use: str) -> None:
         raise ValueError(f"{use} needs a {role} model, but this model is a {model.role}; use {other} for it")
     if torch.float16 in (model.dtype, model.autocast_dtype) and model.device.type == "cpu":
         warnings.warn("float16 on a CPU is emulated: about 10x slower than float32 (bfloat16 is fast on CPUs with "
-                      "AVX512-bf16 or AMX); float16 is for GPUs", stacklevel=4)  # past torch.no_grad
+                      "AVX512-bf16 or AMX); float16 is for GPUs", RunWarning, stacklevel=4)  # past torch.no_grad
     if hasattr(model, "_orig_mod"):  # torch.compile(model): compiles forward, and velocity is what runs
         warnings.warn("torch.compile(model) compiles forward, which upscale and sample do not call: the network runs "
                       "uncompiled. Use oftsr.load_model(..., compile=True) or model.optimize(compile=True)",
-                      stacklevel=4)
+                      RunWarning, stacklevel=4)
 
 
 def _check_callables(**functions: object) -> None:

@@ -21,6 +21,11 @@ FIXED_POINT_OBJECTIVES = ("flowsr", "fluxsr")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+class RunWarning(UserWarning):
+    """A word on how the model runs (its dtype on this device, compilation), not on an
+    image: a program that runs many images says it once."""
+
+
 MAX_SCALE = 16  # as the loader node's scale widget
 
 # What `optimize(autocast=...)` takes: half-precision types, also by their short names.
@@ -198,7 +203,7 @@ class OFTSRModel(nn.Module):
                 # network is the same uncompiled, only slower; failing every image would not help.
                 reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
                 warnings.warn(f"torch.compile does not work here ({reason[:200]}): running uncompiled. It needs a "
-                              f"C++ compiler on the CPU and Triton on NVIDIA GPUs", stacklevel=2)
+                              f"C++ compiler on the CPU and Triton on NVIDIA GPUs", RunWarning, stacklevel=2)
                 self.__dict__["_compiled"] = None
                 out = self._run(self.unet, x, t)
         # A copy, always: CUDA-graph replays ("reduce-overhead") reuse the output's memory.

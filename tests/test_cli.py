@@ -304,6 +304,14 @@ def test_load_model_names_a_missing_device_and_takes_torch_dtype_names(monkeypat
         oftsr.load_model("x4", dtype="int8")
 
 
+def test_a_word_on_how_the_model_runs_is_said_once_a_run_not_for_each_image(tmp_path, model_files, inputs, capsys):
+    code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), str(inputs / "rgba.png"), "-o", str(tmp_path / "o"),
+                             "--model", str(model_files[0]), "--dtype", "fp16", "--device", "cpu", "-q"], capsys)
+    assert code == 0 and sorted(p.name for p in (tmp_path / "o").iterdir()) == ["rgb.png", "rgba.png"]
+    said = [line for line in err.splitlines() if "float16 on a CPU is emulated" in line]
+    assert len(said) == 1 and said[0].startswith("warning: float16 on a CPU"), err  # not named for an image
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--tile-batch", "-1"], "--tile-batch must be at least 1, got -1"),
     (["--tile-batch", "0"], "--tile-batch must be at least 1, got 0"),
@@ -870,7 +878,9 @@ def test_outscale_resizes_the_result_to_a_factor_of_the_input(tmp_path, model_fi
                  *model]) == 0
     assert load_image(tmp_path / "x1_5.png")[0].shape == (1, 4, 12, 9)  # alpha resized with the colour
     code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "x"), "--outscale", "0", *model], capsys)
-    assert code == 2 and "--outscale must be more than 0, got 0" in err
+    assert code == 2 and "--outscale must be more than 0 and finite, got 0" in err
+    code, _, err = _run_cli(["upscale", str(inputs), "-o", str(tmp_path / "x"), "--outscale", "inf", *model], capsys)
+    assert code == 2 and "--outscale must be more than 0 and finite, got inf" in err
     # smaller than the input: said; less than a pixel (10 x 12 at 0.04: 0 x 0): that image refused, no 1 x 1 file
     code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "half.png"), "--outscale",
                              "0.5", *model], capsys)
@@ -1159,6 +1169,15 @@ def test_a_result_larger_than_the_free_memory_is_said_with_its_size(tmp_path, mo
     assert code == 1 and "rgb.png: its result, 40x48, needs 0.0 GiB on its own, more than the 0.0 GiB of memory " \
                          "free: upscale a crop or a smaller copy" in err
     assert not (tmp_path / "o.png").exists()
+    # with --outscale, the float32 resize too: 40x48x3 float32 + 60x72x3 float32 (rgb.png is 10x12)
+    code = main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o.png"), "--model", str(model_files[0]),
+                 "-q", "--outscale", "6"])
+    assert code == 1 and "rgb.png: its result, 40x48 resized to 60x72 by --outscale, needs 0.0 GiB on its own, more " \
+                         "than the 0.0 GiB of memory free: upscale a crop or a smaller copy of it or give a smaller " \
+                         "--outscale" in capsys.readouterr().err
+    monkeypatch.setattr(oftsr.cli, "available_memory", lambda device: (40 * 48 + 60 * 72) * 3 * 4)  # just enough
+    assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o6.png"), "--model", str(model_files[0]),
+                 "-q", "--outscale", "6"]) == 0
     monkeypatch.setattr(oftsr.cli, "available_memory", lambda device: 40 * 48 * 3)  # exactly the uint8 result
     assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "o.png"), "--model", str(model_files[0]),
                  "-q"]) == 0

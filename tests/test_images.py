@@ -233,6 +233,21 @@ def test_pngs_are_written_at_comfyuis_compression_level(tmp_path):
         assert load_image(tmp_path / f"o{depth}.png")[1] == depth
 
 
+def test_a_cut_16_bit_tiff_is_refused_as_truncated_without_codec_advice(tmp_path):
+    # as a half-copied result of ours (zlib), Photoshop's (LZW) or an uncompressed one: one message, no "8 bits"
+    import tifffile
+
+    levels = np.random.default_rng(3).integers(0, 65536, (40, 30, 3), dtype=np.uint16)
+    for compression in ("zlib", "lzw", None):
+        tifffile.imwrite(tmp_path / "whole.tif", levels, photometric="rgb", compression=compression)
+        data = (tmp_path / "whole.tif").read_bytes()
+        (tmp_path / "cut.tif").write_bytes(data[:len(data) * 6 // 10])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=r"cut.tif: cannot read as an image; it is truncated"):
+                load_image(tmp_path / "cut.tif")
+
+
 def test_metadata_is_read_and_written(tmp_path):
     from PIL import ImageCms
 

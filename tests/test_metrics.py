@@ -206,6 +206,9 @@ def test_eval_scores_8_bit_images_and_seeds_each_lr_by_its_name(tmp_path, random
     save_image(smooth_image(16, 16), tmp_path / "tiny" / "t.png")
     with pytest.raises(ValueError, match=r"smaller than 32 px on a side cannot be scored: t.png \(16x16\)"):
         evaluate([model], tmp_path / "tiny", ts=[0.0], log=lambda s: None)
+    save_image(smooth_image(3, 40), tmp_path / "tiny" / "u.png")  # under the scale: no LR at all, named as it is
+    with pytest.raises(ValueError, match=r"cannot be scored: t.png \(16x16\), u.png \(40x3\)$"):
+        evaluate([model], tmp_path / "tiny", ts=[0.0], log=lambda s: None)
 
 
 def test_eval_names_images_by_their_path_under_the_data_folder(tmp_path, random_unet_weights):

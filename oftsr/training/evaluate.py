@@ -109,10 +109,18 @@ def _hr_images(data: str | Path, scale: int, exclude: Path | None = None) -> lis
     for path in _images(data, exclude):
         image = _rgb(path)
         h, w = image.shape[-2] // scale * scale, image.shape[-1] // scale * scale  # mod-crop
-        out.append((_name(path, Path(data)), image[..., :h, :w]))
+        out.append((_name(path, Path(data)), image[..., :h, :w], image.shape[-2:]))
     if not out:
         raise ValueError(f"no images in {data}")
-    return out
+    _refuse_small([(name, size) for name, _, size in out])  # before an LR is made of one: 3 px at x4 is none
+    return [(name, image) for name, image, _ in out]
+
+
+def _refuse_small(sizes: list[tuple[str, tuple[int, int]]]) -> None:
+    """Refuse images (name, (height, width)) with a side under MIN_SIDE, all named at once."""
+    small = [f"{name} ({w}x{h})" for name, (h, w) in sizes if min(h, w) < MIN_SIDE]
+    if small:
+        raise ValueError(f"images smaller than {MIN_SIDE} px on a side cannot be scored: {', '.join(small)}")
 
 
 def images_sha256(folder: str | Path, exclude: Path | None = None) -> str:
@@ -258,9 +266,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
         triples = [(name, quantize(degrade_image(hr, scale, degradation, settings=degradation_settings,
                                                  generator=torch.Generator().manual_seed(image_seed(seed, name)))), hr)
                    for name, hr in _hr_images(data, scale, exclude)]
-    small = [f"{name} ({hr.shape[-1]}x{hr.shape[-2]})" for name, _, hr in triples if min(hr.shape[-2:]) < MIN_SIDE]
-    if small:
-        raise ValueError(f"images smaller than {MIN_SIDE} px on a side cannot be scored: {', '.join(small)}")
+    _refuse_small([(name, hr.shape[-2:]) for name, _, hr in triples])
 
     device = models[0].device if models else torch.device("cpu")
     partial = None if per_image_csv is None else Path(f"{per_image_csv}.partial")
