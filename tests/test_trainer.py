@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -986,9 +987,64 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
     (run / "checkpoint-4" / "model.safetensors").write_bytes(b"x" * 64)
     with pytest.raises(RuntimeError, match="^Error\\(s\\) in loading state_dict"):
         checkpoints.resume(Mismatch(), args, info)
+    # a copy that left files out: Accelerate misses one by name, or counts too few custom_checkpoint_*.pkl
+    class Missing:
+        process_index, num_processes = 0, 1  # one process
+
+        def __init__(self, error):
+            self.error = error
+
+        def load_state(self, path):
+            raise self.error
+
+    for error in (FileNotFoundError(2, "No such file or directory", str(run / "checkpoint-4" / "optimizer.bin")),
+                  RuntimeError("Number of custom checkpoints in folder checkpoint-4 does not match the number of "
+                               "registered objects: Found checkpoints: 1 Registered objects: 2")):
+        with pytest.raises(ValueError, match=r"could not load the checkpoint .*checkpoint-4 \((FileNotFound|Runtime)"
+                                             r"Error: .*\); a file in it is missing: move checkpoint-4 out of .* to "
+                                             r"go on from checkpoint-2"):
+            checkpoints.resume(Missing(error), args, info)
     (run / "checkpoint-4" / checkpoints.MODEL_INFO).write_text("{")  # cut short too
     with pytest.raises(ValueError, match="oftsr.json is unreadable .* move checkpoint-4 out of"):
         checkpoints.resume(Accelerator(), args, info)
+
+
+def test_resolution_left_out_fits_the_scale_and_a_given_one_must(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import train_teacher
+
+    base = ["--train_data_dir", "d", "--output_dir", "o"]
+    assert train_teacher.parse_args(base).resolution == 256
+    assert train_teacher.parse_args([*base, "--scale", "3"]).resolution == 255  # the multiple just below 256
+    assert train_teacher.parse_args([*base, "--scale", "3", "--resolution", "96"]).resolution == 96
+    with pytest.raises(ValueError, match=r"^--resolution 100 is not a multiple of --scale 3: pass --resolution 99$"):
+        train_teacher.parse_args([*base, "--scale", "3", "--resolution", "100"])
+    args = SimpleNamespace(resolution=None, scale=300)  # a scale above 256: one crop of its own size
+    common.settle_resolution(args, "the teacher's scale")
+    assert args.resolution == 300
+    with pytest.raises(ValueError, match=r"--resolution 2 is not a multiple of the teacher's scale 3: pass "
+                                         r"--resolution 3"):
+        common.settle_resolution(SimpleNamespace(resolution=2, scale=3), "the teacher's scale")
+
+
+def test_a_flowsr_resume_names_a_discriminator_added_or_left_out(tmp_path, monkeypatch, caplog):
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import distill
+
+    plain, gan = tmp_path / "checkpoint-3", tmp_path / "checkpoint-6"
+    for folder in (plain, gan):
+        folder.mkdir()
+        (folder / "optimizer.bin").write_bytes(b"x")
+    (gan / "optimizer_1.bin").write_bytes(b"x")  # Accelerate's name for the second optimizer: the discriminator's
+    distill.check_discriminator(plain, False)
+    distill.check_discriminator(gan, True)
+    with pytest.raises(ValueError, match=r"checkpoint-3 is a run without a discriminator \(--lambda_adv 0\): pass "
+                                         r"--lambda_adv 0 to go on with it"):
+        distill.check_discriminator(plain, True)
+    with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
+        distill.check_discriminator(gan, False)
+    assert "trained a discriminator, with --lambda_adv 0: its GAN loss stops from here" in caplog.text
 
 
 def test_diffusers_flag_names_and_the_run_summary(caplog, monkeypatch):

@@ -77,9 +77,9 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--validation_data_dir", default=None, help="folder of HR images for validation")
     p.add_argument("--output_dir", required=True,
                    help="folder of the run: checkpoints, metrics.jsonl, the trackers' logs and the exported model")
-    p.add_argument("--resolution", type=positive_int, default=256,
-                   help="HR crop size in pixels, a multiple of --scale (default 256; distill.py --objective fluxsr: "
-                        "the pairs')")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="HR crop size in pixels, a multiple of the scale (default 256, or the multiple of the scale "
+                        "just below it, 255 at x3; distill.py --objective fluxsr: the pairs')")
     p.add_argument("--train_batch_size", type=positive_int, default=batch, help="per device")
     p.add_argument("--max_train_steps", type=positive_int, default=None,
                    help=f"optimizer steps to train (default: {steps}, or what --num_train_epochs makes)")
@@ -224,6 +224,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if not action.option_strings or _no_default(action) or "default" in text.lower():
             return text
         return f"{text} (default: {action.default})" if text else f"default: {action.default}"
+
+
+DEFAULT_RESOLUTION = 256
+
+
+def settle_resolution(args: argparse.Namespace, scale_from: str) -> None:
+    """--resolution must be a multiple of the scale (`scale_from` names where the scale came
+    from: --scale, or the teacher): left out, it is DEFAULT_RESOLUTION or the multiple just
+    below it; given, a multiple, or refused with the nearest one."""
+    if args.resolution is None:
+        args.resolution = max(args.scale, DEFAULT_RESOLUTION // args.scale * args.scale)
+    elif args.resolution % args.scale:
+        fits = max(args.scale, args.resolution // args.scale * args.scale)
+        raise ValueError(f"--resolution {args.resolution} is not a multiple of {scale_from} {args.scale}: pass "
+                         f"--resolution {fits}")
 
 
 def run_script(main) -> None:
@@ -856,13 +871,13 @@ def run_training(accelerator, args: argparse.Namespace, model, optimizer, schedu
     if state.step:
         restore_schedule(scheduler, optimizer, args.learning_rate, state.step, accelerator.num_processes)
         restore_optimizer_flags(optimizer, args)
-    if accelerator.is_main_process:
+    batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)  # a set smaller
+    if accelerator.is_main_process:  # than one batch is refused before a summary of its epochs is said
         steps_per_epoch = -(-len(dataloader) // args.gradient_accumulation_steps)  # full batches only (drop_last)
         log_run_summary(args, desc, train_items, len(dataset), accelerator.num_processes, state.step, steps_per_epoch)
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
     lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
-    batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)
     bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
     summed, micro = {}, 0  # losses over the micro-batches of one optimizer step
     stopped = False

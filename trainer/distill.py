@@ -26,7 +26,7 @@ from checkpoints import checkpoint_record, checkpoint_to_resume
 from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, load_teacher,
                     log_images, lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float,
                     positive_int, resolve_train_steps, run_script, run_training, training_loader, training_metadata,
-                    unit_interval, validation_scores, validation_start)
+                    settle_resolution, unit_interval, validation_scores, validation_start)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -88,8 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--resolution {args.resolution}: the pairs in {args.train_data_dir} are {made} px crops; leave "
                     f"--resolution out")
         args.resolution = made or args.resolution
-    if args.resolution is None:
-        args.resolution = 256
     return args
 
 
@@ -152,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_data_dirs(args)
     teacher, student = build_models(args)  # first: the trackers log the settings taken from the teacher
+    settle_resolution(args, "the teacher's scale")
     accelerator = make_accelerator(args, "oftsr-distill")
     teacher.to(accelerator.device)
     ema = EMA(student, args.ema_decay)
@@ -168,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     # A resumed run past its warm-up keeps it over, whatever tenth a new --max_train_steps makes.
     resumed = checkpoint_to_resume(args)
     record = checkpoint_record(resumed, args.output_dir) if resumed is not None else {}
+    if resumed is not None and args.objective == "flowsr":
+        check_discriminator(resumed, args.lambda_adv > 0)
     done = record.get("data", {}).get("lr_warmup_steps")
     if isinstance(done, int) and record.get("step", 0) + 1 >= done and args.lr_warmup_steps > done:
         args.lr_warmup_steps = done
@@ -242,6 +243,20 @@ def main(argv: list[str] | None = None) -> int:
                         provenance={"teacher_digest": network_digest(teacher)},
                         validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step,
                                                                           lpips))
+
+
+def check_discriminator(checkpoint: Path, wanted: bool) -> None:
+    """A FlowSR run's checkpoint holds a discriminator and its optimizer (Accelerate's
+    second model and optimizer: optimizer_1.bin) when it trained with --lambda_adv > 0: a
+    resume that adds one cannot load it, and one that leaves it out stops the GAN loss."""
+    had = any(checkpoint.glob("optimizer_1.*"))
+    if wanted and not had:
+        raise ValueError(f"{checkpoint} is a run without a discriminator (--lambda_adv 0): pass --lambda_adv 0 to go "
+                         f"on with it, or train the GAN in another --output_dir from this run's export "
+                         f"(--init_student)")
+    if had and not wanted:
+        logger.warning("resuming %s, which trained a discriminator, with --lambda_adv 0: its GAN loss stops from "
+                       "here and the discriminator is left out of this run's checkpoints", checkpoint)
 
 
 def discriminator_step(accelerator, disc: torch.nn.Module, disc_opt: torch.optim.Optimizer, hr: torch.Tensor,

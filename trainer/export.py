@@ -56,10 +56,9 @@ def main(argv: list[str] | None = None) -> None:
             # The EMA is the first object registered for checkpointing; its state holds only
             # numbers and tensors, so the weights-only loader reads it.
             params = torch.load(source, map_location="cpu", weights_only=True)["shadow_params"]
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # empty or cut short (a full disk, a copy cut short): say which, not a traceback
-        damage = "is empty" if source.stat().st_size == 0 else f"is damaged ({type(e).__name__}: {e})"
+    except Exception as e:  # missing, empty or cut short (a full disk, a copy cut short): say which, not a traceback
+        damage = ("is missing" if not source.is_file() else "is empty" if source.stat().st_size == 0
+                  else f"is damaged ({type(e).__name__}: {e})")
         raise ValueError(f"{source} {damage}; export another checkpoint of the run"
                          + ("" if args.raw else ", or this one's raw weights with --raw")) from e
     if args.raw:  # `oftsr info` tells the two exports apart

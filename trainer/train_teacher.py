@@ -15,7 +15,7 @@ import torch
 
 from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, log_images,
                     lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_int, resolve_train_steps,
-                    run_script, run_training, validation_scores, validation_start)
+                    run_script, run_training, settle_resolution, validation_scores, validation_start)
 
 import oftsr
 from oftsr.training.ema import EMA
@@ -35,7 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigma_p", type=float, default=0.2, help="start-point noise (0.1 FFHQ, 0.2 DIV2K/ImageNet)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--validation_nfe_steps", type=positive_int, default=8, help="midpoint steps for validation (NFE 2N-1)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    settle_resolution(args, "--scale")
+    return args
 
 
 def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:

@@ -401,17 +401,24 @@ def make_lpips(device: torch.device, log: Callable[[str], None] = print) -> tupl
         return None, str(e).split(" (")[0]
 
 
+EVAL_T = "0,0.25,0.5,0.75,1"  # the students' t values an evaluation scores unless --t says others
+
+
 def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None) -> int:
     """`oftsr eval`: load the models, evaluate, and write results.md, results.csv,
     per_image.csv, run.json and curve.png under `--out`."""
     from .baselines import BASELINES
 
-    ts = parse_t_values(",".join(args.t), "--t")  # "--t 0 0.5 1" and "--t 0,0.5,1" alike
+    ts = parse_t_values(",".join(args.t or [EVAL_T]), "--t")  # "--t 0 0.5 1" and "--t 0,0.5,1" alike
     unknown = [b for b in args.baseline or [] if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown --baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     paths = eval_model_paths(args.model)
     models = [load_model(m, device=device, dtype=dtype) for m in paths]
+    if args.t and all(m.role == "teacher" or m.ignores_t for m in models):
+        print("warning: --t does nothing here: " + ("a teacher samples from t = 0 to 1 (--steps and --solver set its "
+                                                     "run)" if all(m.role == "teacher" for m in models)
+                                                     else "no model here takes t"), file=sys.stderr)
     if args.scale is not None and any(m.scale != args.scale for m in models):
         raise ValueError(f"--scale {args.scale} does not match the model scale x{models[0].scale}")
     baselines = eval_baselines(args.baseline or [], models[0].scale, device)
