@@ -32,7 +32,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # AVIF where Pillow has it; HEIC, a phone's format, with pillow-heif, else a clear error).
 HEIF_SUFFIXES = (".heic", ".heif")
 # zlib level of written PNGs (8 and 16 bits): ComfyUI's SaveImage level, 2.5 times faster than
-# zlib's default 6 on an upscaled photograph for files some 7% larger (a 64 MP result here: 6 s, not 15).
+# zlib's default 6 on an upscaled result, for files 3-7% larger (bench/bench.py --only files).
 PNG_COMPRESS_LEVEL = 4
 JPEG_FULL_CHROMA_QUALITY = 90  # from this --quality on, JPEG keeps colour at full resolution (4:4:4)
 READ_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jfif", ".jpe", ".avif") + HEIF_SUFFIXES
