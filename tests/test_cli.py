@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -613,11 +614,13 @@ def test_linear_light_is_upscaled_as_its_srgb_encoding_and_written_back_linear(t
 
 def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
     student = str(model_files[0])
+    (tmp_path / "other").mkdir()
+    shutil.copy(inputs / "rgb.png", tmp_path / "other" / "rgb.png")  # two files of one name (one file twice runs once)
     cases = [
         (["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "x.gif"), "--model", student],
          "cannot write '.gif' images; use one of .png"),
-        (["upscale", str(inputs / "rgb.png"), str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), "--model", student],
-         "rgb.png would both write"),
+        (["upscale", str(inputs / "rgb.png"), str(tmp_path / "other" / "rgb.png"), "-o", str(tmp_path / "o"), "--model",
+          student], "rgb.png would both write"),
         (["info", str(tmp_path)], "is a folder, not a model file"),  # reported in one line, no traceback
     ]
     for argv, message in cases:
