@@ -828,28 +828,28 @@ def bench_files(args, device) -> None:
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)
         eight = (levels >> 8).astype(np.uint8)
-        files = {"JPEG, 8-bit": ("photo.jpg", lambda p: Image.fromarray(eight).save(p, quality=95), 8),
-                 "PNG, 8-bit": ("photo8.png", lambda p: Image.fromarray(eight).save(p), 8),
-                 "PNG, 16-bit (libpng-filtered, as editors write)": (
-                     "photo16.png", lambda p: p.write_bytes(imagecodecs.png_encode(levels)), 16),
-                 "TIFF, 16-bit, deflate": ("zip.tif", lambda p: tifffile.imwrite(p, levels, compression="zlib",
-                                                                                 predictor=True, photometric="rgb"), 16),
-                 "TIFF, 16-bit, LZW (Photoshop's choice)": (
-                     "lzw.tif", lambda p: tifffile.imwrite(p, levels, compression="lzw", predictor=True,
-                                                           photometric="rgb"), 16)}
         # what an upscaler writes: smoother than a photograph (its detail at a quarter of the size, 4x bicubic)
         result = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(image[None], 4), size=(height, width),
                                                  mode="bicubic", align_corners=False)[0].clamp(0, 1)
-        files["PNG, 8-bit, an upscaled result (smooth)"] = (
-            "result8.png", lambda p: save_image(result, p), 8)
-        for name, (file, write, depth) in files.items():
+        # name: (file, how it is made, bit depth, the image save_image writes for the write time)
+        files = {"JPEG, 8-bit": ("photo.jpg", lambda p: Image.fromarray(eight).save(p, quality=95), 8, image),
+                 "PNG, 8-bit": ("photo8.png", lambda p: Image.fromarray(eight).save(p), 8, image),
+                 "PNG, 16-bit (libpng-filtered, as editors write)": (
+                     "photo16.png", lambda p: p.write_bytes(imagecodecs.png_encode(levels)), 16, image),
+                 "TIFF, 16-bit, deflate": ("zip.tif", lambda p: tifffile.imwrite(p, levels, compression="zlib",
+                                                                                 predictor=True, photometric="rgb"),
+                                           16, image),
+                 "TIFF, 16-bit, LZW (Photoshop's choice)": (
+                     "lzw.tif", lambda p: tifffile.imwrite(p, levels, compression="lzw", predictor=True,
+                                                           photometric="rgb"), 16, image),
+                 "PNG, 8-bit, an upscaled result (smooth)": ("result8.png", lambda p: save_image(result, p), 8, result)}
+        for name, (file, write, depth, source) in files.items():
             path = folder / file
             write(path)
             got, got_depth = load_image(path)
             assert got.shape == (1, 3, height, width) and got_depth == depth, (name, got.shape, got_depth)
             read = per_mp(lambda path=path: load_image(path))
             out = folder / f"out_{file}"
-            source = result if file == "result8.png" else image
             written = per_mp(lambda out=out, depth=depth, source=source: save_image(source, out, bit_depth=depth))
             rows.append([name, f"{path.stat().st_size / 1e6 / mp:.2f}", f"{read:.1f}", f"{written:.1f}"])
             if file == "photo16.png":

@@ -33,6 +33,8 @@ def resolve_device(name: str | torch.device, what: str = "--device") -> torch.de
             return device
         if device is not None and device.type in ("cuda", "xpu"):
             present = f"{device.type}:{device.index or 0}"
+        elif device is not None and device.index:  # one CPU, one Apple GPU: cpu:3 names nothing
+            present = str(device)
         else:
             present = device.type if device is not None else ""
         if present not in available_devices():

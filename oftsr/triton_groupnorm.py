@@ -77,6 +77,14 @@ def _kernels():
     return triton_kernels
 
 
+def _require_kernels(what: str, instead: str = ""):
+    """The kernels' module, for a launcher that cannot run without it."""
+    kernels = _kernels()
+    if kernels is None:
+        raise RuntimeError(f"{what} needs the `triton` package{instead}")
+    return kernels
+
+
 def installed() -> bool:
     """Whether Triton is importable, so that the kernels can be built."""
     return _kernels() is not None
@@ -306,9 +314,7 @@ def _group_norm_launch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | 
                        eps: float, silu: bool, x_bias: torch.Tensor | None, resample: str | None,
                        x2: torch.Tensor | None, x_stats: torch.Tensor | None = None,
                        x2_stats: torch.Tensor | None = None) -> torch.Tensor:
-    kernels = _kernels()
-    if kernels is None:
-        raise RuntimeError("group_norm_nhwc needs the `triton` package; use torch.nn.functional.group_norm")
+    kernels = _require_kernels("group_norm_nhwc", "; use torch.nn.functional.group_norm")
     triton = kernels.triton
     parts = [x] if x2 is None else [x, x2]
     n, _, h, w = x.shape
@@ -375,9 +381,7 @@ def residual_add(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
 
 def _residual_add_launch(h: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor,
                          skip_resample: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    kernels = _kernels()
-    if kernels is None:
-        raise RuntimeError("residual_add needs the `triton` package")
+    kernels = _require_kernels("residual_add")
     triton = kernels.triton
     n, channels, height, width = h.shape
     # the skip's size is h's with the resampling undone ("up": h's height and width must be even)
@@ -411,9 +415,7 @@ def skip_matmul_add(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias
 
 def _skip_matmul_add_launch(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                             x2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    kernels = _kernels()
-    if kernels is None:
-        raise RuntimeError("skip_matmul_add needs the `triton` package")
+    kernels = _require_kernels("skip_matmul_add")
     triton = kernels.triton
     n, channels, height, width = h.shape
     parts = [h, x] if x2 is None else [h, x, x2]

@@ -286,6 +286,9 @@ def test_device_names_that_exist_are_accepted():
     assert available_devices()[0] == "cpu"
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device("auto").type in ("cpu", "cuda", "mps", "xpu")
     assert resolve_device(torch.device("privateuseone", 0)).type == "privateuseone"  # another backend's: passed on
+    assert resolve_device("cpu:0") == torch.device("cpu", 0)
+    with pytest.raises(ValueError, match=r"--device cpu:3: this machine has no such device; available: cpu"):
+        resolve_device("cpu:3")  # torch would run it on the one CPU: a typo for cuda:3, likely
 
 
 def test_load_model_names_a_missing_device_and_takes_torch_dtype_names(monkeypatch):

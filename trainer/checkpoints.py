@@ -189,8 +189,9 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
         # torch.load's zip reader). Anything else (a size mismatch, out of memory) keeps its words.
         # A copy cut short can also leave files out: Accelerate then misses one by name, or
         # counts fewer custom_checkpoint_*.pkl files than objects registered.
-        cut_short = isinstance(e, (_Damaged, SafetensorError, pickle.UnpicklingError, EOFError, FileNotFoundError)) \
-            or "zip archive" in str(e) or "central directory" in str(e) or "Number of custom checkpoints" in str(e)
+        missing = isinstance(e, FileNotFoundError) or "Number of custom checkpoints" in str(e)
+        cut_short = missing or isinstance(e, (_Damaged, SafetensorError, pickle.UnpicklingError, EOFError)) \
+            or "zip archive" in str(e) or "central directory" in str(e)
         if not cut_short:
             raise
         m = CHECKPOINT.match(path.name)
@@ -201,8 +202,7 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
         why = str(e) if isinstance(e, _Damaged) else f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
         raise ValueError(f"could not load the checkpoint {path} ({why}); "
                          + (f"these files are empty: {', '.join(empty)}; " if empty
-                            else "a file in it is missing: " if isinstance(e, FileNotFoundError)
-                            or "Number of custom checkpoints" in str(e) else "a file in it is damaged: ")
+                            else "a file in it is missing: " if missing else "a file in it is damaged: ")
                          + hint) from e
     finally:
         checkpointing.removeFilter(hear)
