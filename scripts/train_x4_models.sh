@@ -140,6 +140,8 @@ run_stage() {
     exit 75
   elif [ "$status" = 75 ] && [ -n "$minutes" ]; then
     local exported=0
+    echo "the stage's $minutes minutes are up: its newest checkpoint is its result, exported to $file (no resume" \
+      "is needed, whatever the trainer's message above says)"
     "$PYTHON" "$REPO/trainer/export.py" "$run_dir" "$file" --overwrite || exported=$?  # the stage's newest weights
     if [ "$STOPPED" = 1 ]; then exit 75; fi
     if [ "$exported" != 0 ]; then exit "$exported"; fi

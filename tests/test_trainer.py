@@ -1068,6 +1068,12 @@ def test_diffusers_flag_names_and_the_run_summary(caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="oftsr.trainer"):  # 7 crops, batch 4: one full batch an epoch
         common.log_run_summary(args, "teacher", 7, 7, 1, 0, steps_per_epoch=1)
     assert "optimizer steps: 100, about 100.0 epochs" in caplog.text
+    caplog.clear()
+    args.objective = "fluxsr"  # a make_pairs.py folder: pairs, not images
+    with caplog.at_level(logging.INFO, logger="oftsr.trainer"):
+        common.log_run_summary(args, "student (fluxsr)", 16, 16, 1, 0, steps_per_epoch=4)
+    assert "teacher-made pairs: 16 in d (16 per epoch)" in caplog.text and "training images" not in caplog.text
+    del args.objective
     assert "restarts" not in caplog.text  # no loader workers
     # Windows and macOS start workers as new interpreters, at every epoch: a short epoch is said
     args.dataloader_num_workers = 2
@@ -1752,7 +1758,8 @@ def test_max_train_samples_and_scale_lr(train_dir, tmp_path, monkeypatch, capsys
     assert common.data_settings(train_teacher.parse_args(base + ["--max_train_samples", "3"]), 1, 6)[
         "max_train_samples"] == 3
     for flag, message in [("--max_train_samples", "--max_train_samples is for a folder of images; make fewer pairs"),
-                          ("--no_random_flip", "--no_random_flip does not reach teacher-made pairs")]:
+                          ("--no_random_flip", "--no_random_flip does not reach teacher-made pairs"),
+                          ("--random_flip", "--random_flip does not reach teacher-made pairs")]:
         with pytest.raises(SystemExit):
             distill.parse_args(["--teacher", "x4", "--objective", "fluxsr", flag, *(["3"] if flag.startswith(
                 "--max") else []), *base])
@@ -1855,14 +1862,23 @@ def test_checkpoint_files_are_flushed_through_a_handle_windows_accepts(tmp_path,
 
 
 def test_tiles_cover_every_pixel_and_read_back_as_the_photograph(tmp_path):
-    """make_tiles.py: tiles `step` apart, the last flush with the edge; each tile is the
-    photograph's region as the loader reads it (upright, 16 bits kept); a rerun keeps what
-    is there; an unreadable photograph is said and the others are cut."""
+    """make_tiles.py: tiles spread evenly from edge to edge, at most `step` apart, none a
+    near copy of another; each tile is the photograph's region as the loader reads it
+    (upright, 16 bits kept); a rerun keeps what is there, one with other sizes, or into a
+    folder of tiles placed otherwise, is refused; an unreadable photograph is said and the
+    others are cut."""
     from oftsr.images import load_image, save_image
     from oftsr.training.tiles import tile_starts
 
-    assert tile_starts(1000, 480, 240) == [0, 240, 480, 520] and tile_starts(480, 480, 240) == [0]
-    assert tile_starts(100, 480, 240) == [0] and tile_starts(961, 480, 480) == [0, 480, 481]
+    assert tile_starts(1000, 480, 240) == [0, 173, 347, 520] and tile_starts(480, 480, 240) == [0]
+    assert tile_starts(100, 480, 240) == [0] and tile_starts(961, 480, 480) == [0, 240, 481]
+    assert tile_starts(600, 480, 240) == [0, 120] and tile_starts(2040, 480, 240)[-1] == 1560
+    assert tile_starts(481, 480, 240) == [0] and tile_starts(581, 480, 240) == [50]  # BSD68's 481: one tile, not two
+    for length in range(1, 3000, 7):  # every start in range, at most a step apart, at least half a step apart
+        starts = tile_starts(length, 480, 240)
+        gaps = np.diff([0, *starts])[1:] if len(starts) > 1 else np.array([])
+        assert starts[0] >= 0 and starts[-1] + 480 <= max(length, 480) and ((gaps <= 240) & (2 * gaps >= 240)).all()
+        assert len(starts) == 1 or (starts[0] == 0 and starts[-1] == length - 480)  # every pixel in a tile
     photos = tmp_path / "photos"
     rng = np.random.default_rng(0)
     save_image(torch.from_numpy(rng.integers(0, 65536, (3, 70, 90), dtype=np.uint16).astype(np.float32) / 65535),
@@ -1879,16 +1895,26 @@ def test_tiles_cover_every_pixel_and_read_back_as_the_photograph(tmp_path):
     assert "could not be read and have no tiles: cut.png" in res.stderr
     deep, depth = load_image(photos / "sub" / "deep.png")
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert len(names) == 3 * 4 + 3 * 2 + 1 and "sub/deep.jpg_y0_x0.png" in names and "sub/deep.png_y38_x58.png" in names and "turned.png_y28_x0.png" in names
+    # deep.png, 70x90: rows at 0, 19, 38, columns at 0, 19, 39, 58; turned, 40 wide: one column, centred
+    assert len(names) == 3 * 4 + 3 * 1 + 1 and "sub/deep.jpg_y0_x0.png" in names and "sub/deep.png_y19_x39.png" in names
+    assert "turned.png_y28_x4.png" in names
     tile, tile_depth = load_image(out / "sub" / "deep.png_y38_x58.png")
     assert tile_depth == depth == 16 and torch.equal(tile, deep[..., 38:70, 58:90])
     upright = load_image(photos / "turned.png")[0]
-    assert upright.shape[-2:] == (60, 40) and torch.equal(load_image(out / "turned.png_y28_x0.png")[0], upright[..., 28:60, 0:32])
-    before = (out / "turned.png_y28_x0.png").stat().st_mtime_ns
-    (out / "turned.png_y0_x0.png").unlink()  # a run cut short: what is there is kept, the rest made
+    assert upright.shape[-2:] == (60, 40) and torch.equal(load_image(out / "turned.png_y28_x4.png")[0], upright[..., 28:60, 4:36])
+    assert json.loads((out / ".tiles.json").read_text()) == {"tile_size": 32, "step": 24, "layout": "even"}
+    before = (out / "turned.png_y28_x4.png").stat().st_mtime_ns
+    (out / "turned.png_y0_x4.png").unlink()  # a run cut short: what is there is kept, the rest made
     res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", out, "--tile_size", "32", "--step",
                 "24", "--workers", "2"], status=1)
-    assert "(1 written now" in res.stderr and (out / "turned.png_y0_x0.png").is_file()
-    assert (out / "turned.png_y28_x0.png").stat().st_mtime_ns == before
+    assert "(1 written now" in res.stderr and (out / "turned.png_y0_x4.png").is_file()
+    assert (out / "turned.png_y28_x4.png").stat().st_mtime_ns == before
+    res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", out, "--tile_size", "32", "--step",
+                "16"], status=2)
+    assert "holds tiles cut with --tile_size 32 --step 24 (layout 'even'); this run's would sit beside them" in res.stderr
+    (out / ".tiles.json").unlink()  # as a folder of an earlier make_tiles.py
+    res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", out, "--tile_size", "32", "--step",
+                "24"], status=2)
+    assert "holds PNGs but no .tiles.json" in res.stderr and len(list(out.rglob("*.png"))) == len(names)
     res = _run(["trainer/make_tiles.py", "--input_dir", photos, "--output_dir", photos / "tiles"], status=2)
     assert "is inside --input_dir: the tiles would be read as photographs next time" in res.stderr

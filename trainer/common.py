@@ -137,7 +137,7 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    help="multiply --learning_rate by the crops per optimizer step (batch x processes x accumulation), "
                         "as diffusers' scripts do")
     flip = p.add_mutually_exclusive_group()
-    flip.add_argument("--random_flip", dest="random_flip", action="store_true", default=True,
+    flip.add_argument("--random_flip", dest="random_flip", action="store_true", default=None,  # None: not given
                       help="flip each crop left-right with probability 1/2: the default here (diffusers' scripts "
                            "need this flag for it)")
     flip.add_argument("--no_random_flip", dest="random_flip", action="store_false",
@@ -834,8 +834,10 @@ def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int,
                        steps_per_epoch, args.dataloader_num_workers, spawned,
                        args.repeats * -(-SHORT_EPOCH_STEPS // max(1, steps_per_epoch)))
     per_step = args.train_batch_size * processes * args.gradient_accumulation_steps
+    found = "training images: %d in %s (%d crops per epoch)" if repeatable else \
+        "teacher-made pairs: %d in %s (%d per epoch)"  # a make_pairs.py folder: crops already drawn
     logger.info("***** training the %s *****\n"
-                "  training images: %d in %s (%d crops per epoch)\n"
+                f"  {found}\n"
                 "  batch per process: %d; processes: %d; gradient accumulation: %d -> %d crops per optimizer step\n"
                 "  optimizer steps: %d%s, about %.1f epochs\n"
                 "  checkpoints: every %d steps in %s", desc, items, args.train_data_dir, crops,

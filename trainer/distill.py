@@ -80,14 +80,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.objective == "fluxsr":  # the pairs' crop size: the run trains, validates and records at it
         if args.max_train_samples is not None:
             p.error("--max_train_samples is for a folder of images; make fewer pairs with make_pairs.py --num_pairs")
-        if not args.random_flip:  # the pairs hold the crops as make_pairs drew them
-            p.error("--no_random_flip does not reach teacher-made pairs, whose crops are drawn (and flipped) by "
-                    "make_pairs.py")
+        if args.random_flip is not None:  # the pairs hold the crops as make_pairs drew them
+            p.error(f"--{'' if args.random_flip else 'no_'}random_flip does not reach teacher-made pairs, whose crops "
+                    f"are drawn (and flipped) by make_pairs.py")
         made = pairs_resolution(args.train_data_dir)
         if made is not None and args.resolution not in (None, made):
             p.error(f"--resolution {args.resolution}: the pairs in {args.train_data_dir} are {made} px crops; leave "
                     f"--resolution out")
         args.resolution = made or args.resolution
+    args.random_flip = args.random_flip is not False
     return args
 
 

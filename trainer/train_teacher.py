@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--validation_nfe_steps", type=positive_int, default=8, help="midpoint steps for validation (NFE 2N-1)")
     args = p.parse_args(argv)
+    args.random_flip = args.random_flip is not False
     settle_resolution(args, "--scale")
     return args
 

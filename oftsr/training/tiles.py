@@ -9,15 +9,26 @@ from pathlib import Path
 from ..images import load_image, save_image
 
 
+# How `tile_starts` places tiles, recorded in a tiles folder (`TILES_RECORD`): a folder is
+# only ever added to with the layout and sizes it was cut with.
+TILE_LAYOUT = "even"
+TILES_RECORD = ".tiles.json"  # hidden: the training loader does not list it
+
+
 def tile_starts(length: int, size: int, step: int) -> list[int]:
-    """Where tiles of `size` start along a side of `length`, `step` apart, the last one
-    flush with the far edge so that every pixel is in a tile; [0] for a side of at most `size`."""
-    if length <= size:
+    """Where tiles of `size` start along a side of `length`: spread evenly from one edge to
+    the other, at most `step` apart, so that every pixel is in a tile and each tile adds at
+    least half a step of its own (a last tile flush with the edge a few pixels after the one
+    before would nearly repeat it, doubling that region's weight in training). A side at
+    most `size` is one tile, [0]; one longer by less than half a step is one centred tile,
+    the few pixels beyond it at each end left out."""
+    excess = length - size
+    if excess <= 0:
         return [0]
-    starts = list(range(0, length - size + 1, step))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return starts
+    if 2 * excess < step:
+        return [excess // 2]
+    gaps = -(-excess // step)
+    return [round(i * excess / gaps) for i in range(gaps + 1)]
 
 
 def tile_names(path: Path, root: Path, height: int, width: int, size: int, step: int) -> list[tuple[Path, int, int]]:
