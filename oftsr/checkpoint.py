@@ -633,7 +633,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         flags = ", ".join(f"{k}=... (CLI: --{k.replace('_', '-')})" for k in missing)
         raise MissingInfoError(
             f"{path.name}: the file does not say its {', '.join(missing)} (no OFTSR metadata and no authors' file-name "
-            f"pattern such as '...-sf4-...-sigma0.2-...'); pass {flags}", missing
+            f"pattern such as '...-sf4-...-sigma0.2-...-checkpoint_4.pth' for a teacher or '...-distil-...' for a "
+            f"student); pass {flags}", missing
         )
     if info["role"] not in ROLES:
         raise CheckpointError(f"role must be one of {ROLES}, got {info['role']!r}")

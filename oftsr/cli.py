@@ -681,8 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = add_command("convert", help="convert a checkpoint (e.g. the authors' .pth) to our .safetensors format")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", help="a bundled model's name (x4, x4-teacher), an authors' .pth or a .safetensors file")
+    p.add_argument("dst", help="the .safetensors file to write")
     _add_override_args(p)
     p.add_argument("--degradation", choices=DEGRADATIONS, help="override the degradation (default: from the file)")
     p.add_argument("--dtype", choices=list(DTYPES), help="store weights in this dtype (default: the dtype SRC stores them in)")
@@ -713,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=SOLVERS, default="midpoint", help="teacher ODE solver (default midpoint)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the made LR images' random degradation (with each image's name) and of the "
-                        "models' start noise")
+                        "models' start noise (default 0)")
     p.add_argument("--tile", type=int, default=0, help="tile size in output pixels; 0 = whole image (default)")
     p.add_argument("--out", default="eval",
                    help="folder for results.md, results.csv, per_image.csv, run.json (how the run was made) and "

@@ -49,6 +49,11 @@ __all__ = ["load_image", "save_image", "list_images", "read_image_metadata", "fr
            "IMAGE_SUFFIXES", "READ_SUFFIXES"]
 _EXIF_ORIENTATION = 0x0112
 _EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the source's size
+# Tags of an EXIF's first IFD that describe pixels as a TIFF stores them (ImageWidth,
+# ImageLength, BitsPerSample, Compression, PhotometricInterpretation, StripOffsets,
+# SamplesPerPixel, RowsPerStrip, StripByteCounts, PlanarConfiguration): some writers put the
+# source's there; they misstate a result's size, and clash with a TIFF result's own.
+_EXIF_LAYOUT_TAGS = (0x0100, 0x0101, 0x0102, 0x0103, 0x0106, 0x0111, 0x0115, 0x0116, 0x0117, 0x011C)
 _SETTINGS_TEXT = "parameters"  # A1111's generation settings: kept in JPEG and WebP as the EXIF UserComment
 _FORMAT_NAMES = {"WEBP": "WebP"}  # as messages name them
 # What of a TIFF's first IFD describes the photograph rather than the file's layout:
@@ -577,7 +582,7 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
     """What of an image file's metadata an upscaled copy should keep: its ICC colour
     profile (without it a wide-gamut photo displays desaturated), its EXIF block with the
     orientation reset (`load_image` has already turned the pixels upright) and the old
-    pixel size left out, its XMP likewise, and its DPI. Only the keys the file has; reads
+    pixel size and storage layout left out, its XMP likewise, and its DPI. Only the keys the file has; reads
     the header, not the pixels (but for a PNG's text chunks). From a TIFF, whose first IFD mostly describes its own layout,
     the EXIF keeps the camera and GPS blocks and the descriptive tags (make, model, date,
     artist, copyright); from a TIFF only tifffile reads (float colour), the profile, XMP and
@@ -611,6 +616,8 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
                 exif = _read_exif(im, None if raw_profile is None else _raw_profile_bytes(raw_profile))
         if exif is not None:
             exif[_EXIF_ORIENTATION] = 1
+            for tag in _EXIF_LAYOUT_TAGS:
+                exif.pop(tag, None)
             sub = exif.get_ifd(EXIF_IFD)
             for tag in _EXIF_PIXEL_SIZE:
                 sub.pop(tag, None)

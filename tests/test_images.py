@@ -866,6 +866,34 @@ def test_a_tiffs_camera_exif_is_kept_without_its_layout_tags(tmp_path):
         assert load_image(tmp_path / name)[0].shape == (1, 3, 16, 32), name  # orientation 1: not turned again
 
 
+def test_a_jpegs_exif_size_tags_are_left_out_so_a_tiff_result_keeps_its_metadata(tmp_path):
+    """Some writers put the source's ImageWidth/ImageLength in a JPEG's EXIF: left out of the
+    copy (they misstate its size), and an 8-bit TIFF result, whose own tags they clashed
+    with ("codec configuration error": the file written with no metadata at all), keeps the
+    profile, the EXIF and the DPI."""
+    from PIL import ImageCms
+
+    exif = Image.Exif()
+    exif.update({0x0100: 64, 0x0101: 48, 0x010F: "Canon", 0x8298: "(c) A. Photographer", 0x0112: 6})
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(tmp_path / "in.jpg", exif=exif.tobytes(), icc_profile=icc,
+                                                  dpi=(300, 300))
+    meta = read_image_metadata(tmp_path / "in.jpg")
+    kept = Image.Exif()
+    kept.load(meta["exif"])
+    assert kept[0x010F] == "Canon" and kept[0x0112] == 1 and 0x0100 not in kept and 0x0101 not in kept
+    for name in ("o.tif", "o.png", "o.jpg"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "written without the metadata" would fail here
+            save_image(torch.rand(3, 192, 256), tmp_path / name, metadata=meta)
+        with Image.open(tmp_path / name) as out:
+            written = out.getexif()
+            assert out.size == (256, 192) and out.info.get("icc_profile") == icc, name
+            assert written[0x010F] == "Canon" and written[0x8298] == "(c) A. Photographer", name
+            assert tuple(round(d) for d in out.info["dpi"]) == (300, 300), name
+            assert (written.get(0x0100), written.get(0x0101)) == ((256, 192) if name == "o.tif" else (None, None))
+
+
 def test_a_tiffs_layout_description_is_not_taken_for_a_caption(tmp_path):
     """tifffile and ImageJ write the file's own shape into ImageDescription (and tifffile
     its name into Software): not carried to a copy of another size. Our 16-bit TIFFs write

@@ -323,12 +323,14 @@ def _csv_score(row: Row, key: str, lpips_note: str | None) -> str:
     return repr(row.mean(key))
 
 
-def write_tables(rows: list[Row], out_dir: Path, lpips_note: str | None, title: str) -> tuple[Path, Path]:
+def write_tables(rows: list[Row], out_dir: Path, lpips_note: str | None, title: str,
+                 lr_given: bool = False) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv_path = out_dir / "results.md", out_dir / "results.csv"
     lines = [f"### {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(r, lpips_note)) + " |" for r in rows]
-    lines += ["", "Outputs (and made LR) scored as 8-bit images. PSNR RGB: whole image; PSNR Y and SSIM Y: BT.601 "
+    lines += ["", ("Outputs scored as 8-bit images (the LR as given)" if lr_given else
+                   "Outputs (and made LR) scored as 8-bit images") + ". PSNR RGB: whole image; PSNR Y and SSIM Y: BT.601 "
               "luma with a border crop equal to the scale, SSIM over the valid window positions; realism SWD: sliced "
               "Wasserstein distance of 4096 Laplacian-pyramid patches per image (lower = more realistic)."]
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -441,7 +443,7 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     data = Path(args.data).resolve()
     set_name = data.parent.name if args.lr_dir and data.name.upper() == "HR" else data.name  # Set/HR, Set/LR: "Set"
     title = f"{set_name}, x{models[0].scale} {lr_source}, {device.type}{tiled}"
-    md, csv_path = write_tables(rows, out, note, title)
+    md, csv_path = write_tables(rows, out, note, title, lr_given=paired)
     with open(out / "per_image.csv", newline="", encoding="utf-8") as f:  # the images scored, in order: what the means are over
         images = list(dict.fromkeys(r["image"] for r in csv.DictReader(f)))
     run = out / "run.json"
@@ -480,7 +482,8 @@ def eval_record(args: argparse.Namespace, ts: list[float], paths: list[Path], mo
             "baselines": [baseline_record(name) for name in dict.fromkeys(args.baseline or [])],
             "t": ts, "steps": args.steps, "solver": args.solver, "seed": args.seed,
             "tile": args.tile,
-            "protocol": "outputs and made LR rounded to 8 bits; PSNR RGB on the whole image; PSNR Y and SSIM Y on "
+            "protocol": ("outputs rounded to 8 bits, the LR as given" if paired else
+                         "outputs and made LR rounded to 8 bits") + "; PSNR RGB on the whole image; PSNR Y and SSIM Y on "
                         "BT.601 luma with a border crop of the scale, SSIM over the valid window positions; realism "
                         "SWD with 4096 patches per image, seed 0"}
 
