@@ -216,13 +216,27 @@ CONV_CHANNEL_MULTIPLE = {"cuda": 8}
 def conv3x3_padded_channels(conv: nn.Conv2d, x: torch.Tensor, multiple: int) -> torch.Tensor:
     """`conv(x)` (3x3, padding 1) computed with input and output channels zero-padded to a
     multiple of `multiple`, the result sliced back: the same sums, in a kernel that tensor
-    cores run. The result is a channels_last view when x is channels_last."""
+    cores run. The result is a channels_last view when x is channels_last.
+
+    In half precision (bf16 or float16 input, or autocast on) with input channels padded,
+    the bias rides in the padding: those channels are ones, and the first one's centre tap
+    (which never reads the conv's zero border) holds the bias, so the conv's sums include
+    it. torch.compile otherwise splits a conv's bias off into an add of its own, which it
+    wrote out twice over the first conv's whole output (0.77 ms of a 34 ms compiled bf16
+    div2k forward on an H200, 512 px, batch 8). float32 keeps the bias apart, as a TF32
+    conv would round it."""
     pad_in, pad_out = -conv.in_channels % multiple, -conv.out_channels % multiple
     weight = F.pad(conv.weight, (0, 0, 0, 0, 0, pad_in, 0, pad_out))
     bias = None if conv.bias is None else F.pad(conv.bias, (0, pad_out))
     if pad_in:
         layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        x = F.pad(x, (0, 0, 0, 0, 0, pad_in)).contiguous(memory_format=layout)
+        bias_in_padding = bias is not None and (x.dtype in (torch.bfloat16, torch.float16)
+                                                or torch.is_autocast_enabled(x.device.type))
+        if bias_in_padding:
+            weight = weight.clone()
+            weight[:, conv.in_channels, 1, 1] = bias
+            bias = None
+        x = F.pad(x, (0, 0, 0, 0, 0, pad_in), value=1.0 if bias_in_padding else 0.0).contiguous(memory_format=layout)
         weight = weight.contiguous(memory_format=layout)
     return F.conv2d(x, weight, bias, padding=1)[:, :conv.out_channels]
 
@@ -274,8 +288,9 @@ JOIN_WITHOUT_COPY = True
 # Device types where a ResBlock's 1x1 skip convolution and its residual add run as one Triton
 # kernel (`triton_groupnorm.skip_matmul_add`, bf16 and float16 only) instead of cuBLAS's
 # products, whose result the residual add reads back: 6.4 against 12.6 GB moved per bf16
-# div2k forward at 512 px, batch 8 (counted, not timed). Off until a GPU shows it beats
-# cuBLAS there (`bench.py --only fastpath` times it both ways).
+# div2k forward at 512 px, batch 8. Off: on an H200 it took 0.5 ms less GPU time there
+# (31.56 against 32.03 ms) but the compiled forward no less wall time (34.49 against 34.51
+# ms); `bench.py --only fastpath` times it both ways.
 SKIP_MATMUL_IN_TRITON = {"cuda": False}
 
 
@@ -283,11 +298,34 @@ def conv1x1_joined(weight: torch.Tensor, x: torch.Tensor, joined: torch.Tensor) 
     """A 1x1 conv (no bias) of `torch.cat([x, joined], 1)` for channels_last x and joined,
     without the joined copy: channels_last activations are (pixels, channels) matrices, so
     it is x @ W1^T, then joined @ W2^T accumulated into that product in place. The result
-    is channels_last, in x's dtype."""
+    is channels_last, in x's dtype.
+
+    Inside torch.compile it is a custom operator: traced through, the in-place accumulate
+    became an out-of-place addmm, which copies the first product before adding to it (1.1
+    ms of device copies in a 34 ms compiled bf16 div2k forward on an H200)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.oftsr.conv1x1_joined(weight, x, joined)
+    return _conv1x1_joined(weight, x, joined)
+
+
+@torch.library.custom_op("oftsr::conv1x1_joined", mutates_args=(),
+                         schema="(Tensor weight, Tensor x, Tensor joined) -> Tensor")
+def _conv1x1_joined_op(weight: torch.Tensor, x: torch.Tensor, joined: torch.Tensor) -> torch.Tensor:
+    return _conv1x1_joined(weight, x, joined)
+
+
+@_conv1x1_joined_op.register_fake
+def _(weight, x, joined):
+    return torch.empty((x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+def _conv1x1_joined(weight: torch.Tensor, x: torch.Tensor, joined: torch.Tensor) -> torch.Tensor:
     n, c1, height, width = x.shape
     w = weight[:, :, 0, 0].to(x.dtype)  # (out, c1 + c2)
-    out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c1), w[:, :c1].t())
-    out.addmm_(joined.permute(0, 2, 3, 1).reshape(-1, joined.shape[1]).to(out.dtype), w[:, c1:].t().to(out.dtype))
+    with torch.autocast(x.device.type, enabled=False):  # x's dtype, as the operator's fake says
+        out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c1), w[:, :c1].t())
+        out.addmm_(joined.permute(0, 2, 3, 1).reshape(-1, joined.shape[1]).to(x.dtype), w[:, c1:].t())
     return out.view(n, height, width, -1).permute(0, 3, 1, 2)
 
 

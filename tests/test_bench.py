@@ -12,6 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bench_module():
+    """bench/bench.py imported as a module (it is a script, not in a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_module", ROOT / "bench" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_bench_sections_print_their_tables():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--device", "cpu", "--only", "fastpath",
                           "images", "--presets", "tiny", "--sizes", "64", "--images_size", "64",
@@ -71,15 +80,11 @@ def test_compiled_variant_runs_a_copy_that_other_variants_leave_alone(monkeypatc
     # CUDA graphs hold the weights' addresses: the compiled variant keeps weights of its own,
     # which the other variants' optimize() calls (moving the shared model between layouts)
     # leave where they are.
-    import importlib.util
-
     import torch
 
     import oftsr
 
-    spec = importlib.util.spec_from_file_location("bench_module", ROOT / "bench" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
     compiled_with = []
     monkeypatch.setattr(torch, "compile", lambda net, **kw: compiled_with.append(kw) or net)  # no inductor run here
     model = oftsr.create_model("tiny", role="student").eval()
@@ -128,10 +133,7 @@ def test_bench_profile_sums_the_parts_of_a_forward():
 
 
 def test_profile_categories_of_gpu_kernel_names():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_module", ROOT / "bench" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
     names = {"sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "convolution",
              "_groupnorm_apply": "GroupNorm", "_groupnorm_stats": "GroupNorm",
              "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "layout and dtype copies",
@@ -147,6 +149,16 @@ def test_profile_categories_of_gpu_kernel_names():
                                                                   "is fused in)",
              "triton_poi_fused_add_convolution_silu_3": "compiled: pointwise (norm apply, SiLU, adds, copies)"}
     assert {n: bench.profile_category(n) for n in names} == names
+
+
+def test_back_to_back_times_queued_calls_per_call():
+    # The compiled rows' second timing: `repeat` calls after the warm-up, one wait at the
+    # end, the time divided by the calls
+    bench = _bench_module()
+    calls = []
+    per_call = bench.back_to_back(lambda: calls.append(1) or __import__("time").sleep(0.01),
+                                  bench.torch.device("cpu"), repeat=5, warmup=2)
+    assert len(calls) == 7 and 0.009 < per_call < 1.0
 
 
 def test_bench_loader_rows_for_photographs_and_their_tiles(tmp_path):

@@ -130,6 +130,40 @@ def test_outer_convs_with_padded_channels_equal_the_plain_convs(monkeypatch, mem
     assert (padded - plain).abs().max().item() < 1e-5
 
 
+def test_padded_first_conv_in_half_precision_carries_its_bias_in_the_padding(monkeypatch):
+    # bf16 (or autocast): the padding channels are ones and the bias sits on a centre tap, so
+    # the conv runs without a bias argument (torch.compile would split that off into an add
+    # written over the whole output) and gives the conv's result to bf16 rounding, at the
+    # image's border too; float32 keeps the bias argument.
+    from oftsr import unet as unet_module
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(6, 32, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.copy_(torch.randn(32, generator=g))  # large enough to be missed if dropped
+    x = torch.randn(2, 6, 9, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    bf16 = torch.nn.Conv2d(6, 32, 3, padding=1).to(torch.bfloat16)
+    with torch.no_grad():
+        bf16.load_state_dict(conv.state_dict())
+        ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        plain_bf16 = F.conv2d(x.bfloat16(), bf16.weight, bf16.bias, padding=1).float()
+    biases = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(unet_module.F, "conv2d", lambda x, w, b=None, **k: biases.append(b) or conv2d(x, w, b, **k))
+    padded = unet_module.conv3x3_padded_channels
+    with torch.no_grad():
+        outs = {"bf16": padded(bf16, x.bfloat16(), 8).float()}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs["autocast"] = padded(conv, x, 8).float()
+        float32 = padded(conv, x, 8)
+    assert biases[0] is None and biases[1] is None and biases[2] is not None
+    for name, out in outs.items():
+        assert out.shape == (2, 32, 9, 7), name
+        # bf16 sums of 54 products (|y| up to about 8): off by its rounding, as the plain conv is
+        assert (out - ref).abs().max().item() < 0.1, name
+        assert (out - ref).abs().max().item() <= 2 * (plain_bf16 - ref).abs().max().item() + 1e-3, name
+    assert (float32 - ref).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (33, 17), (64, 96)])
 def test_velocity_any_size_pads_and_crops(student, h, w):
     x = torch.rand(2, 3, h, w) * 2 - 1
