@@ -5,8 +5,10 @@
 # CPU, the student from one H100 GPU (each stage runs on either). The GPU recipe for the
 # shipped x4 and x4-real is scripts/train_x4_models.sh.
 #
-#   DATA=/path/to/data [PYTHON=python3] bash scripts/train_default_models.sh [work_dir]
+#   DATA=/path/to/data [PYTHON=python3] [WEIGHTS_DIR=folder] bash scripts/train_default_models.sh [work_dir]
 #
+# WEIGHTS_DIR (default oftsr/weights, replacing the shipped x4 pair) is where the two
+# float16 files are written and evaluated from.
 # Needs the package installed with its training extra (pip install -e ".[train]").
 # DATA must hold train/ (HR photographs) and val/Set5, val/Set14. Training only ever
 # reads train/. Every stage resumes where it stopped when the script is run again.
@@ -15,7 +17,8 @@ set -euo pipefail
 WORK=${1:-runs/default-models}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python}  # the interpreter with torch, e.g. python3 where there is no `python`
-mkdir -p "$WORK"
+WEIGHTS_DIR=${WEIGHTS_DIR:-$REPO/oftsr/weights}
+mkdir -p "$WORK" "$WEIGHTS_DIR"
 
 # Stage 1: teacher flow. The compact preset (3.7 M parameters) trains at about 1.4 steps/s
 # on 2 cores. No dropout: a run this short underfits, it does not overfit.
@@ -42,11 +45,12 @@ mkdir -p "$WORK"
 # The shipped files: the EMA weights in float16 (read back as float32; outputs 88-90 dB
 # PSNR from the float32 files' on Set5), as train_x4_models.sh ships its pairs.
 for role in teacher student; do
-  "$PYTHON" -m oftsr convert "$WORK/$role/$role.safetensors" "$REPO/oftsr/weights/x4-$role.safetensors" --dtype fp16 --overwrite
+  "$PYTHON" -m oftsr convert "$WORK/$role/$role.safetensors" "$WEIGHTS_DIR/x4-$role.safetensors" --dtype fp16 --overwrite
 done
 
-# Evaluation of the bundled files: bicubic, the teacher (16 midpoint steps: NFE 31, the
-# paper's DIV2K count), the student at t = 0, 0.25, 0.5, 0.75, 1.
+# Evaluation of those files: bicubic, the teacher (16 midpoint steps: NFE 31, the paper's
+# DIV2K count), the student at t = 0, 0.25, 0.5, 0.75, 1.
 for set in Set5 Set14; do
-  "$PYTHON" -m oftsr eval --data "$DATA/val/$set" --steps 16 --out "$WORK/eval-$set"
+  "$PYTHON" -m oftsr eval --model "$WEIGHTS_DIR/x4-student.safetensors" "$WEIGHTS_DIR/x4-teacher.safetensors" \
+    --data "$DATA/val/$set" --steps 16 --out "$WORK/eval-$set"
 done

@@ -1377,6 +1377,30 @@ def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, 
     assert res.returncode == 2 and res.stderr.startswith(f"error: TEACHER {tmp_path / 'missing.safetensors'}: no such file")
 
 
+def test_default_models_recipe_writes_and_evaluates_the_pair_in_weights_dir(tmp_path):
+    # scripts/train_default_models.sh with a PYTHON that only records its commands: the two
+    # converted files go to WEIGHTS_DIR (not over the shipped pair) and the evaluation scores
+    # those files, not the bundled ones
+    log = tmp_path / "commands.txt"
+    python = tmp_path / "python"
+    python.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n')
+    python.chmod(0o755)
+    weights = tmp_path / "weights"
+    env = dict(os.environ, DATA=str(tmp_path / "data"), PYTHON=str(python), WEIGHTS_DIR=str(weights))
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "train_default_models.sh"), str(tmp_path / "run")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    commands = log.read_text().splitlines()
+    assert [c.split()[0].rsplit("/", 1)[-1] for c in commands[:2]] == ["train_teacher.py", "distill.py"]
+    converts = [c for c in commands if c.startswith("-m oftsr convert")]
+    assert [c.split()[4] for c in converts] == [str(weights / "x4-teacher.safetensors"),
+                                                 str(weights / "x4-student.safetensors")]
+    evals = [c for c in commands if c.startswith("-m oftsr eval")]
+    assert len(evals) == 2 and all(f"--model {weights}/x4-student.safetensors {weights}/x4-teacher.safetensors" in c
+                                   for c in evals)
+    assert weights.is_dir() and not list(weights.iterdir())  # made for the files; the stub wrote none
+
+
 def test_resume_from_an_earlier_checkpoint_by_name_and_with_a_new_learning_rate(train_dir, tmp_path):
     base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
             "--checkpointing_steps", "2", "--output_dir", tmp_path / "run"]
@@ -1876,7 +1900,7 @@ def test_tiles_cover_every_pixel_and_read_back_as_the_photograph(tmp_path):
     assert tile_starts(481, 480, 240) == [0] and tile_starts(581, 480, 240) == [50]  # BSD68's 481: one tile, not two
     for length in range(1, 3000, 7):  # every start in range, at most a step apart, at least half a step apart
         starts = tile_starts(length, 480, 240)
-        gaps = np.diff([0, *starts])[1:] if len(starts) > 1 else np.array([])
+        gaps = np.diff(starts)
         assert starts[0] >= 0 and starts[-1] + 480 <= max(length, 480) and ((gaps <= 240) & (2 * gaps >= 240)).all()
         assert len(starts) == 1 or (starts[0] == 0 and starts[-1] == length - 480)  # every pixel in a tile
     photos = tmp_path / "photos"
