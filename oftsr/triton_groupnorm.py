@@ -159,12 +159,13 @@ def kernels_work(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
 
 def _skip_check_case(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """`skip_kernel_works`'s inputs (h = x; x split into the block input and the joined skip
-    at channel 25), 1x1 weight, bias and float32 reference. The weights keep the outputs
-    under 8, where bf16 rounds by at most 2^-6, well inside the check's tolerance (with
-    weights 5x these, outputs reached 20 and bf16 rounding alone, 0.062, failed it)."""
+    at channel 25), 1x1 weight, bias and float32 reference. The weights change from one
+    input channel to the next, so that reading the second input's weights from a wrong
+    column is off by 0.2 or more, and keep the outputs under 8, where bf16 rounds by at most
+    2^-6, well inside the check's tolerance (outputs of 20 once failed a right kernel)."""
     x = _check_pattern(device, dtype)
     first, second = (part.contiguous(memory_format=torch.channels_last) for part in (x[:, :25], x[:, 25:]))
-    w = torch.linspace(-0.04, 0.04, 64 * 64, device=device).reshape(64, 64, 1, 1).to(dtype)
+    w = torch.arange(64 * 64, device=device).mul(0.37).sin().mul(0.1).reshape(64, 64, 1, 1).to(dtype)
     bias = torch.linspace(-1, 1, 64, device=device)
     with torch.no_grad():
         ref = x.float() + F.conv2d(x.float(), w.float()) + bias[:, None, None]

@@ -155,10 +155,15 @@ def test_back_to_back_times_queued_calls_per_call():
     # The compiled rows' second timing: `repeat` calls after the warm-up, one wait at the
     # end, the time divided by the calls
     bench = _bench_module()
-    calls = []
-    per_call = bench.back_to_back(lambda: calls.append(1) or __import__("time").sleep(0.01),
-                                  bench.torch.device("cpu"), repeat=5, warmup=2)
-    assert len(calls) == 7 and 0.009 < per_call < 1.0
+    clock, calls = [0.0], []
+
+    def call():  # each call takes one second of a clock the bench reads
+        calls.append(1)
+        clock[0] += 1.0
+
+    bench.time = type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])})
+    per_call = bench.back_to_back(call, bench.torch.device("cpu"), repeat=5, warmup=2)
+    assert len(calls) == 7 and per_call == 1.0
 
 
 def test_bench_loader_rows_for_photographs_and_their_tiles(tmp_path):
