@@ -547,6 +547,32 @@ run_script(train_teacher.main)
 """
 
 
+@pytest.mark.parametrize("ends", ["returns", "diverges", "fails_its_setup"])
+def test_run_script_leaves_the_process_group_on_every_exit(tmp_path, ends):
+    # Left to the interpreter's exit, a gloo group that has run a collective aborted a
+    # two-process make_pairs.py that had written every shard ("terminate called", SIGABRT).
+    sys.path.insert(0, str(ROOT / "trainer"))
+    from common import TrainingDiverged, run_script
+
+    def main():
+        torch.distributed.barrier()
+        if ends == "diverges":
+            raise TrainingDiverged("the loss is nan")
+        if ends == "fails_its_setup":
+            raise ValueError("--resolution 30 is not a multiple of 4")
+        return 0
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_script(main)
+        assert exit_.value.code == {"returns": 0, "diverges": 1, "fails_its_setup": 2}[ends]
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def test_a_failing_run_with_loader_workers_exits(train_dir, tmp_path):
     # The workers ignore SIGTERM (a scheduler's stop is the main process's to handle); left
     # to the interpreter's exit, which stops them with SIGTERM and waits, they hung the run.

@@ -246,19 +246,21 @@ def run_script(main) -> None:
     flag, a folder, a checkpoint, a missing package) is one `error:` line and status 2
     instead of a traceback; once the first step has run, errors keep their traceback."""
     try:
-        sys.exit(main())
+        status = main()
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        status = 1
     except (ValueError, FileNotFoundError, ImportError) as e:
         if _loop_started:
             raise
         print(f"error: {e}", file=sys.stderr)
-        # Left to the interpreter's exit, a process group that has run a collective can abort
-        # ("terminate called") when another process leaves first: a crash report, not this error.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        sys.exit(2)
+        status = 2
+    # Left to the interpreter's exit, a process group that has run a collective can abort
+    # ("terminate called", SIGABRT) when another process leaves first, even after a run that
+    # went well: a crash report instead of the run's status.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.exit(status)
 
 
 class TrainingDiverged(RuntimeError):
