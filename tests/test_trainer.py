@@ -589,19 +589,20 @@ def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, c
     And the output folder's lock refuses a second holder, naming the first."""
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
     import common
+    import loop
 
     single = argparse.Namespace(num_processes=1)
     parents = iter([100, 100, 1])
-    monkeypatch.setattr(common.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(loop.os, "getppid", lambda: next(parents))
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
-    stop = common.StopRequest(None)
+    stop = loop.StopRequest(None)
     with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
         assert stop.due(single) is False  # the launcher is there
         assert stop.due(single) is True and stop.reason == "the launcher has gone"
     assert "the launcher (process 100) has gone: stopping after this step with a checkpoint" in caplog.text
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
-    monkeypatch.setattr(common.os, "getppid", lambda: 1)
-    assert common.StopRequest(None).launcher is None and common.StopRequest(None).due(single) is False
+    monkeypatch.setattr(loop.os, "getppid", lambda: 1)
+    assert loop.StopRequest(None).launcher is None and loop.StopRequest(None).due(single) is False
 
     held = common.lock_output_dir(str(tmp_path))
     try:
@@ -628,7 +629,8 @@ def test_weights_that_overflowed_are_not_checkpointed(tmp_path, monkeypatch):
     import argparse
 
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    from common import TrainingDiverged, check_finite_weights
+    from common import TrainingDiverged
+    from loop import check_finite_weights
 
     from oftsr.training.ema import EMA
 
@@ -1038,7 +1040,7 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
 
 def test_resolution_left_out_fits_the_scale_and_a_given_one_must(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    import common
+    import flags
     import train_teacher
 
     base = ["--train_data_dir", "d", "--output_dir", "o"]
@@ -1048,11 +1050,11 @@ def test_resolution_left_out_fits_the_scale_and_a_given_one_must(monkeypatch):
     with pytest.raises(ValueError, match=r"^--resolution 100 is not a multiple of --scale 3: pass --resolution 99$"):
         train_teacher.parse_args([*base, "--scale", "3", "--resolution", "100"])
     args = SimpleNamespace(resolution=None, scale=300)  # a scale above 256: one crop of its own size
-    common.settle_resolution(args, "the teacher's scale")
+    flags.settle_resolution(args, "the teacher's scale")
     assert args.resolution == 300
     with pytest.raises(ValueError, match=r"--resolution 2 is not a multiple of the teacher's scale 3: pass "
                                          r"--resolution 3"):
-        common.settle_resolution(SimpleNamespace(resolution=2, scale=3), "the teacher's scale")
+        flags.settle_resolution(SimpleNamespace(resolution=2, scale=3), "the teacher's scale")
 
 
 def test_a_flowsr_resume_names_a_discriminator_added_or_left_out(tmp_path, monkeypatch, caplog):
@@ -1076,38 +1078,39 @@ def test_a_flowsr_resume_names_a_discriminator_added_or_left_out(tmp_path, monke
 
 def test_diffusers_flag_names_and_the_run_summary(caplog, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    import common
+    import flags
+    import loop
     import train_teacher
 
     args = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", "o", "--lr_scheduler",
                                      "constant_with_warmup", "--adam_epsilon", "1e-6", "--train_batch_size", "4",
                                      "--gradient_accumulation_steps", "2", "--max_train_steps", "100"])
     assert args.lr_scheduler == "constant"  # diffusers' name for a warm-up then a constant rate: ours
-    optimizer = common.make_optimizer(args, torch.nn.Linear(2, 2).parameters())
+    optimizer = flags.make_optimizer(args, torch.nn.Linear(2, 2).parameters())
     assert optimizer.defaults["eps"] == 1e-6 and optimizer.defaults["betas"] == (0.9, 0.999)
     with caplog.at_level(logging.INFO, logger="oftsr.trainer"):
-        common.log_run_summary(args, "teacher", 241, 482, 2, 0, steps_per_epoch=30)  # 60 full batches a process
+        loop.log_run_summary(args, "teacher", 241, 482, 2, 0, steps_per_epoch=30)  # 60 full batches a process
     assert "training images: 241 in d (482 crops per epoch)" in caplog.text
     assert "batch per process: 4; processes: 2; gradient accumulation: 2 -> 16 crops per optimizer step" in caplog.text
     assert "optimizer steps: 100, about 3.3 epochs" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="oftsr.trainer"):  # 7 crops, batch 4: one full batch an epoch
-        common.log_run_summary(args, "teacher", 7, 7, 1, 0, steps_per_epoch=1)
+        loop.log_run_summary(args, "teacher", 7, 7, 1, 0, steps_per_epoch=1)
     assert "optimizer steps: 100, about 100.0 epochs" in caplog.text
     caplog.clear()
     args.objective = "fluxsr"  # a make_pairs.py folder: pairs, not images
     with caplog.at_level(logging.INFO, logger="oftsr.trainer"):
-        common.log_run_summary(args, "student (fluxsr)", 16, 16, 1, 0, steps_per_epoch=4)
+        loop.log_run_summary(args, "student (fluxsr)", 16, 16, 1, 0, steps_per_epoch=4)
     assert "teacher-made pairs: 16 in d (16 per epoch)" in caplog.text and "training images" not in caplog.text
     del args.objective
     assert "restarts" not in caplog.text  # no loader workers
     # Windows and macOS start workers as new interpreters, at every epoch: a short epoch is said
     args.dataloader_num_workers = 2
     for method, said in (("spawn", True), ("fork", False)):
-        monkeypatch.setattr(common.multiprocessing, "get_start_method", lambda allow_none=False: method)
+        monkeypatch.setattr(loop.multiprocessing, "get_start_method", lambda allow_none=False: method)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="oftsr.trainer"):
-            common.log_run_summary(args, "teacher", 7, 7, 1, 0, steps_per_epoch=3)
+            loop.log_run_summary(args, "teacher", 7, 7, 1, 0, steps_per_epoch=3)
         assert ("an epoch is 3 optimizer step(s), and each restarts the 2 loader workers, which the 'spawn' start "
                 "method makes slow: --repeats 17 draws more crops per image and epoch" in caplog.text) == said
 
@@ -1116,18 +1119,19 @@ def test_a_resume_takes_this_runs_adam_flags(monkeypatch, caplog):
     """Loading the optimizer's state brings back the old run's betas, eps and weight decay:
     this run's flags are put back, and said."""
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    import common
+    import flags
+    import loop
     import train_teacher
 
     net = torch.nn.Linear(2, 2)
     old = torch.optim.Adam(net.parameters(), lr=1e-3)
     args = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", "o", "--adam_epsilon", "1e-6",
                                      "--adam_beta2", "0.99"])
-    new = common.make_optimizer(args, net.parameters())
+    new = flags.make_optimizer(args, net.parameters())
     new.load_state_dict(old.state_dict())
     assert new.param_groups[0]["eps"] == 1e-8  # what load_state_dict does
     with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
-        common.restore_optimizer_flags(new, args)
+        loop.restore_optimizer_flags(new, args)
     group = new.param_groups[0]
     assert group["eps"] == 1e-6 and tuple(group["betas"]) == (0.9, 0.99) and group["weight_decay"] == 0.0
     assert "--adam_epsilon 1e-06: the checkpoint's run had 1e-08" in caplog.text
@@ -1155,7 +1159,7 @@ def test_validation_images_reach_tensorboard_and_wandb(monkeypatch):
     import types
 
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    import common
+    import validation
 
     logged = {}
     wandb = types.ModuleType("wandb")
@@ -1165,7 +1169,7 @@ def test_validation_images_reach_tensorboard_and_wandb(monkeypatch):
         add_images=lambda name, images, step: logged.__setitem__("tensorboard", (name, images, step))))
     run = types.SimpleNamespace(name="wandb", log=lambda values, step: logged.__setitem__("wandb", (values, step)))
     images = torch.linspace(-1, 1, 2 * 3 * 4 * 6).reshape(2, 3, 4, 6)
-    common.log_images(types.SimpleNamespace(trackers=[board, run]), "val/lr_sample_hr", images, 7)
+    validation.log_images(types.SimpleNamespace(trackers=[board, run]), "val/lr_sample_hr", images, 7)
     name, shown, step = logged["tensorboard"]
     assert (name, step) == ("val/lr_sample_hr", 7) and torch.equal(shown, (images + 1) / 2)
     values, step = logged["wandb"]
@@ -1450,7 +1454,7 @@ def test_resume_from_an_earlier_checkpoint_by_name_and_with_a_new_learning_rate(
 
 def test_resumed_warm_up_follows_the_step_not_the_process_count(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    from common import lr_schedule, restore_schedule
+    from loop import lr_schedule, restore_schedule
 
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     two = lr_schedule(opt, "constant", 10, 100, num_processes=2)
@@ -1475,7 +1479,7 @@ def test_the_short_accumulation_at_an_epoch_end_is_weighted_to_a_full_mean(monke
     from accelerate import Accelerator
 
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    from common import train_batches
+    from loop import train_batches
 
     class Items(torch.utils.data.Dataset):
         def __len__(self):
@@ -1658,7 +1662,7 @@ def test_gradient_checkpointing_trains_the_same_run(train_dir, tmp_path, script,
 
 def test_lr_schedules_after_the_warm_up(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    from common import lr_schedule
+    from loop import lr_schedule
 
     def lrs(name: str, processes: int = 1) -> list[float]:
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -1786,7 +1790,9 @@ def test_random_flip_is_on_and_can_be_turned_off(train_dir, monkeypatch):
 
 def test_max_train_samples_and_scale_lr(train_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import checkpoints
     import common
+    import flags
     import distill
     import train_teacher
 
@@ -1802,10 +1808,10 @@ def test_max_train_samples_and_scale_lr(train_dir, tmp_path, monkeypatch, capsys
     args = train_teacher.parse_args(base + ["--scale_lr", "--gradient_accumulation_steps", "3"])
     common.make_accelerator(args, "probe")
     assert args.learning_rate == pytest.approx(1e-4 * 2 * 3)  # one process: batch 2 x accumulation 3
-    assert common.make_optimizer(args, torch.nn.Linear(2, 2).parameters()).defaults["lr"] == pytest.approx(6e-4)
+    assert flags.make_optimizer(args, torch.nn.Linear(2, 2).parameters()).defaults["lr"] == pytest.approx(6e-4)
     found = common.make_dataloader(train_teacher.parse_args(base + ["--max_train_samples", "3"]), train_dir).dataset
     assert found.found == 6 and len(found.files) == 3  # a checkpoint records the folder's 6 and the 3 drawn from them
-    assert common.data_settings(train_teacher.parse_args(base + ["--max_train_samples", "3"]), 1, 6)[
+    assert checkpoints.data_settings(train_teacher.parse_args(base + ["--max_train_samples", "3"]), 1, 6)[
         "max_train_samples"] == 3
     for flag, message in [("--max_train_samples", "--max_train_samples is for a folder of images; make fewer pairs"),
                           ("--no_random_flip", "--no_random_flip does not reach teacher-made pairs"),
@@ -1819,20 +1825,20 @@ def test_max_train_samples_and_scale_lr(train_dir, tmp_path, monkeypatch, capsys
 def test_training_record_names_the_start_weights_and_the_time_limit(monkeypatch, tmp_path):
     # A fine-tune's file says what it started from (no paths) and that a time limit ended it.
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    import common
+    import loop
     import distill
     import train_teacher
 
     base = ["--train_data_dir", str(tmp_path / "photos"), "--output_dir", str(tmp_path / "run")]
     args = train_teacher.parse_args([*base, "--init_from", str(tmp_path / "runs" / "teacher.safetensors"),
                                      "--max_train_minutes", "4.5"])
-    record = common.training_record(args, {"train_data_dir": str(tmp_path / "photos"), "seed": 0})
+    record = loop.training_record(args, {"train_data_dir": str(tmp_path / "photos"), "seed": 0})
     assert (record["init_from"], record["max_train_minutes"], record["train_data"]) == ("teacher.safetensors", 4.5, "photos")
     assert "init_student" not in record and str(tmp_path) not in json.dumps(record)
     args = distill.parse_args([*base, "--teacher", "x4-real-teacher", "--init_student", "x4-real"])
-    record = common.training_record(args, {})
+    record = loop.training_record(args, {})
     assert record["init_student"] == "x4-real" and "init_from" not in record and "max_train_minutes" not in record
-    plain = common.training_record(train_teacher.parse_args(base), {})
+    plain = loop.training_record(train_teacher.parse_args(base), {})
     assert not {"init_from", "init_student", "max_train_minutes"} & plain.keys()
 
 
@@ -1842,15 +1848,15 @@ def test_building_the_validation_lpips_leaves_the_restored_rng_alone(monkeypatch
     import functools
 
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
-    import common
+    import validation
 
     from oftsr.training.metrics import LPIPS
 
-    monkeypatch.setattr(common, "LPIPS", functools.partial(LPIPS, random_backbone=True))  # no weights here
+    monkeypatch.setattr(validation, "LPIPS", functools.partial(LPIPS, random_backbone=True))  # no weights here
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    assert common.make_validation_lpips() is not None
+    assert validation.make_validation_lpips() is not None
     assert torch.equal(torch.rand(4), expected)
 
 

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 
-from checkpoints import checkpoint_record, checkpoint_to_resume
-from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, load_teacher,
-                    log_images, lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_float,
-                    positive_int, resolve_train_steps, run_script, run_training, training_loader, training_metadata,
-                    settle_resolution, unit_interval, validation_scores, validation_start)
+from checkpoints import checkpoint_record, checkpoint_to_resume, training_metadata
+from common import (load_init_weights, load_teacher, make_accelerator, make_dataloader, resolve_train_steps,
+                    run_script, training_loader)
+from flags import (HelpFormatter, add_common_args, check_data_dirs, make_optimizer, positive_float, positive_int,
+                   settle_resolution, unit_interval)
+from loop import lr_schedule, run_training
+from validation import ema_copy, log_images, validation_scores, validation_start
 
 import oftsr
 from oftsr.training.ema import EMA

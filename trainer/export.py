@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from checkpoints import MODEL_INFO, export_model, list_checkpoints
-from common import HelpFormatter, run_script
+from common import run_script
+from flags import HelpFormatter
 
 from oftsr.checkpoint import canonical_state_dict
 from oftsr.files import check_new_file

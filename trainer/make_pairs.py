@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 # common also puts the checkout on sys.path
-from common import (HelpFormatter, load_teacher, logger, multi_cpu, positive_int, process_logger, run_script,
-                    scan_once, setup_logging)
+from common import load_teacher, logger, multi_cpu, process_logger, run_script, scan_once, setup_logging
+from flags import HelpFormatter, positive_int
 
 from oftsr.checkpoint import network_digest
 from oftsr.model import DEGRADATIONS

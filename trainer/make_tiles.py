@@ -25,7 +25,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from common import HelpFormatter, logger, positive_int, run_script, setup_logging  # also puts the checkout on sys.path
+from common import logger, run_script, setup_logging  # also puts the checkout on sys.path
+from flags import HelpFormatter, positive_int
 
 from oftsr.files import atomic_write
 from oftsr.training.data import scan_images

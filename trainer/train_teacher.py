@@ -13,9 +13,10 @@ import logging
 
 import torch
 
-from common import (HelpFormatter, add_common_args, check_data_dirs, ema_copy, load_init_weights, log_images,
-                    lr_schedule, make_accelerator, make_dataloader, make_optimizer, positive_int, resolve_train_steps,
-                    run_script, run_training, settle_resolution, validation_scores, validation_start)
+from common import load_init_weights, make_accelerator, make_dataloader, resolve_train_steps, run_script
+from flags import HelpFormatter, add_common_args, check_data_dirs, make_optimizer, positive_int, settle_resolution
+from loop import lr_schedule, run_training
+from validation import ema_copy, log_images, validation_scores, validation_start
 
 import oftsr
 from oftsr.training.ema import EMA
