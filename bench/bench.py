@@ -363,8 +363,8 @@ def bench_fastpath(args, device) -> None:
                 return (setup, lambda: model.velocity(x, x, 0.5))
 
             restore = variant()[0]  # the settings found, on the default path
-            variants = {"authors' network (NCHW fp32, ADM ops)": (lambda: model.optimize(channels_last=False),
-                                                                    reference_forward),
+            authors = "authors' network (NCHW fp32, ADM ops)"
+            variants = {authors: (lambda: model.optimize(channels_last=False), reference_forward),
                         "default (load_model)": variant()}
             if args.fastpath_layouts:
                 variants["fast ops, NCHW"] = variant(channels_last=False)
@@ -409,17 +409,23 @@ def bench_fastpath(args, device) -> None:
                     secs = interleaved(variants, device, args.repeat)
                 finally:
                     restore()
+                def time_against_authors(name: str, fn, queued: str | None = None) -> None:
+                    """A row timed in turns with the authors' network (the default settings, as
+                    `fn` was made with); with `queued`, a second row of the same calls queued back
+                    to back: the GPU's pace, not one call's latency."""
+                    variants[name] = (restore, fn)
+                    secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device,
+                                             args.repeat)[name]
+                    if queued is not None:
+                        variants[queued] = variants[name]
+                        secs[queued] = back_to_back(fn, device, max(args.repeat, 10))
+
                 for mode in compile_modes(args):  # on the device's default layout, as `oftsr --compile` runs it
                     amp_dtype = half if device.type == "cuda" else None
                     compiled, first = compiled_variant(model, mode, amp_dtype, lambda m: m.velocity(x, x, 0.5))
                     name = f"default{amp if amp_dtype else ''} + torch.compile {mode or 'default'} (first call {first:.0f} s)"
-                    variants[name] = (restore, compiled)  # the default settings, as it was compiled with
-                    authors = "authors' network (NCHW fp32, ADM ops)"
-                    secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device, args.repeat)[name]
-                    if device.type == "cuda":  # the same calls queued back to back: the GPU's pace, not one call's latency
-                        queued = name.replace(" (first call", ", calls back to back (first call")
-                        variants[queued] = variants[name]
-                        secs[queued] = back_to_back(compiled, device, max(args.repeat, 10))
+                    queued = name.replace(" (first call", ", calls back to back (first call")
+                    time_against_authors(name, compiled, queued if device.type == "cuda" else None)
                 if device.type == "cuda" and compile_modes(args):
                     # torch.compile's default mode inside one CUDA graph recorded by hand (t as a
                     # tensor: a float would be copied from the host, which a capture refuses)
@@ -427,22 +433,17 @@ def bench_fastpath(args, device) -> None:
                     name = f"default{amp} + torch.compile default, one CUDA graph recorded by hand"
                     try:
                         compiled, _ = compiled_variant(model, None, half, lambda m: m.velocity(x, x, t_half))
-                        variants[name] = (restore, graphed(compiled, device))
+                        replay = graphed(compiled, device)
                     except RuntimeError as e:  # a measurement to try, not the product's path: say why and go on
                         print(f"(no row for a CUDA graph recorded by hand: {str(e).splitlines()[0][:200]})")
                     else:
-                        authors = "authors' network (NCHW fp32, ADM ops)"
-                        secs[name] = interleaved({authors: variants[authors], name: variants[name]}, device,
-                                                 args.repeat)[name]
-                        queued = f"{name}, calls back to back"
-                        variants[queued] = variants[name]
-                        secs[queued] = back_to_back(variants[name][1], device, max(args.repeat, 10))
+                        time_against_authors(name, replay, f"{name}, calls back to back")
                 flops = flops_per_forward(model, size) * args.batch
                 peak = bf16_peak(device)
                 for name, (setup, fn) in variants.items():
                     setup()
                     diff = (fn() - reference).abs().max().item()
-                    base = secs["authors' network (NCHW fp32, ADM ops)"]
+                    base = secs[authors]
                     # of the card's dense bf16 peak, for the rows that run in half precision
                     util = f"{flops / secs[name] / 1e12 / peak * 100:.1f}%" if peak and amp and amp in name else ""
                     rows.append([preset, f"{size}", name, f"{secs[name] * 1e3:.1f}", f"{base / secs[name]:.2f}", util,

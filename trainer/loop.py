@@ -20,8 +20,7 @@ import torch
 
 from checkpoints import (any_process, data_settings, export_model, list_checkpoints, model_info, resume,
                          save_checkpoint, training_metadata)
-from common import (EXIT_RESUMABLE, SCRIPT_START, TrainingDiverged, enter_training_loop, logger,  # also puts the
-                    start_trackers)                                                            # checkout on sys.path
+from common import EXIT_RESUMABLE, SCRIPT_START, TrainingDiverged, enter_training_loop, logger, start_trackers
 from flags import LR_SCHEDULES, adam_settings
 from validation import make_validation_lpips, validation_batch
 
