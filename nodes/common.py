@@ -16,7 +16,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..oftsr.checks import SEED_MAX
-from ..oftsr.devices import is_out_of_memory
+from ..oftsr.devices import available_memory, is_out_of_memory
 from ..oftsr.model import OFTSRModel
 from ..oftsr.sampling import Callback
 from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, batch_passes, images_per_pass, num_tiles
@@ -77,9 +77,9 @@ def seed_input(tooltip: str = "Seed of the start-point noise. The noise depends 
 
 
 def tiling_inputs(tile_tooltip: str = f"Tile size in output pixels, {MIN_TILE} or more, or 0 for the whole image at "
-                                      f"once (then Cancel waits for a whole network evaluation of it). Bounds GPU "
-                                      f"memory; halved automatically down to {MIN_OOM_TILE} when memory "
-                                      f"runs out.") -> list[io.Input]:
+                                      f"once (then Cancel waits for a whole network evaluation of it). Bounds memory "
+                                      f"(the GPU's, or RAM on a CPU); halved automatically down to {MIN_OOM_TILE} "
+                                      f"when memory runs out or less is free than the tile needs.") -> list[io.Input]:
     # steps of MIN_TILE: every size the widget offers from 0 runs (8, 16 and 24 would be refused)
     return [
         io.Int.Input("tile", default=DEFAULT_TILE, min=0, max=MAX_TILE, step=MIN_TILE, tooltip=tile_tooltip),
@@ -94,7 +94,8 @@ def color_fix_input() -> io.Input:
     return io.Combo.Input(
         "color_fix", options=list(COLOR_FIX_MODES), default="none",
         tooltip="Keep the low-frequency colour of the bicubic-upscaled input: none, wavelet (replace the coarsest "
-                "wavelet band) or adain (match per-channel mean and contrast).",
+                "wavelet band) or adain (match per-channel mean and contrast). Either also holds the colour of "
+                "very small images (icons, sprites: tens of pixels), where the network's can drift by several levels.",
     )
 
 
@@ -295,6 +296,35 @@ def first_tiling(tile: int, overlap: int) -> tuple[int | None, int]:
     return (None, overlap) if tile <= 0 else (tile, min(overlap, tile // 2))
 
 
+def tiling_that_fits(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile: int | None, overlap: int,
+                     widget_overlap: int, *, node: str, states: int = 0, per_image: bool = False
+                     ) -> tuple[int | None, int]:
+    """The tiling to start with, the model on its device: `tile` and `overlap` halved as
+    after an out-of-memory (`retry_tiling`, down to MIN_OOM_TILE) while the run's
+    estimated need beyond the weights is more than the device has free, with a warning
+    in the log. On a CPU a run past the free memory need not fail at all: it swaps for
+    minutes, or the system's OOM killer ends ComfyUI."""
+    free = available_memory(model.device)
+    if free is None:
+        return tile, overlap
+
+    def need(tile: int | None) -> int:
+        return estimate_memory(model, batch, out_h, out_w, tile, states, per_image) - mm.module_size(model)
+
+    asked, start = need(tile), tile
+    while need(tile) > free:
+        at_once = images_per_pass(batch, out_h, out_w, tile) if per_image else 1
+        _, smaller, smaller_overlap = retry_tiling(tile, widget_overlap, out_h, out_w, at_once)
+        if smaller is None:
+            break  # the smallest tile is tried: if memory does run out, the error says what to do
+        tile, overlap = smaller, smaller_overlap
+    if tile != start:
+        log.warning("%s: %s need about %.1f GiB on %s, %.1f GiB is free: starting with %d-pixel tiles", node,
+                    "the whole image" if start is None else f"{start}-pixel tiles", asked / 2**30, model.device,
+                    free / 2**30, tile)
+    return tile, overlap
+
+
 def retry_tiling(tile: int | None, overlap: int, out_h: int, out_w: int,
                  frames_at_once: int = 1) -> tuple[int, int | None, int]:
     """After an out-of-memory with `tile` (None: no tiling): the tile that failed (an image
@@ -322,7 +352,8 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
     device, then put the model back on the offload device.
 
     Memory is freed for the estimated need first (other models are unloaded), as
-    ComfyUI's ImageUpscaleWithModel does. On out-of-memory the tile is halved and the
+    ComfyUI's ImageUpscaleWithModel does; where less is free than that even so, the run
+    starts with a smaller tile (`tiling_that_fits`). On out-of-memory the tile is halved and the
     whole job retried, down to MIN_OOM_TILE; below that a ValueError says what to do.
     The progress bar ticks at every tile of each of a library call's `evaluations`
     network evaluations (None: a count not known ahead, the adaptive solver's, shown on
@@ -345,6 +376,8 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
     mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states, per_image), device)
     model.to(device)  # the model takes this device's faster layout as it moves (OFTSRModel._apply)
     try:
+        tile, overlap = tiling_that_fits(model, x.shape[0], out_h, out_w, tile, overlap, widget_overlap, node=node,
+                                         states=states, per_image=per_image)
         while True:
             try:
                 progress = Progress(passes, units(tile, overlap))

@@ -14,7 +14,7 @@ from ..oftsr import upscale
 from ..oftsr.checks import check_t
 from ..oftsr.tiling import DEFAULT_OVERLAP
 from .common import (CATEGORY, DEFAULT_TILE, MIN_OOM_TILE, SEED_MAX, check_interrupt, check_tile, first_tiling,
-                     is_oom, model_input, require_role, retry_tiling, t_input, tiling_inputs)
+                     is_oom, model_input, require_role, retry_tiling, t_input, tiling_inputs, tiling_that_fits)
 from .upscale import warn_if_ignores_t
 
 NAME = "OFTSR as Upscale Model"
@@ -87,19 +87,22 @@ class StudentUpscaleModel:
         elif image.shape[1] in (1, 2):  # gray (+ alpha): three equal channels, as an IMAGE holds gray
             image = image[:, :1].expand(-1, 3, -1, -1)
         out_h, out_w = image.shape[-2] * self.scale, image.shape[-1] * self.scale
+        # for this call only: memory free now may be more at the next
+        tile, overlap = tiling_that_fits(self.model, image.shape[0], out_h, out_w, self.tile, self.overlap,
+                                         self.widget_overlap, node=NAME, per_image=True)
         while True:
             try:
-                out = upscale(self.model, image.float(), t=self.t, seed=self.seed, tile=self.tile,
-                              overlap=self.overlap, callback=check_interrupt)
+                out = upscale(self.model, image.float(), t=self.t, seed=self.seed, tile=tile, overlap=overlap,
+                              callback=check_interrupt)
                 return out.to(image.dtype)
             except Exception as e:
-                failed, smaller, overlap = retry_tiling(self.tile, self.widget_overlap, out_h, out_w)
+                failed, smaller, smaller_overlap = retry_tiling(tile, self.widget_overlap, out_h, out_w)
                 if not is_oom(e) or smaller is None:
                     raise  # the consumer's own retry (Upscale Image's) halves its tile next
             # outside the except block the exception's frames and their tensors are released
             mm.soft_empty_cache()
-            self.tile, self.overlap = smaller, overlap
-            log.warning("%s: out of memory with %d-pixel tiles; retrying with %d", NAME, failed, self.tile)
+            self.tile, self.overlap = tile, overlap = smaller, smaller_overlap  # kept for the next calls
+            log.warning("%s: out of memory with %d-pixel tiles; retrying with %d", NAME, failed, tile)
 
 
 class OFTSRAsUpscaleModel(io.ComfyNode):

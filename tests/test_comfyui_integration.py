@@ -187,7 +187,8 @@ def test_object_info_has_the_nodes_with_their_inputs(comfy):
     # the models folder registered through --extra-model-paths-config under "oftsr:"
     model_name = info["OFTSRModelLoader"]["input"]["required"]["model_name"]
     options = model_name[1].get("options", model_name[0]) if model_name[0] == "COMBO" else model_name[0]
-    assert options[:len(BUNDLED)] == BUNDLED and sorted(options[len(BUNDLED):]) == sorted(MODEL_FILES.values())
+    # (the checkout's own models/oftsr may list more: a developer's files)
+    assert options[:len(BUNDLED)] == BUNDLED and set(MODEL_FILES.values()) <= set(options[len(BUNDLED):])
 
 
 # --------------------------------------------------------------------------- the shipped workflows

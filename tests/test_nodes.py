@@ -752,6 +752,58 @@ def test_oom_tries_the_smallest_tile_before_giving_up(comfy, pack, student):
     assert calls[0] == (400, 400) and calls[1] == (168, 168) and max(max(c) for c in calls[2:]) <= 128
 
 
+def test_a_tile_more_than_is_free_starts_smaller(comfy, pack, student, monkeypatch, caplog):
+    """With less free than the whole image needs (estimate_memory, beyond the weights), the
+    run starts at the tile an out-of-memory would have led to, with no failed try first: on a
+    CPU a run past the free memory swaps or is killed by the system rather than failing."""
+    img = image(h=64, w=64)  # 256 px output
+    common, calls = pack.common, []
+    fail_above(student, 10_000, calls)  # never out of memory: only the estimate decides
+    weights = comfy.model_management.module_size(student)
+    need = {t: common.estimate_memory(student, 1, 256, 256, t, per_image=True) - weights for t in (None, 128)}
+    assert need[128] < need[None]
+    monkeypatch.setattr(common, "available_memory", lambda device: need[128])
+    with caplog.at_level("WARNING"):
+        out = run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64,
+                  color_fix="none")
+    assert set(calls) == {(112, 112)}  # 3 x 3 tiles of the 128 layout from the start, the overlap a quarter
+    expected = pack.lib.upscale(student, img.movedim(-1, 1), t=0.5, seed=2, tile=128, overlap=32).movedim(1, -1)
+    assert torch.equal(out, expected)
+    assert "OFTSR Upscale: the whole image need about" in caplog.text and "starting with 128-pixel tiles" in caplog.text
+    assert comfy.model_management.empty_cache_calls == 0 and len(bars(comfy)) == 1
+
+    calls.clear()
+    caplog.clear()
+    monkeypatch.setattr(common, "available_memory", lambda device: need[None])  # enough: the widgets' tiling
+    run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64, color_fix="none")
+    assert calls == [(256, 256)] and "starting with" not in caplog.text
+
+    calls.clear()
+    monkeypatch.setattr(common, "available_memory", lambda device: 1)  # nothing fits: the smallest tile is tried
+    out = run(pack, "OFTSRUpscale", model=student, image=image(h=100, w=100), t=0.5, seed=2, tile=512, overlap=64,
+              color_fix="none")
+    assert out.shape == (1, 400, 400, 3) and max(max(c) for c in calls) <= 128
+
+
+def test_as_upscale_model_starts_smaller_where_less_is_free_for_that_call_only(comfy, pack, student, monkeypatch):
+    wrapped = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.5, seed=0, tile=512, overlap=64)
+    module, tried = sys.modules[f"{PACK}.nodes.upscale_model"], []
+    library_upscale = module.upscale
+
+    def recording(model, image, *, tile, **kwargs):
+        tried.append(tile)
+        return library_upscale(model, image, tile=tile, **kwargs)
+
+    monkeypatch.setattr(module, "upscale", recording)
+    monkeypatch.setattr(pack.common, "available_memory", lambda device: 1)
+    x = image(h=64, w=64).movedim(-1, 1)  # 256 px of output: 512 covers it, then 128 (the smallest)
+    assert torch.equal(wrapped(x), library_upscale(student, x, t=0.5, seed=0, tile=128, overlap=32))
+    assert tried == [128] and (wrapped.tile, wrapped.overlap) == (512, 64)  # the widgets' tiling kept for later calls
+    monkeypatch.setattr(pack.common, "available_memory", lambda device: None)  # cannot be told: as the widgets say
+    wrapped(x)
+    assert tried == [128, 512]
+
+
 def test_oom_with_frames_sharing_a_tile_takes_fewer_frames_at_once(comfy, pack, student):
     """16 frames of 128 px output share one 512 px tile: out of memory there, the halved
     tile takes 4 at a time (the frames alone, each smaller than the tile, gave up at once)."""

@@ -447,6 +447,11 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     res = _run(["trainer/export.py", damaged, tmp_path / "d.safetensors"], status=2)
     assert "custom_checkpoint_0.pkl is empty; export another checkpoint of the run, or this one's raw weights " \
            "with --raw" in res.stderr and "Traceback" not in res.stderr
+    record = (damaged / "oftsr.json").read_text(encoding="utf-8")
+    (damaged / "oftsr.json").write_text(record[:len(record) // 2], encoding="utf-8")  # cut short: which file, and why
+    res = _run(["trainer/export.py", damaged, tmp_path / "d.safetensors"], status=2)
+    assert f"{damaged / 'oftsr.json'} is unreadable (" in res.stderr and "Traceback" not in res.stderr
+    assert "export another checkpoint of the run" in res.stderr and not (tmp_path / "d.safetensors").exists()
     assert all(torch.equal(pa, pb) for pa, pb in
                zip(oftsr.load_model(tmp_path / "raw.safetensors").parameters(), tb.parameters()))
 
@@ -1037,6 +1042,18 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
     with pytest.raises(ValueError, match="oftsr.json is unreadable .* move checkpoint-4 out of"):
         checkpoints.resume(Accelerator(), args, info)
 
+    # a run branched from another run's checkpoint: the hint names that run's other checkpoints
+    (run / "checkpoint-4" / checkpoints.MODEL_INFO).write_text(json.dumps({**info, "step": 4}))
+    (run / "checkpoint-4" / "model.safetensors").write_bytes(b"")
+    branch = train_teacher.parse_args(["--train_data_dir", "d", "--output_dir", str(tmp_path / "branch"),
+                                       "--resume_from_checkpoint", str(run / "checkpoint-4")])
+    with pytest.raises(ValueError, match=r"files are empty: model.safetensors; resume from another checkpoint of "
+                                         r".*run \(checkpoint-2\) with --resume_from_checkpoint .*checkpoint-2$"):
+        checkpoints.resume(Accelerator(), branch, info)
+    shutil.rmtree(run / "checkpoint-2")
+    with pytest.raises(ValueError, match=r"model.safetensors; start the run without --resume_from_checkpoint$"):
+        checkpoints.resume(Accelerator(), branch, info)
+
 
 def test_resolution_left_out_fits_the_scale_and_a_given_one_must(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
@@ -1357,7 +1374,7 @@ def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, 
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "the stage has used 2.0 of its 0.001 minutes: 0.000 left" in res.stdout
     assert sorted(p.name for p in (tmp_path / "run" / "teacher").iterdir()) == trained + ["teacher.safetensors"]
-    assert "teacher: " not in res.stderr and "distill oftsr: " in res.stderr  # only the student's progress bar
+    assert "teacher: " not in res.stderr and "oftsr student: " in res.stderr  # only the student's progress bar
     assert oftsr.load_model(tmp_path / "run" / "teacher" / "teacher.safetensors").step == 1
     assert ledger.read_text().strip() == "120"  # nothing ran, nothing added
     # A teacher trained further since its student was distilled: said, not shipped beside the old student
@@ -1545,6 +1562,85 @@ def test_logging_dir_and_tracker_project_name(train_dir, tmp_path):
           "--report_to", "tensorboard", "--logging_dir", "tb", "--tracker_project_name", "my-sr"])
     assert list((out / "tb" / "my-sr").glob("events.out.tfevents.*")), sorted(p.relative_to(out) for p in out.rglob("*"))
     assert not (out / "logs").exists()
+
+
+def test_a_cpu_run_is_warned_of_emulated_bf16_and_one_thread(monkeypatch, caplog):
+    """fp16 runs in float32 on a CPU; bf16 is kept but warned of where the CPU emulates it;
+    `accelerate launch`'s OMP_NUM_THREADS=1 is warned of where a process could have more cores."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+
+    one = SimpleNamespace(num_processes=1, is_main_process=True)
+    monkeypatch.setattr(common, "cpu_cores", lambda: 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for native in (False, True):
+        monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="oftsr.trainer"):
+            assert common.check_cpu_training(one, "bf16") == "bf16" and common.check_cpu_training(one, "fp16") == "no"
+            assert common.check_cpu_training(one, "no") == "no"
+        said = [r.getMessage() for r in caplog.records]
+        assert ("--mixed_precision bf16: this CPU has no native bf16 (AVX512-bf16 or AMX), so it is emulated, many "
+                "times slower than float32: train with --mixed_precision no" in said) is not native
+        fp16 = [m for m in said if m.startswith("--mixed_precision fp16 needs a GPU: this run trains in float32")]
+        assert len(fp16) == 1 and ("--mixed_precision bf16 is faster" in fp16[0]) is native
+        threads = [m for m in said if m.startswith("training on the CPU with one thread per process, on 4 cores")]
+        assert len(threads) == 3 and all(m.endswith("--num_cpu_threads_per_process 4") for m in threads)
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="oftsr.trainer"):
+        common.check_cpu_training(SimpleNamespace(num_processes=4, is_main_process=True), "no")  # a core each
+        common.check_cpu_training(SimpleNamespace(num_processes=2, is_main_process=False), "no")  # said once, by rank 0
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        common.check_cpu_training(one, "no")  # as --num_cpu_threads_per_process 2 sets it
+    assert caplog.records == []
+    caplog.clear()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with caplog.at_level("WARNING", logger="oftsr.trainer"):
+        common.check_cpu_training(SimpleNamespace(num_processes=2, is_main_process=True), "no")
+    assert caplog.records[0].getMessage().endswith("--num_cpu_threads_per_process 2")
+
+
+def test_rotating_checkpoints_renames_before_it_removes(tmp_path, monkeypatch):
+    """A run killed while it removes a checkpoint beyond --checkpoints_total_limit leaves a
+    .tmp- folder (removed at the next save), never a checkpoint-N with files missing."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import checkpoints
+
+    class Accelerator:  # one process; writes a state of two files as Accelerate would
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, path):
+            for name in ("model.safetensors", "custom_checkpoint_0.pkl"):
+                (Path(path) / name).write_bytes(b"x")
+
+    model = oftsr.create_model("tiny", role="teacher")
+    run = tmp_path / "run"
+    for step in (1, 2):
+        checkpoints.save_checkpoint(Accelerator(), str(run), step, 2, model)
+    real_rmtree, removed = shutil.rmtree, []
+
+    def killed_while_removing(path, ignore_errors=False):
+        path = Path(path)
+        if path.name.startswith(".tmp-checkpoint-") and path.is_dir():
+            (path / "custom_checkpoint_0.pkl").unlink()  # one file gone, then the process is killed
+            removed.append(path.name)
+            raise KeyboardInterrupt
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", killed_while_removing)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_checkpoint(Accelerator(), str(run), 3, 2, model)
+    assert removed == [".tmp-checkpoint-1"]
+    assert [p.name for p in checkpoints.list_checkpoints(str(run))] == ["checkpoint-2", "checkpoint-3"]
+    assert all(sorted(f.name for f in p.iterdir()) == ["custom_checkpoint_0.pkl", "model.safetensors", "oftsr.json"]
+               for p in checkpoints.list_checkpoints(str(run)))  # every checkpoint-N whole
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", real_rmtree)
+    checkpoints.save_checkpoint(Accelerator(), str(run), 4, 2, model)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "checkpoint-4"]  # the half-removed one too
 
 
 def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):

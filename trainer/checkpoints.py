@@ -85,8 +85,12 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
         _sync_to_disk(Path(output_dir), files=False)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-        for cut_off in Path(output_dir).glob(".tmp-checkpoint-*"):  # saves a killed run left half-written
+                # renamed first: a run killed while removing it leaves a .tmp- folder, never a
+                # checkpoint-N with files missing
+                gone = old.with_name(f".tmp-{old.name}")
+                shutil.rmtree(gone, ignore_errors=True)
+                os.replace(old, gone)
+        for cut_off in Path(output_dir).glob(".tmp-checkpoint-*"):  # saves (and removals) a killed run cut off
             shutil.rmtree(cut_off, ignore_errors=True)
         logger.info("saved %s", final)
     accelerator.wait_for_everyone()
@@ -194,11 +198,7 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
             or "zip archive" in str(e) or "central directory" in str(e)
         if not cut_short:
             raise
-        m = CHECKPOINT.match(path.name)
-        earlier = [p.name for p in list_checkpoints(output_dir)
-                   if m and int(CHECKPOINT.match(p.name).group(1)) < int(m.group(1))]
-        hint = (f"move {path.name} out of {output_dir} and run again with --resume_from_checkpoint latest to go on "
-                f"from {earlier[-1]}" if earlier else "start the run again in a new --output_dir")
+        hint = _damaged_checkpoint_hint(path, output_dir)
         why = str(e) if isinstance(e, _Damaged) else f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
         raise ValueError(f"could not load the checkpoint {path} ({why}); "
                          + (f"these files are empty: {', '.join(empty)}; " if empty
@@ -207,6 +207,21 @@ def _load_state(accelerator, path: Path, output_dir: str) -> None:
     finally:
         checkpointing.removeFilter(hear)
         checkpointing.setLevel(level)
+
+
+def _damaged_checkpoint_hint(path: Path, output_dir: str) -> str:
+    """What to do instead of resuming the damaged checkpoint `path`: the one before it where
+    it is `output_dir`'s own, else another of its own folder's (a run branched from one
+    of another run's)."""
+    m = CHECKPOINT.match(path.name)
+    if path.parent.resolve() == Path(output_dir).resolve():
+        earlier = [p.name for p in list_checkpoints(output_dir)
+                   if m and int(CHECKPOINT.match(p.name).group(1)) < int(m.group(1))]
+        return (f"move {path.name} out of {output_dir} and run again with --resume_from_checkpoint latest to go on "
+                f"from {earlier[-1]}" if earlier else "start the run again in a new --output_dir")
+    others = [p for p in list_checkpoints(str(path.parent)) if p.name != path.name]
+    return (f"resume from another checkpoint of {path.parent} ({', '.join(p.name for p in others)}) with "
+            f"--resume_from_checkpoint {others[-1]}" if others else "start the run without --resume_from_checkpoint")
 
 
 def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:

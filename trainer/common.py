@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import oftsr  # noqa: E402
 from oftsr.checkpoint import MissingInfoError, contradicted_metadata, recorded_settings  # noqa: E402
+from oftsr.devices import cpu_has_native_bf16  # noqa: E402
 from oftsr.training.data import SRDataset, load_logger, scan_image_sizes, warn_image_sizes  # noqa: E402
 from oftsr.training.degradations import SIGMA_Y  # noqa: E402
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
@@ -157,9 +158,8 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
     # The precision that runs: the flag's, or `accelerate launch --mixed_precision`'s, which the
     # flag's default leaves to Accelerate; fp16 on a CPU Accelerate ignores, silently.
     precision = accelerator.mixed_precision
-    if accelerator.device.type == "cpu" and precision == "fp16":
-        logger.warning("--mixed_precision fp16 needs a GPU: this run trains in float32 (bf16 runs on CPUs)")
-        precision = "no"
+    if accelerator.device.type == "cpu":
+        precision = check_cpu_training(accelerator, precision)
     args.mixed_precision = precision  # what the model file records
     set_seed(args.seed, device_specific=True)
     if getattr(args, "scale_lr", False):  # before the optimizer is made
@@ -179,6 +179,34 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
     # The trackers start in run_training, once the run's length and warm-up are settled.
     accelerator.oftsr_project = args.tracker_project_name or project
     return accelerator
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_cpu_training(accelerator: "Accelerator", precision: str) -> str:
+    """The precision a CPU run trains in, with a warning for what would make it needlessly
+    slow: fp16 (Accelerate ignores it on a CPU, silently: float32), bf16 without the CPU's
+    own bf16 (emulated: 16x slower than float32 on a 2-core AVX2 CPU, measured), and one
+    thread per process where the cores allow more (`accelerate launch` sets
+    OMP_NUM_THREADS=1 unless told otherwise: 1.6x slower on 2 cores, measured)."""
+    native_bf16 = cpu_has_native_bf16()
+    if precision == "fp16":
+        logger.warning("--mixed_precision fp16 needs a GPU: this run trains in float32%s",
+                       " (this CPU has native bf16: --mixed_precision bf16 is faster)" if native_bf16 else "")
+        precision = "no"
+    elif precision == "bf16" and not native_bf16:
+        logger.warning("--mixed_precision bf16: this CPU has no native bf16 (AVX512-bf16 or AMX), so it is emulated, "
+                       "many times slower than float32: train with --mixed_precision no")
+    # OMP_NUM_THREADS=1, not torch's thread count, which is the physical cores' where the
+    # logical ones are twice as many
+    per_process = cpu_cores() // accelerator.num_processes
+    if accelerator.is_main_process and os.environ.get("OMP_NUM_THREADS") == "1" and per_process > 1:
+        logger.warning("training on the CPU with one thread per process, on %d cores (OMP_NUM_THREADS=1, which "
+                       "`accelerate launch` sets): pass it --num_cpu_threads_per_process %d", cpu_cores(), per_process)
+    return precision
 
 
 class RunningElsewhere(ValueError):
@@ -220,7 +248,7 @@ def lock_output_dir(output_dir: str):
         raise RunningElsewhere(
             f"another run is writing to {output_dir}{f' ({holder})' if holder else ''}: wait for it to end or stop "
             f"it, or use another --output_dir. A killed `accelerate launch` can leave its workers training: stop "
-            f"them too (e.g. pkill -f trainer/)") from None
+            f"them too (kill the process named there, and its launcher's other workers)") from None
     f.seek(0)
     f.truncate()
     f.write(f"process {os.getpid()} on {socket.gethostname()}\n")

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         step_losses = fluxsr_losses
 
     return run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema,
-                        desc=f"distill {args.objective}", step_losses=step_losses,
+                        desc=f"{args.objective} student", step_losses=step_losses,
                         export_name="student.safetensors", extra_state=extra_state, after_step=after_step,
                         provenance={"teacher_digest": network_digest(teacher)},
                         validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step,

@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"{args.output}: the model file is written as safetensors; name it .safetensors")
     check_new_file(args.output, args.overwrite)
     ckpt = find_checkpoint(args.checkpoint)
-    info = json.loads((ckpt / MODEL_INFO).read_text(encoding="utf-8"))
+    try:
+        info = json.loads((ckpt / MODEL_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # missing, or cut short: say which file, not a bare parser message
+        raise ValueError(f"{ckpt / MODEL_INFO} is unreadable ({e}): the checkpoint is damaged or not one of this "
+                         f"trainer's; export another checkpoint of the run") from e
     source = ckpt / ("model.safetensors" if args.raw else "custom_checkpoint_0.pkl")
     try:
         if args.raw:
