@@ -87,9 +87,10 @@ class StudentUpscaleModel:
         elif image.shape[1] in (1, 2):  # gray (+ alpha): three equal channels, as an IMAGE holds gray
             image = image[:, :1].expand(-1, 3, -1, -1)
         out_h, out_w = image.shape[-2] * self.scale, image.shape[-1] * self.scale
-        # for this call only: memory free now may be more at the next
-        tile, overlap = tiling_that_fits(self.model, image.shape[0], out_h, out_w, self.tile, self.overlap,
-                                         self.widget_overlap, node=NAME, per_image=True)
+        # kept for the next calls, as after an out-of-memory: the consumer calls once per tile of its own
+        self.tile, self.overlap = tile, overlap = tiling_that_fits(
+            self.model, image.shape[0], out_h, out_w, self.tile, self.overlap, self.widget_overlap, node=NAME,
+            per_image=True)
         while True:
             try:
                 out = upscale(self.model, image.float(), t=self.t, seed=self.seed, tile=tile, overlap=overlap,

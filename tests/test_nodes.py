@@ -785,7 +785,7 @@ def test_a_tile_more_than_is_free_starts_smaller(comfy, pack, student, monkeypat
     assert out.shape == (1, 400, 400, 3) and max(max(c) for c in calls) <= 128
 
 
-def test_as_upscale_model_starts_smaller_where_less_is_free_for_that_call_only(comfy, pack, student, monkeypatch):
+def test_as_upscale_model_starts_smaller_where_less_is_free(comfy, pack, student, monkeypatch, caplog):
     wrapped = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.5, seed=0, tile=512, overlap=64)
     module, tried = sys.modules[f"{PACK}.nodes.upscale_model"], []
     library_upscale = module.upscale
@@ -797,11 +797,16 @@ def test_as_upscale_model_starts_smaller_where_less_is_free_for_that_call_only(c
     monkeypatch.setattr(module, "upscale", recording)
     monkeypatch.setattr(pack.common, "available_memory", lambda device: 1)
     x = image(h=64, w=64).movedim(-1, 1)  # 256 px of output: 512 covers it, then 128 (the smallest)
-    assert torch.equal(wrapped(x), library_upscale(student, x, t=0.5, seed=0, tile=128, overlap=32))
-    assert tried == [128] and (wrapped.tile, wrapped.overlap) == (512, 64)  # the widgets' tiling kept for later calls
+    with caplog.at_level("WARNING"):
+        assert torch.equal(wrapped(x), library_upscale(student, x, t=0.5, seed=0, tile=128, overlap=32))
+        wrapped(x)  # the consumer's next tile starts where the last one did: said once
+    assert tried == [128, 128] and (wrapped.tile, wrapped.overlap) == (128, 32)
+    assert caplog.text.count("OFTSR as Upscale Model: 512-pixel tiles need about") == 1
+
+    fresh = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.5, seed=0, tile=512, overlap=64)
     monkeypatch.setattr(pack.common, "available_memory", lambda device: None)  # cannot be told: as the widgets say
-    wrapped(x)
-    assert tried == [128, 512]
+    fresh(x)
+    assert tried == [128, 128, 512]
 
 
 def test_oom_with_frames_sharing_a_tile_takes_fewer_frames_at_once(comfy, pack, student):
