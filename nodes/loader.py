@@ -30,10 +30,14 @@ OLD_NAMES = {"(bundled) oftsr-x4-student": "x4 student", "(bundled) oftsr-x4-tea
 
 
 def register_model_folder() -> None:
-    """Register models/oftsr under the key "oftsr" with ComfyUI's model extensions,
+    """Register models/oftsr (made if missing) under the key "oftsr" with ComfyUI's model extensions,
     keeping (and listing after it) folders a user's extra_model_paths.yaml added, which
     ComfyUI applies before packs load. Idempotent."""
     default = os.path.join(folder_paths.models_dir, FOLDER_KEY)
+    try:  # there to be found: where a user looks for the folder the loader lists
+        os.makedirs(default, exist_ok=True)
+    except OSError:  # a read-only installation: listed all the same
+        pass
     paths, extensions = [default], set(folder_paths.supported_pt_extensions)
     existing = folder_paths.folder_names_and_paths.get(FOLDER_KEY)
     if existing is not None:

@@ -85,7 +85,7 @@ def pack(load_pack):
 @pytest.fixture
 def model_dir(comfy) -> Path:
     path = Path(comfy.folder_paths.models_dir) / "oftsr"
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)  # the pack makes it as it loads
     return path
 
 
@@ -216,6 +216,13 @@ def test_loader_schema_lists_the_model_folder(comfy, pack, saved):
     assert (inputs["sigma_p"].default, inputs["sigma_p"].min, inputs["sigma_p"].max) == (0.0, 0.0, 1.0)
     assert inputs["role"].options == ["from file", "teacher", "student"] and inputs["role"].default == "from file"
     assert (inputs["scale"].default, inputs["scale"].min) == (0, 0)
+
+
+def test_the_model_folder_is_made_for_a_user_to_find(comfy, load_pack):
+    folder = Path(comfy.folder_paths.models_dir) / "oftsr"
+    assert not folder.exists()
+    pack = load_pack()
+    assert folder.is_dir() and inputs_of(pack, "OFTSRModelLoader")["model_name"].options == BUNDLED
 
 
 def test_model_folder_merges_extra_model_paths(comfy, load_pack, tmp_path, random_unet_weights):
