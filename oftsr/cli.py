@@ -145,6 +145,10 @@ def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = 
                          f"sets its type: name it {out.with_suffix('.' + fmt).name}, or leave out --format")
     if out.suffix.lower() in UNWRITABLE_SUFFIXES and not out.is_dir():  # an image name, not a folder
         raise ValueError(f"-o {out}: cannot write {out.suffix!r} images; use one of {', '.join(IMAGE_SUFFIXES)}")
+    if single and not out.exists() and out.suffix[1:].isalpha() and out.suffix.lower() not in IMAGE_SUFFIXES:
+        # a mistyped image name ("photo.pnj") would otherwise become a folder of that name
+        raise ValueError(f"-o {out}: {out.suffix!r} is not an image type this writes ({', '.join(IMAGE_SUFFIXES)}); "
+                         f"for a folder, make it first or name it without that suffix")
     if _names_a_file(out) and not single:
         raise ValueError(f"-o {out} names one file, but the input is {len(files)} image(s) from "
                          f"{'a folder' if any(Path(i).is_dir() for i in inputs) else 'several files'}; give a folder for -o")
@@ -608,7 +612,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
     existing = p.add_mutually_exclusive_group()
-    existing.add_argument("--overwrite", action="store_true", help="allow -o to replace the input images")
+    existing.add_argument("--overwrite", action="store_true", help="allow -o to replace the input images (other files there are always replaced: "
+                                "--skip-existing keeps them)")
     existing.add_argument("--skip-existing", action="store_true",
                           help="leave out inputs whose output file exists: go on with a folder after an interrupted run")
     p.add_argument("--model", help=f"a bundled model's name ({model_name_help()}; default {DEFAULT_MODEL}) or a "

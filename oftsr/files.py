@@ -77,7 +77,11 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def check_new_file(path: str | os.PathLike, overwrite: bool) -> None:
-    """A model file is replaced only when asked (`--overwrite`): it may be the only copy of a
-    trained run."""
+    """A model file to write: named .safetensors, what it is written as (tools that pick a
+    loader by the name would take a .pth for a pickle), and replaced only when asked
+    (`--overwrite`): it may be the only copy of a trained run."""
+    if Path(path).suffix.lower() != ".safetensors":
+        raise ValueError(f"{path}: the model file is written as safetensors; name it "
+                         f"{Path(path).with_suffix('.safetensors').name}")
     if Path(path).exists() and not overwrite:
         raise ValueError(f"{path} exists; choose another name, or pass --overwrite to replace it")

@@ -625,11 +625,22 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
         (["upscale", str(inputs / "rgb.png"), str(tmp_path / "other" / "rgb.png"), "-o", str(tmp_path / "o"), "--model",
           student], "rgb.png would both write"),
         (["info", str(tmp_path)], "is a folder, not a model file"),  # reported in one line, no traceback
+        # a mistyped image name for one input: not a new folder of that name
+        (["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / "x.pnj"), "--model", student],
+         f"-o {tmp_path / 'x.pnj'}: '.pnj' is not an image type this writes (.png, .jpg, .jpeg, .webp, .bmp, .tif, "
+         f".tiff); for a folder, make it first or name it without that suffix"),
+        (["convert", student, str(tmp_path / "conv.pth")],  # a safetensors file under a pickle's name
+         f"{tmp_path / 'conv.pth'}: the model file is written as safetensors; name it conv.safetensors"),
+        (["create", str(tmp_path / "new.pt")], "name it new.safetensors"),
     ]
     for argv, message in cases:
         code, _, err = _run_cli(argv, capsys)
         assert code == 2 and message in _one_error(err), argv
-    assert not (tmp_path / "x.gif").exists()
+    assert not any((tmp_path / name).exists() for name in ("x.gif", "x.pnj", "conv.pth", "new.pt"))
+    (tmp_path / "x.pnj").mkdir()  # a folder that exists, or a suffix with a digit ("run.v2"), is a folder
+    for out in ("x.pnj", "run.v2"):
+        assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / out), "--model", student, "-q"]) == 0
+        assert (tmp_path / out / "rgb.png").is_file()
     with pytest.raises(SystemExit):  # sample has no --t; no abbreviation of --tile is guessed
         main(["sample", str(inputs / "rgb.png"), "-o", str(tmp_path / "o"), "--t", "0.5"])
     err = capsys.readouterr().err

@@ -431,7 +431,7 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     assert all(torch.equal(pa, pb) for pa, pb in zip(exported.parameters(), tb.parameters()))
     _run(["trainer/export.py", cut, tmp_path / "raw.safetensors", "--raw"])  # newest checkpoint, raw weights
     res = _run(["trainer/export.py", cut, tmp_path / "raw.pth"], status=2)  # safetensors under a .pth name: no
-    assert "error: " in res.stderr and "name it .safetensors" in res.stderr and not (tmp_path / "raw.pth").exists()
+    assert "error: " in res.stderr and "written as safetensors; name it raw.safetensors" in res.stderr and not (tmp_path / "raw.pth").exists()
     assert oftsr.load_model(tmp_path / "raw.safetensors").config == oftsr.PRESETS["tiny"]
     assert oftsr.read_metadata(tmp_path / "raw.safetensors")["weights"] == "raw (not EMA)"
     assert "weights" not in oftsr.read_metadata(tmp_path / "exported.safetensors")

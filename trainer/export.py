@@ -44,8 +44,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     args = p.parse_args(argv)
 
-    if Path(args.output).suffix.lower() != ".safetensors":
-        raise ValueError(f"{args.output}: the model file is written as safetensors; name it .safetensors")
     check_new_file(args.output, args.overwrite)
     ckpt = find_checkpoint(args.checkpoint)
     try:
