@@ -308,16 +308,15 @@ def tiling_that_fits(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile
     if free is None:
         return tile, overlap
 
-    def need(tile: int | None) -> int:
-        return estimate_memory(model, batch, out_h, out_w, tile, states, per_image) - mm.module_size(model)
-
-    asked, start = need(tile), tile
-    while need(tile) > free:
+    weights, start = mm.module_size(model), tile
+    asked = need = estimate_memory(model, batch, out_h, out_w, tile, states, per_image) - weights
+    while need > free:
         at_once = images_per_pass(batch, out_h, out_w, tile) if per_image else 1
         _, smaller, smaller_overlap = retry_tiling(tile, widget_overlap, out_h, out_w, at_once)
         if smaller is None:
             break  # the smallest tile is tried: if memory does run out, the error says what to do
         tile, overlap = smaller, smaller_overlap
+        need = estimate_memory(model, batch, out_h, out_w, tile, states, per_image) - weights
     if tile != start:
         log.warning("%s: %s need about %.1f GiB on %s, %.1f GiB is free: starting with %d-pixel tiles", node,
                     "the whole image" if start is None else f"{start}-pixel tiles", asked / 2**30, model.device,

@@ -612,8 +612,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
     existing = p.add_mutually_exclusive_group()
-    existing.add_argument("--overwrite", action="store_true", help="allow -o to replace the input images (other files there are always replaced: "
-                                "--skip-existing keeps them)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="allow -o to replace the input images (other files there are always replaced: "
+                               "--skip-existing keeps them)")
     existing.add_argument("--skip-existing", action="store_true",
                           help="leave out inputs whose output file exists: go on with a folder after an interrupted run")
     p.add_argument("--model", help=f"a bundled model's name ({model_name_help()}; default {DEFAULT_MODEL}) or a "

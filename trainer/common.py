@@ -202,10 +202,11 @@ def check_cpu_training(accelerator: "Accelerator", precision: str) -> str:
                        "many times slower than float32: train with --mixed_precision no")
     # OMP_NUM_THREADS=1, not torch's thread count, which is the physical cores' where the
     # logical ones are twice as many
-    per_process = cpu_cores() // accelerator.num_processes
+    cores = cpu_cores()
+    per_process = cores // accelerator.num_processes
     if accelerator.is_main_process and os.environ.get("OMP_NUM_THREADS") == "1" and per_process > 1:
         logger.warning("training on the CPU with one thread per process, on %d cores (OMP_NUM_THREADS=1, which "
-                       "`accelerate launch` sets): pass it --num_cpu_threads_per_process %d", cpu_cores(), per_process)
+                       "`accelerate launch` sets): pass it --num_cpu_threads_per_process %d", cores, per_process)
     return precision
 
 
