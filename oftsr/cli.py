@@ -498,7 +498,11 @@ def _write_sheets(sheets: list[tuple[Path, list[Path]]], ts: list[float], qualit
                 if fit < 1:
                     image = resize(image, (max(1, int(h * fit)), max(1, int(w * fit))))
                 cells.append(image[0])
-            save_image(labelled_grid(torch.stack(cells)[None], t_labels(ts), MAX_GRID_SIDE), sheet, quality=quality)
+            # the results' colour profile: without it a wide-gamut photo's sheet shows other colours than
+            # its results (EXIF, XMP and DPI describe the photo, not a sheet of reduced copies)
+            profile = {k: v for k, v in read_image_metadata(results[0]).items() if k == "icc_profile"}
+            save_image(labelled_grid(torch.stack(cells)[None], t_labels(ts), MAX_GRID_SIDE), sheet, metadata=profile,
+                       quality=quality)
         except (ValueError, OSError) as e:
             print(f"no {sheet.name}: {e}", file=sys.stderr)
             failed += 1
@@ -721,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the made LR images' random degradation (with each image's name) and of the "
                         "models' start noise (default 0)")
     p.add_argument("--tile", type=int, default=0, help="tile size in output pixels; 0 = whole image (default)")
-    p.add_argument("--out", default="eval",
+    p.add_argument("-o", "--out", "--output", dest="out", default="eval",
                    help="folder for results.md, results.csv, per_image.csv, run.json (how the run was made) and "
                         "curve.png; images under it are not read as data (default eval)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

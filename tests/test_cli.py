@@ -580,6 +580,11 @@ def test_upscale_keeps_the_colour_profile_exif_and_dpi(tmp_path, model_files):
         assert out.size == (32, 48)  # turned upright (orientation 6), then x4
         assert out.info["icc_profile"] == icc and out.info["dpi"] == pytest.approx((240, 240), abs=0.01)
         assert out.getexif()[0x0112] == 1  # already upright: a viewer must not turn it again
+    # a --grid sheet keeps the profile, the colours its results are shown in; not the photo's EXIF or DPI
+    assert main(["upscale", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "sweep"), "--t", "0,1", "--grid",
+                 "--model", str(model_files[0]), "-q"]) == 0
+    with Image.open(tmp_path / "sweep" / "photo_grid.png") as sheet:  # a folder gets PNG
+        assert sheet.info["icc_profile"] == icc and "dpi" not in sheet.info and not sheet.getexif()
 
 
 def test_linear_light_is_upscaled_as_its_srgb_encoding_and_written_back_linear(tmp_path, model_files):
@@ -632,11 +637,16 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
         (["convert", student, str(tmp_path / "conv.pth")],  # a safetensors file under a pickle's name
          f"{tmp_path / 'conv.pth'}: the model file is written as safetensors; name it conv.safetensors"),
         (["create", str(tmp_path / "new.pt")], "name it new.safetensors"),
+        # a mistyped data folder is said first and alone (not after the LPIPS notice), nothing written
+        (["eval", "--model", student, "--data", str(tmp_path / "nowhere"), "-o", str(tmp_path / "ev")],
+         f"no such file or folder: {tmp_path / 'nowhere'}"),
+        (["eval", "--model", student, "--data", str(inputs), "--lr-dir", str(tmp_path / "nolr"), "--output",
+          str(tmp_path / "ev")], f"no such file or folder: {tmp_path / 'nolr'}"),
     ]
     for argv, message in cases:
         code, _, err = _run_cli(argv, capsys)
         assert code == 2 and message in _one_error(err), argv
-    assert not any((tmp_path / name).exists() for name in ("x.gif", "x.pnj", "conv.pth", "new.pt"))
+    assert not any((tmp_path / name).exists() for name in ("x.gif", "x.pnj", "conv.pth", "new.pt", "ev"))
     (tmp_path / "x.pnj").mkdir()  # a folder that exists, or a suffix with a digit ("run.v2"), is a folder
     for out in ("x.pnj", "run.v2"):
         assert main(["upscale", str(inputs / "rgb.png"), "-o", str(tmp_path / out), "--model", student, "-q"]) == 0

@@ -117,7 +117,7 @@ def test_cli_eval_on_pairs(pairs, tmp_path, capsys):
     assert run["data_sha256"] != run["lr_sha256"]
     # --data HR --lr-dir LR: named for the set, not "HR"
     assert main(["eval", "--model", "x4-student", "--data", str(pairs / "HR"), "--lr-dir", str(pairs / "LR"), "--t",
-                 "0", "--out", str(tmp_path / "ev_lr_dir"), "-q"]) == 0
+                 "0", "-o", str(tmp_path / "ev_lr_dir"), "-q"]) == 0  # -o as upscale's
     assert (tmp_path / "ev_lr_dir" / "results.md").read_text().startswith(f"### {pairs.name}, x4 LR as given")
     run_lr_dir = json.loads((tmp_path / "ev_lr_dir" / "run.json").read_text())
     assert (run_lr_dir["data_sha256"], run_lr_dir["lr_sha256"]) == (run["data_sha256"], run["lr_sha256"])

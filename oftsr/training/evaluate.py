@@ -430,6 +430,9 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
                          + ", ".join(f"{Path(p).name}: {describe_degradation(m.degradation, s)}"
                                      for p, m, s in zip(paths, models, settings)) + "); evaluate them apart")
     paired = args.lr_dir is not None or paired_folders(args.data) is not None
+    for folder in (args.data, args.lr_dir):  # said before the LPIPS notice and before any model runs
+        if folder is not None and not Path(folder).exists():
+            raise FileNotFoundError(f"no such file or folder: {folder}")
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))  # noqa: E731
     lpips, note = make_lpips(device, log)
     out = Path(args.out)
