@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from typing import Callable
 
 import torch
@@ -179,9 +180,19 @@ def to_image(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(1, -1).to(device=mm.intermediate_device(), dtype=torch.float32).contiguous()
 
 
-def finish(out: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.Tensor:
+def color_fixed_image(out: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.Tensor:
     """Colour correction against the (B, C, H, W) input, then back to an IMAGE."""
     return to_image(color_fix(out, reference.to(out.device), mode))
+
+
+_warned_fixed_point: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # the nodes that warned, per model
+
+
+def warn_if_ignores_t(model: OFTSRModel, node: str) -> None:
+    """A FlowSR/FluxSR student has no trade-off slider: say so once per loaded model and node."""
+    if getattr(model, "ignores_t", False) and node not in _warned_fixed_point.setdefault(model, set()):
+        _warned_fixed_point[model].add(node)
+        log.warning("%s: %s", node, model.ignores_t_note())
 
 
 # --------------------------------------------------------------------------- progress and Cancel

@@ -16,6 +16,7 @@ from comfy_api.latest import io
 from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model
 from ..oftsr.weights import BUNDLED_ROLES, shipped_model_names
 from ..oftsr.checkpoint import DTYPES, CheckpointError, MissingInfoError, contradicted_metadata
+from ..oftsr.model import MAX_SCALE
 from .common import CATEGORY, OFTSR_MODEL, check_options
 
 FOLDER_KEY = "oftsr"
@@ -117,7 +118,7 @@ class LoadOFTSRModel(io.ComfyNode):
                 io.Combo.Input("role", options=ROLE_OPTIONS, default=FROM_FILE,
                                tooltip="teacher (multi-step) or student (one step); 'from file' = what the file says "
                                        "(another value is for files that do not record it, such as the authors' .pth)."),
-                io.Int.Input("scale", default=0, min=0, max=16,
+                io.Int.Input("scale", default=0, min=0, max=MAX_SCALE,
                              tooltip="Upscaling factor; 0 = use the file's value (a value other than the one our "
                                      "files record is refused)."),
             ],

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
-                     model_input, require_t_slider, run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
+from .common import (CATEGORY, DEFAULT_OVERLAP, DEFAULT_TILE, check_options, check_tile, color_fix_input,
+                     color_fix_option, color_fixed_image, image_input, model_input, require_t_slider, run_on_device,
+                     seed_input, t_input, tiling_inputs, to_bchw)
 
 log = logging.getLogger(__name__)
 NAME = "OFTSR Regional Trade-off"
@@ -70,7 +71,7 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, image, mask, t_inside: float = 1.0, t_outside: float = 0.0, seed: int = 0,
-                tile: int = 512, overlap: int = 64, color_fix: str = "none") -> io.NodeOutput:
+                tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, color_fix: str = "none") -> io.NodeOutput:
         check_options(**color_fix_option(color_fix))
         require_t_slider(model, NAME)  # a fixed-point student would give the same image inside and outside
         x = to_bchw(image)
@@ -82,4 +83,4 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
             return torch.lerp(outside, inside, m.to(inside.device))
 
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=2, per_image=True)
-        return io.NodeOutput(finish(out, x, color_fix))
+        return io.NodeOutput(color_fixed_image(out, x, color_fix))

@@ -9,8 +9,9 @@ from comfy_api.latest import io
 from ..oftsr import upscale
 from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid, t_labels
 from ..oftsr.checks import T_VALUES_EXAMPLE, parse_t_values
-from .common import (CATEGORY, check_options, color_fix_input, color_fix_option, finish, image_input,
-                     model_input, require_t_slider, run_on_device, seed_input, tiling_inputs, to_bchw)
+from .common import (CATEGORY, DEFAULT_OVERLAP, DEFAULT_TILE, check_options, color_fix_input, color_fix_option,
+                     color_fixed_image, image_input, model_input, require_t_slider, run_on_device, seed_input,
+                     tiling_inputs, to_bchw)
 
 NAME = "OFTSR t-Sweep"
 DEFAULT_T_VALUES = T_VALUES_EXAMPLE
@@ -53,7 +54,7 @@ class OFTSRTSweep(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, image, t_values: str = DEFAULT_T_VALUES, seed: int = 0, tile: int = 512, overlap: int = 64,
+    def execute(cls, model, image, t_values: str = DEFAULT_T_VALUES, seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                 color_fix: str = "none") -> io.NodeOutput:
         check_options(**color_fix_option(color_fix))
         require_t_slider(model, NAME)
@@ -66,7 +67,7 @@ class OFTSRTSweep(io.ComfyNode):
             return torch.stack(outs, dim=1).flatten(0, 1)  # image-major: image 0 at every t, then image 1, ...
 
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, passes=len(ts), per_image=True)
-        images = finish(out, x.repeat_interleave(len(ts), dim=0), color_fix)
+        images = color_fixed_image(out, x.repeat_interleave(len(ts), dim=0), color_fix)
         return io.NodeOutput(images, t_grid(images, ts))
 
 

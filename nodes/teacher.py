@@ -9,8 +9,9 @@ from comfy_api.latest import io
 from ..oftsr import sample
 from ..oftsr.inference import SAMPLE_BUFFERS, tile_evaluation_progress
 from ..oftsr.sampling import SOLVERS, evaluations
-from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
-                     model_input, require_role, run_on_device, seed_input, tiling_inputs, to_bchw)
+from .common import (CATEGORY, DEFAULT_OVERLAP, DEFAULT_TILE, check_options, check_tile, color_fix_input,
+                     color_fix_option, color_fixed_image, image_input, model_input, require_role, run_on_device,
+                     seed_input, tiling_inputs, to_bchw)
 
 log = logging.getLogger(__name__)
 NAME = "OFTSR Teacher Sampler"
@@ -44,8 +45,8 @@ class OFTSRTeacherSampler(io.ComfyNode):
         return check_tile(tile)
 
     @classmethod
-    def execute(cls, model, image, steps: int = 16, solver: str = "midpoint", seed: int = 0, tile: int = 512,
-                overlap: int = 64, color_fix: str = "none") -> io.NodeOutput:
+    def execute(cls, model, image, steps: int = 16, solver: str = "midpoint", seed: int = 0, tile: int = DEFAULT_TILE,
+                overlap: int = DEFAULT_OVERLAP, color_fix: str = "none") -> io.NodeOutput:
         check_options(solver=(solver, list(SOLVERS)), **color_fix_option(color_fix))
         require_role(model, "teacher", NAME)
         x = to_bchw(image)
@@ -59,4 +60,4 @@ class OFTSRTeacherSampler(io.ComfyNode):
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME,
                             evaluations=evaluations(solver, steps), states=SAMPLE_BUFFERS[solver])
         log.info("%s: %s network evaluations", NAME, info.get("nfe"))
-        return io.NodeOutput(finish(out, x, color_fix))
+        return io.NodeOutput(color_fixed_image(out, x, color_fix))

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import weakref
-
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, check_options, check_tile, color_fix_input, color_fix_option, finish, image_input,
-                     model_input, require_role, run_on_device, seed_input, t_input, tiling_inputs, to_bchw)
+from .common import (CATEGORY, DEFAULT_OVERLAP, DEFAULT_TILE, check_options, check_tile, color_fix_input,
+                     color_fix_option, color_fixed_image, image_input, model_input, require_role, run_on_device,
+                     seed_input, t_input, tiling_inputs, to_bchw, warn_if_ignores_t)
 
 NAME = "OFTSR Upscale"
-log = logging.getLogger(__name__)
-# the nodes that have warned about each loaded model
-_warned_fixed_point: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def warn_if_ignores_t(model, node: str = NAME) -> None:
-    """A FlowSR/FluxSR student has no trade-off slider: say so once per loaded model and node."""
-    if getattr(model, "ignores_t", False) and node not in _warned_fixed_point.setdefault(model, set()):
-        _warned_fixed_point[model].add(node)
-        log.warning("%s: %s", node, model.ignores_t_note())
 
 
 class OFTSRUpscale(io.ComfyNode):
@@ -43,15 +31,15 @@ class OFTSRUpscale(io.ComfyNode):
         return check_tile(tile)
 
     @classmethod
-    def execute(cls, model, image, t: float = 0.5, seed: int = 0, tile: int = 512, overlap: int = 64,
+    def execute(cls, model, image, t: float = 0.5, seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                 color_fix: str = "none") -> io.NodeOutput:
         check_options(**color_fix_option(color_fix))
         require_role(model, "student", NAME)
-        warn_if_ignores_t(model)
+        warn_if_ignores_t(model, NAME)
         x = to_bchw(image)
 
         def job(model, x, tile, overlap, progress):
             return upscale(model, x, t=t, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
 
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, per_image=True)
-        return io.NodeOutput(finish(out, x, color_fix))
+        return io.NodeOutput(color_fixed_image(out, x, color_fix))

@@ -1,4 +1,4 @@
-"""Command line: `oftsr upscale | sample | convert | info | create` (also `python -m oftsr`)."""
+"""Command line: `oftsr upscale | sample | eval | convert | info | create` (also `python -m oftsr`)."""
 
 from __future__ import annotations
 

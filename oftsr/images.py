@@ -390,15 +390,21 @@ def _is_heif(path: Path) -> bool:
         return True  # let the reader report it
 
 
-def _register_heif(path: Path) -> None:
-    """HEIC/HEIF (iPhone photos) through pillow-heif, which Pillow lacks: registered once
-    it is installed, else the error says what to install."""
+def heif_readable() -> bool:
+    """Whether HEIC/HEIF files (iPhone photos) can be read here: through pillow-heif, which
+    Pillow lacks, registered with Pillow where it is installed."""
     try:
         import pillow_heif
     except ImportError:
-        raise ValueError(f"{path.name}: HEIC/HEIF images need the pillow-heif package (pip install pillow-heif), "
-                         f"or convert the file to JPEG or PNG first") from None
+        return False
     pillow_heif.register_heif_opener()
+    return True
+
+
+def _register_heif(path: Path) -> None:
+    if not heif_readable():
+        raise ValueError(f"{path.name}: HEIC/HEIF images need the pillow-heif package (pip install pillow-heif), "
+                         f"or convert the file to JPEG or PNG first")
 
 
 def _read_opened(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:

@@ -26,7 +26,7 @@ class RunWarning(UserWarning):
     image: a program that runs many images says it once."""
 
 
-MAX_SCALE = 16  # as the loader node's scale widget
+MAX_SCALE = 16  # beyond any SR model; the loader node's scale widget stops here too
 
 # What `optimize(autocast=...)` takes: half-precision types, also by their short names.
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,

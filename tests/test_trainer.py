@@ -273,6 +273,11 @@ def test_training_folders_read_what_the_cli_reads_and_name_the_rest(tmp_path, ca
     with pytest.raises(ValueError, match=r"no readable images \(png, jpg, .*jfif.*\) found under .*raw; it holds "
                                          r"\.cr2 \(2\), \.xmp \(1\): convert camera raw files to TIFF or PNG first"):
         scan_images(raw)
+    nikon = tmp_path / "nikon"  # every raw type the CLI names gets the advice, not the common ones alone
+    nikon.mkdir()
+    (nikon / "DSC_0001.NRW").write_bytes(b"not for us")
+    with pytest.raises(ValueError, match=r"\.nrw \(1\): convert camera raw files to TIFF or PNG first"):
+        scan_images(nikon)
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     Image.new("RGB", (40, 40), (90, 20, 20)).save(mixed / "a.jfif", format="JPEG")

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from common import logger, run_script, setup_logging  # also puts the checkout on sys.path
+from common import cpu_cores, logger, run_script, setup_logging  # also puts the checkout on sys.path
 from flags import HelpFormatter, positive_int
 
 from oftsr.files import atomic_write
@@ -41,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tile side in px: at least --resolution of the training runs (480 leaves room for 256 crops)")
     p.add_argument("--step", type=positive_int, default=240, help="largest distance between tiles in px: they are spread evenly from edge to edge "
                         "(< tile_size: overlap)")
-    p.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="processes cutting")
+    p.add_argument("--workers", type=positive_int, default=min(8, cpu_cores()), help="processes cutting")
     args = p.parse_args(argv)
     if args.step > args.tile_size:
         raise ValueError(f"--step {args.step} is larger than --tile_size {args.tile_size}: pixels between tiles "

@@ -16,7 +16,7 @@ from ..color import split_alpha
 from ..model import DEGRADATIONS
 from .degradations import SIGMA_Y, make_lr
 from .realesrgan import RealESRGANConfig
-from ..images import HEIF_SUFFIXES, READ_SUFFIXES, files_below, load_image
+from ..images import CAMERA_RAW_SUFFIXES, HEIF_SUFFIXES, READ_SUFFIXES, files_below, heif_readable, load_image
 
 logger = logging.getLogger(__name__)
 # What reading an item meets (a file that stopped decoding): only the process that read it
@@ -75,7 +75,7 @@ def scan_image_sizes(root: str | os.PathLike) -> dict[Path, tuple[int, int]]:
     files = files_below(root)  # not hidden ones (macOS's ._ files); linked folders followed
     others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in READ_SUFFIXES)
     other_types = ", ".join(f"{suffix} ({n})" for suffix, n in others.most_common())
-    heif_reader = _heif_reader() if any(p.suffix.lower() in HEIF_SUFFIXES for p in files) else True
+    heif_reader = heif_readable() if any(p.suffix.lower() in HEIF_SUFFIXES for p in files) else True
     candidates = [p for p in files if p.suffix.lower() in READ_SUFFIXES]
     good: dict[Path, tuple[int, int]] = {}
     bad, heif = [], []
@@ -106,7 +106,7 @@ def scan_image_sizes(root: str | os.PathLike) -> dict[Path, tuple[int, int]]:
         found = f"; it holds {other_types}" if others else ""
         raise ValueError(f"no readable images ({', '.join(s.lstrip('.') for s in READ_SUFFIXES)}) found under "
                          f"{root}{found}" + (": convert camera raw files to TIFF or PNG first" if others.keys() &
-                                             RAW_SUFFIXES else ""))
+                                             set(CAMERA_RAW_SUFFIXES) else ""))
     return good
 
 
@@ -118,20 +118,6 @@ def dangling_links(root: Path) -> list[Path]:
         found += [Path(top) / n for n in names + dirs if not n.startswith(".")
                   and os.path.islink(os.path.join(top, n)) and not os.path.exists(os.path.join(top, n))]
     return sorted(found)
-
-
-# Camera raw files, which a training folder of photographs may hold beside (or instead of) JPEGs.
-RAW_SUFFIXES = {".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".pef", ".srw", ".raw"}
-
-
-def _heif_reader() -> bool:
-    """Whether HEIC/HEIF files can be read here: pillow-heif, registered with Pillow."""
-    try:
-        import pillow_heif
-    except ImportError:
-        return False
-    pillow_heif.register_heif_opener()
-    return True
 
 
 # Images this many times a crop's area, and of at least this many megapixels, are decoded
