@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from .devices import auto_dtype, resolve_device
 from .files import atomic_write
-from .model import DEGRADATIONS, OBJECTIVES, ROLES, OFTSRModel
+from .model import OBJECTIVES, OFTSRModel
 from .unet import UNet, UNetConfig
 
 FORMAT_NAME = "oftsr"
@@ -636,11 +636,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
             f"pattern such as '...-sf4-...-sigma0.2-...-checkpoint_4.pth' for a teacher or '...-distil-...' for a "
             f"student); pass {flags}", missing
         )
-    if info["role"] not in ROLES:
-        raise CheckpointError(f"role must be one of {ROLES}, got {info['role']!r}")
-    if info.get("degradation", "bicubic") not in DEGRADATIONS:
-        raise CheckpointError(f"degradation must be one of {DEGRADATIONS}, got {info['degradation']!r}")
-    if info.get("objective", "oftsr") not in OBJECTIVES:
+    if info.get("objective", "oftsr") not in OBJECTIVES:  # OFTSRModel checks the others (and this, without the hint)
         raise CheckpointError(f"{path.name}: objective must be one of {OBJECTIVES}, got {info['objective']!r} "
                               f"(a file from a newer oftsr?)")
     try:

@@ -363,8 +363,12 @@ def test_objective_metadata_round_trip(tmp_path, random_unet_weights):
     save_file(tensors, tmp_path / "old.safetensors", metadata={k: v for k, v in meta.items() if k != "objective"})
     assert oftsr.load_model(tmp_path / "old.safetensors").objective == "oftsr"
     save_file(tensors, tmp_path / "new.safetensors", metadata={**meta, "objective": "sd-turbo"})
-    with pytest.raises(oftsr.CheckpointError, match="objective must be one of"):
+    with pytest.raises(oftsr.CheckpointError, match="new.safetensors: objective must be one of .* newer oftsr"):
         oftsr.load_model(tmp_path / "new.safetensors")
+    for key, value in (("role", "both"), ("degradation", "jpeg")):  # each refusal names the file
+        save_file(tensors, tmp_path / "odd.safetensors", metadata={**meta, key: value})
+        with pytest.raises(oftsr.CheckpointError, match=f"odd.safetensors: {key} must be one of .*got '{value}'"):
+            oftsr.load_model(tmp_path / "odd.safetensors")
 
 
 @pytest.fixture
