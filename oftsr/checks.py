@@ -75,15 +75,18 @@ def parse_t_values(text: str, name: str = "t_values") -> list[float]:
     return values
 
 
-def check_count(value: object, name: str) -> int:
-    """An integer argument (steps, a seed, a tile size): a float, a boolean or None is
-    refused, not truncated or taken for 0 / 1."""
+def check_int(value: object, name: str, minimum: int | None = None) -> int:
+    """An integer argument (steps, a seed, a tile size), at least `minimum` where given: a
+    float, a boolean or None is refused, not truncated or taken for 0 / 1."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
 
 
 Seed = int | Sequence[int]
@@ -107,7 +110,7 @@ SEED_MAX = 2 ** 64 - 1  # the noise is drawn from a 64-bit seed (ComfyUI's seed 
 def check_seed_value(seed: object) -> int:
     """One seed, an integer from 0 to SEED_MAX: out of range it would wrap onto another
     (-1 onto 2**64 - 1), so it is refused and one seed stays one image."""
-    seed = check_count(seed, "seed")
+    seed = check_int(seed, "seed")
     if not 0 <= seed <= SEED_MAX:
         raise ValueError(f"seed must be from 0 to 2**64 - 1 ({SEED_MAX}), got {seed}")
     return seed

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .checks import (OUTPUT_DTYPES, Seed, check_count, check_seed, check_t, check_unit_range,
+from .checks import (OUTPUT_DTYPES, Seed, check_int, check_seed, check_t, check_unit_range,
                      image_hint)
 from .color import split_alpha
 from .devices import available_memory
@@ -276,15 +276,13 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     computed per tile and not stored."""
     _check_model(model, "teacher", "sample()")
     sampler = get_sampler(solver)
-    steps = check_count(steps, "steps")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = check_int(steps, "steps", minimum=1)
     # before any evaluation: these are used only after one, or after the whole run
     _check_callables(callback=callback, tile_callback=tile_callback, preview=preview)
     if info is not None and not isinstance(info, dict):
         raise ValueError(f"info must be a dict (it receives info['nfe']) or None, got {type(info).__name__}")
-    if preview is not None and check_count(preview_size, "preview_size") < 1:
-        raise ValueError(f"preview_size must be at least 1 px, got {preview_size}")
+    if preview is not None:
+        check_int(preview_size, "preview_size", minimum=1)
     rgb, alpha, gray, neutral = _split_channels(image)
     seed = check_seed(seed, rgb.shape[0])
     _check_sample_memory(model, rgb.shape[0], rgb.shape[-2] * model.scale, rgb.shape[-1] * model.scale)

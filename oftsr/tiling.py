@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from .checks import check_count
+from .checks import check_int
 from .sampling import Callback
 
 DEFAULT_OVERLAP = 64
@@ -43,7 +43,7 @@ def feather(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torc
 
 def check_tiling(tile: int | None, overlap: int | None) -> tuple[int | None, int]:
     # a float would reach slicing as a float, a boolean would be a tile of 1
-    tile, overlap = (None if v is None else check_count(v, name) for v, name in ((tile, "tile"), (overlap, "overlap")))
+    tile, overlap = (None if v is None else check_int(v, name) for v, name in ((tile, "tile"), (overlap, "overlap")))
     if tile is None or tile == 0:
         return None, 0
     if tile < MIN_TILE:
@@ -73,9 +73,7 @@ def blend_tiles(fn: TileFn, batch: int, height: int, width: int, write: Callable
     bounded by the tile height times the width; no tiling is one tile. `tile_batch`
     tiles of a row go through `fn` at once."""
     tile, overlap = check_tiling(tile, overlap)
-    tile_batch = check_count(tile_batch, "tile_batch")
-    if tile_batch < 1:
-        raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
+    tile_batch = check_int(tile_batch, "tile_batch", minimum=1)
     if tile is None or (height <= tile and width <= tile):
         write(0, fn([(0, 0)], height, width).float())
         if callback is not None:

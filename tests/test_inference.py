@@ -121,11 +121,13 @@ def test_argument_mistakes_are_named(student, teacher):
                         ({"tile": 64.5}, "tile must be an integer, got 64.5"),
                         ({"overlap": True}, "overlap must be an integer, got True"),
                         ({"tile_batch": 1.5}, "tile_batch must be an integer, got 1.5"),
-                        ({"tile_batch": True}, "tile_batch must be an integer, got True")]:
+                        ({"tile_batch": True}, "tile_batch must be an integer, got True"),
+                        ({"tile_batch": 0}, "tile_batch must be at least 1, got 0")]:
         with pytest.raises(ValueError, match=message):
             oftsr.upscale(student, img, **kw)
-    with pytest.raises(ValueError, match="steps must be an integer, got 2.7"):
-        oftsr.sample(teacher, img, steps=2.7)
+    for steps, message in ((2.7, "steps must be an integer, got 2.7"), (0, "steps must be at least 1, got 0")):
+        with pytest.raises(ValueError, match=message):
+            oftsr.sample(teacher, img, steps=steps)
     # numbers of other integer and 0-d tensor types are fine
     same = oftsr.upscale(student, img, t=torch.tensor(0.25), seed=torch.tensor(4), tile=torch.tensor(32))
     assert torch.equal(same, oftsr.upscale(student, img, t=0.25, seed=4, tile=32))
@@ -773,7 +775,7 @@ def test_library_settings_that_would_fail_late_or_silently_are_said_at_once(stud
     monkeypatch.setattr(teacher, "velocity", lambda *a: evaluations.append(1) or real_velocity(*a))
     for kw, message in [({"info": []}, "info must be a dict .* got list"),
                         ({"preview": "yes"}, "preview must be a function or None, got 'yes'"),
-                        ({"preview": print, "preview_size": 0}, "preview_size must be at least 1 px, got 0"),
+                        ({"preview": print, "preview_size": 0}, "preview_size must be at least 1, got 0"),
                         ({"preview": print, "preview_size": "256"}, "preview_size must be an integer, got '256'"),
                         ({"tile_callback": 3}, "tile_callback must be a function or None, got 3")]:
         with pytest.raises(ValueError, match=message):
