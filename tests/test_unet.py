@@ -164,11 +164,29 @@ def test_padded_first_conv_in_half_precision_carries_its_bias_in_the_padding(mon
     assert (float32 - ref).abs().max().item() < 1e-5
 
 
+def _padded_by_hand(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Bottom/right padding to a multiple by index lists: mirrored without the edge row
+    where the image is large enough for it, else the edge repeated."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph < h and pw < w:
+        rows, cols = [*range(h), *(h - 2 - i for i in range(ph))], [*range(w), *(w - 2 - i for i in range(pw))]
+    else:
+        rows, cols = [*range(h), *[h - 1] * ph], [*range(w), *[w - 1] * pw]
+    return x[..., rows, :][..., cols]
+
+
 @pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (33, 17), (64, 96)])
 def test_velocity_any_size_pads_and_crops(student, h, w):
     x = torch.rand(2, 3, h, w) * 2 - 1
-    v = student.velocity(x, x.flip(1), 0.5)
-    assert v.shape == (2, 3, h, w) and v.dtype == torch.float32 and torch.isfinite(v).all()
+    v = student.velocity(x, x.flip(1), 500 / 999)
+    assert v.shape == (2, 3, h, w) and v.dtype == torch.float32
+    # the network on the input padded by hand, cropped back (64x96 is aligned: nothing padded)
+    padded = _padded_by_hand(torch.cat([x, x.flip(1)], 1), student.config.size_multiple)
+    assert padded.shape[-1] % student.config.size_multiple == 0 and padded.shape[-2] % student.config.size_multiple == 0
+    with torch.no_grad():
+        expected = student.unet(padded, torch.tensor([500.0, 500.0]))[:, :3, :h, :w]
+    torch.testing.assert_close(v, expected, atol=1e-5, rtol=0)
 
 
 def test_velocity_crop_equals_unpadded_when_already_aligned(student):
