@@ -606,7 +606,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     _check_tiling_options(args.tile, None)  # the options' own names, before any model is loaded
     _check_steps_and_seed(args)
-    from .training.evaluate import run_eval  # evaluation code (and its packages) only when asked for
+    from .training.eval_command import run_eval  # evaluation code (and its packages) only when asked for
 
     device = resolve_device(args.device)
     return run_eval(args, device, resolve_dtype(args.dtype, device, cpu_bf16=False))

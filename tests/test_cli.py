@@ -829,9 +829,9 @@ def test_ctrl_c_ends_quietly_with_status_130(tmp_path, model_files, inputs, caps
                              "-q"], capsys)
     assert code == 130 and "interrupted: the images written so far are complete" in err and "Traceback" not in err
     # eval has no --skip-existing: it says where the scores so far are
-    import oftsr.training.evaluate as evaluate
+    import oftsr.training.eval_command as eval_command
 
-    monkeypatch.setattr(evaluate, "evaluate", interrupted)
+    monkeypatch.setattr(eval_command, "evaluate", interrupted)
     code, _, err = _run_cli(["eval", "--data", str(inputs), "--model", str(model_files[0]), "--out",
                              str(tmp_path / "ev"), "-q"], capsys)
     assert code == 130 and f"the scores so far are in {tmp_path / 'ev' / 'per_image.csv.partial'}" in err

@@ -12,7 +12,7 @@ from PIL import Image
 
 import oftsr
 from oftsr.cli import main
-from oftsr.training.evaluate import eval_model_paths
+from oftsr.training.eval_command import eval_model_paths
 from oftsr.images import load_image
 from oftsr.weights import WEIGHTS_DIR, resolve_model
 
