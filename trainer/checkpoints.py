@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -19,6 +20,9 @@ from safetensors import SafetensorError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import oftsr  # noqa: E402
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -59,7 +63,7 @@ def data_settings(args: argparse.Namespace, num_processes: int, train_items: int
             **{k: getattr(args, k) for k in SCHEDULE_SETTINGS}}
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None,
+def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_limit: int | None,
                     model: oftsr.OFTSRModel, metadata: dict[str, str] | None = None, data: dict | None = None,
                     training: dict | None = None) -> Path:
     """`accelerator.save_state` into a temporary folder, renamed when complete; then the
@@ -140,14 +144,14 @@ def _check_custom_states(path: Path) -> None:
                                    f"checkpoint you trust)") from None
 
 
-def any_process(accelerator, flag: bool) -> bool:
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
     """Whether `flag` holds on any of the run's processes (each process passes its own)."""
     if accelerator.num_processes == 1:
         return flag
     return bool(accelerator.gather(torch.tensor([float(flag)], device=accelerator.device)).max().item())
 
 
-def _own_random_states_read(accelerator, path: Path) -> bool:
+def _own_random_states_read(accelerator: Accelerator, path: Path) -> bool:
     """Whether every process can read its own `random_states_<rank>.pkl` as Accelerate will
     (which says it could not only on the main process, and goes on with other t and noise on
     the others). A missing file is no damage: a run resumed with more processes than it had."""
@@ -163,7 +167,7 @@ def _own_random_states_read(accelerator, path: Path) -> bool:
     return not any_process(accelerator, not read)
 
 
-def _load_state(accelerator, path: Path, output_dir: str) -> None:
+def _load_state(accelerator: Accelerator, path: Path, output_dir: str) -> None:
     """`accelerator.load_state`, with what to do when the checkpoint is damaged (a disk that
     filled up, a copy cut short): name its empty files and the checkpoint before it.
     Accelerate only logs, at INFO, that it could not load the random states, and would go on
@@ -250,7 +254,7 @@ def checkpoint_record(path: Path, output_dir: str) -> dict:
                          f"{output_dir} to go on from the one before it") from e
 
 
-def resume(accelerator, args: argparse.Namespace, info: dict, data: dict | None = None) -> None:
+def resume(accelerator: Accelerator, args: argparse.Namespace, info: dict, data: dict | None = None) -> None:
     """Load `--resume_from_checkpoint` (a path, or "latest" = newest complete one in
     `--output_dir`). Restores models, EMA, optimizer, scheduler, RNG and step. A checkpoint
     of another model than `info` describes (this run's `model_info`: architecture, scale,

@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import torch
 
@@ -217,7 +217,7 @@ class RunningElsewhere(ValueError):
 LOCK_NAME = ".lock"
 
 
-def lock_output_dir(output_dir: str):
+def lock_output_dir(output_dir: str) -> TextIO | None:
     """An exclusive lock on `output_dir/.lock`, for as long as the returned file stays open
     (the main process keeps it until it ends). Two runs in one folder would interleave their
     checkpoints and rotate away each other's; and the workers of a killed `accelerate launch`
@@ -264,7 +264,7 @@ def multi_cpu() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def start_trackers(accelerator, args: argparse.Namespace) -> None:
+def start_trackers(accelerator: Accelerator, args: argparse.Namespace) -> None:
     """The trackers (--report_to), with the run's flags as their config: the values it runs
     with (the length --num_train_epochs makes, distill's capped warm-up)."""
     if accelerator.is_main_process and accelerator.log_with:

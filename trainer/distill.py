@@ -19,6 +19,7 @@ import argparse
 import copy
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -40,6 +41,9 @@ from oftsr.training.objectives import (DISTANCES, PatchDiscriminator, discrimina
                                        make_training_lpips)
 from oftsr.checkpoint import network_digest
 from oftsr.training.pairs import RECORDED_LATER, PairDataset, pairs_resolution
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -113,7 +117,7 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
 
 
 @torch.no_grad()
-def validate(accelerator, student, ema, batch, args, step, lpips) -> dict[str, float]:
+def validate(accelerator: Accelerator, student, ema, batch, args, step, lpips) -> dict[str, float]:
     net = ema_copy(student, ema, accelerator.device)
     x0 = validation_start(net, batch, args.seed)
     logs, rows = validation_scores("lr_upsampled", batch["lr"], batch, args.scale, lpips), [batch["lr"]]
@@ -262,7 +266,7 @@ def check_discriminator(checkpoint: Path, wanted: bool) -> None:
                        "here and the discriminator is left out of this run's checkpoints", checkpoint)
 
 
-def discriminator_step(accelerator, disc: torch.nn.Module, disc_opt: torch.optim.Optimizer, hr: torch.Tensor,
+def discriminator_step(accelerator: Accelerator, disc: torch.nn.Module, disc_opt: torch.optim.Optimizer, hr: torch.Tensor,
                        estimate: torch.Tensor, x_lr: torch.Tensor) -> torch.Tensor:
     """One hinge-loss step of the discriminator, real HR against the detached estimate; its
     loss. Step, then zero: the optimizer is Accelerate's, which with

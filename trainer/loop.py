@@ -11,7 +11,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +30,8 @@ from oftsr.training.ema import EMA
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+
+    from oftsr.training.metrics import LPIPS
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, total_steps: int,
@@ -292,9 +294,16 @@ def log_run_summary(args: argparse.Namespace, desc: str, items: int, crops: int,
                 args.max_train_steps / max(1, steps_per_epoch), args.checkpointing_steps, args.output_dir)
 
 
-def run_training(accelerator, args: argparse.Namespace, model, optimizer, scheduler, dataloader, ema, *, desc: str,
-                 step_losses, validate, export_name: str, extra_state: tuple = (), after_step=None,
-                 provenance: dict[str, str] | None = None) -> int:
+# step_losses(batch) -> {"loss": optimised, ...logged}; validate(model, batch, step, lpips) -> logged scalars
+StepLosses = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+Validate = Callable[[oftsr.OFTSRModel, dict[str, torch.Tensor], int, "LPIPS | None"], dict[str, float]]
+
+
+def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 dataloader: torch.utils.data.DataLoader, ema: EMA, *, desc: str, step_losses: StepLosses,
+                 validate: Validate, export_name: str, extra_state: tuple = (),
+                 after_step: Callable[[], None] | None = None, provenance: dict[str, str] | None = None) -> int:
     """The loop both stages share: accumulate, clip, step, EMA, log, validate, checkpoint,
     and at the end export the EMA weights. `step_losses(batch)` returns a dict whose
     "loss" is optimised (the rest is logged); `validate(model, batch, step, lpips)`

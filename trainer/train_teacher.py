@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from oftsr.flow import time_grid
 from oftsr.training.losses import sample_flow_time, teacher_loss
 from oftsr.sampling import get_sampler
 from oftsr.unet import PRESETS
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -61,7 +65,7 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
 
 
 @torch.no_grad()
-def validate(accelerator, model, ema, batch, args, step, lpips) -> dict[str, float]:
+def validate(accelerator: Accelerator, model, ema, batch, args, step, lpips) -> dict[str, float]:
     """Teacher samples (midpoint, stated NFE) with the EMA weights on the validation crops."""
     net = ema_copy(model, ema, accelerator.device)
     x0 = validation_start(net, batch, args.seed)

@@ -4,6 +4,7 @@ the EMA network that is scored on it, its scores and the images sent to the trac
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from oftsr.flow import noise_augment
 from oftsr.training.data import SRDataset
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 @torch.no_grad()
@@ -50,7 +54,7 @@ def validation_scores(name: str, out: torch.Tensor, batch: dict[str, torch.Tenso
     return {f"val/{name}/{k}": v for k, v in scores.items()}
 
 
-def make_validation_lpips():
+def make_validation_lpips() -> LPIPS | None:
     """LPIPS when its weights are present here (never downloaded), else None with a log line.
     Built on a forked RNG: its layers' initialisation would otherwise move the global
     generator, which a resumed run has just restored, and change the t and noise it draws."""
@@ -62,7 +66,7 @@ def make_validation_lpips():
         return None
 
 
-def log_images(accelerator, name: str, images: torch.Tensor, step: int) -> None:
+def log_images(accelerator: Accelerator, name: str, images: torch.Tensor, step: int) -> None:
     """Validation images (B, 3, H, W) in [-1, 1] to the trackers that show images."""
     pictures = ((images.clamp(-1, 1) + 1) / 2).float().cpu()
     for tracker in accelerator.trackers:
