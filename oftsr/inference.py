@@ -266,7 +266,8 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     `seed` as for `upscale`. The callback gets (step, steps), and (evaluations so far, 0)
     from the adaptive solver, whose length is not known ahead; `tile_callback` gets (tiles done, tiles) within each
     network evaluation, so a caller can stop a long step between its tiles by raising;
-    `info["nfe"]` receives the evaluation count. `out_dtype` as for `upscale`.
+    `info["nfe"]` receives the evaluation count (the adaptive solver's summed over a batch: it
+    integrates the images one by one, so that each has the steps and result it has alone). `out_dtype` as for `upscale`.
     `preview(estimate)` is called after each network evaluation with the result as the
     flow would end from there in a straight line, x + (1 - t) v: (B, 3, h, w) in [0, 1],
     area-reduced to at most `preview_size` px a side (the last one is the result's).
@@ -291,20 +292,37 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     b, _, h, w = result.out.shape
     x0 = _start(model, lr, seed, [(0, 0)], h, w)[0]
 
-    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        def tile_fn(boxes: list[Box], height: int, width: int) -> torch.Tensor:
-            return model.velocity(crop_tiles(x, boxes, height, width), _condition(model, lr, boxes, height, width), t)
+    def velocity_of(part: slice) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            def tile_fn(boxes: list[Box], height: int, width: int) -> torch.Tensor:
+                condition = _condition(model, lr[part], boxes, height, width)
+                return model.velocity(crop_tiles(x, boxes, height, width), condition, t)
 
-        v = blend_tiles_into_tensor(tile_fn, b, h, w, tile=tile, overlap=overlap, tile_batch=tile_batch,
-                                    callback=tile_callback)
-        if preview is not None:
-            preview(_straight_estimate(x, v, t, preview_size, neutral))
-        return v
+            v = blend_tiles_into_tensor(tile_fn, x.shape[0], h, w, tile=tile, overlap=overlap, tile_batch=tile_batch,
+                                        callback=tile_callback)
+            if preview is not None:
+                preview(_straight_estimate(x, v, t, preview_size, neutral[part]))
+            return v
 
-    fn = CountNFE(velocity)
-    x1 = sampler(fn, x0, time_grid(steps, T_EPS), callback=callback)
+        return velocity
+
+    # dopri5 sizes its steps by one error norm over its whole state: a batch solved at once
+    # would share them, and an image's result would depend on the others. Image by image,
+    # each gets the steps and the result it has alone (the fixed-step solvers take the batch).
+    parts = [slice(i, i + 1) for i in range(b)] if solver == "adaptive" else [slice(0, b)]
+    ends, nfe = [], 0
+    for part in parts:
+        fn = CountNFE(velocity_of(part))
+        done = nfe  # the adaptive solver's callback counts the evaluations of the whole run
+
+        def on_step(i: int, n: int, done: int = done) -> None:
+            callback(done + i, n)
+
+        ends.append(sampler(fn, x0[part], time_grid(steps, T_EPS), callback=None if callback is None else on_step))
+        nfe += fn.nfe
+    x1 = ends[0] if len(ends) == 1 else torch.cat(ends)
     if info is not None:
-        info["nfe"] = fn.nfe
+        info["nfe"] = nfe
     for top in range(0, h, _WRITE_ROWS):
         result.write(top, x1[..., top:top + _WRITE_ROWS, :])
     return result.out

@@ -297,6 +297,24 @@ def test_teacher_adaptive_reports_nfe(teacher):
     assert info["nfe"] >= 6
 
 
+def test_adaptive_solver_gives_each_image_of_a_batch_its_result_alone(strong_student):
+    """dopri5 sizes its steps by one error norm over its state: a batch is integrated image
+    by image, so an image's result does not depend on the others (solved together, the
+    photo-like image below moved by about 0.01)."""
+    teacher = oftsr.OFTSRModel(strong_student.unet, sigma_p=0.1, role="teacher", scale=4).eval()
+    a, b = smooth_image(8, 8, seed=1), torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    alone, counts = [], []
+    for image, seed in ((a, 3), (b, 5)):
+        info = {}
+        alone.append(oftsr.sample(teacher, image, solver="adaptive", seed=seed, info=info))
+        counts.append(info["nfe"])
+    info, ticks = {}, []
+    batch = oftsr.sample(teacher, torch.cat([a, b]), solver="adaptive", seed=[3, 5], info=info,
+                         callback=lambda i, n: ticks.append((i, n)))
+    assert torch.equal(batch, torch.cat(alone))
+    assert info["nfe"] == sum(counts) and ticks == [(i, 0) for i in range(1, sum(counts) + 1)]  # counted on
+
+
 # ----------------------------------------------------------------------------- tiling
 
 def test_tile_geometry():

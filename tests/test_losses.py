@@ -63,6 +63,23 @@ def test_distill_linear_teacher_known_answer(solver):
     assert out["loss"].item() == pytest.approx((distill + 0.01 * align + 0.1 * boundary).item(), rel=1e-5)
 
 
+def test_distill_teacher_steps_from_the_students_implied_state():
+    """A teacher whose velocity depends on the state, dx/dt = a x (so x_t = x0 e^(a t)),
+    and its exact one-step student v(x0, t) = x0 (e^(a t) - 1) / t: the teacher's step from
+    the student's implied state x0 + t v lands where the student at s says, so the distill
+    term is zero up to the midpoint step's error. A step from anywhere else (x0, say) or a
+    student that ignores t is far off."""
+    a = 1.3
+    teacher = lambda x, c, t: a * x  # noqa: E731
+    exact = lambda x, c, t: x * torch.expm1(a * t.view(-1, 1, 1, 1)) / t.view(-1, 1, 1, 1)  # noqa: E731
+    x0 = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.1, 0.4, 0.7, 0.95])
+    assert distill_loss(exact, teacher, x0, x0, t)["distill"].item() < 1e-6  # midpoint: 5e-8
+    assert distill_loss(exact, teacher, x0, x0, t, teacher_solver="euler")["distill"].item() > 1e-5  # Euler: O(dt^2)
+    ignores_t = lambda x, c, t: x * a  # noqa: E731
+    assert distill_loss(ignores_t, teacher, x0, x0, t)["distill"].item() > 1e-3
+
+
 def test_distill_gradient_paths():
     # distill gets gradient only through the s branch, align only through v_t.
     w = torch.zeros(3, requires_grad=True)  # one scalar per branch, selected by t

@@ -15,7 +15,7 @@ from oftsr.cli import main
 from oftsr.training.evaluate import images_sha256
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, psnr, psnr_y, realism_swd, rgb_to_y, ssim, ssim_y
 
-from conftest import DATA, make_model, smooth_image
+from conftest import DATA, make_model, need, smooth_image
 
 
 def test_psnr_hand_values():
@@ -231,9 +231,7 @@ def test_eval_names_images_by_their_path_under_the_data_folder(tmp_path, random_
 def test_eval_bicubic_row_matches_published_anchor(tmp_path):
     # Bicubic x4 Y-PSNR on Set5 is 28.42 dB in the literature (e.g. the RCAN paper's table): our degradation,
     # luma and border crop reproduce it.
-    set5 = DATA / "val" / "Set5"
-    if not set5.is_dir():
-        pytest.skip(f"{set5} is not present")
+    set5 = need(DATA / "val" / "Set5")
     from oftsr.training.evaluate import evaluate
     model = oftsr.create_model("tiny", role="student", seed=0)
     rows = evaluate([model], set5, ts=[], log=lambda s: None)

@@ -22,7 +22,7 @@ from oftsr.training.realesrgan import (
     sinc_kernel,
 )
 
-from conftest import DATA, smooth_image
+from conftest import DATA, need, smooth_image
 
 DEFAULT = RealESRGANConfig()
 
@@ -210,9 +210,7 @@ def test_second_stage_probability_is_honoured():
 
 
 def _photo_crop(size: int = 256) -> torch.Tensor:
-    folder = DATA / "train"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent: the blur test needs a real photo from the shared data folder")
+    folder = need(DATA / "train")  # the blur test needs a real photo
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     for path in files:
         with Image.open(path) as im:
