@@ -974,6 +974,18 @@ def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_pa
         checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))
     args.output_dir = str(tmp_path / "empty")
     checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))  # nothing there: a new run starts
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text('{"step": 1}\n')  # a run killed before its first checkpoint
+    checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))
+    # An earlier run's exported model, its checkpoints removed: a new run would overwrite it, resumed or not.
+    for name in checkpoints.EARLIER_RUN_FILES:
+        (tmp_path / "empty" / name).write_bytes(b"model")
+        for resume_from in (None, "latest"):
+            args.resume_from_checkpoint = resume_from
+            with pytest.raises(ValueError, match=f"holds {name} of an earlier run and no checkpoint .* another "
+                                                 f"--output_dir"):
+                checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))
+        (tmp_path / "empty" / name).unlink()
 
 
 def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path, monkeypatch):
@@ -1337,6 +1349,50 @@ def test_distill_init_student_starts_from_the_given_weights(tmp_path, monkeypatc
     assert student.role == "student" and student.training and first.requires_grad
     with pytest.raises(ValueError, match="--init_student has architecture"):
         distill.build_models(distill.parse_args(list(map(str, argv + ["--init_student", tmp_path / "compact.safetensors"]))))
+    # A teacher's weights are where the student starts anyway: as --init_student, a likely mix-up
+    with pytest.raises(ValueError, match="--init_student .*teacher.safetensors is a teacher; the student starts from "
+                                         "--teacher's weights without the flag"):
+        distill.build_models(distill.parse_args(list(map(str, argv + ["--init_student", tmp_path / "teacher.safetensors"]))))
+
+
+def test_init_from_gives_the_model_flags_left_out_what_its_file_records(tmp_path, monkeypatch, caplog):
+    """A fine-tune goes on with the model it starts from: --init_from x4-real trains the
+    realesrgan degradation with its camera ranges, not the bicubic default; a flag given
+    says otherwise on purpose and is logged."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import train_teacher
+
+    base = ["--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+    args = train_teacher.parse_args([*base, "--init_from", "x4-real"])
+    assert (args.preset, args.scale, args.sigma_p, args.degradation, args.realesrgan_config) == \
+        ("compact", 4, 0.2, "realesrgan", "camera")
+    assert args.init_changes == {}
+    model = train_teacher.build_model(args)
+    assert (model.degradation, model.config) == ("realesrgan", oftsr.PRESETS["compact"])
+    # Another degradation: taken, said, and without the file's ranges of the one it leaves
+    args = train_teacher.parse_args([*base, "--init_from", "x4-real", "--degradation", "bicubic", "--scale", "2"])
+    assert (args.degradation, args.scale, args.realesrgan_config) == ("bicubic", 2, "full")
+    assert args.init_changes == {"degradation": ("realesrgan", "bicubic"), "scale": (4, 2)}
+    with caplog.at_level(logging.INFO, logger="oftsr.trainer"):
+        model = train_teacher.build_model(args)
+    assert "--init_from x4-real: fine-tuning it with --scale 2 (it has 4), --degradation bicubic (it has realesrgan)" \
+        in caplog.text
+    assert (model.scale, model.degradation) == (2, "bicubic")
+    # Its own degradation with other ranges: the flag wins
+    args = train_teacher.parse_args([*base, "--init_from", "x4-real", "--realesrgan_config", "full"])
+    assert (args.degradation, args.realesrgan_config) == ("realesrgan", "full")
+    assert args.init_changes == {"realesrgan_config": ("camera", "full")}
+    # An own file with a noisy_avgpool degradation and another sigma_p, sigma_y
+    teacher = oftsr.create_model("tiny", role="teacher", sigma_p=0.1, degradation="noisy_avgpool")
+    oftsr.save_model(teacher, tmp_path / "t.safetensors", sigma_y="0.05")
+    args = train_teacher.parse_args([*base, "--init_from", str(tmp_path / "t.safetensors")])
+    assert (args.preset, args.sigma_p, args.degradation, args.sigma_y) == ("tiny", 0.1, "noisy_avgpool", 0.05)
+    # Without --init_from: the defaults
+    args = train_teacher.parse_args(base)
+    assert (args.preset, args.scale, args.sigma_p, args.degradation, args.realesrgan_config, args.resolution) == \
+        ("div2k", 4, 0.2, "bicubic", "full", 256)
+    with pytest.raises(SystemExit):
+        train_teacher.parse_args([*base, "--dropout", "1"])
 
 
 def test_x4_recipe_runs_end_to_end_with_a_fixed_time_for_the_teacher(train_dir, tmp_path):

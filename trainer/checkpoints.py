@@ -267,9 +267,11 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, info: dict, data:
         if found:
             raise ValueError(f"{args.output_dir} already holds {found[-1].name} of an earlier run: pass "
                              f"--resume_from_checkpoint latest to go on with it, or use another --output_dir")
+        _refuse_an_earlier_runs_files(args.output_dir)
         return
     path = checkpoint_to_resume(args)
     if path is None:
+        _refuse_an_earlier_runs_files(args.output_dir)
         logger.info("no checkpoint in %s: starting a new run", args.output_dir)
         return
     recorded = checkpoint_record(path, args.output_dir)
@@ -314,6 +316,20 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, info: dict, data:
                            "the run would have seen", path, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     _load_state(accelerator, path, args.output_dir)
     logger.info("resumed from %s", path)
+
+
+# The models a finished run exports into its --output_dir.
+EARLIER_RUN_FILES = ("teacher.safetensors", "student.safetensors")
+
+
+def _refuse_an_earlier_runs_files(output_dir: str) -> None:
+    """A new run would overwrite the model an earlier run exported there (its checkpoints
+    removed to save space, say). A lone metrics.jsonl, of a run killed before its first
+    checkpoint, is no loss: that run starts anew."""
+    for name in EARLIER_RUN_FILES:
+        if (Path(output_dir) / name).is_file():
+            raise ValueError(f"{output_dir} holds {name} of an earlier run and no checkpoint to go on from: a new "
+                             f"run there would overwrite it. Use another --output_dir, or move {name} out first")
 
 
 # What a checkpoint's oftsr.json says its model is, and the flags that set it.

@@ -26,8 +26,8 @@ import torch
 from checkpoints import checkpoint_record, checkpoint_to_resume, training_metadata
 from common import (load_init_weights, load_teacher, make_accelerator, make_dataloader, resolve_train_steps,
                     run_script, training_loader)
-from flags import (HelpFormatter, add_common_args, check_data_dirs, make_optimizer, positive_float, positive_int,
-                   settle_resolution, unit_interval)
+from flags import (HelpFormatter, add_common_args, check_data_dirs, dropout_rate, make_optimizer, positive_float,
+                   positive_int, settle_resolution, unit_interval)
 from loop import lr_schedule, run_training
 from validation import ema_copy, log_images, validation_scores, validation_start
 
@@ -41,6 +41,7 @@ from oftsr.training.objectives import (DISTANCES, PatchDiscriminator, discrimina
                                        make_training_lpips)
 from oftsr.checkpoint import network_digest
 from oftsr.training.pairs import RECORDED_LATER, PairDataset, pairs_resolution
+from oftsr.weights import BUNDLED_MODELS
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -63,10 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher_solver", choices=list(TEACHER_STEPS), default="midpoint")
     p.add_argument("--lambda_align", type=float, default=0.01)
     p.add_argument("--lambda_bc", type=float, default=0.1)
-    p.add_argument("--dropout", type=float, default=0.0, help="student dropout (the teacher runs in eval mode)")
+    p.add_argument("--dropout", type=dropout_rate, default=0.0, help="student dropout (the teacher runs in eval mode)")
     p.add_argument("--init_student", default=None,
-                   help="start the student from these weights instead of the teacher's, e.g. an existing student "
-                        "fine-tuned for another degradation (same architecture as the teacher)")
+                   help="fine-tune: start the student from this student's weights instead of the teacher's, a "
+                        f"bundled model's name ({', '.join(BUNDLED_MODELS)}: its student) or a file, e.g. to fine-tune "
+                        "it for another degradation (same architecture as the teacher)")
     g = p.add_argument_group("flowsr (--teacher_solver sets its teacher step too)")
     g.add_argument("--fast_steps", type=positive_int, default=4, help="steps of the fast (coarse) timestep grid")
     g.add_argument("--slow_steps", type=positive_int, default=1000, help="steps of the slow (fine) timestep grid")
@@ -108,7 +110,10 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
     init = teacher
     if args.init_student:
         init = load_init_weights(args.init_student, "student", "--init_student", sigma_p=teacher.sigma_p,
-                                 scale=teacher.scale)
+                                 scale=teacher.scale, role="student")
+        if init.role != "student":  # a teacher's weights are where a student starts anyway: this one is likely a mix-up
+            raise ValueError(f"--init_student {args.init_student} is a teacher; the student starts from --teacher's "
+                             f"weights without the flag, and --init_student takes a one-step student to fine-tune")
         if init.config != teacher.config:
             raise ValueError(f"--init_student has architecture {init.config}, but the teacher is {teacher.config}")
     student.unet.load_state_dict(init.unet.state_dict())

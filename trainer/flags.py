@@ -39,6 +39,7 @@ non_negative_int = _checked(int, lambda v: v >= 0, "0 or more")
 non_negative_float = _checked(float, lambda v: v >= 0, "0 or more")
 positive_float = _checked(float, lambda v: v > 0, "more than 0")
 unit_interval = _checked(float, lambda v: 0 <= v <= 1, "between 0 and 1")  # a probability or a decay
+dropout_rate = _checked(float, lambda v: 0 <= v < 1, "0 or more and below 1")
 
 
 def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps: int) -> None:

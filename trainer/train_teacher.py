@@ -9,22 +9,27 @@ to the HR image (L1 velocity loss, t ~ U[0.001, 1]).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from typing import TYPE_CHECKING
 
 import torch
 
 from common import load_init_weights, make_accelerator, make_dataloader, resolve_train_steps, run_script
-from flags import HelpFormatter, add_common_args, check_data_dirs, make_optimizer, positive_int, settle_resolution
+from flags import (HelpFormatter, add_common_args, check_data_dirs, dropout_rate, make_optimizer, positive_int,
+                   settle_resolution)
 from loop import lr_schedule, run_training
 from validation import ema_copy, log_images, validation_scores, validation_start
 
 import oftsr
+from oftsr.checkpoint import recorded_settings
+from oftsr.training.degradations import SIGMA_Y
 from oftsr.training.ema import EMA
 from oftsr.flow import time_grid
 from oftsr.training.losses import sample_flow_time, teacher_loss
 from oftsr.sampling import get_sampler
 from oftsr.unet import PRESETS
+from oftsr.weights import BUNDLED_MODELS
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -35,21 +40,64 @@ logger = logging.getLogger("oftsr.trainer")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, lr=1e-4, batch=32, steps=100_000)
-    p.add_argument("--preset", choices=list(PRESETS), default="div2k")
-    p.add_argument("--init_from", default=None, help="start from these weights (our .safetensors or an authors' .pth)")
-    p.add_argument("--sigma_p", type=float, default=0.2, help="start-point noise (0.1 FFHQ, 0.2 DIV2K/ImageNet)")
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help=f"the network's size (default: --init_from's, else {MODEL_DEFAULTS['preset']})")
+    p.add_argument("--init_from", default=None,
+                   help=f"fine-tune: start from these weights, a bundled model's name ({', '.join(BUNDLED_MODELS)}: its "
+                        "teacher), our .safetensors or an authors' .pth. The flags of the model left out (--preset, "
+                        "--scale, --sigma_p, --degradation and its settings) take what its file records")
+    p.add_argument("--sigma_p", type=float, default=None,
+                   help=f"start-point noise (0.1 FFHQ, 0.2 DIV2K/ImageNet; default: --init_from's, else "
+                        f"{MODEL_DEFAULTS['sigma_p']})")
+    p.add_argument("--dropout", type=dropout_rate, default=0.1)
     p.add_argument("--validation_nfe_steps", type=positive_int, default=8, help="midpoint steps for validation (NFE 2N-1)")
+    p.set_defaults(scale=None, degradation=None, realesrgan_config=None, sigma_y=None)  # settle_model_flags
     args = p.parse_args(argv)
     args.random_flip = args.random_flip is not False
+    settle_model_flags(args)
     settle_resolution(args, "--scale")
     return args
+
+
+# The model's flags without --init_from (with it, their defaults are what its file records).
+MODEL_DEFAULTS = {"preset": "div2k", "scale": 4, "sigma_p": 0.2, "degradation": "bicubic",
+                  "realesrgan_config": "full", "sigma_y": SIGMA_Y}
+
+
+def settle_model_flags(args: argparse.Namespace) -> None:
+    """A fine-tune goes on with the model it starts from: each model flag left out takes
+    what --init_from's file records (`x4-real` fine-tunes the realesrgan degradation with its
+    camera ranges, not bicubic), else MODEL_DEFAULTS. A flag given is taken, even where it
+    differs (another degradation or scale is a fine-tune's usual aim): `args.init_changes`
+    lists those, for the log."""
+    recorded: dict = {}
+    if args.init_from:
+        recorded = dict(recorded_settings(oftsr.existing_model_path(args.init_from, "teacher", "--init_from")))
+        if "architecture" in recorded:
+            config = oftsr.UNetConfig.from_dict(json.loads(recorded.pop("architecture")))
+            recorded["preset"] = next((name for name, c in PRESETS.items() if c == config), None)
+    same_degradation = args.degradation in (None, recorded.get("degradation"))
+    args.init_changes = {}
+    for key, default in MODEL_DEFAULTS.items():
+        kind = type(default)
+        in_file = recorded.get(key)
+        if key in ("realesrgan_config", "sigma_y") and not same_degradation:
+            in_file = None  # the ranges of the degradation it was trained on, not of the one asked for
+        in_file = None if in_file is None else kind(in_file)
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, default if in_file is None else in_file)
+        elif in_file is not None and given != in_file:
+            args.init_changes[key] = (in_file, given)
 
 
 def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
     model = oftsr.create_model(args.preset, role="teacher", scale=args.scale, sigma_p=args.sigma_p,
                                degradation=args.degradation, dropout=args.dropout)
     if args.init_from:
+        if args.init_changes:
+            logger.info("--init_from %s: fine-tuning it with %s", args.init_from, ", ".join(
+                f"--{key} {given} (it has {in_file})" for key, (in_file, given) in args.init_changes.items()))
         init = load_init_weights(args.init_from, "teacher", "--init_from", sigma_p=args.sigma_p, role="teacher",
                                  scale=args.scale)
         if init.role != "teacher":  # its weights map to one step, not to the flow's velocity
