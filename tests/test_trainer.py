@@ -1737,6 +1737,38 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
     assert "error: --init_from x4-student is a one-step student; a teacher starts from a teacher's weights" in res.stderr
 
 
+def test_a_fine_tune_is_validated_before_its_first_step_and_warned_of_small_crops(train_dir, tmp_path, monkeypatch):
+    """A fine-tune logs its starting weights' scores as step 0 (what it must beat), takes
+    its architecture from --init_from, validates on --validation_resolution crops, and is
+    warned when it trains on much smaller crops than its weights learnt on."""
+    start = tmp_path / "start.safetensors"
+    oftsr.save_model(oftsr.create_model("tiny", role="teacher", seed=0), start, training='{"resolution": 64}')
+    out = tmp_path / "o"
+    res = _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", out, "--init_from", start,
+                "--validation_data_dir", train_dir, "--num_validation_images", "1", "--validation_resolution", "40",
+                "--max_train_steps", "1", "--validation_nfe_steps", "2", *COMMON])
+    assert ("--init_from %s learnt on 64 px crops and this run trains on 32 px ones" % start) in res.stderr
+    assert "--validation_resolution 64" in res.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 1]
+    assert rows[0]["val/teacher_nfe3/psnr"] > 10 and "loss" not in rows[0]  # scored, not trained
+    assert "step 0 (--init_from" in res.stderr
+    assert oftsr.load_model(out / "teacher.safetensors").config == oftsr.PRESETS["tiny"]  # no --preset given
+
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import train_teacher
+    from validation import validation_batch
+
+    base = ["--train_data_dir", str(train_dir), "--output_dir", str(out), "--validation_data_dir", str(train_dir),
+            "--num_validation_images", "1", "--resolution", "32"]
+    batch = validation_batch(train_teacher.parse_args([*base, "--validation_resolution", "40"]), "cpu")
+    assert batch["hr"].shape == (1, 3, 40, 40) and batch["lr"].shape == (1, 3, 40, 40)  # LR upsampled to HR size
+    assert validation_batch(train_teacher.parse_args(base), "cpu")["hr"].shape == (1, 3, 32, 32)  # as --resolution
+    with pytest.raises(ValueError, match="--validation_resolution 42 is not a multiple of --scale 4: pass "
+                                         "--validation_resolution 40"):
+        train_teacher.parse_args([*base, "--validation_resolution", "42"])
+
+
 def test_init_from_an_authors_student_file_is_refused_as_a_student(tmp_path, monkeypatch):
     """An authors' .pth records nothing inside, but its name says "distil": a student, not
     the teacher the flag's fallback would have made it (its weights map to one step)."""

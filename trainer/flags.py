@@ -99,6 +99,9 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
     p.add_argument("--validation_steps", type=positive_int, default=1000,
                    help="validate on --validation_data_dir every N steps, and at the last step")
     p.add_argument("--num_validation_images", type=positive_int, default=4)
+    p.add_argument("--validation_resolution", type=positive_int, default=None,
+                   help="size of the validation centre crops, a multiple of the scale (default: --resolution). A "
+                        "fine-tune on small crops can lose on whole images what crops that small do not show")
     p.add_argument("--dataloader_num_workers", type=non_negative_int, default=2)
     p.add_argument("--repeats", type=positive_int, default=1, help="random crops of each training image per epoch")
     p.add_argument("--max_train_samples", type=positive_int, default=None,
@@ -175,12 +178,16 @@ DEFAULT_RESOLUTION = 256
 
 
 def settle_resolution(args: argparse.Namespace, scale_from: str) -> None:
-    """--resolution must be a multiple of the scale (`scale_from` names where the scale came
-    from: --scale, or the teacher): left out, it is DEFAULT_RESOLUTION or the multiple just
-    below it; given, a multiple, or refused with the nearest one."""
+    """--resolution and --validation_resolution must be multiples of the scale (`scale_from`
+    names where the scale came from: --scale, or the teacher): left out, --resolution is
+    DEFAULT_RESOLUTION or the multiple just below it, and --validation_resolution is
+    --resolution; given, a multiple, or refused with the nearest one."""
     if args.resolution is None:
         args.resolution = max(args.scale, DEFAULT_RESOLUTION // args.scale * args.scale)
-    elif args.resolution % args.scale:
-        fits = max(args.scale, args.resolution // args.scale * args.scale)
-        raise ValueError(f"--resolution {args.resolution} is not a multiple of {scale_from} {args.scale}: pass "
-                         f"--resolution {fits}")
+    if getattr(args, "validation_resolution", None) is None:
+        args.validation_resolution = args.resolution
+    for flag in ("resolution", "validation_resolution"):
+        size = getattr(args, flag)
+        if size % args.scale:
+            fits = max(args.scale, size // args.scale * args.scale)
+            raise ValueError(f"--{flag} {size} is not a multiple of {scale_from} {args.scale}: pass --{flag} {fits}")

@@ -25,6 +25,7 @@ from flags import LR_SCHEDULES, adam_settings
 from validation import make_validation_lpips, validation_batch
 
 import oftsr
+from oftsr.checkpoint import recorded_settings
 from oftsr.files import atomic_write
 from oftsr.training.ema import EMA
 
@@ -231,6 +232,31 @@ def trim_metrics(output_dir: str, step: int) -> None:
         logger.info("metrics.jsonl: dropped %d row(s) logged after step %d", len(lines) - len(kept), step)
 
 
+# The flags whose weights a run starts from (a fine-tune, validated before its first step
+# too), and the role a bundled name means there.
+FINE_TUNE_FLAGS = {"init_from": "teacher", "init_student": "student"}
+
+
+def warn_crops_below_init(args: argparse.Namespace) -> None:
+    """A fine-tune on much smaller crops than its weights learnt on can lose on whole images
+    what crop validation at that size does not show: the network's deepest blocks see a few
+    pixels of context where they learnt to use many."""
+    for flag, role in FINE_TUNE_FLAGS.items():
+        if not getattr(args, flag, None):
+            continue
+        try:
+            record = json.loads(recorded_settings(oftsr.existing_model_path(getattr(args, flag), role)).get("training", "{}"))
+            learnt = int(record.get("resolution", 0))
+        except (ValueError, TypeError, AttributeError):  # a record we cannot read says nothing of its crops
+            continue
+        if args.resolution * 4 < learnt * 3:
+            logger.warning("--%s %s learnt on %d px crops and this run trains on %d px ones: it may lose on whole "
+                           "images what crops that small do not show. Keep --resolution near %d (--gradient_"
+                           "checkpointing or a smaller --train_batch_size make room), or validate on larger crops "
+                           "with --validation_resolution %d", flag, getattr(args, flag), learnt, args.resolution,
+                           learnt, learnt // args.scale * args.scale)
+
+
 def training_record(args: argparse.Namespace, data: dict) -> dict:
     """How a model was trained, for its exported file (the `training` entry, which `oftsr
     info` shows): the data settings, with the data folder by its name only (a file that is
@@ -240,7 +266,7 @@ def training_record(args: argparse.Namespace, data: dict) -> dict:
     last run was given (`--max_train_minutes`; after a resume, what was left of it), which
     say why a fine-tune's `step` can be short of `max_train_steps`.
     Recorded, never compared on resume."""
-    started = {flag: Path(getattr(args, flag)).name for flag in ("init_from", "init_student") if getattr(args, flag, None)}
+    started = {flag: Path(getattr(args, flag)).name for flag in FINE_TUNE_FLAGS if getattr(args, flag, None)}
     if getattr(args, "max_train_minutes", None) is not None:
         started["max_train_minutes"] = args.max_train_minutes
     return {**{k: v for k, v in data.items() if k != "train_data_dir"},
@@ -332,9 +358,24 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
     if accelerator.is_main_process:  # than one batch is refused before a summary of its epochs is said
         steps_per_epoch = -(-len(dataloader) // args.gradient_accumulation_steps)  # full batches only (drop_last)
         log_run_summary(args, desc, train_items, len(dataset), accelerator.num_processes, state.step, steps_per_epoch)
+        warn_crops_below_init(args)
         trim_metrics(args.output_dir, state.step)
     val_batch = validation_batch(args, accelerator.device)
     lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
+
+    def validated(step: int) -> dict[str, float]:
+        # Validation draws its own noise and builds a network: on a forked RNG, so that
+        # validating never changes the t and noise that training draws next.
+        cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            return validate(accelerator.unwrap_model(model), val_batch, step, lpips)
+
+    fine_tune = [f"--{flag} {getattr(args, flag)}" for flag in FINE_TUNE_FLAGS if getattr(args, flag, None)]
+    if val_batch is not None and fine_tune and not state.step and accelerator.is_main_process:
+        # The weights a fine-tune starts from, scored as every later step is: what it must beat.
+        logs = validated(0)
+        logger.info("step 0 (%s, before training): %s", fine_tune[0], {k: float(f"{v:.4g}") for k, v in logs.items()})
+        log_metrics(accelerator, args.output_dir, logs, 0)
     bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
     summed, micro = {}, 0  # losses over the micro-batches of one optimizer step
     stopped = False
@@ -372,11 +413,7 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
             stopped = state.step < args.max_train_steps and stop.due(accelerator)
             due = (state.step % args.validation_steps == 0 or state.step == args.max_train_steps) and not stopped
             if val_batch is not None and due and accelerator.is_main_process:
-                # Validation draws its own noise and builds a network: on a forked RNG, so that
-                # validating never changes the t and noise that training draws next.
-                cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=cuda):
-                    logs.update(validate(accelerator.unwrap_model(model), val_batch, state.step, lpips))
+                logs.update(validated(state.step))
                 logger.info("step %d: %s", state.step, {k: float(f"{v:.4g}") for k, v in logs.items()})
             log_metrics(accelerator, args.output_dir, logs, state.step)
             if stopped or state.step % args.checkpointing_steps == 0 or state.step == args.max_train_steps:

@@ -25,7 +25,7 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
     """A fixed batch of center crops from the validation folder (or None)."""
     if not args.validation_data_dir:
         return None
-    ds = SRDataset(args.validation_data_dir, resolution=args.resolution, scale=args.scale,
+    ds = SRDataset(args.validation_data_dir, resolution=args.validation_resolution, scale=args.scale,
                    degradation=args.degradation, random_flip=False, center_crop=True, seed=args.seed,
                    sigma_y=args.sigma_y, realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
     items = [ds[i] for i in range(min(args.num_validation_images, len(ds)))]
