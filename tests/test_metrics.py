@@ -92,6 +92,46 @@ def test_realism_swd_orders_degradations():
         realism_swd(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4))
 
 
+def test_eval_names_models_by_their_files_and_every_unreadable_image(tmp_path, random_unet_weights, capsys):
+    """Two students of two runs are two rows named by their folders; models that cannot be
+    scored together are named with their scales; every unreadable image is named at once,
+    before any model runs, and nothing is written."""
+    from oftsr.training.evaluate import model_labels
+
+    assert model_labels(["runs/a/student.safetensors", "runs/b/student.safetensors", "x4-real-student.safetensors"]) \
+        == ["a/student", "b/student", "x4-real-student"]
+    assert model_labels(["s.safetensors", "s.safetensors"]) == ["s (1)", "s (2)"]
+    data = tmp_path / "hr"
+    data.mkdir()
+    from oftsr.images import save_image
+    for i in range(2):
+        save_image(smooth_image(48, 52, seed=i), data / f"{i}.png")
+    paths = [tmp_path / name / "student.safetensors" for name in ("a", "b")]
+    for seed, path in enumerate(paths):
+        path.parent.mkdir()
+        oftsr.save_model(make_model(random_unet_weights, "student"), path)
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", *map(str, paths), "--data", str(data), "--t", "0", "--out", str(out), "-q"]) == 0
+    assert [r["method"] for r in csv.DictReader(open(out / "results.csv"))] == ["bicubic", "a/student", "b/student"]
+    assert {r["method"] for r in csv.DictReader(open(out / "per_image.csv"))} == {"bicubic", "a/student", "b/student"}
+    capsys.readouterr()
+
+    x2 = tmp_path / "x2.safetensors"
+    oftsr.save_model(make_model(random_unet_weights, "student", scale=2), x2)
+    assert main(["eval", "--model", str(paths[0]), str(x2), "--data", str(data), "--out", str(tmp_path / "m"), "-q"]) == 2
+    assert "must share scale and degradation, and these do not: student x4 bicubic, x2 x2 bicubic" \
+        in capsys.readouterr().err
+
+    (data / "broken.png").write_bytes((data / "0.png").read_bytes()[:60])  # cut short
+    (data / "notes.png").write_text("not an image")
+    before = (out / "per_image.csv").read_bytes()
+    assert main(["eval", "--model", str(paths[0]), "--data", str(data), "--t", "0", "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "2 of the 4 images in" in err and "broken.png (" in err and "notes.png (" in err
+    assert "Repair them or move them out of the folder" in err
+    assert (out / "per_image.csv").read_bytes() == before  # the earlier run's results stand
+
+
 def test_lpips_with_random_backbone_and_missing_weights_message(monkeypatch, tmp_path):
     lp = LPIPS(random_backbone=True)  # offline: random AlexNet trunk, real linear heads
     img = smooth_image(64, 64)
@@ -152,7 +192,7 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     assert code == 2 and "--t entry 2 (1.5) is outside [0, 1]" in capsys.readouterr().err
     assert (inner / "per_image.csv").read_bytes() == before
     assert main(args) == 0
-    assert [r["method"] for r in csv.DictReader(open(inner / "results.csv"))] == ["bicubic", "student 1", "student 2"]
+    assert [r["method"] for r in csv.DictReader(open(inner / "results.csv"))] == ["bicubic", "s (1)", "s (2)"]
     assert {r["image"] for r in csv.DictReader(open(inner / "per_image.csv"))} == {"0.png", "1.png"}
     # an --out that holds the data leaves nothing out
     assert main(["eval", "--model", str(student), "--data", str(data), "--t", "0", "--out", str(tmp_path), "-q"]) == 0
@@ -294,7 +334,7 @@ def test_plot_script_keeps_two_students_apart_and_checks_its_inputs(tmp_path, mo
     paths = [str(tmp_path / run / "eval" / "results.csv") for run in "abc"]
     script.main([*paths, "-o", str(tmp_path / "c3.png")])
     assert [r.method for r in drawn["rows"]] == ["bicubic", "student", "student (eval)", f"student ({paths[2]})"]
-    # two students of one file ("student 1", "student 2") stay two curves too
+    # two students of one file ("s (1)", "s (2)") stay two curves too
     rows = [Row("bicubic"), Row("student 1", t=0.0, nfe=1), Row("student 2", t=0.0, nfe=1)]
     for row in rows:
         for key in ("psnr", "psnr_y", "ssim", "swd", "sec"):

@@ -17,8 +17,8 @@ from ..checks import parse_t_values
 from ..files import sha256_file
 from ..model import OFTSRModel
 from ..weights import BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, existing_model_path, split_model_name
-from .evaluate import (describe_degradation, evaluate, images_sha256, make_lpips, paired_folders, plot_curve,
-                       recorded_degradation, write_tables)
+from .evaluate import (describe_degradation, evaluate, images_sha256, make_lpips, model_labels, paired_folders,
+                       plot_curve, recorded_degradation, write_tables)
 
 
 EVAL_T = "0,0.25,0.5,0.75,1"  # the students' t values an evaluation scores unless --t says others
@@ -39,8 +39,10 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
         print("warning: --t does nothing here: " + ("a teacher samples from t = 0 to 1 (--steps and --solver set its "
                                                      "run)" if all(m.role == "teacher" for m in models)
                                                      else "no model here takes t"), file=sys.stderr)
+    labels = model_labels(paths)
     if args.scale is not None and any(m.scale != args.scale for m in models):
-        raise ValueError(f"--scale {args.scale} does not match the model scale x{models[0].scale}")
+        raise ValueError(f"--scale {args.scale} does not match the models' scales: "
+                         + ", ".join(f"{label} x{m.scale}" for label, m in zip(labels, models)))
     baselines = eval_baselines(args.baseline or [], models[0].scale, device)
     settings = [recorded_degradation(p, m.degradation) for p, m in zip(paths, models, strict=True)]
     if any(s != settings[0] for s in settings):  # each was trained on its own LR: evaluate them apart
@@ -57,7 +59,7 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     rows = evaluate(models, args.data, ts=ts, steps=args.steps, solver=args.solver, seed=args.seed,
                     tile=args.tile or None, lpips=lpips, log=log, baselines=baselines, lr_dir=args.lr_dir,
                     degradation_settings=settings[0],
-                    per_image_csv=out / "per_image.csv", exclude=out)
+                    per_image_csv=out / "per_image.csv", exclude=out, names=labels)
     made = describe_degradation(models[0].degradation, settings[0])
     lr_source = "LR as given" if paired else made
     tiled = f", models in {args.tile} px tiles" if args.tile else ""  # tiles change the scores a little

@@ -100,10 +100,26 @@ def _name(path: Path, folder: Path) -> str:
     return path.relative_to(folder).as_posix() if folder.is_dir() else path.name
 
 
+def _read_all(paths: list[Path], folder: Path) -> list[torch.Tensor]:
+    """Each image's RGB, or one error that names every file that could not be read (and
+    why): a mean over the set without them would be a number for another set."""
+    images, failed = [], []
+    for path in paths:
+        try:
+            images.append(_rgb(path))
+        except (ValueError, OSError) as e:
+            failed.append(f"{_name(path, folder)} ({str(e).removeprefix(f'{path.name}: ')})")
+    if failed:
+        raise ValueError(f"{len(failed)} of the {len(paths)} images in {folder} could not be read: "
+                         + "; ".join(failed[:10]) + (" ..." if len(failed) > 10 else "")
+                         + ". Repair them or move them out of the folder, so that the scores are over the set meant")
+    return images
+
+
 def _hr_images(data: str | Path, scale: int, exclude: Path | None = None) -> list[tuple[str, torch.Tensor]]:
     out = []
-    for path in _images(data, exclude):
-        image = _rgb(path)
+    paths = _images(data, exclude)
+    for path, image in zip(paths, _read_all(paths, Path(data)), strict=True):
         h, w = image.shape[-2] // scale * scale, image.shape[-1] // scale * scale  # mod-crop
         out.append((_name(path, Path(data)), image[..., :h, :w], image.shape[-2:]))
     if not out:
@@ -155,8 +171,10 @@ def image_pairs(hr_dir: str | Path, lr_dir: str | Path, scale: int,
         raise ValueError(f"{len(unmatched)} image(s) without a partner of the same name in {hr_dir} / {lr_dir}: "
                          + ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""))
     out = []
-    for key in sorted(hrs):
-        hr, lr = _rgb(hrs[key]), _rgb(lrs[key])
+    keys = sorted(hrs)
+    hr_images = _read_all([hrs[k] for k in keys], hr_dir)
+    lr_images = _read_all([lrs[k] for k in keys], lr_dir)
+    for key, hr, lr in zip(keys, hr_images, lr_images, strict=True):
         (h, w), (H, W) = lr.shape[-2:], hr.shape[-2:]
         if H // scale != h or W // scale != w:
             raise ValueError(f"{_name(hrs[key], hr_dir)}: HR {W}x{H} is not x{scale} of its LR {w}x{h} "
@@ -205,11 +223,14 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
              seed: int = 0, tile: int | None = None, lpips: LPIPS | None = None,
              log: Callable[[str], None] = print, baselines: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
              lr_dir: str | Path | None = None, scale: int | None = None, degradation_settings: dict | None = None,
-             per_image_csv: str | Path | None = None, exclude: str | Path | None = None) -> list[Row]:
+             per_image_csv: str | Path | None = None, exclude: str | Path | None = None,
+             names: list[str] | None = None) -> list[Row]:
     """One row for the interpolation baseline ("bicubic"; "nearest" for models trained on
     average pooling), one per teacher (at `steps`/`solver`), one per student and t
     (one alone, without t, for a fixed-point student: "student (flowsr)"), and one per
-    baseline (name -> function from LR to SR, both in [0, 1]).
+    baseline (name -> function from LR to SR, both in [0, 1]). A model's rows are named by
+    its role, or where two share one by its entry in `names` (`model_labels` of their
+    files; else numbered).
 
     The HR images of `data` are degraded with the models' degradation, unless the LR is
     given: `lr_dir`, or `data` holding HR/ and LR/ subfolders (real pairs, used as they are).
@@ -228,13 +249,17 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
         raise ValueError(f"ts: {e}") from None  # the CLI has checked its --t before
     scale = models[0].scale if models else scale
     degradation = models[0].degradation if models else "bicubic"
+    if names is not None and len(names) != len(models):
+        raise ValueError(f"{len(names)} names for {len(models)} models")
+    roles = [m.role for m in models]
+    labels = names or [f"{m.role} {roles[:i + 1].count(m.role)}" for i, m in enumerate(models)]
     if any(m.scale != scale or m.degradation != degradation for m in models):
-        raise ValueError("all models evaluated together must share scale and degradation")
+        raise ValueError("the models evaluated together must share scale and degradation, and these do not: "
+                         + ", ".join(f"{label} x{m.scale} {m.degradation}" for label, m in zip(labels, models)))
     rows = [Row(INTERPOLATION_ROWS[degradation])]
     runs: list[tuple[Row, Callable[[torch.Tensor], torch.Tensor]]] = []
-    roles = [m.role for m in models]
-    for i, m in enumerate(models):  # numbered only where two models share a role
-        name = m.role if roles.count(m.role) == 1 else f"{m.role} {roles[:i + 1].count(m.role)}"
+    for label, m in zip(labels, models):
+        name = m.role if roles.count(m.role) == 1 else label
         if m.role == "teacher":
             row = Row(f"{name} ({solver})")  # its NFE is filled in as it runs: the adaptive solver's, a mean
             counts: list[int] = []
@@ -300,6 +325,18 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     if partial is not None:
         os.replace(partial, per_image_csv)
     return rows
+
+
+def model_labels(paths: list[str | Path]) -> list[str]:
+    """Short distinct names for model files, for rows and messages: the file's stem, with
+    its folder where two stems are alike (runs/a/student.safetensors and
+    runs/b/student.safetensors are "a/student" and "b/student"), numbered where even that is
+    alike (one file given twice)."""
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    labels = [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    return [f"{stem} ({i + 1})" if labels.count(label) > 1 else label
+            for i, (stem, label) in enumerate(zip(stems, labels))]
 
 
 def _cells(row: Row, lpips_note: str | None) -> list[str]:
