@@ -520,8 +520,16 @@ def _export_advice(checkpoint: Path) -> str:
             f"(the end of a run writes one: teacher.safetensors or student.safetensors in --output_dir), and load that")
 
 
+# The model files a training run exports into its folder, the student first (the upscaler).
+EXPORTED_MODELS = ("student.safetensors", "teacher.safetensors")
+
+
 def folder_message(path: Path) -> str:
     """What a folder given as a model is, and what to load instead."""
+    exported = [path / name for name in EXPORTED_MODELS if (path / name).is_file()]
+    if exported:  # a finished run's folder: its model is right there
+        return (f"{path} is a training run's folder, not a model file: load the model it exported, "
+                + " or ".join(str(p) for p in exported))
     if (path / TRAINING_CHECKPOINT_INFO).is_file() or any(path.glob(f"checkpoint-*/{TRAINING_CHECKPOINT_INFO}")):
         return f"{path} is a training folder, not a model file: {_export_advice(path)}"
     return f"{path} is a folder, not a model file (.safetensors, or an authors' .pth)"

@@ -611,8 +611,14 @@ def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, c
         assert stop.due(single) is True and stop.reason == "the launcher has gone"
     assert "the launcher (process 100) has gone: stopping after this step with a checkpoint" in caplog.text
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     monkeypatch.setattr(loop.os, "getppid", lambda: 1)
-    assert loop.StopRequest(None).launcher is None and loop.StopRequest(None).due(single) is False
+    assert loop.StopRequest(None).launcher is None and loop.StopRequest(None).due(single) is False  # plain python
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")  # a single-process `accelerate launch`'s child
+    parents = iter([100, 1])
+    monkeypatch.setattr(loop.os, "getppid", lambda: next(parents))
+    stop = loop.StopRequest(None)
+    assert stop.launcher == 100 and stop.due(single) is True and stop.reason == "the launcher has gone"
 
     held = common.lock_output_dir(str(tmp_path))
     try:
@@ -978,7 +984,7 @@ def test_resume_refuses_another_model_and_a_new_run_refuses_a_used_folder(tmp_pa
     (tmp_path / "empty" / "metrics.jsonl").write_text('{"step": 1}\n')  # a run killed before its first checkpoint
     checkpoints.resume(NoLoad(), args, checkpoints.model_info(model, 0))
     # An earlier run's exported model, its checkpoints removed: a new run would overwrite it, resumed or not.
-    for name in checkpoints.EARLIER_RUN_FILES:
+    for name in checkpoints.EXPORTED_MODELS:
         (tmp_path / "empty" / name).write_bytes(b"model")
         for resume_from in (None, "latest"):
             args.resume_from_checkpoint = resume_from

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import oftsr  # noqa: E402
+from oftsr.checkpoint import EXPORTED_MODELS  # noqa: E402
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -318,15 +319,11 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, info: dict, data:
     logger.info("resumed from %s", path)
 
 
-# The models a finished run exports into its --output_dir.
-EARLIER_RUN_FILES = ("teacher.safetensors", "student.safetensors")
-
-
 def _refuse_an_earlier_runs_files(output_dir: str) -> None:
     """A new run would overwrite the model an earlier run exported there (its checkpoints
     removed to save space, say). A lone metrics.jsonl, of a run killed before its first
     checkpoint, is no loss: that run starts anew."""
-    for name in EARLIER_RUN_FILES:
+    for name in EXPORTED_MODELS:
         if (Path(output_dir) / name).is_file():
             raise ValueError(f"{output_dir} holds {name} of an earlier run and no checkpoint to go on from: a new "
                              f"run there would overwrite it. Use another --output_dir, or move {name} out first")

@@ -107,6 +107,11 @@ class TrainState:
         self.step = int(state["step"])
 
 
+# What a launcher sets in its training processes' environment: torchrun (several processes),
+# and `accelerate launch`'s single-process launcher (which sets it whatever the device).
+LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
+
+
 class StopRequest:
     """Ends a run early with a checkpoint: on SIGTERM (a scheduler's pre-emption or time
     limit) or Ctrl-C, and once `minutes` have passed. Looked at after each optimizer step
@@ -119,9 +124,10 @@ class StopRequest:
         self.deadline = None if minutes is None else SCRIPT_START + 60 * minutes
         self.reason: str | None = None
         self._previous: dict[int, object] = {}
-        # Workers of torchrun (what `accelerate launch` runs several processes with) outlive a
-        # launcher killed with SIGKILL, training on unseen: they stop as at a SIGTERM.
-        self.launcher = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+        # A launcher's training processes (torchrun's workers, a single-process `accelerate
+        # launch`'s child) outlive it when it is killed with SIGKILL, training on unseen: they
+        # stop as at a SIGTERM. Run by plain python (a shell, nohup), the parent may go.
+        self.launcher = os.getppid() if any(name in os.environ for name in LAUNCHER_ENV) else None
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
