@@ -1743,7 +1743,8 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
     assert "error: --init_from x4-student is a one-step student; a teacher starts from a teacher's weights" in res.stderr
 
 
-def test_a_fine_tune_is_validated_before_its_first_step_and_warned_of_small_crops(train_dir, tmp_path, monkeypatch):
+def test_a_fine_tune_is_validated_before_its_first_step_and_warned_of_small_crops(train_dir, tmp_path, monkeypatch,
+                                                                                  caplog):
     """A fine-tune logs its starting weights' scores as step 0 (what it must beat), takes
     its architecture from --init_from, validates on --validation_resolution crops, and is
     warned when it trains on much smaller crops than its weights learnt on."""
@@ -1773,6 +1774,18 @@ def test_a_fine_tune_is_validated_before_its_first_step_and_warned_of_small_crop
     with pytest.raises(ValueError, match="--validation_resolution 42 is not a multiple of --scale 4: pass "
                                          "--validation_resolution 40"):
         train_teacher.parse_args([*base, "--validation_resolution", "42"])
+
+    # A validation image whose body is damaged (it passed the header scan) is named as one
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(val / f"{i}.png")
+    (val / "0.png").write_bytes((val / "0.png").read_bytes()[:200])
+    args = train_teacher.parse_args([*base[:4], "--validation_data_dir", str(val), "--num_validation_images", "1",
+                                     "--resolution", "32"])
+    with caplog.at_level("WARNING", logger="oftsr.training.data"):
+        assert validation_batch(args, "cpu")["hr"].shape == (1, 3, 32, 32)  # the next image instead
+    assert "skipping unreadable validation image" in caplog.text and "training image" not in caplog.text
 
 
 def test_init_from_an_authors_student_file_is_refused_as_a_student(tmp_path, monkeypatch):
@@ -2025,10 +2038,13 @@ def test_training_record_names_the_start_weights_and_the_time_limit(monkeypatch,
     import train_teacher
 
     base = ["--train_data_dir", str(tmp_path / "photos"), "--output_dir", str(tmp_path / "run")]
+    (tmp_path / "runs").mkdir()
+    oftsr.save_model(oftsr.create_model("tiny", role="teacher"), tmp_path / "runs" / "teacher.safetensors")
     args = train_teacher.parse_args([*base, "--init_from", str(tmp_path / "runs" / "teacher.safetensors"),
-                                     "--max_train_minutes", "4.5"])
+                                     "--max_train_minutes", "4.5", "--dropout", "0.2"])
     record = loop.training_record(args, {"train_data_dir": str(tmp_path / "photos"), "seed": 0})
     assert (record["init_from"], record["max_train_minutes"], record["train_data"]) == ("teacher.safetensors", 4.5, "photos")
+    assert record["dropout"] == 0.2
     assert "init_student" not in record and str(tmp_path) not in json.dumps(record)
     args = distill.parse_args([*base, "--teacher", "x4-real-teacher", "--init_student", "x4-real"])
     record = loop.training_record(args, {})

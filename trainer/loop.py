@@ -267,7 +267,7 @@ def training_record(args: argparse.Namespace, data: dict) -> dict:
     """How a model was trained, for its exported file (the `training` entry, which `oftsr
     info` shows): the data settings, with the data folder by its name only (a file that is
     shared should not carry its maker's paths), the optimiser's and EMA's settings, the
-    precision and this package's version; the weights it started from (`--init_from`,
+    precision, dropout and this package's version; the weights it started from (`--init_from`,
     `--init_student`: a bundled name as given, a file by its name) and the time limit its
     last run was given (`--max_train_minutes`; after a resume, what was left of it), which
     say why a fine-tune's `step` can be short of `max_train_steps`.
@@ -278,7 +278,8 @@ def training_record(args: argparse.Namespace, data: dict) -> dict:
     return {**{k: v for k, v in data.items() if k != "train_data_dir"},
             "train_data": Path(args.train_data_dir).name, "learning_rate": args.learning_rate,
             "adam": adam_settings(args), "max_grad_norm": args.max_grad_norm, "ema_decay": args.ema_decay,
-            "mixed_precision": args.mixed_precision or "no", **started, "oftsr_version": oftsr.__version__}
+            "mixed_precision": args.mixed_precision or "no", "dropout": args.dropout, **started,
+            "oftsr_version": oftsr.__version__}
 
 
 def next_step(role: str, path: Path) -> str:

@@ -27,7 +27,8 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
         return None
     ds = SRDataset(args.validation_data_dir, resolution=args.validation_resolution, scale=args.scale,
                    degradation=args.degradation, random_flip=False, center_crop=True, seed=args.seed,
-                   sigma_y=args.sigma_y, realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config])
+                   sigma_y=args.sigma_y, realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config],
+                   purpose="validation")
     items = [ds[i] for i in range(min(args.num_validation_images, len(ds)))]
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
 

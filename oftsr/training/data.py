@@ -178,9 +178,10 @@ class SRDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, *, resolution: int = 256, scale: int = 4, degradation: str = "bicubic",
                  sigma_y: float = SIGMA_Y, random_flip: bool = True, center_crop: bool = False, seed: int = 0,
                  repeats: int = 1, realesrgan_config: RealESRGANConfig | None = None,
-                 files: list[Path] | None = None) -> None:
+                 files: list[Path] | None = None, purpose: str = "training") -> None:
         """`files`: what `scan_images(root)` found, where it is known already (one process
-        scans, and the others of a run take its list, so that all train on the same files)."""
+        scans, and the others of a run take its list, so that all train on the same files).
+        `purpose` names the images in messages ("validation" for a validation folder)."""
         # Checked here, in the main process, not at the first item in a DataLoader worker.
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale!r}")
@@ -197,6 +198,7 @@ class SRDataset(torch.utils.data.Dataset):
         self.random_flip, self.center_crop = random_flip, center_crop
         self.realesrgan_config = realesrgan_config
         self.seed, self.epoch = seed, 0
+        self.purpose = purpose
 
     @property
     def files(self) -> list[Path]:
@@ -230,18 +232,18 @@ class SRDataset(torch.utils.data.Dataset):
                 self._unreadable[i] = True
                 failed.append(i)
                 if len(failed) <= REPORTED_FAILURES:
-                    load_logger.warning("skipping unreadable training image: %s", e)
+                    load_logger.warning("skipping unreadable %s image: %s", self.purpose, e)
                 if len(failed) == GONE_AFTER_FAILURES and all(not self.files[j].exists() for j in failed):
                     break  # the folder itself, not a few files
         # Every file failed, now or before: the folder has gone (wait for it), or none reads any more.
         gone = self.files[failed[0] if failed else index % len(self.files)]
         if gone.exists():
-            raise RuntimeError(f"none of the {len(self.files)} training images in {self.root} can be read any more")
+            raise RuntimeError(f"none of the {len(self.files)} {self.purpose} images in {self.root} can be read any more")
         if not waited and self._comes_back(gone):
             self._unreadable[:] = False  # every file gets another try: a damaged one is found again
             return self._load(index, waited=True)
         raise RuntimeError(
-            f"training images are gone (such as {gone}): is {self.root} still there (a network share, a removed "
+            f"{self.purpose} images are gone (such as {gone}): is {self.root} still there (a network share, a removed "
             f"disk)? The run stops; its newest checkpoint is kept: go on with --resume_from_checkpoint latest once "
             f"the images are back")
 
