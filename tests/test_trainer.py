@@ -1390,9 +1390,9 @@ def test_init_from_gives_the_model_flags_left_out_what_its_file_records(tmp_path
     assert args.init_changes == {"realesrgan_config": ("camera", "full")}
     # An own file with a noisy_avgpool degradation and another sigma_p, sigma_y
     teacher = oftsr.create_model("tiny", role="teacher", sigma_p=0.1, degradation="noisy_avgpool")
-    oftsr.save_model(teacher, tmp_path / "t.safetensors", sigma_y="0.05")
+    oftsr.save_model(teacher, tmp_path / "t.safetensors", sigma_y="0.02")
     args = train_teacher.parse_args([*base, "--init_from", str(tmp_path / "t.safetensors")])
-    assert (args.preset, args.sigma_p, args.degradation, args.sigma_y) == ("tiny", 0.1, "noisy_avgpool", 0.05)
+    assert (args.preset, args.sigma_p, args.degradation, args.sigma_y) == ("tiny", 0.1, "noisy_avgpool", 0.02)
     # Without --init_from: the defaults
     args = train_teacher.parse_args(base)
     assert (args.preset, args.scale, args.sigma_p, args.degradation, args.realesrgan_config, args.resolution) == \

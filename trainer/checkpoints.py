@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import oftsr  # noqa: E402
 from oftsr.checkpoint import EXPORTED_MODELS  # noqa: E402
+from oftsr.training.degradations import degradation_settings, settings_text  # noqa: E402
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -347,11 +348,7 @@ def training_metadata(args: argparse.Namespace, model: oftsr.OFTSRModel) -> dict
     """What the exported file records of its training beyond the model's own metadata: the
     ranges of a realesrgan degradation, or the noise of a noisy_avgpool one, which the next
     stage must repeat."""
-    if model.degradation == "realesrgan":
-        return {"realesrgan_config": args.realesrgan_config}
-    if model.degradation == "noisy_avgpool":
-        return {"sigma_y": f"{args.sigma_y:g}"}
-    return {}
+    return settings_text(degradation_settings(model.degradation, vars(args)))
 
 
 def check_training_metadata(what: str, recorded: dict[str, str], metadata: dict[str, str], hint: str = "") -> None:

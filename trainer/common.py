@@ -28,7 +28,7 @@ import oftsr  # noqa: E402
 from oftsr.checkpoint import MissingInfoError, contradicted_metadata, recorded_settings  # noqa: E402
 from oftsr.devices import cpu_has_native_bf16  # noqa: E402
 from oftsr.training.data import SRDataset, load_logger, scan_image_sizes, warn_image_sizes  # noqa: E402
-from oftsr.training.degradations import SIGMA_Y  # noqa: E402
+from oftsr.training.degradations import DEGRADATION_SETTINGS, degradation_settings  # noqa: E402
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
 
 from checkpoints import any_process, check_training_metadata, training_metadata  # noqa: E402
@@ -382,10 +382,9 @@ def load_teacher(args: argparse.Namespace, device: torch.device | str = "cpu") -
                          f"{' '.join(f'--{k} ...' for k in e.missing)}") from e
     for key in TEACHER_SETTINGS:
         setattr(args, key, getattr(teacher, key))
-    if args.realesrgan_config is None:
-        args.realesrgan_config = recorded.get("realesrgan_config", "full")
-    if args.sigma_y is None:  # files from before it was recorded had the default
-        args.sigma_y = float(recorded.get("sigma_y", SIGMA_Y))
+    for key, default in DEGRADATION_SETTINGS.values():  # the file's, the default where it records none
+        if getattr(args, key) is None:
+            setattr(args, key, degradation_settings(teacher.degradation, recorded).get(key, default))
     ours = training_metadata(args, teacher)
     check_training_metadata("the teacher", {k: v for k, v in recorded.items() if k in ours}, ours)
     return teacher

@@ -23,7 +23,7 @@ from validation import ema_copy, log_images, validation_scores, validation_start
 
 import oftsr
 from oftsr.checkpoint import recorded_settings
-from oftsr.training.degradations import SIGMA_Y
+from oftsr.training.degradations import DEGRADATION_SETTINGS
 from oftsr.training.ema import EMA
 from oftsr.flow import time_grid
 from oftsr.training.losses import sample_flow_time, teacher_loss
@@ -59,9 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# The model's flags without --init_from (with it, their defaults are what its file records).
-MODEL_DEFAULTS = {"preset": "div2k", "scale": 4, "sigma_p": 0.2, "degradation": "bicubic",
-                  "realesrgan_config": "full", "sigma_y": SIGMA_Y}
+# The model's flags without --init_from (with it, their defaults are what its file records),
+# the settings of the degradations among them.
+SETTING_DEFAULTS = dict(DEGRADATION_SETTINGS.values())
+MODEL_DEFAULTS = {"preset": "div2k", "scale": 4, "sigma_p": 0.2, "degradation": "bicubic", **SETTING_DEFAULTS}
 
 
 def settle_model_flags(args: argparse.Namespace) -> None:
@@ -81,7 +82,7 @@ def settle_model_flags(args: argparse.Namespace) -> None:
     for key, default in MODEL_DEFAULTS.items():
         kind = type(default)
         in_file = recorded.get(key)
-        if key in ("realesrgan_config", "sigma_y") and not same_degradation:
+        if key in SETTING_DEFAULTS and not same_degradation:
             in_file = None  # the ranges of the degradation it was trained on, not of the one asked for
         in_file = None if in_file is None else kind(in_file)
         given = getattr(args, key)

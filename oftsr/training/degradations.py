@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,28 @@ from ..resample import bicubic_resize, upsample_lr
 from .realesrgan import RealESRGANConfig, degrade_realesrgan
 
 SIGMA_Y = 0.05  # the noisy FFHQ task's measurement noise, on the [-1, 1] scale
+
+# The setting each degradation has beyond its name, and its value where a file or folder
+# does not record it (made before it was recorded, or with the default): the ranges of the
+# Real-ESRGAN chain, the noise of the average pooling. Bicubic has none.
+DEGRADATION_SETTINGS: dict[str, tuple[str, str | float]] = {"realesrgan": ("realesrgan_config", "full"),
+                                                            "noisy_avgpool": ("sigma_y", SIGMA_Y)}
+
+
+def degradation_settings(degradation: str, given: Mapping[str, object]) -> dict[str, str | float]:
+    """{setting: value} of `degradation` as `given` (a file's metadata, a pairs folder's
+    manifest, a run's flags) says it, typed, and its default where `given` does not
+    (None counts as not given); {} for a degradation without one."""
+    if degradation not in DEGRADATION_SETTINGS:
+        return {}
+    key, default = DEGRADATION_SETTINGS[degradation]
+    value = given.get(key)
+    return {key: default if value is None else type(default)(value)}
+
+
+def settings_text(settings: Mapping[str, str | float]) -> dict[str, str]:
+    """`degradation_settings` as a file's metadata holds them (text; 0.05, not 0.05000000000000000277)."""
+    return {key: f"{value:g}" if isinstance(value, float) else str(value) for key, value in settings.items()}
 
 
 def check_divisible(hr: torch.Tensor, scale: int) -> None:

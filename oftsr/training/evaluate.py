@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from ..resample import upsample_lr
-from .degradations import SIGMA_Y, degrade
+from .degradations import SIGMA_Y, degradation_settings, degrade
 from .realesrgan import REALESRGAN_CONFIGS
 from ..checkpoint import read_metadata
 from ..color import split_alpha
@@ -187,21 +187,16 @@ def degrade_image(hr: torch.Tensor, scale: int, degradation: str = "bicubic",
                   generator: torch.Generator | None = None, settings: dict | None = None) -> torch.Tensor:
     """The LR image of an HR image, both in [0, 1], as the models were trained to see it
     (`settings`: what their files record of the degradation, `recorded_degradation`)."""
-    settings = settings or {}
-    config = REALESRGAN_CONFIGS[settings.get("realesrgan_config", "full")]
-    return ((degrade(hr * 2 - 1, scale, degradation, generator=generator, sigma_y=settings.get("sigma_y", SIGMA_Y),
-                     realesrgan_config=config) + 1) / 2).clamp(0, 1)
+    given = degradation_settings(degradation, settings or {})
+    config = given.get("realesrgan_config")
+    return ((degrade(hr * 2 - 1, scale, degradation, generator=generator, sigma_y=given.get("sigma_y", SIGMA_Y),
+                     realesrgan_config=None if config is None else REALESRGAN_CONFIGS[config]) + 1) / 2).clamp(0, 1)
 
 
 def recorded_degradation(path: str | Path, degradation: str) -> dict:
     """What a model's file records of its degradation's own settings, as its trainer used
     them: the Real-ESRGAN chain ("full" where not recorded) or the average pooling's noise."""
-    meta = read_metadata(path)
-    if degradation == "realesrgan":
-        return {"realesrgan_config": meta.get("realesrgan_config", "full")}
-    if degradation == "noisy_avgpool":
-        return {"sigma_y": float(meta.get("sigma_y", SIGMA_Y))}
-    return {}
+    return degradation_settings(degradation, read_metadata(path))
 
 
 def describe_degradation(degradation: str, settings: dict) -> str:
