@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_int
+
 T_EPS = 0.001  # time floor: training draws t ~ U[T_EPS, 1]; sampling starts there
 
 
@@ -45,6 +47,5 @@ def student_step(x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def time_grid(steps: int, eps: float = T_EPS) -> torch.Tensor:
     """Sampling grid t_i = i/N * (1 - eps) + eps, i = 0..N (float64 for exact steps)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = check_int(steps, "steps", 1)  # 2.5 steps would make a grid that misses t = 1
     return torch.arange(steps + 1, dtype=torch.float64) / steps * (1 - eps) + eps

@@ -33,8 +33,10 @@ def test_interpolation_and_target_hand_values():
 def test_time_grid():
     ts = time_grid(4)
     assert ts.tolist() == pytest.approx([0.001, 0.25075, 0.5005, 0.75025, 1.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
         time_grid(0)
+    with pytest.raises(ValueError, match="steps must be an integer, got 2.5"):
+        time_grid(2.5)  # arange would make a grid that stops short of t = 1
 
 
 SAMPLERS = [sample_euler, sample_midpoint, sample_heun]
