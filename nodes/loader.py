@@ -15,8 +15,8 @@ from comfy_api.latest import io
 
 from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model
 from ..oftsr.weights import BUNDLED_ROLES, shipped_model_names
-from ..oftsr.checkpoint import DTYPES, CheckpointError, MissingInfoError, contradicted_metadata
-from ..oftsr.model import MAX_SCALE
+from ..oftsr.checkpoint import CheckpointError, MissingInfoError, contradicted_metadata
+from ..oftsr.model import DTYPES, MAX_SCALE
 from .common import CATEGORY, OFTSR_MODEL, check_options
 
 FOLDER_KEY = "oftsr"

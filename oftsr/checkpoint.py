@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from .devices import auto_dtype, resolve_device
 from .files import atomic_write
-from .model import OBJECTIVES, OFTSRModel
+from .model import DTYPE_NAMES, OBJECTIVES, OFTSRModel
 from .unet import UNet, UNetConfig
 
 FORMAT_NAME = "oftsr"
@@ -508,13 +508,6 @@ def _parse_ours(meta: dict[str, str], path: Path) -> dict[str, object]:
                               f"{str(e)[:200]})") from e
 
 
-# Weight precisions by the short names the CLI and the nodes offer (load_model takes them too,
-# and torch's names of them).
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DTYPE_NAMES = {**DTYPES, "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
-               "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64, "double": torch.float64}
-
-
 def _export_advice(checkpoint: Path) -> str:
     return (f"export its EMA weights as a model file with `{EXPORT_COMMAND} {checkpoint} model.safetensors` "
             f"(the end of a run writes one: teacher.safetensors or student.safetensors in --output_dir), and load that")
@@ -527,9 +520,8 @@ EXPORTED_MODELS = ("student.safetensors", "teacher.safetensors")
 def folder_message(path: Path) -> str:
     """What a folder given as a model is, and what to load instead."""
     exported = [path / name for name in EXPORTED_MODELS if (path / name).is_file()]
-    if exported:  # a finished run's folder: its model is right there
-        return (f"{path} is a training run's folder, not a model file: load the model it exported, "
-                + " or ".join(str(p) for p in exported))
+    if exported:  # a finished run's folder (or one that holds its files): the model is right there
+        return f"{path} is a folder, not a model file: give the model file in it, " + " or ".join(map(str, exported))
     if (path / TRAINING_CHECKPOINT_INFO).is_file() or any(path.glob(f"checkpoint-*/{TRAINING_CHECKPOINT_INFO}")):
         return f"{path} is a training folder, not a model file: {_export_advice(path)}"
     return f"{path} is a folder, not a model file (.safetensors, or an authors' .pth)"

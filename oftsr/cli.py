@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .checkpoint import (DTYPES, CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
+from .checkpoint import (CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
 from .files import ATOMIC_NAME_EXTRA, check_new_file, file_in_the_way
 from .images import (CAMERA_RAW_ADVICE, IMAGE_SUFFIXES, MAX_FRAMES_COUNTED, READ_SUFFIXES, check_output_size,
@@ -28,7 +28,7 @@ from .color import COLOR_FIX_MODES, color_fix
 from .devices import auto_dtype, available_memory, is_out_of_memory, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
 from .inference import sample, tile_evaluation_progress, upscale
-from .model import COMPILE_MODES, DEGRADATIONS, ROLES, OFTSRModel, RunWarning
+from .model import COMPILE_MODES, DEGRADATIONS, DTYPES, ROLES, OFTSRModel, RunWarning
 from .sampling import SOLVERS, Callback
 from .resample import resize
 from .tiling import check_tiling

@@ -28,9 +28,13 @@ class RunWarning(UserWarning):
 
 MAX_SCALE = 16  # beyond any SR model; the loader node's scale widget stops here too
 
-# What `optimize(autocast=...)` takes: half-precision types, also by their short names.
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-                   "half": torch.float16}
+# Weight precisions by the short names the CLI and the nodes offer (load_model takes them too,
+# and torch's names of them).
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {**DTYPES, "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
+               "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64, "double": torch.float64}
+# What `optimize(autocast=...)` takes: the half-precision types among them.
+AUTOCAST_DTYPES = {name: dtype for name, dtype in DTYPE_NAMES.items() if dtype in (torch.float16, torch.bfloat16)}
 
 
 def as_time_tensor(t: float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:

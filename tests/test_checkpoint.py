@@ -194,8 +194,8 @@ def test_a_training_folder_given_as_a_model_says_to_export_it(tmp_path, student)
     with pytest.raises(CheckpointError, match=r"is a folder, not a model file \(.safetensors"):
         oftsr.load_model(tmp_path)
     oftsr.save_model(student, tmp_path / "run" / "student.safetensors")  # a finished run: its export is named
-    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'run'} is a training run's folder, not a model file: load "
-                                              rf"the model it exported, {tmp_path / 'run' / 'student.safetensors'}$"):
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'run'} is a folder, not a model file: give the model file "
+                                              rf"in it, {tmp_path / 'run' / 'student.safetensors'}$"):
         oftsr.load_model(tmp_path / "run")
 
 
