@@ -601,10 +601,13 @@ def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, c
     import common
     import loop
 
+    if sys.platform == "linux":  # /proc read for real: this process's own command line
+        assert "pytest" in " ".join(loop.command_line(os.getpid()))
     single = argparse.Namespace(num_processes=1)
     parents = iter([100, 100, 1])
     monkeypatch.setattr(loop.os, "getppid", lambda: next(parents))
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setattr(loop, "command_line", lambda pid: ["/usr/bin/python3", "/venv/bin/torchrun", "train.py"])
     stop = loop.StopRequest(None)
     with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
         assert stop.due(single) is False  # the launcher is there
@@ -617,8 +620,15 @@ def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, c
     monkeypatch.setenv("ACCELERATE_USE_CPU", "False")  # a single-process `accelerate launch`'s child
     parents = iter([100, 1])
     monkeypatch.setattr(loop.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(loop, "command_line", lambda pid: ["/venv/bin/python", "/venv/bin/accelerate", "launch"])
     stop = loop.StopRequest(None)
     assert stop.launcher == 100 and stop.due(single) is True and stop.reason == "the launcher has gone"
+    # ACCELERATE_USE_CPU exported by the user, the run started by a shell: the shell may go
+    monkeypatch.setattr(loop.os, "getppid", lambda: 100)
+    monkeypatch.setattr(loop, "command_line", lambda pid: ["-bash"])
+    assert loop.StopRequest(None).launcher is None
+    monkeypatch.setattr(loop, "command_line", lambda pid: None)  # no /proc: the environment decides
+    assert loop.StopRequest(None).launcher == 100
 
     held = common.lock_output_dir(str(tmp_path))
     try:

@@ -112,6 +112,32 @@ class TrainState:
 LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
 
 
+LAUNCHER_NAMES = ("accelerate", "torchrun", "torch.distributed")  # in a launcher's command line
+
+
+def command_line(pid: int) -> list[str] | None:
+    """Process `pid`'s arguments, where the system shows them (Linux's /proc)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+
+
+def launcher_process() -> int | None:
+    """The launcher this process was started by (torchrun, `accelerate launch`), or None.
+    Its training processes outlive it when it is killed with SIGKILL, training on unseen, so
+    they stop when it goes. Run by plain python (a shell, nohup) the parent may go, and the
+    run goes on: the environment a launcher sets (ACCELERATE_USE_CPU can be a user's own
+    too) is checked against the parent's command line where the system shows it."""
+    if not any(name in os.environ for name in LAUNCHER_ENV):
+        return None
+    parent = os.getppid()
+    argv = command_line(parent)
+    if argv is None or any(name in arg for arg in argv for name in LAUNCHER_NAMES):
+        return parent
+    return None
+
+
 class StopRequest:
     """Ends a run early with a checkpoint: on SIGTERM (a scheduler's pre-emption or time
     limit) or Ctrl-C, and once `minutes` have passed. Looked at after each optimizer step
@@ -124,10 +150,7 @@ class StopRequest:
         self.deadline = None if minutes is None else SCRIPT_START + 60 * minutes
         self.reason: str | None = None
         self._previous: dict[int, object] = {}
-        # A launcher's training processes (torchrun's workers, a single-process `accelerate
-        # launch`'s child) outlive it when it is killed with SIGKILL, training on unseen: they
-        # stop as at a SIGTERM. Run by plain python (a shell, nohup), the parent may go.
-        self.launcher = os.getppid() if any(name in os.environ for name in LAUNCHER_ENV) else None
+        self.launcher = launcher_process()
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
