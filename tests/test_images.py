@@ -6,7 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from oftsr.images import _png_add_chunks, _upright_xmp, list_images, load_image, read_image_metadata, save_image
+from oftsr.images import list_images, load_image, read_image_metadata, save_image
+from oftsr.images.metadata import upright_xmp
+from oftsr.images.write import png_add_chunks
 
 
 def test_rgb8(tmp_path):
@@ -221,7 +223,7 @@ def test_lzw_tiff16_keeps_all_bits(tmp_path):
 
 def test_pngs_are_written_at_comfyuis_compression_level(tmp_path):
     # zlib's header says how hard its stream was packed (FLEVEL, 2 bits): 1 for levels 2-5, 2 for zlib's default 6
-    from oftsr.images import PNG_COMPRESS_LEVEL
+    from oftsr.images.write import PNG_COMPRESS_LEVEL
 
     assert PNG_COMPRESS_LEVEL == 4
     image = torch.rand(3, 16, 24)
@@ -375,7 +377,7 @@ def test_linear_light_is_read_as_display_values_and_written_back_linear(tmp_path
     Image.fromarray(levels8[..., 0]).save(tmp_path / "gray.png", icc_profile=gray_icc)
     with open(tmp_path / "16.png", "wb") as f:
         png.Writer(10, 6, greyscale=False, bitdepth=16).write(f, levels16.reshape(6, 30))
-    _png_add_chunks(tmp_path / "16.png", rgb_icc, None, None)
+    png_add_chunks(tmp_path / "16.png", rgb_icc, None, None)
     tifffile.imwrite(tmp_path / "f.tif", floats, photometric="rgb", iccprofile=rgb_icc)
     for name, values, tol in (("8.png", levels8 / 255, 1e-6), ("gray.png", levels8[..., :1] / 255, 1e-6),
                               ("16.png", levels16 / 65535, 1e-6), ("f.tif", floats, 1e-6)):
@@ -793,19 +795,19 @@ def test_bleed_colour_in_half_precision():
 def test_a_gray_tiff_is_turned_upright_too(tmp_path, orientation, dtype):
     import tifffile
 
-    from oftsr.images import _orient
+    from oftsr.images.read import orient
 
     peak = np.iinfo(dtype).max
     arr = np.random.default_rng(orientation).integers(0, peak + 1, (5, 7), dtype=dtype)
     tifffile.imwrite(tmp_path / "g.tif", arr, photometric="minisblack", extratags=[(274, 3, 1, orientation, True)])
     img, depth = load_image(tmp_path / "g.tif")
     assert depth == (16 if dtype == np.uint16 else 8)
-    upright = _orient(arr[..., None], orientation)[..., 0]
+    upright = orient(arr[..., None], orientation)[..., 0]
     assert img.shape == (1, 1, *upright.shape) and np.array_equal(np.round(img[0, 0].numpy() * peak), upright)
 
 
 def test_xmp_with_single_quoted_attributes_is_made_upright_too():
-    xmp = _upright_xmp("<rdf:Description tiff:Orientation='8' exif:PixelYDimension='3000' "
+    xmp = upright_xmp("<rdf:Description tiff:Orientation='8' exif:PixelYDimension='3000' "
                        "tiff:ImageWidth = '4000' xmp:Rating='4' dc:title=\"Tom's barn\"/>")
     assert xmp == b"<rdf:Description tiff:Orientation='1' xmp:Rating='4' dc:title=\"Tom's barn\"/>"
 
@@ -1160,7 +1162,7 @@ def test_png_orientation_in_a_raw_profile_or_xmp_turns_every_bit_depth_once(tmp_
     for name, text, packet in [("raw16.png", {"Raw profile type exif": raw}, None), ("xmp16.png", None, xmp)]:
         with open(tmp_path / name, "wb") as f:
             png.Writer(4, 6, greyscale=False, bitdepth=16).write(f, stored.reshape(6, 12))
-        _png_add_chunks(tmp_path / name, None, packet, None, text)
+        png_add_chunks(tmp_path / name, None, packet, None, text)
     Image.fromarray((stored >> 8).astype(np.uint8)).save(tmp_path / "xmp8.png", pnginfo=_xmp_info(xmp))
     for name in ("raw8.png", "raw16.png", "xmp8.png", "xmp16.png"):
         image, depth = load_image(tmp_path / name)

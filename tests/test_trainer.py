@@ -469,14 +469,22 @@ def test_set_up_errors_are_one_line_and_bundled_models_go_by_name(train_dir, tmp
               "--output_dir", tmp_path / "a"], f"error: --validation_data_dir {tmp_path / 'nope'} does not exist"),
             (["trainer/distill.py", "--teacher", "x4-techer", "--train_data_dir", train_dir, "--output_dir",
               tmp_path / "b"], "error: --teacher x4-techer: no such file, and not a bundled model's name (x4"),
-            (["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "c", "--preset",
-              "tiny", *COMMON, "--train_batch_size", "64"],
+            (["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "c" / "run",
+              "--preset", "tiny", *COMMON, "--train_batch_size", "64"],
              "error: the training set is smaller than one batch: an epoch has 6 crops and a step takes 64; raise "
              "--repeats"),
             (["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", train_dir / "img0.png" / "run"],
              f"error: --output_dir {train_dir / 'img0.png' / 'run'}: {train_dir / 'img0.png'} is a file, not a folder")]:
         res = _run(args, status=2)
         assert res.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in res.stderr, res.stderr
+    # the folders a failed set-up made (c/run, after its lock was taken) are removed again; in a
+    # folder that was there, only the lock it made
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "notes.txt").write_text("mine")
+    _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "e", "--preset",
+          "tiny", *COMMON, "--train_batch_size", "64"], status=2)
+    assert [p.name for p in (tmp_path / "e").iterdir()] == ["notes.txt"]
     # a bundled teacher by name: one distillation step from the shipped x4 teacher
     _run(["trainer/distill.py", "--teacher", "x4", "--train_data_dir", train_dir, "--output_dir", tmp_path / "d",
           *COMMON, "--max_train_steps", "1", "--checkpointing_steps", "1"])

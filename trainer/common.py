@@ -64,6 +64,7 @@ def run_script(main) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         status = 2
+        _remove_unused_output_dir()
     # Left to the interpreter's exit, a process group that has run a collective can abort
     # ("terminate called", SIGABRT) when another process leaves first, even after a run that
     # went well: a crash report instead of the run's status.
@@ -77,6 +78,24 @@ class TrainingDiverged(RuntimeError):
 
 
 _loop_started = False
+# What this run's main process made for --output_dir: the folders (the deepest first), and
+# the lock file it holds there (None where one was there before): a run whose set-up fails
+# (a wrong data folder) leaves neither behind while they hold nothing else.
+_made_for_output: tuple[list[Path], TextIO | None] | None = None
+
+
+def _remove_unused_output_dir() -> None:
+    if _made_for_output is None:
+        return
+    folders, lock = _made_for_output
+    try:
+        if lock is not None:
+            lock.close()
+            os.remove(lock.name)
+        for folder in folders:  # its parents made with it, where they stayed empty
+            folder.rmdir()
+    except OSError:  # written to meanwhile: left as it is
+        pass
 
 
 def enter_training_loop() -> None:
@@ -168,11 +187,17 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
         logger.info("--scale_lr: learning rate %g (x %d crops per optimizer step)", args.learning_rate, crops)
     held_elsewhere = ""
     if accelerator.is_main_process:
+        output = Path(args.output_dir).absolute()
+        made = [folder for folder in (output, *output.parents) if not folder.exists()]
+        new_lock = not (output / LOCK_NAME).exists()
         os.makedirs(args.output_dir, exist_ok=True)
         try:  # kept open (and locked) until the process ends
             accelerator.oftsr_lock = lock_output_dir(args.output_dir)
         except RunningElsewhere as e:
             held_elsewhere = str(e)
+        else:
+            global _made_for_output
+            _made_for_output = (made, accelerator.oftsr_lock if new_lock else None)
     if any_process(accelerator, bool(held_elsewhere)):  # every process stops, not only the one that knows
         raise RunningElsewhere(held_elsewhere or f"another run is writing to {args.output_dir} (the main process "
                                                  f"says which)")
