@@ -10,9 +10,7 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
-import unicodedata
 import warnings
 from pathlib import Path
 
@@ -21,9 +19,9 @@ import torch
 from . import __version__
 from .checkpoint import (CheckpointError, OverrideWarning, contradicted_metadata, load_model, model_metadata,
                          read_metadata, save_model)
-from .files import ATOMIC_NAME_EXTRA, check_new_file, file_in_the_way
-from .images import (CAMERA_RAW_ADVICE, IMAGE_SUFFIXES, MAX_FRAMES_COUNTED, READ_SUFFIXES, check_output_size,
-                     file_format, find_images, frame_count, load_image, read_image_metadata, save_image)
+from .files import check_new_file
+from .images import (CAMERA_RAW_ADVICE, MAX_FRAMES_COUNTED, READ_SUFFIXES, check_output_size, file_format,
+                     find_images, frame_count, load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import auto_dtype, available_memory, is_out_of_memory, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
@@ -31,6 +29,7 @@ from .inference import sample, tile_evaluation_progress, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, DTYPES, ROLES, OFTSRModel, RunWarning
 from .sampling import SOLVERS, Callback
 from .resample import resize
+from .output_paths import check_writable, names_a_file, output_paths, t_tag
 from .tiling import check_tiling
 from .unet import PRESETS, count_parameters
 from .weights import DEFAULT_MODEL, create_model, existing_model_path, model_name_help
@@ -40,10 +39,6 @@ def resolve_dtype(name: str, device: torch.device, cpu_bf16: bool = True) -> tor
     """The weights' dtype for `--dtype`: as named, or `devices.auto_dtype` for "auto"."""
     return auto_dtype(device, cpu_bf16) if name == "auto" else DTYPES[name]
 
-
-# Image names `-o` cannot write (anything else without a writable suffix is a folder).
-UNWRITABLE_SUFFIXES = (".gif", ".jpe", ".jfif", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".ico", ".tga", ".ppm",
-                       ".pgm", ".pbm", ".psd", ".exr", ".hdr", ".dng", ".raw")
 
 DEFAULT_QUALITY = 95
 LOSSY_FORMATS = {"JPEG", "WEBP"}  # the formats --quality is for
@@ -81,7 +76,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--role {args.role}: `oftsr {args.command}` runs a {role}; --role is for files that do not "
                          f"record theirs (use `oftsr {COMMAND_FOR_ROLE[args.role]}` for a {args.role})")
     if hasattr(args, "t"):  # one value, or several separated by commas ("0,0.5,1")
-        tags = [_t_tag(t) for t in parse_t_values(args.t, "--t")]
+        tags = [t_tag(t) for t in parse_t_values(args.t, "--t")]
         if len(set(tags)) < len(tags):
             raise ValueError(f"--t {args.t}: values that agree to 6 digits would write the same file names "
                              f"({', '.join(tags)}); give values that differ sooner")
@@ -123,164 +118,6 @@ def _check_steps_and_seed(args: argparse.Namespace) -> None:
         raise ValueError(f"--seed: {e}") from None
 
 
-def _names_a_file(out: Path) -> bool:
-    """Whether `-o` names the output file (one input, photo_t0.5.png for each t) rather
-    than a folder."""
-    return out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
-
-
-def _outputs(inputs: list[str], files: list[Path], out: Path, overwrite: bool = False,
-             fmt: str | None = None, tags: list[str] | None = None) -> list[Path]:
-    """One output path per input file and tag (file-major): `out` itself for a single file
-    with an image suffix, else files under the folder `out` (sub-folders of input folders
-    kept), named with the suffix of `fmt` (default png; "same": the input's, where it can be
-    written, else .png), each tag before the suffix. A source image is replaced only by its own
-    result and only with `overwrite`; never by another image's."""
-    single = len(files) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
-    if fmt is None:
-        fmt = "png"
-    elif single and _names_a_file(out) and fmt not in ("same", out.suffix.lower().lstrip(".")) \
-            and (fmt, out.suffix.lower()) not in (("jpg", ".jpeg"), ("tif", ".tiff")):
-        raise ValueError(f"--format {fmt} is for an output folder; -o {out.name} names the file, and its suffix "
-                         f"sets its type: name it {out.with_suffix('.' + fmt).name}, or leave out --format")
-    if out.suffix.lower() in UNWRITABLE_SUFFIXES and not out.is_dir():  # an image name, not a folder
-        raise ValueError(f"-o {out}: cannot write {out.suffix!r} images; use one of {', '.join(IMAGE_SUFFIXES)}")
-    if single and not out.exists() and out.suffix[1:].isalpha() and out.suffix.lower() not in IMAGE_SUFFIXES:
-        # a mistyped image name ("photo.pnj") would otherwise become a folder of that name
-        raise ValueError(f"-o {out}: {out.suffix!r} is not an image type this writes ({', '.join(IMAGE_SUFFIXES)}); "
-                         f"for a folder, make it first or name it without that suffix")
-    if _names_a_file(out) and not single:
-        raise ValueError(f"-o {out} names one file, but the input is {len(files)} image(s) from "
-                         f"{'a folder' if any(Path(i).is_dir() for i in inputs) else 'several files'}; give a folder for -o")
-    targets = [out] if single and _names_a_file(out) else _folder_outputs(inputs, files, out, fmt)
-    tags = tags or [""]
-    targets = [_tagged(t, tag) for t in targets for tag in tags]
-    # By the file system's own identity: "A.PNG" for "a.png" on macOS or Windows is the same file.
-    source_ids = [_file_id(f) for f in files]
-    target_ids = [_file_id(t) for t in targets]
-    inputs_at = {key: f for f, key in zip(files, source_ids) if key is not None}
-    replaced = [inputs_at.get(key) if key is not None else None for key in target_ids]
-    for src, src_id, t, t_id, victim in zip((f for f in files for _ in tags), (k for k in source_ids for _ in tags),
-                                            targets, target_ids, replaced):
-        # read later as an input: lost, or an upscale's upscale (its own source, under any of its names, is not)
-        if victim is not None and t_id != src_id:
-            raise ValueError(f"-o {out}: {t.name}, the result of {src.name}, would replace the input image "
-                             f"{victim.name}; choose another output folder")
-    if not overwrite:
-        clash = next((t for t, victim in zip(targets, replaced) if victim is not None), None)
-        out_id = _file_id(out)
-        if clash is not None or out_id is not None and out_id in {_file_id(Path(i)) for i in inputs if Path(i).is_dir()}:
-            why = "it is an input folder" if clash is None else f"{clash.name} would replace the input image itself"
-            raise ValueError(f"-o {out}: {why}; choose another output, or pass --overwrite to replace the source images")
-    return targets
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    """What the file system knows a file by (device, inode), or None where there is none yet."""
-    try:
-        st = path.stat()
-    except (OSError, ValueError):
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _name_key(path: Path) -> str:
-    """A path as macOS compares names (Windows too, but for the accents): without case
-    (`lower`, as they fold it: "ß" stays apart from "ss"), and accents however encoded (NFC,
-    NFD), so that results named apart on Linux stay apart there too."""
-    return unicodedata.normalize("NFC", str(path)).lower()
-
-
-def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = "png") -> list[Path]:
-    targets, roots = [], []
-    for f in files:
-        # the outermost input folder that holds it (a folder given with one of its own sub-folders mirrors as the whole)
-        root = min((Path(i) for i in inputs if Path(i).is_dir() and Path(i) in f.parents), key=lambda r: len(r.parts),
-                   default=None)
-        rel = f.relative_to(root) if root is not None else Path(f.name)
-        same = f.suffix.lower() if f.suffix.lower() in IMAGE_SUFFIXES else ".png"
-        targets.append(out / rel.with_suffix(same if fmt == "same" else f".{fmt}"))
-        roots.append(root)
-    seen: dict[str, tuple[Path, Path | None, Path]] = {}
-    clashes, types_differ, holders = [], False, set()
-    for f, t, root in zip(files, targets, roots, strict=True):
-        if (key := _name_key(t)) in seen:
-            other, other_root, other_t = seen[key]
-            where = "macOS and Windows" if str(t).lower() == str(other_t).lower() else "macOS"
-            both = t if t == other_t else f"{other_t} and {t.name} (one file on {where})"
-            clashes.append(f"{other} and {f} would both write {both}")
-            types_differ |= other.suffix.lower() != f.suffix.lower()
-            # two sibling input folders (a card's 100CANON and 101CANON): their parent keeps them apart
-            sibling = root is not None and other_root is not None and root.resolve() != other_root.resolve() \
-                and root.resolve().parent == other_root.resolve().parent
-            holders.add(root.resolve().parent if sibling else None)
-        seen[key] = (f, root, t)
-    if clashes:
-        (holder,) = holders if len(holders) == 1 else (None,)
-        raise ValueError("; ".join(clashes[:10]) + (f"; and {len(clashes) - 10} more" if len(clashes) > 10 else "")
-                         + ": give them distinct names (or give each once)"
-                         + (f"; or give the folder that holds them, {holder}, whose sub-folders the output mirrors"
-                            if holder is not None else "")
-                         + ("; --format same keeps each one's own type" if fmt != "same" and types_differ else ""))
-    return targets
-
-
-def _check_writable(targets: list[Path]) -> None:
-    """Create the output folders and write a scratch file in each, so an output that cannot
-    be written is reported before any image is computed."""
-    by_folder: dict[Path, list[Path]] = {}
-    for t in targets:
-        by_folder.setdefault(t.parent, []).append(t)
-    for folder, named in by_folder.items():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-            try:
-                name_max = os.pathconf(folder, "PC_NAME_MAX")
-            except (OSError, ValueError, AttributeError):  # not on every system
-                name_max = 255
-            path_max, where = windows_path_limit(), folder.resolve()
-            for t in named:  # written under a temporary name 14 bytes longer (atomic_write)
-                if len(t.name.encode()) + ATOMIC_NAME_EXTRA > name_max:
-                    raise ValueError(f"{t.name}: the name is too long to write in {folder} ({len(t.name.encode())} "
-                                     f"bytes; at most {name_max - ATOMIC_NAME_EXTRA}): rename the input, or name a "
-                                     f"shorter output with -o")
-                if path_max is not None and len(str(where / t.name)) + ATOMIC_NAME_EXTRA > path_max:
-                    raise ValueError(f"{where / t.name}: the path is longer than Windows opens ({path_max} "
-                                     f"characters with the temporary name's {ATOMIC_NAME_EXTRA}): choose a shorter -o "
-                                     f"folder, or enable long paths (LongPathsEnabled) in Windows")
-        except OSError as e:
-            blocking = file_in_the_way(folder)
-            why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or e
-            raise ValueError(f"cannot write to {folder}: {why}") from None
-
-
-def windows_path_limit() -> int | None:
-    """The longest path Windows opens here: 259 characters unless long paths are enabled
-    (the LongPathsEnabled registry value); None on other systems."""
-    if os.name != "nt":
-        return None
-    try:
-        import winreg
-
-        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SYSTEM\CurrentControlSet\Control\FileSystem") as key:
-            if winreg.QueryValueEx(key, "LongPathsEnabled")[0] == 1:
-                return None
-    except OSError:
-        pass
-    return 259
-
-
-def _t_tag(t: float) -> str:
-    return f"_t{t:g}"
-
-
-def _tagged(path: Path, tag: str) -> Path:
-    """`photo.png` with tag "_t0.5" -> `photo_t0.5.png`."""
-    return path.with_name(f"{path.stem}{tag}{path.suffix}")
-
-
 GRID_TAG = "_grid"  # upscale --grid: photo_grid.png beside photo_t0.png, photo_t1.png, ...
 
 
@@ -306,7 +143,7 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
     if not files:
         raise ValueError(f"no images found in {' '.join(args.inputs)} (looked for {', '.join(READ_SUFFIXES)})")
     tags = tags or [""]
-    names = _outputs(args.inputs, files, Path(args.output), overwrite=args.overwrite, fmt=args.format,
+    names = output_paths(args.inputs, files, Path(args.output), overwrite=args.overwrite, fmt=args.format,
                      tags=tags + [GRID_TAG] if sheet else tags)
     per = len(tags) + sheet
     sheets = [(names[i + len(tags)], names[i:i + len(tags)]) for i in range(0, len(names), per)] if sheet else []
@@ -323,7 +160,7 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
     if args.bit_depth == 16 and eight is not None:
         raise ValueError(f"--bit-depth 16: {eight.name} would hold 8 bits ({eight.suffix} has no more); write PNG or "
                          f"TIFF (-o name.png, or --format png / tif for a folder)")
-    _check_writable(targets + [path for path, _ in sheets])
+    check_writable(targets + [path for path, _ in sheets])
     formats = {file_format(n) for n in names}
     if args.quality is not None and not formats & LOSSY_FORMATS:
         kinds = sorted(formats)
@@ -411,7 +248,7 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
         if resized:
             result = resize(result, size)
         result = (result * OUTPUT_DTYPES[levels]).round().to(levels)  # both clamp to [0, 1]
-    single = _names_a_file(Path(args.output))  # its suffix sets the type; in a folder, --format does
+    single = names_a_file(Path(args.output))  # its suffix sets the type; in a folder, --format does
     to_png = "name the output .png" if single else "write PNG (--format png)"
     flat = file_format(dst)
     if result.shape[1] in (2, 4) and flat in ("JPEG", "BMP"):
@@ -514,7 +351,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     ts = parse_t_values(args.t, "--t")
     if args.grid and len(ts) < 2:
         raise ValueError("--grid puts several t side by side: give them, e.g. --t 0,0.5,1")
-    files, targets, variants, sheets = _prepare(args, [_t_tag(t) for t in ts] if len(ts) > 1 else None, args.grid)
+    files, targets, variants, sheets = _prepare(args, [t_tag(t) for t in ts] if len(ts) > 1 else None, args.grid)
     code = 0
     if files:  # else every output exists (--skip-existing)
         model = _load(args, "student")

@@ -14,6 +14,7 @@ from PIL import Image
 
 import oftsr
 import oftsr.cli
+import oftsr.output_paths
 from oftsr.cli import main
 from oftsr.images import load_image, save_image
 
@@ -457,18 +458,18 @@ def test_a_result_path_longer_than_windows_opens_is_refused_before_any_work(tmp_
     temporary name) is checked before any image is computed, as the name's length is."""
     deep = tmp_path / ("d" * 40) / ("e" * 40)
     limit = len(str((deep / "rgb.png").resolve())) + oftsr.files.ATOMIC_NAME_EXTRA - 1
-    monkeypatch.setattr(oftsr.cli, "windows_path_limit", lambda: limit)
+    monkeypatch.setattr(oftsr.output_paths, "windows_path_limit", lambda: limit)
     code, _, err = _run_cli(["upscale", str(inputs / "rgb.png"), "-o", str(deep / "rgb.png"), "--model",
                              str(model_files[0])], capsys)
     assert code == 2 and _one_error(err) == (
         f"error: {(deep / 'rgb.png').resolve()}: the path is longer than Windows opens ({limit} characters with the "
         f"temporary name's 14): choose a shorter -o folder, or enable long paths (LongPathsEnabled) in Windows")
     assert not (deep / "rgb.png").exists()
-    monkeypatch.setattr(oftsr.cli, "windows_path_limit", lambda: limit + 1)  # one more character: it fits
+    monkeypatch.setattr(oftsr.output_paths, "windows_path_limit", lambda: limit + 1)  # one more character: it fits
     assert main(["upscale", str(inputs / "rgb.png"), "-o", str(deep / "rgb.png"), "--model", str(model_files[0]),
                  "-q"]) == 0
     monkeypatch.undo()
-    assert oftsr.cli.windows_path_limit() is None  # not Windows: no limit of this kind
+    assert oftsr.output_paths.windows_path_limit() is None  # not Windows: no limit of this kind
 
 
 def test_a_result_open_in_another_program_is_waited_for_then_named(tmp_path, monkeypatch):
@@ -1020,7 +1021,7 @@ def test_results_one_name_apart_on_macos_and_windows_are_refused(tmp_path, model
     # photograph under two names (a link) is upscaled in place, each name to its own result
     for a, b in (("Straße.png", "strasse.png"), ("ﬁle.png", "file.png")):
         names = [tmp_path / "u" / a, tmp_path / "u" / b]
-        assert oftsr.cli._outputs([str(n) for n in names], names, tmp_path / "r") == [tmp_path / "r" / a,
+        assert oftsr.output_paths.output_paths([str(n) for n in names], names, tmp_path / "r") == [tmp_path / "r" / a,
                                                                                        tmp_path / "r" / b]
     (tmp_path / "linked").mkdir()
     Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "linked" / "a.png")

@@ -110,7 +110,7 @@ def test_archive_holds_the_pack_and_nothing_else(archive):
     assert all((ROOT / f).stat().st_size > 1_000_000 for f in weights)
     assert {p.relative_to(ROOT).as_posix() for p in (ROOT / "workflows").glob("*.json")} <= set(archive)
     left_out = ("trainer/", "bench/", "tests/", "scripts/", "assets/", "oftsr/training/", ".ci/",
-                "oftsr/cli.py", "oftsr/__main__.py", "oftsr/images/", "oftsr/icc.py",
+                "oftsr/cli.py", "oftsr/output_paths.py", "oftsr/__main__.py", "oftsr/images/", "oftsr/icc.py",
                 "oftsr/exif.py")  # the CLI and its image files come with pip install
     assert not [f for f in archive if f.startswith(left_out)]
     # the README's pictures and pages under docs/ come along (a registry install reads it offline)
