@@ -1781,8 +1781,13 @@ def test_a_fine_tune_is_validated_before_its_first_step_and_warned_of_small_crop
     assert oftsr.load_model(out / "teacher.safetensors").config == oftsr.PRESETS["tiny"]  # no --preset given
 
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import loop
     import train_teacher
     from validation import validation_batch
+
+    # run again as a new run (killed before its first checkpoint): its step 0 is logged anew, not twice
+    loop.trim_metrics(str(out), 0)
+    assert (out / "metrics.jsonl").read_text() == ""
 
     base = ["--train_data_dir", str(train_dir), "--output_dir", str(out), "--validation_data_dir", str(train_dir),
             "--num_validation_images", "1", "--resolution", "32"]

@@ -242,8 +242,10 @@ def log_metrics(accelerator, output_dir: str, logs: dict[str, float], step: int)
 
 def trim_metrics(output_dir: str, step: int) -> None:
     """Drop the `metrics.jsonl` rows of steps after `step`: a killed run logged steps that
-    its last checkpoint does not hold, and the resumed run logs them again. A line cut off
-    mid-write goes too. Rewritten atomically."""
+    its last checkpoint does not hold, and the resumed run logs them again. At step 0 (a
+    new run, where a run killed before its first checkpoint was) every row goes, a
+    fine-tune's step-0 scores too, which it logs again. A line cut off mid-write goes too.
+    Rewritten atomically."""
     path = Path(output_dir) / "metrics.jsonl"
     if not path.is_file():
         return
@@ -251,7 +253,7 @@ def trim_metrics(output_dir: str, step: int) -> None:
     kept = []
     for line in lines:
         try:
-            if json.loads(line)["step"] <= step:
+            if step and json.loads(line)["step"] <= step:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue
