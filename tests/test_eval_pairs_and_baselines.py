@@ -306,5 +306,10 @@ def test_made_lr_follows_the_degradation_settings_the_models_record(tmp_path, ca
                  str(tmp_path / "mixed"), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "trained on different settings of their degradation" in err
-    assert "full.safetensors: realesrgan full chain" in err and "realesrgan camera chain" in err
+    assert "full: realesrgan full chain" in err and "x4-real-student: realesrgan camera chain" in err
     assert not (tmp_path / "mixed").exists()
+    code = main(["eval", "--model", "x4-student", "x4-real-student", "--data", str(hr), "--t", "0", "--out",
+                 str(tmp_path / "mixed"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "trained on different degradations (x4-student: bicubic" in err, err
+    assert "x4-real-student: realesrgan camera chain" in err and not (tmp_path / "mixed").exists()

@@ -101,6 +101,11 @@ def test_eval_names_models_by_their_files_and_every_unreadable_image(tmp_path, r
     assert model_labels(["runs/a/student.safetensors", "runs/b/student.safetensors", "x4-real-student.safetensors"]) \
         == ["a/student", "b/student", "x4-real-student"]
     assert model_labels(["s.safetensors", "s.safetensors"]) == ["s (1)", "s (2)"]
+    # as many folders as tell files apart; one file twice numbered among its own; another row's name avoided
+    assert model_labels(["r1/ft/student.safetensors", "r2/ft/student.safetensors"]) == ["r1/ft/student",
+                                                                                        "r2/ft/student"]
+    assert model_labels(["a/s.safetensors", "b/t.safetensors", "a/s.safetensors"]) == ["s (1)", "t", "s (2)"]
+    assert model_labels(["x/bicubic.safetensors", "y/s.safetensors"], reserved=["bicubic"]) == ["x/bicubic", "s"]
     data = tmp_path / "hr"
     data.mkdir()
     from oftsr.images import save_image
@@ -130,6 +135,19 @@ def test_eval_names_models_by_their_files_and_every_unreadable_image(tmp_path, r
     assert "2 of the 4 images in" in err and "broken.png (" in err and "notes.png (" in err
     assert "Repair them or move them out of the folder" in err
     assert (out / "per_image.csv").read_bytes() == before  # the earlier run's results stand
+    # real pairs: the unreadable files of both folders in one message
+    pairs = tmp_path / "pairs"
+    for sub, size in (("HR", 48), ("LR", 12)):
+        (pairs / sub).mkdir(parents=True)
+        for i in range(2):
+            save_image(smooth_image(size, size, seed=i), pairs / sub / f"{i}.png")
+    (pairs / "HR" / "0.png").write_text("not an image")
+    (pairs / "LR" / "1.png").write_bytes((pairs / "LR" / "0.png").read_bytes()[:60])
+    assert main(["eval", "--model", str(paths[0]), "--data", str(pairs), "--t", "0", "--out", str(tmp_path / "p"),
+                 "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"2 of the 4 images in {pairs / 'HR'} and {pairs / 'LR'} could not be read: HR/0.png (" in err
+    assert "; LR/1.png (" in err
 
 
 def test_lpips_with_random_backbone_and_missing_weights_message(monkeypatch, tmp_path):

@@ -17,8 +17,8 @@ from ..checks import parse_t_values
 from ..files import sha256_file
 from ..model import OFTSRModel
 from ..weights import BUNDLED_ROLES, DEFAULT_MODEL, bundled_model_path, existing_model_path, split_model_name
-from .evaluate import (describe_degradation, evaluate, images_sha256, make_lpips, model_labels, paired_folders,
-                       plot_curve, recorded_degradation, write_tables)
+from .evaluate import (INTERPOLATION_ROWS, describe_degradation, evaluate, images_sha256, make_lpips, model_labels,
+                       paired_folders, plot_curve, recorded_degradation, write_tables)
 
 
 EVAL_T = "0,0.25,0.5,0.75,1"  # the students' t values an evaluation scores unless --t says others
@@ -39,16 +39,19 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
         print("warning: --t does nothing here: " + ("a teacher samples from t = 0 to 1 (--steps and --solver set its "
                                                      "run)" if all(m.role == "teacher" for m in models)
                                                      else "no model here takes t"), file=sys.stderr)
-    labels = model_labels(paths)
+    labels = model_labels(paths, reserved=[*INTERPOLATION_ROWS.values(), *BASELINES.values()])  # the other rows'
     if args.scale is not None and any(m.scale != args.scale for m in models):
         raise ValueError(f"--scale {args.scale} does not match the models' scales: "
                          + ", ".join(f"{label} x{m.scale}" for label, m in zip(labels, models)))
     baselines = eval_baselines(args.baseline or [], models[0].scale, device)
     settings = [recorded_degradation(p, m.degradation) for p, m in zip(paths, models, strict=True)]
-    if any(s != settings[0] for s in settings):  # each was trained on its own LR: evaluate them apart
-        raise ValueError("the models were trained on different settings of their degradation ("
-                         + ", ".join(f"{Path(p).name}: {describe_degradation(m.degradation, s)}"
-                                     for p, m, s in zip(paths, models, settings)) + "); evaluate them apart")
+    if any(s != settings[0] or m.degradation != models[0].degradation for s, m in zip(settings, models)):
+        # each was trained on its own LR: evaluate them apart
+        which = ("settings of their degradation" if all(m.degradation == models[0].degradation for m in models)
+                 else "degradations")
+        raise ValueError(f"the models were trained on different {which} ("
+                         + ", ".join(f"{label}: {describe_degradation(m.degradation, s)}"
+                                     for label, m, s in zip(labels, models, settings)) + "); evaluate them apart")
     paired = args.lr_dir is not None or paired_folders(args.data) is not None
     for folder in (args.data, args.lr_dir):  # said before the LPIPS notice and before any model runs
         if folder is not None and not Path(folder).exists():

@@ -12,7 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -100,26 +100,34 @@ def _name(path: Path, folder: Path) -> str:
     return path.relative_to(folder).as_posix() if folder.is_dir() else path.name
 
 
-def _read_all(paths: list[Path], folder: Path) -> list[torch.Tensor]:
-    """Each image's RGB, or one error that names every file that could not be read (and
-    why): a mean over the set without them would be a number for another set."""
-    images, failed = [], []
-    for path in paths:
-        try:
-            images.append(_rgb(path))
-        except (ValueError, OSError) as e:
-            failed.append(f"{_name(path, folder)} ({str(e).removeprefix(f'{path.name}: ')})")
+def _read_all(*groups: tuple[list[Path], Path]) -> list[list[torch.Tensor]]:
+    """The RGB images of each group (paths, their folder), or one error that names every
+    file of every group that could not be read (and why): a mean over the set without them
+    would be a number for another set."""
+    read, failed, total = [], [], 0
+    for paths, folder in groups:
+        images = []
+        for path in paths:
+            try:
+                images.append(_rgb(path))
+            except (ValueError, OSError) as e:
+                name = _name(path, folder) if len(groups) == 1 else f"{folder.name}/{_name(path, folder)}"
+                failed.append(f"{name} ({str(e).removeprefix(f'{path.name}: ')})")
+        read.append(images)
+        total += len(paths)
     if failed:
-        raise ValueError(f"{len(failed)} of the {len(paths)} images in {folder} could not be read: "
+        where = " and ".join(str(folder) for _, folder in groups)
+        raise ValueError(f"{len(failed)} of the {total} images in {where} could not be read: "
                          + "; ".join(failed[:10]) + (" ..." if len(failed) > 10 else "")
                          + ". Repair them or move them out of the folder, so that the scores are over the set meant")
-    return images
+    return read
 
 
 def _hr_images(data: str | Path, scale: int, exclude: Path | None = None) -> list[tuple[str, torch.Tensor]]:
     out = []
     paths = _images(data, exclude)
-    for path, image in zip(paths, _read_all(paths, Path(data)), strict=True):
+    (images,) = _read_all((paths, Path(data)))
+    for path, image in zip(paths, images, strict=True):
         h, w = image.shape[-2] // scale * scale, image.shape[-1] // scale * scale  # mod-crop
         out.append((_name(path, Path(data)), image[..., :h, :w], image.shape[-2:]))
     if not out:
@@ -172,8 +180,7 @@ def image_pairs(hr_dir: str | Path, lr_dir: str | Path, scale: int,
                          + ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""))
     out = []
     keys = sorted(hrs)
-    hr_images = _read_all([hrs[k] for k in keys], hr_dir)
-    lr_images = _read_all([lrs[k] for k in keys], lr_dir)
+    hr_images, lr_images = _read_all(([hrs[k] for k in keys], hr_dir), ([lrs[k] for k in keys], lr_dir))
     for key, hr, lr in zip(keys, hr_images, lr_images, strict=True):
         (h, w), (H, W) = lr.shape[-2:], hr.shape[-2:]
         if H // scale != h or W // scale != w:
@@ -322,16 +329,30 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     return rows
 
 
-def model_labels(paths: list[str | Path]) -> list[str]:
-    """Short distinct names for model files, for rows and messages: the file's stem, with
-    its folder where two stems are alike (runs/a/student.safetensors and
-    runs/b/student.safetensors are "a/student" and "b/student"), numbered where even that is
-    alike (one file given twice)."""
-    paths = [Path(p) for p in paths]
-    stems = [p.stem for p in paths]
-    labels = [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
-    return [f"{stem} ({i + 1})" if labels.count(label) > 1 else label
-            for i, (stem, label) in enumerate(zip(stems, labels))]
+def model_labels(paths: list[str | Path], reserved: Iterable[str] = ()) -> list[str]:
+    """Short distinct names for model files, for rows and messages: the file's stem, with as
+    many of its folders as tell it apart from the other files' (runs/a/student.safetensors
+    and runs/b/student.safetensors are "a/student" and "b/student"), or from a `reserved`
+    name (another row's, such as "bicubic"); one file given more than once is numbered
+    ("student (1)", "student (2)")."""
+    parts = [Path(p).resolve().with_suffix("").parts for p in paths]
+    depth = [1] * len(parts)
+    reserved = set(reserved)
+
+    def label(i: int) -> str:
+        return "/".join(parts[i][-depth[i]:])
+
+    grown = True
+    while grown:  # one folder more for each label shared with another file, or with another row
+        labels = [label(i) for i in range(len(parts))]
+        grown = False
+        for i, own in enumerate(labels):
+            clash = own in reserved or any(own == other and parts[j] != parts[i] for j, other in enumerate(labels))
+            if clash and depth[i] < len(parts[i]) - 1:  # never the file system's root
+                depth[i] += 1
+                grown = True
+    labels = [label(i) for i in range(len(parts))]
+    return [f"{own} ({labels[:i + 1].count(own)})" if labels.count(own) > 1 else own for i, own in enumerate(labels)]
 
 
 def _cells(row: Row, lpips_note: str | None) -> list[str]:
