@@ -76,6 +76,13 @@ def test_images_smaller_than_the_crop_are_named_once(train_dir, caplog):
     with pytest.raises(ValueError, match=rf"all 6 training images are smaller than the 1024 px crop \(the largest fits "
                                          rf"{fits} px\); .* use a --resolution of at most {fits}"):
         warn_image_sizes(files, 1024)
+    # validation images: scored against blur, said with their own flag
+    caplog.clear()
+    warn_image_sizes(files, 32, purpose="validation")
+    assert ("1 of 6 validation images are smaller than the 32 px crop and are scaled up to it, which would score the "
+            "model against blur (smallest: small.png, 20 px); use a smaller --validation_resolution") in caplog.text
+    with pytest.raises(ValueError, match=rf"all 6 validation images .* --validation_resolution of at most {fits}"):
+        warn_image_sizes(files, 1024, purpose="validation")
 
 
 def test_images_far_larger_than_the_crop_are_said_with_the_tiles_that_load_faster(tmp_path, caplog):
@@ -633,8 +640,11 @@ def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, c
     assert stop.launcher == 100 and stop.due(single) is True and stop.reason == "the launcher has gone"
     # ACCELERATE_USE_CPU exported by the user, the run started by a shell: the shell may go
     monkeypatch.setattr(loop.os, "getppid", lambda: 100)
-    monkeypatch.setattr(loop, "command_line", lambda pid: ["-bash"])
-    assert loop.StopRequest(None).launcher is None
+    for shell in (["-bash"], ["python", "/home/me/accelerate_runs/run.py"]):  # a folder's name is not a launcher
+        monkeypatch.setattr(loop, "command_line", lambda pid, shell=shell: shell)
+        assert loop.StopRequest(None).launcher is None
+    monkeypatch.setattr(loop, "command_line", lambda pid: ["python", "-m", "torch.distributed.run", "--nproc", "2"])
+    assert loop.StopRequest(None).launcher == 100
     monkeypatch.setattr(loop, "command_line", lambda pid: None)  # no /proc: the environment decides
     assert loop.StopRequest(None).launcher == 100
 

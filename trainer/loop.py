@@ -112,7 +112,10 @@ class TrainState:
 LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
 
 
-LAUNCHER_NAMES = ("accelerate", "torchrun", "torch.distributed")  # in a launcher's command line
+# A launcher's command line: its program (`accelerate launch`, `accelerate-launch`, torchrun)
+# or module (`python -m accelerate.commands.launch`, `-m torch.distributed.run`), among its first words.
+LAUNCHER_PROGRAMS = ("accelerate", "accelerate-launch", "torchrun")
+LAUNCHER_MODULES = ("accelerate.commands.launch", "torch.distributed.run", "torch.distributed.launch")
 
 
 def command_line(pid: int) -> list[str] | None:
@@ -133,7 +136,7 @@ def launcher_process() -> int | None:
         return None
     parent = os.getppid()
     argv = command_line(parent)
-    if argv is None or any(name in arg for arg in argv for name in LAUNCHER_NAMES):
+    if argv is None or any(Path(arg).name in LAUNCHER_PROGRAMS or arg in LAUNCHER_MODULES for arg in argv[:3]):
         return parent
     return None
 

@@ -12,7 +12,7 @@ from common import logger  # also puts the checkout on sys.path
 
 import oftsr
 from oftsr.flow import noise_augment
-from oftsr.training.data import SRDataset
+from oftsr.training.data import SRDataset, warn_image_sizes
 from oftsr.training.metrics import LPIPS, LPIPSUnavailable, quality
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS
 
@@ -29,7 +29,9 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
                    degradation=args.degradation, random_flip=False, center_crop=True, seed=args.seed,
                    sigma_y=args.sigma_y, realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config],
                    purpose="validation")
-    items = [ds[i] for i in range(min(args.num_validation_images, len(ds)))]
+    count = min(args.num_validation_images, len(ds))
+    warn_image_sizes(ds.files[:count], args.validation_resolution, purpose="validation")
+    items = [ds[i] for i in range(count)]
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
 
 

@@ -129,13 +129,14 @@ LARGE_IMAGE_MP = 1.0
 
 
 def warn_image_sizes(files: list[Path], resolution: int, tiles_hint: bool = True,
-                     sizes: dict[Path, tuple[int, int]] | None = None) -> None:
-    """For a training set: images smaller than the crop are scaled up to it
-    (`SRDataset._crop`), so their "HR" is an interpolation, which teaches the model to make
-    blur. Say so, once (not for a validation set, which teaches nothing); when every image
-    is smaller, the crop size is a mistake: refuse it. Images far larger than the crop
-    (LARGE_IMAGE_CROPS, LARGE_IMAGE_MP) are said with the way to load them faster: tiles cut once.
-    `sizes`: what `scan_image_sizes` found, so that no header is read twice."""
+                     sizes: dict[Path, tuple[int, int]] | None = None, purpose: str = "training") -> None:
+    """Images smaller than the crop are scaled up to it (`SRDataset._crop`), so their "HR"
+    is an interpolation: in a training set that teaches the model to make blur, in a
+    validation set (`purpose` "validation") it scores the model against blur. Say so, once;
+    when every image is smaller, the crop size is a mistake: refuse it. Training images far
+    larger than the crop (LARGE_IMAGE_CROPS, LARGE_IMAGE_MP) are said with the way to load
+    them faster: tiles cut once. `sizes`: what `scan_image_sizes` found, so that no header
+    is read twice."""
     known, measured = sizes or {}, []
     for path in files:  # the scan's sizes where given, else from the headers
         try:
@@ -143,17 +144,19 @@ def warn_image_sizes(files: list[Path], resolution: int, tiles_hint: bool = True
         except Exception:  # changed since the scan: the loader skips it
             continue
     small = sorted((min(size), path) for size, path in measured if min(size) < resolution)
+    flag, harm = ("--resolution", "teach blur") if purpose == "training" else \
+        (f"--{purpose}_resolution", "score the model against blur")
     if small and len(small) == len(measured):  # a flag mistake, not a few odd images: stop before training on blur
         fits = small[-1][0]
-        raise ValueError(f"all {len(files)} training images are smaller than the {resolution} px crop (the largest "
-                         f"fits {fits} px); scaled up, they would teach blur: use a --resolution of at most {fits}")
+        raise ValueError(f"all {len(files)} {purpose} images are smaller than the {resolution} px crop (the largest "
+                         f"fits {fits} px); scaled up, they would {harm}: use a {flag} of at most {fits}")
     if small:
         side, path = small[0]
-        logger.warning("%d of %d training images are smaller than the %d px crop and are scaled up to it, which "
-                       "teaches blur (smallest: %s, %d px); use a smaller --resolution or leave them out",
-                       len(small), len(files), resolution, path.name, side)
+        logger.warning("%d of %d %s images are smaller than the %d px crop and are scaled up to it, which would %s "
+                       "(smallest: %s, %d px); use a smaller %s or leave them out",
+                       len(small), len(files), purpose, resolution, harm, path.name, side, flag)
     mean = sum(w * h for (w, h), _ in measured) / max(1, len(measured))
-    if tiles_hint and mean >= max(LARGE_IMAGE_CROPS * resolution ** 2, LARGE_IMAGE_MP * 1e6):
+    if tiles_hint and purpose == "training" and mean >= max(LARGE_IMAGE_CROPS * resolution ** 2, LARGE_IMAGE_MP * 1e6):
         logger.warning("the training images average %.1f MP, %d times a %d px crop, and each crop decodes its whole "
                        "image: loading may not keep up with a GPU. Cut them once into tiles (python "
                        "trainer/make_tiles.py --input_dir ... --output_dir ...; about 10x faster loading) and train "
