@@ -517,9 +517,11 @@ def _export_advice(checkpoint: Path) -> str:
 EXPORTED_MODELS = ("student.safetensors", "teacher.safetensors")
 
 
-def folder_message(path: Path) -> str:
-    """What a folder given as a model is, and what to load instead."""
+def folder_message(path: Path, role: str | None = None) -> str:
+    """What a folder given as a model is, and what to load instead (the model of `role`
+    first, where it holds both)."""
     exported = [path / name for name in EXPORTED_MODELS if (path / name).is_file()]
+    exported.sort(key=lambda file: file.name != f"{role}.safetensors")
     if exported:  # a finished run's folder (or one that holds its files): the model is right there
         return f"{path} is a folder, not a model file: give the model file in it, " + " or ".join(map(str, exported))
     if (path / TRAINING_CHECKPOINT_INFO).is_file() or any(path.glob(f"checkpoint-*/{TRAINING_CHECKPOINT_INFO}")):
@@ -561,7 +563,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         path = existing_model_path(path, role or "student", option="load_model:")
     path = Path(path).expanduser()
     if path.is_dir():
-        raise CheckpointError(folder_message(path))
+        raise CheckpointError(folder_message(path, role))
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     kind = _file_kind(path)  # a pipe or a device refused

@@ -124,7 +124,7 @@ def existing_model_path(spec: str | Path | None, role: str, option: str = "--mod
     if path.is_dir():
         from .checkpoint import CheckpointError, folder_message
 
-        raise CheckpointError(f"{option} {folder_message(path)}")
+        raise CheckpointError(f"{option} {folder_message(path, role)}")
     if not path.exists():
         names = [*BUNDLED_MODELS, *(f"{n}-{r}" for n in BUNDLED_MODELS for r in BUNDLED_ROLES)]
         close = difflib.get_close_matches(str(spec).lower(), names, n=1, cutoff=0.75) if spec else []

@@ -171,7 +171,7 @@ def test_missing_fields_say_how_to_provide_them(tmp_path, random_unet_weights):
         oftsr.load_model(tmp_path / "weights.pth")
 
 
-def test_a_training_folder_given_as_a_model_says_to_export_it(tmp_path, student):
+def test_a_training_folder_given_as_a_model_says_to_export_it(tmp_path, student, teacher):
     """`--model runs/student/checkpoint-4` (or its model.safetensors, the raw weights) is
     not a model file: the message gives the export command instead of "Is a directory"."""
     ckpt = tmp_path / "run" / "checkpoint-4"
@@ -196,6 +196,12 @@ def test_a_training_folder_given_as_a_model_says_to_export_it(tmp_path, student)
     oftsr.save_model(student, tmp_path / "run" / "student.safetensors")  # a finished run: its export is named
     with pytest.raises(CheckpointError, match=rf"{tmp_path / 'run'} is a folder, not a model file: give the model file "
                                               rf"in it, {tmp_path / 'run' / 'student.safetensors'}$"):
+        oftsr.load_model(tmp_path / "run")
+    oftsr.save_model(teacher, tmp_path / "run" / "teacher.safetensors")  # both: the one asked for first
+    with pytest.raises(CheckpointError, match=rf"^--teacher {tmp_path / 'run'} is a folder, .* in it, "
+                                              rf"{tmp_path / 'run' / 'teacher.safetensors'} or "):
+        oftsr.existing_model_path(tmp_path / "run", "teacher", "--teacher")
+    with pytest.raises(CheckpointError, match=rf"in it, {tmp_path / 'run' / 'student.safetensors'} or "):
         oftsr.load_model(tmp_path / "run")
 
 
