@@ -141,6 +141,9 @@ def launcher_process() -> int | None:
     return None
 
 
+LAUNCHER = launcher_process()  # found at the start: a launcher killed during the set-up is seen at the first step
+
+
 class StopRequest:
     """Ends a run early with a checkpoint: on SIGTERM (a scheduler's pre-emption or time
     limit) or Ctrl-C, and once `minutes` have passed. Looked at after each optimizer step
@@ -148,12 +151,12 @@ class StopRequest:
     A second Ctrl-C quits at once (the checkpoint being written is then left unfinished,
     and resume ignores it)."""
 
-    def __init__(self, minutes: float | None) -> None:
+    def __init__(self, minutes: float | None, launcher: int | None) -> None:
         self.minutes = minutes
         self.deadline = None if minutes is None else SCRIPT_START + 60 * minutes
         self.reason: str | None = None
         self._previous: dict[int, object] = {}
-        self.launcher = launcher_process()
+        self.launcher = launcher  # `launcher_process()`, whose going stops the run
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -417,7 +420,7 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
     enter_training_loop()
     # Whatever ends the loop, the loader's workers are shut down now: they ignore SIGTERM
     # (`ignore_stop_signals`), so left to the interpreter's exit they would wait forever.
-    with closing(batches), StopRequest(args.max_train_minutes) as stop:
+    with closing(batches), StopRequest(args.max_train_minutes, LAUNCHER) as stop:
         while state.step < args.max_train_steps and not stopped:
             batch, weight = next(batches)
             with accelerator.accumulate(model):
