@@ -1,4 +1,5 @@
 import csv
+import os
 import hashlib
 import json
 import math
@@ -106,6 +107,15 @@ def test_eval_names_models_by_their_files_and_every_unreadable_image(tmp_path, r
                                                                                         "r2/ft/student"]
     assert model_labels(["a/s.safetensors", "b/t.safetensors", "a/s.safetensors"]) == ["s (1)", "t", "s (2)"]
     assert model_labels(["x/bicubic.safetensors", "y/s.safetensors"], reserved=["bicubic"]) == ["x/bicubic", "s"]
+    if os.name != "nt":  # a link goes by its own name; one file under two names is one file
+        (tmp_path / "runs" / "x").mkdir(parents=True)
+        (tmp_path / "runs" / "x" / "student.safetensors").write_bytes(b"")
+        (tmp_path / "latest.safetensors").symlink_to(tmp_path / "runs" / "x" / "student.safetensors")
+        assert model_labels([tmp_path / "latest.safetensors", tmp_path / "y" / "student.safetensors"]) == ["latest",
+                                                                                                          "student"]
+        assert model_labels([tmp_path / "runs" / "x" / "student.safetensors",
+                             tmp_path / "runs" / "x" / ".." / "x" / "student.safetensors"]) == ["student (1)",
+                                                                                                "student (2)"]
     data = tmp_path / "hr"
     data.mkdir()
     from oftsr.images import save_image

@@ -492,6 +492,12 @@ def test_set_up_errors_are_one_line_and_bundled_models_go_by_name(train_dir, tmp
     _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "e", "--preset",
           "tiny", *COMMON, "--train_batch_size", "64"], status=2)
     assert [p.name for p in (tmp_path / "e").iterdir()] == ["notes.txt"]
+    # refused before the trackers start (tensorboard would leave its logs folder) and before a resume loads anything
+    for refused in (["--train_batch_size", "64"], ["--validation_data_dir", train_dir, "--validation_resolution", "1024"]):
+        res = _run(["trainer/train_teacher.py", "--train_data_dir", train_dir, "--output_dir", tmp_path / "f", "--preset",
+                    "tiny", *COMMON, "--report_to", "tensorboard", *refused], status=2)
+        assert not (tmp_path / "f").exists(), res.stderr
+    assert "validation images are smaller than the 1024 px crop" in res.stderr
     # a bundled teacher by name: one distillation step from the shipped x4 teacher
     _run(["trainer/distill.py", "--teacher", "x4", "--train_data_dir", train_dir, "--output_dir", tmp_path / "d",
           *COMMON, "--max_train_steps", "1", "--checkpointing_steps", "1"])
@@ -640,11 +646,12 @@ def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, c
     assert stop.launcher == 100 and stop.due(single) is True and stop.reason == "the launcher has gone"
     # ACCELERATE_USE_CPU exported by the user, the run started by a shell: the shell may go
     monkeypatch.setattr(loop.os, "getppid", lambda: 100)
-    for shell in (["-bash"], ["python", "/home/me/accelerate_runs/run.py"]):  # a folder's name is not a launcher
-        monkeypatch.setattr(loop, "command_line", lambda pid, shell=shell: shell)
+    for shell in (["-bash"], ["python", "/home/me/accelerate_runs/run.py"], ["python", "run.py", "torchrun"]):
+        monkeypatch.setattr(loop, "command_line", lambda pid, shell=shell: shell)  # a folder's name, an argument
         assert loop.StopRequest(None, loop.launcher_process()).launcher is None
-    monkeypatch.setattr(loop, "command_line", lambda pid: ["python", "-m", "torch.distributed.run", "--nproc", "2"])
-    assert loop.StopRequest(None, loop.launcher_process()).launcher == 100
+    for launcher in (["python", "-u", "-m", "torch.distributed.run", "--nproc", "2"], ["/venv/bin/torchrun", "x.py"]):
+        monkeypatch.setattr(loop, "command_line", lambda pid, launcher=launcher: launcher)
+        assert loop.StopRequest(None, loop.launcher_process()).launcher == 100
     monkeypatch.setattr(loop, "command_line", lambda pid: None)  # no /proc: the environment decides
     assert loop.StopRequest(None, loop.launcher_process()).launcher == 100
 
@@ -656,6 +663,18 @@ def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, c
     finally:
         held.close()
     common.lock_output_dir(str(tmp_path)).close()  # released with its file: the next run takes it
+    if os.name != "nt":
+        # A run that opened the lock file before the run holding it removed it (its set-up
+        # failed) locks the file others can open, not the removed one
+        held = common.lock_output_dir(str(tmp_path))
+        opened_before = open(tmp_path / common.LOCK_NAME, "a+", encoding="utf-8")
+        os.remove(tmp_path / common.LOCK_NAME)
+        held.close()
+        opens = iter([opened_before])
+        monkeypatch.setattr(common, "open", lambda *a, **k: next(opens, None) or open(*a, **k), raising=False)
+        lock = common.lock_output_dir(str(tmp_path))
+        assert opened_before.closed and common._names_file(tmp_path / common.LOCK_NAME, lock)
+        lock.close()
 
 
 def test_a_diverging_run_stops_before_saving_nan(train_dir, tmp_path):

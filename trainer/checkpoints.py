@@ -322,8 +322,9 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, info: dict, data:
 
 def _refuse_an_earlier_runs_files(output_dir: str) -> None:
     """A new run would overwrite the model an earlier run exported there (its checkpoints
-    removed to save space, say), or, of the other role, mix its metrics and logs with it. A lone metrics.jsonl, of a run killed before its first
-    checkpoint, is no loss: that run starts anew."""
+    removed to save space, say), or, of the other role, mix its metrics and logs with it.
+    A lone metrics.jsonl, of a run killed before its first checkpoint, is no loss: that run
+    starts anew."""
     for name in EXPORTED_MODELS:
         if (Path(output_dir) / name).is_file():
             raise ValueError(f"{output_dir} holds {name} of an earlier run and no checkpoint to go on from: a new "

@@ -79,23 +79,28 @@ class TrainingDiverged(RuntimeError):
 
 _loop_started = False
 # What this run's main process made for --output_dir: the folders (the deepest first), and
-# the lock file it holds there (None where one was there before): a run whose set-up fails
-# (a wrong data folder) leaves neither behind while they hold nothing else.
-_made_for_output: tuple[list[Path], TextIO | None] | None = None
+# the lock file (None where one was there before) with the open file that holds the lock:
+# a run whose set-up fails (a wrong data folder) leaves neither behind while they hold
+# nothing else.
+_made_for_output: tuple[list[Path], Path | None, TextIO | None] | None = None
 
 
 def _remove_unused_output_dir() -> None:
     if _made_for_output is None:
         return
-    folders, lock = _made_for_output
+    folders, lock_path, lock = _made_for_output
     try:
-        if lock is not None:
+        if lock is not None and os.name == "nt":  # Windows removes no open file
             lock.close()
-            os.remove(lock.name)
+        if lock_path is not None:
+            os.remove(lock_path)  # elsewhere while still locked: a run waiting on it cannot take it meanwhile
         for folder in folders:  # its parents made with it, where they stayed empty
             folder.rmdir()
     except OSError:  # written to meanwhile: left as it is
         pass
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def enter_training_loop() -> None:
@@ -197,7 +202,7 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
             held_elsewhere = str(e)
         else:
             global _made_for_output
-            _made_for_output = (made, accelerator.oftsr_lock if new_lock else None)
+            _made_for_output = (made, output / LOCK_NAME if new_lock else None, accelerator.oftsr_lock)
     if any_process(accelerator, bool(held_elsewhere)):  # every process stops, not only the one that knows
         raise RunningElsewhere(held_elsewhere or f"another run is writing to {args.output_dir} (the main process "
                                                  f"says which)")
@@ -248,7 +253,8 @@ def lock_output_dir(output_dir: str) -> TextIO | None:
     checkpoints and rotate away each other's; and the workers of a killed `accelerate launch`
     go on training. Returns None, with a warning, where the file system has no locks (some
     network shares)."""
-    f = open(Path(output_dir) / LOCK_NAME, "a+", encoding="utf-8")
+    path = Path(output_dir) / LOCK_NAME
+    f = open(path, "a+", encoding="utf-8")
     try:
         if os.name == "nt":
             import msvcrt
@@ -275,11 +281,24 @@ def lock_output_dir(output_dir: str) -> TextIO | None:
             f"another run is writing to {output_dir}{f' ({holder})' if holder else ''}: wait for it to end or stop "
             f"it, or use another --output_dir. A killed `accelerate launch` can leave its workers training: stop "
             f"them too (kill the process named there, and its launcher's other workers)") from None
+    if os.name != "nt" and not _names_file(path, f):  # removed by the run that held it, as its set-up failed:
+        f.close()  # this lock is on a file no other run opens; take the one they will
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        return lock_output_dir(output_dir)
     f.seek(0)
     f.truncate()
     f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
     f.flush()
     return f
+
+
+def _names_file(path: Path, f: TextIO) -> bool:
+    """Whether `path` still names the open file `f`."""
+    try:
+        found, held = os.stat(path), os.fstat(f.fileno())
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
 def multi_cpu() -> bool:

@@ -113,7 +113,7 @@ LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
 
 
 # A launcher's command line: its program (`accelerate launch`, `accelerate-launch`, torchrun)
-# or module (`python -m accelerate.commands.launch`, `-m torch.distributed.run`), among its first words.
+# or module (`python -m accelerate.commands.launch`, `-m torch.distributed.run`).
 LAUNCHER_PROGRAMS = ("accelerate", "accelerate-launch", "torchrun")
 LAUNCHER_MODULES = ("accelerate.commands.launch", "torch.distributed.run", "torch.distributed.launch")
 
@@ -136,9 +136,19 @@ def launcher_process() -> int | None:
         return None
     parent = os.getppid()
     argv = command_line(parent)
-    if argv is None or any(Path(arg).name in LAUNCHER_PROGRAMS or arg in LAUNCHER_MODULES for arg in argv[:3]):
-        return parent
-    return None
+    return parent if argv is None or is_launcher(argv) else None
+
+
+def is_launcher(argv: list[str]) -> bool:
+    """Whether a command line runs a launcher: its program, or python's `-m` module, before
+    the program python runs (whose own arguments may say anything)."""
+    for i, arg in enumerate(argv):
+        module = i > 0 and argv[i - 1] == "-m"
+        if Path(arg).name in LAUNCHER_PROGRAMS or (module and arg in LAUNCHER_MODULES):
+            return True
+        if module or arg.endswith(".py"):
+            return False
+    return False
 
 
 LAUNCHER = launcher_process()  # found at the start: a launcher killed during the set-up is seen at the first step
@@ -266,7 +276,8 @@ def trim_metrics(output_dir: str, step: int) -> None:
     if len(kept) != len(lines):
         with atomic_write(path) as tmp:
             tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        logger.info("metrics.jsonl: dropped %d row(s) logged after step %d", len(lines) - len(kept), step)
+        logger.info("metrics.jsonl: dropped %d row(s) %s", len(lines) - len(kept),
+                    f"logged after step {step}" if step else "of an earlier run that left no checkpoint")
 
 
 # The flags whose weights a run starts from (a fine-tune, validated before its first step
@@ -380,7 +391,6 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
     with a checkpoint of the last step and no export."""
     from tqdm.auto import tqdm
 
-    start_trackers(accelerator, args)
     state = TrainState()
     metadata = {**training_metadata(args, accelerator.unwrap_model(model)), **(provenance or {})}
     accelerator.register_for_checkpointing(ema, state, *extra_state)  # the EMA first: export.py reads it by number
@@ -388,17 +398,20 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
     train_items = getattr(dataset, "found", len(dataset.files)) if hasattr(dataset, "files") else len(dataset)
     data = data_settings(args, accelerator.num_processes, train_items)
     training = training_record(args, data)
+    val_batch = validation_batch(args, accelerator.device)  # its refusals before a resume loads anything
     resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata), data)
     if state.step:
         restore_schedule(scheduler, optimizer, args.learning_rate, state.step, accelerator.num_processes)
         restore_optimizer_flags(optimizer, args)
     batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)  # a set smaller
-    if accelerator.is_main_process:  # than one batch is refused before a summary of its epochs is said
+    # than one batch is refused before a summary of its epochs is said, and before the trackers
+    # start: a run refused in its set-up leaves no logs (nor its folder, `run_script`)
+    start_trackers(accelerator, args)
+    if accelerator.is_main_process:
         steps_per_epoch = -(-len(dataloader) // args.gradient_accumulation_steps)  # full batches only (drop_last)
         log_run_summary(args, desc, train_items, len(dataset), accelerator.num_processes, state.step, steps_per_epoch)
         warn_crops_below_init(args)
         trim_metrics(args.output_dir, state.step)
-    val_batch = validation_batch(args, accelerator.device)
     lpips = make_validation_lpips() if val_batch is not None and accelerator.is_main_process else None
 
     def validated(step: int) -> dict[str, float]:

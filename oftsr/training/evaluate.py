@@ -335,7 +335,8 @@ def model_labels(paths: list[str | Path], reserved: Iterable[str] = ()) -> list[
     and runs/b/student.safetensors are "a/student" and "b/student"), or from a `reserved`
     name (another row's, such as "bicubic"); one file given more than once is numbered
     ("student (1)", "student (2)")."""
-    parts = [Path(p).resolve().with_suffix("").parts for p in paths]
+    parts = [Path(os.path.abspath(p)).with_suffix("").parts for p in paths]  # as given: a link by its own name
+    files = [Path(p).resolve() for p in paths]  # one file, however named
     depth = [1] * len(parts)
     reserved = set(reserved)
 
@@ -347,7 +348,7 @@ def model_labels(paths: list[str | Path], reserved: Iterable[str] = ()) -> list[
         labels = [label(i) for i in range(len(parts))]
         grown = False
         for i, own in enumerate(labels):
-            clash = own in reserved or any(own == other and parts[j] != parts[i] for j, other in enumerate(labels))
+            clash = own in reserved or any(own == other and files[j] != files[i] for j, other in enumerate(labels))
             if clash and depth[i] < len(parts[i]) - 1:  # never the file system's root
                 depth[i] += 1
                 grown = True
