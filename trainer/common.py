@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -79,16 +80,17 @@ class TrainingDiverged(RuntimeError):
 
 _loop_started = False
 # What this run's main process made for --output_dir: the folders (the deepest first), and
-# the lock file (None where one was there before) with the open file that holds the lock:
-# a run whose set-up fails (a wrong data folder) leaves neither behind while they hold
-# nothing else.
-_made_for_output: tuple[list[Path], Path | None, TextIO | None] | None = None
+# the lock file (None where one was there before) with the open file that holds the lock
+# (a weak reference: the lock lasts as long as the run's accelerator keeps it open): a run
+# whose set-up fails (a wrong data folder) leaves neither behind while they hold nothing else.
+_made_for_output: tuple[list[Path], Path | None, weakref.ref | None] | None = None
 
 
 def _remove_unused_output_dir() -> None:
     if _made_for_output is None:
         return
-    folders, lock_path, lock = _made_for_output
+    folders, lock_path, lock_ref = _made_for_output
+    lock = lock_ref() if lock_ref is not None else None
     try:
         if lock is not None and os.name == "nt":  # Windows removes no open file
             lock.close()
@@ -202,7 +204,9 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
             held_elsewhere = str(e)
         else:
             global _made_for_output
-            _made_for_output = (made, output / LOCK_NAME if new_lock else None, accelerator.oftsr_lock)
+            lock = accelerator.oftsr_lock
+            _made_for_output = (made, output / LOCK_NAME if new_lock else None,
+                                None if lock is None else weakref.ref(lock))
     if any_process(accelerator, bool(held_elsewhere)):  # every process stops, not only the one that knows
         raise RunningElsewhere(held_elsewhere or f"another run is writing to {args.output_dir} (the main process "
                                                  f"says which)")
