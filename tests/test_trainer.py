@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -1440,6 +1441,21 @@ def test_init_from_gives_the_model_flags_left_out_what_its_file_records(tmp_path
     oftsr.save_model(teacher, tmp_path / "t.safetensors", sigma_y="0.02")
     args = train_teacher.parse_args([*base, "--init_from", str(tmp_path / "t.safetensors")])
     assert (args.preset, args.sigma_p, args.degradation, args.sigma_y) == ("tiny", 0.1, "noisy_avgpool", 0.02)
+    # An authors' .pth records no architecture: its weights show it (the tiny preset, or one of no preset's)
+    torch.save(oftsr.create_model("tiny", role="teacher").unet.state_dict(), tmp_path / "weights.pth")
+    args = train_teacher.parse_args([*base, "--init_from", str(tmp_path / "weights.pth")])
+    with caplog.at_level(logging.INFO, logger="oftsr.trainer"):
+        model = train_teacher.build_model(args)
+    assert (model.config, args.preset) == (oftsr.PRESETS["tiny"], "tiny")
+    assert "weights.pth: its architecture is the tiny preset" in caplog.text
+    odd = dataclasses.replace(oftsr.PRESETS["tiny"], channel_mult=(1, 2, 2))
+    torch.save(oftsr.create_model(odd, role="teacher").unet.state_dict(), tmp_path / "odd.pth")
+    model = train_teacher.build_model(train_teacher.parse_args([*base, "--init_from", str(tmp_path / "odd.pth")]))
+    assert model.config == odd
+    with pytest.raises(ValueError, match=r"odd.pth is architecture .*channel_mult=\(1, 2, 2\).*, not --preset tiny's: leave "
+                                         r"--preset out to fine-tune its own"):
+        train_teacher.build_model(train_teacher.parse_args([*base, "--init_from", str(tmp_path / "odd.pth"),
+                                                            "--preset", "tiny"]))
     # Without --init_from: the defaults
     args = train_teacher.parse_args(base)
     assert (args.preset, args.scale, args.sigma_p, args.degradation, args.realesrgan_config, args.resolution) == \
@@ -1785,7 +1801,8 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
     assert "--seed SEED           default: 0" in help_text  # a default of 0 is a default
     assert "runs/teacher \\\n" in help_text  # the usage example's line break is kept
     res = _run([*base, "--init_from", "x4", *COMMON], status=2)
-    assert "error: --init_from x4 is the compact preset: pass --preset compact" in res.stderr
+    assert "error: --init_from x4 is the compact preset, not --preset tiny's: leave --preset out to fine-tune its " \
+           "own (another size cannot take its weights)" in res.stderr
     res = _run([*base, "--init_from", "x4-student", "--preset", "compact", *COMMON], status=2)
     assert "error: --init_from x4-student is a one-step student; a teacher starts from a teacher's weights" in res.stderr
 

@@ -317,7 +317,7 @@ def start_trackers(accelerator: Accelerator, args: argparse.Namespace) -> None:
     with (the length --num_train_epochs makes, distill's capped warm-up)."""
     if accelerator.is_main_process and accelerator.log_with:
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))
-                  and k not in ("default_train_steps", "steps_from_epochs")}
+                  and k not in ("default_train_steps", "steps_from_epochs", "preset_given")}
         accelerator.init_trackers(accelerator.oftsr_project, config=config)
 
 

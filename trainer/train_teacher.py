@@ -72,6 +72,7 @@ def settle_model_flags(args: argparse.Namespace) -> None:
     differs (another degradation or scale is a fine-tune's usual aim): `args.init_changes`
     lists those, for the log."""
     recorded: dict = {}
+    args.preset_given = args.preset is not None
     if args.init_from:
         recorded = dict(recorded_settings(oftsr.existing_model_path(args.init_from, "teacher", "--init_from")))
         if "architecture" in recorded:
@@ -93,8 +94,10 @@ def settle_model_flags(args: argparse.Namespace) -> None:
 
 
 def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
-    model = oftsr.create_model(args.preset, role="teacher", scale=args.scale, sigma_p=args.sigma_p,
-                               degradation=args.degradation, dropout=args.dropout)
+    """The teacher to train: --preset's network, or --init_from's with its weights. A file
+    whose architecture is not recorded (an authors' .pth) has the architecture its weights
+    show, unless --preset says otherwise (which cannot take those weights: refused)."""
+    init = config = None
     if args.init_from:
         if args.init_changes:
             logger.info("--init_from %s: fine-tuning it with %s", args.init_from, ", ".join(
@@ -104,10 +107,19 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
         if init.role != "teacher":  # its weights map to one step, not to the flow's velocity
             raise ValueError(f"--init_from {args.init_from} is a one-step student; a teacher starts from a teacher's "
                              f"weights (a bundled name such as x4-teacher, or what train_teacher.py exports)")
-        if init.config != model.config:
-            preset = next((name for name, config in oftsr.PRESETS.items() if config == init.config), None)
-            raise ValueError(f"--init_from {args.init_from} is " + (f"the {preset} preset: pass --preset {preset}"
-                             if preset else f"architecture {init.config}, not --preset {args.preset}'s"))
+        preset = next((name for name, c in PRESETS.items() if c == init.config), None)
+        if init.config != PRESETS[args.preset]:
+            if args.preset_given:
+                raise ValueError(f"--init_from {args.init_from} is " + (f"the {preset} preset" if preset else
+                                 f"architecture {init.config}") + f", not --preset {args.preset}'s: leave --preset "
+                                 f"out to fine-tune its own (another size cannot take its weights)")
+            config = init.config
+            args.preset = preset  # None: an architecture of no preset's
+            logger.info("--init_from %s: its architecture is %s", args.init_from,
+                        f"the {preset} preset" if preset else init.config)
+    model = oftsr.create_model(config or args.preset, role="teacher", scale=args.scale, sigma_p=args.sigma_p,
+                               degradation=args.degradation, dropout=args.dropout)
+    if init is not None:
         model.unet.load_state_dict(init.unet.state_dict())
     model.unet.gradient_checkpointing = args.gradient_checkpointing
     return model.requires_grad_(True).train()
