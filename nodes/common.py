@@ -20,7 +20,8 @@ from ..oftsr.checks import SEED_MAX
 from ..oftsr.devices import available_memory, is_out_of_memory
 from ..oftsr.model import OFTSRModel
 from ..oftsr.sampling import Callback
-from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_TILE, batch_passes, images_per_pass, num_tiles
+from ..oftsr.tiling import (DEFAULT_OVERLAP, MIN_OOM_TILE, MIN_TILE, batch_passes, images_per_pass, num_tiles,
+                           retry_tiling)
 from ..oftsr.color import COLOR_FIX_MODES, color_fix
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ CATEGORY = "image/upscaling/OFTSR"
 OFTSR_MODEL = io.Custom("OFTSR_MODEL")
 DEFAULT_TILE = 512
 MAX_TILE = 8192
-MIN_OOM_TILE = 128  # the out-of-memory retry halves the tile down to this
 # The adaptive solver's length is not known ahead (20-31 NFE in the paper, 30-70 measured):
 # its bar has 100 units and moves as 1 - exp(-NFE / 26), about 90% at a typical 60, never stalled.
 ADAPTIVE_PROGRESS_UNITS = 100
@@ -333,24 +333,6 @@ def tiling_that_fits(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile
                     "the whole image" if start is None else f"{start}-pixel tiles", asked / 2**30, model.device,
                     free / 2**30, tile)
     return tile, overlap
-
-
-def retry_tiling(tile: int | None, overlap: int, out_h: int, out_w: int,
-                 frames_at_once: int = 1) -> tuple[int, int | None, int]:
-    """After an out-of-memory with `tile` (None: no tiling): the tile that failed (an image
-    smaller than the tile is one tile, unless `frames_at_once` such images shared it: a
-    smaller tile then takes fewer frames at once); the next to try, half of it but at
-    least MIN_OOM_TILE, or None when the failed tile was already that small; and its
-    overlap, the widget's `overlap` at most a quarter of the new tile (never none: seams)."""
-    overlap = max(0, int(overlap))
-    if tile and frames_at_once > 1:
-        failed = tile
-    else:
-        failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
-    if failed <= MIN_OOM_TILE:
-        return failed, None, overlap
-    smaller = max(MIN_OOM_TILE, failed // 2)
-    return failed, smaller, min(overlap, smaller // 4)
 
 
 Job = Callable[[object, torch.Tensor, "int | None", int, Progress], torch.Tensor]

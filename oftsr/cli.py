@@ -30,7 +30,7 @@ from .model import COMPILE_MODES, DEGRADATIONS, DTYPES, ROLES, OFTSRModel, RunWa
 from .sampling import SOLVERS, Callback
 from .resample import resize
 from .output_paths import check_writable, names_a_file, output_paths, t_tag
-from .tiling import check_tiling
+from .tiling import DEFAULT_OVERLAP, check_tiling, retry_tiling
 from .unet import PRESETS, count_parameters
 from .weights import DEFAULT_MODEL, create_model, existing_model_path, model_name_help
 
@@ -218,6 +218,40 @@ def _check_result_memory(full: tuple[int, int], size: tuple[int, int], channels:
                                                                               "full result)"))
 
 
+def _run_fitting(args: argparse.Namespace, model: OFTSRModel, run, image: torch.Tensor, progress: Callback,
+                 out_dtype: torch.dtype) -> torch.Tensor:
+    """`run(model, image, progress, out_dtype, tile, overlap)` with --tile and --overlap; on
+    out-of-memory again with half the tile, down to MIN_OOM_TILE (`retry_tiling`, as the
+    nodes do), each retry said. Below that a ValueError says what else to try."""
+    from tqdm import tqdm
+
+    tile, overlap = args.tile or None, args.overlap
+    out_h, out_w = image.shape[-2] * model.scale, image.shape[-1] * model.scale
+    while True:
+        try:
+            return run(model, image, progress, out_dtype, tile, overlap)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        # outside the except block the exception's frames, and the tensors they hold, are released
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        asked = DEFAULT_OVERLAP if args.overlap is None else args.overlap
+        what = f"the whole image ({max(out_h, out_w)} px)" if tile is None else None
+        failed, tile, smaller_overlap = retry_tiling(tile, asked, out_h, out_w)
+        what = what or f"{failed}-pixel tiles"
+        if tile is None:
+            other = [*(["--dtype bf16"] if model.dtype == torch.float32 else []),
+                     *([] if model.device.type == "cpu" else ["--device cpu"])]
+            raise ValueError(f"out of memory on {model.device} even with {what} ({reason}): upscale a "
+                             f"smaller image or free memory held by other programs"
+                             + "".join(f", or try {o}" for o in other))
+        overlap = None if args.overlap is None else smaller_overlap  # None: the library's own for the tile
+        tqdm.write(f"warning: out of memory with {what} on {model.device}; retrying with {tile}-pixel tiles",
+                   file=sys.stderr)
+
+
 def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst: Path, bar) -> None:
     """Read `src`, run the model on it and write `dst`, saying what was given up on the way.
     An error leaves the other images to go on."""
@@ -240,9 +274,9 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
     resized = size != full
     _check_result_memory(full, size, image.shape[1], 4 if args.color_fix != "none" or resized else levels.itemsize)
     if args.color_fix == "none" and not resized:
-        result = run(model, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
+        result = _run_fitting(args, model, run, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
     else:  # correction and resizing need the float result: 4 bytes a value, not 1 or 2
-        result = run(model, image, progress, torch.float32)
+        result = _run_fitting(args, model, run, image, progress, torch.float32)
         if args.color_fix != "none":
             result = color_fix(result, image, args.color_fix)
         if resized:
@@ -291,11 +325,9 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: 
                     tqdm.write(f"skipped {src}: {_without_name(str(e), src)}", file=sys.stderr)
                 except Exception as e:  # out of memory on one image, or a file no check foresaw: the others go on
                     failed += 1
-                    if is_out_of_memory(e):
-                        advice = (f"a smaller --tile (now {args.tile})" if args.tile
-                                  else "--tile 512 (now none: the whole image)")
-                        tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); use {advice}",
-                                   file=sys.stderr)
+                    if is_out_of_memory(e):  # reading, correcting or writing it (the model's tiles are retried)
+                        tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); free memory held "
+                                   f"by other programs or upscale a smaller image", file=sys.stderr)
                     else:
                         tqdm.write(f"skipped {src}: unexpected {type(e).__name__}: {str(e)[:300]} (a file this tool "
                                    f"should refuse more clearly: please report it)", file=sys.stderr)
@@ -359,9 +391,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             print(f"warning: {model.ignores_t_note('--t')}", file=sys.stderr)
 
         def at(t: float):
-            return lambda m, im, cb, dt: upscale(m, im, t=t, seed=args.seed, tile=args.tile or None,
-                                                 overlap=args.overlap, tile_batch=args.tile_batch, callback=cb,
-                                                 out_dtype=dt)
+            return lambda m, im, cb, dt, tile, overlap: upscale(m, im, t=t, seed=args.seed, tile=tile, overlap=overlap,
+                                                                tile_batch=args.tile_batch, callback=cb, out_dtype=dt)
 
         runs = [at(t) for t in ts]
         code = _run_images(args, model, [runs[k] for k in variants], files, targets, by_target=len(ts) > 1)
@@ -375,10 +406,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = _load(args, "teacher")
     counts: list[int] = []  # network evaluations of each image (the adaptive solver's vary)
 
-    def run(m, im, cb, dt):
+    def run(m, im, cb, dt, tile, overlap):
         info: dict = {}
-        out = sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed, tile=args.tile or None,
-                     overlap=args.overlap, tile_batch=args.tile_batch,
+        out = sample(m, im, steps=args.steps, solver=args.solver, seed=args.seed, tile=tile, overlap=overlap,
+                     tile_batch=args.tile_batch,
                      tile_callback=tile_evaluation_progress(cb, args.solver, args.steps), info=info, out_dtype=dt)
         counts.append(info["nfe"])
         return out

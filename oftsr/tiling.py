@@ -14,6 +14,7 @@ from .sampling import Callback
 
 DEFAULT_OVERLAP = 64
 MIN_TILE = 32
+MIN_OOM_TILE = 128  # the out-of-memory retry halves the tile down to this
 
 
 def tile_layout(size: int, tile: int, overlap: int, multiple: int = 8) -> tuple[int, list[int]]:
@@ -52,6 +53,24 @@ def check_tiling(tile: int | None, overlap: int | None) -> tuple[int | None, int
     if not 0 <= overlap <= tile // 2:
         raise ValueError(f"overlap must be between 0 and half the tile ({tile // 2}), got {overlap}")
     return tile, overlap
+
+
+def retry_tiling(tile: int | None, overlap: int, out_h: int, out_w: int,
+                 frames_at_once: int = 1) -> tuple[int, int | None, int]:
+    """After an out-of-memory with `tile` (None: no tiling): the tile that failed (an image
+    smaller than the tile is one tile, unless `frames_at_once` such images shared it: a
+    smaller tile then takes fewer frames at once); the next to try, half of it but at
+    least MIN_OOM_TILE, or None when the failed tile was already that small; and its
+    overlap, the `overlap` asked for but at most a quarter of the new tile."""
+    overlap = max(0, int(overlap))
+    if tile and frames_at_once > 1:
+        failed = tile
+    else:
+        failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
+    if failed <= MIN_OOM_TILE:
+        return failed, None, overlap
+    smaller = max(MIN_OOM_TILE, failed // 2)
+    return failed, smaller, min(overlap, smaller // 4)
 
 
 Box = tuple[int, int]  # (top, left) of a tile, in pixels

@@ -778,6 +778,44 @@ def test_warnings_for_dropped_alpha_and_overridden_metadata(tmp_path, model_file
     assert code == 0 and "warning" not in err  # values that agree with the file say nothing
 
 
+def test_out_of_memory_retries_with_half_the_tile_down_to_the_smallest(tmp_path, model_files, capsys, monkeypatch):
+    """As the nodes do: a tile that runs out of memory is halved and the image run again,
+    each retry said, down to MIN_OOM_TILE; the result is the image's, whole."""
+    import oftsr.cli as cli
+
+    real, tiles = cli.upscale, []
+
+    def upscale(model, image, *, tile, overlap, **kw):  # memory for 200-pixel tiles, not more
+        tiles.append((tile, overlap))
+        if tile is None or tile > 200:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, image, tile=tile, overlap=overlap, **kw)
+
+    monkeypatch.setattr(cli, "upscale", upscale)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 100, 3), np.uint8)).save(tmp_path / "in.png")
+    for flags, tried, said in (
+            (["--tile", "0"], [(None, None), (200, None)], "with the whole image (400 px)"),  # then half of it
+            ([], [(512, None), (200, None)], "with 400-pixel tiles"),  # 512 covers 400: the image is one tile
+            (["--tile", "384", "--overlap", "96"], [(384, 96), (192, 48)], "with 384-pixel tiles")):  # overlap <= 1/4
+        tiles.clear()
+        out = tmp_path / f"out{len(flags)}.png"
+        code, _, err = _run_cli(["upscale", str(tmp_path / "in.png"), "-o", str(out), "--model", str(model_files[0]),
+                                 "-q", *flags], capsys)
+        assert code == 0 and tiles == tried, (flags, tiles)
+        assert f"warning: out of memory {said} on cpu; retrying with {tried[1][0]}-pixel tiles" in err, err
+        with Image.open(out) as im:
+            assert im.size == (400, 240)
+    # Never enough: the retries stop at MIN_OOM_TILE, and the image is skipped with advice
+    monkeypatch.setattr(cli, "upscale", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("CUDA out of memory.")))
+    code, _, err = _run_cli(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "none.png"), "--model",
+                             str(model_files[0]), "-q"], capsys)
+    assert code == 1 and not (tmp_path / "none.png").exists()
+    assert [line for line in err.splitlines() if "retrying" in line] == [
+        "warning: out of memory with 400-pixel tiles on cpu; retrying with 200-pixel tiles",
+        "warning: out of memory with 200-pixel tiles on cpu; retrying with 128-pixel tiles"]
+    assert "out of memory on cpu even with 128-pixel tiles (CUDA out of memory.): upscale a smaller image" in err
+
+
 def test_out_of_memory_on_one_image_skips_it_and_the_others_are_written(tmp_path, model_files, inputs, capsys,
                                                                           monkeypatch):
     import oftsr.cli as cli
@@ -792,8 +830,10 @@ def test_out_of_memory_on_one_image_skips_it_and_the_others_are_written(tmp_path
     monkeypatch.setattr(cli, "upscale", upscale)
     code = main(["upscale", str(inputs), "-o", str(tmp_path / "out"), "--model", str(model_files[0]), "-q"])
     err = capsys.readouterr().err
-    assert code == 1 and "skipped " + str(inputs / "rgb.png") + ": out of memory (DefaultCPUAllocator" in err
-    assert "use a smaller --tile (now 512)" in err and "1 of 3 images failed" in err
+    assert code == 1 and "skipped " + str(inputs / "rgb.png") + ": out of memory on cpu even with 48-pixel tiles " \
+                         "(DefaultCPUAllocator: can't allocate memory" in err  # one tile, already below the retries'
+    assert "upscale a smaller image or free memory held by other programs, or try --dtype bf16" in err
+    assert "1 of 3 images failed" in err
     assert (tmp_path / "out" / "rgba.png").is_file() and (tmp_path / "out" / "sub" / "gray.png").is_file()
 
     def upscale(model, image, **kw):  # an error no check foresaw (a decoder's own exception type)
