@@ -17,7 +17,7 @@ from ..oftsr import BUNDLED_MODELS, bundled_model_path, load_model
 from ..oftsr.weights import BUNDLED_ROLES, shipped_model_names
 from ..oftsr.checkpoint import CheckpointError, MissingInfoError, contradicted_metadata
 from ..oftsr.model import DTYPES, MAX_SCALE
-from .common import CATEGORY, OFTSR_MODEL, check_options
+from .widgets import CATEGORY, OFTSR_MODEL, check_options
 
 FOLDER_KEY = "oftsr"
 FROM_FILE = "from file"

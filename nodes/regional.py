@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, DEFAULT_OVERLAP, DEFAULT_TILE, check_options, check_tile, color_fix_input,
-                     color_fix_option, color_fixed_image, image_input, model_input, require_t_slider, run_on_device,
-                     seed_input, t_input, tiling_inputs, to_bchw)
+from ..oftsr.tiling import DEFAULT_OVERLAP
+from .memory import run_on_device
+from .widgets import (CATEGORY, DEFAULT_TILE, check_options, check_tile, color_fix_input, color_fix_option,
+                      color_fixed_image, image_input, model_input, require_t_slider, seed_input, t_input,
+                      tiling_inputs, to_bchw)
 
 log = logging.getLogger(__name__)
 NAME = "OFTSR Regional Trade-off"

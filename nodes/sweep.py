@@ -9,9 +9,10 @@ from comfy_api.latest import io
 from ..oftsr import upscale
 from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid, t_labels
 from ..oftsr.checks import T_VALUES_EXAMPLE, parse_t_values
-from .common import (CATEGORY, DEFAULT_OVERLAP, DEFAULT_TILE, check_options, color_fix_input, color_fix_option,
-                     color_fixed_image, image_input, model_input, require_t_slider, run_on_device, seed_input,
-                     tiling_inputs, to_bchw)
+from ..oftsr.tiling import DEFAULT_OVERLAP
+from .memory import run_on_device
+from .widgets import (CATEGORY, DEFAULT_TILE, check_options, color_fix_input, color_fix_option, color_fixed_image,
+                      image_input, model_input, require_t_slider, seed_input, tiling_inputs, to_bchw)
 
 NAME = "OFTSR t-Sweep"
 DEFAULT_T_VALUES = T_VALUES_EXAMPLE

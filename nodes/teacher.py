@@ -9,9 +9,10 @@ from comfy_api.latest import io
 from ..oftsr import sample
 from ..oftsr.inference import SAMPLE_BUFFERS, tile_evaluation_progress
 from ..oftsr.sampling import SOLVERS, evaluations
-from .common import (CATEGORY, DEFAULT_OVERLAP, DEFAULT_TILE, check_options, check_tile, color_fix_input,
-                     color_fix_option, color_fixed_image, image_input, model_input, require_role, run_on_device,
-                     seed_input, tiling_inputs, to_bchw)
+from ..oftsr.tiling import DEFAULT_OVERLAP
+from .memory import run_on_device
+from .widgets import (CATEGORY, DEFAULT_TILE, check_options, check_tile, color_fix_input, color_fix_option,
+                      color_fixed_image, image_input, model_input, require_role, seed_input, tiling_inputs, to_bchw)
 
 log = logging.getLogger(__name__)
 NAME = "OFTSR Teacher Sampler"

@@ -5,9 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from .common import (CATEGORY, DEFAULT_OVERLAP, DEFAULT_TILE, check_options, check_tile, color_fix_input,
-                     color_fix_option, color_fixed_image, image_input, model_input, require_role, run_on_device,
-                     seed_input, t_input, tiling_inputs, to_bchw, warn_if_ignores_t)
+from ..oftsr.tiling import DEFAULT_OVERLAP
+from .memory import run_on_device
+from .widgets import (CATEGORY, DEFAULT_TILE, check_options, check_tile, color_fix_input, color_fix_option,
+                      color_fixed_image, image_input, model_input, require_role, seed_input, t_input, tiling_inputs,
+                      to_bchw, warn_if_ignores_t)
 
 NAME = "OFTSR Upscale"
 

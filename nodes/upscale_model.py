@@ -11,11 +11,12 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..oftsr import upscale
-from ..oftsr.checks import check_t
-from ..oftsr.tiling import DEFAULT_OVERLAP
-from .common import (CATEGORY, DEFAULT_TILE, MIN_OOM_TILE, SEED_MAX, check_interrupt, check_tile, first_tiling, is_oom,
-                     model_input, require_role, retry_tiling, t_input, tiling_inputs, tiling_that_fits,
-                     warn_if_ignores_t)
+from ..oftsr.checks import SEED_MAX, check_t
+from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_OOM_TILE, retry_tiling
+from .memory import first_tiling, is_oom, tiling_that_fits
+from .progress import check_interrupt
+from .widgets import (CATEGORY, DEFAULT_TILE, check_tile, model_input, require_role, t_input, tiling_inputs,
+                      warn_if_ignores_t)
 
 NAME = "OFTSR as Upscale Model"
 SEED_TOOLTIP = ("Seed of the start-point noise. The consuming node calls the model once per image and per tile of its "

@@ -68,7 +68,8 @@ def load_pack(comfy):
         return SimpleNamespace(
             module=module, extension=extension, classes=classes,
             nodes={cls.define_schema().node_id: cls for cls in classes},
-            lib=sys.modules[f"{PACK}.oftsr"], common=sys.modules[f"{PACK}.nodes.common"],
+            lib=sys.modules[f"{PACK}.oftsr"], widgets=sys.modules[f"{PACK}.nodes.widgets"],
+            memory=sys.modules[f"{PACK}.nodes.memory"], progress=sys.modules[f"{PACK}.nodes.progress"],
             color=sys.modules[f"{PACK}.oftsr.color"], sweep=sys.modules[f"{PACK}.nodes.sweep"],
         )
 
@@ -183,7 +184,7 @@ def test_sampling_node_schemas(pack):
         tile = inputs["tile"]
         assert (tile.default, tile.min, inputs["overlap"].default) == (512, 0, 64)
         # every size the widget steps to from 0 runs: none of 1 to 31, which are refused
-        assert all(pack.common.check_tile(v) is True for v in range(tile.min, tile.max + 1, tile.step))
+        assert all(pack.widgets.check_tile(v) is True for v in range(tile.min, tile.max + 1, tile.step))
         assert tile.default % tile.step == 0 and tile.max % tile.step == 0
         assert inputs["color_fix"].io_type == "COMBO"
         assert (inputs["color_fix"].options, inputs["color_fix"].default) == (["none", "wavelet", "adain"], "none")
@@ -655,8 +656,8 @@ def test_a_batch_of_frames_is_computed_frame_by_frame(comfy, pack, student):
     with pytest.raises(comfy_stubs.InterruptProcessingException):
         run(pack, "OFTSRUpscale", image=frames, **kw)
     assert calls == [1, 1, 1]  # pressed at tile 2, seen at the next: within the first frame, not after all 16
-    common = sys.modules[f"{PACK}.nodes.common"]
-    assert common.estimate_memory(student, 4, 48, 48, 32, per_image=True) < common.estimate_memory(student, 4, 48, 48, 32)
+    memory = sys.modules[f"{PACK}.nodes.memory"]
+    assert memory.estimate_memory(student, 4, 48, 48, 32, per_image=True) < memory.estimate_memory(student, 4, 48, 48, 32)
     # small frames share a network evaluation, as many as one tile's pixels hold: 4 of 32 x 32 in a 64 px tile
     comfy.utils.PROGRESS_BAR_HOOK = None
     calls.clear()
@@ -764,12 +765,12 @@ def test_a_tile_more_than_is_free_starts_smaller(comfy, pack, student, monkeypat
     run starts at the tile an out-of-memory would have led to, with no failed try first: on a
     CPU a run past the free memory swaps or is killed by the system rather than failing."""
     img = image(h=64, w=64)  # 256 px output
-    common, calls = pack.common, []
+    memory, calls = pack.memory, []
     fail_above(student, 10_000, calls)  # never out of memory: only the estimate decides
     weights = comfy.model_management.module_size(student)
-    need = {t: common.estimate_memory(student, 1, 256, 256, t, per_image=True) - weights for t in (None, 128)}
+    need = {t: memory.estimate_memory(student, 1, 256, 256, t, per_image=True) - weights for t in (None, 128)}
     assert need[128] < need[None]
-    monkeypatch.setattr(common, "available_memory", lambda device: need[128])
+    monkeypatch.setattr(memory, "available_memory", lambda device: need[128])
     with caplog.at_level("WARNING"):
         out = run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64,
                   color_fix="none")
@@ -781,12 +782,12 @@ def test_a_tile_more_than_is_free_starts_smaller(comfy, pack, student, monkeypat
 
     calls.clear()
     caplog.clear()
-    monkeypatch.setattr(common, "available_memory", lambda device: need[None])  # enough: the widgets' tiling
+    monkeypatch.setattr(memory, "available_memory", lambda device: need[None])  # enough: the widgets' tiling
     run(pack, "OFTSRUpscale", model=student, image=img, t=0.5, seed=2, tile=0, overlap=64, color_fix="none")
     assert calls == [(256, 256)] and "starting with" not in caplog.text
 
     calls.clear()
-    monkeypatch.setattr(common, "available_memory", lambda device: 1)  # nothing fits: the smallest tile is tried
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1)  # nothing fits: the smallest tile is tried
     out = run(pack, "OFTSRUpscale", model=student, image=image(h=100, w=100), t=0.5, seed=2, tile=512, overlap=64,
               color_fix="none")
     assert out.shape == (1, 400, 400, 3) and max(max(c) for c in calls) <= 128
@@ -802,7 +803,7 @@ def test_as_upscale_model_starts_smaller_where_less_is_free(comfy, pack, student
         return library_upscale(model, image, tile=tile, **kwargs)
 
     monkeypatch.setattr(module, "upscale", recording)
-    monkeypatch.setattr(pack.common, "available_memory", lambda device: 1)
+    monkeypatch.setattr(pack.memory, "available_memory", lambda device: 1)
     x = image(h=64, w=64).movedim(-1, 1)  # 256 px of output: 512 covers it, then 128 (the smallest)
     with caplog.at_level("WARNING"):
         assert torch.equal(wrapped(x), library_upscale(student, x, t=0.5, seed=0, tile=128, overlap=32))
@@ -811,7 +812,7 @@ def test_as_upscale_model_starts_smaller_where_less_is_free(comfy, pack, student
     assert caplog.text.count("OFTSR as Upscale Model: 512-pixel tiles need about") == 1
 
     fresh = run(pack, "OFTSRAsUpscaleModel", model=student, t=0.5, seed=0, tile=512, overlap=64)
-    monkeypatch.setattr(pack.common, "available_memory", lambda device: None)  # cannot be told: as the widgets say
+    monkeypatch.setattr(pack.memory, "available_memory", lambda device: None)  # cannot be told: as the widgets say
     fresh(x)
     assert tried == [128, 128, 512]
 
@@ -919,8 +920,7 @@ def test_teacher_progress_moves_tile_by_tile(comfy, pack, teacher):
 def test_the_adaptive_solvers_bar_keeps_moving(comfy, pack):
     """Its length is unknown: the bar rises with every evaluation of a long run (70 here),
     never reaching the end before the run does."""
-    common = pack.common
-    progress = common.Progress(1, common.ADAPTIVE_PROGRESS_UNITS)
+    progress = pack.progress.Progress(1, pack.progress.ADAPTIVE_PROGRESS_UNITS)
     tick = progress.callback()
     for i in range(1, 71):
         tick(i, 0)
