@@ -621,16 +621,17 @@ def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, c
     And the output folder's lock refuses a second holder, naming the first."""
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
     import common
+    import launcher
     import loop
 
     if sys.platform == "linux":  # /proc read for real: this process's own command line
-        assert "pytest" in " ".join(loop.command_line(os.getpid()))
+        assert "pytest" in " ".join(launcher.command_line(os.getpid()))
     single = argparse.Namespace(num_processes=1)
     parents = iter([100, 100, 1])
     monkeypatch.setattr(loop.os, "getppid", lambda: next(parents))
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
-    monkeypatch.setattr(loop, "command_line", lambda pid: ["/usr/bin/python3", "/venv/bin/torchrun", "train.py"])
-    stop = loop.StopRequest(None, loop.launcher_process())
+    monkeypatch.setattr(launcher, "command_line", lambda pid: ["/usr/bin/python3", "/venv/bin/torchrun", "train.py"])
+    stop = loop.StopRequest(None, launcher.launcher_process())
     with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
         assert stop.due(single) is False  # the launcher is there
         assert stop.due(single) is True and stop.reason == "the launcher has gone"
@@ -638,23 +639,23 @@ def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, c
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     monkeypatch.setattr(loop.os, "getppid", lambda: 1)
-    assert loop.StopRequest(None, loop.launcher_process()).launcher is None and loop.StopRequest(None, loop.launcher_process()).due(single) is False  # plain python
+    assert loop.StopRequest(None, launcher.launcher_process()).launcher is None and loop.StopRequest(None, launcher.launcher_process()).due(single) is False  # plain python
     monkeypatch.setenv("ACCELERATE_USE_CPU", "False")  # a single-process `accelerate launch`'s child
     parents = iter([100, 1])
     monkeypatch.setattr(loop.os, "getppid", lambda: next(parents))
-    monkeypatch.setattr(loop, "command_line", lambda pid: ["/venv/bin/python", "/venv/bin/accelerate", "launch"])
-    stop = loop.StopRequest(None, loop.launcher_process())
+    monkeypatch.setattr(launcher, "command_line", lambda pid: ["/venv/bin/python", "/venv/bin/accelerate", "launch"])
+    stop = loop.StopRequest(None, launcher.launcher_process())
     assert stop.launcher == 100 and stop.due(single) is True and stop.reason == "the launcher has gone"
     # ACCELERATE_USE_CPU exported by the user, the run started by a shell: the shell may go
     monkeypatch.setattr(loop.os, "getppid", lambda: 100)
     for shell in (["-bash"], ["python", "/home/me/accelerate_runs/run.py"], ["python", "run.py", "torchrun"]):
-        monkeypatch.setattr(loop, "command_line", lambda pid, shell=shell: shell)  # a folder's name, an argument
-        assert loop.StopRequest(None, loop.launcher_process()).launcher is None
-    for launcher in (["python", "-u", "-m", "torch.distributed.run", "--nproc", "2"], ["/venv/bin/torchrun", "x.py"]):
-        monkeypatch.setattr(loop, "command_line", lambda pid, launcher=launcher: launcher)
-        assert loop.StopRequest(None, loop.launcher_process()).launcher == 100
-    monkeypatch.setattr(loop, "command_line", lambda pid: None)  # no /proc: the environment decides
-    assert loop.StopRequest(None, loop.launcher_process()).launcher == 100
+        monkeypatch.setattr(launcher, "command_line", lambda pid, shell=shell: shell)  # a folder's name, an argument
+        assert loop.StopRequest(None, launcher.launcher_process()).launcher is None
+    for argv in (["python", "-u", "-m", "torch.distributed.run", "--nproc", "2"], ["/venv/bin/torchrun", "x.py"]):
+        monkeypatch.setattr(launcher, "command_line", lambda pid, argv=argv: argv)
+        assert loop.StopRequest(None, launcher.launcher_process()).launcher == 100
+    monkeypatch.setattr(launcher, "command_line", lambda pid: None)  # no /proc: the environment decides
+    assert loop.StopRequest(None, launcher.launcher_process()).launcher == 100
 
     held = common.lock_output_dir(str(tmp_path))
     try:

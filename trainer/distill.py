@@ -15,6 +15,8 @@ FlowSR and FluxSR students are fixed-point maps (no t slider).
 
 from __future__ import annotations
 
+import launcher  # noqa: F401  first: the launcher is found before the imports below take their seconds
+
 import argparse
 import copy
 import logging

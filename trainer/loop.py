@@ -22,6 +22,7 @@ from checkpoints import (any_process, data_settings, export_model, list_checkpoi
                          save_checkpoint, training_metadata)
 from common import EXIT_RESUMABLE, SCRIPT_START, TrainingDiverged, enter_training_loop, logger, start_trackers
 from flags import LR_SCHEDULES, adam_settings
+from launcher import LAUNCHER
 from validation import make_validation_lpips, validation_batch
 
 import oftsr
@@ -105,53 +106,6 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-
-
-# What a launcher sets in its training processes' environment: torchrun (several processes),
-# and `accelerate launch`'s single-process launcher (which sets it whatever the device).
-LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
-
-
-# A launcher's command line: its program (`accelerate launch`, `accelerate-launch`, torchrun)
-# or module (`python -m accelerate.commands.launch`, `-m torch.distributed.run`).
-LAUNCHER_PROGRAMS = ("accelerate", "accelerate-launch", "torchrun")
-LAUNCHER_MODULES = ("accelerate.commands.launch", "torch.distributed.run", "torch.distributed.launch")
-
-
-def command_line(pid: int) -> list[str] | None:
-    """Process `pid`'s arguments, where the system shows them (Linux's /proc)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return None
-
-
-def launcher_process() -> int | None:
-    """The launcher this process was started by (torchrun, `accelerate launch`), or None.
-    Its training processes outlive it when it is killed with SIGKILL, training on unseen, so
-    they stop when it goes. Run by plain python (a shell, nohup) the parent may go, and the
-    run goes on: the environment a launcher sets (ACCELERATE_USE_CPU can be a user's own
-    too) is checked against the parent's command line where the system shows it."""
-    if not any(name in os.environ for name in LAUNCHER_ENV):
-        return None
-    parent = os.getppid()
-    argv = command_line(parent)
-    return parent if argv is None or is_launcher(argv) else None
-
-
-def is_launcher(argv: list[str]) -> bool:
-    """Whether a command line runs a launcher: its program, or python's `-m` module, before
-    the program python runs (whose own arguments may say anything)."""
-    for i, arg in enumerate(argv):
-        module = i > 0 and argv[i - 1] == "-m"
-        if Path(arg).name in LAUNCHER_PROGRAMS or (module and arg in LAUNCHER_MODULES):
-            return True
-        if module or arg.endswith(".py"):
-            return False
-    return False
-
-
-LAUNCHER = launcher_process()  # found at the start: a launcher killed during the set-up is seen at the first step
 
 
 class StopRequest:

@@ -8,6 +8,8 @@ to the HR image (L1 velocity loss, t ~ U[0.001, 1]).
 
 from __future__ import annotations
 
+import launcher  # noqa: F401  first: the launcher is found before the imports below take their seconds
+
 import argparse
 import json
 import logging
