@@ -218,9 +218,10 @@ def _check_result_memory(full: tuple[int, int], size: tuple[int, int], channels:
                                                                               "full result)"))
 
 
-def _run_fitting(args: argparse.Namespace, model: OFTSRModel, run, image: torch.Tensor, progress: Callback,
+def _run_fitting(args: argparse.Namespace, model: OFTSRModel, run, image: torch.Tensor, bar,
                  out_dtype: torch.dtype) -> torch.Tensor:
-    """`run(model, image, progress, out_dtype, tile, overlap)` with --tile and --overlap; on
+    """`run(model, image, progress, out_dtype, tile, overlap)` with --tile and --overlap, its
+    progress shown on `bar` (each try's own: the time left is the try's); on
     out-of-memory again with half the tile, down to MIN_OOM_TILE (`retry_tiling`, as the
     nodes do), each retry said. Below that a ValueError says what else to try."""
     from tqdm import tqdm
@@ -229,7 +230,7 @@ def _run_fitting(args: argparse.Namespace, model: OFTSRModel, run, image: torch.
     out_h, out_w = image.shape[-2] * model.scale, image.shape[-1] * model.scale
     while True:
         try:
-            return run(model, image, progress, out_dtype, tile, overlap)
+            return run(model, image, _progress(bar), out_dtype, tile, overlap)
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
@@ -266,7 +267,6 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
         tqdm.write(f"warning: {src.name} {many}: only its first is upscaled", file=sys.stderr)
     size = _output_size(image, model.scale, args.outscale)
     check_output_size(dst, size[1], size[0])
-    progress = _progress(bar)
     source_depth, depth = depth, args.bit_depth or depth
     # file levels straight from the tiles: no float copy of a big result (uint8 is a quarter of float32)
     levels = torch.uint16 if depth == 16 else torch.uint8
@@ -274,9 +274,9 @@ def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst:
     resized = size != full
     _check_result_memory(full, size, image.shape[1], 4 if args.color_fix != "none" or resized else levels.itemsize)
     if args.color_fix == "none" and not resized:
-        result = _run_fitting(args, model, run, image, progress, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
+        result = _run_fitting(args, model, run, image, bar, levels)  # gray, gray + alpha, RGB or RGBA, as loaded
     else:  # correction and resizing need the float result: 4 bytes a value, not 1 or 2
-        result = _run_fitting(args, model, run, image, progress, torch.float32)
+        result = _run_fitting(args, model, run, image, bar, torch.float32)
         if args.color_fix != "none":
             result = color_fix(result, image, args.color_fix)
         if resized:
