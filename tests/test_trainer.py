@@ -460,6 +460,11 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
     res = _run(["trainer/export.py", damaged, tmp_path / "d.safetensors"], status=2)
     assert "custom_checkpoint_0.pkl is empty; export another checkpoint of the run, or this one's raw weights " \
            "with --raw" in res.stderr and "Traceback" not in res.stderr
+    whole = (cut / "checkpoint-4" / "custom_checkpoint_0.pkl").read_bytes()
+    (damaged / "custom_checkpoint_0.pkl").write_bytes(whole[:len(whole) // 2])  # a copy cut short
+    res = _run(["trainer/export.py", damaged, tmp_path / "d.safetensors"], status=2)
+    assert "custom_checkpoint_0.pkl is cut short; export another checkpoint of the run, or this one's raw weights " \
+           "with --raw" in res.stderr and "Traceback" not in res.stderr
     record = (damaged / "oftsr.json").read_text(encoding="utf-8")
     (damaged / "oftsr.json").write_text(record[:len(record) // 2], encoding="utf-8")  # cut short: which file, and why
     res = _run(["trainer/export.py", damaged, tmp_path / "d.safetensors"], status=2)
@@ -1080,9 +1085,34 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
     (run / "checkpoint-4" / "model.safetensors").write_bytes(b"x" * 64)
     logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)
     with pytest.raises(ValueError, match=r"checkpoint-4 \(its random states \(random_states_\*.pkl\) could not be "
-                                         r"read\); a file in it is damaged: move checkpoint-4 out of .* from checkpoint-2"):
+                                         r"read\); model.safetensors is cut short: move checkpoint-4 out of .* from "
+                                         r"checkpoint-2"):
         checkpoints.resume(LostRandomStates(), args, info)
     assert logging.getLogger("accelerate.checkpointing").level == logging.WARNING  # its quiet level is restored
+    from safetensors.torch import save_file
+
+    class LoadsAll:  # reads every file as Accelerate does: the model's safetensors, torch.save's zips
+        process_index, num_processes = 0, 1  # one process
+
+        def load_state(self, path):
+            load_file(Path(path) / "model.safetensors")
+            for name in ("optimizer.bin", "random_states_0.pkl"):
+                torch.load(Path(path) / name, weights_only=True)
+
+    save_file({"w": torch.zeros(4096)}, run / "checkpoint-4" / "model.safetensors")
+    for name in ("optimizer.bin", "random_states_0.pkl"):
+        torch.save({"state": torch.zeros(4096)}, run / "checkpoint-4" / name)
+    with open(run / "checkpoint-4" / "optimizer.bin", "r+b") as f:  # cut short, not empty
+        f.truncate(9000)
+    with pytest.raises(ValueError, match=r"checkpoint-4 \(OSError: .*\); optimizer.bin is cut short: move "
+                                         r"checkpoint-4 out of"):
+        checkpoints.resume(LoadsAll(), args, info)
+    with open(run / "checkpoint-4" / "model.safetensors", "r+b") as f:
+        f.truncate(9000)
+    with pytest.raises(ValueError, match=r"\(SafetensorError: .*\); model.safetensors, optimizer.bin are cut short"):
+        checkpoints.resume(LoadsAll(), args, info)
+    for name in ("optimizer.bin", "random_states_0.pkl"):
+        (run / "checkpoint-4" / name).unlink()
 
     class Mismatch:  # not damage: a model that changed; its own error, unchanged
         process_index, num_processes = 0, 1  # one process
@@ -1090,7 +1120,7 @@ def test_a_damaged_checkpoint_names_its_empty_files_and_the_one_before(tmp_path,
         def load_state(self, path):
             raise RuntimeError("Error(s) in loading state_dict for UNet: size mismatch for input_blocks.0.0.weight")
 
-    (run / "checkpoint-4" / "model.safetensors").write_bytes(b"x" * 64)
+    save_file({"w": torch.zeros(4096)}, run / "checkpoint-4" / "model.safetensors")  # whole: what it says stands
     with pytest.raises(RuntimeError, match="^Error\\(s\\) in loading state_dict"):
         checkpoints.resume(Mismatch(), args, info)
     # a copy that left files out: Accelerate misses one by name, or counts too few custom_checkpoint_*.pkl
@@ -1808,6 +1838,73 @@ def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):
     assert "error: --init_from x4-student is a one-step student; a teacher starts from a teacher's weights" in res.stderr
 
 
+def test_a_resume_with_other_loss_settings_is_warned_and_they_are_recorded(tmp_path, monkeypatch, caplog):
+    """distill's weights and step shape what the student learns: the checkpoints and the
+    exported file record them, and a resume that changes them says so, with the flags that
+    go on as the run started."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import checkpoints
+    import distill
+    import loop
+
+    run = tmp_path / "run"
+    base = ["--teacher", "x4", "--train_data_dir", "d", "--output_dir", str(run), "--resume_from_checkpoint", "latest"]
+    started = distill.loss_settings(distill.parse_args(base))
+    assert started == {"dt": 0.05, "teacher_solver": "midpoint", "lambda_align": 0.01, "lambda_bc": 0.1}
+    assert list(distill.loss_settings(distill.parse_args([*base, "--objective", "fluxsr"]))) == \
+        ["lambda_lpips", "tv_gamma", "lambda_adl"]
+    info = checkpoints.model_info(oftsr.create_model("tiny", role="student"), 3)
+    (run / "checkpoint-3").mkdir(parents=True)
+    (run / "checkpoint-3" / checkpoints.MODEL_INFO).write_text(json.dumps({**info, "training": {"loss": started}}))
+    monkeypatch.setattr(checkpoints, "_load_state", lambda *a: None)
+    for flags, said in (([], None),
+                        (["--dt", "0.3", "--lambda_bc", "0"], "with other loss settings (dt 0.05 -> 0.3, lambda_bc 0.1 "
+                         "-> 0.0): the run learns another objective from here on; pass --dt 0.05 --lambda_bc 0.1 to go "
+                         "on as it started")):
+        args = distill.parse_args([*base, *flags])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
+            checkpoints.resume(None, args, info, None, distill.loss_settings(args))
+        assert (said in caplog.text) if said else "loss settings" not in caplog.text
+        record = loop.training_record(args, checkpoints.data_settings(args, 1), distill.loss_settings(args))
+        assert record["loss"] == distill.loss_settings(args)
+    # A checkpoint of an earlier version, which recorded none: nothing to compare
+    (run / "checkpoint-3" / checkpoints.MODEL_INFO).write_text(json.dumps({**info, "training": {}}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
+        checkpoints.resume(None, args, info, None, distill.loss_settings(args))
+    assert "loss settings" not in caplog.text
+
+
+def test_out_of_range_weights_and_rates_are_refused_by_flag(monkeypatch, capsys):
+    """A negative loss weight (a loss that rewards error), a step past t = 1, a beta of 1 or
+    more: refused by the flag's name before anything loads, not trained on or left to torch."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import distill
+    import train_teacher
+
+    base = ["--train_data_dir", "d", "--output_dir", "o"]
+    for parse, flag, value, wording in (
+            (distill.parse_args, "--lambda_align", "-1", "must be 0 or more, got -1"),
+            (distill.parse_args, "--lambda_bc", "-5", "must be 0 or more, got -5"),
+            (distill.parse_args, "--lambda_adv", "-0.1", "must be 0 or more, got -0.1"),
+            (distill.parse_args, "--lambda_lpips", "-1", "must be 0 or more, got -1"),
+            (distill.parse_args, "--dt", "1.5", "must be more than 0 and below 1, got 1.5"),
+            (distill.parse_args, "--dt", "0", "must be more than 0 and below 1, got 0"),
+            (distill.parse_args, "--sigma_p", "1.5", "must be between 0 and 1, got 1.5"),
+            (distill.parse_args, "--disc_learning_rate", "0", "must be more than 0, got 0"),
+            (train_teacher.parse_args, "--sigma_p", "-0.2", "must be between 0 and 1, got -0.2"),
+            (train_teacher.parse_args, "--adam_beta1", "1.5", "must be 0 or more and below 1, got 1.5"),
+            (train_teacher.parse_args, "--adam_beta2", "1", "must be 0 or more and below 1, got 1"),
+            (train_teacher.parse_args, "--adam_weight_decay", "-0.01", "must be 0 or more, got -0.01")):
+        extra = ["--teacher", "x4"] if parse is distill.parse_args else []
+        with pytest.raises(SystemExit):
+            parse([*base, *extra, f"{flag}={value}"])
+        assert f"argument {flag}: {wording}" in capsys.readouterr().err, (flag, value)
+    args = distill.parse_args([*base, "--teacher", "x4", "--lambda_align", "0", "--dt", "0.3"])  # the edges that work
+    assert (args.lambda_align, args.dt) == (0.0, 0.3)
+
+
 def test_a_fine_tune_is_validated_before_its_first_step_and_warned_of_small_crops(train_dir, tmp_path, monkeypatch,
                                                                                   caplog):
     """A fine-tune logs its starting weights' scores as step 0 (what it must beat), takes
@@ -2031,8 +2128,8 @@ def test_the_trackers_get_the_values_the_run_uses(monkeypatch):
     class Accelerator:
         is_main_process, log_with, oftsr_project = True, ["tensorboard"], "oftsr-distill"
 
-        def init_trackers(self, project, config):
-            self.project, self.config = project, config
+        def init_trackers(self, project, config, init_kwargs):
+            self.project, self.config, self.init_kwargs = project, config, init_kwargs
 
     args = distill.parse_args(["--teacher", "x4", "--train_data_dir", "d", "--output_dir", "o", "--num_train_epochs",
                                "2"])
@@ -2046,6 +2143,10 @@ def test_the_trackers_get_the_values_the_run_uses(monkeypatch):
     common.start_trackers(accelerator, args)
     assert accelerator.project == "oftsr-distill" and accelerator.config["max_train_steps"] == 80
     assert accelerator.config["num_train_epochs"] == 2 and "default_train_steps" not in accelerator.config
+    # tensorboard drops what a killed run logged past the checkpoint resumed (a new run: all of it)
+    assert accelerator.init_kwargs == {"tensorboard": {"purge_step": 0}}
+    common.start_trackers(accelerator, args, 40)
+    assert accelerator.init_kwargs == {"tensorboard": {"purge_step": 41}}
 
 
 def test_random_flip_is_on_and_can_be_turned_off(train_dir, monkeypatch):

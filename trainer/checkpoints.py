@@ -11,11 +11,12 @@ import pickle
 import re
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -169,6 +170,23 @@ def _own_random_states_read(accelerator: Accelerator, path: Path) -> bool:
     return not any_process(accelerator, not read)
 
 
+def is_cut_short(file: Path) -> bool:
+    """Whether a checkpoint's file is cut short, by its end: a safetensors file whose data
+    does not cover its header's tensors, or one of torch.save's zip files (.bin, .pkl)
+    without the directory written last."""
+    if file.suffix == ".safetensors":
+        try:
+            with safe_open(file, "pt"):
+                return False
+        except Exception:
+            return True
+    return file.suffix in (".bin", ".pkl") and not zipfile.is_zipfile(file)
+
+
+def _cut_short_files(path: Path) -> list[str]:
+    return [file.name for file in sorted(path.iterdir()) if file.is_file() and is_cut_short(file)]
+
+
 def _load_state(accelerator: Accelerator, path: Path, output_dir: str) -> None:
     """`accelerator.load_state`, with what to do when the checkpoint is damaged (a disk that
     filled up, a copy cut short): name its empty files and the checkpoint before it.
@@ -199,8 +217,11 @@ def _load_state(accelerator: Accelerator, path: Path, output_dir: str) -> None:
         # torch.load's zip reader). Anything else (a size mismatch, out of memory) keeps its words.
         # A copy cut short can also leave files out: Accelerate then misses one by name, or
         # counts fewer custom_checkpoint_*.pkl files than objects registered.
+        # A file cut short by its end is damage whatever reading it raised (torch's zip reader: OSError).
         missing = isinstance(e, FileNotFoundError) or "Number of custom checkpoints" in str(e)
-        cut_short = missing or isinstance(e, (_Damaged, SafetensorError, pickle.UnpicklingError, EOFError)) \
+        damaged = [] if empty or missing else _cut_short_files(path)
+        cut_short = missing or bool(damaged) or isinstance(e, (_Damaged, SafetensorError, pickle.UnpicklingError,
+                                                                 EOFError)) \
             or "zip archive" in str(e) or "central directory" in str(e)
         if not cut_short:
             raise
@@ -208,7 +229,9 @@ def _load_state(accelerator: Accelerator, path: Path, output_dir: str) -> None:
         why = str(e) if isinstance(e, _Damaged) else f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
         raise ValueError(f"could not load the checkpoint {path} ({why}); "
                          + (f"these files are empty: {', '.join(empty)}; " if empty
-                            else "a file in it is missing: " if missing else "a file in it is damaged: ")
+                            else "a file in it is missing: " if missing
+                            else f"{', '.join(damaged)} {'is' if len(damaged) == 1 else 'are'} cut short: " if damaged
+                            else "a file in it is damaged: ")
                          + hint) from e
     finally:
         checkpointing.removeFilter(hear)
@@ -256,14 +279,16 @@ def checkpoint_record(path: Path, output_dir: str) -> dict:
                          f"{output_dir} to go on from the one before it") from e
 
 
-def resume(accelerator: Accelerator, args: argparse.Namespace, info: dict, data: dict | None = None) -> None:
+def resume(accelerator: Accelerator, args: argparse.Namespace, info: dict, data: dict | None = None,
+           loss: dict | None = None) -> None:
     """Load `--resume_from_checkpoint` (a path, or "latest" = newest complete one in
     `--output_dir`). Restores models, EMA, optimizer, scheduler, RNG and step. A checkpoint
     of another model than `info` describes (this run's `model_info`: architecture, scale,
     sigma_p, degradation, objective, training metadata) is refused before anything is
     loaded, and so is a new run in a folder that already holds checkpoints, whose rotation
     would otherwise delete the new run's checkpoints and keep the old ones. Other `data`
-    settings (crop size, batch, ...) are allowed, with a warning."""
+    settings (crop size, batch, ...) and `loss` settings (distill's weights) are allowed,
+    with a warning."""
     if not args.resume_from_checkpoint:
         found = list_checkpoints(args.output_dir)
         if found:
@@ -316,6 +341,13 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, info: dict, data:
         if changed:
             logger.warning("resuming %s with other data settings (%s): from here on the batches are not the ones "
                            "the run would have seen", path, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        before = recorded.get("training", {}).get("loss", {})  # recorded from 0.26 on
+        other = {k: (v, loss[k]) for k, v in before.items() if loss and k in loss and loss[k] != v}
+        if other:
+            logger.warning("resuming %s with other loss settings (%s): the run learns another objective from here "
+                           "on; pass %s to go on as it started", path,
+                           ", ".join(f"{k} {a} -> {b}" for k, (a, b) in other.items()),
+                           " ".join(f"--{k} {a}" for k, (a, _) in other.items()))
     _load_state(accelerator, path, args.output_dir)
     logger.info("resumed from %s", path)
 

@@ -312,13 +312,16 @@ def multi_cpu() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def start_trackers(accelerator: Accelerator, args: argparse.Namespace) -> None:
+def start_trackers(accelerator: Accelerator, args: argparse.Namespace, step: int = 0) -> None:
     """The trackers (--report_to), with the run's flags as their config: the values it runs
-    with (the length --num_train_epochs makes, distill's capped warm-up)."""
+    with (the length --num_train_epochs makes, distill's capped warm-up). A run resumed at
+    `step` has TensorBoard drop what a killed run logged after that step's checkpoint (a
+    new run, all of it), as `trim_metrics` does for metrics.jsonl: one point a step."""
     if accelerator.is_main_process and accelerator.log_with:
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))
                   and k not in ("default_train_steps", "steps_from_epochs", "preset_given")}
-        accelerator.init_trackers(accelerator.oftsr_project, config=config)
+        accelerator.init_trackers(accelerator.oftsr_project, config=config,
+                                  init_kwargs={"tensorboard": {"purge_step": step + 1 if step else 0}})
 
 
 def scan_once(root: str) -> dict[Path, tuple[int, int]]:

@@ -28,8 +28,8 @@ import torch
 from checkpoints import checkpoint_record, checkpoint_to_resume, training_metadata
 from common import (load_init_weights, load_teacher, make_accelerator, make_dataloader, resolve_train_steps,
                     run_script, training_loader)
-from flags import (HelpFormatter, add_common_args, check_data_dirs, dropout_rate, make_optimizer, positive_float,
-                   positive_int, settle_resolution, unit_interval)
+from flags import (HelpFormatter, add_common_args, check_data_dirs, dropout_rate, make_optimizer, non_negative_float,
+                   open_unit_interval, positive_float, positive_int, settle_resolution, unit_interval)
 from loop import lr_schedule, run_training
 from validation import ema_copy, log_images, validation_scores, validation_start
 
@@ -52,6 +52,17 @@ logger = logging.getLogger("oftsr.trainer")
 
 VALIDATION_T = (0.0, 0.5, 1.0)
 
+# The flags that set each objective's loss: recorded in its checkpoints and exported file,
+# and warned of when a resume changes them (the model's own settings are refused instead).
+LOSS_FLAGS = {"oftsr": ("dt", "teacher_solver", "lambda_align", "lambda_bc"),
+              "flowsr": ("teacher_solver", "fast_steps", "slow_steps", "p_fast", "lambda_hr", "consistency_distance",
+                         "target_ema_decay", "lambda_adv", "disc_learning_rate", "disc_width"),
+              "fluxsr": ("lambda_lpips", "tv_gamma", "lambda_adl")}
+
+
+def loss_settings(args: argparse.Namespace) -> dict:
+    return {flag: getattr(args, flag) for flag in LOSS_FLAGS[args.objective]}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -61,11 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher", required=True,
                    help="teacher: a bundled model's name (x4), our .safetensors or an authors' .pth")
     p.add_argument("--objective", choices=OBJECTIVES, default="oftsr", help="distillation objective (default oftsr)")
-    p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
-    p.add_argument("--dt", type=positive_float, default=0.05, help="teacher step length (s = min(t + dt, 0.99))")
+    p.add_argument("--sigma_p", type=unit_interval, default=None, help="default: the teacher's")
+    p.add_argument("--dt", type=open_unit_interval, default=0.05, help="teacher step length (s = min(t + dt, 0.99))")
     p.add_argument("--teacher_solver", choices=list(TEACHER_STEPS), default="midpoint")
-    p.add_argument("--lambda_align", type=float, default=0.01)
-    p.add_argument("--lambda_bc", type=float, default=0.1)
+    p.add_argument("--lambda_align", type=non_negative_float, default=0.01)
+    p.add_argument("--lambda_bc", type=non_negative_float, default=0.1)
     p.add_argument("--dropout", type=dropout_rate, default=0.0, help="student dropout (the teacher runs in eval mode)")
     p.add_argument("--init_student", default=None,
                    help="fine-tune: start the student from this student's weights instead of the teacher's, a "
@@ -75,17 +86,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--fast_steps", type=positive_int, default=4, help="steps of the fast (coarse) timestep grid")
     g.add_argument("--slow_steps", type=positive_int, default=1000, help="steps of the slow (fine) timestep grid")
     g.add_argument("--p_fast", type=unit_interval, default=0.5, help="probability of drawing adjacent times from the fast grid")
-    g.add_argument("--lambda_hr", type=float, default=1.0, help="weight of the HR regularisation")
+    g.add_argument("--lambda_hr", type=non_negative_float, default=1.0, help="weight of the HR regularisation")
     g.add_argument("--consistency_distance", choices=list(DISTANCES), default="mse")
     g.add_argument("--target_ema_decay", type=unit_interval, default=0.95,
                    help="decay of the consistency target's EMA copy of the student (0 = the student itself, stop-grad)")
-    g.add_argument("--lambda_adv", type=float, default=0.0, help="patch-GAN generator loss weight; 0 = off (default)")
-    g.add_argument("--disc_learning_rate", type=float, default=1e-4)
+    g.add_argument("--lambda_adv", type=non_negative_float, default=0.0, help="patch-GAN generator loss weight; 0 = off (default)")
+    g.add_argument("--disc_learning_rate", type=positive_float, default=1e-4)
     g.add_argument("--disc_width", type=positive_int, default=64, help="channels of the discriminator's first conv")
     g = p.add_argument_group("fluxsr (--train_data_dir is a make_pairs.py folder)")
-    g.add_argument("--lambda_lpips", type=float, default=1.0, help="weight of TV-LPIPS")
-    g.add_argument("--tv_gamma", type=float, default=1.0, help="weight of the TV term inside TV-LPIPS")
-    g.add_argument("--lambda_adl", type=float, default=0.01, help="weight of the attention diversification loss")
+    g.add_argument("--lambda_lpips", type=non_negative_float, default=1.0, help="weight of TV-LPIPS")
+    g.add_argument("--tv_gamma", type=non_negative_float, default=1.0, help="weight of the TV term inside TV-LPIPS")
+    g.add_argument("--lambda_adl", type=non_negative_float, default=0.01, help="weight of the attention diversification loss")
     args = p.parse_args(argv)
     if args.objective == "fluxsr":  # the pairs' crop size: the run trains, validates and records at it
         if args.max_train_samples is not None:
@@ -254,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_training(accelerator, args, student, optimizer, scheduler, dataloader, ema,
                         desc=f"{args.objective} student", step_losses=step_losses,
                         export_name="student.safetensors", extra_state=extra_state, after_step=after_step,
-                        provenance={"teacher_digest": network_digest(teacher)},
+                        provenance={"teacher_digest": network_digest(teacher)}, loss=loss_settings(args),
                         validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step,
                                                                           lpips))
 

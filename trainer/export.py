@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from checkpoints import MODEL_INFO, export_model, list_checkpoints
+from checkpoints import MODEL_INFO, export_model, is_cut_short, list_checkpoints
 from common import run_script
 from flags import HelpFormatter
 
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
             params = torch.load(source, map_location="cpu", weights_only=True)["shadow_params"]
     except Exception as e:  # missing, empty or cut short (a full disk, a copy cut short): say which, not a traceback
         damage = ("is missing" if not source.is_file() else "is empty" if source.stat().st_size == 0
-                  else f"is damaged ({type(e).__name__}: {e})")
+                  else "is cut short" if is_cut_short(source)
+                  else f"is damaged ({type(e).__name__}: {str(e).strip().splitlines()[0].split('. ')[0][:200]})")
         raise ValueError(f"{source} {damage}; export another checkpoint of the run"
                          + ("" if args.raw else ", or this one's raw weights with --raw")) from e
     if args.raw:  # `oftsr info` tells the two exports apart

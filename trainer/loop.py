@@ -259,11 +259,12 @@ def warn_crops_below_init(args: argparse.Namespace) -> None:
                            learnt, learnt // args.scale * args.scale)
 
 
-def training_record(args: argparse.Namespace, data: dict) -> dict:
+def training_record(args: argparse.Namespace, data: dict, loss: dict | None = None) -> dict:
     """How a model was trained, for its exported file (the `training` entry, which `oftsr
     info` shows): the data settings, with the data folder by its name only (a file that is
     shared should not carry its maker's paths), the optimiser's and EMA's settings, the
-    precision, dropout and this package's version; the weights it started from (`--init_from`,
+    precision, dropout, the objective's `loss` settings and this package's version; the
+    weights it started from (`--init_from`,
     `--init_student`: a bundled name as given, a file by its name) and the time limit its
     last run was given (`--max_train_minutes`; after a resume, what was left of it), which
     say why a fine-tune's `step` can be short of `max_train_steps`.
@@ -274,8 +275,8 @@ def training_record(args: argparse.Namespace, data: dict) -> dict:
     return {**{k: v for k, v in data.items() if k != "train_data_dir"},
             "train_data": Path(args.train_data_dir).name, "learning_rate": args.learning_rate,
             "adam": adam_settings(args), "max_grad_norm": args.max_grad_norm, "ema_decay": args.ema_decay,
-            "mixed_precision": args.mixed_precision or "no", "dropout": args.dropout, **started,
-            "oftsr_version": oftsr.__version__}
+            "mixed_precision": args.mixed_precision or "no", "dropout": args.dropout,
+            **({"loss": loss} if loss else {}), **started, "oftsr_version": oftsr.__version__}
 
 
 def next_step(role: str, path: Path) -> str:
@@ -332,14 +333,17 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                  dataloader: torch.utils.data.DataLoader, ema: EMA, *, desc: str, step_losses: StepLosses,
                  validate: Validate, export_name: str, extra_state: tuple = (),
-                 after_step: Callable[[], None] | None = None, provenance: dict[str, str] | None = None) -> int:
+                 after_step: Callable[[], None] | None = None, provenance: dict[str, str] | None = None,
+                 loss: dict | None = None) -> int:
     """The loop both stages share: accumulate, clip, step, EMA, log, validate, checkpoint,
     and at the end export the EMA weights. `step_losses(batch)` returns a dict whose
     "loss" is optimised (the rest is logged); `validate(model, batch, step, lpips)`
     returns scalars. `extra_state` (objects with state_dict/load_state_dict) is
     checkpointed after the EMA and the step; `after_step()` runs after each optimizer
     step's EMA update. `provenance` (the teacher's `network_digest`) joins the metadata that the
-    checkpoints and the exported file record, and that a resume must match. Resumes first
+    checkpoints and the exported file record, and that a resume must match. `loss`: the
+    settings of the objective (distill's weights and step), recorded with the training
+    settings and warned of when a resume changes them. Resumes first
     when `--resume_from_checkpoint` says so. Returns the
     exit status: 0 at `--max_train_steps`, `EXIT_RESUMABLE` when stopped early (`StopRequest`)
     with a checkpoint of the last step and no export."""
@@ -351,16 +355,16 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
     dataset = dataloader.dataset
     train_items = getattr(dataset, "found", len(dataset.files)) if hasattr(dataset, "files") else len(dataset)
     data = data_settings(args, accelerator.num_processes, train_items)
-    training = training_record(args, data)
+    training = training_record(args, data, loss)
     val_batch = validation_batch(args, accelerator.device)  # its refusals before a resume loads anything
-    resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata), data)
+    resume(accelerator, args, model_info(accelerator.unwrap_model(model), 0, metadata), data, loss)
     if state.step:
         restore_schedule(scheduler, optimizer, args.learning_rate, state.step, accelerator.num_processes)
         restore_optimizer_flags(optimizer, args)
     batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)  # a set smaller
     # than one batch is refused before a summary of its epochs is said, and before the trackers
     # start: a run refused in its set-up leaves no logs (nor its folder, `run_script`)
-    start_trackers(accelerator, args)
+    start_trackers(accelerator, args, state.step)
     if accelerator.is_main_process:
         steps_per_epoch = -(-len(dataloader) // args.gradient_accumulation_steps)  # full batches only (drop_last)
         log_run_summary(args, desc, train_items, len(dataset), accelerator.num_processes, state.step, steps_per_epoch)

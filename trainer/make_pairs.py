@@ -17,7 +17,7 @@ import torch
 
 # common also puts the checkout on sys.path
 from common import load_teacher, logger, multi_cpu, process_logger, run_script, scan_once, setup_logging
-from flags import HelpFormatter, positive_int
+from flags import HelpFormatter, positive_int, unit_interval
 
 from oftsr.checkpoint import network_digest
 from oftsr.model import DEGRADATIONS
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=None, help="default: the teacher's")
     p.add_argument("--degradation", choices=DEGRADATIONS, default=None, help="default: the teacher's")
-    p.add_argument("--sigma_p", type=float, default=None, help="default: the teacher's")
+    p.add_argument("--sigma_p", type=unit_interval, default=None, help="default: the teacher's")
     p.add_argument("--realesrgan_config", choices=sorted(REALESRGAN_CONFIGS), default=None,
                    help="ranges of a realesrgan teacher's degradation (full or camera); default: the teacher's")
     p.add_argument("--sigma_y", type=float, default=None,

@@ -19,7 +19,7 @@ import torch
 
 from common import load_init_weights, make_accelerator, make_dataloader, resolve_train_steps, run_script
 from flags import (HelpFormatter, add_common_args, check_data_dirs, dropout_rate, make_optimizer, positive_int,
-                   settle_resolution)
+                   settle_resolution, unit_interval)
 from loop import lr_schedule, run_training
 from validation import ema_copy, log_images, validation_scores, validation_start
 
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"fine-tune: start from these weights, a bundled model's name ({', '.join(BUNDLED_MODELS)}: its "
                         "teacher), our .safetensors or an authors' .pth. The flags of the model left out (--preset, "
                         "--scale, --sigma_p, --degradation and its settings) take what its file records")
-    p.add_argument("--sigma_p", type=float, default=None,
+    p.add_argument("--sigma_p", type=unit_interval, default=None,
                    help=f"start-point noise (0.1 FFHQ, 0.2 DIV2K/ImageNet; default: --init_from's, else "
                         f"{MODEL_DEFAULTS['sigma_p']})")
     p.add_argument("--dropout", type=dropout_rate, default=0.1)
