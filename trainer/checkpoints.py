@@ -189,7 +189,7 @@ def _cut_short_files(path: Path) -> list[str]:
 
 def _load_state(accelerator: Accelerator, path: Path, output_dir: str) -> None:
     """`accelerator.load_state`, with what to do when the checkpoint is damaged (a disk that
-    filled up, a copy cut short): name its empty files and the checkpoint before it.
+    filled up, a copy cut short): name its empty or cut-short files and the checkpoint before it.
     Accelerate only logs, at INFO, that it could not load the random states, and would go on
     with other t and noise than the run had: that is damage too."""
     said: list[str] = []
