@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .checks import (OUTPUT_DTYPES, Seed, check_int, check_seed, check_t, check_unit_range,
                      image_hint)
 from .color import split_alpha
+from . import devices
 from .devices import available_memory
 from .flow import T_EPS, endpoint_estimate, noise_augment, student_step, time_grid
 from .model import OFTSRModel, RunWarning
@@ -127,14 +128,19 @@ def _start(model: OFTSRModel, lr: torch.Tensor, seed: Seed, boxes: list[Box], he
 
 
 def _check_model(model: OFTSRModel, role: str, use: str) -> None:
-    """The role `use` needs; and a word where the model runs in float16 on a CPU, which is
-    emulated there (said when it runs, not when it loads: ComfyUI loads onto the CPU to move later)."""
+    """The role `use` needs; and a word where the model runs in float16 on a CPU, or in
+    bfloat16 on one without AVX512-bf16 or AMX, which emulate them (said when it runs, not
+    when it loads: ComfyUI loads onto the CPU to move later)."""
     if model.role != role:
         other = "sample() / the teacher sampler" if model.role == "teacher" else "upscale() / the one-step upscaler"
         raise ValueError(f"{use} needs a {role} model, but this model is a {model.role}; use {other} for it")
     if torch.float16 in (model.dtype, model.autocast_dtype) and model.device.type == "cpu":
         warnings.warn("float16 on a CPU is emulated: about 10x slower than float32 (bfloat16 is fast on CPUs with "
                       "AVX512-bf16 or AMX); float16 is for GPUs", RunWarning, stacklevel=4)  # past torch.no_grad
+    elif torch.bfloat16 in (model.dtype, model.autocast_dtype) and model.device.type == "cpu" \
+            and not devices.cpu_has_native_bf16():
+        warnings.warn("bfloat16 on this CPU is emulated (it has neither AVX512-bf16 nor AMX): about 2-3x slower than "
+                      "float32, the faster choice here", RunWarning, stacklevel=4)
     if hasattr(model, "_orig_mod"):  # torch.compile(model): compiles forward, and velocity is what runs
         warnings.warn("torch.compile(model) compiles forward, which upscale and sample do not call: the network runs "
                       "uncompiled. Use oftsr.load_model(..., compile=True) or model.optimize(compile=True)",

@@ -643,6 +643,8 @@ def test_cli_usage_errors_are_one_line(tmp_path, model_files, inputs, capsys):
          f"no such file or folder: {tmp_path / 'nowhere'}"),
         (["eval", "--model", student, "--data", str(inputs), "--lr-dir", str(tmp_path / "nolr"), "--output",
           str(tmp_path / "ev")], f"no such file or folder: {tmp_path / 'nolr'}"),
+        (["eval", "--model", student, "--data", str(inputs), "--out", str(inputs / "rgb.png")],  # a file as --out
+         f"--out {inputs / 'rgb.png'} is a file, not a folder: name a folder for the results"),
     ]
     for argv, message in cases:
         code, _, err = _run_cli(argv, capsys)

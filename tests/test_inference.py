@@ -1,4 +1,5 @@
 import copy
+import warnings
 import functools
 import math
 import os
@@ -812,6 +813,15 @@ def test_library_settings_that_would_fail_late_or_silently_are_said_at_once(stud
     # float16 autocast on a CPU is emulated, as float16 weights are: said when it runs
     with pytest.warns(UserWarning, match="float16 on a CPU is emulated"):
         oftsr.upscale(model.optimize(autocast=torch.float16), img)
+    # bfloat16 too, on a CPU without AVX512-bf16 or AMX (weights or autocast); on one with them, nothing is said
+    for native in (False, True):
+        monkeypatch.setattr(oftsr.devices, "cpu_has_native_bf16", lambda native=native: native)
+        for bf16 in (copy.deepcopy(student).optimize(autocast=torch.bfloat16), copy.deepcopy(student).to(torch.bfloat16)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                oftsr.upscale(bf16, img)
+            assert [str(w.message)[:48] for w in caught] == \
+                ([] if native else ["bfloat16 on this CPU is emulated (it has neither"])
     # torch.compile(model) compiles forward, which upscale does not call: said, and the result is the model's
     compiled = torch.compile(student)
     with pytest.warns(UserWarning, match=r"torch.compile\(model\) compiles forward, which upscale and sample do not"):

@@ -56,6 +56,9 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
     for folder in (args.data, args.lr_dir):  # said before the LPIPS notice and before any model runs
         if folder is not None and not Path(folder).exists():
             raise FileNotFoundError(f"no such file or folder: {folder}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a folder: name a folder for the results (the table, "
+                         f"per_image.csv and the plot go in it)")
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))  # noqa: E731
     lpips, note = make_lpips(device, log)
     out = Path(args.out)
