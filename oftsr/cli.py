@@ -29,7 +29,7 @@ from .inference import sample, tile_evaluation_progress, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, DTYPES, ROLES, OFTSRModel, RunWarning
 from .sampling import SOLVERS, Callback
 from .resample import resize
-from .output_paths import check_writable, names_a_file, output_paths, t_tag
+from .output_paths import check_writable, names_a_file, output_paths, remove_empty_folders, t_tag
 from .tiling import DEFAULT_OVERLAP, check_tiling, retry_tiling
 from .unet import PRESETS, count_parameters
 from .weights import DEFAULT_MODEL, create_model, existing_model_path, model_name_help
@@ -121,12 +121,13 @@ def _check_steps_and_seed(args: argparse.Namespace) -> None:
 GRID_TAG = "_grid"  # upscale --grid: photo_grid.png beside photo_t0.png, photo_t1.png, ...
 
 
-def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
-             sheet: bool = False) -> tuple[list[Path], list[Path], list[int], list[tuple[Path, list[Path]]]]:
+def _prepare(args: argparse.Namespace, tags: list[str] | None = None, sheet: bool = False
+             ) -> tuple[list[Path], list[Path], list[int], list[tuple[Path, list[Path]]], list[Path]]:
     """Arguments, inputs and outputs checked, before the model is loaded: (files, targets,
-    variants, sheets). With several `tags` each image is written once per tag, the tag
+    variants, sheets, made). With several `tags` each image is written once per tag, the tag
     before its suffix; `variants[i]` is the index of job i's tag. With `sheet`, `sheets`
-    pairs each image's `_grid` name with its tagged targets (checked like them)."""
+    pairs each image's `_grid` name with its tagged targets (checked like them). `made` are
+    the output folders it created, for `remove_empty_folders` when the run ends."""
     _check_args(args)
     files, raws = find_images(args.inputs)
     out = Path(args.output).resolve()
@@ -160,14 +161,14 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None,
     if args.bit_depth == 16 and eight is not None:
         raise ValueError(f"--bit-depth 16: {eight.name} would hold 8 bits ({eight.suffix} has no more); write PNG or "
                          f"TIFF (-o name.png, or --format png / tif for a folder)")
-    check_writable(targets + [path for path, _ in sheets])
+    made = check_writable(targets + [path for path, _ in sheets])
     formats = {file_format(n) for n in names}
     if args.quality is not None and not formats & LOSSY_FORMATS:
         kinds = sorted(formats)
         print(f"warning: --quality {args.quality} does nothing here: it sets JPEG and WebP quality, and the results "
               f"are {' and '.join(kinds)}, which {'is' if len(kinds) == 1 else 'are'} lossless", file=sys.stderr)
     args.quality = DEFAULT_QUALITY if args.quality is None else args.quality
-    return files, targets, variants, sheets
+    return files, targets, variants, sheets, made
 
 
 def _output_size(image: torch.Tensor, scale: int, outscale: float | None) -> tuple[int, int]:
@@ -383,26 +384,38 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     ts = parse_t_values(args.t, "--t")
     if args.grid and len(ts) < 2:
         raise ValueError("--grid puts several t side by side: give them, e.g. --t 0,0.5,1")
-    files, targets, variants, sheets = _prepare(args, [t_tag(t) for t in ts] if len(ts) > 1 else None, args.grid)
-    code = 0
-    if files:  # else every output exists (--skip-existing)
-        model = _load(args, "student")
-        if model.ignores_t:
-            print(f"warning: {model.ignores_t_note('--t')}", file=sys.stderr)
+    files, targets, variants, sheets, made = _prepare(args, [t_tag(t) for t in ts] if len(ts) > 1 else None,
+                                                      args.grid)
+    try:
+        code = _upscale_images(args, ts, files, targets, variants) if files else 0  # none: all exist (--skip-existing)
+        return max(code, _write_sheets(sheets, ts, args.quality))
+    finally:  # a run that failed or was stopped leaves no empty folder behind
+        remove_empty_folders(made)
 
-        def at(t: float):
-            return lambda m, im, cb, dt, tile, overlap: upscale(m, im, t=t, seed=args.seed, tile=tile, overlap=overlap,
-                                                                tile_batch=args.tile_batch, callback=cb, out_dtype=dt)
 
-        runs = [at(t) for t in ts]
-        code = _run_images(args, model, [runs[k] for k in variants], files, targets, by_target=len(ts) > 1)
-    return max(code, _write_sheets(sheets, ts, args.quality))
+def _upscale_images(args: argparse.Namespace, ts: list[float], files: list[Path], targets: list[Path],
+                    variants: list[int]) -> int:
+    model = _load(args, "student")
+    if model.ignores_t:
+        print(f"warning: {model.ignores_t_note('--t')}", file=sys.stderr)
+
+    def at(t: float):
+        return lambda m, im, cb, dt, tile, overlap: upscale(m, im, t=t, seed=args.seed, tile=tile, overlap=overlap,
+                                                            tile_batch=args.tile_batch, callback=cb, out_dtype=dt)
+
+    runs = [at(t) for t in ts]
+    return _run_images(args, model, [runs[k] for k in variants], files, targets, by_target=len(ts) > 1)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    files, targets, _, _ = _prepare(args)
-    if not files:  # every output exists (--skip-existing)
-        return 0
+    files, targets, _, _, made = _prepare(args)
+    try:
+        return _sample_images(args, files, targets) if files else 0  # none: all exist (--skip-existing)
+    finally:
+        remove_empty_folders(made)
+
+
+def _sample_images(args: argparse.Namespace, files: list[Path], targets: list[Path]) -> int:
     model = _load(args, "teacher")
     counts: list[int] = []  # network evaluations of each image (the adaptive solver's vary)
 

@@ -120,35 +120,63 @@ def _folder_outputs(inputs: list[str], files: list[Path], out: Path, fmt: str = 
     return targets
 
 
-def check_writable(targets: list[Path]) -> None:
+def check_writable(targets: list[Path]) -> list[Path]:
     """Create the output folders and write a scratch file in each, so an output that cannot
-    be written is reported before any image is computed."""
+    be written is reported before any image is computed. Returns the folders it made,
+    innermost first, for `remove_empty_folders` after a run that wrote nothing there."""
     by_folder: dict[Path, list[Path]] = {}
     for t in targets:
         by_folder.setdefault(t.parent, []).append(t)
-    for folder, named in by_folder.items():
+    made: list[Path] = []
+    try:
+        for folder, named in by_folder.items():
+            _check_folder(folder, named, made)
+    except ValueError:
+        remove_empty_folders(_innermost_first(made))
+        raise
+    return _innermost_first(made)
+
+
+def _innermost_first(folders: list[Path]) -> list[Path]:
+    return sorted(set(folders), key=lambda f: len(f.parts), reverse=True)
+
+
+def _check_folder(folder: Path, named: list[Path], made: list[Path]) -> None:
+    """`folder` made (each folder made added to `made`) and written to, and `named` checked
+    against the system's name and path limits."""
+    try:
+        made += [f for f in (folder, *folder.parents) if not f.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-            try:
-                name_max = os.pathconf(folder, "PC_NAME_MAX")
-            except (OSError, ValueError, AttributeError):  # not on every system
-                name_max = 255
-            path_max, where = windows_path_limit(), folder.resolve()
-            for t in named:  # written under a temporary name 14 bytes longer (atomic_write)
-                if len(t.name.encode()) + ATOMIC_NAME_EXTRA > name_max:
-                    raise ValueError(f"{t.name}: the name is too long to write in {folder} ({len(t.name.encode())} "
-                                     f"bytes; at most {name_max - ATOMIC_NAME_EXTRA}): rename the input, or name a "
-                                     f"shorter output with -o")
-                if path_max is not None and len(str(where / t.name)) + ATOMIC_NAME_EXTRA > path_max:
-                    raise ValueError(f"{where / t.name}: the path is longer than Windows opens ({path_max} "
-                                     f"characters with the temporary name's {ATOMIC_NAME_EXTRA}): choose a shorter -o "
-                                     f"folder, or enable long paths (LongPathsEnabled) in Windows")
-        except OSError as e:
-            blocking = file_in_the_way(folder)
-            why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or e
-            raise ValueError(f"cannot write to {folder}: {why}") from None
+            name_max = os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):  # not on every system
+            name_max = 255
+        path_max, where = windows_path_limit(), folder.resolve()
+        for t in named:  # written under a temporary name 14 bytes longer (atomic_write)
+            if len(t.name.encode()) + ATOMIC_NAME_EXTRA > name_max:
+                raise ValueError(f"{t.name}: the name is too long to write in {folder} ({len(t.name.encode())} "
+                                 f"bytes; at most {name_max - ATOMIC_NAME_EXTRA}): rename the input, or name a "
+                                 f"shorter output with -o")
+            if path_max is not None and len(str(where / t.name)) + ATOMIC_NAME_EXTRA > path_max:
+                raise ValueError(f"{where / t.name}: the path is longer than Windows opens ({path_max} "
+                                 f"characters with the temporary name's {ATOMIC_NAME_EXTRA}): choose a shorter -o "
+                                 f"folder, or enable long paths (LongPathsEnabled) in Windows")
+    except OSError as e:
+        blocking = file_in_the_way(folder)
+        why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or e
+        raise ValueError(f"cannot write to {folder}: {why}") from None
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove those of `folders` (innermost first) that are empty: what a failed run made
+    and did not use is not left behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only an empty one
+        except OSError:
+            pass
 
 
 def windows_path_limit() -> int | None:

@@ -63,8 +63,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 WEIGHTS_DIR=${WEIGHTS_DIR:-$REPO/oftsr/weights}
 PYTHON=${PYTHON:-python}  # the interpreter with torch, e.g. python3 where there is no `python`
 # The small preset (14.8 M parameters) is 29.6 MB in half precision: inside the 40 MB a
-# shipped file may take, with 4x the compact preset's capacity.
-PRESET=${PRESET:-small}
+# shipped file may take, with 4x the compact preset's capacity. A fine-tune (INIT_TEACHER)
+# keeps the size of the weights it starts from unless PRESET is set.
+PRESET_ARGS=(--preset "${PRESET:-small}")
+[ -n "${INIT_TEACHER:-}" ] && [ -z "${PRESET:-}" ] && PRESET_ARGS=()
 RESOLUTION=${RESOLUTION:-256}
 BATCH=${BATCH:-32}
 TEACHER_STEPS=${TEACHER_STEPS:-50000}
@@ -170,7 +172,7 @@ else
   TEACHER_FILE=$WORK/teacher/teacher.safetensors
   run_stage "${TEACHER_MINUTES:-}" "$WORK/teacher" "$TEACHER_FILE" \
     "$PYTHON" "$REPO/trainer/train_teacher.py" --train_data_dir "$DATA/train" --validation_data_dir "$DATA/val/Set5" \
-    --output_dir "$WORK/teacher" --preset "$PRESET" --scale 4 --degradation "$DEGRADATION" --sigma_p 0.2 \
+    --output_dir "$WORK/teacher" "${PRESET_ARGS[@]}" --scale 4 --degradation "$DEGRADATION" --sigma_p 0.2 \
     --realesrgan_config "$REALESRGAN_CONFIG" \
     --resolution "$RESOLUTION" --train_batch_size "$BATCH" --repeats "$REPEATS" --max_train_steps "$TEACHER_STEPS" \
     --learning_rate "$TEACHER_LR" --lr_warmup_steps "$TEACHER_WARMUP" --ema_decay "$TEACHER_EMA" --dropout "$TEACHER_DROPOUT" \

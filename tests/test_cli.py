@@ -143,6 +143,26 @@ def test_unreadable_file_is_reported_and_others_written(tmp_path, model_files, i
     assert (tmp_path / "out" / "rgb.png").is_file() and not (tmp_path / "out" / "broken.png").exists()
 
 
+def test_a_run_that_writes_nothing_leaves_no_folder_it_made(tmp_path, model_files, inputs, capsys):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "new" / "deeper"
+    assert main(["upscale", str(tmp_path / "broken.png"), "-o", str(out / "r.png"), "--model", str(model_files[0]),
+                 "-q"]) == 1
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "cut.safetensors").write_bytes(model_files[1].read_bytes()[:100])  # fails after the folders are made
+    assert main(["sample", str(inputs), "-o", str(out), "--model", str(tmp_path / "cut.safetensors"), "-q"]) == 2
+    assert "cut.safetensors: cannot read safetensors file; it is truncated" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    # a folder that was there stays, and so does one that got a result
+    (tmp_path / "kept").mkdir()
+    assert main(["upscale", str(tmp_path / "broken.png"), "-o", str(tmp_path / "kept" / "sub"), "--model",
+                 str(model_files[0]), "-q"]) == 1
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "sub").exists()
+    assert main(["upscale", str(inputs), str(tmp_path / "broken.png"), "-o", str(out), "--model", str(model_files[0]),
+                 "-q"]) == 1
+    assert (out / "rgb.png").is_file() and (out / "sub" / "gray.png").is_file()
+
+
 def test_sample_reports_nfe(tmp_path, model_files, inputs, capsys):
     code = main(["sample", str(inputs / "rgb.png"), "-o", str(tmp_path / "t.png"), "--model", str(model_files[1]),
                  "--steps", "3", "--solver", "heun"])

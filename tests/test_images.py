@@ -63,6 +63,9 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="cannot read as an image"):
         load_image(tmp_path / "bad.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")  # a copy that never wrote: said as such
+    with pytest.raises(ValueError, match=r"^empty.jpg: the file is empty \(0 bytes\); copy or export it again$"):
+        load_image(tmp_path / "empty.jpg")
     Image.new("RGB", (64, 64)).save(tmp_path / "cut.png")
     data = (tmp_path / "cut.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])

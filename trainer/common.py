@@ -319,7 +319,7 @@ def start_trackers(accelerator: Accelerator, args: argparse.Namespace, step: int
     new run, all of it), as `trim_metrics` does for metrics.jsonl: one point a step."""
     if accelerator.is_main_process and accelerator.log_with:
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))
-                  and k not in ("default_train_steps", "steps_from_epochs", "preset_given")}
+                  and k not in ("default_train_steps", "steps_from_epochs")}
         accelerator.init_trackers(accelerator.oftsr_project, config=config,
                                   init_kwargs={"tensorboard": {"purge_step": step + 1 if step else 0}})
 

@@ -28,7 +28,7 @@ import torch
 from checkpoints import checkpoint_record, checkpoint_to_resume, training_metadata
 from common import (load_init_weights, load_teacher, make_accelerator, make_dataloader, resolve_train_steps,
                     run_script, training_loader)
-from flags import (HelpFormatter, add_common_args, check_data_dirs, dropout_rate, make_optimizer, non_negative_float,
+from flags import (HelpFormatter, add_common_args, below_one, check_data_dirs, make_optimizer, non_negative_float,
                    open_unit_interval, positive_float, positive_int, settle_resolution, unit_interval)
 from loop import lr_schedule, run_training
 from validation import ema_copy, log_images, validation_scores, validation_start
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher_solver", choices=list(TEACHER_STEPS), default="midpoint")
     p.add_argument("--lambda_align", type=non_negative_float, default=0.01)
     p.add_argument("--lambda_bc", type=non_negative_float, default=0.1)
-    p.add_argument("--dropout", type=dropout_rate, default=0.0, help="student dropout (the teacher runs in eval mode)")
+    p.add_argument("--dropout", type=below_one, default=0.0, help="student dropout (the teacher runs in eval mode)")
     p.add_argument("--init_student", default=None,
                    help="fine-tune: start the student from this student's weights instead of the teacher's, a "
                         f"bundled model's name ({', '.join(BUNDLED_MODELS)}: its student) or a file, e.g. to fine-tune "
@@ -178,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     settle_resolution(args, "the teacher's scale")
     accelerator = make_accelerator(args, "oftsr-distill")
     teacher.to(accelerator.device)
-    ema = EMA(student, args.ema_decay)
     optimizer = make_optimizer(args, student.parameters())
     if args.objective == "fluxsr":
         dataloader = make_pair_dataloader(args, teacher)
@@ -204,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
                             accelerator.num_processes)
     student, optimizer, dataloader, scheduler = accelerator.prepare(student, optimizer, dataloader, scheduler)
-    ema.to(accelerator.device)
+    ema = EMA(accelerator.unwrap_model(student), args.ema_decay)  # after prepare: the main process's weights
     extra_state, after_step = (), None
 
     def oftsr_losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -39,8 +39,8 @@ non_negative_int = _checked(int, lambda v: v >= 0, "0 or more")
 non_negative_float = _checked(float, lambda v: v >= 0, "0 or more")
 positive_float = _checked(float, lambda v: v > 0, "more than 0")
 unit_interval = _checked(float, lambda v: 0 <= v <= 1, "between 0 and 1")  # a probability or a decay
-dropout_rate = _checked(float, lambda v: 0 <= v < 1, "0 or more and below 1")
-adam_beta = _checked(float, lambda v: 0 <= v < 1, "0 or more and below 1")  # a decay of 1 never forgets
+# a dropout of 1 drops everything; an Adam decay of 1 never forgets
+below_one = _checked(float, lambda v: 0 <= v < 1, "0 or more and below 1")
 open_unit_interval = _checked(float, lambda v: 0 < v < 1, "more than 0 and below 1")  # a step along the flow's t
 
 
@@ -67,8 +67,8 @@ def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps:
                    type=lambda name: LR_SCHEDULE_ALIASES.get(name, name),
                    help="after the warm-up: constant (the paper's; diffusers' constant_with_warmup is the same), or a "
                         "linear or cosine decay to 0 at --max_train_steps")
-    p.add_argument("--adam_beta1", type=adam_beta, default=0.9)
-    p.add_argument("--adam_beta2", type=adam_beta, default=0.999)
+    p.add_argument("--adam_beta1", type=below_one, default=0.9)
+    p.add_argument("--adam_beta2", type=below_one, default=0.999)
     p.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
     p.add_argument("--adam_weight_decay", type=non_negative_float, default=0.0,
                    help="torch.optim.Adam's weight_decay, an L2 term added to the gradient (the paper's Adam has none); "

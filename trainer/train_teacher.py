@@ -11,14 +11,13 @@ from __future__ import annotations
 import launcher  # noqa: F401  first: the launcher is found before the imports below take their seconds
 
 import argparse
-import json
 import logging
 from typing import TYPE_CHECKING
 
 import torch
 
 from common import load_init_weights, make_accelerator, make_dataloader, resolve_train_steps, run_script
-from flags import (HelpFormatter, add_common_args, check_data_dirs, dropout_rate, make_optimizer, positive_int,
+from flags import (HelpFormatter, add_common_args, below_one, check_data_dirs, make_optimizer, positive_int,
                    settle_resolution, unit_interval)
 from loop import lr_schedule, run_training
 from validation import ema_copy, log_images, validation_scores, validation_start
@@ -51,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigma_p", type=unit_interval, default=None,
                    help=f"start-point noise (0.1 FFHQ, 0.2 DIV2K/ImageNet; default: --init_from's, else "
                         f"{MODEL_DEFAULTS['sigma_p']})")
-    p.add_argument("--dropout", type=dropout_rate, default=0.1)
+    p.add_argument("--dropout", type=below_one, default=0.1)
     p.add_argument("--validation_nfe_steps", type=positive_int, default=8, help="midpoint steps for validation (NFE 2N-1)")
     p.set_defaults(scale=None, degradation=None, realesrgan_config=None, sigma_y=None)  # settle_model_flags
     args = p.parse_args(argv)
@@ -70,19 +69,19 @@ MODEL_DEFAULTS = {"preset": "div2k", "scale": 4, "sigma_p": 0.2, "degradation": 
 def settle_model_flags(args: argparse.Namespace) -> None:
     """A fine-tune goes on with the model it starts from: each model flag left out takes
     what --init_from's file records (`x4-real` fine-tunes the realesrgan degradation with its
-    camera ranges, not bicubic), else MODEL_DEFAULTS. A flag given is taken, even where it
-    differs (another degradation or scale is a fine-tune's usual aim): `args.init_changes`
-    lists those, for the log."""
+    camera ranges, not bicubic), else MODEL_DEFAULTS; its --preset is left None for
+    `build_model` to read off its weights. A flag given is taken, even where it differs
+    (another degradation or scale is a fine-tune's usual aim): `args.init_changes` lists
+    those, for the log."""
     recorded: dict = {}
-    args.preset_given = args.preset is not None
     if args.init_from:
         recorded = dict(recorded_settings(oftsr.existing_model_path(args.init_from, "teacher", "--init_from")))
-        if "architecture" in recorded:
-            config = oftsr.UNetConfig.from_dict(json.loads(recorded.pop("architecture")))
-            recorded["preset"] = next((name for name, c in PRESETS.items() if c == config), None)
+        recorded.pop("architecture", None)  # --preset left out stays None: build_model reads it off the weights
     same_degradation = args.degradation in (None, recorded.get("degradation"))
     args.init_changes = {}
     for key, default in MODEL_DEFAULTS.items():
+        if key == "preset" and args.init_from:
+            continue
         kind = type(default)
         in_file = recorded.get(key)
         if key in SETTING_DEFAULTS and not same_degradation:
@@ -110,15 +109,13 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
             raise ValueError(f"--init_from {args.init_from} is a one-step student; a teacher starts from a teacher's "
                              f"weights (a bundled name such as x4-teacher, or what train_teacher.py exports)")
         preset = next((name for name, c in PRESETS.items() if c == init.config), None)
-        if init.config != PRESETS[args.preset]:
-            if args.preset_given:
-                raise ValueError(f"--init_from {args.init_from} is " + (f"the {preset} preset" if preset else
-                                 f"architecture {init.config}") + f", not --preset {args.preset}'s: leave --preset "
-                                 f"out to fine-tune its own (another size cannot take its weights)")
-            config = init.config
-            args.preset = preset  # None: an architecture of no preset's
-            logger.info("--init_from %s: its architecture is %s", args.init_from,
-                        f"the {preset} preset" if preset else init.config)
+        its = f"the {preset} preset" if preset else f"architecture {init.config}"
+        if args.preset is not None and init.config != PRESETS[args.preset]:
+            raise ValueError(f"--init_from {args.init_from} is {its}, not --preset {args.preset}'s: leave --preset "
+                             f"out to fine-tune its own (another size cannot take its weights)")
+        if args.preset is None:
+            config, args.preset = init.config, preset  # None: an architecture of no preset's
+            logger.info("--init_from %s: its architecture is %s", args.init_from, its)
     model = oftsr.create_model(config or args.preset, role="teacher", scale=args.scale, sigma_p=args.sigma_p,
                                degradation=args.degradation, dropout=args.dropout)
     if init is not None:
@@ -146,14 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     check_data_dirs(args)
     accelerator = make_accelerator(args, "oftsr-teacher")
     model = build_model(args)
-    ema = EMA(model, args.ema_decay)
     optimizer = make_optimizer(args, model.parameters())
     dataloader = make_dataloader(args, args.train_data_dir)
     resolve_train_steps(args, dataloader, accelerator.num_processes)
     scheduler = lr_schedule(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps,
                             accelerator.num_processes)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
-    ema.to(accelerator.device)
+    # after prepare, which gives every process the main one's weights (each drew its own)
+    ema = EMA(accelerator.unwrap_model(model), args.ema_decay)
 
     def step_losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x1, x_lr = batch["hr"], batch["lr"]

@@ -439,6 +439,8 @@ def _read_unidentified_tiff(path: Path, error: Exception) -> tuple[np.ndarray, i
             if "imagecodecs" in str(e) or isinstance(e, ImportError):
                 raise UnsupportedImage(f"{path.name}: this TIFF's compression needs the imagecodecs package "
                                        f"(pip install imagecodecs), or save it uncompressed or with zip") from e
+    if path.stat().st_size == 0:  # a copy or download that never wrote
+        raise ValueError(f"{path.name}: the file is empty (0 bytes); copy or export it again") from error
     detail = "" if isinstance(error, UnidentifiedImageError) else f" ({error})"  # Pillow's only repeats the path
     raise ValueError(f"{path.name}: cannot read as an image; it is truncated or not an image file{detail}") from error
 

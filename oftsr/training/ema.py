@@ -41,10 +41,6 @@ class EMA:
         for p, s in zip(model.parameters(), self.shadow_params, strict=True):
             p.copy_(s.to(p.dtype))
 
-    def to(self, device: torch.device | str) -> "EMA":
-        self.shadow_params = [s.to(device) for s in self.shadow_params]
-        return self
-
     def state_dict(self) -> dict:
         return {"decay": self.decay, "num_updates": self.num_updates, "shadow_params": self.shadow_params}
 
