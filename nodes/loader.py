@@ -127,7 +127,7 @@ class LoadOFTSRModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None) -> bool | str:
+    def validate_inputs(cls, model_name: str | None = None) -> bool | str:
         """The model list, checked before the prompt runs (model_name alone: ComfyUI files
         the error under every input this takes); it also accepts the names older saved
         workflows used for the bundled models."""

@@ -73,8 +73,7 @@ def tiling_that_fits(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile
     weights, start = mm.module_size(model), tile
     asked = need = estimate_memory(model, batch, out_h, out_w, tile, states, per_image) - weights
     while need > free:
-        at_once = images_per_pass(batch, out_h, out_w, tile) if per_image else 1
-        _, smaller, smaller_overlap = retry_tiling(tile, widget_overlap, out_h, out_w, at_once)
+        _, smaller, smaller_overlap = tiling_after_oom(tile, widget_overlap, batch, out_h, out_w, per_image)
         if smaller is None:
             break  # the smallest tile is tried: if memory does run out, the error says what to do
         tile, overlap = smaller, smaller_overlap
@@ -133,8 +132,7 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             # outside the except block the exception's frames and their tensors are released
             mm.soft_empty_cache()
-            at_once = images_per_pass(x.shape[0], out_h, out_w, tile) if per_image else 1
-            failed, tile, overlap = retry_tiling(tile, widget_overlap, out_h, out_w, at_once)
+            failed, tile, overlap = tiling_after_oom(tile, widget_overlap, x.shape[0], out_h, out_w, per_image)
             if tile is None:
                 cpu = "" if device.type == "cpu" else ", or run on the CPU with --cpu"
                 raise ValueError(
@@ -147,3 +145,12 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
             mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states, per_image), device)
     finally:
         model.to(mm.unet_offload_device())
+
+
+def tiling_after_oom(tile: int | None, widget_overlap: int, batch: int, out_h: int, out_w: int,
+                     per_image: bool) -> tuple[int, int | None, int]:
+    """`retry_tiling` for a batch of `batch` images of out_h x out_w: the tile that failed,
+    the next (None: none left) and its overlap. `per_image`: the library shares a tile
+    among small images (`images_per_pass`), so a smaller tile takes fewer at once."""
+    at_once = images_per_pass(batch, out_h, out_w, tile) if per_image else 1
+    return retry_tiling(tile, widget_overlap, out_h, out_w, at_once)

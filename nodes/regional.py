@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..oftsr import upscale
+from ..oftsr.model import OFTSRModel
 from ..oftsr.tiling import DEFAULT_OVERLAP
 from .memory import run_on_device
+from .progress import Progress
 from .widgets import (CATEGORY, DEFAULT_TILE, check_options, check_tile, color_fix_input, color_fix_option,
                       color_fixed_image, image_input, model_input, require_t_slider, seed_input, t_input,
                       tiling_inputs, to_bchw)
@@ -68,18 +70,20 @@ class OFTSRRegionalTradeoff(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None) -> bool | str:
+    def validate_inputs(cls, tile: int | None = None) -> bool | str:
         return check_tile(tile)
 
     @classmethod
-    def execute(cls, model, image, mask, t_inside: float = 1.0, t_outside: float = 0.0, seed: int = 0,
-                tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, color_fix: str = "none") -> io.NodeOutput:
+    def execute(cls, model: OFTSRModel, image: torch.Tensor, mask: torch.Tensor, t_inside: float = 1.0,
+                t_outside: float = 0.0, seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                color_fix: str = "none") -> io.NodeOutput:
         check_options(**color_fix_option(color_fix))
         require_t_slider(model, NAME)  # a fixed-point student would give the same image inside and outside
         x = to_bchw(image)
         m = prepare_mask(mask, x.shape[0], (x.shape[-2] * model.scale, x.shape[-1] * model.scale))
 
-        def job(model, x, tile, overlap, progress):
+        def job(model: OFTSRModel, x: torch.Tensor, tile: int | None, overlap: int,
+                progress: Progress) -> torch.Tensor:
             inside = upscale(model, x, t=t_inside, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
             outside = upscale(model, x, t=t_outside, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
             return torch.lerp(outside, inside, m.to(inside.device))

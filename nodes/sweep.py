@@ -9,8 +9,10 @@ from comfy_api.latest import io
 from ..oftsr import upscale
 from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid, t_labels
 from ..oftsr.checks import T_VALUES_EXAMPLE, parse_t_values
+from ..oftsr.model import OFTSRModel
 from ..oftsr.tiling import DEFAULT_OVERLAP
 from .memory import run_on_device
+from .progress import Progress
 from .widgets import (CATEGORY, DEFAULT_TILE, check_options, color_fix_input, color_fix_option, color_fixed_image,
                       image_input, model_input, require_t_slider, seed_input, tiling_inputs, to_bchw)
 
@@ -44,7 +46,7 @@ class OFTSRTSweep(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, t_values=None) -> bool | str:
+    def validate_inputs(cls, t_values: str | None = None) -> bool | str:
         """t_values only: ComfyUI files the error under every input this takes. The tile
         and colour fix are checked when the node runs, before any network evaluation."""
         if isinstance(t_values, str):  # a linked value is checked when the node runs
@@ -55,14 +57,15 @@ class OFTSRTSweep(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, image, t_values: str = DEFAULT_T_VALUES, seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                color_fix: str = "none") -> io.NodeOutput:
+    def execute(cls, model: OFTSRModel, image: torch.Tensor, t_values: str = DEFAULT_T_VALUES, seed: int = 0,
+                tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, color_fix: str = "none") -> io.NodeOutput:
         check_options(**color_fix_option(color_fix))
         require_t_slider(model, NAME)
         ts = parse_t_values(t_values)
         x = to_bchw(image)
 
-        def job(model, x, tile, overlap, progress):
+        def job(model: OFTSRModel, x: torch.Tensor, tile: int | None, overlap: int,
+                progress: Progress) -> torch.Tensor:
             outs = [upscale(model, x, t=t, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
                     for t in ts]
             return torch.stack(outs, dim=1).flatten(0, 1)  # image-major: image 0 at every t, then image 1, ...

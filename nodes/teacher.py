@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from comfy_api.latest import io
 
 from ..oftsr import sample
 from ..oftsr.inference import SAMPLE_BUFFERS, tile_evaluation_progress
 from ..oftsr.sampling import SOLVERS, evaluations
+from ..oftsr.model import OFTSRModel
 from ..oftsr.tiling import DEFAULT_OVERLAP
 from .memory import run_on_device
+from .progress import Progress
 from .widgets import (CATEGORY, DEFAULT_TILE, check_options, check_tile, color_fix_input, color_fix_option,
                       color_fixed_image, image_input, model_input, require_role, seed_input, tiling_inputs, to_bchw)
 
@@ -42,18 +46,19 @@ class OFTSRTeacherSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None) -> bool | str:
+    def validate_inputs(cls, tile: int | None = None) -> bool | str:
         return check_tile(tile)
 
     @classmethod
-    def execute(cls, model, image, steps: int = 16, solver: str = "midpoint", seed: int = 0, tile: int = DEFAULT_TILE,
-                overlap: int = DEFAULT_OVERLAP, color_fix: str = "none") -> io.NodeOutput:
+    def execute(cls, model: OFTSRModel, image: torch.Tensor, steps: int = 16, solver: str = "midpoint", seed: int = 0,
+                tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, color_fix: str = "none") -> io.NodeOutput:
         check_options(solver=(solver, list(SOLVERS)), **color_fix_option(color_fix))
         require_role(model, "teacher", NAME)
         x = to_bchw(image)
         info: dict = {}
 
-        def job(model, x, tile, overlap, progress):
+        def job(model: OFTSRModel, x: torch.Tensor, tile: int | None, overlap: int,
+                progress: Progress) -> torch.Tensor:
             ticks = tile_evaluation_progress(progress.callback(), solver, steps)  # a step of a big image is many tiles
             return sample(model, x, steps=steps, solver=solver, seed=seed, tile=tile, overlap=overlap,
                           tile_callback=ticks, info=info, **progress.previews())

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import torch
+
 from comfy_api.latest import io
 
 from ..oftsr import upscale
+from ..oftsr.model import OFTSRModel
 from ..oftsr.tiling import DEFAULT_OVERLAP
 from .memory import run_on_device
+from .progress import Progress
 from .widgets import (CATEGORY, DEFAULT_TILE, check_options, check_tile, color_fix_input, color_fix_option,
                       color_fixed_image, image_input, model_input, require_role, seed_input, t_input, tiling_inputs,
                       to_bchw, warn_if_ignores_t)
@@ -29,18 +33,19 @@ class OFTSRUpscale(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None) -> bool | str:
+    def validate_inputs(cls, tile: int | None = None) -> bool | str:
         return check_tile(tile)
 
     @classmethod
-    def execute(cls, model, image, t: float = 0.5, seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                color_fix: str = "none") -> io.NodeOutput:
+    def execute(cls, model: OFTSRModel, image: torch.Tensor, t: float = 0.5, seed: int = 0, tile: int = DEFAULT_TILE,
+                overlap: int = DEFAULT_OVERLAP, color_fix: str = "none") -> io.NodeOutput:
         check_options(**color_fix_option(color_fix))
         require_role(model, "student", NAME)
         warn_if_ignores_t(model, NAME)
         x = to_bchw(image)
 
-        def job(model, x, tile, overlap, progress):
+        def job(model: OFTSRModel, x: torch.Tensor, tile: int | None, overlap: int,
+                progress: Progress) -> torch.Tensor:
             return upscale(model, x, t=t, seed=seed, tile=tile, overlap=overlap, callback=progress.callback())
 
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME, per_image=True)

@@ -12,8 +12,9 @@ from comfy_api.latest import io
 
 from ..oftsr import upscale
 from ..oftsr.checks import SEED_MAX, check_t
-from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_OOM_TILE, retry_tiling
-from .memory import first_tiling, is_oom, tiling_that_fits
+from ..oftsr.model import OFTSRModel
+from ..oftsr.tiling import DEFAULT_OVERLAP, MIN_OOM_TILE
+from .memory import first_tiling, is_oom, tiling_after_oom, tiling_that_fits
 from .progress import check_interrupt
 from .widgets import (CATEGORY, DEFAULT_TILE, check_tile, model_input, require_role, t_input, tiling_inputs,
                       warn_if_ignores_t)
@@ -46,7 +47,7 @@ class StudentUpscaleModel:
     supports_half = True
     supports_bfloat16 = True
 
-    def __init__(self, model: torch.nn.Module, t: float, seed: int, tile: int, overlap: int) -> None:
+    def __init__(self, model: OFTSRModel, t: float, seed: int, tile: int, overlap: int) -> None:
         self.model, self.t, self.seed = model, float(t), int(seed)
         self.tile, self.overlap = first_tiling(tile, overlap)
         self.widget_overlap = overlap  # what a retry's smaller tile starts from
@@ -98,7 +99,8 @@ class StudentUpscaleModel:
                               callback=check_interrupt)
                 return out.to(image.dtype)
             except Exception as e:
-                failed, smaller, smaller_overlap = retry_tiling(tile, self.widget_overlap, out_h, out_w)
+                failed, smaller, smaller_overlap = tiling_after_oom(tile, self.widget_overlap, image.shape[0], out_h,
+                                                                    out_w, per_image=True)
                 if not is_oom(e) or smaller is None:
                     raise  # the consumer's own retry (Upscale Image's) halves its tile next
             # outside the except block the exception's frames and their tensors are released
@@ -128,11 +130,11 @@ class OFTSRAsUpscaleModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile=None) -> bool | str:
+    def validate_inputs(cls, tile: int | None = None) -> bool | str:
         return check_tile(tile)
 
     @classmethod
-    def execute(cls, model, t: float = 0.5, seed: int = 0, tile: int = DEFAULT_TILE,
+    def execute(cls, model: OFTSRModel, t: float = 0.5, seed: int = 0, tile: int = DEFAULT_TILE,
                 overlap: int = DEFAULT_OVERLAP) -> io.NodeOutput:
         require_role(model, "student", NAME)
         warn_if_ignores_t(model, NAME)

@@ -82,7 +82,7 @@ def color_fix_input() -> io.Input:
 
 # --------------------------------------------------------------------------- checks and layout
 
-def check_tile(tile) -> bool | str:
+def check_tile(tile: int | None) -> bool | str:
     """The sampling nodes' `validate_inputs`, before the prompt runs: the tile widget can
     hold sizes that never run (1 to 31). It takes `tile` alone because ComfyUI files a
     `validate_inputs` error under every input the method takes, and leaves those inputs

@@ -235,6 +235,17 @@ def test_tiny_images(student):
     for h, w in [(1, 1), (1, 7), (2, 3)]:
         out = oftsr.upscale(student, smooth_image(h, w) if min(h, w) > 1 else torch.rand(1, 3, h, w))
         assert out.shape == (1, 3, 4 * h, 4 * w) and torch.isfinite(out).all()
+    # The trained model keeps a tiny image's levels (padded to the network's multiple, not
+    # with zeros, which would darken it): a flat level stays near itself, and two halves apart.
+    x4 = oftsr.load_model("x4")
+    for h, w in [(1, 1), (1, 7), (2, 3), (3, 1)]:
+        for level in (0.2, 0.5, 0.8):
+            out = oftsr.upscale(x4, torch.full((1, 3, h, w), level), t=0)
+            assert out.shape == (1, 3, 4 * h, 4 * w) and 0 <= out.min() and out.max() <= 1
+            assert abs(float(out.mean()) - level) < 0.07 and float((out - level).abs().max()) < 0.16, (h, w, level)
+    halves = torch.cat([torch.full((1, 3, 2, 2), 0.2), torch.full((1, 3, 2, 2), 0.8)], dim=-1)
+    out = oftsr.upscale(x4, halves, t=0)
+    assert float(out[..., :6].mean()) < 0.3 and float(out[..., -6:].mean()) > 0.7
 
 
 def test_role_mismatch_errors(student, teacher):

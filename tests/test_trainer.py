@@ -1803,6 +1803,25 @@ def test_rotating_checkpoints_renames_before_it_removes(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints.shutil, "rmtree", real_rmtree)
     checkpoints.save_checkpoint(Accelerator(), str(run), 4, 2, model)
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "checkpoint-4"]  # the half-removed one too
+    # The same step saved again (a stop at a step just checkpointed): the old one is renamed
+    # away before it is removed, so a kill while removing it leaves the new one whole
+    def killed_removing_any(path, ignore_errors=False):
+        if Path(path).is_dir():
+            (Path(path) / "custom_checkpoint_0.pkl").unlink()
+            removed.append(Path(path).name)
+            raise KeyboardInterrupt
+
+    removed.clear()
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", killed_removing_any)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_checkpoint(Accelerator(), str(run), 4, 2, model)
+    assert removed == [".tmp-checkpoint-4-replaced"]
+    assert [p.name for p in checkpoints.list_checkpoints(str(run))] == ["checkpoint-3", "checkpoint-4"]
+    assert all(sorted(f.name for f in p.iterdir()) == ["custom_checkpoint_0.pkl", "model.safetensors", "oftsr.json"]
+               for p in checkpoints.list_checkpoints(str(run)))
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", real_rmtree)
+    checkpoints.save_checkpoint(Accelerator(), str(run), 5, 2, model)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4", "checkpoint-5"]
 
 
 def test_flags_are_checked_and_silent_no_ops_are_said(train_dir, tmp_path):

@@ -32,6 +32,8 @@ logger = logging.getLogger("oftsr.trainer")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 MODEL_INFO = oftsr.checkpoint.TRAINING_CHECKPOINT_INFO
 SETTINGS = oftsr.model.SETTINGS
+
+
 def model_info(model: oftsr.OFTSRModel, step: int, metadata: dict[str, str] | None = None) -> dict:
     """What a checkpoint's model is, and `metadata` for its exported file (`training_metadata`)."""
     return {"architecture": model.config.to_dict(), **model.settings(), "step": step, "metadata": metadata or {}}
@@ -86,8 +88,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_
                                                   "training": training or {}}, indent=1),
                                        encoding="utf-8")
         _sync_to_disk(tmp)  # a machine that goes down after the rename finds whole files, not empty ones
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # this step saved again: the old one renamed away first (as below), never half-removed
+            replaced = final.with_name(f"{tmp.name}-replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(tmp, final)
         _sync_to_disk(Path(output_dir), files=False)
         if total_limit is not None:

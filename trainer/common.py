@@ -16,6 +16,7 @@ import sys
 import time
 import weakref
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 import torch
@@ -51,7 +52,7 @@ def enable_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-def run_script(main) -> None:
+def run_script(main: Callable[[], int]) -> None:
     """Run a training script's `main` and exit with its status. An error of the set-up (a
     flag, a folder, a checkpoint, a missing package) is one `error:` line and status 2
     instead of a traceback; once the first step has run, errors keep their traceback."""

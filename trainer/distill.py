@@ -48,6 +48,8 @@ from oftsr.weights import BUNDLED_MODELS
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from oftsr.training.metrics import LPIPS
+
 logger = logging.getLogger("oftsr.trainer")
 
 VALIDATION_T = (0.0, 0.5, 1.0)
@@ -135,7 +137,8 @@ def build_models(args: argparse.Namespace) -> tuple[oftsr.OFTSRModel, oftsr.OFTS
 
 
 @torch.no_grad()
-def validate(accelerator: Accelerator, student, ema, batch, args, step, lpips) -> dict[str, float]:
+def validate(accelerator: Accelerator, student: torch.nn.Module, ema: EMA, batch: dict[str, torch.Tensor],
+             args: argparse.Namespace, step: int, lpips: LPIPS | None) -> dict[str, float]:
     net = ema_copy(student, ema, accelerator.device)
     x0 = validation_start(net, batch, args.seed)
     logs, rows = validation_scores("lr_upsampled", batch["lr"], batch, args.scale, lpips), [batch["lr"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -149,7 +150,7 @@ def adam_settings(args: argparse.Namespace) -> dict:
             "weight_decay": args.adam_weight_decay}
 
 
-def make_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
+def make_optimizer(args: argparse.Namespace, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """Adam with the --adam_* flags (the paper's optimizer)."""
     return torch.optim.Adam(params, lr=args.learning_rate, **adam_settings(args))
 

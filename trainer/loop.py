@@ -77,7 +77,8 @@ def restore_optimizer_flags(optimizer: torch.optim.Optimizer, args: argparse.Nam
         logger.warning("%s %s: the checkpoint's run had %s; the new value applies from here on", flags[key], value, old)
 
 
-def restore_schedule(scheduler, optimizer, learning_rate: float, step: int, num_processes: int) -> None:
+def restore_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.optim.Optimizer,
+                     learning_rate: float, step: int, num_processes: int) -> None:
     """After a resume: the schedule's position from the optimizer `step` (its counter is
     per process, and the process count may have changed), with this run's schedule and
     `--learning_rate` (the checkpoint holds the old run's rate: said when it differs);
@@ -139,7 +140,7 @@ class StopRequest:
             logger.warning("%s: stopping after this step with a checkpoint (Ctrl-C again quits without one)",
                            self.reason)
 
-    def due(self, accelerator) -> bool:
+    def due(self, accelerator: Accelerator) -> bool:
         if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
             self.reason = f"--max_train_minutes {self.minutes:g}"
         if self.reason is None and self.launcher is not None and os.getppid() != self.launcher:
@@ -189,7 +190,8 @@ def train_batches(accelerator: "Accelerator", dataloader: Iterable, start_step: 
     return _endless_batches(accelerator, dataloader, epoch, steps_in * grad_accum, grad_accum)
 
 
-def _endless_batches(accelerator, dataloader, epoch: int, skip: int, grad_accum: int):
+def _endless_batches(accelerator: Accelerator, dataloader: torch.utils.data.DataLoader, epoch: int, skip: int,
+                     grad_accum: int) -> Iterator[tuple[dict, float]]:
     per_epoch = len(dataloader)
     tail = per_epoch % grad_accum  # batches of the epoch's last, shorter accumulation
     while True:
@@ -201,7 +203,7 @@ def _endless_batches(accelerator, dataloader, epoch: int, skip: int, grad_accum:
         epoch, skip = epoch + 1, 0
 
 
-def log_metrics(accelerator, output_dir: str, logs: dict[str, float], step: int) -> None:
+def log_metrics(accelerator: Accelerator, output_dir: str, logs: dict[str, float], step: int) -> None:
     """To the trackers, and as one JSON line per step in `output_dir/metrics.jsonl`
     (a plain record that survives without any tracker installed)."""
     accelerator.log(logs, step=step)

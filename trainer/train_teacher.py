@@ -28,12 +28,14 @@ from oftsr.training.degradations import DEGRADATION_SETTINGS
 from oftsr.training.ema import EMA
 from oftsr.flow import time_grid
 from oftsr.training.losses import sample_flow_time, teacher_loss
-from oftsr.sampling import get_sampler
+from oftsr.sampling import evaluations, get_sampler
 from oftsr.unet import PRESETS
 from oftsr.weights import BUNDLED_MODELS
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+
+    from oftsr.training.metrics import LPIPS
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -125,13 +127,14 @@ def build_model(args: argparse.Namespace) -> oftsr.OFTSRModel:
 
 
 @torch.no_grad()
-def validate(accelerator: Accelerator, model, ema, batch, args, step, lpips) -> dict[str, float]:
+def validate(accelerator: Accelerator, model: torch.nn.Module, ema: EMA, batch: dict[str, torch.Tensor],
+             args: argparse.Namespace, step: int, lpips: LPIPS | None) -> dict[str, float]:
     """Teacher samples (midpoint, stated NFE) with the EMA weights on the validation crops."""
     net = ema_copy(model, ema, accelerator.device)
     x0 = validation_start(net, batch, args.seed)
     fn = lambda x, t: net.velocity(x, batch["lr"], t)  # noqa: E731
     x1 = get_sampler("midpoint")(fn, x0, time_grid(args.validation_nfe_steps))
-    nfe = 2 * args.validation_nfe_steps - 1
+    nfe = evaluations("midpoint", args.validation_nfe_steps)
     logs = {**validation_scores("lr_upsampled", batch["lr"], batch, args.scale, lpips),
             **validation_scores(f"teacher_nfe{nfe}", x1, batch, args.scale, lpips)}
     log_images(accelerator, "val/lr_sample_hr", torch.cat([batch["lr"], x1, batch["hr"]], dim=-1), step)

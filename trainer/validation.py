@@ -19,6 +19,8 @@ from oftsr.training.realesrgan import REALESRGAN_CONFIGS
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from oftsr.training.ema import EMA
+
 
 @torch.no_grad()
 def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor] | None:
@@ -35,7 +37,7 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
 
 
-def ema_copy(model: oftsr.OFTSRModel, ema, device: torch.device) -> oftsr.OFTSRModel:
+def ema_copy(model: oftsr.OFTSRModel, ema: EMA, device: torch.device) -> oftsr.OFTSRModel:
     """A separate eval-mode model holding the EMA weights (the training model is untouched)."""
     with torch.device("meta"):  # no random init (the EMA weights replace it): training's random stream untouched
         unet = oftsr.UNet(model.config)
@@ -51,7 +53,7 @@ def validation_start(net: oftsr.OFTSRModel, batch: dict[str, torch.Tensor], seed
 
 
 def validation_scores(name: str, out: torch.Tensor, batch: dict[str, torch.Tensor], scale: int,
-                      lpips) -> dict[str, float]:
+                      lpips: LPIPS | None) -> dict[str, float]:
     """`val/<name>/<measure>` for outputs in [-1, 1] against the batch's HR crops."""
     scores = quality(((out.clamp(-1, 1) + 1) / 2).float().cpu(), ((batch["hr"] + 1) / 2).float().cpu(), scale, lpips)
     return {f"val/{name}/{k}": v for k, v in scores.items()}

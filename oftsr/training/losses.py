@@ -52,7 +52,7 @@ def distill_loss(student: ConditionalVelocityFn, teacher: ConditionalVelocityFn,
     """Same-trajectory distillation. The student sees x0 and t; its implied state is
     x_t = x0 + t v_phi(x0, t). One teacher step from there to s = min(t + dt, 0.99) gives
     v_T, and the student at s must reach the same point:
-        distill  = || v_phi(x0, s) - SG[v_t + (dt/s)(v_T - v_t)] ||^2   (gradient through s)
+        distill  = || v_phi(x0, s) - SG[v_t + ((s-t)/s)(v_T - v_t)] ||^2  (gradient through s)
         align    = (1 - t)^2 || v_t - v_T ||^2                          (gradient through v_t)
         boundary = || v_phi(x0, 0.01) - v_theta(x0, 0.01) ||^2
     Returns the three terms and `loss`, their weighted sum. The three student evaluations
