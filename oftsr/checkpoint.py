@@ -547,16 +547,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     the file), `dtype` a short name ("bf16", or torch's "bfloat16") or "auto" (half precision
     where it is fast: CUDA, CPUs with native bf16; `devices.auto_dtype`, as the command
     line's), and `device` "auto" (CUDA, then MPS, else CPU)."""
-    if isinstance(dtype, str) and dtype != "auto":
-        if dtype.removeprefix("torch.") not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be a torch dtype, auto or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
-        dtype = DTYPE_NAMES[dtype.removeprefix("torch.")]
-    if dtype is not None and dtype != "auto" and dtype not in DTYPE_NAMES.values():  # float8, integers: fail late
-        raise ValueError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
-    if device is not None:  # a device the machine lacks, said now and with the ones it has
-        device = resolve_device(device, "load_model: device")
-    if dtype == "auto":  # as the command line's --dtype auto
-        dtype = auto_dtype(device if device is not None else torch.device("cpu"))
+    dtype, device = _load_dtype_and_device(dtype, device)
     if isinstance(path, str):  # a bundled model's name ("x4" = its student, "x4-teacher") or a path, as everywhere
         from .weights import existing_model_path
 
@@ -566,38 +557,12 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         raise CheckpointError(folder_message(path, role))
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    overrides = {"sigma_p": sigma_p, "role": role, "scale": scale, "degradation": degradation}
     kind = _file_kind(path)  # a pipe or a device refused
-    info: dict[str, object] = {}
     if kind == "safetensors":
-        shapes_by_name, meta = _read_safetensors(path, header_only=True)
-        if meta.get("format") != FORMAT_NAME and (path.parent / TRAINING_CHECKPOINT_INFO).is_file():
-            raise CheckpointError(f"{path} is the raw state of the training checkpoint {path.parent}, not a model "
-                                  f"file: {_export_advice(path.parent)}")
-        if meta.get("format") == FORMAT_NAME:
-            info = _parse_ours(meta, path)
-            given = {"sigma_p": sigma_p, "role": role, "scale": scale, "degradation": degradation}
-            for key, (recorded, value) in _contradictions(meta, given).items():
-                warnings.warn(f"{path.name} records {key} {recorded}; {key}={value!r} overrides it, which most likely "
-                              f"gives a wrong image (the overrides are for files that do not say)", OverrideWarning,
-                              stacklevel=2)
-        else:
-            info = parse_authors_filename(path.name)
-        found: dict | list = canonical_state_dict(shapes_by_name, path.name)
+        found, weights, info = _read_safetensors_model(path, overrides)
     else:
-        _check_zip_sizes(path)
-        try:
-            with warnings.catch_warnings():  # a file saved with another pickle protocol: torch's note is not ours
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                with open(path, "rb") as f:  # by content: torch takes a .safetensors name for that format
-                    obj = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # zip errors, EOF, refused globals: all mean "not a clean tensor file"
-            raise CheckpointError(_torch_load_error(path, e)) from e
-        weights, step = _weights_from_torch_object(obj, path)
-        info = parse_authors_filename(path.name)
-        info["step"] = step
-        found = {k: tuple(v.shape) for k, v in weights.items()} if isinstance(weights, dict) else \
-            [tuple(t.shape) for t in weights]
-
+        found, weights, info = _read_torch_model(path)
     try:
         config = info.get("config") or infer_config(list(found.values()) if isinstance(found, dict) else found)
     except CheckpointError as e:  # infer_config knows the shapes, not the file: named here
@@ -608,8 +573,71 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
             f"output channels; found {config.in_channels} in, {config.out_channels} out (a checkpoint of another model?)"
         )
     _check_shapes(found, config, path)  # before the network takes real memory
-    if kind == "safetensors":
+    if weights is None:  # a safetensors file: its tensors read now that their shapes fit
         weights = canonical_state_dict(_read_safetensors(path)[0], path.name)
+    unet, stored = _unet_with_weights(config, weights, path)
+    info.update({k: v for k, v in overrides.items() if v is not None})
+    model = _model_from_info(unet, info, path)
+    model.stored_dtype = stored
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return model.optimize(compile=compile)  # the faster memory layout for its device
+
+
+def _load_dtype_and_device(dtype: torch.dtype | str | None, device: str | torch.device | None
+                           ) -> tuple[torch.dtype | None, torch.device | None]:
+    """`load_model`'s dtype (a torch dtype, a short name, "auto") and device checked and
+    resolved: a device the machine lacks is said now, with the ones it has."""
+    if isinstance(dtype, str) and dtype != "auto":
+        if dtype.removeprefix("torch.") not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be a torch dtype, auto or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+        dtype = DTYPE_NAMES[dtype.removeprefix("torch.")]
+    if dtype is not None and dtype != "auto" and dtype not in DTYPE_NAMES.values():  # float8, integers: fail late
+        raise ValueError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
+    if device is not None:
+        device = resolve_device(device, "load_model: device")
+    if dtype == "auto":  # as the command line's --dtype auto
+        dtype = auto_dtype(device if device is not None else torch.device("cpu"))
+    return dtype, device
+
+
+def _read_safetensors_model(path: Path, overrides: dict[str, object]) -> tuple[dict, None, dict[str, object]]:
+    """A .safetensors file's tensor shapes (its header only: the tensors are read once they
+    fit) and what it says of its model: our metadata, with a warning for each override
+    that contradicts it, else what an authors' file name says."""
+    shapes_by_name, meta = _read_safetensors(path, header_only=True)
+    if meta.get("format") != FORMAT_NAME and (path.parent / TRAINING_CHECKPOINT_INFO).is_file():
+        raise CheckpointError(f"{path} is the raw state of the training checkpoint {path.parent}, not a model "
+                              f"file: {_export_advice(path.parent)}")
+    if meta.get("format") != FORMAT_NAME:
+        return canonical_state_dict(shapes_by_name, path.name), None, parse_authors_filename(path.name)
+    for key, (recorded, value) in _contradictions(meta, overrides).items():
+        warnings.warn(f"{path.name} records {key} {recorded}; {key}={value!r} overrides it, which most likely "
+                      f"gives a wrong image (the overrides are for files that do not say)", OverrideWarning,
+                      stacklevel=3)
+    return canonical_state_dict(shapes_by_name, path.name), None, _parse_ours(meta, path)
+
+
+def _read_torch_model(path: Path) -> tuple[dict | list, dict | list, dict[str, object]]:
+    """An authors' .pth read without unpickling objects (`weights_only`): its tensor
+    shapes, its weights (a state dict, or the EMA's positional list) and what its file
+    name and training step say."""
+    _check_zip_sizes(path)
+    try:
+        with warnings.catch_warnings():  # a file saved with another pickle protocol: torch's note is not ours
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            with open(path, "rb") as f:  # by content: torch takes a .safetensors name for that format
+                obj = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip errors, EOF, refused globals: all mean "not a clean tensor file"
+        raise CheckpointError(_torch_load_error(path, e)) from e
+    weights, step = _weights_from_torch_object(obj, path)
+    info = {**parse_authors_filename(path.name), "step": step}
+    found = {k: tuple(v.shape) for k, v in weights.items()} if isinstance(weights, dict) else \
+        [tuple(t.shape) for t in weights]
+    return found, weights, info
+
+
+def _unet_with_weights(config: UNetConfig, weights: dict | list, path: Path) -> tuple[UNet, torch.dtype]:
+    """The network of `config` holding `weights` in float32, and the dtype the file stored."""
     with torch.device("meta"):  # no random init to replace (nor a global random state to touch): the file's tensors
         unet = UNet(config)
     if not isinstance(weights, dict):  # the authors' positional list: in the order of the parameters
@@ -627,9 +655,12 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                               f"{broken[0]}): the training run that wrote it diverged, or the file is damaged; use "
                               f"an earlier checkpoint")
     unet.load_state_dict(tensors, assign=True)
+    return unet, stored
 
-    overrides = {"sigma_p": sigma_p, "role": role, "scale": scale, "degradation": degradation}
-    info.update({k: v for k, v in overrides.items() if v is not None})
+
+def _model_from_info(unet: UNet, info: dict[str, object], path: Path) -> OFTSRModel:
+    """The OFTSRModel around `unet` with what the file (and the overrides) say: sigma_p,
+    role and scale are needed, from metadata, an authors' file name or the caller."""
     missing = [k for k in ("sigma_p", "role", "scale") if k not in info]
     if missing:
         flags = ", ".join(f"{k}=... (CLI: --{k.replace('_', '-')})" for k in missing)
@@ -642,11 +673,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         raise CheckpointError(f"{path.name}: objective must be one of {OBJECTIVES}, got {info['objective']!r} "
                               f"(a file from a newer oftsr?)")
     try:
-        model = OFTSRModel(unet, sigma_p=float(info["sigma_p"]), role=str(info["role"]), scale=int(info["scale"]),
-                           degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
-                           objective=str(info.get("objective", "oftsr")))
+        return OFTSRModel(unet, sigma_p=float(info["sigma_p"]), role=str(info["role"]), scale=int(info["scale"]),
+                          degradation=str(info.get("degradation", "bicubic")), step=int(info.get("step", 0)),
+                          objective=str(info.get("objective", "oftsr")))
     except ValueError as e:  # a value out of range, from the file or an override
         raise CheckpointError(f"{path.name}: {e}") from None
-    model.stored_dtype = stored
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return model.optimize(compile=compile)  # the faster memory layout for its device
