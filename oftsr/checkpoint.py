@@ -548,6 +548,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     where it is fast: CUDA, CPUs with native bf16; `devices.auto_dtype`, as the command
     line's), and `device` "auto" (CUDA, then MPS, else CPU)."""
     dtype, device = _load_dtype_and_device(dtype, device)
+    if isinstance(path, str) and not path.strip():  # Path("") is the current folder
+        raise ValueError("load_model: the model path is empty: give a bundled model's name (such as x4) or a file")
     if isinstance(path, str):  # a bundled model's name ("x4" = its student, "x4-teacher") or a path, as everywhere
         from .weights import existing_model_path
 

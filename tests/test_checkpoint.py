@@ -341,6 +341,9 @@ def test_load_to_dtype(tmp_path, student):
     oftsr.save_model(student, tmp_path / "m.safetensors")
     m = oftsr.load_model(tmp_path / "m.safetensors", dtype=torch.bfloat16)
     assert m.dtype == torch.bfloat16
+    assert oftsr.load_model(tmp_path / "m.safetensors", dtype="fp64").dtype == torch.float64  # as fp32, fp16, bf16
+    with pytest.raises(ValueError, match="^load_model: the model path is empty: give a bundled model's name"):
+        oftsr.load_model("")
     v = _outputs(m)
     assert v.dtype == torch.float32
     assert (v - _outputs(student)).abs().max() < 0.1 * _outputs(student).abs().max()

@@ -382,6 +382,20 @@ def test_unknown_compile_mode_is_a_usage_error(tmp_path, inputs, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["upscale", "--scale", "0"], "argument --scale: must be a whole number from 1 to 16, got 0"),
+    (["upscale", "--scale", "1.5"], "argument --scale: must be a whole number from 1 to 16, got 1.5"),
+    (["sample", "--sigma-p", "-1"], "argument --sigma-p: must be between 0 and 1, got -1"),
+    (["sample", "--sigma-p", "nan"], "argument --sigma-p: must be between 0 and 1, got nan")])
+def test_model_overrides_out_of_range_are_usage_errors(tmp_path, inputs, capsys, argv, message):
+    # said as the option's error, before any warning about what the file records
+    with pytest.raises(SystemExit) as exit_info:
+        main([argv[0], str(inputs), "-o", str(tmp_path / "o"), *argv[1:]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "warning" not in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_steps_fail_before_loading_anything(tmp_path, inputs, capsys):
     code, _, err = _run_cli(["sample", str(inputs), "-o", str(tmp_path / "o"), "--model",
                              str(tmp_path / "absent.safetensors"), "--steps", "0"], capsys)

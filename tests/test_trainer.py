@@ -619,6 +619,55 @@ def test_a_failing_run_with_loader_workers_exits(train_dir, tmp_path):
     assert "RuntimeError: a failure injected at step 3" in res.stderr
 
 
+def test_a_cpu_launch_that_starts_one_of_several_processes_says_so(monkeypatch, caplog):
+    """`accelerate launch --cpu --num_processes 2` starts one process: said, with the launch
+    that starts two. The launcher's options are read before the script, not the script's."""
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import common
+    import launcher
+
+    argv = ["/venv/bin/python", "-m", "accelerate.commands.launch", "--num-processes=2", "--cpu", "train.py", "--cpu",
+            "--num_processes", "5"]
+    assert (launcher.launcher_option(argv, "cpu"), launcher.launcher_option(argv, "num_processes")) == ("", "2")
+    assert launcher.launcher_option(["accelerate", "launch", "--num_processes", "3", "t.py"], "num_processes") == "3"
+    assert launcher.launcher_option(["accelerate", "launch", "t.py", "--cpu"], "cpu") is None
+    monkeypatch.setattr(common, "LAUNCHER", 100)
+    monkeypatch.setattr(common, "command_line", lambda pid: argv)
+    with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
+        common.warn_single_cpu_launch(1)
+        common.warn_single_cpu_launch(2)  # two started: nothing to say
+    assert caplog.text.count("accelerate launch --cpu starts one process whatever --num_processes 2 says: for 2 CPU "
+                             "processes, launch with --multi_gpu --num_processes 2 (and without --cpu)") == 1
+    caplog.clear()
+    for line in (argv[:3] + ["--cpu", "train.py"], argv[:4] + ["train.py"]):  # one asked for, or not --cpu
+        monkeypatch.setattr(common, "command_line", lambda pid, line=line: line)
+        common.warn_single_cpu_launch(1)
+    assert caplog.text == ""
+
+
+def test_resume_from_a_checkpoint_that_is_not_there_says_where_it_looked(tmp_path):
+    sys.path.insert(0, str(ROOT / "trainer"))
+    from checkpoints import checkpoint_to_resume
+
+    def refused(name: str, output_dir) -> str:
+        with pytest.raises(FileNotFoundError) as e:
+            checkpoint_to_resume(argparse.Namespace(resume_from_checkpoint=name, output_dir=str(output_dir)))
+        return str(e.value)
+
+    run = tmp_path / "run"
+    assert refused("checkpoint-3", run) == (f"--resume_from_checkpoint checkpoint-3: no such folder, here or in "
+                                            f"--output_dir {run}; {run} does not exist: check --output_dir")
+    run.mkdir()
+    assert refused("checkpoint-3", run).endswith(f"; {run} holds no checkpoint")
+    for step in (1, 2):
+        (run / f"checkpoint-{step}").mkdir()
+    assert refused(str(tmp_path / "checkpoint-3"), run) == (
+        f"--resume_from_checkpoint {tmp_path / 'checkpoint-3'}: no such folder; {run} holds checkpoint-1, "
+        f"checkpoint-2 (or pass latest)")
+    assert checkpoint_to_resume(argparse.Namespace(resume_from_checkpoint="checkpoint-2", output_dir=str(run))) == \
+        run / "checkpoint-2"
+
+
 def test_workers_whose_launcher_was_killed_stop_with_a_checkpoint(monkeypatch, caplog, tmp_path):
     """torchrun's workers outlive a launcher killed with SIGKILL (they are re-parented) and
     went on training unseen, into the folder a resume then shared with them: they stop as at

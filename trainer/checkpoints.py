@@ -269,7 +269,12 @@ def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
     if not path.is_dir() and not path.is_absolute() and (Path(args.output_dir) / path).is_dir():
         path = Path(args.output_dir) / path  # "checkpoint-500": a name in --output_dir, as in diffusers
     if not path.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint folder")
+        found = list_checkpoints(args.output_dir) if Path(args.output_dir).is_dir() else []
+        where = "no such folder" + ("" if path.is_absolute() else f", here or in --output_dir {args.output_dir}")
+        there = (f"{args.output_dir} holds {', '.join(p.name for p in found)} (or pass latest)" if found else
+                 f"{args.output_dir} holds no checkpoint" if Path(args.output_dir).is_dir() else
+                 f"{args.output_dir} does not exist: check --output_dir")
+        raise FileNotFoundError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: {where}; {there}")
     return path
 
 

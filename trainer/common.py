@@ -34,6 +34,7 @@ from oftsr.training.degradations import DEGRADATION_SETTINGS, degradation_settin
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
 
 from checkpoints import any_process, check_training_metadata, training_metadata  # noqa: E402
+from launcher import LAUNCHER, command_line, launcher_option  # noqa: E402
 
 logger = logging.getLogger("oftsr.trainer")
 
@@ -156,6 +157,18 @@ def _own_messages(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR or record.name.startswith((load_logger.name, process_logger.name))
 
 
+def warn_single_cpu_launch(num_processes: int) -> None:
+    """`accelerate launch --cpu --num_processes N` starts one process whatever N says:
+    said, with the launch that starts N CPU processes."""
+    argv = command_line(LAUNCHER) if LAUNCHER is not None and num_processes == 1 else None
+    if argv is None or launcher_option(argv, "cpu") is None:
+        return
+    asked = launcher_option(argv, "num_processes")
+    if asked and asked.isdigit() and int(asked) > 1:
+        logger.warning("accelerate launch --cpu starts one process whatever --num_processes %s says: for %s CPU "
+                       "processes, launch with --multi_gpu --num_processes %s (and without --cpu)", asked, asked, asked)
+
+
 def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
     try:
         from accelerate import Accelerator
@@ -187,6 +200,7 @@ def make_accelerator(args: argparse.Namespace, project: str) -> "Accelerator":
     precision = accelerator.mixed_precision
     if accelerator.device.type == "cpu":
         precision = check_cpu_training(accelerator, precision)
+        warn_single_cpu_launch(accelerator.num_processes)
     args.mixed_precision = precision  # what the model file records
     set_seed(args.seed, device_specific=True)
     if getattr(args, "scale_lr", False):  # before the optimizer is made

@@ -12,6 +12,7 @@ import torch
 
 from common import EXIT_RESUMABLE  # also puts the checkout on sys.path
 
+from oftsr.checks import ranged_argument
 from oftsr.files import file_in_the_way
 from oftsr.model import DEGRADATIONS
 from oftsr.training.degradations import SIGMA_Y
@@ -24,25 +25,16 @@ LR_SCHEDULES = ("constant", "linear", "cosine")  # --lr_scheduler, after the war
 LR_SCHEDULE_ALIASES = {"constant_with_warmup": "constant"}
 
 
-def _checked(kind: type, ok, wording: str):
-    """An argparse type: `kind(text)`, refused unless `ok(value)` (a checkpoint every 0
-    steps, a limit of 0 checkpoints, ... would fail after the first step, or do nothing)."""
-    def parse(text: str):
-        value = kind(text)
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {wording}, got {text}")
-        return value
-    return parse
-
-
-positive_int = _checked(int, lambda v: v >= 1, "1 or more")
-non_negative_int = _checked(int, lambda v: v >= 0, "0 or more")
-non_negative_float = _checked(float, lambda v: v >= 0, "0 or more")
-positive_float = _checked(float, lambda v: v > 0, "more than 0")
-unit_interval = _checked(float, lambda v: 0 <= v <= 1, "between 0 and 1")  # a probability or a decay
+# Refused as flags: a checkpoint every 0 steps, a limit of 0 checkpoints, ... would fail
+# after the first step, or do nothing.
+positive_int = ranged_argument(int, lambda v: v >= 1, "1 or more")
+non_negative_int = ranged_argument(int, lambda v: v >= 0, "0 or more")
+non_negative_float = ranged_argument(float, lambda v: v >= 0, "0 or more")
+positive_float = ranged_argument(float, lambda v: v > 0, "more than 0")
+unit_interval = ranged_argument(float, lambda v: 0 <= v <= 1, "between 0 and 1")  # a probability or a decay
 # a dropout of 1 drops everything; an Adam decay of 1 never forgets
-below_one = _checked(float, lambda v: 0 <= v < 1, "0 or more and below 1")
-open_unit_interval = _checked(float, lambda v: 0 < v < 1, "more than 0 and below 1")  # a step along the flow's t
+below_one = ranged_argument(float, lambda v: 0 <= v < 1, "0 or more and below 1")
+open_unit_interval = ranged_argument(float, lambda v: 0 < v < 1, "more than 0 and below 1")  # a step along the flow's t
 
 
 def add_common_args(p: argparse.ArgumentParser, *, lr: float, batch: int, steps: int) -> None:

@@ -53,4 +53,22 @@ def is_launcher(argv: list[str]) -> bool:
     return False
 
 
+def launcher_option(argv: list[str], name: str) -> str | None:
+    """The value of the launcher's `--name` option in its command line `argv` (`--name V`,
+    `--name=V`, with hyphens or underscores, as Accelerate takes them; "" for a switch),
+    looked for before the training script, whose own arguments it leaves alone; None
+    where the option is not given."""
+    spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
+    for i, arg in enumerate(argv):
+        if arg.endswith(".py"):
+            return None
+        key, eq, value = arg.partition("=")
+        if key in spellings:
+            if eq:
+                return value
+            following = argv[i + 1] if i + 1 < len(argv) else ""
+            return "" if following.startswith("-") or following.endswith(".py") else following
+    return None
+
+
 LAUNCHER = launcher_process()  # found at import, the scripts' first: a launcher killed later is seen at the first step
