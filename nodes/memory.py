@@ -4,7 +4,10 @@ that fits what is free, and the out-of-memory retry (the smaller tiles it tries 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
+from collections.abc import Iterator
 from typing import Callable
 
 import torch
@@ -12,7 +15,7 @@ import torch
 import comfy.model_management as mm
 
 from ..oftsr.devices import available_memory, is_out_of_memory
-from ..oftsr.model import OFTSRModel
+from ..oftsr.model import OFTSRModel, RunWarning
 from ..oftsr.tiling import batch_passes, images_per_pass, num_tiles, retry_tiling
 from .progress import ADAPTIVE_PROGRESS_UNITS, Progress
 from .widgets import check_tile
@@ -123,7 +126,8 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
         while True:
             try:
                 progress = Progress(passes, units(tile, overlap))
-                out = job(model, x, tile, overlap, progress)
+                with run_warnings_logged(node):
+                    out = job(model, x, tile, overlap, progress)
                 progress.finish()
                 return out
             except Exception as e:
@@ -145,6 +149,21 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
             mm.free_memory(estimate_memory(model, x.shape[0], out_h, out_w, tile, states, per_image), device)
     finally:
         model.to(mm.unet_offload_device())
+
+
+@contextlib.contextmanager
+def run_warnings_logged(node: str) -> Iterator[None]:
+    """The library's word on how a run goes (`RunWarning`: float16 on a CPU, ...) logged as
+    the node's, once a run, instead of Python's warning with a source line; other warnings
+    pass on as they came."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RunWarning)
+        yield
+    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RunWarning)):
+        log.warning("%s: %s", node, message)
+    for w in caught:
+        if not issubclass(w.category, RunWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def tiling_after_oom(tile: int | None, widget_overlap: int, batch: int, out_h: int, out_w: int,

@@ -475,6 +475,22 @@ def test_upscale_batch_shapes_values_and_devices(comfy, pack, student):
     assert student.channels_last  # the run chose the faster layout for the CPU
 
 
+def test_the_librarys_word_on_a_run_is_logged_as_the_nodes(comfy, pack, student, caplog, recwarn):
+    """float16 on a CPU: the library's RunWarning comes out as the node's log line (each
+    run, once), not as Python's warning with its source line."""
+    import logging
+
+    half = student.half()
+    kw = dict(model=half, image=image(b=1, h=8, w=8), t=0.5, seed=0, tile=0, overlap=0, color_fix="none")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            run(pack, "OFTSRUpscale", **kw)
+    said = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert said == ["OFTSR Upscale: float16 on a CPU is emulated: about 10x slower than float32 (bfloat16 is fast on "
+                    "CPUs with AVX512-bf16 or AMX); float16 is for GPUs"] * 2
+    assert not [w for w in recwarn if issubclass(w.category, oftsr.model.RunWarning)]
+
+
 def test_tiling_matches_the_library(comfy, pack, student):
     img = image(h=12, w=12)
     out = run(pack, "OFTSRUpscale", model=student, image=img, t=0.7, seed=1, tile=32, overlap=8, color_fix="none")
