@@ -120,3 +120,31 @@ def with_user_comment(data: bytes | None, text: str) -> bytes | None:
         return exif_bytes(exif)
     except Exception:  # a tag Pillow read but cannot write back
         return data
+
+
+# Tags of an EXIF's first IFD: XResolution, YResolution, ResolutionUnit (2: inch, 3: centimetre)
+X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT = 0x011A, 0x011B, 0x0128
+
+
+def with_resolution(data: bytes | None, dpi: tuple[float, float]) -> bytes | None:
+    """`data` (or a new block) with `dpi` as its resolution, for a format with no field of
+    its own for it (WebP); `data` itself where Pillow cannot parse or write it back."""
+    exif = Image.Exif()
+    try:
+        if data:
+            exif.load(data)
+        exif[X_RESOLUTION], exif[Y_RESOLUTION], exif[RESOLUTION_UNIT] = float(dpi[0]), float(dpi[1]), 2
+        return exif_bytes(exif)
+    except Exception:  # Pillow's parser and writer raise many kinds; the block is the source's
+        return data
+
+
+def exif_dpi(exif: Image.Exif) -> tuple[float, float] | None:
+    """The resolution an EXIF block states, in dots per inch, or None."""
+    try:
+        per_inch = {2: 1.0, 3: 2.54}.get(int(exif.get(RESOLUTION_UNIT, 2)))
+        x, y = exif.get(X_RESOLUTION), exif.get(Y_RESOLUTION)
+        return None if per_inch is None or x is None or y is None else (float(x) * per_inch, float(y) * per_inch)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+

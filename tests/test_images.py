@@ -283,9 +283,14 @@ def test_metadata_is_read_and_written(tmp_path):
         save_image(image, tmp_path / f"out{suffix}", metadata=meta)
         with Image.open(tmp_path / f"out{suffix}") as out:
             assert out.info.get("icc_profile") == icc, suffix
-            if suffix != ".webp":  # WebP has no resolution field
+            if suffix != ".webp":
                 assert out.info["dpi"] == pytest.approx((300, 300), abs=0.01), suffix
+            else:  # WebP has no resolution field: EXIF's XResolution, YResolution in inches
+                assert (out.getexif()[0x011A], out.getexif()[0x011B], out.getexif()[0x0128]) == (300, 300, 2)
             assert out.getexif()[0x0112] == 1 and out.getexif()[0x010F] == "Camera maker", suffix
+    assert read_image_metadata(tmp_path / "out.webp")["dpi"] == pytest.approx((300, 300))  # read back from there
+    save_image(image, tmp_path / "bare.webp", metadata={"dpi": (72.0, 96.0)})  # an EXIF block made for it
+    assert read_image_metadata(tmp_path / "bare.webp")["dpi"] == pytest.approx((72, 96))
     save_image(image, tmp_path / "out.bmp", metadata=meta)  # BMP holds only the resolution
     with Image.open(tmp_path / "out.bmp") as out:
         assert out.info["dpi"] == pytest.approx((300, 300), abs=0.1) and "icc_profile" not in out.info

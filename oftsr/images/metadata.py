@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..exif import EXIF_IFD, GPS_IFD, exif_bytes
+from ..exif import EXIF_IFD, GPS_IFD, exif_bytes, exif_dpi
 from .formats import EXIF_ORIENTATION, PNG_XMP_KEY, RAW_PROFILE_EXIF, raw_profile_bytes
 
 _EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the source's size
@@ -101,6 +101,8 @@ def read_image_metadata(path: str | os.PathLike) -> dict[str, object]:
             with warnings.catch_warnings():  # a corrupt EXIF block is left out, not reported
                 warnings.simplefilter("ignore")
                 exif = read_exif(im, None if raw_profile is None else raw_profile_bytes(raw_profile))
+            if im.format == "WEBP" and exif is not None and (dpi := exif_dpi(exif)):  # no field of its own
+                found["dpi"] = dpi
         if exif is not None:
             exif[EXIF_ORIENTATION] = 1
             for tag in _EXIF_LAYOUT_TAGS:

@@ -14,7 +14,7 @@ from PIL import Image, PngImagePlugin
 
 from ..checks import OUTPUT_DTYPES, check_unit_range, image_hint
 from ..color import srgb_decode
-from ..exif import mend_tiff_types, with_user_comment
+from ..exif import mend_tiff_types, with_resolution, with_user_comment
 from ..files import atomic_write
 from ..icc import has_linear_tone_curve
 from .formats import IMAGE_SUFFIXES, PNG_XMP_KEY
@@ -224,6 +224,8 @@ def _write_pillow8(image: torch.Tensor, tmp: Path, fmt: str, extra: dict[str, ob
         extra["xmp"] = xmp
     if text and fmt != "PNG" and (exif := _exif_with_settings(extra.pop("exif", None), text, fmt, name)):
         extra["exif"] = exif
+    if fmt == "WEBP" and extra.get("dpi"):  # WebP has no resolution field: EXIF's, as editors write it
+        extra["exif"] = with_resolution(extra.get("exif"), extra.pop("dpi"))
     if fmt == "JPEG" and len(extra.get("exif") or b"") > JPEG_MAX_EXIF:
         warnings.warn(f"{name}: the source's EXIF ({len(extra['exif']):,} bytes, maker notes most likely) "
                       f"is more than JPEG holds ({JPEG_MAX_EXIF:,}): written without it; a .png or .tif output "
