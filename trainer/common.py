@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import oftsr  # noqa: E402
 from oftsr.checkpoint import MissingInfoError, contradicted_metadata, recorded_settings  # noqa: E402
 from oftsr.devices import cpu_has_native_bf16  # noqa: E402
+from oftsr.output_paths import remove_empty_folders  # noqa: E402
 from oftsr.training.data import SRDataset, load_logger, scan_image_sizes, warn_image_sizes  # noqa: E402
 from oftsr.training.degradations import DEGRADATION_SETTINGS, degradation_settings  # noqa: E402
 from oftsr.training.realesrgan import REALESRGAN_CONFIGS  # noqa: E402
@@ -98,13 +99,12 @@ def _remove_unused_output_dir() -> None:
             lock.close()
         if lock_path is not None:
             os.remove(lock_path)  # elsewhere while still locked: a run waiting on it cannot take it meanwhile
-        for folder in folders:  # its parents made with it, where they stayed empty
-            folder.rmdir()
     except OSError:  # written to meanwhile: left as it is
         pass
     finally:
         if lock is not None:
             lock.close()
+    remove_empty_folders(folders)  # its parents made with it, where they stayed empty
 
 
 def enter_training_loop() -> None:
