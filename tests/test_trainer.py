@@ -474,6 +474,54 @@ def test_teacher_kill_and_resume_matches_an_uninterrupted_run(train_dir, tmp_pat
                zip(oftsr.load_model(tmp_path / "raw.safetensors").parameters(), tb.parameters()))
 
 
+# A trainer script run with Accelerate's optimizer reporting the update of the given optimizer
+# steps (1 = the first) as skipped, as fp16's loss scaler does when the gradients overflow
+# ("all": every one). The update itself still runs: what is checked is how the loop counts it.
+FP16_SKIPS = """
+import runpy, sys
+from accelerate.optimizer import AcceleratedOptimizer
+spec, sys.argv = sys.argv[1], sys.argv[2:]
+step = AcceleratedOptimizer.step
+def counted_step(self, closure=None):
+    if self.gradient_state.sync_gradients:
+        self.calls = getattr(self, "calls", 0) + 1
+    return step(self, closure)
+AcceleratedOptimizer.step = counted_step
+AcceleratedOptimizer.step_was_skipped = property(
+    lambda self: spec == "all" or str(getattr(self, "calls", 0)) in spec.split(","))
+sys.path.insert(0, "trainer")
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_an_fp16_update_the_scaler_skips_is_no_step_and_a_resume_goes_on_after_its_batch(train_dir, tmp_path):
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--checkpointing_steps", "2", "--seed", "5"]
+    ref, full, cut = tmp_path / "ref", tmp_path / "full", tmp_path / "cut"
+    _run([*base, "--output_dir", ref, "--max_train_steps", "4"])
+    # the 2nd and 3rd updates skipped: four steps take six batches, and the schedule counts four
+    res = _run([*base, "--output_dir", full, "--max_train_steps", "4"], launcher=(sys.executable, "-c", FP16_SKIPS, "2,3"))
+    assert "fp16: the gradients overflowed the loss scale at step 2; that update is skipped" in res.stderr
+    assert list(_losses(full)) == [1, 2, 3, 4] and _losses(full, "lr") == _losses(ref, "lr")
+    assert _losses(full)[1] == pytest.approx(_losses(ref)[1], rel=1e-6)  # the same first batch
+    state = torch.load(full / "checkpoint-4" / "custom_checkpoint_1.pkl", weights_only=True)
+    assert state == {"step": 4, "skipped": 2}
+    assert oftsr.load_model(full / "teacher.safetensors").step == 4
+    # stopped at step 2 (after four batches) and resumed with no skips: steps 3 and 4 see the
+    # 5th and 6th batches, as in the run that went through
+    _run([*base, "--output_dir", cut, "--max_train_steps", "2"], launcher=(sys.executable, "-c", FP16_SKIPS, "2,3"))
+    _run([*base, "--output_dir", cut, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
+    a, b = _losses(full), _losses(cut)
+    assert b[3] == pytest.approx(a[3], rel=1e-6) and b[4] == pytest.approx(a[4], rel=1e-6)
+    assert _losses(cut, "lr") == _losses(ref, "lr")
+    # gradients that overflow at every update: the run stops as diverged instead of looping
+    res = _run([*base, "--output_dir", tmp_path / "inf", "--max_train_steps", "100"],
+               launcher=(sys.executable, "-c", FP16_SKIPS, "all"), status=1)
+    assert "error: training diverged: fp16 gradients overflowed at 40 optimizer steps in a row after step 0 " \
+           "(--mixed_precision bf16 does not overflow)" in res.stderr and "Traceback" not in res.stderr
+    assert _checkpoints(tmp_path / "inf") == []
+
+
 def test_set_up_errors_are_one_line_and_bundled_models_go_by_name(train_dir, tmp_path):
     for args, message in [
             (["trainer/train_teacher.py", "--train_data_dir", tmp_path / "absent", "--output_dir", tmp_path / "a"],
@@ -1242,6 +1290,22 @@ def test_a_flowsr_resume_names_a_discriminator_added_or_left_out(tmp_path, monke
     with caplog.at_level(logging.WARNING, logger="oftsr.trainer"):
         distill.check_discriminator(gan, False)
     assert "trained a discriminator, with --lambda_adv 0: its GAN loss stops from here" in caplog.text
+
+
+def test_a_gan_with_fp16_and_gradient_accumulation_is_refused(monkeypatch):
+    # fp16 has one loss scaler for both optimizers: the discriminator's update of it would
+    # fall between the student's micro-batches
+    monkeypatch.syspath_prepend(str(ROOT / "trainer"))
+    import distill
+
+    fp16, bf16 = SimpleNamespace(scaler=object()), SimpleNamespace(scaler=None)
+    args = SimpleNamespace(objective="flowsr", lambda_adv=0.1, gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match=r"--lambda_adv with --mixed_precision fp16 and --gradient_accumulation_steps "
+                                         r"2: the discriminator and the student share fp16's loss scaler"):
+        distill.check_one_loss_scaler(args, fp16)
+    distill.check_one_loss_scaler(args, bf16)
+    for ok in ({"gradient_accumulation_steps": 1}, {"lambda_adv": 0.0}, {"objective": "oftsr"}):
+        distill.check_one_loss_scaler(SimpleNamespace(**{**vars(args), **ok}), fp16)
 
 
 def test_diffusers_flag_names_and_the_run_summary(caplog, monkeypatch):

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher, student = build_models(args)  # first: the trackers log the settings taken from the teacher
     settle_resolution(args, "the teacher's scale")
     accelerator = make_accelerator(args, "oftsr-distill")
+    check_one_loss_scaler(args, accelerator)
     teacher.to(accelerator.device)
     optimizer = make_optimizer(args, student.parameters())
     if args.objective == "fluxsr":
@@ -270,6 +271,19 @@ def main(argv: list[str] | None = None) -> int:
                         provenance={"teacher_digest": network_digest(teacher)}, loss=loss_settings(args),
                         validate=lambda net, batch, step, lpips: validate(accelerator, net, ema, batch, args, step,
                                                                           lpips))
+
+
+def check_one_loss_scaler(args: argparse.Namespace, accelerator: Accelerator) -> None:
+    """fp16's one loss scaler (Accelerate has one for all optimizers) is updated by the
+    discriminator's step, which comes before the student's last backward: with gradient
+    accumulation the student's micro-batches would then sum gradients at two scales."""
+    if (args.objective == "flowsr" and args.lambda_adv > 0 and args.gradient_accumulation_steps > 1
+            and accelerator.scaler is not None):
+        raise ValueError(f"--lambda_adv with --mixed_precision fp16 and --gradient_accumulation_steps "
+                         f"{args.gradient_accumulation_steps}: the discriminator and the student share fp16's loss "
+                         f"scaler, whose update between them would rescale part of the student's accumulated "
+                         f"gradient; use --mixed_precision bf16, or --gradient_accumulation_steps 1 with a larger "
+                         f"--train_batch_size")
 
 
 def check_discriminator(checkpoint: Path, wanted: bool) -> None:

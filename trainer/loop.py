@@ -97,16 +97,25 @@ def restore_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer:
 
 
 class TrainState:
-    """The optimisation step, checkpointed with the rest by `accelerator.save_state`."""
+    """The optimisation step, checkpointed with the rest by `accelerator.save_state`, and
+    the fp16 steps whose update the loss scaler skipped: they took their batches (a resume
+    goes on after them) but count as no step, as the learning-rate schedule counts none."""
 
     def __init__(self) -> None:
         self.step = 0
+        self.skipped = 0
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return {"step": self.step, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+        self.skipped = int(state.get("skipped", 0))  # absent from checkpoints of 0.27 and older
+
+
+# fp16 overflows this many optimizer steps in a row: the loss scale has fallen by 2**40, so the
+# gradients themselves are not finite (a scale too high for a few steps is what the scaler fixes).
+MAX_SKIPPED_IN_A_ROW = 40
 
 
 class StopRequest:
@@ -363,7 +372,7 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
     if state.step:
         restore_schedule(scheduler, optimizer, args.learning_rate, state.step, accelerator.num_processes)
         restore_optimizer_flags(optimizer, args)
-    batches = train_batches(accelerator, dataloader, state.step, args.gradient_accumulation_steps)  # a set smaller
+    batches = train_batches(accelerator, dataloader, state.step + state.skipped, args.gradient_accumulation_steps)  # a set smaller
     # than one batch is refused before a summary of its epochs is said, and before the trackers
     # start: a run refused in its set-up leaves no logs (nor its folder, `run_script`)
     start_trackers(accelerator, args, state.step)
@@ -389,7 +398,7 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
         log_metrics(accelerator, args.output_dir, logs, 0)
     bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
     summed, micro = {}, 0  # losses over the micro-batches of one optimizer step
-    stopped = False
+    stopped, skipped_in_a_row = False, 0
     enter_training_loop()
     # Whatever ends the loop, the loader's workers are shut down now: they ignore SIGTERM
     # (`ignore_stop_signals`), so left to the interpreter's exit they would wait forever.
@@ -409,15 +418,31 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
             micro += 1
             if not accelerator.sync_gradients:
                 continue
+            logs = {k: accelerator.gather(v / micro).mean().item() for k, v in summed.items()}
+            summed, micro = {}, 0
+            if not math.isfinite(logs["loss"]):  # the same gathered value on every process: all stop
+                raise TrainingDiverged(diverged_message(args, f"the loss is {logs['loss']} at step {state.step + 1}"))
+            # fp16: the scaler found the (all-reduced, so every process's) gradients overflowing
+            # and made no update; the scheduler did not step either. The scale is lowered and
+            # the step is taken again with the next batch.
+            if optimizer.step_was_skipped:
+                state.skipped += 1
+                skipped_in_a_row += 1
+                if skipped_in_a_row == MAX_SKIPPED_IN_A_ROW:
+                    raise TrainingDiverged(diverged_message(
+                        args, f"fp16 gradients overflowed at {skipped_in_a_row} optimizer steps in a row after step "
+                              f"{state.step} (--mixed_precision bf16 does not overflow)"))
+                if state.skipped == 1:
+                    logger.info("fp16: the gradients overflowed the loss scale at step %d; that update is skipped and "
+                                "the scale lowered (expected in the first steps; the run's count of skipped updates "
+                                "is in its checkpoints)", state.step + 1)
+                continue
+            skipped_in_a_row = 0
             ema.update(accelerator.unwrap_model(model))
             if after_step is not None:
                 after_step()
             state.step += 1
             bar.update(1)
-            logs = {k: accelerator.gather(v / micro).mean().item() for k, v in summed.items()}
-            summed, micro = {}, 0
-            if not math.isfinite(logs["loss"]):  # the same gathered value on every process: all stop
-                raise TrainingDiverged(diverged_message(args, f"the loss is {logs['loss']} at step {state.step}"))
             logs["lr"] = lr
             bar.set_postfix(loss=f"{logs['loss']:.4g}")  # significant digits: a distillation loss is under 1e-4
             # A stop is decided first: its checkpoint may have seconds left (a launcher's grace), not a validation.
