@@ -39,7 +39,10 @@ def prepare_mask(mask: torch.Tensor, batch: int, size: tuple[int, int]) -> torch
         raise ValueError("mask contains NaN or infinite values")
     m = m[:, None]
     (mh, mw), (h, w) = m.shape[-2:], size
-    if abs(mw / mh - w / h) > 0.01 * (w / h):
+    # Stretching distorts only a mask that varies both across and down (a painted shape):
+    # bands, ramps and a constant mask (Load Image's 64x64 one without alpha) keep their meaning.
+    shaped = bool((m != m[..., :1]).any()) and bool((m != m[..., :1, :]).any())
+    if shaped and abs(mw / mh - w / h) > 0.01 * (w / h):
         log.warning("%s: the mask (%dx%d) has another aspect ratio than the output (%dx%d); it is stretched to fit",
                     NAME, mw, mh, w, h)
     if tuple(m.shape[-2:]) != tuple(size):

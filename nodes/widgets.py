@@ -95,8 +95,9 @@ def check_tile(tile: int | None) -> bool | str:
 
 def check_options(**options: tuple[object, list[str]]) -> None:
     """Combo values, {name: (value, allowed)}, checked first thing in `execute`: ComfyUI
-    (0.3.6x) does not check the options of these nodes' combos, and the UI offers only the
-    listed ones, so another value comes from an API prompt or another version's workflow."""
+    0.3.6x does not check the options of these nodes' combos (0.8 refuses the prompt
+    itself), and the UI offers only the listed ones, so another value comes from an API
+    prompt or another version's workflow."""
     for name, (value, allowed) in options.items():
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")

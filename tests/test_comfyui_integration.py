@@ -338,8 +338,8 @@ def test_loader_accepts_old_bundled_names_and_refuses_unknown_ones(comfy):
 
 def test_bad_widget_values_are_refused_before_the_run(comfy):
     """A tile too small to run is an HTTP 400 filed under the tile alone; a colour fix that
-    is not in the list (an API prompt: ComfyUI does not check these combos) stops the node
-    before it computes anything, naming the value."""
+    is not in the list (an API prompt) is refused naming the value: by ComfyUI's own combo
+    check where it has one for these nodes (0.8), else by the node before it computes anything."""
     prompt = workflow_to_prompt(load_workflow("oftsr_basic_upscale.json"), comfy.object_info)
     node = next(k for k, e in prompt.items() if e["class_type"] == "OFTSRUpscale")
     bad = json.loads(json.dumps(prompt))
@@ -352,9 +352,17 @@ def test_bad_widget_values_are_refused_before_the_run(comfy):
     assert "tile must be 0 (the whole image at once) or 32 to 8192 pixels, got 8" in errors[0]["details"]
     bad = json.loads(json.dumps(prompt))
     bad[node]["inputs"]["color_fix"] = "Wavelet"
-    entry = comfy.server.wait(comfy.server.queue(bad), timeout=600)
-    assert entry.get("status", {}).get("status_str") == "error"
-    assert "color_fix must be one of none, wavelet, adain; got 'Wavelet'" in json.dumps(entry["status"]["messages"])
+    try:
+        answer = comfy.server.post("/prompt", {"prompt": bad, "client_id": "oftsr-integration-test"})
+    except HTTPError as e:  # ComfyUI's check
+        assert e.status == 400
+        errors = json.loads(e.body)["node_errors"][node]["errors"]
+        assert [error["extra_info"]["input_name"] for error in errors] == ["color_fix"]
+        assert "Wavelet" in errors[0]["details"] and "wavelet" in errors[0]["details"]
+    else:  # the node's
+        entry = comfy.server.wait(answer["prompt_id"], timeout=600)
+        assert entry.get("status", {}).get("status_str") == "error"
+        assert "color_fix must be one of none, wavelet, adain; got 'Wavelet'" in json.dumps(entry["status"]["messages"])
 
 
 def run_prompt(comfy, prompt: dict) -> dict:

@@ -1100,8 +1100,18 @@ def test_regional_mask_of_another_aspect_is_stretched_with_a_warning(comfy, pack
     with caplog.at_level("WARNING"):
         run(pack, "OFTSRRegionalTradeoff", mask=torch.ones(1, 5, 5), **kw)  # same aspect, another size: quiet
     assert "aspect" not in caplog.text
+    # a constant mask, and bands or a ramp (the shipped workflow's mask), mean the same stretched: quiet
+    bands = torch.zeros(1, 40, 64)
+    bands[:, 24:] = 1  # realism in the bottom rows
+    ramp = torch.linspace(0, 1, 64).expand(1, 8, 64)
+    for mask in (torch.ones(1, 8, 64), torch.zeros(1, 64, 64)[:, :8], bands, ramp):
+        with caplog.at_level("WARNING"):
+            out = run(pack, "OFTSRRegionalTradeoff", mask=mask, **kw)
+        assert "aspect" not in caplog.text and out.shape == (1, 32, 32, 3)
+    shape = torch.zeros(1, 8, 64)
+    shape[:, 2:6, 20:40] = 1  # a painted patch would come out squashed: said
     with caplog.at_level("WARNING"):
-        out = run(pack, "OFTSRRegionalTradeoff", mask=torch.ones(1, 8, 64), **kw)
+        out = run(pack, "OFTSRRegionalTradeoff", mask=shape, **kw)
     assert "the mask (64x8) has another aspect ratio than the output (32x32)" in caplog.text
     assert out.shape == (1, 32, 32, 3)
 
