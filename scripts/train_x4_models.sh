@@ -40,8 +40,8 @@
 # TEACHER_STEPS, STUDENT_STEPS, STUDENT_RESOLUTION, CHECKPOINT_STEPS, MIXED_PRECISION,
 # WORKERS, REPEATS, WEIGHTS_DIR, EVAL, NO_BASELINES, TEACHER_LR, TEACHER_WARMUP,
 # TEACHER_EMA, TEACHER_DROPOUT, STUDENT_LR, REALESRGAN_CONFIG, MAX_MINUTES,
-# TEACHER_MINUTES, STUDENT_MINUTES, PYTHON); with tiny values the same commands run on a
-# CPU in a minute, as a check of the recipe (docs/models.md; a test runs it). INIT_TEACHER and INIT_STUDENT start the two stages from
+# TEACHER_MINUTES, STUDENT_MINUTES, PYTHON); with tiny values (and MIXED_PRECISION=no on a CPU
+# without native bf16) the same commands run on a CPU in a minute, as a check of the recipe (docs/models.md; a test runs it). INIT_TEACHER and INIT_STUDENT start the two stages from
 # existing weights instead of from scratch and from the teacher: a fine-tune, e.g. of the x4
 # pair into x4-real. TEACHER (a bundled name or a file) skips stage 1 and distils from that
 # teacher: TEACHER=x4 INIT_STUDENT=x4 STUDENT_MINUTES=6 distils the shipped student further
