@@ -1,5 +1,5 @@
-"""Files: written atomically (a crash or kill -9 never leaves a truncated file under the
-final name), replaced only when asked, and identified by their sha256."""
+"""Files: written atomically (a crash, kill -9 or power cut never leaves a truncated file
+under the final name), replaced only when asked, and identified by their sha256."""
 
 from __future__ import annotations
 
@@ -36,10 +36,23 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         mode = tmp.stat().st_mode & 0o777
         yield tmp
         os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a private one
+        _sync(tmp)  # on disk before it takes the name: after a power cut, the old file or the whole new one
         _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if os.name != "nt":  # the rename itself, in the folder's entry (Windows opens no folder to sync)
+        _sync(path.parent)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot sync (some network and FUSE ones): as written
+        pass
+    finally:
+        os.close(fd)
 
 
 # On Windows a file open in another program (a viewer, a virus scanner or indexer for a

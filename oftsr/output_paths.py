@@ -155,8 +155,8 @@ def _check_folder(folder: Path, named: list[Path], made: list[Path]) -> None:
             name_max = 255
         path_max, where = windows_path_limit(), folder.resolve()
         for t in named:  # written under a temporary name 14 bytes longer (atomic_write)
-            if len(t.name.encode()) + ATOMIC_NAME_EXTRA > name_max:
-                raise ValueError(f"{t.name}: the name is too long to write in {folder} ({len(t.name.encode())} "
+            if len(os.fsencode(t.name)) + ATOMIC_NAME_EXTRA > name_max:
+                raise ValueError(f"{t.name}: the name is too long to write in {folder} ({len(os.fsencode(t.name))} "
                                  f"bytes; at most {name_max - ATOMIC_NAME_EXTRA}): rename the input, or name a "
                                  f"shorter output with -o")
             if path_max is not None and len(str(where / t.name)) + ATOMIC_NAME_EXTRA > path_max:

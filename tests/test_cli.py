@@ -537,6 +537,29 @@ def test_a_result_open_in_another_program_is_waited_for_then_named(tmp_path, mon
     assert len(tries) == 4 and dst.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an fd's file through /proc")
+def test_atomic_write_syncs_the_file_before_it_takes_the_name_and_then_the_folder(tmp_path, monkeypatch):
+    from oftsr import files
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        events.append(("sync", target.name if target.is_dir() else target.read_bytes()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append(("rename", Path(b).name)), real_replace(a, b)))
+    with files.atomic_write(tmp_path / "out.png") as tmp:
+        tmp.write_bytes(b"whole")
+    assert events == [("sync", b"whole"), ("rename", "out.png"), ("sync", tmp_path.name)]
+    # a file system that cannot sync (EINVAL on some network ones) still gets its file
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(22, "Invalid argument")))
+    with files.atomic_write(tmp_path / "b.png") as tmp:
+        tmp.write_bytes(b"b")
+    assert (tmp_path / "b.png").read_bytes() == b"b" and sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "out.png"]
+
+
 # --------------------------------------------------------------------------- defaults and channel/bit-depth round trips
 
 def test_t_default_is_the_middle_of_the_trade_off_and_help_is_plain(capsys):
@@ -1279,6 +1302,24 @@ def test_a_name_too_long_to_write_is_refused_before_any_work(tmp_path, model_fil
                             capsys)
     assert code == 2 and f"{long}: the name is too long to write in {tmp_path / 'out'} (251 bytes; at most 241)" in err
     assert not (tmp_path / "out").exists()  # nothing written, and the folder it made for it removed
+
+
+def test_a_file_name_that_is_not_utf8_is_upscaled_under_its_own_bytes(tmp_path, model_files, capsys):
+    """Linux names are bytes: one that no encoding reads (Python holds it with surrogates) is
+    an image like the others, and its result keeps those bytes."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    odd = os.fsdecode(b"bad\xff\xfe.png")
+    try:
+        Image.new("RGB", (8, 6), (200, 40, 10)).save(folder / odd)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    Image.new("RGB", (8, 6)).save(folder / "good.png")
+    code, _, err = _run_cli(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(model_files[0]), "-q"],
+                            capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(os.fsencode(tmp_path / "out"))) == [b"bad\xff\xfe.png", b"good.png"]
+    assert Image.open(tmp_path / "out" / odd).size == (32, 24)
 
 
 def test_a_result_larger_than_the_free_memory_is_said_with_its_size(tmp_path, model_files, inputs, capsys,
