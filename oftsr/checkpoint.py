@@ -650,13 +650,18 @@ def _unet_with_weights(config: UNetConfig, weights: dict | list, path: Path) -> 
     # torch.set_default_dtype says: `dtype` is the one way to ask for another.
     stored = collections.Counter(v.dtype for v in weights.values()).most_common(1)[0][0]  # the file's dtype
     tensors = {k: torch.empty(v.shape, dtype=torch.float32).copy_(v) for k, v in weights.items()}
-    # a sum is NaN or infinite where a value is (weights never sum past float32's range): one fast pass
-    broken = [k for k, v in tensors.items() if not math.isfinite(v.sum().item())]
+    # a sum is NaN or infinite where a value is: one fast pass (a finite sum past float32's range is looked at again)
+    broken = [k for k, v in tensors.items() if not math.isfinite(v.sum().item()) and not torch.isfinite(v).all()]
     if broken:  # it would make black or noise images without a word
         raise CheckpointError(f"{path.name}: {len(broken)} of its {len(tensors)} tensors hold NaN or infinity (first: "
                               f"{broken[0]}): the training run that wrote it diverged, or the file is damaged; use "
                               f"an earlier checkpoint")
-    unet.load_state_dict(tensors, assign=True)
+    try:
+        unet.load_state_dict(tensors, assign=True)
+    except RuntimeError as e:  # checked against its header before: the file changed while it was read
+        raise CheckpointError(f"{path.name}: its tensors do not fit the network its header describes "
+                              f"({str(e).splitlines()[0]} ...): was it replaced while it was read? Load it again"
+                              ) from None
     return unet, stored
 
 

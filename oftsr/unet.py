@@ -63,6 +63,15 @@ class UNetConfig:
             raise ValueError(f"model_channels must be a positive multiple of 32 (GroupNorm(32)), got {self.model_channels}")
         if not self.channel_mult:
             raise ValueError(f"need at least one level, got {self}")
+        # Attention (at the attention_ds levels and in the middle) splits its channels into
+        # channels // num_head_channels heads of equal width.
+        levels = [(2**i, m * self.model_channels) for i, m in enumerate(self.channel_mult)]
+        for where, ch in [(f"at 1/{ds}", ch) for ds, ch in levels if ds in self.attention_ds] + [("in the middle", levels[-1][1])]:
+            heads = max(1, ch // self.num_head_channels)
+            if ch % heads:
+                raise ValueError(f"num_head_channels {self.num_head_channels} gives the attention {where} {heads} heads "
+                                 f"({ch} // {self.num_head_channels}), which do not split its {ch} channels evenly: "
+                                 f"use a divisor of {ch}")
 
     @property
     def size_multiple(self) -> int:

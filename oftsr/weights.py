@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,15 @@ def existing_model_path(spec: str | Path | None, role: str, option: str = "--mod
         from .checkpoint import CheckpointError, folder_message
 
         raise CheckpointError(f"{option} {folder_message(path, role)}")
+    if not path.exists() and path.is_symlink():
+        where = "which is not there"
+        try:
+            path.resolve(strict=True)
+        except FileNotFoundError:
+            pass
+        except (OSError, RuntimeError):  # ELOOP (RuntimeError before Python 3.13)
+            where = "a loop of links that leads back to itself"
+        raise FileNotFoundError(f"{option} {spec}: a link to {os.readlink(path)}, {where}")
     if not path.exists():
         names = [*BUNDLED_MODELS, *(f"{n}-{r}" for n in BUNDLED_MODELS for r in BUNDLED_ROLES)]
         close = difflib.get_close_matches(str(spec).lower(), names, n=1, cutoff=0.75) if spec else []

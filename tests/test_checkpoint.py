@@ -121,6 +121,46 @@ def test_a_mistyped_model_name_gets_the_names(tmp_path, monkeypatch):
     assert oftsr.load_model("~/m.safetensors").role == "student"  # ~ is the home folder
 
 
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_a_broken_link_and_a_loop_of_links_are_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.safetensors").symlink_to("b.safetensors")
+    (tmp_path / "b.safetensors").symlink_to("a.safetensors")
+    (tmp_path / "c.safetensors").symlink_to("gone.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"^load_model: a.safetensors: a link to b.safetensors, a loop of links that leads "
+                                                r"back to itself$"):
+        oftsr.load_model("a.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"^load_model: c.safetensors: a link to gone.safetensors, which is not there$"):
+        oftsr.load_model("c.safetensors")
+
+
+def test_large_finite_weights_are_not_called_nan_and_a_file_replaced_mid_read_is_said(tmp_path, student, monkeypatch):
+    import oftsr.checkpoint as checkpoint
+
+    oftsr.save_model(student, tmp_path / "m.safetensors")
+    tensors, meta = load_file(tmp_path / "m.safetensors"), oftsr.read_metadata(tmp_path / "m.safetensors")
+    name = next(k for k, v in tensors.items() if v.numel() > 4)
+    big = {**tensors, name: torch.full_like(tensors[name], 3e38)}  # finite; only their sum overflows
+    save_file(big, tmp_path / "big.safetensors", metadata=meta)
+    assert torch.equal(dict(oftsr.load_model(tmp_path / "big.safetensors").unet.named_parameters())[name],
+                       big[name])
+    big[name][0] = float("nan")
+    save_file(big, tmp_path / "nan.safetensors", metadata=meta)
+    with pytest.raises(CheckpointError, match=rf"1 of its \d+ tensors hold NaN or infinity \(first: {re.escape(name)}\)"):
+        oftsr.load_model(tmp_path / "nan.safetensors")
+    # the tensors read after the header was checked are another network's
+    read = checkpoint._read_safetensors
+
+    def replaced(path, header_only=False):
+        tensors, meta = read(path, header_only=header_only)
+        return (tensors if header_only else {k: v for k, v in tensors.items() if k != name}), meta
+
+    monkeypatch.setattr(checkpoint, "_read_safetensors", replaced)
+    with pytest.raises(CheckpointError, match=r"m.safetensors: its tensors do not fit the network its header describes "
+                                              r"\(Error\(s\) in loading state_dict .*was it replaced while it was read"):
+        oftsr.load_model(tmp_path / "m.safetensors")
+
+
 def test_authors_ema_shadow_list(tmp_path, random_unet_weights):
     model = make_model(random_unet_weights)
     path = tmp_path / STUDENT_NAME
@@ -476,7 +516,10 @@ def test_forged_architecture_and_zip_bombs_are_refused_before_any_work(tmp_path,
     for forged, message in [({"num_head_channels": 0}, "num_head_channels must be an integer from 1 to 4096, got 0"),
                             ({"channel_mult": [-1]}, "channel_mult entries must be an integer from 1 to 64, got -1"),
                             ({"model_channels": 32.0}, "model_channels must be an integer from 1 to 4096, got 32.0"),
-                            ({"num_res_blocks": True}, "num_res_blocks must be an integer from 1 to 64, got True")]:
+                            ({"num_res_blocks": True}, "num_res_blocks must be an integer from 1 to 64, got True"),
+                            # heads of unequal width: refused as the file's, not a reshape error at the first image
+                            ({"num_head_channels": 7}, "num_head_channels 7 gives the attention at 1/4 18 heads (128 // 7), which do "
+                                                       "not split its 128 channels evenly: use a divisor of 128")]:
         save_file(tensors, tmp_path / "f.safetensors", metadata={**meta, "architecture": json.dumps({**arch, **forged})})
         with pytest.raises(CheckpointError, match=rf"f.safetensors: OFTSR metadata is incomplete or malformed "
                                                   rf"\(ValueError: {re.escape(message)}\)"):
