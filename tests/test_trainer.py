@@ -2392,7 +2392,7 @@ def test_a_resume_refuses_a_checkpoint_file_that_would_run_code(train_dir, tmp_p
             "--checkpointing_steps", "1", "--output_dir", out]
     _run([*base, "--max_train_steps", "1"])
     state = out / "checkpoint-1" / "custom_checkpoint_1.pkl"
-    assert torch.load(state, weights_only=True) == {"step": 1}  # what the trainer itself writes: plain values
+    assert torch.load(state, weights_only=True) == {"step": 1, "skipped": 0}  # what the trainer itself writes: plain values
     torch.save({"step": 1, "payload": _RunsCode(marker)}, state)
     res = _run([*base, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"], status=2)
     assert "custom_checkpoint_1.pkl holds more than tensors and numbers, and loading it could run code: the resume " \
