@@ -19,7 +19,7 @@ from .unet import PRESETS, UNet, UNetConfig  # noqa: E402
 from .weights import (BUNDLED_MODELS, bundled_model_path, create_model, default_model_path,  # noqa: E402
                       existing_model_path, resolve_model)
 
-__version__ = "0.27.0"  # as in pyproject.toml, where the Comfy registry reads it; a test keeps them equal
+__version__ = "0.28.0"  # as in pyproject.toml, where the Comfy registry reads it; a test keeps them equal
 
 __all__ = [
     "BUNDLED_MODELS", "CheckpointError", "OFTSRModel", "PRESETS", "UNet", "UNetConfig", "bundled_model_path",

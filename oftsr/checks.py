@@ -8,6 +8,7 @@ import argparse
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -132,9 +133,16 @@ def check_seed_value(seed: object) -> int:
     return seed
 
 
-def check_unit_range(image: torch.Tensor, what: str) -> None:
+# Values further than this beyond [0, 1], in more than this share of an image, are clipped with
+# a warning: resampling overshoot lies near 0 and 1 and at edges only.
+CLIP_SLACK, CLIP_SHARE = 0.05, 0.01
+
+
+def check_unit_range(image: torch.Tensor, what: str, stacklevel: int = 3) -> None:
     """A float image meant for [0, 1]: NaN, infinities, 0-255 and [-1, 1] values are refused,
-    not clamped (a little beyond 0 or 1 is resampling overshoot, which the clamp takes)."""
+    not clamped (a little beyond 0 or 1 is resampling overshoot, which the clamp takes; a
+    larger share of values beyond it is clipped with a warning, at `stacklevel`: 3 is the
+    line that called this function's caller)."""
     if not image.numel():
         return
     low, high = (float(v) for v in torch.aminmax(image))  # one pass; NaN propagates into both
@@ -146,6 +154,11 @@ def check_unit_range(image: torch.Tensor, what: str) -> None:
     if low < -0.5:  # a little under 0 is resampling undershoot; more is [-1, 1]
         raise ValueError(f"{what} must be in [0, 1], but its minimum is {low:g}: map [-1, 1] values to [0, 1] with "
                          f"(x + 1) / 2 first")
+    if low < -CLIP_SLACK or high > 1 + CLIP_SLACK:  # overshoot is at edges; this much is the image itself
+        outside = float(((image < -CLIP_SLACK) | (image > 1 + CLIP_SLACK)).float().mean())
+        if outside > CLIP_SHARE:
+            warnings.warn(f"{what}: {outside:.1%} of its values lie outside [0, 1] (from {low:.3g} to {high:.3g}) and "
+                          f"are clipped: scale it into [0, 1] first to keep what lies beyond", stacklevel=stacklevel)
 
 
 def image_hint(image: object, batch: bool = True) -> str:

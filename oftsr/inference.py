@@ -55,7 +55,7 @@ def _split_channels(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
         raise ValueError(f"image must be a floating-point tensor in [0, 1], got {image.dtype}: divide 8-bit levels by "
                          f"255 (16-bit by 65535) first")
     image = image.float()
-    check_unit_range(image, "image")
+    check_unit_range(image, "image", stacklevel=5)  # the line that called upscale() or sample()
     colour, alpha = split_alpha(image.clamp(0, 1))
     if c <= 2:
         neutral = torch.ones(b, dtype=torch.bool, device=image.device)

@@ -82,16 +82,20 @@ def sample_adaptive(fn: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback:
 
     calls = 0
 
+    # The solver's state and time in float32 at least (the velocity in the state's own dtype):
+    # in half precision its error estimates and first step round to 0.
+    solver_dtype = torch.promote_types(x.dtype, torch.float32)
+
     def rhs(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         nonlocal calls
         calls += 1
         if callback is not None:
             callback(calls, 0)
-        return fn(y, float(t))
+        return fn(y.to(x.dtype), float(t)).to(solver_dtype)
 
-    span = torch.tensor([float(ts[0]), float(ts[-1])], dtype=torch.float64)
-    return odeint(rhs, x, span.to(x.dtype), rtol=rtol, atol=atol, method="dopri5",
-                  options=adaptive_options(x.device))[-1]
+    span = torch.tensor([float(ts[0]), float(ts[-1])], dtype=solver_dtype)
+    return odeint(rhs, x.to(solver_dtype), span, rtol=rtol, atol=atol, method="dopri5",
+                  options=adaptive_options(x.device))[-1].to(x.dtype)
 
 
 def adaptive_options(device: torch.device) -> dict:

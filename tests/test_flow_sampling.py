@@ -98,6 +98,12 @@ def test_adaptive_solver_accuracy_and_nfe():
     assert 6 <= fn.nfe < 100  # dopri5 uses 6 evaluations per accepted step plus the first
     straight = CountNFE(lambda x, t: torch.ones_like(x))
     assert torch.allclose(sample_adaptive(straight, torch.zeros(3), time_grid(1)), torch.full((3,), 1 - T_EPS))
+    # a half-precision state: the velocity sees its dtype, the solver steps in float32 (in
+    # float16 its first step rounded to 0 and it stopped with "underflow in dt")
+    for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 2e-2)):
+        seen = set()
+        out = sample_adaptive(lambda x, t: seen.add(x.dtype) or x * math.cos(t), x0.to(dtype), time_grid(1))
+        assert out.dtype == dtype and seen == {dtype} and abs(out.item() - exact) < tol * exact
 
 
 def test_adaptive_solver_on_mps_controls_its_steps_in_float32(monkeypatch):

@@ -688,7 +688,29 @@ def test_integer_or_0_255_input_is_refused():
     signed = smooth_image(8, 8) * 2 - 1  # the [-1, 1] of ML code would lose its darker half to the clamp
     with pytest.raises(ValueError, match=r"minimum is -0.\d+: map \[-1, 1\] values to \[0, 1\] with \(x \+ 1\) / 2"):
         oftsr.upscale(model, signed)
-    assert oftsr.upscale(model, torch.full((1, 3, 8, 8), -0.05)).shape == (1, 3, 32, 32)  # undershoot is clamped
+    assert oftsr.upscale(model, torch.full((1, 3, 8, 8), -0.04)).shape == (1, 3, 32, 32)  # undershoot is clamped
+
+
+def test_a_large_share_of_values_beyond_0_and_1_is_clipped_with_a_warning_at_the_callers_line(tmp_path):
+    from oftsr.images import save_image
+
+    model = oftsr.create_model("tiny", role="student")
+    image = smooth_image(16, 16)
+    halo = image.clone()
+    halo[..., 0, :2] = 1.4  # overshoot at a few edge pixels (under 1% of the values): clamped quietly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oftsr.upscale(model, halo)
+        oftsr.upscale(model, image * 1.04)  # a little beyond 1 everywhere: within the slack
+    bright = image * 0.5 + 0.6  # up to 1.1: a quarter or so of the values beyond 1.05
+    share = float((bright > 1.05).float().mean())
+    assert 0.01 < share < 1
+    for call, what in ((lambda: oftsr.upscale(model, bright), "image"),
+                       (lambda: save_image(bright[0], tmp_path / "b.png"), "the image to save")):
+        with pytest.warns(UserWarning, match=rf"^{what}: {share:.1%} of its values lie outside \[0, 1\] \(from 0.6\d* "
+                                             rf"to 1.1\d*\) and are clipped: scale it into \[0, 1\] first") as caught:
+            call()
+        assert [Path(w.filename).name for w in caught] == ["test_inference.py"]  # this file's line, not the library's
 
 
 @pytest.mark.parametrize("mode", ["wavelet", "adain"])

@@ -103,7 +103,7 @@ def _check_savable(image: object, bit_depth: int) -> torch.Tensor:
         raise ValueError(f"save_image takes a (C, H, W) tensor with 1 to 4 channels, got {tuple(image.shape)}"
                          f"{image_hint(image, batch=False)}")
     if image.is_floating_point():
-        check_unit_range(image, "the image to save")
+        check_unit_range(image, "the image to save", stacklevel=4)  # the line that called save_image()
     elif image.dtype not in (torch.uint8, torch.uint16):
         raise ValueError(f"save_image takes floats in [0, 1] or uint8 / uint16 levels, got {image.dtype}")
     return image
