@@ -36,20 +36,30 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         mode = tmp.stat().st_mode & 0o777
         yield tmp
         os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a private one
-        _sync(tmp)  # on disk before it takes the name: after a power cut, the old file or the whole new one
+        sync_to_disk(tmp)  # on disk before it takes the name: after a power cut, the old file or the whole new one
         _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     if os.name != "nt":  # the rename itself, in the folder's entry (Windows opens no folder to sync)
-        _sync(path.parent)
+        sync_to_disk(path.parent)
 
 
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
+FLUSH_NEEDS_WRITE = os.name == "nt"  # Windows flushes only a handle opened for writing (and cannot open folders)
+
+
+def sync_to_disk(path: str | os.PathLike) -> None:
+    """fsync one file or folder, where the system allows: a file system that cannot sync
+    (some network and FUSE ones), or a file this user may not open, stays as written."""
+    path = Path(path)
+    try:
+        # read-only where that flushes: a finished file may be read-only under the user's umask
+        fd = os.open(path, os.O_RDWR if FLUSH_NEEDS_WRITE and path.is_file() else os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
-    except OSError:  # a file system that cannot sync (some network and FUSE ones): as written
+    except OSError:
         pass
     finally:
         os.close(fd)

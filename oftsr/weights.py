@@ -126,16 +126,16 @@ def existing_model_path(spec: str | Path | None, role: str, option: str = "--mod
         from .checkpoint import CheckpointError, folder_message
 
         raise CheckpointError(f"{option} {folder_message(path, role)}")
-    if not path.exists() and path.is_symlink():
-        where = "which is not there"
-        try:
-            path.resolve(strict=True)
-        except FileNotFoundError:
-            pass
-        except (OSError, RuntimeError):  # ELOOP (RuntimeError before Python 3.13)
-            where = "a loop of links that leads back to itself"
-        raise FileNotFoundError(f"{option} {spec}: a link to {os.readlink(path)}, {where}")
     if not path.exists():
+        if path.is_symlink():
+            where = "which is not there"
+            try:
+                path.resolve(strict=True)
+            except FileNotFoundError:
+                pass
+            except (OSError, RuntimeError):  # ELOOP (RuntimeError before Python 3.13)
+                where = "a loop of links that leads back to itself"
+            raise FileNotFoundError(f"{option} {spec}: a link to {os.readlink(path)}, {where}")
         names = [*BUNDLED_MODELS, *(f"{n}-{r}" for n in BUNDLED_MODELS for r in BUNDLED_ROLES)]
         close = difflib.get_close_matches(str(spec).lower(), names, n=1, cutoff=0.75) if spec else []
         hint = f"; did you mean {close[0]}?" if close else ""

@@ -558,6 +558,22 @@ def test_atomic_write_syncs_the_file_before_it_takes_the_name_and_then_the_folde
     with files.atomic_write(tmp_path / "b.png") as tmp:
         tmp.write_bytes(b"b")
     assert (tmp_path / "b.png").read_bytes() == b"b" and sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "out.png"]
+    # nor does a finished file this user may not open again (read-only under a umask of 0222): a
+    # read-only handle is enough to sync on POSIX, and a refused one leaves the file as written
+    real_open, flags_seen = os.open, []
+
+    def open_refusing_reopen(p, flags, *mode):
+        flags_seen.append(flags)
+        if not flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(p, flags, *mode)
+
+    monkeypatch.setattr(files.os, "open", open_refusing_reopen)
+    with files.atomic_write(tmp_path / "c.png") as tmp:
+        tmp.write_bytes(b"c")
+    assert (tmp_path / "c.png").read_bytes() == b"c" and sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "c.png", "out.png"]
+    if os.name != "nt":
+        assert flags_seen[1:] == [os.O_RDONLY, os.O_RDONLY]  # the file, then its folder
 
 
 # --------------------------------------------------------------------------- defaults and channel/bit-depth round trips

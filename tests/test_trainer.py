@@ -514,12 +514,17 @@ def test_an_fp16_update_the_scaler_skips_is_no_step_and_a_resume_goes_on_after_i
     a, b = _losses(full), _losses(cut)
     assert b[3] == pytest.approx(a[3], rel=1e-6) and b[4] == pytest.approx(a[4], rel=1e-6)
     assert _losses(cut, "lr") == _losses(ref, "lr")
-    # gradients that overflow at every update: the run stops as diverged instead of looping
-    res = _run([*base, "--output_dir", tmp_path / "inf", "--max_train_steps", "100"],
+    # gradients that overflow at every update: the run stops as diverged instead of looping. A
+    # resumed run says its first skip too, with the count its checkpoint brought
+    before = _checkpoints(cut)
+    res = _run([*base, "--output_dir", cut, "--max_train_steps", "100", "--resume_from_checkpoint", "latest"],
                launcher=(sys.executable, "-c", FP16_SKIPS, "all"), status=1)
-    assert "error: training diverged: fp16 gradients overflowed at 40 optimizer steps in a row after step 0 " \
+    assert "fp16: the gradients overflowed the loss scale at step 5; that update is skipped and the scale lowered " \
+           "(expected in the first steps; the run's count of skipped updates, 3 so far, is in its checkpoints)" \
+           in " ".join(res.stderr.split())
+    assert "error: training diverged: fp16 gradients overflowed at 40 optimizer steps in a row after step 4 " \
            "(--mixed_precision bf16 does not overflow)" in res.stderr and "Traceback" not in res.stderr
-    assert _checkpoints(tmp_path / "inf") == []
+    assert _checkpoints(cut) == before
 
 
 def test_set_up_errors_are_one_line_and_bundled_models_go_by_name(train_dir, tmp_path):
@@ -2419,15 +2424,16 @@ def test_checkpoint_files_are_flushed_through_a_handle_windows_accepts(tmp_path,
     are opened for writing on Windows, read-only elsewhere; folders are flushed where they can be."""
     monkeypatch.syspath_prepend(str(ROOT / "trainer"))
     import checkpoints
+    from oftsr import files
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "model.safetensors").write_bytes(b"x")
     real_open = os.open
     for windows, file_flags in ((True, os.O_RDWR), (False, os.O_RDONLY)):
         opened, synced = [], []
-        monkeypatch.setattr(checkpoints, "FLUSH_NEEDS_WRITE", windows)
-        monkeypatch.setattr(checkpoints.os, "open", lambda p, flags: opened.append((Path(p).name, flags)) or real_open(p, flags))
-        monkeypatch.setattr(checkpoints.os, "fsync", synced.append)
+        monkeypatch.setattr(files, "FLUSH_NEEDS_WRITE", windows)
+        monkeypatch.setattr(files.os, "open", lambda p, flags: opened.append((Path(p).name, flags)) or real_open(p, flags))
+        monkeypatch.setattr(files.os, "fsync", synced.append)
         checkpoints._sync_to_disk(tmp_path)
         assert opened == [("model.safetensors", file_flags), (tmp_path.name, os.O_RDONLY)] and len(synced) == 2
 

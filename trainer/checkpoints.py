@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import oftsr  # noqa: E402
 from oftsr.checkpoint import EXPORTED_MODELS  # noqa: E402
+from oftsr.files import sync_to_disk  # noqa: E402
 from oftsr.training.degradations import degradation_settings, settings_text  # noqa: E402
 
 if TYPE_CHECKING:
@@ -108,23 +109,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_
     return final
 
 
-FLUSH_NEEDS_WRITE = os.name == "nt"  # Windows flushes only a handle opened for writing (and cannot open folders)
-
-
 def _sync_to_disk(folder: Path, files: bool = True) -> None:
     """fsync the files in `folder` (recursively) and the folder itself, where the system allows."""
     paths = [p for p in folder.rglob("*") if p.is_file()] if files else []
     for path in [*paths, folder]:
-        try:
-            fd = os.open(path, os.O_RDWR if path.is_file() and FLUSH_NEEDS_WRITE else os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        sync_to_disk(path)
 
 
 class _Damaged(Exception):

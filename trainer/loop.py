@@ -398,7 +398,7 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
         log_metrics(accelerator, args.output_dir, logs, 0)
     bar = tqdm(total=args.max_train_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process)
     summed, micro = {}, 0  # losses over the micro-batches of one optimizer step
-    stopped, skipped_in_a_row = False, 0
+    stopped, skipped_in_a_row, skip_said = False, 0, False
     enter_training_loop()
     # Whatever ends the loop, the loader's workers are shut down now: they ignore SIGTERM
     # (`ignore_stop_signals`), so left to the interpreter's exit they would wait forever.
@@ -432,10 +432,11 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
                     raise TrainingDiverged(diverged_message(
                         args, f"fp16 gradients overflowed at {skipped_in_a_row} optimizer steps in a row after step "
                               f"{state.step} (--mixed_precision bf16 does not overflow)"))
-                if state.skipped == 1:
+                if not skip_said:  # once a run (a resumed one too)
+                    skip_said = True
                     logger.info("fp16: the gradients overflowed the loss scale at step %d; that update is skipped and "
-                                "the scale lowered (expected in the first steps; the run's count of skipped updates "
-                                "is in its checkpoints)", state.step + 1)
+                                "the scale lowered (expected in the first steps; the run's count of skipped updates, "
+                                "%d so far, is in its checkpoints)", state.step + 1, state.skipped)
                 continue
             skipped_in_a_row = 0
             ema.update(accelerator.unwrap_model(model))
