@@ -243,6 +243,25 @@ def test_training_folders_leave_out_hidden_files(tmp_path):
     assert scan_images(tmp_path) == [tmp_path / "a.png"]
 
 
+def test_a_link_to_a_training_image_listed_already_is_left_out(tmp_path, caplog):
+    """Each file is trained on (and cut into tiles) once: a link to an image in the folder
+    would weigh it twice. A link to a file from elsewhere is an image like any other."""
+    Image.new("RGB", (40, 40), (90, 20, 20)).save(tmp_path / "b.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a_link.png").symlink_to("b.png")  # sorts first: the file keeps its own name
+    (tmp_path / "sub" / "c.png").symlink_to("../b.png")
+    outside = tmp_path.parent / f"{tmp_path.name}_elsewhere.png"
+    Image.new("RGB", (40, 40)).save(outside)
+    (tmp_path / "sub" / "d.png").symlink_to(outside)
+    try:
+        with caplog.at_level("INFO", logger="oftsr.training.data"):
+            assert scan_images(tmp_path) == [tmp_path / "b.png", tmp_path / "sub" / "d.png"]
+    finally:
+        outside.unlink()
+    assert f"left out 2 link(s) to images listed already in {tmp_path} (each file is trained on once): a_link.png; " \
+           f"{Path('sub', 'c.png')}" in caplog.text
+
+
 def test_dataset_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         SRDataset(tmp_path / "missing")
@@ -2080,17 +2099,30 @@ def test_a_fine_tune_is_validated_before_its_first_step_and_warned_of_small_crop
                                          "--validation_resolution 40"):
         train_teacher.parse_args([*base, "--validation_resolution", "42"])
 
-    # A validation image whose body is damaged (it passed the header scan) is named as one
+    # validation on the training images themselves is said to overstate
+    with caplog.at_level("WARNING", logger="oftsr.trainer"):
+        validation_batch(train_teacher.parse_args(base), "cpu")
+    assert f"--validation_data_dir {train_dir} overlaps --train_data_dir {train_dir}: its scores are on images the " \
+           "model trains on" in caplog.text
+    caplog.clear()
+
+    # A validation image whose body is damaged (it passed the header scan) is named as one, and
+    # the batch holds the next readable images, each once
     val = tmp_path / "val"
     val.mkdir()
-    for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(val / f"{i}.png")
+    pixels = [np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8) for i in range(3)]
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(val / f"{i}.png")
     (val / "0.png").write_bytes((val / "0.png").read_bytes()[:200])
-    args = train_teacher.parse_args([*base[:4], "--validation_data_dir", str(val), "--num_validation_images", "1",
+    args = train_teacher.parse_args([*base[:4], "--validation_data_dir", str(val), "--num_validation_images", "2",
                                      "--resolution", "32"])
-    with caplog.at_level("WARNING", logger="oftsr.training.data"):
-        assert validation_batch(args, "cpu")["hr"].shape == (1, 3, 32, 32)  # the next image instead
+    with caplog.at_level("INFO"):
+        hr = validation_batch(args, "cpu")["hr"]
+    centre = [torch.from_numpy(p[8:40, 8:40]).permute(2, 0, 1) / 127.5 - 1 for p in pixels[1:]]
+    assert hr.shape == (2, 3, 32, 32) and torch.allclose(hr, torch.stack(centre), atol=1e-6)
     assert "skipping unreadable validation image" in caplog.text and "training image" not in caplog.text
+    assert f"validation: 2 of the 3 images in {val} (32 px centre crops): 1.png, 2.png" in caplog.text
+    assert "overlaps" not in caplog.text
 
 
 def test_init_from_an_authors_student_file_is_refused_as_a_student(tmp_path, monkeypatch):

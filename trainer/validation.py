@@ -4,6 +4,7 @@ the EMA network that is scored on it, its scores and the images sent to the trac
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,13 +28,28 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
     """A fixed batch of center crops from the validation folder (or None)."""
     if not args.validation_data_dir:
         return None
+    train, val = Path(args.train_data_dir).resolve(), Path(args.validation_data_dir).resolve()
+    if train == val or train in val.parents or val in train.parents:
+        logger.warning("--validation_data_dir %s overlaps --train_data_dir %s: its scores are on images the model "
+                       "trains on, so they overstate how it does on others", args.validation_data_dir,
+                       args.train_data_dir)
     ds = SRDataset(args.validation_data_dir, resolution=args.validation_resolution, scale=args.scale,
                    degradation=args.degradation, random_flip=False, center_crop=True, seed=args.seed,
                    sigma_y=args.sigma_y, realesrgan_config=REALESRGAN_CONFIGS[args.realesrgan_config],
                    purpose="validation")
-    count = min(args.num_validation_images, len(ds))
-    warn_image_sizes(ds.files[:count], args.validation_resolution, purpose="validation")
-    items = [ds[i] for i in range(count)]
+    items, used = [], []
+    for i in range(len(ds.files)):
+        item = ds[i]
+        if ds.unreadable(i):  # the dataset gave the next file's crop instead: that one comes in its own turn
+            continue
+        items.append(item)
+        used.append(ds.files[i])
+        if len(items) == args.num_validation_images:
+            break
+    logger.info("validation: %d of the %d images in %s (%d px centre crops): %s", len(used), len(ds.files),
+                args.validation_data_dir, args.validation_resolution,
+                ", ".join(str(p.relative_to(ds.root)) for p in used[:8]) + (", ..." if len(used) > 8 else ""))
+    warn_image_sizes(used, args.validation_resolution, purpose="validation")
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
 
 

@@ -72,7 +72,7 @@ def scan_image_sizes(root: str | os.PathLike) -> dict[Path, tuple[int, int]]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder {root} does not exist")
-    files = files_below(root)  # not hidden ones (macOS's ._ files); linked folders followed
+    files, linked_again = _each_file_once(files_below(root))  # not hidden ones (macOS's ._ files); linked folders followed
     others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in READ_SUFFIXES)
     other_types = ", ".join(f"{suffix} ({n})" for suffix, n in others.most_common())
     heif_reader = heif_readable() if any(p.suffix.lower() in HEIF_SUFFIXES for p in files) else True
@@ -102,12 +102,25 @@ def scan_image_sizes(root: str | os.PathLike) -> dict[Path, tuple[int, int]]:
                        _listed([str(p.relative_to(root)) for p in dangling]))
     if others and good:
         logger.info("left out %d file(s) of other types in %s: %s", sum(others.values()), root, other_types)
+    if linked_again:
+        logger.info("left out %d link(s) to images listed already in %s (each file is trained on once): %s",
+                    len(linked_again), root, _listed([str(p.relative_to(root)) for p in linked_again]))
     if not good:
         found = f"; it holds {other_types}" if others else ""
         raise ValueError(f"no readable images ({', '.join(s.lstrip('.') for s in READ_SUFFIXES)}) found under "
                          f"{root}{found}" + (": convert camera raw files to TIFF or PNG first" if others.keys() &
                                              set(CAMERA_RAW_SUFFIXES) else ""))
     return good
+
+
+def _each_file_once(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """`files` less the links to a file listed already (by its own name or another link's),
+    and those left out. A file is kept under its own name where the folder has it."""
+    first: dict[str, Path] = {}
+    for path in sorted(files, key=lambda p: (p.is_symlink(), p)):
+        first.setdefault(os.path.realpath(path), path)
+    kept = set(first.values())
+    return [p for p in files if p in kept], [p for p in files if p not in kept]
 
 
 def dangling_links(root: Path) -> list[Path]:
@@ -216,6 +229,10 @@ class SRDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def unreadable(self, file_index: int) -> bool:
+        """Whether `files[file_index]` failed to load in this run (its items come from the next file)."""
+        return bool(self._unreadable[file_index])
 
     def __len__(self) -> int:
         return len(self.files) * self.repeats
