@@ -619,10 +619,19 @@ def _read_safetensors_model(path: Path, overrides: dict[str, object]) -> tuple[d
     return canonical_state_dict(shapes_by_name, path.name), None, _parse_ours(meta, path)
 
 
+# torch.load(weights_only=True) of older torch could be made to run code (CVE-2025-32434)
+SAFE_TORCH_LOAD = (2, 6)
+
+
 def _read_torch_model(path: Path) -> tuple[dict | list, dict | list, dict[str, object]]:
     """An authors' .pth read without unpickling objects (`weights_only`): its tensor
     shapes, its weights (a state dict, or the EMA's positional list) and what its file
     name and training step say."""
+    version = torch.__version__.split("+")[0]
+    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < SAFE_TORCH_LOAD:
+        raise CheckpointError(f"{path.name}: reading a .pth file safely needs torch {'.'.join(map(str, SAFE_TORCH_LOAD))} "
+                              f"or newer (torch {version} can be made to run code hidden in one): update torch, or "
+                              f"convert the file once with `oftsr convert` where torch is newer")
     _check_zip_sizes(path)
     try:
         with warnings.catch_warnings():  # a file saved with another pickle protocol: torch's note is not ours

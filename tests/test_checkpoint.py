@@ -197,6 +197,12 @@ def test_reversed_state_dict_order_is_fine(tmp_path, random_unet_weights):
 def test_fixture_pth_loads_with_inferred_architecture(fixture_dir):
     m = oftsr.load_model(fixture_dir / "official_format_ema.pth", sigma_p=0.1, role="teacher", scale=4)
     assert m.config == oftsr.PRESETS["tiny"] and m.step == 1234
+    # torch's weights_only loader could be made to run code before 2.6: such a torch refuses the file
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "__version__", "2.5.1+cu124")
+        with pytest.raises(oftsr.CheckpointError, match=r"^official_format_ema.pth: reading a .pth file safely needs "
+                           r"torch 2.6 or newer \(torch 2.5.1 can be made to run code hidden in one\): update torch"):
+            oftsr.load_model(fixture_dir / "official_format_ema.pth", sigma_p=0.1, role="teacher", scale=4)
 
 
 def test_parse_authors_filename():

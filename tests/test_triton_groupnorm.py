@@ -275,6 +275,18 @@ def test_kernels_serve_inside_torch_compile_without_a_graph_break(monkeypatch):
     assert torch.equal(fn(x), x + 1)
 
 
+def test_the_constant_mark_is_torch_compilers_own_and_importing_the_library_leaves_dynamo_out():
+    def probe(index, dtype):
+        return True
+
+    assert vars(torch.compiler.assume_constant_result(probe)) == vars(triton_groupnorm._serves_dtype) \
+        == vars(triton_groupnorm._serves_skip) == {"_dynamo_marked_constant": True}
+    # what the CLI and ComfyUI import: torch._dynamo only when something compiles
+    res = subprocess.run([sys.executable, "-c", "import sys, oftsr, oftsr.inference, oftsr.checkpoint, oftsr.cli; "
+                          "print('torch._dynamo' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False", res.stderr
+
+
 def test_the_kernels_check_runs_once_outside_a_compiled_graph(monkeypatch):
     # The one-time GPU checks behind `available` run while the graph is traced, their answer
     # a constant in it: a compiled forward never repeats them (traced through, they would
