@@ -54,7 +54,7 @@ register_model_folder()
 def model_options() -> list[str]:
     """The bundled models this installation ships first ("x4 student", the default, leads),
     then the model folder's files."""
-    bundled = [label for label, (name, role) in BUNDLED.items() if _bundled_path(name, role) is not None]
+    bundled = [label for label, (name, role) in BUNDLED.items() if BUNDLED_MODELS[name].path(role).is_file()]
     return bundled + folder_paths.get_filename_list(FOLDER_KEY)
 
 
@@ -65,13 +65,6 @@ def model_tooltip() -> str:
     return (f"A bundled model by name ({uses}): the student for OFTSR Upscale, the teacher for OFTSR Teacher "
             f"Sampler. Or a checkpoint placed by hand in models/oftsr (not models/upscale_models, which is for "
             f"ComfyUI's Load Upscale Model); nothing is downloaded.")
-
-
-def _bundled_path(name: str, role: str) -> Path | None:
-    try:
-        return bundled_model_path(name, role)
-    except FileNotFoundError:
-        return None
 
 
 def model_path(model_name: str) -> str:

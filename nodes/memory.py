@@ -14,7 +14,7 @@ import torch
 
 import comfy.model_management as mm
 
-from ..oftsr.devices import available_memory, is_out_of_memory
+from ..oftsr.devices import available_memory, error_summary, is_out_of_memory
 from ..oftsr.model import OFTSRModel, RunWarning
 from ..oftsr.tiling import batch_passes, images_per_pass, num_tiles, retry_tiling
 from .progress import ADAPTIVE_PROGRESS_UNITS, Progress
@@ -133,7 +133,7 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
             except Exception as e:
                 if not is_oom(e):
                     raise
-                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                reason = error_summary(e)
             # outside the except block the exception's frames and their tensors are released
             mm.soft_empty_cache()
             failed, tile, overlap = tiling_after_oom(tile, widget_overlap, x.shape[0], out_h, out_w, per_image)

@@ -21,7 +21,8 @@ PREVIEW_SIZE = 512  # px, the longer side of step previews where ComfyUI names n
 
 
 def check_interrupt(_done: int = 0, _total: int = 0) -> None:
-    """A library callback that only checks Cancel (e.g. between the tiles of one teacher step)."""
+    """A library callback that only checks Cancel (between the tiles of OFTSR as Upscale
+    Model's `upscale` calls)."""
     mm.throw_exception_if_processing_interrupted()
 
 

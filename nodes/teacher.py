@@ -39,7 +39,7 @@ class OFTSRTeacherSampler(io.ComfyNode):
                                      "adaptive ignores it."),
                 io.Combo.Input("solver", options=list(SOLVERS), default="midpoint",
                                tooltip="euler, midpoint or heun (RK2, last step Euler), or adaptive (dopri5, "
-                                       "rtol = atol = 1e-3; typically 30-60 evaluations with the bundled teacher)."),
+                                       "rtol = atol = 1e-3; typically 30-70 evaluations with the bundled teacher)."),
                 seed_input(), *tiling_inputs(), color_fix_input(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The teacher's upscaled image(s), scale x the input size.")],

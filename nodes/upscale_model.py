@@ -40,7 +40,7 @@ class StudentUpscaleModel:
     Upscale Image); each call is tiled again here, in `tile` output pixels, so memory stays
     bounded whatever the consumer's tile. The start noise is drawn per pixel of what one
     call sees, so it restarts in each call. On out-of-memory the inner tile is halved and
-    the call retried, down to 128 px, as OFTSR Upscale does; the smaller tile is kept."""
+    the call retried, down to MIN_OOM_TILE px, as OFTSR Upscale does; the smaller tile is kept."""
 
     input_channels = 3
     output_channels = 3

@@ -1,8 +1,8 @@
 """Checkpoints: our single-file `.safetensors` format, and the authors' `.pth` files.
 
 Our format: the UNet's state dict (ADM names) plus string metadata that carries
-everything needed to run it (architecture, role, scale, sigma_p, degradation, step,
-format version). The authors' files carry no config: the architecture is inferred from
+everything needed to run it (architecture, role, scale, sigma_p, degradation,
+objective, step, format version). The authors' files carry no config: the architecture is inferred from
 the tensor shapes and verified by rebuilding the full parameter list; sigma_p, role
 and scale come from their file-name pattern or from the caller.
 """
@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .devices import auto_dtype, resolve_device
+from .devices import auto_dtype, resolve_device, torch_version
 from .files import atomic_write
 from .model import DTYPE_NAMES, OBJECTIVES, OFTSRModel
 from .unet import UNet, UNetConfig
@@ -106,8 +106,8 @@ DIGEST_KEYS = ("architecture", "role", "scale", "sigma_p", "degradation", "objec
 def network_digest(model: OFTSRModel) -> str:
     """The sha256 of what makes a network: its architecture, role, scale, sigma_p,
     degradation and objective, and its weights rounded to half precision. The same network
-    saved twice, or the fp16 copy that is shipped, has the same digest; their files'
-    bytes differ (safetensors writes the metadata in no fixed order)."""
+    saved twice, or the fp16 copy that is shipped, has the same digest (the fp16 copy's
+    file bytes differ; two saves of one network are byte-identical, their metadata sorted)."""
     digest = hashlib.sha256()
     meta = model_metadata(model)
     for key in DIGEST_KEYS:
@@ -627,10 +627,9 @@ def _read_torch_model(path: Path) -> tuple[dict | list, dict | list, dict[str, o
     """An authors' .pth read without unpickling objects (`weights_only`): its tensor
     shapes, its weights (a state dict, or the EMA's positional list) and what its file
     name and training step say."""
-    version = torch.__version__.split("+")[0]
-    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < SAFE_TORCH_LOAD:
+    if torch_version() < SAFE_TORCH_LOAD:
         raise CheckpointError(f"{path.name}: reading a .pth file safely needs torch {'.'.join(map(str, SAFE_TORCH_LOAD))} "
-                              f"or newer (torch {version} can be made to run code hidden in one): update torch, or "
+                              f"or newer (torch {torch.__version__.split('+')[0]} can be made to run code hidden in one): update torch, or "
                               f"convert the file once with `oftsr convert` where torch is newer")
     _check_zip_sizes(path)
     try:

@@ -23,7 +23,7 @@ from .files import check_new_file
 from .images import (CAMERA_RAW_ADVICE, MAX_FRAMES_COUNTED, READ_SUFFIXES, check_output_size, file_format,
                      find_images, frame_count, load_image, read_image_metadata, save_image)
 from .color import COLOR_FIX_MODES, color_fix
-from .devices import auto_dtype, available_memory, is_out_of_memory, resolve_device
+from .devices import auto_dtype, available_memory, error_summary, is_out_of_memory, resolve_device
 from .checks import OUTPUT_DTYPES, check_seed_value, parse_t_values, ranged_argument
 from .inference import sample, tile_evaluation_progress, upscale
 from .model import COMPILE_MODES, DEGRADATIONS, DTYPES, MAX_SCALE, ROLES, OFTSRModel, RunWarning
@@ -110,7 +110,7 @@ def _check_tiling_options(tile: int, overlap: int | None) -> None:
 
 def _check_steps_and_seed(args: argparse.Namespace) -> None:
     """--steps and --seed, which `upscale`, `sample` and `eval` share."""
-    if getattr(args, "steps", 1) < 1:
+    if getattr(args, "steps", None) is not None and args.steps < 1:  # None: eval's default, for its teachers
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     try:
         check_seed_value(args.seed)
@@ -235,7 +235,7 @@ def _run_fitting(args: argparse.Namespace, model: OFTSRModel, run, image: torch.
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            reason = error_summary(e)
         # outside the except block the exception's frames, and the tensors they hold, are released
         if model.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -254,12 +254,19 @@ def _run_fitting(args: argparse.Namespace, model: OFTSRModel, run, image: torch.
                    file=sys.stderr)
 
 
+class UnreadableImage(ValueError):
+    """An input that cannot be read: each of its results would fail alike."""
+
+
 def _write_one(args: argparse.Namespace, model: OFTSRModel, run, src: Path, dst: Path, bar) -> None:
     """Read `src`, run the model on it and write `dst`, saying what was given up on the way.
     An error leaves the other images to go on."""
     from tqdm import tqdm
 
-    image, depth = load_image(src)
+    try:
+        image, depth = load_image(src)
+    except (ValueError, OSError) as e:
+        raise UnreadableImage(str(e)) from e
     metadata = read_image_metadata(src)
     frames = frame_count(src)
     if frames > 1:
@@ -313,21 +320,28 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: 
     the progress bar names the source, or the target when one source has several."""
     from tqdm import tqdm
 
-    failed, said = 0, set()
+    failed: set[Path] = set()  # sources: with several t, an image counts once
+    unreadable: set[Path] = set()  # said once; their other results are not tried
+    said = set()
     with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
         for src, dst, run in zip(files, targets, runs, strict=True):
             bar.set_description(dst.name if by_target else src.name)
+            if src in unreadable:
+                bar.update(1)
+                continue
             with warnings.catch_warnings(record=True) as caught:  # what reading or writing a file had to give up
                 warnings.simplefilter("always", UserWarning)
                 try:
                     _write_one(args, model, run, src, dst, bar)
                 except (ValueError, OSError) as e:
-                    failed += 1
+                    failed.add(src)
+                    if isinstance(e, UnreadableImage):
+                        unreadable.add(src)
                     tqdm.write(f"skipped {src}: {_without_name(str(e), src)}", file=sys.stderr)
                 except Exception as e:  # out of memory on one image, or a file no check foresaw: the others go on
-                    failed += 1
+                    failed.add(src)
                     if is_out_of_memory(e):  # reading, correcting or writing it (the model's tiles are retried)
-                        tqdm.write(f"skipped {src}: out of memory ({str(e).splitlines()[0][:200]}); free memory held "
+                        tqdm.write(f"skipped {src}: out of memory ({error_summary(e)}); free memory held "
                                    f"by other programs or upscale a smaller image", file=sys.stderr)
                     else:
                         tqdm.write(f"skipped {src}: unexpected {type(e).__name__}: {str(e)[:300]} (a file this tool "
@@ -341,7 +355,7 @@ def _run_images(args: argparse.Namespace, model: OFTSRModel, runs: list, files: 
                 tqdm.write(f"warning: {w}" if named else f"warning: {src}: {_without_name(w, src)}", file=sys.stderr)
             bar.update(1)
     if failed:
-        print(f"{failed} of {len(files)} images failed", file=sys.stderr)
+        print(f"{len(failed)} of {len(set(files))} images failed", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -490,7 +504,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .training.eval_command import run_eval  # evaluation code (and its packages) only when asked for
 
     device = resolve_device(args.device)
-    return run_eval(args, device, resolve_dtype(args.dtype, device, cpu_bf16=False))
+    with warnings.catch_warnings():  # the library's notices (an image with transparency) as the CLI's own lines
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+        return run_eval(args, device, resolve_dtype(args.dtype, device, cpu_bf16=False))
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -604,8 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=SCALE, default=None, help="check that the models have this scale")
     p.add_argument("--t", nargs="+", default=None, metavar="T",
                    help="student t values, separated by spaces or commas (default 0 0.25 0.5 0.75 1)")
-    p.add_argument("--steps", type=int, default=16, help="teacher solver steps (default 16)")
-    p.add_argument("--solver", choices=SOLVERS, default="midpoint", help="teacher ODE solver (default midpoint)")
+    p.add_argument("--steps", type=int, default=None, help="teacher solver steps (default 16)")
+    p.add_argument("--solver", choices=SOLVERS, default=None, help="teacher ODE solver (default midpoint)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the made LR images' random degradation (with each image's name) and of the "
                         "models' start noise (default 0)")
@@ -615,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "curve.png; images under it are not read as data (default eval)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=EVAL_DTYPE_HELP)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print the table alone: no line per image, and notices in short")
     p.set_defaults(func=cmd_eval)
 
     p = add_command("create", help="write a randomly initialised (untrained) model, for tests and benchmarks")

@@ -6,6 +6,11 @@ from __future__ import annotations
 import torch
 
 
+def torch_version() -> tuple[int, ...]:
+    """torch's (major, minor), from its version string ("2.6.0+cu124", "2.7.0a0")."""
+    return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+
+
 def available_devices() -> list[str]:
     """The devices this machine has, by name, CPU first."""
     names = ["cpu"]
@@ -79,6 +84,12 @@ OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
 def is_out_of_memory(e: BaseException) -> bool:
     """torch's out-of-memory errors (CPU allocator, CUDA, MPS), and Python's own (numpy)."""
     return isinstance(e, MemoryError) or isinstance(e, RuntimeError) and any(s in str(e).lower() for s in OOM_MESSAGES)
+
+
+def error_summary(e: BaseException) -> str:
+    """An error's first line, at most 200 characters (torch's out-of-memory messages go on
+    for lines), or its type where it has no message."""
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -1,5 +1,5 @@
-"""`OFTSRModel`: the UNet plus what is needed to use it (sigma_p, role, scale, degradation),
-and the velocity call in the method's conventions."""
+"""`OFTSRModel`: the UNet plus what is needed to use it (sigma_p, role, scale, degradation,
+objective), and the velocity call in the method's conventions."""
 
 from __future__ import annotations
 

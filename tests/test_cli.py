@@ -808,6 +808,14 @@ def test_warnings_name_their_file_once_and_an_error_names_it_once(tmp_path, mode
     assert err.count(f"warning: {tmp_path / 'a.png'}: Corrupt EXIF data") == 1
     skipped = next(line for line in err.splitlines() if line.startswith("skipped"))
     assert skipped.startswith(f"skipped {tmp_path / 'b.png'}: cannot read") and skipped.count("b.png") == 1
+    # at several t, an unreadable image is said (and counted) once, and not read again
+    monkeypatch.setattr(cli, "load_image", lambda path: reads.append(Path(path).name) or real(path))
+    reads = []
+    code, _, err = _run_cli(["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "o2"),
+                             "--t", "0,1", "--model", str(model_files[0]), "-q"], capsys)
+    assert code == 1 and err.count("skipped") == 1 and "1 of 2 images failed" in err
+    assert sorted(reads) == ["a.png", "a.png", "b.png"]
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["a_t0.png", "a_t1.png"]
 
 
 def test_a_save_that_fails_for_its_metadata_is_written_without_it(tmp_path, model_files, capsys, monkeypatch):

@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import shutil
 import struct
 
 import numpy as np
@@ -68,6 +69,28 @@ def test_pairs_are_matched_by_name_and_the_lr_is_used_as_given(pairs):
     # --lr-dir names the LR folder explicitly, with the same result
     explicit = evaluate([], pairs / "HR", ts=[], scale=4, lr_dir=pairs / "LR", log=lambda s: None)
     assert explicit[0].scores["psnr_y"] == pytest.approx(given, abs=1e-6)
+
+
+def test_pair_folders_are_found_in_any_case_and_an_lr_folder_is_never_scored_as_hr(pairs, tmp_path):
+    given = [psnr_y(quantize(upsample(lr)), hr, border=4) for _, lr, hr in image_pairs(pairs / "HR", pairs / "LR", 4)]
+    (pairs / "HR").rename(pairs / "hr")
+    (pairs / "LR").rename(pairs / "lr")
+    rows = evaluate([], pairs, ts=[], scale=4, log=lambda s: None)
+    assert len(rows[0].scores["psnr_y"]) == 3 and rows[0].scores["psnr_y"] == pytest.approx(given, abs=1e-6)
+    # a DIV2K-style layout, whose folder names are not HR and LR: refused, not six "HR" images
+    (pairs / "hr").rename(pairs / "valid_HR")
+    (pairs / "lr").rename(pairs / "valid_LR_bicubic")
+    with pytest.raises(ValueError, match=f"^{pairs} holds valid_LR_bicubic/, named as low-resolution images, which "
+                                         f"would be scored as HR images, shrunk once more: for real pairs name the LR "
+                                         f"folder with --lr-dir"):
+        evaluate([], pairs, ts=[], scale=4, log=lambda s: None)
+    assert len(evaluate([], pairs / "valid_HR", ts=[], scale=4, lr_dir=pairs / "valid_LR_bicubic",
+                        log=lambda s: None)[0].scores["psnr_y"]) == 3
+    (pairs / "valid_LR_bicubic").rename(tmp_path / "elsewhere")
+    shutil.copytree(pairs / "valid_HR", pairs / "flr_photos")  # "lr" inside a word is not a name for LR images
+    assert len(evaluate([], pairs, ts=[], scale=4, log=lambda s: None)[0].scores["psnr_y"]) == 6
+    (pairs / "eval_lr").mkdir()  # the output folder, whatever its name, is not data
+    assert len(evaluate([], pairs, ts=[], scale=4, log=lambda s: None, exclude=pairs / "eval_lr")[0].scores["psnr_y"]) == 6
 
 
 def test_images_sha256_follows_names_and_bytes_not_the_folder(pairs, tmp_path):

@@ -186,9 +186,13 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(student), str(teacher), "--data", str(data), "--t", "0", "1", "--steps", "2",
                  "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
     assert main(["eval", "--model", str(student), "--data", str(data), "--t", "0,1", "--out", str(tmp_path / "c"),
-                 "-q"]) == 0  # commas, as `upscale --t` takes them
-    assert json.loads((tmp_path / "c" / "run.json").read_text())["t"] == [0.0, 1.0]
+                 "--steps", "4", "-q"]) == 0  # commas, as `upscale --t` takes them
+    assert "warning: --steps does nothing here: only a teacher samples in steps (a student takes one)" \
+        in capsys.readouterr().err
+    only_students = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert only_students["t"] == [0.0, 1.0] and (only_students["steps"], only_students["solver"]) == (None, None)
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["method"] for r in rows] == ["bicubic", "student", "student", "teacher (midpoint)"]
     assert [r["t"] for r in rows] == ["", "0", "1", ""] and rows[3]["NFE"] == "3"
@@ -198,7 +202,8 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     assert (out / "curve.png").stat().st_size > 5000
     assert "| bicubic |" in (out / "results.md").read_text()
     run = json.loads((out / "run.json").read_text())  # how the numbers were made
-    assert run["seed"] == 0 and run["steps"] == 2 and run["t"] == [0.0, 1.0] and run["lr"] == "made (bicubic)"
+    assert run["seed"] == 0 and (run["steps"], run["solver"]) == (2, "midpoint") and run["t"] == [0.0, 1.0]
+    assert run["lr"] == "made (bicubic)"
     assert [m["role"] for m in run["models"]] == ["student", "teacher"]
     assert run["models"][0]["sha256"] == hashlib.sha256(student.read_bytes()).hexdigest()
     assert run["data_sha256"] == images_sha256(data, out) and run["lr_sha256"] is None and run["baselines"] == []
@@ -237,7 +242,7 @@ def test_eval_command_writes_tables_and_plot(tmp_path, random_unet_weights, caps
     assert (inner / "results.md").read_text().startswith("### hr, x4 bicubic, cpu, models in 32 px tiles")
 
 
-def test_eval_says_when_a_ground_truth_has_transparency(tmp_path):
+def test_eval_says_when_a_ground_truth_has_transparency(tmp_path, capsys):
     from oftsr.training.evaluate import _rgb
 
     rgba = np.full((40, 40, 4), 200, np.uint8)
@@ -250,6 +255,13 @@ def test_eval_says_when_a_ground_truth_has_transparency(tmp_path):
     Image.fromarray(rgba).save(tmp_path / "cut.png")
     with pytest.warns(UserWarning, match="cut.png has transparent pixels: scored on its colour with them filled"):
         _rgb(tmp_path / "cut.png")
+    # the command says it in its own words, once, as its other notices
+    (tmp_path / "opaque.png").unlink()
+    assert main(["eval", "--model", "x4-student", "--data", str(tmp_path), "--t", "0", "-o", str(tmp_path / "ev"),
+                 "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: cut.png has transparent pixels: scored on its colour with them filled" in err
+    assert "UserWarning" not in err and err.count("transparent pixels") == 1
 
 
 def test_eval_scores_8_bit_images_and_seeds_each_lr_by_its_name(tmp_path, random_unet_weights):
@@ -307,7 +319,7 @@ def test_eval_bicubic_row_matches_published_anchor(tmp_path):
     assert not math.isnan(rows[0].mean("ssim"))
 
 
-def test_eval_table_round_trip(tmp_path):
+def test_eval_table_round_trip(tmp_path, monkeypatch):
     from oftsr.training.evaluate import Row, plot_curve, read_table, write_tables
     rows = [Row("bicubic"), Row("student", t=0.0, nfe=1), Row("student", t=1.0, nfe=1), Row("teacher (midpoint)", nfe=31)]
     for i, row in enumerate(rows):
@@ -322,7 +334,17 @@ def test_eval_table_round_trip(tmp_path):
     assert math.isnan(back[0].mean("sec"))  # bicubic has no time
     md, _ = write_tables(rows, tmp_path / "no_lpips", None, "test")  # evaluate(..., lpips=None) from the library
     assert "nan" not in md.read_text() and "| student | 0 | 1 | 21.67 | 21.67 | 21.6667 |  | 21.67 |" in md.read_text()
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig) or close(fig))
     assert plot_curve(back, tmp_path / "curve.png", "test").stat().st_size > 1000
+    # every row its own colour, bicubic grey: markers and lines draw from one cycle
+    (ax,) = figures[0].axes
+    colours = [matplotlib.colors.to_hex(c.get_facecolor()[0]) for c in ax.collections]  # bicubic, teacher
+    colours += [matplotlib.colors.to_hex(line.get_color()) for line in ax.lines]  # the student
+    assert colours[0] == "#737373" and len(set(colours)) == 3
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not an `oftsr eval` results.csv"):
         read_table(tmp_path / "other.csv")

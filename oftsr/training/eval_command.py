@@ -22,6 +22,7 @@ from .evaluate import (INTERPOLATION_ROWS, describe_degradation, evaluate, image
 
 
 EVAL_T = "0,0.25,0.5,0.75,1"  # the students' t values an evaluation scores unless --t says others
+EVAL_STEPS, EVAL_SOLVER = 16, "midpoint"  # a teacher's run unless --steps and --solver say otherwise
 
 
 def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None) -> int:
@@ -35,6 +36,13 @@ def run_eval(args: argparse.Namespace, device: torch.device, dtype: torch.dtype 
         raise ValueError(f"unknown --baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     paths = eval_model_paths(args.model)
     models = [load_model(m, device=device, dtype=dtype) for m in paths]
+    teachers = any(m.role == "teacher" for m in models)
+    given = [f"--{flag}" for flag in ("steps", "solver") if getattr(args, flag) is not None]
+    if given and not teachers:
+        print(f"warning: {' and '.join(given)} {'do' if len(given) > 1 else 'does'} nothing here: only a teacher "
+              f"samples in steps (a student takes one)", file=sys.stderr)
+    args.steps = EVAL_STEPS if args.steps is None else args.steps
+    args.solver = EVAL_SOLVER if args.solver is None else args.solver
     if args.t and all(m.role == "teacher" or m.ignores_t for m in models):
         print("warning: --t does nothing here: " + ("a teacher samples from t = 0 to 1 (--steps and --solver set its "
                                                      "run)" if all(m.role == "teacher" for m in models)
@@ -109,7 +117,8 @@ def eval_record(args: argparse.Namespace, ts: list[float], paths: list[Path], mo
             "data_sha256": images_sha256(hr_dir, out), "lr_sha256": None if lr_dir is None else images_sha256(lr_dir, out),
             "models": [file_record(p, m) for p, m in zip(paths, models, strict=True)],
             "baselines": [baseline_record(name) for name in dict.fromkeys(args.baseline or [])],
-            "t": ts, "steps": args.steps, "solver": args.solver, "seed": args.seed,
+            "t": ts, **({"steps": args.steps, "solver": args.solver} if any(m.role == "teacher" for m in models)
+                        else {"steps": None, "solver": None}), "seed": args.seed,
             "tile": args.tile,
             "protocol": ("outputs rounded to 8 bits, the LR as given" if paired else
                          "outputs and made LR rounded to 8 bits") + "; PSNR RGB on the whole image; PSNR Y and SSIM Y on "

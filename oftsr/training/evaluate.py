@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import math
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -152,10 +154,30 @@ def images_sha256(folder: str | Path, exclude: Path | None = None) -> str:
     return digest.hexdigest()
 
 
+def _subfolders(data: str | Path) -> list[Path]:
+    data = Path(data)
+    return sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")) if data.is_dir() else []
+
+
 def paired_folders(data: str | Path) -> tuple[Path, Path] | None:
-    """(HR, LR) subfolders of `data` when it holds both (the layout of real LR/HR sets)."""
-    hr, lr = Path(data) / "HR", Path(data) / "LR"
-    return (hr, lr) if hr.is_dir() and lr.is_dir() else None
+    """(HR, LR) subfolders of `data` when it holds both, named so in any case (the layout
+    of real LR/HR sets)."""
+    named = {p.name.lower(): p for p in _subfolders(data)}
+    return (named["hr"], named["lr"]) if "hr" in named and "lr" in named else None
+
+
+def _refuse_lr_folders(data: str | Path, exclude: Path | None) -> None:
+    """HR images are about to be degraded: a subfolder named as LR images (LR/, lr_x4/,
+    DIV2K_valid_LR_bicubic/) would be shrunk once more and scored as HR, without a word.
+    `exclude` (the output folder, not read) may be named as the user likes."""
+    exclude = None if exclude is None else Path(exclude).resolve()
+    lr_like = [p.name for p in _subfolders(data) if "lr" in re.split(r"[^a-z0-9]+", p.name.lower())
+               and p.resolve() != exclude]
+    if lr_like:
+        raise ValueError(f"{data} holds {', '.join(f'{n}/' for n in lr_like)}, named as low-resolution images, which "
+                         f"would be scored as HR images, shrunk once more: for real pairs name the LR folder with "
+                         f"--lr-dir and the HR folder as the data (or name the two subfolders HR and LR); else point "
+                         f"the data at the HR images' own folder")
 
 
 def image_pairs(hr_dir: str | Path, lr_dir: str | Path, scale: int,
@@ -286,6 +308,7 @@ def evaluate(models: list[OFTSRModel], data: str | Path, *, ts: list[float], ste
     if lr_dir is not None:
         triples = image_pairs(data, lr_dir, scale, exclude)
     else:  # LR made from each HR image with a seed of its own, saved as an 8-bit file would be
+        _refuse_lr_folders(data, exclude)
         triples = [(name, quantize(degrade_image(hr, scale, degradation, settings=degradation_settings,
                                                  generator=torch.Generator().manual_seed(image_seed(seed, name)))), hr)
                    for name, hr in _hr_images(data, scale, exclude)]
@@ -422,15 +445,20 @@ def plot_curve(rows: list[Row], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    # one colour cycle for markers and lines (each has its own in matplotlib: the first of
+    # both would be blue); the interpolation row in grey
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = (cycle[i % len(cycle)] for i in itertools.count())
     students: dict[str, list[Row]] = {}
     for r in rows:
         if r.t is not None:
             students.setdefault(r.method, []).append(r)
         else:
-            ax.scatter(r.mean("swd"), r.mean("psnr_y"), marker="s" if r.is_interpolation else "*", s=70, label=r.method)
+            ax.scatter(r.mean("swd"), r.mean("psnr_y"), marker="s" if r.is_interpolation else "*", s=70, label=r.method,
+                       color="0.45" if r.is_interpolation else next(colours))
     for name, pts in students.items():
         xs, ys = [p.mean("swd") for p in pts], [p.mean("psnr_y") for p in pts]
-        ax.plot(xs, ys, "o-", label=f"{name} (one step)")
+        ax.plot(xs, ys, "o-", label=f"{name} (one step)", color=next(colours))
         for p, x, y in zip(pts, xs, ys):
             ax.annotate(f"t={p.t:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("realism measure: patch SWD (lower = more realistic)")
