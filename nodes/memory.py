@@ -88,7 +88,7 @@ def tiling_that_fits(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile
     return tile, overlap
 
 
-Job = Callable[[object, torch.Tensor, "int | None", int, Progress], torch.Tensor]
+Job = Callable[[OFTSRModel, torch.Tensor, "int | None", int, Progress], torch.Tensor]
 
 
 def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, overlap: int, node: str, passes: int = 1,

@@ -11,6 +11,7 @@ import torch
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 Callback = Callable[[int, int], None]  # progress: callback(done, total)
+Stage = Callable[[VelocityFn, torch.Tensor, float, float, torch.Tensor], torch.Tensor]  # an RK2 step: (fn, x, t, h, v)
 
 
 class CountNFE:
@@ -39,7 +40,7 @@ def sample_euler(fn: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: Ca
     return x
 
 
-def _rk2(fn: VelocityFn, x: torch.Tensor, ts: torch.Tensor, stage: Callable, callback: Callback | None) -> torch.Tensor:
+def _rk2(fn: VelocityFn, x: torch.Tensor, ts: torch.Tensor, stage: Stage, callback: Callback | None) -> torch.Tensor:
     # The last step is Euler, as in the paper: NFE = 2N - 1.
     n = len(ts) - 1
     for i in range(n):

@@ -56,14 +56,14 @@ def check_tiling(tile: int | None, overlap: int | None) -> tuple[int | None, int
 
 
 def retry_tiling(tile: int | None, overlap: int, out_h: int, out_w: int,
-                 frames_at_once: int = 1) -> tuple[int, int | None, int]:
+                 images_at_once: int = 1) -> tuple[int, int | None, int]:
     """After an out-of-memory with `tile` (None: no tiling): the tile that failed (an image
-    smaller than the tile is one tile, unless `frames_at_once` such images shared it: a
+    smaller than the tile is one tile, unless `images_at_once` such images shared it: a
     smaller tile then takes fewer frames at once); the next to try, half of it but at
     least MIN_OOM_TILE, or None when the failed tile was already that small; and its
     overlap, the `overlap` asked for but at most a quarter of the new tile."""
     overlap = max(0, int(overlap))
-    if tile and frames_at_once > 1:
+    if tile and images_at_once > 1:
         failed = tile
     else:
         failed = min(tile, max(out_h, out_w)) if tile else max(out_h, out_w)
