@@ -623,14 +623,20 @@ def _read_safetensors_model(path: Path, overrides: dict[str, object]) -> tuple[d
 SAFE_TORCH_LOAD = (2, 6)
 
 
+def check_safe_torch_load(what: str, advice: str = "update torch") -> None:
+    """Refuse to read the .pth file `what` names with a torch whose `weights_only` loader
+    is not safe."""
+    if torch_version() < SAFE_TORCH_LOAD:
+        raise CheckpointError(f"{what}: reading a .pth file safely needs torch {'.'.join(map(str, SAFE_TORCH_LOAD))} "
+                              f"or newer (torch {torch.__version__.split('+')[0]} can be made to run code hidden in "
+                              f"one): {advice}")
+
+
 def _read_torch_model(path: Path) -> tuple[dict | list, dict | list, dict[str, object]]:
     """An authors' .pth read without unpickling objects (`weights_only`): its tensor
     shapes, its weights (a state dict, or the EMA's positional list) and what its file
     name and training step say."""
-    if torch_version() < SAFE_TORCH_LOAD:
-        raise CheckpointError(f"{path.name}: reading a .pth file safely needs torch {'.'.join(map(str, SAFE_TORCH_LOAD))} "
-                              f"or newer (torch {torch.__version__.split('+')[0]} can be made to run code hidden in one): update torch, or "
-                              f"convert the file once with `oftsr convert` where torch is newer")
+    check_safe_torch_load(path.name, "update torch, or convert the file once with `oftsr convert` where torch is newer")
     _check_zip_sizes(path)
     try:
         with warnings.catch_warnings():  # a file saved with another pickle protocol: torch's note is not ours

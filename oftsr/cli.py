@@ -154,7 +154,8 @@ def _prepare(args: argparse.Namespace, tags: list[str] | None = None, sheet: boo
     if args.skip_existing:  # outputs are written atomically: one that exists is complete
         todo = [i for i, t in enumerate(targets) if not t.exists()]
         if len(todo) < len(files):
-            print(f"skipping {len(files) - len(todo)} of {len(files)} images whose output exists (--skip-existing)",
+            print(f"skipping {len(files) - len(todo)} of {len(files)} {'results' if len(tags) > 1 else 'images'} "
+                  f"whose output exists (--skip-existing)",
                   file=sys.stderr)
         files, targets, variants = [files[i] for i in todo], [targets[i] for i in todo], [variants[i] for i in todo]
     eight = next((t for t in targets if t.suffix.lower() not in (".png", ".tif", ".tiff")), None)
@@ -611,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"them) or checkpoints, teachers and/or students (default: {DEFAULT_MODEL})")
     p.add_argument("--data", required=True,
                    help="folder of HR images, or one (degraded with the model's own degradation), or of HR/ and LR/ "
-                        "subfolders of real pairs (the LR used as given)")
+                        "(or GT/ and LQ/) subfolders of real pairs (the LR used as given)")
     p.add_argument("--lr-dir", dest="lr_dir", default=None,
                    help="folder of the LR images paired with --data by file name, used as given (not degraded)")
     p.add_argument("--baseline", nargs="+", metavar="NAME", default=None,
@@ -632,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=EVAL_DTYPE_HELP)
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="print the table alone: no line per image, and notices in short")
+                   help="no line per image, and notices in short (the table, the files written and warnings "
+                        "still print)")
     p.set_defaults(func=cmd_eval)
 
     p = add_command("create", help="write a randomly initialised (untrained) model, for tests and benchmarks")

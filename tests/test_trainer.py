@@ -250,6 +250,7 @@ def test_a_link_to_a_training_image_listed_already_is_left_out(tmp_path, caplog)
     (tmp_path / "sub").mkdir()
     (tmp_path / "a_link.png").symlink_to("b.png")  # sorts first: the file keeps its own name
     (tmp_path / "sub" / "c.png").symlink_to("../b.png")
+    os.link(tmp_path / "b.png", tmp_path / "sub" / "e_hard.png")  # a hard link is the same file too
     outside = tmp_path.parent / f"{tmp_path.name}_elsewhere.png"
     Image.new("RGB", (40, 40)).save(outside)
     (tmp_path / "sub" / "d.png").symlink_to(outside)
@@ -258,8 +259,8 @@ def test_a_link_to_a_training_image_listed_already_is_left_out(tmp_path, caplog)
             assert scan_images(tmp_path) == [tmp_path / "b.png", tmp_path / "sub" / "d.png"]
     finally:
         outside.unlink()
-    assert f"left out 2 link(s) to images listed already in {tmp_path} (each file is trained on once): a_link.png; " \
-           f"{Path('sub', 'c.png')}" in caplog.text
+    assert f"left out 3 link(s) to images listed already in {tmp_path} (each file is trained on once): a_link.png; " \
+           f"{Path('sub', 'c.png')}; {Path('sub', 'e_hard.png')}" in caplog.text
 
 
 def test_dataset_errors(tmp_path):

@@ -4,6 +4,7 @@ the EMA network that is scored on it, its scores and the images sent to the trac
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
     if not args.validation_data_dir:
         return None
     train, val = Path(args.train_data_dir).resolve(), Path(args.validation_data_dir).resolve()
-    if train == val or train in val.parents or val in train.parents:
+    if _inside(val, train) or _inside(train, val):
         logger.warning("--validation_data_dir %s overlaps --train_data_dir %s: its scores are on images the model "
                        "trains on, so they overstate how it does on others", args.validation_data_dir,
                        args.train_data_dir)
@@ -51,6 +52,18 @@ def validation_batch(args: argparse.Namespace, device: torch.device) -> dict[str
                 ", ".join(str(p.relative_to(ds.root)) for p in used[:8]) + (", ..." if len(used) > 8 else ""))
     warn_image_sizes(used, args.validation_resolution, purpose="validation")
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "lr")}
+
+
+def _inside(folder: Path, other: Path) -> bool:
+    """Whether `folder` is `other` or lies in it (the same folder however spelt: a case-
+    insensitive file system, links)."""
+    for parent in (folder, *folder.parents):
+        try:
+            if os.path.samefile(parent, other):
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def ema_copy(model: oftsr.OFTSRModel, ema: EMA, device: torch.device) -> oftsr.OFTSRModel:

@@ -24,6 +24,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..checkpoint import check_safe_torch_load
+
 BASELINES = {"dat-light": "DAT-light", "realesrgan": "Real-ESRGAN x4plus"}
 BASELINE_SCALE = 4  # both shipped networks are x4
 INSTALL = {
@@ -86,6 +88,7 @@ def baseline_record(baseline: str) -> dict:
 
 def dat_light_state_dict() -> dict[str, torch.Tensor]:
     (path,) = weight_files("dat-light")
+    check_safe_torch_load(f"--baseline dat-light ({path.name})")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("params", state)
 

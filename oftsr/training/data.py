@@ -114,11 +114,13 @@ def scan_image_sizes(root: str | os.PathLike) -> dict[Path, tuple[int, int]]:
 
 
 def _each_file_once(files: list[Path]) -> tuple[list[Path], list[Path]]:
-    """`files` less the links to a file listed already (by its own name or another link's),
-    and those left out. A file is kept under its own name where the folder has it."""
-    first: dict[str, Path] = {}
+    """`files` less the links (symbolic or hard) to a file listed already, and those left
+    out. A file is kept under its own name where the folder has it. Files are told apart
+    by device and inode, which neither a link's spelling nor a file system's case changes."""
+    first: dict[tuple[int, int], Path] = {}
     for path in sorted(files, key=lambda p: (p.is_symlink(), p)):
-        first.setdefault(os.path.realpath(path), path)
+        st = path.stat()
+        first.setdefault((st.st_dev, st.st_ino), path)
     kept = set(first.values())
     return [p for p in files if p in kept], [p for p in files if p not in kept]
 

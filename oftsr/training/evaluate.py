@@ -159,20 +159,26 @@ def _subfolders(data: str | Path) -> list[Path]:
     return sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")) if data.is_dir() else []
 
 
+# Real LR/HR sets' subfolders, in any case: HR/ and LR/, or BasicSR's GT/ and LQ/
+PAIR_NAMES = (("hr", "lr"), ("gt", "lq"))
+# A part of a folder name (between separators) that names LR images: LR, LQ, LRbicx4, X4LR
+LR_NAME = re.compile(r"(lr|lq)(bic)?(x?\d+)?|x\d+(lr|lq)")
+
+
 def paired_folders(data: str | Path) -> tuple[Path, Path] | None:
-    """(HR, LR) subfolders of `data` when it holds both, named so in any case (the layout
-    of real LR/HR sets)."""
+    """(HR, LR) subfolders of `data` when it holds both (PAIR_NAMES: the layout of real
+    LR/HR sets)."""
     named = {p.name.lower(): p for p in _subfolders(data)}
-    return (named["hr"], named["lr"]) if "hr" in named and "lr" in named else None
+    return next(((named[hr], named[lr]) for hr, lr in PAIR_NAMES if hr in named and lr in named), None)
 
 
 def _refuse_lr_folders(data: str | Path, exclude: Path | None) -> None:
     """HR images are about to be degraded: a subfolder named as LR images (LR/, lr_x4/,
-    DIV2K_valid_LR_bicubic/) would be shrunk once more and scored as HR, without a word.
+    DIV2K_valid_LR_bicubic/, BasicSR's LRbicx4/ and LQ/) would be shrunk once more and scored as HR, without a word.
     `exclude` (the output folder, not read) may be named as the user likes."""
     exclude = None if exclude is None else Path(exclude).resolve()
-    lr_like = [p.name for p in _subfolders(data) if "lr" in re.split(r"[^a-z0-9]+", p.name.lower())
-               and p.resolve() != exclude]
+    lr_like = [p.name for p in _subfolders(data) if p.resolve() != exclude
+               and any(LR_NAME.fullmatch(part) for part in re.split(r"[^a-z0-9]+", p.name.lower()))]
     if lr_like:
         raise ValueError(f"{data} holds {', '.join(f'{n}/' for n in lr_like)}, named as low-resolution images, which "
                          f"would be scored as HR images, shrunk once more: for real pairs name the LR folder with "
