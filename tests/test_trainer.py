@@ -934,6 +934,33 @@ def test_two_processes_split_each_epoch_between_them(tmp_path):
     assert a[0] != a[1]  # a new permutation each epoch
 
 
+def test_a_two_process_resume_matches_an_uninterrupted_run(train_dir, tmp_path):
+    """Each process's data order and noise come back from its own random states: a run
+    resumed from step 2 ends with the weights, optimizer state and losses of one that ran
+    through (rank 1 drawing other noise would change the all-reduced gradients)."""
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    base = ["trainer/train_teacher.py", "--train_data_dir", train_dir, "--preset", "tiny", *COMMON,
+            "--checkpointing_steps", "2", "--seed", "5", "--max_train_steps", "4"]
+    _run([*base, "--output_dir", full], launcher)
+    # the run as a kill after checkpoint-2 leaves it: later steps' logs and files gone
+    shutil.copytree(full, cut, ignore=shutil.ignore_patterns("checkpoint-4", "teacher.safetensors", "*.lock"))
+    lines = (cut / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    res = _run([*base, "--output_dir", cut, "--resume_from_checkpoint", "latest"], launcher)
+    assert res.stderr.count(f"resumed from {cut / 'checkpoint-2'}") == 1 and "resuming at step 2" in res.stderr
+
+    a, b = _losses(full), _losses(cut)
+    assert sorted(b) == [1, 2, 3, 4] and b[3] == pytest.approx(a[3], rel=1e-6) and b[4] == pytest.approx(a[4], rel=1e-6)
+    opt_a, opt_b = (torch.load(d / "checkpoint-4" / "optimizer.bin", weights_only=True) for d in (full, cut))
+    assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"] == 4
+    assert torch.allclose(opt_a["state"][0]["exp_avg_sq"], opt_b["state"][0]["exp_avg_sq"], rtol=1e-5, atol=1e-12)
+    ta, tb = (oftsr.load_model(d / "teacher.safetensors") for d in (full, cut))
+    assert ta.step == tb.step == 4
+    assert max((pa - pb).abs().max().item() for pa, pb in zip(ta.parameters(), tb.parameters())) < 1e-6
+
+
 def test_bf16_and_gradient_accumulation(train_dir, tmp_path, monkeypatch):
     out = tmp_path / "acc"
     # bf16 as `accelerate launch --mixed_precision bf16` asks for it, without the script's flag:
