@@ -484,10 +484,13 @@ def test_the_discriminator_steps_on_every_micro_batch_of_an_accumulated_step(mon
     student = torch.nn.Linear(1, 1)
     student, disc, opt = accelerator.prepare(student, disc, torch.optim.SGD(disc.parameters(), lr=1.0))
     batches = [tuple(torch.rand(2, 3, 8, 8) for _ in range(3)) for _ in range(2)]
+    no_sync, unsynced = accelerator.no_sync, []
+    monkeypatch.setattr(accelerator, "no_sync", lambda model: unsynced.append(model is disc) or no_sync(model))
     for hr, estimate, x_lr in batches:
         with accelerator.accumulate(student):
             loss = discriminator_step(accelerator, disc, opt, hr, estimate, x_lr)
     assert loss.requires_grad is False
+    assert unsynced.count(True) == 1  # processes sum the discriminator's gradients once, at the last micro-batch
     mean = sum(discriminator_hinge_loss(*reference(torch.cat([hr, est]), x_lr.repeat(2, 1, 1, 1)).chunk(2))
                for hr, est, x_lr in batches) / 2
     mean.backward()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import launcher  # noqa: F401  first: the launcher is found before the imports below take their seconds
 
 import argparse
+import contextlib
 import copy
 import logging
 from pathlib import Path
@@ -306,11 +307,14 @@ def discriminator_step(accelerator: Accelerator, disc: torch.nn.Module, disc_opt
     loss. Step, then zero: the optimizer is Accelerate's, which with
     --gradient_accumulation_steps N steps and zeroes only at the Nth micro-batch, so it
     steps on the gradient of all N, as one batch N times larger would (zeroing first
-    would drop all but the last)."""
-    with accelerator.autocast():  # real and fake in one forward pass
-        logits = disc(torch.cat([hr, estimate.detach()]), x_lr.repeat(2, 1, 1, 1))
-        d_loss = discriminator_hinge_loss(*logits.chunk(2))
-    accelerator.backward(d_loss)
+    would drop all but the last). As for the student (`accelerator.accumulate`), processes
+    sum their gradients at the Nth micro-batch only, not at each."""
+    sync = contextlib.nullcontext() if accelerator.sync_gradients else accelerator.no_sync(disc)
+    with sync:
+        with accelerator.autocast():  # real and fake in one forward pass
+            logits = disc(torch.cat([hr, estimate.detach()]), x_lr.repeat(2, 1, 1, 1))
+            d_loss = discriminator_hinge_loss(*logits.chunk(2))
+        accelerator.backward(d_loss)
     disc_opt.step()
     disc_opt.zero_grad(set_to_none=True)
     return d_loss.detach()
