@@ -80,7 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher_solver", choices=list(TEACHER_STEPS), default="midpoint")
     p.add_argument("--lambda_align", type=non_negative_float, default=0.01)
     p.add_argument("--lambda_bc", type=non_negative_float, default=0.1)
-    p.add_argument("--dropout", type=below_one, default=0.0, help="student dropout (the teacher runs in eval mode)")
+    p.add_argument("--dropout", type=below_one, default=0.0,
+                   help="student dropout (the teacher runs in eval mode). 0 by default: the student fits the "
+                        "teacher's deterministic steps, and the bundled students were distilled without it; the "
+                        "paper's 0.1 is the teacher's (train_teacher.py's default)")
     p.add_argument("--init_student", default=None,
                    help="fine-tune: start the student from this student's weights instead of the teacher's, a "
                         f"bundled model's name ({', '.join(BUNDLED_MODELS)}: its student) or a file, e.g. to fine-tune "
