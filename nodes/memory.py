@@ -15,18 +15,13 @@ import torch
 import comfy.model_management as mm
 
 from ..oftsr.devices import available_memory, error_summary, is_out_of_memory
+from ..oftsr.inference import activation_memory
 from ..oftsr.model import OFTSRModel, RunWarning
 from ..oftsr.tiling import batch_passes, images_per_pass, num_tiles, retry_tiling
-from .progress import ADAPTIVE_PROGRESS_UNITS, Progress
+from .progress import ADAPTIVE_PROGRESS_UNITS, Progress, cancel_between_blocks
 from .widgets import check_tile
 
 log = logging.getLogger(__name__)
-
-# Bytes of activations per output pixel and per UNet base channel, measured on the
-# div2k and imagenet presets (about 40-60 in float32); half precision stores less.
-_ACT_BYTES_PER_ELEM = 10
-_ACT_BYTES_FIXED = 16
-
 
 def estimate_memory(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile: int | None, states: int = 0,
                     per_image: bool = False) -> int:
@@ -36,9 +31,8 @@ def estimate_memory(model: OFTSRModel, batch: int, out_h: int, out_w: int, tile:
     `per_image`: the library computes a tiled batch a few images at a time (`upscale`,
     `tiling.images_per_pass`), so the tile and the band are those images'."""
     th, tw = (min(tile, out_h), min(tile, out_w)) if tile else (out_h, out_w)
-    elem = torch.empty((), dtype=model.dtype).element_size()
     at_once = images_per_pass(batch, out_h, out_w, tile or None) if per_image else batch
-    activations = at_once * th * tw * model.config.model_channels * (_ACT_BYTES_PER_ELEM * elem + _ACT_BYTES_FIXED)
+    activations = activation_memory(model, at_once, th, tw)
     band = at_once * 4 * th * out_w * 4 * 4  # RGBA sums, their normalised copy and the conversion, float32
     images = batch * 3 * out_h * out_w * 4 * states
     return int(mm.module_size(model) + activations + band + images)
@@ -126,7 +120,7 @@ def run_on_device(model: OFTSRModel, x: torch.Tensor, job: Job, *, tile: int, ov
         while True:
             try:
                 progress = Progress(passes, units(tile, overlap))
-                with run_warnings_logged(node):
+                with run_warnings_logged(node), cancel_between_blocks(model) if tile is None else contextlib.nullcontext():
                     out = job(model, x, tile, overlap, progress)
                 progress.finish()
                 return out

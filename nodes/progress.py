@@ -3,7 +3,9 @@ calls, with the teacher's step previews, and Cancel checked at every tile."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from PIL import Image
@@ -11,6 +13,7 @@ from PIL import Image
 import comfy.model_management as mm
 import comfy.utils
 
+from ..oftsr.model import OFTSRModel
 from ..oftsr.sampling import Callback
 
 # The adaptive solver's length is not known ahead (20-31 NFE in the paper, 30-70 measured):
@@ -24,6 +27,22 @@ def check_interrupt(_done: int = 0, _total: int = 0) -> None:
     """A library callback that only checks Cancel (between the tiles of OFTSR as Upscale
     Model's `upscale` calls)."""
     mm.throw_exception_if_processing_interrupted()
+
+
+@contextlib.contextmanager
+def cancel_between_blocks(model: OFTSRModel) -> Iterator[None]:
+    """Cancel checked before each block of the network as well (`UNet.before_block`):
+    without tiles a whole image is one network evaluation, minutes long on a CPU, which
+    Cancel would otherwise wait out. Not for a compiled network, whose graph the call
+    would break."""
+    if getattr(model, "_compiled", None) is not None:
+        yield
+        return
+    model.unet.before_block = mm.throw_exception_if_processing_interrupted
+    try:
+        yield
+    finally:
+        model.unet.before_block = None
 
 
 def preview_size() -> int | None:

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..oftsr import upscale
 from ..oftsr.grid import MAX_GRID_SIDE, labelled_grid, t_labels
-from ..oftsr.checks import T_VALUES_EXAMPLE, parse_t_values
+from ..oftsr.checks import MAX_T_VALUES, T_VALUES_EXAMPLE, parse_t_values
 from ..oftsr.model import OFTSRModel
 from ..oftsr.tiling import DEFAULT_OVERLAP
 from .memory import run_on_device
@@ -33,7 +33,7 @@ class OFTSRTSweep(io.ComfyNode):
             inputs=[
                 model_input(), image_input(),
                 io.String.Input("t_values", default=DEFAULT_T_VALUES,
-                                tooltip="Comma-separated t values in [0, 1]; 0 = fidelity, 1 = realism."),
+                                tooltip=f"Comma-separated t values in [0, 1], at most {MAX_T_VALUES}; 0 = fidelity, 1 = realism."),
                 seed_input(), *tiling_inputs(), color_fix_input(),
             ],
             outputs=[

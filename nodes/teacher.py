@@ -65,5 +65,6 @@ class OFTSRTeacherSampler(io.ComfyNode):
 
         out = run_on_device(model, x, job, tile=tile, overlap=overlap, node=NAME,
                             evaluations=evaluations(solver, steps), states=SAMPLE_BUFFERS[solver])
-        log.info("%s: %s network evaluations", NAME, info.get("nfe"))
+        nfe = info.get("nfe")
+        log.info("%s: %s network evaluation%s", NAME, nfe, "" if nfe == 1 else "s")
         return io.NodeOutput(color_fixed_image(out, x, color_fix))

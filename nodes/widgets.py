@@ -58,9 +58,12 @@ def seed_input(tooltip: str = "Seed of the start-point noise. The noise depends 
 
 
 def tiling_inputs(tile_tooltip: str = f"Tile size in output pixels, {MIN_TILE} or more, or 0 for the whole image at "
-                                      f"once (then Cancel waits for a whole network evaluation of it). Bounds memory "
-                                      f"(the GPU's, or RAM on a CPU); halved automatically down to {MIN_OOM_TILE} "
-                                      f"when memory runs out or less is free than the tile needs.") -> list[io.Input]:
+                                      f"once. Bounds memory (the GPU's, or RAM on a CPU); halved automatically down "
+                                      f"to {MIN_OOM_TILE} when memory runs out or less is free than the tile needs. "
+                                      f"{DEFAULT_TILE} is about the fastest: small tiles (128 and less) compute their "
+                                      f"overlaps again and take several times longer, and on a CPU the whole of a "
+                                      f"large photograph is slower too (attention grows with the square of the "
+                                      f"area).") -> list[io.Input]:
     # steps of MIN_TILE: every size the widget offers from 0 runs (8, 16 and 24 would be refused)
     return [
         io.Int.Input("tile", default=DEFAULT_TILE, min=0, max=MAX_TILE, step=MIN_TILE, tooltip=tile_tooltip),

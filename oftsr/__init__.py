@@ -14,17 +14,18 @@ if _torch_version() < (2, 4):
     raise ImportError(f"OFTSR needs torch 2.4 or newer; this Python has torch {_torch.__version__}: update it "
                       f"(in ComfyUI, update ComfyUI and its requirements)")
 
-from .checkpoint import CheckpointError, load_model, read_metadata, save_model  # noqa: E402
+from .checkpoint import CheckpointError, OverrideWarning, load_model, read_metadata, save_model  # noqa: E402
 from .inference import sample, upscale  # noqa: E402
-from .model import OFTSRModel  # noqa: E402
+from .model import OFTSRModel, RunWarning  # noqa: E402
 from .unet import PRESETS, UNet, UNetConfig  # noqa: E402
 from .weights import (BUNDLED_MODELS, bundled_model_path, create_model, default_model_path,  # noqa: E402
                       existing_model_path, resolve_model)
 
-__version__ = "0.29.0"  # as in pyproject.toml, where the Comfy registry reads it; a test keeps them equal
+__version__ = "0.30.0"  # as in pyproject.toml, where the Comfy registry reads it; a test keeps them equal
 
 __all__ = [
-    "BUNDLED_MODELS", "CheckpointError", "OFTSRModel", "PRESETS", "UNet", "UNetConfig", "bundled_model_path",
+    "BUNDLED_MODELS", "CheckpointError", "OFTSRModel", "OverrideWarning", "PRESETS", "RunWarning", "UNet",
+    "UNetConfig", "bundled_model_path",
     "create_model", "default_model_path", "existing_model_path", "load_model", "read_metadata", "resolve_model",
     "sample", "save_model", "upscale",
 ]

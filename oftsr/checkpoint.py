@@ -66,12 +66,25 @@ def model_metadata(model: OFTSRModel, **extra: str) -> dict[str, str]:
     return meta
 
 
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl")
+
+
 def save_model(model: OFTSRModel, path: str | os.PathLike, *, dtype: torch.dtype | None = None, **extra: str) -> None:
     """Write `model` as one `.safetensors` file, atomically (temporary name, then rename),
     so a crash never leaves a half-written checkpoint under the final name. `extra` adds
     text metadata (how it was trained); a key that would contradict what the file says
-    of the model itself (role, scale, format, ...) is refused."""
+    of the model itself (role, scale, format, ...) is refused, and so is a name that says
+    pickle (`.pth`, `.pt`, `.ckpt`, `.bin`, `.pkl`): tools that pick a loader by the name
+    would take the file for one."""
+    if not isinstance(model, OFTSRModel):
+        raise TypeError(f"save_model needs an OFTSRModel, got {type(model).__name__} (oftsr.create_model or "
+                        f"oftsr.load_model makes one)")
     path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ValueError(f"{path}: the model is written as safetensors; name it {path.with_suffix('.safetensors').name}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the model file's name, such as "
+                                f"{path / 'model.safetensors'}")
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.unet.state_dict().items()}
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata=model_metadata(model, **extra))
@@ -547,6 +560,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     the file), `dtype` a short name ("bf16", or torch's "bfloat16") or "auto" (half precision
     where it is fast: CUDA, CPUs with native bf16; `devices.auto_dtype`, as the command
     line's), and `device` "auto" (CUDA, then MPS, else CPU)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_model needs a bundled model's name (such as 'x4') or a file's path, got "
+                        f"{type(path).__name__}")
     dtype, device = _load_dtype_and_device(dtype, device)
     if isinstance(path, str) and not path.strip():  # Path("") is the current folder
         raise ValueError("load_model: the model path is empty: give a bundled model's name (such as x4) or a file")

@@ -10,8 +10,9 @@ import operator
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, SupportsFloat
 
+import numpy as np
 import torch
 
 # What `upscale` and `sample` can return. uint8/uint16 hold exactly what an 8/16-bit file
@@ -34,7 +35,7 @@ def ranged_argument(kind: type, ok: Callable[[Any], bool], wording: str) -> Call
     return parse
 
 
-def check_t(t: float) -> float:
+def check_t(t: SupportsFloat) -> float:
     """`t` as a float in [0, 1]: a number, or a tensor of one. Text and booleans are refused,
     not converted ("0.5" is for `parse_t_values`; True is no trade-off point)."""
     if isinstance(t, (str, bytes, bool)):
@@ -106,7 +107,7 @@ def check_int(value: object, name: str, minimum: int | None = None) -> int:
     return value
 
 
-Seed = int | Sequence[int]
+Seed = int | Sequence[int] | torch.Tensor | np.ndarray  # a tensor or array of seeds: one per image
 
 
 def check_seed(seed: Seed, batch: int) -> Seed:
@@ -191,5 +192,7 @@ def image_hint(image: object, batch: bool = True) -> str:
             return f" (a numpy (H, W) gray array: torch.from_numpy(a)[None]{add}{levels})"
         return " (a numpy array: torch.from_numpy(a), with channels second)"
     if batch and type(image).__module__.startswith("PIL"):
-        return " (a Pillow image: read the file with oftsr.images.load_image(path), which returns (image, bit_depth))"
+        return (" (a Pillow image: torch.from_numpy(numpy.asarray(im.convert('RGB'))).permute(2, 0, 1)[None] / 255, "
+                "or read its file with oftsr.images.load_image, which takes a path, bytes or an open file, keeps "
+                "16 bits, the ICC profile and the EXIF orientation, and returns (image, bit_depth))")
     return ""

@@ -34,6 +34,9 @@ def resolve_device(name: str | torch.device, what: str = "--device") -> torch.de
             device = torch.device(name)
         except RuntimeError:  # not a device type torch knows
             device = None
+        if device is not None and device.type == "meta":
+            raise ValueError(f"{what} meta: a meta tensor holds no values to compute with; available: "
+                             f"{', '.join(available_devices())} (or auto)")
         if device is not None and device.type not in ("cpu", "cuda", "mps", "xpu"):
             return device
         if device is not None and device.type in ("cuda", "xpu"):

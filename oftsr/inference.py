@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable
+from typing import Callable, SupportsFloat
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +131,9 @@ def _check_model(model: OFTSRModel, role: str, use: str) -> None:
     """The role `use` needs; and a word where the model runs in float16 on a CPU, or in
     bfloat16 on one without AVX512-bf16 or AMX, which emulate them (said when it runs, not
     when it loads: ComfyUI loads onto the CPU to move later)."""
+    if not isinstance(getattr(model, "_orig_mod", model), OFTSRModel):  # torch.compile(model) wraps one
+        load = f"oftsr.load_model({model!r})" if isinstance(model, str) else "oftsr.load_model('x4')"
+        raise TypeError(f"{use} needs an OFTSRModel, got {type(model).__name__}: load one with {load}")
     if model.role != role:
         other = "sample() / the teacher sampler" if model.role == "teacher" else "upscale() / the one-step upscaler"
         raise ValueError(f"{use} needs a {role} model, but this model is a {model.role}; use {other} for it")
@@ -140,11 +143,51 @@ def _check_model(model: OFTSRModel, role: str, use: str) -> None:
     elif torch.bfloat16 in (model.dtype, model.autocast_dtype) and model.device.type == "cpu" \
             and not devices.cpu_has_native_bf16():
         warnings.warn("bfloat16 on this CPU is emulated (it has neither AVX512-bf16 nor AMX): about 2-3x slower than "
-                      "float32, the faster choice here", RunWarning, stacklevel=4)
+                      "float32: load the model in float32 (or dtype auto) here", RunWarning, stacklevel=4)
     if hasattr(model, "_orig_mod"):  # torch.compile(model): compiles forward, and velocity is what runs
         warnings.warn("torch.compile(model) compiles forward, which upscale and sample do not call: the network runs "
                       "uncompiled. Use oftsr.load_model(..., compile=True) or model.optimize(compile=True)",
                       RunWarning, stacklevel=4)
+
+
+# Bytes of activations per output pixel and per UNet base channel, measured on the compact,
+# div2k and imagenet presets (about 40-60 in float32); half precision stores less.
+_ACT_BYTES_PER_ELEM = 10
+_ACT_BYTES_FIXED = 16
+
+
+def activation_memory(model: OFTSRModel, images: int, height: int, width: int) -> int:
+    """Bytes one network evaluation of `images` tiles (or whole images) of height x width
+    output pixels takes beyond the weights, at its peak (the compact preset measured 50-59
+    bytes per pixel and base channel in float32)."""
+    elem = torch.empty((), dtype=model.dtype).element_size()
+    return images * height * width * model.config.model_channels * (_ACT_BYTES_PER_ELEM * elem + _ACT_BYTES_FIXED)
+
+
+class NotEnoughMemory(MemoryError, ValueError):
+    """A run whose estimated memory is more than the device has free, refused before any
+    work: an out-of-memory error (`devices.is_out_of_memory`) that callers retry with
+    smaller tiles, as the command line and the nodes do."""
+
+
+def _check_memory(model: OFTSRModel, images: int, height: int, width: int, tile: int | None, tile_batch: int,
+                  use: str) -> None:
+    # Fail at once, with the way out, rather than by the allocator's error (or the system's
+    # OOM killer on a CPU) in the first network evaluation: `images` images of height x
+    # width go through it at once, whole or `tile_batch` tiles of each at a time.
+    th, tw = (min(tile, height), min(tile, width)) if tile else (height, width)
+    pieces = images * (tile_batch if tile else 1)
+    need, free = activation_memory(model, pieces, th, tw), available_memory(model.device)
+    if free is None or need <= free:
+        return
+    if tile is None:
+        what = f"{images} whole {width}x{height} outputs" if images > 1 else f"the whole {width}x{height} output"
+        way = "pass tile=512 (seam-free tiles, as the command line and the nodes use; memory then holds one tile)"
+    else:
+        what = f"{pieces} {tw}x{th} tiles" if pieces > 1 else f"a {tw}x{th} tile"
+        way = "pass a smaller tile" + (" or tile_batch" if tile_batch > 1 else "")
+    raise NotEnoughMemory(f"{use}: {what} at once need about {need / 2**30:.1f} GiB on {model.device}, but "
+                          f"{free / 2**30:.1f} GiB is free: {way}")
 
 
 def _check_callables(**functions: object) -> None:
@@ -156,7 +199,7 @@ def _check_callables(**functions: object) -> None:
 # no_grad, not inference_mode: the result is an ordinary tensor, which callers may change
 # in place or use in autograd (inference tensors allow neither).
 @torch.no_grad()
-def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: Seed = 0, tile: int | None = None,
+def upscale(model: OFTSRModel, image: torch.Tensor, *, t: SupportsFloat = 0.5, seed: Seed = 0, tile: int | None = None,
             overlap: int | None = None, tile_batch: int = 1, callback: Callback | None = None,
             out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One-step super-resolution with the student: x1 = x0 + (1 - 0.001) v(x0, x_lr, t).
@@ -170,13 +213,19 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
     `seed` sets the start noise: one seed for the batch, where image i's noise depends on
     i too (a batch of copies gives different results), or one per image (a list, tuple,
     tensor or array), each image then getting the result it has alone with that seed (to
-    float rounding).
+    float rounding). The start is noised at every t (the model's sigma_p), so seeds differ
+    a little at t = 0 too, and more towards t = 1.
 
     A tiled batch (a video's frames) is computed a few images at a time, as many as one
     tile's pixels hold (`tiling.images_per_pass`; the callback counts the tiles of every
     pass), each tile with its own noise, condition and result, and finished rows go
     straight into the result, so beyond it memory is bounded by one tile (times the image
-    width), whatever the image size and the batch. Without tiling the batch goes at once."""
+    width), whatever the image size and the batch. Tiles of 256 px or more give results
+    close to the whole image's (smaller ones see less context). Without tiling the batch
+    goes at once. Where a network evaluation's estimated memory (`activation_memory`) is
+    more than the device has free, `NotEnoughMemory` (a MemoryError and a ValueError) says
+    so before any work, rather than the allocator's error or the system's out-of-memory
+    killer."""
     _check_model(model, "student", "upscale()")
     _check_callables(callback=callback)
     t = check_t(t)
@@ -190,6 +239,7 @@ def upscale(model: OFTSRModel, image: torch.Tensor, *, t: float = 0.5, seed: See
 
     tiled = check_tiling(tile, overlap)[0]
     at_once, passes = images_per_pass(b, h, w, tiled), batch_passes(b, h, w, tiled)
+    _check_memory(model, at_once, h, w, tiled, check_int(tile_batch, "tile_batch", minimum=1), "upscale()")
     for first in range(0, b, at_once):
         n = min(at_once, b - first)
         part_seed = seed[first:first + n] if isinstance(seed, list) else seed
@@ -296,6 +346,8 @@ def sample(model: OFTSRModel, image: torch.Tensor, *, steps: int = 16, solver: s
     result = _Output(image, None if alpha is None else alpha.to(model.device), gray, neutral, model.scale, out_dtype)
     lr = rgb.to(model.device) * 2 - 1
     b, _, h, w = result.out.shape
+    _check_memory(model, 1 if solver == "adaptive" else b, h, w, check_tiling(tile, overlap)[0],
+                  check_int(tile_batch, "tile_batch", minimum=1), "sample()")
     x0 = _start(model, lr, seed, [(0, 0)], h, w)[0]
 
     def velocity_of(part: slice) -> Callable[[torch.Tensor, float], torch.Tensor]:

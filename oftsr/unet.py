@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -541,6 +541,9 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig, dropout: float = 0.0) -> None:
         super().__init__()
         self.config = config
+        # Called before each block when set: a caller's Cancel check within one long
+        # evaluation (a whole image on a CPU). Left unset under torch.compile.
+        self.before_block: Callable[[], None] | None = None
         mc, heads = config.model_channels, config.num_head_channels
         emb_ch = 4 * mc
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
@@ -588,6 +591,8 @@ class UNet(nn.Module):
         """One block, on `h` or on `h` joined with its `skip` (the join inside, so that
         checkpointing keeps no joined copy), with partial sums in and out where the Triton
         residual add made them (`ResBlock.forward_with_stats`)."""
+        if self.before_block is not None:
+            self.before_block()
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # non-reentrant, with the RNG state kept: dropout draws the same masks again (and
             # with autograd on the kernels do not run: there are no partial sums)

@@ -66,6 +66,19 @@ def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path, student):
     assert path.stat().st_mode & 0o777 == 0o644  # readable like any file, not private like a temp file
 
 
+def test_save_model_refuses_a_pickle_name_a_folder_and_what_is_not_a_model(tmp_path, student):
+    for name in ("m.pth", "m.PT", "m.ckpt", "m.bin"):
+        with pytest.raises(ValueError, match=rf"{name}: the model is written as safetensors; name it m.safetensors$"):
+            oftsr.save_model(student, tmp_path / name)
+    with pytest.raises(IsADirectoryError, match=r"is a folder: give the model file's name, such as .*model.safetensors"):
+        oftsr.save_model(student, tmp_path)
+    with pytest.raises(TypeError, match=r"^save_model needs an OFTSRModel, got UNet"):
+        oftsr.save_model(student.unet, tmp_path / "m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no temporary file left
+    oftsr.save_model(student, tmp_path / "x4")  # no suffix: as a bundled model's name in a folder of models
+    assert oftsr.load_model(tmp_path / "x4").role == "student"
+
+
 SOURCE = 'fotó "1"\n\t\x00 🙂.safetensors'  # JSON escapes, and characters beyond ASCII
 
 

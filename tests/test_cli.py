@@ -861,6 +861,23 @@ def test_warnings_for_dropped_alpha_and_overridden_metadata(tmp_path, model_file
     assert code == 0 and "warning" not in err  # values that agree with the file say nothing
 
 
+def test_an_evaluation_the_library_says_cannot_fit_is_retried_with_tiles(tmp_path, model_files, capsys, monkeypatch):
+    """--tile 0 where the whole image's estimate is more than is free: the library refuses
+    before any work (NotEnoughMemory) and the command goes on with tiles that fit."""
+    import oftsr.inference
+
+    model = oftsr.load_model(model_files[0])
+    monkeypatch.setattr(oftsr.inference, "available_memory",
+                        lambda device: oftsr.inference.activation_memory(model, 1, 200, 200))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 100, 3), np.uint8)).save(tmp_path / "in.png")
+    code, _, err = _run_cli(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model",
+                             str(model_files[0]), "-q", "--tile", "0"], capsys)
+    assert code == 0, err
+    assert "warning: out of memory with the whole image (400 px) on cpu; retrying with 200-pixel tiles" in err
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.size == (400, 240)
+
+
 def test_out_of_memory_retries_with_half_the_tile_down_to_the_smallest(tmp_path, model_files, capsys, monkeypatch):
     """As the nodes do: a tile that runs out of memory is halved and the image run again,
     each retry said, down to MIN_OOM_TILE; the result is the image's, whole."""

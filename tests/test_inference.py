@@ -225,7 +225,9 @@ def test_the_usual_image_mix_ups_are_named_with_their_fix(student, tmp_path):
             (torch.full((1, 3, 8, 6), 65535.0), r"maximum is 65535: divide 16-bit levels \(0-65535\) by 65535"),
             (np.zeros((3, 8, 6), np.float32), r"\(a numpy \(C, H, W\) array: torch.from_numpy\(a\)\[None\]\)"),
             (np.zeros((8, 6), np.uint8), r"\(a numpy \(H, W\) gray array: torch.from_numpy\(a\)\[None\]\[None\] / 255\)"),
-            (Image.open(tmp_path / "a.png"), r"got PngImageFile \(a Pillow image: read the file with oftsr.images.load_image"),
+            (Image.open(tmp_path / "a.png"), r"got PngImageFile \(a Pillow image: torch.from_numpy\(numpy.asarray\("
+                                             r"im.convert\('RGB'\)\)\).permute\(2, 0, 1\)\[None\] / 255, or read its "
+                                             r"file with oftsr.images.load_image, which takes a path, bytes or an open"),
             (load_image(tmp_path / "a.png"), r"got tuple: load_image returns \(image, bit_depth\); unpack it")]:
         with pytest.raises(ValueError, match=message):
             oftsr.upscale(student, image)
@@ -280,9 +282,60 @@ def test_teacher_sample_refuses_an_output_that_cannot_fit(teacher, monkeypatch):
         oftsr.sample(teacher, smooth_image(12, 12), steps=1, solver="euler")
     assert calls == [torch.device("cpu")]
     monkeypatch.setattr(oftsr.inference, "available_memory", lambda device: 3 * 3 * 48 * 48 * 4)  # just enough
-    assert oftsr.sample(teacher, smooth_image(12, 12), steps=1, solver="euler").shape == (1, 3, 48, 48)
+    with monkeypatch.context() as m:
+        m.setattr(oftsr.inference, "_check_memory", lambda *a: None)  # the network's need: the test below
+        assert oftsr.sample(teacher, smooth_image(12, 12), steps=1, solver="euler").shape == (1, 3, 48, 48)
     monkeypatch.setattr(oftsr.inference, "available_memory", lambda device: None)  # cannot be told: no check
     assert oftsr.sample(teacher, smooth_image(12, 12), steps=1, solver="euler").shape == (1, 3, 48, 48)
+
+
+def test_a_network_evaluation_that_cannot_fit_is_refused_before_any_work(student, teacher, monkeypatch):
+    """The estimate of one evaluation (`activation_memory`) against what is free: tile=None
+    told to pass tile=512, a tile too big told to be smaller; an out-of-memory error, which
+    the command line and the nodes retry with smaller tiles."""
+    from oftsr.devices import is_out_of_memory
+    from oftsr.inference import NotEnoughMemory, activation_memory
+
+    whole = activation_memory(student, 1, 48, 48)
+    assert whole == 48 * 48 * student.config.model_channels * 56  # float32: 56 bytes per pixel and channel
+    assert activation_memory(student.to(torch.bfloat16), 1, 48, 48) == 48 * 48 * student.config.model_channels * 36
+    student.float()
+    calls = []
+    monkeypatch.setattr(oftsr.inference, "available_memory", lambda device: calls.append(device) or whole - 1)
+    img = smooth_image(12, 12)
+    with pytest.raises(NotEnoughMemory, match=r"^upscale\(\): the whole 48x48 output at once need about 0\.0 GiB on "
+                                              r"cpu, but 0\.0 GiB is free: pass tile=512 ") as caught:
+        oftsr.upscale(student, img)
+    assert isinstance(caught.value, MemoryError) and isinstance(caught.value, ValueError)
+    assert is_out_of_memory(caught.value) and calls == [torch.device("cpu")]
+    with pytest.raises(NotEnoughMemory, match=r"2 whole 48x48 outputs at once"):
+        oftsr.upscale(student, img.repeat(2, 1, 1, 1))
+    with pytest.raises(NotEnoughMemory, match=r"^sample\(\): the whole 48x48 output at once .* pass tile=512"):
+        oftsr.sample(teacher, img, steps=1, solver="euler")
+
+    tiled = oftsr.upscale(student, img, tile=32, overlap=8)  # a 32 px tile fits
+    with pytest.raises(NotEnoughMemory, match=r"3 32x32 tiles at once need about .*: pass a smaller tile or tile_batch$"):
+        oftsr.upscale(student, img, tile=32, overlap=8, tile_batch=3)
+    monkeypatch.setattr(oftsr.inference, "available_memory", lambda device: activation_memory(student, 1, 32, 32) - 1)
+    with pytest.raises(NotEnoughMemory, match=r"a 32x32 tile at once need about .*: pass a smaller tile$"):
+        oftsr.upscale(student, img, tile=32, overlap=8)
+    monkeypatch.setattr(oftsr.inference, "available_memory", lambda device: whole)  # just enough
+    assert oftsr.upscale(student, img).shape == (1, 3, 48, 48)
+    monkeypatch.setattr(oftsr.inference, "available_memory", lambda device: None)  # cannot be told: no check
+    assert torch.equal(oftsr.upscale(student, img, tile=32, overlap=8), tiled)
+
+
+def test_the_library_takes_only_its_own_models_and_says_how_to_load_one(student):
+    img = smooth_image(8, 8)
+    with pytest.raises(TypeError, match=r"^upscale\(\) needs an OFTSRModel, got str: load one with "
+                                        r"oftsr.load_model\('x4'\)$"):
+        oftsr.upscale("x4", img)
+    with pytest.raises(TypeError, match=r"^sample\(\) needs an OFTSRModel, got Linear: load one with"):
+        oftsr.sample(torch.nn.Linear(2, 2), img)
+    with pytest.raises(TypeError, match=r"^load_model needs a bundled model's name .* got NoneType$"):
+        oftsr.load_model(None)
+    with pytest.raises(ValueError, match=r"^load_model: device meta: a meta tensor holds no values"):
+        oftsr.load_model("x4", device="meta")
 
 
 def test_available_memory_on_apple_gpus_is_metals_recommendation_less_what_is_held(monkeypatch):
@@ -509,6 +562,7 @@ class StandIn(nn.Module):
     # a cheap local network with the UNet's interface: the whole-image buffers dominate
     class config:
         size_multiple = 1
+        model_channels = 1  # what the memory estimate reads
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(6, 3, 3, padding=1)

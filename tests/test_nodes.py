@@ -684,6 +684,31 @@ def test_a_batch_of_frames_is_computed_frame_by_frame(comfy, pack, student):
     assert torch.allclose(out, whole, atol=1e-5)
 
 
+def test_cancel_stops_a_whole_image_within_its_network_evaluation(comfy, pack, student):
+    """tile 0: the whole image is one evaluation (minutes on a CPU): Cancel is seen at the
+    next block of the network, and the checks are taken off the model afterwards."""
+    mm, unet = comfy.model_management, student.unet
+    press = unet.time_embed.register_forward_hook(lambda *_: mm.interrupt_current_processing())  # at its start
+    checks = mm.interrupt_checks
+    try:
+        with pytest.raises(comfy_stubs.InterruptProcessingException):
+            run(pack, "OFTSRUpscale", model=student, image=image(h=12, w=12), t=0.5, seed=0, tile=0, overlap=0,
+                color_fix="none")
+    finally:
+        press.remove()
+    blocks = len(unet.input_blocks) - 1 + 1 + len(unet.output_blocks)  # the first conv is no block
+    assert mm.interrupt_checks - checks == 2  # the node's start, then the first block: not after the evaluation
+    assert unet.before_block is None  # the check taken off
+    checks = mm.interrupt_checks
+    run(pack, "OFTSRUpscale", model=student, image=image(h=12, w=12), t=0.5, seed=0, tile=0, overlap=0,
+        color_fix="none")
+    assert mm.interrupt_checks - checks >= blocks and unet.before_block is None  # every block of the evaluation
+    checks = mm.interrupt_checks
+    run(pack, "OFTSRUpscale", model=student, image=image(h=12, w=12), t=0.5, seed=0, tile=32, overlap=8,
+        color_fix="none")
+    assert mm.interrupt_checks - checks < blocks  # tiles: Cancel at every tile, as before
+
+
 def test_interrupt_propagates_and_unloads(comfy, pack, student):
     mm = comfy.model_management
     comfy.utils.PROGRESS_BAR_HOOK = lambda value, total, preview: mm.interrupt_current_processing()  # Cancel pressed

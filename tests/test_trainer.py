@@ -692,6 +692,31 @@ def test_a_failing_run_with_loader_workers_exits(train_dir, tmp_path):
     assert "RuntimeError: a failure injected at step 3" in res.stderr
 
 
+LOADER_FAILURE = """
+import multiprocessing, sys, time
+sys.path.insert(0, "trainer")
+from common import ignore_stop_signals, run_script
+
+def work():
+    ignore_stop_signals()
+    time.sleep(300)
+
+def main():
+    multiprocessing.get_context("fork").Process(target=work, daemon=True).start()
+    raise RuntimeError("DataLoader worker (pid(s) 123) exited unexpectedly")
+
+run_script(main)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the stand-in worker is forked")
+def test_a_loader_error_with_workers_left_running_exits(tmp_path):
+    # One worker killed (the system's OOM killer): the loader raises, and the other workers,
+    # which ignore SIGTERM, made the interpreter's exit wait for them forever.
+    res = _run(["-c", LOADER_FAILURE], timeout=120, status=1)  # not the worker's 300 s: it was killed
+    assert "RuntimeError: DataLoader worker (pid(s) 123) exited unexpectedly" in res.stderr
+
+
 def test_a_cpu_launch_that_starts_one_of_several_processes_says_so(monkeypatch, caplog):
     """`accelerate launch --cpu --num_processes 2` starts one process: said, with the launch
     that starts two. The launcher's options are read before the script, not the script's."""

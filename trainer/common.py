@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -69,12 +70,26 @@ def run_script(main: Callable[[], int]) -> None:
         print(f"error: {e}", file=sys.stderr)
         status = 2
         _remove_unused_output_dir()
+    finally:
+        _kill_leftover_workers()
     # Left to the interpreter's exit, a process group that has run a collective can abort
     # ("terminate called", SIGABRT) when another process leaves first, even after a run that
     # went well: a crash report instead of the run's status.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     sys.exit(status)
+
+
+def _kill_leftover_workers() -> None:
+    """Loader workers still running as the script ends: the loop shuts its own down, but
+    after an error in the loader itself (one of its workers killed, by the system's OOM
+    killer say) the others live on, and they ignore SIGTERM (`ignore_stop_signals`), with
+    which the interpreter's exit stops them before it waits for them: the run would hang
+    instead of exiting with the error."""
+    for worker in multiprocessing.active_children():
+        if worker.daemon:
+            worker.kill()
+            worker.join(10)
 
 
 class TrainingDiverged(RuntimeError):
