@@ -175,6 +175,8 @@ def _check_memory(model: OFTSRModel, images: int, height: int, width: int, tile:
     # Fail at once, with the way out, rather than by the allocator's error (or the system's
     # OOM killer on a CPU) in the first network evaluation: `images` images of height x
     # width go through it at once, whole or `tile_batch` tiles of each at a time.
+    if not hasattr(model.config, "model_channels"):  # a network of the caller's own: no estimate
+        return
     th, tw = (min(tile, height), min(tile, width)) if tile else (height, width)
     pieces = images * (tile_batch if tile else 1)
     need, free = activation_memory(model, pieces, th, tw), available_memory(model.device)

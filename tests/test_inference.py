@@ -562,7 +562,6 @@ class StandIn(nn.Module):
     # a cheap local network with the UNet's interface: the whole-image buffers dominate
     class config:
         size_multiple = 1
-        model_channels = 1  # what the memory estimate reads
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(6, 3, 3, padding=1)
